@@ -1,0 +1,81 @@
+"""The data error taxonomy.
+
+Every error raised while reading inputs derives from :class:`DataError`.  Messages say what
+was received and how to fix it.  They never contain a source *path*: a file is named by its
+base name only (``file_label``), and a case by its pseudonymous id, because folder names in
+hospital exports often carry patient names.  The full path is kept on the exception object
+(``err.path``) for interactive debugging and is never put into ``str(err)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = [
+    "DataError",
+    "NoSeriesError",
+    "SeriesValidationError",
+    "UnreadableFileError",
+    "GeometryMismatchError",
+    "MaskError",
+    "ModelError",
+    "file_label",
+]
+
+
+def file_label(path: str | Path | None) -> str:
+    """Return the part of *path* that may appear in messages: its base name, quoted.
+
+    Parameters
+    ----------
+    path : str or Path or None
+        A file or folder path.
+
+    Returns
+    -------
+    str
+        ``"'name.dcm'"`` for a path, ``"<unnamed>"`` for None.
+    """
+    if path is None:
+        return "<unnamed>"
+    return repr(Path(path).name)
+
+
+class DataError(Exception):
+    """Base class for input problems: the message is safe to show and to store.
+
+    Parameters
+    ----------
+    message : str
+        What was received and how to fix it; no source path.
+    path : str or Path, optional
+        The offending file, kept for debugging only (never formatted into the message).
+    """
+
+    def __init__(self, message: str, *, path: str | Path | None = None):
+        super().__init__(message)
+        self.path = None if path is None else Path(path)
+
+
+class NoSeriesError(DataError):
+    """A folder holds no usable CT series (no DICOM files, or none of modality CT)."""
+
+
+class SeriesValidationError(DataError):
+    """A CT series was found but fails a geometry or content check."""
+
+
+class UnreadableFileError(DataError):
+    """A file cannot be parsed (truncated, zero bytes, not the expected format)."""
+
+
+class GeometryMismatchError(DataError):
+    """Two arrays that must share a voxel grid do not (for example an image and its mask)."""
+
+
+class MaskError(DataError):
+    """A mask is malformed (wrong dimensionality, non-integer labels, ...)."""
+
+
+class ModelError(DataError):
+    """A model folder is incomplete or its weights do not match the model card."""

@@ -1,0 +1,146 @@
+"""NIfTI read/write in the project's convention (``(z, y, x)`` arrays, LPS affine).
+
+Reading brings any orientation to the closest canonical one (nibabel's RAS+), then flips the
+first two voxel axes so that, like a typical axial DICOM series, columns run toward the
+patient's Left, rows toward Posterior and slices toward Superior.  Writing is the exact
+inverse, so ``load_nifti(save_nifti(v))`` returns ``v``'s array and affine.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from .errors import MaskError, UnreadableFileError, file_label
+from .volume import Mask, Volume
+
+__all__ = ["load_nifti", "load_nifti_mask", "save_nifti", "is_nifti"]
+
+log = logging.getLogger(__name__)
+
+_LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+# [i, j, k, 1] (nibabel array order) <- [z, y, x, 1] (ours) when i=x, j=y, k=z
+_IJK_FROM_ZYX = np.array(
+    [[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=float
+)
+
+
+def is_nifti(path: str | Path) -> bool:
+    """True for ``*.nii`` and ``*.nii.gz`` names."""
+    name = Path(path).name.lower()
+    return name.endswith(".nii") or name.endswith(".nii.gz")
+
+
+def _read(path: Path):
+    import nibabel as nib
+    from nibabel.filebasedimages import ImageFileError
+
+    if not path.is_file():
+        raise UnreadableFileError(f"NIfTI file {file_label(path)} does not exist", path=path)
+    if path.stat().st_size == 0:
+        raise UnreadableFileError(f"NIfTI file {file_label(path)} is empty (0 bytes)", path=path)
+    try:
+        img = nib.load(str(path))
+        canonical = nib.as_closest_canonical(img)
+        data = np.asanyarray(canonical.dataobj)
+    except (EOFError, zlib.error, OSError, ValueError, ImageFileError) as exc:
+        raise UnreadableFileError(
+            f"NIfTI file {file_label(path)} cannot be read ({type(exc).__name__}); it is "
+            "probably truncated or not a NIfTI file. Re-export or re-copy it.",
+            path=path,
+        ) from None
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise UnreadableFileError(
+            f"NIfTI file {file_label(path)} has {data.ndim} dimensions (shape {data.shape}); "
+            "a CT volume or label mask must be 3-D. Split 4-D series into single volumes.",
+            path=path,
+        )
+    ni, nj, _ = data.shape
+    # flip i (R->L) and j (A->P), then order as (k, j, i) = (z, y, x)
+    arr = np.ascontiguousarray(data[::-1, ::-1, :].transpose(2, 1, 0))
+    flip = np.array(
+        [[0, 0, -1, ni - 1], [0, -1, 0, nj - 1], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=float
+    )
+    affine = _LPS_FROM_RAS @ canonical.affine @ flip
+    return arr, affine
+
+
+def load_nifti(path: str | Path) -> Volume:
+    """Load a 3-D NIfTI image as a float32 :class:`Volume` (values after scl_slope/inter).
+
+    Parameters
+    ----------
+    path : str or Path
+        ``.nii`` or ``.nii.gz`` file.
+
+    Returns
+    -------
+    Volume
+        array (z, y, x) float32, affine to LPS mm, metadata ``{"format": "nifti"}``.
+
+    Raises
+    ------
+    UnreadableFileError
+        Missing, empty, truncated, or not 3-D.
+    """
+    path = Path(path)
+    arr, affine = _read(path)
+    return Volume(arr.astype(np.float32, copy=False), affine, {"format": "nifti", "modality": "CT"})
+
+
+def load_nifti_mask(path: str | Path) -> Mask:
+    """Load a 3-D NIfTI label map (0 = background, 1..N = nodules) as a :class:`Mask`.
+
+    Raises
+    ------
+    UnreadableFileError
+        As :func:`load_nifti`.
+    MaskError
+        Non-integer or negative labels.
+    """
+    path = Path(path)
+    arr, affine = _read(path)
+    if not np.issubdtype(arr.dtype, np.integer):
+        rounded = np.rint(arr)
+        if not np.allclose(arr, rounded, atol=1e-3):
+            raise MaskError(
+                f"mask {file_label(path)} holds fractional values (dtype {arr.dtype}); a label "
+                "mask must hold whole numbers. Threshold probability maps first.",
+                path=path,
+            )
+        arr = rounded
+    try:
+        return Mask(arr.astype(np.int32), affine, {"format": "nifti"})
+    except MaskError as exc:
+        raise MaskError(f"mask {file_label(path)}: {exc}", path=path) from None
+
+
+def save_nifti(volume: Volume, path: str | Path, *, dtype=None) -> Path:
+    """Write *volume* to ``path`` (``.nii`` or ``.nii.gz``); qform and sform both set.
+
+    Parameters
+    ----------
+    volume : Volume or Mask
+    path : str or Path
+    dtype : numpy dtype, optional
+        On-disk type; default ``int16`` for masks, ``float32`` otherwise.
+    """
+    import nibabel as nib
+
+    path = Path(path)
+    if dtype is None:
+        dtype = np.int16 if isinstance(volume, Mask) else np.float32
+    data = np.asarray(volume.array).transpose(2, 1, 0).astype(dtype)
+    affine_ras = _LPS_FROM_RAS @ volume.affine @ _IJK_FROM_ZYX
+    img = nib.Nifti1Image(data, affine_ras)
+    img.set_qform(affine_ras, code=1)
+    img.set_sform(affine_ras, code=1)
+    img.header.set_xyzt_units("mm")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(img, str(path))
+    return path
