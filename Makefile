@@ -1,0 +1,34 @@
+# make demo : install, prepare the sample cohort, score it, write the report, start the review app
+# make test : install, run the whole test suite
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+DEMO   ?= demo
+PORT   ?= 8501
+
+.PHONY: install test demo demo-data bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+test: install
+	$(PY) -m pytest -q
+
+demo-data: install
+	@test -f $(DEMO)/cohort/truth.json || $(VENV)/bin/discovery sample $(DEMO)/cohort --cases 8 --seed 7
+	@test -f $(DEMO)/results/findings.csv || $(VENV)/bin/discovery score $(DEMO)/cohort --out $(DEMO)/results
+	$(VENV)/bin/discovery report $(DEMO)/results --format html --out $(DEMO)/results/report.html
+
+demo: demo-data
+	@echo "report: $(DEMO)/results/report.html"
+	$(VENV)/bin/discovery app $(DEMO)/results --port $(PORT)
+
+bench: install
+	$(PY) benchmarks/pipeline.py
+
+clean:
+	rm -rf $(DEMO) .pytest_cache

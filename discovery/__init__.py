@@ -1,0 +1,1 @@
+"""CT nodule discovery: classify, explain, align, discover."""

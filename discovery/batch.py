@@ -1,0 +1,218 @@
+"""``score_folder``: score every case of an input, record failures, then find patterns.
+
+A bad case never stops the batch: its error is recorded as a ``failed`` row (a readable message
+that names the problem, never a source path) and the next case runs.  After the cases, the
+off-mask regions of the whole cohort are clustered once, and ``findings.csv`` and
+``patterns.csv`` are written (temporary file, then rename).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from data_tools.cases import CaseSpec, discover_cases, load_case
+from data_tools.errors import DataError
+
+from .model import load_model, sha256_file
+from .patterns import PatternSettings, cluster_regions
+from .pipeline import CaseResult, ScoreSettings, analyze_scan
+from .store import REGION_COLUMNS, ResultsStore, save_case_arrays
+
+__all__ = ["BatchSummary", "score_folder", "write_tables", "recluster", "safe_error"]
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class BatchSummary:
+    """What a batch did: counts and wall time (s)."""
+
+    n_cases: int
+    n_ok: int
+    n_failed: int
+    n_no_mask: int
+    n_nodules: int
+    n_regions: int
+    n_clusters: int
+    seconds: float
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+def safe_error(exc: BaseException, *paths: Path | str | None) -> str:
+    """A message for *exc* that is safe to store: known input errors as they are, anything
+    else as its type and message with every given path (and its parents' names) scrubbed."""
+    if isinstance(exc, DataError):
+        return str(exc)
+    text = f"{type(exc).__name__}: {exc}"
+    for p in paths:
+        if p is None:
+            continue
+        for variant in {str(p), str(Path(p).resolve())}:
+            text = text.replace(variant, "<input>")
+    # absolute paths of any kind are cut to their base name
+    text = re.sub(r"(?:/[^/\s'\"]+)+/([^/\s'\"]+)", r"\1", text)
+    return f"unexpected error while scoring ({text}); please report it"
+
+
+def _nodule_rows(result: CaseResult, spacing) -> tuple[list[dict], list[dict]]:
+    nodules, regions = [], []
+    case_region = 0
+    for nod in result.nodules:
+        a = nod.alignment
+        total = float(nod.attribution.sum())
+        off_share = float(sum(r.mass_share for r in nod.regions)) if total > 0 else float("nan")
+        nodules.append({
+            "case_id": result.case_id, "nodule_id": nod.nodule_id,
+            "probability": nod.probability, "predicted_label": nod.predicted_label,
+            "rma": a.rma, "rra": a.rra, "pointing_hit": a.pointing_hit,
+            "peak_distance_mm": a.peak_distance_mm, "near_mass": a.near_mass,
+            "verdict": a.verdict, "n_offmask_regions": len(nod.regions),
+            "offmask_mass_share": off_share, "volume_mm3": nod.site.volume_mm3,
+            "center_z": nod.site.center_zyx[0], "center_y": nod.site.center_zyx[1],
+            "center_x": nod.site.center_zyx[2], "status": "ok" if a.status == "ok" else a.verdict,
+            "error": "" if a.status == "ok" else a.status,
+        })
+        lo = np.array([s.start for s in nod.box], dtype=float)
+        for r in nod.regions:
+            case_region += 1
+            cz, cy, cx = (np.asarray(r.centroid_zyx) + lo).tolist()  # scan voxel coordinates
+            regions.append({
+                "region_key": f"{result.case_id}/{nod.nodule_id}/r{r.region_index}",
+                "case_id": result.case_id, "nodule_id": nod.nodule_id,
+                "region_index": r.region_index, "case_region": case_region,
+                "probability": nod.probability, "n_voxels": r.n_voxels,
+                "volume_mm3": r.volume_mm3, "mass_share": r.mass_share, "peak_value": r.peak_value,
+                "centroid_z": cz, "centroid_y": cy, "centroid_x": cx,
+                "offset_z_mm": r.offset_mm[0], "offset_y_mm": r.offset_mm[1],
+                "offset_x_mm": r.offset_mm[2], "offset_distance_mm": r.offset_distance_mm,
+                "distance_to_mask_mm": r.distance_to_mask_mm, "mean_hu": r.mean_hu,
+                "max_hu": r.max_hu, "std_hu": r.std_hu, "cluster": -1,
+            })
+    return nodules, regions
+
+
+def _score_one(spec: CaseSpec, model, card, results_dir: Path, settings: ScoreSettings,
+               store: ResultsStore) -> tuple[str, str, int, int]:
+    volume, mask = load_case(spec)
+    result = analyze_scan(volume, mask, model, card, case_id=spec.case_id, settings=settings)
+    ct = np.clip(np.rint(volume.array), -32768, 32767).astype(np.int16)
+    arrays = save_case_arrays(
+        results_dir, spec.case_id, ct=ct,
+        mask=(mask.array if mask is not None else np.zeros(volume.shape, np.int16)).astype(np.int16),
+        attribution=result.attribution, region_map=result.region_map, affine=volume.affine,
+    )
+    nodules, regions = _nodule_rows(result, volume.spacing_mm)
+    status = "ok" if result.status == "ok" else "no-mask"
+    store.put_case(
+        {"case_id": spec.case_id, "status": status,
+         "error": "" if status == "ok" else result.status.split(": ", 1)[-1],
+         "n_nodules": len(nodules), "shape": list(volume.shape),
+         "spacing_mm": [round(s, 4) for s in volume.spacing_mm], "source_kind": spec.image_kind,
+         "arrays": arrays},
+        nodules, regions,
+    )
+    return status, "", len(nodules), len(regions)
+
+
+def recluster(store: ResultsStore, settings: PatternSettings = PatternSettings()) -> int:
+    """Cluster all off-mask regions in the store; return the number of clusters."""
+    regions = store.regions()
+    if regions.empty:
+        store.set_patterns(regions.assign(cluster=[], embedding_x=[], embedding_y=[]),
+                           pd.DataFrame(columns=["cluster"]))
+        return 0
+    clustered, clusters = cluster_regions(regions.drop(columns=["cluster", "embedding_x", "embedding_y"]),
+                                          settings=settings)
+    store.set_patterns(clustered, clusters)
+    return int(len(clusters))
+
+
+def _atomic_csv(df: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    df.to_csv(tmp, index=False, float_format="%.6g")
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def write_tables(store: ResultsStore, results_dir: Path) -> None:
+    """Write ``findings.csv`` and ``patterns.csv`` from the store."""
+    _atomic_csv(store.findings(), results_dir / "findings.csv")
+    clusters = store.clusters()
+    clusters["exemplars"] = [";".join(x) for x in clusters["exemplars"]]
+    _atomic_csv(clusters, results_dir / "patterns.csv")
+
+
+def score_folder(
+    input_path: str | Path,
+    results_dir: str | Path,
+    *,
+    model_dir: str | Path | None = None,
+    settings: ScoreSettings = ScoreSettings(),
+    pattern_settings: PatternSettings = PatternSettings(),
+    progress: Progress | None = None,
+) -> BatchSummary:
+    """Score every case under *input_path* into *results_dir*.
+
+    Parameters
+    ----------
+    input_path : path
+        A folder of case folders, one case folder, or a manifest CSV (see
+        :func:`data_tools.cases.discover_cases`).
+    results_dir : path
+        Created if needed; holds ``discovery.sqlite``, ``findings.csv``, ``patterns.csv`` and
+        ``cases/<case_id>.npz``.
+    model_dir : path, optional
+        Model folder; default the committed demo model.
+    progress : callable(done, total, case_id), optional
+
+    Returns
+    -------
+    BatchSummary
+    """
+    t0 = time.perf_counter()
+    results_dir = Path(results_dir)
+    model, card = load_model(model_dir)
+    specs = discover_cases(input_path)
+    store = ResultsStore(results_dir)
+    store.set_meta(model_sha256=card.weights_sha256, roi_size_vox=list(card.roi_size_vox),
+                   roi_spacing_mm=list(card.roi_spacing_mm), gradcam_layer=card.gradcam_layer,
+                   method=settings.method, hu_window=list(card.hu_window))
+    n_ok = n_failed = n_no_mask = n_nod = n_reg = 0
+    failed: list[tuple[str, str]] = []
+    for i, spec in enumerate(specs):
+        try:
+            status, _, k_nod, k_reg = _score_one(spec, model, card, results_dir, settings, store)
+        except Exception as exc:  # noqa: BLE001 -- a batch records every failure and goes on
+            message = safe_error(exc, input_path, spec.image, spec.mask)
+            log.warning("case %s failed: %s", spec.case_id, message)
+            log.debug("traceback for case %s", spec.case_id, exc_info=not isinstance(exc, DataError))
+            store.put_case({"case_id": spec.case_id, "status": "failed", "error": message,
+                            "source_kind": spec.image_kind}, [], [])
+            failed.append((spec.case_id, message))
+            n_failed += 1
+        else:
+            n_ok += status == "ok"
+            n_no_mask += status == "no-mask"
+            n_nod += k_nod
+            n_reg += k_reg
+        if progress is not None:
+            progress(i + 1, len(specs), spec.case_id)
+    n_clusters = recluster(store, pattern_settings)
+    write_tables(store, results_dir)
+    store.close()
+    return BatchSummary(
+        n_cases=len(specs), n_ok=n_ok, n_failed=n_failed, n_no_mask=n_no_mask, n_nodules=n_nod,
+        n_regions=n_reg, n_clusters=n_clusters, seconds=time.perf_counter() - t0, failed=failed,
+    )

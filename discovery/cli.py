@@ -1,0 +1,160 @@
+"""``discovery`` command line: sample | train | score | report | app.
+
+Thin: every command parses its options, calls the library, draws progress with rich, and
+prints a short summary.  Messages name cases by pseudonymous id only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TextColumn("{task.fields[note]}"), transient=False)
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+def cmd_sample(args) -> int:
+    from data_tools.synthetic import generate_cohort
+
+    with _progress() as bar:
+        task = bar.add_task("generating cases", total=args.cases, note="")
+        generate_cohort(Path(args.out), n_cases=args.cases, seed=args.seed,
+                        progress=lambda done, total: bar.update(task, completed=done))
+    _console().print(f"wrote {args.cases} synthetic cases (seed {args.seed}) and truth.json")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .model import ModelCard
+    from .train import TrainSettings, collect_rois, train_model
+
+    card = ModelCard()
+    with _progress() as bar:
+        task = bar.add_task("reading cases", total=None, note="")
+        data = collect_rois(args.cohort, card, labels_csv=args.labels,
+                            progress=lambda d, t: bar.update(task, completed=d, total=t))
+        settings = TrainSettings(seed=args.seed, epochs=args.epochs, patience=args.patience)
+        task2 = bar.add_task("training", total=settings.epochs, note="")
+        card = train_model(
+            data, args.out, settings=settings, card=card,
+            progress=lambda e, t, h: bar.update(
+                task2, completed=e, note=f"loss {h['loss']:.3f}  val AUROC {h['val_auroc']:.3f}"))
+    test = card.metrics["test"]
+    _console().print(
+        f"model saved. test split: AUROC {test['auroc']:.3f}, sensitivity {test['sensitivity']:.2f}, "
+        f"specificity {test['specificity']:.2f}, ECE {test['ece']:.3f} on {test['n']} nodules")
+    return 0
+
+
+def cmd_score(args) -> int:
+    from .batch import score_folder
+
+    console = _console()
+    with _progress() as bar:
+        task = bar.add_task("scoring", total=None, note="")
+        summary = score_folder(
+            args.input, args.out, model_dir=args.model,
+            progress=lambda d, t, cid: bar.update(task, completed=d, total=t, note=cid))
+    console.print(
+        f"{summary.n_cases} cases: {summary.n_ok} scored, {summary.n_no_mask} without mask, "
+        f"{summary.n_failed} failed; {summary.n_nodules} nodules, {summary.n_regions} off-mask "
+        f"regions, {summary.n_clusters} pattern clusters; {summary.seconds:.1f} s")
+    for case_id, message in summary.failed:
+        console.print(f"[red]failed[/red] {case_id}: {message}")
+    console.print("wrote findings.csv, patterns.csv and discovery.sqlite in the results folder")
+    return 1 if summary.n_failed else 0
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    path = write_report(args.results, args.out, fmt=args.format)
+    _console().print(f"wrote {args.format} report ({path.stat().st_size // 1024} KiB)")
+    return 0
+
+
+def cmd_app(args) -> int:
+    import subprocess
+
+    entry = Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py"
+    results = Path(args.results).resolve()
+    if not (results / "discovery.sqlite").is_file():
+        print("error: no discovery.sqlite in that folder; run `discovery score` first", file=sys.stderr)
+        return 2
+    cmd = [sys.executable, "-m", "streamlit", "run", str(entry),
+           "--server.address", args.host, "--server.port", str(args.port),
+           "--server.headless", "true", "--browser.gatherUsageStats", "false",
+           "--", "--results", str(results)]
+    print(f"review app: http://{args.host}:{args.port}", flush=True)
+    return subprocess.call(cmd)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="discovery", description=__doc__.splitlines()[0])
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("sample", help="write a seeded synthetic chest-CT cohort (DICOM + masks)")
+    s.add_argument("out", help="output folder")
+    s.add_argument("--cases", type=int, default=8)
+    s.add_argument("--seed", type=int, default=7)
+    s.set_defaults(func=cmd_sample)
+
+    t = sub.add_parser("train", help="train the nodule classifier on a cohort")
+    t.add_argument("cohort", help="cohort folder (case folders + truth.csv)")
+    t.add_argument("--out", required=True, help="model folder to write")
+    t.add_argument("--labels", default=None, help="labels CSV (default COHORT/truth.csv)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--epochs", type=int, default=40)
+    t.add_argument("--patience", type=int, default=10)
+    t.set_defaults(func=cmd_train)
+
+    c = sub.add_parser("score", help="score a folder of cases (or a manifest CSV)")
+    c.add_argument("input", help="folder of case folders, one case folder, or manifest CSV")
+    c.add_argument("--out", required=True, help="results folder")
+    c.add_argument("--model", default=None, help="model folder (default: the demo model)")
+    c.set_defaults(func=cmd_score)
+
+    r = sub.add_parser("report", help="export a findings report")
+    r.add_argument("results", help="results folder")
+    r.add_argument("--format", choices=["html", "csv"], default="html")
+    r.add_argument("--out", required=True, help="output file")
+    r.set_defaults(func=cmd_report)
+
+    a = sub.add_parser("app", help="start the review app")
+    a.add_argument("results", help="results folder")
+    a.add_argument("--port", type=int, default=8501)
+    a.add_argument("--host", default="127.0.0.1", help="bind address (default localhost only)")
+    a.set_defaults(func=cmd_app)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from data_tools.errors import DataError
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""``analyze_scan``: the one place where the per-scan steps are chained.
+
+scan + mask -> nodule sites -> ROIs -> probabilities + Grad-CAM (one forward/backward) ->
+maps placed back on the scan grid -> alignment metrics per nodule -> off-mask regions.
+
+All metrics are computed on the **scan grid**, inside each ROI's bounding box, with the
+scan's own voxel spacing: the mask is used exactly as annotated and only the attribution map is
+interpolated.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from data_tools.volume import Mask, Volume
+
+from .align import AlignThresholds, Alignment, align
+from .explain import AttributionInfo, predict_and_explain
+from .model import ModelCard
+from .offmask import OffMaskRegion, OffMaskSettings, extract_offmask_regions
+from .preprocess import NoduleSite, Roi, extract_roi, nodule_sites, normalize_hu, roi_to_scan
+
+__all__ = ["ScoreSettings", "NoduleResult", "CaseResult", "analyze_scan"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ScoreSettings:
+    """Settings of the per-scan analysis."""
+
+    align: AlignThresholds = field(default_factory=AlignThresholds)
+    offmask: OffMaskSettings = field(default_factory=OffMaskSettings)
+    method: str = "gradcam"
+    batch_size: int = 8
+
+
+@dataclass(frozen=True, eq=False)
+class NoduleResult:
+    """Everything computed for one annotated nodule.
+
+    ``attribution`` and ``region_labels`` are crops of the scan grid at ``box``.
+    """
+
+    site: NoduleSite
+    probability: float
+    predicted_label: int
+    alignment: Alignment
+    regions: list[OffMaskRegion]
+    box: tuple[slice, slice, slice]
+    attribution: np.ndarray
+    region_labels: np.ndarray
+    info: AttributionInfo
+
+    @property
+    def nodule_id(self) -> str:
+        return self.site.nodule_id
+
+
+@dataclass(frozen=True, eq=False)
+class CaseResult:
+    """The analysis of one scan.
+
+    Attributes
+    ----------
+    attribution : ndarray, shape (z, y, x), float32
+        Raw Grad-CAM magnitudes on the scan grid (maximum over the nodules' ROIs, 0 elsewhere).
+    region_map : ndarray, shape (z, y, x), int16
+        Off-mask regions numbered 1..R across the case (see ``region_index``).
+    region_index : list of (nodule_id, region_index)
+        Entry ``k - 1`` says which nodule's region ``k`` of ``region_map`` is.
+    """
+
+    case_id: str
+    nodules: list[NoduleResult]
+    attribution: np.ndarray
+    region_map: np.ndarray
+    region_index: list[tuple[str, int]]
+    status: str
+
+
+@contextmanager
+def _stage(timings: dict[str, float] | None, name: str):
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        if timings is not None:
+            timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
+
+
+def _rois_tensor(rois: list[Roi], card: ModelCard) -> torch.Tensor:
+    arr = np.stack([normalize_hu(r.hu, card.hu_window) for r in rois])[:, None]
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def analyze_scan(
+    volume: Volume,
+    mask: Mask | None,
+    model: torch.nn.Module,
+    card: ModelCard,
+    *,
+    case_id: str,
+    settings: ScoreSettings = ScoreSettings(),
+    timings: dict[str, float] | None = None,
+) -> CaseResult:
+    """Classify, explain, align and extract off-mask regions for every nodule of one scan.
+
+    Parameters
+    ----------
+    volume : Volume
+        CT in HU, shape (z, y, x).
+    mask : Mask or None
+        Label mask on the same grid, one label per nodule.  None or empty: no nodules to
+        score; the result has no nodules and ``status`` says why.
+    model, card
+        From :func:`discovery.model.load_model`.
+    case_id : str
+        Pseudonymous id (carried, never derived from paths here).
+    timings : dict, optional
+        When given, seconds per stage are added to it (``roi``, ``model``, ``align``,
+        ``offmask``); used by ``benchmarks/pipeline.py``.
+    """
+    shape = volume.shape
+    attribution = np.zeros(shape, dtype=np.float32)
+    region_map = np.zeros(shape, dtype=np.int16)
+    if mask is None:
+        return CaseResult(case_id, [], attribution, region_map, [], "no-mask: no mask file for this case")
+    sites = nodule_sites(mask)
+    if not sites:
+        return CaseResult(case_id, [], attribution, region_map, [], "no-mask: the mask is empty")
+
+    with _stage(timings, "roi"):
+        rois = [extract_roi(volume, s.center_zyx, size_vox=card.roi_size_vox,
+                            spacing_mm=card.roi_spacing_mm) for s in sites]
+    probs_all, maps_all = [], []
+    info = None
+    with _stage(timings, "model"):
+        for start in range(0, len(rois), settings.batch_size):
+            batch = _rois_tensor(rois[start:start + settings.batch_size], card)
+            probs, maps, info = predict_and_explain(model, batch, method=settings.method)
+            probs_all.append(probs)
+            maps_all.append(maps)
+    probs = np.concatenate(probs_all)
+    maps = np.concatenate(maps_all)
+    threshold = float(card.metrics.get("threshold", 0.5))
+
+    spacing = volume.spacing_mm
+    annotated = mask.array > 0
+    results: list[NoduleResult] = []
+    region_index: list[tuple[str, int]] = []
+    for site, roi, prob, roi_map in zip(sites, rois, probs, maps):
+        with _stage(timings, "align"):
+            box, attr = roi_to_scan(roi_map, roi, shape)
+            own = mask.array[box] == site.label
+            alignment = align(attr, own, spacing_mm=spacing, thresholds=settings.align)
+        lo = np.array([s.start for s in box], dtype=float)
+        with _stage(timings, "offmask"):
+            labels, regions = extract_offmask_regions(
+                attr, annotated[box], volume.array[box], spacing_mm=spacing,
+                nodule_center_zyx=tuple(np.asarray(site.center_zyx) - lo), settings=settings.offmask,
+            )
+        np.maximum(attribution[box], attr, out=attribution[box])
+        for region in regions:
+            region_index.append((site.nodule_id, region.region_index))
+            region_map[box][labels == region.region_index] = len(region_index)
+        p1 = float(prob[1])
+        results.append(NoduleResult(
+            site=site, probability=p1, predicted_label=int(p1 >= threshold), alignment=alignment,
+            regions=regions, box=box, attribution=attr, region_labels=labels, info=info,
+        ))
+    return CaseResult(case_id, results, attribution, region_map, region_index, "ok")

@@ -1,0 +1,173 @@
+"""Regions of interest: resample a cube around each nodule, and map results back.
+
+The ROI grid is aligned with the scan's own voxel axes (so oblique acquisitions need no
+rotation), with the isotropic spacing of the model card.  ROI voxel ``u`` (per axis) sits at
+scan voxel coordinate ``offset + u * scale`` where ``scale = roi_spacing / scan_spacing``;
+:func:`roi_to_scan` is the exact inverse used to place attribution maps back on the scan.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from data_tools.volume import Mask, Volume
+
+__all__ = ["Roi", "NoduleSite", "nodule_sites", "extract_roi", "normalize_hu", "roi_to_scan"]
+
+#: HU used for ROI voxels that fall outside the scan (air).
+OUTSIDE_HU = -1000.0
+
+
+@dataclass(frozen=True, eq=False)
+class NoduleSite:
+    """One annotated nodule: its label in the mask and where it is.
+
+    Attributes
+    ----------
+    label : int
+        Value of the nodule in the label mask.
+    center_zyx : tuple of 3 float
+        Centre of mass in scan voxel coordinates.
+    n_voxels : int
+    volume_mm3 : float
+    """
+
+    label: int
+    center_zyx: tuple[float, float, float]
+    n_voxels: int
+    volume_mm3: float
+
+    @property
+    def nodule_id(self) -> str:
+        return f"n{self.label}"
+
+
+@dataclass(frozen=True, eq=False)
+class Roi:
+    """A resampled cube around a nodule.
+
+    Attributes
+    ----------
+    hu : ndarray, shape (S, S, S), float32
+        HU values on the ROI grid (air outside the scan).
+    offset_zyx : ndarray, shape (3,)
+        Scan voxel coordinate of ROI voxel (0, 0, 0).
+    scale_zyx : ndarray, shape (3,)
+        Scan voxels per ROI voxel along each axis.
+    affine : ndarray, shape (4, 4)
+        ROI ``[z, y, x, 1]`` -> patient LPS mm.
+    """
+
+    hu: np.ndarray
+    offset_zyx: np.ndarray
+    scale_zyx: np.ndarray
+    affine: np.ndarray
+
+    def scan_box(self, scan_shape) -> tuple[slice, slice, slice]:
+        """The scan-grid bounding box covered by the ROI, clipped to the scan."""
+        size = np.asarray(self.hu.shape)
+        lo = np.floor(self.offset_zyx).astype(int)
+        hi = np.ceil(self.offset_zyx + (size - 1) * self.scale_zyx).astype(int) + 1
+        lo = np.clip(lo, 0, scan_shape)
+        hi = np.clip(hi, 0, scan_shape)
+        return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))  # type: ignore[return-value]
+
+
+def nodule_sites(mask: Mask) -> list[NoduleSite]:
+    """One :class:`NoduleSite` per label of *mask*, sorted by label. Empty mask: ``[]``."""
+    labels = mask.labels
+    if not labels:
+        return []
+    arr = mask.array
+    centers = ndimage.center_of_mass(np.ones_like(arr, dtype=np.uint8), arr, labels)
+    counts = ndimage.sum_labels(np.ones_like(arr, dtype=np.int64), arr, labels)
+    voxel_mm3 = float(np.prod(mask.spacing_mm))
+    return [
+        NoduleSite(
+            label=int(lab),
+            center_zyx=tuple(float(c) for c in cen),  # type: ignore[arg-type]
+            n_voxels=int(n),
+            volume_mm3=float(n) * voxel_mm3,
+        )
+        for lab, cen, n in zip(labels, centers, counts)
+    ]
+
+
+def extract_roi(volume: Volume, center_zyx, *, size_vox, spacing_mm) -> Roi:
+    """Resample a cube of ``size_vox`` voxels at ``spacing_mm`` centred on ``center_zyx``.
+
+    Parameters
+    ----------
+    volume : Volume
+        Scan in HU, shape (z, y, x).
+    center_zyx : sequence of 3 float
+        Cube centre in scan voxel coordinates.
+    size_vox : sequence of 3 int
+        ROI shape.
+    spacing_mm : sequence of 3 float
+        ROI voxel spacing in mm.
+
+    Returns
+    -------
+    Roi
+        Trilinear resampling; voxels outside the scan are air (-1000 HU).
+    """
+    size = np.asarray(size_vox, dtype=int)
+    scale = np.asarray(spacing_mm, dtype=float) / np.asarray(volume.spacing_mm, dtype=float)
+    offset = np.asarray(center_zyx, dtype=float) - (size - 1) / 2.0 * scale
+    hu = ndimage.affine_transform(
+        np.asarray(volume.array, dtype=np.float32),
+        scale,
+        offset=offset,
+        output_shape=tuple(int(s) for s in size),
+        order=1,
+        mode="constant",
+        cval=OUTSIDE_HU,
+    ).astype(np.float32)
+    to_scan = np.eye(4)
+    to_scan[:3, :3] = np.diag(scale)
+    to_scan[:3, 3] = offset
+    return Roi(hu=hu, offset_zyx=offset, scale_zyx=scale, affine=volume.affine @ to_scan)
+
+
+def normalize_hu(hu: np.ndarray, window) -> np.ndarray:
+    """Map HU to [0, 1] over ``window = (low, high)``, clipping outside. float32 out."""
+    lo, hi = float(window[0]), float(window[1])
+    if not hi > lo:
+        raise ValueError(f"HU window must have high > low; received {window}")
+    return np.clip((np.asarray(hu, dtype=np.float32) - lo) / (hi - lo), 0.0, 1.0)
+
+
+def roi_to_scan(roi_map: np.ndarray, roi: Roi, scan_shape) -> tuple[tuple[slice, slice, slice], np.ndarray]:
+    """Place a map defined on the ROI grid onto the scan grid (trilinear).
+
+    Parameters
+    ----------
+    roi_map : ndarray, shape (S, S, S)
+        Values on the ROI grid (e.g. a Grad-CAM map).
+    roi : Roi
+        The ROI the map belongs to.
+    scan_shape : tuple of 3 int
+
+    Returns
+    -------
+    box : tuple of 3 slices
+        Where the result lies in the scan (:meth:`Roi.scan_box`).
+    values : ndarray, float32, shape of the box
+        The map on those scan voxels; 0 outside the ROI's extent.
+    """
+    roi_map = np.asarray(roi_map, dtype=np.float32)
+    if roi_map.shape != roi.hu.shape:
+        raise ValueError(f"roi_map has shape {roi_map.shape}; the ROI has {roi.hu.shape}")
+    box = roi.scan_box(scan_shape)
+    lo = np.array([s.start for s in box], dtype=float)
+    out_shape = tuple(s.stop - s.start for s in box)
+    inv = 1.0 / roi.scale_zyx
+    values = ndimage.affine_transform(
+        roi_map, inv, offset=(lo - roi.offset_zyx) * inv, output_shape=out_shape,
+        order=1, mode="constant", cval=0.0,
+    )
+    return box, np.maximum(values, 0.0).astype(np.float32) if roi_map.min() >= 0 else values.astype(np.float32)

@@ -1,0 +1,310 @@
+"""The results store: one SQLite file (``RESULTS/discovery.sqlite``) plus per-case arrays.
+
+Tables
+------
+``meta``      key/value: schema version, model hash, settings.
+``cases``     one row per case: status (``ok`` / ``no-mask`` / ``failed``), error, geometry.
+``nodules``   one row per nodule: probability, alignment metrics, verdict, off-mask summary.
+``regions``   one row per off-mask region with its descriptors and cluster.
+``clusters``  one row per cohort-level pattern cluster.
+``reviews``   the current reviewer verdict per (item_type, item_id, reviewer): UNIQUE, so a
+              resubmitted verdict updates rather than duplicates.
+``review_audit``  every change of a review, never updated or deleted.
+
+Concurrency: WAL journal, a busy timeout, and ``BEGIN IMMEDIATE`` for writes, so that several
+reviewers (app sessions) can write at once.  Per-case arrays live in
+``RESULTS/cases/<case_id>.npz`` and are written to a temporary file, fsynced and renamed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sqlite3
+import threading
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "ResultsStore", "FINDINGS_COLUMNS", "REGION_COLUMNS", "CLUSTER_COLUMNS",
+    "NODULE_REVIEW_CHOICES", "CLUSTER_REVIEW_CHOICES", "save_case_arrays", "load_case_arrays",
+]
+
+SCHEMA_VERSION = 1
+DB_NAME = "discovery.sqlite"
+
+#: Columns of findings.csv, in order (one row per nodule; failed cases have one row).
+FINDINGS_COLUMNS = [
+    "case_id", "nodule_id", "probability", "predicted_label", "rma", "rra", "pointing_hit",
+    "peak_distance_mm", "near_mass", "verdict", "n_offmask_regions", "offmask_mass_share",
+    "volume_mm3", "center_z", "center_y", "center_x", "status", "error",
+]
+REGION_COLUMNS = [
+    "region_key", "case_id", "nodule_id", "region_index", "case_region", "probability",
+    "n_voxels", "volume_mm3", "mass_share", "peak_value", "centroid_z", "centroid_y",
+    "centroid_x", "offset_z_mm", "offset_y_mm", "offset_x_mm", "offset_distance_mm",
+    "distance_to_mask_mm", "mean_hu", "max_hu", "std_hu", "cluster", "embedding_x", "embedding_y",
+]
+CLUSTER_COLUMNS = [
+    "cluster", "n_regions", "n_cases", "n_nodules", "mean_probability",
+    "share_predicted_malignant", "mean_mean_hu", "mean_offset_distance_mm", "mean_volume_mm3",
+    "description", "exemplars",
+]
+NODULE_REVIEW_CHOICES = ("on the tumour", "partly", "elsewhere", "can't tell")
+CLUSTER_REVIEW_CHOICES = ("artifact or shortcut", "known sign", "candidate new pattern", "noise")
+
+_TEXT = {"case_id", "nodule_id", "verdict", "status", "error", "region_key", "description",
+         "exemplars"}
+_INT = {"predicted_label", "n_offmask_regions", "region_index", "case_region", "n_voxels",
+        "cluster", "n_regions", "n_cases", "n_nodules"}
+
+
+def _coltype(name: str) -> str:
+    return "TEXT" if name in _TEXT else "INTEGER" if name in _INT else "REAL"
+
+
+def _schema() -> str:
+    nod = ",\n  ".join(f"{c} {_coltype(c)}" for c in FINDINGS_COLUMNS)
+    reg = ",\n  ".join(f"{c} {_coltype(c)}" for c in REGION_COLUMNS)
+    clu = ",\n  ".join(f"{c} {_coltype(c)}" for c in CLUSTER_COLUMNS)
+    return f"""
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS cases (
+  case_id TEXT PRIMARY KEY, status TEXT NOT NULL, error TEXT NOT NULL DEFAULT '',
+  n_nodules INTEGER NOT NULL DEFAULT 0, shape TEXT, spacing_mm TEXT, source_kind TEXT,
+  arrays TEXT, scored_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS nodules (
+  {nod},
+  PRIMARY KEY (case_id, nodule_id));
+CREATE TABLE IF NOT EXISTS regions (
+  {reg},
+  PRIMARY KEY (region_key));
+CREATE TABLE IF NOT EXISTS clusters (
+  {clu},
+  PRIMARY KEY (cluster));
+CREATE TABLE IF NOT EXISTS reviews (
+  item_type TEXT NOT NULL CHECK (item_type IN ('nodule', 'cluster')),
+  item_id TEXT NOT NULL, reviewer TEXT NOT NULL, verdict TEXT NOT NULL,
+  note TEXT NOT NULL DEFAULT '', updated_at TEXT NOT NULL,
+  UNIQUE (item_type, item_id, reviewer));
+CREATE TABLE IF NOT EXISTS review_audit (
+  id INTEGER PRIMARY KEY AUTOINCREMENT, item_type TEXT NOT NULL, item_id TEXT NOT NULL,
+  reviewer TEXT NOT NULL, old_verdict TEXT, new_verdict TEXT NOT NULL, note TEXT NOT NULL,
+  at TEXT NOT NULL);
+"""
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _clean(value: Any) -> Any:
+    """Python scalars for sqlite; NaN stays NaN-as-NULL (read back as NaN by pandas)."""
+    if isinstance(value, (np.floating, float)):
+        return None if math.isnan(float(value)) else float(value)
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value)
+    return value
+
+
+class ResultsStore:
+    """Open (creating if needed) the results store in folder *results_dir*.
+
+    One connection per thread (SQLite connections must not be shared across threads).
+    """
+
+    def __init__(self, results_dir: str | Path, *, create: bool = True):
+        self.root = Path(results_dir)
+        self.path = self.root / DB_NAME
+        if not create and not self.path.is_file():
+            raise FileNotFoundError(
+                f"no results store ({DB_NAME}) in the results folder; run `discovery score` first")
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        con = self._con()
+        con.executescript(_schema())  # idempotent (IF NOT EXISTS); runs in its own transaction
+        with self.write() as con:
+            con.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+    # -- connections ---------------------------------------------------------------------
+    def _con(self) -> sqlite3.Connection:
+        con = getattr(self._local, "con", None)
+        if con is None:
+            con = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute("PRAGMA busy_timeout=30000")
+            con.execute("PRAGMA foreign_keys=ON")
+            self._local.con = con
+        return con
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """A ``BEGIN IMMEDIATE`` transaction, committed on success, rolled back on error."""
+        con = self._con()
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            yield con
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")
+
+    def close(self) -> None:
+        con = getattr(self._local, "con", None)
+        if con is not None:
+            con.close()
+            self._local.con = None
+
+    def query(self, sql: str, params: Iterable[Any] = ()) -> pd.DataFrame:
+        return pd.read_sql_query(sql, self._con(), params=list(params))
+
+    # -- meta ----------------------------------------------------------------------------
+    def set_meta(self, **values: Any) -> None:
+        with self.write() as con:
+            con.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                            [(k, json.dumps(v)) for k, v in values.items()])
+
+    def meta(self) -> dict[str, Any]:
+        rows = self._con().execute("SELECT key, value FROM meta").fetchall()
+        out = {}
+        for k, v in rows:
+            try:
+                out[k] = json.loads(v)
+            except json.JSONDecodeError:
+                out[k] = v
+        return out
+
+    # -- per-case results ----------------------------------------------------------------
+    def put_case(self, case: dict[str, Any], nodules: list[dict[str, Any]],
+                 regions: list[dict[str, Any]]) -> None:
+        """Replace everything stored for one case, in one transaction."""
+        case = {**case, "scored_at": _now()}
+        cols = ["case_id", "status", "error", "n_nodules", "shape", "spacing_mm", "source_kind",
+                "arrays", "scored_at"]
+        with self.write() as con:
+            cid = case["case_id"]
+            con.execute("DELETE FROM nodules WHERE case_id = ?", (cid,))
+            con.execute("DELETE FROM regions WHERE case_id = ?", (cid,))
+            con.execute(
+                f"INSERT OR REPLACE INTO cases ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                [_clean(case.get(c, "" if c == "error" else None)) for c in cols])
+            self._insert(con, "nodules", FINDINGS_COLUMNS, nodules)
+            self._insert(con, "regions", REGION_COLUMNS, regions)
+
+    @staticmethod
+    def _insert(con, table: str, columns: list[str], rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+        con.executemany(sql, [[_clean(r.get(c)) for c in columns] for r in rows])
+
+    def set_patterns(self, regions: pd.DataFrame, clusters: pd.DataFrame) -> None:
+        """Store cluster assignments / 2-D map of every region and the cluster table."""
+        with self.write() as con:
+            con.executemany(
+                "UPDATE regions SET cluster = ?, embedding_x = ?, embedding_y = ? WHERE region_key = ?",
+                [(int(r.cluster), _clean(r.embedding_x), _clean(r.embedding_y), r.region_key)
+                 for r in regions.itertuples()])
+            con.execute("DELETE FROM clusters")
+            rows = clusters.to_dict("records")
+            self._insert(con, "clusters", CLUSTER_COLUMNS, rows)
+
+    def cases(self) -> pd.DataFrame:
+        return self.query("SELECT * FROM cases ORDER BY case_id")
+
+    def findings(self) -> pd.DataFrame:
+        """One row per nodule (and per failed / mask-less case), columns FINDINGS_COLUMNS."""
+        nod = self.query(f"SELECT {', '.join(FINDINGS_COLUMNS)} FROM nodules")
+        bad = self.query("SELECT case_id, status, error FROM cases WHERE case_id NOT IN "
+                         "(SELECT DISTINCT case_id FROM nodules)")
+        if len(bad):
+            extra = pd.DataFrame({c: [None] * len(bad) for c in FINDINGS_COLUMNS})
+            extra["case_id"] = bad["case_id"].values
+            extra["nodule_id"] = ""
+            extra["status"] = bad["status"].values
+            extra["error"] = bad["error"].values
+            extra["verdict"] = np.where(bad["status"].str.startswith("no-mask"), "no-mask", "")
+            extra["n_offmask_regions"] = 0
+            nod = pd.concat([nod, extra], ignore_index=True) if len(nod) else extra
+        for col in FINDINGS_COLUMNS:
+            if _coltype(col) == "REAL":
+                nod[col] = pd.to_numeric(nod[col], errors="coerce").astype(float)
+        nod["error"] = nod["error"].fillna("")
+        return nod.sort_values(["case_id", "nodule_id"], kind="stable").reset_index(drop=True)[FINDINGS_COLUMNS]
+
+    def regions(self) -> pd.DataFrame:
+        return self.query(f"SELECT {', '.join(REGION_COLUMNS)} FROM regions ORDER BY region_key")
+
+    def clusters(self) -> pd.DataFrame:
+        df = self.query(f"SELECT {', '.join(CLUSTER_COLUMNS)} FROM clusters ORDER BY cluster")
+        df["exemplars"] = [json.loads(x) if x else [] for x in df["exemplars"]]
+        return df
+
+    # -- reviews -------------------------------------------------------------------------
+    def save_review(self, item_type: str, item_id: str, reviewer: str, verdict: str,
+                    note: str = "") -> None:
+        """Record a reviewer's verdict (insert or update) and append it to the audit trail."""
+        choices = NODULE_REVIEW_CHOICES if item_type == "nodule" else CLUSTER_REVIEW_CHOICES
+        if item_type not in ("nodule", "cluster"):
+            raise ValueError(f"item_type must be 'nodule' or 'cluster'; received {item_type!r}")
+        if verdict not in choices:
+            raise ValueError(f"verdict for a {item_type} must be one of {choices}; received {verdict!r}")
+        reviewer = reviewer.strip()
+        if not reviewer:
+            raise ValueError("a review needs the reviewer's name")
+        now = _now()
+        with self.write() as con:
+            old = con.execute(
+                "SELECT verdict FROM reviews WHERE item_type=? AND item_id=? AND reviewer=?",
+                (item_type, item_id, reviewer)).fetchone()
+            con.execute(
+                "INSERT INTO reviews (item_type, item_id, reviewer, verdict, note, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (item_type, item_id, reviewer) DO UPDATE "
+                "SET verdict = excluded.verdict, note = excluded.note, updated_at = excluded.updated_at",
+                (item_type, item_id, reviewer, verdict, note, now))
+            con.execute(
+                "INSERT INTO review_audit (item_type, item_id, reviewer, old_verdict, new_verdict, note, at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (item_type, item_id, reviewer, old[0] if old else None, verdict, note, now))
+
+    def reviews(self, item_type: str | None = None) -> pd.DataFrame:
+        if item_type is None:
+            return self.query("SELECT * FROM reviews ORDER BY item_type, item_id, reviewer")
+        return self.query("SELECT * FROM reviews WHERE item_type = ? ORDER BY item_id, reviewer",
+                          (item_type,))
+
+    def audit(self) -> pd.DataFrame:
+        return self.query("SELECT * FROM review_audit ORDER BY id")
+
+
+# -- arrays ------------------------------------------------------------------------------
+def _fsync_replace(tmp: Path, final: Path) -> None:
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, final)
+
+
+def save_case_arrays(results_dir: str | Path, case_id: str, **arrays: np.ndarray) -> str:
+    """Write ``cases/<case_id>.npz`` atomically; return its path relative to *results_dir*."""
+    folder = Path(results_dir) / "cases"
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"{case_id}.npz"
+    tmp = folder / f".{case_id}.tmp.npz"
+    with open(tmp, "wb") as fh:
+        np.savez_compressed(fh, **arrays)
+    _fsync_replace(tmp, final)
+    return f"cases/{case_id}.npz"
+
+
+def load_case_arrays(results_dir: str | Path, case_id: str) -> dict[str, np.ndarray]:
+    """Read the arrays of one case (ct, mask, attribution, region_map, affine)."""
+    with np.load(Path(results_dir) / "cases" / f"{case_id}.npz") as data:
+        return {k: data[k] for k in data.files}

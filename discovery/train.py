@@ -1,0 +1,211 @@
+"""Train and evaluate the nodule classifier on a cohort the loaders read.
+
+Labels come from a CSV with the columns ``case_dir, nodule_label, malignant`` (the synthetic
+cohort's ``truth.csv``); ``case_dir`` is the case folder's name under the cohort folder.
+
+Protocol: patient-level split (train / validation / test, seeded), augmentation (flips along
+the three axes, intensity jitter), class-balanced loss, early stopping on validation AUROC;
+the test split is touched once, at the end, and its figures go into the model card.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.metrics import roc_auc_score
+
+from data_tools.cases import discover_cases, load_case
+from data_tools.deid import pseudonymous_id
+from data_tools.errors import DataError, file_label
+
+from .model import ModelCard, build_network, save_model
+from .preprocess import extract_roi, nodule_sites, normalize_hu
+
+__all__ = ["TrainSettings", "RoiDataset", "collect_rois", "train_model", "evaluate", "expected_calibration_error"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    seed: int = 0
+    epochs: int = 40
+    patience: int = 10
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    threshold: float = 0.5
+
+
+@dataclass(frozen=True, eq=False)
+class RoiDataset:
+    """ROIs of a cohort: ``x`` (N, 1, z, y, x) float32 in [0, 1], ``y`` (N,) int64, ``group``
+    (N,) case index for patient-level splits, ``case_ids`` pseudonymous per group."""
+
+    x: np.ndarray
+    y: np.ndarray
+    group: np.ndarray
+    case_ids: list[str]
+    cohort_hash: str
+
+
+def collect_rois(cohort: str | Path, card: ModelCard, *, labels_csv: str | Path | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> RoiDataset:
+    """Extract one preprocessed ROI per labelled nodule of *cohort*."""
+    cohort = Path(cohort)
+    labels_csv = Path(labels_csv) if labels_csv else cohort / "truth.csv"
+    if not labels_csv.is_file():
+        raise DataError(f"no labels file {file_label(labels_csv)}: training needs a CSV with "
+                        "case_dir,nodule_label,malignant", path=labels_csv)
+    table = pd.read_csv(labels_csv)
+    by_id = {pseudonymous_id(str(d)): str(d) for d in table["case_dir"].unique()}
+    specs = [s for s in discover_cases(cohort) if s.case_id in by_id]
+    xs, ys, groups, case_ids = [], [], [], []
+    for i, spec in enumerate(specs):
+        volume, mask = load_case(spec)
+        rows = table[table["case_dir"].astype(str) == by_id[spec.case_id]].set_index("nodule_label")
+        sites = {s.label: s for s in nodule_sites(mask)} if mask is not None else {}
+        for label, row in rows.iterrows():
+            if int(label) not in sites:
+                continue
+            roi = extract_roi(volume, sites[int(label)].center_zyx, size_vox=card.roi_size_vox,
+                              spacing_mm=card.roi_spacing_mm)
+            xs.append(normalize_hu(roi.hu, card.hu_window)[None])
+            ys.append(int(row["malignant"]))
+            groups.append(len(case_ids))
+        case_ids.append(spec.case_id)
+        if progress:
+            progress(i + 1, len(specs))
+    if not xs:
+        raise DataError("the cohort yielded no labelled nodules; check the labels CSV")
+    digest = hashlib.sha256("\n".join(sorted(case_ids)).encode()).hexdigest()
+    return RoiDataset(np.stack(xs).astype(np.float32), np.asarray(ys, np.int64),
+                      np.asarray(groups), case_ids, digest)
+
+
+def _split(n_groups: int, s: TrainSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(s.seed)
+    order = rng.permutation(n_groups)
+    n_test = max(1, int(round(n_groups * s.test_fraction)))
+    n_val = max(1, int(round(n_groups * s.val_fraction)))
+    return order[n_test + n_val:], order[n_test:n_test + n_val], order[:n_test]
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    for axis in (2, 3, 4):
+        flip = torch.rand(x.shape[0], generator=gen) < 0.5
+        if flip.any():
+            x[flip] = torch.flip(x[flip], dims=(axis,))
+    scale = 1.0 + 0.05 * torch.randn(x.shape[0], 1, 1, 1, 1, generator=gen)
+    shift = 0.02 * torch.randn(x.shape[0], 1, 1, 1, 1, generator=gen)
+    return (x * scale + shift).clamp_(0.0, 1.0)
+
+
+@torch.no_grad()
+def predict_probabilities(model: torch.nn.Module, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """Malignancy probability (class 1) for ROIs ``(N, 1, z, y, x)``."""
+    model.eval()
+    out = [torch.softmax(model(torch.from_numpy(x[i:i + batch_size])), 1)[:, 1]
+           for i in range(0, len(x), batch_size)]
+    return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+
+
+def expected_calibration_error(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> float:
+    """ECE with equal-width bins on the predicted probability of class 1."""
+    y, p = np.asarray(y, float), np.asarray(p, float)
+    bins = np.clip((p * n_bins).astype(int), 0, n_bins - 1)
+    ece = 0.0
+    for b in range(n_bins):
+        sel = bins == b
+        if sel.any():
+            ece += sel.mean() * abs(y[sel].mean() - p[sel].mean())
+    return float(ece)
+
+
+def evaluate(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """AUROC, sensitivity, specificity at *threshold*, ECE and counts."""
+    y = np.asarray(y)
+    pred = np.asarray(p) >= threshold
+    both = len(np.unique(y)) == 2
+    pos, neg = y == 1, y == 0
+    return {
+        "auroc": float(roc_auc_score(y, p)) if both else float("nan"),
+        "sensitivity": float(pred[pos].mean()) if pos.any() else float("nan"),
+        "specificity": float((~pred[neg]).mean()) if neg.any() else float("nan"),
+        "ece": expected_calibration_error(y, p),
+        "n": int(len(y)), "n_malignant": int(pos.sum()),
+    }
+
+
+def train_model(data: RoiDataset, out_dir: str | Path, *, settings: TrainSettings = TrainSettings(),
+                card: ModelCard = ModelCard(),
+                progress: Callable[[int, int, dict], None] | None = None) -> ModelCard:
+    """Train on *data*, select the epoch by validation AUROC, evaluate once on the test split,
+    and save weights + model card to *out_dir*. Returns the saved card."""
+    torch.manual_seed(settings.seed)
+    gen = torch.Generator().manual_seed(settings.seed)
+    tr_g, va_g, te_g = _split(len(data.case_ids), settings)
+    idx = {name: np.flatnonzero(np.isin(data.group, g)) for name, g in
+           (("train", tr_g), ("val", va_g), ("test", te_g))}
+    model = build_network(card)
+    y_tr = data.y[idx["train"]]
+    counts = np.bincount(y_tr, minlength=2).astype(float)
+    weight = torch.tensor(counts.sum() / (2 * np.maximum(counts, 1)), dtype=torch.float32)
+    loss_fn = torch.nn.CrossEntropyLoss(weight=weight)
+    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=settings.epochs)
+    best = (-1.0, 0, None)
+    history = []
+    t0 = time.perf_counter()
+    for epoch in range(settings.epochs):
+        model.train()
+        order = idx["train"][torch.randperm(len(idx["train"]), generator=gen).numpy()]
+        losses = []
+        for start in range(0, len(order), settings.batch_size):
+            sel = order[start:start + settings.batch_size]
+            xb = _augment(torch.from_numpy(data.x[sel].copy()), gen)
+            loss = loss_fn(model(xb), torch.from_numpy(data.y[sel]))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(float(loss))
+        sched.step()
+        val = evaluate(data.y[idx["val"]], predict_probabilities(model, data.x[idx["val"]]))
+        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_auroc": val["auroc"]})
+        score = val["auroc"] if not np.isnan(val["auroc"]) else -float(np.mean(losses))
+        if score > best[0]:
+            best = (score, epoch + 1, {k: v.clone() for k, v in model.state_dict().items()})
+        if progress:
+            progress(epoch + 1, settings.epochs, history[-1])
+        if epoch + 1 - best[1] >= settings.patience:
+            log.info("early stop at epoch %d (best %d)", epoch + 1, best[1])
+            break
+    model.load_state_dict(best[2])
+    model.eval()
+    test = evaluate(data.y[idx["test"]], predict_probabilities(model, data.x[idx["test"]]),
+                    settings.threshold)
+    val = evaluate(data.y[idx["val"]], predict_probabilities(model, data.x[idx["val"]]),
+                   settings.threshold)
+    card = replace(card, training={
+        "seed": settings.seed, "epochs_run": len(history), "best_epoch": best[1],
+        "settings": {k: getattr(settings, k) for k in settings.__dataclass_fields__},
+        "cohort_case_list_sha256": data.cohort_hash, "n_cases": len(data.case_ids),
+        "n_nodules": int(len(data.y)),
+        "split": {k: {"n_cases": int(len(g)), "n_nodules": int(len(idx[k])),
+                      "case_ids": sorted(data.case_ids[i] for i in g)}
+                  for k, g in (("train", tr_g), ("val", va_g), ("test", te_g))},
+        "history": history, "seconds": round(time.perf_counter() - t0, 1),
+        "torch": torch.__version__,
+    }, metrics={"threshold": settings.threshold, "heldout_auroc": test["auroc"],
+                "test": test, "validation": val})
+    return save_model(model, card, out_dir)

@@ -1,0 +1,288 @@
+"""Alignment metrics on hand-made arrays (answers worked out by hand in comments)."""
+
+import math
+
+import numpy as np
+import pytest
+
+from discovery.align import (
+    AlignThresholds,
+    Alignment,
+    align,
+    near_mass,
+    peak_distance_mm,
+    pointing_game,
+    relevance_mass,
+    relevance_rank,
+)
+
+ISO = (1.0, 1.0, 1.0)
+
+
+def _grid_1x3x3():
+    # z = 0 slice:      x=0 x=1 x=2
+    #           y=0  [   1,  2,  0 ]
+    #           y=1  [   0,  5,  1 ]
+    #           y=2  [   0,  0,  1 ]      total = 10, peak 5 at (0, 1, 1)
+    return np.array([[[1.0, 2.0, 0.0], [0.0, 5.0, 1.0], [0.0, 0.0, 1.0]]])
+
+
+def _mask(shape, *voxels):
+    m = np.zeros(shape, dtype=bool)
+    for v in voxels:
+        m[v] = True
+    return m
+
+
+# ------------------------------------------------------------------------ golden values
+
+
+def test_rma_rra_on_1x3x3():
+    a = _grid_1x3x3()
+    m = _mask(a.shape, (0, 0, 1), (0, 1, 1))
+    # RMA = (2 + 5) / 10; K = 2 and the two largest values (5, 2) are both in M.
+    assert relevance_mass(a, m) == pytest.approx(0.7)
+    assert relevance_rank(a, m) == 1.0
+
+    m = _mask(a.shape, (0, 1, 1), (0, 2, 2))
+    # RMA = (5 + 1) / 10; top-2 = {5 at (1,1) in M, 2 at (0,1) not in M} -> 1/2.
+    assert relevance_mass(a, m) == pytest.approx(0.6)
+    assert relevance_rank(a, m) == 0.5
+
+
+def test_rra_ties_break_in_c_order():
+    a = np.zeros((1, 3, 3))
+    a[0, 0, 0] = a[0, 2, 2] = 1.0
+    # K = 1; the tie between flat index 0 and 8 goes to index 0.
+    assert relevance_rank(a, _mask(a.shape, (0, 0, 0))) == 1.0
+    assert relevance_rank(a, _mask(a.shape, (0, 2, 2))) == 0.0
+
+
+def test_pointing_and_peak_distance_on_1x3x3():
+    a = _grid_1x3x3()
+    m = _mask(a.shape, (0, 1, 1))
+    assert pointing_game(a, m, ISO) == 1.0
+    assert peak_distance_mm(a, m, ISO) == 0.0
+
+    m = _mask(a.shape, (0, 0, 0))
+    # Peak (0,1,1) to (0,0,0): dy = 1 * 0.5 mm, dx = 1 * 0.7 mm -> sqrt(0.25 + 0.49).
+    sp = (2.0, 0.5, 0.7)
+    assert peak_distance_mm(a, m, sp) == pytest.approx(math.sqrt(0.74))
+    assert pointing_game(a, m, sp) == 0.0
+    assert pointing_game(a, m, sp, tolerance_mm=0.87) == 1.0  # sqrt(0.74) = 0.8602
+    assert pointing_game(a, m, sp, tolerance_mm=0.86) == 0.0
+
+
+def test_pointing_ties_use_first_voxel_in_c_order():
+    a = np.zeros((1, 3, 3))
+    a[0, 0, 2] = a[0, 2, 0] = 3.0  # (0,0,2) comes first in C order
+    assert pointing_game(a, _mask(a.shape, (0, 0, 2)), ISO) == 1.0
+    assert pointing_game(a, _mask(a.shape, (0, 2, 0)), ISO) == 0.0
+
+
+def test_anisotropic_spacing_changes_the_pointing_outcome():
+    a = np.zeros((1, 3, 3))
+    a[0, 1, 1] = 1.0
+    m = _mask(a.shape, (0, 0, 0))
+    # One row and one column away: sqrt(3^2 + 1^2) = 3.16 mm with (dy, dx) = (3, 1) ...
+    assert peak_distance_mm(a, m, (1.0, 3.0, 1.0)) == pytest.approx(math.sqrt(10))
+    assert pointing_game(a, m, (1.0, 3.0, 1.0), tolerance_mm=3.5) == 1.0
+    # ... but sqrt(1^2 + 4^2) = 4.12 mm with (dy, dx) = (1, 4).
+    assert peak_distance_mm(a, m, (1.0, 1.0, 4.0)) == pytest.approx(math.sqrt(17))
+    assert pointing_game(a, m, (1.0, 1.0, 4.0), tolerance_mm=3.5) == 0.0
+
+
+def test_near_mass_uses_physical_margin_inclusive():
+    a = np.ones((1, 1, 5))
+    m = _mask(a.shape, (0, 0, 0))
+    sp = (1.0, 1.0, 2.0)  # distances along x: 0, 2, 4, 6, 8 mm
+    assert near_mass(a, m, sp, margin_mm=4.0) == pytest.approx(3 / 5)
+    assert near_mass(a, m, sp, margin_mm=3.9) == pytest.approx(2 / 5)
+    assert near_mass(a, m, sp, margin_mm=0.0) == pytest.approx(relevance_mass(a, m))
+
+
+# --------------------------------------------------------------------------- degenerate
+
+
+def test_empty_mask_gives_nan_everywhere_and_no_mask_verdict():
+    a = _grid_1x3x3()
+    m = np.zeros(a.shape, dtype=bool)
+    assert math.isnan(relevance_mass(a, m))
+    assert math.isnan(relevance_rank(a, m))
+    assert math.isnan(pointing_game(a, m, ISO, tolerance_mm=4.0))
+    assert math.isnan(peak_distance_mm(a, m, ISO))
+    assert math.isnan(near_mass(a, m, ISO, margin_mm=5.0))
+    r = align(a, m, spacing_mm=ISO)
+    assert r.verdict == "no-mask"
+    assert r.status == "empty mask: no annotated voxels for this nodule"
+    for v in (r.rma, r.rra, r.pointing_hit, r.peak_distance_mm, r.near_mass):
+        assert math.isnan(v)
+
+
+def test_zero_attribution_gives_no_attribution_verdict():
+    a = np.zeros((1, 3, 3))
+    m = _mask(a.shape, (0, 1, 1))
+    r = align(a, m, spacing_mm=ISO)
+    assert r.verdict == "no-attribution"
+    assert r.status == "attribution is zero everywhere"
+    assert math.isnan(r.rma) and math.isnan(r.pointing_hit) and math.isnan(r.near_mass)
+    assert math.isnan(relevance_mass(a, m)) and math.isnan(relevance_rank(a, m))
+    # Empty mask takes precedence over zero attribution.
+    assert align(a, np.zeros(a.shape, bool), spacing_mm=ISO).verdict == "no-mask"
+
+
+def test_integer_mask_nonzero_is_inside():
+    a = _grid_1x3x3()
+    m = np.zeros(a.shape, dtype=np.uint8)
+    m[0, 0, 1] = 3
+    m[0, 1, 1] = 1
+    assert relevance_mass(a, m) == pytest.approx(0.7)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def test_negative_attribution_raises_with_advice():
+    a = _grid_1x3x3()
+    a[0, 0, 0] = -0.1
+    with pytest.raises(ValueError, match="ReLU"):
+        align(a, _mask(a.shape, (0, 1, 1)), spacing_mm=ISO)
+    with pytest.raises(ValueError, match="non-negative"):
+        relevance_mass(a, _mask(a.shape, (0, 1, 1)))
+
+
+def test_shape_mismatch_raises():
+    with pytest.raises(ValueError, match="same"):
+        relevance_mass(np.ones((1, 3, 3)), np.ones((1, 3, 4), bool))
+    with pytest.raises(ValueError, match="same"):
+        align(np.ones((2, 3, 3)), np.ones((1, 3, 3), bool), spacing_mm=ISO)
+
+
+@pytest.mark.parametrize(
+    "attr, mask, spacing",
+    [
+        (np.full((1, 2, 2), np.nan), np.ones((1, 2, 2), bool), ISO),  # non-finite attr
+        (np.ones((1, 2, 2)), np.ones((1, 2, 2)) * 0.5, ISO),  # float mask
+        (np.ones((2, 2)), np.ones((2, 2), bool), ISO),  # not 3-D
+        (np.ones((1, 2, 2)), np.ones((1, 2, 2), bool), (1.0, 0.0, 1.0)),  # zero spacing
+        (np.ones((1, 2, 2)), np.ones((1, 2, 2), bool), (1.0, 1.0)),  # 2 spacings
+    ],
+)
+def test_bad_inputs_raise(attr, mask, spacing):
+    with pytest.raises(ValueError):
+        align(attr, mask, spacing_mm=spacing)
+
+
+def test_bad_thresholds_raise():
+    with pytest.raises(ValueError):
+        AlignThresholds(pointing_tolerance_mm=-1.0)
+    with pytest.raises(ValueError):
+        AlignThresholds(aligned_near_mass=1.5)
+    with pytest.raises(ValueError):
+        AlignThresholds(aligned_near_mass=0.2, offmask_near_mass=0.3)
+
+
+# ------------------------------------------------------------------------------ verdict
+
+
+def _line(n=20):
+    """A 1x1xn line, 1 mm voxels, mask at x = 0 (distance to mask = x mm)."""
+    a = np.zeros((1, 1, n))
+    return a, _mask(a.shape, (0, 0, 0))
+
+
+def test_verdict_aligned():
+    a, m = _line()
+    a[0, 0, 0] = 2.0
+    a[0, 0, 1:4] = 1.0  # all within 5 mm
+    r = align(a, m, spacing_mm=ISO)
+    assert isinstance(r, Alignment)
+    assert (r.verdict, r.status) == ("aligned", "ok")
+    assert r.pointing_hit == 1.0 and r.peak_distance_mm == 0.0 and r.near_mass == 1.0
+    assert r.rma == pytest.approx(2 / 5) and r.rra == 1.0
+
+
+def test_verdict_off_mask():
+    a, m = _line()
+    a[0, 0, 15] = 1.0  # 15 mm away, nothing near
+    r = align(a, m, spacing_mm=ISO)
+    assert r.verdict == "off-mask"
+    assert r.pointing_hit == 0.0 and r.peak_distance_mm == 15.0 and r.near_mass == 0.0
+
+
+def test_verdict_partial_hit_but_little_near_mass():
+    a, m = _line()
+    a[0, 0, 3] = 1.0  # peak 3 mm away: hit with the 4 mm tolerance
+    a[0, 0, 10:20] = 0.5  # mass 5 far away -> near mass 1 / 6
+    r = align(a, m, spacing_mm=ISO)
+    assert r.pointing_hit == 1.0 and r.near_mass == pytest.approx(1 / 6)
+    assert r.verdict == "partial"
+
+
+def test_verdict_partial_miss_but_much_near_mass():
+    a, m = _line()
+    a[0, 0, 10] = 1.0  # peak 10 mm away: miss
+    a[0, 0, 0:4] = 0.9  # near mass 3.6 / 4.6
+    r = align(a, m, spacing_mm=ISO)
+    assert r.pointing_hit == 0.0 and r.near_mass == pytest.approx(3.6 / 4.6)
+    assert r.verdict == "partial"
+
+
+def test_thresholds_change_the_verdict():
+    a, m = _line()
+    a[0, 0, 6] = 1.0  # 6 mm: a miss at 4 mm tolerance, a hit at 6 mm
+    assert align(a, m, spacing_mm=ISO).verdict == "off-mask"
+    t = AlignThresholds(pointing_tolerance_mm=6.0, near_margin_mm=6.0)
+    assert align(a, m, spacing_mm=ISO, thresholds=t).verdict == "aligned"
+
+
+def test_align_matches_single_metric_functions():
+    rng = np.random.default_rng(1)
+    a = rng.random((5, 6, 7)) ** 4
+    m = np.zeros(a.shape, bool)
+    m[1:3, 2:4, 2:5] = True
+    sp = (2.5, 0.8, 0.8)
+    r = align(a, m, spacing_mm=sp)
+    t = AlignThresholds()
+    assert r.rma == pytest.approx(relevance_mass(a, m))
+    assert r.rra == relevance_rank(a, m)
+    assert r.peak_distance_mm == pytest.approx(peak_distance_mm(a, m, sp))
+    assert r.pointing_hit == pointing_game(a, m, sp, tolerance_mm=t.pointing_tolerance_mm)
+    assert r.near_mass == pytest.approx(near_mass(a, m, sp, margin_mm=t.near_margin_mm))
+
+
+# ---------------------------------------------------------------------------- invariants
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_invariants_on_random_maps(seed):
+    rng = np.random.default_rng(seed)
+    a = rng.random((4, 5, 6))
+    m = rng.random(a.shape) < 0.2
+    sp = (3.0, 0.7, 0.7)
+    assert 0.0 <= relevance_mass(a, m) <= 1.0
+    assert 0.0 <= relevance_rank(a, m) <= 1.0
+    assert 0.0 <= near_mass(a, m, sp, margin_mm=2.0) <= 1.0
+
+    full = np.ones(a.shape, bool)
+    assert relevance_mass(a, full) == pytest.approx(1.0)
+    assert relevance_rank(a, full) == 1.0
+    r_full = align(a, full, spacing_mm=sp)
+    assert (r_full.verdict, r_full.near_mass, r_full.peak_distance_mm) == ("aligned", 1.0, 0.0)
+
+    r = align(a, m, spacing_mm=sp)
+    r_scaled = align(a * 37.5, m, spacing_mm=sp)
+    assert r_scaled.verdict == r.verdict
+    assert r_scaled.rra == r.rra
+    assert r_scaled.pointing_hit == r.pointing_hit
+    assert r_scaled.peak_distance_mm == r.peak_distance_mm
+    assert r_scaled.rma == pytest.approx(r.rma, rel=1e-12)
+    assert r_scaled.near_mass == pytest.approx(r.near_mass, rel=1e-12)
+
+
+def test_inputs_are_not_modified():
+    a = _grid_1x3x3()
+    m = _mask(a.shape, (0, 1, 1))
+    a0, m0 = a.copy(), m.copy()
+    align(a, m, spacing_mm=ISO)
+    assert np.array_equal(a, a0) and np.array_equal(m, m0)

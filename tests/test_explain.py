@@ -1,0 +1,142 @@
+"""Grad-CAM: hand-computed maps on a tiny net, equality with Captum and MONAI, thread safety."""
+
+import copy
+import threading
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from discovery.explain import explain, predict_and_explain
+from discovery.model import ModelCard, build_network
+
+
+class TinyNet(torch.nn.Module):
+    """conv (1->2 channels, kernel 2, stride 2, hand-set) -> ReLU -> global mean -> linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = torch.nn.Conv3d(1, 2, kernel_size=2, stride=2, bias=False)
+        self.act = torch.nn.ReLU()
+        self.fc = torch.nn.Linear(2, 2, bias=False)
+        with torch.no_grad():
+            self.features.weight.zero_()
+            self.features.weight[0] = 1.0 / 8.0          # channel 0: mean of each 2x2x2 block
+            self.features.weight[1] = 2.0 / 8.0          # channel 1: twice that
+            self.fc.weight.copy_(torch.tensor([[0.0, 0.0], [1.0, -1.0 / 4.0]]))
+        self.cam_layer = "features"
+
+    def forward(self, x):
+        a = self.act(self.features(x))
+        return self.fc(a.mean(dim=(2, 3, 4)))
+
+
+def test_gradcam_hand_computed():
+    # 4x4x4 input whose 2x2x2 block means are b[i,j,k] = 1 + i + 2j + 4k  (all positive)
+    blocks = torch.arange(8, dtype=torch.float32).reshape(2, 2, 2) + 1.0
+    x = blocks.repeat_interleave(2, 0).repeat_interleave(2, 1).repeat_interleave(2, 2)[None, None]
+    model = TinyNet().eval()
+    # A_0 = b, A_1 = 2b;  logit_1 = mean(A_0) - mean(A_1)/4  =>  dlogit/dA_c = W[1,c] / 8
+    # alpha_0 = 1/8, alpha_1 = -1/32;  cam = relu(b/8 - 2b/32) = b/16
+    native = (blocks / 16.0)[None, None]
+    expected = F.interpolate(native, size=(4, 4, 4), mode="trilinear", align_corners=False)[0, 0]
+    got = explain(model, x, target=1)
+    assert got.shape == (1, 4, 4, 4) and got.dtype == np.float32
+    np.testing.assert_allclose(got[0], expected.numpy(), atol=1e-7)
+    # corners of a trilinear (align_corners=False) upsampling equal the native corners
+    assert got[0, 0, 0, 0] == pytest.approx(1 / 16)
+    assert got[0, -1, -1, -1] == pytest.approx(8 / 16)
+
+
+def test_gradcam_relu_zeroes_negative_evidence():
+    model = TinyNet().eval()
+    x = torch.ones(1, 1, 4, 4, 4)
+    # class 0 has zero weights: gradients are zero, the map is exactly zero (not rescaled)
+    assert np.all(explain(model, x, target=0) == 0.0)
+
+
+def _demo_net(seed=0):
+    torch.manual_seed(seed)
+    return build_network(ModelCard()).eval()
+
+
+def test_equals_captum_layergradcam():
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    model = _demo_net()
+    x = torch.rand(3, 1, 32, 32, 32, generator=torch.Generator().manual_seed(1))
+    ours = explain(model, x, target=1)
+    ref = LayerGradCam(model, model.layer3).attribute(x, target=1, relu_attributions=True)
+    ref = LayerAttribution.interpolate(ref, (32, 32, 32), interpolate_mode="trilinear")
+    np.testing.assert_allclose(ours, ref[:, 0].detach().numpy(), atol=1e-5, rtol=0)
+    assert ours.max() > 0
+
+
+def test_equals_monai_gradcam_raw_map():
+    from monai.visualize import GradCAM
+
+    model = _demo_net()
+    x = torch.rand(2, 1, 32, 32, 32, generator=torch.Generator().manual_seed(2))
+    ours = explain(model, x, target=1)
+    # MONAI switches inplace off on the model it is given: hand it a copy.
+    cam = GradCAM(copy.deepcopy(model), target_layers="layer3", postprocessing=lambda t: t)
+    ref = cam(x, class_idx=1)
+    np.testing.assert_allclose(ours, ref[:, 0].detach().numpy(), atol=1e-5, rtol=0)
+
+
+def test_explain_leaves_model_untouched():
+    model = _demo_net()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    inplace_before = [m.inplace for m in model.modules() if isinstance(m, torch.nn.ReLU)]
+    explain(model, torch.rand(1, 1, 32, 32, 32))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert [m.inplace for m in model.modules() if isinstance(m, torch.nn.ReLU)] == inplace_before
+    assert not model.training
+    assert all(len(m._forward_hooks) == 0 and len(m._backward_hooks) == 0 for m in model.modules())
+
+
+def test_probabilities_match_plain_forward():
+    model = _demo_net()
+    x = torch.rand(2, 1, 32, 32, 32)
+    probs, _, info = predict_and_explain(model, x)
+    with torch.no_grad():
+        ref = torch.softmax(model(x), 1).numpy()
+    np.testing.assert_allclose(probs, ref, atol=1e-6)
+    assert info.layer == "layer3" and info.native_shape == (8, 8, 8) and info.target == 1
+
+
+def test_two_threads_share_one_model():
+    model = _demo_net()
+    gen = torch.Generator().manual_seed(3)
+    a, b = torch.rand(2, 1, 32, 32, 32, generator=gen), torch.rand(2, 1, 32, 32, 32, generator=gen)
+    seq_a, seq_b = explain(model, a), explain(model, b)
+    out = {}
+    barrier = threading.Barrier(2)
+
+    def work(name, x):
+        barrier.wait()
+        for _ in range(3):
+            out[name] = explain(model, x)
+
+    threads = [threading.Thread(target=work, args=("a", a)), threading.Thread(target=work, args=("b", b))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    np.testing.assert_allclose(out["a"], seq_a, atol=1e-6)
+    np.testing.assert_allclose(out["b"], seq_b, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [torch.zeros(2, 32, 32, 32), torch.zeros(1, 2, 8, 8, 8),
+                                 torch.zeros(1, 1, 8, 8, 8, dtype=torch.int64)])
+def test_rejects_malformed_input(bad):
+    with pytest.raises(ValueError, match="rois must be"):
+        explain(_demo_net(), bad)
+
+
+def test_unknown_layer_and_method():
+    with pytest.raises(ValueError, match="no module 'nope'"):
+        explain(_demo_net(), torch.zeros(1, 1, 32, 32, 32), layer="nope")
+    with pytest.raises(ValueError, match="unknown attribution method"):
+        explain(_demo_net(), torch.zeros(1, 1, 32, 32, 32), method="magic")

@@ -1,0 +1,59 @@
+"""Model folder: safetensors + card round trip, hash check, clear errors."""
+
+import json
+
+import pytest
+import torch
+
+from data_tools.errors import ModelError
+from discovery.model import ModelCard, build_network, default_model_dir, load_model, save_model
+
+
+def test_save_load_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = build_network(ModelCard())
+    card = save_model(model, ModelCard(metrics={"heldout_auroc": 0.5}), tmp_path)
+    assert len(card.weights_sha256) == 64
+    loaded, card2 = load_model(tmp_path)
+    assert card2 == card and not loaded.training and loaded.cam_layer == "layer3"
+    x = torch.rand(1, 1, 32, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(model(x), loaded(x))
+
+
+def test_tampered_weights_are_refused(tmp_path):
+    save_model(build_network(ModelCard()), ModelCard(), tmp_path)
+    weights = tmp_path / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="SHA-256") as err:
+        load_model(tmp_path)
+    assert str(tmp_path) not in str(err.value)
+
+
+def test_missing_card(tmp_path):
+    with pytest.raises(ModelError, match="no model.json"):
+        load_model(tmp_path)
+
+
+def test_wrong_architecture(tmp_path):
+    card = save_model(build_network(ModelCard()), ModelCard(), tmp_path)
+    raw = json.loads((tmp_path / "model.json").read_text())
+    raw["architecture"]["name"] = "torchvision.resnet18"
+    (tmp_path / "model.json").write_text(json.dumps(raw))
+    with pytest.raises(ModelError, match="architecture"):
+        load_model(tmp_path)
+    assert card.weights_sha256
+
+
+def test_committed_demo_model_card():
+    card_path = default_model_dir() / "model.json"
+    if not card_path.exists():
+        pytest.skip("demo model not trained yet")
+    model, card = load_model()
+    assert card.metrics["heldout_auroc"] >= 0.9
+    for key in ("auroc", "sensitivity", "specificity", "ece"):
+        assert 0.0 <= card.metrics["test"][key] <= 1.0
+    assert card.training["cohort_case_list_sha256"]
