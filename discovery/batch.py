@@ -22,10 +22,10 @@ import pandas as pd
 from data_tools.cases import CaseSpec, discover_cases, load_case
 from data_tools.errors import DataError
 
-from .model import load_model, sha256_file
+from .model import load_model
 from .patterns import PatternSettings, cluster_regions
 from .pipeline import CaseResult, ScoreSettings, analyze_scan
-from .store import REGION_COLUMNS, ResultsStore, save_case_arrays
+from .store import ResultsStore, save_case_arrays
 
 __all__ = ["BatchSummary", "score_folder", "write_tables", "recluster", "safe_error"]
 
@@ -50,18 +50,22 @@ class BatchSummary:
 
 
 def safe_error(exc: BaseException, *paths: Path | str | None) -> str:
-    """A message for *exc* that is safe to store: known input errors as they are, anything
-    else as its type and message with every given path (and its parents' names) scrubbed."""
-    if isinstance(exc, DataError):
-        return str(exc)
-    text = f"{type(exc).__name__}: {exc}"
+    """A message for *exc* that is safe to store and print.
+
+    Input errors (:class:`DataError`) are written to name files by base name only; anything
+    else is reported as its type and message.  In both, every given path is replaced by
+    ``<input>`` and any remaining absolute path is cut to its base name (defence in depth:
+    a third-party message may quote a path).
+    """
+    text = str(exc) if isinstance(exc, DataError) else f"{type(exc).__name__}: {exc}"
     for p in paths:
         if p is None:
             continue
-        for variant in {str(p), str(Path(p).resolve())}:
+        for variant in sorted({str(p), str(Path(p).resolve())}, key=len, reverse=True):
             text = text.replace(variant, "<input>")
-    # absolute paths of any kind are cut to their base name
     text = re.sub(r"(?:/[^/\s'\"]+)+/([^/\s'\"]+)", r"\1", text)
+    if isinstance(exc, DataError):
+        return text
     return f"unexpected error while scoring ({text}); please report it"
 
 
@@ -196,8 +200,8 @@ def score_folder(
             status, _, k_nod, k_reg = _score_one(spec, model, card, results_dir, settings, store)
         except Exception as exc:  # noqa: BLE001 -- a batch records every failure and goes on
             message = safe_error(exc, input_path, spec.image, spec.mask)
+            # no traceback in the log: frames and messages of third-party code may quote paths
             log.warning("case %s failed: %s", spec.case_id, message)
-            log.debug("traceback for case %s", spec.case_id, exc_info=not isinstance(exc, DataError))
             store.put_case({"case_id": spec.case_id, "status": "failed", "error": message,
                             "source_kind": spec.image_kind}, [], [])
             failed.append((spec.case_id, message))

@@ -78,22 +78,20 @@ class Roi:
 
 def nodule_sites(mask: Mask) -> list[NoduleSite]:
     """One :class:`NoduleSite` per label of *mask*, sorted by label. Empty mask: ``[]``."""
-    labels = mask.labels
-    if not labels:
-        return []
     arr = mask.array
-    centers = ndimage.center_of_mass(np.ones_like(arr, dtype=np.uint8), arr, labels)
-    counts = ndimage.sum_labels(np.ones_like(arr, dtype=np.int64), arr, labels)
     voxel_mm3 = float(np.prod(mask.spacing_mm))
-    return [
-        NoduleSite(
-            label=int(lab),
-            center_zyx=tuple(float(c) for c in cen),  # type: ignore[arg-type]
-            n_voxels=int(n),
-            volume_mm3=float(n) * voxel_mm3,
-        )
-        for lab, cen, n in zip(labels, centers, counts)
-    ]
+    sites = []
+    # one pass for the bounding boxes, then work inside each box only
+    for label, box in enumerate(ndimage.find_objects(arr), start=1):
+        if box is None:
+            continue
+        inside = arr[box] == label
+        lo = np.array([s.start for s in box], dtype=float)
+        center = np.argwhere(inside).mean(axis=0) + lo
+        n = int(inside.sum())
+        sites.append(NoduleSite(label=label, center_zyx=tuple(float(c) for c in center),  # type: ignore[arg-type]
+                                n_voxels=n, volume_mm3=n * voxel_mm3))
+    return sites
 
 
 def extract_roi(volume: Volume, center_zyx, *, size_vox, spacing_mm) -> Roi:

@@ -23,6 +23,7 @@ import math
 import os
 import sqlite3
 import threading
+import zipfile
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -298,8 +299,11 @@ def save_case_arrays(results_dir: str | Path, case_id: str, **arrays: np.ndarray
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"{case_id}.npz"
     tmp = folder / f".{case_id}.tmp.npz"
-    with open(tmp, "wb") as fh:
-        np.savez_compressed(fh, **arrays)
+    # zlib level 1: ~4x faster than numpy's default level for ~10% larger files
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        for name, value in arrays.items():
+            with zf.open(f"{name}.npy", "w", force_zip64=True) as fh:
+                np.lib.format.write_array(fh, np.asanyarray(value), allow_pickle=False)
     _fsync_replace(tmp, final)
     return f"cases/{case_id}.npz"
 

@@ -178,7 +178,7 @@ def train_model(data: RoiDataset, out_dir: str | Path, *, settings: TrainSetting
             opt.zero_grad()
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         sched.step()
         val = evaluate(data.y[idx["val"]], predict_probabilities(model, data.x[idx["val"]]))
         history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_auroc": val["auroc"]})

@@ -1,0 +1,194 @@
+"""Helpers shared by the review app's pages: where the results are, the store, cached
+case arrays, the reviewer's name, and small formatting helpers.
+
+The results folder comes from (first found): ``st.session_state["results_dir"]``, the
+script argument ``--results PATH`` (``streamlit run app/streamlit_app.py -- --results PATH``)
+or the environment variable ``DISCOVERY_RESULTS``.  Pages show case ids only, never source
+paths.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+_ROOT = Path(__file__).resolve().parents[1]
+if str(_ROOT) not in sys.path:  # `discovery` is importable without installing the project
+    sys.path.insert(0, str(_ROOT))
+
+from discovery.store import DB_NAME, ResultsStore, load_case_arrays  # noqa: E402
+
+ENV_VAR = "DISCOVERY_RESULTS"
+RESULTS_KEY = "results_dir"
+REVIEWER_KEY = "reviewer"
+
+#: One-line explanations of the per-nodule metrics (shown next to the values).
+METRIC_HELP = {
+    "probability": "Model's predicted probability that the nodule is malignant.",
+    "verdict": "Where the attention is: aligned / partial / off-mask (pointing hit + near mass).",
+    "rma": "Relevance mass: share of all attribution that lies inside the mask.",
+    "rra": "Relevance rank: share of the |mask| highest-attribution voxels inside the mask.",
+    "pointing_hit": "Is the attribution peak on the mask (within the pointing tolerance)?",
+    "peak_distance_mm": "Distance from the attribution peak to the nearest mask voxel (0 = inside).",
+    "near_mass": "Share of attribution within the near margin (about 5 mm) of the mask.",
+    "offmask_mass_share": "Share of attribution in off-mask regions (clusters of attention away from the mask).",
+}
+
+
+# -- results folder and store ------------------------------------------------------------
+def _results_from_argv(argv: list[str]) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == "--results" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--results="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def results_dir() -> Path:
+    """The results folder; stops the page with a clear message when there is none."""
+    value = st.session_state.get(RESULTS_KEY) or _results_from_argv(sys.argv[1:]) \
+        or os.environ.get(ENV_VAR)
+    if not value:
+        st.error("No results folder given. Start the app with "
+                 "`discovery app RESULTS` (or `streamlit run app/streamlit_app.py -- --results "
+                 f"RESULTS`, or set {ENV_VAR}).")
+        st.stop()
+    path = Path(value).expanduser()
+    if not (path / DB_NAME).is_file():
+        st.error(f"The results folder has no {DB_NAME}; run `discovery score` first.")
+        st.stop()
+    st.session_state[RESULTS_KEY] = str(path)
+    return path
+
+
+@st.cache_resource(show_spinner=False)
+def _open_store(root: str) -> ResultsStore:
+    # ResultsStore keeps one SQLite connection per thread, so one object can be shared.
+    return ResultsStore(root, create=False)
+
+
+def get_store() -> ResultsStore:
+    return _open_store(str(results_dir().resolve()))
+
+
+@st.cache_resource(show_spinner="Loading case…", max_entries=4)
+def _load_arrays(root: str, case_id: str, mtime_ns: int) -> dict[str, np.ndarray]:
+    arrays = load_case_arrays(root, case_id)
+    for arr in arrays.values():
+        arr.setflags(write=False)  # shared between sessions: read only
+    attr = arrays.get("attribution")
+    has_attr = attr is not None and attr.size > 0
+    arrays["attr_max"] = np.float64(attr.max() if has_attr else 0.0)
+    arrays["attr_peak_z"] = np.int64(np.unravel_index(np.argmax(attr), attr.shape)[0] if has_attr else 0)
+    mask = arrays.get("mask")
+    n_labels = int(mask.max()) if mask is not None and mask.size else 0
+    # voxels of every label on every axial slice, (z, n_labels + 1): key slices without rescans
+    arrays["label_counts"] = (np.stack([np.bincount(np.clip(s, 0, None).ravel(), minlength=n_labels + 1)
+                                        for s in mask]) if n_labels > 0 else np.zeros((0, 1), np.int64))
+    return arrays
+
+
+def key_slice(arrays: dict[str, np.ndarray], label: int | None) -> int | None:
+    """Axial slice with most voxels of mask *label* (lowest on ties), as
+    :func:`discovery.render.key_slice`; None when the label is not in the mask."""
+    counts = arrays["label_counts"]
+    if label is None or not 0 < label < counts.shape[1] or not counts[:, label].any():
+        return None
+    return int(np.argmax(counts[:, label]))
+
+
+def case_arrays(case_id: str) -> dict[str, np.ndarray] | None:
+    """The arrays of one case (loaded once, reloaded if the file changes), plus
+    ``attr_max`` (the case's attribution maximum), ``attr_peak_z`` (its axial slice) and
+    ``label_counts`` (see :func:`key_slice`).  None if the case has no arrays."""
+    root = results_dir().resolve()
+    path = root / "cases" / f"{case_id}.npz"
+    try:
+        mtime = path.stat().st_mtime_ns
+    except OSError:
+        return None
+    return _load_arrays(str(root), case_id, mtime)
+
+
+# -- reviewer ------------------------------------------------------------------------------
+def reviewer_sidebar() -> str:
+    """The reviewer name box in the sidebar; the name survives page switches."""
+    st.sidebar.text_input("Reviewer name", key=REVIEWER_KEY, persist_state="session",
+                          help="Your reviews are saved under this name.")
+    name = (st.session_state.get(REVIEWER_KEY) or "").strip()
+    if not name:
+        st.sidebar.caption("Enter your name to save reviews.")
+    return name
+
+
+def setup_page() -> None:
+    """Common start of every page: results folder check and reviewer box."""
+    results_dir()
+    reviewer_sidebar()
+
+
+# -- small helpers -------------------------------------------------------------------------
+def nodule_label(nodule_id: str) -> int | None:
+    """Mask label of a nodule id such as ``"n3"`` (None if the id has no number)."""
+    m = re.search(r"(\d+)$", str(nodule_id))
+    return int(m.group(1)) if m else None
+
+
+def fmt(value, digits: int = 3) -> str:
+    """A number for display; '–' for missing values."""
+    if value is None:
+        return "–"
+    if isinstance(value, str):
+        return value or "–"
+    v = float(value)
+    if math.isnan(v):
+        return "–"
+    return f"{v:.{digits}g}" if abs(v) < 1e4 else f"{v:.0f}"
+
+
+def review_summary(reviews: pd.DataFrame) -> pd.DataFrame:
+    """Per item_id: number of reviews and ``"name: verdict"`` list."""
+    if reviews.empty:
+        return pd.DataFrame({"item_id": pd.Series(dtype=str), "n_reviews": pd.Series(dtype=int),
+                             "reviews": pd.Series(dtype=str)})
+    entries = (reviews["reviewer"] + ": " + reviews["verdict"]).groupby(reviews["item_id"])
+    return pd.DataFrame({"n_reviews": entries.size(), "reviews": entries.agg("; ".join)}).reset_index()
+
+
+def save_review_form(store: ResultsStore, *, item_type: str, item_id: str, choices,
+                     form_key: str, label: str) -> None:
+    """Verdict + note form for one item; saves under the sidebar's reviewer name."""
+    reviewer = (st.session_state.get(REVIEWER_KEY) or "").strip()
+    mine = store.reviews(item_type)
+    mine = mine[(mine["item_id"] == item_id) & (mine["reviewer"] == reviewer)]
+    current = mine["verdict"].iloc[0] if len(mine) else None
+    with st.form(form_key):
+        verdict = st.radio(label, choices, index=list(choices).index(current) if current in choices else None,
+                           key=f"{form_key}_verdict")
+        note = st.text_area("Note (optional)", value=mine["note"].iloc[0] if len(mine) else "",
+                            key=f"{form_key}_note")
+        submitted = st.form_submit_button("Save review", type="primary")
+    if submitted:
+        if not reviewer:
+            st.warning("Enter your name in the sidebar first.")
+        elif verdict is None:
+            st.warning("Choose a verdict first.")
+        else:
+            store.save_review(item_type, item_id, reviewer, verdict, note or "")
+            st.success(f"Saved: {verdict!r} by {reviewer}.")
+    existing = store.reviews(item_type)
+    existing = existing[existing["item_id"] == item_id]
+    if len(existing):
+        st.caption("Reviews of this item")
+        st.dataframe(existing[["reviewer", "verdict", "note", "updated_at"]], hide_index=True,
+                     width="stretch")
+    else:
+        st.caption("Not reviewed yet.")

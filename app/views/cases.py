@@ -1,0 +1,99 @@
+"""Cases: one row per scored nodule, with filters, review status and a way into a case."""
+
+import sys
+from pathlib import Path
+
+_APP_DIR = str(Path(__file__).resolve().parents[1])  # app/, for `import common`
+if _APP_DIR not in sys.path:
+    sys.path.insert(0, _APP_DIR)
+
+import pandas as pd  # noqa: E402
+import streamlit as st  # noqa: E402
+
+import common  # noqa: E402
+
+common.setup_page()
+store = common.get_store()
+
+st.title("Cases")
+findings = store.findings()
+scored = findings[findings["nodule_id"].fillna("") != ""].copy()
+unscored = findings[findings["nodule_id"].fillna("") == ""]
+
+if scored.empty:
+    st.info("No scored nodules in this results folder.")
+else:
+    scored["item_id"] = scored["case_id"] + "/" + scored["nodule_id"]
+    summary = common.review_summary(store.reviews("nodule"))
+    scored = scored.merge(summary, on="item_id", how="left")
+    scored["n_reviews"] = scored["n_reviews"].fillna(0).astype(int)
+    scored["reviews"] = scored["reviews"].fillna("")
+    scored["review_status"] = scored["n_reviews"].map(lambda n: "reviewed" if n else "to review")
+    scored["pointing_hit"] = scored["pointing_hit"].map(
+        lambda v: "" if pd.isna(v) else ("yes" if v >= 0.5 else "no"))
+    scored["predicted_label"] = scored["predicted_label"].map(
+        lambda v: "" if pd.isna(v) else ("malignant" if int(v) == 1 else "benign"))
+
+    # -- filters ---------------------------------------------------------------------------
+    f1, f2, f3 = st.columns([2, 2, 1])
+    verdicts = sorted(scored["verdict"].fillna("").unique())
+    chosen = f1.multiselect("Attention verdict", verdicts, default=verdicts, key="cases_verdicts")
+    lo, hi = f2.slider("Probability of malignancy", 0.0, 1.0, (0.0, 1.0), step=0.01,
+                       key="cases_prob")
+    status = f3.radio("Review status", ["all", "to review", "reviewed"], key="cases_review")
+
+    prob = scored["probability"]
+    keep = scored["verdict"].fillna("").isin(chosen) & (prob.isna() | prob.between(lo, hi))
+    if status != "all":
+        keep &= scored["review_status"] == status
+    view = scored[keep]
+
+    left = int((scored["review_status"] == "to review").sum())
+    m1, m2, m3 = st.columns(3)
+    m1.metric("Nodules", len(scored))
+    m2.metric("Left to review", left)
+    m3.metric("Shown", len(view))
+
+    columns = ["case_id", "nodule_id", "probability", "predicted_label", "verdict", "rma", "rra",
+               "pointing_hit", "peak_distance_mm", "n_offmask_regions", "status",
+               "review_status", "reviews"]
+    st.dataframe(
+        view[columns], hide_index=True, width="stretch", key="cases_table",
+        column_config={
+            "case_id": st.column_config.TextColumn("Case"),
+            "nodule_id": st.column_config.TextColumn("Nodule"),
+            "probability": st.column_config.ProgressColumn(
+                "P(malignant)", min_value=0.0, max_value=1.0, format="%.2f"),
+            "predicted_label": "Predicted",
+            "verdict": st.column_config.TextColumn("Verdict", help=common.METRIC_HELP["verdict"]),
+            "rma": st.column_config.NumberColumn("RMA", format="%.2f", help=common.METRIC_HELP["rma"]),
+            "rra": st.column_config.NumberColumn("RRA", format="%.2f", help=common.METRIC_HELP["rra"]),
+            "pointing_hit": st.column_config.TextColumn("Pointing hit",
+                                                        help=common.METRIC_HELP["pointing_hit"]),
+            "peak_distance_mm": st.column_config.NumberColumn(
+                "Peak dist. (mm)", format="%.1f", help=common.METRIC_HELP["peak_distance_mm"]),
+            "n_offmask_regions": st.column_config.NumberColumn("Off-mask regions"),
+            "status": "Status",
+            "review_status": "Review",
+            "reviews": "Reviews (name: verdict)",
+        },
+    )
+
+    # -- open a case -------------------------------------------------------------------------
+    options = list(zip(view["case_id"], view["nodule_id"]))
+    if options:
+        o1, o2 = st.columns([3, 1], vertical_alignment="bottom")
+        pick = o1.selectbox("Nodule to open", options, format_func=lambda t: f"{t[0]} / {t[1]}",
+                            key="cases_pick")
+        if o2.button("Open case", type="primary", key="cases_open"):
+            st.session_state["case_id"], st.session_state["nodule_id"] = pick
+            st.switch_page("views/case.py")
+    else:
+        st.caption("No nodule matches the filters.")
+
+if len(unscored):
+    with st.expander(f"Cases without scored nodules ({len(unscored)})",
+                     expanded=bool((unscored["status"] == "failed").any())):
+        st.dataframe(unscored[["case_id", "status", "error"]].rename(
+            columns={"case_id": "Case", "status": "Status", "error": "Error"}),
+            hide_index=True, width="stretch")

@@ -1,0 +1,117 @@
+"""Patterns: cohort-level clusters of off-mask attention, their exemplars, and cluster review."""
+
+import sys
+from pathlib import Path
+
+_APP_DIR = str(Path(__file__).resolve().parents[1])  # app/, for `import common`
+if _APP_DIR not in sys.path:
+    sys.path.insert(0, _APP_DIR)
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import streamlit as st  # noqa: E402
+
+import common  # noqa: E402
+from discovery import render  # noqa: E402
+from discovery.store import CLUSTER_REVIEW_CHOICES  # noqa: E402
+
+CROP_HALF = 32  # exemplar crops are 65 x 65 pixels around the region centroid
+
+common.setup_page()
+store = common.get_store()
+
+st.title("Patterns")
+st.caption("Off-mask attention regions of the whole cohort, grouped by what they look like. "
+           "A cluster is a hypothesis about what the model attends to, not a finding.")
+regions = store.regions()
+clusters = store.clusters()
+if regions.empty:
+    st.info("No off-mask regions were found in this cohort, so there are no patterns to review.")
+    st.stop()
+if clusters.empty:
+    st.info(f"{len(regions)} off-mask region(s), but no clusters formed (too few or too "
+            "dissimilar regions), so there are no patterns to review.")
+
+# -- cluster table ---------------------------------------------------------------------------
+if not clusters.empty:
+    summary = common.review_summary(store.reviews("cluster"))
+    table = clusters.assign(item_id=clusters["cluster"].astype(str)).merge(
+        summary, on="item_id", how="left")
+    table["reviews"] = table["reviews"].fillna("")
+    st.dataframe(
+        table[["cluster", "description", "n_regions", "n_cases", "n_nodules", "mean_probability",
+               "share_predicted_malignant", "reviews"]],
+        hide_index=True, width="stretch",
+        column_config={
+            "cluster": "Cluster", "description": st.column_config.TextColumn("Description", width="large"),
+            "n_regions": "Regions", "n_cases": "Cases", "n_nodules": "Nodules",
+            "mean_probability": st.column_config.NumberColumn("Mean P(malignant)", format="%.2f"),
+            "share_predicted_malignant": st.column_config.NumberColumn(
+                "Share predicted malignant", format="%.2f"),
+            "reviews": "Reviews (name: verdict)",
+        })
+
+    # -- one cluster ---------------------------------------------------------------------------
+    ids = [int(c) for c in clusters["cluster"]]
+    descr = dict(zip(ids, clusters["description"]))
+    cluster = st.selectbox("Cluster", ids, key="patterns_cluster",
+                           format_func=lambda c: f"Cluster {c}: {descr[c]}")
+    crow = clusters[clusters["cluster"] == cluster].iloc[0]
+    st.subheader(f"Cluster {cluster}")
+    st.markdown(f"**{crow['description']}**")
+    m = st.columns(6)
+    m[0].metric("Regions", int(crow["n_regions"]))
+    m[1].metric("Cases", int(crow["n_cases"]))
+    m[2].metric("Nodules", int(crow["n_nodules"]))
+    m[3].metric("Mean P(malignant)", common.fmt(crow["mean_probability"], 2))
+    m[4].metric("Predicted malignant", f"{100 * crow['share_predicted_malignant']:.0f} %"
+                if pd.notna(crow["share_predicted_malignant"]) else "–")
+    m[5].metric("Mean HU", common.fmt(crow["mean_mean_hu"], 3))
+    st.caption(f"Mean distance from the nodule centre {common.fmt(crow['mean_offset_distance_mm'])} mm; "
+               f"mean volume {common.fmt(crow['mean_volume_mm3'])} mm³.")
+
+    # -- exemplars -----------------------------------------------------------------------------
+    st.markdown("**Exemplars** (axial slice through each region's centroid; green: mask, "
+                "cyan: this region; lung window; colour scale = that case's attribution max)")
+    by_key = regions.set_index("region_key")
+    keys = [k for k in crow["exemplars"] if k in by_key.index]
+    if not keys:
+        st.caption("No exemplars stored for this cluster.")
+    cols = st.columns(5)  # fixed grid: crops keep the same size whatever their number
+    for col, key in zip(cols, keys):
+        reg = by_key.loc[key]
+        arrays = common.case_arrays(reg["case_id"])
+        if arrays is None:
+            col.caption(f"{reg['case_id']}: no image arrays")
+            continue
+        nz = arrays["ct"].shape[0]
+        z = int(np.clip(round(float(reg["centroid_z"])), 0, nz - 1))
+        centre = (float(reg["centroid_y"]), float(reg["centroid_x"]))
+        crop = {name: render.crop_around(arrays[name][z], centre, CROP_HALF)
+                for name in ("ct", "attribution", "mask", "region_map")}
+        amax = float(arrays["attr_max"])
+        rgb = render.overlay_slice(
+            crop["ct"], attribution2d=crop["attribution"], mask2d=crop["mask"],
+            regions2d=(crop["region_map"] == int(reg["case_region"])).astype(np.int16),
+            window="lung", opacity=0.45, attr_max=amax if amax > 0 else None)
+        col.image(render.upscale(rgb, 260), caption=f"{reg['case_id']} · slice {z}",
+                  width="stretch")
+
+    # -- review ----------------------------------------------------------------------------------
+    st.subheader("Your review of this cluster")
+    common.save_review_form(store, item_type="cluster", item_id=str(cluster),
+                            choices=CLUSTER_REVIEW_CHOICES, form_key=f"cluster_review_{cluster}",
+                            label="What is this pattern?")
+
+# -- map of all regions ----------------------------------------------------------------------------
+st.subheader("Map of all off-mask regions")
+points = regions.dropna(subset=["embedding_x", "embedding_y"])
+if points.empty:
+    st.caption("No region has map coordinates (none was offered to the clustering).")
+else:
+    points = points.assign(pattern=points["cluster"].map(
+        lambda c: "unclustered" if pd.isna(c) or int(c) < 0 else f"cluster {int(c)}"))
+    st.scatter_chart(points, x="embedding_x", y="embedding_y", color="pattern", size=60,
+                     x_label="map x (PCA of standardised descriptors)", y_label="map y")
+    st.caption("2-D map for display only; nearby points have similar descriptors "
+               "(density, size, distance and direction from the nodule, attribution share).")

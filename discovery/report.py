@@ -1,0 +1,189 @@
+"""Findings reports: a self-contained HTML file (images inlined, no external URL) and CSV.
+
+The HTML report has a cohort summary, one section per nodule (key axial slice in lung window:
+image with the mask contour, the same slice with the Grad-CAM overlay, a colour bar in raw
+Grad-CAM units, the metrics and the verdict), then the pattern clusters with exemplar crops
+from different patients.  Only pseudonymous case ids appear.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import render
+from .store import ResultsStore, load_case_arrays
+
+__all__ = ["write_report", "build_html"]
+
+_VERDICT_COLOURS = {"aligned": "#1b7f3b", "partial": "#b7791f", "off-mask": "#c53030",
+                    "no-mask": "#4a5568", "no-attribution": "#4a5568"}
+_CROP_HALF_PX = 48
+#: Overlay shows attribution >= this fraction of the case maximum (stated in the report).
+DISPLAY_THRESHOLD = 0.2
+
+_CSS = """
+body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px auto;max-width:1180px;color:#1a202c}
+h1{font-size:1.6em;margin-bottom:0} h2{border-bottom:2px solid #2d3748;padding-bottom:4px;margin-top:2em}
+.sub{color:#4a5568;margin-top:4px} table{border-collapse:collapse;font-size:0.9em}
+td,th{border:1px solid #cbd5e0;padding:3px 8px;text-align:right} th{background:#edf2f7}
+td.l,th.l{text-align:left} .nodule{border:1px solid #cbd5e0;border-radius:6px;padding:10px 14px;margin:14px 0;page-break-inside:avoid}
+.imgs{display:flex;gap:10px;align-items:flex-start;flex-wrap:wrap} .imgs figure{margin:0;text-align:center;font-size:0.8em;color:#4a5568}
+.imgs img{image-rendering:pixelated;border:1px solid #2d3748} .badge{color:#fff;border-radius:4px;padding:2px 8px;font-weight:600}
+.note{background:#f7fafc;border-left:4px solid #a0aec0;padding:6px 10px;font-size:0.9em}
+"""
+
+
+def _img(rgb: np.ndarray, *, width: int | None = None, alt: str = "") -> str:
+    data = base64.b64encode(render.to_png_bytes(rgb)).decode("ascii")
+    w = f' width="{width}"' if width else ""
+    return f'<img src="data:image/png;base64,{data}"{w} alt="{html.escape(alt)}">'
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "NaN"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return html.escape(str(value))
+
+
+def _badge(verdict: str) -> str:
+    colour = _VERDICT_COLOURS.get(verdict, "#4a5568")
+    return f'<span class="badge" style="background:{colour}">{html.escape(verdict or "-")}</span>'
+
+
+def _zoom(rgb: np.ndarray, factor: int = 3) -> np.ndarray:
+    return np.repeat(np.repeat(rgb, factor, axis=0), factor, axis=1)
+
+
+def _nodule_section(row: pd.Series, arrays: dict[str, np.ndarray]) -> str:
+    label = int(str(row["nodule_id"]).lstrip("n"))
+    ct, mask, attr, regions = arrays["ct"], arrays["mask"], arrays["attribution"], arrays["region_map"]
+    z = render.key_slice(mask, label)
+    center = (float(row["center_y"]), float(row["center_x"]))
+    attr_max = float(attr.max()) or 1.0
+    own = (mask[z] == label)
+    crop = lambda a: render.crop_around(a, center, _CROP_HALF_PX)  # noqa: E731
+    plain = render.overlay_slice(crop(ct[z]).astype(np.float32), mask2d=crop(own), window="lung")
+    over = render.overlay_slice(crop(ct[z]).astype(np.float32), attribution2d=crop(attr[z]),
+                                mask2d=crop(own), regions2d=crop(regions[z]), window="lung",
+                                opacity=0.5, attr_max=attr_max, threshold=DISPLAY_THRESHOLD)
+    full = render.overlay_slice(ct[z].astype(np.float32), attribution2d=attr[z], mask2d=mask[z] > 0,
+                                window="lung", opacity=0.45, attr_max=attr_max, threshold=DISPLAY_THRESHOLD)
+    bar = render.colorbar_image(attr_max=attr_max, height=3 * 2 * _CROP_HALF_PX, width=18)
+    metrics = [
+        ("probability of malignancy", _fmt(row["probability"])),
+        ("predicted", "malignant" if row["predicted_label"] == 1 else "benign"),
+        ("relevance mass in mask (RMA)", _fmt(row["rma"])),
+        ("relevance rank accuracy (RRA)", _fmt(row["rra"])),
+        ("pointing game hit", _fmt(row["pointing_hit"], 0)),
+        ("attribution peak to mask (mm)", _fmt(row["peak_distance_mm"], 1)),
+        ("attribution within 5 mm of mask", _fmt(row["near_mass"])),
+        ("off-mask regions / their share", f"{int(row['n_offmask_regions'] or 0)} / {_fmt(row['offmask_mass_share'])}"),
+        ("nodule volume (mm³)", _fmt(row["volume_mm3"], 0)),
+    ]
+    table = "".join(f'<tr><th class="l">{k}</th><td>{v}</td></tr>' for k, v in metrics)
+    return f"""
+<div class="nodule"><h3>{html.escape(row['case_id'])} · {html.escape(row['nodule_id'])} {_badge(row['verdict'])}</h3>
+<div class="imgs">
+<figure>{_img(_zoom(plain), alt='lung window with mask contour')}<figcaption>axial slice {z + 1}, lung window (W1500/L-600); green: mask contour</figcaption></figure>
+<figure>{_img(_zoom(over), alt='Grad-CAM overlay')}<figcaption>Grad-CAM overlay; cyan: off-mask regions</figcaption></figure>
+<figure>{_img(bar, alt='colour bar')}<figcaption>{attr_max:.3g}<br>…<br>0<br>(raw Grad-CAM)</figcaption></figure>
+<figure>{_img(full, width=200, alt='whole slice')}<figcaption>whole slice</figcaption></figure>
+<table>{table}</table></div></div>"""
+
+
+def _cluster_section(clusters: pd.DataFrame, regions: pd.DataFrame, results_dir: Path,
+                     cache: dict[str, dict]) -> str:
+    if clusters.empty:
+        return "<p>No pattern clusters: too few off-mask regions, or none that group together.</p>"
+    parts = []
+    by_key = regions.set_index("region_key")
+    for c in clusters.itertuples():
+        figs = []
+        for key in c.exemplars:
+            if key not in by_key.index:
+                continue
+            reg = by_key.loc[key]
+            arrays = cache.setdefault(reg["case_id"], load_case_arrays(results_dir, reg["case_id"]))
+            z = int(round(reg["centroid_z"]))
+            center = (float(reg["centroid_y"]), float(reg["centroid_x"]))
+            crop = lambda a: render.crop_around(a, center, 32)  # noqa: E731
+            rgb = render.overlay_slice(
+                crop(arrays["ct"][z]).astype(np.float32), attribution2d=crop(arrays["attribution"][z]),
+                mask2d=crop(arrays["mask"][z] > 0), regions2d=crop(arrays["region_map"][z] == int(reg["case_region"])),
+                window="lung", opacity=0.45, attr_max=float(arrays["attribution"].max()) or 1.0,
+                threshold=DISPLAY_THRESHOLD)
+            figs.append(f"<figure>{_img(_zoom(rgb, 3), alt=key)}<figcaption>{html.escape(reg['case_id'])}</figcaption></figure>")
+        parts.append(f"""
+<div class="nodule"><h3>Cluster {int(c.cluster)}: {html.escape(str(c.description))}</h3>
+<p>{int(c.n_regions)} regions from {int(c.n_cases)} patients ({int(c.n_nodules)} nodules); mean predicted
+probability {_fmt(c.mean_probability)}; share predicted malignant {_fmt(c.share_predicted_malignant)};
+mean {_fmt(c.mean_mean_hu, 0)} HU, {_fmt(c.mean_offset_distance_mm, 1)} mm from the nodule centre.</p>
+<div class="imgs">{''.join(figs)}</div></div>""")
+    return "".join(parts)
+
+
+def build_html(results_dir: str | Path) -> str:
+    """Return the report as one HTML string (every image inlined as a data URI)."""
+    results_dir = Path(results_dir)
+    store = ResultsStore(results_dir, create=False)
+    findings = store.findings()
+    clusters = store.clusters()
+    regions = store.regions()
+    meta = store.meta()
+    store.close()
+    scored = findings[findings["status"].isin(["ok", "no-attribution"])]
+    counts = findings["verdict"].replace("", "failed").value_counts()
+    summary_rows = "".join(f"<tr><th class='l'>{html.escape(str(k))}</th><td>{int(v)}</td></tr>"
+                           for k, v in counts.items())
+    failed = findings[findings["status"] == "failed"]
+    failed_html = "".join(f"<li>{html.escape(r.case_id)}: {html.escape(r.error)}</li>"
+                          for r in failed.itertuples())
+    cache: dict[str, dict] = {}
+    nodules_html = []
+    for _, row in scored.sort_values(["verdict", "probability"], ascending=[True, False]).iterrows():
+        arrays = cache.setdefault(row["case_id"], load_case_arrays(results_dir, row["case_id"]))
+        nodules_html.append(_nodule_section(row, arrays))
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    sha = str(meta.get("model_sha256", ""))[:12]
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>Nodule discovery findings</title>
+<style>{_CSS}</style></head><body>
+<h1>Nodule discovery findings</h1>
+<p class="sub">{findings['case_id'].nunique()} cases, {len(scored)} nodules scored · model weights {sha}… ·
+Grad-CAM on {html.escape(str(meta.get('gradcam_layer', '')))} · generated {now}</p>
+<p class="note">Case ids are pseudonymous. Grad-CAM values are raw magnitudes (after ReLU), shown on one
+scale per case (0 to the case maximum); the overlay shows values of at least 20% of that maximum. A verdict says where the model's attention lies relative to the
+annotated nodule: <b>aligned</b> (peak within tolerance and at least half the attention near the mask),
+<b>off-mask</b> (peak away and less than a quarter near the mask), <b>partial</b> otherwise. Off-mask attention
+is a question for a reviewer, not automatically an error.</p>
+<h2>Summary</h2><table><tr><th class="l">verdict</th><th>nodules</th></tr>{summary_rows}</table>
+{f'<h3>Cases that could not be scored</h3><ul>{failed_html}</ul>' if failed_html else ''}
+<h2>Nodules</h2>{''.join(nodules_html) or '<p>No nodules were scored.</p>'}
+<h2>Off-mask attention patterns</h2>{_cluster_section(clusters, regions, results_dir, cache)}
+</body></html>"""
+
+
+def write_report(results_dir: str | Path, out: str | Path, *, fmt: str = "html") -> Path:
+    """Write the report in *fmt* (``html`` or ``csv``) to *out*; return the path."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    if fmt == "html":
+        tmp.write_text(build_html(results_dir), encoding="utf-8")
+    elif fmt == "csv":
+        store = ResultsStore(results_dir, create=False)
+        store.findings().to_csv(tmp, index=False, float_format="%.6g")
+        store.close()
+    else:
+        raise ValueError(f"unknown report format {fmt!r}; choose 'html' or 'csv'")
+    tmp.replace(out)
+    return out

@@ -1,0 +1,231 @@
+"""The review app, page by page, with Streamlit's AppTest on a tiny results folder."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from discovery.store import CLUSTER_REVIEW_CHOICES, NODULE_REVIEW_CHOICES, ResultsStore
+
+APP = Path(__file__).resolve().parents[1] / "app"
+TIMEOUT = 30
+
+
+@pytest.fixture(autouse=True)
+def _no_results_env(monkeypatch):
+    """Tests say where the results are; a DISCOVERY_RESULTS of the shell must not leak in."""
+    monkeypatch.delenv("DISCOVERY_RESULTS", raising=False)
+
+
+def page(name: str, results: Path, **state) -> AppTest:
+    at = AppTest.from_file(str(APP / "views" / f"{name}.py"), default_timeout=TIMEOUT)
+    at.session_state["results_dir"] = str(results)
+    for key, value in state.items():
+        at.session_state[key] = value
+    return at.run(timeout=TIMEOUT)
+
+
+def texts(at: AppTest) -> list[str]:
+    """Every piece of text the page shows (markdown, captions, messages, headings)."""
+    out = []
+    for kind in ("title", "header", "subheader", "markdown", "caption", "error", "warning",
+                 "info", "success", "exception"):
+        out += [str(getattr(el, "value", "") or getattr(el, "message", "")) for el in getattr(at, kind)]
+    return out
+
+
+def save_button(at: AppTest):
+    return next(b for b in at.button if b.label == "Save review")
+
+
+def set_reviewer(at: AppTest, name: str) -> AppTest:
+    return at.sidebar.text_input(key="reviewer").input(name).run(timeout=TIMEOUT)
+
+
+# -- cases page ---------------------------------------------------------------------------
+def test_cases_page_lists_every_nodule_and_the_failed_case(tiny_results):
+    at = page("cases", tiny_results)
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert sorted(zip(table["case_id"], table["nodule_id"])) == [("case-A", "n1"), ("case-B", "n1")]
+    assert set(table["review_status"]) == {"to review"}
+    assert {m.label: m.value for m in at.metric}["Left to review"] == "2"
+    failed = at.expander[0].dataframe[0].value
+    assert list(failed["Case"]) == ["case-C"]
+    assert "slice spacing is not uniform" in failed["Error"].iloc[0]
+    assert all(str(tiny_results) not in t for t in texts(at))
+
+
+def test_cases_page_probability_filter(tiny_results):
+    at = page("cases", tiny_results)
+    at.slider(key="cases_prob").set_range(0.5, 1.0).run(timeout=TIMEOUT)
+    assert not at.exception
+    assert list(at.dataframe[0].value["case_id"]) == ["case-A"]
+    at.multiselect(key="cases_verdicts").set_value([]).run(timeout=TIMEOUT)
+    assert at.dataframe[0].value.empty
+    assert any("No nodule matches" in c.value for c in at.caption)
+
+
+def test_open_case_button_goes_to_the_case_page(tiny_results, monkeypatch):
+    monkeypatch.setenv("DISCOVERY_RESULTS", str(tiny_results))
+    at = AppTest.from_file(str(APP / "streamlit_app.py"), default_timeout=TIMEOUT).run()
+    assert not at.exception
+    at.selectbox(key="cases_pick").set_value(("case-B", "n1"))
+    at.button(key="cases_open").click().run(timeout=TIMEOUT)
+    assert not at.exception
+    assert at.selectbox(key="case_sel").value == "case-B"
+    assert len(at.image) >= 1
+
+
+# -- case page ----------------------------------------------------------------------------
+def test_case_page_shows_image_metrics_and_regions(tiny_results):
+    at = page("case", tiny_results, case_id="case-B", nodule_id="n1")
+    assert not at.exception
+    assert at.selectbox(key="case_sel").value == "case-B"
+    assert at.slider(key="slice_case-B_n1").value == 6  # key slice of the nodule
+    assert len(at.image) == 2  # the slice and its colour bar
+    metrics = at.table[0].value
+    assert {"P(malignant)", "Verdict", "RMA", "RRA", "Pointing hit", "Peak distance (mm)",
+            "Near mass", "Off-mask share"} <= set(metrics["Metric"])
+    assert "0.21" in set(metrics["Value"])
+    regions = at.dataframe[0].value
+    assert list(regions["region_index"]) == [1]
+    assert any("raw Grad-CAM units" in c.value for c in at.caption)
+    assert all(str(tiny_results) not in t for t in texts(at))
+
+
+def test_case_page_display_controls(tiny_results):
+    at = page("case", tiny_results)
+    at.radio(key="case_window").set_value("bone")
+    at.slider(key="case_opacity").set_value(0.0)
+    at.slider(key="case_threshold").set_value(0.5)
+    at.checkbox(key="case_show_mask").uncheck()
+    at.checkbox(key="case_show_regions").uncheck().run(timeout=TIMEOUT)
+    assert not at.exception
+    at.slider(key="slice_case-A_n1").set_value(0).run(timeout=TIMEOUT)
+    at.button(key="case_key_slice").click().run(timeout=TIMEOUT)
+    assert at.slider(key="slice_case-A_n1").value == 6
+    at.selectbox(key="nodule_sel_case-A").set_value("n1").run(timeout=TIMEOUT)
+    assert not at.exception
+
+
+def test_nodule_review_is_saved_once_and_audited(tiny_results_fresh):
+    at = page("case", tiny_results_fresh)
+    at = set_reviewer(at, "Dr. Ada")
+    at.radio(key="review_case-A/n1_verdict").set_value(NODULE_REVIEW_CHOICES[1])
+    at.text_area(key="review_case-A/n1_note").input("halo at the rim")
+    save_button(at).click().run(timeout=TIMEOUT)
+    assert not at.exception
+    assert at.success
+    store = ResultsStore(tiny_results_fresh, create=False)
+    reviews = store.reviews("nodule")
+    assert len(reviews) == 1
+    assert reviews.iloc[0][["item_id", "reviewer", "verdict", "note"]].tolist() == [
+        "case-A/n1", "Dr. Ada", NODULE_REVIEW_CHOICES[1], "halo at the rim"]
+
+    at.radio(key="review_case-A/n1_verdict").set_value(NODULE_REVIEW_CHOICES[2])
+    save_button(at).click().run(timeout=TIMEOUT)
+    assert not at.exception
+    reviews = store.reviews("nodule")
+    assert len(reviews) == 1 and reviews.iloc[0]["verdict"] == NODULE_REVIEW_CHOICES[2]
+    audit = store.audit()
+    assert len(audit) == 2
+    assert audit["old_verdict"].iloc[1] == NODULE_REVIEW_CHOICES[1]
+    # the page lists the review
+    assert "Dr. Ada" in set(at.dataframe[0].value["reviewer"])
+
+
+def test_review_needs_a_reviewer_name(tiny_results_fresh):
+    at = page("case", tiny_results_fresh)
+    at.radio(key="review_case-A/n1_verdict").set_value(NODULE_REVIEW_CHOICES[0])
+    save_button(at).click().run(timeout=TIMEOUT)
+    assert not at.exception
+    assert any("name" in w.value for w in at.warning)
+    assert ResultsStore(tiny_results_fresh, create=False).reviews("nodule").empty
+
+
+# -- patterns page --------------------------------------------------------------------------
+def test_patterns_page_shows_clusters_and_exemplars(tiny_results):
+    at = page("patterns", tiny_results)
+    assert not at.exception
+    description = ResultsStore(tiny_results, create=False).clusters()["description"].iloc[0]
+    assert any(description in m.value for m in at.markdown)
+    assert list(at.dataframe[0].value["description"]) == [description]
+    assert len(at.image) == 2  # one exemplar crop per case
+    assert all(str(tiny_results) not in t for t in texts(at))
+
+
+def test_cluster_review_is_saved_once_and_audited(tiny_results_fresh):
+    at = page("patterns", tiny_results_fresh)
+    at = set_reviewer(at, "Dr. Bo")
+    at.radio(key="cluster_review_0_verdict").set_value(CLUSTER_REVIEW_CHOICES[2])
+    save_button(at).click().run(timeout=TIMEOUT)
+    assert not at.exception and at.success
+    store = ResultsStore(tiny_results_fresh, create=False)
+    reviews = store.reviews("cluster")
+    assert reviews[["item_id", "reviewer", "verdict"]].values.tolist() == [
+        ["0", "Dr. Bo", CLUSTER_REVIEW_CHOICES[2]]]
+    at.radio(key="cluster_review_0_verdict").set_value(CLUSTER_REVIEW_CHOICES[0])
+    save_button(at).click().run(timeout=TIMEOUT)
+    reviews = store.reviews("cluster")
+    assert len(reviews) == 1 and reviews.iloc[0]["verdict"] == CLUSTER_REVIEW_CHOICES[0]
+    assert len(store.audit()) == 2
+
+
+def test_patterns_page_empty_state(tiny_results_no_regions):
+    at = page("patterns", tiny_results_no_regions)
+    assert not at.exception
+    assert any("No off-mask regions" in i.value for i in at.info)
+
+
+# -- router and results folder ------------------------------------------------------------------
+def test_router_runs_every_page(tiny_results, monkeypatch):
+    monkeypatch.setenv("DISCOVERY_RESULTS", str(tiny_results))
+    at = AppTest.from_file(str(APP / "streamlit_app.py"), default_timeout=TIMEOUT).run()
+    assert not at.exception
+    assert at.title[0].value == "Cases"
+    for path, heading in [("views/case.py", "Case review"), ("views/patterns.py", "Patterns")]:
+        at.switch_page(path).run(timeout=TIMEOUT)
+        assert not at.exception
+        assert heading in [h.value for h in list(at.title) + list(at.header)]
+
+
+def test_missing_results_folder_is_a_clear_error(tmp_path):
+    at = AppTest.from_file(str(APP / "views" / "cases.py"), default_timeout=TIMEOUT).run()
+    assert not at.exception
+    assert any("No results folder" in e.value for e in at.error)
+    at = page("cases", tmp_path)  # a folder without a store
+    assert not at.exception
+    assert any("discovery.sqlite" in e.value for e in at.error)
+    assert not (tmp_path / "discovery.sqlite").exists()  # the app never creates a store
+
+
+def _common():
+    """The app's helper module, imported as the pages import it."""
+    if str(APP) not in sys.path:
+        sys.path.insert(0, str(APP))
+    import common
+
+    return common
+
+
+def test_results_argument_parsing():
+    common = _common()
+    assert common._results_from_argv(["--results", "/r"]) == "/r"
+    assert common._results_from_argv(["--results=/r"]) == "/r"
+    assert common._results_from_argv(["--other"]) is None
+
+
+def test_cached_key_slice_matches_render_key_slice(tiny_results):
+    from discovery import render
+    from discovery.store import load_case_arrays
+
+    common = _common()
+
+    arrays = common._load_arrays(str(tiny_results), "case-A", 0)
+    mask = load_case_arrays(tiny_results, "case-A")["mask"]
+    assert common.key_slice(arrays, 1) == render.key_slice(mask, 1) == 6
+    assert common.key_slice(arrays, 2) is None and common.key_slice(arrays, None) is None

@@ -1,0 +1,149 @@
+"""End to end through the CLI: sample -> score -> report -> every app page, and privacy.
+
+One small cohort (2 synthetic DICOM cases from the real generator, plus one broken case) is
+scored with the committed demo model.  The privacy test then searches every output byte for the
+planted patient identifiers and for the input paths.
+"""
+
+import json
+import logging
+import math
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from discovery.cli import main
+from discovery.model import default_model_dir
+from discovery.store import FINDINGS_COLUMNS
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
+APP = Path(__file__).resolve().parents[1] / "app"
+METRICS = ["rma", "rra", "pointing_hit", "near_mass"]
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory):
+    if not (default_model_dir() / "model.json").exists():
+        pytest.skip("demo model not committed yet")
+    root = tmp_path_factory.mktemp("e2e")
+    cohort, results = root / "cohort", root / "results"
+    logs = []
+
+    class Grab(logging.Handler):
+        def emit(self, record):
+            logs.append(self.format(record))
+
+    handler = Grab(level=logging.DEBUG)
+    logging.getLogger().addHandler(handler)
+    logging.getLogger().setLevel(logging.DEBUG)
+    try:
+        assert main(["sample", str(cohort), "--cases", "2", "--seed", "7"]) == 0
+        # a broken case: a folder named like a patient holding one truncated DICOM file
+        good = sorted(p for p in cohort.iterdir() if p.name.startswith("PID-"))[0]
+        broken = cohort / "BROKEN^PATIENT_0001"
+        broken.mkdir()
+        data = sorted(good.glob("*.dcm"))[0].read_bytes()
+        (broken / "IM0001.dcm").write_bytes(data[:700])
+        codes = {"score": main(["score", str(cohort), "--out", str(results)])}
+        codes["report"] = main(["report", str(results), "--format", "html", "--out",
+                                str(results / "report.html")])
+        codes["csv"] = main(["report", str(results), "--format", "csv", "--out",
+                             str(results / "export.csv")])
+    finally:
+        logging.getLogger().removeHandler(handler)
+    truth = json.loads((cohort / "truth.json").read_text())
+    return {"cohort": cohort, "results": results, "codes": codes, "truth": truth, "logs": logs}
+
+
+def test_batch_goes_on_past_a_bad_case(scored):
+    assert scored["codes"]["score"] == 1  # non-zero: one case failed
+    assert scored["codes"]["report"] == 0 and scored["codes"]["csv"] == 0
+    findings = pd.read_csv(scored["results"] / "findings.csv", keep_default_na=False, na_values=[""])
+    failed = findings[findings["status"] == "failed"]
+    assert len(failed) == 1 and failed["error"].iloc[0]
+    assert "IM0001.dcm" in failed["error"].iloc[0] or "DICOM" in failed["error"].iloc[0]
+    n_truth = sum(len(c["nodules"]) for c in scored["truth"]["cases"])
+    assert (findings["status"] == "ok").sum() == n_truth
+
+
+def test_findings_columns_and_ranges(scored):
+    findings = pd.read_csv(scored["results"] / "findings.csv")
+    assert list(findings.columns) == FINDINGS_COLUMNS
+    for _, row in findings.iterrows():
+        for m in METRICS + ["probability"]:
+            v = row[m]
+            assert (isinstance(v, float) and math.isnan(v)) or 0.0 <= v <= 1.0, (m, v)
+            if isinstance(v, float) and math.isnan(v):
+                assert row["status"] != "ok", f"NaN {m} needs a status that says why"
+        if row["status"] == "ok":
+            assert row["verdict"] in {"aligned", "partial", "off-mask"}
+            assert row["peak_distance_mm"] >= 0
+    patterns = pd.read_csv(scored["results"] / "patterns.csv")
+    assert {"cluster", "n_regions", "n_cases", "mean_probability", "description", "exemplars"} <= set(patterns.columns)
+
+
+def test_report_is_self_contained(scored):
+    html = (scored["results"] / "report.html").read_text()
+    assert "<img" in html and "data:image/png;base64," in html
+    for needle in ("http://", "https://", "src=\"/", "src='/", "@import"):
+        assert needle not in html
+    for case_id in pd.read_csv(scored["results"] / "findings.csv")["case_id"].unique():
+        assert case_id in html
+    csv = pd.read_csv(scored["results"] / "export.csv")
+    assert list(csv.columns) == FINDINGS_COLUMNS
+
+
+@pytest.mark.parametrize("page", ["cases", "case", "patterns"])
+def test_every_app_page_runs_on_the_scored_cohort(scored, page, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("DISCOVERY_RESULTS", str(scored["results"]))
+    at = AppTest.from_file(str(APP / "views" / f"{page}.py"), default_timeout=60).run()
+    assert not at.exception
+    text = " ".join(str(m.value) for m in at.markdown) + " ".join(str(t.value) for t in at.title)
+    assert str(scored["cohort"]) not in text
+
+
+def _identifiers(truth):
+    found = set()
+    for case in truth["cases"]:
+        for key, value in case["identifiers"].items():
+            if key in {"PatientName", "PatientID", "PatientBirthDate", "AccessionNumber",
+                       "InstitutionName", "ReferringPhysicianName"} and value:
+                found.add(str(value))
+                if key == "PatientName":
+                    found.update(part for part in str(value).split("^") if len(part) >= 6)
+        found.add(case["case_dir"])
+    return found
+
+
+def test_no_identifier_or_path_leaves_the_tool(scored, capsys):
+    sentinels = _identifiers(scored["truth"]) | {str(scored["cohort"]), "BROKEN^PATIENT", "BROKEN"}
+    assert len(sentinels) >= 8
+    outputs = [p for p in scored["results"].rglob("*") if p.is_file()]
+    names = {p.name for p in outputs}
+    assert {"findings.csv", "patterns.csv", "report.html", "discovery.sqlite"} <= names
+    for path in outputs:
+        blob = path.read_bytes()
+        for s in sentinels:
+            assert s.encode() not in blob, f"{s!r} found in {path.name}"
+        assert not any(s in path.name for s in sentinels)
+    printed = capsys.readouterr()
+    logs = "\n".join(scored["logs"])
+    for s in sentinels:
+        assert s not in printed.out and s not in printed.err and s not in logs, s
+
+
+def test_rescoring_is_deterministic(scored, tmp_path):
+    again = tmp_path / "again"
+    cohort = tmp_path / "cohort"
+    shutil.copytree(scored["cohort"], cohort)
+    shutil.rmtree(next(p for p in cohort.iterdir() if p.name.startswith("BROKEN")))
+    assert main(["score", str(cohort), "--out", str(again)]) == 0
+    first = pd.read_csv(scored["results"] / "findings.csv")
+    first = first[first["status"] != "failed"].reset_index(drop=True)
+    second = pd.read_csv(again / "findings.csv")
+    pd.testing.assert_frame_equal(first, second)

@@ -1,0 +1,340 @@
+"""Tests of the synthetic DICOM cohort generator (small, seeded volumes: a few seconds)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pydicom
+import pytest
+from scipy import ndimage as ndi
+
+from data_tools import synthetic
+from data_tools.errors import UnreadableFileError
+from data_tools.nifti import load_nifti_mask
+from data_tools.synthetic import (
+    RESCALE_VARIANTS,
+    SyntheticConfig,
+    generate_case,
+    generate_cohort,
+    load_truth,
+)
+
+SEED = 20240611
+# coarse voxels keep the volumes small; the blur is narrowed so that, in mm, it stays close
+# to the default's (0.4-0.9 voxels of ~1 mm)
+SMALL = SyntheticConfig(shape_yx=128, n_slices=(50, 58), pixel_spacing_mm=(2.2, 2.6),
+                        slice_spacing_mm=(1.6, 2.0), blur_sigma_vox=(0.3, 0.45))
+N_CASES = 4  # one per rescale variant
+REQUIRED_TAGS = (
+    "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
+    "FrameOfReferenceUID", "Modality", "ImageType", "ImageOrientationPatient",
+    "ImagePositionPatient", "PixelSpacing", "SliceThickness", "InstanceNumber", "SliceLocation",
+    "Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation",
+    "SamplesPerPixel", "PhotometricInterpretation", "RescaleIntercept", "RescaleSlope",
+    "RescaleType", "WindowCenter", "WindowWidth", "KVP", "Manufacturer", "ConvolutionKernel",
+    "StudyDescription", "SeriesDescription", "PatientName", "PatientID", "PatientBirthDate",
+    "AccessionNumber", "InstitutionName", "ReferringPhysicianName", "StudyDate", "StudyTime",
+    "PatientSex", "PatientAge", "PixelData",
+)
+IDENTIFIER_KEYS = ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber",
+                   "InstitutionName", "ReferringPhysicianName")
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    """A 4-case cohort written by generate_cohort, with the in-memory cases it generated."""
+    out = tmp_path_factory.mktemp("cohort")
+    cases, calls = [], []
+    real = synthetic.generate_case
+
+    def spy(*args, **kwargs):
+        case = real(*args, **kwargs)
+        cases.append(case)
+        return case
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(synthetic, "generate_case", spy)
+        truth_path = generate_cohort(out, n_cases=N_CASES, seed=SEED, config=SMALL,
+                                     progress=lambda done, total: calls.append((done, total)))
+    return SimpleNamespace(out=out, truth_path=truth_path, cases=cases, calls=calls,
+                           truth=load_truth(out))
+
+
+def _read_series(case_dir: Path):
+    files = sorted(case_dir.glob("*.dcm"))
+    dss = [pydicom.dcmread(f) for f in files]
+    return files, dss
+
+
+def _affine_from_dicom(dss) -> np.ndarray:
+    """[z, y, x, 1] -> LPS affine computed from IPP / IOP / PixelSpacing (sorted by position)."""
+    iop = np.array([float(v) for v in dss[0].ImageOrientationPatient])
+    row_dir, col_dir = iop[:3], iop[3:]
+    normal = np.cross(row_dir, col_dir)
+    dss = sorted(dss, key=lambda d: float(normal @ [float(v) for v in d.ImagePositionPatient]))
+    ipp = np.array([[float(v) for v in d.ImagePositionPatient] for d in dss])
+    row_sp, col_sp = (float(v) for v in dss[0].PixelSpacing)
+    aff = np.eye(4)
+    aff[:3, 0] = (ipp[-1] - ipp[0]) / (len(dss) - 1)
+    aff[:3, 1] = col_dir * row_sp
+    aff[:3, 2] = row_dir * col_sp
+    aff[:3, 3] = ipp[0]
+    return aff, dss
+
+
+# ----------------------------------------------------------------------------- config
+def test_config_validation_and_round_trip():
+    with pytest.raises(ValueError, match="n_slices"):
+        SyntheticConfig(n_slices=(100, 90))
+    with pytest.raises(ValueError, match="p_bead_benign"):
+        SyntheticConfig(p_bead_benign=1.5)
+    with pytest.raises(ValueError, match="rescale_variants"):
+        SyntheticConfig(rescale_variants=("float32",))
+    with pytest.raises(ValueError, match="fixed_geometry"):
+        SyntheticConfig(fixed_geometry=((10, 64, 64), (1.0, 0.0, 1.0)))
+    cfg = SyntheticConfig(p_bead_malignant=0.3, p_bead_benign=0.3,
+                          fixed_geometry=((40, 96, 96), (2.0, 3.0, 3.0)))
+    d = json.loads(json.dumps(cfg.to_dict()))
+    assert SyntheticConfig.from_dict(d) == cfg
+    with pytest.raises(ValueError, match="unknown"):
+        SyntheticConfig.from_dict({"nonsense": 1})
+
+
+def test_bad_seed_and_too_small_geometry():
+    with pytest.raises(ValueError, match="seed"):
+        generate_case(-1, config=SMALL)
+    with pytest.raises(ValueError, match="48 mm ROI"):
+        generate_case(0, config=SyntheticConfig(fixed_geometry=((20, 64, 64), (1.0, 1.0, 1.0))))
+
+
+def test_label_distributions():
+    rng = np.random.default_rng(0)
+    specs = [s for _ in range(700) for s in synthetic._nodule_specs(rng, SyntheticConfig())]
+    mal = [s for s in specs if s["malignant"]]
+    ben = [s for s in specs if not s["malignant"]]
+    assert 0.45 < len(mal) / len(specs) < 0.55
+    assert 0.8 < np.mean([s["margin"] != "round" for s in mal]) < 0.9
+    assert 0.8 < np.mean([s["margin"] == "round" for s in ben]) < 0.9
+    assert np.mean([s["diameter_mm"] for s in mal]) > np.mean([s["diameter_mm"] for s in ben]) + 3
+    assert 0.55 < np.mean([s["tail"] for s in mal]) < 0.65
+    assert 0.45 < np.mean([s["bead"] for s in mal]) < 0.55
+    assert np.mean([s["bead"] for s in ben]) < 0.08
+    assert 0.25 < np.mean([s["granuloma"] for s in specs]) < 0.35
+
+
+# ----------------------------------------------------------------------------- determinism
+def test_same_seed_same_case_different_seed_different_case():
+    a = generate_case(11, config=SMALL, index=2)
+    b = generate_case(11, config=SMALL, index=2)
+    assert np.array_equal(a.hu, b.hu)
+    assert np.array_equal(a.mask, b.mask) and np.array_equal(a.planted, b.planted)
+    assert np.array_equal(a.affine, b.affine)
+    assert a.uids == b.uids and a.identifiers == b.identifiers
+    assert a.nodules == b.nodules and a.planted_items == b.planted_items
+    assert a.file_order == b.file_order
+    c = generate_case(12, config=SMALL, index=2)
+    assert a.uids["StudyInstanceUID"] != c.uids["StudyInstanceUID"]
+    assert set(a.uids["SOPInstanceUIDs"]).isdisjoint(c.uids["SOPInstanceUIDs"])
+    assert a.identifiers["PatientID"] != c.identifiers["PatientID"]
+    assert a.hu.shape != c.hu.shape or not np.array_equal(a.hu, c.hu)
+
+
+def test_fixed_geometry_is_honoured():
+    cfg = SyntheticConfig(fixed_geometry=((40, 96, 96), (2.0, 3.0, 3.0)), nodules_per_case=(1, 1))
+    case = generate_case(3, config=cfg)
+    assert case.hu.shape == (40, 96, 96) and case.hu.dtype == np.float32
+    assert np.allclose(np.linalg.norm(case.affine[:3, :3], axis=0), (2.0, 3.0, 3.0))
+
+
+# ----------------------------------------------------------------------------- layout + truth
+def test_layout_and_manifest(cohort):
+    truth = cohort.truth
+    assert cohort.truth_path == cohort.out / "truth.json"
+    assert truth["seed"] == SEED and truth["generator_version"] == "1"
+    assert SyntheticConfig.from_dict(truth["config"]) == SMALL
+    assert cohort.calls == [(i + 1, N_CASES) for i in range(N_CASES)]
+    assert len(truth["cases"]) == N_CASES
+    case_dirs = sorted(p.name for p in cohort.out.iterdir()
+                       if p.is_dir() and not p.name.startswith("_"))
+    assert case_dirs == sorted(c["case_dir"] for c in truth["cases"])
+    for rec in truth["cases"]:
+        ids = rec["identifiers"]
+        assert rec["case_dir"] == ids["PatientID"]
+        assert ids["PatientID"].startswith("PID-") and len(ids["PatientID"]) == 10
+        assert ids["AccessionNumber"].startswith("ACC") and len(ids["AccessionNumber"]) == 11
+        assert ids["InstitutionName"].endswith("General Hospital")
+        assert ids["PatientBirthDate"].startswith("19") and len(ids["PatientBirthDate"]) == 8
+        assert len(ids["PatientName"].split("^")[0]) >= 6
+        assert (cohort.out / "_truth" / f"{rec['case_dir']}_planted.nii.gz").is_file()
+        assert (cohort.out / rec["case_dir"] / "mask.nii.gz").is_file()
+    for key in IDENTIFIER_KEYS[:2] + ("AccessionNumber",):
+        values = [c["identifiers"][key] for c in truth["cases"]]
+        assert len(set(values)) == len(values), key
+    variants = {c["acquisition"]["rescale"]["variant"] for c in truth["cases"]}
+    assert variants == set(RESCALE_VARIANTS)
+
+
+def test_truth_csv_matches_json(cohort):
+    with open(cohort.out / "truth.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["case_dir", "nodule_label", "malignant", "diameter_mm", "margin",
+                             "center_z", "center_y", "center_x", "has_pleural_tail",
+                             "has_marker_bead", "has_granuloma"]
+    nodules = [(c["case_dir"], n) for c in cohort.truth["cases"] for n in c["nodules"]]
+    assert len(rows) == len(nodules)
+    for row, (case_dir, n) in zip(rows, nodules):
+        assert row["case_dir"] == case_dir and int(row["nodule_label"]) == n["label"]
+        assert int(row["malignant"]) == int(n["malignant"]) and row["margin"] == n["margin"]
+        assert int(row["has_marker_bead"]) == int(n["has_marker_bead"])
+
+
+def test_masks_nodules_and_planted_structures(cohort):
+    n_planted = 0
+    for rec, case in zip(cohort.truth["cases"], cohort.cases):
+        spacing = np.array(rec["acquisition"]["spacing_mm"])
+        shape = np.array(rec["acquisition"]["shape"])
+        mask = load_nifti_mask(cohort.out / rec["case_dir"] / "mask.nii.gz")
+        planted = load_nifti_mask(cohort.out / "_truth" / f"{rec['case_dir']}_planted.nii.gz")
+        assert np.array_equal(mask.array, case.mask) and np.array_equal(planted.array, case.planted)
+        labels = [n["label"] for n in rec["nodules"]]
+        assert labels == list(range(1, len(labels) + 1)) and mask.labels == labels
+        dist_to_mask = ndi.distance_transform_edt(mask.array == 0, sampling=spacing)
+        for n in rec["nodules"]:
+            c = np.array(n["center_zyx"])
+            half = 24.0 / spacing
+            assert np.all(c - half >= 0) and np.all(c + half <= shape - 1), "48 mm ROI must fit"
+            assert 3.0 <= n["diameter_mm"] <= 25.0
+            assert n["margin"] in ("round", "lobulated", "spiculated")
+            assert np.all(case.lung[case.mask == n["label"]]), "nodules lie in the lung"
+            assert n["n_voxels"] == int((mask.array == n["label"]).sum())
+            grown = ndi.binary_dilation(mask.array == n["label"], iterations=2)
+            assert not np.any(grown & (mask.array > 0) & (mask.array != n["label"])), "touching"
+        assert planted.labels == [p["label"] for p in rec["planted"]]
+        for p in rec["planted"]:
+            n_planted += 1
+            assert p["kind"] in ("pleural_tail", "marker_bead", "granuloma")
+            nod = rec["nodules"][p["nodule_label"] - 1]
+            flag = {"pleural_tail": "has_pleural_tail", "marker_bead": "has_marker_bead",
+                    "granuloma": "has_granuloma"}[p["kind"]]
+            assert nod[flag]
+            vox = np.argwhere(planted.array == p["label"])
+            assert len(vox) == p["n_voxels"] > 0
+            r = np.linalg.norm((vox - np.array(nod["center_zyx"])) * spacing, axis=1)
+            assert r.max() <= 20.0 + 1e-6, "planted structures stay within 20 mm"
+            assert dist_to_mask[tuple(vox.T)].min() > 2.0, "outside the mask dilated by 2 mm"
+        for n in rec["nodules"]:
+            kinds = [p["kind"] for p in rec["planted"] if p["nodule_label"] == n["label"]]
+            assert len(kinds) == len(set(kinds))
+            assert n["has_pleural_tail"] == ("pleural_tail" in kinds)
+    assert n_planted > 0
+
+
+def test_hu_sanity(cohort):
+    lung_medians = []
+    for case in cohort.cases:
+        lung_medians.append(float(np.median(case.hu[case.lung])))
+        spacing = np.array(case.acquisition["spacing_mm"])
+        grid = np.indices(case.hu.shape, dtype=np.float32).reshape(3, -1).T
+        for n in case.nodules:
+            if n["diameter_mm"] < 10:
+                continue
+            r = np.linalg.norm((grid - np.array(n["center_zyx"])) * spacing, axis=1)
+            core = case.hu.reshape(-1)[r <= 0.3 * n["diameter_mm"]]
+            # partial volume at these coarse voxels softens 10 mm nodules a little
+            assert -300.0 < core.mean() < 130.0, n
+        for p in case.planted_items:
+            vals = case.hu[case.planted == p["label"]]
+            if p["kind"] == "marker_bead":
+                assert vals.max() > 2000.0
+            elif p["kind"] == "granuloma":
+                assert vals.max() > 0.0  # calcified, though blurred at coarse voxels
+            else:
+                assert vals.mean() > -750.0  # a thin soft-tissue band in partial volume
+    assert all(-875.0 < m < -825.0 for m in lung_medians), lung_medians
+
+
+def test_nodule_density_without_blur_or_noise():
+    cfg = SyntheticConfig(shape_yx=128, n_slices=(50, 50), pixel_spacing_mm=(2.2, 2.2),
+                          slice_spacing_mm=(1.6, 1.6), blur_sigma_vox=(0.0, 0.0),
+                          noise_sigma_hu=(0.0, 0.0))
+    case = generate_case(4, config=cfg)
+    for n in case.nodules:
+        core = ndi.binary_erosion(case.mask == n["label"])
+        if core.any():
+            assert 15.0 <= case.hu[core].mean() <= 65.0
+    assert -870.0 < np.median(case.hu[case.lung]) < -830.0
+
+
+# ----------------------------------------------------------------------------- DICOM
+def test_dicom_files_round_trip(cohort):
+    shuffled = 0
+    for rec, case in zip(cohort.truth["cases"], cohort.cases):
+        files, dss = _read_series(cohort.out / rec["case_dir"])
+        assert len(files) == case.hu.shape[0]
+        with open(files[0], "rb") as fh:
+            assert fh.read(132)[128:] == b"DICM"
+        ds0 = dss[0]
+        assert ds0.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+        assert ds0.file_meta.MediaStorageSOPClassUID == "1.2.840.10008.5.1.4.1.1.2"
+        for ds in dss:
+            missing = [t for t in REQUIRED_TAGS if t not in ds]
+            assert not missing, missing
+            assert "SpacingBetweenSlices" not in ds
+            assert ds.Modality == "CT" and list(ds.ImageType) == ["ORIGINAL", "PRIMARY", "AXIAL"]
+            assert ds.Manufacturer == "SyntheticCT" and ds.RescaleType == "HU"
+            for key in IDENTIFIER_KEYS:
+                assert str(ds.data_element(key).value) == rec["identifiers"][key]
+            assert ds.StudyInstanceUID == rec["uids"]["StudyInstanceUID"]
+        assert len({ds.SOPInstanceUID for ds in dss}) == len(dss)
+        instance_by_file = [int(ds.InstanceNumber) for ds in dss]
+        shuffled += instance_by_file != sorted(instance_by_file)
+        resc = rec["acquisition"]["rescale"]
+        assert float(ds0.RescaleSlope) == resc["slope"]
+        assert float(ds0.RescaleIntercept) == resc["intercept"]
+        assert int(ds0.PixelRepresentation) == resc["pixel_representation"]
+        aff, ordered = _affine_from_dicom(dss)
+        hu = np.stack([d.pixel_array * float(d.RescaleSlope) + float(d.RescaleIntercept)
+                       for d in ordered])
+        assert hu.shape == case.hu.shape
+        assert np.abs(hu - case.hu).max() <= resc["slope"] / 2 + 1e-3
+        assert np.allclose(aff, case.affine, atol=1e-3)
+        mask = load_nifti_mask(cohort.out / rec["case_dir"] / "mask.nii.gz")
+        assert np.allclose(mask.affine, aff, atol=1e-3)
+        assert mask.shape == hu.shape
+    assert shuffled == N_CASES
+
+
+# ----------------------------------------------------------------------------- cohort I/O
+def test_generate_cohort_refuses_foreign_folder(tmp_path):
+    (tmp_path / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="not empty"):
+        generate_cohort(tmp_path, n_cases=1, seed=1, config=SMALL)
+    with pytest.raises(ValueError, match="truth.json"):
+        generate_cohort(tmp_path, n_cases=1, seed=1, config=SMALL, overwrite=True)
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
+    with pytest.raises(ValueError, match="n_cases"):
+        generate_cohort(tmp_path / "new", n_cases=0, seed=1)
+
+
+def test_overwrite_replaces_previous_cohort(tmp_path):
+    cfg = SyntheticConfig(fixed_geometry=((36, 80, 80), (2.0, 3.5, 3.5)), nodules_per_case=(1, 1))
+    generate_cohort(tmp_path, n_cases=1, seed=5, config=cfg)
+    old = load_truth(tmp_path)["cases"][0]["case_dir"]
+    generate_cohort(tmp_path, n_cases=1, seed=6, config=cfg, overwrite=True)
+    new = load_truth(tmp_path)["cases"][0]["case_dir"]
+    assert old != new and not (tmp_path / old).exists() and (tmp_path / new).is_dir()
+
+
+def test_load_truth_errors(tmp_path):
+    with pytest.raises(UnreadableFileError, match="truth.json"):
+        load_truth(tmp_path)
+    (tmp_path / "truth.json").write_text("{not json")
+    with pytest.raises(UnreadableFileError):
+        load_truth(tmp_path)
+    (tmp_path / "truth.json").write_text("[]")
+    with pytest.raises(UnreadableFileError, match="cases"):
+        load_truth(tmp_path)
