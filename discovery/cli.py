@@ -98,6 +98,7 @@ def cmd_app(args) -> int:
     cmd = [sys.executable, "-m", "streamlit", "run", str(entry),
            "--server.address", args.host, "--server.port", str(args.port),
            "--server.headless", "true", "--browser.gatherUsageStats", "false",
+           "--client.toolbarMode", "minimal",
            "--", "--results", str(results)]
     print(f"review app: http://{args.host}:{args.port}", flush=True)
     return subprocess.call(cmd)
@@ -115,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_sample)
 
     t = sub.add_parser("train", help="train the nodule classifier on a cohort")
-    t.add_argument("cohort", help="cohort folder (case folders + truth.csv)")
+    t.add_argument("cohort", nargs="+", help="cohort folder(s) (case folders + truth.csv)")
     t.add_argument("--out", required=True, help="model folder to write")
     t.add_argument("--labels", default=None, help="labels CSV (default COHORT/truth.csv)")
     t.add_argument("--seed", type=int, default=0)

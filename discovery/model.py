@@ -82,7 +82,7 @@ class ModelCard:
     architecture: dict[str, Any] = field(default_factory=default_architecture)
     roi_size_vox: tuple[int, int, int] = (32, 32, 32)
     roi_spacing_mm: tuple[float, float, float] = (1.5, 1.5, 1.5)
-    hu_window: tuple[float, float] = (-1000.0, 400.0)
+    hu_window: tuple[float, float] = (-1000.0, 3000.0)
     classes: tuple[str, ...] = ("benign", "malignant")
     gradcam_layer: str = "layer3"
     training: dict[str, Any] = field(default_factory=dict)

@@ -59,10 +59,7 @@ class RoiDataset:
     cohort_hash: str
 
 
-def collect_rois(cohort: str | Path, card: ModelCard, *, labels_csv: str | Path | None = None,
-                 progress: Callable[[int, int], None] | None = None) -> RoiDataset:
-    """Extract one preprocessed ROI per labelled nodule of *cohort*."""
-    cohort = Path(cohort)
+def _collect_one(cohort: Path, card: ModelCard, labels_csv: Path | None, progress) -> tuple[list, list, list]:
     labels_csv = Path(labels_csv) if labels_csv else cohort / "truth.csv"
     if not labels_csv.is_file():
         raise DataError(f"no labels file {file_label(labels_csv)}: training needs a CSV with "
@@ -70,7 +67,7 @@ def collect_rois(cohort: str | Path, card: ModelCard, *, labels_csv: str | Path 
     table = pd.read_csv(labels_csv)
     by_id = {pseudonymous_id(str(d)): str(d) for d in table["case_dir"].unique()}
     specs = [s for s in discover_cases(cohort) if s.case_id in by_id]
-    xs, ys, groups, case_ids = [], [], [], []
+    xs, ys, cases = [], [], []
     for i, spec in enumerate(specs):
         volume, mask = load_case(spec)
         rows = table[table["case_dir"].astype(str) == by_id[spec.case_id]].set_index("nodule_label")
@@ -82,15 +79,41 @@ def collect_rois(cohort: str | Path, card: ModelCard, *, labels_csv: str | Path 
                               spacing_mm=card.roi_spacing_mm)
             xs.append(normalize_hu(roi.hu, card.hu_window)[None])
             ys.append(int(row["malignant"]))
-            groups.append(len(case_ids))
-        case_ids.append(spec.case_id)
+            cases.append(spec.case_id)
         if progress:
             progress(i + 1, len(specs))
+    return xs, ys, cases
+
+
+def collect_rois(cohorts, card: ModelCard, *, labels_csv: str | Path | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> RoiDataset:
+    """Extract one preprocessed ROI per labelled nodule of one or several cohort folders.
+
+    Parameters
+    ----------
+    cohorts : path or list of paths
+        Cohort folders (case folders + ``truth.csv``).
+    labels_csv : path, optional
+        Labels for a single cohort (default ``COHORT/truth.csv`` of each).
+    """
+    cohorts = [Path(c) for c in ([cohorts] if isinstance(cohorts, (str, Path)) else cohorts)]
+    if labels_csv is not None and len(cohorts) > 1:
+        raise ValueError("labels_csv applies to one cohort; give each cohort its own truth.csv")
+    xs, ys, cases = [], [], []
+    for cohort in cohorts:
+        x, y, c = _collect_one(cohort, card, labels_csv, progress)
+        xs += x
+        ys += y
+        cases += c
     if not xs:
         raise DataError("the cohort yielded no labelled nodules; check the labels CSV")
-    digest = hashlib.sha256("\n".join(sorted(case_ids)).encode()).hexdigest()
+    case_ids = sorted(set(cases))
+    if len(case_ids) < 3:
+        raise DataError(f"training needs at least 3 cases for a patient-level split; found {len(case_ids)}")
+    index = {cid: i for i, cid in enumerate(case_ids)}
+    digest = hashlib.sha256("\n".join(case_ids).encode()).hexdigest()
     return RoiDataset(np.stack(xs).astype(np.float32), np.asarray(ys, np.int64),
-                      np.asarray(groups), case_ids, digest)
+                      np.asarray([index[c] for c in cases]), case_ids, digest)
 
 
 def _split(n_groups: int, s: TrainSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -1,0 +1,103 @@
+"""score_folder on tiny NIfTI cases with an untrained model: every path through the batch."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from data_tools.nifti import save_nifti
+from data_tools.volume import Mask, Volume, affine_from_spacing
+from discovery.batch import safe_error, score_folder
+from discovery.model import ModelCard, build_network, save_model
+from discovery.store import FINDINGS_COLUMNS, ResultsStore, load_case_arrays
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("model")
+    save_model(build_network(ModelCard()), ModelCard(), out)
+    return out
+
+
+def _case(folder, *, labels=(1, 2), mask=True):
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(len(folder.name))
+    shape, spacing = (40, 64, 64), (1.5, 1.2, 1.2)
+    hu = rng.normal(-850, 20, shape).astype(np.float32)
+    m = np.zeros(shape, np.int16)
+    for i, lab in enumerate(labels):
+        z, y, x = 20, 20 + 24 * i, 32
+        zz, yy, xx = np.ogrid[:40, :64, :64]
+        ball = ((zz - z) * 1.5) ** 2 + ((yy - y) * 1.2) ** 2 + ((xx - x) * 1.2) ** 2 <= 25
+        hu[ball] = 40
+        m[ball] = lab
+    aff = affine_from_spacing(spacing)
+    save_nifti(Volume(hu, aff), folder / "ct.nii.gz")
+    if mask:
+        save_nifti(Mask(m, aff), folder / "mask.nii.gz")
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory, model_dir):
+    root = tmp_path_factory.mktemp("batch")
+    _case(root / "in" / "PATIENT_A")
+    _case(root / "in" / "PATIENT_B", labels=(3,))
+    _case(root / "in" / "PATIENT_NOMASK", mask=False)
+    bad = root / "in" / "PATIENT_BAD"
+    bad.mkdir()
+    (bad / "ct.nii.gz").write_bytes(b"\x1f\x8b\x08garbage")
+    seen = []
+    summary = score_folder(root / "in", root / "out", model_dir=model_dir,
+                           progress=lambda d, t, c: seen.append((d, t)))
+    return root, summary, seen
+
+
+def test_summary_counts_and_progress(scored):
+    _, summary, seen = scored
+    assert (summary.n_cases, summary.n_ok, summary.n_no_mask, summary.n_failed) == (4, 2, 1, 1)
+    assert summary.n_nodules == 3
+    assert seen[-1] == (4, 4) and len(seen) == 4
+
+
+def test_findings_rows_per_status(scored):
+    root, _, _ = scored
+    f = pd.read_csv(root / "out" / "findings.csv", keep_default_na=False, na_values=[""])
+    assert list(f.columns) == FINDINGS_COLUMNS
+    assert sorted(f["status"]) == ["failed", "no-mask", "ok", "ok", "ok"]
+    ok = f[f["status"] == "ok"]
+    assert set(ok["nodule_id"]) == {"n1", "n2", "n3"}
+    assert ok["probability"].between(0, 1).all()
+    nomask = f[f["status"] == "no-mask"].iloc[0]
+    assert nomask["verdict"] == "no-mask" and math.isnan(nomask["rma"]) and "mask" in nomask["error"]
+    failed = f[f["status"] == "failed"].iloc[0]
+    assert "'ct.nii.gz'" in failed["error"] and "PATIENT" not in failed["error"]
+
+
+def test_arrays_for_the_viewer(scored):
+    root, _, _ = scored
+    store = ResultsStore(root / "out", create=False)
+    case = store.cases().query("status == 'ok' and n_nodules == 2").iloc[0]
+    arrays = load_case_arrays(root / "out", case["case_id"])
+    assert arrays["ct"].dtype == np.int16 and arrays["ct"].shape == (40, 64, 64)
+    assert set(np.unique(arrays["mask"])) == {0, 1, 2}
+    assert arrays["attribution"].dtype == np.float32 and arrays["attribution"].min() >= 0
+    regions = store.regions()
+    mine = regions[regions["case_id"] == case["case_id"]]
+    assert sorted(np.unique(arrays["region_map"]))[1:] == sorted(mine["case_region"])
+
+
+def test_rescoring_replaces_rather_than_duplicates(scored, model_dir):
+    root, _, _ = scored
+    score_folder(root / "in", root / "out", model_dir=model_dir)
+    f = pd.read_csv(root / "out" / "findings.csv")
+    assert len(f) == 5
+    store = ResultsStore(root / "out", create=False)
+    assert store.query("SELECT COUNT(*) AS n FROM nodules")["n"].iloc[0] == 3
+
+
+def test_safe_error_scrubs_paths():
+    msg = safe_error(OSError("cannot open /srv/imports/SMITH^JOHN/IM1.dcm"), "/srv/imports")
+    assert "SMITH" not in msg and "/srv" not in msg and "IM1.dcm" in msg
