@@ -14,9 +14,34 @@ from pathlib import Path
 __all__ = ["main"]
 
 
+class _LineProgress:
+    """Stand-in for rich's bar when output is not a terminal: one line per update."""
+
+    def __init__(self):
+        self._tasks: dict[int, dict] = {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def add_task(self, description, total=None, note=""):
+        self._tasks[len(self._tasks)] = {"description": description, "total": total}
+        return len(self._tasks) - 1
+
+    def update(self, task, completed=None, total=None, note=""):
+        t = self._tasks[task]
+        if total is not None:
+            t["total"] = total
+        print(f"{t['description']}: {completed}/{t['total']} {note}".rstrip(), flush=True)
+
+
 def _progress():
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    if not sys.stdout.isatty():
+        return _LineProgress()
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), TextColumn("{task.fields[note]}"), transient=False)
 

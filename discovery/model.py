@@ -107,11 +107,23 @@ class NoduleResNet(ResNet):
     """MONAI's 3-D ResNet that also knows which layer its explanations use.
 
     ``cam_layer`` is read by :func:`discovery.explain.explain` when no layer is given.
+    ``stages`` < 4 ends the trunk early (the later stages become the identity and the
+    classifier reads the last kept stage's channels), so that global pooling follows the
+    Grad-CAM layer directly and that layer's receptive field stays small.  With all four
+    stages every ``layer4`` unit sees the whole 48 mm ROI, and Grad-CAM maps of the trained
+    model came out nearly uniform over the ROI (README, "Why the network is shallow").
     """
 
-    def __init__(self, *, cam_layer: str = "layer3", **kwargs):
+    def __init__(self, *, cam_layer: str = "layer3", stages: int = 4, **kwargs):
         super().__init__(**kwargs)
+        if stages not in (2, 3, 4):
+            raise ModelError(f"stages must be 2, 3 or 4; received {stages}")
         self.cam_layer = cam_layer
+        if stages < 4:
+            width = int(kwargs["block_inplanes"][stages - 1] * kwargs.get("widen_factor", 1.0))
+            for name in ("layer4", "layer3")[: 4 - stages]:
+                setattr(self, name, torch.nn.Identity())
+            self.fc = torch.nn.Linear(width, kwargs.get("num_classes", 400))
 
 
 def build_network(card: ModelCard) -> NoduleResNet:
@@ -122,7 +134,8 @@ def build_network(card: ModelCard) -> NoduleResNet:
             f"model card names architecture {arch.get('name')!r}; this version builds only "
             "'monai.networks.nets.ResNet'"
         )
-    return NoduleResNet(cam_layer=card.gradcam_layer, **arch["kwargs"])
+    return NoduleResNet(cam_layer=card.gradcam_layer, stages=int(arch.get("stages", 4)),
+                        **arch["kwargs"])
 
 
 def sha256_file(path: str | Path) -> str:
