@@ -32,6 +32,8 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import pandas as pd
 
+from .offmask import REGION_COLUMNS as _OFFMASK_COLUMNS
+
 __all__ = [
     "ResultsStore", "FINDINGS_COLUMNS", "REGION_COLUMNS", "CLUSTER_COLUMNS",
     "NODULE_REVIEW_CHOICES", "CLUSTER_REVIEW_CHOICES", "save_case_arrays", "load_case_arrays",
@@ -46,12 +48,9 @@ FINDINGS_COLUMNS = [
     "peak_distance_mm", "near_mass", "verdict", "n_offmask_regions", "offmask_mass_share",
     "volume_mm3", "center_z", "center_y", "center_x", "status", "error",
 ]
-REGION_COLUMNS = [
-    "region_key", "case_id", "nodule_id", "region_index", "case_region", "probability",
-    "n_voxels", "volume_mm3", "mass_share", "peak_value", "centroid_z", "centroid_y",
-    "centroid_x", "offset_z_mm", "offset_y_mm", "offset_x_mm", "offset_distance_mm",
-    "distance_to_mask_mm", "mean_hu", "max_hu", "std_hu", "cluster", "embedding_x", "embedding_y",
-]
+#: Off-mask region descriptors (discovery.offmask) plus the keys and cohort-level fields.
+REGION_COLUMNS = (["region_key"] + _OFFMASK_COLUMNS[:3] + ["case_region", "probability"]
+                  + _OFFMASK_COLUMNS[3:] + ["cluster", "embedding_x", "embedding_y"])
 CLUSTER_COLUMNS = [
     "cluster", "n_regions", "n_cases", "n_nodules", "mean_probability",
     "share_predicted_malignant", "mean_mean_hu", "mean_offset_distance_mm", "mean_volume_mm3",
