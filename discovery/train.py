@@ -46,6 +46,7 @@ class TrainSettings:
     test_fraction: float = 0.15
     threshold: float = 0.5
     rot90: bool = False  # random 90-degree rotations (slowed learning on the demo data; off)
+    shift_vox: int = 0   # random shifts up to this many voxels (torch.roll; slowed learning; off)
 
 
 @dataclass(frozen=True, eq=False)
@@ -125,9 +126,11 @@ def _split(n_groups: int, s: TrainSettings) -> tuple[np.ndarray, np.ndarray, np.
     return order[n_test + n_val:], order[n_test:n_test + n_val], order[:n_test]
 
 
-def _augment(x: torch.Tensor, gen: torch.Generator, *, rot90: bool = False) -> torch.Tensor:
-    """Random flips, optional 90-degree rotations (the ROI is isotropic, so all 48 symmetries
-    of the cube are valid), shifts of up to 2 voxels (3 mm) and intensity jitter. In place."""
+def _augment(x: torch.Tensor, gen: torch.Generator, *, rot90: bool = False,
+             shift_vox: int = 0) -> torch.Tensor:
+    """Random flips along the three axes, optional 90-degree rotations (the ROI is isotropic,
+    so all 48 symmetries of the cube are valid), optional shifts of up to ``shift_vox`` voxels,
+    and intensity jitter.  The demo model was trained with flips and jitter only."""
     for i in range(x.shape[0]):
         sample = x[i]
         for axis in (1, 2, 3):
@@ -137,8 +140,10 @@ def _augment(x: torch.Tensor, gen: torch.Generator, *, rot90: bool = False) -> t
             k = int(torch.randint(0, 4, (1,), generator=gen))
             plane = [(1, 2), (1, 3), (2, 3)][int(torch.randint(0, 3, (1,), generator=gen))]
             sample = torch.rot90(sample, k, dims=plane)
-        shifts = tuple(int(v) for v in torch.randint(-2, 3, (3,), generator=gen))
-        x[i] = torch.roll(sample, shifts=shifts, dims=(1, 2, 3))
+        if shift_vox:
+            shifts = tuple(int(v) for v in torch.randint(-shift_vox, shift_vox + 1, (3,), generator=gen))
+            sample = torch.roll(sample, shifts=shifts, dims=(1, 2, 3))
+        x[i] = sample
     scale = 1.0 + 0.05 * torch.randn(x.shape[0], 1, 1, 1, 1, generator=gen)
     shift = 0.02 * torch.randn(x.shape[0], 1, 1, 1, 1, generator=gen)
     return (x * scale + shift).clamp_(0.0, 1.0)
@@ -206,7 +211,8 @@ def train_model(data: RoiDataset, out_dir: str | Path, *, settings: TrainSetting
         losses = []
         for start in range(0, len(order), settings.batch_size):
             sel = order[start:start + settings.batch_size]
-            xb = _augment(torch.from_numpy(data.x[sel].copy()), gen, rot90=settings.rot90)
+            xb = _augment(torch.from_numpy(data.x[sel].copy()), gen, rot90=settings.rot90,
+                              shift_vox=settings.shift_vox)
             loss = loss_fn(model(xb), torch.from_numpy(data.y[sel]))
             opt.zero_grad()
             loss.backward()
