@@ -69,7 +69,7 @@ def safe_error(exc: BaseException, *paths: Path | str | None) -> str:
     return f"unexpected error while scoring ({text}); please report it"
 
 
-def _nodule_rows(result: CaseResult, spacing) -> tuple[list[dict], list[dict]]:
+def _nodule_rows(result: CaseResult) -> tuple[list[dict], list[dict]]:
     nodules, regions = [], []
     case_region = 0
     for nod in result.nodules:
@@ -107,7 +107,7 @@ def _nodule_rows(result: CaseResult, spacing) -> tuple[list[dict], list[dict]]:
 
 
 def _score_one(spec: CaseSpec, model, card, results_dir: Path, settings: ScoreSettings,
-               store: ResultsStore) -> tuple[str, str, int, int]:
+               store: ResultsStore) -> tuple[str, int, int]:
     volume, mask = load_case(spec)
     result = analyze_scan(volume, mask, model, card, case_id=spec.case_id, settings=settings)
     ct = np.clip(np.rint(volume.array), -32768, 32767).astype(np.int16)
@@ -116,7 +116,7 @@ def _score_one(spec: CaseSpec, model, card, results_dir: Path, settings: ScoreSe
         mask=(mask.array if mask is not None else np.zeros(volume.shape, np.int16)).astype(np.int16),
         attribution=result.attribution, region_map=result.region_map, affine=volume.affine,
     )
-    nodules, regions = _nodule_rows(result, volume.spacing_mm)
+    nodules, regions = _nodule_rows(result)
     status = "ok" if result.status == "ok" else "no-mask"
     store.put_case(
         {"case_id": spec.case_id, "status": status,
@@ -126,7 +126,7 @@ def _score_one(spec: CaseSpec, model, card, results_dir: Path, settings: ScoreSe
          "arrays": arrays},
         nodules, regions,
     )
-    return status, "", len(nodules), len(regions)
+    return status, len(nodules), len(regions)
 
 
 def recluster(store: ResultsStore, settings: PatternSettings = PatternSettings()) -> int:
@@ -197,7 +197,7 @@ def score_folder(
     failed: list[tuple[str, str]] = []
     for i, spec in enumerate(specs):
         try:
-            status, _, k_nod, k_reg = _score_one(spec, model, card, results_dir, settings, store)
+            status, k_nod, k_reg = _score_one(spec, model, card, results_dir, settings, store)
         except Exception as exc:  # noqa: BLE001 -- a batch records every failure and goes on
             message = safe_error(exc, input_path, spec.image, spec.mask)
             # no traceback in the log: frames and messages of third-party code may quote paths
