@@ -73,7 +73,7 @@ def _nodule_rows(result: CaseResult) -> tuple[list[dict], list[dict]]:
     nodules, regions = [], []
     case_region = 0
     for nod in result.nodules:
-        a = nod.alignment
+        a, loc = nod.alignment, nod.localization
         total = float(nod.attribution.sum())
         off_share = float(sum(r.mass_share for r in nod.regions)) if total > 0 else float("nan")
         nodules.append({
@@ -81,6 +81,8 @@ def _nodule_rows(result: CaseResult) -> tuple[list[dict], list[dict]]:
             "probability": nod.probability, "predicted_label": nod.predicted_label,
             "rma": a.rma, "rra": a.rra, "pointing_hit": a.pointing_hit,
             "peak_distance_mm": a.peak_distance_mm, "near_mass": a.near_mass,
+            "detection_auc": loc.auc, "otsu_dice": loc.otsu_dice, "otsu_iou": loc.otsu_iou,
+            "ring_0_5": loc.ring_0_5, "ring_5_10": loc.ring_5_10, "ring_10_20": loc.ring_10_20,
             "verdict": a.verdict, "n_offmask_regions": len(nod.regions),
             "offmask_mass_share": off_share, "volume_mm3": nod.site.volume_mm3,
             "center_z": nod.site.center_zyx[0], "center_y": nod.site.center_zyx[1],

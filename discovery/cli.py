@@ -1,4 +1,4 @@
-"""``discovery`` command line: sample | train | score | report | app.
+"""``discovery`` command line: sample | train | score | sanity | report | app.
 
 Thin: every command parses its options, calls the library, draws progress with rich, and
 prints a short summary.  Messages name cases by pseudonymous id only.
@@ -72,10 +72,11 @@ def cmd_train(args) -> int:
         task = bar.add_task("reading cases", total=None, note="")
         data = collect_rois(args.cohort, card, labels_csv=args.labels,
                             progress=lambda d, t: bar.update(task, completed=d, total=t))
-        settings = TrainSettings(seed=args.seed, epochs=args.epochs, patience=args.patience)
+        settings = TrainSettings(seed=args.seed, epochs=args.epochs, patience=args.patience,
+                                 rotate_deg=args.rotate_deg)
         task2 = bar.add_task("training", total=settings.epochs, note="")
         card = train_model(
-            data, args.out, settings=settings, card=card,
+            data, args.out, settings=settings, card=card, resume=args.resume,
             progress=lambda e, t, h: bar.update(
                 task2, completed=e, note=f"loss {h['loss']:.3f}  val AUROC {h['val_auroc']:.3f}"))
     test = card.metrics["test"]
@@ -85,14 +86,39 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_sanity(args) -> int:
+    from .sanity import run_sanity, summarize
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    randomise = [m.strip() for m in args.randomise.split(",") if m.strip()]
+    with _progress() as bar:
+        task = bar.add_task("sanity checks", total=None, note="")
+        summary = run_sanity(
+            args.source, results_dir=args.out, model_dir=args.model, methods=methods,
+            randomise=randomise, steps=args.steps, n_random=args.n_random, seed=args.seed,
+            progress=lambda stage, d, t: bar.update(task, completed=d, total=t, note=stage))
+    table = summarize(summary.randomization, summary.perturbation)
+    console = _console()
+    console.print(f"{summary.n_nodules} nodules; Spearman original vs fully randomised model, "
+                  "and deletion AUC (lower = more faithful) against random voxel orders:")
+    for r in table.itertuples():
+        console.print(
+            f"  {r.method:<21} spearman {r.spearman_fully_randomised:6.3f}   deletion AUC "
+            f"{r.deletion_auc:.3f} vs random {r.deletion_auc_random:.3f}   beats random on "
+            f"{r.beats_random:.0%} (predicted malignant: {r.beats_random_malignant:.0%})   "
+            f"insertion {r.insertion_auc:.3f} vs {r.insertion_auc_random:.3f}")
+    return 0
+
+
 def cmd_score(args) -> int:
     from .batch import score_folder
+    from .pipeline import ScoreSettings
 
     console = _console()
     with _progress() as bar:
         task = bar.add_task("scoring", total=None, note="")
         summary = score_folder(
-            args.input, args.out, model_dir=args.model,
+            args.input, args.out, model_dir=args.model, settings=ScoreSettings(method=args.method),
             progress=lambda d, t, cid: bar.update(task, completed=d, total=t, note=cid))
     console.print(
         f"{summary.n_cases} cases: {summary.n_ok} scored, {summary.n_no_mask} without mask, "
@@ -130,6 +156,8 @@ def cmd_app(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .explain import METHODS
+
     p = argparse.ArgumentParser(prog="discovery", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = p.add_subparsers(dest="command", required=True)
@@ -147,12 +175,32 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--epochs", type=int, default=40)
     t.add_argument("--patience", type=int, default=10)
+    t.add_argument("--rotate-deg", type=float, default=0.0,
+                   help="random rotations up to this many degrees (default 0: off)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue from OUT/checkpoint.pt left by an interrupted run")
     t.set_defaults(func=cmd_train)
+
+    q = sub.add_parser("sanity", help="randomisation test and deletion/insertion curves of the maps")
+    q.add_argument("source", help="results folder (from `discovery score`) or cohort folder")
+    q.add_argument("--out", default=None, help="results folder to store the tables in "
+                   "(default: SOURCE when it is a results folder)")
+    q.add_argument("--model", default=None, help="model folder (default: the demo model)")
+    q.add_argument("--methods", default=",".join(METHODS),
+                   help="methods for the deletion/insertion curves (comma-separated; default all)")
+    q.add_argument("--randomise", default="gradcam",
+                   help="methods for the cascading randomisation test (default gradcam)")
+    q.add_argument("--steps", type=int, default=20, help="deletion/insertion steps (default 20)")
+    q.add_argument("--n-random", type=int, default=3, help="random orders per nodule (default 3)")
+    q.add_argument("--seed", type=int, default=0)
+    q.set_defaults(func=cmd_sanity)
 
     c = sub.add_parser("score", help="score a folder of cases (or a manifest CSV)")
     c.add_argument("input", help="folder of case folders, one case folder, or manifest CSV")
     c.add_argument("--out", required=True, help="results folder")
     c.add_argument("--model", default=None, help="model folder (default: the demo model)")
+    c.add_argument("--method", default="gradcam", choices=METHODS,
+                   help="attribution method (default gradcam; see the README for costs)")
     c.set_defaults(func=cmd_score)
 
     r = sub.add_parser("report", help="export a findings report")

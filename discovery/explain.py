@@ -1,14 +1,33 @@
 """Attribution maps for the nodule classifier.
 
 Contract for every method: a float32 array ``(N, z, y, x)`` on the ROI grid holding *raw*
-magnitudes (for Grad-CAM: after the ReLU, never min-max rescaled), plus the provenance that
-:class:`AttributionInfo` records (method, layer, target class, native resolution).
+values (never min-max rescaled, never inverted), plus the provenance that
+:class:`AttributionInfo` records (method, layer, target class, native resolution, sign).
+
+Methods (cost per ROI in forward + backward passes, see the README):
+
+=========================  ====================================================  =========
+``gradcam``                ``ReLU(sum_c mean(dY/dA_c) A_c)``, Selvaraju et al.    1 F + 1 B
+``gradcam++``              positive gradients weighted by the closed-form         1 F + 1 B
+                           alpha of Chattopadhay et al. (exp-score form)
+``hirescam``               ``ReLU(sum_c dY/dA_c * A_c)`` element-wise             1 F + 1 B
+                           (Draelos & Carin), faithful to the layer's own grid
+``layercam``               ``ReLU(sum_c ReLU(dY/dA_c) * A_c)`` (Jiang et al.),    1 F + 1 B
+                           meant for earlier, finer layers
+``integrated_gradients``   Captum IG from an all-air baseline (signed)            S F + S B
+``occlusion``              Captum Occlusion, sliding cube of air (signed)         1 + W F
+=========================  ====================================================  =========
+
+The four CAM methods return non-negative maps upsampled trilinearly (``align_corners=False``)
+from the layer's grid to the ROI size.  Integrated Gradients and Occlusion return *signed*
+voxel maps (``info.signed``); callers that need non-negative evidence (the alignment metrics)
+must take the positive part themselves, explicitly.
 
 Hooks are scoped to one call and to the calling thread: a forward hook is registered for the
 duration of the forward pass only, and it records activations only when the hooked module runs
 on the thread that registered it.  Two threads can therefore explain with one shared model at
 the same time; the caller's model is never modified (no ``inplace`` flags switched, no mode
-changed).
+changed).  Captum's IG and Occlusion register no hooks on the model.
 """
 
 from __future__ import annotations
@@ -20,9 +39,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["AttributionInfo", "explain", "predict_and_explain", "resolve_layer", "METHODS"]
+__all__ = ["AttributionInfo", "explain", "predict_and_explain", "resolve_layer", "METHODS",
+           "CAM_METHODS", "IG_STEPS", "OCCLUSION_WINDOW", "OCCLUSION_STRIDE"]
 
-METHODS = ("gradcam",)
+CAM_METHODS = ("gradcam", "gradcam++", "hirescam", "layercam")
+METHODS = CAM_METHODS + ("integrated_gradients", "occlusion")
+
+#: Integrated Gradients: Riemann steps (each one forward + backward per ROI).
+IG_STEPS = 32
+#: Occlusion: cube edge and stride in ROI voxels (8 voxels = 12 mm at the demo's 1.5 mm).
+OCCLUSION_WINDOW = 8
+OCCLUSION_STRIDE = 4
+#: Baseline of IG and Occlusion: 0.0 is -1000 HU (air) under the model's HU window, i.e.
+#: "nothing there".  Stated here because the choice changes the maps.
+BASELINE = 0.0
 
 
 @dataclass(frozen=True)
@@ -35,6 +65,7 @@ class AttributionInfo:
     native_shape: tuple[int, int, int]
     roi_shape: tuple[int, int, int]
     upsampling: str = "trilinear"
+    signed: bool = False
 
 
 def resolve_layer(model: torch.nn.Module, layer: str | None) -> tuple[str, torch.nn.Module]:
@@ -64,41 +95,25 @@ def _check_rois(rois) -> torch.Tensor:
     return rois
 
 
-def predict_and_explain(
-    model: torch.nn.Module,
-    rois,
-    *,
-    method: str = "gradcam",
-    layer: str | None = None,
-    target: int = 1,
-) -> tuple[np.ndarray, np.ndarray, AttributionInfo]:
-    """Class probabilities and attribution maps from one forward and one backward pass.
+def _cam_weights(method: str, act: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    """Per-voxel channel weights ``w`` so that the map is ``ReLU(sum_c w_c * A_c)``."""
+    space = tuple(range(2, grads.ndim))
+    if method == "gradcam":
+        return grads.mean(dim=space, keepdim=True)
+    if method == "hirescam":
+        return grads
+    if method == "layercam":
+        return torch.relu(grads)
+    # Grad-CAM++ with the exponential-score closed form used by its authors' code:
+    # alpha = g^2 / (2 g^2 + sum_space(A) g^3), weights = sum_space(alpha * ReLU(g)).
+    g2, g3 = grads.pow(2), grads.pow(3)
+    denom = 2 * g2 + act.sum(dim=space, keepdim=True) * g3
+    alpha = torch.where(grads != 0, g2 / torch.where(denom != 0, denom, torch.ones_like(denom)),
+                        torch.zeros_like(g2))
+    return (alpha * torch.relu(grads)).sum(dim=space, keepdim=True)
 
-    Parameters
-    ----------
-    model : torch.nn.Module
-        Classifier returning logits ``(N, C)``. Used as it is (put it in ``eval()`` first).
-    rois : Tensor, shape (N, 1, z, y, x)
-        Preprocessed ROIs (HU window applied).
-    method : {"gradcam"}
-    layer : str, optional
-        Dotted module name; default ``model.cam_layer``.
-    target : int
-        Class whose score is explained.
 
-    Returns
-    -------
-    probabilities : ndarray, shape (N, C), float32
-        Softmax of the logits.
-    maps : ndarray, shape (N, z, y, x), float32
-        Grad-CAM: ``ReLU(sum_c w_c A_c)`` with ``w_c`` the spatial mean of the gradient of the
-        target logit with respect to channel ``c`` of the layer's output ``A``, upsampled
-        trilinearly (``align_corners=False``) to the ROI size. Raw magnitudes, >= 0.
-    info : AttributionInfo
-    """
-    if method not in METHODS:
-        raise ValueError(f"unknown attribution method {method!r}; available: {', '.join(METHODS)}")
-    rois = _check_rois(rois)
+def _cam(model, rois, method, layer, target):
     layer_name, module = resolve_layer(model, layer)
     owner = threading.get_ident()
     captured: dict[str, torch.Tensor] = {}
@@ -120,27 +135,96 @@ def predict_and_explain(
         handle.remove()
     if "act" not in captured:
         raise RuntimeError(f"layer {layer_name!r} did not run during the forward pass")
-    if not 0 <= target < logits.shape[1]:
-        raise ValueError(f"target {target} is out of range for {logits.shape[1]} classes")
+    _check_target(target, logits)
     act = captured["act"]
     (grads,) = torch.autograd.grad(logits[:, target].sum(), act)
     with torch.no_grad():
-        weights = grads.mean(dim=tuple(range(2, grads.ndim)), keepdim=True)
-        cam = torch.relu((weights * act).sum(dim=1, keepdim=True))
+        cam = torch.relu((_cam_weights(method, act, grads) * act).sum(dim=1, keepdim=True))
         native = tuple(int(s) for s in cam.shape[2:])
         cam = F.interpolate(cam, size=tuple(rois.shape[2:]), mode="trilinear", align_corners=False)
-        probs = torch.softmax(logits.detach(), dim=1)
+    return logits.detach(), cam[:, 0], layer_name, native
+
+
+def _check_target(target: int, logits: torch.Tensor) -> None:
+    if not 0 <= target < logits.shape[1]:
+        raise ValueError(f"target {target} is out of range for {logits.shape[1]} classes")
+
+
+def _captum(model, rois, method, target):
+    from captum.attr import IntegratedGradients, Occlusion
+
+    x = rois.detach().to(dtype=torch.float32)
+    with torch.no_grad():
+        logits = model(x)
+    _check_target(target, logits)
+    if method == "integrated_gradients":
+        attr = IntegratedGradients(model).attribute(
+            x, baselines=BASELINE, target=target, n_steps=IG_STEPS, method="gausslegendre",
+            internal_batch_size=max(1, min(len(x) * IG_STEPS, 64)))
+    else:
+        w, s = OCCLUSION_WINDOW, OCCLUSION_STRIDE
+        attr = Occlusion(model).attribute(
+            x, sliding_window_shapes=(1, w, w, w), strides=(1, s, s, s), baselines=BASELINE,
+            target=target, perturbations_per_eval=16)
+    return logits, attr.detach()[:, 0], "input", tuple(int(s) for s in x.shape[2:])
+
+
+def predict_and_explain(
+    model: torch.nn.Module,
+    rois,
+    *,
+    method: str = "gradcam",
+    layer: str | None = None,
+    target: int = 1,
+) -> tuple[np.ndarray, np.ndarray, AttributionInfo]:
+    """Class probabilities and attribution maps.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Classifier returning logits ``(N, C)``. Used as it is (put it in ``eval()`` first).
+    rois : Tensor, shape (N, 1, z, y, x)
+        Preprocessed ROIs (HU window applied).
+    method : str
+        One of :data:`METHODS` (see the module docstring).
+    layer : str, optional
+        Dotted module name for the CAM methods; default ``model.cam_layer``. Ignored (and
+        recorded as ``"input"``) by Integrated Gradients and Occlusion.
+    target : int
+        Class whose logit is explained.
+
+    Returns
+    -------
+    probabilities : ndarray, shape (N, C), float32
+        Softmax of the logits of the unperturbed ROIs.
+    maps : ndarray, shape (N, z, y, x), float32
+        Raw attribution on the ROI grid: CAM methods ``>= 0`` (e.g. Grad-CAM:
+        ``ReLU(sum_c w_c A_c)`` with ``w_c`` the spatial mean of the gradient of the target
+        logit with respect to channel ``c`` of the layer's output ``A``) upsampled trilinearly
+        (``align_corners=False``); IG and Occlusion signed, in logit units.
+    info : AttributionInfo
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown attribution method {method!r}; available: {', '.join(METHODS)}")
+    rois = _check_rois(rois)
+    if method in CAM_METHODS:
+        logits, maps, layer_name, native = _cam(model, rois, method, layer, target)
+    else:
+        logits, maps, layer_name, native = _captum(model, rois, method, target)
+    probs = torch.softmax(logits, dim=1)
     info = AttributionInfo(
         method=method, layer=layer_name, target=int(target), native_shape=native,  # type: ignore[arg-type]
         roi_shape=tuple(int(s) for s in rois.shape[2:]),  # type: ignore[arg-type]
+        upsampling="trilinear" if method in CAM_METHODS else "none",
+        signed=method not in CAM_METHODS,
     )
-    return probs.numpy().astype(np.float32), cam[:, 0].numpy().astype(np.float32), info
+    return probs.numpy().astype(np.float32), maps.numpy().astype(np.float32), info
 
 
 def explain(model: torch.nn.Module, rois, *, method: str = "gradcam", layer: str | None = None,
             target: int = 1) -> np.ndarray:
     """Attribution maps ``(N, z, y, x)`` float32 for *rois* ``(N, 1, z, y, x)``.
 
-    See :func:`predict_and_explain` for the definition; this returns the maps only.
+    See :func:`predict_and_explain` for the definitions; this returns the maps only.
     """
     return predict_and_explain(model, rois, method=method, layer=layer, target=target)[1]

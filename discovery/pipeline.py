@@ -24,6 +24,7 @@ from .align import AlignThresholds, Alignment, align
 from .explain import AttributionInfo, predict_and_explain
 from .model import ModelCard
 from .offmask import OffMaskRegion, OffMaskSettings, extract_offmask_regions
+from .localization import Localization, localization_summary
 from .preprocess import NoduleSite, Roi, extract_roi, nodule_sites, normalize_hu, roi_to_scan
 
 __all__ = ["ScoreSettings", "NoduleResult", "CaseResult", "analyze_scan"]
@@ -52,6 +53,7 @@ class NoduleResult:
     probability: float
     predicted_label: int
     alignment: Alignment
+    localization: Localization
     regions: list[OffMaskRegion]
     box: tuple[slice, slice, slice]
     attribution: np.ndarray
@@ -145,6 +147,10 @@ def analyze_scan(
         for start in range(0, len(rois), settings.batch_size):
             batch = _rois_tensor(rois[start:start + settings.batch_size], card)
             probs, maps, info = predict_and_explain(model, batch, method=settings.method)
+            if info.signed:
+                # Alignment and off-mask regions measure where the evidence *for* the target
+                # class lies: the positive part of a signed map, taken here, explicitly.
+                maps = np.maximum(maps, 0.0)
             probs_all.append(probs)
             maps_all.append(maps)
     probs = np.concatenate(probs_all)
@@ -160,6 +166,7 @@ def analyze_scan(
             box, attr = roi_to_scan(roi_map, roi, shape)
             own = mask.array[box] == site.label
             alignment = align(attr, own, spacing_mm=spacing, thresholds=settings.align)
+            localization = localization_summary(attr, own, spacing)
         lo = np.array([s.start for s in box], dtype=float)
         with _stage(timings, "offmask"):
             labels, regions = extract_offmask_regions(
@@ -173,6 +180,7 @@ def analyze_scan(
         p1 = float(prob[1])
         results.append(NoduleResult(
             site=site, probability=p1, predicted_label=int(p1 >= threshold), alignment=alignment,
+            localization=localization,
             regions=regions, box=box, attribution=attr, region_labels=labels, info=info,
         ))
     return CaseResult(case_id, results, attribution, region_map, region_index, "ok")

@@ -131,6 +131,35 @@ mean {_fmt(c.mean_mean_hu, 0)} HU, {_fmt(c.mean_offset_distance_mm, 1)} mm from 
     return "".join(parts)
 
 
+def _sanity_section(randomization: pd.DataFrame, perturbation: pd.DataFrame) -> str:
+    if not len(randomization) and not len(perturbation):
+        return ("<p>Not run for these results. <code>discovery sanity RESULTS</code> runs the "
+                "randomisation test and the deletion/insertion curves and stores them here.</p>")
+    from .sanity import summarize
+
+    table = summarize(randomization, perturbation)
+    rows = "".join(
+        f"<tr><th class='l'>{html.escape(r.method)}</th><td>{_fmt(r.spearman_fully_randomised)}</td>"
+        f"<td>{r.n}</td><td>{_fmt(r.deletion_auc)}</td><td>{_fmt(r.deletion_auc_random)}</td>"
+        f"<td>{_fmt(r.beats_random, 2)}</td><td>{_fmt(r.beats_random_malignant, 2)}</td>"
+        f"<td>{_fmt(r.insertion_auc)}</td><td>{_fmt(r.insertion_auc_random)}</td></tr>"
+        for r in table.itertuples())
+    steps = ""
+    for method, grp in randomization.groupby("method", sort=False):
+        cells = " → ".join(f"{html.escape(str(g.module))} {_fmt(g.mean_spearman, 2)}"
+                           for g in grp.sort_values("step").itertuples())
+        steps += f"<li>{html.escape(str(method))}: {cells}</li>"
+    return f"""<p class="note">Randomisation: Spearman rank correlation between the maps of the trained
+model and of the model whose weights were re-drawn module by module from the output end (a faithful map
+falls toward 0). Deletion: the malignant probability as voxels are replaced by lung parenchyma in the
+map's order; a lower area than for random orders means the map points at what the model uses.
+Insertion: the reverse (higher is better).</p>
+<table><tr><th class="l">method</th><th>Spearman, fully randomised</th><th>nodules</th>
+<th>deletion AUC (median)</th><th>random order</th><th>share beating random</th>
+<th>…predicted malignant</th><th>insertion AUC</th><th>random order</th></tr>{rows}</table>
+{f'<p>Cascading randomisation, mean Spearman after each module:</p><ul>{steps}</ul>' if steps else ''}"""
+
+
 def build_html(results_dir: str | Path) -> str:
     """Return the report as one HTML string (every image inlined as a data URI)."""
     results_dir = Path(results_dir)
@@ -139,6 +168,7 @@ def build_html(results_dir: str | Path) -> str:
     clusters = store.clusters()
     regions = store.regions()
     meta = store.meta()
+    randomization, perturbation = store.sanity()
     store.close()
     scored = findings[findings["status"].isin(["ok", "no-attribution"])]
     counts = findings["verdict"].replace("", "failed").value_counts()
@@ -169,6 +199,7 @@ is a question for a reviewer, not automatically an error.</p>
 {f'<h3>Cases that could not be scored</h3><ul>{failed_html}</ul>' if failed_html else ''}
 <h2>Nodules</h2>{''.join(nodules_html) or '<p>No nodules were scored.</p>'}
 <h2>Off-mask attention patterns</h2>{_cluster_section(clusters, regions, results_dir, cache)}
+<h2>Are the maps faithful? (sanity checks)</h2>{_sanity_section(randomization, perturbation)}
 </body></html>"""
 
 

@@ -36,16 +36,18 @@ from .offmask import REGION_COLUMNS as _OFFMASK_COLUMNS
 
 __all__ = [
     "ResultsStore", "FINDINGS_COLUMNS", "REGION_COLUMNS", "CLUSTER_COLUMNS",
+    "RANDOMIZATION_COLUMNS", "PERTURBATION_COLUMNS",
     "NODULE_REVIEW_CHOICES", "CLUSTER_REVIEW_CHOICES", "save_case_arrays", "load_case_arrays",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DB_NAME = "discovery.sqlite"
 
 #: Columns of findings.csv, in order (one row per nodule; failed cases have one row).
 FINDINGS_COLUMNS = [
     "case_id", "nodule_id", "probability", "predicted_label", "rma", "rra", "pointing_hit",
-    "peak_distance_mm", "near_mass", "verdict", "n_offmask_regions", "offmask_mass_share",
+    "peak_distance_mm", "near_mass", "detection_auc", "otsu_dice", "otsu_iou", "ring_0_5",
+    "ring_5_10", "ring_10_20", "verdict", "n_offmask_regions", "offmask_mass_share",
     "volume_mm3", "center_z", "center_y", "center_x", "status", "error",
 ]
 #: Off-mask region descriptors (discovery.offmask) plus the keys and cohort-level fields.
@@ -56,13 +58,20 @@ CLUSTER_COLUMNS = [
     "share_predicted_malignant", "mean_mean_hu", "mean_offset_distance_mm", "mean_volume_mm3",
     "description", "exemplars",
 ]
+#: ``discovery sanity``: cascading randomisation, one row per method and step.
+RANDOMIZATION_COLUMNS = ["method", "layer", "step", "module", "randomised", "mean_spearman",
+                         "n_rois", "n_constant"]
+#: ``discovery sanity``: deletion / insertion areas, one row per nodule and method.
+PERTURBATION_COLUMNS = ["case_id", "nodule_id", "method", "probability", "predicted_label",
+                        "deletion_auc", "deletion_auc_random", "insertion_auc",
+                        "insertion_auc_random"]
 NODULE_REVIEW_CHOICES = ("on the tumour", "partly", "elsewhere", "can't tell")
 CLUSTER_REVIEW_CHOICES = ("artifact or shortcut", "known sign", "candidate new pattern", "noise")
 
 _TEXT = {"case_id", "nodule_id", "verdict", "status", "error", "region_key", "description",
-         "exemplars"}
+         "exemplars", "method", "layer", "module", "randomised"}
 _INT = {"predicted_label", "n_offmask_regions", "region_index", "case_region", "n_voxels",
-        "cluster", "n_regions", "n_cases", "n_nodules"}
+        "cluster", "n_regions", "n_cases", "n_nodules", "step", "n_rois", "n_constant"}
 
 
 def _coltype(name: str) -> str:
@@ -73,6 +82,8 @@ def _schema() -> str:
     nod = ",\n  ".join(f"{c} {_coltype(c)}" for c in FINDINGS_COLUMNS)
     reg = ",\n  ".join(f"{c} {_coltype(c)}" for c in REGION_COLUMNS)
     clu = ",\n  ".join(f"{c} {_coltype(c)}" for c in CLUSTER_COLUMNS)
+    ran = ",\n  ".join(f"{c} {_coltype(c)}" for c in RANDOMIZATION_COLUMNS)
+    per = ",\n  ".join(f"{c} {_coltype(c)}" for c in PERTURBATION_COLUMNS)
     return f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS cases (
@@ -93,6 +104,12 @@ CREATE TABLE IF NOT EXISTS reviews (
   item_id TEXT NOT NULL, reviewer TEXT NOT NULL, verdict TEXT NOT NULL,
   note TEXT NOT NULL DEFAULT '', updated_at TEXT NOT NULL,
   UNIQUE (item_type, item_id, reviewer));
+CREATE TABLE IF NOT EXISTS sanity_randomization (
+  {ran},
+  PRIMARY KEY (method, step));
+CREATE TABLE IF NOT EXISTS sanity_perturbation (
+  {per},
+  PRIMARY KEY (case_id, nodule_id, method));
 CREATE TABLE IF NOT EXISTS review_audit (
   id INTEGER PRIMARY KEY AUTOINCREMENT, item_type TEXT NOT NULL, item_id TEXT NOT NULL,
   reviewer TEXT NOT NULL, old_verdict TEXT, new_verdict TEXT NOT NULL, note TEXT NOT NULL,
@@ -130,6 +147,16 @@ class ResultsStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         con = self._con()
+        found = None
+        if con.execute("SELECT name FROM sqlite_master WHERE name = 'meta'").fetchone():
+            row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            found = row[0] if row else None
+        if found is not None and found != str(SCHEMA_VERSION):
+            con.close()
+            self._local.con = None
+            raise ValueError(
+                f"the results store {DB_NAME} has schema version {found}; this version of the tool "
+                f"writes version {SCHEMA_VERSION}. Score into a new results folder.")
         con.executescript(_schema())  # idempotent (IF NOT EXISTS); runs in its own transaction
         with self.write() as con:
             con.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
@@ -216,6 +243,23 @@ class ResultsStore:
             con.execute("DELETE FROM clusters")
             rows = clusters.to_dict("records")
             self._insert(con, "clusters", CLUSTER_COLUMNS, rows)
+
+    def set_sanity(self, randomization: list[dict[str, Any]], perturbation: list[dict[str, Any]]) -> None:
+        """Replace the sanity rows of every method present in the new rows (one transaction)."""
+        with self.write() as con:
+            for table, rows in (("sanity_randomization", randomization),
+                                ("sanity_perturbation", perturbation)):
+                for method in sorted({r["method"] for r in rows}):
+                    con.execute(f"DELETE FROM {table} WHERE method = ?", (method,))
+            self._insert(con, "sanity_randomization", RANDOMIZATION_COLUMNS, randomization)
+            self._insert(con, "sanity_perturbation", PERTURBATION_COLUMNS, perturbation)
+
+    def sanity(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """``(randomization, perturbation)`` tables written by ``discovery sanity`` (may be empty)."""
+        return (self.query(f"SELECT {', '.join(RANDOMIZATION_COLUMNS)} FROM sanity_randomization "
+                           "ORDER BY method, step"),
+                self.query(f"SELECT {', '.join(PERTURBATION_COLUMNS)} FROM sanity_perturbation "
+                           "ORDER BY method, case_id, nodule_id"))
 
     def cases(self) -> pd.DataFrame:
         return self.query("SELECT * FROM cases ORDER BY case_id")

@@ -4,14 +4,23 @@ Labels come from a CSV with the columns ``case_dir, nodule_label, malignant`` (t
 cohort's ``truth.csv``); ``case_dir`` is the case folder's name under the cohort folder.
 
 Protocol: patient-level split (train / validation / test, seeded), augmentation (flips along
-the three axes, intensity jitter), class-balanced loss, early stopping on validation AUROC;
-the test split is touched once, at the end, and its figures go into the model card.
+the three axes, optional small rotations, intensity jitter), class-balanced loss, early
+stopping on validation AUROC; the test split is touched once, at the end, and its figures go
+into the model card.
+
+Resumable: after every epoch the full training state (weights, optimiser, scheduler, random
+generator, best weights so far, history) is written atomically to ``OUT/checkpoint.pt``.
+``train_model(..., resume=True)`` continues from it and ends with exactly the weights an
+uninterrupted run would have produced; the checkpoint is removed once the model is saved.
+A checkpoint from other data or other settings is refused.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
+import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -47,6 +56,10 @@ class TrainSettings:
     threshold: float = 0.5
     rot90: bool = False  # random 90-degree rotations (slowed learning on the demo data; off)
     shift_vox: int = 0   # random shifts up to this many voxels (torch.roll; slowed learning; off)
+    rotate_deg: float = 0.0  # random rotations about a random axis, up to this many degrees
+
+
+CHECKPOINT_NAME = "checkpoint.pt"
 
 
 @dataclass(frozen=True, eq=False)
@@ -126,11 +139,34 @@ def _split(n_groups: int, s: TrainSettings) -> tuple[np.ndarray, np.ndarray, np.
     return order[n_test + n_val:], order[n_test:n_test + n_val], order[:n_test]
 
 
+def _rotation_matrices(n: int, max_deg: float, gen: torch.Generator) -> torch.Tensor:
+    """``(n, 3, 3)`` rotations about random unit axes by angles uniform in ±max_deg."""
+    axis = torch.randn(n, 3, generator=gen)
+    axis = axis / axis.norm(dim=1, keepdim=True).clamp_min(1e-8)
+    angle = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(max_deg)
+    k = torch.zeros(n, 3, 3)
+    k[:, 0, 1], k[:, 0, 2], k[:, 1, 2] = -axis[:, 2], axis[:, 1], -axis[:, 0]
+    k = k - k.transpose(1, 2)
+    s, c = torch.sin(angle)[:, None, None], torch.cos(angle)[:, None, None]
+    return torch.eye(3) + s * k + (1 - c) * (k @ k)   # Rodrigues' formula
+
+
+def _rotate(x: torch.Tensor, max_deg: float, gen: torch.Generator) -> torch.Tensor:
+    """Rotate each ROI ``(N, 1, z, y, x)`` about its centre (trilinear, border padding)."""
+    theta = torch.cat([_rotation_matrices(x.shape[0], max_deg, gen), torch.zeros(x.shape[0], 3, 1)], 2)
+    grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+    return torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border",
+                                           align_corners=False)
+
+
 def _augment(x: torch.Tensor, gen: torch.Generator, *, rot90: bool = False,
-             shift_vox: int = 0) -> torch.Tensor:
+             shift_vox: int = 0, rotate_deg: float = 0.0) -> torch.Tensor:
     """Random flips along the three axes, optional 90-degree rotations (the ROI is isotropic,
-    so all 48 symmetries of the cube are valid), optional shifts of up to ``shift_vox`` voxels,
-    and intensity jitter.  The demo model was trained with flips and jitter only."""
+    so all 48 symmetries of the cube are valid), optional small rotations about a random axis
+    (up to ``rotate_deg``), optional shifts of up to ``shift_vox`` voxels, and intensity
+    jitter.  The ROI is isotropic, so rotating on the voxel grid is a physical rotation."""
+    if rotate_deg:
+        x = _rotate(x, rotate_deg, gen)
     for i in range(x.shape[0]):
         sample = x[i]
         for axis in (1, 2, 3):
@@ -185,11 +221,52 @@ def evaluate(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict[str, 
     }
 
 
+def _settings_dict(settings: TrainSettings) -> dict:
+    return {k: getattr(settings, k) for k in settings.__dataclass_fields__}
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: Path, data: RoiDataset, settings: TrainSettings, card: ModelCard) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint gets the same advice
+        raise DataError(f"checkpoint {file_label(path)} cannot be read ({type(exc).__name__}); "
+                        "delete it to start over", path=path) from None
+    expected = {"cohort": data.cohort_hash, "settings": _settings_dict(settings),
+                "architecture": card.architecture}
+    for key, value in expected.items():
+        found = state.get(key)
+        if found != value:
+            if isinstance(found, dict) and isinstance(value, dict):
+                what = ", ".join(f"{k}: {found.get(k)!r} there, {value.get(k)!r} now"
+                                 for k in sorted(set(found) | set(value)) if found.get(k) != value.get(k))
+            else:
+                what = "different case list" if key == "cohort" else "differs"
+            raise DataError(
+                f"checkpoint {file_label(path)} was made with different {key} ({what}); "
+                "delete it or train into another folder", path=path)
+    return state
+
+
 def train_model(data: RoiDataset, out_dir: str | Path, *, settings: TrainSettings = TrainSettings(),
-                card: ModelCard = ModelCard(),
+                card: ModelCard = ModelCard(), resume: bool = False,
                 progress: Callable[[int, int, dict], None] | None = None) -> ModelCard:
     """Train on *data*, select the epoch by validation AUROC, evaluate once on the test split,
-    and save weights + model card to *out_dir*. Returns the saved card."""
+    and save weights + model card to *out_dir*. Returns the saved card.
+
+    With ``resume=True`` and an ``OUT/checkpoint.pt`` left by an interrupted run on the same
+    data and settings, training continues after the last completed epoch.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / CHECKPOINT_NAME
     torch.manual_seed(settings.seed)
     gen = torch.Generator().manual_seed(settings.seed)
     tr_g, va_g, te_g = _split(len(data.case_ids), settings)
@@ -202,17 +279,31 @@ def train_model(data: RoiDataset, out_dir: str | Path, *, settings: TrainSetting
     loss_fn = torch.nn.CrossEntropyLoss(weight=weight)
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=settings.epochs)
-    best = (-1.0, 0, None)
-    history = []
-    t0 = time.perf_counter()
-    for epoch in range(settings.epochs):
+    best: tuple[float, int, dict | None] = (-math.inf, 0, None)
+    history: list[dict] = []
+    start_epoch, elapsed = 0, 0.0
+    if resume and ckpt_path.is_file():
+        state = _load_checkpoint(ckpt_path, data, settings, card)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        gen.set_state(state["generator"])
+        best = (float(state["best_score"]), int(state["best_epoch"]), state["best_model"])
+        history = list(state["history"])
+        start_epoch, elapsed = int(state["epoch"]), float(state["seconds"])
+        log.info("resuming after epoch %d", start_epoch)
+    elif ckpt_path.is_file():
+        log.info("ignoring %s (resume not requested); it will be overwritten", CHECKPOINT_NAME)
+    t0 = time.perf_counter() - elapsed
+    stopped = start_epoch > 0 and start_epoch - best[1] >= settings.patience
+    for epoch in range(start_epoch, 0 if stopped else settings.epochs):
         model.train()
         order = idx["train"][torch.randperm(len(idx["train"]), generator=gen).numpy()]
         losses = []
         for start in range(0, len(order), settings.batch_size):
             sel = order[start:start + settings.batch_size]
             xb = _augment(torch.from_numpy(data.x[sel].copy()), gen, rot90=settings.rot90,
-                              shift_vox=settings.shift_vox)
+                          shift_vox=settings.shift_vox, rotate_deg=settings.rotate_deg)
             loss = loss_fn(model(xb), torch.from_numpy(data.y[sel]))
             opt.zero_grad()
             loss.backward()
@@ -224,6 +315,14 @@ def train_model(data: RoiDataset, out_dir: str | Path, *, settings: TrainSetting
         score = val["auroc"] if not np.isnan(val["auroc"]) else -float(np.mean(losses))
         if score > best[0]:
             best = (score, epoch + 1, {k: v.clone() for k, v in model.state_dict().items()})
+        _save_checkpoint(ckpt_path, {
+            "cohort": data.cohort_hash, "settings": _settings_dict(settings),
+            "architecture": card.architecture, "epoch": epoch + 1,
+            "model": model.state_dict(), "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(), "generator": gen.get_state(),
+            "best_score": best[0], "best_epoch": best[1], "best_model": best[2],
+            "history": history, "seconds": time.perf_counter() - t0,
+        })
         if progress:
             progress(epoch + 1, settings.epochs, history[-1])
         if epoch + 1 - best[1] >= settings.patience:
@@ -237,7 +336,7 @@ def train_model(data: RoiDataset, out_dir: str | Path, *, settings: TrainSetting
                    settings.threshold)
     card = replace(card, training={
         "seed": settings.seed, "epochs_run": len(history), "best_epoch": best[1],
-        "settings": {k: getattr(settings, k) for k in settings.__dataclass_fields__},
+        "settings": _settings_dict(settings),
         "cohort_case_list_sha256": data.cohort_hash, "n_cases": len(data.case_ids),
         "n_nodules": int(len(data.y)),
         "split": {k: {"n_cases": int(len(g)), "n_nodules": int(len(idx[k])),
@@ -247,4 +346,6 @@ def train_model(data: RoiDataset, out_dir: str | Path, *, settings: TrainSetting
         "torch": torch.__version__,
     }, metrics={"threshold": settings.threshold, "heldout_auroc": test["auroc"],
                 "test": test, "validation": val})
-    return save_model(model, card, out_dir)
+    saved = save_model(model, card, out)
+    ckpt_path.unlink(missing_ok=True)
+    return saved

@@ -142,3 +142,93 @@ def test_unknown_layer_and_method():
         explain(_demo_net(), torch.zeros(1, 1, 32, 32, 32), layer="nope")
     with pytest.raises(ValueError, match="unknown attribution method"):
         explain(_demo_net(), torch.zeros(1, 1, 32, 32, 32), method="magic")
+
+
+# ------------------------------------------------------------------ the other methods
+
+
+def _tiny_blocks():
+    blocks = torch.arange(8, dtype=torch.float32).reshape(2, 2, 2) + 1.0
+    x = blocks.repeat_interleave(2, 0).repeat_interleave(2, 1).repeat_interleave(2, 2)[None, None]
+    return blocks, x
+
+
+@pytest.mark.parametrize("method, factor", [
+    # gradients are uniform on TinyNet: g_0 = 1/8, g_1 = -1/32 at every native voxel
+    ("hirescam", 1 / 16),   # relu(g_0 b + g_1 2b) = b/8 - b/16 = b/16 (equals Grad-CAM here)
+    ("layercam", 1 / 8),    # relu(relu(g_0) b + relu(g_1) 2b) = b/8
+    # Grad-CAM++, channel 0: alpha = g^2 / (2 g^2 + sum(A_0) g^3) = (1/64) / (2/64 + 36/512)
+    # = 2/13; w_0 = sum over 8 voxels of alpha * relu(g_0) = 8 * 2/13 * 1/8 = 2/13.
+    # Channel 1 has a negative gradient, so w_1 = 0.   Map: 2b/13.
+    ("gradcam++", 2 / 13),
+])
+def test_cam_variants_hand_computed(method, factor):
+    blocks, x = _tiny_blocks()
+    native = (blocks * factor)[None, None]
+    expected = F.interpolate(native, size=(4, 4, 4), mode="trilinear", align_corners=False)[0, 0]
+    probs, got, info = predict_and_explain(TinyNet().eval(), x, method=method, target=1)
+    np.testing.assert_allclose(got[0], expected.numpy(), atol=1e-6)
+    assert info.method == method and info.layer == "features" and info.native_shape == (2, 2, 2)
+    assert not info.signed and info.upsampling == "trilinear"
+
+
+def test_hirescam_differs_from_gradcam_when_gradients_vary():
+    model = _demo_net()
+    x = torch.rand(1, 1, 32, 32, 32, generator=torch.Generator().manual_seed(4))
+    g, h = explain(model, x, method="gradcam"), explain(model, x, method="hirescam")
+    assert g.shape == h.shape and h.min() >= 0
+    assert not np.allclose(g, h)
+
+
+def test_layercam_on_an_earlier_layer_is_finer():
+    model = _demo_net()
+    x = torch.rand(1, 1, 32, 32, 32, generator=torch.Generator().manual_seed(5))
+    _, _, coarse = predict_and_explain(model, x, method="layercam")
+    _, fine_map, fine = predict_and_explain(model, x, method="layercam", layer="layer1")
+    assert np.prod(fine.native_shape) > np.prod(coarse.native_shape)
+    assert fine.layer == "layer1" and fine_map.shape == (1, 32, 32, 32)
+
+
+class BlockSum(torch.nn.Module):
+    """logit_1 = sum of the input over the block [0:2, 0:2, 0:2]; logit_0 = 0."""
+
+    def forward(self, x):
+        s = x[:, 0, :2, :2, :2].sum(dim=(1, 2, 3))
+        return torch.stack([torch.zeros_like(s), s], dim=1)
+
+
+def test_integrated_gradients_of_a_linear_model_is_input_times_weight():
+    # For a linear score the IG path integral is exact: attribution = (x - 0) * d score / dx,
+    # i.e. the input inside the block and 0 elsewhere, whatever the number of steps.
+    x = torch.rand(2, 1, 4, 4, 4, generator=torch.Generator().manual_seed(6))
+    probs, got, info = predict_and_explain(BlockSum(), x, method="integrated_gradients")
+    expected = np.zeros((2, 4, 4, 4), np.float32)
+    expected[:, :2, :2, :2] = x[:, 0, :2, :2, :2].numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert info.signed and info.layer == "input" and info.upsampling == "none"
+
+
+def test_occlusion_credits_only_the_block(monkeypatch):
+    import discovery.explain as ex
+
+    # window 2, stride 2 on a 4^3 ROI: the only window covering the block removes all of it,
+    # so every block voxel gets the block's full sum and every other voxel gets 0.
+    monkeypatch.setattr(ex, "OCCLUSION_WINDOW", 2)
+    monkeypatch.setattr(ex, "OCCLUSION_STRIDE", 2)
+    x = torch.rand(1, 1, 4, 4, 4, generator=torch.Generator().manual_seed(7))
+    got = explain(BlockSum(), x, method="occlusion")
+    expected = np.zeros((1, 4, 4, 4), np.float32)
+    expected[0, :2, :2, :2] = float(x[0, 0, :2, :2, :2].sum())
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["gradcam++", "hirescam", "layercam", "integrated_gradients"])
+def test_every_method_keeps_the_contract_and_the_model(method):
+    model = _demo_net()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.rand(2, 1, 32, 32, 32, generator=torch.Generator().manual_seed(8))
+    got = explain(model, x, method=method)
+    assert got.shape == (2, 32, 32, 32) and got.dtype == np.float32 and np.isfinite(got).all()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(len(m._forward_hooks) == 0 and len(m._backward_hooks) == 0 for m in model.modules())
+    assert not model.training

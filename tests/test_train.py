@@ -56,3 +56,62 @@ def test_ece_by_hand():
     p = np.array([0.1, 0.9, 0.9])
     assert expected_calibration_error(y, p) == pytest.approx(0.1 / 3 + 2 / 3 * 0.4)
     assert expected_calibration_error(np.array([1, 0]), np.array([1.0, 0.0])) == 0.0
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_resume_after_interruption_gives_the_uninterrupted_weights(tmp_path):
+    s = TrainSettings(epochs=4, patience=10, batch_size=6, seed=5, rotate_deg=10.0)
+    whole = train_model(_toy(), tmp_path / "whole", settings=s, card=_tiny_card())
+    assert not (tmp_path / "whole" / "checkpoint.pt").exists()  # removed once saved
+
+    def stop_after_two(epoch, total, history):
+        if epoch == 2:
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        train_model(_toy(), tmp_path / "cut", settings=s, card=_tiny_card(), progress=stop_after_two)
+    assert (tmp_path / "cut" / "checkpoint.pt").is_file()
+    assert not (tmp_path / "cut" / "model.safetensors").exists()
+    seen = []
+    resumed = train_model(_toy(), tmp_path / "cut", settings=s, card=_tiny_card(), resume=True,
+                          progress=lambda e, t, h: seen.append(e))
+    assert seen == [3, 4]                                   # only the missing epochs ran
+    assert resumed.weights_sha256 == whole.weights_sha256   # bit-identical to no interruption
+    assert [h["epoch"] for h in resumed.training["history"]] == [1, 2, 3, 4]
+
+
+def test_resume_refuses_a_checkpoint_from_other_settings(tmp_path):
+    from data_tools.errors import DataError
+
+    s = TrainSettings(epochs=3, batch_size=6, seed=5)
+
+    def stop(epoch, total, history):
+        raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        train_model(_toy(), tmp_path, settings=s, card=_tiny_card(), progress=stop)
+    other = TrainSettings(epochs=3, batch_size=6, seed=6)
+    with pytest.raises(DataError, match="different settings .seed: 5 there, 6 now"):
+        train_model(_toy(), tmp_path, settings=other, card=_tiny_card(), resume=True)
+
+
+def test_small_rotations_are_rotations():
+    import torch
+
+    from discovery.train import _rotate, _rotation_matrices
+
+    gen = torch.Generator().manual_seed(0)
+    r = _rotation_matrices(50, 15.0, gen)
+    eye = torch.eye(3).expand(50, 3, 3)
+    assert torch.allclose(r @ r.transpose(1, 2), eye, atol=1e-5)         # orthogonal
+    assert torch.allclose(torch.linalg.det(r), torch.ones(50), atol=1e-5)  # proper
+    cos = ((r.diagonal(dim1=1, dim2=2).sum(1) - 1) / 2).clamp(-1, 1)
+    assert torch.rad2deg(torch.arccos(cos)).max() <= 15.0 + 1e-3          # angle bounded
+    # a centred sphere is (up to interpolation) unchanged by any rotation
+    zz, yy, xx = torch.meshgrid(*(torch.arange(16.0) - 7.5,) * 3, indexing="ij")
+    ball = ((zz**2 + yy**2 + xx**2) <= 25).float()[None, None].repeat(4, 1, 1, 1, 1)
+    out = _rotate(ball, 15.0, gen)
+    assert (out - ball).abs().mean() < 0.02 and out.shape == ball.shape

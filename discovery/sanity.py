@@ -1,0 +1,194 @@
+"""``discovery sanity``: are the maps faithful to the model that made them?
+
+Runs, on the annotated nodules of a scored results folder (or of a cohort folder):
+
+* the cascading model-parameter randomisation test (Adebayo et al. 2018) for each method in
+  ``randomise``: Spearman correlation between the original and the randomised maps after
+  each module is re-drawn, from the output end back to the input;
+* deletion and insertion curves (Petsiuk et al. 2018) for each method in ``methods``, against
+  random voxel orders.
+
+Removed voxels take the normalised value of lung parenchyma (:data:`BASELINE_HU`), not 0:
+under the model's HU window 0 is air, and a hole of air in lung is itself a strong, unnatural
+signal.  The summaries are written to the results store (``sanity_randomization``,
+``sanity_perturbation``) and shown in the report.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from data_tools.cases import discover_cases, load_case
+from data_tools.volume import Mask, Volume
+
+from .explain import CAM_METHODS, METHODS, predict_and_explain, resolve_layer
+from .faithfulness import perturbation_curves, randomization_test
+from .model import ModelCard, load_model
+from .preprocess import extract_roi, nodule_sites, normalize_hu
+from .store import DB_NAME, ResultsStore, load_case_arrays
+
+__all__ = ["BASELINE_HU", "SanitySummary", "run_sanity", "summarize"]
+
+log = logging.getLogger(__name__)
+
+#: HU given to deleted (or not yet inserted) voxels: aerated lung parenchyma.
+BASELINE_HU = -850.0
+
+
+@dataclass(frozen=True)
+class SanitySummary:
+    """What ``discovery sanity`` measured.  ``randomization`` and ``perturbation`` hold the
+    rows written to the store; :func:`summarize` turns them into one line per method."""
+
+    n_nodules: int
+    randomization: pd.DataFrame
+    perturbation: pd.DataFrame
+
+
+def _nodule_rois(volume: Volume, mask: Mask, card: ModelCard, case_id: str):
+    for site in nodule_sites(mask):
+        roi = extract_roi(volume, site.center_zyx, size_vox=card.roi_size_vox,
+                          spacing_mm=card.roi_spacing_mm)
+        yield (case_id, site.nodule_id), normalize_hu(roi.hu, card.hu_window)
+
+
+def _rois_from_results(results_dir: Path, card: ModelCard):
+    store = ResultsStore(results_dir, create=False)
+    try:
+        meta = store.meta()
+        if meta.get("model_sha256") not in (None, card.weights_sha256):
+            raise ValueError(
+                "the results were scored with another model (weights SHA-256 "
+                f"{str(meta.get('model_sha256'))[:12]}...); pass that model with --model")
+        case_ids = store.query("SELECT case_id FROM cases WHERE status = 'ok' ORDER BY case_id")["case_id"]
+    finally:
+        store.close()
+    for case_id in case_ids:
+        arrays = load_case_arrays(results_dir, case_id)
+        volume = Volume(arrays["ct"].astype(np.float32), arrays["affine"])
+        yield from _nodule_rois(volume, Mask(arrays["mask"], arrays["affine"]), card, case_id)
+
+
+def _rois_from_cohort(cohort: Path, card: ModelCard):
+    for spec in discover_cases(cohort):
+        volume, mask = load_case(spec)
+        if mask is not None:
+            yield from _nodule_rois(volume, mask, card, spec.case_id)
+
+
+def run_sanity(
+    source: str | Path,
+    *,
+    results_dir: str | Path | None = None,
+    model_dir: str | Path | None = None,
+    methods: Sequence[str] = METHODS,
+    randomise: Sequence[str] = ("gradcam",),
+    steps: int = 20,
+    n_random: int = 3,
+    seed: int = 0,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> SanitySummary:
+    """Randomisation test and deletion/insertion curves for every annotated nodule.
+
+    Parameters
+    ----------
+    source : path
+        A results folder written by ``discovery score`` (ROIs are re-extracted from the CT and
+        mask stored there) or a cohort folder the loaders read.
+    results_dir : path, optional
+        Store to write to; default *source* when it is a results folder (required otherwise).
+    methods, randomise : sequences of str
+        Methods for the perturbation curves and for the randomisation test.
+    steps, n_random, seed
+        Passed to :func:`discovery.faithfulness.perturbation_curves`.
+    progress : callable(stage, done, total), optional
+    """
+    source = Path(source)
+    is_results = (source / DB_NAME).is_file()
+    if results_dir is None:
+        if not is_results:
+            raise ValueError(f"{source.name!r} is not a results folder (no {DB_NAME}); "
+                             "pass --out RESULTS to say where the sanity tables go")
+        results_dir = source
+    for m in list(methods) + list(randomise):
+        if m not in METHODS:
+            raise ValueError(f"unknown attribution method {m!r}; available: {', '.join(METHODS)}")
+    model, card = load_model(model_dir)
+    pairs = list(_rois_from_results(source, card) if is_results else _rois_from_cohort(source, card))
+    if not pairs:
+        raise ValueError("no annotated nodules found: the sanity checks need nodules with masks")
+    keys = [k for k, _ in pairs]
+    rois = torch.from_numpy(np.stack([r for _, r in pairs])[:, None].astype(np.float32))
+    baseline = float(normalize_hu(np.array(BASELINE_HU), card.hu_window))
+
+    ran_rows: list[dict] = []
+    per_rows: list[dict] = []
+    for method in randomise:
+        if progress:
+            progress(f"randomisation ({method})", 0, 1)
+        res = randomization_test(model, rois, method=method, target=1, seed=seed)
+        layer = resolve_layer(model, None)[0] if method in CAM_METHODS else "input"
+        ran_rows += [{**row, "method": method, "layer": layer} for row in res.as_rows()]
+    for i, method in enumerate(methods):
+        if progress:
+            progress(f"deletion/insertion ({method})", i, len(methods))
+        maps, probs = [], []
+        for start in range(0, len(rois), 16):
+            p, a, _ = predict_and_explain(model, rois[start:start + 16], method=method, target=1)
+            maps.append(a)
+            probs.append(p[:, 1])
+        curves = perturbation_curves(model, rois, np.concatenate(maps), baseline=baseline, target=1,
+                                     steps=steps, n_random=n_random, seed=seed)
+        threshold = float(card.metrics.get("threshold", 0.5))
+        for j, ((case_id, nodule_id), p1) in enumerate(zip(keys, np.concatenate(probs))):
+            per_rows.append({
+                "case_id": case_id, "nodule_id": nodule_id, "method": method,
+                "probability": float(p1), "predicted_label": int(p1 >= threshold),
+                "deletion_auc": float(curves.deletion_auc[j]),
+                "deletion_auc_random": float(curves.deletion_auc_random[j]),
+                "insertion_auc": float(curves.insertion_auc[j]),
+                "insertion_auc_random": float(curves.insertion_auc_random[j]),
+            })
+    store = ResultsStore(results_dir)
+    try:
+        store.set_sanity(ran_rows, per_rows)
+    finally:
+        store.close()
+    return SanitySummary(len(keys), pd.DataFrame(ran_rows), pd.DataFrame(per_rows))
+
+
+def summarize(randomization: pd.DataFrame, perturbation: pd.DataFrame) -> pd.DataFrame:
+    """One row per method: final randomisation Spearman and deletion/insertion summaries.
+
+    Columns: ``method``, ``spearman_fully_randomised`` (mean over ROIs after every module is
+    re-drawn; NaN when the method was not randomised), ``n``, ``deletion_auc`` and
+    ``deletion_auc_random`` (medians), ``beats_random`` (share of nodules whose deletion
+    AUC is below the random order's), the same share among predicted-malignant nodules,
+    ``insertion_auc`` and ``insertion_auc_random`` (medians).
+    """
+    rows = []
+    methods = list(dict.fromkeys(list(perturbation.get("method", [])) + list(randomization.get("method", []))))
+    for method in methods:
+        r = randomization[randomization["method"] == method] if len(randomization) else randomization
+        p = perturbation[perturbation["method"] == method] if len(perturbation) else perturbation
+        beats = (p["deletion_auc"] < p["deletion_auc_random"]) if len(p) else pd.Series(dtype=bool)
+        mal = p["predicted_label"] == 1 if len(p) else pd.Series(dtype=bool)
+        rows.append({
+            "method": method,
+            "spearman_fully_randomised": float(r.sort_values("step")["mean_spearman"].iloc[-1]) if len(r) else np.nan,
+            "n": int(len(p)),
+            "deletion_auc": float(p["deletion_auc"].median()) if len(p) else np.nan,
+            "deletion_auc_random": float(p["deletion_auc_random"].median()) if len(p) else np.nan,
+            "beats_random": float(beats.mean()) if len(p) else np.nan,
+            "beats_random_malignant": float(beats[mal].mean()) if mal.any() else np.nan,
+            "insertion_auc": float(p["insertion_auc"].median()) if len(p) else np.nan,
+            "insertion_auc_random": float(p["insertion_auc_random"].median()) if len(p) else np.nan,
+        })
+    return pd.DataFrame(rows)

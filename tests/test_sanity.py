@@ -1,0 +1,88 @@
+"""`discovery sanity`: randomisation + deletion/insertion on a scored cohort, stored and reported."""
+
+import numpy as np
+import pytest
+import torch
+
+from data_tools.synthetic import SyntheticConfig, generate_cohort
+from discovery.batch import score_folder
+from discovery.cli import main
+from discovery.model import ModelCard, build_network, default_architecture, save_model
+from discovery.report import build_html
+from discovery.sanity import run_sanity, summarize
+from discovery.store import ResultsStore
+
+SMALL = SyntheticConfig(shape_yx=128, n_slices=(50, 58), pixel_spacing_mm=(2.2, 2.6),
+                        slice_spacing_mm=(2.0, 2.5), nodules_per_case=(2, 2))
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sanity")
+    generate_cohort(root / "cohort", n_cases=2, seed=11, config=SMALL)
+    arch = default_architecture()
+    arch["kwargs"]["block_inplanes"] = [2, 4, 4, 4]
+    arch["stages"] = 3
+    torch.manual_seed(0)
+    card = ModelCard(architecture=arch, roi_size_vox=(16, 16, 16), roi_spacing_mm=(3.0, 3.0, 3.0))
+    save_model(build_network(card).eval(), card, root / "model")
+    score_folder(root / "cohort", root / "results", model_dir=root / "model")
+    return root
+
+
+def test_sanity_on_results_is_stored_and_reported(scored):
+    summary = run_sanity(scored / "results", model_dir=scored / "model",
+                         methods=("gradcam", "integrated_gradients"), randomise=("gradcam",), steps=4)
+    assert summary.n_nodules == 4
+    store = ResultsStore(scored / "results", create=False)
+    ran, per = store.sanity()
+    store.close()
+    assert list(ran["module"]) == ["fc", "layer3", "layer2", "layer1", "bn1", "conv1"]
+    assert set(ran["method"]) == {"gradcam"} and (ran["n_rois"] == 4).all()
+    assert len(per) == 8 and set(per["method"]) == {"gradcam", "integrated_gradients"}
+    for col in ("deletion_auc", "deletion_auc_random", "insertion_auc", "insertion_auc_random"):
+        assert per[col].between(0, 1).all()
+    table = summarize(ran, per)
+    assert list(table["method"]) == ["gradcam", "integrated_gradients"]
+    assert np.isnan(table.set_index("method").loc["integrated_gradients", "spearman_fully_randomised"])
+    html = build_html(scored / "results")
+    assert "sanity checks" in html and "integrated_gradients" in html and "Not run" not in html
+
+
+def test_rerun_replaces_rows_of_the_same_method(scored):
+    for _ in range(2):
+        run_sanity(scored / "results", model_dir=scored / "model", methods=("gradcam",),
+                   randomise=(), steps=4)
+    store = ResultsStore(scored / "results", create=False)
+    _, per = store.sanity()
+    store.close()
+    assert (per["method"] == "gradcam").sum() == 4
+
+
+def test_sanity_on_a_cohort_needs_out_and_checks_the_model(scored, tmp_path):
+    with pytest.raises(ValueError, match="not a results folder"):
+        run_sanity(scored / "cohort", model_dir=scored / "model")
+    with pytest.raises(ValueError, match="unknown attribution method 'magic'"):
+        run_sanity(scored / "results", model_dir=scored / "model", methods=("magic",))
+    other = ModelCard(architecture=default_architecture(), roi_size_vox=(16, 16, 16))
+    save_model(build_network(other).eval(), other, tmp_path / "other")
+    with pytest.raises(ValueError, match="scored with another model"):
+        run_sanity(scored / "results", model_dir=tmp_path / "other", methods=("gradcam",))
+    rc = main(["sanity", str(scored / "cohort"), "--out", str(tmp_path / "res"), "--model",
+               str(scored / "model"), "--methods", "gradcam", "--randomise", "", "--steps", "4"])
+    assert rc == 0
+    store = ResultsStore(tmp_path / "res", create=False)
+    assert len(store.sanity()[1]) == 4
+    store.close()
+
+
+def test_store_refuses_another_schema_version(tmp_path):
+    import sqlite3
+
+    ResultsStore(tmp_path).close()
+    con = sqlite3.connect(tmp_path / "discovery.sqlite")
+    con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    con.commit()
+    con.close()
+    with pytest.raises(ValueError, match="schema version 1.*Score into a new results folder"):
+        ResultsStore(tmp_path)
