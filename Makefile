@@ -21,6 +21,7 @@ test: install
 demo-data: install
 	@test -f $(DEMO)/cohort/truth.json || $(VENV)/bin/discovery sample $(DEMO)/cohort --cases 8 --seed 7
 	@test -f $(DEMO)/results/findings.csv || $(VENV)/bin/discovery score $(DEMO)/cohort --out $(DEMO)/results
+	@test -f $(DEMO)/.sanity-done || ($(VENV)/bin/discovery sanity $(DEMO)/results --methods gradcam,gradcam++,hirescam,layercam,integrated_gradients && touch $(DEMO)/.sanity-done)
 	$(VENV)/bin/discovery report $(DEMO)/results --format html --out $(DEMO)/results/report.html
 
 demo: demo-data
@@ -29,6 +30,7 @@ demo: demo-data
 
 bench: install
 	$(PY) benchmarks/pipeline.py
+	$(PY) benchmarks/explain.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

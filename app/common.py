@@ -39,6 +39,9 @@ METRIC_HELP = {
     "peak_distance_mm": "Distance from the attribution peak to the nearest mask voxel (0 = inside).",
     "near_mass": "Share of attribution within the near margin (about 5 mm) of the mask.",
     "offmask_mass_share": "Share of attribution in off-mask regions (clusters of attention away from the mask).",
+    "detection_auc": "ROC AUC of the map as a voxelwise detector of the mask (0.5 = no better than chance).",
+    "otsu_dice": "Dice between the mask and the map thresholded by Otsu's method.",
+    "rings": "Share of attribution 0-5 / 5-10 / 10-20 mm from the mask surface (peritumoral rings).",
 }
 
 

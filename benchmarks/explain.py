@@ -5,6 +5,7 @@ For one model (default: the committed demo model) and one batch of ROIs, every m
 
 * **F+B**: one forward pass with gradients enabled plus one backward pass of the summed
   target logit to the parameters (``loss.backward()`` as in training), and
+* a forward pass alone (no gradients) for scale, and
 * **MONAI**: ``monai.visualize.GradCAM`` on a copy of the same model and the same batch, with
   identity post-processing (so it computes the same raw map as ours).
 
@@ -50,7 +51,7 @@ def _passes(method: str, roi: int) -> str:
     if method == "occlusion":
         n = ((roi - OCCLUSION_WINDOW) // OCCLUSION_STRIDE + 1) ** 3
         return f"1 + {n} F"
-    return "1 F + partial B"
+    return "1 F + B to the layer"
 
 
 def main(argv=None) -> int:
@@ -78,11 +79,18 @@ def main(argv=None) -> int:
     monai_cam = GradCAM(nn_module=copy.deepcopy(model), target_layers=card.gradcam_layer,
                         postprocessing=lambda t: t)
 
+    def forward_only():
+        with torch.no_grad():
+            model(x)
+
     base = _median_seconds(bare, args.repeat)
+    fwd = _median_seconds(forward_only, args.repeat)
     monai = _median_seconds(lambda: monai_cam(x, class_idx=1), args.repeat)
     rows = [{"method": "bare forward + backward", "layer": "-", "passes": "1 F + 1 B",
              "seconds": base, "x_fb": 1.0, "x_monai": base / monai},
-            {"method": "MONAI GradCAM", "layer": card.gradcam_layer, "passes": "1 F + partial B",
+            {"method": "forward only (no gradients)", "layer": "-", "passes": "1 F",
+             "seconds": fwd, "x_fb": fwd / base, "x_monai": fwd / monai},
+            {"method": "MONAI GradCAM", "layer": card.gradcam_layer, "passes": "1 F + 1 B (to every parameter)",
              "seconds": monai, "x_fb": monai / base, "x_monai": 1.0}]
     configs = [(m, None) for m in METHODS] + [("layercam", "layer2")]
     for method, layer in configs:

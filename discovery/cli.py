@@ -68,12 +68,14 @@ def cmd_train(args) -> int:
     from .train import TrainSettings, collect_rois, train_model
 
     card = ModelCard()
+    if args.stages is not None:
+        card.architecture["stages"] = args.stages
     with _progress() as bar:
         task = bar.add_task("reading cases", total=None, note="")
         data = collect_rois(args.cohort, card, labels_csv=args.labels,
                             progress=lambda d, t: bar.update(task, completed=d, total=t))
         settings = TrainSettings(seed=args.seed, epochs=args.epochs, patience=args.patience,
-                                 rotate_deg=args.rotate_deg)
+                                 lr=args.lr, rotate_deg=args.rotate_deg)
         task2 = bar.add_task("training", total=settings.epochs, note="")
         card = train_model(
             data, args.out, settings=settings, card=card, resume=args.resume,
@@ -157,6 +159,7 @@ def cmd_app(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .explain import METHODS
+    from .train import TrainSettings
 
     p = argparse.ArgumentParser(prog="discovery", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -175,6 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--epochs", type=int, default=40)
     t.add_argument("--patience", type=int, default=10)
+    t.add_argument("--lr", type=float, default=TrainSettings.lr,
+                   help=f"AdamW learning rate, cosine-annealed (default {TrainSettings.lr:g})")
+    t.add_argument("--stages", type=int, choices=(2, 3, 4), default=None,
+                   help="residual stages before global pooling (default 3)")
     t.add_argument("--rotate-deg", type=float, default=0.0,
                    help="random rotations up to this many degrees (default 0: off)")
     t.add_argument("--resume", action="store_true",

@@ -44,9 +44,11 @@ def default_architecture() -> dict[str, Any]:
 
     The first convolution keeps full resolution (3^3 kernel, stride 1, no max-pool), so
     ``layer3`` -- the Grad-CAM layer -- sees an 8^3 grid (6 mm cells for a 48 mm ROI).
+    Three stages: global pooling follows ``layer3`` directly (see :class:`NoduleResNet`).
     """
     return {
         "name": "monai.networks.nets.ResNet",
+        "stages": 3,
         "kwargs": {
             "block": "basic",
             "layers": [1, 1, 1, 1],

@@ -114,10 +114,14 @@ with right:
         "peak_distance_mm": common.fmt(row["peak_distance_mm"]),
         "near_mass": common.fmt(row["near_mass"]),
         "offmask_mass_share": common.fmt(row["offmask_mass_share"]),
+        "detection_auc": common.fmt(row["detection_auc"]),
+        "otsu_dice": common.fmt(row["otsu_dice"]),
+        "rings": " / ".join(common.fmt(row[c], 2) for c in ("ring_0_5", "ring_5_10", "ring_10_20")),
     }
     names = {"probability": "P(malignant)", "verdict": "Verdict", "rma": "RMA", "rra": "RRA",
              "pointing_hit": "Pointing hit", "peak_distance_mm": "Peak distance (mm)",
-             "near_mass": "Near mass", "offmask_mass_share": "Off-mask share"}
+             "near_mass": "Near mass", "offmask_mass_share": "Off-mask share",
+             "detection_auc": "Detection AUC", "otsu_dice": "Otsu Dice", "rings": "Rings (mm)"}
     st.table(pd.DataFrame({"Metric": [names[k] for k in values], "Value": list(values.values()),
                            "Meaning": [common.METRIC_HELP[k] for k in values]}), hide_index=True)
     extra = f"Volume {common.fmt(row['volume_mm3'])} mm³"
