@@ -139,7 +139,7 @@ def _sanity_section(randomization: pd.DataFrame, perturbation: pd.DataFrame) -> 
 
     table = summarize(randomization, perturbation)
     rows = "".join(
-        f"<tr><th class='l'>{html.escape(r.method)}</th><td>{_fmt(r.spearman_fully_randomised)}</td>"
+        f"<tr><th class='l'>{html.escape(r.method)}</th><td>{'not run' if pd.isna(r.spearman_fully_randomised) else _fmt(r.spearman_fully_randomised)}</td>"
         f"<td>{r.n}</td><td>{_fmt(r.deletion_auc)}</td><td>{_fmt(r.deletion_auc_random)}</td>"
         f"<td>{_fmt(r.beats_random, 2)}</td><td>{_fmt(r.beats_random_malignant, 2)}</td>"
         f"<td>{_fmt(r.insertion_auc)}</td><td>{_fmt(r.insertion_auc_random)}</td></tr>"
