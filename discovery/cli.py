@@ -97,18 +97,23 @@ def cmd_sanity(args) -> int:
         task = bar.add_task("sanity checks", total=None, note="")
         summary = run_sanity(
             args.source, results_dir=args.out, model_dir=args.model, methods=methods,
-            randomise=randomise, steps=args.steps, n_random=args.n_random, seed=args.seed,
+            randomise=randomise, steps=args.steps, n_random=args.n_random, n_draws=args.draws,
+            seed=args.seed,
             progress=lambda stage, d, t: bar.update(task, completed=d, total=t, note=stage))
     table = summarize(summary.randomization, summary.perturbation)
     console = _console()
     console.print(f"{summary.n_nodules} nodules; Spearman original vs fully randomised model, "
                   "and deletion AUC (lower = more faithful) against random voxel orders:")
     for r in table.itertuples():
-        console.print(
-            f"  {r.method:<21} spearman {r.spearman_fully_randomised:6.3f}   deletion AUC "
-            f"{r.deletion_auc:.3f} vs random {r.deletion_auc_random:.3f}   beats random on "
-            f"{r.beats_random:.0%} (predicted malignant: {r.beats_random_malignant:.0%})   "
-            f"insertion {r.insertion_auc:.3f} vs {r.insertion_auc_random:.3f}")
+        line = f"  {r.method:<21}"
+        if r.spearman_fully_randomised == r.spearman_fully_randomised:  # not NaN
+            line += f" spearman {r.spearman_fully_randomised:6.3f}"
+        if r.n:
+            line += (f"  deletion AUC {r.deletion_auc:.3f} vs random {r.deletion_auc_random:.3f},"
+                     f" beats random on {r.beats_random:.0%} (predicted malignant: "
+                     f"{r.beats_random_malignant:.0%}); insertion {r.insertion_auc:.3f} vs "
+                     f"{r.insertion_auc_random:.3f}")
+        console.print(line)
     return 0
 
 
@@ -199,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="methods for the cascading randomisation test (default gradcam)")
     q.add_argument("--steps", type=int, default=20, help="deletion/insertion steps (default 20)")
     q.add_argument("--n-random", type=int, default=3, help="random orders per nodule (default 3)")
+    q.add_argument("--draws", type=int, default=5,
+                   help="independent random re-draws of the weights for the randomisation test (default 5)")
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=cmd_sanity)
 

@@ -40,7 +40,7 @@ __all__ = [
     "NODULE_REVIEW_CHOICES", "CLUSTER_REVIEW_CHOICES", "save_case_arrays", "load_case_arrays",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DB_NAME = "discovery.sqlite"
 
 #: Columns of findings.csv, in order (one row per nodule; failed cases have one row).
@@ -60,7 +60,7 @@ CLUSTER_COLUMNS = [
 ]
 #: ``discovery sanity``: cascading randomisation, one row per method and step.
 RANDOMIZATION_COLUMNS = ["method", "layer", "step", "module", "randomised", "mean_spearman",
-                         "n_rois", "n_constant"]
+                         "n_rois", "n_draws", "n_constant"]
 #: ``discovery sanity``: deletion / insertion areas, one row per nodule and method.
 PERTURBATION_COLUMNS = ["case_id", "nodule_id", "method", "probability", "predicted_label",
                         "deletion_auc", "deletion_auc_random", "insertion_auc",
@@ -71,7 +71,7 @@ CLUSTER_REVIEW_CHOICES = ("artifact or shortcut", "known sign", "candidate new p
 _TEXT = {"case_id", "nodule_id", "verdict", "status", "error", "region_key", "description",
          "exemplars", "method", "layer", "module", "randomised"}
 _INT = {"predicted_label", "n_offmask_regions", "region_index", "case_region", "n_voxels",
-        "cluster", "n_regions", "n_cases", "n_nodules", "step", "n_rois", "n_constant"}
+        "cluster", "n_regions", "n_cases", "n_nodules", "step", "n_rois", "n_draws", "n_constant"}
 
 
 def _coltype(name: str) -> str:

@@ -32,13 +32,14 @@ def scored(tmp_path_factory):
 
 def test_sanity_on_results_is_stored_and_reported(scored):
     summary = run_sanity(scored / "results", model_dir=scored / "model",
-                         methods=("gradcam", "integrated_gradients"), randomise=("gradcam",), steps=4)
+                         methods=("gradcam", "integrated_gradients"), randomise=("gradcam",), steps=4,
+                         n_draws=2)
     assert summary.n_nodules == 4
     store = ResultsStore(scored / "results", create=False)
     ran, per = store.sanity()
     store.close()
     assert list(ran["module"]) == ["fc", "layer3", "layer2", "layer1", "bn1", "conv1"]
-    assert set(ran["method"]) == {"gradcam"} and (ran["n_rois"] == 4).all()
+    assert set(ran["method"]) == {"gradcam"} and (ran["n_rois"] == 4).all() and (ran["n_draws"] == 2).all()
     assert len(per) == 8 and set(per["method"]) == {"gradcam", "integrated_gradients"}
     for col in ("deletion_auc", "deletion_auc_random", "insertion_auc", "insertion_auc_random"):
         assert per[col].between(0, 1).all()
