@@ -38,6 +38,7 @@ __all__ = [
     "pointing_game",
     "peak_distance_mm",
     "near_mass",
+    "distance_to_mask_mm",
     "AlignThresholds",
     "Alignment",
     "align",
@@ -121,6 +122,46 @@ def _distance_to_mask_mm(mask: np.ndarray, spacing_mm) -> np.ndarray:
     The single expensive pass.  ``mask`` must be non-empty.
     """
     return ndimage.distance_transform_edt(~mask, sampling=spacing_mm)
+
+
+def distance_to_mask_mm(mask, spacing_mm) -> np.ndarray:
+    """The distance map that :func:`align` and
+    :func:`discovery.localization.localization_summary` share.
+
+    Compute it once and pass it to both as ``distance_mm=`` when a caller needs both
+    summaries of the same mask (the pipeline does): the Euclidean distance transform is the
+    only expensive step of either.
+
+    Parameters
+    ----------
+    mask : ndarray of bool or int, shape (z, y, x)
+        Annotated nodule, non-empty.
+    spacing_mm : sequence of 3 floats
+        Voxel size ``(dz, dy, dx)`` in mm.
+
+    Returns
+    -------
+    ndarray, shape (z, y, x), float64
+        Distance in mm from every voxel centre to the nearest mask voxel centre; 0 inside.
+    """
+    mask = np.asarray(mask)
+    if mask.ndim != 3 or mask.dtype.kind not in "biu":
+        raise ValueError("mask must be a 3-D bool or integer (z, y, x) array; received "
+                         f"shape {mask.shape}, dtype {mask.dtype}")
+    if not mask.any():
+        raise ValueError("mask is empty: the distance to it is undefined")
+    return _distance_to_mask_mm(mask.astype(bool, copy=False), _check_spacing(spacing_mm))
+
+
+def _check_distance(distance_mm, mask: np.ndarray) -> np.ndarray:
+    """A caller's precomputed distance map, checked against *mask*'s grid."""
+    distance_mm = np.asarray(distance_mm)
+    if distance_mm.shape != mask.shape or distance_mm.dtype.kind != "f":
+        raise ValueError(
+            "distance_mm must be the float (z, y, x) map of distance_to_mask_mm(mask, "
+            f"spacing_mm) on the mask's grid {mask.shape}; received shape "
+            f"{distance_mm.shape}, dtype {distance_mm.dtype}")
+    return distance_mm
 
 
 def _peak_index(attr: np.ndarray) -> tuple[int, int, int]:
@@ -383,7 +424,8 @@ def _nan_alignment(verdict: str, status: str) -> Alignment:
     return Alignment(nan, nan, nan, nan, nan, verdict, status)
 
 
-def align(attr, mask, *, spacing_mm, thresholds: AlignThresholds = AlignThresholds()) -> Alignment:
+def align(attr, mask, *, spacing_mm, thresholds: AlignThresholds = AlignThresholds(),
+          distance_mm=None) -> Alignment:
     """Compare an attribution map with a nodule mask and give a verdict.
 
     Parameters
@@ -396,6 +438,9 @@ def align(attr, mask, *, spacing_mm, thresholds: AlignThresholds = AlignThreshol
         Voxel size ``(dz, dy, dx)`` in mm.
     thresholds : AlignThresholds, optional
         Tolerance, margin and near-mass cut-offs of the verdict.
+    distance_mm : ndarray, shape (z, y, x), optional
+        :func:`distance_to_mask_mm` of the same mask and spacing, when the caller already
+        has it; computed here otherwise.
 
     Returns
     -------
@@ -432,7 +477,8 @@ def align(attr, mask, *, spacing_mm, thresholds: AlignThresholds = AlignThreshol
     if total == 0.0:
         return _nan_alignment("no-attribution", _STATUS_NO_ATTR)
 
-    dist = _distance_to_mask_mm(mask, spacing_mm)  # the one expensive pass
+    dist = (_distance_to_mask_mm(mask, spacing_mm) if distance_mm is None  # the one expensive pass
+            else _check_distance(distance_mm, mask))
     rma = float(attr[mask].sum() / total)
     rra = _rank_share(attr, mask)
     peak_d = float(dist[_peak_index(attr)])

@@ -38,6 +38,7 @@ from discovery.align import (
     _STATUS_NO_ATTR,
     _STATUS_NO_MASK,
     _STATUS_OK,
+    _check_distance,
     _check_inputs,
     _check_spacing,
     _degenerate,
@@ -393,7 +394,8 @@ def _nan_localization(status: str) -> Localization:
     return Localization(nan, nan, nan, nan, nan, nan, nan, nan, status)
 
 
-def localization_summary(attr, mask, spacing_mm, *, k: int | None = None) -> Localization:
+def localization_summary(attr, mask, spacing_mm, *, k: int | None = None,
+                         distance_mm=None) -> Localization:
     """All localisation summaries from one distance pass.
 
     Parameters
@@ -406,6 +408,9 @@ def localization_summary(attr, mask, spacing_mm, *, k: int | None = None) -> Loc
         Voxel size ``(dz, dy, dx)`` in mm.
     k : int, optional
         ``k`` of the top-k intersection; default ``|M|``.
+    distance_mm : ndarray, shape (z, y, x), optional
+        :func:`discovery.align.distance_to_mask_mm` of the same mask and spacing, when the
+        caller already has it (e.g. for :func:`discovery.align.align`); computed otherwise.
 
     Returns
     -------
@@ -433,7 +438,8 @@ def localization_summary(attr, mask, spacing_mm, *, k: int | None = None) -> Loc
     if float(attr.sum()) == 0.0:
         return _nan_localization(_STATUS_NO_ATTR)
 
-    dist = _distance_to_mask_mm(mask, spacing_mm)  # the one expensive pass
+    dist = (_distance_to_mask_mm(mask, spacing_mm) if distance_mm is None  # the one expensive pass
+            else _check_distance(distance_mm, mask))
     rings = _rings(attr, mask, dist, DEFAULT_RINGS_MM)
     overlap = _overlap(attr, mask)
     return Localization(

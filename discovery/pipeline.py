@@ -20,11 +20,11 @@ import torch
 
 from data_tools.volume import Mask, Volume
 
-from .align import AlignThresholds, Alignment, align
+from .align import AlignThresholds, Alignment, align, distance_to_mask_mm
 from .explain import AttributionInfo, predict_and_explain
 from .model import ModelCard
-from .offmask import OffMaskRegion, OffMaskSettings, extract_offmask_regions
 from .localization import Localization, localization_summary
+from .offmask import OffMaskRegion, OffMaskSettings, extract_offmask_regions
 from .preprocess import NoduleSite, Roi, extract_roi, nodule_sites, normalize_hu, roi_to_scan
 
 __all__ = ["ScoreSettings", "NoduleResult", "CaseResult", "analyze_scan"]
@@ -165,8 +165,10 @@ def analyze_scan(
         with _stage(timings, "align"):
             box, attr = roi_to_scan(roi_map, roi, shape)
             own = mask.array[box] == site.label
-            alignment = align(attr, own, spacing_mm=spacing, thresholds=settings.align)
-            localization = localization_summary(attr, own, spacing)
+            dist = distance_to_mask_mm(own, spacing) if own.any() else None  # shared by both
+            alignment = align(attr, own, spacing_mm=spacing, thresholds=settings.align,
+                              distance_mm=dist)
+            localization = localization_summary(attr, own, spacing, distance_mm=dist)
         lo = np.array([s.start for s in box], dtype=float)
         with _stage(timings, "offmask"):
             labels, regions = extract_offmask_regions(

@@ -33,7 +33,8 @@ from .explain import CAM_METHODS, METHODS, predict_and_explain, resolve_layer
 from .faithfulness import perturbation_curves, randomization_test
 from .model import ModelCard, load_model
 from .preprocess import extract_roi, nodule_sites, normalize_hu
-from .store import DB_NAME, ResultsStore, load_case_arrays
+from .store import (DB_NAME, PERTURBATION_COLUMNS, RANDOMIZATION_COLUMNS, ResultsStore,
+                    load_case_arrays)
 
 __all__ = ["BASELINE_HU", "SanitySummary", "run_sanity", "summarize"]
 
@@ -135,6 +136,7 @@ def run_sanity(
     keys = [k for k, _ in pairs]
     rois = torch.from_numpy(np.stack([r for _, r in pairs])[:, None].astype(np.float32))
     baseline = float(normalize_hu(np.array(BASELINE_HU), card.hu_window))
+    threshold = float(card.metrics.get("threshold", 0.5))
 
     ran_rows: list[dict] = []
     per_rows: list[dict] = []
@@ -164,7 +166,6 @@ def run_sanity(
             probs.append(p[:, 1])
         curves = perturbation_curves(model, rois, np.concatenate(maps), baseline=baseline, target=1,
                                      steps=steps, n_random=n_random, seed=seed)
-        threshold = float(card.metrics.get("threshold", 0.5))
         for j, ((case_id, nodule_id), p1) in enumerate(zip(keys, np.concatenate(probs))):
             per_rows.append({
                 "case_id": case_id, "nodule_id": nodule_id, "method": method,
@@ -179,7 +180,8 @@ def run_sanity(
         store.set_sanity(ran_rows, per_rows)
     finally:
         store.close()
-    return SanitySummary(len(keys), pd.DataFrame(ran_rows), pd.DataFrame(per_rows))
+    return SanitySummary(len(keys), pd.DataFrame(ran_rows, columns=RANDOMIZATION_COLUMNS),
+                         pd.DataFrame(per_rows, columns=PERTURBATION_COLUMNS))
 
 
 def summarize(randomization: pd.DataFrame, perturbation: pd.DataFrame) -> pd.DataFrame:
@@ -191,22 +193,23 @@ def summarize(randomization: pd.DataFrame, perturbation: pd.DataFrame) -> pd.Dat
     AUC is below the random order's), the same share among predicted-malignant nodules,
     ``insertion_auc`` and ``insertion_auc_random`` (medians).
     """
+    randomization = randomization.reindex(columns=RANDOMIZATION_COLUMNS)  # also when empty
+    perturbation = perturbation.reindex(columns=PERTURBATION_COLUMNS)
     rows = []
-    methods = list(dict.fromkeys(list(perturbation.get("method", [])) + list(randomization.get("method", []))))
-    for method in methods:
-        r = randomization[randomization["method"] == method] if len(randomization) else randomization
-        p = perturbation[perturbation["method"] == method] if len(perturbation) else perturbation
-        beats = (p["deletion_auc"] < p["deletion_auc_random"]) if len(p) else pd.Series(dtype=bool)
-        mal = p["predicted_label"] == 1 if len(p) else pd.Series(dtype=bool)
+    for method in dict.fromkeys([*perturbation["method"], *randomization["method"]]):
+        r = randomization[randomization["method"] == method].sort_values("step")
+        p = perturbation[perturbation["method"] == method]
+        beats = p["deletion_auc"] < p["deletion_auc_random"]
+        mal = p["predicted_label"] == 1
         rows.append({
             "method": method,
-            "spearman_fully_randomised": float(r.sort_values("step")["mean_spearman"].iloc[-1]) if len(r) else np.nan,
+            "spearman_fully_randomised": float(r["mean_spearman"].iloc[-1]) if len(r) else np.nan,
             "n": int(len(p)),
-            "deletion_auc": float(p["deletion_auc"].median()) if len(p) else np.nan,
-            "deletion_auc_random": float(p["deletion_auc_random"].median()) if len(p) else np.nan,
+            "deletion_auc": float(p["deletion_auc"].median()),
+            "deletion_auc_random": float(p["deletion_auc_random"].median()),
             "beats_random": float(beats.mean()) if len(p) else np.nan,
             "beats_random_malignant": float(beats[mal].mean()) if mal.any() else np.nan,
-            "insertion_auc": float(p["insertion_auc"].median()) if len(p) else np.nan,
-            "insertion_auc_random": float(p["insertion_auc_random"].median()) if len(p) else np.nan,
+            "insertion_auc": float(p["insertion_auc"].median()),
+            "insertion_auc_random": float(p["insertion_auc_random"].median()),
         })
     return pd.DataFrame(rows)

@@ -375,3 +375,22 @@ def test_inputs_are_not_modified():
     localization_summary(a, mi, ISO)
     otsu_overlap(a, mi)
     assert np.array_equal(a, a0) and np.array_equal(mi, m0)
+
+
+def test_a_shared_distance_map_gives_the_same_summaries_without_a_second_transform(monkeypatch):
+    from discovery.align import align, distance_to_mask_mm
+
+    a, m = _random_case(4)
+    sp = (2.5, 0.8, 0.8)
+    expected_loc, expected_align = localization_summary(a, m, sp), align(a, m, spacing_mm=sp)
+    dist = distance_to_mask_mm(m, sp)
+    calls = []
+    real = loc._distance_to_mask_mm
+    monkeypatch.setattr(loc, "_distance_to_mask_mm", lambda *args: calls.append(1) or real(*args))
+    assert localization_summary(a, m, sp, distance_mm=dist) == expected_loc
+    assert align(a, m, spacing_mm=sp, distance_mm=dist) == expected_align
+    assert calls == []
+    with pytest.raises(ValueError, match="distance_mm must be the float"):
+        localization_summary(a, m, sp, distance_mm=dist[:-1])
+    with pytest.raises(ValueError, match="mask is empty"):
+        distance_to_mask_mm(np.zeros_like(m), sp)
