@@ -21,11 +21,14 @@ import pandas as pd
 
 from data_tools.cases import CaseSpec, discover_cases, load_case
 from data_tools.errors import DataError
+from data_tools.volume import Mask, Volume
 
+from .descriptors import describe_region
+from .causal import pattern_effects
 from .model import load_model
 from .patterns import PatternSettings, cluster_regions
 from .pipeline import CaseResult, ScoreSettings, analyze_scan
-from .store import ResultsStore, save_case_arrays
+from .store import ResultsStore, load_case_arrays, save_case_arrays
 
 __all__ = ["BatchSummary", "score_folder", "write_tables", "recluster", "safe_error"]
 
@@ -69,7 +72,7 @@ def safe_error(exc: BaseException, *paths: Path | str | None) -> str:
     return f"unexpected error while scoring ({text}); please report it"
 
 
-def _nodule_rows(result: CaseResult) -> tuple[list[dict], list[dict]]:
+def result_rows(result: CaseResult) -> tuple[list[dict], list[dict]]:
     nodules, regions = [], []
     case_region = 0
     for nod in result.nodules:
@@ -90,8 +93,9 @@ def _nodule_rows(result: CaseResult) -> tuple[list[dict], list[dict]]:
             "error": "" if a.status == "ok" else a.status,
         })
         lo = np.array([s.start for s in nod.box], dtype=float)
-        for r in nod.regions:
+        for r, ctx in zip(nod.regions, nod.contexts):
             case_region += 1
+            an = ctx.anatomy
             cz, cy, cx = (np.asarray(r.centroid_zyx) + lo).tolist()  # scan voxel coordinates
             regions.append({
                 "region_key": f"{result.case_id}/{nod.nodule_id}/r{r.region_index}",
@@ -103,7 +107,16 @@ def _nodule_rows(result: CaseResult) -> tuple[list[dict], list[dict]]:
                 "offset_z_mm": r.offset_mm[0], "offset_y_mm": r.offset_mm[1],
                 "offset_x_mm": r.offset_mm[2], "offset_distance_mm": r.offset_distance_mm,
                 "distance_to_mask_mm": r.distance_to_mask_mm, "mean_hu": r.mean_hu,
-                "max_hu": r.max_hu, "std_hu": r.std_hu, "cluster": -1,
+                "max_hu": r.max_hu, "std_hu": r.std_hu,
+                "offset_l_mm": ctx.offset_lps_mm[0], "offset_p_mm": ctx.offset_lps_mm[1],
+                "offset_s_mm": ctx.offset_lps_mm[2], "direction": ctx.direction,
+                "relation": an.relation, "lung_fraction": an.lung_fraction,
+                "pleura_distance_mm": an.pleura_distance_mm, "dense_fraction": an.dense_fraction,
+                "dense_elongation": an.dense_elongation, "elongation": an.elongation,
+                "median_hu": an.hu_median, "p90_hu": an.hu_p90, "halo_max_hu": ctx.halo_max_hu,
+                "description": describe_region(r.offset_distance_mm, ctx.direction, an.relation,
+                                               r.mean_hu),
+                "cluster": -1,
             })
     return nodules, regions
 
@@ -118,7 +131,7 @@ def _score_one(spec: CaseSpec, model, card, results_dir: Path, settings: ScoreSe
         mask=(mask.array if mask is not None else np.zeros(volume.shape, np.int16)).astype(np.int16),
         attribution=result.attribution, region_map=result.region_map, affine=volume.affine,
     )
-    nodules, regions = _nodule_rows(result)
+    nodules, regions = result_rows(result)
     status = "ok" if result.status == "ok" else "no-mask"
     store.put_case(
         {"case_id": spec.case_id, "status": status,
@@ -131,8 +144,14 @@ def _score_one(spec: CaseSpec, model, card, results_dir: Path, settings: ScoreSe
     return status, len(nodules), len(regions)
 
 
-def recluster(store: ResultsStore, settings: PatternSettings = PatternSettings()) -> int:
-    """Cluster all off-mask regions in the store; return the number of clusters."""
+def recluster(store: ResultsStore, settings: PatternSettings = PatternSettings(), *,
+              model=None, card=None, results_dir: str | Path | None = None) -> int:
+    """Cluster all off-mask regions in the store; return the number of clusters.
+
+    With ``model``, ``card`` and ``results_dir``, every cluster also gets its causal check
+    and the nodules their shortcut flags (:func:`discovery.causal.pattern_effects`), scans
+    read back from ``results_dir/cases/<case_id>.npz``.
+    """
     regions = store.regions()
     if regions.empty:
         store.set_patterns(regions.assign(cluster=[], embedding_x=[], embedding_y=[]),
@@ -140,7 +159,18 @@ def recluster(store: ResultsStore, settings: PatternSettings = PatternSettings()
         return 0
     clustered, clusters = cluster_regions(regions.drop(columns=["cluster", "embedding_x", "embedding_y"]),
                                           settings=settings)
-    store.set_patterns(clustered, clusters)
+    flags = None
+    if model is not None and card is not None and results_dir is not None and len(clusters):
+        def load(case_id: str):
+            a = load_case_arrays(results_dir, case_id)
+            affine = a["affine"]
+            return (Volume(a["ct"].astype(np.float32), affine), Mask(a["mask"], affine),
+                    a["region_map"])
+
+        clusters, flags = pattern_effects(
+            clustered, clusters, load=load, model=model, card=card,
+            threshold=float(card.metrics.get("threshold", 0.5)), seed=settings.seed)
+    store.set_patterns(clustered, clusters, flags)
     return int(len(clusters))
 
 
@@ -215,7 +245,7 @@ def score_folder(
             n_reg += k_reg
         if progress is not None:
             progress(i + 1, len(specs), spec.case_id)
-    n_clusters = recluster(store, pattern_settings)
+    n_clusters = recluster(store, pattern_settings, model=model, card=card, results_dir=results_dir)
     write_tables(store, results_dir)
     store.close()
     return BatchSummary(

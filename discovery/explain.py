@@ -39,7 +39,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["AttributionInfo", "explain", "predict_and_explain", "resolve_layer", "METHODS",
+__all__ = ["AttributionInfo", "explain", "predict_and_explain", "resolve_layer", "layer_activations",
+           "METHODS",
            "CAM_METHODS", "IG_STEPS", "OCCLUSION_WINDOW", "OCCLUSION_STRIDE"]
 
 CAM_METHODS = ("gradcam", "gradcam++", "hirescam", "layercam")
@@ -81,6 +82,42 @@ def resolve_layer(model: torch.nn.Module, layer: str | None) -> tuple[str, torch
         candidates = ", ".join(n for n in modules if n and "." not in n)
         raise ValueError(f"model has no module {name!r}; top-level modules are: {candidates}")
     return name, modules[name]
+
+
+def layer_activations(model: torch.nn.Module, rois, *, layer: str | None = None) -> np.ndarray:
+    """Output of one layer for a batch of ROIs (no gradients).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Used as it is (put it in ``eval()`` first); the hook is scoped like the CAM hooks.
+    rois : Tensor, shape (N, 1, z, y, x)
+    layer : str, optional
+        Dotted module name; default ``model.cam_layer``.
+
+    Returns
+    -------
+    ndarray, float32, shape (N, C, d, h, w)
+        The layer's feature maps on its own (coarse) grid.
+    """
+    rois = _check_rois(rois)
+    layer_name, module = resolve_layer(model, layer)
+    owner = threading.get_ident()
+    captured: dict[str, torch.Tensor] = {}
+
+    def hook(_mod, _inp, out):
+        if threading.get_ident() == owner:
+            captured["act"] = out.detach().clone()
+
+    handle = module.register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            model(rois.detach().to(dtype=torch.float32))
+    finally:
+        handle.remove()
+    if "act" not in captured:
+        raise RuntimeError(f"layer {layer_name!r} did not run during the forward pass")
+    return captured["act"].numpy().astype(np.float32, copy=False)
 
 
 def _check_rois(rois) -> torch.Tensor:

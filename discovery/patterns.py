@@ -5,9 +5,15 @@ physical descriptors, standardised, and clustered; each cluster is summarised by
 involves (cases, nodules, predicted malignancy), what it looks like (density, size,
 distance from the nodule) and a handful of exemplars for a human to review.
 
+Per cluster: size, patients, enrichment of predicted-malignant (and, where the true label
+is known, truly malignant) nodules among the nodules it involves, with a permutation
+p-value and Benjamini-Hochberg q-values across clusters, exemplars from different patients
+nearest the cluster centre, and a plain-language description built from the descriptors.
+Whether the *model relies* on a cluster is a separate, causal question answered by
+:mod:`discovery.causal`.
+
 This is exploratory: a cluster is a hypothesis about what the model attends to, not a
-finding.  Nothing here tests whether a cluster is stable under resampling or associated
-with the prediction beyond reporting the members' mean probability.
+finding.
 """
 
 from __future__ import annotations
@@ -18,6 +24,15 @@ import numpy as np
 import pandas as pd
 from sklearn.cluster import HDBSCAN, AgglomerativeClustering
 from sklearn.decomposition import PCA
+
+from .cluster_stats import (
+    benjamini_hochberg,
+    enrichment_test,
+    exemplars_one_per_group,
+    rank_by_centrality,
+    spectral_eigengap,
+)
+from .descriptors import AT_CENTRE, DENSITY_BANDS, RELATIONS
 
 __all__ = [
     "FEATURE_COLUMNS",
@@ -30,20 +45,25 @@ __all__ = [
     "cluster_regions",
 ]
 
-#: Descriptors used for clustering, as built by :func:`region_features`.
-#: ``log_volume_mm3`` is the natural log of ``volume_mm3``; ``direction_z/y/x`` is the unit
-#: vector from the nodule centre to the region centroid (in mm, grid axes).
+#: Descriptors used for clustering, as built by :func:`region_features` from the region
+#: table.  Chosen on the planted-structure benchmark (``benchmarks/discovery.py``, tuning
+#: seed 0): density of what the region covers (``halo_max_hu``, ``p90_hu``, ``std_hu``), how
+#: much of the map it holds (``log_mass_share``, natural log), where it sits relative to the
+#: pleura (``pleura_distance_mm``, capped at :data:`PLEURA_CAP_MM`, NaN -> the cap) and
+#: whether it holds a tubular dense structure (``dense_fraction``, ``dense_elongation``, NaN
+#: -> 1).  Position and direction are *described* but not clustered on: the same structure
+#: appears on every side of a nodule.
 FEATURE_COLUMNS = [
-    "offset_distance_mm",
-    "distance_to_mask_mm",
-    "log_volume_mm3",
-    "mean_hu",
-    "max_hu",
-    "mass_share",
-    "direction_z",
-    "direction_y",
-    "direction_x",
+    "halo_max_hu",
+    "p90_hu",
+    "std_hu",
+    "log_mass_share",
+    "pleura_distance_mm",
+    "dense_fraction",
+    "dense_elongation",
 ]
+#: Cap (mm) on the pleura distance feature: beyond it, "far from the pleura" is all we need.
+PLEURA_CAP_MM = 30.0
 
 #: Columns of the cluster table returned by :func:`cluster_regions`.
 CLUSTER_COLUMNS = [
@@ -53,21 +73,27 @@ CLUSTER_COLUMNS = [
     "n_nodules",
     "mean_probability",
     "share_predicted_malignant",
+    "pool_predicted_malignant",
+    "enrichment_predicted",
+    "p_predicted",
+    "q_predicted",
+    "share_truth_malignant",
+    "pool_truth_malignant",
+    "enrichment_truth",
+    "p_truth",
     "mean_mean_hu",
+    "median_halo_max_hu",
     "mean_offset_distance_mm",
     "mean_volume_mm3",
+    "relation",
+    "direction",
     "exemplars",
     "description",
 ]
 
-#: Density bands ``(name, lower HU inclusive, upper HU exclusive)``.
-DENSITY_BANDS_HU = (
-    ("air/lung", -np.inf, -500.0),
-    ("fat", -500.0, -30.0),
-    ("soft tissue", -30.0, 150.0),
-    ("calcified", 150.0, 1200.0),
-    ("metal-like", 1200.0, np.inf),
-)
+#: Density bands ``(name, lower HU inclusive, upper HU exclusive)`` (as in
+#: :data:`discovery.descriptors.DENSITY_BANDS`).
+DENSITY_BANDS_HU = tuple((name.replace(" density", ""), lo, hi) for name, lo, hi in DENSITY_BANDS)
 
 _REQUIRED_COLUMNS = [
     "case_id",
@@ -76,16 +102,22 @@ _REQUIRED_COLUMNS = [
     "probability",
     "volume_mm3",
     "mass_share",
-    "offset_z_mm",
-    "offset_y_mm",
-    "offset_x_mm",
     "offset_distance_mm",
-    "distance_to_mask_mm",
     "mean_hu",
-    "max_hu",
+    "halo_max_hu",
+    "p90_hu",
+    "std_hu",
+    "pleura_distance_mm",
+    "dense_fraction",
+    "dense_elongation",
+    "relation",
+    "direction",
 ]
-_METHODS = ("hdbscan", "agglomerative")
-_MAX_EXEMPLARS = 5
+_METHODS = ("hdbscan", "spectral", "agglomerative")
+#: Direction of a cluster whose members agree on none (no direction has half of them).
+VARIED = "in varied directions"
+#: Exemplars kept per cluster (at most one per case).
+N_EXEMPLARS = 10
 _MALIGNANT_PROBABILITY = 0.5
 
 
@@ -95,31 +127,33 @@ def _is_int(v) -> bool:
 
 @dataclass(frozen=True)
 class PatternSettings:
-    """How regions are clustered.
+    """How regions are clustered and clusters are tested.
 
     Attributes
     ----------
     min_cluster_size : int
-        Smallest group reported as a cluster (>= 2).  With ``"agglomerative"``, smaller
-        groups are set to -1 (unclustered) afterwards.
+        Smallest group reported as a cluster (>= 2); smaller groups of the spectral and
+        agglomerative methods become -1 (unclustered).
     min_samples : int or None
         HDBSCAN's density parameter; None means ``min_cluster_size``.
     seed : int
-        Recorded for reproducibility.  Both methods and the PCA map are deterministic
-        today, so it does not change any output yet.
-    method : {"hdbscan", "agglomerative"}
-        ``"hdbscan"`` (noise stays -1) or Ward ``"agglomerative"`` cut at
-        ``distance_threshold``.
+        Seeds the spectral clustering, the permutation tests and the 2-D map.
+    method : {"hdbscan", "spectral", "agglomerative"}
+        ``"hdbscan"`` (the default, chosen by ``benchmarks/discovery.py``; noise stays -1),
+        ``"spectral"`` (SpRAy-style kNN graph, number of clusters by the eigengap) or Ward
+        ``"agglomerative"`` cut at ``distance_threshold``.
     distance_threshold : float or None
-        Ward linkage distance (in standardised units) at which to cut; required for
-        ``"agglomerative"``, ignored otherwise.
+        Ward linkage distance (standardised units); required for ``"agglomerative"``.
+    n_permutations : int
+        Permutations of each enrichment test.
     """
 
-    min_cluster_size: int = 3
+    min_cluster_size: int = 5
     min_samples: int | None = None
     seed: int = 0
     method: str = "hdbscan"
     distance_threshold: float | None = None
+    n_permutations: int = 2000
 
     def __post_init__(self):
         if not (_is_int(self.min_cluster_size) and self.min_cluster_size >= 2):
@@ -133,6 +167,10 @@ class PatternSettings:
             )
         if self.method not in _METHODS:
             raise ValueError(f"method must be one of {_METHODS}; received {self.method!r}")
+        if not (_is_int(self.seed) and self.seed >= 0):
+            raise ValueError(f"seed must be an integer >= 0; received {self.seed!r}")
+        if not (_is_int(self.n_permutations) and self.n_permutations >= 1):
+            raise ValueError(f"n_permutations must be an integer >= 1; received {self.n_permutations!r}")
         if self.method == "agglomerative":
             t = self.distance_threshold
             if not (isinstance(t, (int, float, np.number)) and np.isfinite(t) and t > 0):
@@ -151,8 +189,8 @@ def _check_regions(regions) -> pd.DataFrame:
     missing = [c for c in _REQUIRED_COLUMNS if c not in regions.columns]
     if missing:
         raise ValueError(
-            f"regions is missing column(s) {missing}; expected regions_table() output plus "
-            "'probability' and 'region_key'"
+            f"regions is missing column(s) {missing}; expected the region table of "
+            "`discovery score` (offmask descriptors + anatomy) plus 'probability' and 'region_key'"
         )
     keys = regions["region_key"]
     if keys.isna().any() or keys.duplicated().any():
@@ -163,10 +201,15 @@ def _check_regions(regions) -> pd.DataFrame:
     p = pd.to_numeric(regions["probability"], errors="coerce").to_numpy(dtype=float)
     if len(p) and not (np.all(np.isfinite(p)) and p.min() >= 0 and p.max() <= 1):
         raise ValueError("probability must be finite and in [0, 1] for every region")
-    v = pd.to_numeric(regions["volume_mm3"], errors="coerce").to_numpy(dtype=float)
-    if len(v) and not (np.all(np.isfinite(v)) and v.min() > 0):
-        raise ValueError("volume_mm3 must be finite and > 0 for every region")
+    for col in ("volume_mm3", "mass_share"):
+        v = pd.to_numeric(regions[col], errors="coerce").to_numpy(dtype=float)
+        if len(v) and not (np.all(np.isfinite(v)) and v.min() > 0):
+            raise ValueError(f"{col} must be finite and > 0 for every region")
     return regions
+
+
+def _num(regions: pd.DataFrame, col: str) -> pd.Series:
+    return pd.to_numeric(regions[col], errors="coerce").astype(float)
 
 
 def region_features(regions: pd.DataFrame) -> pd.DataFrame:
@@ -175,28 +218,24 @@ def region_features(regions: pd.DataFrame) -> pd.DataFrame:
     Parameters
     ----------
     regions : pandas.DataFrame
-        At least the :func:`discovery.offmask.regions_table` columns.
+        The region table (see :data:`_REQUIRED_COLUMNS`).
 
     Returns
     -------
     pandas.DataFrame
-        Columns :data:`FEATURE_COLUMNS`, same index as ``regions``.  Missing descriptors
-        (e.g. ``distance_to_mask_mm`` of a nodule with an empty mask) stay NaN.  A region
-        centred exactly on the nodule centre has direction ``(0, 0, 0)``.
+        Columns :data:`FEATURE_COLUMNS`, same index as ``regions``: ``log_mass_share`` is
+        ``log(mass_share)``; ``pleura_distance_mm`` is capped at :data:`PLEURA_CAP_MM` and a
+        region with no voxel in the lung (NaN) gets the cap; ``dense_elongation`` of a
+        region without a dense component (NaN) is 1 (round).  Other missing values stay
+        NaN and keep the row out of clustering.
     """
     out = pd.DataFrame(index=regions.index)
-    for c in ("offset_distance_mm", "distance_to_mask_mm", "mean_hu", "max_hu", "mass_share"):
-        out[c] = pd.to_numeric(regions[c], errors="coerce").astype(float)
+    for c in ("halo_max_hu", "p90_hu", "std_hu", "dense_fraction"):
+        out[c] = _num(regions, c)
     with np.errstate(divide="ignore", invalid="ignore"):
-        volume = pd.to_numeric(regions["volume_mm3"], errors="coerce").astype(float)
-        out["log_volume_mm3"] = np.log(volume)
-    offset_cols = ["offset_z_mm", "offset_y_mm", "offset_x_mm"]
-    offset = regions[offset_cols].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
-    norm = np.linalg.norm(offset, axis=1, keepdims=True)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        direction = np.where(norm > 0, offset / norm, 0.0)
-    direction[~np.isfinite(norm[:, 0])] = np.nan
-    out["direction_z"], out["direction_y"], out["direction_x"] = direction.T
+        out["log_mass_share"] = np.log(_num(regions, "mass_share"))
+    out["pleura_distance_mm"] = _num(regions, "pleura_distance_mm").clip(upper=PLEURA_CAP_MM).fillna(PLEURA_CAP_MM)
+    out["dense_elongation"] = _num(regions, "dense_elongation").fillna(1.0)
     return out[FEATURE_COLUMNS]
 
 
@@ -225,41 +264,66 @@ def density_band(hu: float) -> str:
     return DENSITY_BANDS_HU[-1][0]  # pragma: no cover - bands cover the real line
 
 
-def _size_word(volume_mm3: float) -> str:
-    # 50 mm³ ~ a 4.6 mm sphere; 500 mm³ ~ a 9.8 mm sphere.
-    if volume_mm3 < 50:
-        return "small"
-    if volume_mm3 < 500:
-        return "medium"
-    return "large"
+def _most_common(values: pd.Series) -> tuple[str, float]:
+    counts = values.astype(str).value_counts()
+    if counts.empty:
+        return "", float("nan")
+    top = sorted(counts.index[counts == counts.iloc[0]])[0]  # ties: alphabetical
+    return top, float(counts[top] / counts.sum())
 
 
-def describe_pattern(mean_hu: float, volume_mm3: float, offset_distance_mm: float) -> str:
-    """A short plain-language description of a cluster.
+def describe_pattern(*, relation: str, relation_share: float, direction: str,
+                     distance_mm: float, halo_max_hu: float, mean_hu: float) -> str:
+    """A plain-language description of a cluster from its members' descriptors.
 
     Parameters
     ----------
+    relation : str
+        Most common anatomical relation (:data:`discovery.descriptors.RELATIONS`).
+    relation_share : float
+        Share of members with that relation, in [0, 1].
+    direction : str
+        Most common direction words, or ``"varied directions"``.
+    distance_mm : float
+        Median distance (mm) from the nodule centre.
+    halo_max_hu : float
+        Median densest HU within reach of the regions: names the structure's density.
     mean_hu : float
-        Mean over the cluster's regions of each region's mean HU.
-    volume_mm3 : float
-        Mean region volume (mm³).
-    offset_distance_mm : float
-        Mean distance (mm) from the nodule centre to the region centroid.
+        Mean of the regions' mean HU (the attended tissue overall).
 
     Returns
     -------
     str
-        For example ``"calcified density (mean 420 HU), small (14 mm³), about 12 mm from
-        the nodule centre"``.
+        For example ``"pleura-adjacent (80 % of regions), about 14 mm lateral of the
+        nodule; densest structure soft tissue (median peak 60 HU); region mean -700 HU"``.
     """
-    return (
-        f"{density_band(mean_hu)} density (mean {mean_hu:.0f} HU), "
-        f"{_size_word(volume_mm3)} ({volume_mm3:.0f} mm³), "
-        f"about {offset_distance_mm:.0f} mm from the nodule centre"
-    )
+    if relation not in RELATIONS:
+        raise ValueError(f"relation must be one of {RELATIONS}; received {relation!r}")
+    if direction == AT_CENTRE:
+        where = AT_CENTRE
+    elif direction == VARIED:
+        where = f"about {distance_mm:.0f} mm from the nodule, {VARIED}"
+    else:
+        where = f"about {distance_mm:.0f} mm {direction} of the nodule"
+    return (f"{relation} ({100 * relation_share:.0f} % of regions), {where}; densest structure "
+            f"{density_band(halo_max_hu)} (median peak {halo_max_hu:.0f} HU); "
+            f"region mean {mean_hu:.0f} HU")
 
 
 # -------------------------------------------------------------------------- clustering
+
+
+def _renumber(labels: np.ndarray, min_size: int) -> np.ndarray:
+    labels = labels.astype(np.int64).copy()
+    if not (labels >= 0).any():
+        return np.full(len(labels), -1, dtype=np.int64)
+    sizes = np.bincount(labels[labels >= 0])
+    small = (labels >= 0) & (sizes[np.maximum(labels, 0)] < min_size)
+    labels[small] = -1
+    ids = [c for c in dict.fromkeys(labels.tolist()) if c >= 0]
+    ids.sort(key=lambda c: -int(np.count_nonzero(labels == c)))
+    remap = {c: i for i, c in enumerate(ids)}
+    return np.array([remap.get(c, -1) for c in labels], dtype=np.int64)
 
 
 def _fit_labels(z: np.ndarray, settings: PatternSettings) -> np.ndarray:
@@ -278,18 +342,14 @@ def _fit_labels(z: np.ndarray, settings: PatternSettings) -> np.ndarray:
         )
         labels = model.fit(z).labels_.astype(np.int64)
         labels[labels < 0] = -1  # -2 / -3 (infinite / missing) cannot occur: rows are finite
+    elif settings.method == "spectral":
+        labels, _, _ = spectral_eigengap(z, seed=settings.seed)
     else:
         model = AgglomerativeClustering(
             n_clusters=None, distance_threshold=float(settings.distance_threshold), linkage="ward"
         )
         labels = model.fit(z).labels_.astype(np.int64)
-        sizes = np.bincount(labels)
-        labels[sizes[labels] < settings.min_cluster_size] = -1
-    # Renumber: largest cluster first, ties by first appearance.
-    ids = [c for c in dict.fromkeys(labels.tolist()) if c >= 0]
-    ids.sort(key=lambda c: -int(np.count_nonzero(labels == c)))
-    remap = {c: i for i, c in enumerate(ids)}
-    return np.array([remap.get(c, -1) for c in labels], dtype=np.int64)
+    return _renumber(labels, settings.min_cluster_size)
 
 
 def _embed(z: np.ndarray) -> np.ndarray:
@@ -302,39 +362,33 @@ def _embed(z: np.ndarray) -> np.ndarray:
     return emb
 
 
+_INT_COLUMNS = ("cluster", "n_regions", "n_cases", "n_nodules")
+_OBJECT_COLUMNS = ("relation", "direction", "exemplars", "description")
+
+
 def _empty_cluster_table() -> pd.DataFrame:
     df = pd.DataFrame({c: [] for c in CLUSTER_COLUMNS})
-    return df.astype(
-        {
-            "cluster": "int64",
-            "n_regions": "int64",
-            "n_cases": "int64",
-            "n_nodules": "int64",
-            "mean_probability": "float64",
-            "share_predicted_malignant": "float64",
-            "mean_mean_hu": "float64",
-            "mean_offset_distance_mm": "float64",
-            "mean_volume_mm3": "float64",
-            "exemplars": "object",
-            "description": "object",
-        }
-    )
+    return df.astype({c: "int64" if c in _INT_COLUMNS else "object" if c in _OBJECT_COLUMNS
+                      else "float64" for c in CLUSTER_COLUMNS})
 
 
-def _exemplars(members: pd.DataFrame, z: np.ndarray) -> list[str]:
-    """Up to 5 region keys nearest the members' mean in standardised space, one per case."""
-    d = np.linalg.norm(z - z.mean(axis=0), axis=1)
-    order = sorted(range(len(members)), key=lambda i: (d[i], str(members["region_key"].iloc[i])))
-    picked, seen = [], set()
-    for i in order:
-        case = members["case_id"].iloc[i]
-        if case in seen:
-            continue
-        seen.add(case)
-        picked.append(str(members["region_key"].iloc[i]))
-        if len(picked) == _MAX_EXEMPLARS:
-            break
-    return picked
+def _nodule_pool(out: pd.DataFrame, complete: np.ndarray):
+    """Nodule key of every region, and the pool: nodules with at least one clusterable
+    region, with their predicted and (if known) true labels."""
+    # Unit separator: a case id or nodule id containing "/" cannot merge two nodules.
+    keys = out["case_id"].astype(str) + "\x1f" + out["nodule_id"].astype(str)
+    # region_key order, so the pool (and the permutation draws) ignore the input row order
+    order = np.argsort(out["region_key"].astype(str).to_numpy(), kind="stable")
+    sub = out.iloc[order][complete[order]]
+    sub_keys = keys.iloc[order][complete[order]]
+    first = ~sub_keys.duplicated()
+    pool_keys = sub_keys[first].to_numpy()
+    predicted = (sub["probability"].astype(float)[first] >= _MALIGNANT_PROBABILITY).to_numpy()
+    truth = None
+    if "malignant" in sub.columns:
+        t = pd.to_numeric(sub["malignant"], errors="coerce")[first].to_numpy(dtype=float)
+        truth = t
+    return keys, pool_keys, predicted, truth
 
 
 def cluster_regions(
@@ -345,50 +399,41 @@ def cluster_regions(
     Parameters
     ----------
     regions : pandas.DataFrame
-        Concatenated :func:`discovery.offmask.regions_table` outputs plus ``probability``
-        (the nodule's predicted malignancy probability, in [0, 1]) and ``region_key`` (a
-        unique string per region).
+        The region table of ``discovery score`` (:data:`_REQUIRED_COLUMNS`) with
+        ``probability`` (the nodule's predicted malignancy, in [0, 1]) and a unique
+        ``region_key``.  An optional ``malignant`` column (the nodule's true label, 0/1, NaN
+        when unknown) adds the truth enrichment columns.
     settings : PatternSettings, optional
-        Method and minimum cluster size.
 
     Returns
     -------
     regions : pandas.DataFrame
-        A copy of the input (same index and row order) with added columns
-
-        * ``cluster`` (int): 0..C-1, largest cluster first; -1 = unclustered (noise, or
-          not offered to the clustering, see below);
-        * ``embedding_x``, ``embedding_y`` (float): 2-D PCA map of the standardised
-          features, for display only; NaN for rows not offered to the clustering;
-        * ``features_complete`` (bool): False when a descriptor was missing (e.g.
-          ``distance_to_mask_mm`` is NaN for a nodule with an empty mask); such rows are
-          left out of standardisation, clustering and the map.
+        A copy of the input (same index and order) with ``cluster`` (0..C-1 by size, -1 =
+        unclustered or not offered), ``embedding_x``/``embedding_y`` (2-D PCA map of the
+        standardised features, NaN for rows not offered) and ``features_complete``.
     clusters : pandas.DataFrame
-        One row per cluster, columns :data:`CLUSTER_COLUMNS`: ``cluster``, ``n_regions``,
-        ``n_cases``, ``n_nodules`` (distinct ``(case_id, nodule_id)``),
-        ``mean_probability``, ``share_predicted_malignant`` (share of regions whose
-        nodule has ``probability >= 0.5``), ``mean_mean_hu``, ``mean_offset_distance_mm``,
-        ``mean_volume_mm3``, ``exemplars`` (list of up to 5 ``region_key``, nearest the
-        cluster mean in standardised space first, at most one per case) and
-        ``description`` (see :func:`describe_pattern`).  Empty, with these columns, when
-        there are fewer complete regions than ``min_cluster_size`` (or, for HDBSCAN,
-        ``min_samples``), or no cluster forms.
+        One row per cluster, columns :data:`CLUSTER_COLUMNS`:
 
-    Raises
-    ------
-    ValueError
-        On missing columns, duplicate ``region_key``, probabilities outside [0, 1], or
-        non-positive volumes.
+        * ``n_regions``, ``n_cases`` (patients), ``n_nodules``, ``mean_probability``;
+        * ``share_predicted_malignant`` among the cluster's nodules, ``pool_predicted_malignant``
+          among all nodules with a clusterable region, their ratio ``enrichment_predicted``,
+          the two-sided permutation ``p_predicted`` (:func:`discovery.cluster_stats.enrichment_test`,
+          units are nodules) and ``q_predicted`` (Benjamini-Hochberg over the clusters);
+        * the same for the true label (``*_truth_*``), NaN without a ``malignant`` column;
+        * ``mean_mean_hu``, ``median_halo_max_hu``, ``mean_offset_distance_mm``,
+          ``mean_volume_mm3``, the most common ``relation`` and ``direction``;
+        * ``exemplars``: up to :data:`N_EXEMPLARS` region keys nearest the cluster mean in
+          standardised feature space, at most one per patient;
+        * ``description`` (:func:`describe_pattern`).
+
+        Empty, with these columns, when too few regions are complete or no cluster forms.
 
     Notes
     -----
-    Features (:data:`FEATURE_COLUMNS`) are standardised robustly: median-centred and
-    divided by IQR/1.349, falling back to the standard deviation, then to 1, for a
-    constant feature.  Rows are processed in ``region_key`` order, so the result does not
-    depend on the input row order.  HDBSCAN is run with ``allow_single_cluster=False``
-    (its default): a cohort whose regions all look alike comes back as noise, not as
-    one cluster.  Regions of one nodule are not independent and large
-    cases contribute more regions; shares and means are per region, not per case.
+    Features (:data:`FEATURE_COLUMNS`) are standardised robustly (median, IQR/1.349, falling
+    back to the standard deviation, then 1).  Rows are processed in ``region_key`` order, so
+    the result does not depend on the input order.  Regions of one nodule are not
+    independent, which is why enrichment counts nodules, not regions.
     """
     if not isinstance(settings, PatternSettings):
         raise ValueError(f"settings must be a PatternSettings; received {type(settings).__name__}")
@@ -399,7 +444,6 @@ def cluster_regions(
     feats = region_features(out).to_numpy(dtype=float)
     complete = np.all(np.isfinite(feats), axis=1)
     keys = out["region_key"].astype(str).to_numpy()
-    # Positions of complete rows, in region_key order (input-order independent).
     pos = np.flatnonzero(complete)
     pos = pos[np.argsort(keys[pos], kind="stable")]
 
@@ -417,31 +461,60 @@ def cluster_regions(
     out["embedding_y"] = embedding[:, 1]
     out["features_complete"] = complete
 
+    n_clusters = int(cluster.max()) + 1 if n else 0
+    if n_clusters == 0:
+        return out, _empty_cluster_table()
+    nodule_keys, pool_keys, predicted, truth = _nodule_pool(out, complete)
+    known = None if truth is None else np.isfinite(truth)
     rows = []
-    for c in range(int(cluster.max()) + 1 if n else 0):
+    for c in range(n_clusters):
         idx = np.flatnonzero(cluster == c)
         idx = idx[np.argsort(keys[idx], kind="stable")]
         m = out.iloc[idx]
-        prob = m["probability"].astype(float)
-        mean_hu = float(m["mean_hu"].astype(float).mean())
-        mean_vol = float(m["volume_mm3"].astype(float).mean())
-        mean_dist = float(m["offset_distance_mm"].astype(float).mean())
-        rows.append(
-            {
-                "cluster": c,
-                "n_regions": len(m),
-                "n_cases": int(m["case_id"].nunique()),
-                "n_nodules": int(len(m[["case_id", "nodule_id"]].drop_duplicates())),
-                "mean_probability": float(prob.mean()),
-                "share_predicted_malignant": float((prob >= _MALIGNANT_PROBABILITY).mean()),
-                "mean_mean_hu": mean_hu,
-                "mean_offset_distance_mm": mean_dist,
-                "mean_volume_mm3": mean_vol,
-                "exemplars": _exemplars(m, z_all[idx]),
-                "description": describe_pattern(mean_hu, mean_vol, mean_dist),
-            }
-        )
-    table = _empty_cluster_table()
-    if rows:
-        table = pd.DataFrame(rows, columns=CLUSTER_COLUMNS).astype(table.dtypes.to_dict())
-    return out, table
+        in_cluster = np.isin(pool_keys, nodule_keys.to_numpy()[idx])
+        e_pred = enrichment_test(in_cluster, predicted, n_permutations=settings.n_permutations,
+                                 seed=settings.seed)
+        if known is not None and known.any():
+            e_true = enrichment_test(in_cluster[known], truth[known] > 0.5,
+                                     n_permutations=settings.n_permutations, seed=settings.seed)
+            truth_cols = (e_true.share_in, e_true.share_pool, e_true.ratio, e_true.p_value)
+        else:
+            truth_cols = (np.nan,) * 4
+        order = rank_by_centrality(z_all[idx])
+        picked = exemplars_one_per_group(order, m["case_id"].astype(str).to_numpy(), k=N_EXEMPLARS)
+        relation, relation_share = _most_common(m["relation"])
+        direction, direction_share = _most_common(m["direction"])
+        if direction_share < 0.5:
+            direction = VARIED
+        mean_hu = float(_num(m, "mean_hu").mean())
+        halo = float(_num(m, "halo_max_hu").median())
+        dist = float(_num(m, "offset_distance_mm").median())
+        rows.append({
+            "cluster": c,
+            "n_regions": len(m),
+            "n_cases": int(m["case_id"].nunique()),
+            "n_nodules": int(in_cluster.sum()),
+            "mean_probability": float(_num(m, "probability").mean()),
+            "share_predicted_malignant": e_pred.share_in,
+            "pool_predicted_malignant": e_pred.share_pool,
+            "enrichment_predicted": e_pred.ratio,
+            "p_predicted": e_pred.p_value,
+            "q_predicted": np.nan,
+            "share_truth_malignant": truth_cols[0],
+            "pool_truth_malignant": truth_cols[1],
+            "enrichment_truth": truth_cols[2],
+            "p_truth": truth_cols[3],
+            "mean_mean_hu": mean_hu,
+            "median_halo_max_hu": halo,
+            "mean_offset_distance_mm": float(_num(m, "offset_distance_mm").mean()),
+            "mean_volume_mm3": float(_num(m, "volume_mm3").mean()),
+            "relation": relation,
+            "direction": direction,
+            "exemplars": [str(m["region_key"].iloc[i]) for i in picked],
+            "description": describe_pattern(relation=relation, relation_share=relation_share,
+                                            direction=direction, distance_mm=dist,
+                                            halo_max_hu=halo, mean_hu=mean_hu),
+        })
+    table = pd.DataFrame(rows, columns=CLUSTER_COLUMNS)
+    table["q_predicted"] = benjamini_hochberg(table["p_predicted"].to_numpy(dtype=float))
+    return out, table.astype(_empty_cluster_table().dtypes.to_dict())

@@ -1,7 +1,9 @@
 """``analyze_scan``: the one place where the per-scan steps are chained.
 
 scan + mask -> nodule sites -> ROIs -> probabilities + Grad-CAM (one forward/backward) ->
-maps placed back on the scan grid -> alignment metrics per nodule -> off-mask regions.
+maps placed back on the scan grid -> alignment metrics per nodule -> off-mask regions, each
+described by its anatomy (lung field from HU), direction in the patient frame and the
+network's own features pooled inside it.
 
 All metrics are computed on the **scan grid**, inside each ROI's bounding box, with the
 scan's own voxel spacing: the mask is used exactly as annotated and only the attribution map is
@@ -21,15 +23,20 @@ import torch
 from data_tools.volume import Mask, Volume
 
 from .align import AlignThresholds, Alignment, align, distance_to_mask_mm
-from .explain import AttributionInfo, predict_and_explain
+from .descriptors import RegionAnatomy, direction_words, lung_mask, offset_lps_mm, region_descriptors
+from .explain import AttributionInfo, layer_activations, predict_and_explain
 from .model import ModelCard
 from .localization import Localization, localization_summary
 from .offmask import OffMaskRegion, OffMaskSettings, extract_offmask_regions
 from .preprocess import NoduleSite, Roi, extract_roi, nodule_sites, normalize_hu, roi_to_scan
 
-__all__ = ["ScoreSettings", "NoduleResult", "CaseResult", "analyze_scan"]
+__all__ = ["ScoreSettings", "RegionContext", "NoduleResult", "CaseResult", "analyze_scan",
+           "pool_region_features"]
 
 log = logging.getLogger(__name__)
+
+#: Reach (mm) of :attr:`RegionContext.halo_max_hu` around a region.
+HALO_MM = 3.0
 
 
 @dataclass(frozen=True)
@@ -43,10 +50,40 @@ class ScoreSettings:
 
 
 @dataclass(frozen=True, eq=False)
+class RegionContext:
+    """What surrounds one off-mask region (aligned with ``NoduleResult.regions``).
+
+    Attributes
+    ----------
+    anatomy : RegionAnatomy
+        Lung relation, density and shape (:func:`discovery.descriptors.region_descriptors`).
+    offset_lps_mm : tuple of 3 floats
+        Nodule centre to region centroid in patient LPS mm.
+    direction : str
+        The offset in words ("lateral and posterior"; see
+        :func:`discovery.descriptors.direction_words`).
+    halo_max_hu : float
+        Largest HU within ``HALO_MM`` of the region, the nodule itself excluded: a dense
+        structure that the near-nodule margin cut in half (a marker bead 4 mm from the
+        tumour) still shows its true density here.
+    deep : ndarray, shape (C,), float32
+        The network's activations at the Grad-CAM layer averaged over the layer cells the
+        region covers (weighted by covered scan voxels).
+    """
+
+    anatomy: RegionAnatomy
+    offset_lps_mm: tuple[float, float, float]
+    direction: str
+    halo_max_hu: float
+    deep: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
 class NoduleResult:
     """Everything computed for one annotated nodule.
 
-    ``attribution`` and ``region_labels`` are crops of the scan grid at ``box``.
+    ``attribution`` and ``region_labels`` are crops of the scan grid at ``box``;
+    ``contexts[i]`` describes ``regions[i]``.
     """
 
     site: NoduleSite
@@ -59,6 +96,7 @@ class NoduleResult:
     attribution: np.ndarray
     region_labels: np.ndarray
     info: AttributionInfo
+    contexts: list[RegionContext] = field(default_factory=list)
 
     @property
     def nodule_id(self) -> str:
@@ -102,6 +140,39 @@ def _rois_tensor(rois: list[Roi], card: ModelCard) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr))
 
 
+def pool_region_features(activations: np.ndarray, region_zyx: np.ndarray, roi: Roi) -> np.ndarray:
+    """Average a layer's activations over the cells a region covers.
+
+    Parameters
+    ----------
+    activations : ndarray, shape (C, d, h, w)
+        One ROI's feature maps on the layer's grid (the layer spans the whole ROI).
+    region_zyx : ndarray, shape (n, 3)
+        Scan voxel coordinates of the region's voxels.
+    roi : Roi
+        The ROI the activations belong to.
+
+    Returns
+    -------
+    ndarray, shape (C,), float32
+        Mean over the region's voxels of the activation vector of the cell each voxel falls
+        in (voxels outside the ROI are clipped to the nearest cell).  Zeros when ``n == 0``.
+    """
+    act = np.asarray(activations, dtype=np.float32)
+    if act.ndim != 4:
+        raise ValueError(f"activations must be (C, d, h, w); received shape {act.shape}")
+    pts = np.asarray(region_zyx, dtype=float).reshape(-1, 3)
+    if len(pts) == 0:
+        return np.zeros(act.shape[0], dtype=np.float32)
+    size = np.asarray(roi.hu.shape, dtype=float)
+    cells = np.asarray(act.shape[1:])
+    u = (pts - roi.offset_zyx) / roi.scale_zyx  # ROI voxel coordinates
+    idx = np.clip(np.floor((u + 0.5) * cells / size).astype(int), 0, cells - 1)
+    flat = np.ravel_multi_index(idx.T, tuple(cells))
+    weights = np.bincount(flat, minlength=int(np.prod(cells))).astype(np.float64)
+    return (act.reshape(act.shape[0], -1) @ weights / weights.sum()).astype(np.float32)
+
+
 def analyze_scan(
     volume: Volume,
     mask: Mask | None,
@@ -141,12 +212,13 @@ def analyze_scan(
     with _stage(timings, "roi"):
         rois = [extract_roi(volume, s.center_zyx, size_vox=card.roi_size_vox,
                             spacing_mm=card.roi_spacing_mm) for s in sites]
-    probs_all, maps_all = [], []
+    probs_all, maps_all, acts_all = [], [], []
     info = None
     with _stage(timings, "model"):
         for start in range(0, len(rois), settings.batch_size):
             batch = _rois_tensor(rois[start:start + settings.batch_size], card)
             probs, maps, info = predict_and_explain(model, batch, method=settings.method)
+            acts_all.append(layer_activations(model, batch))
             if info.signed:
                 # Alignment and off-mask regions measure where the evidence *for* the target
                 # class lies: the positive part of a signed map, taken here, explicitly.
@@ -155,13 +227,20 @@ def analyze_scan(
             maps_all.append(maps)
     probs = np.concatenate(probs_all)
     maps = np.concatenate(maps_all)
+    acts = np.concatenate(acts_all)
     threshold = float(card.metrics.get("threshold", 0.5))
 
     spacing = volume.spacing_mm
+    with _stage(timings, "descriptors"):
+        lung = lung_mask(volume.array, spacing_mm=spacing)
+        if lung.any():  # the midline: halfway between the lungs, in patient x
+            midline_x = float(volume.voxel_to_world(np.argwhere(lung).mean(axis=0))[0])
+        else:
+            midline_x = float(volume.voxel_to_world((np.asarray(shape) - 1) / 2.0)[0])
     annotated = mask.array > 0
     results: list[NoduleResult] = []
     region_index: list[tuple[str, int]] = []
-    for site, roi, prob, roi_map in zip(sites, rois, probs, maps):
+    for site, roi, prob, roi_map, act in zip(sites, rois, probs, maps, acts):
         with _stage(timings, "align"):
             box, attr = roi_to_scan(roi_map, roi, shape)
             own = mask.array[box] == site.label
@@ -175,6 +254,22 @@ def analyze_scan(
                 attr, annotated[box], volume.array[box], spacing_mm=spacing,
                 nodule_center_zyx=tuple(np.asarray(site.center_zyx) - lo), settings=settings.offmask,
             )
+        contexts = []
+        with _stage(timings, "descriptors"):
+            nodule_lps = volume.voxel_to_world(site.center_zyx)
+            own_mask = mask.array[box] == site.label
+            for region in regions:
+                inside = labels == region.region_index
+                halo = (distance_to_mask_mm(inside, spacing) <= HALO_MM) & ~own_mask
+                off = offset_lps_mm(region.offset_mm, volume.affine)
+                contexts.append(RegionContext(
+                    anatomy=region_descriptors(inside, volume.array[box], lung[box],
+                                               spacing_mm=spacing),
+                    offset_lps_mm=tuple(float(v) for v in off),
+                    direction=direction_words(off, nodule_lps_mm=nodule_lps, midline_x_mm=midline_x),
+                    halo_max_hu=float(volume.array[box][halo].max()),
+                    deep=pool_region_features(act, np.argwhere(inside) + lo, roi),
+                ))
         np.maximum(attribution[box], attr, out=attribution[box])
         for region in regions:
             region_index.append((site.nodule_id, region.region_index))
@@ -184,5 +279,6 @@ def analyze_scan(
             site=site, probability=p1, predicted_label=int(p1 >= threshold), alignment=alignment,
             localization=localization,
             regions=regions, box=box, attribution=attr, region_labels=labels, info=info,
+            contexts=contexts,
         ))
     return CaseResult(case_id, results, attribution, region_map, region_index, "ok")

@@ -100,6 +100,23 @@ def _nodule_section(row: pd.Series, arrays: dict[str, np.ndarray]) -> str:
 <table>{table}</table></div></div>"""
 
 
+def _truth(c) -> str:
+    if not np.isfinite(getattr(c, "p_truth", np.nan)):
+        return ""
+    return (f"; truly malignant {_fmt(c.share_truth_malignant, 2)} vs {_fmt(c.pool_truth_malignant, 2)}"
+            f" (p = {_fmt(c.p_truth, 3)})")
+
+
+def _effect(c) -> str:
+    if not np.isfinite(getattr(c, "effect_mean", np.nan)):
+        return "not run (needs the model; run <code>discovery score</code>)."
+    verdict = ("<b>the model relies on this pattern</b>" if bool(c.relied_upon)
+               else "no measurable reliance")
+    return (f"replacing the regions with local lung parenchyma changes P(malignant) by "
+            f"{c.effect_mean:+.3f} on average over {int(c.effect_n)} nodules (95 % bootstrap "
+            f"interval {_fmt(c.effect_ci_low, 3)} to {_fmt(c.effect_ci_high, 3)}): {verdict}.")
+
+
 def _cluster_section(clusters: pd.DataFrame, regions: pd.DataFrame, results_dir: Path,
                      cache: dict[str, dict]) -> str:
     if clusters.empty:
@@ -124,9 +141,11 @@ def _cluster_section(clusters: pd.DataFrame, regions: pd.DataFrame, results_dir:
             figs.append(f"<figure>{_img(_zoom(rgb, 3), alt=key)}<figcaption>{html.escape(reg['case_id'])}</figcaption></figure>")
         parts.append(f"""
 <div class="nodule"><h3>Cluster {int(c.cluster)}: {html.escape(str(c.description))}</h3>
-<p>{int(c.n_regions)} regions from {int(c.n_cases)} patients ({int(c.n_nodules)} nodules); mean predicted
-probability {_fmt(c.mean_probability)}; share predicted malignant {_fmt(c.share_predicted_malignant)};
-mean {_fmt(c.mean_mean_hu, 0)} HU, {_fmt(c.mean_offset_distance_mm, 1)} mm from the nodule centre.</p>
+<p>{int(c.n_regions)} regions from {int(c.n_cases)} patients ({int(c.n_nodules)} nodules).
+Predicted malignant: {_fmt(c.share_predicted_malignant, 2)} of its nodules vs
+{_fmt(c.pool_predicted_malignant, 2)} in the cohort (enrichment {_fmt(c.enrichment_predicted, 2)}×,
+permutation p = {_fmt(c.p_predicted, 3)}, q = {_fmt(c.q_predicted, 3)}){_truth(c)}.</p>
+<p><b>Causal check:</b> {_effect(c)}</p>
 <div class="imgs">{''.join(figs)}</div></div>""")
     return "".join(parts)
 

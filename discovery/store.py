@@ -32,7 +32,16 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import pandas as pd
 
+from .causal import EFFECT_COLUMNS
 from .offmask import REGION_COLUMNS as _OFFMASK_COLUMNS
+from .patterns import CLUSTER_COLUMNS as _PATTERN_COLUMNS
+
+#: Region columns added by the pipeline's anatomy pass (see ``discovery.batch.result_rows``).
+ANATOMY_COLUMNS = [
+    "offset_l_mm", "offset_p_mm", "offset_s_mm", "direction", "relation", "lung_fraction",
+    "pleura_distance_mm", "dense_fraction", "dense_elongation", "elongation", "median_hu",
+    "p90_hu", "halo_max_hu", "description",
+]
 
 __all__ = [
     "ResultsStore", "FINDINGS_COLUMNS", "REGION_COLUMNS", "CLUSTER_COLUMNS",
@@ -40,7 +49,7 @@ __all__ = [
     "NODULE_REVIEW_CHOICES", "CLUSTER_REVIEW_CHOICES", "save_case_arrays", "load_case_arrays",
 ]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 DB_NAME = "discovery.sqlite"
 
 #: Columns of findings.csv, in order (one row per nodule; failed cases have one row).
@@ -48,16 +57,14 @@ FINDINGS_COLUMNS = [
     "case_id", "nodule_id", "probability", "predicted_label", "rma", "rra", "pointing_hit",
     "peak_distance_mm", "near_mass", "detection_auc", "otsu_dice", "otsu_iou", "ring_0_5",
     "ring_5_10", "ring_10_20", "verdict", "n_offmask_regions", "offmask_mass_share",
-    "volume_mm3", "center_z", "center_y", "center_x", "status", "error",
+    "flag_score", "flagged", "flag_clusters", "volume_mm3", "center_z", "center_y", "center_x", "status", "error",
 ]
 #: Off-mask region descriptors (discovery.offmask) plus the keys and cohort-level fields.
 REGION_COLUMNS = (["region_key"] + _OFFMASK_COLUMNS[:3] + ["case_region", "probability"]
-                  + _OFFMASK_COLUMNS[3:] + ["cluster", "embedding_x", "embedding_y"])
-CLUSTER_COLUMNS = [
-    "cluster", "n_regions", "n_cases", "n_nodules", "mean_probability",
-    "share_predicted_malignant", "mean_mean_hu", "mean_offset_distance_mm", "mean_volume_mm3",
-    "description", "exemplars",
-]
+                  + _OFFMASK_COLUMNS[3:] + ANATOMY_COLUMNS
+                  + ["cluster", "embedding_x", "embedding_y"])
+#: Cluster statistics (discovery.patterns) and the causal check (discovery.causal).
+CLUSTER_COLUMNS = _PATTERN_COLUMNS + EFFECT_COLUMNS
 #: ``discovery sanity``: cascading randomisation, one row per method and step.
 RANDOMIZATION_COLUMNS = ["method", "layer", "step", "module", "randomised", "mean_spearman",
                          "n_rois", "n_draws", "n_constant"]
@@ -69,9 +76,11 @@ NODULE_REVIEW_CHOICES = ("on the tumour", "partly", "elsewhere", "can't tell")
 CLUSTER_REVIEW_CHOICES = ("artifact or shortcut", "known sign", "candidate new pattern", "noise")
 
 _TEXT = {"case_id", "nodule_id", "verdict", "status", "error", "region_key", "description",
-         "exemplars", "method", "layer", "module", "randomised"}
+         "exemplars", "method", "layer", "module", "randomised", "direction", "relation",
+         "flag_clusters"}
 _INT = {"predicted_label", "n_offmask_regions", "region_index", "case_region", "n_voxels",
-        "cluster", "n_regions", "n_cases", "n_nodules", "step", "n_rois", "n_draws", "n_constant"}
+        "cluster", "n_regions", "n_cases", "n_nodules", "step", "n_rois", "n_draws", "n_constant",
+        "flagged", "effect_n", "relied_upon"}
 
 
 def _coltype(name: str) -> str:
@@ -233,9 +242,19 @@ class ResultsStore:
         sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
         con.executemany(sql, [[_clean(r.get(c)) for c in columns] for r in rows])
 
-    def set_patterns(self, regions: pd.DataFrame, clusters: pd.DataFrame) -> None:
-        """Store cluster assignments / 2-D map of every region and the cluster table."""
+    def set_patterns(self, regions: pd.DataFrame, clusters: pd.DataFrame,
+                     flags: pd.DataFrame | None = None) -> None:
+        """Store cluster assignments / 2-D map of every region, the cluster table and the
+        nodules' shortcut flags (``discovery.causal.FLAG_COLUMNS``; all reset when None)."""
+        clusters = clusters.reindex(columns=CLUSTER_COLUMNS)
         with self.write() as con:
+            con.execute("UPDATE nodules SET flag_score = NULL, flagged = 0, flag_clusters = ''")
+            if flags is not None:
+                con.executemany(
+                    "UPDATE nodules SET flag_score = ?, flagged = ?, flag_clusters = ? "
+                    "WHERE case_id = ? AND nodule_id = ?",
+                    [(_clean(f.flag_score), int(bool(f.flagged)), str(f.flag_clusters),
+                      f.case_id, f.nodule_id) for f in flags.itertuples()])
             con.executemany(
                 "UPDATE regions SET cluster = ?, embedding_x = ?, embedding_y = ? WHERE region_key = ?",
                 [(int(r.cluster), _clean(r.embedding_x), _clean(r.embedding_y), r.region_key)
@@ -290,6 +309,10 @@ class ResultsStore:
     def clusters(self) -> pd.DataFrame:
         df = self.query(f"SELECT {', '.join(CLUSTER_COLUMNS)} FROM clusters ORDER BY cluster")
         df["exemplars"] = [json.loads(x) if x else [] for x in df["exemplars"]]
+        for col in CLUSTER_COLUMNS:  # NULL (not computed) -> NaN, never None
+            if _coltype(col) == "REAL":
+                df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
+        df["relied_upon"] = df["relied_upon"].fillna(0).astype(bool)
         return df
 
     # -- reviews -------------------------------------------------------------------------

@@ -95,8 +95,13 @@ def build_tiny_results(root: Path, *, with_regions: bool = True) -> Path:
                                 "embedding_x": [-0.5, 0.5], "embedding_y": [0.2, -0.2]})
         clusters = pd.DataFrame([{
             "cluster": 0, "n_regions": 2, "n_cases": 2, "n_nodules": 2, "mean_probability": 0.52,
-            "share_predicted_malignant": 0.5, "mean_mean_hu": 30.0, "mean_offset_distance_mm": 11.0,
-            "mean_volume_mm3": 20.0, "description": TINY_CLUSTER_DESCRIPTION, "exemplars": keys,
+            "share_predicted_malignant": 0.5, "pool_predicted_malignant": 0.5,
+            "enrichment_predicted": 1.0, "p_predicted": 1.0, "q_predicted": 1.0,
+            "mean_mean_hu": 30.0, "median_halo_max_hu": 2600.0, "mean_offset_distance_mm": 11.0,
+            "mean_volume_mm3": 20.0, "relation": "inside lung", "direction": "lateral",
+            "description": TINY_CLUSTER_DESCRIPTION, "exemplars": keys, "effect_n": 2,
+            "effect_mean": -0.25, "effect_ci_low": -0.3, "effect_ci_high": -0.2,
+            "relied_upon": 1,
         }], columns=CLUSTER_COLUMNS)
         store.set_patterns(regions, clusters)
     store.close()

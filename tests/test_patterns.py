@@ -1,70 +1,143 @@
-"""Cohort clustering of off-mask regions on synthetic, well-separated groups."""
+"""Cohort clustering of off-mask regions on synthetic, well-separated groups.
+
+The cohort (:func:`_cohort`) has three kinds of region that differ in the clustering
+descriptors (:data:`discovery.patterns.FEATURE_COLUMNS`):
+
+* ``beads``: a metal-bright halo (2600 HU) around lung-density tissue (p90 -700 HU), far
+  from the pleura (NaN or beyond the cap), no dense component (elongation NaN -> 1);
+* ``tails``: pleura-adjacent soft tissue (halo 80 HU, 1 mm from the pleura) holding a
+  tubular dense structure (dense_elongation 5);
+* ``calcified``: a calcified halo (600 HU), 15 mm from the pleura, a roundish component.
+
+Each group lives on one nodule per case, and some nodules carry two regions, so counts of
+regions, nodules and cases all differ (see :data:`GROUPS`).
+"""
+
+import math
 
 import numpy as np
 import pandas as pd
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from discovery.offmask import REGION_COLUMNS
+from discovery.cluster_stats import benjamini_hochberg
+from discovery.descriptors import AT_CENTRE, RELATIONS
 from discovery.patterns import (
     CLUSTER_COLUMNS,
+    DENSITY_BANDS_HU,
     FEATURE_COLUMNS,
+    N_EXEMPLARS,
+    PLEURA_CAP_MM,
+    VARIED,
     PatternSettings,
+    _REQUIRED_COLUMNS,
     cluster_regions,
     density_band,
     describe_pattern,
     region_features,
 )
 
-# name: (mean_hu, max_hu, volume_mm3, offset_distance_mm, distance_to_mask_mm, mass_share, direction)
+NAN = float("nan")
+
+# Per group: the cases it touches (one nodule per case, nodule id ``nodule``), the number of
+# regions (region i sits on case ``cases[i % len(cases)]``, so the first
+# ``n_regions - len(cases)`` nodules get two regions), the descriptor centres, and the
+# relation / direction of region i (cycled).
 GROUPS = {
-    "beads": (2400.0, 3000.0, 16.0, 12.0, 7.0, 0.05, (0.0, 0.0, 1.0)),
-    "pleura": (40.0, 120.0, 300.0, 25.0, 15.0, 0.20, (0.0, 1.0, 0.0)),
-    "calcified": (500.0, 900.0, 40.0, 8.0, 5.5, 0.10, (1.0, 0.0, 0.0)),
+    "beads": dict(
+        cases=range(8), nodule="n1", n_regions=12,
+        halo_max_hu=2600.0, p90_hu=-700.0, std_hu=400.0, mass_share=0.05,
+        pleura_distance_mm=(NAN, 45.0), dense_fraction=0.02, dense_elongation=NAN,
+        mean_hu=-650.0, volume_mm3=16.0, offset_distance_mm=12.0,
+        # 10 of 12 inside lung (83 %), all superior
+        relations=["inside lung"] * 5 + ["vessel-like"],
+        directions=["superior"],
+    ),
+    "tails": dict(
+        cases=range(12), nodule="n2", n_regions=14,
+        halo_max_hu=80.0, p90_hu=20.0, std_hu=60.0, mass_share=0.20,
+        pleura_distance_mm=(1.0,), dense_fraction=0.6, dense_elongation=5.0,
+        mean_hu=-100.0, volume_mm3=300.0, offset_distance_mm=25.0,
+        # all pleura-adjacent; "lateral" 8 of 14 (57 %) -> the direction
+        relations=["pleura-adjacent"],
+        directions=["lateral", "lateral", "lateral", "lateral", "posterior", "anterior", "medial"],
+    ),
+    "calcified": dict(
+        cases=range(10), nodule="n3", n_regions=11,
+        halo_max_hu=600.0, p90_hu=250.0, std_hu=150.0, mass_share=0.10,
+        pleura_distance_mm=(15.0,), dense_fraction=0.3, dense_elongation=1.5,
+        mean_hu=-300.0, volume_mm3=40.0, offset_distance_mm=8.0,
+        # 7 of 11 vessel-like (64 %); directions 3/3/3/2 of 11 -> none has half: VARIED
+        relations=["vessel-like"] * 7 + ["inside lung"] * 4,
+        directions=["lateral", "medial", "superior", "inferior"],
+    ),
 }
+NAMES = list(GROUPS)
+N_REGIONS = {g: spec["n_regions"] for g, spec in GROUPS.items()}
+N_NODULES = {g: len(spec["cases"]) for g, spec in GROUPS.items()}
+_NOISY = ("halo_max_hu", "p90_hu", "std_hu", "mass_share", "dense_fraction", "mean_hu",
+          "volume_mm3", "offset_distance_mm")
 
 
-def _cohort(seed=0, per_group=12, n_cases=10):
-    """``per_group`` regions per group spread over ``n_cases`` cases (cases 0 and 1 get two)."""
+def _default_probability(group, case):
+    return 0.8 if group == "beads" else 0.2
+
+
+def _cohort(seed=0, probability=_default_probability, malignant=None):
+    """Region table and the group index of each row.
+
+    ``probability(group, case)`` and ``malignant(group, case)`` give the per-nodule
+    predicted probability and (if ``malignant`` is given) the true label.
+    """
     rng = np.random.default_rng(seed)
     rows, truth = [], []
-    for g, (hu, hu_max, vol, dist, d2m, share, direction) in enumerate(GROUPS.values()):
-        for i in range(per_group):
-            case = f"case-{i % n_cases:02d}"
-            d = np.asarray(direction) + rng.normal(0, 0.05, 3)
-            d /= np.linalg.norm(d)
-            r = dist * (1 + rng.normal(0, 0.04))
-            off = d * r
-            rows.append(
-                {
-                    "case_id": case,
-                    "nodule_id": "n1",
-                    "region_index": g + 1 + 3 * (i // n_cases),
-                    "n_voxels": int(vol / 2),
-                    "volume_mm3": vol * (1 + rng.normal(0, 0.05)),
-                    "mass_share": share * (1 + rng.normal(0, 0.05)),
-                    "peak_value": 1.0,
-                    "centroid_z": 0.0,
-                    "centroid_y": 0.0,
-                    "centroid_x": 0.0,
-                    "offset_z_mm": off[0],
-                    "offset_y_mm": off[1],
-                    "offset_x_mm": off[2],
-                    "offset_distance_mm": r,
-                    "distance_to_mask_mm": d2m * (1 + rng.normal(0, 0.04)),
-                    "mean_hu": hu + rng.normal(0, 15),
-                    "max_hu": hu_max + rng.normal(0, 15),
-                    "std_hu": 10.0,
-                    "probability": float(rng.uniform(0.6, 0.9) if g == 0 else rng.uniform(0.1, 0.4)),
-                }
-            )
+    for g, (name, spec) in enumerate(GROUPS.items()):
+        cases = list(spec["cases"])
+        for i in range(spec["n_regions"]):
+            case = f"case-{cases[i % len(cases)]:02d}"
+            row = {
+                "case_id": case,
+                "nodule_id": spec["nodule"],
+                "region_key": f"{case}/{spec['nodule']}/r{i:02d}",
+                "probability": float(probability(name, case)),
+                "relation": spec["relations"][i % len(spec["relations"])],
+                "direction": spec["directions"][i % len(spec["directions"])],
+                "pleura_distance_mm": spec["pleura_distance_mm"][i % len(spec["pleura_distance_mm"])],
+                "dense_elongation": spec["dense_elongation"],
+            }
+            for c in _NOISY:
+                row[c] = spec[c] * (1 + rng.normal(0, 0.03))
+            if np.isfinite(row["pleura_distance_mm"]) and row["pleura_distance_mm"] < PLEURA_CAP_MM:
+                row["pleura_distance_mm"] *= 1 + rng.normal(0, 0.03)
+            if np.isfinite(row["dense_elongation"]):
+                row["dense_elongation"] *= 1 + rng.normal(0, 0.03)
+            if malignant is not None:
+                row["malignant"] = malignant(name, case)
+            rows.append(row)
             truth.append(g)
     df = pd.DataFrame(rows)
-    df["region_key"] = [
-        f"{c}/{n}/r{k}" for c, n, k in zip(df["case_id"], df["nodule_id"], df["region_index"])
-    ]
-    assert set(REGION_COLUMNS) <= set(df.columns)
+    assert set(_REQUIRED_COLUMNS) <= set(df.columns)
+    assert set(df["relation"]) <= set(RELATIONS)
     return df, np.asarray(truth)
+
+
+def _by_group(out, table, truth):
+    """Cluster-table row of each group (the cluster holding the group's first region)."""
+    t = table.set_index("cluster", drop=False)
+    return {name: t.loc[int(out["cluster"][truth == g].iloc[0])] for g, name in enumerate(NAMES)}
+
+
+def _robust_z(x):
+    """Hand version of the documented standardisation: median, IQR/1.349, std, 1."""
+    centre = np.median(x, axis=0)
+    q75, q25 = np.percentile(x, [75, 25], axis=0)
+    scale = (q75 - q25) / 1.349
+    scale = np.where(scale > 0, scale, x.std(axis=0))
+    scale = np.where(scale > 0, scale, 1.0)
+    return (x - centre) / scale
+
+
+# ------------------------------------------------------------------------- clustering
 
 
 def test_three_groups_recovered():
@@ -74,41 +147,101 @@ def test_three_groups_recovered():
     assert (out["cluster"] >= 0).all()
     assert list(table.columns) == CLUSTER_COLUMNS
     assert len(table) == 3
-    assert table["n_regions"].tolist() == [12, 12, 12]
-    assert table["n_cases"].tolist() == [10, 10, 10]
-    assert table["n_nodules"].tolist() == [10, 10, 10]
+    # clusters are numbered by decreasing size: tails (14), beads (12), calcified (11)
+    assert table["cluster"].tolist() == [0, 1, 2]
+    assert table["n_regions"].tolist() == [14, 12, 11]
+    g = _by_group(out, table, truth)
+    assert [int(g[n]["cluster"]) for n in ("tails", "beads", "calcified")] == [0, 1, 2]
     assert out[["embedding_x", "embedding_y"]].notna().all().all()
     assert out["features_complete"].all()
     assert list(out.index) == list(df.index)
+    assert (out[df.columns] == df).where(df.notna(), True).all().all()  # input copied as is
+    for c in ("cluster", "n_regions", "n_cases", "n_nodules"):
+        assert table[c].dtype == np.int64
 
 
-def test_cluster_summaries_and_descriptions():
+def test_counts_regions_cases_and_distinct_nodules():
     df, truth = _cohort()
     out, table = cluster_regions(df)
-    by_group = {}
-    for g, name in enumerate(GROUPS):
-        c = int(out["cluster"][truth == g].iloc[0])
-        by_group[name] = table.set_index("cluster").loc[c]
-    beads, pleura, calc = by_group["beads"], by_group["pleura"], by_group["calcified"]
-    assert "metal-like" in beads["description"] and "HU" in beads["description"]
-    assert "soft tissue" in pleura["description"]
-    assert "calcified" in calc["description"]
-    assert beads["mean_mean_hu"] == pytest.approx(df["mean_hu"][truth == 0].mean())
-    assert beads["mean_volume_mm3"] == pytest.approx(df["volume_mm3"][truth == 0].mean())
-    assert beads["share_predicted_malignant"] == 1.0 and pleura["share_predicted_malignant"] == 0.0
-    assert beads["mean_probability"] == pytest.approx(df["probability"][truth == 0].mean())
+    g = _by_group(out, table, truth)
+    for name in NAMES:
+        assert g[name]["n_regions"] == N_REGIONS[name]
+        assert g[name]["n_cases"] == N_NODULES[name]  # one nodule per case
+        assert g[name]["n_nodules"] == N_NODULES[name]  # fewer than regions (two on some)
+    # same nodule_id in different cases are different nodules
+    assert g["beads"]["n_nodules"] == 8 and g["beads"]["n_regions"] == 12
+
+    # two nodules in one case: n_cases stays, n_nodules grows
+    df2 = df.copy()
+    first_two = df2.index[(truth == 0) & (df2["case_id"] == "case-00")]
+    assert len(first_two) == 2  # case-00 carries two bead regions on nodule n1
+    df2.loc[first_two[1], "nodule_id"] = "n1b"
+    out2, table2 = cluster_regions(df2)
+    g2 = _by_group(out2, table2, truth)
+    assert (g2["beads"]["n_cases"], g2["beads"]["n_nodules"], g2["beads"]["n_regions"]) == (8, 9, 12)
 
 
-def test_exemplars_come_from_different_cases_of_the_cluster():
-    df, _ = _cohort()
+def test_cluster_summaries():
+    df, truth = _cohort()
     out, table = cluster_regions(df)
-    case_of = dict(zip(out["region_key"], out["case_id"]))
-    cluster_of = dict(zip(out["region_key"], out["cluster"]))
-    for _, row in table.iterrows():
-        ex = row["exemplars"]
-        assert isinstance(ex, list) and len(ex) == 5
-        assert len({case_of[k] for k in ex}) == 5
-        assert all(cluster_of[k] == row["cluster"] for k in ex)
+    g = _by_group(out, table, truth)
+    for i, name in enumerate(NAMES):
+        m = df[truth == i]
+        row = g[name]
+        assert row["mean_mean_hu"] == pytest.approx(m["mean_hu"].mean())
+        assert row["median_halo_max_hu"] == pytest.approx(m["halo_max_hu"].median())
+        assert row["mean_offset_distance_mm"] == pytest.approx(m["offset_distance_mm"].mean())
+        assert row["mean_volume_mm3"] == pytest.approx(m["volume_mm3"].mean())
+        assert row["mean_probability"] == pytest.approx(m["probability"].mean())
+    assert g["beads"]["mean_probability"] == pytest.approx(0.8)
+    assert g["tails"]["mean_probability"] == pytest.approx(0.2)
+
+
+def test_relation_direction_and_description():
+    df, truth = _cohort()
+    out, table = cluster_regions(df)
+    g = _by_group(out, table, truth)
+    assert (g["beads"]["relation"], g["beads"]["direction"]) == ("inside lung", "superior")
+    assert (g["tails"]["relation"], g["tails"]["direction"]) == ("pleura-adjacent", "lateral")
+    assert (g["calcified"]["relation"], g["calcified"]["direction"]) == ("vessel-like", VARIED)
+
+    assert g["beads"]["description"].startswith("inside lung (83 % of regions), about ")
+    assert g["tails"]["description"].startswith("pleura-adjacent (100 % of regions), about ")
+    assert g["calcified"]["description"].startswith("vessel-like (64 % of regions), about ")
+    assert " mm superior of the nodule;" in g["beads"]["description"]
+    assert " mm lateral of the nodule;" in g["tails"]["description"]
+    assert f"mm from the nodule, {VARIED};" in g["calcified"]["description"]
+    assert "densest structure metal-bright" in g["beads"]["description"]
+    assert "densest structure soft-tissue" in g["tails"]["description"]
+    assert "densest structure calcified" in g["calcified"]["description"]
+
+    # the full string, from hand-computed summaries of each group
+    shares = {"beads": 10 / 12, "tails": 1.0, "calcified": 7 / 11}
+    for i, name in enumerate(NAMES):
+        m = df[truth == i]
+        expected = describe_pattern(
+            relation=g[name]["relation"], relation_share=shares[name],
+            direction=g[name]["direction"], distance_mm=m["offset_distance_mm"].median(),
+            halo_max_hu=m["halo_max_hu"].median(), mean_hu=m["mean_hu"].mean(),
+        )
+        assert g[name]["description"] == expected
+    d = g["beads"]["description"]
+    assert f"about {df['offset_distance_mm'][truth == 0].median():.0f} mm superior" in d
+    assert f"(median peak {df['halo_max_hu'][truth == 0].median():.0f} HU)" in d
+
+
+def test_relation_ties_break_alphabetically_and_half_is_a_direction():
+    df, truth = _cohort()
+    calc = np.flatnonzero(truth == 2)  # 11 regions
+    df.loc[calc, "relation"] = ["vessel-like"] * 5 + ["inside lung"] * 5 + ["outside lung"]
+    tails = np.flatnonzero(truth == 1)  # 14 regions
+    df.loc[tails, "direction"] = ["medial"] * 7 + ["lateral"] * 7  # exactly half each
+    out, table = cluster_regions(df)
+    g = _by_group(out, table, truth)
+    assert g["calcified"]["relation"] == "inside lung"  # tie -> alphabetical
+    assert g["calcified"]["description"].startswith("inside lung (45 % of regions), about ")
+    assert g["tails"]["direction"] == "lateral"  # 50 % is enough; tie -> alphabetical
+    assert " mm lateral of the nodule;" in g["tails"]["description"]
 
 
 def test_deterministic_and_independent_of_row_order():
@@ -120,30 +253,86 @@ def test_deterministic_and_independent_of_row_order():
 
     shuffled = df.sample(frac=1.0, random_state=3)
     out3, t3 = cluster_regions(shuffled)
-    a = out1.set_index("region_key")["cluster"]
-    b = out3.set_index("region_key")["cluster"].loc[a.index]
-    assert (a == b).all()
-    pd.testing.assert_frame_equal(t1, t3)
+    assert list(out3.index) == list(shuffled.index)
+    a = out1.set_index("region_key")
+    b = out3.set_index("region_key").loc[a.index]
+    assert (a["cluster"] == b["cluster"]).all()
+    np.testing.assert_allclose(b[["embedding_x", "embedding_y"]], a[["embedding_x", "embedding_y"]])
+    # p/q-values: see test_row_order_does_not_change_p_values_of_moderate_enrichment
+    same = [c for c in CLUSTER_COLUMNS if c not in ("p_predicted", "q_predicted")]
+    pd.testing.assert_frame_equal(t1[same], t3[same])
+    assert t3.loc[1, "p_predicted"] == t1.loc[1, "p_predicted"] == pytest.approx(1 / 2001)
+
+
+def test_row_order_does_not_change_p_values_of_moderate_enrichment():
+    # p-values well inside (0, 1), where the permutation draws matter
+    mal = {"beads": {f"case-{i:02d}" for i in range(5)},
+           "tails": {f"case-{i:02d}" for i in range(4)},
+           "calcified": {f"case-{i:02d}" for i in range(6)}}
+    df, _ = _cohort(probability=lambda g, c: 0.7 if c in mal[g] else 0.3)
+    _, t1 = cluster_regions(df)
+    assert ((t1["p_predicted"] > 0.05) & (t1["p_predicted"] < 1)).any()
+    for state in (1, 2, 3):
+        _, t2 = cluster_regions(df.sample(frac=1.0, random_state=state))
+        pd.testing.assert_frame_equal(t1, t2)
+
+
+def test_seed_changes_only_the_permutation_p_values():
+    df, _ = _cohort(probability=lambda g, c: 0.7 if c < "case-05" else 0.3)
+    out1, t1 = cluster_regions(df, settings=PatternSettings(seed=0))
+    out2, t2 = cluster_regions(df, settings=PatternSettings(seed=1))
+    pd.testing.assert_series_equal(out1["cluster"], out2["cluster"])
+    same = [c for c in CLUSTER_COLUMNS if c not in ("p_predicted", "q_predicted")]
+    pd.testing.assert_frame_equal(t1[same], t2[same])
 
 
 def test_fewer_regions_than_min_cluster_size():
     df, _ = _cohort()
-    out, table = cluster_regions(df.head(2), settings=PatternSettings(min_cluster_size=3))
+    assert PatternSettings().min_cluster_size == 5
+    out, table = cluster_regions(df.head(4))
     assert (out["cluster"] == -1).all()
     assert list(table.columns) == CLUSTER_COLUMNS and len(table) == 0
     assert table["n_regions"].dtype == np.int64
+    assert table["p_predicted"].dtype == np.float64
+    assert table["description"].dtype == object
+
+    out, table = cluster_regions(df.head(2), settings=PatternSettings(min_cluster_size=3))
+    assert (out["cluster"] == -1).all() and len(table) == 0
+    assert list(table.columns) == CLUSTER_COLUMNS
 
     out, table = cluster_regions(df.head(0))
     assert len(out) == 0 and "cluster" in out.columns and len(table) == 0
+    assert list(table.columns) == CLUSTER_COLUMNS
+
+    # enough rows, but too few of them complete
+    bad = df.copy()
+    bad.loc[bad.index[4:], "p90_hu"] = np.nan
+    out, table = cluster_regions(bad)
+    assert (out["cluster"] == -1).all() and len(table) == 0
+    assert out["features_complete"].sum() == 4
 
 
 def test_incomplete_rows_are_left_out_not_imputed():
     df, truth = _cohort()
-    df.loc[0, "distance_to_mask_mm"] = np.nan  # e.g. a nodule whose mask was empty
+    df.loc[0, "p90_hu"] = np.nan  # a bead region
+    df.loc[13, "halo_max_hu"] = np.nan  # a tail region
+    df = df.astype({"dense_fraction": object})
+    df.loc[14, "dense_fraction"] = "n/a"  # not a number -> missing
+    drop = [0, 13, 14]
+    keep = np.setdiff1d(np.arange(len(df)), drop)
     out, table = cluster_regions(df)
-    assert not out.loc[0, "features_complete"] and out.loc[0, "cluster"] == -1
-    assert np.isnan(out.loc[0, "embedding_x"])
-    assert adjusted_rand_score(truth[1:], out["cluster"][1:]) == 1.0
+    for i in drop:
+        assert not out.loc[i, "features_complete"] and out.loc[i, "cluster"] == -1
+        assert np.isnan(out.loc[i, "embedding_x"]) and np.isnan(out.loc[i, "embedding_y"])
+    assert out.loc[keep, "features_complete"].all()
+    assert df.loc[0, "p90_hu"] != df.loc[0, "p90_hu"]  # the input is not filled in either
+    assert adjusted_rand_score(truth[keep], out["cluster"][keep]) == 1.0
+    g = _by_group(out.loc[keep], table, truth[keep])
+    assert g["beads"]["n_regions"] == 11 and g["tails"]["n_regions"] == 12
+    assert g["beads"]["mean_mean_hu"] == pytest.approx(df.loc[keep[truth[keep] == 0], "mean_hu"].mean())
+
+    # pleura NaN and dense_elongation NaN are meaningful, not missing: rows stay in
+    assert df["pleura_distance_mm"].isna().any() and df["dense_elongation"].isna().any()
 
 
 def test_agglomerative_method():
@@ -151,47 +340,321 @@ def test_agglomerative_method():
     s = PatternSettings(method="agglomerative", distance_threshold=5.0)
     out, table = cluster_regions(df, settings=s)
     assert adjusted_rand_score(truth, out["cluster"]) == 1.0
+    assert table["n_regions"].tolist() == [14, 12, 11]
+
+    # groups smaller than min_cluster_size become -1 (unclustered)
+    s = PatternSettings(method="agglomerative", distance_threshold=5.0, min_cluster_size=12)
+    out, table = cluster_regions(df, settings=s)
+    assert (out["cluster"][truth == 2] == -1).all()  # 11 calcified regions < 12
+    assert adjusted_rand_score(truth[truth < 2], out["cluster"][truth < 2]) == 1.0
+    assert table["n_regions"].tolist() == [14, 12]
+
+    # a tiny threshold splits everything into singletons: no cluster survives
+    s = PatternSettings(method="agglomerative", distance_threshold=1e-9)
+    out, table = cluster_regions(df, settings=s)
+    assert (out["cluster"] == -1).all() and len(table) == 0
+
+
+def test_spectral_method():
+    df, truth = _cohort()
+    s = PatternSettings(method="spectral")
+    out, table = cluster_regions(df, settings=s)
+    assert adjusted_rand_score(truth, out["cluster"]) == 1.0
+    assert (out["cluster"] >= 0).all()
+    assert table["n_regions"].tolist() == [14, 12, 11]
+    out2, table2 = cluster_regions(df.sample(frac=1.0, random_state=5), settings=s)
+    pd.testing.assert_series_equal(out2.loc[out.index, "cluster"], out["cluster"])
+    same = [c for c in CLUSTER_COLUMNS if c not in ("p_predicted", "q_predicted")]
+    pd.testing.assert_frame_equal(table[same], table2[same])
+
+
+def test_hdbscan_too_few_rows_for_its_parameters():
+    df, _ = _cohort()  # 37 regions
+    for s in (PatternSettings(min_cluster_size=38), PatternSettings(min_samples=38)):
+        out, table = cluster_regions(df, settings=s)
+        assert (out["cluster"] == -1).all() and len(table) == 0
+        assert out["features_complete"].all() and out["embedding_x"].notna().all()
+    out, table = cluster_regions(df, settings=PatternSettings(min_samples=3))
     assert len(table) == 3
 
 
-def test_features():
+# -------------------------------------------------------------------------- statistics
+
+
+def test_enrichment_of_predicted_malignancy_counts_nodules():
+    # beads nodules are predicted malignant (0.8), every other nodule benign (0.2)
+    df, truth = _cohort()
+    # a predicted-malignant nodule whose only region is incomplete is not in the pool
+    extra = df.iloc[[0]].copy()
+    extra[["case_id", "nodule_id", "region_key", "p90_hu"]] = ["case-20", "n9", "case-20/n9/r00", np.nan]
+    df = pd.concat([df, extra], ignore_index=True)
+    truth = np.append(truth, -1)
+    out, table = cluster_regions(df)
+    g = _by_group(out, table, truth)
+
+    # pool: 8 + 12 + 10 = 30 nodules with a complete region, 8 predicted malignant
+    # (by regions it would be 12 / 36 = 1/3; with the incomplete nodule 9 / 31)
+    pool = 8 / 30
+    np.testing.assert_allclose(table["pool_predicted_malignant"], pool)
+    beads, tails, calc = g["beads"], g["tails"], g["calcified"]
+    assert beads["share_predicted_malignant"] == 1.0
+    assert tails["share_predicted_malignant"] == 0.0 and calc["share_predicted_malignant"] == 0.0
+    assert beads["enrichment_predicted"] == pytest.approx(1 / pool) == pytest.approx(3.75)
+    assert tails["enrichment_predicted"] == 0.0
+    # P(all 8 positives among the 8 bead nodules) = 1 / C(30, 8) ~ 2e-7: no permutation
+    # out of 2000 reaches it, so p = 1 / 2001
+    assert beads["p_predicted"] < 0.01
+    assert beads["p_predicted"] == pytest.approx(1 / 2001)
+    assert (table["q_predicted"] >= table["p_predicted"]).all()
+    np.testing.assert_allclose(table["q_predicted"], benjamini_hochberg(table["p_predicted"]))
+    assert ((table["p_predicted"] > 0) & (table["p_predicted"] <= 1)).all()
+
+
+def test_enrichment_p_is_one_at_the_pool_share():
+    # beads: 8/8 malignant; calcified: 4/10; tails: 0/12 -> pool 12/30 = 0.4 = calcified share
+    calc_mal = {f"case-{i:02d}" for i in (0, 3, 5, 7)}
+
+    def prob(group, case):
+        return 0.8 if group == "beads" or (group == "calcified" and case in calc_mal) else 0.2
+
+    df, truth = _cohort(probability=prob)
+    assert df.loc[truth == 2, "case_id"].nunique() == 10
+    out, table = cluster_regions(df, settings=PatternSettings(n_permutations=500))
+    g = _by_group(out, table, truth)
+    calc = g["calcified"]
+    assert calc["pool_predicted_malignant"] == pytest.approx(0.4)
+    assert calc["share_predicted_malignant"] == pytest.approx(0.4)
+    assert calc["enrichment_predicted"] == pytest.approx(1.0)
+    assert calc["p_predicted"] == 1.0 and calc["q_predicted"] == 1.0
+    assert g["beads"]["enrichment_predicted"] == pytest.approx(2.5)
+    assert g["beads"]["p_predicted"] == pytest.approx(1 / 501)
+
+
+def test_threshold_of_predicted_malignancy_is_one_half():
+    df, truth = _cohort(probability=lambda g, c: 0.5 if g == "tails" else 0.4999)
+    out, table = cluster_regions(df)
+    g = _by_group(out, table, truth)
+    assert g["tails"]["share_predicted_malignant"] == 1.0
+    assert g["beads"]["share_predicted_malignant"] == 0.0
+    assert g["tails"]["pool_predicted_malignant"] == pytest.approx(12 / 30)
+
+
+def test_truth_columns_nan_without_malignant_column():
     df, _ = _cohort()
+    _, table = cluster_regions(df)
+    for c in ("share_truth_malignant", "pool_truth_malignant", "enrichment_truth", "p_truth"):
+        assert table[c].isna().all()
+        assert table[c].dtype == np.float64
+
+
+def test_truth_columns_with_malignant_column():
+    # truly malignant: beads cases 0-5 (6 of 8), tails cases 0-2 (3 of 12),
+    # calcified cases 0-3 (4 of 10) with case 9 unknown (NaN) -> 4 of 9 known
+    def malignant(group, case):
+        i = int(case[-2:])
+        if group == "calcified" and i == 9:
+            return NAN
+        return float(i < {"beads": 6, "tails": 3, "calcified": 4}[group])
+
+    df, truth = _cohort(malignant=malignant)
+    out, table = cluster_regions(df)
+    g = _by_group(out, table, truth)
+    pool = (6 + 3 + 4) / (8 + 12 + 9)
+    np.testing.assert_allclose(table["pool_truth_malignant"], pool)
+    assert g["beads"]["share_truth_malignant"] == pytest.approx(6 / 8)
+    assert g["tails"]["share_truth_malignant"] == pytest.approx(3 / 12)
+    assert g["calcified"]["share_truth_malignant"] == pytest.approx(4 / 9)
+    assert g["beads"]["enrichment_truth"] == pytest.approx((6 / 8) / pool)
+    assert ((table["p_truth"] > 0) & (table["p_truth"] <= 1)).all()
+    # the predicted columns do not change
+    _, plain = cluster_regions(df.drop(columns="malignant"))
+    pred = ["share_predicted_malignant", "pool_predicted_malignant", "p_predicted", "q_predicted"]
+    pd.testing.assert_frame_equal(table[pred], plain[pred])
+
+    # all unknown: NaN columns
+    df["malignant"] = np.nan
+    _, table = cluster_regions(df)
+    assert table["share_truth_malignant"].isna().all() and table["p_truth"].isna().all()
+
+
+def test_exemplars_nearest_the_mean_one_per_case():
+    df, truth = _cohort()
+    out, table = cluster_regions(df)
+    z = pd.DataFrame(_robust_z(region_features(df).to_numpy()), index=df.index)
+    for _, row in table.iterrows():
+        ex = row["exemplars"]
+        members = out[out["cluster"] == row["cluster"]]
+        assert isinstance(ex, list) and all(isinstance(k, str) for k in ex)
+        assert set(ex) <= set(members["region_key"])
+        case_of = dict(zip(members["region_key"], members["case_id"]))
+        assert len({case_of[k] for k in ex}) == len(ex)  # at most one per case
+        assert len(ex) == min(N_EXEMPLARS, members["case_id"].nunique())
+
+        zm = z.loc[members.index].to_numpy()
+        dist = np.linalg.norm(zm - zm.mean(axis=0), axis=1)
+        order = np.argsort(dist, kind="stable")
+        keys = members["region_key"].to_numpy()
+        assert ex[0] == keys[order[0]]  # the member nearest the cluster mean
+        expected, seen = [], set()
+        for i in order:
+            if case_of[keys[i]] not in seen and len(expected) < N_EXEMPLARS:
+                seen.add(case_of[keys[i]])
+                expected.append(keys[i])
+        assert ex == expected
+    # tails touch 12 cases: capped at N_EXEMPLARS = 10; beads touch 8 cases
+    g = _by_group(out, table, truth)
+    assert N_EXEMPLARS == 10
+    assert len(g["tails"]["exemplars"]) == 10 and len(g["beads"]["exemplars"]) == 8
+
+
+# --------------------------------------------------------------------------- features
+
+
+def test_features():
+    df = pd.DataFrame(
+        {
+            "halo_max_hu": [2600.0, 80.0, 600.0, 100.0],
+            "p90_hu": [-700.0, 20.0, np.nan, 0.0],
+            "std_hu": [400.0, 60.0, 150.0, 10.0],
+            "mass_share": [0.25, 1.0, math.e ** -2, 0.5],
+            "pleura_distance_mm": [12.0, 45.0, np.nan, 30.0],
+            "dense_fraction": [0.0, 0.6, 0.3, 0.1],
+            "dense_elongation": [np.nan, 5.0, 1.5, 1.0],
+        },
+        index=[10, 11, 12, 13],
+    )
     f = region_features(df)
     assert list(f.columns) == FEATURE_COLUMNS
-    d = f[["direction_z", "direction_y", "direction_x"]].to_numpy()
-    assert np.allclose(np.linalg.norm(d, axis=1), 1.0)
-    assert np.allclose(f["log_volume_mm3"], np.log(df["volume_mm3"]))
+    assert list(f.index) == [10, 11, 12, 13]
+    np.testing.assert_allclose(f["halo_max_hu"], [2600, 80, 600, 100])
+    np.testing.assert_allclose(f["std_hu"], [400, 60, 150, 10])
+    np.testing.assert_allclose(f["dense_fraction"], [0, 0.6, 0.3, 0.1])
+    np.testing.assert_allclose(f["log_mass_share"], [np.log(0.25), 0.0, -2.0, np.log(0.5)])
+    assert f.loc[10, "log_mass_share"] == pytest.approx(-1.3862943611)
+    assert PLEURA_CAP_MM == 30.0
+    np.testing.assert_allclose(f["pleura_distance_mm"], [12.0, 30.0, 30.0, 30.0])  # cap, NaN -> cap
+    np.testing.assert_allclose(f["dense_elongation"], [1.0, 5.0, 1.5, 1.0])  # NaN -> 1
+    assert np.isnan(f.loc[12, "p90_hu"]) and f.drop(index=12).notna().all().all()
+
+
+def test_features_of_the_cohort():
+    df, truth = _cohort()
+    f = region_features(df)
+    beads = f[truth == 0]
+    assert (beads["pleura_distance_mm"] == PLEURA_CAP_MM).all()  # NaN and 45 mm
+    assert (beads["dense_elongation"] == 1.0).all()
+    assert np.isfinite(f.to_numpy()).all()
 
 
 @pytest.mark.parametrize(
     "hu, band",
-    [(-900, "air/lung"), (-500, "fat"), (-100, "fat"), (-30, "soft tissue"), (149, "soft tissue"),
-     (150, "calcified"), (1199, "calcified"), (1201, "metal-like"), (3000, "metal-like")],
+    [(-1000, "lung/air"), (-500.001, "lung/air"), (-500, "fat"), (-100, "fat"), (-30.001, "fat"),
+     (-30, "soft-tissue"), (149, "soft-tissue"), (150, "calcified"), (1199, "calcified"),
+     (1200, "metal-bright"), (3000, "metal-bright"), (np.nan, "unknown density"),
+     (np.inf, "unknown density")],
 )
 def test_density_band(hu, band):
     assert density_band(hu) == band
 
 
+def test_density_band_names():
+    assert [b[0] for b in DENSITY_BANDS_HU] == [
+        "lung/air", "fat", "soft-tissue", "calcified", "metal-bright"]
+    assert DENSITY_BANDS_HU[0][1] == -math.inf and DENSITY_BANDS_HU[-1][2] == math.inf
+
+
 def test_describe_pattern():
-    s = describe_pattern(2400.0, 14.0, 12.0)
-    assert s == "metal-like density (mean 2400 HU), small (14 mm³), about 12 mm from the nodule centre"
+    s = describe_pattern(relation="pleura-adjacent", relation_share=0.8, direction="lateral",
+                         distance_mm=14.2, halo_max_hu=60.0, mean_hu=-700.0)
+    assert s == ("pleura-adjacent (80 % of regions), about 14 mm lateral of the nodule; "
+                 "densest structure soft-tissue (median peak 60 HU); region mean -700 HU")
+
+    s = describe_pattern(relation="vessel-like", relation_share=0.5, direction=VARIED,
+                         distance_mm=8.7, halo_max_hu=612.4, mean_hu=-301.2)
+    assert VARIED == "in varied directions"
+    assert s == ("vessel-like (50 % of regions), about 9 mm from the nodule, in varied "
+                 "directions; densest structure calcified (median peak 612 HU); region mean -301 HU")
+
+    s = describe_pattern(relation="inside lung", relation_share=1.0, direction=AT_CENTRE,
+                         distance_mm=0.0, halo_max_hu=2600.0, mean_hu=-650.0)
+    assert s == ("inside lung (100 % of regions), at the nodule centre; densest structure "
+                 "metal-bright (median peak 2600 HU); region mean -650 HU")
+
+    s = describe_pattern(relation="outside lung", relation_share=2 / 3, direction="posterior and superior",
+                         distance_mm=31.0, halo_max_hu=-600.0, mean_hu=-850.0)
+    assert s == ("outside lung (67 % of regions), about 31 mm posterior and superior of the "
+                 "nodule; densest structure lung/air (median peak -600 HU); region mean -850 HU")
+
+
+def test_describe_pattern_rejects_bad_input():
+    with pytest.raises(ValueError, match="relation"):
+        describe_pattern(relation="near the heart", relation_share=1.0, direction="lateral",
+                         distance_mm=1.0, halo_max_hu=0.0, mean_hu=0.0)
+    with pytest.raises(TypeError):
+        describe_pattern("inside lung", 1.0, "lateral", 1.0, 0.0, 0.0)  # keywords only
+
+
+# ------------------------------------------------------------------------------ errors
+
+
+@pytest.mark.parametrize("col", _REQUIRED_COLUMNS)
+def test_missing_column_raises(col):
+    df, _ = _cohort()
+    with pytest.raises(ValueError, match=f"missing column.*'{col}'"):
+        cluster_regions(df.drop(columns=[col]))
 
 
 def test_invalid_input_raises():
-    df, _ = _cohort()
-    with pytest.raises(ValueError, match="missing"):
-        cluster_regions(df.drop(columns=["probability"]))
+    df, truth = _cohort()
+    with pytest.raises(ValueError, match="DataFrame"):
+        cluster_regions(df.to_dict("list"))
+    with pytest.raises(ValueError, match="settings"):
+        cluster_regions(df, settings={"method": "hdbscan"})
+
     dup = df.copy()
     dup.loc[1, "region_key"] = dup.loc[0, "region_key"]
     with pytest.raises(ValueError, match="unique"):
         cluster_regions(dup)
+    nokey = df.copy()
+    nokey.loc[3, "region_key"] = None
+    with pytest.raises(ValueError, match="unique"):
+        cluster_regions(nokey)
+
+    for p in (1.5, -0.1, np.nan, "high"):
+        bad = df.copy().astype({"probability": object})
+        bad.loc[0, "probability"] = p
+        with pytest.raises(ValueError, match="probability"):
+            cluster_regions(bad)
+
+    for col in ("mass_share", "volume_mm3"):
+        for v in (0.0, -0.2, np.nan, np.inf):
+            bad = df.copy()
+            bad.loc[2, col] = v
+            with pytest.raises(ValueError, match=col):
+                cluster_regions(bad)
+
     bad = df.copy()
-    bad.loc[0, "probability"] = 1.5
-    with pytest.raises(ValueError, match="probability"):
+    bad.loc[truth == 0, "relation"] = "near the heart"  # not one of RELATIONS
+    with pytest.raises(ValueError, match="relation"):
         cluster_regions(bad)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(min_cluster_size=1), dict(min_cluster_size=2.0), dict(min_cluster_size=True),
+     dict(min_samples=0), dict(min_samples=1.5), dict(method="kmeans"),
+     dict(method="agglomerative"), dict(method="agglomerative", distance_threshold=0.0),
+     dict(method="agglomerative", distance_threshold=np.inf),
+     dict(method="agglomerative", distance_threshold="5"), dict(n_permutations=0)],
+)
+def test_invalid_settings_raise(kwargs):
     with pytest.raises(ValueError):
-        PatternSettings(min_cluster_size=1)
-    with pytest.raises(ValueError):
-        PatternSettings(method="kmeans")
-    with pytest.raises(ValueError):
-        PatternSettings(method="agglomerative")
+        PatternSettings(**kwargs)
+
+
+def test_valid_settings():
+    s = PatternSettings()
+    assert (s.min_cluster_size, s.min_samples, s.seed, s.method, s.n_permutations) == (
+        5, None, 0, "hdbscan", 2000)
+    PatternSettings(min_cluster_size=2, min_samples=1, method="spectral")
+    PatternSettings(method="agglomerative", distance_threshold=3)

@@ -39,15 +39,23 @@ if not clusters.empty:
         summary, on="item_id", how="left")
     table["reviews"] = table["reviews"].fillna("")
     st.dataframe(
-        table[["cluster", "description", "n_regions", "n_cases", "n_nodules", "mean_probability",
-               "share_predicted_malignant", "reviews"]],
+        table[["cluster", "description", "n_regions", "n_cases", "n_nodules",
+               "share_predicted_malignant", "enrichment_predicted", "q_predicted",
+               "effect_mean", "relied_upon", "reviews"]],
         hide_index=True, width="stretch",
         column_config={
             "cluster": "Cluster", "description": st.column_config.TextColumn("Description", width="large"),
-            "n_regions": "Regions", "n_cases": "Cases", "n_nodules": "Nodules",
-            "mean_probability": st.column_config.NumberColumn("Mean P(malignant)", format="%.2f"),
+            "n_regions": "Regions", "n_cases": "Patients", "n_nodules": "Nodules",
             "share_predicted_malignant": st.column_config.NumberColumn(
-                "Share predicted malignant", format="%.2f"),
+                "Predicted malignant", format="%.2f"),
+            "enrichment_predicted": st.column_config.NumberColumn(
+                "Enrichment (× cohort)", format="%.2f"),
+            "q_predicted": st.column_config.NumberColumn("q (BH)", format="%.3f"),
+            "effect_mean": st.column_config.NumberColumn(
+                "Δp when removed", format="%+.3f",
+                help="Mean change in P(malignant) when the cluster's regions are replaced "
+                     "with local lung parenchyma and the nodule is re-scored"),
+            "relied_upon": st.column_config.CheckboxColumn("Model relies on it"),
             "reviews": "Reviews (name: verdict)",
         })
 
@@ -61,13 +69,33 @@ if not clusters.empty:
     st.markdown(f"**{crow['description']}**")
     m = st.columns(6)
     m[0].metric("Regions", int(crow["n_regions"]))
-    m[1].metric("Cases", int(crow["n_cases"]))
+    m[1].metric("Patients", int(crow["n_cases"]))
     m[2].metric("Nodules", int(crow["n_nodules"]))
-    m[3].metric("Mean P(malignant)", common.fmt(crow["mean_probability"], 2))
-    m[4].metric("Predicted malignant", f"{100 * crow['share_predicted_malignant']:.0f} %"
-                if pd.notna(crow["share_predicted_malignant"]) else "–")
-    m[5].metric("Mean HU", common.fmt(crow["mean_mean_hu"], 3))
-    st.caption(f"Mean distance from the nodule centre {common.fmt(crow['mean_offset_distance_mm'])} mm; "
+    m[3].metric("Predicted malignant",
+                f"{100 * crow['share_predicted_malignant']:.0f} %"
+                if pd.notna(crow["share_predicted_malignant"]) else "–",
+                delta=(f"{100 * (crow['share_predicted_malignant'] - crow['pool_predicted_malignant']):+.0f} pts vs cohort"
+                       if pd.notna(crow["pool_predicted_malignant"]) else None), delta_color="off")
+    m[4].metric("Permutation p", common.fmt(crow["p_predicted"], 3),
+                help=f"two-sided, nodules as units; Benjamini-Hochberg q = {common.fmt(crow['q_predicted'], 3)}")
+    m[5].metric("Δp when removed", f"{crow['effect_mean']:+.3f}" if pd.notna(crow.get("effect_mean")) else "–",
+                help="causal check: regions replaced with local parenchyma, nodule re-scored")
+    effect = ""
+    if pd.notna(crow.get("effect_mean")):
+        verdict = ("**the model relies on this pattern**" if bool(crow["relied_upon"])
+                   else "the model does not measurably rely on this pattern")
+        effect = (f"Removing these regions changes P(malignant) by {crow['effect_mean']:+.3f} on "
+                  f"average over {int(crow['effect_n'])} nodules (95 % bootstrap interval "
+                  f"{crow['effect_ci_low']:+.3f} to {crow['effect_ci_high']:+.3f}): {verdict}. ")
+    truth = ""
+    if pd.notna(crow.get("p_truth")):
+        truth = (f"Truly malignant: {100 * crow['share_truth_malignant']:.0f} % vs "
+                 f"{100 * crow['pool_truth_malignant']:.0f} % in the cohort (p = {common.fmt(crow['p_truth'], 3)}). ")
+    st.markdown(effect + truth)
+    st.caption(f"Predicted malignant: {100 * crow['share_predicted_malignant']:.0f} % of this cluster's "
+               f"nodules vs {100 * crow['pool_predicted_malignant']:.0f} % of all nodules with off-mask "
+               f"regions. Median distance from the nodule centre "
+               f"{common.fmt(crow['mean_offset_distance_mm'])} mm (mean); "
                f"mean volume {common.fmt(crow['mean_volume_mm3'])} mm³.")
 
     # -- exemplars -----------------------------------------------------------------------------
@@ -77,7 +105,7 @@ if not clusters.empty:
     keys = [k for k in crow["exemplars"] if k in by_key.index]
     if not keys:
         st.caption("No exemplars stored for this cluster.")
-    cols = st.columns(5)  # fixed grid: crops keep the same size whatever their number
+    cols = st.columns(5) + st.columns(5)  # fixed grid: crops keep the same size
     for col, key in zip(cols, keys):
         reg = by_key.loc[key]
         arrays = common.case_arrays(reg["case_id"])
@@ -114,4 +142,5 @@ else:
     st.scatter_chart(points, x="embedding_x", y="embedding_y", color="pattern", size=60,
                      x_label="map x (PCA of standardised descriptors)", y_label="map y")
     st.caption("2-D map for display only; nearby points have similar descriptors "
-               "(density, size, distance and direction from the nodule, attribution share).")
+               "(density of what the region covers, attribution share, distance from the pleura, "
+               "tubular dense structure).")

@@ -1,0 +1,391 @@
+"""Does the model rely on a pattern?  Remove it and re-score.
+
+The causal check of a cluster of off-mask regions: for every nodule with member regions, the
+members' voxels are replaced with *local lung parenchyma* (values resampled from the
+parenchyma around them), the nodule's ROI is re-extracted from the edited scan, and the model
+scores it again.  The mean change in probability over the nodules says whether the model
+relies on the pattern; its sign says in which direction.
+
+Only the scan is edited, never the model; the edit is confined to the removed voxels, and the
+nodule itself (its annotated mask) is never touched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import ndimage
+
+from data_tools.volume import Mask, Volume
+
+from .model import ModelCard
+from .preprocess import extract_roi, nodule_sites, normalize_hu
+
+__all__ = [
+    "PARENCHYMA_BAND_HU",
+    "FALLBACK_PARENCHYMA_HU",
+    "inpaint_parenchyma",
+    "Effect",
+    "summarize_effects",
+    "rescore_without",
+    "pattern_effects",
+    "grow_mm",
+    "EFFECT_COLUMNS",
+    "FLAG_COLUMNS",
+]
+
+#: Columns :func:`pattern_effects` adds to the cluster table.
+EFFECT_COLUMNS = ["effect_n", "effect_mean", "effect_ci_low", "effect_ci_high", "relied_upon"]
+#: Columns of the per-nodule flag table of :func:`pattern_effects`.
+FLAG_COLUMNS = ["case_id", "nodule_id", "probability", "probability_without", "flag_score",
+                "flagged", "flag_clusters"]
+
+#: HU band of aerated lung parenchyma sampled to fill removed voxels.
+PARENCHYMA_BAND_HU = (-950.0, -600.0)
+#: Used when no parenchyma voxel is found anywhere near the removed voxels.
+FALLBACK_PARENCHYMA_HU = -850.0
+
+
+def _check_spacing(spacing_mm) -> np.ndarray:
+    s = np.asarray(spacing_mm, dtype=float)
+    if s.shape != (3,) or not np.all(np.isfinite(s)) or np.any(s <= 0):
+        raise ValueError(f"spacing_mm must be 3 positive finite floats; received {spacing_mm!r}")
+    return s
+
+
+def _ball(radius_mm: float, spacing: np.ndarray) -> np.ndarray:
+    r = np.maximum(np.floor(radius_mm / spacing).astype(int), 0)
+    zz, yy, xx = np.ogrid[-r[0]:r[0] + 1, -r[1]:r[1] + 1, -r[2]:r[2] + 1]
+    return (zz * spacing[0]) ** 2 + (yy * spacing[1]) ** 2 + (xx * spacing[2]) ** 2 <= radius_mm ** 2
+
+
+def inpaint_parenchyma(
+    hu,
+    remove,
+    *,
+    spacing_mm,
+    protect=None,
+    shell_mm: float = 6.0,
+    band_hu: tuple[float, float] = PARENCHYMA_BAND_HU,
+    seed: int = 0,
+) -> np.ndarray:
+    """Replace voxels with values drawn from the lung parenchyma around them.
+
+    Parameters
+    ----------
+    hu : ndarray, shape (z, y, x)
+        CT in HU (not modified).
+    remove : ndarray of bool, shape (z, y, x)
+        Voxels to replace.
+    spacing_mm : sequence of 3 floats
+        Voxel size ``(dz, dy, dx)`` in mm.
+    protect : ndarray of bool, shape (z, y, x), optional
+        Voxels never edited and never sampled (e.g. the nodule mask); they are removed from
+        ``remove`` first.
+    shell_mm : float
+        Donor voxels are those within ``shell_mm`` of ``remove`` (outside it and outside
+        ``protect``) whose HU lies in ``band_hu``.
+    band_hu : (float, float)
+        HU band counted as aerated parenchyma, inclusive.
+    seed : int
+        Donor values are drawn with replacement by ``numpy.random.default_rng(seed)``.
+
+    Returns
+    -------
+    ndarray, float32, shape (z, y, x)
+        A copy of ``hu`` with ``remove & ~protect`` filled.  Drawing donors (rather than
+        using their mean) keeps the local noise texture, so the edit does not leave a
+        conspicuously smooth hole.
+
+    Notes
+    -----
+    Without donors in the shell, parenchyma voxels of the whole array are used; without
+    any, the constant :data:`FALLBACK_PARENCHYMA_HU`.  An empty ``remove`` returns an
+    unchanged copy.
+    """
+    hu = np.asarray(hu)
+    remove = np.asarray(remove)
+    if hu.ndim != 3 or remove.shape != hu.shape:
+        raise ValueError(
+            f"hu must be 3-D and remove the same shape; received {hu.shape} and {remove.shape}"
+        )
+    if remove.dtype != bool:
+        raise ValueError(f"remove must be a boolean mask; received dtype {remove.dtype}")
+    spacing = _check_spacing(spacing_mm)
+    if not (np.isfinite(shell_mm) and shell_mm > 0):
+        raise ValueError(f"shell_mm must be positive; received {shell_mm!r}")
+    lo_hu, hi_hu = float(band_hu[0]), float(band_hu[1])
+    if not hi_hu > lo_hu:
+        raise ValueError(f"band_hu must be (low, high) with high > low; received {band_hu!r}")
+    out = np.array(hu, dtype=np.float32, copy=True)
+    if protect is not None:
+        protect = np.asarray(protect, dtype=bool)
+        if protect.shape != hu.shape:
+            raise ValueError(f"protect must have shape {hu.shape}; received {protect.shape}")
+        remove = remove & ~protect
+    if not remove.any():
+        return out
+    # Work in the bounding box of the removed voxels grown by the shell.
+    grow = np.ceil(shell_mm / spacing).astype(int) + 1
+    idx = np.argwhere(remove)
+    lo = np.maximum(idx.min(axis=0) - grow, 0)
+    hi = np.minimum(idx.max(axis=0) + grow + 1, hu.shape)
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    rem = remove[box]
+    shell = ndimage.binary_dilation(rem, structure=_ball(shell_mm, spacing)) & ~rem
+    if protect is not None:
+        shell &= ~protect[box]
+    values = out[box]
+    in_band = (values >= lo_hu) & (values <= hi_hu)
+    donors = values[shell & in_band]
+    if donors.size == 0:
+        whole = (out >= lo_hu) & (out <= hi_hu) & ~remove
+        if protect is not None:
+            whole &= ~protect
+        donors = out[whole]
+    rng = np.random.default_rng(seed)
+    n = int(rem.sum())
+    fill = rng.choice(donors, size=n) if donors.size else np.full(n, FALLBACK_PARENCHYMA_HU)
+    values[rem] = fill.astype(np.float32)
+    return out
+
+
+@dataclass(frozen=True)
+class Effect:
+    """Summary of the probability changes of one pattern's causal check.
+
+    Attributes
+    ----------
+    n : int
+        Nodules re-scored.
+    mean_delta : float
+        Mean of ``p_after - p_before`` (probability units); negative = removing the
+        pattern lowers the malignancy probability.  NaN when ``n == 0``.
+    ci_low, ci_high : float
+        95 % percentile-bootstrap interval of the mean (2000 resamples, seeded); NaN when
+        ``n < 2``.
+    relied_upon : bool
+        ``|mean_delta| >= min_effect`` and the interval excludes 0.
+    """
+
+    n: int
+    mean_delta: float
+    ci_low: float
+    ci_high: float
+    relied_upon: bool
+
+
+def summarize_effects(deltas, *, min_effect: float = 0.05, seed: int = 0,
+                      n_boot: int = 2000) -> Effect:
+    """Mean change in probability with a bootstrap interval and the reliance verdict.
+
+    Parameters
+    ----------
+    deltas : array-like, shape (n,)
+        ``p_after - p_before`` per nodule.
+    min_effect : float
+        Smallest absolute mean change (probability units) called reliance.
+    """
+    d = np.asarray(deltas, dtype=float).ravel()
+    if d.size and not np.all(np.isfinite(d)):
+        raise ValueError("deltas must be finite")
+    if not (np.isfinite(min_effect) and min_effect >= 0):
+        raise ValueError(f"min_effect must be >= 0; received {min_effect!r}")
+    if d.size == 0:
+        return Effect(0, float("nan"), float("nan"), float("nan"), False)
+    mean = float(d.mean())
+    if d.size < 2:
+        return Effect(1, mean, float("nan"), float("nan"), False)
+    rng = np.random.default_rng(seed)
+    boots = d[rng.integers(0, d.size, size=(n_boot, d.size))].mean(axis=1)
+    lo, hi = (float(v) for v in np.percentile(boots, [2.5, 97.5]))
+    relied = abs(mean) >= min_effect and (lo > 0 or hi < 0)
+    return Effect(int(d.size), mean, lo, hi, bool(relied))
+
+
+def rescore_without(
+    model: torch.nn.Module,
+    card: ModelCard,
+    volume: Volume,
+    center_zyx,
+    remove,
+    *,
+    protect=None,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Malignancy probability of a nodule before and after removing voxels.
+
+    Parameters
+    ----------
+    model, card
+        From :func:`discovery.model.load_model` (used as is; put it in ``eval()``).
+    volume : Volume
+        The scan in HU.
+    center_zyx : sequence of 3 floats
+        Nodule centre, scan voxel coordinates (the ROI centre).
+    remove : ndarray of bool, shape ``volume.shape``
+        Voxels to replace with local parenchyma (:func:`inpaint_parenchyma`).
+    protect : ndarray of bool, optional
+        Never edited (the nodule's mask).
+
+    Returns
+    -------
+    (p_before, p_after) : tuple of float
+        Softmax probability of class 1 on the original and the edited ROI.
+    """
+    edited = inpaint_parenchyma(volume.array, remove, spacing_mm=volume.spacing_mm,
+                                protect=protect, seed=seed)
+    rois = []
+    for arr in (volume.array, edited):
+        roi = extract_roi(Volume(arr, volume.affine), center_zyx, size_vox=card.roi_size_vox,
+                          spacing_mm=card.roi_spacing_mm)
+        rois.append(normalize_hu(roi.hu, card.hu_window)[None])
+    x = torch.from_numpy(np.ascontiguousarray(np.stack(rois)))
+    with torch.no_grad():
+        p = torch.softmax(model(x), dim=1)[:, 1].numpy()
+    return float(p[0]), float(p[1])
+
+
+#: ``load(case_id) -> (volume, mask, region_map)``: the scan, its nodule label mask and the
+#: case's off-mask region map (region ``k`` = row ``case_region == k``), all on one grid.
+CaseLoader = Callable[[str], "tuple[Volume, Mask, np.ndarray]"]
+
+
+def grow_mm(mask: np.ndarray, reach_mm: float, spacing_mm) -> np.ndarray:
+    """``mask`` plus every voxel within ``reach_mm`` (voxel centre to voxel centre) of it.
+
+    Computed on the mask's bounding box grown by the reach, so the cost does not depend on
+    the size of the scan.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    spacing = _check_spacing(spacing_mm)
+    if not mask.any() or reach_mm <= 0:
+        return mask.copy()
+    pad = np.ceil(reach_mm / spacing).astype(int) + 1
+    idx = np.argwhere(mask)
+    lo = np.maximum(idx.min(axis=0) - pad, 0)
+    hi = np.minimum(idx.max(axis=0) + pad + 1, mask.shape)
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    out = np.zeros_like(mask)
+    out[box] = ndimage.distance_transform_edt(~mask[box], sampling=spacing) <= reach_mm + 1e-6
+    return out
+
+
+def _regions_by_case(regions: pd.DataFrame):
+    for case_id, rows in regions.groupby("case_id", sort=True):
+        yield str(case_id), rows
+
+
+def pattern_effects(
+    regions: pd.DataFrame,
+    clusters: pd.DataFrame,
+    *,
+    load: CaseLoader,
+    model: torch.nn.Module,
+    card: ModelCard,
+    threshold: float = 0.5,
+    min_effect: float = 0.05,
+    seed: int = 0,
+    reach_mm: float = 3.0,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The causal check of every cluster, and the case-level shortcut flag.
+
+    For each cluster and each nodule with member regions, the member regions' voxels and
+    every voxel within ``reach_mm`` of them are replaced with local parenchyma
+    (:func:`inpaint_parenchyma`; all annotated nodules are protected) and the nodule is
+    re-scored: ``delta = p_after - p_before``.  The reach matches the region's halo
+    (:data:`discovery.pipeline.HALO_MM`): a structure that the near-nodule margin cut in two
+    is removed whole, not just the half outside the margin.  A cluster is
+    *relied upon* when its mean delta is at least ``min_effect`` in size and its bootstrap
+    interval excludes 0 (:func:`summarize_effects`).
+
+    Then, for every nodule with regions in clusters the model relies on *for* malignancy
+    (relied upon with a negative mean delta), those regions are removed together:
+    ``flag_score = max(0, p - p_without)`` and the nodule is ``flagged`` when it is
+    predicted malignant (``p >= threshold``) but would not be without them - a prediction
+    that rests off the mask, on a pattern the model relies on.
+
+    Parameters
+    ----------
+    regions : pandas.DataFrame
+        Clustered regions (:func:`discovery.patterns.cluster_regions`): ``case_id``,
+        ``nodule_id``, ``case_region``, ``cluster``.
+    clusters : pandas.DataFrame
+        The cluster table (needs ``cluster``).
+    load : callable
+        ``load(case_id) -> (Volume, Mask, region_map)``.
+    model, card
+        The scoring model (used as is, in ``eval()`` mode) and its card.
+    threshold : float
+        Decision threshold of the model.
+    min_effect : float
+        Smallest absolute mean change in probability called reliance.
+
+    Returns
+    -------
+    clusters : pandas.DataFrame
+        A copy with :data:`EFFECT_COLUMNS`.
+    flags : pandas.DataFrame
+        One row per nodule with at least one clustered region, :data:`FLAG_COLUMNS`
+        (``probability_without`` NaN and ``flag_score`` 0 when none of its regions is in a
+        relied-upon cluster; ``flag_clusters`` a comma-separated list of cluster ids).
+    """
+    for col in ("case_id", "nodule_id", "case_region", "cluster"):
+        if col not in regions.columns:
+            raise ValueError(f"regions is missing column {col!r}; pass cluster_regions() output")
+    if "cluster" not in clusters.columns:
+        raise ValueError("clusters is missing column 'cluster'")
+    clustered = regions[regions["cluster"].astype(int) >= 0]
+    deltas: dict[int, list[float]] = {int(c): [] for c in clusters["cluster"]}
+    base: dict[tuple[str, str], float] = {}
+    for case_id, rows in _regions_by_case(clustered):
+        volume, mask, region_map = load(case_id)
+        sites = {s.nodule_id: s for s in nodule_sites(mask)}
+        protect = mask.array > 0
+        for (nodule_id, c), grp in rows.groupby(["nodule_id", "cluster"], sort=True):
+            site = sites.get(str(nodule_id))
+            if site is None or int(c) not in deltas:
+                continue
+            remove = grow_mm(np.isin(region_map, grp["case_region"].astype(int).to_numpy()),
+                             reach_mm, volume.spacing_mm)
+            p0, p1 = rescore_without(model, card, volume, site.center_zyx, remove,
+                                     protect=protect, seed=seed)
+            base[(case_id, str(nodule_id))] = p0
+            deltas[int(c)].append(p1 - p0)
+    out = clusters.copy()
+    effects = {c: summarize_effects(d, min_effect=min_effect, seed=seed) for c, d in deltas.items()}
+    out["effect_n"] = [effects[int(c)].n for c in out["cluster"]]
+    out["effect_mean"] = [effects[int(c)].mean_delta for c in out["cluster"]]
+    out["effect_ci_low"] = [effects[int(c)].ci_low for c in out["cluster"]]
+    out["effect_ci_high"] = [effects[int(c)].ci_high for c in out["cluster"]]
+    out["relied_upon"] = [bool(effects[int(c)].relied_upon) for c in out["cluster"]]
+
+    supporting = {c for c, e in effects.items() if e.relied_upon and e.mean_delta < 0}
+    flags = []
+    for case_id, rows in _regions_by_case(clustered):
+        mine = rows[rows["cluster"].astype(int).isin(supporting)]
+        loaded = None
+        for nodule_id in sorted(rows["nodule_id"].astype(str).unique()):
+            p0 = base[(case_id, nodule_id)]
+            sel = mine[mine["nodule_id"].astype(str) == nodule_id]
+            p_without, ids = float("nan"), ""
+            if len(sel):
+                if loaded is None:
+                    loaded = load(case_id)
+                volume, mask, region_map = loaded
+                site = {s.nodule_id: s for s in nodule_sites(mask)}[nodule_id]
+                remove = grow_mm(np.isin(region_map, sel["case_region"].astype(int).to_numpy()),
+                                 reach_mm, volume.spacing_mm)
+                _, p_without = rescore_without(model, card, volume, site.center_zyx, remove,
+                                               protect=mask.array > 0, seed=seed)
+                ids = ",".join(str(c) for c in sorted(sel["cluster"].astype(int).unique()))
+            score = max(0.0, p0 - p_without) if np.isfinite(p_without) else 0.0
+            flagged = bool(np.isfinite(p_without) and p0 >= threshold and p_without < threshold)
+            flags.append({"case_id": case_id, "nodule_id": nodule_id, "probability": p0,
+                          "probability_without": p_without, "flag_score": score,
+                          "flagged": flagged, "flag_clusters": ids})
+    return out, pd.DataFrame(flags, columns=FLAG_COLUMNS)

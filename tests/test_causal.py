@@ -1,0 +1,144 @@
+"""The causal check: inpainting, effect summaries, and the cohort-level pass with a hand-set
+'bead detector' model whose answers are known."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from data_tools.volume import Mask, Volume, affine_from_spacing
+from discovery.causal import (
+    EFFECT_COLUMNS,
+    FALLBACK_PARENCHYMA_HU,
+    FLAG_COLUMNS,
+    grow_mm,
+    inpaint_parenchyma,
+    pattern_effects,
+    rescore_without,
+    summarize_effects,
+)
+from discovery.model import ModelCard
+
+SPACING = (1.5, 1.5, 1.5)
+
+
+def _lung(shape=(40, 48, 48), seed=0):
+    rng = np.random.default_rng(seed)
+    return (-850.0 + rng.normal(0, 20, shape)).astype(np.float32)
+
+
+def test_inpaint_replaces_only_removed_voxels_with_local_parenchyma():
+    hu = _lung()
+    hu[20, 20:23, 20:23] = 2600.0  # a bead
+    remove = np.zeros(hu.shape, bool)
+    remove[20, 20:23, 20:23] = True
+    out = inpaint_parenchyma(hu, remove, spacing_mm=SPACING, seed=1)
+    assert out is not hu and hu[20, 21, 21] == 2600.0  # input untouched
+    np.testing.assert_array_equal(out[~remove], hu[~remove])
+    assert out[remove].max() <= -600 and out[remove].min() >= -950
+    # donors are drawn from the voxels around: every filled value exists in the shell
+    assert np.isin(out[remove], hu[~remove]).all()
+    np.testing.assert_array_equal(out, inpaint_parenchyma(hu, remove, spacing_mm=SPACING, seed=1))
+
+
+def test_inpaint_protect_and_edge_cases():
+    hu = _lung()
+    remove = np.zeros(hu.shape, bool)
+    remove[10:12, 10:12, 10:12] = True
+    protect = np.zeros(hu.shape, bool)
+    protect[10, 10, 10] = True
+    out = inpaint_parenchyma(hu, remove, spacing_mm=SPACING, protect=protect)
+    assert out[10, 10, 10] == hu[10, 10, 10]
+    np.testing.assert_array_equal(inpaint_parenchyma(hu, np.zeros_like(remove), spacing_mm=SPACING), hu)
+    soft = np.zeros((8, 8, 8), np.float32)  # no parenchyma anywhere: the documented constant
+    r = np.zeros(soft.shape, bool)
+    r[4, 4, 4] = True
+    assert inpaint_parenchyma(soft, r, spacing_mm=SPACING)[4, 4, 4] == FALLBACK_PARENCHYMA_HU
+    with pytest.raises(ValueError, match="boolean"):
+        inpaint_parenchyma(hu, remove.astype(int), spacing_mm=SPACING)
+    with pytest.raises(ValueError, match="same shape"):
+        inpaint_parenchyma(hu, remove[:-1], spacing_mm=SPACING)
+
+
+def test_grow_mm_is_a_physical_ball():
+    m = np.zeros((9, 9, 9), bool)
+    m[4, 4, 4] = True
+    g = grow_mm(m, 2.0, (1.0, 1.0, 1.0))
+    assert g.sum() == 33  # lattice points with i²+j²+k² <= 4: 1 + 6 + 12 + 8 + 6
+    g = grow_mm(m, 2.0, (2.0, 1.0, 1.0))  # one step along z is already 2 mm
+    assert g[2, 4, 4] == False and g[3, 4, 4] and g[4, 2, 4]  # noqa: E712
+
+
+def test_summarize_effects():
+    e = summarize_effects([-0.3, -0.25, -0.35, -0.28])
+    assert e.n == 4 and e.mean_delta == pytest.approx(-0.295)
+    assert e.ci_low <= -0.295 <= e.ci_high < 0 and e.relied_upon
+    e = summarize_effects([-0.02, 0.01, -0.01, 0.02])
+    assert not e.relied_upon  # below min_effect and the interval spans 0
+    e = summarize_effects([0.2])
+    assert e.n == 1 and np.isnan(e.ci_low) and not e.relied_upon
+    e = summarize_effects([])
+    assert e.n == 0 and np.isnan(e.mean_delta)
+
+
+class BeadDetector(torch.nn.Module):
+    """Malignancy logit = 20 * (brightest voxel of the ROI - 0.5): metal-bright (> 1000 HU
+    in the [-1000, 3000] window) means 'malignant'.  Hand-set, so effects are known."""
+
+    def forward(self, x):
+        peak = x.amax(dim=(1, 2, 3, 4))
+        return torch.stack([torch.zeros_like(peak), 20.0 * (peak - 0.5)], dim=1)
+
+
+def _case(seed, with_bead):
+    hu = _lung(seed=seed)
+    mask = np.zeros(hu.shape, np.int16)
+    mask[18:22, 22:26, 22:26] = 1  # the nodule
+    hu[mask > 0] = 30.0
+    region_map = np.zeros(hu.shape, np.int16)
+    region_map[19:22, 30:33, 22:26] = 1  # region 1: off the nodule, where the bead is
+    region_map[19:22, 10:13, 22:26] = 2  # region 2: plain parenchyma
+    if with_bead:
+        hu[20, 33, 24] = 2600.0  # just outside region 1, inside its 3 mm halo
+    affine = affine_from_spacing(SPACING)
+    return Volume(hu, affine), Mask(mask, affine), region_map
+
+
+def test_rescore_without_removes_the_bead():
+    vol, mask, _ = _case(0, True)
+    card = ModelCard()
+    p0, p1 = rescore_without(BeadDetector(), card, vol, (19.5, 23.5, 23.5), vol.array > 1000,
+                             protect=mask.array > 0)
+    assert p0 > 0.99 and p1 < 0.01
+
+
+def test_pattern_effects_finds_the_relied_upon_cluster_and_flags_its_nodules():
+    cases = {f"c{i}": _case(i, with_bead=i < 4) for i in range(5)}
+    rows = []
+    for cid in cases:
+        for k, cluster in ((1, 0), (2, 1)):
+            rows.append({"case_id": cid, "nodule_id": "n1", "case_region": k, "cluster": cluster})
+    regions = pd.DataFrame(rows)
+    clusters = pd.DataFrame({"cluster": [0, 1]})
+    model = BeadDetector()
+    out, flags = pattern_effects(regions, clusters, load=cases.__getitem__, model=model,
+                                 card=ModelCard())
+    assert list(out.columns) == ["cluster"] + EFFECT_COLUMNS
+    bead, plain = out.set_index("cluster").loc[0], out.set_index("cluster").loc[1]
+    # four nodules drop from ~1 to ~0 once region 1 and its halo are filled; the fifth had
+    # no bead (p ~ 0 before and after): mean ~ -0.8
+    assert bead.effect_n == 5 and bead.effect_mean == pytest.approx(-0.8, abs=0.01)
+    assert bool(bead.relied_upon)
+    assert plain.effect_mean == pytest.approx(0.0, abs=1e-6) and not bool(plain.relied_upon)
+    assert list(flags.columns) == FLAG_COLUMNS
+    f = flags.set_index("case_id")
+    assert f.loc[["c0", "c1", "c2", "c3"], "flagged"].all() and not f.loc["c4", "flagged"]
+    assert (f.loc[["c0", "c1", "c2", "c3"], "flag_score"] > 0.98).all()
+    assert f.loc["c4", "flag_score"] == pytest.approx(0.0, abs=1e-6)
+    assert (f.loc[["c0", "c1", "c2", "c3"], "flag_clusters"] == "0").all()
+
+
+def test_pattern_effects_input_errors():
+    with pytest.raises(ValueError, match="case_region"):
+        pattern_effects(pd.DataFrame({"case_id": [], "nodule_id": [], "cluster": []}),
+                        pd.DataFrame({"cluster": []}), load=None, model=None, card=None)
