@@ -121,6 +121,11 @@ def result_rows(result: CaseResult) -> tuple[list[dict], list[dict]]:
     return nodules, regions
 
 
+def _region_deep(result: CaseResult) -> np.ndarray:
+    rows = [ctx.deep for nod in result.nodules for ctx in nod.contexts]
+    return np.stack(rows).astype(np.float32) if rows else np.zeros((0, 0), np.float32)
+
+
 def _score_one(spec: CaseSpec, model, card, results_dir: Path, settings: ScoreSettings,
                store: ResultsStore) -> tuple[str, int, int]:
     volume, mask = load_case(spec)
@@ -130,6 +135,8 @@ def _score_one(spec: CaseSpec, model, card, results_dir: Path, settings: ScoreSe
         results_dir, spec.case_id, ct=ct,
         mask=(mask.array if mask is not None else np.zeros(volume.shape, np.int16)).astype(np.int16),
         attribution=result.attribution, region_map=result.region_map, affine=volume.affine,
+        # row k-1: layer activations pooled in region k of region_map (the case_region order)
+        region_deep=_region_deep(result),
     )
     nodules, regions = result_rows(result)
     status = "ok" if result.status == "ok" else "no-mask"
