@@ -44,7 +44,7 @@ from sklearn.metrics import roc_auc_score  # noqa: E402
 
 from data_tools.synthetic import SyntheticConfig, generate_case  # noqa: E402
 from data_tools.volume import Mask, Volume  # noqa: E402
-from discovery.align import distance_to_mask_mm  # noqa: E402
+from discovery.align import grow_mm  # noqa: E402
 from discovery.batch import result_rows  # noqa: E402
 from discovery.causal import pattern_effects, rescore_without  # noqa: E402
 from discovery.cluster_stats import adjusted_rand, match_kind, top_k_precision  # noqa: E402
@@ -99,17 +99,16 @@ def _model(args, log):
 
 
 def _region_kinds(region: np.ndarray, planted_box: np.ndarray, kinds: dict, spacing):
-    """(primary kind, all kinds) of the planted structures within HALO_MM of a region; the
-    primary one has the largest share of its voxels there ("none" when there is none)."""
-    near = distance_to_mask_mm(region, spacing) <= HALO_MM
-    hit = planted_box[near]
-    best, best_share, near_kinds = "none", 0.0, set()
-    for label in np.unique(hit[hit > 0]):
-        near_kinds.add(kinds[int(label)])
+    """The planted structures within HALO_MM of a region: (primary kind, all kinds, their
+    labels); the primary one has the largest share of its voxels there ("none" if none)."""
+    hit = planted_box[grow_mm(region, HALO_MM, spacing)]
+    labels = [int(v) for v in np.unique(hit[hit > 0])]
+    best, best_share = "none", 0.0
+    for label in labels:
         share = float((hit == label).sum() / max(1, (planted_box == label).sum()))
         if share > best_share:
-            best, best_share = kinds[int(label)], share
-    return best, near_kinds
+            best, best_share = kinds[label], share
+    return best, {kinds[label] for label in labels}, labels
 
 
 def run(args) -> dict:
@@ -141,13 +140,12 @@ def run(args) -> dict:
             for r in nod.regions:
                 row = next(x for x in regs if x["nodule_id"] == nod.nodule_id
                            and x["region_index"] == r.region_index)
-                kind, near_kinds = _region_kinds(nod.region_labels == r.region_index,
-                                                 c.planted[box], kinds, vol.spacing_mm)
+                kind, near_kinds, labels = _region_kinds(nod.region_labels == r.region_index,
+                                                         c.planted[box], kinds, vol.spacing_mm)
                 row["kind"] = kind
                 for k in KINDS:
                     row[f"near_{k}"] = k in near_kinds
-                near = distance_to_mask_mm(nod.region_labels == r.region_index, vol.spacing_mm) <= HALO_MM
-                found.update(int(v) for v in np.unique(c.planted[box][near]) if v > 0)
+                found.update(labels)
         for it in c.planted_items:
             planted_seen[it["kind"]][0] += 1
             planted_seen[it["kind"]][1] += int(it["label"] in found)

@@ -39,6 +39,7 @@ __all__ = [
     "peak_distance_mm",
     "near_mass",
     "distance_to_mask_mm",
+    "grow_mm",
     "AlignThresholds",
     "Alignment",
     "align",
@@ -151,6 +152,26 @@ def distance_to_mask_mm(mask, spacing_mm) -> np.ndarray:
     if not mask.any():
         raise ValueError("mask is empty: the distance to it is undefined")
     return _distance_to_mask_mm(mask.astype(bool, copy=False), _check_spacing(spacing_mm))
+
+
+def grow_mm(mask: np.ndarray, reach_mm: float, spacing_mm) -> np.ndarray:
+    """``mask`` plus every voxel within ``reach_mm`` (voxel centre to voxel centre) of it.
+
+    Computed on the mask's bounding box grown by the reach, so the cost does not depend on
+    the size of the scan.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    spacing = np.asarray(_check_spacing(spacing_mm), dtype=float)
+    if not mask.any() or reach_mm <= 0:
+        return mask.copy()
+    pad = np.ceil(reach_mm / spacing).astype(int) + 1
+    idx = np.argwhere(mask)
+    lo = np.maximum(idx.min(axis=0) - pad, 0)
+    hi = np.minimum(idx.max(axis=0) + pad + 1, mask.shape)
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    out = np.zeros_like(mask)
+    out[box] = ndimage.distance_transform_edt(~mask[box], sampling=spacing) <= reach_mm + _DISTANCE_SLACK_MM
+    return out
 
 
 def _check_distance(distance_mm, mask: np.ndarray) -> np.ndarray:

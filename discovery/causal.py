@@ -22,6 +22,7 @@ from scipy import ndimage
 
 from data_tools.volume import Mask, Volume
 
+from .align import grow_mm
 from .model import ModelCard
 from .preprocess import extract_roi, nodule_sites, normalize_hu
 
@@ -33,7 +34,6 @@ __all__ = [
     "summarize_effects",
     "rescore_without",
     "pattern_effects",
-    "grow_mm",
     "EFFECT_COLUMNS",
     "FLAG_COLUMNS",
 ]
@@ -255,26 +255,6 @@ def rescore_without(
 CaseLoader = Callable[[str], "tuple[Volume, Mask, np.ndarray]"]
 
 
-def grow_mm(mask: np.ndarray, reach_mm: float, spacing_mm) -> np.ndarray:
-    """``mask`` plus every voxel within ``reach_mm`` (voxel centre to voxel centre) of it.
-
-    Computed on the mask's bounding box grown by the reach, so the cost does not depend on
-    the size of the scan.
-    """
-    mask = np.asarray(mask, dtype=bool)
-    spacing = _check_spacing(spacing_mm)
-    if not mask.any() or reach_mm <= 0:
-        return mask.copy()
-    pad = np.ceil(reach_mm / spacing).astype(int) + 1
-    idx = np.argwhere(mask)
-    lo = np.maximum(idx.min(axis=0) - pad, 0)
-    hi = np.minimum(idx.max(axis=0) + pad + 1, mask.shape)
-    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
-    out = np.zeros_like(mask)
-    out[box] = ndimage.distance_transform_edt(~mask[box], sampling=spacing) <= reach_mm + 1e-6
-    return out
-
-
 def _regions_by_case(regions: pd.DataFrame):
     for case_id, rows in regions.groupby("case_id", sort=True):
         yield str(case_id), rows
@@ -368,16 +348,15 @@ def pattern_effects(
     flags = []
     for case_id, rows in _regions_by_case(clustered):
         mine = rows[rows["cluster"].astype(int).isin(supporting)]
-        loaded = None
+        if len(mine):  # only cases with regions in supporting clusters are read again
+            volume, mask, region_map = load(case_id)
+            sites = {s.nodule_id: s for s in nodule_sites(mask)}
         for nodule_id in sorted(rows["nodule_id"].astype(str).unique()):
             p0 = base[(case_id, nodule_id)]
             sel = mine[mine["nodule_id"].astype(str) == nodule_id]
             p_without, ids = float("nan"), ""
             if len(sel):
-                if loaded is None:
-                    loaded = load(case_id)
-                volume, mask, region_map = loaded
-                site = {s.nodule_id: s for s in nodule_sites(mask)}[nodule_id]
+                site = sites[nodule_id]
                 remove = grow_mm(np.isin(region_map, sel["case_region"].astype(int).to_numpy()),
                                  reach_mm, volume.spacing_mm)
                 _, p_without = rescore_without(model, card, volume, site.center_zyx, remove,

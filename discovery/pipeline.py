@@ -22,7 +22,7 @@ import torch
 
 from data_tools.volume import Mask, Volume
 
-from .align import AlignThresholds, Alignment, align, distance_to_mask_mm
+from .align import AlignThresholds, Alignment, align, distance_to_mask_mm, grow_mm
 from .descriptors import RegionAnatomy, direction_words, lung_mask, offset_lps_mm, region_descriptors
 from .explain import AttributionInfo, layer_activations, predict_and_explain
 from .model import ModelCard
@@ -257,10 +257,9 @@ def analyze_scan(
         contexts = []
         with _stage(timings, "descriptors"):
             nodule_lps = volume.voxel_to_world(site.center_zyx)
-            own_mask = mask.array[box] == site.label
             for region in regions:
                 inside = labels == region.region_index
-                halo = (distance_to_mask_mm(inside, spacing) <= HALO_MM) & ~own_mask
+                halo = grow_mm(inside, HALO_MM, spacing) & ~own
                 off = offset_lps_mm(region.offset_mm, volume.affine)
                 contexts.append(RegionContext(
                     anatomy=region_descriptors(inside, volume.array[box], lung[box],

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from data_tools.volume import Mask, Volume, affine_from_spacing
+from discovery.align import grow_mm
 from discovery.causal import (
     EFFECT_COLUMNS,
     FALLBACK_PARENCHYMA_HU,
     FLAG_COLUMNS,
-    grow_mm,
     inpaint_parenchyma,
     pattern_effects,
     rescore_without,
