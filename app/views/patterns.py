@@ -94,8 +94,8 @@ if not clusters.empty:
     st.markdown(effect + truth)
     st.caption(f"Predicted malignant: {100 * crow['share_predicted_malignant']:.0f} % of this cluster's "
                f"nodules vs {100 * crow['pool_predicted_malignant']:.0f} % of all nodules with off-mask "
-               f"regions. Median distance from the nodule centre "
-               f"{common.fmt(crow['mean_offset_distance_mm'])} mm (mean); "
+               f"regions. Mean distance from the nodule centre "
+               f"{common.fmt(crow['mean_offset_distance_mm'])} mm; "
                f"mean volume {common.fmt(crow['mean_volume_mm3'])} mm³.")
 
     # -- exemplars -----------------------------------------------------------------------------
