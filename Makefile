@@ -5,8 +5,9 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO   ?= demo
 PORT   ?= 8501
+CASES  ?= 16
 
-.PHONY: install test demo demo-data bench clean
+.PHONY: install test demo demo-data bench bench-discovery clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -19,8 +20,8 @@ test: install
 	$(PY) -m pytest -q
 
 demo-data: install
-	@test -f $(DEMO)/cohort/truth.json || $(VENV)/bin/discovery sample $(DEMO)/cohort --cases 8 --seed 7
-	@test -f $(DEMO)/results/findings.csv || $(VENV)/bin/discovery score $(DEMO)/cohort --out $(DEMO)/results
+	@test -f $(DEMO)/cohort/truth.json || $(VENV)/bin/discovery sample $(DEMO)/cohort --cases $(CASES) --seed 7
+	@test -f $(DEMO)/results/findings.csv || $(VENV)/bin/discovery score $(DEMO)/cohort --out $(DEMO)/results --labels $(DEMO)/cohort/truth.csv
 	@test -f $(DEMO)/.sanity-done || ($(VENV)/bin/discovery sanity $(DEMO)/results --methods gradcam,gradcam++,hirescam,layercam,integrated_gradients && touch $(DEMO)/.sanity-done)
 	$(VENV)/bin/discovery report $(DEMO)/results --format html --out $(DEMO)/results/report.html
 
@@ -31,6 +32,9 @@ demo: demo-data
 bench: install
 	$(PY) benchmarks/pipeline.py
 	$(PY) benchmarks/explain.py
+
+bench-discovery: install
+	$(PY) benchmarks/discovery.py --seed 2
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

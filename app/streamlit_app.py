@@ -10,8 +10,9 @@ import streamlit as st
 st.set_page_config(layout="wide", page_title="Nodule discovery review")
 
 st.navigation([
-    st.Page("views/cases.py", title="Cases", icon=":material/table_rows:", url_path="cases",
-            default=True),
+    st.Page("views/overview.py", title="Overview", icon=":material/dashboard:",
+            url_path="overview", default=True),
+    st.Page("views/cases.py", title="Cases", icon=":material/table_rows:", url_path="cases"),
     st.Page("views/case.py", title="Case", icon=":material/radiology:", url_path="case"),
     st.Page("views/patterns.py", title="Patterns", icon=":material/hub:", url_path="patterns"),
 ]).run()

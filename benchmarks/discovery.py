@@ -51,15 +51,14 @@ from discovery.cluster_stats import adjusted_rand, match_kind, top_k_precision  
 from discovery.model import ModelCard, default_architecture, load_model  # noqa: E402
 from discovery.patterns import PatternSettings, cluster_regions  # noqa: E402
 from discovery.pipeline import HALO_MM, analyze_scan  # noqa: E402
-from discovery.preprocess import extract_roi, nodule_sites, normalize_hu  # noqa: E402
-from discovery.train import RoiDataset, TrainSettings, train_model  # noqa: E402
+from discovery.train import TrainSettings, synthetic_rois, train_model  # noqa: E402
 
 KINDS = ("marker_bead", "pleural_tail", "granuloma")
 ROLE = {"marker_bead": "shortcut", "pleural_tail": "sign", "granuloma": "distractor"}
 #: Small, coarse scans: the benchmark measures discovery, not resampling.
 GEOMETRY = dict(shape_yx=160, n_slices=(64, 80), pixel_spacing_mm=(1.3, 1.6),
                 slice_spacing_mm=(1.5, 2.0))
-TRAIN_CONFIG = SyntheticConfig(**GEOMETRY, p_bead_malignant=0.8, p_bead_benign=0.0)
+TRAIN_CONFIG = SyntheticConfig(**GEOMETRY, p_bead_malignant=0.9, p_bead_benign=0.0)
 TEST_CONFIG = replace(TRAIN_CONFIG, p_bead_malignant=0.4, p_bead_benign=0.4)
 TEST_SEED_OFFSET = 10_000
 
@@ -76,20 +75,8 @@ def _model(args, log):
         log(f"reusing model {out.name}")
         return load_model(out)
     card = ModelCard(architecture=default_architecture(), gradcam_layer="layer3")
-    xs, ys, groups = [], [], []
-    for i in range(args.train_cases):
-        c = generate_case(args.seed, config=TRAIN_CONFIG, index=i)
-        vol = Volume(c.hu, c.affine)
-        malignant = {n["label"]: int(n["malignant"]) for n in c.nodules}
-        for s in nodule_sites(Mask(c.mask, c.affine)):
-            roi = extract_roi(vol, s.center_zyx, size_vox=card.roi_size_vox,
-                              spacing_mm=card.roi_spacing_mm)
-            xs.append(normalize_hu(roi.hu, card.hu_window)[None])
-            ys.append(malignant[s.label])
-            groups.append(i)
-    log(f"training cohort: {args.train_cases} cases, {len(ys)} nodules")
-    data = RoiDataset(np.stack(xs).astype(np.float32), np.asarray(ys), np.asarray(groups),
-                      [f"train-{i}" for i in range(args.train_cases)], _cache_key(args))
+    data = synthetic_rois(args.seed, args.train_cases, card, config=TRAIN_CONFIG)
+    log(f"training cohort: {args.train_cases} cases, {len(data.y)} nodules")
     settings = TrainSettings(epochs=args.epochs, patience=args.epochs, lr=2e-3,
                              val_fraction=0.15, test_fraction=0.0, seed=args.seed)
     train_model(data, out, settings=settings, card=card,
@@ -274,7 +261,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     ap.add_argument("--train-cases", type=int, default=200)
     ap.add_argument("--test-cases", type=int, default=120)
-    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--method", default="hdbscan", choices=["hdbscan", "spectral"])
     ap.add_argument("--min-cluster-size", type=int, default=5)
     ap.add_argument("--dump", default=None, help="folder for the region/cluster/nodule tables (pickles)")

@@ -496,7 +496,8 @@ def place_nodules(grid: Grid, lung: np.ndarray, rng, specs: list[dict], *,
     """Choose centres and shapes for *specs* (in order).
 
     Each nodule lies in the lung (core at least 4 mm from the pleura, or, for a pleural tail,
-    its centre 4-19.5 mm from it), its centre at least *edge_mm* from every volume face, and
+    its surface 7-14 mm and its centre at most 19.5 mm from it, so that most of the tail lies
+    beyond a 5 mm margin around the nodule), its centre at least *edge_mm* from every volume face, and
     apart from the others (*pref_sep_mm* preferred).  A nodule with no room is shrunk, then
     loses its tail, then is dropped.  Returns the placed specs, each with ``centre_mm``,
     ``parts``, ``extent``, ``sl``/``frac`` (occupancy box) and ``tail_dir``/``pleura_mm``.
@@ -518,7 +519,7 @@ def place_nodules(grid: Grid, lung: np.ndarray, rng, specs: list[dict], *,
         while not done:
             r = diameter / 2
             if spec["tail"]:
-                cand = allowed & (dist >= r + 5.0) & (dist <= min(r + 12.0, 19.0))
+                cand = allowed & (dist >= r + 8.0) & (dist <= min(r + 14.0, 19.0))
             else:
                 cand = allowed & (dist >= r + 4.0)
             flat = np.flatnonzero(cand)
@@ -532,7 +533,7 @@ def place_nodules(grid: Grid, lung: np.ndarray, rng, specs: list[dict], *,
                     nearest = grid.to_mm(2 * inds[(slice(None),) + tuple(di)])
                     tail_dir = unit(nearest - c)
                     pleura = pleura_along(grid, lung, c, tail_dir)
-                    if not (r + 4.0 <= pleura <= 19.5):
+                    if not (r + 7.0 <= pleura <= 19.5):
                         continue
                 parts, extent = nodule_parts(rng, spec["margin"], r, tail_dir)
                 sep = [np.linalg.norm(c - o["centre_mm"]) for o in placed]

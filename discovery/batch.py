@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 
 from data_tools.cases import CaseSpec, discover_cases, load_case
-from data_tools.errors import DataError
+from data_tools.deid import pseudonymous_id
+from data_tools.errors import DataError, file_label
 from data_tools.volume import Mask, Volume
 
 from .descriptors import describe_region
@@ -30,7 +31,8 @@ from .patterns import PatternSettings, cluster_regions
 from .pipeline import CaseResult, ScoreSettings, analyze_scan
 from .store import ResultsStore, load_case_arrays, save_case_arrays
 
-__all__ = ["BatchSummary", "score_folder", "write_tables", "recluster", "safe_error"]
+__all__ = ["BatchSummary", "score_folder", "write_tables", "recluster", "safe_error",
+           "read_labels"]
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +153,55 @@ def _score_one(spec: CaseSpec, model, card, results_dir: Path, settings: ScoreSe
     return status, len(nodules), len(regions)
 
 
+def read_labels(path: str | Path) -> pd.DataFrame:
+    """Known true labels of nodules, keyed the way the results are.
+
+    Parameters
+    ----------
+    path : path
+        CSV with a case column (``case_dir`` or ``case_id``: the case folder's name or the
+        manifest's case id, as at the source), a nodule column (``nodule_label``: the mask
+        label, or ``nodule_id`` such as ``n2``) and ``malignant`` (0 or 1).  The truth manifest
+        ``truth.csv`` of ``discovery sample`` has this form.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``case_id`` (pseudonymous, as in the results), ``nodule_id``, ``malignant`` (int).
+
+    Raises
+    ------
+    DataError
+        Unreadable file, missing columns or a label other than 0/1 (the message names the
+        file by its base name and the offending rows).
+    """
+    path = Path(path)
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read the labels file {file_label(path)}: {type(exc).__name__}",
+                        path=path) from None
+    case_col = next((c for c in ("case_dir", "case_id") if c in table.columns), None)
+    nod_col = next((c for c in ("nodule_label", "nodule_id") if c in table.columns), None)
+    if case_col is None or nod_col is None or "malignant" not in table.columns:
+        raise DataError(f"labels file {file_label(path)} needs columns case_dir (or case_id), "
+                        f"nodule_label (or nodule_id) and malignant; it has "
+                        f"{list(table.columns)}", path=path)
+    bad = ~table["malignant"].str.strip().isin(["0", "1"])
+    if bad.any():
+        rows = [int(i) + 2 for i in np.flatnonzero(bad.to_numpy())[:5]]
+        raise DataError(f"labels file {file_label(path)}: malignant must be 0 or 1; line(s) "
+                        f"{rows} hold something else", path=path)
+    nodule = table[nod_col].str.strip()
+    if nod_col == "nodule_label":
+        nodule = "n" + nodule
+    return pd.DataFrame({
+        "case_id": [pseudonymous_id(str(c).strip()) for c in table[case_col]],
+        "nodule_id": nodule.to_numpy(),
+        "malignant": table["malignant"].str.strip().astype(int).to_numpy(),
+    }).drop_duplicates(["case_id", "nodule_id"], keep="last").reset_index(drop=True)
+
+
 def recluster(store: ResultsStore, settings: PatternSettings = PatternSettings(), *,
               model=None, card=None, results_dir: str | Path | None = None) -> int:
     """Cluster all off-mask regions in the store; return the number of clusters.
@@ -164,8 +215,11 @@ def recluster(store: ResultsStore, settings: PatternSettings = PatternSettings()
         store.set_patterns(regions.assign(cluster=[], embedding_x=[], embedding_y=[]),
                            pd.DataFrame(columns=["cluster"]))
         return 0
-    clustered, clusters = cluster_regions(regions.drop(columns=["cluster", "embedding_x", "embedding_y"]),
-                                          settings=settings)
+    regions = regions.drop(columns=["cluster", "embedding_x", "embedding_y"])
+    labels = store.labels()
+    if len(labels):  # the truth-enrichment columns, where labels are known
+        regions = regions.merge(labels, on=["case_id", "nodule_id"], how="left")
+    clustered, clusters = cluster_regions(regions, settings=settings)
     flags = None
     if model is not None and card is not None and results_dir is not None and len(clusters):
         def load(case_id: str):
@@ -204,6 +258,7 @@ def score_folder(
     model_dir: str | Path | None = None,
     settings: ScoreSettings = ScoreSettings(),
     pattern_settings: PatternSettings = PatternSettings(),
+    labels: str | Path | None = None,
     progress: Progress | None = None,
 ) -> BatchSummary:
     """Score every case under *input_path* into *results_dir*.
@@ -218,6 +273,9 @@ def score_folder(
         ``cases/<case_id>.npz``.
     model_dir : path, optional
         Model folder; default the committed demo model.
+    labels : path, optional
+        Known true labels (:func:`read_labels`), stored with the results; the pattern
+        clusters then also report enrichment against the true label.
     progress : callable(done, total, case_id), optional
 
     Returns
@@ -228,10 +286,14 @@ def score_folder(
     results_dir = Path(results_dir)
     model, card = load_model(model_dir)
     specs = discover_cases(input_path)
+    known = read_labels(labels) if labels is not None else None  # bad file: fail before scoring
     store = ResultsStore(results_dir)
+    if known is not None:
+        store.set_labels(known)
     store.set_meta(model_sha256=card.weights_sha256, roi_size_vox=list(card.roi_size_vox),
                    roi_spacing_mm=list(card.roi_spacing_mm), gradcam_layer=card.gradcam_layer,
-                   method=settings.method, hu_window=list(card.hu_window))
+                   method=settings.method, hu_window=list(card.hu_window),
+                   threshold=float(card.metrics.get("threshold", 0.5)))
     n_ok = n_failed = n_no_mask = n_nod = n_reg = 0
     failed: list[tuple[str, str]] = []
     for i, spec in enumerate(specs):

@@ -12,6 +12,8 @@ nodule itself (its annotated mask) is never touched.
 
 from __future__ import annotations
 
+import logging
+import zipfile
 from dataclasses import dataclass
 from typing import Callable
 
@@ -25,6 +27,8 @@ from data_tools.volume import Mask, Volume
 from .align import grow_mm
 from .model import ModelCard
 from .preprocess import extract_roi, nodule_sites, normalize_hu
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "PARENCHYMA_BAND_HU",
@@ -255,6 +259,17 @@ def rescore_without(
 CaseLoader = Callable[[str], "tuple[Volume, Mask, np.ndarray]"]
 
 
+def _try_load(load: CaseLoader, case_id: str):
+    """``load(case_id)``, or None (with a warning naming the case only) when its stored
+    arrays cannot be read: one unreadable case must not cost the cohort its causal check."""
+    try:
+        return load(case_id)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        log.warning("causal check skips case %s: its stored arrays cannot be read (%s)",
+                    case_id, type(exc).__name__)
+        return None
+
+
 def _regions_by_case(regions: pd.DataFrame):
     for case_id, rows in regions.groupby("case_id", sort=True):
         yield str(case_id), rows
@@ -322,8 +337,13 @@ def pattern_effects(
     clustered = regions[regions["cluster"].astype(int) >= 0]
     deltas: dict[int, list[float]] = {int(c): [] for c in clusters["cluster"]}
     base: dict[tuple[str, str], float] = {}
+    unreadable: set[str] = set()
     for case_id, rows in _regions_by_case(clustered):
-        volume, mask, region_map = load(case_id)
+        loaded = _try_load(load, case_id)
+        if loaded is None:
+            unreadable.add(case_id)
+            continue
+        volume, mask, region_map = loaded
         sites = {s.nodule_id: s for s in nodule_sites(mask)}
         protect = mask.array > 0
         for (nodule_id, c), grp in rows.groupby(["nodule_id", "cluster"], sort=True):
@@ -347,9 +367,14 @@ def pattern_effects(
     supporting = {c for c, e in effects.items() if e.relied_upon and e.mean_delta < 0}
     flags = []
     for case_id, rows in _regions_by_case(clustered):
+        if case_id in unreadable:
+            continue
         mine = rows[rows["cluster"].astype(int).isin(supporting)]
         if len(mine):  # only cases with regions in supporting clusters are read again
-            volume, mask, region_map = load(case_id)
+            loaded = _try_load(load, case_id)
+            if loaded is None:
+                continue
+            volume, mask, region_map = loaded
             sites = {s.nodule_id: s for s in nodule_sites(mask)}
         for nodule_id in sorted(rows["nodule_id"].astype(str).unique()):
             p0 = base[(case_id, nodule_id)]

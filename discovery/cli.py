@@ -126,6 +126,7 @@ def cmd_score(args) -> int:
         task = bar.add_task("scoring", total=None, note="")
         summary = score_folder(
             args.input, args.out, model_dir=args.model, settings=ScoreSettings(method=args.method),
+            labels=args.labels,
             progress=lambda d, t, cid: bar.update(task, completed=d, total=t, note=cid))
     console.print(
         f"{summary.n_cases} cases: {summary.n_ok} scored, {summary.n_no_mask} without mask, "
@@ -215,6 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--model", default=None, help="model folder (default: the demo model)")
     c.add_argument("--method", default="gradcam", choices=METHODS,
                    help="attribution method (default gradcam; see the README for costs)")
+    c.add_argument("--labels", default=None,
+                   help="CSV of known true labels (case_dir,nodule_label,malignant, e.g. a "
+                        "sample cohort's truth.csv): clusters also report enrichment "
+                        "against the truth")
     c.set_defaults(func=cmd_score)
 
     r = sub.add_parser("report", help="export a findings report")

@@ -114,6 +114,9 @@ _REQUIRED_COLUMNS = [
     "direction",
 ]
 _METHODS = ("hdbscan", "spectral", "agglomerative")
+_MAP_METHODS = ("tsne", "pca")
+#: Fewer regions than this are mapped by PCA: t-SNE needs perplexity < n.
+MIN_TSNE_POINTS = 10
 #: Direction of a cluster whose members agree on none (no direction has half of them).
 VARIED = "in varied directions"
 #: Exemplars kept per cluster (at most one per case).
@@ -146,6 +149,13 @@ class PatternSettings:
         Ward linkage distance (standardised units); required for ``"agglomerative"``.
     n_permutations : int
         Permutations of each enrichment test.
+    n_neighbors, max_clusters : int
+        ``"spectral"`` only: neighbours per region in the kNN graph and the largest number of
+        clusters the eigengap may pick (:func:`discovery.cluster_stats.spectral_eigengap`).
+    map_method : {"tsne", "pca"}
+        The 2-D display map: ``"tsne"`` (the default; t-SNE, PCA-initialised, seeded, perplexity
+        ``min(30, (n - 1) / 3)``; needs at least :data:`MIN_TSNE_POINTS` regions, fewer fall
+        back to PCA) or ``"pca"``.  The map is for display only; clustering never uses it.
     """
 
     min_cluster_size: int = 5
@@ -154,8 +164,19 @@ class PatternSettings:
     method: str = "hdbscan"
     distance_threshold: float | None = None
     n_permutations: int = 2000
+    n_neighbors: int = 10
+    max_clusters: int = 10
+    map_method: str = "tsne"
 
     def __post_init__(self):
+        for name in ("n_neighbors", "max_clusters"):
+            v = getattr(self, name)
+            if not (_is_int(v) and v >= (1 if name == "n_neighbors" else 2)):
+                raise ValueError(f"{name} must be an integer >= "
+                                 f"{1 if name == 'n_neighbors' else 2}; received {v!r}")
+        if self.map_method not in _MAP_METHODS:
+            raise ValueError(f"map_method must be one of {_MAP_METHODS}; "
+                             f"received {self.map_method!r}")
         if not (_is_int(self.min_cluster_size) and self.min_cluster_size >= 2):
             raise ValueError(
                 f"min_cluster_size must be an integer >= 2; received {self.min_cluster_size!r}"
@@ -343,7 +364,8 @@ def _fit_labels(z: np.ndarray, settings: PatternSettings) -> np.ndarray:
         labels = model.fit(z).labels_.astype(np.int64)
         labels[labels < 0] = -1  # -2 / -3 (infinite / missing) cannot occur: rows are finite
     elif settings.method == "spectral":
-        labels, _, _ = spectral_eigengap(z, seed=settings.seed)
+        labels, _, _ = spectral_eigengap(z, seed=settings.seed, n_neighbors=settings.n_neighbors,
+                                         max_clusters=settings.max_clusters)
     else:
         model = AgglomerativeClustering(
             n_clusters=None, distance_threshold=float(settings.distance_threshold), linkage="ward"
@@ -352,14 +374,25 @@ def _fit_labels(z: np.ndarray, settings: PatternSettings) -> np.ndarray:
     return _renumber(labels, settings.min_cluster_size)
 
 
-def _embed(z: np.ndarray) -> np.ndarray:
-    """Deterministic 2-D PCA map of standardised features (zeros when there is no spread)."""
+def _embed(z: np.ndarray, settings: PatternSettings) -> tuple[np.ndarray, str]:
+    """Deterministic 2-D map of standardised features, and the method actually used.
+
+    Zeros (method ``"none"``) when there is no spread; PCA below :data:`MIN_TSNE_POINTS`
+    rows or when asked for; otherwise seeded, PCA-initialised t-SNE.
+    """
     emb = np.zeros((len(z), 2))
     if len(z) < 2 or np.allclose(z, z[0]):
-        return emb
+        return emb, "none"
+    if settings.map_method == "tsne" and len(z) >= MIN_TSNE_POINTS:
+        from sklearn.manifold import TSNE
+
+        perplexity = float(min(30.0, (len(z) - 1) / 3.0))
+        tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto",
+                    random_state=settings.seed, method="barnes_hut")
+        return tsne.fit_transform(z).astype(float), "tsne"
     k = min(2, len(z), z.shape[1])
     emb[:, :k] = PCA(n_components=k, svd_solver="full").fit_transform(z)
-    return emb
+    return emb, "pca"
 
 
 _INT_COLUMNS = ("cluster", "n_regions", "n_cases", "n_nodules")
@@ -409,8 +442,10 @@ def cluster_regions(
     -------
     regions : pandas.DataFrame
         A copy of the input (same index and order) with ``cluster`` (0..C-1 by size, -1 =
-        unclustered or not offered), ``embedding_x``/``embedding_y`` (2-D PCA map of the
-        standardised features, NaN for rows not offered) and ``features_complete``.
+        unclustered or not offered), ``embedding_x``/``embedding_y`` (2-D display map of the
+        standardised features, see ``PatternSettings.map_method``; NaN for rows not offered)
+        and ``features_complete``; ``attrs["map_method"]`` names the map actually drawn
+        (``"tsne"``, ``"pca"`` or ``"none"``).
     clusters : pandas.DataFrame
         One row per cluster, columns :data:`CLUSTER_COLUMNS`:
 
@@ -449,17 +484,19 @@ def cluster_regions(
 
     cluster = np.full(n, -1, dtype=np.int64)
     embedding = np.full((n, 2), np.nan)
+    map_used = "none"
     z_all = np.full((n, len(FEATURE_COLUMNS)), np.nan)
     if len(pos):
         z = _robust_standardise(feats[pos])
         z_all[pos] = z
         cluster[pos] = _fit_labels(z, settings)
-        embedding[pos] = _embed(z)
+        embedding[pos], map_used = _embed(z, settings)
 
     out["cluster"] = cluster
     out["embedding_x"] = embedding[:, 0]
     out["embedding_y"] = embedding[:, 1]
     out["features_complete"] = complete
+    out.attrs["map_method"] = map_used
 
     n_clusters = int(cluster.max()) + 1 if n else 0
     if n_clusters == 0:

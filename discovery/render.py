@@ -24,7 +24,8 @@ import numpy as np
 __all__ = [
     "WINDOWS", "MASK_COLOR", "REGION_COLOR", "COLORMAP", "window_image", "contour",
     "overlay_slice", "colorbar_image", "colorbar_ticks", "labelled_colorbar", "to_png_bytes",
-    "key_slice", "crop_around", "upscale",
+    "key_slice", "crop_around", "upscale", "thumbnail", "densest_near_region", "side_by_side",
+    "exemplar_image",
 ]
 
 #: Display windows, ``name: (width, level)`` in HU.
@@ -260,3 +261,113 @@ def upscale(img, min_size: int) -> np.ndarray:
     if k == 1:
         return arr
     return np.repeat(np.repeat(arr, k, axis=0), k, axis=1)
+
+
+def thumbnail(
+    arrays: dict,
+    *,
+    z: float,
+    center_yx,
+    half_size: int = 32,
+    region: int | None = None,
+    nodule: int | None = None,
+    window: str | tuple[float, float] = "lung",
+    opacity: float = 0.45,
+    threshold: float = 0.0,
+) -> np.ndarray:
+    """An overlay crop of one axial slice of a scored case (exemplars, outcome panels).
+
+    Parameters
+    ----------
+    arrays : dict
+        A case's stored arrays (:func:`discovery.store.load_case_arrays`): ``ct`` (HU),
+        ``attribution``, ``mask`` (nodule labels) and ``region_map`` (off-mask regions),
+        each ``(z, y, x)`` on the scan grid.
+    z : float
+        Slice index (rounded, clipped to the volume).
+    center_yx : (float, float)
+        Crop centre, voxel coordinates.
+    half_size : int
+        The crop is ``2 * half_size + 1`` pixels square.
+    region : int, optional
+        Outline only this off-mask region (label of ``region_map``); default all of them.
+    nodule : int, optional
+        Outline only this nodule's mask; default every nodule.
+    window, opacity, threshold
+        As for :func:`overlay_slice`; the colour scale runs from 0 to the case's attribution
+        maximum (one scale per case, as in the viewer).
+
+    Returns
+    -------
+    ndarray (2*half_size+1, 2*half_size+1, 3) uint8
+    """
+    zi = int(np.clip(round(float(z)), 0, arrays["ct"].shape[0] - 1))
+    crop = {name: crop_around(arrays[name][zi], center_yx, half_size)
+            for name in ("ct", "attribution", "mask", "region_map")}
+    regions2d = crop["region_map"] if region is None else (crop["region_map"] == int(region))
+    mask2d = crop["mask"] > 0 if nodule is None else crop["mask"] == int(nodule)
+    attr_max = float(np.max(arrays["attribution"])) if arrays["attribution"].size else 0.0
+    return overlay_slice(crop["ct"].astype(np.float32), attribution2d=crop["attribution"],
+                         mask2d=mask2d, regions2d=regions2d.astype(np.int16), window=window,
+                         opacity=opacity, attr_max=attr_max if attr_max > 0 else None,
+                         threshold=threshold)
+
+
+def densest_near_region(arrays: dict, region: int, *, reach_vox: int = 2) -> tuple[int, int, int]:
+    """Voxel ``(z, y, x)`` of the highest CT value within *reach_vox* voxels of off-mask region
+    *region* (``region_map`` label): where a bead or calcification next to a region is, so a
+    picture can show it (the region's centroid slice may miss a 4 mm structure).
+
+    Raises ``ValueError`` when the case has no such region.
+    """
+    from scipy import ndimage
+
+    sel = np.asarray(arrays["region_map"]) == int(region)
+    if not sel.any():
+        raise ValueError(f"region {region} is not in this case's region map")
+    zz, yy, xx = np.nonzero(sel)
+    lo = np.maximum([zz.min(), yy.min(), xx.min()], reach_vox) - reach_vox
+    hi = np.asarray([zz.max(), yy.max(), xx.max()]) + reach_vox + 1
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    cube = ndimage.generate_binary_structure(3, 3)  # "within reach_vox" in every direction
+    near = (ndimage.binary_dilation(sel[box], structure=cube, iterations=int(reach_vox))
+            if reach_vox else sel[box])
+    ct = np.where(near, np.asarray(arrays["ct"])[box], np.iinfo(np.int32).min)
+    k = np.unravel_index(int(np.argmax(ct)), ct.shape)
+    return tuple(int(s.start + i) for s, i in zip(box, k))
+
+
+def side_by_side(*images: np.ndarray, gap: int = 4) -> np.ndarray:
+    """RGB images of equal height joined left to right with a white gap of *gap* pixels."""
+    if not images:
+        raise ValueError("side_by_side needs at least one image")
+    h = images[0].shape[0]
+    if any(im.shape[0] != h for im in images):
+        raise ValueError(f"images must share a height; received {[im.shape for im in images]}")
+    white = np.full((h, int(gap), 3), 255, np.uint8)
+    parts = []
+    for i, im in enumerate(images):
+        if i:
+            parts.append(white)
+        parts.append(np.asarray(im, np.uint8))
+    return np.concatenate(parts, axis=1)
+
+
+def exemplar_image(arrays: dict, exemplar, *, half_size: int = 32, threshold: float = 0.0,
+                   opacity: float = 0.4) -> np.ndarray:
+    """The picture of one overview exemplar: the plain crop and the overlay, side by side.
+
+    *exemplar* has ``z``, ``center_yx``, ``region``, ``nodule`` and ``focus``
+    (:class:`discovery.outcomes.Exemplar`).  With ``focus == "densest"`` the crop goes to the
+    slice of the densest voxel next to the region (:func:`densest_near_region`) and is
+    centred halfway between it and ``center_yx`` (the nodule), so nodule and artifact share
+    the picture.
+    """
+    z, (cy, cx) = exemplar.z, exemplar.center_yx
+    if getattr(exemplar, "focus", "centroid") == "densest" and exemplar.region is not None:
+        dz, dy, dx = densest_near_region(arrays, exemplar.region)
+        z, cy, cx = dz, (cy + dy) / 2.0, (cx + dx) / 2.0
+    kw = dict(z=z, center_yx=(cy, cx), half_size=half_size, region=exemplar.region,
+              nodule=exemplar.nodule, threshold=threshold)
+    return side_by_side(thumbnail(arrays, opacity=0.0, **kw),
+                        thumbnail(arrays, opacity=opacity, **kw))

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from . import render
+from .outcomes import ARTIFACT_HU, outcome_panels
 from .store import ResultsStore, load_case_arrays
 
 __all__ = ["write_report", "build_html"]
@@ -37,7 +38,12 @@ td.l,th.l{text-align:left} .nodule{border:1px solid #cbd5e0;border-radius:6px;pa
 .imgs{display:flex;gap:10px;align-items:flex-start;flex-wrap:wrap} .imgs figure{margin:0;text-align:center;font-size:0.8em;color:#4a5568}
 .imgs img{image-rendering:pixelated;border:1px solid #2d3748} .badge{color:#fff;border-radius:4px;padding:2px 8px;font-weight:600}
 .note{background:#f7fafc;border-left:4px solid #a0aec0;padding:6px 10px;font-size:0.9em}
+.outcomes{display:grid;grid-template-columns:repeat(3,1fr);gap:12px;page-break-inside:avoid}
+.outcome{border:1px solid #cbd5e0;border-top:6px solid #4a5568;border-radius:6px;padding:8px 12px;font-size:0.9em}
+.outcome h3{margin:4px 0 6px 0;font-size:1.05em} .outcome .n{font-size:1.8em;font-weight:700;margin:0}
+.outcome figure{margin:4px 0;font-size:0.8em;color:#4a5568;text-align:center} .outcome img{image-rendering:pixelated;border:1px solid #2d3748;max-width:100%}
 """
+_OUTCOME_COLOURS = {"on the tumour": "#1b7f3b", "shortcut": "#c53030", "candidate sign": "#2b6cb0"}
 
 
 def _img(rgb: np.ndarray, *, width: int | None = None, alt: str = "") -> str:
@@ -130,14 +136,9 @@ def _cluster_section(clusters: pd.DataFrame, regions: pd.DataFrame, results_dir:
                 continue
             reg = by_key.loc[key]
             arrays = cache.setdefault(reg["case_id"], load_case_arrays(results_dir, reg["case_id"]))
-            z = int(round(reg["centroid_z"]))
-            center = (float(reg["centroid_y"]), float(reg["centroid_x"]))
-            crop = lambda a: render.crop_around(a, center, 32)  # noqa: E731
-            rgb = render.overlay_slice(
-                crop(arrays["ct"][z]).astype(np.float32), attribution2d=crop(arrays["attribution"][z]),
-                mask2d=crop(arrays["mask"][z] > 0), regions2d=crop(arrays["region_map"][z] == int(reg["case_region"])),
-                window="lung", opacity=0.45, attr_max=float(arrays["attribution"].max()) or 1.0,
-                threshold=DISPLAY_THRESHOLD)
+            rgb = render.thumbnail(arrays, z=reg["centroid_z"],
+                                   center_yx=(reg["centroid_y"], reg["centroid_x"]),
+                                   region=int(reg["case_region"]), threshold=DISPLAY_THRESHOLD)
             figs.append(f"<figure>{_img(_zoom(rgb, 3), alt=key)}<figcaption>{html.escape(reg['case_id'])}</figcaption></figure>")
         parts.append(f"""
 <div class="nodule"><h3>Cluster {int(c.cluster)}: {html.escape(str(c.description))}</h3>
@@ -148,6 +149,32 @@ permutation p = {_fmt(c.p_predicted, 3)}, q = {_fmt(c.q_predicted, 3)}){_truth(c
 <p><b>Causal check:</b> {_effect(c)}</p>
 <div class="imgs">{''.join(figs)}</div></div>""")
     return "".join(parts)
+
+
+def _outcomes_section(findings: pd.DataFrame, clusters: pd.DataFrame, regions: pd.DataFrame,
+                      results_dir: Path, cache: dict[str, dict], threshold: float) -> str:
+    panels = outcome_panels(findings, clusters, regions, threshold=threshold)
+    cells = []
+    for p in panels:
+        figs = []
+        for ex in p.exemplars:
+            arrays = cache.setdefault(ex.case_id, load_case_arrays(results_dir, ex.case_id))
+            rgb = render.exemplar_image(arrays, ex, threshold=DISPLAY_THRESHOLD)
+            figs.append(f"<figure>{_img(_zoom(rgb, 2), alt=ex.caption)}"
+                        f"<figcaption>{html.escape(ex.caption)}</figcaption></figure>")
+        colour = _OUTCOME_COLOURS.get(p.outcome, "#4a5568")
+        cells.append(f"""<div class="outcome" style="border-top-color:{colour}">
+<h3>{html.escape(p.title)}</h3><p class="n" style="color:{colour}">{p.n_nodules} nodule{'s' if p.n_nodules != 1 else ''}</p>
+<p>{html.escape(p.lead)}</p>{''.join(figs)}</div>""")
+    return f"""<p class="note">Each scored nodule is read by the rules in <code>discovery/outcomes.py</code>:
+<b>shortcut</b> when its malignant prediction would not survive removing off-mask regions of a cluster the
+model relies on and that cluster is metal-dense (median density within 3 mm at least {ARTIFACT_HU:.0f} HU);
+<b>candidate pattern</b> when it has a region in an anatomical-density cluster that the model relies on
+for malignancy or that is enriched for predicted-malignant nodules (q &lt; 0.05); <b>on the tumour</b>
+when its verdict is aligned. Pictures: axial crops in lung window, plain and with the Grad-CAM
+overlay (from 20% of the case maximum); green the nodule mask, cyan the off-mask region; shortcut
+pictures are on the slice of the densest voxel next to the region, between nodule and artifact.</p>
+<div class="outcomes">{''.join(cells)}</div>"""
 
 
 def _sanity_section(randomization: pd.DataFrame, perturbation: pd.DataFrame) -> str:
@@ -197,6 +224,7 @@ def build_html(results_dir: str | Path) -> str:
     failed_html = "".join(f"<li>{html.escape(r.case_id)}: {html.escape(r.error)}</li>"
                           for r in failed.itertuples())
     cache: dict[str, dict] = {}
+    threshold = float(meta.get("threshold", 0.5) or 0.5)
     nodules_html = []
     for _, row in scored.sort_values(["verdict", "probability"], ascending=[True, False]).iterrows():
         arrays = cache.setdefault(row["case_id"], load_case_arrays(results_dir, row["case_id"]))
@@ -214,6 +242,8 @@ scale per case (0 to the case maximum); the overlay shows values of at least 20%
 annotated nodule: <b>aligned</b> (peak within tolerance and at least half the attention near the mask),
 <b>off-mask</b> (peak away and less than a quarter near the mask), <b>partial</b> otherwise. Off-mask attention
 is a question for a reviewer, not automatically an error.</p>
+<h2>What the explanations say: three outcomes</h2>
+{_outcomes_section(findings, clusters, regions, results_dir, cache, threshold)}
 <h2>Summary</h2><table><tr><th class="l">verdict</th><th>nodules</th></tr>{summary_rows}</table>
 {f'<h3>Cases that could not be scored</h3><ul>{failed_html}</ul>' if failed_html else ''}
 <h2>Nodules</h2>{''.join(nodules_html) or '<p>No nodules were scored.</p>'}

@@ -49,7 +49,7 @@ __all__ = [
     "NODULE_REVIEW_CHOICES", "CLUSTER_REVIEW_CHOICES", "save_case_arrays", "load_case_arrays",
 ]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 DB_NAME = "discovery.sqlite"
 
 #: Columns of findings.csv, in order (one row per nodule; failed cases have one row).
@@ -119,6 +119,9 @@ CREATE TABLE IF NOT EXISTS sanity_randomization (
 CREATE TABLE IF NOT EXISTS sanity_perturbation (
   {per},
   PRIMARY KEY (case_id, nodule_id, method));
+CREATE TABLE IF NOT EXISTS labels (
+  case_id TEXT NOT NULL, nodule_id TEXT NOT NULL, malignant INTEGER NOT NULL,
+  PRIMARY KEY (case_id, nodule_id));
 CREATE TABLE IF NOT EXISTS review_audit (
   id INTEGER PRIMARY KEY AUTOINCREMENT, item_type TEXT NOT NULL, item_id TEXT NOT NULL,
   reviewer TEXT NOT NULL, old_verdict TEXT, new_verdict TEXT NOT NULL, note TEXT NOT NULL,
@@ -262,6 +265,19 @@ class ResultsStore:
             con.execute("DELETE FROM clusters")
             rows = clusters.to_dict("records")
             self._insert(con, "clusters", CLUSTER_COLUMNS, rows)
+
+    def set_labels(self, labels: pd.DataFrame) -> None:
+        """Replace the known true labels (``case_id``, ``nodule_id``, ``malignant`` 0/1)."""
+        with self.write() as con:
+            con.execute("DELETE FROM labels")
+            con.executemany("INSERT INTO labels VALUES (?, ?, ?)",
+                            [(str(r.case_id), str(r.nodule_id), int(r.malignant))
+                             for r in labels.itertuples()])
+
+    def labels(self) -> pd.DataFrame:
+        """Known true labels: ``case_id``, ``nodule_id``, ``malignant`` (empty if none)."""
+        return self.query("SELECT case_id, nodule_id, malignant FROM labels "
+                          "ORDER BY case_id, nodule_id")
 
     def set_sanity(self, randomization: list[dict[str, Any]], perturbation: list[dict[str, Any]]) -> None:
         """Replace the sanity rows of every method present in the new rows (one transaction)."""

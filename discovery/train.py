@@ -18,6 +18,7 @@ A checkpoint from other data or other settings is refused.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import os
@@ -34,6 +35,7 @@ from sklearn.metrics import roc_auc_score
 from data_tools.cases import discover_cases, load_case
 from data_tools.deid import pseudonymous_id
 from data_tools.errors import DataError, file_label
+from data_tools.volume import Mask, Volume
 
 from .model import ModelCard, build_network, save_model
 from .preprocess import extract_roi, nodule_sites, normalize_hu
@@ -129,6 +131,48 @@ def collect_rois(cohorts, card: ModelCard, *, labels_csv: str | Path | None = No
     digest = hashlib.sha256("\n".join(case_ids).encode()).hexdigest()
     return RoiDataset(np.stack(xs).astype(np.float32), np.asarray(ys, np.int64),
                       np.asarray([index[c] for c in cases]), case_ids, digest)
+
+
+def synthetic_rois(seed: int, n_cases: int, card: ModelCard, *, config=None,
+                   progress: Callable[[int, int], None] | None = None) -> RoiDataset:
+    """ROIs of a synthetic cohort generated in memory (no DICOM written).
+
+    Case ``i`` is :func:`data_tools.synthetic.generate_case` ``(seed, config=config, index=i)``,
+    the same phantom ``discovery sample`` would write; one ROI per nodule, labelled by the
+    truth manifest.  Case ids are ``synthetic-s{seed}-{i:04d}``.
+
+    Parameters
+    ----------
+    seed, n_cases : int
+        Cohort seed and size (``n_cases >= 3`` for a patient-level split).
+    card : ModelCard
+        ROI size, spacing and HU window.
+    config : data_tools.synthetic.SyntheticConfig, optional
+        Cohort settings (default: ``SyntheticConfig()``, the sample cohort's).
+    """
+    from data_tools.synthetic import SyntheticConfig, generate_case
+
+    if not (isinstance(n_cases, int) and n_cases >= 3):
+        raise ValueError(f"n_cases must be an integer >= 3; received {n_cases!r}")
+    config = SyntheticConfig() if config is None else config
+    xs, ys, groups = [], [], []
+    for i in range(n_cases):
+        c = generate_case(seed, config=config, index=i)
+        volume = Volume(c.hu, c.affine)
+        malignant = {n["label"]: int(n["malignant"]) for n in c.nodules}
+        for site in nodule_sites(Mask(c.mask, c.affine)):
+            roi = extract_roi(volume, site.center_zyx, size_vox=card.roi_size_vox,
+                              spacing_mm=card.roi_spacing_mm)
+            xs.append(normalize_hu(roi.hu, card.hu_window)[None])
+            ys.append(malignant[site.label])
+            groups.append(i)
+        if progress:
+            progress(i + 1, n_cases)
+    case_ids = [f"synthetic-s{seed}-{i:04d}" for i in range(n_cases)]
+    digest = hashlib.sha256(json.dumps([config.to_dict(), seed, n_cases], sort_keys=True,
+                                       default=str).encode()).hexdigest()
+    return RoiDataset(np.stack(xs).astype(np.float32), np.asarray(ys, np.int64),
+                      np.asarray(groups), case_ids, digest)
 
 
 def _split(n_groups: int, s: TrainSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -103,7 +103,12 @@ def build_tiny_results(root: Path, *, with_regions: bool = True) -> Path:
             "effect_mean": -0.25, "effect_ci_low": -0.3, "effect_ci_high": -0.2,
             "relied_upon": 1,
         }], columns=CLUSTER_COLUMNS)
-        store.set_patterns(regions, clusters)
+        # case-A's malignant prediction rests on the (metal-dense, relied-upon) cluster 0
+        flags = pd.DataFrame({"case_id": ["case-A", "case-B"], "nodule_id": ["n1", "n1"],
+                              "probability": [0.83, 0.21], "probability_without": [0.31, 0.2],
+                              "flag_score": [0.52, 0.01], "flagged": [True, False],
+                              "flag_clusters": ["0", "0"]})
+        store.set_patterns(regions, clusters, flags)
     store.close()
     return root
 

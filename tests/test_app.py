@@ -73,6 +73,7 @@ def test_open_case_button_goes_to_the_case_page(tiny_results, monkeypatch):
     monkeypatch.setenv("DISCOVERY_RESULTS", str(tiny_results))
     at = AppTest.from_file(str(APP / "streamlit_app.py"), default_timeout=TIMEOUT).run()
     assert not at.exception
+    at.switch_page("views/cases.py").run(timeout=TIMEOUT)
     at.selectbox(key="cases_pick").set_value(("case-B", "n1"))
     at.button(key="cases_open").click().run(timeout=TIMEOUT)
     assert not at.exception
@@ -181,13 +182,39 @@ def test_patterns_page_empty_state(tiny_results_no_regions):
     assert any("No off-mask regions" in i.value for i in at.info)
 
 
+# -- overview page ----------------------------------------------------------------------------
+def test_overview_shows_the_three_outcomes_side_by_side(tiny_results):
+    at = page("overview", tiny_results)
+    assert not at.exception
+    heads = [h.value for h in at.subheader]
+    assert any("On the tumour" in h for h in heads)
+    assert any("shortcut" in h for h in heads)
+    assert any("candidate pattern" in h for h in heads)
+    # case-A is flagged on the metal-dense cluster 0: one shortcut nodule with its picture
+    assert [m.value for m in at.metric] == ["0", "1", "0"]
+    assert any("cluster 0" in m.value and "2600 HU" in m.value for m in at.markdown)
+    assert len(at.image) == 1
+    table = at.dataframe[0].value.set_index("case_id")
+    assert table.loc["case-A", "outcome"] == "shortcut"
+    assert table.loc["case-B", "outcome"] == "other"
+    assert table.loc["case-A", "without"] == pytest.approx(0.31)
+
+
+def test_overview_without_regions_has_no_shortcut_or_pattern(tiny_results_no_regions):
+    at = page("overview", tiny_results_no_regions)
+    assert not at.exception
+    assert [m.value for m in at.metric] == ["0", "0", "0"]
+    assert any("No prediction rests" in m.value for m in at.markdown)
+
+
 # -- router and results folder ------------------------------------------------------------------
 def test_router_runs_every_page(tiny_results, monkeypatch):
     monkeypatch.setenv("DISCOVERY_RESULTS", str(tiny_results))
     at = AppTest.from_file(str(APP / "streamlit_app.py"), default_timeout=TIMEOUT).run()
     assert not at.exception
-    assert at.title[0].value == "Cases"
-    for path, heading in [("views/case.py", "Case review"), ("views/patterns.py", "Patterns")]:
+    assert at.title[0].value == "Overview"
+    for path, heading in [("views/cases.py", "Cases"), ("views/case.py", "Case review"),
+                          ("views/patterns.py", "Patterns")]:
         at.switch_page(path).run(timeout=TIMEOUT)
         assert not at.exception
         assert heading in [h.value for h in list(at.title) + list(at.header)]

@@ -101,3 +101,64 @@ def test_rescoring_replaces_rather_than_duplicates(scored, model_dir):
 def test_safe_error_scrubs_paths():
     msg = safe_error(OSError("cannot open /srv/imports/SMITH^JOHN/IM1.dcm"), "/srv/imports")
     assert "SMITH" not in msg and "/srv" not in msg and "IM1.dcm" in msg
+
+
+# -- known labels -------------------------------------------------------------------------------
+def test_read_labels_accepts_the_truth_manifest_and_hashes_case_names(tmp_path):
+    from data_tools.deid import pseudonymous_id
+    from discovery.batch import read_labels
+
+    (tmp_path / "truth.csv").write_text(
+        "case_dir,nodule_label,malignant,diameter_mm\nPATIENT_A,1,1,12.0\nPATIENT_A,2,0,8.0\n")
+    got = read_labels(tmp_path / "truth.csv")
+    assert list(got.columns) == ["case_id", "nodule_id", "malignant"]
+    assert list(got["case_id"]) == [pseudonymous_id("PATIENT_A")] * 2
+    assert list(got["nodule_id"]) == ["n1", "n2"] and list(got["malignant"]) == [1, 0]
+    (tmp_path / "ids.csv").write_text("case_id,nodule_id,malignant\nX,n3,1\n")
+    assert read_labels(tmp_path / "ids.csv").iloc[0].to_dict() == {
+        "case_id": pseudonymous_id("X"), "nodule_id": "n3", "malignant": 1}
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("case,nodule,malignant\nA,1,1\n", "needs columns"),
+    ("case_dir,nodule_label,malignant\nA,1,yes\nA,2,1\n", "line(s) [2]"),
+])
+def test_read_labels_errors_name_the_file_not_its_folder(tmp_path, text, needle):
+    from data_tools.errors import DataError
+    from discovery.batch import read_labels
+
+    folder = tmp_path / "PATIENT_SECRET"
+    folder.mkdir()
+    (folder / "labels.csv").write_text(text)
+    with pytest.raises(DataError) as err:
+        read_labels(folder / "labels.csv")
+    assert needle in str(err.value) and "'labels.csv'" in str(err.value)
+    assert "PATIENT_SECRET" not in str(err.value)
+
+
+def test_labels_are_stored_and_reach_the_clustering(scored, tmp_path, monkeypatch):
+    import discovery.batch as batch
+    from data_tools.deid import pseudonymous_id
+
+    root, _, _ = scored
+    (tmp_path / "truth.csv").write_text(
+        "case_dir,nodule_label,malignant\nPATIENT_A,1,1\nPATIENT_A,2,0\nPATIENT_B,3,1\n")
+    store = ResultsStore(root / "out", create=False)
+    store.set_labels(batch.read_labels(tmp_path / "truth.csv"))
+    assert len(store.labels()) == 3
+    seen = {}
+    real = batch.cluster_regions
+
+    def spy(regions, settings):
+        seen["regions"] = regions
+        return real(regions, settings=settings)
+
+    monkeypatch.setattr(batch, "cluster_regions", spy)
+    batch.recluster(store)
+    regs = seen["regions"]
+    a = regs[regs["case_id"] == pseudonymous_id("PATIENT_A")]
+    assert len(a) and a["malignant"].notna().all()
+    want = {"n1": 1, "n2": 0}
+    assert all(int(m) == want[n] for n, m in zip(a["nodule_id"], a["malignant"]))
+    store.set_labels(pd.DataFrame(columns=["case_id", "nodule_id", "malignant"]))
+    assert store.labels().empty

@@ -138,6 +138,22 @@ def test_pattern_effects_finds_the_relied_upon_cluster_and_flags_its_nodules():
     assert (f.loc[["c0", "c1", "c2", "c3"], "flag_clusters"] == "0").all()
 
 
+def test_an_unreadable_case_is_skipped_not_fatal(caplog):
+    cases = {f"c{i}": _case(i, with_bead=i < 4) for i in range(5)}
+
+    def load(case_id):
+        if case_id == "c1":
+            raise OSError("arrays file truncated")
+        return cases[case_id]
+
+    rows = [{"case_id": cid, "nodule_id": "n1", "case_region": 1, "cluster": 0} for cid in cases]
+    out, flags = pattern_effects(pd.DataFrame(rows), pd.DataFrame({"cluster": [0]}), load=load,
+                                 model=BeadDetector(), card=ModelCard())
+    assert out.loc[0, "effect_n"] == 4 and bool(out.loc[0, "relied_upon"])
+    assert "c1" not in set(flags["case_id"]) and len(flags) == 4
+    assert any("skips case c1" in r.getMessage() for r in caplog.records)
+
+
 def test_pattern_effects_input_errors():
     with pytest.raises(ValueError, match="case_region"):
         pattern_effects(pd.DataFrame({"case_id": [], "nodule_id": [], "cluster": []}),

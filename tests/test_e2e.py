@@ -47,7 +47,8 @@ def scored(tmp_path_factory):
         broken.mkdir()
         data = sorted(good.glob("*.dcm"))[0].read_bytes()
         (broken / "IM0001.dcm").write_bytes(data[:700])
-        codes = {"score": main(["score", str(cohort), "--out", str(results)])}
+        codes = {"score": main(["score", str(cohort), "--out", str(results),
+                                "--labels", str(cohort / "truth.csv")])}
         codes["report"] = main(["report", str(results), "--format", "html", "--out",
                                 str(results / "report.html")])
         codes["csv"] = main(["report", str(results), "--format", "csv", "--out",
@@ -92,11 +93,23 @@ def test_report_is_self_contained(scored):
         assert needle not in html
     for case_id in pd.read_csv(scored["results"] / "findings.csv")["case_id"].unique():
         assert case_id in html
+    assert "three outcomes" in html and html.count('class="outcome"') == 3
     csv = pd.read_csv(scored["results"] / "export.csv")
     assert list(csv.columns) == FINDINGS_COLUMNS
 
 
-@pytest.mark.parametrize("page", ["cases", "case", "patterns"])
+def test_known_labels_are_stored_with_the_results(scored):
+    from discovery.store import ResultsStore
+
+    store = ResultsStore(scored["results"], create=False)
+    labels = store.labels()
+    n_truth = sum(len(c["nodules"]) for c in scored["truth"]["cases"])
+    assert len(labels) == n_truth and set(labels["malignant"]) <= {0, 1}
+    scored_ids = set(store.findings().query("status == 'ok'")["case_id"])
+    assert set(labels["case_id"]) == scored_ids  # pseudonymised exactly like the results
+
+
+@pytest.mark.parametrize("page", ["overview", "cases", "case", "patterns"])
 def test_every_app_page_runs_on_the_scored_cohort(scored, page, monkeypatch):
     from streamlit.testing.v1 import AppTest
 

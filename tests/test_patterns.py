@@ -658,3 +658,38 @@ def test_valid_settings():
         5, None, 0, "hdbscan", 2000)
     PatternSettings(min_cluster_size=2, min_samples=1, method="spectral")
     PatternSettings(method="agglomerative", distance_threshold=3)
+
+
+def test_display_map_is_tsne_keeps_groups_apart_and_falls_back_to_pca():
+    df, truth = _cohort()
+    out, _ = cluster_regions(df)
+    assert out.attrs["map_method"] == "tsne"
+    xy = out[["embedding_x", "embedding_y"]].to_numpy()
+    groups = np.asarray(truth)
+    # each planted group's map centroid is nearer its own members than any other group's
+    cents = {g: xy[groups == g].mean(axis=0) for g in set(groups)}
+    nearest = [min(cents, key=lambda g: np.linalg.norm(p - cents[g])) for p in xy]
+    assert np.mean(np.asarray(nearest) == groups) >= 0.95
+    # the map never changes the clusters
+    pca_out, _ = cluster_regions(df, settings=PatternSettings(map_method="pca"))
+    assert pca_out.attrs["map_method"] == "pca"
+    assert (pca_out["cluster"] == out["cluster"]).all()
+    # too few points for t-SNE: PCA, still finite
+    small, _ = cluster_regions(df.iloc[:6], settings=PatternSettings(min_cluster_size=2))
+    assert small.attrs["map_method"] == "pca"
+    assert np.isfinite(small[["embedding_x", "embedding_y"]].to_numpy()).all()
+    with pytest.raises(ValueError, match="map_method"):
+        PatternSettings(map_method="umap")
+
+
+def test_spectral_settings_reach_the_clustering_and_are_validated():
+    df, truth = _cohort()
+    out, _ = cluster_regions(df, settings=PatternSettings(method="spectral", n_neighbors=8,
+                                                          max_clusters=3, min_cluster_size=2))
+    assert adjusted_rand_score(truth, out["cluster"]) > 0.9
+    one, _ = cluster_regions(df, settings=PatternSettings(method="spectral", max_clusters=2,
+                                                          min_cluster_size=2))
+    assert one["cluster"].max() <= 1  # at most two clusters allowed
+    for bad in (dict(n_neighbors=0), dict(max_clusters=1), dict(n_neighbors=2.5)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            PatternSettings(**bad)

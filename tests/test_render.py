@@ -169,3 +169,80 @@ def test_upscale_uses_an_integer_factor():
     assert big.shape == (12, 16)
     np.testing.assert_array_equal(big[::4, ::4], img)
     assert render.upscale(img, 2) is img
+
+
+# -- thumbnails -----------------------------------------------------------------------------
+def _thumb_arrays():
+    shape = (5, 40, 40)
+    ct = np.full(shape, -850, np.int16)
+    mask = np.zeros(shape, np.int16)
+    mask[2, 18:23, 18:23] = 1
+    mask[2, 30:34, 30:34] = 2
+    region_map = np.zeros(shape, np.int16)
+    region_map[2, 5:9, 5:9] = 1
+    region_map[2, 5:9, 30:34] = 2
+    attr = np.zeros(shape, np.float32)
+    attr[2, 19:22, 19:22] = 4.0
+    return {"ct": ct, "mask": mask, "region_map": region_map, "attribution": attr}
+
+
+def _has(rgb, colour):
+    return bool((rgb == np.asarray(colour, np.uint8)).all(axis=-1).any())
+
+
+def test_thumbnail_outlines_only_the_chosen_region_and_nodule():
+    a = _thumb_arrays()
+    full = render.thumbnail(a, z=2, center_yx=(20, 20), half_size=19)
+    assert full.shape == (39, 39, 3) and full.dtype == np.uint8
+    one = render.thumbnail(a, z=2, center_yx=(20, 20), half_size=19, region=1, nodule=1)
+    # region 2 (top right) and nodule 2 (bottom right) are outlined only in the full picture
+    right = (slice(None), slice(25, None))
+    assert _has(full[right], render.REGION_COLOR) and not _has(one[right], render.REGION_COLOR)
+    assert _has(full[25:, 25:], render.MASK_COLOR) and not _has(one[25:, 25:], render.MASK_COLOR)
+    assert _has(one[:15, :15], render.REGION_COLOR)  # region 1 is kept
+    # the heat map sits on the nodule: its centre differs from the plain window there
+    plain = render.thumbnail(a, z=2, center_yx=(20, 20), half_size=19, opacity=0.0)
+    assert (one[19, 19] != plain[19, 19]).any() and (one[2, 36] == plain[2, 36]).all()
+
+
+def test_thumbnail_clips_the_slice_and_pads_outside_the_scan():
+    a = _thumb_arrays()
+    low = render.thumbnail(a, z=-3, center_yx=(0, 0), half_size=10)
+    high = render.thumbnail(a, z=99, center_yx=(0, 0), half_size=10)
+    assert low.shape == high.shape == (21, 21, 3)
+    np.testing.assert_array_equal(low, render.thumbnail(a, z=0, center_yx=(0, 0), half_size=10))
+
+
+def test_densest_near_region_finds_a_bead_beside_the_region():
+    a = _thumb_arrays()
+    a["ct"][3, 4, 9] = 2600   # a bead one voxel off region 1 (z 2, y 5-8, x 5-8), next slice
+    a["ct"][2, 20, 20] = 3000  # denser, but far from region 1
+    assert render.densest_near_region(a, 1, reach_vox=2) == (3, 4, 9)
+    assert render.densest_near_region(a, 1, reach_vox=0)[0] == 2  # inside the region only
+    with pytest.raises(ValueError, match="region 7"):
+        render.densest_near_region(a, 7)
+
+
+def test_side_by_side_and_exemplar_image():
+    from discovery.outcomes import Exemplar
+
+    red = np.zeros((3, 2, 3), np.uint8)
+    red[..., 0] = 255
+    out = render.side_by_side(red, red, gap=1)
+    assert out.shape == (3, 5, 3) and (out[:, 2] == 255).all() and (out[:, :2, 1] == 0).all()
+    with pytest.raises(ValueError, match="height"):
+        render.side_by_side(red, red[:2])
+    a = _thumb_arrays()
+    a["ct"][3, 4, 9] = 2600
+    ex = Exemplar("c", "n1", 2.0, (20.0, 20.0), 1, 1, "caption", focus="densest")
+    img = render.exemplar_image(a, ex, half_size=10)
+    assert img.shape == (21, 21 * 2 + 4, 3)
+    # densest focus: slice 3, centred halfway between the nodule (20, 20) and the bead (4, 9)
+    want = render.thumbnail(a, z=3, center_yx=(12.0, 14.5), half_size=10, region=1, nodule=1,
+                            opacity=0.0)
+    np.testing.assert_array_equal(img[:, :21], want)
+    plain = render.exemplar_image(a, Exemplar("c", "n1", 2.0, (20.0, 20.0), None, 1, "x"),
+                                  half_size=10)
+    np.testing.assert_array_equal(
+        plain[:, :21], render.thumbnail(a, z=2, center_yx=(20, 20), half_size=10, nodule=1,
+                                        opacity=0.0))

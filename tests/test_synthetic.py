@@ -120,8 +120,8 @@ def test_label_distributions():
     assert 0.8 < np.mean([s["margin"] != "round" for s in mal]) < 0.9
     assert 0.8 < np.mean([s["margin"] == "round" for s in ben]) < 0.9
     assert np.mean([s["diameter_mm"] for s in mal]) > np.mean([s["diameter_mm"] for s in ben]) + 3
-    assert 0.55 < np.mean([s["tail"] for s in mal]) < 0.65
-    assert 0.45 < np.mean([s["bead"] for s in mal]) < 0.55
+    assert 0.65 < np.mean([s["tail"] for s in mal]) < 0.75
+    assert 0.35 < np.mean([s["bead"] for s in mal]) < 0.45
     assert np.mean([s["bead"] for s in ben]) < 0.08
     assert 0.25 < np.mean([s["granuloma"] for s in specs]) < 0.35
 

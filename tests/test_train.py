@@ -115,3 +115,26 @@ def test_small_rotations_are_rotations():
     ball = ((zz**2 + yy**2 + xx**2) <= 25).float()[None, None].repeat(4, 1, 1, 1, 1)
     out = _rotate(ball, 15.0, gen)
     assert (out - ball).abs().mean() < 0.02 and out.shape == ball.shape
+
+
+def test_synthetic_rois_match_the_truth_and_are_seeded():
+    from data_tools.synthetic import SyntheticConfig, generate_case
+    from discovery.model import ModelCard
+    from discovery.train import synthetic_rois
+
+    small = SyntheticConfig(shape_yx=128, n_slices=(50, 54), pixel_spacing_mm=(2.2, 2.4),
+                            slice_spacing_mm=(2.0, 2.2), nodules_per_case=(1, 2))
+    card = ModelCard()
+    seen = []
+    a = synthetic_rois(5, 3, card, config=small, progress=lambda i, n: seen.append((i, n)))
+    truth = [n for i in range(3) for n in generate_case(5, config=small, index=i).nodules]
+    assert a.x.shape == (len(truth), 1, *card.roi_size_vox) and a.x.dtype == np.float32
+    assert 0.0 <= a.x.min() and a.x.max() <= 1.0
+    assert sorted(a.y.tolist()) == sorted(int(n["malignant"]) for n in truth)
+    assert set(a.group.tolist()) == {0, 1, 2} and a.case_ids == [f"synthetic-s5-{i:04d}" for i in range(3)]
+    assert seen == [(1, 3), (2, 3), (3, 3)]
+    b = synthetic_rois(5, 3, card, config=small)
+    np.testing.assert_array_equal(a.x, b.x)
+    assert a.cohort_hash == b.cohort_hash != synthetic_rois(6, 3, card, config=small).cohort_hash
+    with pytest.raises(ValueError, match="n_cases"):
+        synthetic_rois(5, 2, card, config=small)

@@ -7,7 +7,6 @@ _APP_DIR = str(Path(__file__).resolve().parents[1])  # app/, for `import common`
 if _APP_DIR not in sys.path:
     sys.path.insert(0, _APP_DIR)
 
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
@@ -112,16 +111,9 @@ if not clusters.empty:
         if arrays is None:
             col.caption(f"{reg['case_id']}: no image arrays")
             continue
-        nz = arrays["ct"].shape[0]
-        z = int(np.clip(round(float(reg["centroid_z"])), 0, nz - 1))
-        centre = (float(reg["centroid_y"]), float(reg["centroid_x"]))
-        crop = {name: render.crop_around(arrays[name][z], centre, CROP_HALF)
-                for name in ("ct", "attribution", "mask", "region_map")}
-        amax = float(arrays["attr_max"])
-        rgb = render.overlay_slice(
-            crop["ct"], attribution2d=crop["attribution"], mask2d=crop["mask"],
-            regions2d=(crop["region_map"] == int(reg["case_region"])).astype(np.int16),
-            window="lung", opacity=0.45, attr_max=amax if amax > 0 else None)
+        z = int(round(float(reg["centroid_z"])))
+        rgb = render.thumbnail(arrays, z=z, center_yx=(reg["centroid_y"], reg["centroid_x"]),
+                               half_size=CROP_HALF, region=int(reg["case_region"]))
         col.image(render.upscale(rgb, 260), caption=f"{reg['case_id']} · slice {z}",
                   width="stretch")
 
@@ -140,7 +132,9 @@ else:
     points = points.assign(pattern=points["cluster"].map(
         lambda c: "unclustered" if pd.isna(c) or int(c) < 0 else f"cluster {int(c)}"))
     st.scatter_chart(points, x="embedding_x", y="embedding_y", color="pattern", size=60,
-                     x_label="map x (PCA of standardised descriptors)", y_label="map y")
-    st.caption("2-D map for display only; nearby points have similar descriptors "
-               "(density of what the region covers, attribution share, distance from the pleura, "
-               "tubular dense structure).")
+                     x_label="t-SNE 1", y_label="t-SNE 2")
+    st.caption("t-SNE map of the standardised descriptors (PCA below 10 regions), for display "
+               "only: nearby points have similar descriptors (density of what the region "
+               "covers, attribution share, distance from the pleura, tubular dense structure); "
+               "distances between far-apart groups and group sizes on the map mean nothing. "
+               "The clusters are computed on the descriptors themselves, not on this map.")

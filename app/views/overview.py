@@ -1,0 +1,82 @@
+"""Overview: the three outcomes an explanation can have, side by side, for the whole cohort."""
+
+import sys
+from pathlib import Path
+
+_APP_DIR = str(Path(__file__).resolve().parents[1])  # app/, for `import common`
+if _APP_DIR not in sys.path:
+    sys.path.insert(0, _APP_DIR)
+
+import pandas as pd  # noqa: E402
+import streamlit as st  # noqa: E402
+
+import common  # noqa: E402
+from discovery import render  # noqa: E402
+from discovery.outcomes import ARTIFACT_HU, nodule_outcomes, outcome_panels  # noqa: E402
+
+ICONS = {"on the tumour": ":material/check_circle:", "shortcut": ":material/warning:",
+         "candidate sign": ":material/lightbulb:"}
+COLOURS = {"on the tumour": "green", "shortcut": "red", "candidate sign": "blue"}
+DISPLAY_THRESHOLD = 0.2  # as the report: heat map from 20 % of the case maximum
+
+common.setup_page()
+store = common.get_store()
+findings, clusters, regions = store.findings(), store.clusters(), store.regions()
+threshold = float(store.meta().get("threshold", 0.5) or 0.5)
+
+st.title("Overview")
+st.caption("What the explanations say about this model on this cohort. An explanation can "
+           "validate the model (attention on the tumour), diagnose it (a prediction resting on "
+           "an artifact) or point at something new (consistent attention on unannotated "
+           "anatomy). Each nodule is read by the rules in discovery/outcomes.py.")
+scored = findings[findings["status"].isin(["ok", "no-attribution"])]
+if scored.empty:
+    st.info("No nodule was scored in these results, so there is nothing to summarise.")
+    st.stop()
+
+panels = outcome_panels(findings, clusters, regions, threshold=threshold)
+for col, panel in zip(st.columns(3, border=True), panels):
+    with col:
+        st.subheader(f"{ICONS.get(panel.outcome, '')} {panel.title}", divider=COLOURS.get(panel.outcome))
+        st.metric("Nodules", panel.n_nodules)
+        st.write(panel.lead)
+        for ex in panel.exemplars:
+            arrays = common.case_arrays(ex.case_id)
+            if arrays is None:
+                st.caption(f"{ex.case_id}: no image arrays")
+                continue
+            rgb = render.exemplar_image(arrays, ex, threshold=DISPLAY_THRESHOLD)
+            st.image(render.upscale(rgb, 200), caption=ex.caption, width="stretch")
+        if panel.cluster >= 0:
+            st.caption(f"Cluster {panel.cluster} on the Patterns page has the statistics, "
+                       "all exemplars and the review form.")
+
+st.caption(f"Shortcut: the malignant prediction would not survive removing off-mask regions of "
+           f"a cluster the model relies on, and that cluster is metal-dense (median density "
+           f"within 3 mm ≥ {ARTIFACT_HU:.0f} HU). Candidate pattern: an anatomical-density "
+           "cluster the model relies on for malignancy, or enriched for predicted-malignant "
+           "nodules (q < 0.05). Pictures: axial crops in lung window, plain and with the "
+           "Grad-CAM overlay (from 20 % of the case maximum); green: nodule mask; cyan: "
+           "off-mask region. Shortcut pictures are on the slice of the densest voxel next to "
+           "the region, between the nodule and the artifact.")
+
+st.subheader("Every nodule")
+table = nodule_outcomes(scored, clusters, regions)
+table = table.assign(without=table["probability"] - pd.to_numeric(table["flag_score"],
+                                                                    errors="coerce").fillna(0))
+st.dataframe(
+    table[["case_id", "nodule_id", "outcome", "verdict", "probability", "without", "rma",
+           "outcome_cluster"]].sort_values(["outcome", "probability"], ascending=[True, False]),
+    hide_index=True, width="stretch",
+    column_config={
+        "case_id": "Case", "nodule_id": "Nodule", "outcome": "Outcome", "verdict": "Verdict",
+        "probability": st.column_config.NumberColumn("P(malignant)", format="%.2f"),
+        "without": st.column_config.NumberColumn(
+            "P without relied-upon off-mask regions", format="%.2f",
+            help="Equal to P(malignant) when no region of the nodule is in a cluster the model "
+                 "relies on."),
+        "rma": st.column_config.NumberColumn("RMA", format="%.2f",
+                                             help=common.METRIC_HELP["rma"]),
+        "outcome_cluster": st.column_config.NumberColumn(
+            "Cluster", help="The cluster behind a shortcut or candidate outcome (-1: none)"),
+    })
