@@ -15,6 +15,7 @@ from discovery import render  # noqa: E402
 from discovery.store import CLUSTER_REVIEW_CHOICES  # noqa: E402
 
 CROP_HALF = 32  # exemplar crops are 65 x 65 pixels around the region centroid
+DISPLAY_THRESHOLD = 0.2  # heat map from 20 % of the case maximum, as in the report
 
 common.setup_page()
 store = common.get_store()
@@ -99,7 +100,8 @@ if not clusters.empty:
 
     # -- exemplars -----------------------------------------------------------------------------
     st.markdown("**Exemplars** (axial slice through each region's centroid; green: mask, "
-                "cyan: this region; lung window; colour scale = that case's attribution max)")
+                "cyan: this region; lung window; colour scale = that case's attribution max, shown "
+                "from 20 % of it)")
     by_key = regions.set_index("region_key")
     keys = [k for k in crow["exemplars"] if k in by_key.index]
     if not keys:
@@ -113,7 +115,8 @@ if not clusters.empty:
             continue
         z = int(round(float(reg["centroid_z"])))
         rgb = render.thumbnail(arrays, z=z, center_yx=(reg["centroid_y"], reg["centroid_x"]),
-                               half_size=CROP_HALF, region=int(reg["case_region"]))
+                               half_size=CROP_HALF, region=int(reg["case_region"]),
+                               threshold=DISPLAY_THRESHOLD)
         col.image(render.upscale(rgb, 260), caption=f"{reg['case_id']} · slice {z}",
                   width="stretch")
 
