@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -23,6 +22,7 @@ _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:  # `discovery` is importable without installing the project
     sys.path.insert(0, str(_ROOT))
 
+from discovery.preprocess import nodule_label  # noqa: E402,F401  (re-exported for the pages)
 from discovery.store import DB_NAME, ResultsStore, load_case_arrays  # noqa: E402
 
 ENV_VAR = "DISCOVERY_RESULTS"
@@ -139,12 +139,6 @@ def setup_page() -> None:
 
 
 # -- small helpers -------------------------------------------------------------------------
-def nodule_label(nodule_id: str) -> int | None:
-    """Mask label of a nodule id such as ``"n3"`` (None if the id has no number)."""
-    m = re.search(r"(\d+)$", str(nodule_id))
-    return int(m.group(1)) if m else None
-
-
 def fmt(value, digits: int = 3) -> str:
     """A number for display; '–' for missing values."""
     if value is None:

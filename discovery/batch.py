@@ -19,9 +19,8 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from data_tools.cases import CaseSpec, discover_cases, load_case
-from data_tools.deid import pseudonymous_id
-from data_tools.errors import DataError, file_label
+from data_tools.cases import CaseSpec, discover_cases, load_case, read_labels
+from data_tools.errors import DataError
 from data_tools.volume import Mask, Volume
 
 from .descriptors import describe_region
@@ -151,55 +150,6 @@ def _score_one(spec: CaseSpec, model, card, results_dir: Path, settings: ScoreSe
         nodules, regions,
     )
     return status, len(nodules), len(regions)
-
-
-def read_labels(path: str | Path) -> pd.DataFrame:
-    """Known true labels of nodules, keyed the way the results are.
-
-    Parameters
-    ----------
-    path : path
-        CSV with a case column (``case_dir`` or ``case_id``: the case folder's name or the
-        manifest's case id, as at the source), a nodule column (``nodule_label``: the mask
-        label, or ``nodule_id`` such as ``n2``) and ``malignant`` (0 or 1).  The truth manifest
-        ``truth.csv`` of ``discovery sample`` has this form.
-
-    Returns
-    -------
-    pandas.DataFrame
-        ``case_id`` (pseudonymous, as in the results), ``nodule_id``, ``malignant`` (int).
-
-    Raises
-    ------
-    DataError
-        Unreadable file, missing columns or a label other than 0/1 (the message names the
-        file by its base name and the offending rows).
-    """
-    path = Path(path)
-    try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read the labels file {file_label(path)}: {type(exc).__name__}",
-                        path=path) from None
-    case_col = next((c for c in ("case_dir", "case_id") if c in table.columns), None)
-    nod_col = next((c for c in ("nodule_label", "nodule_id") if c in table.columns), None)
-    if case_col is None or nod_col is None or "malignant" not in table.columns:
-        raise DataError(f"labels file {file_label(path)} needs columns case_dir (or case_id), "
-                        f"nodule_label (or nodule_id) and malignant; it has "
-                        f"{list(table.columns)}", path=path)
-    bad = ~table["malignant"].str.strip().isin(["0", "1"])
-    if bad.any():
-        rows = [int(i) + 2 for i in np.flatnonzero(bad.to_numpy())[:5]]
-        raise DataError(f"labels file {file_label(path)}: malignant must be 0 or 1; line(s) "
-                        f"{rows} hold something else", path=path)
-    nodule = table[nod_col].str.strip()
-    if nod_col == "nodule_label":
-        nodule = "n" + nodule
-    return pd.DataFrame({
-        "case_id": [pseudonymous_id(str(c).strip()) for c in table[case_col]],
-        "nodule_id": nodule.to_numpy(),
-        "malignant": table["malignant"].str.strip().astype(int).to_numpy(),
-    }).drop_duplicates(["case_id", "nodule_id"], keep="last").reset_index(drop=True)
 
 
 def recluster(store: ResultsStore, settings: PatternSettings = PatternSettings(), *,

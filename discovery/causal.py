@@ -26,7 +26,7 @@ from data_tools.volume import Mask, Volume
 
 from .align import grow_mm
 from .model import ModelCard
-from .preprocess import extract_roi, nodule_sites, normalize_hu
+from .preprocess import nodule_sites, roi_input
 
 log = logging.getLogger(__name__)
 
@@ -243,12 +243,8 @@ def rescore_without(
     """
     edited = inpaint_parenchyma(volume.array, remove, spacing_mm=volume.spacing_mm,
                                 protect=protect, seed=seed)
-    rois = []
-    for arr in (volume.array, edited):
-        roi = extract_roi(Volume(arr, volume.affine), center_zyx, size_vox=card.roi_size_vox,
-                          spacing_mm=card.roi_spacing_mm)
-        rois.append(normalize_hu(roi.hu, card.hu_window)[None])
-    x = torch.from_numpy(np.ascontiguousarray(np.stack(rois)))
+    x = torch.from_numpy(np.stack([roi_input(Volume(arr, volume.affine), center_zyx, card)
+                                   for arr in (volume.array, edited)]))
     with torch.no_grad():
         p = torch.softmax(model(x), dim=1)[:, 1].numpy()
     return float(p[0]), float(p[1])

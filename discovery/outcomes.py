@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from .preprocess import nodule_label
+
 __all__ = ["ARTIFACT_HU", "OUTCOMES", "READINGS", "Exemplar", "Panel", "cluster_readings",
            "nodule_outcomes", "outcome_panels"]
 
@@ -189,11 +191,6 @@ class Panel:
     exemplars: list[Exemplar] = field(default_factory=list)
 
 
-def _label(nodule_id) -> int | None:
-    text = str(nodule_id).lstrip("n")
-    return int(text) if text.isdigit() else None
-
-
 def _pct(x) -> str:
     return "–" if not np.isfinite(x) else f"{100 * x:.0f} %"
 
@@ -253,7 +250,7 @@ def outcome_panels(findings: pd.DataFrame, clusters: pd.DataFrame, regions: pd.D
         len(aligned), -1,
         pick(aligned, lambda r: Exemplar(
             str(r["case_id"]), str(r["nodule_id"]), float(r["center_z"]),
-            (float(r["center_y"]), float(r["center_x"])), None, _label(r["nodule_id"]),
+            (float(r["center_y"]), float(r["center_x"])), None, nodule_label(r["nodule_id"]),
             f"{r['case_id']} · {r['nodule_id']} · p {float(r['probability']):.2f} · "
             f"RMA {float(r['rma']):.2f}")))]
 
@@ -272,7 +269,7 @@ def outcome_panels(findings: pd.DataFrame, clusters: pd.DataFrame, regions: pd.D
         p = float(r["probability"])
         return Exemplar(str(r["case_id"]), str(r["nodule_id"]), float(reg["centroid_z"]),
                         (float(r["center_y"]), float(r["center_x"])), int(reg["case_region"]),
-                        _label(r["nodule_id"]),
+                        nodule_label(r["nodule_id"]),
                         f"{r['case_id']} · {r['nodule_id']} · p {p:.2f} → "
                         f"{p - float(r['flag_score']):.2f} without it", focus="densest")
 

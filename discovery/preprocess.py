@@ -8,6 +8,7 @@ scan voxel coordinate ``offset + u * scale`` where ``scale = roi_spacing / scan_
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,7 +16,8 @@ from scipy import ndimage
 
 from data_tools.volume import Mask, Volume
 
-__all__ = ["Roi", "NoduleSite", "nodule_sites", "extract_roi", "normalize_hu", "roi_to_scan"]
+__all__ = ["Roi", "NoduleSite", "nodule_sites", "nodule_label", "extract_roi", "normalize_hu",
+           "roi_input", "roi_to_scan"]
 
 #: HU used for ROI voxels that fall outside the scan (air).
 OUTSIDE_HU = -1000.0
@@ -43,6 +45,13 @@ class NoduleSite:
     @property
     def nodule_id(self) -> str:
         return f"n{self.label}"
+
+
+def nodule_label(nodule_id) -> int | None:
+    """Mask label of a nodule id (:attr:`NoduleSite.nodule_id`, e.g. ``"n3"`` -> 3); None when
+    the id ends in no number."""
+    m = re.search(r"(\d+)$", str(nodule_id))
+    return int(m.group(1)) if m else None
 
 
 @dataclass(frozen=True, eq=False)
@@ -137,6 +146,27 @@ def normalize_hu(hu: np.ndarray, window) -> np.ndarray:
     if not hi > lo:
         raise ValueError(f"HU window must have high > low; received {window}")
     return np.clip((np.asarray(hu, dtype=np.float32) - lo) / (hi - lo), 0.0, 1.0)
+
+
+def roi_input(volume: Volume, center_zyx, card) -> np.ndarray:
+    """The network input for one nodule: the card's ROI around *center_zyx*, HU windowed.
+
+    Parameters
+    ----------
+    volume : Volume
+    center_zyx : sequence of 3 floats
+        ROI centre, scan voxel coordinates.
+    card : discovery.model.ModelCard
+        ``roi_size_vox``, ``roi_spacing_mm`` and ``hu_window``.
+
+    Returns
+    -------
+    ndarray, shape (1, S, S, S), float32 in [0, 1]
+        One channel, ready to stack into a batch.
+    """
+    roi = extract_roi(volume, center_zyx, size_vox=card.roi_size_vox,
+                      spacing_mm=card.roi_spacing_mm)
+    return normalize_hu(roi.hu, card.hu_window)[None]
 
 
 def roi_to_scan(roi_map: np.ndarray, roi: Roi, scan_shape) -> tuple[tuple[slice, slice, slice], np.ndarray]:

@@ -274,6 +274,7 @@ def thumbnail(
     window: str | tuple[float, float] = "lung",
     opacity: float = 0.45,
     threshold: float = 0.0,
+    attr_max: float | None = None,
 ) -> np.ndarray:
     """An overlay crop of one axial slice of a scored case (exemplars, outcome panels).
 
@@ -296,6 +297,9 @@ def thumbnail(
     window, opacity, threshold
         As for :func:`overlay_slice`; the colour scale runs from 0 to the case's attribution
         maximum (one scale per case, as in the viewer).
+    attr_max : float, optional
+        That maximum, when the caller already has it (the app caches it per case); computed
+        from ``arrays["attribution"]`` otherwise.
 
     Returns
     -------
@@ -306,7 +310,8 @@ def thumbnail(
             for name in ("ct", "attribution", "mask", "region_map")}
     regions2d = crop["region_map"] if region is None else (crop["region_map"] == int(region))
     mask2d = crop["mask"] > 0 if nodule is None else crop["mask"] == int(nodule)
-    attr_max = float(np.max(arrays["attribution"])) if arrays["attribution"].size else 0.0
+    if attr_max is None:
+        attr_max = float(np.max(arrays["attribution"])) if arrays["attribution"].size else 0.0
     return overlay_slice(crop["ct"].astype(np.float32), attribution2d=crop["attribution"],
                          mask2d=mask2d, regions2d=regions2d.astype(np.int16), window=window,
                          opacity=opacity, attr_max=attr_max if attr_max > 0 else None,
@@ -354,20 +359,22 @@ def side_by_side(*images: np.ndarray, gap: int = 4) -> np.ndarray:
 
 
 def exemplar_image(arrays: dict, exemplar, *, half_size: int = 32, threshold: float = 0.0,
-                   opacity: float = 0.4) -> np.ndarray:
+                   opacity: float = 0.4, attr_max: float | None = None) -> np.ndarray:
     """The picture of one overview exemplar: the plain crop and the overlay, side by side.
 
     *exemplar* has ``z``, ``center_yx``, ``region``, ``nodule`` and ``focus``
     (:class:`discovery.outcomes.Exemplar`).  With ``focus == "densest"`` the crop goes to the
     slice of the densest voxel next to the region (:func:`densest_near_region`) and is
     centred halfway between it and ``center_yx`` (the nodule), so nodule and artifact share
-    the picture.
+    the picture.  ``attr_max`` as for :func:`thumbnail`.
     """
     z, (cy, cx) = exemplar.z, exemplar.center_yx
     if getattr(exemplar, "focus", "centroid") == "densest" and exemplar.region is not None:
         dz, dy, dx = densest_near_region(arrays, exemplar.region)
         z, cy, cx = dz, (cy + dy) / 2.0, (cx + dx) / 2.0
+    if attr_max is None:  # one scan of the volume for both pictures
+        attr_max = float(np.max(arrays["attribution"])) if arrays["attribution"].size else 0.0
     kw = dict(z=z, center_yx=(cy, cx), half_size=half_size, region=exemplar.region,
-              nodule=exemplar.nodule, threshold=threshold)
+              nodule=exemplar.nodule, threshold=threshold, attr_max=attr_max)
     return side_by_side(thumbnail(arrays, opacity=0.0, **kw),
                         thumbnail(arrays, opacity=opacity, **kw))

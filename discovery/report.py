@@ -19,6 +19,7 @@ import pandas as pd
 
 from . import render
 from .outcomes import ARTIFACT_HU, outcome_panels
+from .preprocess import nodule_label
 from .store import ResultsStore, load_case_arrays
 
 __all__ = ["write_report", "build_html"]
@@ -70,7 +71,7 @@ def _zoom(rgb: np.ndarray, factor: int = 3) -> np.ndarray:
 
 
 def _nodule_section(row: pd.Series, arrays: dict[str, np.ndarray]) -> str:
-    label = int(str(row["nodule_id"]).lstrip("n"))
+    label = nodule_label(row["nodule_id"])
     ct, mask, attr, regions = arrays["ct"], arrays["mask"], arrays["attribution"], arrays["region_map"]
     z = render.key_slice(mask, label)
     center = (float(row["center_y"]), float(row["center_x"]))

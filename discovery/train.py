@@ -28,17 +28,15 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import pandas as pd
 import torch
 from sklearn.metrics import roc_auc_score
 
-from data_tools.cases import discover_cases, load_case
-from data_tools.deid import pseudonymous_id
+from data_tools.cases import discover_cases, load_case, read_labels
 from data_tools.errors import DataError, file_label
 from data_tools.volume import Mask, Volume
 
 from .model import ModelCard, build_network, save_model
-from .preprocess import extract_roi, nodule_sites, normalize_hu
+from .preprocess import nodule_sites, roi_input
 
 __all__ = ["TrainSettings", "RoiDataset", "collect_rois", "train_model", "evaluate", "expected_calibration_error"]
 
@@ -81,21 +79,19 @@ def _collect_one(cohort: Path, card: ModelCard, labels_csv: Path | None, progres
     if not labels_csv.is_file():
         raise DataError(f"no labels file {file_label(labels_csv)}: training needs a CSV with "
                         "case_dir,nodule_label,malignant", path=labels_csv)
-    table = pd.read_csv(labels_csv)
-    by_id = {pseudonymous_id(str(d)): str(d) for d in table["case_dir"].unique()}
-    specs = [s for s in discover_cases(cohort) if s.case_id in by_id]
+    known = read_labels(labels_csv)
+    by_case = {cid: grp.set_index("nodule_id")["malignant"]
+               for cid, grp in known.groupby("case_id", sort=False)}
+    specs = [s for s in discover_cases(cohort) if s.case_id in by_case]
     xs, ys, cases = [], [], []
     for i, spec in enumerate(specs):
         volume, mask = load_case(spec)
-        rows = table[table["case_dir"].astype(str) == by_id[spec.case_id]].set_index("nodule_label")
-        sites = {s.label: s for s in nodule_sites(mask)} if mask is not None else {}
-        for label, row in rows.iterrows():
-            if int(label) not in sites:
+        sites = {s.nodule_id: s for s in nodule_sites(mask)} if mask is not None else {}
+        for nodule_id, malignant in by_case[spec.case_id].items():
+            if nodule_id not in sites:
                 continue
-            roi = extract_roi(volume, sites[int(label)].center_zyx, size_vox=card.roi_size_vox,
-                              spacing_mm=card.roi_spacing_mm)
-            xs.append(normalize_hu(roi.hu, card.hu_window)[None])
-            ys.append(int(row["malignant"]))
+            xs.append(roi_input(volume, sites[nodule_id].center_zyx, card))
+            ys.append(int(malignant))
             cases.append(spec.case_id)
         if progress:
             progress(i + 1, len(specs))
@@ -161,9 +157,7 @@ def synthetic_rois(seed: int, n_cases: int, card: ModelCard, *, config=None,
         volume = Volume(c.hu, c.affine)
         malignant = {n["label"]: int(n["malignant"]) for n in c.nodules}
         for site in nodule_sites(Mask(c.mask, c.affine)):
-            roi = extract_roi(volume, site.center_zyx, size_vox=card.roi_size_vox,
-                              spacing_mm=card.roi_spacing_mm)
-            xs.append(normalize_hu(roi.hu, card.hu_window)[None])
+            xs.append(roi_input(volume, site.center_zyx, card))
             ys.append(malignant[site.label])
             groups.append(i)
         if progress:

@@ -106,7 +106,7 @@ def test_safe_error_scrubs_paths():
 # -- known labels -------------------------------------------------------------------------------
 def test_read_labels_accepts_the_truth_manifest_and_hashes_case_names(tmp_path):
     from data_tools.deid import pseudonymous_id
-    from discovery.batch import read_labels
+    from data_tools.cases import read_labels
 
     (tmp_path / "truth.csv").write_text(
         "case_dir,nodule_label,malignant,diameter_mm\nPATIENT_A,1,1,12.0\nPATIENT_A,2,0,8.0\n")
@@ -125,7 +125,7 @@ def test_read_labels_accepts_the_truth_manifest_and_hashes_case_names(tmp_path):
 ])
 def test_read_labels_errors_name_the_file_not_its_folder(tmp_path, text, needle):
     from data_tools.errors import DataError
-    from discovery.batch import read_labels
+    from data_tools.cases import read_labels
 
     folder = tmp_path / "PATIENT_SECRET"
     folder.mkdir()

@@ -138,3 +138,23 @@ def test_synthetic_rois_match_the_truth_and_are_seeded():
     assert a.cohort_hash == b.cohort_hash != synthetic_rois(6, 3, card, config=small).cohort_hash
     with pytest.raises(ValueError, match="n_cases"):
         synthetic_rois(5, 2, card, config=small)
+
+
+def test_collect_rois_reads_the_truth_manifest_of_a_written_cohort(tmp_path):
+    import pandas as pd
+
+    from data_tools.deid import pseudonymous_id
+    from data_tools.synthetic import SyntheticConfig, generate_cohort
+    from discovery.model import ModelCard
+    from discovery.train import collect_rois
+
+    small = SyntheticConfig(shape_yx=128, n_slices=(50, 54), pixel_spacing_mm=(2.2, 2.4),
+                            slice_spacing_mm=(2.0, 2.2), nodules_per_case=(1, 2))
+    generate_cohort(tmp_path / "c", n_cases=3, seed=4, config=small)
+    truth = pd.read_csv(tmp_path / "c" / "truth.csv")
+    data = collect_rois(tmp_path / "c", ModelCard())
+    assert len(data.y) == len(truth) and data.x.shape[1:] == (1, *ModelCard().roi_size_vox)
+    # every ROI carries its own nodule's label, grouped by its (pseudonymous) case
+    want = sorted(zip([pseudonymous_id(str(d)) for d in truth["case_dir"]], truth["malignant"]))
+    got = sorted(zip([data.case_ids[g] for g in data.group], data.y.tolist()))
+    assert got == want

@@ -45,7 +45,8 @@ for col, panel in zip(st.columns(3, border=True), panels):
             if arrays is None:
                 st.caption(f"{ex.case_id}: no image arrays")
                 continue
-            rgb = render.exemplar_image(arrays, ex, threshold=DISPLAY_THRESHOLD)
+            rgb = render.exemplar_image(arrays, ex, threshold=DISPLAY_THRESHOLD,
+                                        attr_max=float(arrays["attr_max"]))
             st.image(render.upscale(rgb, 200), caption=ex.caption, width="stretch")
         if panel.cluster >= 0:
             st.caption(f"Cluster {panel.cluster} on the Patterns page has the statistics, "

@@ -116,7 +116,7 @@ if not clusters.empty:
         z = int(round(float(reg["centroid_z"])))
         rgb = render.thumbnail(arrays, z=z, center_yx=(reg["centroid_y"], reg["centroid_x"]),
                                half_size=CROP_HALF, region=int(reg["case_region"]),
-                               threshold=DISPLAY_THRESHOLD)
+                               threshold=DISPLAY_THRESHOLD, attr_max=float(arrays["attr_max"]))
         col.image(render.upscale(rgb, 260), caption=f"{reg['case_id']} · slice {z}",
                   width="stretch")
 
