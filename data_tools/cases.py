@@ -1,136 +1,85 @@
-"""Find the cases in an input (a folder of case folders, one case folder, or a manifest CSV).
+"""Read a case: its CT volume, its nodule mask and what the annotation says of each nodule.
 
-Rules
------
-* A **folder of case folders**: every sub-folder whose name does not start with ``_`` or ``.``
-  is one case.  (``_truth/`` beside a synthetic cohort is therefore skipped.)
-* A **case folder** holds either a DICOM CT series (any depth) or one NIfTI image, plus an
-  optional label mask: a NIfTI file whose name contains ``mask``, ``seg``, ``label`` or
-  ``annot``.  A folder with DICOM files and exactly one NIfTI file takes that file as the mask.
-* A **manifest CSV** has the columns ``case_id,image,mask`` (``mask`` may be empty); relative
-  paths are taken from the CSV's folder.
+Where the cases are is :mod:`data_tools.layouts`' job (``discover_cases`` is re-exported
+here).  :func:`read_case` turns a :class:`CaseSpec` into a :class:`LoadedCase`; the mask
+comes from the source the layout found:
 
-Case ids are pseudonymous (:func:`data_tools.deid.pseudonymous_id` of the folder name or the
-manifest's case id), so neither folder names nor the user's own ids appear in any output.
+* ``nifti``: a label map (0 background, 1..N nodules), which must lie on the image grid;
+* ``msd``: a Decathlon label map; label > 0 is tumour, and each 26-connected component
+  becomes one nodule (labels 1..N by size, largest first);
+* ``lidc``: LIDC-IDRI XML; readers' contours are grouped into nodules and combined at the
+  consensus level (default 0.5); the readers' median ratings ride along
+  (:func:`data_tools.lidc.lidc_mask`).  With several XML files, the one whose series UID
+  matches the chosen CT series is used;
+* ``luna16``: ``annotations.csv`` balls (:func:`data_tools.metaimage.luna_mask`);
+* ``dicom`` / ``rtstruct`` / ``seg``: an RTSTRUCT (GTV-like ROIs) or a DICOM SEG found among
+  the series of the case's DICOM tree (RTSTRUCT first); ``dicom`` scores the case without a
+  mask when there is neither, ``rtstruct``/``seg`` make it a problem.
+
+Every error names files by base name only, never a folder.
 """
 
 from __future__ import annotations
 
-import csv
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
+
 from .deid import pseudonymous_id
-from .errors import DataError, NoSeriesError, file_label
-from .nifti import is_nifti, load_nifti, load_nifti_mask
+from .dicom import DEFAULT_MAX_BYTES
+from .errors import DataError, MaskError, file_label
+from .layouts import CaseSpec, discover_cases
 from .volume import Mask, Volume, check_same_grid
 
-__all__ = ["CaseSpec", "discover_cases", "load_case", "read_labels"]
+__all__ = ["CaseSpec", "LoadedCase", "discover_cases", "load_case", "read_case", "read_labels"]
 
 log = logging.getLogger(__name__)
 
-_MASK_WORDS = ("mask", "seg", "label", "annot")
-_NOT_IMAGE_SUFFIXES = {".csv", ".json", ".txt", ".md", ".toml"}
-
 
 @dataclass(frozen=True)
-class CaseSpec:
-    """Where one case's files are. ``case_id`` is the only name that may leave the tool."""
+class LoadedCase:
+    """A case read into memory.
 
-    case_id: str
-    image: Path
-    image_kind: str  # "dicom" (a folder) or "nifti" (a file)
-    mask: Path | None
-    problem: str | None = None  # set when the case folder itself is unusable
-
-
-def _is_mask_name(path: Path) -> bool:
-    name = path.name.lower()
-    return any(word in name for word in _MASK_WORDS)
-
-
-def _case_from_folder(folder: Path, case_id: str) -> CaseSpec:
-    niftis = sorted(p for p in folder.iterdir() if p.is_file() and is_nifti(p))
-    others = [p for p in folder.rglob("*") if p.is_file() and not is_nifti(p)
-              and not p.name.startswith(".")]
-    masks = [p for p in niftis if _is_mask_name(p)]
-    images = [p for p in niftis if not _is_mask_name(p)]
-    if others:  # a DICOM series folder
-        if not masks and len(images) == 1:
-            masks, images = images, []
-        if len(masks) > 1:
-            return CaseSpec(case_id, folder, "dicom", None,
-                            problem=f"case folder holds {len(masks)} mask files; keep one")
-        return CaseSpec(case_id, folder, "dicom", masks[0] if masks else None)
-    if len(images) == 1:
-        if len(masks) > 1:
-            return CaseSpec(case_id, images[0], "nifti", None,
-                            problem=f"case folder holds {len(masks)} mask files; keep one")
-        return CaseSpec(case_id, images[0], "nifti", masks[0] if masks else None)
-    if not images:
-        return CaseSpec(case_id, folder, "dicom", None,
-                        problem="case folder holds no DICOM files and no NIfTI image")
-    return CaseSpec(case_id, folder, "nifti", None,
-                    problem=f"case folder holds {len(images)} NIfTI images and no rule picks one; "
-                            "name the mask '*mask*.nii.gz' or use a manifest CSV")
-
-
-def _from_manifest(csv_path: Path) -> list[CaseSpec]:
-    base = csv_path.parent
-    with open(csv_path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        missing = {"case_id", "image"} - set(reader.fieldnames or [])
-        if missing:
-            raise DataError(
-                f"manifest {file_label(csv_path)} lacks the column(s) {sorted(missing)}; "
-                "expected header: case_id,image,mask", path=csv_path)
-        rows = list(reader)
-    specs = []
-    for row in rows:
-        case_id = pseudonymous_id(row["case_id"].strip())
-        image = (base / row["image"].strip()).resolve()
-        mask_txt = (row.get("mask") or "").strip()
-        mask = (base / mask_txt).resolve() if mask_txt else None
-        kind = "nifti" if is_nifti(image) else "dicom"
-        specs.append(CaseSpec(case_id, image, kind, mask))
-    return specs
-
-
-def discover_cases(input_path: str | Path) -> list[CaseSpec]:
-    """List the cases under *input_path* (see the module docstring for the rules).
-
-    Returns
-    -------
-    list of CaseSpec
-        Sorted by case id.  A case folder that cannot be used carries ``problem`` instead of
-        raising, so that a batch records it and goes on.
-
-    Raises
-    ------
-    NoSeriesError
-        The input holds nothing that looks like a case.
+    Attributes
+    ----------
+    volume : Volume
+        CT, HU.
+    mask : Mask or None
+        Nodule labels 1..N on the volume's grid.
+    nodules : tuple of dict
+        Per label, what the annotation says (``label`` plus e.g. ``n_readers`` and
+        ``lidc_malignancy`` for LIDC, ``roi_name`` for RTSTRUCT); may be empty.
+    mask_source : str
+        Which kind of annotation made the mask (``"none"`` without one).
     """
-    root = Path(input_path)
-    if root.is_file() and root.suffix.lower() == ".csv":
-        return sorted(_from_manifest(root), key=lambda s: s.case_id)
-    if not root.is_dir():
-        raise NoSeriesError(f"input {file_label(root)} is neither a folder nor a manifest CSV",
-                            path=root)
-    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and p.name[:1] not in "_.")
-    case_files = [p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")
-                  and p.suffix.lower() not in _NOT_IMAGE_SUFFIXES]
-    if case_files or not subdirs:  # the input is itself one case folder
-        specs = [_case_from_folder(root, pseudonymous_id(root.name))]
-    else:
-        specs = [_case_from_folder(d, pseudonymous_id(d.name)) for d in subdirs]
-    if not specs:
-        raise NoSeriesError(f"input {file_label(root)} holds no case folders")
-    return sorted(specs, key=lambda s: s.case_id)
+
+    volume: Volume
+    mask: Mask | None
+    nodules: tuple = field(default=())
+    mask_source: str = "none"
 
 
-def load_case(spec: CaseSpec) -> tuple[Volume, Mask | None]:
-    """Read a case's image and mask; the mask must lie on the image's grid.
+def load_case(spec: CaseSpec, **options) -> tuple[Volume, Mask | None]:
+    """``(volume, mask)`` of :func:`read_case` (the annotation's per-nodule facts dropped)."""
+    case = read_case(spec, **options)
+    return case.volume, case.mask
+
+
+def read_case(spec: CaseSpec, *, max_bytes: int | None = DEFAULT_MAX_BYTES,
+              lidc_level: float = 0.5) -> LoadedCase:
+    """Read a case's image and its mask from the source its layout found.
+
+    Parameters
+    ----------
+    spec : CaseSpec
+    max_bytes : int or None
+        Refuse a volume larger than this as float32 (checked from the headers first).
+    lidc_level : float
+        LIDC consensus level: a voxel is in when at least this fraction of the readers who
+        marked the nodule include it.
 
     Raises
     ------
@@ -139,17 +88,109 @@ def load_case(spec: CaseSpec) -> tuple[Volume, Mask | None]:
     """
     if spec.problem:
         raise DataError(spec.problem)
+    series = []
+    chosen = None
     if spec.image_kind == "nifti":
-        volume = load_nifti(spec.image)
-    else:
-        from .dicom import load_dicom_series
+        from .nifti import load_nifti
 
-        volume = load_dicom_series(spec.image)
-    mask = None
-    if spec.mask is not None:
+        volume = load_nifti(spec.image)
+    elif spec.image_kind == "metaimage":
+        from .metaimage import load_metaimage
+
+        volume = load_metaimage(spec.image, max_bytes=max_bytes)
+    else:
+        from .dicom import load_dicom_folder
+
+        volume, chosen, series = load_dicom_folder(spec.image, max_bytes=max_bytes,
+                                                   series_uid=spec.source_key or None)
+    mask, nodules, source = _read_mask(spec, volume, chosen, series, lidc_level)
+    if mask is not None:
+        what = f"mask {file_label(spec.mask)}" if spec.mask is not None else "mask"
+        check_same_grid(volume, mask, what=what)
+    return LoadedCase(volume, mask, tuple(nodules), source)
+
+
+def _read_mask(spec: CaseSpec, volume: Volume, chosen, series, lidc_level):
+    kind = spec.mask_kind
+    if kind == "nifti" or kind == "msd":
+        if spec.mask is None:
+            return None, [], "none"
+        from .nifti import load_nifti_mask
+
         mask = load_nifti_mask(spec.mask)
-        check_same_grid(volume, mask, what=f"mask {file_label(spec.mask)}")
-    return volume, mask
+        if kind == "msd":
+            check_same_grid(volume, mask, what=f"label map {file_label(spec.mask)}")
+            mask = split_components(mask)
+        return mask, [], kind
+    if kind == "lidc":
+        from .lidc import lidc_mask, read_lidc_xml
+
+        xml = spec.mask
+        if chosen is not None and len(spec.mask_candidates) > 1:
+            match = [x for x in spec.mask_candidates
+                     if read_lidc_xml(x).series_uid == chosen.series_uid]
+            if not match:
+                raise MaskError(f"none of the {len(spec.mask_candidates)} LIDC XML files in "
+                                "the case folder belongs to the chosen CT series")
+            xml = match[0]
+        mask, nodules = lidc_mask(xml, volume, level=lidc_level)
+        return mask, nodules, "lidc"
+    if kind == "luna16":
+        from .metaimage import luna_mask
+
+        mask, nodules = luna_mask(volume, _luna_annotations(spec.mask),
+                                  series_uid=spec.source_key)
+        return mask, nodules, "luna16"
+    # DICOM annotation objects found among the case's series
+    from .dicom_masks import rtstruct_mask, seg_mask
+
+    wanted = {"dicom": ("RTSTRUCT", "SEG"), "rtstruct": ("RTSTRUCT",), "seg": ("SEG",)}[kind]
+    for modality in wanted:
+        objects = [s for s in series if s.modality == modality]
+        if not objects:
+            continue
+        files = sorted(f for s in objects for f in s.files)
+        if len(files) > 1:
+            log.info("%d %s objects in the case folder; using %s", len(files), modality,
+                     file_label(files[0]))
+        reader = rtstruct_mask if modality == "RTSTRUCT" else seg_mask
+        mask, nodules = reader(files[0], volume)
+        return mask, nodules, modality.lower()
+    if kind != "dicom":
+        raise MaskError(f"the case folder holds no {' or '.join(wanted)} object")
+    return None, [], "none"
+
+
+@lru_cache(maxsize=4)
+def _luna_annotations(path: Path):
+    from .metaimage import read_luna_annotations
+
+    return read_luna_annotations(path)
+
+
+def split_components(mask: Mask) -> Mask:
+    """One label per 26-connected component of ``mask > 0``, 1..N by size (largest first).
+
+    Parameters
+    ----------
+    mask : Mask
+        Any label map; only ``> 0`` matters (the Decathlon's 1 = tumour).
+
+    Returns
+    -------
+    Mask
+        Same grid and metadata; shape ``(z, y, x)``.
+    """
+    from scipy import ndimage
+
+    comp, n = ndimage.label(mask.array > 0, structure=np.ones((3, 3, 3), bool))
+    if n == 0:
+        return Mask(np.zeros(mask.shape, np.int16), mask.affine, mask.metadata)
+    sizes = np.bincount(comp.ravel())[1:]
+    order = np.argsort(-sizes, kind="stable")       # component index (0-based) by size
+    relabel = np.zeros(n + 1, np.int16)
+    relabel[order + 1] = np.arange(1, n + 1, dtype=np.int16)
+    return Mask(relabel[comp], mask.affine, mask.metadata)
 
 
 def read_labels(path: str | Path):

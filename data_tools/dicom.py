@@ -2,15 +2,18 @@
 
 How a folder becomes a volume
 -----------------------------
-1. :func:`find_series` reads headers only and groups the DICOM files by SeriesInstanceUID
-   (files that are not DICOM, and DICOMDIR, are skipped and counted).
-2. :func:`select_ct_series` picks the CT series: modality CT, at least 3 files, ImageType
-   ORIGINAL + AXIAL preferred, then the most files.
-3. :func:`read_ct_files` sorts the slices along the slice normal (row cosine x column
-   cosine) by ImagePositionPatient -- never by file name or InstanceNumber -- takes the
-   slice step from the positions (SliceThickness is only reported), checks that the steps
-   are uniform and the in-plane geometry is shared, and converts each slice to HU with its
-   own RescaleSlope/RescaleIntercept.
+1. :func:`~data_tools.dicom_series.find_series` reads headers only and groups the DICOM files
+   by SeriesInstanceUID (files that are not DICOM, and DICOMDIR, are skipped and counted).
+2. :func:`~data_tools.dicom_series.select_ct_series` picks the CT series: modality CT, at
+   least 3 files, ImageType ORIGINAL + AXIAL preferred, then the most files.
+3. :func:`read_ct_files` drops localizer frames filed under the CT's series UID, checks that
+   the in-plane geometry is shared and that every transfer syntax can be decoded, estimates
+   the memory the volume needs (refused above a limit) -- all from the headers -- then sorts
+   the slices along the slice normal (row cosine x column cosine) by ImagePositionPatient
+   (never by file name or InstanceNumber), drops exact duplicate slices, takes the slice
+   step from the positions (SliceThickness is only reported), checks that the steps are
+   uniform, converts each slice to HU with its own RescaleSlope/RescaleIntercept, and
+   resamples a gantry-tilted series onto an orthogonal grid (recorded in the metadata).
 
 Privacy: error and log messages name a file by its base name only (``file_label``), never a
 folder, a UID or a series description in an error; ``Volume.metadata`` holds scanner
@@ -20,231 +23,53 @@ facts only (no patient identifiers, UIDs, dates or paths).
 from __future__ import annotations
 
 import logging
-import os
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pydicom
-from pydicom.errors import BytesLengthException, InvalidDicomError
+from pydicom.errors import BytesLengthException
 from pydicom.multival import MultiValue
 from pydicom.pixels import get_decoder
 from pydicom.uid import (
     UID, JPEG2000TransferSyntaxes, JPEGLSTransferSyntaxes, JPEGTransferSyntaxes,
 )
 
+from .dicom_series import (
+    _FIX, _READ_ERRORS, DEFER_BYTES, MIN_SLICES, SeriesInfo, _raw, _scan, find_series, is_dicom_file,
+    select_ct_series,
+)
 from .errors import NoSeriesError, SeriesValidationError, UnreadableFileError, file_label
 from .volume import Volume
 
 __all__ = [
-    "SeriesInfo", "find_series", "select_ct_series", "load_dicom_series", "read_ct_files",
-    "is_dicom_file",
+    "SeriesInfo", "find_series", "select_ct_series", "load_dicom_series", "load_dicom_folder",
+    "read_ct_files", "is_dicom_file", "DEFAULT_MAX_BYTES",
 ]
 
 log = logging.getLogger(__name__)
 
-MIN_SLICES = 3
 IOP_TOLERANCE = 1e-3          # direction cosines, unitless
 PIXEL_SPACING_TOLERANCE_MM = 1e-4
 DUPLICATE_TOLERANCE_MM = 1e-3
-_DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
-# what pydicom raises on truncated or corrupt files; element values are parsed lazily, so a
-# corrupt header can fail on first access to a tag as well as in dcmread
-_READ_ERRORS = (InvalidDicomError, OSError, EOFError, ValueError, TypeError, NotImplementedError,
-                BytesLengthException, struct.error)
-_FIX = "Point at a folder with a CT series (the folder holding one .dcm file per axial slice)"
+TILT_TOLERANCE_DEG = 0.1      # slice step this far off the normal counts as gantry tilt
+MAX_LOCALIZER_FILES = 3       # at most this many off-grid files are dropped as localizer frames
+DEFAULT_MAX_BYTES = 4 * 1024**3  # refuse a series whose float32 volume would exceed 4 GiB
 
 
-@dataclass(frozen=True)
-class SeriesInfo:
-    """One DICOM series found in a folder (from headers only).
+def load_dicom_series(folder: str | Path, *, series_uid: str | None = None,
+                      max_bytes: int | None = DEFAULT_MAX_BYTES) -> Volume:
+    """Load the CT series in *folder* (searched recursively) as a :class:`Volume`.
 
-    Attributes
-    ----------
-    series_uid : str
-        SeriesInstanceUID (kept out of messages and metadata).
-    modality : str
-        Modality tag, e.g. ``"CT"``; ``""`` when absent.
-    n_files : int
-        Number of files in the series.
-    description : str
-        SeriesDescription, may be ``""``; may hold free text, so never put in error messages.
-    image_type : tuple of str
-        ImageType values of the first file, upper case (e.g. ``("ORIGINAL", "PRIMARY", "AXIAL")``).
-    files : tuple of Path
-        The series' files, sorted by path (not the slice order).
+    See :func:`load_dicom_folder`, which also returns the series found.
     """
-
-    series_uid: str = field(repr=False)
-    modality: str
-    n_files: int
-    description: str
-    image_type: tuple[str, ...]
-    files: tuple[Path, ...] = field(repr=False)
-
-    @property
-    def is_original_axial(self) -> bool:
-        return "ORIGINAL" in self.image_type and "AXIAL" in self.image_type
+    return load_dicom_folder(folder, series_uid=series_uid, max_bytes=max_bytes)[0]
 
 
-def is_dicom_file(path: str | Path) -> bool:
-    """True when *path* is a readable file with ``b"DICM"`` at byte offset 128 (Part 10 file)."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
-
-
-def _text(ds, keyword: str) -> str:
-    return str(ds.get(keyword, "") or "").strip()
-
-
-def _iter_files(folder: Path, recursive: bool):
-    if recursive:
-        for root, dirs, names in os.walk(folder):
-            dirs.sort()
-            for name in sorted(names):
-                yield Path(root) / name
-    else:
-        for path in sorted(folder.iterdir()):
-            if path.is_file():
-                yield path
-
-
-def _scan(folder: str | Path, recursive: bool) -> tuple[list[SeriesInfo], int, int]:
-    """Group a folder's DICOM files by series: ``(series, n_not_dicom, n_unreadable)``."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise NoSeriesError(f"the path given is not an existing folder. {_FIX}.", path=folder)
-    groups: dict[str, list] = {}
-    n_not_dicom = n_unreadable = 0
-    for path in _iter_files(folder, recursive):
-        if path.name.upper() == "DICOMDIR":
-            log.debug("skipping %s: a DICOMDIR index, not an image", file_label(path))
-            continue
-        if not is_dicom_file(path):
-            n_not_dicom += 1
-            log.debug("skipping %s: not a DICOM file", file_label(path))
-            continue
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True, force=False)
-            sop_class = str(getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID", ""))
-            uid = _text(ds, "SeriesInstanceUID")
-            if uid and uid not in groups and sop_class != _DICOMDIR_SOP_CLASS:
-                image_type = ds.get("ImageType") or ()
-                image_type = image_type.split("\\") if isinstance(image_type, str) else image_type
-                groups[uid] = [_text(ds, "Modality").upper(), _text(ds, "SeriesDescription"),
-                               tuple(str(v).strip().upper() for v in image_type), []]
-        except _READ_ERRORS as exc:
-            n_unreadable += 1
-            log.warning("skipping %s: its DICOM header cannot be read (%s)",
-                        file_label(path), type(exc).__name__)
-            continue
-        if sop_class == _DICOMDIR_SOP_CLASS:
-            log.debug("skipping %s: a DICOMDIR index, not an image", file_label(path))
-        elif not uid:
-            n_unreadable += 1
-            log.warning("skipping %s: no SeriesInstanceUID", file_label(path))
-        else:
-            groups[uid][3].append(path)
-    series = [
-        SeriesInfo(uid, modality, len(files), desc, itype, tuple(sorted(files)))
-        for uid, (modality, desc, itype, files) in groups.items()
-    ]
-    series.sort(key=lambda s: s.files[0])
-    log.info("found %d DICOM series (%d files); skipped %d non-DICOM and %d unreadable files",
-             len(series), sum(s.n_files for s in series), n_not_dicom, n_unreadable)
-    return series, n_not_dicom, n_unreadable
-
-
-def find_series(folder: str | Path, *, recursive: bool = True) -> list[SeriesInfo]:
-    """List the DICOM series in *folder*, reading headers only.
-
-    Parameters
-    ----------
-    folder : str or Path
-        Folder to search.
-    recursive : bool
-        Also search subfolders.
-
-    Returns
-    -------
-    list of SeriesInfo
-        One entry per SeriesInstanceUID, ordered by their first file's path; empty when the
-        folder holds no DICOM files.
-
-    Raises
-    ------
-    NoSeriesError
-        *folder* is not an existing folder.
-    """
-    return _scan(folder, recursive)[0]
-
-
-def _describe_found(series: Sequence[SeriesInfo], limit: int = 8) -> str:
-    parts = [
-        f"{s.modality or 'no modality'} with {s.n_files} file{'s' if s.n_files != 1 else ''}"
-        for s in series[:limit]
-    ]
-    if len(series) > limit:
-        parts.append(f"and {len(series) - limit} more")
-    return f"{len(series)} series ({'; '.join(parts)})"
-
-
-def select_ct_series(series: list[SeriesInfo], *, series_uid: str | None = None) -> SeriesInfo:
-    """Choose the CT series to load.
-
-    Rule: modality CT and at least ``MIN_SLICES`` (3) files; prefer ImageType with ORIGINAL
-    and AXIAL; then the most files; ties go to the first in *series* order.  The series not
-    chosen are logged at info (modality, file count, description).
-
-    Parameters
-    ----------
-    series : list of SeriesInfo
-        As returned by :func:`find_series`.
-    series_uid : str, optional
-        Choose this SeriesInstanceUID instead (it must be a CT series).
-
-    Raises
-    ------
-    NoSeriesError
-        No candidate; the message lists the modalities and file counts found.
-    """
-    series = list(series)
-    if not series:
-        raise NoSeriesError(f"no DICOM series found. {_FIX}.")
-    if series_uid is not None:
-        match = [s for s in series if s.series_uid == series_uid]
-        if not match:
-            raise NoSeriesError(
-                f"no series has the requested SeriesInstanceUID; found {_describe_found(series)}. "
-                "Check the UID, or leave it out to choose the CT series automatically."
-            )
-        if match[0].modality != "CT":
-            raise NoSeriesError(
-                f"the requested series has modality {match[0].modality or 'unknown'}, not CT. "
-                f"{_FIX}."
-            )
-        return match[0]
-    candidates = [s for s in series if s.modality == "CT" and s.n_files >= MIN_SLICES]
-    if not candidates:
-        raise NoSeriesError(
-            f"no CT series with at least {MIN_SLICES} slices found; the folder holds "
-            f"{_describe_found(series)}. {_FIX}."
-        )
-    chosen = max(candidates, key=lambda s: (s.is_original_axial, s.n_files))
-    for s in series:
-        if s is not chosen:
-            log.info("not using series: %s, %d file(s), description %r",
-                     s.modality or "no modality", s.n_files, s.description)
-    return chosen
-
-
-def load_dicom_series(folder: str | Path, *, series_uid: str | None = None) -> Volume:
+def load_dicom_folder(folder: str | Path, *, series_uid: str | None = None,
+                      max_bytes: int | None = DEFAULT_MAX_BYTES
+                      ) -> tuple[Volume, SeriesInfo, list[SeriesInfo]]:
     """Load the CT series in *folder* (searched recursively) as a :class:`Volume`.
 
     Parameters
@@ -253,17 +78,25 @@ def load_dicom_series(folder: str | Path, *, series_uid: str | None = None) -> V
         Folder holding the series' files (other series and non-DICOM files may be present).
     series_uid : str, optional
         SeriesInstanceUID to load when the folder holds several CT series.
+    max_bytes : int or None
+        Memory limit for the float32 volume, checked from the headers (see
+        :func:`read_ct_files`).
 
     Returns
     -------
-    Volume
+    volume : Volume
         See :func:`read_ct_files`.
+    chosen : SeriesInfo
+        The series read.
+    series : list of SeriesInfo
+        Every series found (RTSTRUCT and SEG objects among them).
 
     Raises
     ------
     NoSeriesError, SeriesValidationError, UnreadableFileError
     """
-    series, n_not_dicom, n_unreadable = _scan(folder, recursive=True)
+    headers: dict = {}
+    series, n_not_dicom, n_unreadable = _scan(folder, recursive=True, keep=headers)
     if not series:
         skipped = f" ({n_not_dicom} non-DICOM and {n_unreadable} unreadable file(s) skipped)"
         raise NoSeriesError(
@@ -273,7 +106,8 @@ def load_dicom_series(folder: str | Path, *, series_uid: str | None = None) -> V
     chosen = select_ct_series(series, series_uid=series_uid)
     log.info("reading CT series: %d files, description %r", chosen.n_files, chosen.description)
     try:
-        return read_ct_files(chosen.files)
+        volume = read_ct_files(chosen.files, max_bytes=max_bytes, _headers=headers)
+        return volume, chosen, series
     except SeriesValidationError as exc:
         if not n_unreadable:
             raise
@@ -295,7 +129,14 @@ class _Slice:
     slope: float
     intercept: float
     series_uid: str
-    metadata: dict
+    image_type: tuple[str, ...] = ()
+    transfer_syntax: str = ""
+    ds: object = field(default=None, repr=False)  # the dataset, pixel data deferred
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return _safe_metadata(self.ds) if self.ds is not None else {"format": "dicom",
+                                                                    "modality": "CT"}
 
     @property
     def who(self) -> str:
@@ -305,9 +146,8 @@ class _Slice:
 
 
 def _floats(ds, keyword: str, n: int, path: Path) -> np.ndarray:
-    value = ds.get(keyword)
     try:
-        values = [float(v) for v in (value if isinstance(value, (list, MultiValue)) else [value])]
+        values = [float(v) for v in (_raw(ds, keyword) or [])]
     except (TypeError, ValueError):
         values = []
     if len(values) != n or not np.all(np.isfinite(values)):
@@ -331,9 +171,11 @@ def _safe_metadata(ds) -> dict[str, str]:
     return meta
 
 
-def _read_full(path: Path, *, stop_before_pixels: bool = False):
+def _read_full(path: Path, *, defer: bool = False):
     try:
-        return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=False)
+        # force only for a file without the Part 10 preamble (see _is_raw_dataset)
+        return pydicom.dcmread(path, defer_size=DEFER_BYTES if defer else None,
+                               force=not is_dicom_file(path))
     except _READ_ERRORS as exc:
         raise UnreadableFileError(
             f"{file_label(path)} cannot be read as DICOM ({type(exc).__name__}); it is probably "
@@ -341,8 +183,8 @@ def _read_full(path: Path, *, stop_before_pixels: bool = False):
         ) from None
 
 
-def _read_header(path: Path) -> _Slice:
-    ds = _read_full(path, stop_before_pixels=True)
+def _read_header(path: Path, ds=None) -> _Slice:
+    ds = _read_full(path, defer=True) if ds is None else ds
     try:
         return _parse_header(ds, path)
     except _READ_ERRORS as exc:
@@ -354,7 +196,8 @@ def _read_header(path: Path) -> _Slice:
 
 def _parse_header(ds, path: Path) -> _Slice:
     label = file_label(path)
-    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+    frames = _raw(ds, "NumberOfFrames")
+    if frames and frames[0].isdigit() and int(frames[0]) > 1:
         raise SeriesValidationError(
             f"{label} is a multi-frame (enhanced) image, which is not supported yet; export the "
             "series as one file per slice, or convert it to NIfTI.", path=path,
@@ -363,16 +206,17 @@ def _parse_header(ds, path: Path) -> _Slice:
         raise SeriesValidationError(
             f"{label} is a colour image (SamplesPerPixel != 1), not a CT slice.", path=path
         )
-    modality = _text(ds, "Modality").upper()
+    modality = (_raw(ds, "Modality") or [""])[0].upper()
     if modality and modality != "CT":
         raise SeriesValidationError(
             f"{label} has modality {modality}; only CT series can be read as HU. {_FIX}.",
             path=path,
         )
-    missing = [kw for kw in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing",
-                             "Rows", "Columns") if ds.get(kw) is None or ds.get(kw) == ""]
+    missing = [kw for kw in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")
+               if _raw(ds, kw) is None]
+    missing += [kw for kw in ("Rows", "Columns") if ds.get(kw) in (None, "")]
     if missing:
-        if "PixelData" not in _read_full(path):  # pydicom stops silently at a cut header
+        if "PixelData" not in ds:  # pydicom stops silently at a cut header
             raise UnreadableFileError(
                 f"{label} ends before its pixel data (no {missing[0]}); it is truncated. "
                 "Re-copy or re-export the series.", path=path,
@@ -382,13 +226,13 @@ def _parse_header(ds, path: Path) -> _Slice:
             "and pixel spacing (the file may be truncated, or it is not an image slice).",
             path=path,
         )
-    if ds.get("RescaleSlope") is None or ds.get("RescaleIntercept") is None:
+    if _raw(ds, "RescaleSlope") is None or _raw(ds, "RescaleIntercept") is None:
         if "ModalityLUTSequence" in ds:
             raise SeriesValidationError(
                 f"{label} maps stored values to HU with a ModalityLUTSequence, which is not "
                 "supported yet; export the series with RescaleSlope/RescaleIntercept.", path=path,
             )
-        absent = [kw for kw in ("RescaleSlope", "RescaleIntercept") if ds.get(kw) is None]
+        absent = [kw for kw in ("RescaleSlope", "RescaleIntercept") if _raw(ds, kw) is None]
         raise SeriesValidationError(
             f"{label} is missing {' and '.join(absent)}, so its stored values cannot be "
             "converted to HU; the reader never assumes -1024 or any other default. Re-export "
@@ -398,10 +242,10 @@ def _parse_header(ds, path: Path) -> _Slice:
                         for kw in ("RescaleSlope", "RescaleIntercept"))
     if slope == 0.0:
         raise SeriesValidationError(f"{label} has RescaleSlope 0.", path=path)
-    instance = ds.get("InstanceNumber")
+    instance = (_raw(ds, "InstanceNumber") or [""])[0]
     try:
-        instance = None if instance in (None, "") else int(instance)
-    except (TypeError, ValueError):
+        instance = int(instance) if instance else None
+    except ValueError:
         instance = None
     return _Slice(
         path=path, instance=instance,
@@ -409,8 +253,62 @@ def _parse_header(ds, path: Path) -> _Slice:
         iop=_floats(ds, "ImageOrientationPatient", 6, path),
         pixel_spacing=_floats(ds, "PixelSpacing", 2, path),
         rows=int(ds.Rows), cols=int(ds.Columns), slope=slope, intercept=intercept,
-        series_uid=_text(ds, "SeriesInstanceUID"), metadata=_safe_metadata(ds),
+        series_uid=(_raw(ds, "SeriesInstanceUID") or [""])[0],
+        image_type=tuple(v.upper() for v in _raw(ds, "ImageType") or ()),
+        transfer_syntax=str(getattr(ds, "file_meta", {}).get("TransferSyntaxUID", "") or ""),
+        ds=ds,
     )
+
+
+def _drop_localizers(slices: list[_Slice]) -> list[_Slice]:
+    """Drop scout frames that share the CT's SeriesInstanceUID, with a warning.
+
+    Rule: a file whose ImageType holds LOCALIZER is dropped.  Then, when the remaining files
+    do not share one orientation and matrix, and all but at most ``MAX_LOCALIZER_FILES`` of
+    them do (and those are at most a tenth of the series), the odd ones are dropped as
+    localizer frames.  Anything else is left to :func:`_check_shared`, which refuses it.
+    """
+    kept = [s for s in slices if "LOCALIZER" not in s.image_type]
+    for s in slices:
+        if "LOCALIZER" in s.image_type:
+            log.warning("dropping %s: a localizer (scout) image inside the CT series", s.who)
+
+    def grid(s):
+        return (tuple(np.round(s.iop, 2)), s.rows, s.cols)
+
+    groups: dict = {}
+    for s in kept:
+        groups.setdefault(grid(s), []).append(s)
+    if len(groups) > 1:
+        main = max(groups.values(), key=len)
+        odd = [s for s in kept if grid(s) != grid(main[0])]
+        if len(odd) <= MAX_LOCALIZER_FILES and len(odd) * 10 <= len(kept):
+            for s in odd:
+                log.warning("dropping %s: its orientation or matrix differs from the other %d "
+                            "slices (a localizer frame under the CT's series UID)", s.who,
+                            len(main))
+            kept = main
+    return kept
+
+
+def _check_decoders(slices: list[_Slice]) -> None:
+    """Refuse compressed pixel data that no installed plugin can decode, before any read."""
+    for ts in sorted({s.transfer_syntax for s in slices if s.transfer_syntax}):
+        tsyntax = UID(ts)
+        if not (tsyntax.is_transfer_syntax and tsyntax.is_compressed):
+            continue
+        try:
+            available = get_decoder(tsyntax).is_available
+        except NotImplementedError:
+            available = False
+        if not available:
+            first = next(s for s in slices if s.transfer_syntax == ts)
+            raise UnreadableFileError(
+                f"{file_label(first.path)} stores its pixels with the compressed transfer "
+                f"syntax '{tsyntax.name}', and no installed decoder can read it. Install "
+                f"{_decoder_hint(tsyntax)} (the project's requirements include pylibjpeg), "
+                "or export the series uncompressed.", path=first.path,
+            )
 
 
 def _check_shared(slices: list[_Slice]) -> None:
@@ -443,25 +341,60 @@ def _check_shared(slices: list[_Slice]) -> None:
             )
 
 
-def _geometry(slices: list[_Slice]) -> tuple[list[_Slice], np.ndarray]:
-    """Sort *slices* along the slice normal and build the ``[z, y, x, 1] -> LPS`` affine."""
+def _sort(slices: list[_Slice]) -> tuple[list[_Slice], np.ndarray]:
+    """Slices in increasing order along the slice normal, and their positions on it (mm)."""
+    ref = slices[0]
+    normal = np.cross(ref.iop[:3], ref.iop[3:])
+    proj = np.array([s.ipp @ normal for s in slices])
+    order = np.argsort(proj, kind="stable")
+    return [slices[i] for i in order], proj[order]
+
+
+def _drop_duplicates(slices: list[_Slice], proj: np.ndarray) -> list[_Slice]:
+    """Drop exact duplicate slices (same position, same HU) with a warning; refuse others.
+
+    Two files at one position (within ``DUPLICATE_TOLERANCE_MM``) are compared voxel by
+    voxel after rescale: identical copies (a file exported twice) keep the first, sorted by
+    path; different images at one position (two reconstructions mixed) are an error.
+    """
+    keep = [slices[0]]
+    for k in range(1, len(slices)):
+        a, b = keep[-1], slices[k]
+        if proj[k] - (a.ipp @ np.cross(a.iop[:3], a.iop[3:])) >= DUPLICATE_TOLERANCE_MM:
+            keep.append(b)
+            continue
+        same = (_read_pixels(a).astype(np.float64) * a.slope + a.intercept
+                == _read_pixels(b).astype(np.float64) * b.slope + b.intercept)
+        if not bool(np.all(same)):
+            raise SeriesValidationError(
+                f"two different slices share a position: {a.who} and {b.who} both lie at "
+                f"{proj[k]:.2f} mm along the slice normal but their pixels differ in "
+                f"{int(np.size(same) - np.count_nonzero(same))} voxel(s). The folder mixes two "
+                "reconstructions of one series; keep one of them.", path=b.path,
+            )
+        first, second = sorted((a, b), key=lambda s: str(s.path))
+        log.warning("dropping %s: an exact duplicate of %s (same position, same pixels)",
+                    second.who if second.who != first.who else f"file {file_label(second.path)}",
+                    first.who)
+        keep[-1] = first
+    return keep
+
+
+def _geometry(slices: list[_Slice], proj: np.ndarray) -> tuple[np.ndarray, float]:
+    """Check the steps of sorted, de-duplicated slices; return the affine and the tilt.
+
+    Returns
+    -------
+    affine : ndarray, shape (4, 4)
+        ``[z, y, x, 1] -> LPS mm``; column 0 is the mean step between positions, so a
+        gantry-tilted series gives a sheared affine (see :func:`_untilt`).
+    tilt_deg : float
+        Angle between the slice step and the slice normal, degrees.
+    """
     ref = slices[0]
     row_cos, col_cos = ref.iop[:3], ref.iop[3:]
     normal = np.cross(row_cos, col_cos)
-    proj = np.array([s.ipp @ normal for s in slices])
-    order = np.argsort(proj, kind="stable")
-    slices = [slices[i] for i in order]
-    proj = proj[order]
     steps = np.diff(proj)
-    dup = np.flatnonzero(steps < DUPLICATE_TOLERANCE_MM)
-    if dup.size:
-        a, b = slices[dup[0]], slices[dup[0] + 1]
-        raise SeriesValidationError(
-            f"two slices share a position: {a.who} and {b.who} both lie at "
-            f"{proj[dup[0]]:.2f} mm along the slice normal. Duplicate slices are not supported "
-            "yet; remove the duplicates or load one series at a time.",
-            path=b.path,
-        )
     median = float(np.median(steps))
     tol = max(0.1, 0.05 * median)
     bad = np.flatnonzero(np.abs(steps - median) > tol)
@@ -486,16 +419,40 @@ def _geometry(slices: list[_Slice]) -> tuple[list[_Slice], np.ndarray]:
             f"off the line through the first and last slice (limit {limit:.2f} mm). The series "
             "may mix reconstructions or have a varying gantry tilt.", path=slices[k].path,
         )
-    tilt = np.degrees(np.arccos(np.clip(abs(step @ normal) / np.linalg.norm(step), 0, 1)))
-    if tilt > 0.1:
-        log.info("slice step is %.2f degrees off the slice normal (gantry tilt); the affine is "
-                 "sheared to match the positions", tilt)
+    tilt = float(np.degrees(np.arccos(np.clip(abs(step @ normal) / np.linalg.norm(step), 0, 1))))
     affine = np.eye(4)
     affine[:3, 0] = step
     affine[:3, 1] = col_cos * ref.pixel_spacing[0]  # down the rows
     affine[:3, 2] = row_cos * ref.pixel_spacing[1]  # along a row
     affine[:3, 3] = positions[0]
-    return slices, affine
+    return affine, tilt
+
+
+def _untilt(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Resample a gantry-tilted (sheared) volume onto the orthogonal grid of its first slice.
+
+    Slice ``k`` of a tilted series is displaced in-plane by ``k`` times the step's in-plane
+    part; each slice is shifted back by that amount (linear interpolation, voxels that come
+    from outside the slice take the volume's minimum, i.e. air).  The new affine's column 0
+    is the slice normal times the step along it.
+    """
+    from scipy import ndimage
+
+    step = affine[:3, 0]
+    in_plane = affine[:3, 1:3]                      # (3, 2): y and x axes, mm per voxel
+    normal = np.cross(in_plane[:, 1], in_plane[:, 0])
+    normal /= np.linalg.norm(normal)
+    along = float(step @ normal)
+    shear_mm = step - along * normal                # in-plane displacement per slice
+    shear_vox = np.linalg.lstsq(in_plane, shear_mm, rcond=None)[0]  # (dy, dx) per slice
+    fill = float(array.min())
+    out = np.empty_like(array)
+    for k in range(array.shape[0]):
+        # new voxel (k, y, x) lies where old voxel (k, y - k*dy, x - k*dx) did
+        out[k] = ndimage.shift(array[k], k * shear_vox, order=1, mode="constant", cval=fill)
+    new = affine.copy()
+    new[:3, 0] = along * normal
+    return out, new
 
 
 def _decoder_hint(tsyntax) -> str:
@@ -515,10 +472,45 @@ def _decoder_state(tsyntax) -> str:
             else "no installed decoder can read it")
 
 
+_NATIVE_LE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}  # implicit / explicit VR little endian
+
+
+def _native_pixels(ds, s: _Slice) -> np.ndarray | None:
+    """Stored values straight from native little-endian pixel bytes, or None to let pydicom
+    decode (other syntaxes, unusual bit layouts).  Bits above BitsStored are dropped and
+    signed values sign-extended, as PS3.5 8.1.1 defines them."""
+    if s.transfer_syntax not in _NATIVE_LE:
+        return None
+    alloc, stored_bits = int(ds.get("BitsAllocated", 0) or 0), int(ds.get("BitsStored", 0) or 0)
+    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+    high = int(ds.get("HighBit", stored_bits - 1) or 0)
+    if alloc not in (8, 16, 32) or not 0 < stored_bits <= alloc or high != stored_bits - 1:
+        return None
+    raw = ds.PixelData
+    n = s.rows * s.cols
+    if len(raw) < n * alloc // 8:
+        return None  # pydicom gives the precise error
+    dtype = np.dtype(f"<{'i' if signed else 'u'}{alloc // 8}")
+    arr = np.frombuffer(raw, dtype=dtype, count=n).reshape(s.rows, s.cols)
+    if stored_bits < alloc:
+        shift = alloc - stored_bits
+        if signed:
+            arr = (arr << shift) >> shift
+        else:
+            arr = arr & ((1 << stored_bits) - 1)
+    return arr
+
+
 def _read_pixels(s: _Slice) -> np.ndarray:
     """Stored values of one slice, shape (rows, cols)."""
     label = file_label(s.path)
-    ds = _read_full(s.path)
+    ds = s.ds if s.ds is not None else _read_full(s.path)
+    try:
+        fast = _native_pixels(ds, s) if "PixelData" in ds else None
+    except _READ_ERRORS:
+        fast = None
+    if fast is not None:
+        return fast
     if "PixelData" not in ds:
         raise UnreadableFileError(
             f"{label} has no pixel data; it is probably truncated. Re-copy or re-export the "
@@ -551,13 +543,18 @@ def _read_pixels(s: _Slice) -> np.ndarray:
     return stored
 
 
-def read_ct_files(files: Sequence[Path]) -> Volume:
+def read_ct_files(files: Sequence[Path], *, max_bytes: int | None = DEFAULT_MAX_BYTES,
+                  _headers: dict | None = None) -> Volume:
     """Read the files of one CT series into a :class:`Volume`.
 
     Parameters
     ----------
     files : sequence of Path
-        One file per slice, in any order.
+        One file per slice, in any order.  Localizer frames among them and exact duplicate
+        slices are dropped with a warning.
+    max_bytes : int or None
+        Refuse, from the headers and before any pixel is read, a series whose float32
+        volume would be larger (default 4 GiB); None for no limit.
 
     Returns
     -------
@@ -567,17 +564,22 @@ def read_ct_files(files: Sequence[Path]) -> Volume:
         in increasing order along the slice normal.
         ``affine``: ``[z, y, x, 1]`` -> LPS mm; column 0 = (last - first position) / (n - 1),
         column 1 = column cosine * PixelSpacing[0], column 2 = row cosine * PixelSpacing[1],
-        column 3 = ImagePositionPatient of the first sorted slice.
+        column 3 = ImagePositionPatient of the first sorted slice.  A gantry-tilted series
+        (step more than 0.1 degree off the slice normal) is resampled onto the orthogonal
+        grid of its first slice, and column 0 becomes the normal times the step along it.
         ``metadata``: ``format``, ``modality`` and, when present, ``manufacturer``, ``model``,
-        ``kernel``, ``kvp``, ``slice_thickness_mm`` (strings).
+        ``kernel``, ``kvp``, ``slice_thickness_mm``; ``gantry_tilt_deg`` and ``resampled``
+        after a tilt correction (strings).
 
     Raises
     ------
     SeriesValidationError
-        Fewer than 3 slices, differing orientation/spacing/size, duplicate positions,
-        uneven steps (a missing slice), missing rescale tags, non-CT files.
+        Fewer than 3 slices, differing orientation/spacing/size, two different images at
+        one position, uneven steps (a missing slice), missing rescale tags, a Modality LUT,
+        non-CT files, a volume above *max_bytes*.
     UnreadableFileError
-        A truncated or unreadable file, or compressed pixels without an installed decoder.
+        A truncated or unreadable file, or compressed pixels without an installed decoder
+        (found from the headers, before any pixel is read).
     """
     paths = [Path(f) for f in files]
     if len(paths) < MIN_SLICES:
@@ -586,9 +588,32 @@ def read_ct_files(files: Sequence[Path]) -> Volume:
             f"{_FIX}, not a single image or a localizer.",
             path=paths[0] if paths else None,
         )
-    slices = [_read_header(p) for p in paths]
+    headers = _headers or {}
+    slices = _drop_localizers([_read_header(p, headers.get(p)) for p in paths])
+    if len(slices) < MIN_SLICES:
+        raise SeriesValidationError(
+            f"only {len(slices)} slice(s) remain after dropping localizer images; a CT volume "
+            f"needs at least {MIN_SLICES}. {_FIX}.", path=paths[0])
     _check_shared(slices)
-    slices, affine = _geometry(slices)
+    _check_decoders(slices)
+    first = slices[0]
+    need = len(slices) * first.rows * first.cols * 4
+    if max_bytes is not None and need > max_bytes:
+        raise SeriesValidationError(
+            f"the series would need {need / 1024**3:.2f} GiB as a float32 volume "
+            f"({len(slices)} slices of {first.rows} x {first.cols}), above the limit of "
+            f"{max_bytes / 1024**3:.2f} GiB. Raise the limit (max_bytes=, or discovery score "
+            "--max-volume-gb) if the machine has the memory, or crop the series.",
+            path=first.path,
+        )
+    slices, proj = _sort(slices)
+    slices = _drop_duplicates(slices, proj)
+    if len(slices) < MIN_SLICES:
+        raise SeriesValidationError(
+            f"only {len(slices)} distinct slice position(s) remain after dropping duplicates; "
+            f"a CT volume needs at least {MIN_SLICES}.", path=paths[0])
+    slices, proj = _sort(slices)
+    affine, tilt = _geometry(slices, proj)
     first = slices[0]
     thickness = first.metadata.get("slice_thickness_mm", "")
     step_mm = float(np.linalg.norm(affine[:3, 0]))
@@ -598,6 +623,13 @@ def read_ct_files(files: Sequence[Path]) -> Volume:
     out = np.empty((len(slices), first.rows, first.cols), dtype=np.float32)
     for k, s in enumerate(slices):
         out[k] = _read_pixels(s).astype(np.float64) * s.slope + s.intercept
+    metadata = dict(first.metadata)
+    if tilt > TILT_TOLERANCE_DEG:
+        log.warning("gantry tilt of %.2f degrees: resampling the slices onto an orthogonal grid",
+                    tilt)
+        out, affine = _untilt(out, affine)
+        metadata["gantry_tilt_deg"] = f"{tilt:.2f}"
+        metadata["resampled"] = "gantry tilt removed (linear, in-plane)"
     log.info("read CT volume: shape (z, y, x)=%s, spacing_mm=(%.3f, %.3f, %.3f)", out.shape,
-             step_mm, *first.pixel_spacing)
-    return Volume(out, affine, first.metadata)
+             float(np.linalg.norm(affine[:3, 0])), *first.pixel_spacing)
+    return Volume(out, affine, metadata)

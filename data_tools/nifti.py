@@ -4,6 +4,16 @@ Reading brings any orientation to the closest canonical one (nibabel's RAS+), th
 first two voxel axes so that, like a typical axial DICOM series, columns run toward the
 patient's Left, rows toward Posterior and slices toward Superior.  Writing is the exact
 inverse, so ``load_nifti(save_nifti(v))`` returns ``v``'s array and affine.
+
+Which affine (the rule)
+-----------------------
+* sform when its code is > 0, else qform when its code is > 0 (nibabel's and FSL's rule).
+* When both are set and place a corner voxel of the volume more than
+  ``XFORM_TOLERANCE_MM`` (0.5 mm) apart, the sform is still used, a warning gives the
+  largest disagreement in mm, and ``metadata["xform_note"]`` records it.
+* When neither is set, the orientation is unknown: the voxel sizes from ``pixdim`` are used
+  with nibabel's default orientation, with a warning and ``metadata["xform_note"]``.
+* 4-D images are refused unless the fourth axis has length 1; 2-D images are refused.
 """
 
 from __future__ import annotations
@@ -17,9 +27,11 @@ import numpy as np
 from .errors import MaskError, UnreadableFileError, file_label
 from .volume import Mask, Volume
 
-__all__ = ["load_nifti", "load_nifti_mask", "save_nifti", "is_nifti"]
+__all__ = ["load_nifti", "load_nifti_mask", "save_nifti", "is_nifti", "XFORM_TOLERANCE_MM"]
 
 log = logging.getLogger(__name__)
+
+XFORM_TOLERANCE_MM = 0.5
 
 _LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 # [i, j, k, 1] (nibabel array order) <- [z, y, x, 1] (ours) when i=x, j=y, k=z
@@ -44,6 +56,14 @@ def _read(path: Path):
         raise UnreadableFileError(f"NIfTI file {file_label(path)} is empty (0 bytes)", path=path)
     try:
         img = nib.load(str(path))
+        shape = tuple(img.shape)
+        if len(shape) not in (3, 4) or (len(shape) == 4 and shape[3] != 1):
+            raise UnreadableFileError(
+                f"NIfTI file {file_label(path)} has {len(shape)} dimensions (shape {shape}); a "
+                "CT volume or label mask must be 3-D. Split a 4-D series into single volumes "
+                "(e.g. fslsplit) and give one of them.", path=path,
+            )
+        note = _xform_note(img, path)
         canonical = nib.as_closest_canonical(img)
         data = np.asanyarray(canonical.dataobj)
     except (EOFError, zlib.error, OSError, ValueError, ImageFileError) as exc:
@@ -67,7 +87,31 @@ def _read(path: Path):
         [[0, 0, -1, ni - 1], [0, -1, 0, nj - 1], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=float
     )
     affine = _LPS_FROM_RAS @ canonical.affine @ flip
-    return arr, affine
+    return arr, affine, note
+
+
+def _xform_note(img, path: Path) -> str | None:
+    """Apply the module's qform/sform rule; return a note when the choice matters."""
+    header = getattr(img, "header", None)
+    if header is None or not hasattr(header, "get_sform"):
+        return None
+    sform, s_code = header.get_sform(coded=True)
+    qform, q_code = header.get_qform(coded=True)
+    if not s_code and not q_code:
+        log.warning("%s has neither a qform nor an sform; its orientation is unknown, so the "
+                    "voxel sizes are used with the default orientation", file_label(path))
+        return "no qform or sform: orientation assumed"
+    if s_code and q_code:
+        shape = np.array(img.shape[:3], dtype=float)
+        corners = np.array([[i, j, k, 1.0] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1)
+                            for k in (0, shape[2] - 1)])
+        gap = float(np.max(np.linalg.norm((corners @ sform.T - corners @ qform.T)[:, :3],
+                                          axis=1)))
+        if gap > XFORM_TOLERANCE_MM:
+            log.warning("%s: the qform and sform disagree by up to %.1f mm; using the sform",
+                        file_label(path), gap)
+            return f"qform and sform disagree by up to {gap:.1f} mm; sform used"
+    return None
 
 
 def load_nifti(path: str | Path) -> Volume:
@@ -89,8 +133,11 @@ def load_nifti(path: str | Path) -> Volume:
         Missing, empty, truncated, or not 3-D.
     """
     path = Path(path)
-    arr, affine = _read(path)
-    return Volume(arr.astype(np.float32, copy=False), affine, {"format": "nifti", "modality": "CT"})
+    arr, affine, note = _read(path)
+    meta = {"format": "nifti", "modality": "CT"}
+    if note:
+        meta["xform_note"] = note
+    return Volume(arr.astype(np.float32, copy=False), affine, meta)
 
 
 def load_nifti_mask(path: str | Path) -> Mask:
@@ -104,7 +151,7 @@ def load_nifti_mask(path: str | Path) -> Mask:
         Non-integer or negative labels.
     """
     path = Path(path)
-    arr, affine = _read(path)
+    arr, affine, _ = _read(path)
     if not np.issubdtype(arr.dtype, np.integer):
         rounded = np.rint(arr)
         if not np.allclose(arr, rounded, atol=1e-3):

@@ -19,7 +19,8 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from data_tools.cases import CaseSpec, discover_cases, load_case, read_labels
+from data_tools.cases import CaseSpec, discover_cases, read_case, read_labels
+from data_tools.dicom import DEFAULT_MAX_BYTES
 from data_tools.errors import DataError
 from data_tools.volume import Mask, Volume
 
@@ -51,6 +52,7 @@ class BatchSummary:
     n_clusters: int
     seconds: float
     failed: list[tuple[str, str]] = field(default_factory=list)
+    layouts: dict[str, int] = field(default_factory=dict)  # cases per input layout
 
 
 def safe_error(exc: BaseException, *paths: Path | str | None) -> str:
@@ -127,9 +129,28 @@ def _region_deep(result: CaseResult) -> np.ndarray:
     return np.stack(rows).astype(np.float32) if rows else np.zeros((0, 0), np.float32)
 
 
+#: what the annotation says of a nodule that may go into the findings (numbers only: free-text
+#: fields such as RT ROI names or SEG segment labels stay out, they can carry anything)
+_ANNOTATION_KEYS = ("n_readers", "roi_number", "segment_number")
+
+
+def _annotation_rows(case_id: str, nodules) -> list[dict]:
+    rows = []
+    for nod in nodules:
+        for key, value in nod.items():
+            name = ("annotated_diameter_mm" if key == "diameter_mm"
+                    else key if key.startswith("lidc_") or key in _ANNOTATION_KEYS else None)
+            if name is None or isinstance(value, (str, bytes, list, tuple, dict)):
+                continue
+            rows.append({"case_id": case_id, "nodule_id": f"n{int(nod['label'])}",
+                         "name": name, "value": float(value)})
+    return rows
+
+
 def _score_one(spec: CaseSpec, model, card, results_dir: Path, settings: ScoreSettings,
-               store: ResultsStore) -> tuple[str, int, int]:
-    volume, mask = load_case(spec)
+               store: ResultsStore, max_bytes: int | None) -> tuple[str, int, int]:
+    case = read_case(spec, max_bytes=max_bytes)
+    volume, mask = case.volume, case.mask
     result = analyze_scan(volume, mask, model, card, case_id=spec.case_id, settings=settings)
     ct = np.clip(np.rint(volume.array), -32768, 32767).astype(np.int16)
     arrays = save_case_arrays(
@@ -146,8 +167,8 @@ def _score_one(spec: CaseSpec, model, card, results_dir: Path, settings: ScoreSe
          "error": "" if status == "ok" else result.status.split(": ", 1)[-1],
          "n_nodules": len(nodules), "shape": list(volume.shape),
          "spacing_mm": [round(s, 4) for s in volume.spacing_mm], "source_kind": spec.image_kind,
-         "arrays": arrays},
-        nodules, regions,
+         "layout": spec.layout, "mask_source": case.mask_source, "arrays": arrays},
+        nodules, regions, _annotation_rows(spec.case_id, case.nodules),
     )
     return status, len(nodules), len(regions)
 
@@ -209,6 +230,8 @@ def score_folder(
     settings: ScoreSettings = ScoreSettings(),
     pattern_settings: PatternSettings = PatternSettings(),
     labels: str | Path | None = None,
+    layout: str = "auto",
+    max_bytes: int | None = DEFAULT_MAX_BYTES,
     progress: Progress | None = None,
 ) -> BatchSummary:
     """Score every case under *input_path* into *results_dir*.
@@ -226,6 +249,10 @@ def score_folder(
     labels : path, optional
         Known true labels (:func:`read_labels`), stored with the results; the pattern
         clusters then also report enrichment against the true label.
+    layout : str
+        Input layout (:data:`data_tools.layouts.LAYOUTS`; ``"auto"`` recognises it).
+    max_bytes : int or None
+        Refuse a scan whose float32 volume would be larger (checked from the headers).
     progress : callable(done, total, case_id), optional
 
     Returns
@@ -235,7 +262,7 @@ def score_folder(
     t0 = time.perf_counter()
     results_dir = Path(results_dir)
     model, card = load_model(model_dir)
-    specs = discover_cases(input_path)
+    specs = discover_cases(input_path, layout=layout)
     known = read_labels(labels) if labels is not None else None  # bad file: fail before scoring
     store = ResultsStore(results_dir)
     if known is not None:
@@ -248,13 +275,14 @@ def score_folder(
     failed: list[tuple[str, str]] = []
     for i, spec in enumerate(specs):
         try:
-            status, k_nod, k_reg = _score_one(spec, model, card, results_dir, settings, store)
+            status, k_nod, k_reg = _score_one(spec, model, card, results_dir, settings, store,
+                                               max_bytes)
         except Exception as exc:  # noqa: BLE001 -- a batch records every failure and goes on
             message = safe_error(exc, input_path, spec.image, spec.mask)
             # no traceback in the log: frames and messages of third-party code may quote paths
             log.warning("case %s failed: %s", spec.case_id, message)
             store.put_case({"case_id": spec.case_id, "status": "failed", "error": message,
-                            "source_kind": spec.image_kind}, [], [])
+                            "source_kind": spec.image_kind, "layout": spec.layout}, [], [])
             failed.append((spec.case_id, message))
             n_failed += 1
         else:
@@ -270,4 +298,5 @@ def score_folder(
     return BatchSummary(
         n_cases=len(specs), n_ok=n_ok, n_failed=n_failed, n_no_mask=n_no_mask, n_nodules=n_nod,
         n_regions=n_reg, n_clusters=n_clusters, seconds=time.perf_counter() - t0, failed=failed,
+        layouts={k: sum(s.layout == k for s in specs) for k in sorted({s.layout for s in specs})},
     )

@@ -126,8 +126,11 @@ def cmd_score(args) -> int:
         task = bar.add_task("scoring", total=None, note="")
         summary = score_folder(
             args.input, args.out, model_dir=args.model, settings=ScoreSettings(method=args.method),
-            labels=args.labels,
+            labels=args.labels, layout=args.layout,
+            max_bytes=None if args.max_volume_gb <= 0 else int(args.max_volume_gb * 1024**3),
             progress=lambda d, t, cid: bar.update(task, completed=d, total=t, note=cid))
+    if len(summary.layouts) > 1 or "cases" not in summary.layouts:
+        console.print("layouts: " + ", ".join(f"{k} {v}" for k, v in summary.layouts.items()))
     console.print(
         f"{summary.n_cases} cases: {summary.n_ok} scored, {summary.n_no_mask} without mask, "
         f"{summary.n_failed} failed; {summary.n_nodules} nodules, {summary.n_regions} off-mask "
@@ -165,6 +168,7 @@ def cmd_app(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .explain import METHODS
+    from data_tools.layouts import LAYOUTS
     from .train import TrainSettings
 
     p = argparse.ArgumentParser(prog="discovery", description=__doc__.splitlines()[0])
@@ -220,6 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CSV of known true labels (case_dir,nodule_label,malignant, e.g. a "
                         "sample cohort's truth.csv): clusters also report enrichment "
                         "against the truth")
+    c.add_argument("--layout", default="auto", choices=LAYOUTS,
+                   help="input layout (default auto: MSD, LUNA16, case folders with NIfTI / "
+                        "LIDC XML / RTSTRUCT / SEG annotations, manifest CSV)")
+    c.add_argument("--max-volume-gb", type=float, default=4.0,
+                   help="refuse a scan whose float32 volume would exceed this (GiB, checked "
+                        "from the headers before reading; 0 = no limit; default 4)")
     c.set_defaults(func=cmd_score)
 
     r = sub.add_parser("report", help="export a findings report")

@@ -49,7 +49,7 @@ __all__ = [
     "NODULE_REVIEW_CHOICES", "CLUSTER_REVIEW_CHOICES", "save_case_arrays", "load_case_arrays",
 ]
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 DB_NAME = "discovery.sqlite"
 
 #: Columns of findings.csv, in order (one row per nodule; failed cases have one row).
@@ -98,7 +98,10 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS cases (
   case_id TEXT PRIMARY KEY, status TEXT NOT NULL, error TEXT NOT NULL DEFAULT '',
   n_nodules INTEGER NOT NULL DEFAULT 0, shape TEXT, spacing_mm TEXT, source_kind TEXT,
-  arrays TEXT, scored_at TEXT NOT NULL);
+  layout TEXT, mask_source TEXT, arrays TEXT, scored_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS nodule_annotations (
+  case_id TEXT NOT NULL, nodule_id TEXT NOT NULL, name TEXT NOT NULL, value REAL,
+  PRIMARY KEY (case_id, nodule_id, name));
 CREATE TABLE IF NOT EXISTS nodules (
   {nod},
   PRIMARY KEY (case_id, nodule_id));
@@ -223,15 +226,24 @@ class ResultsStore:
 
     # -- per-case results ----------------------------------------------------------------
     def put_case(self, case: dict[str, Any], nodules: list[dict[str, Any]],
-                 regions: list[dict[str, Any]]) -> None:
-        """Replace everything stored for one case, in one transaction."""
+                 regions: list[dict[str, Any]],
+                 annotations: list[dict[str, Any]] | None = None) -> None:
+        """Replace everything stored for one case, in one transaction.
+
+        ``annotations``: what the annotation source says of each nodule (``case_id``,
+        ``nodule_id``, ``name``, ``value`` as a number), e.g. the LIDC readers' median
+        malignancy; :meth:`findings` adds one column per name.
+        """
         case = {**case, "scored_at": _now()}
         cols = ["case_id", "status", "error", "n_nodules", "shape", "spacing_mm", "source_kind",
-                "arrays", "scored_at"]
+                "layout", "mask_source", "arrays", "scored_at"]
         with self.write() as con:
             cid = case["case_id"]
             con.execute("DELETE FROM nodules WHERE case_id = ?", (cid,))
             con.execute("DELETE FROM regions WHERE case_id = ?", (cid,))
+            con.execute("DELETE FROM nodule_annotations WHERE case_id = ?", (cid,))
+            self._insert(con, "nodule_annotations", ["case_id", "nodule_id", "name", "value"],
+                         annotations or [])
             con.execute(
                 f"INSERT OR REPLACE INTO cases ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
                 [_clean(case.get(c, "" if c == "error" else None)) for c in cols])
@@ -300,7 +312,8 @@ class ResultsStore:
         return self.query("SELECT * FROM cases ORDER BY case_id")
 
     def findings(self) -> pd.DataFrame:
-        """One row per nodule (and per failed / mask-less case), columns FINDINGS_COLUMNS."""
+        """One row per nodule (and per failed / mask-less case): FINDINGS_COLUMNS, then one
+        column per annotation name stored with :meth:`put_case` (sorted; NaN where absent)."""
         nod = self.query(f"SELECT {', '.join(FINDINGS_COLUMNS)} FROM nodules")
         bad = self.query("SELECT case_id, status, error FROM cases WHERE case_id NOT IN "
                          "(SELECT DISTINCT case_id FROM nodules)")
@@ -317,7 +330,17 @@ class ResultsStore:
             if _coltype(col) == "REAL":
                 nod[col] = pd.to_numeric(nod[col], errors="coerce").astype(float)
         nod["error"] = nod["error"].fillna("")
-        return nod.sort_values(["case_id", "nodule_id"], kind="stable").reset_index(drop=True)[FINDINGS_COLUMNS]
+        nod = nod.sort_values(["case_id", "nodule_id"], kind="stable").reset_index(drop=True)
+        ann = self.query("SELECT case_id, nodule_id, name, value FROM nodule_annotations")
+        extra: list[str] = []
+        if len(ann):
+            wide = ann.pivot_table(index=["case_id", "nodule_id"], columns="name", values="value",
+                                   aggfunc="first", dropna=False).reset_index()
+            extra = sorted(c for c in wide.columns if c not in ("case_id", "nodule_id"))
+            nod = nod.merge(wide, on=["case_id", "nodule_id"], how="left")
+            for col in extra:
+                nod[col] = pd.to_numeric(nod[col], errors="coerce").astype(float)
+        return nod[FINDINGS_COLUMNS + extra]
 
     def regions(self) -> pd.DataFrame:
         return self.query(f"SELECT {', '.join(REGION_COLUMNS)} FROM regions ORDER BY region_key")

@@ -62,6 +62,20 @@ def test_unusable_case_folder_is_reported_not_raised(tmp_path):
     _nifti_case(tmp_path / "ok")
     specs = discover_cases(tmp_path)
     bad = [s for s in specs if s.problem]
-    assert len(bad) == 1 and "no DICOM files and no NIfTI image" in bad[0].problem
+    assert len(bad) == 1 and "no DICOM files and no NIfTI or MetaImage volume" in bad[0].problem
     with pytest.raises(DataError):
         load_case(bad[0])
+
+
+def test_manifest_series_uid_picks_the_second_ct_series(tmp_path):
+    """Two CT series in one folder: the manifest's series_uid column decides which is read."""
+    from _dicom_factory import write_ct_series
+
+    first = write_ct_series(tmp_path / "study" / "a", n=6, prefix="A")
+    second = write_ct_series(tmp_path / "study" / "b", n=4, prefix="B", seed=5)
+    (tmp_path / "m.csv").write_text(
+        f"case_id,image,mask,series_uid\nP1,study,,{second.series_uid}\nP2,study,,\n")
+    by_rule, chosen = sorted(discover_cases(tmp_path / "m.csv"), key=lambda s: s.source_key)
+    assert load_case(chosen)[0].shape == second.hu.shape       # asked for
+    assert load_case(by_rule)[0].shape == first.hu.shape       # the rule: the most slices
+    assert second.series_uid not in repr(chosen)

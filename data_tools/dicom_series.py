@@ -1,0 +1,277 @@
+"""Find the DICOM series in a folder and choose the CT series, from headers only.
+
+:func:`find_series` groups a folder's DICOM files by SeriesInstanceUID: files that are not
+DICOM and DICOMDIR indexes are skipped and counted; a dataset written without the Part 10
+preamble is read when it starts like one and carries the tags of an image (see
+:func:`_is_raw_dataset`).  :func:`select_ct_series` applies the stated rule (modality CT, at
+least 3 files, ORIGINAL + AXIAL preferred, then the most files); the others are logged.
+
+Privacy: messages name files by base name only; a series is described by modality and file
+count, never by its UID or free-text description.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import pydicom
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import RawDataElement
+from pydicom.errors import BytesLengthException, InvalidDicomError
+from pydicom.multival import MultiValue
+
+from .errors import NoSeriesError, file_label
+
+__all__ = ["SeriesInfo", "find_series", "select_ct_series", "is_dicom_file", "MIN_SLICES"]
+
+log = logging.getLogger(__name__)
+
+MIN_SLICES = 3
+DEFER_BYTES = 4096  # values larger than this (the pixel data) are read only when used
+_DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+# what pydicom raises on truncated or corrupt files; element values are parsed lazily, so a
+# corrupt header can fail on first access to a tag as well as in dcmread
+_READ_ERRORS = (InvalidDicomError, OSError, EOFError, ValueError, TypeError, NotImplementedError,
+                BytesLengthException, struct.error)
+_FIX = "Point at a folder with a CT series (the folder holding one .dcm file per axial slice)"
+
+
+@dataclass(frozen=True)
+class SeriesInfo:
+    """One DICOM series found in a folder (from headers only).
+
+    Attributes
+    ----------
+    series_uid : str
+        SeriesInstanceUID (kept out of messages and metadata).
+    modality : str
+        Modality tag, e.g. ``"CT"``; ``""`` when absent.
+    n_files : int
+        Number of files in the series.
+    description : str
+        SeriesDescription, may be ``""``; may hold free text, so never put in error messages.
+    image_type : tuple of str
+        ImageType values of the first file, upper case (e.g. ``("ORIGINAL", "PRIMARY", "AXIAL")``).
+    files : tuple of Path
+        The series' files, sorted by path (not the slice order).
+    """
+
+    series_uid: str = field(repr=False)
+    modality: str
+    n_files: int
+    description: str
+    image_type: tuple[str, ...]
+    files: tuple[Path, ...] = field(repr=False)
+
+    @property
+    def is_original_axial(self) -> bool:
+        return "ORIGINAL" in self.image_type and "AXIAL" in self.image_type
+
+
+def is_dicom_file(path: str | Path) -> bool:
+    """True when *path* is a readable file with ``b"DICM"`` at byte offset 128 (Part 10 file)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def _is_raw_dataset(path: Path) -> bool:
+    """True for a DICOM dataset written without the 128-byte preamble and 'DICM' prefix.
+
+    Such files (pre-Part-10 exports, some PACS dumps) are accepted when they start with a
+    group 0x0002 or 0x0008 element, in either VR encoding, and parse with the tags a CT
+    slice needs; anything else is "not DICOM".
+    """
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError:
+        return False
+    if len(head) < 4 or head[1] != 0 or head[0] not in (0x02, 0x08):
+        return False
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        return bool(_text(ds, "SeriesInstanceUID")) and bool(_text(ds, "SOPClassUID"))
+    except _READ_ERRORS:
+        return False
+
+
+def _raw(ds, keyword: str) -> list[str] | None:
+    """The values of a text-VR element (DS, IS, CS, UI) as stripped strings, None if absent
+    or empty.  Reads the raw bytes when pydicom has not converted them yet: converting DS
+    values element by element is most of the time a header takes."""
+    tag = tag_for_keyword(keyword)
+    if tag is None or tag not in ds:
+        return None
+    elem = ds.get_item(tag)
+    if isinstance(elem, RawDataElement):
+        if not elem.value:
+            return None
+        values = [v.strip(" \x00") for v in elem.value.decode("ascii", "replace").split("\\")]
+    else:
+        value = elem.value
+        if value is None or value == "":
+            return None
+        values = [str(v).strip() for v in (value if isinstance(value, (list, MultiValue))
+                                           else [value])]
+    return values if any(values) else None
+
+
+def _text(ds, keyword: str) -> str:
+    return str(ds.get(keyword, "") or "").strip()
+
+
+def _iter_files(folder: Path, recursive: bool):
+    if recursive:
+        for root, dirs, names in os.walk(folder):
+            dirs.sort()
+            for name in sorted(names):
+                yield Path(root) / name
+    else:
+        for path in sorted(folder.iterdir()):
+            if path.is_file():
+                yield path
+
+
+def _scan(folder: str | Path, recursive: bool, keep: dict | None = None
+          ) -> tuple[list[SeriesInfo], int, int]:
+    """Group a folder's DICOM files by series: ``(series, n_not_dicom, n_unreadable)``.
+
+    With *keep*, every dataset read is stored there by path (pixel data deferred, not
+    read), so that the series reader need not parse the headers again.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise NoSeriesError(f"the path given is not an existing folder. {_FIX}.", path=folder)
+    groups: dict[str, list] = {}
+    n_not_dicom = n_unreadable = 0
+    for path in _iter_files(folder, recursive):
+        if path.name.upper() == "DICOMDIR":
+            log.debug("skipping %s: a DICOMDIR index, not an image", file_label(path))
+            continue
+        part10 = is_dicom_file(path)
+        if not part10 and not _is_raw_dataset(path):
+            n_not_dicom += 1
+            log.debug("skipping %s: not a DICOM file", file_label(path))
+            continue
+        try:
+            ds = pydicom.dcmread(path, defer_size=DEFER_BYTES, force=not part10)
+            if keep is not None:
+                keep[path] = ds
+            sop_class = str(getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID", ""))
+            uid = (_raw(ds, "SeriesInstanceUID") or [""])[0]
+            if uid and uid not in groups and sop_class != _DICOMDIR_SOP_CLASS:
+                groups[uid] = [(_raw(ds, "Modality") or [""])[0].upper(),
+                               _text(ds, "SeriesDescription"),
+                               tuple(v.upper() for v in _raw(ds, "ImageType") or ()), []]
+        except _READ_ERRORS as exc:
+            n_unreadable += 1
+            log.warning("skipping %s: its DICOM header cannot be read (%s)",
+                        file_label(path), type(exc).__name__)
+            continue
+        if sop_class == _DICOMDIR_SOP_CLASS:
+            log.debug("skipping %s: a DICOMDIR index, not an image", file_label(path))
+        elif not uid:
+            n_unreadable += 1
+            log.warning("skipping %s: no SeriesInstanceUID", file_label(path))
+        else:
+            groups[uid][3].append(path)
+    series = [
+        SeriesInfo(uid, modality, len(files), desc, itype, tuple(sorted(files)))
+        for uid, (modality, desc, itype, files) in groups.items()
+    ]
+    series.sort(key=lambda s: s.files[0])
+    log.info("found %d DICOM series (%d files); skipped %d non-DICOM and %d unreadable files",
+             len(series), sum(s.n_files for s in series), n_not_dicom, n_unreadable)
+    return series, n_not_dicom, n_unreadable
+
+
+def find_series(folder: str | Path, *, recursive: bool = True) -> list[SeriesInfo]:
+    """List the DICOM series in *folder*, reading headers only.
+
+    Parameters
+    ----------
+    folder : str or Path
+        Folder to search.
+    recursive : bool
+        Also search subfolders.
+
+    Returns
+    -------
+    list of SeriesInfo
+        One entry per SeriesInstanceUID, ordered by their first file's path; empty when the
+        folder holds no DICOM files.
+
+    Raises
+    ------
+    NoSeriesError
+        *folder* is not an existing folder.
+    """
+    return _scan(folder, recursive)[0]
+
+
+def _describe_found(series: Sequence[SeriesInfo], limit: int = 8) -> str:
+    parts = [
+        f"{s.modality or 'no modality'} with {s.n_files} file{'s' if s.n_files != 1 else ''}"
+        for s in series[:limit]
+    ]
+    if len(series) > limit:
+        parts.append(f"and {len(series) - limit} more")
+    return f"{len(series)} series ({'; '.join(parts)})"
+
+
+def select_ct_series(series: list[SeriesInfo], *, series_uid: str | None = None) -> SeriesInfo:
+    """Choose the CT series to load.
+
+    Rule: modality CT and at least ``MIN_SLICES`` (3) files; prefer ImageType with ORIGINAL
+    and AXIAL; then the most files; ties go to the first in *series* order.  The series not
+    chosen are logged at info (modality, file count, description).
+
+    Parameters
+    ----------
+    series : list of SeriesInfo
+        As returned by :func:`find_series`.
+    series_uid : str, optional
+        Choose this SeriesInstanceUID instead (it must be a CT series).
+
+    Raises
+    ------
+    NoSeriesError
+        No candidate; the message lists the modalities and file counts found.
+    """
+    series = list(series)
+    if not series:
+        raise NoSeriesError(f"no DICOM series found. {_FIX}.")
+    if series_uid is not None:
+        match = [s for s in series if s.series_uid == series_uid]
+        if not match:
+            raise NoSeriesError(
+                f"no series has the requested SeriesInstanceUID; found {_describe_found(series)}. "
+                "Check the UID, or leave it out to choose the CT series automatically."
+            )
+        if match[0].modality != "CT":
+            raise NoSeriesError(
+                f"the requested series has modality {match[0].modality or 'unknown'}, not CT. "
+                f"{_FIX}."
+            )
+        return match[0]
+    candidates = [s for s in series if s.modality == "CT" and s.n_files >= MIN_SLICES]
+    if not candidates:
+        raise NoSeriesError(
+            f"no CT series with at least {MIN_SLICES} slices found; the folder holds "
+            f"{_describe_found(series)}. {_FIX}."
+        )
+    chosen = max(candidates, key=lambda s: (s.is_original_axial, s.n_files))
+    for s in series:
+        if s is not chosen:
+            log.info("not using series: %s, %d file(s), description %r",
+                     s.modality or "no modality", s.n_files, s.description)
+    return chosen
