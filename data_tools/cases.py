@@ -93,7 +93,7 @@ def read_case(spec: CaseSpec, *, max_bytes: int | None = DEFAULT_MAX_BYTES,
     if spec.image_kind == "nifti":
         from .nifti import load_nifti
 
-        volume = load_nifti(spec.image)
+        volume = load_nifti(spec.image, max_bytes=max_bytes)
     elif spec.image_kind == "metaimage":
         from .metaimage import load_metaimage
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import MaskError, UnreadableFileError, file_label
+from .errors import DataError, MaskError, UnreadableFileError, file_label
 from .volume import Mask, Volume
 
 __all__ = ["load_nifti", "load_nifti_mask", "save_nifti", "is_nifti", "XFORM_TOLERANCE_MM"]
@@ -46,7 +46,7 @@ def is_nifti(path: str | Path) -> bool:
     return name.endswith(".nii") or name.endswith(".nii.gz")
 
 
-def _read(path: Path):
+def _read(path: Path, max_bytes: int | None = None):
     import nibabel as nib
     from nibabel.filebasedimages import ImageFileError
 
@@ -63,6 +63,13 @@ def _read(path: Path):
                 "CT volume or label mask must be 3-D. Split a 4-D series into single volumes "
                 "(e.g. fslsplit) and give one of them.", path=path,
             )
+        need = int(np.prod(shape[:3])) * 4
+        if max_bytes is not None and need > max_bytes:
+            raise DataError(
+                f"NIfTI file {file_label(path)} would need {need / 1024**3:.2f} GiB as a float32 "
+                f"volume (shape {shape[:3]}), above the limit of {max_bytes / 1024**3:.2f} GiB. "
+                "Raise the limit (max_bytes=, or discovery score --max-volume-gb) if the "
+                "machine has the memory.", path=path)
         note = _xform_note(img, path)
         canonical = nib.as_closest_canonical(img)
         data = np.asanyarray(canonical.dataobj)
@@ -114,13 +121,15 @@ def _xform_note(img, path: Path) -> str | None:
     return None
 
 
-def load_nifti(path: str | Path) -> Volume:
+def load_nifti(path: str | Path, *, max_bytes: int | None = None) -> Volume:
     """Load a 3-D NIfTI image as a float32 :class:`Volume` (values after scl_slope/inter).
 
     Parameters
     ----------
     path : str or Path
         ``.nii`` or ``.nii.gz`` file.
+    max_bytes : int or None
+        Refuse, from the header, an image whose float32 array would be larger.
 
     Returns
     -------
@@ -133,7 +142,7 @@ def load_nifti(path: str | Path) -> Volume:
         Missing, empty, truncated, or not 3-D.
     """
     path = Path(path)
-    arr, affine, note = _read(path)
+    arr, affine, note = _read(path, max_bytes)
     meta = {"format": "nifti", "modality": "CT"}
     if note:
         meta["xform_note"] = note

@@ -149,3 +149,13 @@ def test_gzip_member_cut_mid_header(folder):
     path.write_bytes(gzip.compress(b"\x5c\x01\x00\x00" + bytes(100)))
     with pytest.raises(UnreadableFileError, match="'cut.nii.gz'"):
         load_nifti(path)
+
+
+def test_memory_limit_is_checked_from_the_header(folder):
+    from data_tools.errors import DataError
+
+    path = _save(folder / "big.nii.gz", np.zeros((10, 20, 30), np.float32), np.eye(4))
+    with pytest.raises(DataError, match=r"\(10, 20, 30\)") as excinfo:
+        load_nifti(path, max_bytes=1000)
+    assert "'big.nii.gz'" in str(excinfo.value) and "--max-volume-gb" in str(excinfo.value)
+    assert load_nifti(path, max_bytes=10 * 20 * 30 * 4).shape == (30, 20, 10)
