@@ -60,8 +60,9 @@ def safe_error(exc: BaseException, *paths: Path | str | None) -> str:
 
     Input errors (:class:`DataError`) are written to name files by base name only; anything
     else is reported as its type and message.  In both, every given path is replaced by
-    ``<input>`` and any remaining absolute path is cut to its base name (defence in depth:
-    a third-party message may quote a path).
+    ``<input>``, any remaining absolute path is cut to its base name, and anything shaped
+    like a DICOM UID (five or more dot-separated numbers, e.g. a LUNA16 file named after its
+    series UID) becomes ``<uid>`` (defence in depth: a third-party message may quote either).
     """
     text = str(exc) if isinstance(exc, DataError) else f"{type(exc).__name__}: {exc}"
     for p in paths:
@@ -70,6 +71,7 @@ def safe_error(exc: BaseException, *paths: Path | str | None) -> str:
         for variant in sorted({str(p), str(Path(p).resolve())}, key=len, reverse=True):
             text = text.replace(variant, "<input>")
     text = re.sub(r"(?:/[^/\s'\"]+)+/([^/\s'\"]+)", r"\1", text)
+    text = re.sub(r"(?<![\d.])\d+(?:\.\d+){4,}(?![\d])", "<uid>", text)
     if isinstance(exc, DataError):
         return text
     return f"unexpected error while scoring ({text}); please report it"
