@@ -1,5 +1,6 @@
 # make demo : install, prepare the sample cohort, score it, write the report, start the review app
 # make test : install, run the whole test suite
+# make screenshots : browser test on the demo results, screenshots into docs/
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
@@ -7,7 +8,7 @@ DEMO   ?= demo
 PORT   ?= 8501
 CASES  ?= 16
 
-.PHONY: install test demo demo-data bench bench-discovery clean
+.PHONY: install test demo demo-data screenshots bench bench-discovery clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -28,6 +29,11 @@ demo-data: install
 demo: demo-data
 	@echo "report: $(DEMO)/results/report.html"
 	$(VENV)/bin/discovery app $(DEMO)/results --port $(PORT)
+
+# the test copies the results folder before writing its review into it
+screenshots: demo-data
+	DISCOVERY_BROWSER_RESULTS=$(DEMO)/results DISCOVERY_SCREENSHOTS=docs \
+		$(PY) -m pytest -q tests/test_browser.py
 
 bench: install
 	$(PY) benchmarks/pipeline.py

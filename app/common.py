@@ -82,21 +82,54 @@ def get_store() -> ResultsStore:
     return _open_store(str(results_dir().resolve()))
 
 
-@st.cache_resource(show_spinner="Loading case…", max_entries=4)
-def _load_arrays(root: str, case_id: str, mtime_ns: int) -> dict[str, np.ndarray]:
+def load_viewer_arrays(root: str | Path, case_id: str) -> dict[str, np.ndarray]:
+    """The arrays of one case as the case page uses them, without any Streamlit cache (what
+    :func:`case_arrays` caches): :func:`discovery.store.load_case_arrays`, made read only,
+    plus ``attr_max`` (float64), ``attr_peak_z`` (int64), ``attr_peak`` (int64 ``(z, y, x)``
+    of the first maximum in C order, i.e. ``np.unravel_index(np.argmax(attribution))``) and
+    ``label_counts`` (see :func:`key_slice`).
+
+    Each volume is scanned once, slice-wise maxima first: only the slices holding the
+    attribution peak or mask labels are looked at again.
+    """
     arrays = load_case_arrays(root, case_id)
     for arr in arrays.values():
         arr.setflags(write=False)  # shared between sessions: read only
     attr = arrays.get("attribution")
-    has_attr = attr is not None and attr.size > 0
-    arrays["attr_max"] = np.float64(attr.max() if has_attr else 0.0)
-    arrays["attr_peak_z"] = np.int64(np.unravel_index(np.argmax(attr), attr.shape)[0] if has_attr else 0)
-    mask = arrays.get("mask")
-    n_labels = int(mask.max()) if mask is not None and mask.size else 0
-    # voxels of every label on every axial slice, (z, n_labels + 1): key slices without rescans
-    arrays["label_counts"] = (np.stack([np.bincount(np.clip(s, 0, None).ravel(), minlength=n_labels + 1)
-                                        for s in mask]) if n_labels > 0 else np.zeros((0, 1), np.int64))
+    if attr is not None and attr.size > 0 and attr.ndim >= 1:
+        per_slice = attr.reshape(attr.shape[0], -1).max(axis=1)  # NaN propagates, as max()
+        z = int(np.argmax(per_slice))                             # first slice with the maximum
+        rest = np.unravel_index(int(np.argmax(attr[z])), attr.shape[1:])
+        arrays["attr_max"] = np.float64(per_slice[z])
+        arrays["attr_peak"] = np.array([z, *rest], dtype=np.int64)
+    else:
+        arrays["attr_max"] = np.float64(0.0)
+        arrays["attr_peak"] = np.zeros(attr.ndim if attr is not None else 3, np.int64)
+    arrays["attr_peak_z"] = np.int64(arrays["attr_peak"][0] if arrays["attr_peak"].size else 0)
+    arrays["label_counts"] = _label_counts(arrays.get("mask"))
     return arrays
+
+
+def _label_counts(mask) -> np.ndarray:
+    """Voxels of every label (negative values count as 0) on every axial slice,
+    ``(z, n_labels + 1)`` int64; ``(0, 1)`` when the mask has no positive label."""
+    if mask is None or mask.size == 0 or mask.ndim < 2:
+        return np.zeros((0, 1), np.int64)
+    flat = mask.reshape(mask.shape[0], -1)
+    top = flat.max(axis=1)
+    n_labels = int(top.max())
+    if n_labels <= 0:
+        return np.zeros((0, 1), np.int64)
+    counts = np.zeros((mask.shape[0], n_labels + 1), np.int64)
+    counts[:, 0] = flat.shape[1]
+    for z in np.flatnonzero(top > 0):
+        counts[z] = np.bincount(np.clip(flat[z], 0, None), minlength=n_labels + 1)
+    return counts
+
+
+@st.cache_resource(show_spinner="Loading case…", max_entries=4)
+def _load_arrays(root: str, case_id: str, mtime_ns: int) -> dict[str, np.ndarray]:
+    return load_viewer_arrays(root, case_id)
 
 
 def key_slice(arrays: dict[str, np.ndarray], label: int | None) -> int | None:
@@ -110,8 +143,9 @@ def key_slice(arrays: dict[str, np.ndarray], label: int | None) -> int | None:
 
 def case_arrays(case_id: str) -> dict[str, np.ndarray] | None:
     """The arrays of one case (loaded once, reloaded if the file changes), plus
-    ``attr_max`` (the case's attribution maximum), ``attr_peak_z`` (its axial slice) and
-    ``label_counts`` (see :func:`key_slice`).  None if the case has no arrays."""
+    ``attr_max`` (the case's attribution maximum), ``attr_peak`` (its voxel ``(z, y, x)``),
+    ``attr_peak_z`` (its axial slice) and ``label_counts`` (see :func:`key_slice`); see
+    :func:`load_viewer_arrays`.  None if the case has no arrays."""
     root = results_dir().resolve()
     path = root / "cases" / f"{case_id}.npz"
     try:

@@ -15,4 +15,6 @@ st.navigation([
     st.Page("views/cases.py", title="Cases", icon=":material/table_rows:", url_path="cases"),
     st.Page("views/case.py", title="Case", icon=":material/radiology:", url_path="case"),
     st.Page("views/patterns.py", title="Patterns", icon=":material/hub:", url_path="patterns"),
+    st.Page("views/reviews.py", title="Reviews", icon=":material/rate_review:",
+            url_path="reviews"),
 ]).run()

@@ -25,6 +25,7 @@ from scipy import ndimage
 from data_tools.volume import Mask, Volume
 
 from .align import grow_mm
+from .columns import EFFECT_COLUMNS, FLAG_COLUMNS  # noqa: F401 -- re-exported
 from .model import ModelCard
 from .preprocess import nodule_sites, roi_input
 
@@ -42,11 +43,6 @@ __all__ = [
     "FLAG_COLUMNS",
 ]
 
-#: Columns :func:`pattern_effects` adds to the cluster table.
-EFFECT_COLUMNS = ["effect_n", "effect_mean", "effect_ci_low", "effect_ci_high", "relied_upon"]
-#: Columns of the per-nodule flag table of :func:`pattern_effects`.
-FLAG_COLUMNS = ["case_id", "nodule_id", "probability", "probability_without", "flag_score",
-                "flagged", "flag_clusters"]
 
 #: HU band of aerated lung parenchyma sampled to fill removed voxels.
 PARENCHYMA_BAND_HU = (-950.0, -600.0)

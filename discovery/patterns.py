@@ -25,6 +25,7 @@ import pandas as pd
 from sklearn.cluster import HDBSCAN, AgglomerativeClustering
 from sklearn.decomposition import PCA
 
+from .columns import CLUSTER_COLUMNS  # noqa: F401 -- re-exported
 from .cluster_stats import (
     benjamini_hochberg,
     enrichment_test,
@@ -65,31 +66,6 @@ FEATURE_COLUMNS = [
 #: Cap (mm) on the pleura distance feature: beyond it, "far from the pleura" is all we need.
 PLEURA_CAP_MM = 30.0
 
-#: Columns of the cluster table returned by :func:`cluster_regions`.
-CLUSTER_COLUMNS = [
-    "cluster",
-    "n_regions",
-    "n_cases",
-    "n_nodules",
-    "mean_probability",
-    "share_predicted_malignant",
-    "pool_predicted_malignant",
-    "enrichment_predicted",
-    "p_predicted",
-    "q_predicted",
-    "share_truth_malignant",
-    "pool_truth_malignant",
-    "enrichment_truth",
-    "p_truth",
-    "mean_mean_hu",
-    "median_halo_max_hu",
-    "mean_offset_distance_mm",
-    "mean_volume_mm3",
-    "relation",
-    "direction",
-    "exemplars",
-    "description",
-]
 
 #: Density bands ``(name, lower HU inclusive, upper HU exclusive)`` (as in
 #: :data:`discovery.descriptors.DENSITY_BANDS`).

@@ -47,6 +47,13 @@ td.l,th.l{text-align:left} .nodule{border:1px solid #cbd5e0;border-radius:6px;pa
 _OUTCOME_COLOURS = {"on the tumour": "#1b7f3b", "shortcut": "#c53030", "candidate sign": "#2b6cb0"}
 
 
+
+def _cached(cache: dict, results_dir, case_id: str) -> dict:
+    """A case's stored arrays, read once per report."""
+    if case_id not in cache:
+        cache[case_id] = load_case_arrays(results_dir, case_id)
+    return cache[case_id]
+
 def _img(rgb: np.ndarray, *, width: int | None = None, alt: str = "") -> str:
     data = base64.b64encode(render.to_png_bytes(rgb)).decode("ascii")
     w = f' width="{width}"' if width else ""
@@ -136,7 +143,7 @@ def _cluster_section(clusters: pd.DataFrame, regions: pd.DataFrame, results_dir:
             if key not in by_key.index:
                 continue
             reg = by_key.loc[key]
-            arrays = cache.setdefault(reg["case_id"], load_case_arrays(results_dir, reg["case_id"]))
+            arrays = _cached(cache, results_dir, reg["case_id"])
             rgb = render.thumbnail(arrays, z=reg["centroid_z"],
                                    center_yx=(reg["centroid_y"], reg["centroid_x"]),
                                    region=int(reg["case_region"]), threshold=DISPLAY_THRESHOLD)
@@ -159,7 +166,7 @@ def _outcomes_section(findings: pd.DataFrame, clusters: pd.DataFrame, regions: p
     for p in panels:
         figs = []
         for ex in p.exemplars:
-            arrays = cache.setdefault(ex.case_id, load_case_arrays(results_dir, ex.case_id))
+            arrays = _cached(cache, results_dir, ex.case_id)
             rgb = render.exemplar_image(arrays, ex, threshold=DISPLAY_THRESHOLD)
             figs.append(f"<figure>{_img(_zoom(rgb, 2), alt=ex.caption)}"
                         f"<figcaption>{html.escape(ex.caption)}</figcaption></figure>")
@@ -174,7 +181,8 @@ model relies on and that cluster is metal-dense (median density within 3 mm at l
 for malignancy or that is enriched for predicted-malignant nodules (q &lt; 0.05); <b>on the tumour</b>
 when its verdict is aligned. Pictures: axial crops in lung window, plain and with the Grad-CAM
 overlay (from 20% of the case maximum); green the nodule mask, cyan the off-mask region; shortcut
-pictures are on the slice of the densest voxel next to the region, between nodule and artifact.</p>
+pictures are on the slice of the densest voxel next to the region, between nodule and artifact.
+The heat map exists only inside each nodule's 48 mm analysis box, so it can end in a straight edge.</p>
 <div class="outcomes">{''.join(cells)}</div>"""
 
 
@@ -228,7 +236,7 @@ def build_html(results_dir: str | Path) -> str:
     threshold = float(meta.get("threshold", 0.5) or 0.5)
     nodules_html = []
     for _, row in scored.sort_values(["verdict", "probability"], ascending=[True, False]).iterrows():
-        arrays = cache.setdefault(row["case_id"], load_case_arrays(results_dir, row["case_id"]))
+        arrays = _cached(cache, results_dir, row["case_id"])
         nodules_html.append(_nodule_section(row, arrays))
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     sha = str(meta.get("model_sha256", ""))[:12]

@@ -69,6 +69,21 @@ def test_cases_page_probability_filter(tiny_results):
     assert any("No nodule matches" in c.value for c in at.caption)
 
 
+def test_cases_page_cluster_and_flag_filters(tiny_results):
+    at = page("cases", tiny_results)
+    everything = len(at.dataframe[0].value)
+    clustered = at.dataframe[0].value
+    ids = sorted({int(c) for txt in clustered["clusters"] for c in txt.split(", ") if c})
+    assert ids, "the tiny results have clustered regions"
+    at.multiselect(key="cases_clusters").set_value([ids[0]]).run(timeout=TIMEOUT)
+    shown = at.dataframe[0].value
+    assert 0 < len(shown) <= everything
+    assert all(str(ids[0]) in txt.split(", ") for txt in shown["clusters"])
+    at.checkbox(key="cases_flagged").check().run(timeout=TIMEOUT)
+    assert not at.exception
+    assert set(at.dataframe[0].value["flagged"]) <= {"shortcut"}
+
+
 def test_open_case_button_goes_to_the_case_page(tiny_results, monkeypatch):
     monkeypatch.setenv("DISCOVERY_RESULTS", str(tiny_results))
     at = AppTest.from_file(str(APP / "streamlit_app.py"), default_timeout=TIMEOUT).run()
@@ -86,7 +101,7 @@ def test_case_page_shows_image_metrics_and_regions(tiny_results):
     at = page("case", tiny_results, case_id="case-B", nodule_id="n1")
     assert not at.exception
     assert at.selectbox(key="case_sel").value == "case-B"
-    assert at.slider(key="slice_case-B_n1").value == 6  # key slice of the nodule
+    assert at.slider(key="slice_case-B_n1_axial").value == 6  # key slice of the nodule
     assert len(at.image) == 2  # the slice and its colour bar
     metrics = at.table[0].value
     assert {"P(malignant)", "Verdict", "RMA", "RRA", "Pointing hit", "Peak distance (mm)",
@@ -106,11 +121,34 @@ def test_case_page_display_controls(tiny_results):
     at.checkbox(key="case_show_mask").uncheck()
     at.checkbox(key="case_show_regions").uncheck().run(timeout=TIMEOUT)
     assert not at.exception
-    at.slider(key="slice_case-A_n1").set_value(0).run(timeout=TIMEOUT)
+    at.slider(key="slice_case-A_n1_axial").set_value(0).run(timeout=TIMEOUT)
     at.button(key="case_key_slice").click().run(timeout=TIMEOUT)
-    assert at.slider(key="slice_case-A_n1").value == 6
+    assert at.slider(key="slice_case-A_n1_axial").value == 6
     at.selectbox(key="nodule_sel_case-A").set_value("n1").run(timeout=TIMEOUT)
     assert not at.exception
+
+
+def test_case_page_planes_custom_window_and_region_jump(tiny_results):
+    at = page("case", tiny_results, case_id="case-B", nodule_id="n1")
+    ny = at.session_state["slice_case-B_n1_coronal"]
+    at.radio(key="case_plane").set_value("coronal").run(timeout=TIMEOUT)
+    assert not at.exception
+    cor = at.slider(key="slice_case-B_n1_coronal")
+    assert cor.label == "Coronal slice" and cor.value == ny
+    assert len(at.image) == 2  # the reformatted slice and its colour bar
+    at.radio(key="case_zoom").set_value(4).run(timeout=TIMEOUT)
+    assert not at.exception
+    at.radio(key="case_plane").set_value("sagittal").run(timeout=TIMEOUT)
+    at.radio(key="case_window").set_value("custom").run(timeout=TIMEOUT)
+    at.number_input(key="case_ww").set_value(400)
+    at.number_input(key="case_wl").set_value(40).run(timeout=TIMEOUT)
+    assert not at.exception
+    assert at.slider(key="slice_case-B_n1_sagittal").label == "Sagittal slice"
+    at.radio(key="case_plane").set_value("axial").run(timeout=TIMEOUT)
+    at.slider(key="slice_case-B_n1_axial").set_value(0).run(timeout=TIMEOUT)
+    at.button(key="case_region_go").click().run(timeout=TIMEOUT)  # the nodule's one region
+    regions = at.dataframe[0].value
+    assert at.slider(key="slice_case-B_n1_axial").value == round(float(regions["centroid_z"].iloc[0]))
 
 
 def test_nodule_review_is_saved_once_and_audited(tiny_results_fresh):
@@ -214,7 +252,7 @@ def test_router_runs_every_page(tiny_results, monkeypatch):
     assert not at.exception
     assert at.title[0].value == "Overview"
     for path, heading in [("views/cases.py", "Cases"), ("views/case.py", "Case review"),
-                          ("views/patterns.py", "Patterns")]:
+                          ("views/patterns.py", "Patterns"), ("views/reviews.py", "Reviews")]:
         at.switch_page(path).run(timeout=TIMEOUT)
         assert not at.exception
         assert heading in [h.value for h in list(at.title) + list(at.header)]
@@ -256,3 +294,95 @@ def test_cached_key_slice_matches_render_key_slice(tiny_results):
     mask = load_case_arrays(tiny_results, "case-A")["mask"]
     assert common.key_slice(arrays, 1) == render.key_slice(mask, 1) == 6
     assert common.key_slice(arrays, 2) is None and common.key_slice(arrays, None) is None
+
+
+# -- reviews page -------------------------------------------------------------------------------
+def frame_with(at: AppTest, column: str):
+    """The first table the page shows that has *column*."""
+    return next(d.value for d in at.dataframe if column in d.value.columns)
+
+
+def test_reviews_page_empty_state(tiny_results):
+    at = page("reviews", tiny_results, reviewer="Dr. Ada")
+    assert not at.exception
+    assert any("No reviews yet" in i.value for i in at.info)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Nodules left for you"] == "2"        # case-A/n1, case-B/n1
+    assert metrics["Clusters left for you"] == "1"       # cluster 0
+    assert metrics["Nodules reviewed by nobody"] == "2"
+    assert not at.dataframe and not at.download_button
+    assert all(str(tiny_results) not in t for t in texts(at))
+
+
+def test_reviews_page_shows_kappa_progress_and_exports(tiny_results_fresh, monkeypatch):
+    import io
+
+    import pandas as pd
+    from streamlit.delta_generator import DeltaGenerator
+
+    downloads = {}
+    original = DeltaGenerator.download_button
+
+    def recording(self, label, data, *args, **kwargs):  # keep what the page offers
+        downloads[kwargs.get("file_name")] = data
+        return original(self, label, data, *args, **kwargs)
+
+    monkeypatch.setattr(DeltaGenerator, "download_button", recording)
+    store = ResultsStore(tiny_results_fresh, create=False)
+    on, partly, elsewhere = NODULE_REVIEW_CHOICES[:3]
+    # both reviewed both nodules: agree on case-A, differ on case-B
+    store.save_review("nodule", "case-A/n1", "Dr. Ada", on)
+    store.save_review("nodule", "case-B/n1", "Dr. Ada", partly, "rim")
+    store.save_review("nodule", "case-B/n1", "Dr. Ada", elsewhere, "second look")  # resubmitted
+    store.save_review("nodule", "case-A/n1", "Dr. Bo", on)
+    store.save_review("nodule", "case-B/n1", "Dr. Bo", partly)
+    store.save_review("cluster", "0", "Dr. Bo", CLUSTER_REVIEW_CHOICES[0])
+    store.close()
+    at = page("reviews", tiny_results_fresh, reviewer="Dr. Ada")
+    assert not at.exception
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Nodules left for you"] == "0"
+    assert metrics["Clusters left for you"] == "1"
+    assert metrics["Nodules reviewed by nobody"] == "0"
+    assert metrics["Clusters reviewed by nobody"] == "0"
+    assert any("2 of 3 items reviewed" in c.value for c in at.caption)
+    # Ada: on, elsewhere; Bo: on, partly: p_o = 0.5, p_e = 0.5 * 0.5 = 0.25 -> kappa 1/3
+    pairs = frame_with(at, "kappa")
+    assert pairs[["reviewer_a", "reviewer_b", "n_items"]].values.tolist() == [["Dr. Ada", "Dr. Bo", 2]]
+    assert pairs["observed_agreement"].iloc[0] == pytest.approx(0.5)
+    assert pairs["kappa"].iloc[0] == pytest.approx(1 / 3)
+    assert any("same cluster" in c.value for c in at.caption)  # one cluster reviewer only
+    verdicts = frame_with(at, "consensus").set_index("item_id")
+    assert verdicts.loc["case-A/n1", "consensus"] == on
+    assert verdicts.loc["case-B/n1", "consensus"] == "split"
+    assert verdicts.loc["case-B/n1", "Dr. Ada"] == elsewhere
+    audit = frame_with(at, "new_verdict")
+    assert len(audit) == 6 and audit["id"].tolist() == sorted(audit["id"], reverse=True)
+    # newest first: Ada's resubmission of case-B (3rd write) is 4th from the top
+    assert audit[["item_id", "old_verdict", "new_verdict", "note"]].iloc[3].tolist() == [
+        "case-B/n1", partly, elsewhere, "second look"]
+    assert sum(len(d.value) and "kappa" in d.value.columns for d in at.dataframe) == 1
+    labels = {b.label for b in at.download_button}
+    assert labels == {"Download verdicts (CSV)", "Download audit trail (CSV)"}
+    assert all(b.proto.url.endswith(".csv") for b in at.download_button)
+    exported = pd.read_csv(io.BytesIO(downloads["reviews.csv"]), keep_default_na=False)
+    assert list(exported.columns) == ["item_type", "item_id", "reviewer", "verdict", "note",
+                                      "updated_at"]
+    assert len(exported) == 5  # one row per (item, reviewer): the resubmission updated
+    ada_b = exported[(exported["item_id"] == "case-B/n1") & (exported["reviewer"] == "Dr. Ada")]
+    assert ada_b[["verdict", "note"]].values.tolist() == [[elsewhere, "second look"]]
+    trail = pd.read_csv(io.BytesIO(downloads["review_audit.csv"]), keep_default_na=False)
+    assert len(trail) == 6 and {"old_verdict", "new_verdict", "at"} <= set(trail.columns)
+    assert all(str(tiny_results_fresh) not in t for t in texts(at))
+
+
+def test_reviews_page_without_reviewer_name_shows_totals(tiny_results_fresh):
+    store = ResultsStore(tiny_results_fresh, create=False)
+    store.save_review("nodule", "case-A/n1", "Dr. Ada", NODULE_REVIEW_CHOICES[0])
+    store.close()
+    at = page("reviews", tiny_results_fresh)
+    assert not at.exception
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Nodules"] == "2" and metrics["Nodules reviewed by nobody"] == "1"
+    assert any("Enter your name" in c.value for c in at.caption)
+    assert any("No two reviewers" in c.value for c in at.caption)

@@ -12,7 +12,7 @@ import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
 import common  # noqa: E402
-from discovery import render  # noqa: E402
+from discovery import planes, render  # noqa: E402
 from discovery.store import NODULE_REVIEW_CHOICES  # noqa: E402
 
 common.setup_page()
@@ -37,7 +37,15 @@ in_case = nodules[nodules["case_id"] == case_id]
 nodule_ids = list(in_case["nodule_id"])
 nodule_id = c2.selectbox("Nodule", nodule_ids, key=f"nodule_sel_{case_id}",
                          index=nodule_ids.index(ss["nodule_id"]) if ss.get("nodule_id") in nodule_ids else 0)
-window = d1.radio("Window", list(render.WINDOWS), horizontal=True, key="case_window")
+window_name = d1.radio("Window", [*render.WINDOWS, "custom"], horizontal=True,
+                       key="case_window", help="Lung W1500/L-600, mediastinum W400/L40, "
+                       "bone W2500/L480 (HU), or your own width and level.")
+if window_name == "custom":
+    w1, w2 = d1.columns(2)
+    window = (w1.number_input("Width (HU)", 1, 5000, 1500, 50, key="case_ww"),
+              w2.number_input("Level (HU)", -1200, 3000, -600, 10, key="case_wl"))
+else:
+    window = window_name
 opacity = d2.slider("Overlay opacity", 0.0, 1.0, 0.45, 0.05, key="case_opacity")
 threshold = d3.slider("Attribution threshold", 0.0, 1.0, 0.2, 0.05, key="case_threshold",
                       help="Hide attribution below this share of the case maximum.")
@@ -56,38 +64,63 @@ attr_max = float(arrays["attr_max"])
 nz = ct.shape[0]
 
 
-def _key_slice() -> int:
-    """The nodule's key slice; its centre slice if its label is not in the mask."""
+def _nodule_centre() -> tuple[float, float, float]:
+    """The nodule's key axial slice (most mask voxels) and its centre row and column."""
+    cz, cy, cx = (row[c] if pd.notna(row[c]) else n / 2
+                  for c, n in (("center_z", ct.shape[0]), ("center_y", ct.shape[1]),
+                               ("center_x", ct.shape[2])))
     z = common.key_slice(arrays, common.nodule_label(nodule_id))
-    if z is not None:
-        return z
-    cz = row["center_z"]
-    return int(np.clip(round(cz), 0, nz - 1)) if pd.notna(cz) else nz // 2
+    return (z if z is not None else cz), cy, cx
 
 
-key_z = _key_slice()
-slice_key = f"slice_{case_id}_{nodule_id}"
-ss.setdefault(slice_key, key_z)
+centre = _nodule_centre()
+slice_keys = {p: f"slice_{case_id}_{nodule_id}_{p}" for p in planes.PLANES}
+for p, k in slice_keys.items():
+    ss.setdefault(k, int(np.clip(planes.plane_index(centre, p), 0,
+                                 planes.n_slices(ct.shape, p) - 1)))
 
 
-def _go_to(z: int) -> None:
-    ss[slice_key] = int(np.clip(z, 0, nz - 1))
+def _go_to(zyx) -> None:
+    """Show the point ``(z, y, x)`` in every plane."""
+    for p, k in slice_keys.items():
+        ss[k] = int(np.clip(planes.plane_index(zyx, p), 0, planes.n_slices(ct.shape, p) - 1))
 
 
+affine = arrays.get("affine")
+spacing = (tuple(float(v) for v in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))
+           if affine is not None else (1.0, 1.0, 1.0))
 left, right = st.columns([5, 4], gap="large")
 
 # -- image -------------------------------------------------------------------------------
 with left:
-    if nz > 1:
-        z = st.slider("Axial slice", 0, nz - 1, key=slice_key)
+    p1, p2 = st.columns([3, 2])
+    plane = p1.radio("Plane", list(planes.PLANES), horizontal=True, key="case_plane",
+                     format_func=str.capitalize)
+    zoom = p2.radio("Zoom on the nodule", [1, 2, 4], horizontal=True, key="case_zoom",
+                    format_func=lambda z: "whole slice" if z == 1 else f"{z}×")
+    n = planes.n_slices(ct.shape, plane)
+    if n > 1:
+        k = st.slider(f"{plane.capitalize()} slice", 0, n - 1, key=slice_keys[plane],
+                      help="Drag, or click the slider and step with the arrow keys "
+                           "(← →, one slice; Page Up/Down, ten).")
     else:
-        z = 0
+        k = 0
+
+    def cut(a):
+        return planes.plane_slice(a, plane, k)
+
     rgb = render.overlay_slice(
-        ct[z], attribution2d=attr[z], mask2d=mask[z] if show_mask else None,
-        regions2d=region_map[z] if show_regions else None, window=window, opacity=opacity,
+        cut(ct), attribution2d=cut(attr), mask2d=cut(mask) if show_mask else None,
+        regions2d=cut(region_map) if show_regions else None, window=window, opacity=opacity,
         attr_max=attr_max if attr_max > 0 else None, threshold=threshold)
-    st.image(render.upscale(rgb, 512), width="stretch",
-             caption=f"{case_id} · axial slice {z} of {nz - 1} · {window} window")
+    rows, cols = planes.zoom_box(rgb.shape, planes.plane_point(centre, plane, ct.shape), zoom)
+    rgb = rgb[rows, cols]
+    shown = planes.resize_to(rgb, planes.display_size(rgb.shape, plane, spacing))
+    w_txt = window_name if window_name != "custom" else f"W{window[0]:.0f}/L{window[1]:.0f}"
+    st.image(shown, width="stretch",
+             caption=f"{case_id} · {plane} slice {k} of {n - 1} · {w_txt} window"
+                     + (f" · {zoom}× on the nodule" if zoom > 1 else "")
+                     + (" · superior at the top" if plane != "axial" else ""))
     if attr_max > 0:
         st.image(render.labelled_colorbar(attr_max=attr_max, length=360))
         st.caption(f"Attribution in raw Grad-CAM units, scale 0 – {common.fmt(attr_max)} "
@@ -96,10 +129,11 @@ with left:
     else:
         st.caption("This case has no attribution (all zero). Green: mask contour.")
     b1, b2 = st.columns(2)
-    b1.button("Go to key slice", on_click=_go_to, args=(key_z,), key="case_key_slice",
-              help="The slice with most of this nodule's mask.")
+    b1.button("Go to the nodule", on_click=_go_to, args=(centre,), key="case_key_slice",
+              help="The axial slice with most of this nodule's mask, through its centre.")
+    peak = arrays["attr_peak"] if attr_max > 0 else centre  # cached (z, y, x) of the maximum
     b2.button("Go to the case's attribution peak", key="case_peak", on_click=_go_to,
-              args=(int(arrays["attr_peak_z"]),), disabled=attr_max <= 0)
+              args=(tuple(int(v) for v in peak),), disabled=attr_max <= 0)
 
 # -- metrics and review ----------------------------------------------------------------------
 with right:
@@ -157,5 +191,7 @@ else:
     r1, r2 = st.columns([3, 1], vertical_alignment="bottom")
     pick = r1.selectbox("Region", list(regions["region_index"]), key=f"region_pick_{item_id}",
                         format_func=lambda i: f"region {i}")
-    cz = regions.loc[regions["region_index"] == pick, "centroid_z"].iloc[0]
-    r2.button("Show its slice", key="case_region_go", on_click=_go_to, args=(int(round(cz)),))
+    reg = regions.loc[regions["region_index"] == pick].iloc[0]
+    r2.button("Show it", key="case_region_go", on_click=_go_to,
+              args=((reg["centroid_z"], reg["centroid_y"], reg["centroid_x"]),),
+              help="Every plane through the region's centroid.")

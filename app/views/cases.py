@@ -34,18 +34,39 @@ else:
     scored["predicted_label"] = scored["predicted_label"].map(
         lambda v: "" if pd.isna(v) else ("malignant" if int(v) == 1 else "benign"))
 
+    regions = store.regions()
+    in_cluster = regions[regions["cluster"].fillna(-1) >= 0]
+    per_nodule = (in_cluster.groupby(["case_id", "nodule_id"])["cluster"]
+                  .agg(lambda c: ", ".join(str(int(v)) for v in sorted(set(c))))
+                  .rename("clusters").reset_index())
+    scored = scored.merge(per_nodule, on=["case_id", "nodule_id"], how="left")
+    scored["clusters"] = scored["clusters"].fillna("")
+    scored["flagged"] = scored["flagged"].fillna(0).astype(int).map({1: "shortcut", 0: ""})
+
     # -- filters ---------------------------------------------------------------------------
-    f1, f2, f3 = st.columns([2, 2, 1])
+    f1, f2, f3, f4 = st.columns([2, 2, 1.6, 1.2])
     verdicts = sorted(scored["verdict"].fillna("").unique())
     chosen = f1.multiselect("Attention verdict", verdicts, default=verdicts, key="cases_verdicts")
     lo, hi = f2.slider("Probability of malignancy", 0.0, 1.0, (0.0, 1.0), step=0.01,
                        key="cases_prob")
-    status = f3.radio("Review status", ["all", "to review", "reviewed"], key="cases_review")
+    cluster_ids = sorted({int(c) for c in in_cluster["cluster"]})
+    want = f3.multiselect("Pattern cluster", cluster_ids, key="cases_clusters",
+                          placeholder="any", help="Nodules with an off-mask region in any of "
+                          "these clusters.")
+    only_flagged = f3.checkbox("Shortcut-flagged only", key="cases_flagged",
+                               help="Predictions that rest mostly off the mask on a pattern the "
+                                    "model relies on.")
+    status = f4.radio("Review status", ["all", "to review", "reviewed"], key="cases_review")
 
     prob = scored["probability"]
     keep = scored["verdict"].fillna("").isin(chosen) & (prob.isna() | prob.between(lo, hi))
     if status != "all":
         keep &= scored["review_status"] == status
+    if want:
+        keep &= scored["clusters"].map(
+            lambda txt: bool({int(v) for v in txt.split(", ") if v} & set(want)))
+    if only_flagged:
+        keep &= scored["flagged"] == "shortcut"
     view = scored[keep]
 
     left = int((scored["review_status"] == "to review").sum())
@@ -55,8 +76,9 @@ else:
     m3.metric("Shown", len(view))
 
     columns = ["case_id", "nodule_id", "probability", "predicted_label", "verdict", "rma", "rra",
-               "pointing_hit", "peak_distance_mm", "n_offmask_regions", "status",
-               "review_status", "reviews"]
+               "pointing_hit", "peak_distance_mm", "n_offmask_regions", "clusters", "flagged",
+               "status", "review_status", "reviews"]
+    st.caption("Click a column header to sort.")
     st.dataframe(
         view[columns], hide_index=True, width="stretch", key="cases_table",
         column_config={
@@ -73,6 +95,8 @@ else:
             "peak_distance_mm": st.column_config.NumberColumn(
                 "Peak dist. (mm)", format="%.1f", help=common.METRIC_HELP["peak_distance_mm"]),
             "n_offmask_regions": st.column_config.NumberColumn("Off-mask regions"),
+            "clusters": st.column_config.TextColumn("Clusters"),
+            "flagged": st.column_config.TextColumn("Flag"),
             "status": "Status",
             "review_status": "Review",
             "reviews": "Reviews (name: verdict)",

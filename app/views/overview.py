@@ -59,7 +59,8 @@ st.caption(f"Shortcut: the malignant prediction would not survive removing off-m
            "nodules (q < 0.05). Pictures: axial crops in lung window, plain and with the "
            "Grad-CAM overlay (from 20 % of the case maximum); green: nodule mask; cyan: "
            "off-mask region. Shortcut pictures are on the slice of the densest voxel next to "
-           "the region, between the nodule and the artifact.")
+           "the region, between the nodule and the artifact. The heat map exists only inside "
+           "each nodule's 48 mm analysis box, so it can end in a straight edge.")
 
 st.subheader("Every nodule")
 table = nodule_outcomes(scored, clusters, regions)

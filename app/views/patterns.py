@@ -19,6 +19,7 @@ DISPLAY_THRESHOLD = 0.2  # heat map from 20 % of the case maximum, as in the rep
 
 common.setup_page()
 store = common.get_store()
+ss = st.session_state
 
 st.title("Patterns")
 st.caption("Off-mask attention regions of the whole cohort, grouped by what they look like. "
@@ -39,12 +40,15 @@ if not clusters.empty:
         summary, on="item_id", how="left")
     table["reviews"] = table["reviews"].fillna("")
     st.dataframe(
-        table[["cluster", "description", "n_regions", "n_cases", "n_nodules",
+        table[["cluster", "n_regions", "n_cases", "n_nodules",
                "share_predicted_malignant", "enrichment_predicted", "q_predicted",
-               "effect_mean", "relied_upon", "reviews"]],
+               "effect_mean", "relied_upon", "reviews", "description"]],
         hide_index=True, width="stretch",
         column_config={
-            "cluster": "Cluster", "description": st.column_config.TextColumn("Description", width="large"),
+            "cluster": "Cluster",
+            "description": st.column_config.TextColumn(
+                "Description", width="large",
+                help="Built from the descriptors; the full text is above the cluster's exemplars"),
             "n_regions": "Regions", "n_cases": "Patients", "n_nodules": "Nodules",
             "share_predicted_malignant": st.column_config.NumberColumn(
                 "Predicted malignant", format="%.2f"),
@@ -63,7 +67,8 @@ if not clusters.empty:
     ids = [int(c) for c in clusters["cluster"]]
     descr = dict(zip(ids, clusters["description"]))
     cluster = st.selectbox("Cluster", ids, key="patterns_cluster",
-                           format_func=lambda c: f"Cluster {c}: {descr[c]}")
+                           format_func=lambda c: f"Cluster {c}: {descr[c][:70]}"
+                                                 + ("…" if len(descr[c]) > 70 else ""))
     crow = clusters[clusters["cluster"] == cluster].iloc[0]
     st.subheader(f"Cluster {cluster}")
     st.markdown(f"**{crow['description']}**")
@@ -101,7 +106,8 @@ if not clusters.empty:
     # -- exemplars -----------------------------------------------------------------------------
     st.markdown("**Exemplars** (axial slice through each region's centroid; green: mask, "
                 "cyan: this region; lung window; colour scale = that case's attribution max, shown "
-                "from 20 % of it)")
+                "from 20 % of it; the map exists only inside each nodule's 48 mm analysis box, so it "
+                "can end in a straight edge)")
     by_key = regions.set_index("region_key")
     keys = [k for k in crow["exemplars"] if k in by_key.index]
     if not keys:
@@ -132,11 +138,34 @@ points = regions.dropna(subset=["embedding_x", "embedding_y"])
 if points.empty:
     st.caption("No region has map coordinates (none was offered to the clustering).")
 else:
+    import plotly.express as px
+
     points = points.assign(pattern=points["cluster"].map(
         lambda c: "unclustered" if pd.isna(c) or int(c) < 0 else f"cluster {int(c)}"))
-    st.scatter_chart(points, x="embedding_x", y="embedding_y", color="pattern", size=60,
-                     x_label="t-SNE 1", y_label="t-SNE 2")
-    st.caption("t-SNE map of the standardised descriptors (PCA below 10 regions), for display "
+    names = sorted(points["pattern"].unique(), key=lambda t: (t == "unclustered", t))
+    palette = px.colors.qualitative.Set2 + px.colors.qualitative.Dark2
+    colours = {n: ("#b0b0b0" if n == "unclustered" else palette[i % len(palette)])
+               for i, n in enumerate(names)}
+    fig = px.scatter(points, x="embedding_x", y="embedding_y", color="pattern",
+                     color_discrete_map=colours, category_orders={"pattern": names},
+                     custom_data=["region_key"],
+                     hover_data={"case_id": True, "nodule_id": True, "description": True,
+                                 "embedding_x": False, "embedding_y": False},
+                     labels={"embedding_x": "t-SNE 1", "embedding_y": "t-SNE 2"}, height=460)
+    fig.update_traces(marker={"size": 9, "line": {"width": 0.5, "color": "white"}})
+    fig.update_layout(margin={"l": 10, "r": 10, "t": 10, "b": 10}, legend_title_text="")
+    event = st.plotly_chart(fig, key="patterns_map", on_select="rerun",
+                            selection_mode="points", width="stretch")
+    picked = [pt.get("customdata", [None])[0]
+              for pt in (event.selection.points if event and event.selection else [])]
+    picked = [k for k in picked if k]
+    if picked and ss.get("patterns_map_opened") != picked[0]:
+        ss["patterns_map_opened"] = picked[0]  # open once per new click, not on every rerun
+        reg = points.set_index("region_key").loc[picked[0]]
+        ss["case_id"], ss["nodule_id"] = reg["case_id"], reg["nodule_id"]
+        st.switch_page("views/case.py")
+    st.caption("Click a point to open its case. "
+               "t-SNE map of the standardised descriptors (PCA below 10 regions), for display "
                "only: nearby points have similar descriptors (density of what the region "
                "covers, attribution share, distance from the pleura, tubular dense structure); "
                "distances between far-apart groups and group sizes on the map mean nothing. "

@@ -1,0 +1,198 @@
+"""Per-case arrays: the uncompressed, memory-mapped case file, its sparse members, reading the
+deflated files of earlier versions, and the viewer's derived values (``app.common``)."""
+
+from __future__ import annotations
+
+import json
+import mmap
+import struct
+import zipfile
+
+import numpy as np
+import pytest
+
+from discovery import render
+from discovery.store import load_case_arrays, save_case_arrays
+
+SHAPE = (20, 64, 64)  # 81,920 voxels in 20 blocks of 4,096: above the sparse layout's floor
+
+
+def _case(seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    ct = rng.integers(-1024, 1500, size=SHAPE).astype(np.int16)
+    mask = np.zeros(SHAPE, np.int16)
+    mask[5:9, 10:20, 10:20] = 1
+    mask[12:14, 40:44, 30:36] = 2
+    mask[3, 0, 0] = -1                      # a negative label counts as background
+    attr = np.zeros(SHAPE, np.float32)
+    attr[4:10, 8:24, 8:24] = rng.random((6, 16, 16), dtype=np.float32)
+    attr[15, 50, 50] = -0.0                 # sign bit kept
+    attr[16, 1, 2] = np.nan                 # NaN kept
+    region_map = np.zeros(SHAPE, np.int16)
+    region_map[6, 30:33, 30:33] = 1
+    return {"ct": ct, "mask": mask, "attribution": attr, "region_map": region_map,
+            "affine": np.diag([2.5, 0.7, 0.7, 1.0]), "region_deep": np.zeros((0, 0), np.float32),
+            "flags": np.asfortranarray(rng.random((300, 300)) > 0.999)}
+
+
+def _assert_same(got: dict, want: dict) -> None:
+    assert list(got) == list(want)
+    for k, v in want.items():
+        assert got[k].dtype == v.dtype and got[k].shape == v.shape, k
+        np.testing.assert_array_equal(got[k], v, err_msg=k)  # NaN == NaN here
+
+
+def _owner(arr: np.ndarray):
+    """The object that owns *arr*'s memory (an mmap for mapped or lean arrays)."""
+    while isinstance(arr.base, np.ndarray):
+        arr = arr.base
+    return arr.base.obj if isinstance(arr.base, memoryview) else arr.base
+
+
+def _data_offset(path, name: str) -> int:
+    with zipfile.ZipFile(path) as zf, open(path, "rb") as fh:
+        info = zf.getinfo(name)
+        fh.seek(info.header_offset)
+        n, m = struct.unpack("<HH", fh.read(30)[26:30])
+        return info.header_offset + 30 + n + m
+
+
+def test_round_trip_keeps_names_order_dtypes_and_values(tmp_path):
+    arrays = _case()
+    rel = save_case_arrays(tmp_path, "c1", **arrays)
+    assert rel == "cases/c1.npz"
+    got = load_case_arrays(tmp_path, "c1")
+    _assert_same(got, arrays)
+    assert np.signbit(got["attribution"][15, 50, 50]) and np.isnan(got["attribution"][16, 1, 2])
+    assert sorted(p.name for p in (tmp_path / "cases").iterdir()) == ["c1.npz"]  # no temp file
+
+
+def test_file_is_uncompressed_aligned_and_sparse_where_mostly_zero(tmp_path):
+    save_case_arrays(tmp_path, "c1", **_case())
+    path = tmp_path / "cases" / "c1.npz"
+    with zipfile.ZipFile(path) as zf:
+        infos = {i.filename: i for i in zf.infolist()}
+        layout = json.loads(zf.read("__layout__.json"))["arrays"]
+    assert all(i.compress_type == zipfile.ZIP_STORED for i in infos.values())
+    assert {k: v["layout"] for k, v in layout.items()} == {
+        "ct": "dense", "mask": "sparse", "attribution": "sparse", "region_map": "sparse",
+        "affine": "dense", "region_deep": "dense", "flags": "dense"}  # flags: Fortran order
+    assert "ct.npy" in infos and "attribution.npy" not in infos
+    # mask: 400 + 48 labelled voxels + the -1 (7 of 20 blocks); index uint32, values keep dtype
+    with np.load(path) as data:  # numpy reads every member, dense or not
+        index, values = data["mask.nz-index"], data["mask.nz-value"]
+        np.testing.assert_array_equal(data["ct"], _case()["ct"])
+    assert index.dtype == np.uint32 and values.dtype == np.int16 and len(index) == 400 + 48 + 1
+    assert (np.diff(index.astype(np.int64)) > 0).all()
+    # every member's data (its .npy header, 64-byte multiple, then the array) on 64 bytes
+    assert all(_data_offset(path, name) % 64 == 0 for name in infos if name.endswith(".npy"))
+
+
+def test_dense_members_are_memory_mapped_copy_on_write(tmp_path):
+    arrays = _case()
+    save_case_arrays(tmp_path, "c1", **arrays)
+    got = load_case_arrays(tmp_path, "c1")
+    assert isinstance(_owner(got["ct"]), mmap.mmap) and got["ct"].flags.writeable
+    assert got["ct"].ctypes.data % 64 == 0
+    got["ct"][0, 0, 0] = 12345               # private to this process ...
+    again = load_case_arrays(tmp_path, "c1")
+    assert again["ct"][0, 0, 0] == arrays["ct"][0, 0, 0]  # ... never written to the file
+    got["attribution"][0, 0, 0] = 1.0        # decoded sparse arrays are writable too
+
+
+def test_rewrite_replaces_the_case_while_old_arrays_stay_readable(tmp_path):
+    save_case_arrays(tmp_path, "c1", **_case(0))
+    old = load_case_arrays(tmp_path, "c1")
+    new_arrays = _case(1)
+    save_case_arrays(tmp_path, "c1", **new_arrays)
+    _assert_same(load_case_arrays(tmp_path, "c1"), new_arrays)
+    _assert_same(old, _case(0))              # the mapped old file lives on until released
+
+
+def test_failed_write_keeps_the_old_file_and_leaves_no_temp_file(tmp_path):
+    arrays = _case()
+    save_case_arrays(tmp_path, "c1", **arrays)
+    with pytest.raises(ValueError):
+        save_case_arrays(tmp_path, "c1", ct=arrays["ct"], bad=np.array([{"a": 1}], dtype=object))
+    assert sorted(p.name for p in (tmp_path / "cases").iterdir()) == ["c1.npz"]
+    _assert_same(load_case_arrays(tmp_path, "c1"), arrays)
+
+
+def test_small_and_dense_arrays_stay_dense(tmp_path):
+    small = np.zeros((10, 10, 10), np.float32)          # below the floor
+    busy = np.zeros(SHAPE, np.float32)
+    busy[:11, 0, 0] = 1.0                               # 11 of 20 blocks hold a nonzero
+    crowded = np.zeros(SHAPE, np.int16)
+    crowded[:10, :48] = 7                               # 10 blocks, but 3/4 of them nonzero
+    save_case_arrays(tmp_path, "c2", small=small, busy=busy, crowded=crowded,
+                     empty=np.zeros(SHAPE, np.int16))
+    with zipfile.ZipFile(tmp_path / "cases" / "c2.npz") as zf:
+        layout = json.loads(zf.read("__layout__.json"))["arrays"]
+    assert [layout[k]["layout"] for k in ("small", "busy", "crowded", "empty")] == \
+        ["dense", "dense", "dense", "sparse"]
+    got = load_case_arrays(tmp_path, "c2")
+    np.testing.assert_array_equal(got["busy"], busy)
+    np.testing.assert_array_equal(got["crowded"], crowded)
+    assert got["empty"].shape == SHAPE and not got["empty"].any()
+
+
+@pytest.mark.parametrize("writer", ["numpy", "previous"])
+def test_deflated_files_of_earlier_versions_are_still_read(tmp_path, writer):
+    arrays = {k: v for k, v in _case().items() if k != "flags"}
+    (tmp_path / "cases").mkdir()
+    path = tmp_path / "cases" / "old.npz"
+    if writer == "numpy":
+        np.savez_compressed(path, **arrays)
+    else:  # what save_case_arrays wrote before: deflate level 1, zip64 members
+        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+            for name, value in arrays.items():
+                with zf.open(f"{name}.npy", "w", force_zip64=True) as fh:
+                    np.lib.format.write_array(fh, value, allow_pickle=False)
+    _assert_same(load_case_arrays(tmp_path, "old"), arrays)
+
+
+# -- the viewer's derived values (app.common) --------------------------------------------------
+def _reference(arrays: dict) -> dict:
+    """What app.common computed before: whole-volume max / argmax / per-slice bincount."""
+    attr, mask = arrays["attribution"], arrays["mask"]
+    n = int(mask.max())
+    counts = (np.stack([np.bincount(np.clip(s, 0, None).ravel(), minlength=n + 1) for s in mask])
+              if n > 0 else np.zeros((0, 1), np.int64))
+    peak = np.unravel_index(np.argmax(attr), attr.shape)
+    return {"attr_max": np.float64(attr.max()), "attr_peak_z": np.int64(peak[0]),
+            "attr_peak": np.array(peak, np.int64), "label_counts": counts}
+
+
+@pytest.mark.parametrize("variant", ["plain", "nan", "ties", "empty"])
+def test_viewer_values_match_whole_volume_scans(tmp_path, variant):
+    common = pytest.importorskip("app.common")
+    arrays = {k: v for k, v in _case().items() if k != "flags"}
+    attr = arrays["attribution"]
+    if variant != "nan":
+        attr[16, 1, 2] = 0.0
+    if variant == "ties":  # the first maximum in C order wins, as np.argmax
+        attr[7, 30, 40] = attr[2, 60, 1] = attr[2, 60, 0] = 5.0
+    if variant == "empty":
+        attr[:] = 0.0
+        arrays["mask"][:] = 0
+    save_case_arrays(tmp_path, "c1", **arrays)
+    got = common.load_viewer_arrays(tmp_path, "c1")
+    want = _reference(arrays)
+    for key, value in want.items():
+        assert np.asarray(got[key]).dtype == np.asarray(value).dtype, key
+        np.testing.assert_array_equal(got[key], value, err_msg=key)
+    assert all(not got[k].flags.writeable for k in arrays)
+    for label in (1, 2):
+        expected = render.key_slice(arrays["mask"], label) if variant != "empty" else None
+        assert common.key_slice(got, label) == expected
+    assert common.key_slice(got, 3) is None
+
+
+def test_large_sparse_arrays_decode_into_lean_zeroed_memory(tmp_path):
+    big = np.zeros((10, 256, 256), np.float32)  # 2.5 MiB: decoded into a private mapping
+    big[3, 100:120, 50:70] = np.arange(400, dtype=np.float32).reshape(20, 20) + 1
+    save_case_arrays(tmp_path, "c3", big=big)
+    got = load_case_arrays(tmp_path, "c3")["big"]
+    assert isinstance(_owner(got), mmap.mmap) and got.flags.writeable and got.flags.c_contiguous
+    np.testing.assert_array_equal(got, big)
+    assert float(got.max()) == 400.0 and int(np.count_nonzero(got)) == 400
