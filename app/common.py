@@ -157,12 +157,17 @@ def case_arrays(case_id: str) -> dict[str, np.ndarray] | None:
 
 # -- reviewer ------------------------------------------------------------------------------
 def reviewer_sidebar() -> str:
-    """The reviewer name box in the sidebar; the name survives page switches."""
+    """The reviewer name box in the sidebar; the name survives page switches and, through
+    the page address (``?reviewer=...``), a reload of the page."""
+    if REVIEWER_KEY not in st.session_state and st.query_params.get("reviewer"):
+        st.session_state[REVIEWER_KEY] = st.query_params["reviewer"]
     st.sidebar.text_input("Reviewer name", key=REVIEWER_KEY, persist_state="session",
                           help="Your reviews are saved under this name.")
     name = (st.session_state.get(REVIEWER_KEY) or "").strip()
     if not name:
         st.sidebar.caption("Enter your name to save reviews.")
+    elif st.query_params.get("reviewer") != name:
+        st.query_params["reviewer"] = name
     return name
 
 

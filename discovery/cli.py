@@ -161,6 +161,10 @@ def cmd_app(args) -> int:
            "--server.address", args.host, "--server.port", str(args.port),
            "--server.headless", "true", "--browser.gatherUsageStats", "false",
            "--client.toolbarMode", "minimal",
+           # kept explicit so that no config file can turn them off: cross-site request
+           # forgery protection on; the app takes no uploads, so the smallest upload limit
+           "--server.enableXsrfProtection", "true", "--server.enableCORS", "true",
+           "--server.maxUploadSize", "1",
            "--", "--results", str(results)]
     print(f"review app: http://{args.host}:{args.port}", flush=True)
     return subprocess.call(cmd)

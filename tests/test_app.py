@@ -386,3 +386,35 @@ def test_reviews_page_without_reviewer_name_shows_totals(tiny_results_fresh):
     assert metrics["Nodules"] == "2" and metrics["Nodules reviewed by nobody"] == "1"
     assert any("Enter your name" in c.value for c in at.caption)
     assert any("No two reviewers" in c.value for c in at.caption)
+
+
+def test_reload_resumes_reviewer_case_and_nodule(tiny_results):
+    """A reload starts a new session; the page address carries the reviewer and the item."""
+    at = page("case", tiny_results, case_id="case-B", nodule_id="n1")
+    set_reviewer(at, "Dr Who")
+    params = {k: (v[0] if isinstance(v, list) else v) for k, v in at.query_params.items()}
+    assert params["case"] == "case-B" and params["nodule"] == "n1"
+    assert params["reviewer"] == "Dr Who"
+    fresh = AppTest.from_file(str(APP / "views" / "case.py"), default_timeout=TIMEOUT)
+    fresh.query_params.update(params)
+    fresh.session_state["results_dir"] = str(tiny_results)  # as page() does
+    fresh.run()
+    assert not fresh.exception
+    assert fresh.selectbox(key="case_sel").value == "case-B"
+    assert fresh.text_input(key="reviewer").value == "Dr Who"
+
+
+def test_app_command_keeps_xsrf_on_and_binds_localhost(tmp_path, monkeypatch):
+    import subprocess
+
+    from discovery.cli import main
+
+    (tmp_path / "discovery.sqlite").write_bytes(b"")
+    seen = {}
+    monkeypatch.setattr(subprocess, "call", lambda cmd: seen.setdefault("cmd", cmd) and 0)
+    assert main(["app", str(tmp_path)]) == 0
+    cmd = seen["cmd"]
+    flag = {cmd[i]: cmd[i + 1] for i in range(len(cmd) - 1) if cmd[i].startswith("--server.")}
+    assert flag["--server.address"] == "127.0.0.1"
+    assert flag["--server.enableXsrfProtection"] == "true"
+    assert flag["--server.maxUploadSize"] == "1"

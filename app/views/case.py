@@ -26,7 +26,10 @@ if nodules.empty:
     st.info("No scored nodules in this results folder.")
     st.stop()
 
-# -- which case and nodule ---------------------------------------------------------------
+# -- which case and nodule (the page address keeps them, so a reload resumes here) ----------
+qp = st.query_params
+if ss.get("case_id") is None and qp.get("case"):
+    ss["case_id"], ss["nodule_id"] = qp.get("case"), qp.get("nodule")
 case_ids = sorted(nodules["case_id"].unique())
 c1, c2, d1, d2, d3, d4 = st.columns([2, 1.2, 2.6, 1.6, 1.6, 1.6])
 case_id = c1.selectbox("Case", case_ids, key="case_sel",
@@ -52,6 +55,8 @@ threshold = d3.slider("Attribution threshold", 0.0, 1.0, 0.2, 0.05, key="case_th
 show_mask = d4.checkbox("Mask contour", value=True, key="case_show_mask")
 show_regions = d4.checkbox("Off-mask regions", value=True, key="case_show_regions")
 ss["nodule_id"] = nodule_id
+if qp.get("case") != case_id or qp.get("nodule") != nodule_id:
+    qp["case"], qp["nodule"] = case_id, nodule_id
 row = in_case[in_case["nodule_id"] == nodule_id].iloc[0]
 item_id = f"{case_id}/{nodule_id}"
 
