@@ -104,27 +104,31 @@ if not clusters.empty:
                f"mean volume {common.fmt(crow['mean_volume_mm3'])} mm³.")
 
     # -- exemplars -----------------------------------------------------------------------------
-    st.markdown("**Exemplars** (axial slice through each region's centroid; green: mask, "
-                "cyan: this region; lung window; colour scale = that case's attribution max, shown "
-                "from 20 % of it; the map exists only inside each nodule's 48 mm analysis box, so it "
-                "can end in a straight edge)")
+    st.markdown("**Exemplars** from different patients, each as the plain image and the "
+                "overlay side by side (axial slice through the region's centroid; green: mask, "
+                "cyan: this region; lung window; colour scale = that case's attribution max, "
+                "shown from 20 % of it; the map exists only inside each nodule's 48 mm analysis "
+                "box, so it can end in a straight edge)")
     by_key = regions.set_index("region_key")
     keys = [k for k in crow["exemplars"] if k in by_key.index]
     if not keys:
         st.caption("No exemplars stored for this cluster.")
-    cols = st.columns(5) + st.columns(5)  # fixed grid: crops keep the same size
-    for col, key in zip(cols, keys):
+    per_row = 4
+    cols = [c for _ in range(-(-len(keys) // per_row)) for c in st.columns(per_row)]
+    for col, key in zip(cols, keys):  # a fixed grid: pictures keep the same size
         reg = by_key.loc[key]
         arrays = common.case_arrays(reg["case_id"])
         if arrays is None:
             col.caption(f"{reg['case_id']}: no image arrays")
             continue
         z = int(round(float(reg["centroid_z"])))
-        rgb = render.thumbnail(arrays, z=z, center_yx=(reg["centroid_y"], reg["centroid_x"]),
-                               half_size=CROP_HALF, region=int(reg["case_region"]),
-                               threshold=DISPLAY_THRESHOLD, attr_max=float(arrays["attr_max"]))
-        col.image(render.upscale(rgb, 260), caption=f"{reg['case_id']} · slice {z}",
-                  width="stretch")
+        kw = dict(z=z, center_yx=(reg["centroid_y"], reg["centroid_x"]), half_size=CROP_HALF,
+                  region=int(reg["case_region"]), threshold=DISPLAY_THRESHOLD,
+                  attr_max=float(arrays["attr_max"]))
+        pair = render.side_by_side(render.thumbnail(arrays, opacity=0.0, **kw),
+                                   render.thumbnail(arrays, **kw))
+        col.image(render.upscale(pair, 200), width="stretch",
+                  caption=f"{reg['case_id']} · {reg['nodule_id']} · slice {z}")
 
     # -- review ----------------------------------------------------------------------------------
     st.subheader("Your review of this cluster")
