@@ -40,7 +40,7 @@ else:
                   .agg(lambda c: ", ".join(str(int(v)) for v in sorted(set(c))))
                   .rename("clusters").reset_index())
     scored = scored.merge(per_nodule, on=["case_id", "nodule_id"], how="left")
-    scored["clusters"] = scored["clusters"].fillna("")
+    scored["clusters"] = [c if isinstance(c, str) else "" for c in scored["clusters"]]
     scored["flagged"] = scored["flagged"].fillna(0).astype(int).map({1: "shortcut", 0: ""})
 
     # -- filters ---------------------------------------------------------------------------
