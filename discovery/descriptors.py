@@ -28,6 +28,7 @@ __all__ = [
     "RELATIONS",
     "RegionAnatomy",
     "classify_relation",
+    "lung_components",
     "describe_region",
     "direction_words",
     "elongation",
@@ -108,6 +109,9 @@ def lung_mask(
     threshold_hu: float = -400.0,
     min_volume_ml: float = 20.0,
     fill_radius_mm: float = 4.0,
+    within=None,
+    fill_margin_mm: float = 20.0,
+    components=None,
 ) -> np.ndarray:
     """Lung field of a chest CT: the lungs with everything they enclose filled in.
 
@@ -134,6 +138,18 @@ def lung_mask(
         Smallest component kept (1 ml = 1000 mm³).
     fill_radius_mm : float, optional
         Radius (mm) of the closing ball; 0 skips the closing (holes are still filled).
+    within : sequence of (slice, slice, slice), optional
+        Boxes where the lung field is needed (the analysed ROIs).  Steps 1-2 stay global;
+        the closing and the hole filling (step 3, most of the time on a full-size scan) run
+        only on each box grown by ``2 * fill_radius_mm`` (so the closing inside the box is
+        exactly the global one) and, in-plane, by ``fill_margin_mm`` more; voxels outside
+        every box are False.  A hole inside a box whose enclosure leaves the grown box is
+        not filled (rare: a nodule's enclosure by lung is local).  Default: everywhere.
+    fill_margin_mm : float, optional
+        In-plane context for the hole filling with *within*.
+    components : ndarray of bool, shape (z, y, x), optional
+        :func:`lung_components` of the same *hu* and settings, when the caller has it
+        already (steps 1-2 are then skipped).
 
     Returns
     -------
@@ -152,9 +168,48 @@ def lung_mask(
     threshold_hu = _check_finite(threshold_hu, "threshold_hu")
     min_volume_ml = _check_nonneg(min_volume_ml, "min_volume_ml")
     radius = _check_nonneg(fill_radius_mm, "fill_radius_mm")
+    margin = _check_nonneg(fill_margin_mm, "fill_margin_mm")
 
     out = np.zeros(hu.shape, dtype=bool)
-    labels, n = ndimage.label(hu < threshold_hu)  # default structure: 6-connectivity
+    if components is None:
+        lungs = lung_components(hu, spacing_mm=spacing, threshold_hu=threshold_hu,
+                                min_volume_ml=min_volume_ml)
+    else:
+        lungs = np.asarray(components, dtype=bool)
+        if lungs.shape != hu.shape:
+            raise ValueError(f"components must have the shape of hu {hu.shape}; received "
+                             f"{lungs.shape}")
+    if not lungs.any():
+        return out
+    if within is None:
+        box = ndimage.find_objects(lungs.astype(np.int8))[0]
+        out[box] = _close_and_fill(lungs, box, box, spacing, radius)
+        return out
+    for box in within:
+        box = tuple(slice(max(0, s.start), min(n, s.stop)) for s, n in zip(box, hu.shape))
+        if any(s.stop <= s.start for s in box):
+            continue
+        grow = [math.ceil(2 * radius / sp) + 1 for sp in spacing]
+        grow[1] += math.ceil(margin / spacing[1])
+        grow[2] += math.ceil(margin / spacing[2])
+        context = tuple(slice(max(0, s.start - g), min(n, s.stop + g))
+                        for s, g, n in zip(box, grow, hu.shape))
+        field = _close_and_fill(lungs, context, context, spacing, radius)
+        inner = tuple(slice(b.start - c.start, b.stop - c.start) for b, c in zip(box, context))
+        out[box] |= field[inner]
+    return out
+
+
+def lung_components(hu, *, spacing_mm, threshold_hu: float = -400.0,
+                    min_volume_ml: float = 20.0) -> np.ndarray:
+    """Steps 1-2 of :func:`lung_mask`: the lungs' air, before closing and hole filling.
+
+    Returns
+    -------
+    ndarray of bool, shape (z, y, x)
+    """
+    spacing = _check_spacing(spacing_mm)
+    labels, n = ndimage.label(np.asarray(hu) < threshold_hu)  # default structure: 6-connectivity
     keep = np.ones(n + 1, dtype=bool)
     keep[0] = False
     for face in (labels[:, 0, :], labels[:, -1, :], labels[:, :, 0], labels[:, :, -1]):
@@ -162,14 +217,15 @@ def lung_mask(
     keep &= np.bincount(labels.ravel(), minlength=n + 1) * np.prod(spacing) >= (
         1000.0 * min_volume_ml
     )
-    if not keep.any():
-        return out
-    lungs = keep[labels]
+    return keep[labels]
 
-    # On the lungs' bounding box, padded so that the dilation fits and the pad stays empty.
+
+def _close_and_fill(lungs, box, context, spacing, radius) -> np.ndarray:
+    """Closing (exact ball of *radius* mm) and per-slice hole filling of ``lungs[box]``;
+    zero padding outside *box* (the lungs' bounding box, or a context grown so that the
+    padding's effect stays outside the part used)."""
     pad = [math.ceil(radius / s) + 1 for s in spacing]
-    box = ndimage.find_objects(lungs.astype(np.int8))[0]
-    crop = np.pad(lungs[box], [(p, p) for p in pad])
+    crop = np.pad(lungs[context], [(p, p) for p in pad])
     if radius > 0:
         r = radius + _DISTANCE_SLACK_MM
         dilated = ndimage.distance_transform_edt(~crop, sampling=spacing) <= r
@@ -177,8 +233,7 @@ def lung_mask(
     in_plane = np.zeros((3, 3, 3), dtype=bool)
     in_plane[1] = ndimage.generate_binary_structure(2, 1)  # no z neighbours: per slice
     crop = ndimage.binary_fill_holes(crop, structure=in_plane)
-    out[box] = crop[tuple(slice(p, p + s.stop - s.start) for p, s in zip(pad, box))]
-    return out
+    return crop[tuple(slice(p, p + s.stop - s.start) for p, s in zip(pad, box))]
 
 
 # --------------------------------------------------------------------------- shape

@@ -23,7 +23,9 @@ import torch
 from data_tools.volume import Mask, Volume
 
 from .align import AlignThresholds, Alignment, align, distance_to_mask_mm, grow_mm
-from .descriptors import RegionAnatomy, direction_words, lung_mask, offset_lps_mm, region_descriptors
+from .descriptors import (
+    RegionAnatomy, direction_words, lung_components, lung_mask, offset_lps_mm, region_descriptors,
+)
 from .explain import AttributionInfo, layer_activations, predict_and_explain
 from .model import ModelCard
 from .localization import Localization, localization_summary
@@ -232,9 +234,14 @@ def analyze_scan(
 
     spacing = volume.spacing_mm
     with _stage(timings, "descriptors"):
-        lung = lung_mask(volume.array, spacing_mm=spacing)
-        if lung.any():  # the midline: halfway between the lungs, in patient x
-            midline_x = float(volume.voxel_to_world(np.argwhere(lung).mean(axis=0))[0])
+        # the lung field only where the regions can be: the ROI boxes (most of a full-size
+        # scan's time went into closing the whole lungs)
+        air = lung_components(volume.array, spacing_mm=spacing)
+        lung = lung_mask(volume.array, spacing_mm=spacing, components=air,
+                         within=[roi.scan_box(shape) for roi in rois])
+        if air.any():  # the midline: halfway between the lungs' air, in patient x
+            midline_x = float(volume.voxel_to_world(np.argwhere(air[::2, ::2, ::2]).mean(axis=0)
+                                                    * 2)[0])
         else:
             midline_x = float(volume.voxel_to_world((np.asarray(shape) - 1) / 2.0)[0])
     annotated = mask.array > 0

@@ -282,3 +282,27 @@ def test_describe_region_golden():
                                                                        "inside lung", hu)
     with pytest.raises(ValueError, match="relation"):
         describe_region(5, "superior", "near lung", 0.0)
+
+
+def test_lung_field_within_boxes_equals_the_whole_field_there():
+    """The restricted lung field (the pipeline's) matches the global one inside each box."""
+    from data_tools.synthetic import SyntheticConfig, generate_case
+    from discovery.descriptors import lung_components, lung_mask
+
+    case = generate_case(3, config=SyntheticConfig(shape_yx=128, n_slices=(56, 56), slice_spacing_mm=(1.2, 1.2)), index=0)
+    spacing = tuple(float(v) for v in np.linalg.norm(case.affine[:3, :3], axis=0))
+    full = lung_mask(case.hu, spacing_mm=spacing)
+    assert full.any()
+    zs, ys, xs = np.nonzero(case.mask)
+    boxes = []
+    for lab in np.unique(case.mask[case.mask > 0]):
+        z, y, x = (int(np.mean(a[case.mask[zs, ys, xs] == lab])) for a in (zs, ys, xs))
+        boxes.append((slice(z - 10, z + 10), slice(y - 20, y + 20), slice(x - 20, x + 20)))
+    part = lung_mask(case.hu, spacing_mm=spacing, within=boxes,
+                     components=lung_components(case.hu, spacing_mm=spacing))
+    inside = np.zeros(case.hu.shape, bool)
+    for b in boxes:
+        b = tuple(slice(max(0, s.start), s.stop) for s in b)
+        inside[b] = True
+    np.testing.assert_array_equal(part[inside], full[inside])
+    assert not part[~inside].any()
