@@ -5,7 +5,7 @@ The case: 512 x 512 x 300 voxels at 0.7 x 0.7 x 1.0 mm, int16 CT from the synthe
 (Grad-CAM-like: a trilinearly upsampled coarse map inside a 48 mm box around each nodule, zero
 elsewhere, as ``analyze_scan`` writes it), the off-mask region map and the region activations,
 stored with :func:`discovery.store.save_case_arrays` exactly as ``discovery score`` stores them
-(``discovery.batch._score_one``).  No model is run: the arrays have the real sizes and types.
+(``discovery.batch._compute_case``).  No model is run: the arrays have the real sizes and types.
 
 Measured, as the case page does it, outside Streamlit:
 

@@ -4,17 +4,71 @@ A bad case never stops the batch: its error is recorded as a ``failed`` row (a r
 that names the problem, never a source path) and the next case runs.  After the cases, the
 off-mask regions of the whole cohort are clustered once, and ``findings.csv`` and
 ``patterns.csv`` are written (temporary file, then rename).
+
+Crash safety and resuming
+-------------------------
+Each case is written in two steps: its arrays (``cases/<case_id>.npz``: temporary file,
+fsync, rename), then its rows and its ``manifest`` row in one store transaction
+(:meth:`discovery.store.ResultsStore.put_case`).  A case is therefore either complete, with a
+manifest row, or absent from the manifest; a run killed at any point (even ``SIGKILL``) and
+started again scores the missing cases and yields the same outputs as an uninterrupted run.
+Temporary files of a killed run (``cases/.*.<pid>.tmp.npz``, ``.findings.csv.<pid>.tmp``,
+``.patterns.csv.<pid>.tmp``) are removed when the next batch starts, unless process ``pid``
+is still running and wrote the file in the last 15 minutes.
+
+The manifest row holds three SHA-256 hex digests:
+
+``input_hash``
+    Over the case's input files, sorted by name: for each its name, size and content (read
+    in 1 MiB chunks; a file shared by several cases, like LUNA16's ``annotations.csv``, is
+    read once per batch, and a change to it rescores all of them).  The files: every file under a DICOM case folder (any depth, named
+    relative to it), or the image file (a MetaImage header with its data file(s)); then the
+    annotation file(s) (NIfTI mask, LIDC XML files, MSD label map, LUNA16 annotations.csv)
+    named by base name.  Folder names above the case do not count, so a moved input is not
+    rescored.
+``model_hash``
+    The model card's weights SHA-256.
+``config_hash``
+    Over a canonical JSON (sorted keys) of the per-case settings: :class:`ScoreSettings`,
+    ``max_bytes``, the case's layout, image and annotation kinds and the series it asks for,
+    and the card's preprocessing (architecture, ROI size and spacing, HU window, Grad-CAM
+    layer, threshold).  :class:`PatternSettings` are not in it: the cohort-level clustering
+    runs again after every batch.
+
+Skip rule: a case is not recomputed when its manifest row has the same three hashes, status
+``ok`` or ``no-mask``, and its arrays file exists; failed cases are always retried.  Cases in
+the store that are no longer in the input are kept (and stay in the tables);
+:attr:`BatchSummary.n_not_in_input` counts them.
+
+Workers and determinism
+-----------------------
+With ``workers > 1`` the per-case work (read, analyse, write arrays) runs in a pool of
+``spawn`` processes, each loading the model once and using ``cpu_count // workers`` torch
+threads, while the parent alone writes to the store (one SQLite writer).  A worker that dies
+(killed, out of memory, a crash in native code) breaks the pool: the cases it was running
+are each retried once, alone, in a fresh pool, and recorded as failed if that worker dies
+too; the batch goes on.  (With ``workers=1`` the cases run in the calling process: such a
+crash stops the batch, and the next run resumes before that case.)  The tables do not
+depend on the number of workers, on the order cases finish in, or on resuming: rows are
+sorted by their keys, floats are written as ``%.6g`` and no timestamp is in them
+(``scored_at`` and ``finished_at`` stay in the store).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import logging
 import os
 import re
 import time
+from collections import deque
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Executor, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -32,7 +86,7 @@ from .pipeline import CaseResult, ScoreSettings, analyze_scan
 from .store import ResultsStore, load_case_arrays, save_case_arrays
 
 __all__ = ["BatchSummary", "score_folder", "write_tables", "recluster", "safe_error",
-           "read_labels"]
+           "read_labels", "case_input_hash", "case_config_hash"]
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +95,10 @@ Progress = Callable[[int, int, str], None]
 
 @dataclass(frozen=True)
 class BatchSummary:
-    """What a batch did: counts and wall time (s)."""
+    """What a batch did: counts and wall time (s).
+
+    The counts cover every case of the input, skipped ones included (from their stored
+    results); ``n_skipped`` says how many of them were not recomputed."""
 
     n_cases: int
     n_ok: int
@@ -53,6 +110,8 @@ class BatchSummary:
     seconds: float
     failed: list[tuple[str, str]] = field(default_factory=list)
     layouts: dict[str, int] = field(default_factory=dict)  # cases per input layout
+    n_skipped: int = 0  # cases unchanged since an earlier run (counted above, not recomputed)
+    n_not_in_input: int = 0  # cases in the store but not in this input (kept)
 
 
 def safe_error(exc: BaseException, *paths: Path | str | None) -> str:
@@ -149,30 +208,246 @@ def _annotation_rows(case_id: str, nodules) -> list[dict]:
     return rows
 
 
-def _score_one(spec: CaseSpec, model, card, results_dir: Path, settings: ScoreSettings,
-               store: ResultsStore, max_bytes: int | None) -> tuple[str, int, int]:
-    case = read_case(spec, max_bytes=max_bytes)
-    volume, mask = case.volume, case.mask
-    result = analyze_scan(volume, mask, model, card, case_id=spec.case_id, settings=settings)
-    ct = np.clip(np.rint(volume.array), -32768, 32767).astype(np.int16)
-    arrays = save_case_arrays(
-        results_dir, spec.case_id, ct=ct,
-        mask=(mask.array if mask is not None else np.zeros(volume.shape, np.int16)).astype(np.int16),
-        attribution=result.attribution, region_map=result.region_map, affine=volume.affine,
-        # row k-1: layer activations pooled in region k of region_map (the case_region order)
-        region_deep=_region_deep(result),
-    )
-    nodules, regions = result_rows(result)
-    status = "ok" if result.status == "ok" else "no-mask"
-    store.put_case(
-        {"case_id": spec.case_id, "status": status,
-         "error": "" if status == "ok" else result.status.split(": ", 1)[-1],
-         "n_nodules": len(nodules), "shape": list(volume.shape),
-         "spacing_mm": [round(s, 4) for s in volume.spacing_mm], "source_kind": spec.image_kind,
-         "layout": spec.layout, "mask_source": case.mask_source, "arrays": arrays},
-        nodules, regions, _annotation_rows(spec.case_id, case.nodules),
-    )
-    return status, len(nodules), len(regions)
+# -- manifest hashes ---------------------------------------------------------------------
+_CHUNK = 1 << 20
+_HASH_VERSION = b"discovery-case-input-v1\0"
+#: the model card fields that change what a case's analysis computes
+_CARD_KEYS = ("architecture", "roi_size_vox", "roi_spacing_mm", "hu_window", "classes",
+              "gradcam_layer", "card_version")
+
+FileMemo = dict[tuple[str, int, int], str]
+
+
+def _file_sha256(path: Path, st: os.stat_result, memo: FileMemo | None) -> str:
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if memo is not None and key in memo:
+        return memo[key]
+    h = hashlib.sha256()
+    buf = bytearray(_CHUNK)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as fh:
+        while n := fh.readinto(buf):
+            h.update(view[:n])
+    if memo is not None:
+        memo[key] = h.hexdigest()
+    return h.hexdigest()
+
+
+def _metaimage_data_files(header: Path) -> list[Path]:
+    """The data file(s) a MetaImage header names (none for ``LOCAL``; same-stem siblings for
+    a file-name pattern or an unreadable header)."""
+    siblings = sorted(p for p in header.parent.glob(f"{header.stem}.*") if p != header)
+    try:
+        with open(header, "rb") as fh:
+            lines = fh.read(1 << 16).decode("latin-1").splitlines()
+    except OSError:
+        return siblings
+    for i, line in enumerate(lines):
+        key, _, value = line.partition("=")
+        if key.strip().lower() != "elementdatafile":
+            continue
+        tokens = value.split()
+        if not tokens or tokens[0].upper() == "LOCAL":
+            return []
+        if tokens[0].upper() == "LIST":
+            return [header.parent / t.strip() for t in lines[i + 1:] if t.strip()]
+        if "%" in tokens[0]:
+            return siblings
+        return [header.parent / value.strip()]
+    return siblings
+
+
+def _case_files(spec: CaseSpec, exclude: Path | None = None) -> list[tuple[str, Path]]:
+    """``(name, path)`` of every input file of *spec*, sorted by name (module docstring)."""
+    files: dict[str, Path] = {}
+    image = Path(spec.image)
+    inside: set[Path] = set()
+    if image.is_dir():
+        skip = exclude.resolve() if exclude is not None else None
+        for root, dirs, names in os.walk(image):
+            if skip is not None:
+                dirs[:] = [d for d in dirs if (Path(root) / d).resolve() != skip]
+            for name in names:
+                path = Path(root) / name
+                files["image/" + path.relative_to(image).as_posix()] = path
+                inside.add(path)
+    else:
+        files["image/" + image.name] = image
+        if spec.image_kind == "metaimage":
+            for data in _metaimage_data_files(image):
+                files["image/" + data.name] = data
+    for ann in (spec.mask, *spec.mask_candidates):
+        if ann is not None and Path(ann) not in inside:
+            files["annotation/" + Path(ann).name] = Path(ann)
+    return sorted(files.items())
+
+
+def case_input_hash(spec: CaseSpec, *, exclude: str | Path | None = None,
+                    memo: FileMemo | None = None) -> str:
+    """SHA-256 (hex) over the input files of one case: for each file, sorted by name, its
+    name, size and content's SHA-256 (module docstring: which files, which names).
+
+    ``exclude``: a folder not to descend into (the results folder, when it lies inside a
+    case folder).  ``memo``: digests already computed in this batch, by path, size and
+    modification time.  A file that cannot be read counts as missing (the case is then
+    rescored, and reports the problem when read).
+    """
+    h = hashlib.sha256(_HASH_VERSION)
+    for name, path in _case_files(spec, None if exclude is None else Path(exclude)):
+        try:
+            st = path.stat()
+            digest = _file_sha256(path, st, memo)
+        except OSError:
+            h.update(f"{name}\0missing\0".encode("utf-8", "surrogateescape"))
+            continue
+        h.update(f"{name}\0{st.st_size}\0{digest}\0".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
+def case_config_hash(spec: CaseSpec, *, settings: ScoreSettings, max_bytes: int | None,
+                     card) -> str:
+    """SHA-256 (hex) of the canonical JSON of what, besides the input files and the weights,
+    decides a case's results (module docstring)."""
+    payload = {
+        "settings": dataclasses.asdict(settings), "max_bytes": max_bytes,
+        "layout": spec.layout, "image_kind": spec.image_kind, "mask_kind": spec.mask_kind,
+        "source_key": spec.source_key,
+        "card": {k: getattr(card, k) for k in _CARD_KEYS},
+        "threshold": float(card.metrics.get("threshold", 0.5)),
+    }
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+# -- one case ----------------------------------------------------------------------------
+Payload = dict[str, Any]  # "case" (the cases row), "nodules", "regions", "annotations"
+
+
+def _failed(spec: CaseSpec, message: str) -> Payload:
+    return {"case": {"case_id": spec.case_id, "status": "failed", "error": message,
+                     "source_kind": spec.image_kind, "layout": spec.layout},
+            "nodules": [], "regions": [], "annotations": []}
+
+
+def _compute_case(spec: CaseSpec, model, card, results_dir: Path, settings: ScoreSettings,
+                  max_bytes: int | None, input_path: Path | str) -> Payload:
+    """Read, analyse and write the arrays of one case; its rows for the store.  Never raises
+    an ``Exception``: a failure becomes a ``failed`` payload with a safe message."""
+    try:
+        case = read_case(spec, max_bytes=max_bytes)
+        volume, mask = case.volume, case.mask
+        result = analyze_scan(volume, mask, model, card, case_id=spec.case_id, settings=settings)
+        ct = np.clip(np.rint(volume.array), -32768, 32767).astype(np.int16)
+        arrays = save_case_arrays(
+            results_dir, spec.case_id, ct=ct,
+            mask=(mask.array if mask is not None
+                  else np.zeros(volume.shape, np.int16)).astype(np.int16),
+            attribution=result.attribution, region_map=result.region_map, affine=volume.affine,
+            # row k-1: layer activations pooled in region k of region_map (case_region order)
+            region_deep=_region_deep(result),
+        )
+        nodules, regions = result_rows(result)
+        status = "ok" if result.status == "ok" else "no-mask"
+        return {"case": {"case_id": spec.case_id, "status": status,
+                         "error": "" if status == "ok" else result.status.split(": ", 1)[-1],
+                         "n_nodules": len(nodules), "shape": list(volume.shape),
+                         "spacing_mm": [round(s, 4) for s in volume.spacing_mm],
+                         "source_kind": spec.image_kind, "layout": spec.layout,
+                         "mask_source": case.mask_source, "arrays": arrays},
+                "nodules": nodules, "regions": regions,
+                "annotations": _annotation_rows(spec.case_id, case.nodules)}
+    except Exception as exc:  # noqa: BLE001 -- a batch records every failure and goes on
+        message = safe_error(exc, input_path, spec.image, spec.mask)
+        # no traceback in the log: frames and messages of third-party code may quote paths
+        log.warning("case %s failed: %s", spec.case_id, message)
+        return _failed(spec, message)
+
+
+_WORKER_MODELS: dict[str | None, tuple] = {}  # per worker process: model folder -> (model, card)
+
+
+def _work(spec: CaseSpec, model_dir: str | None, results_dir: Path, settings: ScoreSettings,
+          max_bytes: int | None, input_path: Path | str, threads: int) -> Payload:
+    """One case in a pool worker: the model is loaded once per process."""
+    if model_dir not in _WORKER_MODELS:
+        import torch
+
+        torch.set_num_threads(threads)
+        _WORKER_MODELS[model_dir] = load_model(model_dir)
+    model, card = _WORKER_MODELS[model_dir]
+    return _compute_case(spec, model, card, results_dir, settings, max_bytes, input_path)
+
+
+#: the message of a case whose worker process died twice
+WORKER_DIED = ("the worker process scoring this case stopped unexpectedly, also when the case "
+               "was retried alone (killed, out of memory, or a crash in native code); score "
+               "it with one worker to see the error, or give the machine more memory")
+
+ExecutorFactory = Callable[[int], Executor]
+
+
+def _spawn_pool(workers: int) -> Executor:
+    import multiprocessing
+
+    return ProcessPoolExecutor(max_workers=workers,
+                               mp_context=multiprocessing.get_context("spawn"))
+
+
+def _run_pool(todo: list[CaseSpec], task: tuple, workers: int,
+              factory: ExecutorFactory) -> Iterator[tuple[CaseSpec, Payload]]:
+    """Yield ``(spec, payload)`` as cases finish in a pool of *workers* (module docstring:
+    a broken pool's cases are retried alone, once).  At most *workers* cases are in flight,
+    so a broken pool names at most that many suspects.  *task*: the arguments of
+    :func:`_work` after the case."""
+    queue = deque(todo)
+    input_path = task[4]
+    while queue:
+        suspects: list[CaseSpec] = []
+        running: dict = {}
+        pool = factory(workers)
+        try:
+            while queue or running:
+                while queue and len(running) < workers and not suspects:
+                    try:
+                        fut = pool.submit(_work, queue[0], *task)
+                    except BrokenProcessPool:
+                        suspects.append(queue.popleft())
+                        break
+                    running[fut] = queue.popleft()
+                if not running:
+                    break
+                done, _ = wait(running, return_when=ALL_COMPLETED if suspects else FIRST_COMPLETED)
+                for fut in sorted(done, key=lambda f: running[f].case_id):
+                    spec = running.pop(fut)
+                    try:
+                        payload = fut.result()
+                    except BrokenProcessPool:  # this case's worker, or one beside it, died
+                        suspects.append(spec)
+                        continue
+                    except Exception as exc:  # noqa: BLE001 -- e.g. a result that cannot be sent
+                        payload = _failed(spec, safe_error(exc, input_path, spec.image, spec.mask))
+                    yield spec, payload
+                if suspects and not running:
+                    break
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        for spec in suspects:
+            log.warning("a worker process died while scoring case %s or one beside it; "
+                        "retrying the case alone", spec.case_id)
+            yield spec, _run_alone(spec, task, factory)
+
+
+def _run_alone(spec: CaseSpec, task: tuple, factory: ExecutorFactory) -> Payload:
+    pool = factory(1)
+    try:
+        return pool.submit(_work, spec, *task).result()
+    except BrokenProcessPool:
+        log.warning("case %s failed: %s", spec.case_id, WORKER_DIED)
+        return _failed(spec, WORKER_DIED)
+    except Exception as exc:  # noqa: BLE001
+        return _failed(spec, safe_error(exc, task[4], spec.image, spec.mask))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def recluster(store: ResultsStore, settings: PatternSettings = PatternSettings(), *,
@@ -208,20 +483,80 @@ def recluster(store: ResultsStore, settings: PatternSettings = PatternSettings()
     return int(len(clusters))
 
 
+#: temporary files of this module and of save_case_arrays: ``.<name>.<pid>.tmp[.npz]``
+_TEMP_NAME = re.compile(r"^\..+?(?:\.(\d+))?\.tmp(?:\.npz)?$")
+_TEMP_STALE_S = 15 * 60
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def remove_stale_temp_files(results_dir: str | Path) -> int:
+    """Remove temporary files a killed run left in *results_dir* (``cases/.*.tmp.npz``,
+    ``.findings.csv.*.tmp``, ``.patterns.csv.*.tmp``); keep those of a running process
+    written in the last 15 minutes.  Return how many were removed."""
+    root = Path(results_dir)
+    candidates = list((root / "cases").glob(".*.tmp.npz"))
+    for name in ("findings.csv", "patterns.csv"):
+        candidates += root.glob(f".{name}*.tmp")
+    removed = 0
+    for path in candidates:
+        m = _TEMP_NAME.match(path.name)
+        if m is None:
+            continue
+        try:
+            age = time.time() - path.stat().st_mtime
+        except OSError:
+            continue
+        pid = int(m.group(1)) if m.group(1) else None
+        if (pid is not None and pid != os.getpid() and _process_alive(pid)
+                and age < _TEMP_STALE_S):
+            continue
+        path.unlink(missing_ok=True)
+        removed += 1
+    if removed:
+        log.info("removed %d temporary file(s) left by an interrupted run", removed)
+    return removed
+
+
 def _atomic_csv(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    df.to_csv(tmp, index=False, float_format="%.6g")
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        df.to_csv(tmp, index=False, float_format="%.6g", lineterminator="\n")
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_tables(store: ResultsStore, results_dir: Path) -> None:
-    """Write ``findings.csv`` and ``patterns.csv`` from the store."""
+    """Write ``findings.csv`` and ``patterns.csv`` from the store (rows sorted by their keys,
+    floats as ``%.6g``, no timestamps: the same results give the same bytes)."""
     _atomic_csv(store.findings(), results_dir / "findings.csv")
     clusters = store.clusters()
     clusters["exemplars"] = [";".join(x) for x in clusters["exemplars"]]
     _atomic_csv(clusters, results_dir / "patterns.csv")
+
+
+def _unchanged(store: ResultsStore, results_dir: Path) -> dict[str, tuple]:
+    """``case_id -> (input_hash, model_hash, config_hash, status)`` of the manifest rows
+    that may be skipped (status ok / no-mask, arrays file present)."""
+    out = {}
+    for r in store.manifest().itertuples():
+        if r.status in ("ok", "no-mask") and (results_dir / "cases" / f"{r.case_id}.npz").is_file():
+            out[r.case_id] = (r.input_hash, r.model_hash, r.config_hash, r.status)
+    return out
 
 
 def score_folder(
@@ -235,8 +570,11 @@ def score_folder(
     layout: str = "auto",
     max_bytes: int | None = DEFAULT_MAX_BYTES,
     progress: Progress | None = None,
+    workers: int = 1,
+    executor_factory: ExecutorFactory | None = None,
 ) -> BatchSummary:
-    """Score every case under *input_path* into *results_dir*.
+    """Score every case under *input_path* into *results_dir*, skipping the cases an earlier
+    run already scored from the same inputs, model and settings (module docstring).
 
     Parameters
     ----------
@@ -256,49 +594,91 @@ def score_folder(
     max_bytes : int or None
         Refuse a scan whose float32 volume would be larger (checked from the headers).
     progress : callable(done, total, case_id), optional
+        Called once per case (skipped cases first), as cases finish.
+    workers : int
+        Processes scoring cases at once (1: in this process).
+    executor_factory : callable(n_workers) -> Executor, optional
+        Makes the worker pools when ``workers > 1`` (default: a ``ProcessPoolExecutor``
+        with the ``spawn`` context); for tests and custom pools.
 
     Returns
     -------
     BatchSummary
     """
     t0 = time.perf_counter()
+    if int(workers) < 1:
+        raise ValueError(f"workers must be at least 1; received {workers!r}")
     results_dir = Path(results_dir)
     model, card = load_model(model_dir)
     specs = discover_cases(input_path, layout=layout)
     known = read_labels(labels) if labels is not None else None  # bad file: fail before scoring
     store = ResultsStore(results_dir)
+    remove_stale_temp_files(results_dir)
     if known is not None:
         store.set_labels(known)
     store.set_meta(model_sha256=card.weights_sha256, roi_size_vox=list(card.roi_size_vox),
                    roi_spacing_mm=list(card.roi_spacing_mm), gradcam_layer=card.gradcam_layer,
                    method=settings.method, hu_window=list(card.hu_window),
                    threshold=float(card.metrics.get("threshold", 0.5)))
-    n_ok = n_failed = n_no_mask = n_nod = n_reg = 0
+    memo: FileMemo = {}
+    hashes = {s.case_id: {"input_hash": case_input_hash(s, exclude=results_dir, memo=memo),
+                          "model_hash": card.weights_sha256,
+                          "config_hash": case_config_hash(s, settings=settings,
+                                                          max_bytes=max_bytes, card=card)}
+              for s in specs}
+    previous = _unchanged(store, results_dir)
+    skip = [s for s in specs if previous.get(s.case_id, (None,))[:3]
+            == tuple(hashes[s.case_id].values())]
+    skipped_ids = {s.case_id for s in skip}
+    todo = [s for s in specs if s.case_id not in skipped_ids]
+    stored = set(store.query("SELECT case_id FROM cases")["case_id"])
+    n_not_in_input = len(stored - {s.case_id for s in specs})
+    if n_not_in_input:
+        log.info("%d case(s) in the results folder are not in this input; kept", n_not_in_input)
+
+    status: dict[str, str] = {}
     failed: list[tuple[str, str]] = []
-    for i, spec in enumerate(specs):
-        try:
-            status, k_nod, k_reg = _score_one(spec, model, card, results_dir, settings, store,
-                                               max_bytes)
-        except Exception as exc:  # noqa: BLE001 -- a batch records every failure and goes on
-            message = safe_error(exc, input_path, spec.image, spec.mask)
-            # no traceback in the log: frames and messages of third-party code may quote paths
-            log.warning("case %s failed: %s", spec.case_id, message)
-            store.put_case({"case_id": spec.case_id, "status": "failed", "error": message,
-                            "source_kind": spec.image_kind, "layout": spec.layout}, [], [])
-            failed.append((spec.case_id, message))
-            n_failed += 1
-        else:
-            n_ok += status == "ok"
-            n_no_mask += status == "no-mask"
-            n_nod += k_nod
-            n_reg += k_reg
+    done = 0
+    for spec in skip:
+        status[spec.case_id] = previous[spec.case_id][3]
+        done += 1
         if progress is not None:
-            progress(i + 1, len(specs), spec.case_id)
+            progress(done, len(specs), spec.case_id)
+    if int(workers) == 1:
+        finished = ((s, _compute_case(s, model, card, results_dir, settings, max_bytes,
+                                      input_path)) for s in todo)
+    else:
+        threads = max(1, (os.cpu_count() or 1) // int(workers))
+        task = (None if model_dir is None else str(model_dir), results_dir, settings, max_bytes,
+                input_path, threads)
+        finished = _run_pool(todo, task, max(1, min(int(workers), len(todo))),
+                             executor_factory or _spawn_pool)
+    for spec, payload in finished:
+        row = payload["case"]
+        store.put_case(row, payload["nodules"], payload["regions"], payload["annotations"],
+                       manifest=hashes[spec.case_id])
+        status[spec.case_id] = row["status"]
+        if row["status"] == "failed":
+            failed.append((spec.case_id, row["error"]))
+        done += 1
+        if progress is not None:
+            progress(done, len(specs), spec.case_id)
+
+    ids = sorted(status)
+    marks = ", ".join("?" * len(ids))
+    n_nod = int(store.query(f"SELECT COUNT(*) AS n FROM nodules WHERE case_id IN ({marks})",
+                            ids)["n"].iloc[0]) if ids else 0
+    n_reg = int(store.query(f"SELECT COUNT(*) AS n FROM regions WHERE case_id IN ({marks})",
+                            ids)["n"].iloc[0]) if ids else 0
     n_clusters = recluster(store, pattern_settings, model=model, card=card, results_dir=results_dir)
     write_tables(store, results_dir)
     store.close()
+    counts = list(status.values())
     return BatchSummary(
-        n_cases=len(specs), n_ok=n_ok, n_failed=n_failed, n_no_mask=n_no_mask, n_nodules=n_nod,
-        n_regions=n_reg, n_clusters=n_clusters, seconds=time.perf_counter() - t0, failed=failed,
+        n_cases=len(specs), n_ok=counts.count("ok"), n_failed=counts.count("failed"),
+        n_no_mask=counts.count("no-mask"), n_nodules=n_nod, n_regions=n_reg,
+        n_clusters=n_clusters, seconds=time.perf_counter() - t0,
+        failed=sorted(failed),
         layouts={k: sum(s.layout == k for s in specs) for k in sorted({s.layout for s in specs})},
+        n_skipped=len(skip), n_not_in_input=n_not_in_input,
     )

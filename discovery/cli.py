@@ -117,6 +117,13 @@ def cmd_sanity(args) -> int:
     return 0
 
 
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1; received {value}")
+    return value
+
+
 def cmd_score(args) -> int:
     from .batch import score_folder
     from .pipeline import ScoreSettings
@@ -128,6 +135,7 @@ def cmd_score(args) -> int:
             args.input, args.out, model_dir=args.model, settings=ScoreSettings(method=args.method),
             labels=args.labels, layout=args.layout,
             max_bytes=None if args.max_volume_gb <= 0 else int(args.max_volume_gb * 1024**3),
+            workers=args.workers,
             progress=lambda d, t, cid: bar.update(task, completed=d, total=t, note=cid))
     if len(summary.layouts) > 1 or "cases" not in summary.layouts:
         console.print("layouts: " + ", ".join(f"{k} {v}" for k, v in summary.layouts.items()))
@@ -135,6 +143,11 @@ def cmd_score(args) -> int:
         f"{summary.n_cases} cases: {summary.n_ok} scored, {summary.n_no_mask} without mask, "
         f"{summary.n_failed} failed; {summary.n_nodules} nodules, {summary.n_regions} off-mask "
         f"regions, {summary.n_clusters} pattern clusters; {summary.seconds:.1f} s")
+    console.print(f"{summary.n_skipped} skipped (unchanged since an earlier run into this "
+                  f"results folder), {summary.n_cases - summary.n_skipped} scored now")
+    if summary.n_not_in_input:
+        console.print(f"{summary.n_not_in_input} case(s) in the results folder are not in this "
+                      "input; their results are kept")
     for case_id, message in summary.failed:
         console.print(f"[red]failed[/red] {case_id}: {message}")
     console.print("wrote findings.csv, patterns.csv and discovery.sqlite in the results folder")
@@ -234,11 +247,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--max-volume-gb", type=float, default=4.0,
                    help="refuse a scan whose float32 volume would exceed this (GiB, checked "
                         "from the headers before reading; 0 = no limit; default 4)")
+    c.add_argument("--workers", type=_at_least_one, default=1,
+                   help="processes scoring cases at once (default 1; each loads the model)")
     c.set_defaults(func=cmd_score)
 
     r = sub.add_parser("report", help="export a findings report")
     r.add_argument("results", help="results folder")
-    r.add_argument("--format", choices=["html", "csv"], default="html")
+    r.add_argument("--format", choices=["html", "pdf", "csv", "parquet"], default="html",
+                   help="html or pdf report; csv or parquet: findings to --out and patterns "
+                        "beside it (NAME.patterns.csv)")
     r.add_argument("--out", required=True, help="output file")
     r.set_defaults(func=cmd_report)
 

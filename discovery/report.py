@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import math
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import pandas as pd
 from . import render
 from .outcomes import ARTIFACT_HU, outcome_panels
 from .preprocess import nodule_label
-from .store import ResultsStore, load_case_arrays
+from .store import TEXT_COLUMNS, ResultsStore, load_case_arrays
 
 __all__ = ["write_report", "build_html"]
 
@@ -261,18 +262,89 @@ is a question for a reviewer, not automatically an error.</p>
 </body></html>"""
 
 
+#: Version of the exported tables' schema (the columns of findings and patterns, their
+#: meaning and units, as the README documents them); raised whenever a column changes.
+EXPORT_SCHEMA_VERSION = 1
+REPORT_FORMATS = ("html", "pdf", "csv", "parquet")
+
+
+def tables(results_dir: str | Path) -> dict[str, pd.DataFrame]:
+    """The exported tables as DataFrames: ``{"findings": ..., "patterns": ...}``.
+
+    Exactly what ``--format csv`` / ``--format parquet`` write: findings one row per nodule
+    (and per failed or mask-less case), patterns one row per cluster with the exemplar keys
+    joined by ``;``.  Each frame's ``attrs`` hold ``schema_version`` and ``table``.
+    """
+    store = ResultsStore(results_dir, create=False)
+    try:
+        findings = store.findings()
+        patterns = store.clusters()
+    finally:
+        store.close()
+    patterns["exemplars"] = [";".join(x) for x in patterns["exemplars"]]
+    out = {"findings": findings, "patterns": patterns}
+    for name, df in out.items():
+        for col in df.columns:
+            if col in TEXT_COLUMNS:  # text: "" where absent
+                df[col] = [("" if v is None or (isinstance(v, float) and math.isnan(v))
+                            else str(v)) for v in df[col]]
+            elif df[col].dtype == object:  # numbers with gaps (failed cases): float with NaN
+                values = df[col].dropna()
+                if len(values) and values.map(lambda v: isinstance(v, (int, float))).all():
+                    df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
+        df.attrs.update(schema_version=EXPORT_SCHEMA_VERSION, table=name)
+    return out
+
+
+def _table_paths(out: Path) -> dict[str, Path]:
+    """findings -> *out*; patterns -> the same name with ``.patterns`` before the suffix."""
+    return {"findings": out, "patterns": out.with_name(f"{out.stem}.patterns{out.suffix}")}
+
+
+def _write_table(df: pd.DataFrame, path: Path, fmt: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        if fmt == "csv":
+            df.to_csv(tmp, index=False, float_format="%.6g")
+        else:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            table = pa.Table.from_pandas(df, preserve_index=False)
+            meta = dict(table.schema.metadata or {})
+            meta[b"ct_nodule_discovery.schema_version"] = str(EXPORT_SCHEMA_VERSION).encode()
+            meta[b"ct_nodule_discovery.table"] = df.attrs.get("table", "").encode()
+            pq.write_table(table.replace_schema_metadata(meta), tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_report(results_dir: str | Path, out: str | Path, *, fmt: str = "html") -> Path:
-    """Write the report in *fmt* (``html`` or ``csv``) to *out*; return the path."""
+    """Write the report in *fmt* to *out*; return the path.
+
+    ``html``: the self-contained report; ``pdf``: :func:`discovery.report_pdf.write_pdf`;
+    ``csv`` / ``parquet``: the findings table to *out* and the patterns table beside it
+    (``NAME.patterns.csv``), see :func:`tables` (schema version
+    :data:`EXPORT_SCHEMA_VERSION`, also in the Parquet files' metadata).
+    """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     if fmt == "html":
         tmp.write_text(build_html(results_dir), encoding="utf-8")
-    elif fmt == "csv":
-        store = ResultsStore(results_dir, create=False)
-        store.findings().to_csv(tmp, index=False, float_format="%.6g")
-        store.close()
+    elif fmt == "pdf":
+        from .report_pdf import write_pdf
+
+        return write_pdf(results_dir, out)
+    elif fmt in ("csv", "parquet"):
+        frames = tables(results_dir)
+        for name, path in _table_paths(out).items():
+            _write_table(frames[name], path, fmt)
+        return out
     else:
-        raise ValueError(f"unknown report format {fmt!r}; choose 'html' or 'csv'")
+        raise ValueError(f"unknown report format {fmt!r}; choose one of {', '.join(REPORT_FORMATS)}")
     tmp.replace(out)
     return out

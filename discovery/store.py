@@ -10,6 +10,13 @@ Tables
 ``reviews``   the current reviewer verdict per (item_type, item_id, reviewer): UNIQUE, so a
               resubmitted verdict updates rather than duplicates.
 ``review_audit``  every change of a review, never updated or deleted.
+``manifest``  one row per case scored by ``discovery score``: ``case_id``, ``input_hash``,
+              ``model_hash``, ``config_hash`` (SHA-256 hex digests, see
+              :mod:`discovery.batch`), ``status`` (``ok`` / ``no-mask`` / ``failed``),
+              ``error``, ``finished_at`` (UTC, ISO 8601, milliseconds).  Written by
+              :meth:`ResultsStore.put_case` in the transaction that stores the case's results,
+              so a row exists exactly when those results are complete; a ``put_case`` without
+              hashes deletes the case's row (its results then no longer match any hashes).
 
 Concurrency: WAL journal, a busy timeout, and ``BEGIN IMMEDIATE`` for writes, so that several
 reviewers (app sessions) can write at once.  Per-case arrays live in
@@ -54,7 +61,7 @@ __all__ = [
     "NODULE_REVIEW_CHOICES", "CLUSTER_REVIEW_CHOICES", "save_case_arrays", "load_case_arrays",
 ]
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 DB_NAME = "discovery.sqlite"
 
 #: Columns of findings.csv, in order (one row per nodule; failed cases have one row).
@@ -83,6 +90,8 @@ CLUSTER_REVIEW_CHOICES = ("artifact or shortcut", "known sign", "candidate new p
 _TEXT = {"case_id", "nodule_id", "verdict", "status", "error", "region_key", "description",
          "exemplars", "method", "layer", "module", "randomised", "direction", "relation",
          "flag_clusters"}
+#: Columns stored as text (the rest are numbers).
+TEXT_COLUMNS = frozenset(_TEXT)
 _INT = {"predicted_label", "n_offmask_regions", "region_index", "case_region", "n_voxels",
         "cluster", "n_regions", "n_cases", "n_nodules", "step", "n_rois", "n_draws", "n_constant",
         "flagged", "effect_n", "relied_upon"}
@@ -130,6 +139,11 @@ CREATE TABLE IF NOT EXISTS sanity_perturbation (
 CREATE TABLE IF NOT EXISTS labels (
   case_id TEXT NOT NULL, nodule_id TEXT NOT NULL, malignant INTEGER NOT NULL,
   PRIMARY KEY (case_id, nodule_id));
+CREATE TABLE IF NOT EXISTS manifest (
+  case_id TEXT PRIMARY KEY, input_hash TEXT NOT NULL, model_hash TEXT NOT NULL,
+  config_hash TEXT NOT NULL,
+  status TEXT NOT NULL CHECK (status IN ('ok', 'no-mask', 'failed')),
+  error TEXT NOT NULL DEFAULT '', finished_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS review_audit (
   id INTEGER PRIMARY KEY AUTOINCREMENT, item_type TEXT NOT NULL, item_id TEXT NOT NULL,
   reviewer TEXT NOT NULL, old_verdict TEXT, new_verdict TEXT NOT NULL, note TEXT NOT NULL,
@@ -137,8 +151,8 @@ CREATE TABLE IF NOT EXISTS review_audit (
 """
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+def _now(timespec: str = "seconds") -> str:
+    return datetime.now(timezone.utc).isoformat(timespec=timespec)
 
 
 def _clean(value: Any) -> Any:
@@ -232,12 +246,18 @@ class ResultsStore:
     # -- per-case results ----------------------------------------------------------------
     def put_case(self, case: dict[str, Any], nodules: list[dict[str, Any]],
                  regions: list[dict[str, Any]],
-                 annotations: list[dict[str, Any]] | None = None) -> None:
+                 annotations: list[dict[str, Any]] | None = None, *,
+                 manifest: dict[str, str] | None = None) -> None:
         """Replace everything stored for one case, in one transaction.
 
         ``annotations``: what the annotation source says of each nodule (``case_id``,
         ``nodule_id``, ``name``, ``value`` as a number), e.g. the LIDC readers' median
         malignancy; :meth:`findings` adds one column per name.
+        ``manifest``: the hashes the results were computed from (``input_hash``,
+        ``model_hash``, ``config_hash``); the case's ``manifest`` row (status and error
+        taken from *case*) is written in the same transaction, or deleted when None.  Write
+        the case's arrays file before calling this, so that a manifest row always means a
+        complete case.
         """
         case = {**case, "scored_at": _now()}
         cols = ["case_id", "status", "error", "n_nodules", "shape", "spacing_mm", "source_kind",
@@ -254,6 +274,15 @@ class ResultsStore:
                 [_clean(case.get(c, "" if c == "error" else None)) for c in cols])
             self._insert(con, "nodules", FINDINGS_COLUMNS, nodules)
             self._insert(con, "regions", REGION_COLUMNS, regions)
+            if manifest is None:
+                con.execute("DELETE FROM manifest WHERE case_id = ?", (cid,))
+            else:
+                con.execute(
+                    "INSERT OR REPLACE INTO manifest (case_id, input_hash, model_hash, "
+                    "config_hash, status, error, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (cid, str(manifest["input_hash"]), str(manifest["model_hash"]),
+                     str(manifest["config_hash"]), case["status"], case.get("error") or "",
+                     _now("milliseconds")))
 
     @staticmethod
     def _insert(con, table: str, columns: list[str], rows: list[dict[str, Any]]) -> None:
@@ -315,6 +344,11 @@ class ResultsStore:
 
     def cases(self) -> pd.DataFrame:
         return self.query("SELECT * FROM cases ORDER BY case_id")
+
+    def manifest(self) -> pd.DataFrame:
+        """The ``manifest`` table (one row per case scored with hashes), by case id."""
+        return self.query("SELECT case_id, input_hash, model_hash, config_hash, status, error, "
+                          "finished_at FROM manifest ORDER BY case_id")
 
     def findings(self) -> pd.DataFrame:
         """One row per nodule (and per failed / mask-less case): FINDINGS_COLUMNS, then one

@@ -130,3 +130,16 @@ def tiny_results_fresh(tmp_path) -> Path:
 def tiny_results_no_regions(tmp_path_factory) -> Path:
     """Tiny results folder whose nodules have no off-mask regions (hence no clusters)."""
     return build_tiny_results(tmp_path_factory.mktemp("tiny_results_no_regions"), with_regions=False)
+
+
+@pytest.fixture(autouse=True)
+def _restore_main_module():
+    """Streamlit's AppTest leaves ``sys.modules['__main__']`` pointing at the page script it
+    ran; a later process pool with the spawn context would then re-run that page in every
+    worker.  Put the real main module back after each test."""
+    import sys
+
+    main = sys.modules.get("__main__")
+    yield
+    if main is not None:
+        sys.modules["__main__"] = main

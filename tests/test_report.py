@@ -21,3 +21,30 @@ def test_report_shows_the_three_outcomes_side_by_side(tiny_results):
     # the cluster section keeps its exemplars, one per patient
     patterns = html[html.index("Off-mask attention patterns"):]
     assert patterns.count("<figure>") == 2
+
+
+def test_tables_csv_and_parquet_hold_the_same_versioned_tables(tiny_results, tmp_path):
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from discovery.report import EXPORT_SCHEMA_VERSION, tables, write_report
+    from discovery.store import FINDINGS_COLUMNS
+
+    frames = tables(tiny_results)
+    assert list(frames["findings"].columns)[:len(FINDINGS_COLUMNS)] == FINDINGS_COLUMNS
+    assert frames["findings"].attrs["schema_version"] == EXPORT_SCHEMA_VERSION
+    write_report(tiny_results, tmp_path / "f.csv", fmt="csv")
+    write_report(tiny_results, tmp_path / "f.parquet", fmt="parquet")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "f.csv", "f.parquet", "f.patterns.csv", "f.patterns.parquet"]  # no temporary left
+    for name, stem in (("findings", "f"), ("patterns", "f.patterns")):
+        from_csv = pd.read_csv(tmp_path / f"{stem}.csv", keep_default_na=False, na_values=[""])
+        from_pq = pd.read_parquet(tmp_path / f"{stem}.parquet")
+        assert list(from_csv.columns) == list(from_pq.columns) == list(frames[name].columns)
+        assert len(from_csv) == len(from_pq) == len(frames[name])
+        pd.testing.assert_frame_equal(from_pq.reset_index(drop=True), frames[name],
+                                      check_dtype=False)
+        meta = pq.read_schema(tmp_path / f"{stem}.parquet").metadata
+        assert meta[b"ct_nodule_discovery.schema_version"] == str(EXPORT_SCHEMA_VERSION).encode()
+        assert meta[b"ct_nodule_discovery.table"] == name.encode()
+    assert str(tiny_results) not in (tmp_path / "f.csv").read_text()

@@ -1,0 +1,199 @@
+"""The PDF report (discovery.report_pdf) on the tiny results folder (no model needed).
+
+Pages are counted in the PDF itself (``/Type /Page`` objects) and, where poppler-utils is
+installed, rendered with ``pdftoppm`` and read back with ``pdftotext``.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from discovery.report import write_report
+from discovery.report_pdf import AUTHOR, MAX_FALLBACK, TITLE, select_nodule_pages, write_pdf
+from discovery.store import ResultsStore
+
+SHA = "0123456789abcdef" * 4
+PDFTOPPM = shutil.which("pdftoppm")
+PDFTOTEXT = shutil.which("pdftotext")
+needs_pdftoppm = pytest.mark.skipif(PDFTOPPM is None, reason="pdftoppm (poppler-utils) is not "
+                                    "installed: apt-get install -y poppler-utils")
+needs_pdftotext = pytest.mark.skipif(PDFTOTEXT is None, reason="pdftotext (poppler-utils) is "
+                                     "not installed: apt-get install -y poppler-utils")
+
+
+def _pages(data: bytes) -> int:
+    return len(re.findall(rb"/Type\s*/Page(?![A-Za-z])", data))
+
+
+def _text(pdf, page: int | None = None) -> str:
+    args = [PDFTOTEXT, "-layout"] + (["-f", str(page), "-l", str(page)] if page else [])
+    return subprocess.run(args + [str(pdf), "-"], check=True, capture_output=True,
+                          text=True).stdout
+
+
+@pytest.fixture(scope="module")
+def results(tiny_results, tmp_path_factory):
+    """A copy of the tiny results folder (1 flagged nodule: case-A n1) with a model hash."""
+    root = tmp_path_factory.mktemp("private_folder_xyz") / "results_qwerty"
+    shutil.copytree(tiny_results, root)
+    store = ResultsStore(root, create=False)
+    store.set_meta(model_sha256=SHA, gradcam_layer="layer3", threshold=0.5)
+    date = max(store.cases()["scored_at"])[:10]
+    store.close()
+    return root, date
+
+
+@pytest.fixture(scope="module")
+def pdf(results, tmp_path_factory):
+    return write_pdf(results[0], tmp_path_factory.mktemp("out") / "report.pdf")
+
+
+def test_one_page_per_flagged_nodule_after_the_summary(pdf, results):
+    data = pdf.read_bytes()
+    assert data.startswith(b"%PDF-") and data.rstrip().endswith(b"%%EOF")
+    n = _pages(data)
+    flagged = ResultsStore(results[0], create=False).findings()["flagged"] == 1
+    assert int(flagged.sum()) == 1
+    assert n >= 3  # summary (at least two pages on A4) + 1 nodule page
+    assert re.search(rb"/MediaBox \[\s*0 0 595\.\d+ 841\.\d+\s*\]", data)  # A4 portrait
+    if PDFTOTEXT:
+        heads = [p for p in range(1, n + 1) if "Flagged nodule" in _text(pdf, p)]
+        assert heads == [n]  # the last page, only that one
+
+
+@needs_pdftotext
+def test_pdf_text_has_the_summary_the_nodule_and_the_footer(pdf, results):
+    _, date = results
+    text = _text(pdf)
+    n = _pages(pdf.read_bytes())
+    for expected in (TITLE, "Counts", "by localisation verdict", "three outcomes",
+                     "Resting on an artifact: a shortcut to distrust · 1 nodule",
+                     "Metric distributions", "relevance mass in mask (RMA)",
+                     "Off-mask attention patterns", "Cluster 0 (artifact)",
+                     "Shortcut-flagged nodules", "case-C: could not read the CT series",
+                     "Flagged nodule 1 of 1: case-A · n1", "P(malignant) 0.83 → 0.31",
+                     "Grad-CAM, raw units", "Metrics"):
+        assert expected in text, expected
+    index = _text(pdf, n - 1)
+    assert re.search(rf"case-A\s+n1\s+partial\s+0\.83 → 0\.31\s+0\.20\s+{n}\b", index)
+    for p in range(1, n + 1):  # the footer on every page
+        page = _text(pdf, p)
+        assert f"page {p} of {n}" in page
+        assert f"SHA-256 {SHA[:12]}…" in page and f"results of {date}" in page
+        assert SHA[:13] not in page
+
+
+def test_no_path_or_folder_name_and_the_metadata(pdf, results):
+    data = pdf.read_bytes()
+    root, _ = results
+    for secret in (str(root), root.name, root.parent.name, "private_folder_xyz", "/tmp", "/work",
+                   str(pdf.parent)):
+        assert secret.encode() not in data, secret
+        if PDFTOTEXT:
+            assert secret not in _text(pdf), secret
+    assert f"/Author ({AUTHOR})".encode() in data and f"/Title ({TITLE})".encode() in data
+    assert f"/Creator ({AUTHOR})".encode() in data
+    assert b"CreationDate" not in data and b"ModDate" not in data
+    assert not list(pdf.parent.glob(".*.tmp"))
+
+
+def test_same_results_give_the_same_bytes(pdf, results, tmp_path):
+    again = write_report(results[0], tmp_path / "again.pdf", fmt="pdf")  # the report.py branch
+    assert again == tmp_path / "again.pdf"
+    assert again.read_bytes() == pdf.read_bytes()
+
+
+@needs_pdftoppm
+def test_every_page_renders_and_is_not_blank(pdf, tmp_path):
+    n = _pages(pdf.read_bytes())
+    subprocess.run([PDFTOPPM, "-r", "30", "-png", str(pdf), str(tmp_path / "p")], check=True,
+                   capture_output=True)
+    from PIL import Image
+
+    pngs = sorted(tmp_path.glob("p-*.png"))
+    assert len(pngs) == n
+    for png in pngs:
+        img = np.asarray(Image.open(png).convert("L"), dtype=np.float32)
+        assert img.shape[0] > img.shape[1]  # portrait
+        ink = (img < 200).mean()
+        assert ink > 0.01, f"{png.name} is (nearly) blank: {ink:.4f} of the page inked"
+    last = np.asarray(Image.open(pngs[-1]).convert("RGB"), dtype=np.int16)
+    green = (last[..., 1] > 200) & (last[..., 0] < 80) & (last[..., 2] < 80)
+    assert green.sum() > 5  # the nodule page shows the mask contour
+
+
+def test_fallback_pages_when_nothing_is_flagged(tiny_results_no_regions, tmp_path):
+    out = write_pdf(tiny_results_no_regions, tmp_path / "r.pdf")
+    data = out.read_bytes()
+    n = _pages(data)
+    if PDFTOTEXT:
+        text = _text(out)
+        assert "No nodule is shortcut-flagged in these results" in text
+        heads = [p for p in range(1, n + 1) if "Nodule with off-mask attention" in _text(out, p)]
+        assert heads == [n - 1, n]  # both nodules have share 0.2: case order
+        assert "attention 1 of 2: case-A · n1" in _text(out, n - 1)
+        assert "attention 2 of 2: case-B · n1" in _text(out, n)
+        assert "Flagged nodule" not in text
+
+
+def test_select_nodule_pages_flagged_first_else_highest_offmask_share():
+    n = MAX_FALLBACK + 2
+    f = pd.DataFrame({"case_id": [f"c{i:02d}" for i in range(n)], "nodule_id": "n1",
+                      "status": "ok", "flagged": 0, "flag_score": np.nan,
+                      "offmask_mass_share": np.linspace(0.0, 0.55, n)})
+    f.loc[3, "offmask_mass_share"] = np.nan
+    rows, fallback = select_nodule_pages(f)
+    assert fallback and len(rows) == MAX_FALLBACK
+    assert list(rows["case_id"]) == [f"c{i:02d}" for i in (11, 10, 9, 8, 7, 6, 5, 4, 2, 1)]
+    rows, _ = select_nodule_pages(f, limit=3)
+    assert list(rows["case_id"]) == ["c11", "c10", "c09"]
+    f.loc[[2, 7], "flagged"] = 1
+    f.loc[[2, 7], "flag_score"] = [0.2, 0.6]
+    f.loc[0, ["flagged", "status"]] = [1, "failed"]  # not scored: never a page
+    rows, fallback = select_nodule_pages(f)
+    assert not fallback and list(rows["case_id"]) == ["c07", "c02"]
+    none, fallback = select_nodule_pages(f.assign(flagged=0, offmask_mass_share=0.0))
+    assert fallback and none.empty
+
+
+def test_failed_write_leaves_the_old_file_and_no_temporary(results, tmp_path, monkeypatch):
+    from matplotlib.backends.backend_pdf import PdfPages
+
+    out = tmp_path / "report.pdf"
+    out.write_bytes(b"old")
+
+    def boom(self, *a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(PdfPages, "savefig", boom)
+    with pytest.raises(OSError, match="disk full"):
+        write_pdf(results[0], out)
+    assert out.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.pdf"]
+
+
+def test_matplotlib_is_imported_only_inside_functions_and_the_cli_offers_pdf():
+    import ast
+    import discovery.report_pdf as mod
+
+    tree = ast.parse(open(mod.__file__, encoding="utf-8").read())
+    inside = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.Lambda))
+              for n in ast.walk(f)}
+    plotting = [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
+                and any(m.startswith(("matplotlib", "mpl_toolkits", "pylab"))
+                        for m in ([a.name for a in n.names] if isinstance(n, ast.Import)
+                                  else [n.module or ""]))]
+    assert plotting  # it does use matplotlib ...
+    assert all(id(n) in inside for n in plotting)  # ... but never at import time
+    import discovery.cli as cli  # build_parser() imports torch: read its source instead
+
+    src = open(cli.__file__, encoding="utf-8").read()
+    report = src[src.index('sub.add_parser("report"'):]
+    choices = re.search(r'"--format", choices=\[([^\]]*)\]', report).group(1)
+    assert '"pdf"' in choices
