@@ -104,7 +104,9 @@ def load_dicom_folder(folder: str | Path, *, series_uid: str | None = None,
             f". {_FIX}; subfolders are searched.", path=folder,
         )
     chosen = select_ct_series(series, series_uid=series_uid)
-    log.info("reading CT series: %d files, description %r", chosen.n_files, chosen.description)
+    # the series description is free text (PS3.15: remove), so it is never logged
+    log.info("reading CT series: %d files, image type %s", chosen.n_files,
+             "/".join(chosen.image_type) or "unknown")
     try:
         volume = read_ct_files(chosen.files, max_bytes=max_bytes, _headers=headers)
         return volume, chosen, series

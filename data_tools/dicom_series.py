@@ -272,6 +272,7 @@ def select_ct_series(series: list[SeriesInfo], *, series_uid: str | None = None)
     chosen = max(candidates, key=lambda s: (s.is_original_axial, s.n_files))
     for s in series:
         if s is not chosen:
-            log.info("not using series: %s, %d file(s), description %r",
-                     s.modality or "no modality", s.n_files, s.description)
+            log.info("not using series: %s, %d file(s), image type %s",  # never the free-text
+                     s.modality or "no modality", s.n_files,           # description
+                     "/".join(s.image_type) or "unknown")
     return chosen

@@ -48,7 +48,13 @@ threads, while the parent alone writes to the store (one SQLite writer).  A work
 (killed, out of memory, a crash in native code) breaks the pool: the cases it was running
 are each retried once, alone, in a fresh pool, and recorded as failed if that worker dies
 too; the batch goes on.  (With ``workers=1`` the cases run in the calling process: such a
-crash stops the batch, and the next run resumes before that case.)  The tables do not
+crash stops the batch, and the next run resumes before that case.)  With ``scheduler`` the
+same per-case function runs on a Dask distributed cluster instead (paths are sent, not data:
+the workers must see the inputs, the model and the results folder at the same paths; one
+torch thread per worker thread unless ``torch_threads`` says otherwise); the calling process
+still writes the store as results arrive, and a case whose workers keep dying is recorded
+as failed after the scheduler's allowed failures (:mod:`discovery.executors`).  The pattern
+clustering runs once, in the calling process, after every case is done.  The tables do not
 depend on the number of workers, on the order cases finish in, or on resuming: rows are
 sorted by their keys, floats are written as ``%.6g`` and no timestamp is in them
 (``scored_at`` and ``finished_at`` stay in the store).
@@ -62,23 +68,25 @@ import json
 import logging
 import os
 import re
+import threading
 import time
-from collections import deque
-from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Executor, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
+import uuid
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 
 from data_tools.cases import CaseSpec, discover_cases, read_case, read_labels
 from data_tools.dicom import DEFAULT_MAX_BYTES
-from data_tools.errors import DataError
+from data_tools.errors import DataError, ModelError
 from data_tools.volume import Mask, Volume
 
 from .descriptors import describe_region
+from .executors import (WORKER_DIED, WORKER_KILLED, ExecutorFactory, dask_client, run_dask,
+                        run_pool, spawn_pool)
 from .causal import pattern_effects
 from .model import load_model
 from .patterns import PatternSettings, cluster_regions
@@ -86,7 +94,7 @@ from .pipeline import CaseResult, ScoreSettings, analyze_scan
 from .store import ResultsStore, load_case_arrays, save_case_arrays
 
 __all__ = ["BatchSummary", "score_folder", "write_tables", "recluster", "safe_error",
-           "read_labels", "case_input_hash", "case_config_hash"]
+           "read_labels", "case_input_hash", "case_config_hash", "WORKER_DIED", "WORKER_KILLED"]
 
 log = logging.getLogger(__name__)
 
@@ -363,91 +371,32 @@ def _compute_case(spec: CaseSpec, model, card, results_dir: Path, settings: Scor
         return _failed(spec, message)
 
 
-_WORKER_MODELS: dict[str | None, tuple] = {}  # per worker process: model folder -> (model, card)
+#: per worker thread: (model folder, weights SHA-256) -> (model, card)
+_WORKER_MODELS = threading.local()
 
 
 def _work(spec: CaseSpec, model_dir: str | None, results_dir: Path, settings: ScoreSettings,
-          max_bytes: int | None, input_path: Path | str, threads: int) -> Payload:
-    """One case in a pool worker: the model is loaded once per process."""
-    if model_dir not in _WORKER_MODELS:
+          max_bytes: int | None, input_path: Path | str, threads: int,
+          weights_sha256: str | None = None) -> Payload:
+    """One case in a worker (a pool process or a Dask worker thread).  The model is loaded
+    once per thread (a Dask worker may run several cases at once, and the attribution hooks
+    are registered on the module), with *threads* torch threads; it must have the weights
+    the batch uses (*weights_sha256*), else the case fails with a message saying so."""
+    cache = _WORKER_MODELS.__dict__
+    key = (model_dir, weights_sha256)
+    if key not in cache:
         import torch
 
         torch.set_num_threads(threads)
-        _WORKER_MODELS[model_dir] = load_model(model_dir)
-    model, card = _WORKER_MODELS[model_dir]
+        model, card = load_model(model_dir)
+        if weights_sha256 is not None and card.weights_sha256 != weights_sha256:
+            raise ModelError(
+                f"the model read on this worker has weights {card.weights_sha256[:12]}..., "
+                f"but the batch uses {weights_sha256[:12]}...; workers must see the same files "
+                "(the same model folder) as the machine that runs the batch", path=model_dir)
+        cache[key] = (model, card)
+    model, card = cache[key]
     return _compute_case(spec, model, card, results_dir, settings, max_bytes, input_path)
-
-
-#: the message of a case whose worker process died twice
-WORKER_DIED = ("the worker process scoring this case stopped unexpectedly, also when the case "
-               "was retried alone (killed, out of memory, or a crash in native code); score "
-               "it with one worker to see the error, or give the machine more memory")
-
-ExecutorFactory = Callable[[int], Executor]
-
-
-def _spawn_pool(workers: int) -> Executor:
-    import multiprocessing
-
-    return ProcessPoolExecutor(max_workers=workers,
-                               mp_context=multiprocessing.get_context("spawn"))
-
-
-def _run_pool(todo: list[CaseSpec], task: tuple, workers: int,
-              factory: ExecutorFactory) -> Iterator[tuple[CaseSpec, Payload]]:
-    """Yield ``(spec, payload)`` as cases finish in a pool of *workers* (module docstring:
-    a broken pool's cases are retried alone, once).  At most *workers* cases are in flight,
-    so a broken pool names at most that many suspects.  *task*: the arguments of
-    :func:`_work` after the case."""
-    queue = deque(todo)
-    input_path = task[4]
-    while queue:
-        suspects: list[CaseSpec] = []
-        running: dict = {}
-        pool = factory(workers)
-        try:
-            while queue or running:
-                while queue and len(running) < workers and not suspects:
-                    try:
-                        fut = pool.submit(_work, queue[0], *task)
-                    except BrokenProcessPool:
-                        suspects.append(queue.popleft())
-                        break
-                    running[fut] = queue.popleft()
-                if not running:
-                    break
-                done, _ = wait(running, return_when=ALL_COMPLETED if suspects else FIRST_COMPLETED)
-                for fut in sorted(done, key=lambda f: running[f].case_id):
-                    spec = running.pop(fut)
-                    try:
-                        payload = fut.result()
-                    except BrokenProcessPool:  # this case's worker, or one beside it, died
-                        suspects.append(spec)
-                        continue
-                    except Exception as exc:  # noqa: BLE001 -- e.g. a result that cannot be sent
-                        payload = _failed(spec, safe_error(exc, input_path, spec.image, spec.mask))
-                    yield spec, payload
-                if suspects and not running:
-                    break
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-        for spec in suspects:
-            log.warning("a worker process died while scoring case %s or one beside it; "
-                        "retrying the case alone", spec.case_id)
-            yield spec, _run_alone(spec, task, factory)
-
-
-def _run_alone(spec: CaseSpec, task: tuple, factory: ExecutorFactory) -> Payload:
-    pool = factory(1)
-    try:
-        return pool.submit(_work, spec, *task).result()
-    except BrokenProcessPool:
-        log.warning("case %s failed: %s", spec.case_id, WORKER_DIED)
-        return _failed(spec, WORKER_DIED)
-    except Exception as exc:  # noqa: BLE001
-        return _failed(spec, safe_error(exc, task[4], spec.image, spec.mask))
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def recluster(store: ResultsStore, settings: PatternSettings = PatternSettings(), *,
@@ -572,6 +521,9 @@ def score_folder(
     progress: Progress | None = None,
     workers: int = 1,
     executor_factory: ExecutorFactory | None = None,
+    scheduler: Any = None,
+    torch_threads: int | None = None,
+    _compute: Callable[..., Payload] | None = None,
 ) -> BatchSummary:
     """Score every case under *input_path* into *results_dir*, skipping the cases an earlier
     run already scored from the same inputs, model and settings (module docstring).
@@ -600,6 +552,18 @@ def score_folder(
     executor_factory : callable(n_workers) -> Executor, optional
         Makes the worker pools when ``workers > 1`` (default: a ``ProcessPoolExecutor``
         with the ``spawn`` context); for tests and custom pools.
+    scheduler : str, distributed.Client or cluster, optional
+        Score the cases on a Dask distributed cluster instead: a scheduler address such as
+        ``tcp://host:8786``, a ``Client`` (left open) or a cluster object such as
+        ``distributed.LocalCluster`` (:mod:`discovery.executors`: the workers must see the
+        inputs, the model and the results folder at the same paths).  Not with
+        ``workers > 1``.
+    torch_threads : int, optional
+        Torch threads of each worker (default: 1 per Dask worker thread; ``cpu_count //
+        workers`` in the local pool).
+    _compute : callable, optional
+        For tests only: runs in place of the per-case worker function (``_work``'s
+        signature) in the pool or on the cluster.
 
     Returns
     -------
@@ -608,61 +572,87 @@ def score_folder(
     t0 = time.perf_counter()
     if int(workers) < 1:
         raise ValueError(f"workers must be at least 1; received {workers!r}")
+    if scheduler is not None and int(workers) != 1:
+        raise ValueError("workers and scheduler are exclusive: give workers (a local process "
+                         f"pool) or a Dask scheduler, not both; received workers={workers!r}")
+    if torch_threads is not None and int(torch_threads) < 1:
+        raise ValueError(f"torch_threads must be at least 1; received {torch_threads!r}")
     results_dir = Path(results_dir)
-    model, card = load_model(model_dir)
-    specs = discover_cases(input_path, layout=layout)
-    known = read_labels(labels) if labels is not None else None  # bad file: fail before scoring
-    store = ResultsStore(results_dir)
-    remove_stale_temp_files(results_dir)
-    if known is not None:
-        store.set_labels(known)
-    store.set_meta(model_sha256=card.weights_sha256, roi_size_vox=list(card.roi_size_vox),
-                   roi_spacing_mm=list(card.roi_spacing_mm), gradcam_layer=card.gradcam_layer,
-                   method=settings.method, hu_window=list(card.hu_window),
-                   threshold=float(card.metrics.get("threshold", 0.5)))
-    memo: FileMemo = {}
-    hashes = {s.case_id: {"input_hash": case_input_hash(s, exclude=results_dir, memo=memo),
-                          "model_hash": card.weights_sha256,
-                          "config_hash": case_config_hash(s, settings=settings,
-                                                          max_bytes=max_bytes, card=card)}
-              for s in specs}
-    previous = _unchanged(store, results_dir)
-    skip = [s for s in specs if previous.get(s.case_id, (None,))[:3]
-            == tuple(hashes[s.case_id].values())]
-    skipped_ids = {s.case_id for s in skip}
-    todo = [s for s in specs if s.case_id not in skipped_ids]
-    stored = set(store.query("SELECT case_id FROM cases")["case_id"])
-    n_not_in_input = len(stored - {s.case_id for s in specs})
-    if n_not_in_input:
-        log.info("%d case(s) in the results folder are not in this input; kept", n_not_in_input)
+    if scheduler is not None:  # paths are sent to other machines: no relative ones
+        input_path, results_dir = Path(input_path).resolve(), results_dir.resolve()
+        model_dir = None if model_dir is None else Path(model_dir).resolve()
+    with ExitStack() as stack:  # a scheduler is reached before anything is read or written
+        client = None if scheduler is None else stack.enter_context(dask_client(scheduler))
+        model, card = load_model(model_dir)
+        specs = discover_cases(input_path, layout=layout)
+        known = read_labels(labels) if labels is not None else None  # bad file: fail before scoring
+        store = ResultsStore(results_dir)
+        remove_stale_temp_files(results_dir)
+        if known is not None:
+            store.set_labels(known)
+        store.set_meta(model_sha256=card.weights_sha256, roi_size_vox=list(card.roi_size_vox),
+                       roi_spacing_mm=list(card.roi_spacing_mm), gradcam_layer=card.gradcam_layer,
+                       method=settings.method, hu_window=list(card.hu_window),
+                       threshold=float(card.metrics.get("threshold", 0.5)))
+        memo: FileMemo = {}
+        hashes = {s.case_id: {"input_hash": case_input_hash(s, exclude=results_dir, memo=memo),
+                              "model_hash": card.weights_sha256,
+                              "config_hash": case_config_hash(s, settings=settings,
+                                                              max_bytes=max_bytes, card=card)}
+                  for s in specs}
+        previous = _unchanged(store, results_dir)
+        skip = [s for s in specs if previous.get(s.case_id, (None,))[:3]
+                == tuple(hashes[s.case_id].values())]
+        skipped_ids = {s.case_id for s in skip}
+        todo = [s for s in specs if s.case_id not in skipped_ids]
+        stored = set(store.query("SELECT case_id FROM cases")["case_id"])
+        n_not_in_input = len(stored - {s.case_id for s in specs})
+        if n_not_in_input:
+            log.info("%d case(s) in the results folder are not in this input; kept", n_not_in_input)
 
-    status: dict[str, str] = {}
-    failed: list[tuple[str, str]] = []
-    done = 0
-    for spec in skip:
-        status[spec.case_id] = previous[spec.case_id][3]
-        done += 1
-        if progress is not None:
-            progress(done, len(specs), spec.case_id)
-    if int(workers) == 1:
-        finished = ((s, _compute_case(s, model, card, results_dir, settings, max_bytes,
-                                      input_path)) for s in todo)
-    else:
-        threads = max(1, (os.cpu_count() or 1) // int(workers))
+        status: dict[str, str] = {}
+        failed: list[tuple[str, str]] = []
+        done = 0
+        for spec in skip:
+            status[spec.case_id] = previous[spec.case_id][3]
+            done += 1
+            if progress is not None:
+                progress(done, len(specs), spec.case_id)
+
+        def fail(spec: CaseSpec, problem: BaseException | str) -> Payload:
+            message = (problem if isinstance(problem, str)
+                       else safe_error(problem, input_path, spec.image, spec.mask))
+            log.warning("case %s failed: %s", spec.case_id, message)
+            return _failed(spec, message)
+
         task = (None if model_dir is None else str(model_dir), results_dir, settings, max_bytes,
-                input_path, threads)
-        finished = _run_pool(todo, task, max(1, min(int(workers), len(todo))),
-                             executor_factory or _spawn_pool)
-    for spec, payload in finished:
-        row = payload["case"]
-        store.put_case(row, payload["nodules"], payload["regions"], payload["annotations"],
-                       manifest=hashes[spec.case_id])
-        status[spec.case_id] = row["status"]
-        if row["status"] == "failed":
-            failed.append((spec.case_id, row["error"]))
-        done += 1
-        if progress is not None:
-            progress(done, len(specs), spec.case_id)
+                input_path)
+        work = _compute or _work
+        if client is not None:
+            run = uuid.uuid4().hex[:8]  # one batch's tasks never stand for another's
+            keys = {s.case_id: f"score-{s.case_id}-{hashes[s.case_id]['input_hash'][:8]}-{run}"
+                    for s in todo}
+            finished = stack.enter_context(closing(run_dask(
+                todo, work, (*task, int(torch_threads or 1), card.weights_sha256), client,
+                keys, fail)))
+        elif int(workers) == 1:
+            finished = ((s, _compute_case(s, model, card, results_dir, settings, max_bytes,
+                                          input_path)) for s in todo)
+        else:
+            threads = int(torch_threads or max(1, (os.cpu_count() or 1) // int(workers)))
+            finished = run_pool(todo, work, (*task, threads, card.weights_sha256),
+                                max(1, min(int(workers), len(todo))),
+                                executor_factory or spawn_pool, fail)
+        for spec, payload in finished:
+            row = payload["case"]
+            store.put_case(row, payload["nodules"], payload["regions"], payload["annotations"],
+                           manifest=hashes[spec.case_id])
+            status[spec.case_id] = row["status"]
+            if row["status"] == "failed":
+                failed.append((spec.case_id, row["error"]))
+            done += 1
+            if progress is not None:
+                progress(done, len(specs), spec.case_id)
 
     ids = sorted(status)
     marks = ", ".join("?" * len(ids))

@@ -129,14 +129,19 @@ def cmd_score(args) -> int:
     from .pipeline import ScoreSettings
 
     console = _console()
-    with _progress() as bar:
-        task = bar.add_task("scoring", total=None, note="")
-        summary = score_folder(
-            args.input, args.out, model_dir=args.model, settings=ScoreSettings(method=args.method),
-            labels=args.labels, layout=args.layout,
-            max_bytes=None if args.max_volume_gb <= 0 else int(args.max_volume_gb * 1024**3),
-            workers=args.workers,
-            progress=lambda d, t, cid: bar.update(task, completed=d, total=t, note=cid))
+    try:
+        with _progress() as bar:
+            task = bar.add_task("scoring", total=None, note="")
+            summary = score_folder(
+                args.input, args.out, model_dir=args.model,
+                settings=ScoreSettings(method=args.method), labels=args.labels,
+                layout=args.layout,
+                max_bytes=None if args.max_volume_gb <= 0 else int(args.max_volume_gb * 1024**3),
+                workers=args.workers, scheduler=args.scheduler,
+                progress=lambda d, t, cid: bar.update(task, completed=d, total=t, note=cid))
+    except ConnectionError as exc:  # the Dask scheduler cannot be reached
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if len(summary.layouts) > 1 or "cases" not in summary.layouts:
         console.print("layouts: " + ", ".join(f"{k} {v}" for k, v in summary.layouts.items()))
     console.print(
@@ -157,8 +162,26 @@ def cmd_score(args) -> int:
 def cmd_report(args) -> int:
     from .report import write_report
 
+    console = _console()
+    if args.format == "dicom":
+        from .export_dicom import export_dicom
+
+        if not args.input:
+            print("error: --format dicom needs --input (the folder that was scored): the "
+                  "exports reference the source series, whose UIDs the results do not keep",
+                  file=sys.stderr)
+            return 2
+        done = export_dicom(args.results, args.input, args.out)
+        n_files = sum(len(v) for v in done["exported"].values())
+        console.print(f"DICOM export: {len(done['exported'])} case(s), {n_files} files "
+                      "(de-identified CT series, SEG, Parametric Map, TID 1500 SR per case)")
+        for case_id, reason in done["skipped"].items():
+            console.print(f"skipped {case_id}: {reason}")
+        for case_id, message in done["failed"].items():
+            console.print(f"[red]failed[/red] {case_id}: {message}")
+        return 1 if done["failed"] else 0
     path = write_report(args.results, args.out, fmt=args.format)
-    _console().print(f"wrote {args.format} report ({path.stat().st_size // 1024} KiB)")
+    console.print(f"wrote {args.format} report ({path.stat().st_size // 1024} KiB)")
     return 0
 
 
@@ -247,16 +270,26 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--max-volume-gb", type=float, default=4.0,
                    help="refuse a scan whose float32 volume would exceed this (GiB, checked "
                         "from the headers before reading; 0 = no limit; default 4)")
-    c.add_argument("--workers", type=_at_least_one, default=1,
-                   help="processes scoring cases at once (default 1; each loads the model)")
+    where = c.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=_at_least_one, default=1,
+                       help="processes scoring cases at once (default 1; each loads the model)")
+    where.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                       help="score the cases on a Dask distributed cluster (e.g. "
+                            "tcp://host:8786); its workers must see the input, the model and "
+                            "the results folder at the same paths (not with --workers)")
     c.set_defaults(func=cmd_score)
 
     r = sub.add_parser("report", help="export a findings report")
     r.add_argument("results", help="results folder")
-    r.add_argument("--format", choices=["html", "pdf", "csv", "parquet"], default="html",
+    r.add_argument("--format", choices=["html", "pdf", "csv", "parquet", "dicom"],
+                   default="html",
                    help="html or pdf report; csv or parquet: findings to --out and patterns "
                         "beside it (NAME.patterns.csv)")
-    r.add_argument("--out", required=True, help="output file")
+    r.add_argument("--out", required=True,
+                   help="output file (a folder for --format dicom)")
+    r.add_argument("--input", default=None,
+                   help="--format dicom: the input that was scored (its DICOM series are "
+                        "re-read, de-identified and referenced by the exports)")
     r.set_defaults(func=cmd_report)
 
     a = sub.add_parser("app", help="start the review app")

@@ -215,3 +215,20 @@ def test_burned_in_annotation_risk(ct):
         assert "Secondary Capture" in burned_in_annotation_risk(sc)
     sc.SOPClassUID = "1.2.840.10008.5.1.4.1.1.77.1.1"          # VL Endoscopic, not SC
     assert burned_in_annotation_risk(sc) is None
+
+
+def test_clinical_trial_visit_and_people_attributes_are_removed():
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    from data_tools.deid import deidentify_dataset
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.ClinicalTrialSubjectID = "SUBJ-SENTINEL"
+    ds.AdmissionID = "ADM-SENTINEL"
+    ds.ConsultingPhysicianName = "Consult^Sentinel"
+    ds.PerformedStationName = "STATION-SENTINEL"
+    ds.RequestingService = "SERVICE-SENTINEL"
+    out = deidentify_dataset(ds, key="k")
+    assert "SENTINEL" not in str(out).upper()
+    assert out.get("ClinicalTrialSubjectID", "") == ""  # Z: present but empty, or removed

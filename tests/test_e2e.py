@@ -53,6 +53,12 @@ def scored(tmp_path_factory):
                                 str(results / "report.html")])
         codes["csv"] = main(["report", str(results), "--format", "csv", "--out",
                              str(results / "export.csv")])
+        codes["parquet"] = main(["report", str(results), "--format", "parquet", "--out",
+                                 str(results / "export.parquet")])
+        codes["pdf"] = main(["report", str(results), "--format", "pdf", "--out",
+                             str(results / "report.pdf")])
+        codes["dicom"] = main(["report", str(results), "--format", "dicom", "--input",
+                               str(cohort), "--out", str(results / "dicom")])
     finally:
         logging.getLogger().removeHandler(handler)
     truth = json.loads((cohort / "truth.json").read_text())
@@ -133,12 +139,56 @@ def _identifiers(truth):
     return found
 
 
+def _source_uids_and_descriptions(cohort):
+    """Every original UID and series description of the cohort's DICOM files."""
+    import pydicom
+
+    found = set()
+    for path in cohort.rglob("*.dcm"):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception:  # noqa: BLE001 - the deliberately truncated file
+            continue
+        for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID",
+                   "FrameOfReferenceUID", "SeriesDescription"):
+            if ds.get(kw):
+                found.add(str(ds.get(kw)))
+    return found
+
+
+def test_every_export_format_is_written(scored):
+    codes = scored["codes"]
+    assert codes["parquet"] == 0 and codes["pdf"] == 0 and codes["dicom"] == 0
+    results = scored["results"]
+    assert (results / "export.patterns.parquet").is_file() and (results / "report.pdf").is_file()
+    scored_cases = set(pd.read_csv(results / "findings.csv").query("status == 'ok'")["case_id"])
+    exported = {p.name for p in (results / "dicom").iterdir() if p.is_dir()}
+    assert exported == scored_cases
+    for case in exported:
+        assert {"seg.dcm", "pmap.dcm", "sr.dcm"} <= {p.name for p in (results / "dicom" / case).iterdir()}
+
+
 def test_no_identifier_or_path_leaves_the_tool(scored, capsys):
-    sentinels = _identifiers(scored["truth"]) | {str(scored["cohort"]), "BROKEN^PATIENT", "BROKEN"}
-    assert len(sentinels) >= 8
+    """Sentinels: the planted patient identifiers, the case folder names, the input path, every
+    original UID and series description; searched in every byte of every output (CSV,
+    Parquet, HTML, PDF and its extracted text, the DICOM exports, the store, the viewer arrays),
+    in what the CLI printed and in the logs."""
+    import shutil as _shutil
+    import subprocess
+
+    sentinels = (_identifiers(scored["truth"]) | {str(scored["cohort"]), "BROKEN^PATIENT", "BROKEN"}
+                 | _source_uids_and_descriptions(scored["cohort"]))
+    assert len(sentinels) >= 20
     outputs = [p for p in scored["results"].rglob("*") if p.is_file()]
     names = {p.name for p in outputs}
-    assert {"findings.csv", "patterns.csv", "report.html", "discovery.sqlite"} <= names
+    assert {"findings.csv", "patterns.csv", "report.html", "discovery.sqlite", "export.csv",
+            "export.parquet", "report.pdf", "seg.dcm", "pmap.dcm", "sr.dcm"} <= names
+    if _shutil.which("pdftotext"):
+        text = subprocess.run(["pdftotext", str(scored["results"] / "report.pdf"), "-"],
+                              capture_output=True, text=True, check=True).stdout
+        assert "Nodule discovery findings" in text
+        for s in sentinels:
+            assert s not in text, f"{s!r} in the PDF's text"
     for path in outputs:
         blob = path.read_bytes()
         for s in sentinels:
