@@ -57,13 +57,14 @@ if reviews.empty:
 # -- agreement -----------------------------------------------------------------------------------
 st.subheader("Agreement between reviewers")
 st.caption("Cohen's kappa (unweighted) over the items both reviewers reviewed: 1 = perfect "
-           "agreement, 0 = no better than chance, below 0 = worse than chance. Empty when "
-           "undefined: both gave the same single verdict to every common item.")
+           "agreement, 0 = no better than chance, below 0 = worse than chance; "
+           "undefined when both gave the same single verdict to every common item.")
 agreement_config = {
     "reviewer_a": "Reviewer", "reviewer_b": "Reviewer",
     "n_items": st.column_config.NumberColumn("Common items"),
     "observed_agreement": st.column_config.NumberColumn("Observed agreement", format="%.2f"),
-    "kappa": st.column_config.NumberColumn("Kappa", format="%.2f"),
+    "kappa": None,  # shown as text: "undefined" reads better than an empty cell
+    "kappa_text": st.column_config.TextColumn("Kappa"),
 }
 for item_type, label in (("nodule", "Nodules"), ("cluster", "Clusters")):
     pairs = pairwise_agreement(reviews, item_type=item_type)
@@ -71,6 +72,8 @@ for item_type, label in (("nodule", "Nodules"), ("cluster", "Clusters")):
     if pairs.empty:
         st.caption(f"No two reviewers have reviewed the same {item_type} yet.")
     else:
+        pairs = pairs.assign(kappa_text=[f"{k:.2f}" if k == k else "undefined"
+                                         for k in pairs["kappa"]])
         st.dataframe(pairs, hide_index=True, width="stretch", column_config=agreement_config,
                      key=f"agreement_{item_type}")
 
@@ -78,7 +81,8 @@ for item_type, label in (("nodule", "Nodules"), ("cluster", "Clusters")):
 st.subheader("Verdicts per item")
 st.caption("Consensus: the verdict of more than half of the item's reviewers, otherwise "
            "'split'.")
-st.dataframe(verdict_table(reviews), hide_index=True, width="stretch", key="verdict_table",
+st.dataframe(verdict_table(reviews).fillna("–"), hide_index=True, width="stretch",
+             key="verdict_table",
              column_config={"item_type": "Type", "item_id": "Item",
                             "n_reviewers": "Reviewers", "consensus": "Consensus"})
 
@@ -86,7 +90,8 @@ st.dataframe(verdict_table(reviews), hide_index=True, width="stretch", key="verd
 audit = store.audit()
 st.subheader("Audit trail")
 st.caption(f"Every saved verdict, newest first (the last {AUDIT_SHOWN} of {len(audit)}).")
-st.dataframe(audit.sort_values("id", ascending=False).head(AUDIT_SHOWN)[AUDIT_EXPORT_COLUMNS],
+shown = audit.sort_values("id", ascending=False).head(AUDIT_SHOWN)[AUDIT_EXPORT_COLUMNS]
+st.dataframe(shown.assign(old_verdict=shown["old_verdict"].fillna("(first verdict)")),
              hide_index=True, width="stretch", key="audit_table",
              column_config={"id": None, "item_type": "Type", "item_id": "Item",
                             "reviewer": "Reviewer", "old_verdict": "Before",
