@@ -154,6 +154,22 @@ def distance_to_mask_mm(mask, spacing_mm) -> np.ndarray:
     return _distance_to_mask_mm(mask.astype(bool, copy=False), _check_spacing(spacing_mm))
 
 
+def bounding_box(mask: np.ndarray, pad=0) -> tuple[slice, ...] | None:
+    """The slices of *mask*'s True voxels grown by *pad* voxels per axis (an int or one per
+    axis), clipped to the array; None when *mask* is empty.  Uses axis projections, not
+    ``argwhere``: a few passes over the array instead of materialising every index."""
+    mask = np.asarray(mask, dtype=bool)
+    pads = np.broadcast_to(np.asarray(pad, dtype=int), (mask.ndim,))
+    out = []
+    for axis in range(mask.ndim):
+        nz = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if nz.size == 0:
+            return None
+        out.append(slice(max(int(nz[0]) - int(pads[axis]), 0),
+                         min(int(nz[-1]) + int(pads[axis]) + 1, mask.shape[axis])))
+    return tuple(out)
+
+
 def grow_mm(mask: np.ndarray, reach_mm: float, spacing_mm) -> np.ndarray:
     """``mask`` plus every voxel within ``reach_mm`` (voxel centre to voxel centre) of it.
 
@@ -164,11 +180,7 @@ def grow_mm(mask: np.ndarray, reach_mm: float, spacing_mm) -> np.ndarray:
     spacing = np.asarray(_check_spacing(spacing_mm), dtype=float)
     if not mask.any() or reach_mm <= 0:
         return mask.copy()
-    pad = np.ceil(reach_mm / spacing).astype(int) + 1
-    idx = np.argwhere(mask)
-    lo = np.maximum(idx.min(axis=0) - pad, 0)
-    hi = np.minimum(idx.max(axis=0) + pad + 1, mask.shape)
-    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    box = bounding_box(mask, np.ceil(reach_mm / spacing).astype(int) + 1)
     out = np.zeros_like(mask)
     out[box] = ndimage.distance_transform_edt(~mask[box], sampling=spacing) <= reach_mm + _DISTANCE_SLACK_MM
     return out
