@@ -51,16 +51,13 @@ import numpy as np  # noqa: E402
 from scipy import ndimage as ndi  # noqa: E402
 
 from data_tools.synthetic import BENCHMARK_GEOMETRY, SyntheticConfig, generate_case  # noqa: E402
-from discovery import render  # noqa: E402
+from discovery import planes, render  # noqa: E402
 from discovery.store import save_case_arrays  # noqa: E402
+from _memory import reset_peak, rss_mib  # noqa: E402
 
 logging.getLogger("streamlit").setLevel(logging.ERROR)  # "no runtime" warnings outside an app
 from app import common  # noqa: E402
 
-try:  # the case page's plane helpers (reformatted planes at square millimetres)
-    from discovery import planes as _planes  # noqa: E402
-except ImportError:  # pragma: no cover - older working trees
-    _planes = None
 
 CASE_ID = "case-bench"
 FIRST_VIEW_TARGET_S = 2.0
@@ -69,26 +66,6 @@ PAGE = dict(window="lung", opacity=0.45, threshold=0.2)  # the case page's defau
 
 
 # -- memory -------------------------------------------------------------------------------
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _rss_mib(field: str = "VmHWM") -> float:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return float("nan")
-
-
 # -- the case -------------------------------------------------------------------------------
 def build_case(seed: int = 11) -> tuple[dict[str, np.ndarray], tuple[float, float, float]]:
     """The stored arrays of one standard-size case (module docstring) and its spacing."""
@@ -156,23 +133,11 @@ def _encode_as_st_image(rgb: np.ndarray) -> int:
 
 
 def _spacing_to_display(rgb: np.ndarray, plane: str, spacing) -> np.ndarray:
-    if _planes is not None:
-        return _planes.resize_to(rgb, _planes.display_size(rgb.shape, plane, spacing))
-    if plane == "axial":
-        return render.upscale(rgb, 512)
-    dz, dy, dx = spacing
-    col_mm = dx if plane == "coronal" else dy
-    scale = 512.0 / min(rgb.shape[0] * dz, rgb.shape[1] * col_mm)
-    h, w = int(round(rgb.shape[0] * dz * scale)), int(round(rgb.shape[1] * col_mm * scale))
-    rows = np.minimum(np.arange(h) * rgb.shape[0] // h, rgb.shape[0] - 1)
-    cols = np.minimum(np.arange(w) * rgb.shape[1] // w, rgb.shape[1] - 1)
-    return rgb[rows][:, cols]
+    return planes.resize_to(rgb, planes.display_size(rgb.shape, plane, spacing))
 
 
 def _cut(arr: np.ndarray, plane: str, k: int) -> np.ndarray:
-    if _planes is not None:
-        return _planes.plane_slice(arr, plane, k)
-    return arr[k] if plane == "axial" else (arr[:, k, :] if plane == "coronal" else arr[:, :, k])[::-1]
+    return planes.plane_slice(arr, plane, k)
 
 
 def show_slice(arrays: dict, plane: str, k: int, spacing, *, timings: dict | None = None) -> int:
@@ -254,9 +219,9 @@ def run(repeat: int, steps: int, seed: int) -> tuple[list[dict], dict]:
         info = json.loads((root / "build.json").read_text())
         spacing = tuple(info["spacing_mm"])
         shape = tuple(info["shape_zyx"])
-        base_rss = _rss_mib("VmRSS")
+        base_rss = rss_mib("VmRSS")
 
-        _reset_peak()
+        reset_peak()
         cold = [first_view(root, spacing, cold=True) for _ in range(repeat)]
         warm = [first_view(root, spacing, cold=False) for _ in range(repeat)]
         gc.collect()
@@ -273,7 +238,7 @@ def run(repeat: int, steps: int, seed: int) -> tuple[list[dict], dict]:
                 show_slice(view, plane, int(k), spacing, timings=timings)
                 totals.append(time.perf_counter() - t)
             step_rows[plane] = (totals, timings)
-        peak_rss = _rss_mib("VmHWM")
+        peak_rss = rss_mib("VmHWM")
         # what the case page also ran on every rerun: argmax of the whole (read-only) attribution
         t = time.perf_counter()
         np.unravel_index(int(np.argmax(view["attribution"])), view["attribution"].shape)
@@ -296,7 +261,7 @@ def run(repeat: int, steps: int, seed: int) -> tuple[list[dict], dict]:
     info.update({"peak_rss_mib": peak_rss, "base_rss_mib": base_rss, "argmax_per_rerun_s": argmax_s,
                  "first_step_s": {p: v[0][0] for p, v in step_rows.items()},
                  "max_step_s": {p: max(v[0]) for p, v in step_rows.items()},
-                 "planes_module": _planes is not None, "cores": os.cpu_count(),
+                 "cores": os.cpu_count(),
                  "loadavg": os.getloadavg(), "cpu": platform.processor() or platform.machine(),
                  "numpy": np.__version__})
     return rows, info

@@ -49,29 +49,10 @@ from pydicom.uid import generate_uid  # noqa: E402
 
 from _dicom_factory import ct_dataset  # noqa: E402
 from data_tools.dicom import load_dicom_series  # noqa: E402
+from _memory import reset_peak, rss_mib  # noqa: E402
 
 SPACING = (0.7, 0.7)
 STEP_MM = 1.0
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _rss_mib(field: str) -> float:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return float("nan")
 
 
 def write_series(folder: Path, slices: int, size: int, seed: int = 0) -> Path:
@@ -133,11 +114,11 @@ def compare(ours: np.ndarray, theirs: np.ndarray) -> str:
 
 def timed(fn, folder: Path) -> tuple[float, float]:
     gc.collect()
-    _reset_peak()
+    reset_peak()
     t0 = time.perf_counter()
     arr = fn(folder)
     seconds = time.perf_counter() - t0
-    peak = _rss_mib("VmHWM")
+    peak = rss_mib("VmHWM")
     del arr
     return seconds, peak
 
@@ -150,7 +131,7 @@ def run(folder: Path, repeats: int) -> dict:
     shape, dtype = ours.shape, (str(ours.dtype), str(theirs.dtype))
     del ours, theirs
     gc.collect()
-    base = _rss_mib("VmRSS")
+    base = rss_mib("VmRSS")
     times = {"ours": [], "sitk": []}
     peaks = {"ours": [], "sitk": []}
     readers = {"ours": read_ours, "sitk": read_sitk}

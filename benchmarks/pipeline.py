@@ -34,31 +34,15 @@ from data_tools.synthetic import BENCHMARK_GEOMETRY, SyntheticConfig, generate_c
 from discovery.model import load_model  # noqa: E402
 from discovery.pipeline import analyze_scan  # noqa: E402
 from discovery.store import save_case_arrays  # noqa: E402
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_mib() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
+from _memory import reset_peak, rss_mib  # noqa: E402
 
 
 @contextmanager
 def _measure(rows: list, name: str):
-    _reset_peak()
+    reset_peak()
     t0 = time.perf_counter()
     yield
-    rows.append({"stage": name, "seconds": time.perf_counter() - t0, "peak_rss_mib": _peak_mib()})
+    rows.append({"stage": name, "seconds": time.perf_counter() - t0, "peak_rss_mib": rss_mib()})
 
 
 def run(model_dir: str | None) -> tuple[list[dict], dict]:
@@ -94,7 +78,7 @@ def run(model_dir: str | None) -> tuple[list[dict], dict]:
                              mask=mask.array, attribution=result.attribution,
                              region_map=result.region_map, affine=volume.affine)
         total = time.perf_counter() - total0
-    rows.append({"stage": "total (read -> saved)", "seconds": total, "peak_rss_mib": _peak_mib()})
+    rows.append({"stage": "total (read -> saved)", "seconds": total, "peak_rss_mib": rss_mib()})
     info = {"shape_zyx": list(shape), "spacing_mm": list(spacing), "n_nodules": len(result.nodules),
             "generate_s": gen_s, "write_dicom_s": write_s, "cpu": platform.processor() or platform.machine(),
             "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
