@@ -4,8 +4,6 @@ files that ship with pydicom."""
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import pydicom
 import pytest
@@ -16,31 +14,8 @@ from _dicom_factory import AXIAL, ct_dataset, write_ct_series
 from data_tools import dicom as dicom_mod
 from data_tools.dicom import find_series, load_dicom_series, read_ct_files
 from data_tools.errors import NoSeriesError, SeriesValidationError, UnreadableFileError, file_label
-
-SECRET = "Doe^Jane_SYN-0001"
-
-
-@pytest.fixture
-def case_dir(tmp_path):
-    folder = tmp_path / SECRET / "CT chest"
-    folder.mkdir(parents=True)
-    return folder
-
-
-@pytest.fixture(autouse=True)
-def _logs_are_private(caplog, tmp_path):
-    caplog.set_level(logging.DEBUG, logger="data_tools")
-    yield
-    for record in caplog.records:
-        text = record.getMessage()
-        assert str(tmp_path) not in text and SECRET not in text, text
-
-
-def _message(excinfo, tmp_path) -> str:
-    text = str(excinfo.value)
-    assert str(tmp_path) not in text and SECRET not in text
-    return text
-
+# the private case folder, the log check and the message check of the loader's other tests
+from test_dicom import SECRET, _logs_are_private, _message, case_dir  # noqa: F401
 
 # ------------------------------------------------------------------ duplicates and localizers
 
