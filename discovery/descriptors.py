@@ -183,7 +183,7 @@ def lung_mask(
         return out
     if within is None:
         box = ndimage.find_objects(lungs.astype(np.int8))[0]
-        out[box] = _close_and_fill(lungs, box, box, spacing, radius)
+        out[box] = _close_and_fill(lungs, box, spacing, radius)
         return out
     for box in within:
         box = tuple(slice(max(0, s.start), min(n, s.stop)) for s, n in zip(box, hu.shape))
@@ -194,7 +194,7 @@ def lung_mask(
         grow[2] += math.ceil(margin / spacing[2])
         context = tuple(slice(max(0, s.start - g), min(n, s.stop + g))
                         for s, g, n in zip(box, grow, hu.shape))
-        field = _close_and_fill(lungs, context, context, spacing, radius)
+        field = _close_and_fill(lungs, context, spacing, radius)
         inner = tuple(slice(b.start - c.start, b.stop - c.start) for b, c in zip(box, context))
         out[box] |= field[inner]
     return out
@@ -220,12 +220,12 @@ def lung_components(hu, *, spacing_mm, threshold_hu: float = -400.0,
     return keep[labels]
 
 
-def _close_and_fill(lungs, box, context, spacing, radius) -> np.ndarray:
+def _close_and_fill(lungs, box, spacing, radius) -> np.ndarray:
     """Closing (exact ball of *radius* mm) and per-slice hole filling of ``lungs[box]``;
     zero padding outside *box* (the lungs' bounding box, or a context grown so that the
     padding's effect stays outside the part used)."""
     pad = [math.ceil(radius / s) + 1 for s in spacing]
-    crop = np.pad(lungs[context], [(p, p) for p in pad])
+    crop = np.pad(lungs[box], [(p, p) for p in pad])
     if radius > 0:
         r = radius + _DISTANCE_SLACK_MM
         dilated = ndimage.distance_transform_edt(~crop, sampling=spacing) <= r

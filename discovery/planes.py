@@ -85,14 +85,10 @@ def resize_to(rgb, size: tuple[int, int]) -> np.ndarray:
 def plane_point(zyx, plane: str, shape) -> tuple[float, float]:
     """Where the voxel ``(z, y, x)`` of a volume of *shape* lands in :func:`plane_slice`'s
     output: ``(row, col)``."""
+    _check(plane)
     z, y, x = (float(v) for v in zyx)
     top = shape[0] - 1 - z  # superior at the top in the reformatted planes
-    return {"axial": (y, x), "coronal": (top, x), "sagittal": (top, y)}[_check_name(plane)]
-
-
-def _check_name(plane: str) -> str:
-    _check(plane)
-    return plane
+    return {"axial": (y, x), "coronal": (top, x), "sagittal": (top, y)}[plane]
 
 
 def zoom_box(shape2d, centre_rc, zoom: float) -> tuple[slice, slice]:
