@@ -359,11 +359,12 @@ def _drop_duplicates(slices: list[_Slice], proj: np.ndarray) -> list[_Slice]:
     voxel after rescale: identical copies (a file exported twice) keep the first, sorted by
     path; different images at one position (two reconstructions mixed) are an error.
     """
-    keep = [slices[0]]
+    keep, last = [slices[0]], proj[0]  # last: position of the slice kept last
     for k in range(1, len(slices)):
         a, b = keep[-1], slices[k]
-        if proj[k] - (a.ipp @ np.cross(a.iop[:3], a.iop[3:])) >= DUPLICATE_TOLERANCE_MM:
+        if proj[k] - last >= DUPLICATE_TOLERANCE_MM:
             keep.append(b)
+            last = proj[k]
             continue
         same = (_read_pixels(a).astype(np.float64) * a.slope + a.intercept
                 == _read_pixels(b).astype(np.float64) * b.slope + b.intercept)
@@ -617,7 +618,8 @@ def read_ct_files(files: Sequence[Path], *, max_bytes: int | None = DEFAULT_MAX_
     slices, proj = _sort(slices)
     affine, tilt = _geometry(slices, proj)
     first = slices[0]
-    thickness = first.metadata.get("slice_thickness_mm", "")
+    metadata = dict(first.metadata)
+    thickness = metadata.get("slice_thickness_mm", "")
     step_mm = float(np.linalg.norm(affine[:3, 0]))
     if thickness.replace(".", "", 1).isdigit() and abs(float(thickness) - step_mm) > 0.1 * step_mm:
         log.info("SliceThickness %s mm differs from the spacing between positions (%.3f mm); "
@@ -625,7 +627,6 @@ def read_ct_files(files: Sequence[Path], *, max_bytes: int | None = DEFAULT_MAX_
     out = np.empty((len(slices), first.rows, first.cols), dtype=np.float32)
     for k, s in enumerate(slices):
         out[k] = _read_pixels(s).astype(np.float64) * s.slope + s.intercept
-    metadata = dict(first.metadata)
     if tilt > TILT_TOLERANCE_DEG:
         log.warning("gantry tilt of %.2f degrees: resampling the slices onto an orthogonal grid",
                     tilt)
