@@ -9,6 +9,7 @@ hospital exports often carry patient names.  The full path is kept on the except
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 __all__ = [
@@ -20,7 +21,12 @@ __all__ = [
     "MaskError",
     "ModelError",
     "file_label",
+    "scrub_uids",
 ]
+
+
+#: A DICOM UID inside a file name (PS3.15 treats original UIDs as identifying).
+_UID_RUN = re.compile(r"(?<![\d.])\d+(?:\.\d+){4,}(?!\d)")
 
 
 def file_label(path: str | Path | None) -> str:
@@ -34,11 +40,19 @@ def file_label(path: str | Path | None) -> str:
     Returns
     -------
     str
-        ``"'name.dcm'"`` for a path, ``"<unnamed>"`` for None.
+        ``"'name.dcm'"`` for a path, ``"<unnamed>"`` for None.  A name made of a DICOM UID
+        (five or more dot-separated numbers, as LUNA16 volumes and many PACS exports name
+        their files) shows ``<uid>`` in its place: ``"'<uid>.mhd'"``.
     """
     if path is None:
         return "<unnamed>"
-    return repr(Path(path).name)
+    return repr(scrub_uids(Path(path).name))
+
+
+def scrub_uids(text: str) -> str:
+    """*text* with every run shaped like a DICOM UID (five or more dot-separated numbers)
+    replaced by ``<uid>``."""
+    return _UID_RUN.sub("<uid>", text)
 
 
 class DataError(Exception):

@@ -81,7 +81,7 @@ import pandas as pd
 
 from data_tools.cases import CaseSpec, discover_cases, read_case, read_labels
 from data_tools.dicom import DEFAULT_MAX_BYTES
-from data_tools.errors import DataError, ModelError
+from data_tools.errors import DataError, scrub_uids, ModelError
 from data_tools.volume import Mask, Volume
 
 from .descriptors import describe_region
@@ -138,7 +138,7 @@ def safe_error(exc: BaseException, *paths: Path | str | None) -> str:
         for variant in sorted({str(p), str(Path(p).resolve())}, key=len, reverse=True):
             text = text.replace(variant, "<input>")
     text = re.sub(r"(?:/[^/\s'\"]+)+/([^/\s'\"]+)", r"\1", text)
-    text = re.sub(r"(?<![\d.])\d+(?:\.\d+){4,}(?![\d])", "<uid>", text)
+    text = scrub_uids(text)
     if isinstance(exc, DataError):
         return text
     return f"unexpected error while scoring ({text}); please report it"

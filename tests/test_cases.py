@@ -79,3 +79,11 @@ def test_manifest_series_uid_picks_the_second_ct_series(tmp_path):
     assert load_case(chosen)[0].shape == second.hu.shape       # asked for
     assert load_case(by_rule)[0].shape == first.hu.shape       # the rule: the most slices
     assert second.series_uid not in repr(chosen)
+
+
+def test_file_label_never_shows_a_uid():
+    from data_tools.errors import file_label
+
+    uid = "1.3.6.1.4.1.14519.5.2.1.6279.6001.105756658031515062000744821260"
+    assert file_label(f"/data/LUNA16/subset0/{uid}.mhd") == "'<uid>.mhd'"
+    assert file_label("/x/IM0001.dcm") == "'IM0001.dcm'" and file_label("/x/1.2.3.dcm") == "'1.2.3.dcm'"
