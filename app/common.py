@@ -23,7 +23,7 @@ if str(_ROOT) not in sys.path:  # `discovery` is importable without installing t
     sys.path.insert(0, str(_ROOT))
 
 from discovery.preprocess import nodule_label  # noqa: E402,F401  (re-exported for the pages)
-from discovery.store import DB_NAME, ResultsStore, load_case_arrays  # noqa: E402
+from discovery.store import ResultsStore, load_case_arrays, store_exists  # noqa: E402
 
 ENV_VAR = "DISCOVERY_RESULTS"
 RESULTS_KEY = "results_dir"
@@ -65,8 +65,9 @@ def results_dir() -> Path:
                  f"RESULTS`, or set {ENV_VAR}).")
         st.stop()
     path = Path(value).expanduser()
-    if not (path / DB_NAME).is_file():
-        st.error(f"The results folder has no {DB_NAME}; run `discovery score` first.")
+    if not store_exists(path):
+        st.error("The results folder has no results store (discovery.sqlite, or store.json "
+                 "naming a PostgreSQL database); run `discovery score` first.")
         st.stop()
     st.session_state[RESULTS_KEY] = str(path)
     return path
@@ -74,7 +75,7 @@ def results_dir() -> Path:
 
 @st.cache_resource(show_spinner=False)
 def _open_store(root: str) -> ResultsStore:
-    # ResultsStore keeps one SQLite connection per thread, so one object can be shared.
+    # ResultsStore keeps one database connection per thread, so one object can be shared.
     return ResultsStore(root, create=False)
 
 

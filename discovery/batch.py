@@ -120,6 +120,7 @@ class BatchSummary:
     layouts: dict[str, int] = field(default_factory=dict)  # cases per input layout
     n_skipped: int = 0  # cases unchanged since an earlier run (counted above, not recomputed)
     n_not_in_input: int = 0  # cases in the store but not in this input (kept)
+    store: str = "discovery.sqlite"  # where the tables are (file name, or URL without password)
 
 
 def safe_error(exc: BaseException, *paths: Path | str | None) -> str:
@@ -523,6 +524,7 @@ def score_folder(
     executor_factory: ExecutorFactory | None = None,
     scheduler: Any = None,
     torch_threads: int | None = None,
+    store_url: str | None = None,
     _compute: Callable[..., Payload] | None = None,
 ) -> BatchSummary:
     """Score every case under *input_path* into *results_dir*, skipping the cases an earlier
@@ -534,7 +536,8 @@ def score_folder(
         A folder of case folders, one case folder, or a manifest CSV (see
         :func:`data_tools.cases.discover_cases`).
     results_dir : path
-        Created if needed; holds ``discovery.sqlite``, ``findings.csv``, ``patterns.csv`` and
+        Created if needed; holds ``discovery.sqlite`` (or ``store.json``, see *store_url*),
+        ``findings.csv``, ``patterns.csv`` and
         ``cases/<case_id>.npz``.
     model_dir : path, optional
         Model folder; default the committed demo model.
@@ -558,6 +561,9 @@ def score_folder(
         ``distributed.LocalCluster`` (:mod:`discovery.executors`: the workers must see the
         inputs, the model and the results folder at the same paths).  Not with
         ``workers > 1``.
+    store_url : str, optional
+        Keep the results tables on this PostgreSQL server (``postgresql://...``; see
+        :class:`discovery.store.ResultsStore`) instead of ``discovery.sqlite``.
     torch_threads : int, optional
         Torch threads of each worker (default: 1 per Dask worker thread; ``cpu_count //
         workers`` in the local pool).
@@ -586,7 +592,7 @@ def score_folder(
         model, card = load_model(model_dir)
         specs = discover_cases(input_path, layout=layout)
         known = read_labels(labels) if labels is not None else None  # bad file: fail before scoring
-        store = ResultsStore(results_dir)
+        store = ResultsStore(results_dir, url=store_url)
         remove_stale_temp_files(results_dir)
         if known is not None:
             store.set_labels(known)
@@ -670,5 +676,5 @@ def score_folder(
         n_clusters=n_clusters, seconds=time.perf_counter() - t0,
         failed=sorted(failed),
         layouts={k: sum(s.layout == k for s in specs) for k in sorted({s.layout for s in specs})},
-        n_skipped=len(skip), n_not_in_input=n_not_in_input,
+        n_skipped=len(skip), n_not_in_input=n_not_in_input, store=store.location,
     )

@@ -137,7 +137,7 @@ def cmd_score(args) -> int:
                 settings=ScoreSettings(method=args.method), labels=args.labels,
                 layout=args.layout,
                 max_bytes=None if args.max_volume_gb <= 0 else int(args.max_volume_gb * 1024**3),
-                workers=args.workers, scheduler=args.scheduler,
+                workers=args.workers, scheduler=args.scheduler, store_url=args.store,
                 progress=lambda d, t, cid: bar.update(task, completed=d, total=t, note=cid))
     except ConnectionError as exc:  # the Dask scheduler cannot be reached
         print(f"error: {exc}", file=sys.stderr)
@@ -155,7 +155,8 @@ def cmd_score(args) -> int:
                       "input; their results are kept")
     for case_id, message in summary.failed:
         console.print(f"[red]failed[/red] {case_id}: {message}")
-    console.print("wrote findings.csv, patterns.csv and discovery.sqlite in the results folder")
+    console.print(f"wrote findings.csv and patterns.csv in the results folder; tables in "
+                  f"{summary.store}")
     return 1 if summary.n_failed else 0
 
 
@@ -188,10 +189,13 @@ def cmd_report(args) -> int:
 def cmd_app(args) -> int:
     import subprocess
 
+    from .store_backends import store_exists
+
     entry = Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py"
     results = Path(args.results).resolve()
-    if not (results / "discovery.sqlite").is_file():
-        print("error: no discovery.sqlite in that folder; run `discovery score` first", file=sys.stderr)
+    if not store_exists(results):
+        print("error: no results store (discovery.sqlite or store.json) in that folder; run "
+              "`discovery score` first", file=sys.stderr)
         return 2
     cmd = [sys.executable, "-m", "streamlit", "run", str(entry),
            "--server.address", args.host, "--server.port", str(args.port),
@@ -277,6 +281,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="score the cases on a Dask distributed cluster (e.g. "
                             "tcp://host:8786); its workers must see the input, the model and "
                             "the results folder at the same paths (not with --workers)")
+    c.add_argument("--store", default=None, metavar="URL",
+                   help="keep the results tables on PostgreSQL (postgresql://user@host:port/"
+                        "database) instead of discovery.sqlite in the results folder; later "
+                        "commands find it through RESULTS/store.json (the URL without password: "
+                        "give that with PGPASSWORD or ~/.pgpass)")
     c.set_defaults(func=cmd_score)
 
     r = sub.add_parser("report", help="export a findings report")
@@ -303,12 +312,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from data_tools.errors import DataError
 
+    from .store_backends import StoreError
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
-    except DataError as exc:
+    except (DataError, StoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -1,4 +1,5 @@
-"""The results store: one SQLite file (``RESULTS/discovery.sqlite``) plus per-case arrays.
+"""The results store: tables (SQLite file ``RESULTS/discovery.sqlite``, or PostgreSQL) plus
+per-case arrays in the results folder.
 
 Tables
 ------
@@ -18,8 +19,13 @@ Tables
               so a row exists exactly when those results are complete; a ``put_case`` without
               hashes deletes the case's row (its results then no longer match any hashes).
 
-Concurrency: WAL journal, a busy timeout, and ``BEGIN IMMEDIATE`` for writes, so that several
-reviewers (app sessions) can write at once.  Per-case arrays live in
+The tables live in ``RESULTS/discovery.sqlite`` by default, or on a PostgreSQL server given
+by URL (``ResultsStore(RESULTS, url="postgresql://...")``, ``discovery score --store``); see
+:mod:`discovery.store_backends`.  Both give the same tables and the same DataFrames.
+
+Concurrency: writes wait for each other (SQLite: WAL journal, a busy timeout and ``BEGIN
+IMMEDIATE``; PostgreSQL: a transaction-scoped advisory lock), so that several reviewers (app
+sessions, on one machine or several with PostgreSQL) can write at once.  Per-case arrays live in
 ``RESULTS/cases/<case_id>.npz`` and are written to a temporary file, fsynced and renamed.
 That zip is uncompressed, its members aligned, so readers memory-map the volumes instead of
 inflating them; mostly-zero arrays are kept as their nonzero elements (see
@@ -32,7 +38,6 @@ import json
 import math
 import mmap
 import os
-import sqlite3
 import struct
 import threading
 import zipfile
@@ -47,6 +52,8 @@ import pandas as pd
 from .columns import CLUSTER_COLUMNS as _PATTERN_COLUMNS
 from .columns import EFFECT_COLUMNS
 from .offmask import REGION_COLUMNS as _OFFMASK_COLUMNS
+from .store_backends import (SQLITE_NAME, Backend, StoreError, _Connection, new_results_id,
+                             resolve_backend, store_exists, write_pointer)
 
 #: Region columns added by the pipeline's anatomy pass (see ``discovery.batch.result_rows``).
 ANATOMY_COLUMNS = [
@@ -59,10 +66,11 @@ __all__ = [
     "ResultsStore", "FINDINGS_COLUMNS", "REGION_COLUMNS", "CLUSTER_COLUMNS",
     "RANDOMIZATION_COLUMNS", "PERTURBATION_COLUMNS",
     "NODULE_REVIEW_CHOICES", "CLUSTER_REVIEW_CHOICES", "save_case_arrays", "load_case_arrays",
+    "StoreError", "store_exists",
 ]
 
 SCHEMA_VERSION = 7
-DB_NAME = "discovery.sqlite"
+DB_NAME = SQLITE_NAME
 
 #: Columns of findings.csv, in order (one row per nodule; failed cases have one row).
 FINDINGS_COLUMNS = [
@@ -101,20 +109,23 @@ def _coltype(name: str) -> str:
     return "TEXT" if name in _TEXT else "INTEGER" if name in _INT else "REAL"
 
 
-def _schema() -> str:
-    nod = ",\n  ".join(f"{c} {_coltype(c)}" for c in FINDINGS_COLUMNS)
-    reg = ",\n  ".join(f"{c} {_coltype(c)}" for c in REGION_COLUMNS)
-    clu = ",\n  ".join(f"{c} {_coltype(c)}" for c in CLUSTER_COLUMNS)
-    ran = ",\n  ".join(f"{c} {_coltype(c)}" for c in RANDOMIZATION_COLUMNS)
-    per = ",\n  ".join(f"{c} {_coltype(c)}" for c in PERTURBATION_COLUMNS)
+def _schema(backend: Backend) -> str:
+    types = {"TEXT": backend.text, "INTEGER": backend.integer, "REAL": backend.real}
+
+    def cols(names: list[str]) -> str:
+        return ",\n  ".join(f"{c} {types[_coltype(c)]}" for c in names)
+
+    nod, reg, clu = cols(FINDINGS_COLUMNS), cols(REGION_COLUMNS), cols(CLUSTER_COLUMNS)
+    ran, per = cols(RANDOMIZATION_COLUMNS), cols(PERTURBATION_COLUMNS)
+    text, integer, real = backend.text, backend.integer, backend.real
     return f"""
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key {text} PRIMARY KEY, value {text} NOT NULL);
 CREATE TABLE IF NOT EXISTS cases (
-  case_id TEXT PRIMARY KEY, status TEXT NOT NULL, error TEXT NOT NULL DEFAULT '',
-  n_nodules INTEGER NOT NULL DEFAULT 0, shape TEXT, spacing_mm TEXT, source_kind TEXT,
-  layout TEXT, mask_source TEXT, arrays TEXT, scored_at TEXT NOT NULL);
+  case_id {text} PRIMARY KEY, status {text} NOT NULL, error {text} NOT NULL DEFAULT '',
+  n_nodules {integer} NOT NULL DEFAULT 0, shape {text}, spacing_mm {text}, source_kind {text},
+  layout {text}, mask_source {text}, arrays {text}, scored_at {text} NOT NULL);
 CREATE TABLE IF NOT EXISTS nodule_annotations (
-  case_id TEXT NOT NULL, nodule_id TEXT NOT NULL, name TEXT NOT NULL, value REAL,
+  case_id {text} NOT NULL, nodule_id {text} NOT NULL, name {text} NOT NULL, value {real},
   PRIMARY KEY (case_id, nodule_id, name));
 CREATE TABLE IF NOT EXISTS nodules (
   {nod},
@@ -126,9 +137,9 @@ CREATE TABLE IF NOT EXISTS clusters (
   {clu},
   PRIMARY KEY (cluster));
 CREATE TABLE IF NOT EXISTS reviews (
-  item_type TEXT NOT NULL CHECK (item_type IN ('nodule', 'cluster')),
-  item_id TEXT NOT NULL, reviewer TEXT NOT NULL, verdict TEXT NOT NULL,
-  note TEXT NOT NULL DEFAULT '', updated_at TEXT NOT NULL,
+  item_type {text} NOT NULL CHECK (item_type IN ('nodule', 'cluster')),
+  item_id {text} NOT NULL, reviewer {text} NOT NULL, verdict {text} NOT NULL,
+  note {text} NOT NULL DEFAULT '', updated_at {text} NOT NULL,
   UNIQUE (item_type, item_id, reviewer));
 CREATE TABLE IF NOT EXISTS sanity_randomization (
   {ran},
@@ -137,17 +148,17 @@ CREATE TABLE IF NOT EXISTS sanity_perturbation (
   {per},
   PRIMARY KEY (case_id, nodule_id, method));
 CREATE TABLE IF NOT EXISTS labels (
-  case_id TEXT NOT NULL, nodule_id TEXT NOT NULL, malignant INTEGER NOT NULL,
+  case_id {text} NOT NULL, nodule_id {text} NOT NULL, malignant {integer} NOT NULL,
   PRIMARY KEY (case_id, nodule_id));
 CREATE TABLE IF NOT EXISTS manifest (
-  case_id TEXT PRIMARY KEY, input_hash TEXT NOT NULL, model_hash TEXT NOT NULL,
-  config_hash TEXT NOT NULL,
-  status TEXT NOT NULL CHECK (status IN ('ok', 'no-mask', 'failed')),
-  error TEXT NOT NULL DEFAULT '', finished_at TEXT NOT NULL);
+  case_id {text} PRIMARY KEY, input_hash {text} NOT NULL, model_hash {text} NOT NULL,
+  config_hash {text} NOT NULL,
+  status {text} NOT NULL CHECK (status IN ('ok', 'no-mask', 'failed')),
+  error {text} NOT NULL DEFAULT '', finished_at {text} NOT NULL);
 CREATE TABLE IF NOT EXISTS review_audit (
-  id INTEGER PRIMARY KEY AUTOINCREMENT, item_type TEXT NOT NULL, item_id TEXT NOT NULL,
-  reviewer TEXT NOT NULL, old_verdict TEXT, new_verdict TEXT NOT NULL, note TEXT NOT NULL,
-  at TEXT NOT NULL);
+  id {backend.serial_key}, item_type {text} NOT NULL, item_id {text} NOT NULL,
+  reviewer {text} NOT NULL, old_verdict {text}, new_verdict {text} NOT NULL, note {text} NOT NULL,
+  at {text} NOT NULL);
 """
 
 
@@ -156,67 +167,118 @@ def _now(timespec: str = "seconds") -> str:
 
 
 def _clean(value: Any) -> Any:
-    """Python scalars for sqlite; NaN stays NaN-as-NULL (read back as NaN by pandas)."""
+    """Python scalars for the database; NaN stored as NULL (read back as NaN by pandas)."""
+    if isinstance(value, (bool, np.bool_)):
+        return int(value)
     if isinstance(value, (np.floating, float)):
         return None if math.isnan(float(value)) else float(value)
     if isinstance(value, (np.integer,)):
         return int(value)
+    if isinstance(value, np.str_):
+        return str(value)
     if isinstance(value, (list, tuple, dict)):
         return json.dumps(value)
     return value
 
 
-class ResultsStore:
-    """Open (creating if needed) the results store in folder *results_dir*.
+def _upsert(table: str, columns: list[str], key: tuple[str, ...]) -> str:
+    """``INSERT ... ON CONFLICT (key) DO UPDATE`` of every other column (SQLite and
+    PostgreSQL alike)."""
+    updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
+    return (f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
+            f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}")
 
-    One connection per thread (SQLite connections must not be shared across threads).
+
+class ResultsStore:
+    """Open (creating if needed) the results store of the results folder *results_dir*.
+
+    Parameters
+    ----------
+    results_dir : path
+        The results folder (per-case arrays; ``discovery.sqlite`` unless the tables are on
+        PostgreSQL).
+    create : bool
+        False: the store must exist (``FileNotFoundError`` otherwise).
+    url : str, optional
+        Keep the tables on PostgreSQL (``postgresql://user[:password]@host[:port]/database``);
+        the folder then remembers the database in ``store.json`` (without the password) and
+        later opens without *url* use it.  None: whatever the folder uses, SQLite for a new one.
+
+    One connection per thread (connections must not be shared across threads).  ``location``
+    says where the tables are (the file name, or the URL without password).
+
+    Raises
+    ------
+    StoreError
+        The URL is not PostgreSQL's or not the folder's, the server cannot be reached, or the
+        database holds another results folder's tables.
+    ValueError
+        The tables were written by another schema version.
     """
 
-    def __init__(self, results_dir: str | Path, *, create: bool = True):
+    def __init__(self, results_dir: str | Path, *, create: bool = True, url: str | None = None):
         self.root = Path(results_dir)
+        self.backend, pointer = resolve_backend(self.root, url, create=create)
+        self.location = self.backend.label
         self.path = self.root / DB_NAME
-        if not create and not self.path.is_file():
-            raise FileNotFoundError(
-                f"no results store ({DB_NAME}) in the results folder; run `discovery score` first")
-        self.root.mkdir(parents=True, exist_ok=True)
+        if create:
+            self.root.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         con = self._con()
-        found = None
-        if con.execute("SELECT name FROM sqlite_master WHERE name = 'meta'").fetchone():
-            row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            found = row[0] if row else None
-        if found is not None and found != str(SCHEMA_VERSION):
-            con.close()
-            self._local.con = None
-            raise ValueError(
-                f"the results store {DB_NAME} has schema version {found}; this version of the tool "
-                f"writes version {SCHEMA_VERSION}. Score into a new results folder.")
-        con.executescript(_schema())  # idempotent (IF NOT EXISTS); runs in its own transaction
+        try:
+            meta = {}
+            if con.has_table("meta"):
+                meta = dict(con.execute("SELECT key, value FROM meta WHERE key IN "
+                                        "('schema_version', 'results_id')").fetchall())
+            elif not create:
+                raise StoreError(f"the results database {self.location} holds no results "
+                                 "tables; run `discovery score` first")
+            found = meta.get("schema_version")
+            if found is not None and found != str(SCHEMA_VERSION):
+                raise ValueError(
+                    f"the results store {self.location} has schema version {found}; this "
+                    f"version of the tool writes version {SCHEMA_VERSION}. Score into a new "
+                    "results folder.")
+            stored_id = json.loads(meta["results_id"]) if "results_id" in meta else None
+            expected = (pointer or {}).get("results_id")
+            if self.backend.kind == "postgresql" and found is not None and stored_id != expected:
+                raise StoreError(
+                    f"the database {self.location} holds the tables of another results folder; "
+                    "give each results folder a database of its own (or a schema of its own "
+                    "with the URL parameter options=-csearch_path=NAME)")
+        except BaseException:
+            self.close()
+            raise
+        con.script(_schema(self.backend))  # idempotent (IF NOT EXISTS), one transaction
+        results_id = stored_id or expected or new_results_id()
         with self.write() as con:
-            con.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            for key, value in (("schema_version", str(SCHEMA_VERSION)),
+                               ("results_id", json.dumps(results_id))):
+                con.execute("INSERT INTO meta (key, value) VALUES (?, ?) "
+                            "ON CONFLICT (key) DO NOTHING", (key, value))
+        if self.backend.kind == "postgresql" and (pointer or {}).get("results_id") != results_id:
+            write_pointer(self.root, self.backend, results_id, SCHEMA_VERSION)
 
     # -- connections ---------------------------------------------------------------------
-    def _con(self) -> sqlite3.Connection:
+    def _con(self) -> _Connection:
         con = getattr(self._local, "con", None)
         if con is None:
-            con = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-            con.execute("PRAGMA journal_mode=WAL")
-            con.execute("PRAGMA busy_timeout=30000")
-            con.execute("PRAGMA foreign_keys=ON")
+            con = self.backend.connect()
             self._local.con = con
         return con
 
     @contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
-        """A ``BEGIN IMMEDIATE`` transaction, committed on success, rolled back on error."""
+    def write(self) -> Iterator[_Connection]:
+        """A write transaction (waits for other writers), committed on success, rolled back
+        on error."""
         con = self._con()
-        con.execute("BEGIN IMMEDIATE")
+        con.begin_write()
         try:
             yield con
         except BaseException:
-            con.execute("ROLLBACK")
+            con.rollback()
             raise
-        con.execute("COMMIT")
+        con.commit()
 
     def close(self) -> None:
         con = getattr(self._local, "con", None)
@@ -225,12 +287,13 @@ class ResultsStore:
             self._local.con = None
 
     def query(self, sql: str, params: Iterable[Any] = ()) -> pd.DataFrame:
-        return pd.read_sql_query(sql, self._con(), params=list(params))
+        """The rows of a read query (``?`` parameter marks) as a DataFrame."""
+        return self._con().frame(sql, params)
 
     # -- meta ----------------------------------------------------------------------------
     def set_meta(self, **values: Any) -> None:
         with self.write() as con:
-            con.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+            con.executemany(_upsert("meta", ["key", "value"], ("key",)),
                             [(k, json.dumps(v)) for k, v in values.items()])
 
     def meta(self) -> dict[str, Any]:
@@ -269,17 +332,18 @@ class ResultsStore:
             con.execute("DELETE FROM nodule_annotations WHERE case_id = ?", (cid,))
             self._insert(con, "nodule_annotations", ["case_id", "nodule_id", "name", "value"],
                          annotations or [])
-            con.execute(
-                f"INSERT OR REPLACE INTO cases ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
-                [_clean(case.get(c, "" if c == "error" else None)) for c in cols])
+            defaults = {"error": "", "n_nodules": 0}  # the NOT NULL columns' defaults
+            con.execute(_upsert("cases", cols, ("case_id",)),
+                        [_clean(defaults.get(c) if case.get(c) is None else case[c])
+                         for c in cols])
             self._insert(con, "nodules", FINDINGS_COLUMNS, nodules)
             self._insert(con, "regions", REGION_COLUMNS, regions)
             if manifest is None:
                 con.execute("DELETE FROM manifest WHERE case_id = ?", (cid,))
             else:
                 con.execute(
-                    "INSERT OR REPLACE INTO manifest (case_id, input_hash, model_hash, "
-                    "config_hash, status, error, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    _upsert("manifest", ["case_id", "input_hash", "model_hash", "config_hash",
+                                         "status", "error", "finished_at"], ("case_id",)),
                     (cid, str(manifest["input_hash"]), str(manifest["model_hash"]),
                      str(manifest["config_hash"]), case["status"], case.get("error") or "",
                      _now("milliseconds")))
@@ -316,7 +380,7 @@ class ResultsStore:
         """Replace the known true labels (``case_id``, ``nodule_id``, ``malignant`` 0/1)."""
         with self.write() as con:
             con.execute("DELETE FROM labels")
-            con.executemany("INSERT INTO labels VALUES (?, ?, ?)",
+            con.executemany("INSERT INTO labels (case_id, nodule_id, malignant) VALUES (?, ?, ?)",
                             [(str(r.case_id), str(r.nodule_id), int(r.malignant))
                              for r in labels.itertuples()])
 

@@ -67,13 +67,14 @@ def _tiny_case(case_id: str, *, nodule_yx, offmask_yx, probability: float, peak:
     return arrays, nodule, region
 
 
-def build_tiny_results(root: Path, *, with_regions: bool = True) -> Path:
+def build_tiny_results(root: Path, *, with_regions: bool = True, url: str | None = None) -> Path:
     """Write a tiny results folder: cases ``case-A`` and ``case-B`` (one nodule each, one
     off-mask region each, one pattern cluster) and a failed case ``case-C``.  With
-    ``with_regions=False`` the nodules have no off-mask regions and there are no clusters."""
+    ``with_regions=False`` the nodules have no off-mask regions and there are no clusters.
+    ``url``: keep the tables on that PostgreSQL database instead of SQLite."""
     from discovery.store import CLUSTER_COLUMNS, ResultsStore, save_case_arrays
 
-    store = ResultsStore(root)
+    store = ResultsStore(root, url=url)
     specs = {"case-A": dict(nodule_yx=(20, 16), offmask_yx=(10, 30), probability=0.83, peak=2.5),
              "case-B": dict(nodule_yx=(22, 22), offmask_yx=(32, 8), probability=0.21, peak=0.9)}
     keys = []
@@ -143,3 +144,37 @@ def _restore_main_module():
     yield
     if main is not None:
         sys.modules["__main__"] = main
+
+
+# -- PostgreSQL --------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A PostgreSQL server on loopback for this test session (``tests/_postgres.py``).
+
+    Skipped where no server binaries are installed, unless ``DISCOVERY_REQUIRE_POSTGRES=1``
+    (set by ``.ci/run``), which makes a missing server a failure."""
+    import os
+
+    from _postgres import start_server
+
+    try:
+        server = start_server()
+    except FileNotFoundError as exc:
+        if os.environ.get("DISCOVERY_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"DISCOVERY_REQUIRE_POSTGRES=1 but {exc}")
+        pytest.skip(str(exc))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(postgres_server, request):
+    """URL of a new, empty database on the session's PostgreSQL server (dropped after)."""
+    import re
+    import uuid
+
+    name = "t_" + re.sub(r"[^a-z0-9]+", "_", request.node.name.lower())[:40] + "_" + uuid.uuid4().hex[:6]
+    url = postgres_server.create_database(name)
+    yield url
+    postgres_server.drop_database(name)

@@ -13,7 +13,6 @@ import multiprocessing
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -141,10 +140,14 @@ def test_rerun_skips_unchanged_cases_and_retries_failed_ones(reference, cohort, 
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_to_identical_tables(reference, cohort, model_dir, tmp_path):
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_killed_run_resumes_to_identical_tables(backend, reference, cohort, model_dir, tmp_path,
+                                                request):
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "discovery.cli", "score", str(cohort), "--out", str(out),
            "--model", str(model_dir)]
+    if backend == "postgresql":  # tables on a real server on loopback (tests/_postgres.py)
+        cmd += ["--store", request.getfixturevalue("pg_url")]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     try:
@@ -176,13 +179,15 @@ def test_killed_run_resumes_to_identical_tables(reference, cohort, model_dir, tm
     after = _manifest(out)
     assert sorted(after) == sorted(_manifest(reference[0]))
     assert all(after[c] == done[c] for c in done if done[c][3] != "failed")  # not recomputed
-    con = sqlite3.connect(out / "discovery.sqlite")
+    store = ResultsStore(out, create=False)
     try:
-        n_cases, n_distinct = con.execute("SELECT COUNT(*), COUNT(DISTINCT case_id) FROM cases").fetchone()
-        n_nodules = con.execute("SELECT COUNT(*) FROM nodules").fetchone()[0]
+        counts = store.query("SELECT COUNT(*) AS n, COUNT(DISTINCT case_id) AS d FROM cases")
+        n_nodules = int(store.query("SELECT COUNT(*) AS n FROM nodules")["n"].iloc[0])
+        assert store.backend.kind == backend
     finally:
-        con.close()
-    assert (n_cases, n_distinct, n_nodules) == (N_CASES, N_CASES, 15)
+        store.close()
+    assert (int(counts["n"].iloc[0]), int(counts["d"].iloc[0]), n_nodules) == (N_CASES, N_CASES, 15)
+    assert (out / "discovery.sqlite").exists() == (backend == "sqlite")
     assert sorted(p.name for p in (out / "cases").iterdir()) == sorted(
         p.name for p in (reference[0] / "cases").iterdir())
 

@@ -6,6 +6,8 @@ Each writer is one reviewer and saves N_WRITES verdicts over N_ITEMS items that 
 also writes (so reviewers overlap on every item, and each reviewer resubmits each item 2-3
 times).  Afterwards: no writer failed, one reviews row per (item, reviewer) holding that
 reviewer's last verdict, one audit row per write with a consistent old -> new chain, WAL.
+The eight processes run against SQLite and against a PostgreSQL server on loopback
+(``tests/_postgres.py``), the store of groups whose reviewers work from several machines.
 
 The writer processes import :mod:`discovery.store` (light: its column lists come from
 :mod:`discovery.columns`, so no torch or scikit-learn is imported in the writers).
@@ -100,19 +102,25 @@ def _check_store(root) -> None:
     # the writers really overlapped: not one writer after the other (7 switches) but interleaved
     order = audit.sort_values("id")["reviewer"].tolist()
     assert sum(a != b for a, b in itertools.pairwise(order)) > N_WRITERS - 1
+    kind = store.backend.kind
     store.close()
-    con = sqlite3.connect(root / DB_NAME)
-    try:
-        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    finally:
-        con.close()
+    if kind == "sqlite":
+        con = sqlite3.connect(root / DB_NAME)
+        try:
+            assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        finally:
+            con.close()
 
 
 @pytest.mark.slow
-def test_eight_writer_processes_at_once(tmp_path):
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_eight_writer_processes_at_once(backend, tmp_path, request):
+    """On PostgreSQL the writers find the database through the folder's store.json."""
     from discovery import store
 
-    store.ResultsStore(tmp_path).close()  # an empty results store, schema written once
+    url = request.getfixturevalue("pg_url") if backend == "postgresql" else None
+    store.ResultsStore(tmp_path, url=url).close()  # an empty results store, schema written once
+    assert (tmp_path / "store.json").exists() == (backend == "postgresql")
     assert tuple(CHOICES) == store.NODULE_REVIEW_CHOICES
     repo, tests = Path(__file__).resolve().parents[1], Path(__file__).resolve().parent
     procs = [subprocess.Popen(
