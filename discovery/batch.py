@@ -44,7 +44,9 @@ Workers and determinism
 -----------------------
 With ``workers > 1`` the per-case work (read, analyse, write arrays) runs in a pool of
 ``spawn`` processes, each loading the model once and using ``cpu_count // workers`` torch
-threads, while the parent alone writes to the store (one SQLite writer).  A worker that dies
+threads, while the parent alone writes to the store (one writer).  On a first run into a
+results folder the workers start (and load the model) while the parent hashes the inputs.
+A worker that dies
 (killed, out of memory, a crash in native code) breaks the pool: the cases it was running
 are each retried once, alone, in a fresh pool, and recorded as failed if that worker dies
 too; the batch goes on.  (With ``workers=1`` the cases run in the calling process: such a
@@ -54,7 +56,9 @@ the workers must see the inputs, the model and the results folder at the same pa
 torch thread per worker thread unless ``torch_threads`` says otherwise); the calling process
 still writes the store as results arrive, and a case whose workers keep dying is recorded
 as failed after the scheduler's allowed failures (:mod:`discovery.executors`).  The pattern
-clustering runs once, in the calling process, after every case is done.  The tables do not
+clustering runs once, in the calling process, after every case is done; the re-scoring of
+its causal check runs case by case on the local pool's workers when there is a pool
+(:func:`discovery.causal.pattern_effects`, ``run``), else in the calling process.  The tables do not
 depend on the number of workers, on the order cases finish in, or on resuming: rows are
 sorted by their keys, floats are written as ``%.6g`` and no timestamp is in them
 (``scored_at`` and ``finished_at`` stay in the store).
@@ -63,6 +67,7 @@ sorted by their keys, floats are written as ``%.6g`` and no timestamp is in them
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -71,6 +76,7 @@ import re
 import threading
 import time
 import uuid
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,7 +93,7 @@ from data_tools.volume import Mask, Volume
 from .descriptors import describe_region
 from .executors import (WORKER_DIED, WORKER_KILLED, ExecutorFactory, dask_client, run_dask,
                         run_pool, spawn_pool)
-from .causal import pattern_effects
+from .causal import CaseRunner, pattern_effects
 from .model import load_model
 from .patterns import PatternSettings, cluster_regions
 from .pipeline import CaseResult, ScoreSettings, analyze_scan
@@ -376,13 +382,10 @@ def _compute_case(spec: CaseSpec, model, card, results_dir: Path, settings: Scor
 _WORKER_MODELS = threading.local()
 
 
-def _work(spec: CaseSpec, model_dir: str | None, results_dir: Path, settings: ScoreSettings,
-          max_bytes: int | None, input_path: Path | str, threads: int,
-          weights_sha256: str | None = None) -> Payload:
-    """One case in a worker (a pool process or a Dask worker thread).  The model is loaded
-    once per thread (a Dask worker may run several cases at once, and the attribution hooks
-    are registered on the module), with *threads* torch threads; it must have the weights
-    the batch uses (*weights_sha256*), else the case fails with a message saying so."""
+def _worker_model(model_dir: str | None, threads: int, weights_sha256: str | None):
+    """The model of this worker thread, loaded once (a Dask worker may run several cases at
+    once, and the attribution hooks are registered on the module), with *threads* torch
+    threads; it must have the weights the batch uses (*weights_sha256*)."""
     cache = _WORKER_MODELS.__dict__
     key = (model_dir, weights_sha256)
     if key not in cache:
@@ -396,17 +399,72 @@ def _work(spec: CaseSpec, model_dir: str | None, results_dir: Path, settings: Sc
                 f"but the batch uses {weights_sha256[:12]}...; workers must see the same files "
                 "(the same model folder) as the machine that runs the batch", path=model_dir)
         cache[key] = (model, card)
-    model, card = cache[key]
+    return cache[key]
+
+
+def _work(spec: CaseSpec, model_dir: str | None, results_dir: Path, settings: ScoreSettings,
+          max_bytes: int | None, input_path: Path | str, threads: int,
+          weights_sha256: str | None = None) -> Payload:
+    """One case in a worker (a pool process or a Dask worker thread), with the worker's
+    model (:func:`_worker_model`); a model with other weights than the batch's makes the
+    case fail with a message saying so."""
+    model, card = _worker_model(model_dir, threads, weights_sha256)
     return _compute_case(spec, model, card, results_dir, settings, max_bytes, input_path)
 
 
+def _warm_worker(model_dir: str | None, threads: int, weights_sha256: str | None) -> None:
+    """Load the worker's model ahead of its first case (errors are left to the cases)."""
+    try:
+        _worker_model(model_dir, threads, weights_sha256)
+    except Exception:  # noqa: BLE001 -- the cases report it, with their own messages
+        pass
+
+
+def _stored_case(results_dir: str | Path, case_id: str):
+    """``(Volume, Mask, region_map)`` of a stored case (the causal check's loader)."""
+    a = load_case_arrays(results_dir, case_id)
+    affine = a["affine"]
+    return (Volume(a["ct"].astype(np.float32), affine), Mask(a["mask"], affine),
+            a["region_map"])
+
+
+def _causal_work(step: Callable, case_id: str, rows: pd.DataFrame, options: dict,
+                 model_dir: str | None, results_dir: Path, threads: int,
+                 weights_sha256: str | None):
+    """One case's step of the causal check (:func:`discovery.causal.case_deltas` or
+    :func:`~discovery.causal.case_without`) in a worker process."""
+    model, card = _worker_model(model_dir, threads, weights_sha256)
+    return step(case_id, rows, load=functools.partial(_stored_case, results_dir), model=model,
+                card=card, **options)
+
+
+def _pool_runner(pool, args: tuple, model, card, results_dir: Path):
+    """A :data:`discovery.causal.CaseRunner` on the worker pool of a batch (*args*: model
+    folder, results folder, threads, weights hash); when the pool fails, the steps run here
+    (same results)."""
+    def run(step, jobs):
+        try:
+            futures = [pool.submit(_causal_work, step, case_id, rows, options, *args)
+                       for case_id, rows, options in jobs]
+            return [f.result() for f in futures]
+        except BrokenProcessPool:
+            log.warning("a worker process died during the causal check; finishing it in the "
+                        "main process")
+        load = functools.partial(_stored_case, results_dir)
+        return [step(case_id, rows, load=load, model=model, card=card, **options)
+                for case_id, rows, options in jobs]
+    return run
+
+
 def recluster(store: ResultsStore, settings: PatternSettings = PatternSettings(), *,
-              model=None, card=None, results_dir: str | Path | None = None) -> int:
+              model=None, card=None, results_dir: str | Path | None = None,
+              run: CaseRunner | None = None) -> int:
     """Cluster all off-mask regions in the store; return the number of clusters.
 
     With ``model``, ``card`` and ``results_dir``, every cluster also gets its causal check
     and the nodules their shortcut flags (:func:`discovery.causal.pattern_effects`), scans
-    read back from ``results_dir/cases/<case_id>.npz``.
+    read back from ``results_dir/cases/<case_id>.npz``; *run* computes its per-case steps
+    elsewhere (e.g. on the batch's worker pool).
     """
     regions = store.regions()
     if regions.empty:
@@ -420,15 +478,10 @@ def recluster(store: ResultsStore, settings: PatternSettings = PatternSettings()
     clustered, clusters = cluster_regions(regions, settings=settings)
     flags = None
     if model is not None and card is not None and results_dir is not None and len(clusters):
-        def load(case_id: str):
-            a = load_case_arrays(results_dir, case_id)
-            affine = a["affine"]
-            return (Volume(a["ct"].astype(np.float32), affine), Mask(a["mask"], affine),
-                    a["region_map"])
-
         clusters, flags = pattern_effects(
-            clustered, clusters, load=load, model=model, card=card,
-            threshold=float(card.metrics.get("threshold", 0.5)), seed=settings.seed)
+            clustered, clusters, load=functools.partial(_stored_case, results_dir), model=model,
+            card=card, threshold=float(card.metrics.get("threshold", 0.5)), seed=settings.seed,
+            run=run)
     store.set_patterns(clustered, clusters, flags)
     return int(len(clusters))
 
@@ -566,7 +619,8 @@ def score_folder(
         :class:`discovery.store.ResultsStore`) instead of ``discovery.sqlite``.
     torch_threads : int, optional
         Torch threads of each worker (default: 1 per Dask worker thread; ``cpu_count //
-        workers`` in the local pool).
+        workers`` in the local pool; with one worker, in this process, torch's own setting,
+        set to *torch_threads* for the call and restored after).
     _compute : callable, optional
         For tests only: runs in place of the per-case worker function (``_work``'s
         signature) in the pool or on the cluster.
@@ -600,6 +654,17 @@ def score_folder(
                        roi_spacing_mm=list(card.roi_spacing_mm), gradcam_layer=card.gradcam_layer,
                        method=settings.method, hu_window=list(card.hu_window),
                        threshold=float(card.metrics.get("threshold", 0.5)))
+        kept: list = []  # the local pool, kept running after the cases (run_pool)
+        stack.callback(lambda: [p.shutdown(wait=True, cancel_futures=True) for p in kept])
+        threads = int(torch_threads or max(1, (os.cpu_count() or 1) // int(workers)))
+        if int(workers) > 1 and client is None and specs and store.manifest().empty:
+            # a first run into this folder scores every case: start the workers now, so that
+            # their start-up (importing torch, loading the model) overlaps the hashing below
+            warm = (executor_factory or spawn_pool)(min(int(workers), len(specs)))
+            kept.append(warm)
+            for _ in range(min(int(workers), len(specs))):
+                warm.submit(_warm_worker, None if model_dir is None else str(model_dir), threads,
+                            card.weights_sha256)
         memo: FileMemo = {}
         hashes = {s.case_id: {"input_hash": case_input_hash(s, exclude=results_dir, memo=memo),
                               "model_hash": card.weights_sha256,
@@ -642,13 +707,18 @@ def score_folder(
                 todo, work, (*task, int(torch_threads or 1), card.weights_sha256), client,
                 keys, fail)))
         elif int(workers) == 1:
+            if torch_threads is not None:
+                import torch
+
+                stack.callback(torch.set_num_threads, torch.get_num_threads())
+                torch.set_num_threads(int(torch_threads))
             finished = ((s, _compute_case(s, model, card, results_dir, settings, max_bytes,
                                           input_path)) for s in todo)
         else:
-            threads = int(torch_threads or max(1, (os.cpu_count() or 1) // int(workers)))
+            first = kept.pop() if kept else None
             finished = run_pool(todo, work, (*task, threads, card.weights_sha256),
                                 max(1, min(int(workers), len(todo))),
-                                executor_factory or spawn_pool, fail)
+                                executor_factory or spawn_pool, fail, keep=kept, first=first)
         for spec, payload in finished:
             row = payload["case"]
             store.put_case(row, payload["nodules"], payload["regions"], payload["annotations"],
@@ -660,14 +730,20 @@ def score_folder(
             if progress is not None:
                 progress(done, len(specs), spec.case_id)
 
-    ids = sorted(status)
-    marks = ", ".join("?" * len(ids))
-    n_nod = int(store.query(f"SELECT COUNT(*) AS n FROM nodules WHERE case_id IN ({marks})",
-                            ids)["n"].iloc[0]) if ids else 0
-    n_reg = int(store.query(f"SELECT COUNT(*) AS n FROM regions WHERE case_id IN ({marks})",
-                            ids)["n"].iloc[0]) if ids else 0
-    n_clusters = recluster(store, pattern_settings, model=model, card=card, results_dir=results_dir)
-    write_tables(store, results_dir)
+        ids = sorted(status)
+        marks = ", ".join("?" * len(ids))
+        n_nod = int(store.query(f"SELECT COUNT(*) AS n FROM nodules WHERE case_id IN ({marks})",
+                                ids)["n"].iloc[0]) if ids else 0
+        n_reg = int(store.query(f"SELECT COUNT(*) AS n FROM regions WHERE case_id IN ({marks})",
+                                ids)["n"].iloc[0]) if ids else 0
+        # the pool, its workers' models loaded, also runs the causal check's cases
+        runner = (_pool_runner(kept[0], (task[0], results_dir, threads, card.weights_sha256),
+                               model, card, results_dir) if kept and _compute is None else None)
+        n_clusters = recluster(store, pattern_settings, model=model, card=card,
+                               results_dir=results_dir, run=runner)
+        for pool in kept:  # the workers exit while the tables are written
+            pool.shutdown(wait=False, cancel_futures=True)
+        write_tables(store, results_dir)
     store.close()
     counts = list(status.values())
     return BatchSummary(

@@ -38,6 +38,9 @@ __all__ = [
     "Effect",
     "summarize_effects",
     "rescore_without",
+    "case_deltas",
+    "case_without",
+    "CaseRunner",
     "pattern_effects",
     "EFFECT_COLUMNS",
     "FLAG_COLUMNS",
@@ -263,6 +266,62 @@ def _regions_by_case(regions: pd.DataFrame):
         yield str(case_id), rows
 
 
+def _removal(region_map: np.ndarray, case_regions, reach_mm: float, spacing_mm) -> np.ndarray:
+    return grow_mm(np.isin(region_map, np.asarray(case_regions, dtype=int)), reach_mm, spacing_mm)
+
+
+def case_deltas(case_id: str, rows: pd.DataFrame, *, load: CaseLoader, model: torch.nn.Module,
+                card: ModelCard, clusters, seed: int = 0, reach_mm: float = 3.0):
+    """One case's part of the causal check (:func:`pattern_effects`): for each of its
+    nodules and each cluster in *clusters* with member regions in *rows*, ``(nodule_id,
+    cluster, p_before, p_after)``, sorted by nodule and cluster; None when the case's stored
+    arrays cannot be read."""
+    loaded = _try_load(load, case_id)
+    if loaded is None:
+        return None
+    volume, mask, region_map = loaded
+    sites = {s.nodule_id: s for s in nodule_sites(mask)}
+    protect = mask.array > 0
+    known = {int(c) for c in clusters}
+    out = []
+    for (nodule_id, c), grp in rows.groupby(["nodule_id", "cluster"], sort=True):
+        site = sites.get(str(nodule_id))
+        if site is None or int(c) not in known:
+            continue
+        remove = _removal(region_map, grp["case_region"], reach_mm, volume.spacing_mm)
+        p0, p1 = rescore_without(model, card, volume, site.center_zyx, remove,
+                                 protect=protect, seed=seed)
+        out.append((str(nodule_id), int(c), p0, p1))
+    return out
+
+
+def case_without(case_id: str, rows: pd.DataFrame, *, load: CaseLoader,
+                 model: torch.nn.Module, card: ModelCard, seed: int = 0,
+                 reach_mm: float = 3.0):
+    """One case's part of the shortcut flag (:func:`pattern_effects`): ``{nodule_id:
+    p_without}``, the probability of each nodule of *rows* with all its regions in *rows*
+    removed together; None when the case's stored arrays cannot be read."""
+    loaded = _try_load(load, case_id)
+    if loaded is None:
+        return None
+    volume, mask, region_map = loaded
+    sites = {s.nodule_id: s for s in nodule_sites(mask)}
+    protect = mask.array > 0
+    out = {}
+    for nodule_id, grp in rows.groupby(rows["nodule_id"].astype(str), sort=True):
+        remove = _removal(region_map, grp["case_region"], reach_mm, volume.spacing_mm)
+        _, out[nodule_id] = rescore_without(model, card, volume, sites[nodule_id].center_zyx,
+                                            remove, protect=protect, seed=seed)
+    return out
+
+
+#: ``run(step, jobs) -> results``: computes ``step(case_id, rows, **kwargs)`` for each
+#: ``(case_id, rows, kwargs)`` of *jobs* (``step`` is :func:`case_deltas` or
+#: :func:`case_without`; the runner supplies ``load``, ``model`` and ``card``), results in the
+#: order of *jobs*.  E.g. on the worker processes of a batch.
+CaseRunner = Callable[[Callable[..., object], list], list]
+
+
 def pattern_effects(
     regions: pd.DataFrame,
     clusters: pd.DataFrame,
@@ -274,6 +333,7 @@ def pattern_effects(
     min_effect: float = 0.05,
     seed: int = 0,
     reach_mm: float = 3.0,
+    run: CaseRunner | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The causal check of every cluster, and the case-level shortcut flag.
 
@@ -307,6 +367,10 @@ def pattern_effects(
         Decision threshold of the model.
     min_effect : float
         Smallest absolute mean change in probability called reliance.
+    run : callable, optional
+        Computes the per-case steps elsewhere (:data:`CaseRunner`, e.g. on a batch's worker
+        processes); default: here, one case after the other, with *load*, *model*, *card*.
+        The result does not depend on where the steps run.
 
     Returns
     -------
@@ -322,28 +386,23 @@ def pattern_effects(
             raise ValueError(f"regions is missing column {col!r}; pass cluster_regions() output")
     if "cluster" not in clusters.columns:
         raise ValueError("clusters is missing column 'cluster'")
+    if run is None:
+        def run(step, jobs):
+            return [step(case_id, rows, load=load, model=model, card=card, **kw)
+                    for case_id, rows, kw in jobs]
     clustered = regions[regions["cluster"].astype(int) >= 0]
     deltas: dict[int, list[float]] = {int(c): [] for c in clusters["cluster"]}
     base: dict[tuple[str, str], float] = {}
     unreadable: set[str] = set()
-    for case_id, rows in _regions_by_case(clustered):
-        loaded = _try_load(load, case_id)
-        if loaded is None:
+    by_case = list(_regions_by_case(clustered))
+    options = {"clusters": sorted(deltas), "seed": seed, "reach_mm": reach_mm}
+    for (case_id, _), found in zip(by_case, run(case_deltas, [(c, r, options) for c, r in by_case])):
+        if found is None:
             unreadable.add(case_id)
             continue
-        volume, mask, region_map = loaded
-        sites = {s.nodule_id: s for s in nodule_sites(mask)}
-        protect = mask.array > 0
-        for (nodule_id, c), grp in rows.groupby(["nodule_id", "cluster"], sort=True):
-            site = sites.get(str(nodule_id))
-            if site is None or int(c) not in deltas:
-                continue
-            remove = grow_mm(np.isin(region_map, grp["case_region"].astype(int).to_numpy()),
-                             reach_mm, volume.spacing_mm)
-            p0, p1 = rescore_without(model, card, volume, site.center_zyx, remove,
-                                     protect=protect, seed=seed)
-            base[(case_id, str(nodule_id))] = p0
-            deltas[int(c)].append(p1 - p0)
+        for nodule_id, c, p0, p1 in found:
+            base[(case_id, nodule_id)] = p0
+            deltas[c].append(p1 - p0)
     out = clusters.copy()
     effects = {c: summarize_effects(d, min_effect=min_effect, seed=seed) for c, d in deltas.items()}
     out["effect_n"] = [effects[int(c)].n for c in out["cluster"]]
@@ -353,27 +412,21 @@ def pattern_effects(
     out["relied_upon"] = [bool(effects[int(c)].relied_upon) for c in out["cluster"]]
 
     supporting = {c for c, e in effects.items() if e.relied_upon and e.mean_delta < 0}
+    readable = [(c, r) for c, r in by_case if c not in unreadable]
+    mine = {c: r[r["cluster"].astype(int).isin(supporting)] for c, r in readable}
+    # only the cases with regions in supporting clusters are read again
+    again = [(c, mine[c], {"seed": seed, "reach_mm": reach_mm}) for c, _ in readable if len(mine[c])]
+    without = dict(zip([c for c, _, _ in again], run(case_without, again)))
     flags = []
-    for case_id, rows in _regions_by_case(clustered):
-        if case_id in unreadable:
+    for case_id, rows in readable:
+        if case_id in without and without[case_id] is None:
             continue
-        mine = rows[rows["cluster"].astype(int).isin(supporting)]
-        if len(mine):  # only cases with regions in supporting clusters are read again
-            loaded = _try_load(load, case_id)
-            if loaded is None:
-                continue
-            volume, mask, region_map = loaded
-            sites = {s.nodule_id: s for s in nodule_sites(mask)}
         for nodule_id in sorted(rows["nodule_id"].astype(str).unique()):
             p0 = base[(case_id, nodule_id)]
-            sel = mine[mine["nodule_id"].astype(str) == nodule_id]
+            sel = mine[case_id][mine[case_id]["nodule_id"].astype(str) == nodule_id]
             p_without, ids = float("nan"), ""
             if len(sel):
-                site = sites[nodule_id]
-                remove = grow_mm(np.isin(region_map, sel["case_region"].astype(int).to_numpy()),
-                                 reach_mm, volume.spacing_mm)
-                _, p_without = rescore_without(model, card, volume, site.center_zyx, remove,
-                                               protect=mask.array > 0, seed=seed)
+                p_without = without[case_id][nodule_id]
                 ids = ",".join(str(c) for c in sorted(sel["cluster"].astype(int).unique()))
             score = max(0.0, p0 - p_without) if np.isfinite(p_without) else 0.0
             flagged = bool(np.isfinite(p_without) and p0 >= threshold and p_without < threshold)

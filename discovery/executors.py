@@ -81,16 +81,21 @@ def spawn_pool(workers: int) -> Executor:
 
 
 def run_pool(todo: list[CaseSpec], work: Work, args: tuple, workers: int,
-             factory: ExecutorFactory, fail: Fail) -> Iterator[tuple[CaseSpec, Payload]]:
+             factory: ExecutorFactory, fail: Fail, *, keep: list | None = None,
+             first: Executor | None = None) -> Iterator[tuple[CaseSpec, Payload]]:
     """Yield ``(spec, payload)`` as cases finish in a pool of *workers* (module docstring:
     a broken pool's cases are retried alone, once).  At most *workers* cases are in flight,
     so a broken pool names at most that many suspects.  *args*: the arguments of *work*
-    after the case."""
+    after the case.  *keep*: a list that receives the last pool, still running, when every
+    case has finished and no worker died (the caller then shuts it down), instead of the
+    pool being shut down here.  *first*: a pool already started (e.g. warming up) to use
+    before any made by *factory*; it is shut down here (or kept) like those."""
     queue = deque(todo)
     while queue:
         suspects: list[CaseSpec] = []
         running: dict = {}
-        pool = factory(workers)
+        pool, first = (first, None) if first is not None else (factory(workers), None)
+        healthy = False
         try:
             while queue or running:
                 while queue and len(running) < workers and not suspects:
@@ -115,8 +120,12 @@ def run_pool(todo: list[CaseSpec], work: Work, args: tuple, workers: int,
                     yield spec, payload
                 if suspects and not running:
                     break
+            healthy = not suspects and not queue and not running
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            if keep is not None and healthy:
+                keep.append(pool)
+            else:
+                pool.shutdown(wait=True, cancel_futures=True)
         for spec in suspects:
             log.warning("a worker process died while scoring case %s or one beside it; "
                         "retrying the case alone", spec.case_id)

@@ -320,8 +320,29 @@ def test_put_case_without_hashes_drops_the_manifest_row(tmp_path):
 
 
 @pytest.mark.slow
+class _Recording(ProcessPoolExecutor):
+    """A spawn pool that records the names of the functions submitted to it."""
+
+    submitted: list[str] = []
+
+    def submit(self, fn, /, *args, **kwargs):
+        self.submitted.append(fn.__name__)
+        return super().submit(fn, *args, **kwargs)
+
+
 def test_two_workers_write_identical_tables(reference, cohort, model_dir, tmp_path):
-    summary = score_folder(cohort, tmp_path / "w2", model_dir=model_dir, workers=2)
+    """The cases and then the causal check's re-scoring run on the pool's workers, and the
+    tables are byte-identical to one worker's."""
+    _Recording.submitted = []
+    summary = score_folder(cohort, tmp_path / "w2", model_dir=model_dir, workers=2,
+                           executor_factory=lambda n: _Recording(
+                               max_workers=n, mp_context=multiprocessing.get_context("spawn")))
+    got = _Recording.submitted
+    # a first run: both workers load the model while the inputs are hashed, then the cases,
+    # then the causal check
+    assert got[:2] == ["_warm_worker"] * 2 and got.count("_work") == N_CASES
+    assert got.index("_causal_work") > max(i for i, name in enumerate(got) if name == "_work")
+    assert summary.n_clusters >= 1
     assert (summary.n_ok, summary.n_no_mask, summary.n_failed) == (5, 1, 1)
     assert summary.failed == reference[1].failed
     assert _tables(tmp_path / "w2") == _tables(reference[0])

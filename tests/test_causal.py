@@ -138,6 +138,34 @@ def test_pattern_effects_finds_the_relied_upon_cluster_and_flags_its_nodules():
     assert (f.loc[["c0", "c1", "c2", "c3"], "flag_clusters"] == "0").all()
 
 
+def test_a_runner_elsewhere_gives_the_same_effects_and_flags():
+    """pattern_effects(run=...): the per-case steps computed by a runner (here in reverse
+    order of the jobs, results put back in order) give exactly the in-place result."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cases = {f"c{i}": _case(i, with_bead=i < 4) for i in range(5)}
+    rows = [{"case_id": cid, "nodule_id": "n1", "case_region": k, "cluster": c}
+            for cid in cases for k, c in ((1, 0), (2, 1)) if cid != "c4" or c == 1]
+    regions, clusters = pd.DataFrame(rows), pd.DataFrame({"cluster": [0, 1]})
+    steps = []
+
+    def run(step, jobs):
+        steps.append((step.__name__, [j[0] for j in jobs]))
+        with ThreadPoolExecutor(2) as pool:
+            futures = [pool.submit(step, cid, r, load=cases.__getitem__, model=BeadDetector(),
+                                   card=ModelCard(), **kw) for cid, r, kw in reversed(jobs)]
+        return [f.result() for f in reversed(futures)]
+
+    here = pattern_effects(regions, clusters, load=cases.__getitem__, model=BeadDetector(),
+                           card=ModelCard())
+    there = pattern_effects(regions, clusters, load=None, model=None, card=ModelCard(), run=run)
+    for a, b in zip(here, there):
+        pd.testing.assert_frame_equal(a, b)
+    # every case's deltas; again only the cases with regions in the supporting cluster 0
+    # (c4 has none)
+    assert steps == [("case_deltas", list(cases)), ("case_without", ["c0", "c1", "c2", "c3"])]
+
+
 def test_an_unreadable_case_is_skipped_not_fatal(caplog):
     cases = {f"c{i}": _case(i, with_bead=i < 4) for i in range(5)}
 
