@@ -60,12 +60,15 @@ pytestmark = [
 
 @pytest.fixture
 def results(tmp_path) -> Path:
-    """The results folder the app shows; a private copy, as the test writes a review."""
+    """The results folder the app shows; a private copy, as the test writes a review (with
+    the tables on PostgreSQL the copy names the same database: the review goes there)."""
     given = os.environ.get("DISCOVERY_BROWSER_RESULTS")
     if given:
         src = Path(given)
-        if not (src / "discovery.sqlite").is_file():
-            pytest.fail(f"DISCOVERY_BROWSER_RESULTS has no discovery.sqlite: {src}")
+        from discovery.store import store_exists
+
+        if not store_exists(src):  # discovery.sqlite, or store.json naming a PostgreSQL database
+            pytest.fail(f"DISCOVERY_BROWSER_RESULTS has no results store: {src}")
         return Path(shutil.copytree(src, tmp_path / "results",
                                     ignore=shutil.ignore_patterns("*.sqlite-wal", "*.sqlite-shm")))
     return build_tiny_results(tmp_path / "results")
