@@ -93,7 +93,7 @@ from data_tools.volume import Mask, Volume
 from .descriptors import describe_region
 from .executors import (WORKER_DIED, WORKER_KILLED, ExecutorFactory, dask_client, run_dask,
                         run_pool, spawn_pool)
-from .causal import CaseRunner, pattern_effects
+from .causal import CaseRunner, pattern_effects, run_here
 from .model import load_model
 from .patterns import PatternSettings, cluster_regions
 from .pipeline import CaseResult, ScoreSettings, analyze_scan
@@ -450,9 +450,7 @@ def _pool_runner(pool, args: tuple, model, card, results_dir: Path):
         except BrokenProcessPool:
             log.warning("a worker process died during the causal check; finishing it in the "
                         "main process")
-        load = functools.partial(_stored_case, results_dir)
-        return [step(case_id, rows, load=load, model=model, card=card, **options)
-                for case_id, rows, options in jobs]
+        return run_here(functools.partial(_stored_case, results_dir), model, card)(step, jobs)
     return run
 
 

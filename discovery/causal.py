@@ -41,6 +41,7 @@ __all__ = [
     "case_deltas",
     "case_without",
     "CaseRunner",
+    "run_here",
     "pattern_effects",
     "EFFECT_COLUMNS",
     "FLAG_COLUMNS",
@@ -266,6 +267,16 @@ def _regions_by_case(regions: pd.DataFrame):
         yield str(case_id), rows
 
 
+def _open_case(load: CaseLoader, case_id: str):
+    """``(volume, region_map, sites by nodule id, protect)`` of a case, *protect* being every
+    annotated nodule's voxels; None when its stored arrays cannot be read."""
+    loaded = _try_load(load, case_id)
+    if loaded is None:
+        return None
+    volume, mask, region_map = loaded
+    return volume, region_map, {s.nodule_id: s for s in nodule_sites(mask)}, mask.array > 0
+
+
 def _removal(region_map: np.ndarray, case_regions, reach_mm: float, spacing_mm) -> np.ndarray:
     return grow_mm(np.isin(region_map, np.asarray(case_regions, dtype=int)), reach_mm, spacing_mm)
 
@@ -276,12 +287,10 @@ def case_deltas(case_id: str, rows: pd.DataFrame, *, load: CaseLoader, model: to
     nodules and each cluster in *clusters* with member regions in *rows*, ``(nodule_id,
     cluster, p_before, p_after)``, sorted by nodule and cluster; None when the case's stored
     arrays cannot be read."""
-    loaded = _try_load(load, case_id)
-    if loaded is None:
+    opened = _open_case(load, case_id)
+    if opened is None:
         return None
-    volume, mask, region_map = loaded
-    sites = {s.nodule_id: s for s in nodule_sites(mask)}
-    protect = mask.array > 0
+    volume, region_map, sites, protect = opened
     known = {int(c) for c in clusters}
     out = []
     for (nodule_id, c), grp in rows.groupby(["nodule_id", "cluster"], sort=True):
@@ -301,12 +310,10 @@ def case_without(case_id: str, rows: pd.DataFrame, *, load: CaseLoader,
     """One case's part of the shortcut flag (:func:`pattern_effects`): ``{nodule_id:
     p_without}``, the probability of each nodule of *rows* with all its regions in *rows*
     removed together; None when the case's stored arrays cannot be read."""
-    loaded = _try_load(load, case_id)
-    if loaded is None:
+    opened = _open_case(load, case_id)
+    if opened is None:
         return None
-    volume, mask, region_map = loaded
-    sites = {s.nodule_id: s for s in nodule_sites(mask)}
-    protect = mask.array > 0
+    volume, region_map, sites, protect = opened
     out = {}
     for nodule_id, grp in rows.groupby(rows["nodule_id"].astype(str), sort=True):
         remove = _removal(region_map, grp["case_region"], reach_mm, volume.spacing_mm)
@@ -320,6 +327,14 @@ def case_without(case_id: str, rows: pd.DataFrame, *, load: CaseLoader,
 #: :func:`case_without`; the runner supplies ``load``, ``model`` and ``card``), results in the
 #: order of *jobs*.  E.g. on the worker processes of a batch.
 CaseRunner = Callable[[Callable[..., object], list], list]
+
+
+def run_here(load: CaseLoader, model: torch.nn.Module, card: ModelCard) -> CaseRunner:
+    """The :data:`CaseRunner` that computes the steps here, one case after the other."""
+    def run(step, jobs):
+        return [step(case_id, rows, load=load, model=model, card=card, **options)
+                for case_id, rows, options in jobs]
+    return run
 
 
 def pattern_effects(
@@ -387,9 +402,7 @@ def pattern_effects(
     if "cluster" not in clusters.columns:
         raise ValueError("clusters is missing column 'cluster'")
     if run is None:
-        def run(step, jobs):
-            return [step(case_id, rows, load=load, model=model, card=card, **kw)
-                    for case_id, rows, kw in jobs]
+        run = run_here(load, model, card)
     clustered = regions[regions["cluster"].astype(int) >= 0]
     deltas: dict[int, list[float]] = {int(c): [] for c in clusters["cluster"]}
     base: dict[tuple[str, str], float] = {}

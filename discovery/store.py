@@ -220,7 +220,6 @@ class ResultsStore:
         self.root = Path(results_dir)
         self.backend, pointer = resolve_backend(self.root, url, create=create)
         self.location = self.backend.label
-        self.path = self.root / DB_NAME
         if create:
             self.root.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
