@@ -3,9 +3,10 @@
 One synthetic cohort (``discovery sample``: DICOM series + NIfTI masks, default 6 cases,
 seed 7) is scored with the demo model (or ``--model``) into a fresh results folder per row:
 ``workers=1`` (in the calling process, torch using every core for the network's layers),
-``workers=2`` (a ``spawn`` pool, one torch thread per worker; its start-up, each worker
-importing torch and loading the model, is part of the time; the causal check's re-scoring
-also runs on the pool) and ``workers=1`` with one torch thread (one core: what one process
+``workers=2`` (the batch's own process pool, one torch thread per worker: forked on Linux,
+spawned elsewhere or as ``DISCOVERY_START_METHOD`` says; its start-up, each worker loading
+the model (and, when spawned, importing torch and MONAI), is part of the time; the causal
+check's re-scoring also runs on the pool) and ``workers=1`` with one torch thread (one core: what one process
 does alone, the unit that workers multiply).  A last row re-runs
 ``workers=1`` into the first folder, where every case is unchanged and skipped: the cost of
 hashing the inputs, re-clustering and rewriting the tables.  Wall time covers the whole
@@ -37,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data_tools.synthetic import generate_cohort  # noqa: E402
 from discovery.batch import score_folder  # noqa: E402
+from discovery.executors import start_method  # noqa: E402
 
 TABLES = ("findings.csv", "patterns.csv")
 
@@ -107,7 +109,7 @@ def run(n_cases: int, seed: int, model_dir: str | None,
            "cpu_count": os.cpu_count(), "load_average_1min_at_end": round(load, 2),
            "omp_num_threads": os.environ.get("OMP_NUM_THREADS", ""), "n_cases": n_cases,
            "seed": seed, "repeat": repeat, "generate_seconds": round(gen_s, 2),
-           "tables_identical": len(tables) == 1}
+           "tables_identical": len(tables) == 1, "start_method": start_method()}
     return medians, runs, env
 
 
@@ -122,7 +124,8 @@ def main() -> int:
     args = p.parse_args()
     rows, runs, env = run(args.cases, args.seed, args.model, args.repeat)
     print(f"{env['n_cases']} synthetic cases (seed {env['seed']}), {env['cpu_count']} CPU cores, "
-          f"{env['repeat']} run(s) of each configuration (medians), load average "
+          f"{env['repeat']} run(s) of each configuration (medians), workers started by "
+          f"{env['start_method']}, load average "
           f"{env['load_average_1min_at_end']} at the end; tables identical across runs: "
           f"{env['tables_identical']}")
     print("| run | cases scored | skipped | seconds (median; min-max) | scans / minute | "

@@ -43,8 +43,10 @@ the store that are no longer in the input are kept (and stay in the tables);
 Workers and determinism
 -----------------------
 With ``workers > 1`` the per-case work (read, analyse, write arrays) runs in a pool of
-``spawn`` processes, each loading the model once and using ``cpu_count // workers`` torch
-threads, while the parent alone writes to the store (one writer).  On a first run into a
+processes (forked on Linux, so that they start with torch and the model already loaded;
+spawned elsewhere: :func:`discovery.executors.start_method`), each using
+``cpu_count // workers`` torch threads, while the parent alone writes to the store (one
+writer).  On a first run into a
 results folder the workers start (and load the model) while the parent hashes the inputs.
 A worker that dies
 (killed, out of memory, a crash in native code) breaks the pool: the cases it was running
@@ -92,7 +94,7 @@ from data_tools.volume import Mask, Volume
 
 from .descriptors import describe_region
 from .executors import (WORKER_DIED, WORKER_KILLED, ExecutorFactory, dask_client, run_dask,
-                        run_pool, spawn_pool)
+                        process_pool, run_pool)
 from .causal import CaseRunner, pattern_effects, run_here
 from .model import load_model
 from .patterns import PatternSettings, cluster_regions
@@ -388,10 +390,11 @@ def _worker_model(model_dir: str | None, threads: int, weights_sha256: str | Non
     threads; it must have the weights the batch uses (*weights_sha256*)."""
     cache = _WORKER_MODELS.__dict__
     key = (model_dir, weights_sha256)
-    if key not in cache:
-        import torch
+    import torch
 
-        torch.set_num_threads(threads)
+    if torch.get_num_threads() != threads:  # also in a worker forked from a parent that had
+        torch.set_num_threads(threads)       # loaded this model with other settings
+    if key not in cache:
         model, card = load_model(model_dir)
         if weights_sha256 is not None and card.weights_sha256 != weights_sha256:
             raise ModelError(
@@ -604,8 +607,8 @@ def score_folder(
     workers : int
         Processes scoring cases at once (1: in this process).
     executor_factory : callable(n_workers) -> Executor, optional
-        Makes the worker pools when ``workers > 1`` (default: a ``ProcessPoolExecutor``
-        with the ``spawn`` context); for tests and custom pools.
+        Makes the worker pools when ``workers > 1`` (default:
+        :func:`discovery.executors.process_pool`); for tests and custom pools.
     scheduler : str, distributed.Client or cluster, optional
         Score the cases on a Dask distributed cluster instead: a scheduler address such as
         ``tcp://host:8786``, a ``Client`` (left open) or a cluster object such as
@@ -658,7 +661,7 @@ def score_folder(
         if int(workers) > 1 and client is None and specs and store.manifest().empty:
             # a first run into this folder scores every case: start the workers now, so that
             # their start-up (importing torch, loading the model) overlaps the hashing below
-            warm = (executor_factory or spawn_pool)(min(int(workers), len(specs)))
+            warm = (executor_factory or process_pool)(min(int(workers), len(specs)))
             kept.append(warm)
             for _ in range(min(int(workers), len(specs))):
                 warm.submit(_warm_worker, None if model_dir is None else str(model_dir), threads,
@@ -716,7 +719,7 @@ def score_folder(
             first = kept.pop() if kept else None
             finished = run_pool(todo, work, (*task, threads, card.weights_sha256),
                                 max(1, min(int(workers), len(todo))),
-                                executor_factory or spawn_pool, fail, keep=kept, first=first)
+                                executor_factory or process_pool, fail, keep=kept, first=first)
         for spec, payload in finished:
             row = payload["case"]
             store.put_case(row, payload["nodules"], payload["regions"], payload["annotations"],

@@ -29,6 +29,7 @@ from data_tools.nifti import save_nifti
 from data_tools.volume import Mask, Volume, affine_from_spacing
 from discovery.batch import (WORKER_DIED, case_config_hash, case_input_hash,
                              remove_stale_temp_files, score_folder)
+from discovery.executors import START_METHODS, start_method
 from discovery.model import ModelCard, build_network, save_model
 from discovery.pipeline import ScoreSettings
 from discovery.store import ResultsStore
@@ -319,9 +320,8 @@ def test_put_case_without_hashes_drops_the_manifest_row(tmp_path):
     store.close()
 
 
-@pytest.mark.slow
 class _Recording(ProcessPoolExecutor):
-    """A spawn pool that records the names of the functions submitted to it."""
+    """A process pool that records the names of the functions submitted to it."""
 
     submitted: list[str] = []
 
@@ -330,13 +330,17 @@ class _Recording(ProcessPoolExecutor):
         return super().submit(fn, *args, **kwargs)
 
 
-def test_two_workers_write_identical_tables(reference, cohort, model_dir, tmp_path):
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_two_workers_write_identical_tables(reference, cohort, model_dir, tmp_path, method):
     """The cases and then the causal check's re-scoring run on the pool's workers, and the
-    tables are byte-identical to one worker's."""
+    tables are byte-identical to one worker's, with workers forked (the default on Linux:
+    they inherit the parent's torch, which has already run the reference batch with two
+    threads) or spawned."""
     _Recording.submitted = []
     summary = score_folder(cohort, tmp_path / "w2", model_dir=model_dir, workers=2,
                            executor_factory=lambda n: _Recording(
-                               max_workers=n, mp_context=multiprocessing.get_context("spawn")))
+                               max_workers=n, mp_context=multiprocessing.get_context(method)))
     got = _Recording.submitted
     # a first run: both workers load the model while the inputs are hashed, then the cases,
     # then the causal check
@@ -347,6 +351,22 @@ def test_two_workers_write_identical_tables(reference, cohort, model_dir, tmp_pa
     assert summary.failed == reference[1].failed
     assert _tables(tmp_path / "w2") == _tables(reference[0])
     assert _temp_files(tmp_path / "w2") == []
+
+
+def test_start_method_forks_on_linux_spawns_elsewhere_and_obeys_the_environment(monkeypatch):
+    monkeypatch.delenv("DISCOVERY_START_METHOD", raising=False)
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert start_method() == "fork"
+    for platform in ("darwin", "win32"):
+        monkeypatch.setattr(sys, "platform", platform)
+        assert start_method() == "spawn"
+    for method in START_METHODS:
+        monkeypatch.setenv("DISCOVERY_START_METHOD", f" {method.upper()} ")
+        assert start_method() == method
+    monkeypatch.setenv("DISCOVERY_START_METHOD", "threads")
+    with pytest.raises(ValueError, match=r"DISCOVERY_START_METHOD must be one of fork, spawn, "
+                                         r"forkserver; received 'threads'"):
+        start_method()
 
 
 # -- a worker that dies --------------------------------------------------------------------------
@@ -375,7 +395,7 @@ def test_a_dying_worker_is_retried_once_then_recorded_failed(cohort, model_dir, 
 
     def factory(n):
         pools.append(n)
-        return ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"),
+        return ProcessPoolExecutor(n, mp_context=multiprocessing.get_context(start_method()),
                                    initializer=_die_on, initargs=(victim,))
 
     summary = score_folder(inp, tmp_path / "out", model_dir=model_dir, workers=2,
