@@ -567,17 +567,24 @@ def place_nodules(grid: Grid, lung: np.ndarray, rng, specs: list[dict], *,
 
 # ----------------------------------------------------------------------------- planted
 def plant_items(grid: Grid, lung: np.ndarray, nodule_labels: np.ndarray, rng,
-                nodules: list[dict], cfg) -> tuple[np.ndarray, list[dict]]:
-    """Place the requested tail/bead/granuloma of each nodule.
+                nodules: list[dict], cfg, *, srng=None) -> tuple[np.ndarray, list[dict]]:
+    """Place the requested tail/bead/granuloma/satellite of each nodule.
+
+    The satellite nodules are placed last, after every other structure of every nodule, from
+    *srng* (their own random stream), so that the other structures do not depend on whether
+    satellites are planted.
 
     Returns the planted label map (int16, grid shape) and the item records (geometry for
     painting); each item dict has ``kind``, ``nodule``, ``label``, ``sl``, ``frac``
     (occupancy in its box), ``voxels`` (bool in its box), ``hu`` and ``centre_mm``.
     """
+    srng = rng if srng is None else srng
     planted = np.zeros(grid.shape, np.int16)
     items: list[dict] = []
     vox = grid.voxel_mm
-    for n_i, nod in enumerate(nodules):
+    passes = [(i, n, False) for i, n in enumerate(nodules)]
+    passes += [(i, n, True) for i, n in enumerate(nodules) if n.get("satellite", False)]
+    for n_i, nod, satellite_pass in passes:
         c = nod["centre_mm"]
         sl, off = grid.box(c, ROI_HALF_MM)
         rc = np.sqrt(off[0] ** 2 + off[1] ** 2 + off[2] ** 2)
@@ -594,7 +601,7 @@ def plant_items(grid: Grid, lung: np.ndarray, nodule_labels: np.ndarray, rng,
             items.append(dict(kind=kind, nodule=n_i, label=label, sl=sl, frac=frac,
                               voxels=voxels, hu=hu, centre_mm=centre, **extra))
 
-        if nod["tail"]:
+        if nod["tail"] and not satellite_pass:
             width = rng.uniform(cfg.tail_width_mm[0], cfg.tail_width_mm[1])
             u = nod["tail_dir"]
             end = u * (nod["pleura_mm"] + 1.5)
@@ -610,19 +617,24 @@ def plant_items(grid: Grid, lung: np.ndarray, nodule_labels: np.ndarray, rng,
                 accept("pleural_tail", frac, vs, rng.uniform(-30, 30), c + cz,
                        {"width_mm": round(width, 2),
                         "length_mm": round(float(nod["pleura_mm"]), 2)})
-        for kind, want, r_rng, d_rng, hu_rng in (
-            ("granuloma", nod["granuloma"], cfg.granuloma_diameter_mm, cfg.granuloma_distance_mm,
-             cfg.granuloma_hu),
-            ("marker_bead", nod["bead"], cfg.bead_diameter_mm, cfg.bead_distance_mm, cfg.bead_hu),
-        ):
+        spheres = ((("satellite_nodule", True, cfg.satellite_diameter_mm,
+                      cfg.satellite_distance_mm, cfg.satellite_hu, srng),) if satellite_pass else
+                   (("granuloma", nod["granuloma"], cfg.granuloma_diameter_mm,
+                     cfg.granuloma_distance_mm, cfg.granuloma_hu, rng),
+                    ("marker_bead", nod["bead"], cfg.bead_diameter_mm, cfg.bead_distance_mm,
+                     cfg.bead_hu, rng)))
+        for kind, want, r_rng, d_rng, hu_rng, draw in spheres:
             if not want:
                 continue
-            rad = rng.uniform(*r_rng) / 2
+            rad = draw.uniform(*r_rng) / 2
             fr = free()
+            # a satellite's distance is counted from the nodule's edge, the others' from its centre
+            base = float(nod["diameter_mm"]) / 2 if kind == "satellite_nodule" else 0.0
             for attempt in range(250):
-                hi = d_rng[1] if attempt < 150 else 20.0 - rad - 0.5
-                dist = rng.uniform(d_rng[0], max(hi, d_rng[0]))
-                p = c + random_unit(rng) * dist
+                lo = base + d_rng[0]
+                hi = base + d_rng[1] if attempt < 150 else 20.0 - rad - 0.5
+                dist = draw.uniform(lo, max(hi, lo))
+                p = c + random_unit(draw) * dist
                 p = grid.to_mm(np.rint(grid.to_idx(p)))  # centre on a voxel: full-intensity core
                 q = p - c
                 sd = sd_sphere(off, q, rad)
@@ -632,7 +644,7 @@ def plant_items(grid: Grid, lung: np.ndarray, nodule_labels: np.ndarray, rng,
                 if (vs.sum() == 0 or not np.all(lung_roi[ring]) or np.any(d_nod[ring] <= 2.0)
                         or np.any(rc[ring] > 20.0) or np.any(fr[ring] <= 1.5)):
                     continue
-                accept(kind, frac, vs, rng.uniform(*hu_rng), p,
+                accept(kind, frac, vs, draw.uniform(*hu_rng), p,
                        {"diameter_mm": round(2 * rad, 2),
                         "distance_mm": round(float(np.linalg.norm(q)), 2)})
                 break

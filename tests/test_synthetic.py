@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -124,6 +125,35 @@ def test_label_distributions():
     assert 0.35 < np.mean([s["bead"] for s in mal]) < 0.45
     assert np.mean([s["bead"] for s in ben]) < 0.08
     assert 0.25 < np.mean([s["granuloma"] for s in specs]) < 0.35
+    assert not any(s["satellite"] for s in specs)  # off by default
+    rng = np.random.default_rng(1)
+    sat = SyntheticConfig(p_satellite_malignant=0.6, p_satellite_benign=0.05)
+    specs = [s for _ in range(700) for s in synthetic._nodule_specs(rng, sat)]
+    assert 0.55 < np.mean([s["satellite"] for s in specs if s["malignant"]]) < 0.65
+    assert np.mean([s["satellite"] for s in specs if not s["malignant"]]) < 0.09
+
+
+def test_satellites_have_a_stream_of_their_own():
+    """With no satellites the other draws are those of a cohort generated before satellites
+    existed: the same nodules, structures and noise."""
+    none = dataclasses.replace(SMALL, p_satellite_malignant=0.0, p_satellite_benign=0.0)
+    every = dataclasses.replace(SMALL, p_satellite_malignant=1.0, p_satellite_benign=1.0)
+    a, b = generate_case(5, config=none, index=1), generate_case(5, config=every, index=1)
+    assert [n["center_zyx"] for n in a.nodules] == [n["center_zyx"] for n in b.nodules]
+    assert not any(n["has_satellite_nodule"] for n in a.nodules)
+    sats = [p for p in b.planted_items if p["kind"] == "satellite_nodule"]
+    assert sats and all(n["has_satellite_nodule"] == any(p["nodule_label"] == n["label"]
+                                                         for p in sats) for n in b.nodules)
+    others = [p for p in b.planted_items if p["kind"] != "satellite_nodule"]
+    assert [(p["kind"], p["center_zyx"]) for p in others] == [
+        (p["kind"], p["center_zyx"]) for p in a.planted_items]
+    for p in sats:  # soft tissue, 4-6 mm, 7-11 mm beyond the nodule's nominal edge
+        nod = b.nodules[p["nodule_label"] - 1]
+        assert 20.0 <= p["hu"] <= 60.0 and 4.0 <= p["diameter_mm"] <= 6.0
+        assert nod["diameter_mm"] / 2 + 7.0 - 1e-6 <= p["distance_mm"]
+    # an old truth.json (no satellite fields) means a cohort without satellites
+    old = {k: v for k, v in none.to_dict().items() if not k.startswith(("p_satellite",))}
+    assert SyntheticConfig.from_dict(old) == none
 
 
 # ----------------------------------------------------------------------------- determinism
@@ -183,13 +213,14 @@ def test_truth_csv_matches_json(cohort):
         rows = list(csv.DictReader(fh))
     assert list(rows[0]) == ["case_dir", "nodule_label", "malignant", "diameter_mm", "margin",
                              "center_z", "center_y", "center_x", "has_pleural_tail",
-                             "has_marker_bead", "has_granuloma"]
+                             "has_marker_bead", "has_granuloma", "has_satellite_nodule"]
     nodules = [(c["case_dir"], n) for c in cohort.truth["cases"] for n in c["nodules"]]
     assert len(rows) == len(nodules)
     for row, (case_dir, n) in zip(rows, nodules):
         assert row["case_dir"] == case_dir and int(row["nodule_label"]) == n["label"]
         assert int(row["malignant"]) == int(n["malignant"]) and row["margin"] == n["margin"]
         assert int(row["has_marker_bead"]) == int(n["has_marker_bead"])
+        assert int(row["has_satellite_nodule"]) == int(n["has_satellite_nodule"])
 
 
 def test_masks_nodules_and_planted_structures(cohort):
@@ -216,10 +247,11 @@ def test_masks_nodules_and_planted_structures(cohort):
         assert planted.labels == [p["label"] for p in rec["planted"]]
         for p in rec["planted"]:
             n_planted += 1
-            assert p["kind"] in ("pleural_tail", "marker_bead", "granuloma")
+            assert p["kind"] in ("pleural_tail", "marker_bead", "granuloma", "satellite_nodule")
             nod = rec["nodules"][p["nodule_label"] - 1]
             flag = {"pleural_tail": "has_pleural_tail", "marker_bead": "has_marker_bead",
-                    "granuloma": "has_granuloma"}[p["kind"]]
+                    "granuloma": "has_granuloma",
+                    "satellite_nodule": "has_satellite_nodule"}[p["kind"]]
             assert nod[flag]
             vox = np.argwhere(planted.array == p["label"])
             assert len(vox) == p["n_voxels"] > 0
@@ -230,6 +262,7 @@ def test_masks_nodules_and_planted_structures(cohort):
             kinds = [p["kind"] for p in rec["planted"] if p["nodule_label"] == n["label"]]
             assert len(kinds) == len(set(kinds))
             assert n["has_pleural_tail"] == ("pleural_tail" in kinds)
+            assert n["has_satellite_nodule"] == ("satellite_nodule" in kinds)
     assert n_planted > 0
 
 
