@@ -267,17 +267,29 @@ def _parametric_map(sources, attribution, mask, common):
         lut_label="Grad-CAM", lut_explanation="Grad-CAM attribution on the CT grid",
         unit=_ATTRIBUTION_UNIT, value_range=(lo, hi), slope=1.0, intercept=0.0,
         quantity_definition=_GRADCAM)
-    return hd.pm.ParametricMap(
+    pmap = hd.pm.ParametricMap(
         source_images=sources[z0:z1], pixel_array=values, series_instance_uid=hd.UID(),
         series_number=SERIES_NUMBERS["pmap"], sop_instance_uid=hd.UID(), instance_number=1,
         contains_recognizable_visual_features=False, real_world_value_mappings=[mapping],
+        # raw Grad-CAM values span far less than 1: a window narrower than 1 is valid only
+        # with LINEAR_EXACT (PS3.3 C.11.2.1.3)
         voi_lut_transformations=[hd.VOILUTTransformation(
-            window_center=(lo + hi) / 2, window_width=hi - lo)],
+            window_center=(lo + hi) / 2, window_width=hi - lo,
+            voi_lut_function=hd.VOILUTFunctionValues.LINEAR_EXACT)],
         content_label="GRADCAM", content_description="Grad-CAM attribution",
         series_description="Grad-CAM attribution", **common)
+    # General Series: Laterality is required for a paired body part; the source's body part
+    # (CHEST: unpaired) says none is needed.  highdicom copies it into the SEG, not here.
+    body_part = sources[0].get("BodyPartExamined")
+    if body_part:
+        pmap.BodyPartExamined = body_part
+    return pmap
 
 
-def _measurement_group(row, segment_number, tracking_uid, seg, pmap):
+def _measurement_group(row, segment_number, tracking_uid, seg):
+    # No TID 1411 'Real World Value Map used for measurement' row: it must reference a Real
+    # World Value Mapping instance, and the Parametric Map carries its mapping inline (the
+    # map is listed in the report's evidence instead; dciodvfy flags the class mismatch).
     nid = str(row["nodule_id"])
     measurements = []
     for column, concept, unit in MEASUREMENTS:
@@ -291,7 +303,6 @@ def _measurement_group(row, segment_number, tracking_uid, seg, pmap):
         tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking_uid,
                                                      identifier=f"Nodule {nid}"),
         referenced_segment=hd.sr.ReferencedSegment.from_segmentation(seg, segment_number),
-        referenced_real_world_value_map=hd.sr.RealWorldValueMap(pmap.SOPInstanceUID),
         finding_type=codes.SCT.Nodule,
         finding_category=codes.SCT.MorphologicallyAbnormalStructure,
         algorithm_id=hd.sr.AlgorithmIdentification(name=TOOL_NAME, version=_version()),
@@ -305,7 +316,7 @@ def _report(sources, rows, seg, pmap, tracking, common):
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
             uid=_tool_uid(), name=TOOL_NAME, manufacturer_name=TOOL_NAME,
             model_name=TOOL_NAME))
-    groups = [_measurement_group(row, i, tracking[i - 1], seg, pmap)
+    groups = [_measurement_group(row, i, tracking[i - 1], seg)
               for i, row in enumerate(rows, start=1)]
     content = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=device),

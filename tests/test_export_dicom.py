@@ -252,3 +252,48 @@ def test_overlapping_offmask_region_gets_its_own_plane():
     np.testing.assert_array_equal(pixels[..., 0], mask == 1)
     np.testing.assert_array_equal(pixels[..., 1], mask == 3)
     np.testing.assert_array_equal(pixels[..., 2], region_map > 0)
+
+
+# -- the exports against the standard ------------------------------------------------------
+
+DCIODVFY = shutil.which("dciodvfy")
+
+
+@pytest.mark.slow
+def test_exports_pass_the_dicom3tools_validator(tmp_path):
+    """dciodvfy (David Clunie's dicom3tools, the IOD checker viewers' authors use) reports no
+    error for the de-identified CT, the SEG, the Parametric Map and the SR of a synthetic
+    case whose source series is itself valid.  Skipped without dicom3tools unless
+    ``DISCOVERY_REQUIRE_DCIODVFY=1`` (set by ``.ci/run``, which installs it)."""
+    import os
+    import subprocess
+
+    from data_tools.synthetic import SyntheticConfig, generate_cohort
+
+    if DCIODVFY is None:
+        if os.environ.get("DISCOVERY_REQUIRE_DCIODVFY") == "1":
+            pytest.fail("DISCOVERY_REQUIRE_DCIODVFY=1 but dciodvfy (dicom3tools) is missing")
+        pytest.skip("dciodvfy (Debian package dicom3tools) is not installed")
+    cfg = SyntheticConfig(shape_yx=80, n_slices=(48, 48), pixel_spacing_mm=(1.0, 1.0),
+                          slice_spacing_mm=(1.5, 1.5), nodules_per_case=(2, 2),
+                          vessel_trees_per_lung=(2, 2), p_bead_malignant=1.0,
+                          p_bead_benign=1.0)
+    cohort = tmp_path / "in"
+    generate_cohort(cohort, n_cases=1, seed=5, config=cfg)
+    (case_dir,) = [p for p in cohort.iterdir() if p.is_dir() and not p.name.startswith("_")]
+    torch.manual_seed(3)
+    save_model(build_network(ModelCard()), ModelCard(), tmp_path / "model")
+    score_folder(cohort, tmp_path / "results", model_dir=tmp_path / "model")
+    report = export_dicom(tmp_path / "results", cohort, tmp_path / "dicom", key="test-key")
+    (files,) = report["exported"].values()
+    source = sorted(p for p in case_dir.iterdir() if p.suffix == ".dcm")[0]
+    checked = [source] + [p for p in files if p.parent.name == "ct"][:1] + [
+        p for p in files if p.parent.name != "ct"]
+    assert [p.name for p in checked[2:]] == ["seg.dcm", "pmap.dcm", "sr.dcm"]
+    for path in checked:
+        run = subprocess.run([DCIODVFY, str(path)], capture_output=True, text=True, timeout=60)
+        lines = (run.stdout + run.stderr).splitlines()
+        errors = [line for line in lines if line.startswith("Error")]
+        assert errors == [], (path.name, errors)
+        assert any(line.strip() in ("CTImage", "Segmentation", "ParametricMap",
+                                    "Comprehensive3DSR") for line in lines), (path.name, lines)
