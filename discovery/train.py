@@ -129,8 +129,24 @@ def collect_rois(cohorts, card: ModelCard, *, labels_csv: str | Path | None = No
                       np.asarray([index[c] for c in cases]), case_ids, digest)
 
 
+def _synthetic_case_rois(seed: int, config, card: ModelCard, indices) -> list[tuple]:
+    """``(case index, label, roi)`` for every nodule of the synthetic cases *indices*, in
+    case order and, within a case, in :func:`nodule_sites` order."""
+    from data_tools.synthetic import generate_case
+
+    out = []
+    for i in indices:
+        c = generate_case(seed, config=config, index=i)
+        volume = Volume(c.hu, c.affine)
+        malignant = {n["label"]: int(n["malignant"]) for n in c.nodules}
+        for site in nodule_sites(Mask(c.mask, c.affine)):
+            out.append((i, malignant[site.label], roi_input(volume, site.center_zyx, card)))
+    return out
+
+
 def synthetic_rois(seed: int, n_cases: int, card: ModelCard, *, config=None,
-                   progress: Callable[[int, int], None] | None = None) -> RoiDataset:
+                   progress: Callable[[int, int], None] | None = None,
+                   workers: int = 1) -> RoiDataset:
     """ROIs of a synthetic cohort generated in memory (no DICOM written).
 
     Case ``i`` is :func:`data_tools.synthetic.generate_case` ``(seed, config=config, index=i)``,
@@ -145,28 +161,44 @@ def synthetic_rois(seed: int, n_cases: int, card: ModelCard, *, config=None,
         ROI size, spacing and HU window.
     config : data_tools.synthetic.SyntheticConfig, optional
         Cohort settings (default: ``SyntheticConfig()``, the sample cohort's).
+    workers : int, optional
+        Processes generating cases at once (cases ``k, k + workers, ...`` each); the result
+        is the same as with one (same ROIs in the same order).  ``progress`` is then called
+        as each worker's share finishes.
     """
-    from data_tools.synthetic import SyntheticConfig, generate_case
+    from data_tools.synthetic import SyntheticConfig
 
     if not (isinstance(n_cases, int) and n_cases >= 3):
         raise ValueError(f"n_cases must be an integer >= 3; received {n_cases!r}")
+    if not (isinstance(workers, int) and workers >= 1):
+        raise ValueError(f"workers must be an integer >= 1; received {workers!r}")
     config = SyntheticConfig() if config is None else config
-    xs, ys, groups = [], [], []
-    for i in range(n_cases):
-        c = generate_case(seed, config=config, index=i)
-        volume = Volume(c.hu, c.affine)
-        malignant = {n["label"]: int(n["malignant"]) for n in c.nodules}
-        for site in nodule_sites(Mask(c.mask, c.affine)):
-            xs.append(roi_input(volume, site.center_zyx, card))
-            ys.append(malignant[site.label])
-            groups.append(i)
-        if progress:
-            progress(i + 1, n_cases)
+    if workers == 1:
+        rows = []
+        for i in range(n_cases):
+            rows += _synthetic_case_rois(seed, config, card, [i])
+            if progress:
+                progress(i + 1, n_cases)
+    else:
+        from .executors import process_pool
+
+        shares = [list(range(k, n_cases, workers)) for k in range(workers)]
+        rows, done = [], 0
+        with process_pool(workers) as pool:
+            for share, part in zip(shares, pool.map(_synthetic_case_rois, [seed] * workers,
+                                                    [config] * workers, [card] * workers,
+                                                    shares)):
+                rows += part
+                done += len(share)
+                if progress:
+                    progress(done, n_cases)
+        rows.sort(key=lambda r: r[0])  # stable: a case's nodules keep their order
     case_ids = [f"synthetic-s{seed}-{i:04d}" for i in range(n_cases)]
     digest = hashlib.sha256(json.dumps([config.to_dict(), seed, n_cases], sort_keys=True,
                                        default=str).encode()).hexdigest()
-    return RoiDataset(np.stack(xs).astype(np.float32), np.asarray(ys, np.int64),
-                      np.asarray(groups), case_ids, digest)
+    return RoiDataset(np.stack([r[2] for r in rows]).astype(np.float32),
+                      np.asarray([r[1] for r in rows], np.int64),
+                      np.asarray([r[0] for r in rows]), case_ids, digest)
 
 
 def _split(n_groups: int, s: TrainSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

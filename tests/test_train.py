@@ -138,6 +138,17 @@ def test_synthetic_rois_match_the_truth_and_are_seeded():
     assert a.cohort_hash == b.cohort_hash != synthetic_rois(6, 3, card, config=small).cohort_hash
     with pytest.raises(ValueError, match="n_cases"):
         synthetic_rois(5, 2, card, config=small)
+    # two processes generating every other case: the same ROIs, labels and groups, in order
+    seen2 = []
+    c = synthetic_rois(5, 3, card, config=small, workers=2,
+                       progress=lambda i, n: seen2.append((i, n)))
+    np.testing.assert_array_equal(a.x, c.x)
+    np.testing.assert_array_equal(a.y, c.y)
+    np.testing.assert_array_equal(a.group, c.group)
+    assert c.cohort_hash == a.cohort_hash and c.case_ids == a.case_ids
+    assert sorted(seen2)[-1] == (3, 3) and len(seen2) == 2
+    with pytest.raises(ValueError, match="workers"):
+        synthetic_rois(5, 3, card, config=small, workers=0)
 
 
 def test_collect_rois_reads_the_truth_manifest_of_a_written_cohort(tmp_path):
