@@ -38,7 +38,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import torch  # noqa: E402
 
 from data_tools.deid import pseudonymous_id  # noqa: E402
 from data_tools.synthetic import SyntheticConfig, generate_case, generate_cohort  # noqa: E402
@@ -58,8 +57,7 @@ PEAK_BOX_VOX = 20
 
 
 def _config(path: str | None) -> SyntheticConfig:
-    overrides = json.loads(Path(path).read_text()) if path else {}
-    return SyntheticConfig.from_dict({**SyntheticConfig().to_dict(), **overrides})
+    return SyntheticConfig.from_dict(json.loads(Path(path).read_text())) if path else SyntheticConfig()
 
 
 def _structures(cohort: Path, results: Path, cfg: SyntheticConfig, seed: int, model, card,
@@ -80,16 +78,17 @@ def _structures(cohort: Path, results: Path, cfg: SyntheticConfig, seed: int, mo
         for _, r in regions[regions["case_id"] == cid].iterrows():
             near = c.planted[grow_mm(region_map == int(r["case_region"]), HALO_MM, spacing)]
             touching[r["region_key"]] = sorted({kind_of[int(v)] for v in np.unique(near[near > 0])})
+        protect = c.mask > 0
         for it in c.planted_items:
             label = it["nodule_label"]
             nz = np.argwhere(c.mask == label)
             box = tuple(slice(max(int(a) - PEAK_BOX_VOX, 0), int(b) + PEAK_BOX_VOX + 1)
                         for a, b in zip(nz.min(0), nz.max(0)))
             peak = float(attribution[box].max())
-            on_it = float(attribution[c.planted == it["label"]].max())
+            structure = c.planted == it["label"]
+            on_it = float(attribution[structure].max())
             p_before, p_after = rescore_without(model, card, volume, sites[label].center_zyx,
-                                                c.planted == it["label"], protect=c.mask > 0,
-                                                seed=seed)
+                                                structure, protect=protect, seed=seed)
             rows.append({"kind": it["kind"], "case_id": cid, "nodule_id": f"n{label}",
                          "malignant": int(next(n["malignant"] for n in c.nodules
                                                if n["label"] == label)),
@@ -116,7 +115,6 @@ def run(args) -> dict:
     finally:
         store.close()
     model, card = load_model(args.model)
-    torch.manual_seed(args.seed)
     structures, touching = _structures(cohort, results, cfg, args.seed, model, card, regions)
     clusters = clusters.assign(reading=cluster_readings(clusters))
     outcomes = nodule_outcomes(findings, clusters, regions)["outcome"].value_counts()

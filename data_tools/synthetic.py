@@ -196,7 +196,8 @@ class SyntheticConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "SyntheticConfig":
-        """Inverse of :meth:`to_dict` (unknown keys are rejected with ValueError)."""
+        """Inverse of :meth:`to_dict`; fields missing from *d* keep their defaults, so a dict
+        of overrides is a config too (unknown keys are rejected with ValueError)."""
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:

@@ -54,10 +54,7 @@ def main(argv=None) -> int:
         sys.stderr.write(f"[{time.perf_counter() - t0:6.0f} s] {msg}\n")
 
     card = ModelCard(architecture=default_architecture(), gradcam_layer="layer3")
-    config = None
-    if args.config:
-        overrides = json.loads(Path(args.config).read_text())
-        config = SyntheticConfig.from_dict({**SyntheticConfig().to_dict(), **overrides})
+    config = SyntheticConfig.from_dict(json.loads(Path(args.config).read_text())) if args.config else None
     cache = Path(args.rois_cache) if args.rois_cache else None
     if cache is not None and cache.is_file():
         z = np.load(cache)
