@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO   ?= demo
 PORT   ?= 8501
-CASES  ?= 16
+CASES  ?= 40
 
 .PHONY: install test demo demo-data screenshots bench bench-discovery clean
 
@@ -21,9 +21,9 @@ test: install
 	$(PY) -m pytest -q
 
 demo-data: install
-	@test -f $(DEMO)/cohort/truth.json || $(VENV)/bin/discovery sample $(DEMO)/cohort --cases $(CASES) --seed 7
+	@test -f $(DEMO)/cohort/truth.json || $(VENV)/bin/discovery sample $(DEMO)/cohort --cases $(CASES) --seed 7 --config sample_data/demo_model/cohort.json
 	@test -f $(DEMO)/results/findings.csv || $(VENV)/bin/discovery score $(DEMO)/cohort --out $(DEMO)/results --labels $(DEMO)/cohort/truth.csv
-	@test -f $(DEMO)/.sanity-done || ($(VENV)/bin/discovery sanity $(DEMO)/results --methods gradcam,gradcam++,hirescam,layercam,integrated_gradients && touch $(DEMO)/.sanity-done)
+	@test -f $(DEMO)/.sanity-done || ($(VENV)/bin/discovery sanity $(DEMO)/results --methods gradcam,gradcam++,hirescam,layercam,integrated_gradients --max-nodules 50 && touch $(DEMO)/.sanity-done)
 	$(VENV)/bin/discovery report $(DEMO)/results --format html --out $(DEMO)/results/report.html
 
 demo: demo-data

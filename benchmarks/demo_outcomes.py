@@ -15,12 +15,13 @@ truth of the planted structures what the overview's three panels depend on:
 
 This is the measurement behind README's "Not reached yet" table (issue 4's third panel).
 
-Usage: ``python benchmarks/demo_outcomes.py [--model DIR] [--config JSON] [--cases 16]
+Usage: ``python benchmarks/demo_outcomes.py [--model DIR] [--config JSON] [--cases 40]
 [--seed 7] [--workers 2] [--work DIR] [--json FILE]``; ``--config`` holds
 :class:`data_tools.synthetic.SyntheticConfig` fields that replace the defaults, e.g.
-``{"p_satellite_malignant": 0.8, "p_satellite_benign": 0.03}``.  The cohort and results
+``{"p_satellite_malignant": 0.8, "p_satellite_benign": 0.03}`` (default: the demo cohort's,
+``sample_data/demo_model/cohort.json``; ``{}`` for the plain defaults).  The cohort and results
 are kept in ``--work`` (default ``benchmarks/.cache/demo_outcomes/<settings hash>``) and
-reused when present.  About 1 minute for 16 cases on 2 cores, plus 1 minute for the oracle.
+reused when present.  About 2 minutes for 40 cases on 2 cores, plus 2 minutes for the oracle.
 """
 
 from __future__ import annotations
@@ -56,8 +57,12 @@ KINDS = ("marker_bead", "pleural_tail", "satellite_nodule", "granuloma")
 PEAK_BOX_VOX = 20
 
 
+#: the demo model's cohort settings (``make demo`` samples with them)
+DEMO_COHORT = Path(__file__).resolve().parents[1] / "sample_data" / "demo_model" / "cohort.json"
+
+
 def _config(path: str | None) -> SyntheticConfig:
-    return SyntheticConfig.from_dict(json.loads(Path(path).read_text())) if path else SyntheticConfig()
+    return SyntheticConfig.from_dict(json.loads(Path(path).read_text()))
 
 
 def _structures(cohort: Path, results: Path, cfg: SyntheticConfig, seed: int, model, card,
@@ -156,8 +161,9 @@ def _fmt(v, nd=2):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="model folder (default: the demo model)")
-    ap.add_argument("--config", default=None, help="JSON file of SyntheticConfig overrides")
-    ap.add_argument("--cases", type=int, default=16)
+    ap.add_argument("--config", default=str(DEMO_COHORT),
+                    help="JSON file of SyntheticConfig overrides (default: the demo cohort's)")
+    ap.add_argument("--cases", type=int, default=40)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--work", default=None, help="folder for the cohort and the results")

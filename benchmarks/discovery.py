@@ -22,7 +22,7 @@ label-independent distractor):
   enriched for the true label (p < 0.05).
 
 Usage: ``python benchmarks/discovery.py --seed S [--json FILE] [--train-cases N]
-[--test-cases N] [--epochs E] [--method hdbscan|spectral] [--cache DIR]``
+[--test-cases N] [--epochs E] [--method hdbscan|spectral] [--features region|structure] [--cache DIR]``
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ from discovery.batch import result_rows  # noqa: E402
 from discovery.causal import pattern_effects, rescore_without, summarize_effects  # noqa: E402
 from discovery.cluster_stats import adjusted_rand, match_kind, top_k_precision  # noqa: E402
 from discovery.model import ModelCard, default_architecture, load_model  # noqa: E402
-from discovery.patterns import PatternSettings, cluster_regions  # noqa: E402
+from discovery.patterns import (FEATURE_COLUMNS, STRUCTURE_FEATURES, PatternSettings,  # noqa: E402
+                                cluster_regions)
 from discovery.pipeline import HALO_MM, analyze_scan  # noqa: E402
 from discovery.train import TrainSettings, synthetic_rois, train_model  # noqa: E402
 
@@ -168,7 +169,9 @@ def run(args) -> dict:
 
     t = time.perf_counter()
     settings = PatternSettings(method=args.method, min_cluster_size=args.min_cluster_size,
-                               seed=args.seed)
+                               seed=args.seed,
+                               features=tuple(STRUCTURE_FEATURES if args.features == "structure"
+                                              else FEATURE_COLUMNS))
     clustered, clusters = cluster_regions(regions, settings=settings)
     timings["cluster"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -217,7 +220,7 @@ def run(args) -> dict:
     result = {
         "seed": args.seed,
         "settings": {"train_cases": args.train_cases, "test_cases": args.test_cases,
-                     "epochs": args.epochs, "method": args.method,
+                     "epochs": args.epochs, "method": args.method, "features": args.features,
                      "min_cluster_size": args.min_cluster_size, "halo_mm": HALO_MM,
                      "train_bead": [TRAIN_CONFIG.p_bead_malignant, TRAIN_CONFIG.p_bead_benign],
                      "test_bead": [TEST_CONFIG.p_bead_malignant, TEST_CONFIG.p_bead_benign]},
@@ -279,6 +282,8 @@ def main(argv=None) -> int:
     ap.add_argument("--test-cases", type=int, default=120)
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--method", default="hdbscan", choices=["hdbscan", "spectral"])
+    ap.add_argument("--features", default="region", choices=["region", "structure"],
+                    help="clustering descriptors: FEATURE_COLUMNS (default) or STRUCTURE_FEATURES")
     ap.add_argument("--min-cluster-size", type=int, default=5)
     ap.add_argument("--dump", default=None, help="folder for the region/cluster/nodule tables (pickles)")
     ap.add_argument("--cache", default=str(Path(__file__).resolve().parent / ".cache" / "discovery"))

@@ -195,6 +195,7 @@ def result_rows(result: CaseResult) -> tuple[list[dict], list[dict]]:
                 "pleura_distance_mm": an.pleura_distance_mm, "dense_fraction": an.dense_fraction,
                 "dense_elongation": an.dense_elongation, "elongation": an.elongation,
                 "median_hu": an.hu_median, "p90_hu": an.hu_p90, "halo_max_hu": ctx.halo_max_hu,
+                **{f"structure_{k}": v for k, v in dataclasses.asdict(ctx.structure).items()},
                 "description": describe_region(r.offset_distance_mm, ctx.direction, an.relation,
                                                r.mean_hu),
                 "cluster": -1,

@@ -53,11 +53,21 @@ def _console():
 
 
 def cmd_sample(args) -> int:
-    from data_tools.synthetic import generate_cohort
+    import json
 
+    from data_tools.errors import DataError
+    from data_tools.synthetic import SyntheticConfig, generate_cohort
+
+    config = SyntheticConfig()
+    if args.config:
+        path = Path(args.config)
+        try:
+            config = SyntheticConfig.from_dict(json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError) as exc:
+            raise DataError(f"cohort settings {path.name}: {exc}") from None
     with _progress() as bar:
         task = bar.add_task("generating cases", total=args.cases, note="")
-        generate_cohort(Path(args.out), n_cases=args.cases, seed=args.seed,
+        generate_cohort(Path(args.out), n_cases=args.cases, seed=args.seed, config=config,
                         progress=lambda done, total: bar.update(task, completed=done))
     _console().print(f"wrote {args.cases} synthetic cases (seed {args.seed}) and truth.json")
     return 0
@@ -98,7 +108,7 @@ def cmd_sanity(args) -> int:
         summary = run_sanity(
             args.source, results_dir=args.out, model_dir=args.model, methods=methods,
             randomise=randomise, steps=args.steps, n_random=args.n_random, n_draws=args.draws,
-            seed=args.seed,
+            seed=args.seed, max_nodules=args.max_nodules,
             progress=lambda stage, d, t: bar.update(task, completed=d, total=t, note=stage))
     table = summarize(summary.randomization, summary.perturbation)
     console = _console()
@@ -223,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("out", help="output folder")
     s.add_argument("--cases", type=int, default=8)
     s.add_argument("--seed", type=int, default=7)
+    s.add_argument("--config", default=None,
+                   help="JSON file of SyntheticConfig fields replacing the defaults (the demo "
+                        "model's cohort: sample_data/demo_model/cohort.json)")
     s.set_defaults(func=cmd_sample)
 
     t = sub.add_parser("train", help="train the nodule classifier on a cohort")
@@ -256,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--draws", type=int, default=5,
                    help="independent random re-draws of the weights for the randomisation test (default 5)")
     q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--max-nodules", type=_at_least_one, default=None,
+                   help="check a seeded random sample of at most N nodules (default: all)")
     q.set_defaults(func=cmd_sanity)
 
     c = sub.add_parser("score", help="score a folder of cases (or a manifest CSV)")

@@ -37,6 +37,7 @@ from .descriptors import AT_CENTRE, DENSITY_BANDS, RELATIONS
 
 __all__ = [
     "FEATURE_COLUMNS",
+    "STRUCTURE_FEATURES",
     "CLUSTER_COLUMNS",
     "DENSITY_BANDS_HU",
     "PatternSettings",
@@ -46,14 +47,14 @@ __all__ = [
     "cluster_regions",
 ]
 
-#: Descriptors used for clustering, as built by :func:`region_features` from the region
-#: table.  Chosen on the planted-structure benchmark (``benchmarks/discovery.py``, tuning
-#: seed 0): density of what the region covers (``halo_max_hu``, ``p90_hu``, ``std_hu``), how
-#: much of the map it holds (``log_mass_share``, natural log), where it sits relative to the
-#: pleura (``pleura_distance_mm``, capped at :data:`PLEURA_CAP_MM`, NaN -> the cap) and
-#: whether it holds a tubular dense structure (``dense_fraction``, ``dense_elongation``, NaN
-#: -> 1).  Position and direction are *described* but not clustered on: the same structure
-#: appears on every side of a nodule.
+#: Descriptors used for clustering by default, as built by :func:`region_features` from the
+#: region table.  Chosen on the planted-structure benchmark (``benchmarks/discovery.py``,
+#: tuning seed 0): density of what the region covers (``halo_max_hu``, ``p90_hu``,
+#: ``std_hu``), how much of the map it holds (``log_mass_share``, natural log), where it
+#: sits relative to the pleura (``pleura_distance_mm``, capped at :data:`PLEURA_CAP_MM`, NaN
+#: -> the cap) and whether it holds a tubular dense structure (``dense_fraction``,
+#: ``dense_elongation``, NaN -> 1).  Position and direction are *described* but not
+#: clustered on: the same structure appears on every side of a nodule.
 FEATURE_COLUMNS = [
     "halo_max_hu",
     "p90_hu",
@@ -63,6 +64,29 @@ FEATURE_COLUMNS = [
     "dense_fraction",
     "dense_elongation",
 ]
+#: The alternative feature set (``PatternSettings(features=STRUCTURE_FEATURES)``): what the
+#: region *points at* rather than the blob (:mod:`discovery.structures`): the densest HU
+#: within reach (``halo_max_hu``), the attended structure's size (``log_structure_volume``,
+#: natural log of mm³), its distance from the nodule (``structure_gap_mm``, capped at
+#: :data:`GAP_CAP_MM`), whether it runs radially from the nodule (``structure_radial``) and
+#: the pleura distance.  Regions without a structure of ``min_structure_mm3`` are then not
+#: clustered.  With spectral clustering it gave the demo-model variant that relies on the
+#: pleural tail a tail cluster (README, "Discovery"), but on benchmark seed 3 it split the
+#: marker-bead regions over three clusters, so it is not the default.
+STRUCTURE_FEATURES = [
+    "halo_max_hu",
+    "log_structure_volume",
+    "structure_gap_mm",
+    "structure_radial",
+    "pleura_distance_mm",
+]
+_ALL_FEATURES = tuple(dict.fromkeys(FEATURE_COLUMNS + STRUCTURE_FEATURES))
+_STRUCTURE_ONLY = tuple(f for f in STRUCTURE_FEATURES if f.startswith(("structure_", "log_structure")))
+#: Median ``|cos|`` from which a cluster's structures are described as running radially
+#: from the nodule (within about 32 degrees of the radial direction).
+RADIAL_COS = 0.85
+#: Cap (mm) on the structure's distance from the nodule: beyond it, "apart from the nodule".
+GAP_CAP_MM = 30.0
 #: Cap (mm) on the pleura distance feature: beyond it, "far from the pleura" is all we need.
 PLEURA_CAP_MM = 30.0
 
@@ -89,6 +113,8 @@ _REQUIRED_COLUMNS = [
     "relation",
     "direction",
 ]
+#: Needed on top of :data:`_REQUIRED_COLUMNS` when clustering on :data:`STRUCTURE_FEATURES`.
+_STRUCTURE_COLUMNS = ["structure_volume_mm3", "structure_gap_mm", "structure_radial"]
 _METHODS = ("hdbscan", "spectral", "agglomerative")
 _MAP_METHODS = ("tsne", "pca")
 #: Fewer regions than this are mapped by PCA: t-SNE needs perplexity < n.
@@ -119,8 +145,9 @@ class PatternSettings:
         Seeds the spectral clustering, the permutation tests and the 2-D map.
     method : {"hdbscan", "spectral", "agglomerative"}
         ``"hdbscan"`` (the default, chosen by ``benchmarks/discovery.py``; noise stays -1),
-        ``"spectral"`` (SpRAy-style kNN graph, number of clusters by the eigengap) or Ward
-        ``"agglomerative"`` cut at ``distance_threshold``.
+        ``"spectral"`` (SpRAy-style kNN graph, number of clusters by the eigengap; groups
+        under ``min_cluster_size`` -> -1) or Ward ``"agglomerative"`` cut at
+        ``distance_threshold``.
     distance_threshold : float or None
         Ward linkage distance (standardised units); required for ``"agglomerative"``.
     n_permutations : int
@@ -128,6 +155,14 @@ class PatternSettings:
     n_neighbors, max_clusters : int
         ``"spectral"`` only: neighbours per region in the kNN graph and the largest number of
         clusters the eigengap may pick (:func:`discovery.cluster_stats.spectral_eigengap`).
+    features : tuple of str
+        The clustering descriptors: :data:`FEATURE_COLUMNS` (the default) or
+        :data:`STRUCTURE_FEATURES`, or any non-empty subset of their union.
+    min_structure_mm3 : float
+        With a structure descriptor among ``features``: regions whose attended structure
+        (:mod:`discovery.structures`) is smaller than this (mm³; 0 when the region covers
+        aerated parenchyma only) are not clustered, as Grad-CAM spilling over air has no
+        structure to describe.  They keep ``cluster = -1`` and ``features_complete = False``.
     map_method : {"tsne", "pca"}
         The 2-D display map: ``"tsne"`` (the default; t-SNE, PCA-initialised, seeded, perplexity
         ``min(30, (n - 1) / 3)``; needs at least :data:`MIN_TSNE_POINTS` regions, fewer fall
@@ -142,6 +177,8 @@ class PatternSettings:
     n_permutations: int = 2000
     n_neighbors: int = 10
     max_clusters: int = 10
+    features: tuple = tuple(FEATURE_COLUMNS)
+    min_structure_mm3: float = 15.0
     map_method: str = "tsne"
 
     def __post_init__(self):
@@ -150,6 +187,16 @@ class PatternSettings:
             if not (_is_int(v) and v >= (1 if name == "n_neighbors" else 2)):
                 raise ValueError(f"{name} must be an integer >= "
                                  f"{1 if name == 'n_neighbors' else 2}; received {v!r}")
+        feats = self.features
+        if (isinstance(feats, str) or not isinstance(feats, (tuple, list)) or not feats
+                or not set(feats) <= set(_ALL_FEATURES) or len(set(feats)) != len(feats)):
+            raise ValueError(f"features must be distinct names from {list(_ALL_FEATURES)}; "
+                             f"received {feats!r}")
+        object.__setattr__(self, "features", tuple(feats))
+        v = self.min_structure_mm3
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.number)) or not (
+                np.isfinite(v) and v >= 0):
+            raise ValueError(f"min_structure_mm3 must be a finite number >= 0; received {v!r}")
         if self.map_method not in _MAP_METHODS:
             raise ValueError(f"map_method must be one of {_MAP_METHODS}; "
                              f"received {self.map_method!r}")
@@ -209,31 +256,64 @@ def _num(regions: pd.DataFrame, col: str) -> pd.Series:
     return pd.to_numeric(regions[col], errors="coerce").astype(float)
 
 
-def region_features(regions: pd.DataFrame) -> pd.DataFrame:
+def region_features(regions: pd.DataFrame, *, features=tuple(FEATURE_COLUMNS),
+                    min_structure_mm3: float = 15.0) -> pd.DataFrame:
     """The clustering descriptors of each region, unscaled.
 
     Parameters
     ----------
     regions : pandas.DataFrame
-        The region table (see :data:`_REQUIRED_COLUMNS`).
+        The region table (see :data:`_REQUIRED_COLUMNS`; with structure descriptors among
+        ``features``, also ``structure_volume_mm3``, ``structure_gap_mm`` and
+        ``structure_radial``).
+    features : sequence of str
+        Names from :data:`FEATURE_COLUMNS` and :data:`STRUCTURE_FEATURES`.
+    min_structure_mm3 : float
+        With a structure descriptor among ``features``: regions whose attended structure is
+        smaller (mm³) get NaN in every column, so they are not clustered.
 
     Returns
     -------
     pandas.DataFrame
-        Columns :data:`FEATURE_COLUMNS`, same index as ``regions``: ``log_mass_share`` is
+        Columns ``features`` in that order, same index as ``regions``: ``log_mass_share`` is
         ``log(mass_share)``; ``pleura_distance_mm`` is capped at :data:`PLEURA_CAP_MM` and a
         region with no voxel in the lung (NaN) gets the cap; ``dense_elongation`` of a
-        region without a dense component (NaN) is 1 (round).  Other missing values stay
-        NaN and keep the row out of clustering.
+        region without a dense component (NaN) is 1 (round); ``log_structure_volume`` is
+        ``log(structure_volume_mm3)``; ``structure_gap_mm`` is capped at :data:`GAP_CAP_MM`
+        (NaN, no nodule to measure from, -> the cap).  Other missing values (an unknown
+        ``p90_hu``, the ``structure_radial`` of a structure without a main axis) stay NaN
+        and keep the row out of clustering.
     """
+    features = list(features)
     out = pd.DataFrame(index=regions.index)
-    for c in ("halo_max_hu", "p90_hu", "std_hu", "dense_fraction"):
-        out[c] = _num(regions, c)
+    for c in ("halo_max_hu", "p90_hu", "std_hu", "dense_fraction", "structure_radial"):
+        if c in features:
+            out[c] = _num(regions, c)
     with np.errstate(divide="ignore", invalid="ignore"):
-        out["log_mass_share"] = np.log(_num(regions, "mass_share"))
-    out["pleura_distance_mm"] = _num(regions, "pleura_distance_mm").clip(upper=PLEURA_CAP_MM).fillna(PLEURA_CAP_MM)
-    out["dense_elongation"] = _num(regions, "dense_elongation").fillna(1.0)
-    return out[FEATURE_COLUMNS]
+        if "log_mass_share" in features:
+            out["log_mass_share"] = np.log(_num(regions, "mass_share"))
+        if "log_structure_volume" in features:
+            v = _num(regions, "structure_volume_mm3")
+            out["log_structure_volume"] = np.log(v.where(v > 0))
+    if "pleura_distance_mm" in features:
+        out["pleura_distance_mm"] = (_num(regions, "pleura_distance_mm")
+                                     .clip(upper=PLEURA_CAP_MM).fillna(PLEURA_CAP_MM))
+    if "dense_elongation" in features:
+        out["dense_elongation"] = _num(regions, "dense_elongation").fillna(1.0)
+    if "structure_gap_mm" in features:
+        out["structure_gap_mm"] = (_num(regions, "structure_gap_mm")
+                                   .clip(upper=GAP_CAP_MM).fillna(GAP_CAP_MM))
+    out = out[features]
+    if set(features) & set(_STRUCTURE_ONLY):
+        volume = _num(regions, "structure_volume_mm3")
+        small = ~((volume >= min_structure_mm3) & (volume > 0))
+        out.loc[small.to_numpy(), :] = np.nan
+    return out
+
+
+def _median(df: pd.DataFrame, col: str) -> float:
+    """Median of a numeric column, NaN when the column is absent (older region tables)."""
+    return float(_num(df, col).median()) if col in df.columns else float("nan")
 
 
 def _robust_standardise(x: np.ndarray) -> np.ndarray:
@@ -270,7 +350,9 @@ def _most_common(values: pd.Series) -> tuple[str, float]:
 
 
 def describe_pattern(*, relation: str, relation_share: float, direction: str,
-                     distance_mm: float, halo_max_hu: float, mean_hu: float) -> str:
+                     distance_mm: float, halo_max_hu: float, mean_hu: float,
+                     structure_gap_mm: float = float("nan"),
+                     structure_radial: float = float("nan")) -> str:
     """A plain-language description of a cluster from its members' descriptors.
 
     Parameters
@@ -287,12 +369,18 @@ def describe_pattern(*, relation: str, relation_share: float, direction: str,
         Median densest HU within reach of the regions: names the structure's density.
     mean_hu : float
         Mean of the regions' mean HU (the attended tissue overall).
+    structure_gap_mm, structure_radial : float, optional
+        Medians of the members' attended structures (:mod:`discovery.structures`): distance
+        from the nodule (mm) and ``|cos|`` with the radial direction.  When the gap is known
+        the description says where the structure starts, and "running radially from it"
+        when the median ``|cos|`` is at least :data:`RADIAL_COS`.
 
     Returns
     -------
     str
         For example ``"pleura-adjacent (80 % of regions), about 14 mm lateral of the
-        nodule; densest structure soft tissue (median peak 60 HU); region mean -700 HU"``.
+        nodule; densest structure soft tissue (median peak 60 HU); region mean -700 HU;
+        attended structure 2 mm from the nodule, running radially from it"``.
     """
     if relation not in RELATIONS:
         raise ValueError(f"relation must be one of {RELATIONS}; received {relation!r}")
@@ -302,9 +390,14 @@ def describe_pattern(*, relation: str, relation_share: float, direction: str,
         where = f"about {distance_mm:.0f} mm from the nodule, {VARIED}"
     else:
         where = f"about {distance_mm:.0f} mm {direction} of the nodule"
-    return (f"{relation} ({100 * relation_share:.0f} % of regions), {where}; densest structure "
+    text = (f"{relation} ({100 * relation_share:.0f} % of regions), {where}; densest structure "
             f"{density_band(halo_max_hu)} (median peak {halo_max_hu:.0f} HU); "
             f"region mean {mean_hu:.0f} HU")
+    if np.isfinite(structure_gap_mm):
+        text += f"; attended structure {structure_gap_mm:.0f} mm from the nodule"
+        if np.isfinite(structure_radial) and structure_radial >= RADIAL_COS:
+            text += ", running radially from it"
+    return text
 
 
 # -------------------------------------------------------------------------- clustering
@@ -452,7 +545,13 @@ def cluster_regions(
     out = regions.copy()
     n = len(out)
 
-    feats = region_features(out).to_numpy(dtype=float)
+    if set(settings.features) & set(_STRUCTURE_ONLY):
+        missing = [c for c in _STRUCTURE_COLUMNS if c not in out.columns]
+        if missing:
+            raise ValueError(f"regions is missing column(s) {missing}, needed by the structure "
+                             "features; score again with this version to add them")
+    feats = region_features(out, features=settings.features,
+                            min_structure_mm3=settings.min_structure_mm3).to_numpy(dtype=float)
     complete = np.all(np.isfinite(feats), axis=1)
     keys = out["region_key"].astype(str).to_numpy()
     pos = np.flatnonzero(complete)
@@ -461,7 +560,7 @@ def cluster_regions(
     cluster = np.full(n, -1, dtype=np.int64)
     embedding = np.full((n, 2), np.nan)
     map_used = "none"
-    z_all = np.full((n, len(FEATURE_COLUMNS)), np.nan)
+    z_all = np.full((n, len(settings.features)), np.nan)
     if len(pos):
         z = _robust_standardise(feats[pos])
         z_all[pos] = z
@@ -526,7 +625,9 @@ def cluster_regions(
             "exemplars": [str(m["region_key"].iloc[i]) for i in picked],
             "description": describe_pattern(relation=relation, relation_share=relation_share,
                                             direction=direction, distance_mm=dist,
-                                            halo_max_hu=halo, mean_hu=mean_hu),
+                                            halo_max_hu=halo, mean_hu=mean_hu,
+                                            structure_gap_mm=_median(m, "structure_gap_mm"),
+                                            structure_radial=_median(m, "structure_radial")),
         })
     table = pd.DataFrame(rows, columns=CLUSTER_COLUMNS)
     table["q_predicted"] = benjamini_hochberg(table["p_predicted"].to_numpy(dtype=float))

@@ -2,8 +2,8 @@
 
 scan + mask -> nodule sites -> ROIs -> probabilities + Grad-CAM (one forward/backward) ->
 maps placed back on the scan grid -> alignment metrics per nodule -> off-mask regions, each
-described by its anatomy (lung field from HU), direction in the patient frame and the
-network's own features pooled inside it.
+described by its anatomy (lung field from HU), the structure it points at, its direction in
+the patient frame and the network's own features pooled inside it.
 
 All metrics are computed on the **scan grid**, inside each ROI's bounding box, with the
 scan's own voxel spacing: the mask is used exactly as annotated and only the attribution map is
@@ -31,6 +31,7 @@ from .model import ModelCard
 from .localization import Localization, localization_summary
 from .offmask import OffMaskRegion, OffMaskSettings, extract_offmask_regions
 from .preprocess import NoduleSite, Roi, extract_roi, nodule_sites, normalize_hu, roi_to_scan
+from .structures import NO_STRUCTURE, AttendedStructure, attended_structure
 
 __all__ = ["ScoreSettings", "RegionContext", "NoduleResult", "CaseResult", "analyze_scan",
            "pool_region_features"]
@@ -71,6 +72,9 @@ class RegionContext:
     deep : ndarray, shape (C,), float32
         The network's activations at the Grad-CAM layer averaged over the layer cells the
         region covers (weighted by covered scan voxels).
+    structure : AttendedStructure
+        The dense structure within ``HALO_MM`` of the region that carries most of its
+        attribution (:func:`discovery.structures.attended_structure`).
     """
 
     anatomy: RegionAnatomy
@@ -78,6 +82,7 @@ class RegionContext:
     direction: str
     halo_max_hu: float
     deep: np.ndarray
+    structure: AttendedStructure = NO_STRUCTURE
 
 
 @dataclass(frozen=True, eq=False)
@@ -275,6 +280,9 @@ def analyze_scan(
                     direction=direction_words(off, nodule_lps_mm=nodule_lps, midline_x_mm=midline_x),
                     halo_max_hu=float(volume.array[box][halo].max()),
                     deep=pool_region_features(act, np.argwhere(inside) + lo, roi),
+                    structure=attended_structure(inside, volume.array[box], lung[box], attr, own,
+                                                 spacing_mm=spacing, exclude=annotated[box],
+                                                 grow_by_mm=HALO_MM),
                 ))
         np.maximum(attribution[box], attr, out=attribution[box])
         for region in regions:

@@ -59,7 +59,8 @@ from .store_backends import (SQLITE_NAME, Backend, StoreError, _Connection, new_
 ANATOMY_COLUMNS = [
     "offset_l_mm", "offset_p_mm", "offset_s_mm", "direction", "relation", "lung_fraction",
     "pleura_distance_mm", "dense_fraction", "dense_elongation", "elongation", "median_hu",
-    "p90_hu", "halo_max_hu", "description",
+    "p90_hu", "halo_max_hu", "structure_volume_mm3", "structure_median_hu", "structure_gap_mm",
+    "structure_radial", "structure_elongation", "structure_attribution_share", "description",
 ]
 
 __all__ = [
@@ -69,7 +70,7 @@ __all__ = [
     "StoreError", "store_exists",
 ]
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 DB_NAME = SQLITE_NAME
 
 #: Columns of findings.csv, in order (one row per nodule; failed cases have one row).

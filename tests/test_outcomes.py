@@ -81,3 +81,36 @@ def test_missing_columns_are_named():
         nodule_outcomes(pd.DataFrame({"case_id": [], "nodule_id": [], "verdict": [],
                                       "flagged": []}), _clusters(),
                         pd.DataFrame({"case_id": [], "nodule_id": [], "cluster": []}))
+
+
+def test_candidate_panel_shows_the_cluster_moving_most_predictions():
+    from discovery.outcomes import outcome_panels
+
+    clusters = pd.DataFrame({
+        "cluster": [0, 1, 2],
+        "median_halo_max_hu": [120.0, 600.0, 80.0],
+        "relied_upon": [1, 1, 0],
+        "effect_mean": [-0.15, -0.11, -0.01],
+        "effect_n": [8, 19, 30],
+        "enrichment_predicted": [1.1, 1.4, 3.0],
+        "q_predicted": [1.0, 0.1, 0.01],
+        "n_cases": [7, 16, 20],
+        "share_predicted_malignant": [0.5, 0.6, 0.9],
+        "pool_predicted_malignant": [0.4, 0.4, 0.4],
+        "description": ["small", "tail-like", "enriched"],
+        "exemplars": [[], [], []],
+    })
+    findings = pd.DataFrame({"case_id": ["a"], "nodule_id": ["n1"], "verdict": ["partial"],
+                             "flagged": [0], "flag_clusters": [""], "probability": [0.7],
+                             "rma": [0.1], "flag_score": [0.0], "center_z": [1.0],
+                             "center_y": [1.0], "center_x": [1.0]})
+    regions = pd.DataFrame({"region_key": ["a/n1/r1"], "case_id": ["a"], "nodule_id": ["n1"],
+                            "cluster": [1], "case_region": [1], "centroid_z": [1.0],
+                            "centroid_y": [1.0], "centroid_x": [1.0], "probability": [0.7]})
+    # all three read "candidate sign"; 19 x 0.11 = 2.09 beats 8 x 0.15 = 1.2 and 30 x 0.01
+    panel = outcome_panels(findings, clusters, regions)[2]
+    assert panel.cluster == 1 and panel.lead.startswith("Cluster 1: tail-like.")
+    assert panel.n_nodules == 1
+    # without effect_n (older tables) the largest |effect| wins
+    panel = outcome_panels(findings, clusters.drop(columns="effect_n"), regions)[2]
+    assert panel.cluster == 0

@@ -3,11 +3,12 @@
 The cohort (:func:`_cohort`) has three kinds of region that differ in the clustering
 descriptors (:data:`discovery.patterns.FEATURE_COLUMNS`):
 
-* ``beads``: a metal-bright halo (2600 HU) around lung-density tissue (p90 -700 HU), far
-  from the pleura (NaN or beyond the cap), no dense component (elongation NaN -> 1);
-* ``tails``: pleura-adjacent soft tissue (halo 80 HU, 1 mm from the pleura) holding a
-  tubular dense structure (dense_elongation 5);
-* ``calcified``: a calcified halo (600 HU), 15 mm from the pleura, a roundish component.
+* ``beads``: a metal-bright halo (2600 HU), far from the pleura (NaN or beyond the cap), a
+  20 mm³ structure 8 mm from the nodule, not radial;
+* ``tails``: pleura-adjacent (halo 80 HU, 1 mm from the pleura), a 150 mm³ strand starting
+  2.5 mm from the nodule and running radially from it;
+* ``calcified``: a calcified halo (600 HU), 15 mm from the pleura, a 40 mm³ structure 6 mm
+  from the nodule.
 
 Each group lives on one nodule per case, and some nodules carry two regions, so counts of
 regions, nodules and cases all differ (see :data:`GROUPS`).
@@ -26,8 +27,11 @@ from discovery.patterns import (
     CLUSTER_COLUMNS,
     DENSITY_BANDS_HU,
     FEATURE_COLUMNS,
+    GAP_CAP_MM,
     N_EXEMPLARS,
     PLEURA_CAP_MM,
+    RADIAL_COS,
+    STRUCTURE_FEATURES,
     VARIED,
     PatternSettings,
     _REQUIRED_COLUMNS,
@@ -49,6 +53,7 @@ GROUPS = {
         halo_max_hu=2600.0, p90_hu=-700.0, std_hu=400.0, mass_share=0.05,
         pleura_distance_mm=(NAN, 45.0), dense_fraction=0.02, dense_elongation=NAN,
         mean_hu=-650.0, volume_mm3=16.0, offset_distance_mm=12.0,
+        structure_volume_mm3=20.0, structure_gap_mm=8.0, structure_radial=0.5,
         # 10 of 12 inside lung (83 %), all superior
         relations=["inside lung"] * 5 + ["vessel-like"],
         directions=["superior"],
@@ -58,6 +63,7 @@ GROUPS = {
         halo_max_hu=80.0, p90_hu=20.0, std_hu=60.0, mass_share=0.20,
         pleura_distance_mm=(1.0,), dense_fraction=0.6, dense_elongation=5.0,
         mean_hu=-100.0, volume_mm3=300.0, offset_distance_mm=25.0,
+        structure_volume_mm3=150.0, structure_gap_mm=2.5, structure_radial=0.95,
         # all pleura-adjacent; "lateral" 8 of 14 (57 %) -> the direction
         relations=["pleura-adjacent"],
         directions=["lateral", "lateral", "lateral", "lateral", "posterior", "anterior", "medial"],
@@ -67,6 +73,7 @@ GROUPS = {
         halo_max_hu=600.0, p90_hu=250.0, std_hu=150.0, mass_share=0.10,
         pleura_distance_mm=(15.0,), dense_fraction=0.3, dense_elongation=1.5,
         mean_hu=-300.0, volume_mm3=40.0, offset_distance_mm=8.0,
+        structure_volume_mm3=40.0, structure_gap_mm=6.0, structure_radial=0.3,
         # 7 of 11 vessel-like (64 %); directions 3/3/3/2 of 11 -> none has half: VARIED
         relations=["vessel-like"] * 7 + ["inside lung"] * 4,
         directions=["lateral", "medial", "superior", "inferior"],
@@ -76,7 +83,8 @@ NAMES = list(GROUPS)
 N_REGIONS = {g: spec["n_regions"] for g, spec in GROUPS.items()}
 N_NODULES = {g: len(spec["cases"]) for g, spec in GROUPS.items()}
 _NOISY = ("halo_max_hu", "p90_hu", "std_hu", "mass_share", "dense_fraction", "mean_hu",
-          "volume_mm3", "offset_distance_mm")
+          "volume_mm3", "offset_distance_mm", "structure_volume_mm3", "structure_gap_mm",
+          "structure_radial")
 
 
 def _default_probability(group, case):
@@ -223,8 +231,14 @@ def test_relation_direction_and_description():
             relation=g[name]["relation"], relation_share=shares[name],
             direction=g[name]["direction"], distance_mm=m["offset_distance_mm"].median(),
             halo_max_hu=m["halo_max_hu"].median(), mean_hu=m["mean_hu"].mean(),
+            structure_gap_mm=m["structure_gap_mm"].median(),
+            structure_radial=m["structure_radial"].median(),
         )
         assert g[name]["description"] == expected
+    assert g["tails"]["description"].endswith(
+        f"attended structure {df['structure_gap_mm'][truth == 1].median():.0f} mm from the "
+        "nodule, running radially from it")
+    assert g["beads"]["description"].endswith("attended structure 8 mm from the nodule")
     d = g["beads"]["description"]
     assert f"about {df['offset_distance_mm'][truth == 0].median():.0f} mm superior" in d
     assert f"(median peak {df['halo_max_hu'][truth == 0].median():.0f} HU)" in d
@@ -537,12 +551,65 @@ def test_features():
     assert np.isnan(f.loc[12, "p90_hu"]) and f.drop(index=12).notna().all().all()
 
 
+def test_structure_features():
+    df = pd.DataFrame(
+        {
+            "halo_max_hu": [2600.0, 80.0, 600.0, 100.0, 90.0],
+            "pleura_distance_mm": [12.0, 45.0, np.nan, 30.0, 1.0],
+            "structure_volume_mm3": [math.e**4, 150.0, 40.0, 14.9, 0.0],
+            "structure_gap_mm": [8.0, 2.5, 45.0, 3.0, np.nan],
+            "structure_radial": [0.5, 0.95, np.nan, 1.0, np.nan],
+        },
+        index=[10, 11, 12, 13, 14],
+    )
+    f = region_features(df, features=STRUCTURE_FEATURES)
+    assert list(f.columns) == STRUCTURE_FEATURES
+    assert list(f.index) == [10, 11, 12, 13, 14]
+    np.testing.assert_allclose(f.loc[[10, 11, 12], "halo_max_hu"], [2600, 80, 600])
+    assert f.loc[10, "log_structure_volume"] == pytest.approx(4.0)
+    assert f.loc[11, "log_structure_volume"] == pytest.approx(math.log(150.0))
+    assert PLEURA_CAP_MM == 30.0 and GAP_CAP_MM == 30.0
+    np.testing.assert_allclose(f.loc[[10, 11, 12], "pleura_distance_mm"], [12.0, 30.0, 30.0])
+    np.testing.assert_allclose(f.loc[[10, 11, 12], "structure_gap_mm"], [8.0, 2.5, 30.0])  # cap
+    assert np.isnan(f.loc[12, "structure_radial"])  # no main axis: missing, not imputed
+    # below min_structure_mm3 (15 by default) or no structure at all: not clustered
+    assert f.loc[[13, 14]].isna().all().all()
+    assert f.loc[[10, 11]].notna().all().all()
+    g = region_features(df, features=STRUCTURE_FEATURES, min_structure_mm3=10.0)
+    assert g.loc[13].notna().all() and g.loc[14].isna().all()  # 0 mm³ is never a structure
+
+
+def test_regions_without_a_structure_are_not_clustered():
+    df, truth = _cohort()
+    df.loc[[0, 1, 15], "structure_volume_mm3"] = [0.0, 12.0, 0.0]
+    structure = PatternSettings(features=STRUCTURE_FEATURES)
+    out, table = cluster_regions(df, settings=structure)
+    assert (out.loc[[0, 1, 15], "cluster"] == -1).all()
+    assert not out.loc[[0, 1, 15], "features_complete"].any()
+    keep = np.setdiff1d(np.arange(len(df)), [0, 1, 15])
+    assert adjusted_rand_score(truth[keep], out["cluster"][keep]) == 1.0
+    out, _ = cluster_regions(df, settings=PatternSettings(features=STRUCTURE_FEATURES,
+                                                          min_structure_mm3=10.0))
+    assert out.loc[1, "features_complete"] and out.loc[1, "cluster"] >= 0
+    # the default (region) features ignore the structure: nothing is left out
+    out, _ = cluster_regions(df)
+    assert out["features_complete"].all()
+    # structure features on a table scored before they existed: a clear error
+    with pytest.raises(ValueError, match="structure_gap_mm"):
+        cluster_regions(df.drop(columns="structure_gap_mm"), settings=structure)
+    for bad in (-1.0, float("nan"), True, "15"):
+        with pytest.raises(ValueError, match="min_structure_mm3"):
+            PatternSettings(min_structure_mm3=bad)
+    for bad in ((), "halo_max_hu", ("halo_max_hu", "halo_max_hu"), ("mean_hu",)):
+        with pytest.raises(ValueError, match="features"):
+            PatternSettings(features=bad)
+
+
 def test_features_of_the_cohort():
     df, truth = _cohort()
     f = region_features(df)
     beads = f[truth == 0]
     assert (beads["pleura_distance_mm"] == PLEURA_CAP_MM).all()  # NaN and 45 mm
-    assert (beads["dense_elongation"] == 1.0).all()
     assert np.isfinite(f.to_numpy()).all()
 
 
@@ -584,6 +651,17 @@ def test_describe_pattern():
                          distance_mm=31.0, halo_max_hu=-600.0, mean_hu=-850.0)
     assert s == ("outside lung (67 % of regions), about 31 mm posterior and superior of the "
                  "nodule; densest structure lung/air (median peak -600 HU); region mean -850 HU")
+
+    base = dict(relation="pleura-adjacent", relation_share=1.0, direction="lateral",
+                distance_mm=14.0, halo_max_hu=60.0, mean_hu=-700.0)
+    head = ("pleura-adjacent (100 % of regions), about 14 mm lateral of the nodule; densest "
+            "structure soft-tissue (median peak 60 HU); region mean -700 HU")
+    assert RADIAL_COS == 0.85
+    assert describe_pattern(**base, structure_gap_mm=2.4, structure_radial=0.85) == (
+        head + "; attended structure 2 mm from the nodule, running radially from it")
+    assert describe_pattern(**base, structure_gap_mm=2.4, structure_radial=0.849) == (
+        head + "; attended structure 2 mm from the nodule")
+    assert describe_pattern(**base, structure_gap_mm=NAN, structure_radial=1.0) == head
 
 
 def test_describe_pattern_rejects_bad_input():
@@ -654,8 +732,10 @@ def test_invalid_settings_raise(kwargs):
 
 def test_valid_settings():
     s = PatternSettings()
-    assert (s.min_cluster_size, s.min_samples, s.seed, s.method, s.n_permutations) == (
-        5, None, 0, "hdbscan", 2000)
+    assert (s.min_cluster_size, s.min_samples, s.seed, s.method, s.n_permutations,
+            s.features, s.min_structure_mm3) == (5, None, 0, "hdbscan", 2000,
+                                                  tuple(FEATURE_COLUMNS), 15.0)
+    assert PatternSettings(features=list(STRUCTURE_FEATURES)).features == tuple(STRUCTURE_FEATURES)
     PatternSettings(min_cluster_size=2, min_samples=1, method="spectral")
     PatternSettings(method="agglomerative", distance_threshold=3)
 

@@ -60,6 +60,23 @@ def test_rerun_replaces_rows_of_the_same_method(scored):
     assert (per["method"] == "gradcam").sum() == 4
 
 
+def test_max_nodules_checks_a_seeded_sample(scored, tmp_path):
+    def checked(seed):
+        out = tmp_path / f"res{seed}"
+        run_sanity(scored / "cohort", results_dir=out, model_dir=scored / "model",
+                   methods=("gradcam",), randomise=(), steps=4, max_nodules=2, seed=seed)
+        store = ResultsStore(out, create=False)
+        per = store.sanity()[1]
+        store.close()
+        return list(zip(per["case_id"], per["nodule_id"]))
+
+    first = checked(0)
+    assert len(first) == 2 and len(set(first)) == 2
+    assert checked(0) == first  # seeded
+    with pytest.raises(ValueError, match="max_nodules"):
+        run_sanity(scored / "results", model_dir=scored / "model", max_nodules=0)
+
+
 def test_sanity_on_a_cohort_needs_out_and_checks_the_model(scored, tmp_path):
     with pytest.raises(ValueError, match="not a results folder"):
         run_sanity(scored / "cohort", model_dir=scored / "model")

@@ -371,3 +371,22 @@ def test_load_truth_errors(tmp_path):
     (tmp_path / "truth.json").write_text("[]")
     with pytest.raises(UnreadableFileError, match="cases"):
         load_truth(tmp_path)
+
+
+def test_sample_command_takes_cohort_settings(tmp_path, capsys):
+    from discovery.cli import main
+
+    settings = dict(SMALL.to_dict(), nodules_per_case=[2, 2], p_malignant=1.0,
+                    p_tail_malignant=1.0, p_bead_malignant=0.0, p_granuloma=0.0)
+    path = tmp_path / "cohort.json"
+    path.write_text(json.dumps(settings))
+    assert main(["sample", str(tmp_path / "c"), "--cases", "1", "--config", str(path)]) == 0
+    nodules = load_truth(tmp_path / "c")["cases"][0]["nodules"]
+    assert len(nodules) == 2
+    assert all(n["malignant"] and n["has_pleural_tail"] and not n["has_marker_bead"]
+               for n in nodules)
+
+    path.write_text(json.dumps({"p_tail_benign": 0.5, "bogus": 1}))
+    assert main(["sample", str(tmp_path / "d"), "--cases", "1", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "cohort.json" in err and "bogus" in err and str(tmp_path) not in err

@@ -1,0 +1,148 @@
+"""The attended structure of a region: constructed scans with known answers."""
+
+import math
+
+import numpy as np
+import pytest
+
+from discovery.structures import NO_STRUCTURE, attended_structure
+
+SPACING = (1.0, 1.0, 1.0)
+SHAPE = (21, 41, 61)
+CENTRE = np.array([10, 20, 20])
+
+
+def _scene():
+    """Aerated lung (-850 HU) with a 4 mm ball nodule (40 HU) at CENTRE."""
+    hu = np.full(SHAPE, -850.0, dtype=np.float32)
+    zz, yy, xx = np.indices(SHAPE)
+    nodule = (zz - CENTRE[0]) ** 2 + (yy - CENTRE[1]) ** 2 + (xx - CENTRE[2]) ** 2 <= 16
+    hu[nodule] = 40.0
+    lung = np.ones(SHAPE, dtype=bool)
+    return hu, lung, nodule
+
+
+def test_radial_strand_from_the_nodule():
+    hu, lung, nodule = _scene()
+    # a strand along +x from x = 27 (3 mm beyond the nodule's edge at x = 24) to x = 44
+    hu[10, 20, 27:45] = 20.0
+    region = np.zeros(SHAPE, dtype=bool)
+    region[8:13, 17:24, 30:42] = True  # covers the middle of the strand only
+    attribution = region.astype(np.float32)
+    s = attended_structure(region, hu, lung, attribution, nodule, spacing_mm=SPACING)
+    # grown by 3 mm, the region reaches x = 27..44 of the strand: 18 voxels
+    assert s.volume_mm3 == pytest.approx(18.0)
+    assert s.median_hu == pytest.approx(20.0)
+    assert s.gap_mm == pytest.approx(3.0)  # x = 27 to the nodule's edge voxel at x = 24
+    assert s.radial == pytest.approx(1.0, abs=1e-9)
+    assert s.elongation == pytest.approx(math.sqrt((18**2 - 1) / 12 + 1 / 12) / math.sqrt(1 / 12))
+    assert 0 < s.attribution_share < 1
+
+
+def test_strand_running_around_the_nodule_is_not_radial():
+    hu, lung, nodule = _scene()
+    hu[10, 5:36, 34] = 20.0  # along y, 14 mm lateral of the nodule centre, centred on it
+    region = np.zeros(SHAPE, dtype=bool)
+    region[8:13, 10:31, 32:37] = True
+    s = attended_structure(region, hu, lung, region.astype(float), nodule, spacing_mm=SPACING)
+    assert s.radial == pytest.approx(0.0, abs=1e-9)
+    assert s.gap_mm == pytest.approx(10.0)  # x = 34 to the edge voxel at x = 24
+
+
+def test_air_only_region_has_no_structure():
+    hu, lung, nodule = _scene()
+    region = np.zeros(SHAPE, dtype=bool)
+    region[8:13, 5:10, 45:55] = True
+    s = attended_structure(region, hu, lung, region.astype(float), nodule, spacing_mm=SPACING)
+    assert s == NO_STRUCTURE
+    assert s.volume_mm3 == 0.0 and math.isnan(s.gap_mm) and s.attribution_share == 0.0
+
+
+def test_the_component_with_most_attribution_wins_and_nodules_are_excluded():
+    hu, lung, nodule = _scene()
+    hu[10, 20, 40:43] = 30.0   # small blob A, 3 voxels
+    hu[10, 30, 40:50] = 500.0  # longer blob B, 10 voxels, calcified
+    region = np.zeros(SHAPE, dtype=bool)
+    region[5:16, 15:35, 22:55] = True  # also covers the nodule's rim (x = 22..24)
+    attribution = np.zeros(SHAPE, dtype=np.float32)
+    attribution[10, 20, 40:43] = 10.0  # A carries 30, B only 10 x 0.5
+    attribution[10, 30, 40:50] = 0.5
+    attribution[nodule] = 100.0  # the nodule itself is excluded even though it is brightest
+    s = attended_structure(region, hu, lung, attribution, nodule, spacing_mm=SPACING)
+    assert s.volume_mm3 == pytest.approx(3.0) and s.median_hu == pytest.approx(30.0)
+    attribution[10, 30, 40:50] = 5.0  # now B carries 50
+    s = attended_structure(region, hu, lung, attribution, nodule, spacing_mm=SPACING)
+    assert s.volume_mm3 == pytest.approx(10.0) and s.median_hu == pytest.approx(500.0)
+
+
+def test_structure_outside_the_lung_field_is_ignored():
+    hu, lung, nodule = _scene()
+    hu[10, 20, 30:40] = 20.0
+    lung[:, :, 28:] = False  # the chest wall from x = 28 on
+    region = np.zeros(SHAPE, dtype=bool)
+    region[8:13, 17:24, 30:40] = True
+    s = attended_structure(region, hu, lung, region.astype(float), nodule, spacing_mm=SPACING)
+    assert s == NO_STRUCTURE
+
+
+def test_anisotropic_spacing_scales_volume_and_gap():
+    hu, lung, nodule = _scene()
+    hu[10, 20, 27:45] = 20.0
+    region = np.zeros(SHAPE, dtype=bool)
+    region[8:13, 17:24, 24:48] = True
+    s = attended_structure(region, hu, lung, region.astype(float), nodule,
+                           spacing_mm=(2.0, 1.0, 0.5), grow_by_mm=0.0, nodule_margin_mm=0.0)
+    assert s.volume_mm3 == pytest.approx(18 * 2.0 * 1.0 * 0.5)
+    assert s.gap_mm == pytest.approx(1.5)  # 3 voxels of 0.5 mm along x
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(region=np.zeros((2, 2, 2), bool)), "one shape"),
+    (dict(region=np.zeros(SHAPE, bool)), "empty"),
+    (dict(spacing_mm=(1.0, 0.0, 1.0)), "spacing"),
+    (dict(grow_by_mm=-1.0), "grow_by_mm"),
+    (dict(dense_hu=float("nan")), "dense_hu"),
+    (dict(exclude=np.zeros((3, 3, 3), bool)), "exclude"),
+])
+def test_bad_input_says_what_was_received(bad, match):
+    hu, lung, nodule = _scene()
+    region = np.zeros(SHAPE, dtype=bool)
+    region[10, 20, 30] = True
+    kwargs = dict(region=region, hu=hu, lung=lung, attribution=region.astype(float),
+                  nodule=nodule, spacing_mm=SPACING)
+    kwargs.update(bad)
+    with pytest.raises(ValueError, match=match):
+        attended_structure(kwargs.pop("region"), kwargs.pop("hu"), kwargs.pop("lung"),
+                           kwargs.pop("attribution"), kwargs.pop("nodule"), **kwargs)
+
+
+def test_the_generators_pleural_tails_read_as_radial_strands():
+    """On the synthetic generator's own scans, a region over a planted pleural tail finds a
+    soft-tissue strand that starts next to the nodule and runs radially from it."""
+    from data_tools.synthetic import SyntheticConfig, generate_case
+    from discovery.align import grow_mm
+    from discovery.descriptors import lung_mask
+
+    cfg = SyntheticConfig(shape_yx=128, n_slices=(48, 48), pixel_spacing_mm=(1.4, 1.4),
+                          slice_spacing_mm=(2.0, 2.0), nodules_per_case=(2, 2),
+                          p_malignant=1.0, p_tail_malignant=1.0, p_bead_malignant=0.0,
+                          p_granuloma=0.0)
+    n = 0
+    for index in range(3):
+        c = generate_case(3, config=cfg, index=index)
+        spacing = tuple(float(v) for v in np.linalg.norm(c.affine[:3, :3], axis=0))
+        lung = lung_mask(c.hu, spacing_mm=spacing)
+        for item in c.planted_items:
+            assert item["kind"] == "pleural_tail"
+            structure = c.planted == item["label"]
+            nodule = c.mask == item["nodule_label"]
+            # a Grad-CAM-like blob: the structure grown by 4 mm, the nodule's surroundings cut
+            region = grow_mm(structure, 4.0, spacing) & ~grow_mm(nodule, 5.0, spacing)
+            if not region.any():
+                continue
+            s = attended_structure(region, c.hu, lung, region.astype(float), nodule,
+                                   spacing_mm=spacing, exclude=c.mask > 0)
+            assert s.gap_mm < 4.5 and s.radial > 0.85, s
+            assert -400 <= s.median_hu < 200, s  # soft tissue, partial volume at the edges
+            n += 1
+    assert n >= 3
