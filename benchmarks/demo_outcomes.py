@@ -61,10 +61,6 @@ PEAK_BOX_VOX = 20
 DEMO_COHORT = Path(__file__).resolve().parents[1] / "sample_data" / "demo_model" / "cohort.json"
 
 
-def _config(path: str | None) -> SyntheticConfig:
-    return SyntheticConfig.from_dict(json.loads(Path(path).read_text()))
-
-
 def _structures(cohort: Path, results: Path, cfg: SyntheticConfig, seed: int, model, card,
                 regions: pd.DataFrame):
     """Per planted structure (oracle Δp, reach) and per region (kinds within HALO_MM)."""
@@ -104,7 +100,7 @@ def _structures(cohort: Path, results: Path, cfg: SyntheticConfig, seed: int, mo
 
 def run(args) -> dict:
     t0 = time.perf_counter()
-    cfg = _config(args.config)
+    cfg = SyntheticConfig.read(args.config)
     key = hashlib.sha256(json.dumps([cfg.to_dict(), args.seed, args.cases, str(args.model or "demo")],
                                     sort_keys=True).encode()).hexdigest()[:12]
     work = Path(args.work) if args.work else (Path(__file__).resolve().parent / ".cache"

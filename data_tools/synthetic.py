@@ -211,6 +211,18 @@ class SyntheticConfig:
             d["p_satellite_malignant"] = 0.0
         return cls(**{k: tup(v) for k, v in d.items()})
 
+    @classmethod
+    def read(cls, path: str | Path) -> "SyntheticConfig":
+        """:meth:`from_dict` of a JSON file (such as ``sample_data/demo_model/cohort.json``).
+
+        Raises ValueError naming the file (not its folder) when it cannot be read, is not
+        JSON or holds unknown or invalid fields."""
+        path = Path(path)
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError) as exc:
+            raise ValueError(f"cohort settings {path.name}: {exc}") from None
+
 
 @dataclass(frozen=True, eq=False)
 class SyntheticCase:

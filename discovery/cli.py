@@ -53,18 +53,13 @@ def _console():
 
 
 def cmd_sample(args) -> int:
-    import json
-
     from data_tools.errors import DataError
     from data_tools.synthetic import SyntheticConfig, generate_cohort
 
-    config = SyntheticConfig()
-    if args.config:
-        path = Path(args.config)
-        try:
-            config = SyntheticConfig.from_dict(json.loads(path.read_text()))
-        except (OSError, ValueError, TypeError) as exc:
-            raise DataError(f"cohort settings {path.name}: {exc}") from None
+    try:
+        config = SyntheticConfig.read(args.config) if args.config else SyntheticConfig()
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
     with _progress() as bar:
         task = bar.add_task("generating cases", total=args.cases, note="")
         generate_cohort(Path(args.out), n_cases=args.cases, seed=args.seed, config=config,

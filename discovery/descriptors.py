@@ -35,6 +35,7 @@ __all__ = [
     "lung_mask",
     "offset_lps_mm",
     "region_descriptors",
+    "solid_moments",
 ]
 
 #: Every relation :func:`classify_relation` can return, in the order its rule tries them.
@@ -268,10 +269,19 @@ def elongation(mask, *, spacing_mm) -> float:
         raise ValueError("mask is empty; elongation needs at least one voxel")
     if idx[0].size == 1:
         return 1.0
-    coords = np.stack(idx, axis=1) * spacing
-    cov = np.cov(coords, rowvar=False, bias=True) + np.diag(spacing**2 / 12.0)
-    eig = np.linalg.eigvalsh(cov)  # ascending, all > 0 thanks to the voxel term
+    eig, _ = solid_moments(np.stack(idx, axis=1) * spacing, spacing)
     return float(math.sqrt(eig[-1] / eig[0]))
+
+
+def solid_moments(coords_mm: np.ndarray, spacing) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (ascending, mm²) and eigenvectors (columns) of the second moments of the
+    solid union of voxel boxes centred at ``coords_mm`` (shape (N, 3), N >= 1): the
+    population covariance of the centres plus ``diag(spacing²) / 12`` (see
+    :func:`elongation`, which is ``sqrt(eig[-1] / eig[0])`` of it)."""
+    spacing = np.asarray(spacing, dtype=float)
+    cov = (np.cov(coords_mm, rowvar=False, bias=True) if len(coords_mm) > 1
+           else np.zeros((3, 3)))
+    return np.linalg.eigh(cov + np.diag(spacing**2 / 12.0))  # all eigenvalues > 0
 
 
 # --------------------------------------------------------------------------- region

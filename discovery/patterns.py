@@ -227,14 +227,18 @@ class PatternSettings:
 # ---------------------------------------------------------------------------- features
 
 
-def _check_regions(regions) -> pd.DataFrame:
+def _check_regions(regions, features) -> pd.DataFrame:
     if not isinstance(regions, pd.DataFrame):
         raise ValueError(f"regions must be a pandas DataFrame; received {type(regions).__name__}")
-    missing = [c for c in _REQUIRED_COLUMNS if c not in regions.columns]
+    required = _REQUIRED_COLUMNS + (_STRUCTURE_COLUMNS if set(features) & set(_STRUCTURE_ONLY)
+                                    else [])
+    missing = [c for c in required if c not in regions.columns]
     if missing:
         raise ValueError(
             f"regions is missing column(s) {missing}; expected the region table of "
-            "`discovery score` (offmask descriptors + anatomy) plus 'probability' and 'region_key'"
+            "`discovery score` (offmask descriptors + anatomy + attended structure; a table "
+            "scored before the structure columns existed needs scoring again) plus "
+            "'probability' and 'region_key'"
         )
     keys = regions["region_key"]
     if keys.isna().any() or keys.duplicated().any():
@@ -541,15 +545,10 @@ def cluster_regions(
     """
     if not isinstance(settings, PatternSettings):
         raise ValueError(f"settings must be a PatternSettings; received {type(settings).__name__}")
-    regions = _check_regions(regions)
+    regions = _check_regions(regions, settings.features)
     out = regions.copy()
     n = len(out)
 
-    if set(settings.features) & set(_STRUCTURE_ONLY):
-        missing = [c for c in _STRUCTURE_COLUMNS if c not in out.columns]
-        if missing:
-            raise ValueError(f"regions is missing column(s) {missing}, needed by the structure "
-                             "features; score again with this version to add them")
     feats = region_features(out, features=settings.features,
                             min_structure_mm3=settings.min_structure_mm3).to_numpy(dtype=float)
     complete = np.all(np.isfinite(feats), axis=1)

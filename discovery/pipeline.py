@@ -282,7 +282,7 @@ def analyze_scan(
                     deep=pool_region_features(act, np.argwhere(inside) + lo, roi),
                     structure=attended_structure(inside, volume.array[box], lung[box], attr, own,
                                                  spacing_mm=spacing, exclude=annotated[box],
-                                                 grow_by_mm=HALO_MM),
+                                                 distance_mm=dist, grow_by_mm=HALO_MM),
                 ))
         np.maximum(attribution[box], attr, out=attribution[box])
         for region in regions:

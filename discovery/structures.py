@@ -23,11 +23,11 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from .align import _check_nonneg, _check_spacing, grow_mm
+from .align import _check_distance, _check_nonneg, _check_spacing, _distance_to_mask_mm, grow_mm
+from .descriptors import _FULL_26, solid_moments
 
 __all__ = ["AttendedStructure", "NO_STRUCTURE", "attended_structure"]
 
-_FULL_26 = np.ones((3, 3, 3), dtype=bool)
 #: Fewer voxels than this have no meaningful main axis: ``radial`` is NaN.
 _MIN_AXIS_VOXELS = 3
 
@@ -48,8 +48,7 @@ class AttendedStructure:
         structure or nodule.
     radial : float
         ``|cos|`` of the angle between the structure's main axis (largest eigenvector of
-        its second moments, voxel extent included as in
-        :func:`discovery.descriptors.elongation`) and the direction from the nodule's
+        :func:`discovery.descriptors.solid_moments`, as for its elongation) and the direction from the nodule's
         centroid to the structure's centroid, in [0, 1]: 1 for a strand pointing away from
         the nodule, 0 for one running around it.  NaN without a structure or nodule, or
         for a structure of fewer than 3 voxels (no main axis).
@@ -90,6 +89,7 @@ def attended_structure(
     *,
     spacing_mm,
     exclude=None,
+    distance_mm=None,
     grow_by_mm: float = 3.0,
     dense_hu: float = -400.0,
     nodule_margin_mm: float = 1.5,
@@ -115,6 +115,9 @@ def attended_structure(
         Voxels never part of a structure (all annotated nodules); ``nodule`` when omitted.
         Both are grown by ``nodule_margin_mm`` first, so the nodule's partial-volume rim is
         not taken for a structure touching it.
+    distance_mm : ndarray of float, shape (z, y, x), optional
+        :func:`discovery.align.distance_to_mask_mm` of ``nodule``, when the caller already
+        has it (the pipeline computes it once per nodule for the alignment metrics).
     grow_by_mm : float
         The region is grown by this much (mm) before looking for the structure.
     dense_hu : float
@@ -144,6 +147,8 @@ def attended_structure(
     elif np.shape(exclude) != shape:
         raise ValueError(f"exclude must have the region's shape {shape}; received "
                          f"{np.shape(exclude)}")
+    if distance_mm is not None:
+        distance_mm = _check_distance(distance_mm, nodule)
     attribution = np.asarray(attribution, dtype=np.float64)
 
     grown = grow_mm(region, grow_by_mm, tuple(spacing))
@@ -159,13 +164,13 @@ def attended_structure(
 
     coords = np.argwhere(comp) * spacing
     centre = coords.mean(axis=0)
-    cov = np.cov(coords, rowvar=False, bias=True) if len(coords) > 1 else np.zeros((3, 3))
-    eigval, eigvec = np.linalg.eigh(cov + np.diag(spacing**2 / 12.0))
+    eigval, eigvec = solid_moments(coords, spacing)
     elong = float(math.sqrt(eigval[-1] / eigval[0])) if len(coords) > 1 else 1.0
 
     gap = radial = math.nan
     if nodule.any():
-        gap = float(ndimage.distance_transform_edt(~nodule, sampling=spacing)[comp].min())
+        dist = _distance_to_mask_mm(nodule, spacing) if distance_mm is None else distance_mm
+        gap = float(dist[comp].min())
         away = centre - np.argwhere(nodule).mean(axis=0) * spacing
         norm = float(np.linalg.norm(away))
         if norm > 0 and len(coords) >= _MIN_AXIS_VOXELS:

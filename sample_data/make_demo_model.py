@@ -19,7 +19,6 @@ committed model's); the other variants measured in README's "Discovery" section 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -56,7 +55,7 @@ def main(argv=None) -> int:
         sys.stderr.write(f"[{time.perf_counter() - t0:6.0f} s] {msg}\n")
 
     card = ModelCard(architecture=default_architecture(), gradcam_layer="layer3")
-    config = SyntheticConfig.from_dict(json.loads(Path(args.config).read_text())) if args.config else None
+    config = SyntheticConfig.read(args.config) if args.config else None
     cache = Path(args.rois_cache) if args.rois_cache else None
     if cache is not None and cache.is_file():
         z = np.load(cache)

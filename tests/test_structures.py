@@ -37,6 +37,11 @@ def test_radial_strand_from_the_nodule():
     assert s.radial == pytest.approx(1.0, abs=1e-9)
     assert s.elongation == pytest.approx(math.sqrt((18**2 - 1) / 12 + 1 / 12) / math.sqrt(1 / 12))
     assert 0 < s.attribution_share < 1
+    # the nodule's distance map, when the caller has it, gives the same answer
+    from discovery.align import distance_to_mask_mm
+    same = attended_structure(region, hu, lung, attribution, nodule, spacing_mm=SPACING,
+                              distance_mm=distance_to_mask_mm(nodule, SPACING))
+    assert same == s
 
 
 def test_strand_running_around_the_nodule_is_not_radial():
@@ -103,6 +108,7 @@ def test_anisotropic_spacing_scales_volume_and_gap():
     (dict(grow_by_mm=-1.0), "grow_by_mm"),
     (dict(dense_hu=float("nan")), "dense_hu"),
     (dict(exclude=np.zeros((3, 3, 3), bool)), "exclude"),
+    (dict(distance_mm=np.zeros((3, 3, 3))), "distance_mm"),
 ])
 def test_bad_input_says_what_was_received(bad, match):
     hu, lung, nodule = _scene()

@@ -390,3 +390,17 @@ def test_sample_command_takes_cohort_settings(tmp_path, capsys):
     assert main(["sample", str(tmp_path / "d"), "--cases", "1", "--config", str(path)]) == 2
     err = capsys.readouterr().err
     assert "cohort.json" in err and "bogus" in err and str(tmp_path) not in err
+
+
+def test_read_cohort_settings_file(tmp_path):
+    path = tmp_path / "cohort.json"
+    path.write_text(json.dumps({"p_tail_benign": 0.03, "tail_width_mm": [4.0, 6.0]}))
+    cfg = SyntheticConfig.read(path)
+    assert cfg == dataclasses.replace(SyntheticConfig(), p_tail_benign=0.03, tail_width_mm=(4.0, 6.0))
+    for text in ("{not json", json.dumps({"bogus": 1}), json.dumps({"p_tail_benign": 2.0})):
+        path.write_text(text)
+        with pytest.raises(ValueError, match="cohort settings cohort.json") as err:
+            SyntheticConfig.read(path)
+        assert str(tmp_path) not in str(err.value)
+    with pytest.raises(ValueError, match="missing.json"):
+        SyntheticConfig.read(tmp_path / "missing.json")
