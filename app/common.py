@@ -22,8 +22,8 @@ _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:  # `discovery` is importable without installing the project
     sys.path.insert(0, str(_ROOT))
 
-from discovery.preprocess import nodule_label  # noqa: E402,F401  (re-exported for the pages)
-from discovery.store import ResultsStore, load_case_arrays, store_exists  # noqa: E402
+from discovery.model.rois import nodule_label  # noqa: E402,F401  (re-exported for the pages)
+from discovery.store.tables import ResultsStore, load_case_arrays, store_exists  # noqa: E402
 
 ENV_VAR = "DISCOVERY_RESULTS"
 RESULTS_KEY = "results_dir"
@@ -85,7 +85,7 @@ def get_store() -> ResultsStore:
 
 def load_viewer_arrays(root: str | Path, case_id: str) -> dict[str, np.ndarray]:
     """The arrays of one case as the case page uses them, without any Streamlit cache (what
-    :func:`case_arrays` caches): :func:`discovery.store.load_case_arrays`, made read only,
+    :func:`case_arrays` caches): :func:`discovery.store.tables.load_case_arrays`, made read only,
     plus ``attr_max`` (float64), ``attr_peak_z`` (int64), ``attr_peak`` (int64 ``(z, y, x)``
     of the first maximum in C order, i.e. ``np.unravel_index(np.argmax(attribution))``) and
     ``label_counts`` (see :func:`key_slice`).
@@ -135,7 +135,7 @@ def _load_arrays(root: str, case_id: str, mtime_ns: int) -> dict[str, np.ndarray
 
 def key_slice(arrays: dict[str, np.ndarray], label: int | None) -> int | None:
     """Axial slice with most voxels of mask *label* (lowest on ties), as
-    :func:`discovery.render.key_slice`; None when the label is not in the mask."""
+    :func:`discovery.report.render.key_slice`; None when the label is not in the mask."""
     counts = arrays["label_counts"]
     if label is None or not 0 < label < counts.shape[1] or not counts[:, label].any():
         return None

@@ -4,8 +4,8 @@ The case: 512 x 512 x 300 voxels at 0.7 x 0.7 x 1.0 mm, int16 CT from the synthe
 (lungs, vessels, three nodules), its three-label nodule mask, a float32 attribution map
 (Grad-CAM-like: a trilinearly upsampled coarse map inside a 48 mm box around each nodule, zero
 elsewhere, as ``analyze_scan`` writes it), the off-mask region map and the region activations,
-stored with :func:`discovery.store.save_case_arrays` exactly as ``discovery score`` stores them
-(``discovery.batch._compute_case``).  No model is run: the arrays have the real sizes and types.
+stored with :func:`discovery.store.tables.save_case_arrays` exactly as ``discovery score`` stores them
+(``discovery.batch.score._compute_case``).  No model is run: the arrays have the real sizes and types.
 
 Measured, as the case page does it, outside Streamlit:
 
@@ -20,7 +20,7 @@ Measured, as the case page does it, outside Streamlit:
 * **slice step** -- the same render + resize + encode of another slice (median over 20
   slices spread over the volume), for axial, coronal (``ct[:, y, :]``) and sagittal
   (``ct[:, :, x]``) planes; the reformatted planes are enlarged to square millimetres
-  (``discovery.planes`` when present, else nearest-neighbour here);
+  (``discovery.report.planes`` when present, else nearest-neighbour here);
 * **peak RSS** -- the process's resident-set high-water mark (Linux ``VmHWM``, reset through
   ``/proc/self/clear_refs``) while opening the case and stepping through it, file-backed pages
   of memory-mapped arrays included.
@@ -51,8 +51,8 @@ import numpy as np  # noqa: E402
 from scipy import ndimage as ndi  # noqa: E402
 
 from data_tools.synthetic import BENCHMARK_GEOMETRY, SyntheticConfig, generate_case  # noqa: E402
-from discovery import planes, render  # noqa: E402
-from discovery.store import save_case_arrays  # noqa: E402
+from discovery.report import planes, render  # noqa: E402
+from discovery.store.tables import save_case_arrays  # noqa: E402
 from _memory import reset_peak, rss_mib  # noqa: E402
 
 logging.getLogger("streamlit").setLevel(logging.ERROR)  # "no runtime" warnings outside an app

@@ -37,8 +37,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data_tools.synthetic import generate_cohort  # noqa: E402
-from discovery.batch import score_folder  # noqa: E402
-from discovery.executors import start_method  # noqa: E402
+from discovery.batch.score import score_folder  # noqa: E402
+from discovery.parallel import start_method  # noqa: E402
 
 TABLES = ("findings.csv", "patterns.csv")
 

@@ -43,14 +43,14 @@ import pandas as pd  # noqa: E402
 from data_tools.deid import pseudonymous_id  # noqa: E402
 from data_tools.synthetic import SyntheticConfig, generate_case, generate_cohort  # noqa: E402
 from data_tools.volume import Mask, Volume  # noqa: E402
-from discovery.align import grow_mm  # noqa: E402
-from discovery.batch import score_folder  # noqa: E402
-from discovery.causal import rescore_without  # noqa: E402
-from discovery.model import load_model  # noqa: E402
-from discovery.outcomes import cluster_readings, nodule_outcomes  # noqa: E402
+from discovery.align.metrics import grow_mm  # noqa: E402
+from discovery.batch.score import score_folder  # noqa: E402
+from discovery.patterns.causal import rescore_without  # noqa: E402
+from discovery.model.card import load_model  # noqa: E402
+from discovery.patterns.outcomes import cluster_readings, nodule_outcomes  # noqa: E402
 from discovery.pipeline import HALO_MM  # noqa: E402
-from discovery.preprocess import nodule_sites  # noqa: E402
-from discovery.store import ResultsStore, load_case_arrays  # noqa: E402
+from discovery.model.rois import nodule_sites  # noqa: E402
+from discovery.store.tables import ResultsStore, load_case_arrays  # noqa: E402
 
 KINDS = ("marker_bead", "pleural_tail", "satellite_nodule", "granuloma")
 #: the box around a nodule's mask in which its map's peak is looked for (voxels)

@@ -47,15 +47,15 @@ from sklearn.metrics import roc_auc_score  # noqa: E402
 
 from data_tools.synthetic import SyntheticConfig, generate_case  # noqa: E402
 from data_tools.volume import Mask, Volume  # noqa: E402
-from discovery.align import grow_mm  # noqa: E402
-from discovery.batch import result_rows  # noqa: E402
-from discovery.causal import pattern_effects, rescore_without, summarize_effects  # noqa: E402
-from discovery.cluster_stats import adjusted_rand, match_kind, top_k_precision  # noqa: E402
-from discovery.model import ModelCard, default_architecture, load_model  # noqa: E402
-from discovery.patterns import (FEATURE_COLUMNS, STRUCTURE_FEATURES, PatternSettings,  # noqa: E402
+from discovery.align.metrics import grow_mm  # noqa: E402
+from discovery.batch.score import result_rows  # noqa: E402
+from discovery.patterns.causal import pattern_effects, rescore_without, summarize_effects  # noqa: E402
+from discovery.patterns.stats import adjusted_rand, match_kind, top_k_precision  # noqa: E402
+from discovery.model.card import ModelCard, default_architecture, load_model  # noqa: E402
+from discovery.patterns.clustering import (FEATURE_COLUMNS, STRUCTURE_FEATURES, PatternSettings,  # noqa: E402
                                 cluster_regions)
 from discovery.pipeline import HALO_MM, analyze_scan  # noqa: E402
-from discovery.train import TrainSettings, synthetic_rois, train_model  # noqa: E402
+from discovery.model.train import TrainSettings, synthetic_rois, train_model  # noqa: E402
 
 KINDS = ("marker_bead", "pleural_tail", "granuloma")
 ROLE = {"marker_bead": "shortcut", "pleural_tail": "sign", "granuloma": "distractor"}

@@ -1,7 +1,7 @@
 """Cost of each attribution method relative to one bare forward + backward pass.
 
 For one model (default: the committed demo model) and one batch of ROIs, every method of
-``discovery.explain.METHODS`` is timed in the same process and reported as a ratio to
+``discovery.explain.methods.METHODS`` is timed in the same process and reported as a ratio to
 
 * **F+B**: one forward pass with gradients enabled plus one backward pass of the summed
   target logit to the parameters (``loss.backward()`` as in training), and
@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from discovery.explain import IG_STEPS, METHODS, OCCLUSION_STRIDE, OCCLUSION_WINDOW, explain  # noqa: E402
-from discovery.model import load_model  # noqa: E402
+from discovery.explain.methods import IG_STEPS, METHODS, OCCLUSION_STRIDE, OCCLUSION_WINDOW, explain  # noqa: E402
+from discovery.model.card import load_model  # noqa: E402
 
 
 def _median_seconds(fn, repeat: int) -> float:

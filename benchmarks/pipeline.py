@@ -31,9 +31,9 @@ import torch  # noqa: E402
 from data_tools.dicom import load_dicom_series  # noqa: E402
 from data_tools.nifti import load_nifti_mask  # noqa: E402
 from data_tools.synthetic import BENCHMARK_GEOMETRY, SyntheticConfig, generate_case, write_case  # noqa: E402
-from discovery.model import load_model  # noqa: E402
+from discovery.model.card import load_model  # noqa: E402
 from discovery.pipeline import analyze_scan  # noqa: E402
-from discovery.store import save_case_arrays  # noqa: E402
+from discovery.store.tables import save_case_arrays  # noqa: E402
 from _memory import reset_peak, rss_mib  # noqa: E402
 
 

@@ -33,14 +33,30 @@ from pydicom.errors import BytesLengthException
 from pydicom.multival import MultiValue
 from pydicom.pixels import get_decoder
 from pydicom.uid import (
-    UID, JPEG2000TransferSyntaxes, JPEGLSTransferSyntaxes, JPEGTransferSyntaxes,
+    UID,
+    JPEG2000TransferSyntaxes,
+    JPEGLSTransferSyntaxes,
+    JPEGTransferSyntaxes,
 )
 
 from .dicom_series import (
-    _FIX, _READ_ERRORS, DEFER_BYTES, MIN_SLICES, SeriesInfo, _raw, _scan, find_series, is_dicom_file,
+    DEFER_BYTES,
+    FIX_HINT,
+    MIN_SLICES,
+    READ_ERRORS,
+    SeriesInfo,
+    find_series,
+    is_dicom_file,
+    raw_values,
+    scan_folder,
     select_ct_series,
 )
-from .errors import NoSeriesError, SeriesValidationError, UnreadableFileError, file_label
+from .errors import (
+    NoSeriesError,
+    SeriesValidationError,
+    UnreadableFileError,
+    file_label,
+)
 from .volume import Volume
 
 __all__ = [
@@ -96,12 +112,12 @@ def load_dicom_folder(folder: str | Path, *, series_uid: str | None = None,
     NoSeriesError, SeriesValidationError, UnreadableFileError
     """
     headers: dict = {}
-    series, n_not_dicom, n_unreadable = _scan(folder, recursive=True, keep=headers)
+    series, n_not_dicom, n_unreadable = scan_folder(folder, recursive=True, keep=headers)
     if not series:
         skipped = f" ({n_not_dicom} non-DICOM and {n_unreadable} unreadable file(s) skipped)"
         raise NoSeriesError(
             f"no DICOM series found in the folder{skipped if n_not_dicom + n_unreadable else ''}"
-            f". {_FIX}; subfolders are searched.", path=folder,
+            f". {FIX_HINT}; subfolders are searched.", path=folder,
         )
     chosen = select_ct_series(series, series_uid=series_uid)
     # the series description is free text (PS3.15: remove), so it is never logged
@@ -149,7 +165,7 @@ class _Slice:
 
 def _floats(ds, keyword: str, n: int, path: Path) -> np.ndarray:
     try:
-        values = [float(v) for v in (_raw(ds, keyword) or [])]
+        values = [float(v) for v in (raw_values(ds, keyword) or [])]
     except (TypeError, ValueError):
         values = []
     if len(values) != n or not np.all(np.isfinite(values)):
@@ -178,7 +194,7 @@ def _read_full(path: Path, *, defer: bool = False):
         # force only for a file without the Part 10 preamble (see _is_raw_dataset)
         return pydicom.dcmread(path, defer_size=DEFER_BYTES if defer else None,
                                force=not is_dicom_file(path))
-    except _READ_ERRORS as exc:
+    except READ_ERRORS as exc:
         raise UnreadableFileError(
             f"{file_label(path)} cannot be read as DICOM ({type(exc).__name__}); it is probably "
             "truncated, empty or not a DICOM file. Re-copy or re-export the series.", path=path,
@@ -189,7 +205,7 @@ def _read_header(path: Path, ds=None) -> _Slice:
     ds = _read_full(path, defer=True) if ds is None else ds
     try:
         return _parse_header(ds, path)
-    except _READ_ERRORS as exc:
+    except READ_ERRORS as exc:
         raise UnreadableFileError(
             f"{file_label(path)} has a corrupt DICOM header ({type(exc).__name__}). Re-copy or "
             "re-export the series.", path=path,
@@ -198,7 +214,7 @@ def _read_header(path: Path, ds=None) -> _Slice:
 
 def _parse_header(ds, path: Path) -> _Slice:
     label = file_label(path)
-    frames = _raw(ds, "NumberOfFrames")
+    frames = raw_values(ds, "NumberOfFrames")
     if frames and frames[0].isdigit() and int(frames[0]) > 1:
         raise SeriesValidationError(
             f"{label} is a multi-frame (enhanced) image, which is not supported yet; export the "
@@ -208,14 +224,14 @@ def _parse_header(ds, path: Path) -> _Slice:
         raise SeriesValidationError(
             f"{label} is a colour image (SamplesPerPixel != 1), not a CT slice.", path=path
         )
-    modality = (_raw(ds, "Modality") or [""])[0].upper()
+    modality = (raw_values(ds, "Modality") or [""])[0].upper()
     if modality and modality != "CT":
         raise SeriesValidationError(
-            f"{label} has modality {modality}; only CT series can be read as HU. {_FIX}.",
+            f"{label} has modality {modality}; only CT series can be read as HU. {FIX_HINT}.",
             path=path,
         )
     missing = [kw for kw in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")
-               if _raw(ds, kw) is None]
+               if raw_values(ds, kw) is None]
     missing += [kw for kw in ("Rows", "Columns") if ds.get(kw) in (None, "")]
     if missing:
         if "PixelData" not in ds:  # pydicom stops silently at a cut header
@@ -228,13 +244,13 @@ def _parse_header(ds, path: Path) -> _Slice:
             "and pixel spacing (the file may be truncated, or it is not an image slice).",
             path=path,
         )
-    if _raw(ds, "RescaleSlope") is None or _raw(ds, "RescaleIntercept") is None:
+    if raw_values(ds, "RescaleSlope") is None or raw_values(ds, "RescaleIntercept") is None:
         if "ModalityLUTSequence" in ds:
             raise SeriesValidationError(
                 f"{label} maps stored values to HU with a ModalityLUTSequence, which is not "
                 "supported yet; export the series with RescaleSlope/RescaleIntercept.", path=path,
             )
-        absent = [kw for kw in ("RescaleSlope", "RescaleIntercept") if _raw(ds, kw) is None]
+        absent = [kw for kw in ("RescaleSlope", "RescaleIntercept") if raw_values(ds, kw) is None]
         raise SeriesValidationError(
             f"{label} is missing {' and '.join(absent)}, so its stored values cannot be "
             "converted to HU; the reader never assumes -1024 or any other default. Re-export "
@@ -244,7 +260,7 @@ def _parse_header(ds, path: Path) -> _Slice:
                         for kw in ("RescaleSlope", "RescaleIntercept"))
     if slope == 0.0:
         raise SeriesValidationError(f"{label} has RescaleSlope 0.", path=path)
-    instance = (_raw(ds, "InstanceNumber") or [""])[0]
+    instance = (raw_values(ds, "InstanceNumber") or [""])[0]
     try:
         instance = int(instance) if instance else None
     except ValueError:
@@ -255,8 +271,8 @@ def _parse_header(ds, path: Path) -> _Slice:
         iop=_floats(ds, "ImageOrientationPatient", 6, path),
         pixel_spacing=_floats(ds, "PixelSpacing", 2, path),
         rows=int(ds.Rows), cols=int(ds.Columns), slope=slope, intercept=intercept,
-        series_uid=(_raw(ds, "SeriesInstanceUID") or [""])[0],
-        image_type=tuple(v.upper() for v in _raw(ds, "ImageType") or ()),
+        series_uid=(raw_values(ds, "SeriesInstanceUID") or [""])[0],
+        image_type=tuple(v.upper() for v in raw_values(ds, "ImageType") or ()),
         transfer_syntax=str(getattr(ds, "file_meta", {}).get("TransferSyntaxUID", "") or ""),
         ds=ds,
     )
@@ -510,7 +526,7 @@ def _read_pixels(s: _Slice) -> np.ndarray:
     ds = s.ds if s.ds is not None else _read_full(s.path)
     try:
         fast = _native_pixels(ds, s) if "PixelData" in ds else None
-    except _READ_ERRORS:
+    except READ_ERRORS:
         fast = None
     if fast is not None:
         return fast
@@ -588,7 +604,7 @@ def read_ct_files(files: Sequence[Path], *, max_bytes: int | None = DEFAULT_MAX_
     if len(paths) < MIN_SLICES:
         raise SeriesValidationError(
             f"the series has {len(paths)} slice(s); a CT volume needs at least {MIN_SLICES}. "
-            f"{_FIX}, not a single image or a localizer.",
+            f"{FIX_HINT}, not a single image or a localizer.",
             path=paths[0] if paths else None,
         )
     headers = _headers or {}
@@ -596,7 +612,7 @@ def read_ct_files(files: Sequence[Path], *, max_bytes: int | None = DEFAULT_MAX_
     if len(slices) < MIN_SLICES:
         raise SeriesValidationError(
             f"only {len(slices)} slice(s) remain after dropping localizer images; a CT volume "
-            f"needs at least {MIN_SLICES}. {_FIX}.", path=paths[0])
+            f"needs at least {MIN_SLICES}. {FIX_HINT}.", path=paths[0])
     _check_shared(slices)
     _check_decoders(slices)
     first = slices[0]

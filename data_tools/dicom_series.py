@@ -36,9 +36,9 @@ DEFER_BYTES = 4096  # values larger than this (the pixel data) are read only whe
 _DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 # what pydicom raises on truncated or corrupt files; element values are parsed lazily, so a
 # corrupt header can fail on first access to a tag as well as in dcmread
-_READ_ERRORS = (InvalidDicomError, OSError, EOFError, ValueError, TypeError, NotImplementedError,
+READ_ERRORS = (InvalidDicomError, OSError, EOFError, ValueError, TypeError, NotImplementedError,
                 BytesLengthException, struct.error)
-_FIX = "Point at a folder with a CT series (the folder holding one .dcm file per axial slice)"
+FIX_HINT = "Point at a folder with a CT series (the folder holding one .dcm file per axial slice)"
 
 
 @dataclass(frozen=True)
@@ -100,11 +100,11 @@ def _is_raw_dataset(path: Path) -> bool:
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
         return bool(_text(ds, "SeriesInstanceUID")) and bool(_text(ds, "SOPClassUID"))
-    except _READ_ERRORS:
+    except READ_ERRORS:
         return False
 
 
-def _raw(ds, keyword: str) -> list[str] | None:
+def raw_values(ds, keyword: str) -> list[str] | None:
     """The values of a text-VR element (DS, IS, CS, UI) as stripped strings, None if absent
     or empty.  Reads the raw bytes when pydicom has not converted them yet: converting DS
     values element by element is most of the time a header takes."""
@@ -141,7 +141,7 @@ def _iter_files(folder: Path, recursive: bool):
                 yield path
 
 
-def _scan(folder: str | Path, recursive: bool, keep: dict | None = None
+def scan_folder(folder: str | Path, recursive: bool, keep: dict | None = None
           ) -> tuple[list[SeriesInfo], int, int]:
     """Group a folder's DICOM files by series: ``(series, n_not_dicom, n_unreadable)``.
 
@@ -150,7 +150,7 @@ def _scan(folder: str | Path, recursive: bool, keep: dict | None = None
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise NoSeriesError(f"the path given is not an existing folder. {_FIX}.", path=folder)
+        raise NoSeriesError(f"the path given is not an existing folder. {FIX_HINT}.", path=folder)
     groups: dict[str, list] = {}
     n_not_dicom = n_unreadable = 0
     for path in _iter_files(folder, recursive):
@@ -167,12 +167,12 @@ def _scan(folder: str | Path, recursive: bool, keep: dict | None = None
             if keep is not None:
                 keep[path] = ds
             sop_class = str(getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID", ""))
-            uid = (_raw(ds, "SeriesInstanceUID") or [""])[0]
+            uid = (raw_values(ds, "SeriesInstanceUID") or [""])[0]
             if uid and uid not in groups and sop_class != _DICOMDIR_SOP_CLASS:
-                groups[uid] = [(_raw(ds, "Modality") or [""])[0].upper(),
+                groups[uid] = [(raw_values(ds, "Modality") or [""])[0].upper(),
                                _text(ds, "SeriesDescription"),
-                               tuple(v.upper() for v in _raw(ds, "ImageType") or ()), []]
-        except _READ_ERRORS as exc:
+                               tuple(v.upper() for v in raw_values(ds, "ImageType") or ()), []]
+        except READ_ERRORS as exc:
             n_unreadable += 1
             log.warning("skipping %s: its DICOM header cannot be read (%s)",
                         file_label(path), type(exc).__name__)
@@ -215,7 +215,7 @@ def find_series(folder: str | Path, *, recursive: bool = True) -> list[SeriesInf
     NoSeriesError
         *folder* is not an existing folder.
     """
-    return _scan(folder, recursive)[0]
+    return scan_folder(folder, recursive)[0]
 
 
 def _describe_found(series: Sequence[SeriesInfo], limit: int = 8) -> str:
@@ -249,7 +249,7 @@ def select_ct_series(series: list[SeriesInfo], *, series_uid: str | None = None)
     """
     series = list(series)
     if not series:
-        raise NoSeriesError(f"no DICOM series found. {_FIX}.")
+        raise NoSeriesError(f"no DICOM series found. {FIX_HINT}.")
     if series_uid is not None:
         match = [s for s in series if s.series_uid == series_uid]
         if not match:
@@ -260,14 +260,14 @@ def select_ct_series(series: list[SeriesInfo], *, series_uid: str | None = None)
         if match[0].modality != "CT":
             raise NoSeriesError(
                 f"the requested series has modality {match[0].modality or 'unknown'}, not CT. "
-                f"{_FIX}."
+                f"{FIX_HINT}."
             )
         return match[0]
     candidates = [s for s in series if s.modality == "CT" and s.n_files >= MIN_SLICES]
     if not candidates:
         raise NoSeriesError(
             f"no CT series with at least {MIN_SLICES} slices found; the folder holds "
-            f"{_describe_found(series)}. {_FIX}."
+            f"{_describe_found(series)}. {FIX_HINT}."
         )
     chosen = max(candidates, key=lambda s: (s.is_original_axial, s.n_files))
     for s in series:

@@ -38,6 +38,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from . import _phantom as ph
+from .checks import check_int
 from .errors import UnreadableFileError
 from .nifti import save_nifti
 from .volume import Mask, affine_from_spacing
@@ -274,10 +275,6 @@ class SyntheticCase:
 
 
 # ----------------------------------------------------------------------------- generation
-def _check_int(name, value, minimum=0):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}; received {value!r}")
-
 
 def _identifiers(seed: int, index: int) -> dict:
     """Fake identifiers; PatientID, name and accession are unique within a cohort (seed)."""
@@ -381,8 +378,8 @@ def generate_case(seed: int, *, config: SyntheticConfig = SyntheticConfig(),
     ValueError
         Bad seed/index, or a geometry too small to hold one nodule with its 48 mm ROI.
     """
-    _check_int("seed", seed)
-    _check_int("index", index)
+    check_int("seed", seed)
+    check_int("index", index)
     cfg = config
     rng = np.random.default_rng([seed, index, 0])
     if cfg.fixed_geometry is not None:
@@ -642,8 +639,8 @@ def generate_cohort(out_dir: str | Path, *, n_cases: int, seed: int,
     Path
         Path of ``truth.json``.
     """
-    _check_int("n_cases", n_cases, 1)
-    _check_int("seed", seed)
+    check_int("n_cases", n_cases, 1)
+    check_int("seed", seed)
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         if not overwrite:

@@ -38,7 +38,13 @@ class _LineProgress:
 
 
 def _progress():
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     if not sys.stdout.isatty():
         return _LineProgress()
@@ -69,8 +75,8 @@ def cmd_sample(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .model import ModelCard
-    from .train import TrainSettings, collect_rois, train_model
+    from discovery.model.card import ModelCard
+    from discovery.model.train import TrainSettings, collect_rois, train_model
 
     card = ModelCard()
     if args.stages is not None:
@@ -94,7 +100,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_sanity(args) -> int:
-    from .sanity import run_sanity, summarize
+    from discovery.batch.sanity import run_sanity, summarize
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     randomise = [m.strip() for m in args.randomise.split(",") if m.strip()]
@@ -130,8 +136,8 @@ def _at_least_one(text: str) -> int:
 
 
 def cmd_score(args) -> int:
-    from .batch import score_folder
-    from .pipeline import ScoreSettings
+    from discovery.batch.score import score_folder
+    from discovery.pipeline import ScoreSettings
 
     console = _console()
     try:
@@ -166,11 +172,11 @@ def cmd_score(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import write_report
+    from discovery.report.html import write_report
 
     console = _console()
     if args.format == "dicom":
-        from .export_dicom import export_dicom
+        from discovery.report.dicom import export_dicom
 
         if not args.input:
             print("error: --format dicom needs --input (the folder that was scored): the "
@@ -194,7 +200,7 @@ def cmd_report(args) -> int:
 def cmd_app(args) -> int:
     import subprocess
 
-    from .store_backends import store_exists
+    from discovery.store.backends import store_exists
 
     entry = Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py"
     results = Path(args.results).resolve()
@@ -216,9 +222,9 @@ def cmd_app(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .explain import METHODS
     from data_tools.layouts import LAYOUTS
-    from .train import TrainSettings
+    from discovery.explain.methods import METHODS
+    from discovery.model.train import TrainSettings
 
     p = argparse.ArgumentParser(prog="discovery", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -321,8 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from data_tools.errors import DataError
-
-    from .store_backends import StoreError
+    from discovery.store.backends import StoreError
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,

@@ -21,17 +21,46 @@ import numpy as np
 import torch
 
 from data_tools.volume import Mask, Volume
-
-from .align import AlignThresholds, Alignment, align, distance_to_mask_mm, grow_mm
-from .descriptors import (
-    RegionAnatomy, direction_words, lung_components, lung_mask, offset_lps_mm, region_descriptors,
+from discovery.align.localization import Localization, localization_summary
+from discovery.align.metrics import (
+    Alignment,
+    AlignThresholds,
+    align,
+    distance_to_mask_mm,
+    grow_mm,
 )
-from .explain import AttributionInfo, layer_activations, predict_and_explain
-from .model import ModelCard
-from .localization import Localization, localization_summary
-from .offmask import OffMaskRegion, OffMaskSettings, extract_offmask_regions
-from .preprocess import NoduleSite, Roi, extract_roi, nodule_sites, normalize_hu, roi_to_scan
-from .structures import NO_STRUCTURE, AttendedStructure, attended_structure
+from discovery.explain.methods import (
+    AttributionInfo,
+    layer_activations,
+    predict_and_explain,
+)
+from discovery.model.card import ModelCard
+from discovery.model.rois import (
+    NoduleSite,
+    Roi,
+    extract_roi,
+    nodule_sites,
+    normalize_hu,
+    roi_to_scan,
+)
+from discovery.regions.descriptors import (
+    RegionAnatomy,
+    direction_words,
+    lung_components,
+    lung_mask,
+    offset_lps_mm,
+    region_descriptors,
+)
+from discovery.regions.offmask import (
+    OffMaskRegion,
+    OffMaskSettings,
+    extract_offmask_regions,
+)
+from discovery.regions.structures import (
+    NO_STRUCTURE,
+    AttendedStructure,
+    attended_structure,
+)
 
 __all__ = ["ScoreSettings", "RegionContext", "NoduleResult", "CaseResult", "analyze_scan",
            "pool_region_features"]
@@ -59,12 +88,12 @@ class RegionContext:
     Attributes
     ----------
     anatomy : RegionAnatomy
-        Lung relation, density and shape (:func:`discovery.descriptors.region_descriptors`).
+        Lung relation, density and shape (:func:`discovery.regions.descriptors.region_descriptors`).
     offset_lps_mm : tuple of 3 floats
         Nodule centre to region centroid in patient LPS mm.
     direction : str
         The offset in words ("lateral and posterior"; see
-        :func:`discovery.descriptors.direction_words`).
+        :func:`discovery.regions.descriptors.direction_words`).
     halo_max_hu : float
         Largest HU within ``HALO_MM`` of the region, the nodule itself excluded: a dense
         structure that the near-nodule margin cut in half (a marker bead 4 mm from the
@@ -74,7 +103,7 @@ class RegionContext:
         region covers (weighted by covered scan voxels).
     structure : AttendedStructure
         The dense structure within ``HALO_MM`` of the region that carries most of its
-        attribution (:func:`discovery.structures.attended_structure`).
+        attribution (:func:`discovery.regions.structures.attended_structure`).
     """
 
     anatomy: RegionAnatomy
@@ -200,7 +229,7 @@ def analyze_scan(
         Label mask on the same grid, one label per nodule.  None or empty: no nodules to
         score; the result has no nodules and ``status`` says why.
     model, card
-        From :func:`discovery.model.load_model`.
+        From :func:`discovery.model.card.load_model`.
     case_id : str
         Pseudonymous id (carried, never derived from paths here).
     timings : dict, optional

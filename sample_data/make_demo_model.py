@@ -31,8 +31,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from data_tools.synthetic import SyntheticConfig  # noqa: E402
-from discovery.model import ModelCard, default_architecture  # noqa: E402
-from discovery.train import RoiDataset, TrainSettings, synthetic_rois, train_model  # noqa: E402
+from discovery.model.card import ModelCard, default_architecture  # noqa: E402
+from discovery.model.train import RoiDataset, TrainSettings, synthetic_rois, train_model  # noqa: E402
 
 
 def main(argv=None) -> int:

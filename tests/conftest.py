@@ -1,7 +1,7 @@
 """Shared pytest fixtures.
 
 Review-app fixtures (``tiny_results*``): tiny results folders built directly through
-:class:`discovery.store.ResultsStore`, without any model, so that the app tests are fast.
+:class:`discovery.store.tables.ResultsStore`, without any model, so that the app tests are fast.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def build_tiny_results(root: Path, *, with_regions: bool = True, url: str | None
     off-mask region each, one pattern cluster) and a failed case ``case-C``.  With
     ``with_regions=False`` the nodules have no off-mask regions and there are no clusters.
     ``url``: keep the tables on that PostgreSQL database instead of SQLite."""
-    from discovery.store import CLUSTER_COLUMNS, ResultsStore, save_case_arrays
+    from discovery.store.tables import CLUSTER_COLUMNS, ResultsStore, save_case_arrays
 
     store = ResultsStore(root, url=url)
     specs = {"case-A": dict(nodule_yx=(20, 16), offmask_yx=(10, 30), probability=0.83, peak=2.5),

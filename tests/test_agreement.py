@@ -1,4 +1,4 @@
-"""discovery.agreement: Cohen's kappa with hand-computed values, reviewer pairs, the verdict
+"""discovery.reviews: Cohen's kappa with hand-computed values, reviewer pairs, the verdict
 table and review progress."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import cohen_kappa_score
 
-from discovery.agreement import (
+from discovery.reviews import (
     AGREEMENT_COLUMNS,
     cohen_kappa,
     pairwise_agreement,

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from discovery.align import (
+from discovery.align.metrics import (
     AlignThresholds,
     Alignment,
     align,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from discovery.store import CLUSTER_REVIEW_CHOICES, NODULE_REVIEW_CHOICES, ResultsStore
+from discovery.store.tables import CLUSTER_REVIEW_CHOICES, NODULE_REVIEW_CHOICES, ResultsStore
 
 APP = Path(__file__).resolve().parents[1] / "app"
 TIMEOUT = 30
@@ -285,8 +285,8 @@ def test_results_argument_parsing():
 
 
 def test_cached_key_slice_matches_render_key_slice(tiny_results):
-    from discovery import render
-    from discovery.store import load_case_arrays
+    from discovery.report import render
+    from discovery.store.tables import load_case_arrays
 
     common = _common()
 

@@ -9,9 +9,9 @@ import torch
 
 from data_tools.nifti import save_nifti
 from data_tools.volume import Mask, Volume, affine_from_spacing
-from discovery.batch import safe_error, score_folder
-from discovery.model import ModelCard, build_network, save_model
-from discovery.store import FINDINGS_COLUMNS, ResultsStore, load_case_arrays
+from discovery.batch.score import safe_error, score_folder
+from discovery.model.card import ModelCard, build_network, save_model
+from discovery.store.tables import FINDINGS_COLUMNS, ResultsStore, load_case_arrays
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +137,7 @@ def test_read_labels_errors_name_the_file_not_its_folder(tmp_path, text, needle)
 
 
 def test_labels_are_stored_and_reach_the_clustering(scored, tmp_path, monkeypatch):
-    import discovery.batch as batch
+    import discovery.batch.score as batch
     from data_tools.deid import pseudonymous_id
 
     root, _, _ = scored

@@ -1,4 +1,4 @@
-"""Crash-safe, resumable, deterministic ``discovery score`` (discovery.batch, issue 7).
+"""Crash-safe, resumable, deterministic ``discovery score`` (discovery.batch.score, issue 7).
 
 A tiny NIfTI cohort (five scored cases in two kinds of background, so that the default
 HDBSCAN finds pattern clusters and the causal check runs; one case without a mask; one
@@ -27,12 +27,12 @@ from data_tools.deid import pseudonymous_id
 from data_tools.layouts import CaseSpec
 from data_tools.nifti import save_nifti
 from data_tools.volume import Mask, Volume, affine_from_spacing
-from discovery.batch import (WORKER_DIED, case_config_hash, case_input_hash,
+from discovery.batch.score import (WORKER_DIED, case_config_hash, case_input_hash,
                              remove_stale_temp_files, score_folder)
-from discovery.executors import START_METHODS, start_method
-from discovery.model import ModelCard, build_network, save_model
+from discovery.parallel import START_METHODS, start_method
+from discovery.model.card import ModelCard, build_network, save_model
 from discovery.pipeline import ScoreSettings
-from discovery.store import ResultsStore
+from discovery.store.tables import ResultsStore
 
 REPO = Path(__file__).resolve().parents[1]
 TABLES = ("findings.csv", "patterns.csv")
@@ -373,7 +373,7 @@ def test_start_method_forks_on_linux_spawns_elsewhere_and_obeys_the_environment(
 def _die_on(case_id: str) -> None:
     """Pool initializer (runs in each spawned worker): reading case *case_id* kills the
     worker process outright, as the kernel's out-of-memory killer would."""
-    from discovery import batch
+    from discovery.batch import score as batch
 
     real = batch.read_case
 

@@ -33,7 +33,7 @@ from PIL import Image
 
 from _app_server import running_app
 from conftest import build_tiny_results
-from discovery.store import NODULE_REVIEW_CHOICES, ResultsStore
+from discovery.store.tables import NODULE_REVIEW_CHOICES, ResultsStore
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu",
@@ -65,7 +65,7 @@ def results(tmp_path) -> Path:
     given = os.environ.get("DISCOVERY_BROWSER_RESULTS")
     if given:
         src = Path(given)
-        from discovery.store import store_exists
+        from discovery.store.tables import store_exists
 
         if not store_exists(src):  # discovery.sqlite, or store.json naming a PostgreSQL database
             pytest.fail(f"DISCOVERY_BROWSER_RESULTS has no results store: {src}")

@@ -11,8 +11,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from discovery import render
-from discovery.store import load_case_arrays, save_case_arrays
+from discovery.report import render
+from discovery.store.tables import load_case_arrays, save_case_arrays
 
 SHAPE = (20, 64, 64)  # 81,920 voxels in 20 blocks of 4,096: above the sparse layout's floor
 

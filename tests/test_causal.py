@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from data_tools.volume import Mask, Volume, affine_from_spacing
-from discovery.align import grow_mm
-from discovery.causal import (
+from discovery.align.metrics import grow_mm
+from discovery.patterns.causal import (
     EFFECT_COLUMNS,
     FALLBACK_PARENCHYMA_HU,
     FLAG_COLUMNS,
@@ -17,7 +17,7 @@ from discovery.causal import (
     rescore_without,
     summarize_effects,
 )
-from discovery.model import ModelCard
+from discovery.model.card import ModelCard
 
 SPACING = (1.5, 1.5, 1.5)
 

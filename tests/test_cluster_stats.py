@@ -7,7 +7,7 @@ import pytest
 from scipy.stats import fisher_exact
 from sklearn.metrics import adjusted_rand_score
 
-from discovery.cluster_stats import (
+from discovery.patterns.stats import (
     Enrichment,
     KindMatch,
     adjusted_rand,

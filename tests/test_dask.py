@@ -28,7 +28,7 @@ dask = pytest.importorskip("dask")
 distributed = pytest.importorskip("distributed")
 
 from data_tools.deid import pseudonymous_id  # noqa: E402
-from discovery.batch import WORKER_KILLED, _work, score_folder  # noqa: E402
+from discovery.batch.score import WORKER_KILLED, _work, score_folder  # noqa: E402
 from discovery.cli import build_parser  # noqa: E402
 from test_batch_resume import (N_CASES, _manifest, _tables, _temp_files,  # noqa: E402,F401
                                cohort, model_dir, reference)
@@ -41,7 +41,7 @@ def cluster():
     # worker processes forked from a server that has imported the scoring code: a worker
     # (re)started after a death is ready in about a second instead of re-importing torch
     forkserver = multiprocessing.get_context("forkserver")
-    forkserver.set_forkserver_preload(["distributed", "discovery.batch"])
+    forkserver.set_forkserver_preload(["distributed", "discovery.batch.score"])
     multiprocessing.forkserver.ensure_running()
     with dask.config.set({"distributed.scheduler.allowed-failures": 1,
                           "distributed.scheduler.worker-saturation": 1.0,

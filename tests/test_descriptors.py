@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from data_tools.volume import affine_from_spacing
-from discovery.descriptors import (
+from discovery.regions.descriptors import (
     RELATIONS,
     RegionAnatomy,
     classify_relation,
@@ -287,7 +287,7 @@ def test_describe_region_golden():
 def test_lung_field_within_boxes_equals_the_whole_field_there():
     """The restricted lung field (the pipeline's) matches the global one inside each box."""
     from data_tools.synthetic import SyntheticConfig, generate_case
-    from discovery.descriptors import lung_components, lung_mask
+    from discovery.regions.descriptors import lung_components, lung_mask
 
     case = generate_case(3, config=SyntheticConfig(shape_yx=128, n_slices=(56, 56), slice_spacing_mm=(1.2, 1.2)), index=0)
     spacing = tuple(float(v) for v in np.linalg.norm(case.affine[:3, :3], axis=0))

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from discovery.explain import explain, predict_and_explain
-from discovery.model import ModelCard, build_network
+from discovery.explain.methods import explain, predict_and_explain
+from discovery.model.card import ModelCard, build_network
 
 
 class TinyNet(torch.nn.Module):
@@ -214,7 +214,7 @@ def test_integrated_gradients_of_a_linear_model_is_input_times_weight():
 
 
 def test_occlusion_credits_only_the_block(monkeypatch):
-    import discovery.explain as ex
+    import discovery.explain.methods as ex
 
     # window 2, stride 2 on a 4^3 ROI: the only window covering the block removes all of it,
     # so every block voxel gets the block's full sum and every other voxel gets 0.

@@ -15,8 +15,8 @@ from data_tools.deid import pseudonymous_id
 from data_tools.dicom import load_dicom_series
 from data_tools.nifti import save_nifti
 from data_tools.volume import Mask, Volume, affine_from_spacing
-from discovery.batch import score_folder
-from discovery.export_dicom import (
+from discovery.batch.score import score_folder
+from discovery.report.dicom import (
     VERDICT_CODES,
     VERDICT_CONCEPT,
     _complete,
@@ -24,8 +24,8 @@ from discovery.export_dicom import (
     export_case_dicom,
     export_dicom,
 )
-from discovery.model import ModelCard, build_network, save_model
-from discovery.store import ResultsStore, load_case_arrays
+from discovery.model.card import ModelCard, build_network, save_model
+from discovery.store.tables import ResultsStore, load_case_arrays
 
 CASE = "SENTINEL_FOLDER_case1"
 INSTITUTION = "SENTINEL General Hospital"

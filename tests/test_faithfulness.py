@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from discovery.faithfulness import perturbation_curves, randomization_test
-from discovery.model import ModelCard, build_network, default_architecture
+from discovery.explain.faithfulness import perturbation_curves, randomization_test
+from discovery.model.card import ModelCard, build_network, default_architecture
 
 torch.set_num_threads(1)
 

@@ -184,7 +184,7 @@ def test_broken_case_raises_a_readable_error(mixed, name):
 
 def test_luna16_missing_raw_error_does_not_name_the_series_uid(mixed):
     """A LUNA16 file is named after its series UID: the stored message says <uid> instead."""
-    from discovery.batch import safe_error
+    from discovery.batch.score import safe_error
 
     root, want = mixed
     uid = want["secrets"][-1]
@@ -202,7 +202,7 @@ def test_luna16_missing_raw_error_does_not_name_the_series_uid(mixed):
 def model_dir(tmp_path_factory):
     import torch
 
-    from discovery.model import ModelCard, build_network, save_model
+    from discovery.model.card import ModelCard, build_network, save_model
 
     torch.manual_seed(3)
     out = tmp_path_factory.mktemp("model")
@@ -218,9 +218,9 @@ def _leaks(text: str, secrets) -> list[str]:
 @pytest.mark.e2e
 @pytest.mark.slow
 def test_mixed_tree_scores_end_to_end(mixed, model_dir, tmp_path, caplog, capsys):
-    from discovery.batch import score_folder
+    from discovery.batch.score import score_folder
     from discovery.cli import main
-    from discovery.store import ResultsStore
+    from discovery.store.tables import ResultsStore
 
     root, want = mixed
     good, broken = want["good"], want["broken"]

@@ -6,9 +6,9 @@ import math
 import numpy as np
 import pytest
 
-import discovery.localization as loc
-from discovery.align import near_mass, relevance_mass, relevance_rank
-from discovery.localization import (
+import discovery.align.localization as loc
+from discovery.align.metrics import near_mass, relevance_mass, relevance_rank
+from discovery.align.localization import (
     DEFAULT_RINGS_MM,
     Localization,
     Overlap,
@@ -220,8 +220,8 @@ def test_summary_matches_single_functions_and_computes_distance_once(monkeypatch
     a, m = _random_case(3)
     sp = (2.5, 0.8, 0.8)
     calls = []
-    real = loc._distance_to_mask_mm
-    monkeypatch.setattr(loc, "_distance_to_mask_mm", lambda *args: calls.append(1) or real(*args))
+    real = loc.distance_to_mask_mm
+    monkeypatch.setattr(loc, "distance_to_mask_mm", lambda *args: calls.append(1) or real(*args))
     s = localization_summary(a, m, sp)
     assert len(calls) == 1
     assert isinstance(s, Localization) and s.status == "ok"
@@ -378,15 +378,15 @@ def test_inputs_are_not_modified():
 
 
 def test_a_shared_distance_map_gives_the_same_summaries_without_a_second_transform(monkeypatch):
-    from discovery.align import align, distance_to_mask_mm
+    from discovery.align.metrics import align, distance_to_mask_mm
 
     a, m = _random_case(4)
     sp = (2.5, 0.8, 0.8)
     expected_loc, expected_align = localization_summary(a, m, sp), align(a, m, spacing_mm=sp)
     dist = distance_to_mask_mm(m, sp)
     calls = []
-    real = loc._distance_to_mask_mm
-    monkeypatch.setattr(loc, "_distance_to_mask_mm", lambda *args: calls.append(1) or real(*args))
+    real = loc.distance_to_mask_mm
+    monkeypatch.setattr(loc, "distance_to_mask_mm", lambda *args: calls.append(1) or real(*args))
     assert localization_summary(a, m, sp, distance_mm=dist) == expected_loc
     assert align(a, m, spacing_mm=sp, distance_mm=dist) == expected_align
     assert calls == []

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from discovery.offmask import (
+from discovery.regions.offmask import (
     REGION_COLUMNS,
     OffMaskRegion,
     OffMaskSettings,

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from discovery.outcomes import ARTIFACT_HU, cluster_readings, nodule_outcomes
+from discovery.patterns.outcomes import ARTIFACT_HU, cluster_readings, nodule_outcomes
 
 NAN = float("nan")
 
@@ -84,7 +84,7 @@ def test_missing_columns_are_named():
 
 
 def test_candidate_panel_shows_the_cluster_moving_most_predictions():
-    from discovery.outcomes import outcome_panels
+    from discovery.patterns.outcomes import outcome_panels
 
     clusters = pd.DataFrame({
         "cluster": [0, 1, 2],

@@ -1,7 +1,7 @@
 """Cohort clustering of off-mask regions on synthetic, well-separated groups.
 
 The cohort (:func:`_cohort`) has three kinds of region that differ in the clustering
-descriptors (:data:`discovery.patterns.FEATURE_COLUMNS`):
+descriptors (:data:`discovery.patterns.clustering.FEATURE_COLUMNS`):
 
 * ``beads``: a metal-bright halo (2600 HU), far from the pleura (NaN or beyond the cap), a
   20 mm³ structure 8 mm from the nodule, not radial;
@@ -21,9 +21,9 @@ import pandas as pd
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from discovery.cluster_stats import benjamini_hochberg
-from discovery.descriptors import AT_CENTRE, RELATIONS
-from discovery.patterns import (
+from discovery.patterns.stats import benjamini_hochberg
+from discovery.regions.descriptors import AT_CENTRE, RELATIONS
+from discovery.patterns.clustering import (
     CLUSTER_COLUMNS,
     DENSITY_BANDS_HU,
     FEATURE_COLUMNS,

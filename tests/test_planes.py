@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from discovery.planes import (
+from discovery.report.planes import (
     display_size, n_slices, plane_index, plane_point, plane_slice, resize_to, zoom_box,
 )
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from data_tools.volume import Mask, Volume, affine_from_spacing
-from discovery.preprocess import extract_roi, nodule_sites, normalize_hu, roi_to_scan
+from discovery.model.rois import extract_roi, nodule_sites, normalize_hu, roi_to_scan
 
 
 def _scan(spacing=(2.0, 0.7, 0.7), shape=(40, 120, 120)):

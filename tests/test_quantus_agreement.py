@@ -37,7 +37,7 @@ import pytest
 
 quantus = pytest.importorskip("quantus")  # guard only: quantus is in the `test` extra
 
-from discovery.align import pointing_game, relevance_mass, relevance_rank
+from discovery.align.metrics import pointing_game, relevance_mass, relevance_rank
 
 SHAPE = (6, 7, 8)  # distinct, none of size 1 (Quantus drops size-1 axes when matching shapes)
 ISO = (1.0, 1.0, 1.0)

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from discovery.align import pointing_game, relevance_mass, relevance_rank
-from discovery.readers import METRIC_COLUMNS, consensus_mask, reader_metrics
+from discovery.align.metrics import pointing_game, relevance_mass, relevance_rank
+from discovery.align.readers import METRIC_COLUMNS, consensus_mask, reader_metrics
 
 ISO = (1.0, 1.0, 1.0)
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from discovery.explain import layer_activations
+from discovery.explain.methods import layer_activations
 from discovery.pipeline import pool_region_features
-from discovery.preprocess import Roi
+from discovery.model.rois import Roi
 
 
 def _roi(size=4, scale=1.0, offset=0.0):

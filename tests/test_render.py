@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from discovery import render
+from discovery.report import render
 
 
 # -- windowing ------------------------------------------------------------------------------
@@ -224,7 +224,7 @@ def test_densest_near_region_finds_a_bead_beside_the_region():
 
 
 def test_side_by_side_and_exemplar_image():
-    from discovery.outcomes import Exemplar
+    from discovery.patterns.outcomes import Exemplar
 
     red = np.zeros((3, 2, 3), np.uint8)
     red[..., 0] = 255

@@ -2,7 +2,7 @@
 
 import re
 
-from discovery.report import build_html
+from discovery.report.html import build_html
 
 
 def test_report_shows_the_three_outcomes_side_by_side(tiny_results):
@@ -27,8 +27,8 @@ def test_tables_csv_and_parquet_hold_the_same_versioned_tables(tiny_results, tmp
     import pandas as pd
     import pyarrow.parquet as pq
 
-    from discovery.report import EXPORT_SCHEMA_VERSION, tables, write_report
-    from discovery.store import FINDINGS_COLUMNS
+    from discovery.report.html import EXPORT_SCHEMA_VERSION, tables, write_report
+    from discovery.store.tables import FINDINGS_COLUMNS
 
     frames = tables(tiny_results)
     assert list(frames["findings"].columns)[:len(FINDINGS_COLUMNS)] == FINDINGS_COLUMNS

@@ -1,4 +1,4 @@
-"""The PDF report (discovery.report_pdf) on the tiny results folder (no model needed).
+"""The PDF report (discovery.report.pdf) on the tiny results folder (no model needed).
 
 Pages are counted in the PDF itself (``/Type /Page`` objects) and, where poppler-utils is
 installed, rendered with ``pdftoppm`` and read back with ``pdftotext``.
@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from discovery.report import write_report
-from discovery.report_pdf import AUTHOR, MAX_FALLBACK, TITLE, select_nodule_pages, write_pdf
-from discovery.store import ResultsStore
+from discovery.report.html import write_report
+from discovery.report.pdf import AUTHOR, MAX_FALLBACK, TITLE, select_nodule_pages, write_pdf
+from discovery.store.tables import ResultsStore
 
 SHA = "0123456789abcdef" * 4
 PDFTOPPM = shutil.which("pdftoppm")
@@ -180,7 +180,7 @@ def test_failed_write_leaves_the_old_file_and_no_temporary(results, tmp_path, mo
 
 def test_matplotlib_is_imported_only_inside_functions_and_the_cli_offers_pdf():
     import ast
-    import discovery.report_pdf as mod
+    import discovery.report.pdf as mod
 
     tree = ast.parse(open(mod.__file__, encoding="utf-8").read())
     inside = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.Lambda))

@@ -5,12 +5,12 @@ import pytest
 import torch
 
 from data_tools.synthetic import SyntheticConfig, generate_cohort
-from discovery.batch import score_folder
+from discovery.batch.score import score_folder
 from discovery.cli import main
-from discovery.model import ModelCard, build_network, default_architecture, save_model
-from discovery.report import build_html
-from discovery.sanity import run_sanity, summarize
-from discovery.store import ResultsStore
+from discovery.model.card import ModelCard, build_network, default_architecture, save_model
+from discovery.report.html import build_html
+from discovery.batch.sanity import run_sanity, summarize
+from discovery.store.tables import ResultsStore
 
 SMALL = SyntheticConfig(shape_yx=128, n_slices=(50, 58), pixel_spacing_mm=(2.2, 2.6),
                         slice_spacing_mm=(2.0, 2.5), nodules_per_case=(2, 2))

@@ -9,8 +9,8 @@ reviewer's last verdict, one audit row per write with a consistent old -> new ch
 The eight processes run against SQLite and against a PostgreSQL server on loopback
 (``tests/_postgres.py``), the store of groups whose reviewers work from several machines.
 
-The writer processes import :mod:`discovery.store` (light: its column lists come from
-:mod:`discovery.columns`, so no torch or scikit-learn is imported in the writers).
+The writer processes import :mod:`discovery.store.tables` (light: its column lists come from
+:mod:`discovery.schema`, so no torch or scikit-learn is imported in the writers).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ import sys, time
 from pathlib import Path
 sys.path[:0] = [{repo!r}, {tests!r}]
 from test_store_concurrency import _write_all
-from discovery.store import ResultsStore
+from discovery.store.tables import ResultsStore
 
 store = ResultsStore({root!r}, create=False)
 (Path({root!r}) / "ready-{writer}").touch()
@@ -72,7 +72,7 @@ store.close()
 def _check_store(root) -> None:
     import pandas as pd
 
-    from discovery.store import DB_NAME, ResultsStore
+    from discovery.store.tables import DB_NAME, ResultsStore
 
     store = ResultsStore(root, create=False)
     reviews = store.reviews("nodule")
@@ -116,7 +116,7 @@ def _check_store(root) -> None:
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_eight_writer_processes_at_once(backend, tmp_path, request):
     """On PostgreSQL the writers find the database through the folder's store.json."""
-    from discovery import store
+    from discovery.store import tables as store
 
     url = request.getfixturevalue("pg_url") if backend == "postgresql" else None
     store.ResultsStore(tmp_path, url=url).close()  # an empty results store, schema written once
@@ -144,7 +144,7 @@ def test_eight_writer_processes_at_once(backend, tmp_path, request):
 
 
 def test_eight_threads_sharing_one_store(tmp_path):
-    from discovery.store import ResultsStore
+    from discovery.store.tables import ResultsStore
 
     store = ResultsStore(tmp_path)  # one object; it opens one SQLite connection per thread
     barrier = threading.Barrier(N_WRITERS)

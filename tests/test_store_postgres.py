@@ -1,4 +1,4 @@
-"""The results store on PostgreSQL (``--store postgresql://...``, discovery.store_backends).
+"""The results store on PostgreSQL (``--store postgresql://...``, discovery.store.backends).
 
 Against a real server started on loopback for the session (``tests/_postgres.py``; skipped
 where PostgreSQL is not installed, a failure in CI where ``DISCOVERY_REQUIRE_POSTGRES=1``).
@@ -21,8 +21,8 @@ import pandas as pd
 import pytest
 
 from conftest import build_tiny_results
-from discovery.store import ResultsStore, StoreError
-from discovery.store_backends import redact_url
+from discovery.store.tables import ResultsStore, StoreError
+from discovery.store.backends import redact_url
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -114,7 +114,7 @@ def test_clear_errors_for_wrong_urls_and_unreachable_servers(tmp_path, tiny_resu
 
 
 def test_missing_tables_on_an_empty_database_are_reported(tmp_path, pg_url):
-    from discovery.store_backends import write_pointer, Backend
+    from discovery.store.backends import write_pointer, Backend
 
     (tmp_path / "res").mkdir()
     write_pointer(tmp_path / "res", Backend("postgresql", pg_url, pg_url), "abc", 7)

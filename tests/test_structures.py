@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from discovery.structures import NO_STRUCTURE, attended_structure
+from discovery.regions.structures import NO_STRUCTURE, attended_structure
 
 SPACING = (1.0, 1.0, 1.0)
 SHAPE = (21, 41, 61)
@@ -38,7 +38,7 @@ def test_radial_strand_from_the_nodule():
     assert s.elongation == pytest.approx(math.sqrt((18**2 - 1) / 12 + 1 / 12) / math.sqrt(1 / 12))
     assert 0 < s.attribution_share < 1
     # the nodule's distance map, when the caller has it, gives the same answer
-    from discovery.align import distance_to_mask_mm
+    from discovery.align.metrics import distance_to_mask_mm
     same = attended_structure(region, hu, lung, attribution, nodule, spacing_mm=SPACING,
                               distance_mm=distance_to_mask_mm(nodule, SPACING))
     assert same == s
@@ -126,8 +126,8 @@ def test_the_generators_pleural_tails_read_as_radial_strands():
     """On the synthetic generator's own scans, a region over a planted pleural tail finds a
     soft-tissue strand that starts next to the nodule and runs radially from it."""
     from data_tools.synthetic import SyntheticConfig, generate_case
-    from discovery.align import grow_mm
-    from discovery.descriptors import lung_mask
+    from discovery.align.metrics import grow_mm
+    from discovery.regions.descriptors import lung_mask
 
     cfg = SyntheticConfig(shape_yx=128, n_slices=(48, 48), pixel_spacing_mm=(1.4, 1.4),
                           slice_spacing_mm=(2.0, 2.0), nodules_per_case=(2, 2),

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from discovery.model import ModelCard, default_architecture, load_model
-from discovery.train import RoiDataset, TrainSettings, evaluate, expected_calibration_error, train_model
+from discovery.model.card import ModelCard, default_architecture, load_model
+from discovery.model.train import RoiDataset, TrainSettings, evaluate, expected_calibration_error, train_model
 
 
 def _tiny_card():
@@ -101,7 +101,7 @@ def test_resume_refuses_a_checkpoint_from_other_settings(tmp_path):
 def test_small_rotations_are_rotations():
     import torch
 
-    from discovery.train import _rotate, _rotation_matrices
+    from discovery.model.train import _rotate, _rotation_matrices
 
     gen = torch.Generator().manual_seed(0)
     r = _rotation_matrices(50, 15.0, gen)
@@ -119,8 +119,8 @@ def test_small_rotations_are_rotations():
 
 def test_synthetic_rois_match_the_truth_and_are_seeded():
     from data_tools.synthetic import SyntheticConfig, generate_case
-    from discovery.model import ModelCard
-    from discovery.train import synthetic_rois
+    from discovery.model.card import ModelCard
+    from discovery.model.train import synthetic_rois
 
     small = SyntheticConfig(shape_yx=128, n_slices=(50, 54), pixel_spacing_mm=(2.2, 2.4),
                             slice_spacing_mm=(2.0, 2.2), nodules_per_case=(1, 2))
@@ -156,8 +156,8 @@ def test_collect_rois_reads_the_truth_manifest_of_a_written_cohort(tmp_path):
 
     from data_tools.deid import pseudonymous_id
     from data_tools.synthetic import SyntheticConfig, generate_cohort
-    from discovery.model import ModelCard
-    from discovery.train import collect_rois
+    from discovery.model.card import ModelCard
+    from discovery.model.train import collect_rois
 
     small = SyntheticConfig(shape_yx=128, n_slices=(50, 54), pixel_spacing_mm=(2.2, 2.4),
                             slice_spacing_mm=(2.0, 2.2), nodules_per_case=(1, 2))

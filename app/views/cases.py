@@ -7,10 +7,9 @@ _APP_DIR = str(Path(__file__).resolve().parents[1])  # app/, for `import common`
 if _APP_DIR not in sys.path:
     sys.path.insert(0, _APP_DIR)
 
+import common  # noqa: E402
 import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
-
-import common  # noqa: E402
 
 common.setup_page()
 store = common.get_store()

@@ -7,12 +7,12 @@ _APP_DIR = str(Path(__file__).resolve().parents[1])  # app/, for `import common`
 if _APP_DIR not in sys.path:
     sys.path.insert(0, _APP_DIR)
 
+import common  # noqa: E402
 import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
-import common  # noqa: E402
-from discovery import render  # noqa: E402
-from discovery.outcomes import ARTIFACT_HU, nodule_outcomes, outcome_panels  # noqa: E402
+from discovery.patterns.outcomes import ARTIFACT_HU, nodule_outcomes, outcome_panels  # noqa: E402
+from discovery.report import render  # noqa: E402
 
 ICONS = {"on the tumour": ":material/check_circle:", "shortcut": ":material/warning:",
          "candidate sign": ":material/lightbulb:"}

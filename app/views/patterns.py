@@ -7,12 +7,12 @@ _APP_DIR = str(Path(__file__).resolve().parents[1])  # app/, for `import common`
 if _APP_DIR not in sys.path:
     sys.path.insert(0, _APP_DIR)
 
+import common  # noqa: E402
 import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
-import common  # noqa: E402
-from discovery import render  # noqa: E402
-from discovery.store import CLUSTER_REVIEW_CHOICES  # noqa: E402
+from discovery.report import render  # noqa: E402
+from discovery.store.tables import CLUSTER_REVIEW_CHOICES  # noqa: E402
 
 CROP_HALF = 32  # exemplar crops are 65 x 65 pixels around the region centroid
 DISPLAY_THRESHOLD = 0.2  # heat map from 20 % of the case maximum, as in the report

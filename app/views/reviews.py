@@ -1,5 +1,5 @@
 """Reviews: progress, agreement between reviewers (Cohen's kappa), verdicts per item, the
-audit trail, and CSV exports.  Thin over discovery.agreement and the store."""
+audit trail, and CSV exports.  Thin over discovery.reviews and the store."""
 
 import sys
 from pathlib import Path
@@ -8,10 +8,10 @@ _APP_DIR = str(Path(__file__).resolve().parents[1])  # app/, for `import common`
 if _APP_DIR not in sys.path:
     sys.path.insert(0, _APP_DIR)
 
+import common  # noqa: E402
 import streamlit as st  # noqa: E402
 
-import common  # noqa: E402
-from discovery.agreement import pairwise_agreement, progress, verdict_table  # noqa: E402
+from discovery.reviews import pairwise_agreement, progress, verdict_table  # noqa: E402
 
 AUDIT_SHOWN = 200
 REVIEW_EXPORT_COLUMNS = ["item_type", "item_id", "reviewer", "verdict", "note", "updated_at"]

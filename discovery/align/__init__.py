@@ -1,0 +1,16 @@
+"""Stage 3, map against mask: alignment metrics, the verdict, localisation, several readers.
+
+``metrics``: relevance mass / rank, pointing game, near mass and :func:`align` (the verdict);
+``localization``: top-k, detection AUC, Otsu overlap, distance rings; ``readers``: the same
+metrics against several readers' masks and their consensus.
+"""
+
+from discovery.lazy import attach
+
+__getattr__, __dir__, __all__ = attach(__name__, {
+    "metrics": ["AlignThresholds", "Alignment", "align", "relevance_mass", "relevance_rank",
+                "pointing_game", "peak_distance_mm", "near_mass", "distance_to_mask_mm",
+                "grow_mm", "bounding_box", "VERDICTS"],
+    "localization": ["Localization", "localization_summary"],
+    "readers": ["consensus_mask", "reader_metrics"],
+})

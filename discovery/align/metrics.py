@@ -1,0 +1,511 @@
+"""Agreement between an attribution map and an annotated nodule mask.
+
+All functions take an attribution map ``attr`` (raw, non-negative magnitudes such as a
+ReLU'd Grad-CAM upsampled to the CT grid) and a mask on the same ``(z, y, x)`` grid.
+Attribution is never renormalised here: every metric below is a ratio or a location,
+so multiplying ``attr`` by a positive constant leaves all of them unchanged.
+
+Notation: ``a`` is the attribution, ``M`` the set of mask voxels, ``V`` all voxels.
+
+* **Relevance mass** (RMA): ``sum_M a / sum_V a``.
+* **Relevance rank** (RRA): with ``K = |M|``, the fraction of the ``K`` highest-attribution
+  voxels that lie in ``M``.
+* **Pointing game**: does the voxel of maximum attribution lie in ``M`` (or within a
+  physical tolerance of it)?
+* **Peak distance**: Euclidean distance in mm from that voxel to the nearest mask voxel.
+* **Near mass**: the share of attribution within a physical margin of ``M``.
+
+Distances are measured between voxel *centres* with
+:func:`scipy.ndimage.distance_transform_edt` on ``~mask`` with ``sampling=spacing_mm``, so
+anisotropic voxels are handled in millimetres.  :func:`align` computes that distance map
+once and derives every distance-based summary from it.
+
+Degenerate inputs are explicit: an empty mask or an all-zero map gives NaN for every metric
+(never a silent 0 or 1), and :func:`align` says why in ``verdict`` and ``status``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from data_tools.checks import check_nonneg, check_spacing
+
+__all__ = [
+    "relevance_mass",
+    "relevance_rank",
+    "pointing_game",
+    "peak_distance_mm",
+    "near_mass",
+    "distance_to_mask_mm",
+    "grow_mm",
+    "AlignThresholds",
+    "Alignment",
+    "align",
+    "VERDICTS",
+]
+
+#: Every verdict :func:`align` can return.
+VERDICTS = ("aligned", "partial", "off-mask", "no-mask", "no-attribution")
+
+STATUS_OK = "ok"
+STATUS_NO_MASK = "empty mask: no annotated voxels for this nodule"
+STATUS_NO_ATTR = "attribution is zero everywhere"
+
+#: Slack (mm) added to distance comparisons so that a voxel exactly at the tolerance or
+#: margin is not lost to floating-point rounding in the distance transform.
+DISTANCE_SLACK_MM = 1e-6
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def check_map_and_mask(attr, mask) -> tuple[np.ndarray, np.ndarray]:
+    """Validate an (attr, mask) pair; return float64 attr and bool mask."""
+    attr = np.asarray(attr)
+    mask = np.asarray(mask)
+    if attr.ndim != 3:
+        raise ValueError(f"attr must be a 3-D (z, y, x) array; received shape {attr.shape}")
+    if attr.shape != mask.shape:
+        raise ValueError(
+            f"attr and mask must have the same (z, y, x) shape; received attr {attr.shape} "
+            f"and mask {mask.shape}"
+        )
+    if attr.dtype.kind not in "biuf":
+        raise ValueError(f"attr must be a real numeric array; received dtype {attr.dtype}")
+    if mask.dtype.kind not in "biu":
+        raise ValueError(
+            f"mask must be bool or integer (nonzero = inside); received dtype {mask.dtype}. "
+            "Threshold a probabilistic mask before calling."
+        )
+    attr = attr.astype(np.float64, copy=False)
+    if not np.all(np.isfinite(attr)):
+        n_bad = int(np.count_nonzero(~np.isfinite(attr)))
+        raise ValueError(f"attr must be finite; received {n_bad} NaN or infinite voxel(s)")
+    if attr.size and attr.min() < 0:
+        raise ValueError(
+            f"attr must be non-negative; received a minimum of {attr.min():.6g}. "
+            "Apply ReLU (np.maximum(attr, 0)) to the attribution map first."
+        )
+    return attr, mask.astype(bool, copy=False)
+
+
+def _distance_to_mask_mm(mask: np.ndarray, spacing_mm) -> np.ndarray:
+    """Distance (mm) from every voxel centre to the nearest mask voxel centre; 0 inside.
+
+    The single expensive pass.  ``mask`` must be non-empty.
+    """
+    return ndimage.distance_transform_edt(~mask, sampling=spacing_mm)
+
+
+def distance_to_mask_mm(mask, spacing_mm) -> np.ndarray:
+    """The distance map that :func:`align` and
+    :func:`discovery.align.localization.localization_summary` share.
+
+    Compute it once and pass it to both as ``distance_mm=`` when a caller needs both
+    summaries of the same mask (the pipeline does): the Euclidean distance transform is the
+    only expensive step of either.
+
+    Parameters
+    ----------
+    mask : ndarray of bool or int, shape (z, y, x)
+        Annotated nodule, non-empty.
+    spacing_mm : sequence of 3 floats
+        Voxel size ``(dz, dy, dx)`` in mm.
+
+    Returns
+    -------
+    ndarray, shape (z, y, x), float64
+        Distance in mm from every voxel centre to the nearest mask voxel centre; 0 inside.
+    """
+    mask = np.asarray(mask)
+    if mask.ndim != 3 or mask.dtype.kind not in "biu":
+        raise ValueError("mask must be a 3-D bool or integer (z, y, x) array; received "
+                         f"shape {mask.shape}, dtype {mask.dtype}")
+    if not mask.any():
+        raise ValueError("mask is empty: the distance to it is undefined")
+    return _distance_to_mask_mm(mask.astype(bool, copy=False), check_spacing(spacing_mm))
+
+
+def bounding_box(mask: np.ndarray, pad=0) -> tuple[slice, ...] | None:
+    """The slices of *mask*'s True voxels grown by *pad* voxels per axis (an int or one per
+    axis), clipped to the array; None when *mask* is empty.  Uses axis projections, not
+    ``argwhere``: a few passes over the array instead of materialising every index."""
+    mask = np.asarray(mask, dtype=bool)
+    pads = np.broadcast_to(np.asarray(pad, dtype=int), (mask.ndim,))
+    out = []
+    for axis in range(mask.ndim):
+        nz = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if nz.size == 0:
+            return None
+        out.append(slice(max(int(nz[0]) - int(pads[axis]), 0),
+                         min(int(nz[-1]) + int(pads[axis]) + 1, mask.shape[axis])))
+    return tuple(out)
+
+
+def grow_mm(mask: np.ndarray, reach_mm: float, spacing_mm) -> np.ndarray:
+    """``mask`` plus every voxel within ``reach_mm`` (voxel centre to voxel centre) of it.
+
+    Computed on the mask's bounding box grown by the reach, so the cost does not depend on
+    the size of the scan.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    spacing = np.asarray(check_spacing(spacing_mm), dtype=float)
+    if not mask.any() or reach_mm <= 0:
+        return mask.copy()
+    box = bounding_box(mask, np.ceil(reach_mm / spacing).astype(int) + 1)
+    out = np.zeros_like(mask)
+    out[box] = ndimage.distance_transform_edt(~mask[box], sampling=spacing) <= reach_mm + DISTANCE_SLACK_MM
+    return out
+
+
+def check_distance(distance_mm, mask: np.ndarray) -> np.ndarray:
+    """A caller's precomputed distance map, checked against *mask*'s grid."""
+    distance_mm = np.asarray(distance_mm)
+    if distance_mm.shape != mask.shape or distance_mm.dtype.kind != "f":
+        raise ValueError(
+            "distance_mm must be the float (z, y, x) map of distance_to_mask_mm(mask, "
+            f"spacing_mm) on the mask's grid {mask.shape}; received shape "
+            f"{distance_mm.shape}, dtype {distance_mm.dtype}")
+    return distance_mm
+
+
+def _peak_index(attr: np.ndarray) -> tuple[int, int, int]:
+    """Index of the maximum; the first in C order when several voxels share it."""
+    z, y, x = np.unravel_index(int(np.argmax(attr)), attr.shape)
+    return int(z), int(y), int(x)
+
+
+def is_degenerate(attr: np.ndarray, mask: np.ndarray) -> bool:
+    return (not mask.any()) or float(attr.sum()) == 0.0
+
+
+# ------------------------------------------------------------------------ single metrics
+
+
+def relevance_mass(attr, mask) -> float:
+    """Relevance mass accuracy: the share of attribution inside the mask.
+
+    Parameters
+    ----------
+    attr : ndarray, shape (z, y, x)
+        Non-negative, finite attribution magnitudes (arbitrary units).
+    mask : ndarray of bool or int, shape (z, y, x)
+        Annotated nodule; nonzero voxels are inside.
+
+    Returns
+    -------
+    float
+        ``sum_M a / sum_V a`` in [0, 1]; NaN when the mask is empty or ``attr`` sums to 0.
+
+    Raises
+    ------
+    ValueError
+        On shape mismatch, non-finite or negative ``attr``, or a non-integer mask.
+    """
+    attr, mask = check_map_and_mask(attr, mask)
+    if is_degenerate(attr, mask):
+        return math.nan
+    return float(attr[mask].sum() / attr.sum())
+
+
+def relevance_rank(attr, mask) -> float:
+    """Relevance rank accuracy: the fraction of the ``|M|`` top-ranked voxels inside the mask.
+
+    Parameters
+    ----------
+    attr : ndarray, shape (z, y, x)
+        Non-negative, finite attribution magnitudes.
+    mask : ndarray of bool or int, shape (z, y, x)
+        Annotated nodule; nonzero voxels are inside.
+
+    Returns
+    -------
+    float
+        In [0, 1]; NaN when the mask is empty or ``attr`` is zero everywhere.
+
+    Notes
+    -----
+    Voxels are ranked by a *stable* sort on ``-attr`` over the C-order (z, then y, then x)
+    flattening, so among voxels of equal attribution the one with the smaller flat index
+    ranks first.  On maps with large plateaus (e.g. a coarse Grad-CAM upsampled with
+    nearest-neighbour interpolation) the result therefore depends on that order; the
+    answer is deterministic, not tie-averaged.
+    """
+    attr, mask = check_map_and_mask(attr, mask)
+    if is_degenerate(attr, mask):
+        return math.nan
+    return rank_share(attr, mask)
+
+
+def rank_share(attr: np.ndarray, mask: np.ndarray) -> float:
+    k = int(np.count_nonzero(mask))
+    top = np.argsort(-attr.ravel(), kind="stable")[:k]
+    return float(np.count_nonzero(mask.ravel()[top]) / k)
+
+
+def pointing_game(attr, mask, spacing_mm, tolerance_mm: float = 0.0) -> float:
+    """Whether the attribution peak falls on (or within a tolerance of) the mask.
+
+    Parameters
+    ----------
+    attr : ndarray, shape (z, y, x)
+        Non-negative, finite attribution magnitudes.
+    mask : ndarray of bool or int, shape (z, y, x)
+        Annotated nodule; nonzero voxels are inside.
+    spacing_mm : sequence of 3 floats
+        Voxel size ``(dz, dy, dx)`` in mm.
+    tolerance_mm : float, optional
+        A peak whose centre is within this Euclidean distance (mm, inclusive) of a mask
+        voxel centre counts as a hit.  0 means the peak must lie inside the mask.
+
+    Returns
+    -------
+    float
+        1.0 for a hit, 0.0 for a miss, NaN when the mask is empty or ``attr`` is all zero.
+
+    Notes
+    -----
+    When several voxels share the maximum, the first in C order is the peak.
+    """
+    attr, mask = check_map_and_mask(attr, mask)
+    spacing_mm = check_spacing(spacing_mm)
+    tolerance_mm = check_nonneg(tolerance_mm, "tolerance_mm")
+    if is_degenerate(attr, mask):
+        return math.nan
+    d = float(_distance_to_mask_mm(mask, spacing_mm)[_peak_index(attr)])
+    return 1.0 if d <= tolerance_mm + DISTANCE_SLACK_MM else 0.0
+
+
+def peak_distance_mm(attr, mask, spacing_mm) -> float:
+    """Distance in mm from the attribution peak to the nearest mask voxel.
+
+    Parameters
+    ----------
+    attr : ndarray, shape (z, y, x)
+        Non-negative, finite attribution magnitudes.
+    mask : ndarray of bool or int, shape (z, y, x)
+        Annotated nodule; nonzero voxels are inside.
+    spacing_mm : sequence of 3 floats
+        Voxel size ``(dz, dy, dx)`` in mm.
+
+    Returns
+    -------
+    float
+        Euclidean distance between voxel centres in mm; 0 when the peak is inside the mask;
+        NaN when the mask is empty or ``attr`` is all zero.
+
+    Notes
+    -----
+    When several voxels share the maximum, the first in C order is the peak.
+    """
+    attr, mask = check_map_and_mask(attr, mask)
+    spacing_mm = check_spacing(spacing_mm)
+    if is_degenerate(attr, mask):
+        return math.nan
+    dist = _distance_to_mask_mm(mask, spacing_mm)
+    return float(dist[_peak_index(attr)])
+
+
+def near_mass(attr, mask, spacing_mm, margin_mm: float) -> float:
+    """Share of attribution within a physical margin of the mask.
+
+    Parameters
+    ----------
+    attr : ndarray, shape (z, y, x)
+        Non-negative, finite attribution magnitudes.
+    mask : ndarray of bool or int, shape (z, y, x)
+        Annotated nodule; nonzero voxels are inside.
+    spacing_mm : sequence of 3 floats
+        Voxel size ``(dz, dy, dx)`` in mm.
+    margin_mm : float
+        Voxels whose centre is within this distance (mm, inclusive) of a mask voxel centre
+        count as near; the mask itself is always included.  ``margin_mm=0`` equals RMA.
+
+    Returns
+    -------
+    float
+        In [0, 1]; NaN when the mask is empty or ``attr`` is all zero.
+    """
+    attr, mask = check_map_and_mask(attr, mask)
+    spacing_mm = check_spacing(spacing_mm)
+    margin_mm = check_nonneg(margin_mm, "margin_mm")
+    if is_degenerate(attr, mask):
+        return math.nan
+    dist = _distance_to_mask_mm(mask, spacing_mm)
+    return _near_share(attr, dist, margin_mm)
+
+
+def _near_share(attr: np.ndarray, dist: np.ndarray, margin_mm: float) -> float:
+    near = dist <= margin_mm + DISTANCE_SLACK_MM
+    return float(attr[near].sum() / attr.sum())
+
+
+# ------------------------------------------------------------------------------ verdict
+
+
+@dataclass(frozen=True)
+class AlignThresholds:
+    """Thresholds turning the alignment metrics into a verdict.
+
+    Attributes
+    ----------
+    pointing_tolerance_mm : float
+        Tolerance of the pointing game (mm).  Grad-CAM of a 3-D CNN lives on the last
+        convolutional grid, typically cells of about 4 mm once upsampled to the CT, so a
+        peak one cell off a small nodule is still "looking at it".
+    near_margin_mm : float
+        Margin (mm) defining "near the mask" for :func:`near_mass`; slightly more than one
+        Grad-CAM cell, for the same reason.
+    aligned_near_mass : float
+        Minimum near mass for "aligned" (with a pointing hit).
+    offmask_near_mass : float
+        Near mass below which a pointing miss is "off-mask".
+
+    Notes
+    -----
+    Why not RMA?  A coarse map spreads a cell's value over all voxels it covers, so a
+    nodule of a few millimetres can never hold most of the attribution even when the
+    model clearly looks at it: RMA is reported but does not decide the verdict.  The
+    verdict combines where the peak is (pointing game with a tolerance) with how much
+    attribution lies near the nodule (near mass).
+    """
+
+    pointing_tolerance_mm: float = 4.0
+    near_margin_mm: float = 5.0
+    aligned_near_mass: float = 0.5
+    offmask_near_mass: float = 0.25
+
+    def __post_init__(self):
+        check_nonneg(self.pointing_tolerance_mm, "pointing_tolerance_mm")
+        check_nonneg(self.near_margin_mm, "near_margin_mm")
+        for name in ("aligned_near_mass", "offmask_near_mass"):
+            v = check_nonneg(getattr(self, name), name)
+            if v > 1.0:
+                raise ValueError(f"{name} must be a share in [0, 1]; received {v!r}")
+        if self.offmask_near_mass > self.aligned_near_mass:
+            raise ValueError(
+                "offmask_near_mass must not exceed aligned_near_mass; received "
+                f"offmask_near_mass={self.offmask_near_mass!r}, "
+                f"aligned_near_mass={self.aligned_near_mass!r}"
+            )
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """Alignment of one attribution map with one nodule mask.
+
+    Attributes
+    ----------
+    rma : float
+        Relevance mass, in [0, 1].
+    rra : float
+        Relevance rank, in [0, 1].
+    pointing_hit : float
+        1.0 / 0.0: pointing game *with* ``thresholds.pointing_tolerance_mm``.
+        (The strict, zero-tolerance hit is ``peak_distance_mm == 0``.)
+    peak_distance_mm : float
+        Distance (mm) from the attribution peak to the nearest mask voxel; 0 inside.
+    near_mass : float
+        Share of attribution within ``thresholds.near_margin_mm`` of the mask.
+    verdict : str
+        One of :data:`VERDICTS`.
+    status : str
+        ``"ok"``, or why the metrics are NaN.
+
+    All metrics are NaN when ``status != "ok"``.
+    """
+
+    rma: float
+    rra: float
+    pointing_hit: float
+    peak_distance_mm: float
+    near_mass: float
+    verdict: str
+    status: str
+
+
+def _nan_alignment(verdict: str, status: str) -> Alignment:
+    nan = math.nan
+    return Alignment(nan, nan, nan, nan, nan, verdict, status)
+
+
+def align(attr, mask, *, spacing_mm, thresholds: AlignThresholds = AlignThresholds(),
+          distance_mm=None) -> Alignment:
+    """Compare an attribution map with a nodule mask and give a verdict.
+
+    Parameters
+    ----------
+    attr : ndarray, shape (z, y, x)
+        Non-negative, finite attribution magnitudes (not renormalised here).
+    mask : ndarray of bool or int, shape (z, y, x)
+        Annotated nodule; nonzero voxels are inside.
+    spacing_mm : sequence of 3 floats
+        Voxel size ``(dz, dy, dx)`` in mm.
+    thresholds : AlignThresholds, optional
+        Tolerance, margin and near-mass cut-offs of the verdict.
+    distance_mm : ndarray, shape (z, y, x), optional
+        :func:`distance_to_mask_mm` of the same mask and spacing, when the caller already
+        has it; computed here otherwise.
+
+    Returns
+    -------
+    Alignment
+        Verdict, in order of precedence:
+
+        * ``"no-mask"``: the mask is empty (all metrics NaN);
+        * ``"no-attribution"``: ``attr`` sums to 0 (all metrics NaN);
+        * ``"aligned"``: pointing hit within the tolerance and
+          ``near_mass >= aligned_near_mass``;
+        * ``"off-mask"``: pointing miss and ``near_mass < offmask_near_mass``;
+        * ``"partial"``: anything else.
+
+    Raises
+    ------
+    ValueError
+        On shape mismatch, non-finite or negative ``attr``, a non-integer mask, or bad
+        ``spacing_mm``.
+
+    Notes
+    -----
+    One Euclidean distance transform of ``~mask`` (the only expensive step) feeds the
+    peak distance, the pointing game and the near mass.
+    """
+    attr, mask = check_map_and_mask(attr, mask)
+    spacing_mm = check_spacing(spacing_mm)
+    if not isinstance(thresholds, AlignThresholds):
+        raise ValueError(
+            f"thresholds must be an AlignThresholds; received {type(thresholds).__name__}"
+        )
+    if not mask.any():
+        return _nan_alignment("no-mask", STATUS_NO_MASK)
+    total = float(attr.sum())
+    if total == 0.0:
+        return _nan_alignment("no-attribution", STATUS_NO_ATTR)
+
+    dist = (_distance_to_mask_mm(mask, spacing_mm) if distance_mm is None  # the one expensive pass
+            else check_distance(distance_mm, mask))
+    rma = float(attr[mask].sum() / total)
+    rra = rank_share(attr, mask)
+    peak_d = float(dist[_peak_index(attr)])
+    hit = peak_d <= thresholds.pointing_tolerance_mm + DISTANCE_SLACK_MM
+    near = _near_share(attr, dist, thresholds.near_margin_mm)
+
+    if hit and near >= thresholds.aligned_near_mass:
+        verdict = "aligned"
+    elif not hit and near < thresholds.offmask_near_mass:
+        verdict = "off-mask"
+    else:
+        verdict = "partial"
+    return Alignment(
+        rma=rma,
+        rra=rra,
+        pointing_hit=1.0 if hit else 0.0,
+        peak_distance_mm=peak_d,
+        near_mass=near,
+        verdict=verdict,
+        status=STATUS_OK,
+    )

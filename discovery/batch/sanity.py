@@ -1,0 +1,235 @@
+"""``discovery sanity``: are the maps faithful to the model that made them?
+
+Runs, on the annotated nodules of a scored results folder (or of a cohort folder):
+
+* the cascading model-parameter randomisation test (Adebayo et al. 2018) for each method in
+  ``randomise``: Spearman correlation between the original and the randomised maps after
+  each module is re-drawn, from the output end back to the input, averaged over
+  ``n_draws`` independent re-draws;
+* deletion and insertion curves (Petsiuk et al. 2018) for each method in ``methods``, against
+  random voxel orders.
+
+Removed voxels take the normalised value of lung parenchyma (:data:`BASELINE_HU`), not 0:
+under the model's HU window 0 is air, and a hole of air in lung is itself a strong, unnatural
+signal.  The summaries are written to the results store (``sanity_randomization``,
+``sanity_perturbation``) and shown in the report.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from data_tools.cases import discover_cases, load_case
+from data_tools.volume import Mask, Volume
+from discovery.explain.faithfulness import perturbation_curves, randomization_test
+from discovery.explain.methods import (
+    CAM_METHODS,
+    METHODS,
+    predict_and_explain,
+    resolve_layer,
+)
+from discovery.model.card import ModelCard, load_model
+from discovery.model.rois import extract_roi, nodule_sites, normalize_hu
+from discovery.store.tables import (
+    DB_NAME,
+    PERTURBATION_COLUMNS,
+    RANDOMIZATION_COLUMNS,
+    ResultsStore,
+    load_case_arrays,
+)
+
+__all__ = ["BASELINE_HU", "SanitySummary", "run_sanity", "summarize"]
+
+log = logging.getLogger(__name__)
+
+#: HU given to deleted (or not yet inserted) voxels: aerated lung parenchyma.
+BASELINE_HU = -850.0
+
+
+@dataclass(frozen=True)
+class SanitySummary:
+    """What ``discovery sanity`` measured.  ``randomization`` and ``perturbation`` hold the
+    rows written to the store; :func:`summarize` turns them into one line per method."""
+
+    n_nodules: int
+    randomization: pd.DataFrame
+    perturbation: pd.DataFrame
+
+
+def _nodule_rois(volume: Volume, mask: Mask, card: ModelCard, case_id: str):
+    for site in nodule_sites(mask):
+        roi = extract_roi(volume, site.center_zyx, size_vox=card.roi_size_vox,
+                          spacing_mm=card.roi_spacing_mm)
+        yield (case_id, site.nodule_id), normalize_hu(roi.hu, card.hu_window)
+
+
+def _rois_from_results(results_dir: Path, card: ModelCard):
+    store = ResultsStore(results_dir, create=False)
+    try:
+        meta = store.meta()
+        if meta.get("model_sha256") not in (None, card.weights_sha256):
+            raise ValueError(
+                "the results were scored with another model (weights SHA-256 "
+                f"{str(meta.get('model_sha256'))[:12]}...); pass that model with --model")
+        case_ids = store.query("SELECT case_id FROM cases WHERE status = 'ok' ORDER BY case_id")["case_id"]
+    finally:
+        store.close()
+    for case_id in case_ids:
+        arrays = load_case_arrays(results_dir, case_id)
+        volume = Volume(arrays["ct"].astype(np.float32), arrays["affine"])
+        yield from _nodule_rois(volume, Mask(arrays["mask"], arrays["affine"]), card, case_id)
+
+
+def _rois_from_cohort(cohort: Path, card: ModelCard):
+    for spec in discover_cases(cohort):
+        volume, mask = load_case(spec)
+        if mask is not None:
+            yield from _nodule_rois(volume, mask, card, spec.case_id)
+
+
+def run_sanity(
+    source: str | Path,
+    *,
+    results_dir: str | Path | None = None,
+    model_dir: str | Path | None = None,
+    methods: Sequence[str] = METHODS,
+    randomise: Sequence[str] = ("gradcam",),
+    steps: int = 20,
+    n_random: int = 3,
+    n_draws: int = 5,
+    seed: int = 0,
+    max_nodules: int | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> SanitySummary:
+    """Randomisation test and deletion/insertion curves for every annotated nodule.
+
+    Parameters
+    ----------
+    source : path
+        A results folder written by ``discovery score`` (ROIs are re-extracted from the CT and
+        mask stored there) or a cohort folder the loaders read.
+    results_dir : path, optional
+        Store to write to; default *source* when it is a results folder (required otherwise).
+    methods, randomise : sequences of str
+        Methods for the perturbation curves and for the randomisation test.
+    steps, n_random, seed
+        Passed to :func:`discovery.explain.faithfulness.perturbation_curves`.
+    n_draws : int
+        Independent random re-draws of the weights (seeds ``seed .. seed + n_draws - 1``).
+        One draw is a noisy estimate: on the demo cohort the fully randomised Grad-CAM's mean
+        Spearman ranged from -0.11 to 0.32 over eight draws.  The stored ``mean_spearman`` is
+        the mean over every (draw, ROI) pair with a defined correlation; ``n_constant``
+        counts the pairs where a map was constant (e.g. all zero), for which it is undefined.
+    max_nodules : int, optional
+        Check at most this many nodules, drawn at random (seeded by ``seed``) and kept in
+        their stored order; all of them when omitted.  The checks grow linearly with the
+        nodules (about 10 s per nodule for the five methods on 2 CPU cores).
+    progress : callable(stage, done, total), optional
+    """
+    if max_nodules is not None and (isinstance(max_nodules, bool) or not isinstance(
+            max_nodules, (int, np.integer)) or max_nodules < 1):
+        raise ValueError(f"max_nodules must be a positive integer or None; received {max_nodules!r}")
+    source = Path(source)
+    is_results = (source / DB_NAME).is_file()
+    if results_dir is None:
+        if not is_results:
+            raise ValueError(f"{source.name!r} is not a results folder (no {DB_NAME}); "
+                             "pass --out RESULTS to say where the sanity tables go")
+        results_dir = source
+    for m in list(methods) + list(randomise):
+        if m not in METHODS:
+            raise ValueError(f"unknown attribution method {m!r}; available: {', '.join(METHODS)}")
+    model, card = load_model(model_dir)
+    pairs = list(_rois_from_results(source, card) if is_results else _rois_from_cohort(source, card))
+    if not pairs:
+        raise ValueError("no annotated nodules found: the sanity checks need nodules with masks")
+    if max_nodules is not None and len(pairs) > max_nodules:
+        keep = np.sort(np.random.default_rng(seed).choice(len(pairs), max_nodules, replace=False))
+        pairs = [pairs[i] for i in keep]
+    keys = [k for k, _ in pairs]
+    rois = torch.from_numpy(np.stack([r for _, r in pairs])[:, None].astype(np.float32))
+    baseline = float(normalize_hu(np.array(BASELINE_HU), card.hu_window))
+    threshold = float(card.metrics.get("threshold", 0.5))
+
+    ran_rows: list[dict] = []
+    per_rows: list[dict] = []
+    for method in randomise:
+        if progress:
+            progress(f"randomisation ({method})", 0, n_draws)
+        draws = []
+        for d in range(n_draws):
+            draws.append(randomization_test(model, rois, method=method, target=1, seed=seed + d))
+            if progress:
+                progress(f"randomisation ({method})", d + 1, n_draws)
+        layer = resolve_layer(model, None)[0] if method in CAM_METHODS else "input"
+        rho = np.stack([r.spearman for r in draws])              # (draws, steps, rois)
+        n_constant = np.sum([r.n_constant for r in draws], axis=0)
+        for k, row in enumerate(draws[0].as_rows()):
+            finite = rho[:, k][np.isfinite(rho[:, k])]
+            ran_rows.append({**row, "method": method, "layer": layer, "n_draws": n_draws,
+                             "n_constant": int(n_constant[k]),
+                             "mean_spearman": float(finite.mean()) if finite.size else float("nan")})
+    for i, method in enumerate(methods):
+        if progress:
+            progress(f"deletion/insertion ({method})", i, len(methods))
+        maps, probs = [], []
+        for start in range(0, len(rois), 16):
+            p, a, _ = predict_and_explain(model, rois[start:start + 16], method=method, target=1)
+            maps.append(a)
+            probs.append(p[:, 1])
+        curves = perturbation_curves(model, rois, np.concatenate(maps), baseline=baseline, target=1,
+                                     steps=steps, n_random=n_random, seed=seed)
+        for j, ((case_id, nodule_id), p1) in enumerate(zip(keys, np.concatenate(probs))):
+            per_rows.append({
+                "case_id": case_id, "nodule_id": nodule_id, "method": method,
+                "probability": float(p1), "predicted_label": int(p1 >= threshold),
+                "deletion_auc": float(curves.deletion_auc[j]),
+                "deletion_auc_random": float(curves.deletion_auc_random[j]),
+                "insertion_auc": float(curves.insertion_auc[j]),
+                "insertion_auc_random": float(curves.insertion_auc_random[j]),
+            })
+    store = ResultsStore(results_dir)
+    try:
+        store.set_sanity(ran_rows, per_rows)
+    finally:
+        store.close()
+    return SanitySummary(len(keys), pd.DataFrame(ran_rows, columns=RANDOMIZATION_COLUMNS),
+                         pd.DataFrame(per_rows, columns=PERTURBATION_COLUMNS))
+
+
+def summarize(randomization: pd.DataFrame, perturbation: pd.DataFrame) -> pd.DataFrame:
+    """One row per method: final randomisation Spearman and deletion/insertion summaries.
+
+    Columns: ``method``, ``spearman_fully_randomised`` (mean over ROIs after every module is
+    re-drawn; NaN when the method was not randomised), ``n``, ``deletion_auc`` and
+    ``deletion_auc_random`` (medians), ``beats_random`` (share of nodules whose deletion
+    AUC is below the random order's), the same share among predicted-malignant nodules,
+    ``insertion_auc`` and ``insertion_auc_random`` (medians).
+    """
+    randomization = randomization.reindex(columns=RANDOMIZATION_COLUMNS)  # also when empty
+    perturbation = perturbation.reindex(columns=PERTURBATION_COLUMNS)
+    rows = []
+    for method in dict.fromkeys([*perturbation["method"], *randomization["method"]]):
+        r = randomization[randomization["method"] == method].sort_values("step")
+        p = perturbation[perturbation["method"] == method]
+        beats = p["deletion_auc"] < p["deletion_auc_random"]
+        mal = p["predicted_label"] == 1
+        rows.append({
+            "method": method,
+            "spearman_fully_randomised": float(r["mean_spearman"].iloc[-1]) if len(r) else np.nan,
+            "n": int(len(p)),
+            "deletion_auc": float(p["deletion_auc"].median()),
+            "deletion_auc_random": float(p["deletion_auc_random"].median()),
+            "beats_random": float(beats.mean()) if len(p) else np.nan,
+            "beats_random_malignant": float(beats[mal].mean()) if mal.any() else np.nan,
+            "insertion_auc": float(p["insertion_auc"].median()),
+            "insertion_auc_random": float(p["insertion_auc_random"].median()),
+        })
+    return pd.DataFrame(rows)

@@ -1,0 +1,764 @@
+"""``score_folder``: score every case of an input, record failures, then find patterns.
+
+A bad case never stops the batch: its error is recorded as a ``failed`` row (a readable message
+that names the problem, never a source path) and the next case runs.  After the cases, the
+off-mask regions of the whole cohort are clustered once, and ``findings.csv`` and
+``patterns.csv`` are written (temporary file, then rename).
+
+Crash safety and resuming
+-------------------------
+Each case is written in two steps: its arrays (``cases/<case_id>.npz``: temporary file,
+fsync, rename), then its rows and its ``manifest`` row in one store transaction
+(:meth:`discovery.store.tables.ResultsStore.put_case`).  A case is therefore either complete, with a
+manifest row, or absent from the manifest; a run killed at any point (even ``SIGKILL``) and
+started again scores the missing cases and yields the same outputs as an uninterrupted run.
+Temporary files of a killed run (``cases/.*.<pid>.tmp.npz``, ``.findings.csv.<pid>.tmp``,
+``.patterns.csv.<pid>.tmp``) are removed when the next batch starts, unless process ``pid``
+is still running and wrote the file in the last 15 minutes.
+
+The manifest row holds three SHA-256 hex digests:
+
+``input_hash``
+    Over the case's input files, sorted by name: for each its name, size and content (read
+    in 1 MiB chunks; a file shared by several cases, like LUNA16's ``annotations.csv``, is
+    read once per batch, and a change to it rescores all of them).  The files: every file under a DICOM case folder (any depth, named
+    relative to it), or the image file (a MetaImage header with its data file(s)); then the
+    annotation file(s) (NIfTI mask, LIDC XML files, MSD label map, LUNA16 annotations.csv)
+    named by base name.  Folder names above the case do not count, so a moved input is not
+    rescored.
+``model_hash``
+    The model card's weights SHA-256.
+``config_hash``
+    Over a canonical JSON (sorted keys) of the per-case settings: :class:`ScoreSettings`,
+    ``max_bytes``, the case's layout, image and annotation kinds and the series it asks for,
+    and the card's preprocessing (architecture, ROI size and spacing, HU window, Grad-CAM
+    layer, threshold).  :class:`PatternSettings` are not in it: the cohort-level clustering
+    runs again after every batch.
+
+Skip rule: a case is not recomputed when its manifest row has the same three hashes, status
+``ok`` or ``no-mask``, and its arrays file exists; failed cases are always retried.  Cases in
+the store that are no longer in the input are kept (and stay in the tables);
+:attr:`BatchSummary.n_not_in_input` counts them.
+
+Workers and determinism
+-----------------------
+With ``workers > 1`` the per-case work (read, analyse, write arrays) runs in a pool of
+processes (forked on Linux, so that they start with torch and the model already loaded;
+spawned elsewhere: :func:`discovery.parallel.start_method`), each using
+``cpu_count // workers`` torch threads, while the parent alone writes to the store (one
+writer).  On a first run into a
+results folder the workers start (and load the model) while the parent hashes the inputs.
+A worker that dies
+(killed, out of memory, a crash in native code) breaks the pool: the cases it was running
+are each retried once, alone, in a fresh pool, and recorded as failed if that worker dies
+too; the batch goes on.  (With ``workers=1`` the cases run in the calling process: such a
+crash stops the batch, and the next run resumes before that case.)  With ``scheduler`` the
+same per-case function runs on a Dask distributed cluster instead (paths are sent, not data:
+the workers must see the inputs, the model and the results folder at the same paths; one
+torch thread per worker thread unless ``torch_threads`` says otherwise); the calling process
+still writes the store as results arrive, and a case whose workers keep dying is recorded
+as failed after the scheduler's allowed failures (:mod:`discovery.batch.executors`).  The pattern
+clustering runs once, in the calling process, after every case is done; the re-scoring of
+its causal check runs case by case on the local pool's workers when there is a pool
+(:func:`discovery.patterns.causal.pattern_effects`, ``run``), else in the calling process.  The tables do not
+depend on the number of workers, on the order cases finish in, or on resuming: rows are
+sorted by their keys, floats are written as ``%.6g`` and no timestamp is in them
+(``scored_at`` and ``finished_at`` stay in the store).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import logging
+import os
+import re
+import threading
+import time
+import uuid
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import ExitStack, closing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from data_tools.cases import CaseSpec, discover_cases, read_case, read_labels
+from data_tools.dicom import DEFAULT_MAX_BYTES
+from data_tools.errors import DataError, ModelError, scrub_uids
+from data_tools.volume import Mask, Volume
+from discovery.batch.executors import (
+    WORKER_DIED,
+    WORKER_KILLED,
+    ExecutorFactory,
+    dask_client,
+    run_dask,
+    run_pool,
+)
+from discovery.model.card import load_model
+from discovery.parallel import process_pool
+from discovery.patterns.causal import CaseRunner, pattern_effects, run_here
+from discovery.patterns.clustering import PatternSettings, cluster_regions
+from discovery.pipeline import CaseResult, ScoreSettings, analyze_scan
+from discovery.regions.descriptors import describe_region
+from discovery.store.tables import ResultsStore, load_case_arrays, save_case_arrays
+
+__all__ = ["BatchSummary", "score_folder", "write_tables", "recluster", "safe_error",
+           "read_labels", "case_input_hash", "case_config_hash", "WORKER_DIED", "WORKER_KILLED"]
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class BatchSummary:
+    """What a batch did: counts and wall time (s).
+
+    The counts cover every case of the input, skipped ones included (from their stored
+    results); ``n_skipped`` says how many of them were not recomputed."""
+
+    n_cases: int
+    n_ok: int
+    n_failed: int
+    n_no_mask: int
+    n_nodules: int
+    n_regions: int
+    n_clusters: int
+    seconds: float
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    layouts: dict[str, int] = field(default_factory=dict)  # cases per input layout
+    n_skipped: int = 0  # cases unchanged since an earlier run (counted above, not recomputed)
+    n_not_in_input: int = 0  # cases in the store but not in this input (kept)
+    store: str = "discovery.sqlite"  # where the tables are (file name, or URL without password)
+
+
+def safe_error(exc: BaseException, *paths: Path | str | None) -> str:
+    """A message for *exc* that is safe to store and print.
+
+    Input errors (:class:`DataError`) are written to name files by base name only; anything
+    else is reported as its type and message.  In both, every given path is replaced by
+    ``<input>``, any remaining absolute path is cut to its base name, and anything shaped
+    like a DICOM UID (five or more dot-separated numbers, e.g. a LUNA16 file named after its
+    series UID) becomes ``<uid>`` (defence in depth: a third-party message may quote either).
+    """
+    text = str(exc) if isinstance(exc, DataError) else f"{type(exc).__name__}: {exc}"
+    for p in paths:
+        if p is None:
+            continue
+        for variant in sorted({str(p), str(Path(p).resolve())}, key=len, reverse=True):
+            text = text.replace(variant, "<input>")
+    text = re.sub(r"(?:/[^/\s'\"]+)+/([^/\s'\"]+)", r"\1", text)
+    text = scrub_uids(text)
+    if isinstance(exc, DataError):
+        return text
+    return f"unexpected error while scoring ({text}); please report it"
+
+
+def result_rows(result: CaseResult) -> tuple[list[dict], list[dict]]:
+    nodules, regions = [], []
+    case_region = 0
+    for nod in result.nodules:
+        a, loc = nod.alignment, nod.localization
+        total = float(nod.attribution.sum())
+        off_share = float(sum(r.mass_share for r in nod.regions)) if total > 0 else float("nan")
+        nodules.append({
+            "case_id": result.case_id, "nodule_id": nod.nodule_id,
+            "probability": nod.probability, "predicted_label": nod.predicted_label,
+            "rma": a.rma, "rra": a.rra, "pointing_hit": a.pointing_hit,
+            "peak_distance_mm": a.peak_distance_mm, "near_mass": a.near_mass,
+            "detection_auc": loc.auc, "otsu_dice": loc.otsu_dice, "otsu_iou": loc.otsu_iou,
+            "ring_0_5": loc.ring_0_5, "ring_5_10": loc.ring_5_10, "ring_10_20": loc.ring_10_20,
+            "verdict": a.verdict, "n_offmask_regions": len(nod.regions),
+            "offmask_mass_share": off_share, "volume_mm3": nod.site.volume_mm3,
+            "center_z": nod.site.center_zyx[0], "center_y": nod.site.center_zyx[1],
+            "center_x": nod.site.center_zyx[2], "status": "ok" if a.status == "ok" else a.verdict,
+            "error": "" if a.status == "ok" else a.status,
+        })
+        lo = np.array([s.start for s in nod.box], dtype=float)
+        for r, ctx in zip(nod.regions, nod.contexts):
+            case_region += 1
+            an = ctx.anatomy
+            cz, cy, cx = (np.asarray(r.centroid_zyx) + lo).tolist()  # scan voxel coordinates
+            regions.append({
+                "region_key": f"{result.case_id}/{nod.nodule_id}/r{r.region_index}",
+                "case_id": result.case_id, "nodule_id": nod.nodule_id,
+                "region_index": r.region_index, "case_region": case_region,
+                "probability": nod.probability, "n_voxels": r.n_voxels,
+                "volume_mm3": r.volume_mm3, "mass_share": r.mass_share, "peak_value": r.peak_value,
+                "centroid_z": cz, "centroid_y": cy, "centroid_x": cx,
+                "offset_z_mm": r.offset_mm[0], "offset_y_mm": r.offset_mm[1],
+                "offset_x_mm": r.offset_mm[2], "offset_distance_mm": r.offset_distance_mm,
+                "distance_to_mask_mm": r.distance_to_mask_mm, "mean_hu": r.mean_hu,
+                "max_hu": r.max_hu, "std_hu": r.std_hu,
+                "offset_l_mm": ctx.offset_lps_mm[0], "offset_p_mm": ctx.offset_lps_mm[1],
+                "offset_s_mm": ctx.offset_lps_mm[2], "direction": ctx.direction,
+                "relation": an.relation, "lung_fraction": an.lung_fraction,
+                "pleura_distance_mm": an.pleura_distance_mm, "dense_fraction": an.dense_fraction,
+                "dense_elongation": an.dense_elongation, "elongation": an.elongation,
+                "median_hu": an.hu_median, "p90_hu": an.hu_p90, "halo_max_hu": ctx.halo_max_hu,
+                **{f"structure_{k}": v for k, v in dataclasses.asdict(ctx.structure).items()},
+                "description": describe_region(r.offset_distance_mm, ctx.direction, an.relation,
+                                               r.mean_hu),
+                "cluster": -1,
+            })
+    return nodules, regions
+
+
+def _region_deep(result: CaseResult) -> np.ndarray:
+    rows = [ctx.deep for nod in result.nodules for ctx in nod.contexts]
+    return np.stack(rows).astype(np.float32) if rows else np.zeros((0, 0), np.float32)
+
+
+#: what the annotation says of a nodule that may go into the findings (numbers only: free-text
+#: fields such as RT ROI names or SEG segment labels stay out, they can carry anything)
+_ANNOTATION_KEYS = ("n_readers", "roi_number", "segment_number")
+
+
+def _annotation_rows(case_id: str, nodules) -> list[dict]:
+    rows = []
+    for nod in nodules:
+        for key, value in nod.items():
+            name = ("annotated_diameter_mm" if key == "diameter_mm"
+                    else key if key.startswith("lidc_") or key in _ANNOTATION_KEYS else None)
+            if name is None or isinstance(value, (str, bytes, list, tuple, dict)):
+                continue
+            rows.append({"case_id": case_id, "nodule_id": f"n{int(nod['label'])}",
+                         "name": name, "value": float(value)})
+    return rows
+
+
+# -- manifest hashes ---------------------------------------------------------------------
+_CHUNK = 1 << 20
+_HASH_VERSION = b"discovery-case-input-v1\0"
+#: the model card fields that change what a case's analysis computes
+_CARD_KEYS = ("architecture", "roi_size_vox", "roi_spacing_mm", "hu_window", "classes",
+              "gradcam_layer", "card_version")
+
+FileMemo = dict[tuple[str, int, int], str]
+
+
+def _file_sha256(path: Path, st: os.stat_result, memo: FileMemo | None) -> str:
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if memo is not None and key in memo:
+        return memo[key]
+    h = hashlib.sha256()
+    buf = bytearray(_CHUNK)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as fh:
+        while n := fh.readinto(buf):
+            h.update(view[:n])
+    if memo is not None:
+        memo[key] = h.hexdigest()
+    return h.hexdigest()
+
+
+def _metaimage_data_files(header: Path) -> list[Path]:
+    """The data file(s) a MetaImage header names (none for ``LOCAL``; same-stem siblings for
+    a file-name pattern or an unreadable header)."""
+    siblings = sorted(p for p in header.parent.glob(f"{header.stem}.*") if p != header)
+    try:
+        with open(header, "rb") as fh:
+            lines = fh.read(1 << 16).decode("latin-1").splitlines()
+    except OSError:
+        return siblings
+    for i, line in enumerate(lines):
+        key, _, value = line.partition("=")
+        if key.strip().lower() != "elementdatafile":
+            continue
+        tokens = value.split()
+        if not tokens or tokens[0].upper() == "LOCAL":
+            return []
+        if tokens[0].upper() == "LIST":
+            return [header.parent / t.strip() for t in lines[i + 1:] if t.strip()]
+        if "%" in tokens[0]:
+            return siblings
+        return [header.parent / value.strip()]
+    return siblings
+
+
+def _case_files(spec: CaseSpec, exclude: Path | None = None) -> list[tuple[str, Path]]:
+    """``(name, path)`` of every input file of *spec*, sorted by name (module docstring)."""
+    files: dict[str, Path] = {}
+    image = Path(spec.image)
+    inside: set[Path] = set()
+    if image.is_dir():
+        skip = exclude.resolve() if exclude is not None else None
+        for root, dirs, names in os.walk(image):
+            if skip is not None:
+                dirs[:] = [d for d in dirs if (Path(root) / d).resolve() != skip]
+            for name in names:
+                path = Path(root) / name
+                files["image/" + path.relative_to(image).as_posix()] = path
+                inside.add(path)
+    else:
+        files["image/" + image.name] = image
+        if spec.image_kind == "metaimage":
+            for data in _metaimage_data_files(image):
+                files["image/" + data.name] = data
+    for ann in (spec.mask, *spec.mask_candidates):
+        if ann is not None and Path(ann) not in inside:
+            files["annotation/" + Path(ann).name] = Path(ann)
+    return sorted(files.items())
+
+
+def case_input_hash(spec: CaseSpec, *, exclude: str | Path | None = None,
+                    memo: FileMemo | None = None) -> str:
+    """SHA-256 (hex) over the input files of one case: for each file, sorted by name, its
+    name, size and content's SHA-256 (module docstring: which files, which names).
+
+    ``exclude``: a folder not to descend into (the results folder, when it lies inside a
+    case folder).  ``memo``: digests already computed in this batch, by path, size and
+    modification time.  A file that cannot be read counts as missing (the case is then
+    rescored, and reports the problem when read).
+    """
+    h = hashlib.sha256(_HASH_VERSION)
+    for name, path in _case_files(spec, None if exclude is None else Path(exclude)):
+        try:
+            st = path.stat()
+            digest = _file_sha256(path, st, memo)
+        except OSError:
+            h.update(f"{name}\0missing\0".encode("utf-8", "surrogateescape"))
+            continue
+        h.update(f"{name}\0{st.st_size}\0{digest}\0".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
+def case_config_hash(spec: CaseSpec, *, settings: ScoreSettings, max_bytes: int | None,
+                     card) -> str:
+    """SHA-256 (hex) of the canonical JSON of what, besides the input files and the weights,
+    decides a case's results (module docstring)."""
+    payload = {
+        "settings": dataclasses.asdict(settings), "max_bytes": max_bytes,
+        "layout": spec.layout, "image_kind": spec.image_kind, "mask_kind": spec.mask_kind,
+        "source_key": spec.source_key,
+        "card": {k: getattr(card, k) for k in _CARD_KEYS},
+        "threshold": float(card.metrics.get("threshold", 0.5)),
+    }
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+# -- one case ----------------------------------------------------------------------------
+Payload = dict[str, Any]  # "case" (the cases row), "nodules", "regions", "annotations"
+
+
+def _failed(spec: CaseSpec, message: str) -> Payload:
+    return {"case": {"case_id": spec.case_id, "status": "failed", "error": message,
+                     "source_kind": spec.image_kind, "layout": spec.layout},
+            "nodules": [], "regions": [], "annotations": []}
+
+
+def _compute_case(spec: CaseSpec, model, card, results_dir: Path, settings: ScoreSettings,
+                  max_bytes: int | None, input_path: Path | str) -> Payload:
+    """Read, analyse and write the arrays of one case; its rows for the store.  Never raises
+    an ``Exception``: a failure becomes a ``failed`` payload with a safe message."""
+    try:
+        case = read_case(spec, max_bytes=max_bytes)
+        volume, mask = case.volume, case.mask
+        result = analyze_scan(volume, mask, model, card, case_id=spec.case_id, settings=settings)
+        ct = np.clip(np.rint(volume.array), -32768, 32767).astype(np.int16)
+        arrays = save_case_arrays(
+            results_dir, spec.case_id, ct=ct,
+            mask=(mask.array if mask is not None
+                  else np.zeros(volume.shape, np.int16)).astype(np.int16),
+            attribution=result.attribution, region_map=result.region_map, affine=volume.affine,
+            # row k-1: layer activations pooled in region k of region_map (case_region order)
+            region_deep=_region_deep(result),
+        )
+        nodules, regions = result_rows(result)
+        status = "ok" if result.status == "ok" else "no-mask"
+        return {"case": {"case_id": spec.case_id, "status": status,
+                         "error": "" if status == "ok" else result.status.split(": ", 1)[-1],
+                         "n_nodules": len(nodules), "shape": list(volume.shape),
+                         "spacing_mm": [round(s, 4) for s in volume.spacing_mm],
+                         "source_kind": spec.image_kind, "layout": spec.layout,
+                         "mask_source": case.mask_source, "arrays": arrays},
+                "nodules": nodules, "regions": regions,
+                "annotations": _annotation_rows(spec.case_id, case.nodules)}
+    except Exception as exc:  # noqa: BLE001 -- a batch records every failure and goes on
+        message = safe_error(exc, input_path, spec.image, spec.mask)
+        # no traceback in the log: frames and messages of third-party code may quote paths
+        log.warning("case %s failed: %s", spec.case_id, message)
+        return _failed(spec, message)
+
+
+#: per worker thread: (model folder, weights SHA-256) -> (model, card)
+_WORKER_MODELS = threading.local()
+
+
+def _worker_model(model_dir: str | None, threads: int, weights_sha256: str | None):
+    """The model of this worker thread, loaded once (a Dask worker may run several cases at
+    once, and the attribution hooks are registered on the module), with *threads* torch
+    threads; it must have the weights the batch uses (*weights_sha256*)."""
+    cache = _WORKER_MODELS.__dict__
+    key = (model_dir, weights_sha256)
+    import torch
+
+    if torch.get_num_threads() != threads:  # also in a worker forked from a parent that had
+        torch.set_num_threads(threads)       # loaded this model with other settings
+    if key not in cache:
+        model, card = load_model(model_dir)
+        if weights_sha256 is not None and card.weights_sha256 != weights_sha256:
+            raise ModelError(
+                f"the model read on this worker has weights {card.weights_sha256[:12]}..., "
+                f"but the batch uses {weights_sha256[:12]}...; workers must see the same files "
+                "(the same model folder) as the machine that runs the batch", path=model_dir)
+        cache[key] = (model, card)
+    return cache[key]
+
+
+def _work(spec: CaseSpec, model_dir: str | None, results_dir: Path, settings: ScoreSettings,
+          max_bytes: int | None, input_path: Path | str, threads: int,
+          weights_sha256: str | None = None) -> Payload:
+    """One case in a worker (a pool process or a Dask worker thread), with the worker's
+    model (:func:`_worker_model`); a model with other weights than the batch's makes the
+    case fail with a message saying so."""
+    model, card = _worker_model(model_dir, threads, weights_sha256)
+    return _compute_case(spec, model, card, results_dir, settings, max_bytes, input_path)
+
+
+def _warm_worker(model_dir: str | None, threads: int, weights_sha256: str | None) -> None:
+    """Load the worker's model ahead of its first case (errors are left to the cases)."""
+    try:
+        _worker_model(model_dir, threads, weights_sha256)
+    except Exception:  # noqa: BLE001 -- the cases report it, with their own messages
+        pass
+
+
+def _stored_case(results_dir: str | Path, case_id: str):
+    """``(Volume, Mask, region_map)`` of a stored case (the causal check's loader)."""
+    a = load_case_arrays(results_dir, case_id)
+    affine = a["affine"]
+    return (Volume(a["ct"].astype(np.float32), affine), Mask(a["mask"], affine),
+            a["region_map"])
+
+
+def _causal_work(step: Callable, case_id: str, rows: pd.DataFrame, options: dict,
+                 model_dir: str | None, results_dir: Path, threads: int,
+                 weights_sha256: str | None):
+    """One case's step of the causal check (:func:`discovery.patterns.causal.case_deltas` or
+    :func:`~discovery.patterns.causal.case_without`) in a worker process."""
+    model, card = _worker_model(model_dir, threads, weights_sha256)
+    return step(case_id, rows, load=functools.partial(_stored_case, results_dir), model=model,
+                card=card, **options)
+
+
+def _pool_runner(pool, args: tuple, model, card, results_dir: Path):
+    """A :data:`discovery.patterns.causal.CaseRunner` on the worker pool of a batch (*args*: model
+    folder, results folder, threads, weights hash); when the pool fails, the steps run here
+    (same results)."""
+    def run(step, jobs):
+        try:
+            futures = [pool.submit(_causal_work, step, case_id, rows, options, *args)
+                       for case_id, rows, options in jobs]
+            return [f.result() for f in futures]
+        except BrokenProcessPool:
+            log.warning("a worker process died during the causal check; finishing it in the "
+                        "main process")
+        return run_here(functools.partial(_stored_case, results_dir), model, card)(step, jobs)
+    return run
+
+
+def recluster(store: ResultsStore, settings: PatternSettings = PatternSettings(), *,
+              model=None, card=None, results_dir: str | Path | None = None,
+              run: CaseRunner | None = None) -> int:
+    """Cluster all off-mask regions in the store; return the number of clusters.
+
+    With ``model``, ``card`` and ``results_dir``, every cluster also gets its causal check
+    and the nodules their shortcut flags (:func:`discovery.patterns.causal.pattern_effects`), scans
+    read back from ``results_dir/cases/<case_id>.npz``; *run* computes its per-case steps
+    elsewhere (e.g. on the batch's worker pool).
+    """
+    regions = store.regions()
+    if regions.empty:
+        store.set_patterns(regions.assign(cluster=[], embedding_x=[], embedding_y=[]),
+                           pd.DataFrame(columns=["cluster"]))
+        return 0
+    regions = regions.drop(columns=["cluster", "embedding_x", "embedding_y"])
+    labels = store.labels()
+    if len(labels):  # the truth-enrichment columns, where labels are known
+        regions = regions.merge(labels, on=["case_id", "nodule_id"], how="left")
+    clustered, clusters = cluster_regions(regions, settings=settings)
+    flags = None
+    if model is not None and card is not None and results_dir is not None and len(clusters):
+        clusters, flags = pattern_effects(
+            clustered, clusters, load=functools.partial(_stored_case, results_dir), model=model,
+            card=card, threshold=float(card.metrics.get("threshold", 0.5)), seed=settings.seed,
+            run=run)
+    store.set_patterns(clustered, clusters, flags)
+    return int(len(clusters))
+
+
+#: temporary files of this module and of save_case_arrays: ``.<name>.<pid>.tmp[.npz]``
+_TEMP_NAME = re.compile(r"^\..+?(?:\.(\d+))?\.tmp(?:\.npz)?$")
+_TEMP_STALE_S = 15 * 60
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def remove_stale_temp_files(results_dir: str | Path) -> int:
+    """Remove temporary files a killed run left in *results_dir* (``cases/.*.tmp.npz``,
+    ``.findings.csv.*.tmp``, ``.patterns.csv.*.tmp``); keep those of a running process
+    written in the last 15 minutes.  Return how many were removed."""
+    root = Path(results_dir)
+    candidates = list((root / "cases").glob(".*.tmp.npz"))
+    for name in ("findings.csv", "patterns.csv"):
+        candidates += root.glob(f".{name}*.tmp")
+    removed = 0
+    for path in candidates:
+        m = _TEMP_NAME.match(path.name)
+        if m is None:
+            continue
+        try:
+            age = time.time() - path.stat().st_mtime
+        except OSError:
+            continue
+        pid = int(m.group(1)) if m.group(1) else None
+        if (pid is not None and pid != os.getpid() and _process_alive(pid)
+                and age < _TEMP_STALE_S):
+            continue
+        path.unlink(missing_ok=True)
+        removed += 1
+    if removed:
+        log.info("removed %d temporary file(s) left by an interrupted run", removed)
+    return removed
+
+
+def _atomic_csv(df: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        df.to_csv(tmp, index=False, float_format="%.6g", lineterminator="\n")
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_tables(store: ResultsStore, results_dir: Path) -> None:
+    """Write ``findings.csv`` and ``patterns.csv`` from the store (rows sorted by their keys,
+    floats as ``%.6g``, no timestamps: the same results give the same bytes)."""
+    _atomic_csv(store.findings(), results_dir / "findings.csv")
+    clusters = store.clusters()
+    clusters["exemplars"] = [";".join(x) for x in clusters["exemplars"]]
+    _atomic_csv(clusters, results_dir / "patterns.csv")
+
+
+def _unchanged(store: ResultsStore, results_dir: Path) -> dict[str, tuple]:
+    """``case_id -> (input_hash, model_hash, config_hash, status)`` of the manifest rows
+    that may be skipped (status ok / no-mask, arrays file present)."""
+    out = {}
+    for r in store.manifest().itertuples():
+        if r.status in ("ok", "no-mask") and (results_dir / "cases" / f"{r.case_id}.npz").is_file():
+            out[r.case_id] = (r.input_hash, r.model_hash, r.config_hash, r.status)
+    return out
+
+
+def score_folder(
+    input_path: str | Path,
+    results_dir: str | Path,
+    *,
+    model_dir: str | Path | None = None,
+    settings: ScoreSettings = ScoreSettings(),
+    pattern_settings: PatternSettings = PatternSettings(),
+    labels: str | Path | None = None,
+    layout: str = "auto",
+    max_bytes: int | None = DEFAULT_MAX_BYTES,
+    progress: Progress | None = None,
+    workers: int = 1,
+    executor_factory: ExecutorFactory | None = None,
+    scheduler: Any = None,
+    torch_threads: int | None = None,
+    store_url: str | None = None,
+    _compute: Callable[..., Payload] | None = None,
+) -> BatchSummary:
+    """Score every case under *input_path* into *results_dir*, skipping the cases an earlier
+    run already scored from the same inputs, model and settings (module docstring).
+
+    Parameters
+    ----------
+    input_path : path
+        A folder of case folders, one case folder, or a manifest CSV (see
+        :func:`data_tools.cases.discover_cases`).
+    results_dir : path
+        Created if needed; holds ``discovery.sqlite`` (or ``store.json``, see *store_url*),
+        ``findings.csv``, ``patterns.csv`` and
+        ``cases/<case_id>.npz``.
+    model_dir : path, optional
+        Model folder; default the committed demo model.
+    labels : path, optional
+        Known true labels (:func:`read_labels`), stored with the results; the pattern
+        clusters then also report enrichment against the true label.
+    layout : str
+        Input layout (:data:`data_tools.layouts.LAYOUTS`; ``"auto"`` recognises it).
+    max_bytes : int or None
+        Refuse a scan whose float32 volume would be larger (checked from the headers).
+    progress : callable(done, total, case_id), optional
+        Called once per case (skipped cases first), as cases finish.
+    workers : int
+        Processes scoring cases at once (1: in this process).
+    executor_factory : callable(n_workers) -> Executor, optional
+        Makes the worker pools when ``workers > 1`` (default:
+        :func:`discovery.parallel.process_pool`); for tests and custom pools.
+    scheduler : str, distributed.Client or cluster, optional
+        Score the cases on a Dask distributed cluster instead: a scheduler address such as
+        ``tcp://host:8786``, a ``Client`` (left open) or a cluster object such as
+        ``distributed.LocalCluster`` (:mod:`discovery.batch.executors`: the workers must see the
+        inputs, the model and the results folder at the same paths).  Not with
+        ``workers > 1``.
+    store_url : str, optional
+        Keep the results tables on this PostgreSQL server (``postgresql://...``; see
+        :class:`discovery.store.tables.ResultsStore`) instead of ``discovery.sqlite``.
+    torch_threads : int, optional
+        Torch threads of each worker (default: 1 per Dask worker thread; ``cpu_count //
+        workers`` in the local pool; with one worker, in this process, torch's own setting,
+        set to *torch_threads* for the call and restored after).
+    _compute : callable, optional
+        For tests only: runs in place of the per-case worker function (``_work``'s
+        signature) in the pool or on the cluster.
+
+    Returns
+    -------
+    BatchSummary
+    """
+    t0 = time.perf_counter()
+    if int(workers) < 1:
+        raise ValueError(f"workers must be at least 1; received {workers!r}")
+    if scheduler is not None and int(workers) != 1:
+        raise ValueError("workers and scheduler are exclusive: give workers (a local process "
+                         f"pool) or a Dask scheduler, not both; received workers={workers!r}")
+    if torch_threads is not None and int(torch_threads) < 1:
+        raise ValueError(f"torch_threads must be at least 1; received {torch_threads!r}")
+    results_dir = Path(results_dir)
+    if scheduler is not None:  # paths are sent to other machines: no relative ones
+        input_path, results_dir = Path(input_path).resolve(), results_dir.resolve()
+        model_dir = None if model_dir is None else Path(model_dir).resolve()
+    with ExitStack() as stack:  # a scheduler is reached before anything is read or written
+        client = None if scheduler is None else stack.enter_context(dask_client(scheduler))
+        model, card = load_model(model_dir)
+        specs = discover_cases(input_path, layout=layout)
+        known = read_labels(labels) if labels is not None else None  # bad file: fail before scoring
+        store = ResultsStore(results_dir, url=store_url)
+        remove_stale_temp_files(results_dir)
+        if known is not None:
+            store.set_labels(known)
+        store.set_meta(model_sha256=card.weights_sha256, roi_size_vox=list(card.roi_size_vox),
+                       roi_spacing_mm=list(card.roi_spacing_mm), gradcam_layer=card.gradcam_layer,
+                       method=settings.method, hu_window=list(card.hu_window),
+                       threshold=float(card.metrics.get("threshold", 0.5)))
+        kept: list = []  # the local pool, kept running after the cases (run_pool)
+        stack.callback(lambda: [p.shutdown(wait=True, cancel_futures=True) for p in kept])
+        threads = int(torch_threads or max(1, (os.cpu_count() or 1) // int(workers)))
+        if int(workers) > 1 and client is None and specs and store.manifest().empty:
+            # a first run into this folder scores every case: start the workers now, so that
+            # their start-up (importing torch, loading the model) overlaps the hashing below
+            warm = (executor_factory or process_pool)(min(int(workers), len(specs)))
+            kept.append(warm)
+            for _ in range(min(int(workers), len(specs))):
+                warm.submit(_warm_worker, None if model_dir is None else str(model_dir), threads,
+                            card.weights_sha256)
+        memo: FileMemo = {}
+        hashes = {s.case_id: {"input_hash": case_input_hash(s, exclude=results_dir, memo=memo),
+                              "model_hash": card.weights_sha256,
+                              "config_hash": case_config_hash(s, settings=settings,
+                                                              max_bytes=max_bytes, card=card)}
+                  for s in specs}
+        previous = _unchanged(store, results_dir)
+        skip = [s for s in specs if previous.get(s.case_id, (None,))[:3]
+                == tuple(hashes[s.case_id].values())]
+        skipped_ids = {s.case_id for s in skip}
+        todo = [s for s in specs if s.case_id not in skipped_ids]
+        stored = set(store.query("SELECT case_id FROM cases")["case_id"])
+        n_not_in_input = len(stored - {s.case_id for s in specs})
+        if n_not_in_input:
+            log.info("%d case(s) in the results folder are not in this input; kept", n_not_in_input)
+
+        status: dict[str, str] = {}
+        failed: list[tuple[str, str]] = []
+        done = 0
+        for spec in skip:
+            status[spec.case_id] = previous[spec.case_id][3]
+            done += 1
+            if progress is not None:
+                progress(done, len(specs), spec.case_id)
+
+        def fail(spec: CaseSpec, problem: BaseException | str) -> Payload:
+            message = (problem if isinstance(problem, str)
+                       else safe_error(problem, input_path, spec.image, spec.mask))
+            log.warning("case %s failed: %s", spec.case_id, message)
+            return _failed(spec, message)
+
+        task = (None if model_dir is None else str(model_dir), results_dir, settings, max_bytes,
+                input_path)
+        work = _compute or _work
+        if client is not None:
+            run = uuid.uuid4().hex[:8]  # one batch's tasks never stand for another's
+            keys = {s.case_id: f"score-{s.case_id}-{hashes[s.case_id]['input_hash'][:8]}-{run}"
+                    for s in todo}
+            finished = stack.enter_context(closing(run_dask(
+                todo, work, (*task, int(torch_threads or 1), card.weights_sha256), client,
+                keys, fail)))
+        elif int(workers) == 1:
+            if torch_threads is not None:
+                import torch
+
+                stack.callback(torch.set_num_threads, torch.get_num_threads())
+                torch.set_num_threads(int(torch_threads))
+            finished = ((s, _compute_case(s, model, card, results_dir, settings, max_bytes,
+                                          input_path)) for s in todo)
+        else:
+            first = kept.pop() if kept else None
+            finished = run_pool(todo, work, (*task, threads, card.weights_sha256),
+                                max(1, min(int(workers), len(todo))),
+                                executor_factory or process_pool, fail, keep=kept, first=first)
+        for spec, payload in finished:
+            row = payload["case"]
+            store.put_case(row, payload["nodules"], payload["regions"], payload["annotations"],
+                           manifest=hashes[spec.case_id])
+            status[spec.case_id] = row["status"]
+            if row["status"] == "failed":
+                failed.append((spec.case_id, row["error"]))
+            done += 1
+            if progress is not None:
+                progress(done, len(specs), spec.case_id)
+
+        ids = sorted(status)
+        marks = ", ".join("?" * len(ids))
+        n_nod = int(store.query(f"SELECT COUNT(*) AS n FROM nodules WHERE case_id IN ({marks})",
+                                ids)["n"].iloc[0]) if ids else 0
+        n_reg = int(store.query(f"SELECT COUNT(*) AS n FROM regions WHERE case_id IN ({marks})",
+                                ids)["n"].iloc[0]) if ids else 0
+        # the pool, its workers' models loaded, also runs the causal check's cases
+        runner = (_pool_runner(kept[0], (task[0], results_dir, threads, card.weights_sha256),
+                               model, card, results_dir) if kept and _compute is None else None)
+        n_clusters = recluster(store, pattern_settings, model=model, card=card,
+                               results_dir=results_dir, run=runner)
+        for pool in kept:  # the workers exit while the tables are written
+            pool.shutdown(wait=False, cancel_futures=True)
+        write_tables(store, results_dir)
+    store.close()
+    counts = list(status.values())
+    return BatchSummary(
+        n_cases=len(specs), n_ok=counts.count("ok"), n_failed=counts.count("failed"),
+        n_no_mask=counts.count("no-mask"), n_nodules=n_nod, n_regions=n_reg,
+        n_clusters=n_clusters, seconds=time.perf_counter() - t0,
+        failed=sorted(failed),
+        layouts={k: sum(s.layout == k for s in specs) for k in sorted({s.layout for s in specs})},
+        n_skipped=len(skip), n_not_in_input=n_not_in_input, store=store.location,
+    )

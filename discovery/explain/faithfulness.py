@@ -1,0 +1,445 @@
+"""Is an attribution map faithful to the model?  Two quantitative checks.
+
+* :func:`perturbation_curves` -- deletion and insertion curves (Petsiuk et al. 2018, RISE):
+  a map that points at the evidence the model uses makes the target probability fall faster
+  when voxels are removed in its order (and rise faster when revealed) than random orders do.
+* :func:`randomization_test` -- the cascading model-parameter randomisation test of Adebayo
+  et al. 2018: re-draw the weights module by module from the output end back to the input;
+  maps that depend on what the model learned decorrelate (Spearman toward 0), maps that stay
+  similar explain the input (edges, intensity), not the model.
+
+Neither modifies the caller's model (perturbation runs it as given, in ``eval()`` mode, under
+``torch.no_grad``; randomisation works on a ``copy.deepcopy``).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy import stats
+
+from data_tools.checks import check_int
+from discovery.explain.methods import explain
+
+__all__ = ["PerturbationResult", "RandomizationResult", "perturbation_curves", "randomization_test"]
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+
+
+# -- shared helpers ---------------------------------------------------------------------------
+
+def _as_rois(rois) -> torch.Tensor:
+    if not isinstance(rois, torch.Tensor):
+        rois = torch.as_tensor(np.asarray(rois))
+    if rois.ndim != 5 or rois.shape[1] != 1 or rois.shape[0] == 0:
+        raise ValueError("rois must be a float tensor (N, 1, z, y, x) with N >= 1; received "
+                         f"shape {tuple(rois.shape)}")
+    if not torch.is_floating_point(rois):
+        raise ValueError(f"rois must be floating point; received dtype {rois.dtype}")
+    return rois.detach()
+
+
+def _to_numpy(value) -> np.ndarray:
+    return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+
+
+def _check_eval(model: torch.nn.Module) -> None:
+    training = [name or "<model>" for name, m in model.named_modules() if m.training]
+    if training:
+        raise ValueError(f"the model is in training mode (modules: {', '.join(training[:5])}"
+                         f"{', ...' if len(training) > 5 else ''}); call model.eval() first -- in "
+                         "training mode BatchNorm uses batch statistics and updates its averages")
+
+
+def _frozen(array) -> np.ndarray:
+    array = np.array(array)
+    array.setflags(write=False)
+    return array
+
+
+def _auc(fractions: np.ndarray, curves: np.ndarray) -> np.ndarray:
+    """Trapezoid-rule area under ``curves (..., steps+1)`` over ``fractions``."""
+    return ((curves[..., 1:] + curves[..., :-1]) * 0.5 * np.diff(fractions)).sum(axis=-1)
+
+
+# -- deletion / insertion ---------------------------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class PerturbationResult:
+    """Deletion and insertion curves of one set of attribution maps, with a random control.
+
+    All arrays are read-only float64.  Curves hold the softmax probability of ``target``
+    (dimensionless, 0..1); fractions are the share of each ROI's voxels removed (deletion)
+    or revealed (insertion).
+
+    Attributes
+    ----------
+    fractions : ndarray, shape (steps+1,)
+        ``k_i / V`` where ``k_i = floor(i * V / steps)`` of the ``V`` voxels of a ROI are
+        perturbed after step ``i``; equal to ``i / steps`` when ``steps`` divides ``V``.
+    deletion, insertion : ndarray, shape (N, steps+1)
+        Probability after each step, voxels taken in order of decreasing attribution.
+    deletion_random, insertion_random : ndarray, shape (N, steps+1)
+        The same, mean over the ``n_random`` random orders (NaN when ``n_random`` is 0).
+    deletion_auc, insertion_auc : ndarray, shape (N,)
+        Trapezoid-rule area under each curve over ``fractions`` (0..1).
+    deletion_auc_random, insertion_auc_random : ndarray, shape (N,)
+        Mean area over the random orders (NaN when ``n_random`` is 0).
+    target, n_random, seed : int
+        The options used.
+    """
+
+    fractions: np.ndarray
+    deletion: np.ndarray
+    insertion: np.ndarray
+    deletion_random: np.ndarray
+    insertion_random: np.ndarray
+    deletion_auc: np.ndarray
+    insertion_auc: np.ndarray
+    deletion_auc_random: np.ndarray
+    insertion_auc_random: np.ndarray
+    target: int
+    n_random: int
+    seed: int
+
+    def beats_random(self) -> np.ndarray:
+        """Bool array (N,): ``deletion_auc < deletion_auc_random`` (False where that is NaN)."""
+        with np.errstate(invalid="ignore"):
+            return np.asarray(self.deletion_auc < self.deletion_auc_random)
+
+
+def _voxel_order(attribution: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Flat voxel indices by decreasing attribution; ties keep the order of a seeded random
+    permutation (stable sort of the permuted values), never the array (C) order."""
+    perm = rng.permutation(attribution.size)
+    return perm[np.argsort(-attribution[perm], kind="stable")]
+
+
+def perturbation_curves(model: torch.nn.Module, rois, attributions, *, baseline, target: int = 1,
+                        steps: int = 20, n_random: int = 3, seed: int = 0, batch_size: int = 32,
+                        progress: Progress | None = None) -> PerturbationResult:
+    """Deletion and insertion curves of attribution maps, with random-order controls.
+
+    Deletion: each ROI's voxels are replaced by ``baseline`` in order of decreasing
+    attribution, in ``steps`` chunks of (nearly) equal size, and the softmax probability of
+    ``target`` is recorded before the first and after every chunk.  Insertion: start from the
+    all-baseline ROI and put the original voxels back in the same order.  The same is done for
+    ``n_random`` random voxel orders per ROI as the control.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Classifier returning logits ``(N, C)``, already in ``eval()`` mode (ValueError
+        otherwise).  Used as it is under ``torch.no_grad``; never modified.
+    rois : Tensor or array, shape (N, 1, z, y, x)
+        Preprocessed ROIs, in the network's input units.
+    attributions : Tensor or array, shape (N, z, y, x)
+        One map per ROI on the ROI grid; only the order of its values matters.
+    baseline : float or array broadcastable to (1, z, y, x)
+        The value a removed voxel takes, in the network's input units.  Required, with no
+        default, because it decides what "removed" means: 0 is not neutral after an HU window
+        (it is the window's lower end, e.g. -1000 HU = air), and a removed nodule voxel should
+        look like the tissue around it -- usually lung parenchyma (about -850 HU, normalised
+        with the model card's window) -- or the curves measure the model's reaction to an
+        artificial hole rather than to missing evidence.
+    target : int
+        Class whose probability is tracked.
+    steps : int
+        Number of chunks (>= 1); the curves have ``steps + 1`` points.
+    n_random : int
+        Random voxel orders per ROI for the control (>= 0; 0 leaves the random fields NaN).
+    seed : int
+        Seeds one ``numpy.random.Generator`` per ROI, from ``(seed, ROI index)``, which draws
+        the tie-breaking permutation and then the random orders: results are reproducible, and
+        a ROI's orders do not depend on the other ROIs in the call.
+    batch_size : int
+        Perturbed ROIs per forward pass (>= 1); batches span steps and ROIs.
+    progress : callable(done, total), optional
+        Called after each forward batch with the number of perturbed ROIs evaluated so far and
+        ``total = N * (1 + n_random) * 2 * (steps + 1)``.
+
+    Returns
+    -------
+    PerturbationResult
+
+    Notes
+    -----
+    Ties are broken randomly but reproducibly (seeded), never by array (C) order: upsampled
+    Grad-CAM maps have plateaus and all-zero regions, and a C-order tie-break would remove
+    tied voxels slice by slice from the ROI's first z-slice -- a systematic spatial bias that
+    can make a flat map look better or worse than random.
+    """
+    _check_eval(model)
+    rois = _as_rois(rois)
+    n, spatial = int(rois.shape[0]), tuple(int(s) for s in rois.shape[2:])
+    attr = _to_numpy(attributions)
+    if attr.shape != (n, *spatial):
+        raise ValueError(f"attributions must have shape (N, z, y, x) = {(n, *spatial)} to match "
+                         f"rois {tuple(rois.shape)}; received {attr.shape}")
+    if attr.dtype.kind not in "biuf":
+        raise ValueError(f"attributions must be real numbers; received dtype {attr.dtype}")
+    if not np.all(np.isfinite(attr)):
+        raise ValueError("attributions must be finite; received "
+                         f"{int((~np.isfinite(attr)).sum())} NaN or infinite values")
+    check_int("steps", steps, 1)
+    check_int("n_random", n_random, 0)
+    check_int("batch_size", batch_size, 1)
+    try:
+        base = np.array(np.broadcast_to(_to_numpy(baseline).astype(np.float32), (1, *spatial)))
+    except (TypeError, ValueError):
+        shape = tuple(getattr(baseline, "shape", ()))
+        raise ValueError("baseline (the value a removed voxel takes) must be a float or an array "
+                         f"broadcastable to one ROI {(1, *spatial)}; received "
+                         f"{type(baseline).__name__} of shape {shape}") from None
+    if not np.all(np.isfinite(base)):
+        raise ValueError(f"baseline must be finite (and is required); received {baseline!r:.60}")
+
+    n_voxels = int(np.prod(spatial))
+    counts = [(i * n_voxels) // steps for i in range(steps + 1)]
+    fractions = np.array(counts, dtype=np.float64) / n_voxels
+    n_orders = 1 + n_random
+    flat = rois.to(dtype=torch.float32, device="cpu").reshape(n, n_voxels)
+    base_t = torch.from_numpy(base.reshape(n_voxels))
+    device = next((t.device for t in (*model.parameters(), *model.buffers())), torch.device("cpu"))
+    probs = np.full((n, n_orders, 2, steps + 1), np.nan)   # roi, order, deletion/insertion, step
+    total = n * n_orders * 2 * (steps + 1)
+    log.debug("perturbation curves: %d ROIs x %d orders x 2 x %d points", n, n_orders, steps + 1)
+
+    def jobs():
+        """Yield (index into probs, perturbed flat ROI), one ROI at a time (bounded memory)."""
+        for i in range(n):
+            rng = np.random.default_rng(np.random.SeedSequence([int(seed), i]))
+            orders = [_voxel_order(attr[i].ravel(), rng)]
+            orders += [rng.permutation(n_voxels) for _ in range(n_random)]
+            for o, order in enumerate(orders):
+                ranks = torch.empty(n_voxels, dtype=torch.int64)
+                ranks[torch.from_numpy(order)] = torch.arange(n_voxels)   # position in order
+                for s, k in enumerate(counts):
+                    chosen = ranks < k
+                    yield (i, o, 0, s), torch.where(chosen, base_t, flat[i])
+                    yield (i, o, 1, s), torch.where(chosen, flat[i], base_t)
+
+    def run(batch) -> None:
+        keys, tensors = zip(*batch)
+        logits = model(torch.stack(tensors).reshape(len(tensors), 1, *spatial).to(device))
+        if logits.ndim != 2 or not 0 <= target < logits.shape[1]:
+            raise ValueError(f"target {target} is out of range for model output of shape "
+                             f"{tuple(logits.shape)}; expected logits (N, C), 0 <= target < C")
+        p = torch.softmax(logits.double(), dim=1)[:, target].cpu().numpy()
+        for key, value in zip(keys, p):
+            probs[key] = value
+
+    done, batch = 0, []
+    with torch.no_grad():
+        for job in jobs():
+            batch.append(job)
+            if len(batch) == batch_size or done + len(batch) == total:
+                run(batch)
+                done, batch = done + len(batch), []
+                if progress is not None:
+                    progress(done, total)
+
+    curves, aucs = probs[:, 0], _auc(fractions, probs[:, 0])
+    rand_curves = probs[:, 1:].mean(axis=1) if n_random else np.full((n, 2, steps + 1), np.nan)
+    rand_aucs = _auc(fractions, probs[:, 1:]).mean(axis=1) if n_random else np.full((n, 2), np.nan)
+    return PerturbationResult(
+        fractions=_frozen(fractions),
+        deletion=_frozen(curves[:, 0]), insertion=_frozen(curves[:, 1]),
+        deletion_random=_frozen(rand_curves[:, 0]), insertion_random=_frozen(rand_curves[:, 1]),
+        deletion_auc=_frozen(aucs[:, 0]), insertion_auc=_frozen(aucs[:, 1]),
+        deletion_auc_random=_frozen(rand_aucs[:, 0]), insertion_auc_random=_frozen(rand_aucs[:, 1]),
+        target=int(target), n_random=int(n_random), seed=int(seed),
+    )
+
+
+# -- model-parameter randomisation ------------------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class RandomizationResult:
+    """Rank correlation between original and cascading-randomised attribution maps.
+
+    Step ``k`` (0-based) has modules ``steps[0], ..., steps[k]`` randomised: randomisation is
+    cumulative, and ``steps`` names the module *added* at each step.
+
+    Attributes
+    ----------
+    steps : tuple of str, length n_steps
+        Module randomised at each step (dotted names), in order.
+    spearman : ndarray, shape (n_steps, N), float64, read-only
+        Spearman rank correlation (dimensionless, -1..1) between each ROI's original map and
+        its map after the step, over all voxels.  NaN where either map is constant (e.g. an
+        all-zero Grad-CAM: a rank correlation is undefined there, and NaN keeps it from being
+        read as "unchanged" or as "decorrelated") or holds non-finite values.
+    mean_spearman : ndarray, shape (n_steps,), float64, read-only
+        Mean over ROIs ignoring NaN (NaN where every ROI is NaN).
+    n_constant : ndarray, shape (n_steps,), int64, read-only
+        ROIs whose original or randomised map is constant at that step.
+    method, layer, target, seed
+        The options used (``layer`` None: the model's ``cam_layer``).
+    """
+
+    steps: tuple[str, ...]
+    spearman: np.ndarray
+    mean_spearman: np.ndarray
+    n_constant: np.ndarray
+    method: str
+    layer: str | None
+    target: int
+    seed: int
+
+    def as_rows(self) -> list[dict]:
+        """One dict per step for a table: ``step`` (1-based), ``module``, ``randomised``
+        (cumulative, joined by "+"), ``mean_spearman``, ``n_rois``, ``n_constant``."""
+        return [
+            {"step": k + 1, "module": name, "randomised": "+".join(self.steps[: k + 1]),
+             "mean_spearman": float(self.mean_spearman[k]), "n_rois": int(self.spearman.shape[1]),
+             "n_constant": int(self.n_constant[k])}
+            for k, name in enumerate(self.steps)
+        ]
+
+
+def _randomise_module(module: torch.nn.Module, gen: torch.Generator) -> None:
+    """Re-draw every parameter of *module* (recursively) in place from *gen*.
+
+    * Weights with >= 2 dims (conv, linear): N(0, s), s = the tensor's original standard
+      deviation, so activations keep their scale; Kaiming-normal s = sqrt(2 / fan_in) if s = 0.
+    * Vectors (biases, norm-layer weight and bias): N(m, s) with the tensor's original mean
+      and std, so a BatchNorm scale stays near its level but its per-channel pattern is gone.
+      A constant vector (e.g. an untrained BatchNorm's ones and zeros) stays as it is, which
+      is what re-initialising it would give.
+    * Norm layers' running mean and variance: reset to 0 and 1 (the learned statistics of the
+      layers below are meaningless once those are random).
+    """
+    with torch.no_grad():
+        for sub in module.modules():
+            for param in sub.parameters(recurse=False):
+                if not torch.is_floating_point(param) or param.numel() == 0:
+                    continue
+                orig = param.detach().double()
+                std = float(orig.std(unbiased=False))
+                draw = torch.randn(param.shape, generator=gen, dtype=torch.float64)
+                if param.ndim >= 2:                     # Kaiming fallback: sqrt(2 / fan_in)
+                    new = draw * (std if std > 0 else (2.0 / max(param[0].numel(), 1)) ** 0.5)
+                else:
+                    new = draw * std + float(orig.mean())
+                param.copy_(new.to(dtype=param.dtype, device=param.device))
+            if isinstance(sub, torch.nn.modules.batchnorm._NormBase) and sub.track_running_stats:
+                sub.reset_running_stats()
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> tuple[float, bool]:
+    """(rho, constant) for two maps; rho is NaN for constant or non-finite maps."""
+    a, b = a.ravel(), b.ravel()
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+        log.warning("non-finite attribution values; Spearman correlation set to NaN")
+        return float("nan"), False
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan"), True
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(stats.spearmanr(a, b).statistic), False
+
+
+def randomization_test(model: torch.nn.Module, rois, *, method: str = "gradcam",
+                       layer: str | None = None, target: int = 1, seed: int = 0,
+                       order: Sequence[str] | None = None, batch_size: int = 32,
+                       progress: Progress | None = None) -> RandomizationResult:
+    """Cascading model-parameter randomisation test (Adebayo et al. 2018).
+
+    The maps of the original model are compared with the maps after randomising the modules
+    in ``order`` one after another, cumulatively (step ``k`` has ``order[:k+1]`` random).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Classifier in ``eval()`` mode (ValueError otherwise).  Only a ``copy.deepcopy`` is
+        randomised; the caller's model stays bit-identical.
+    rois : Tensor or array, shape (N, 1, z, y, x)
+        Preprocessed ROIs.
+    method, layer, target
+        Passed unchanged to :func:`discovery.explain.methods.explain` (any method it offers).
+    seed : int
+        Seeds the ``torch.Generator`` that draws all new parameters (global RNGs untouched;
+        see :func:`_randomise_module` for the distributions): same seed, same result.
+    order : sequence of str, optional
+        Dotted module names to randomise in turn.  Default: the model's top-level children
+        that own parameters, from the output end back to the input (``named_children()``
+        reversed; for :class:`~discovery.model.card.NoduleResNet`: fc, layer4, layer3, layer2,
+        layer1, bn1, conv1).
+    batch_size : int
+        ROIs per :func:`explain` call (>= 1), to bound memory for large N.
+    progress : callable(done, total), optional
+        Called after each explained model (the original, then each step);
+        ``total = len(order) + 1``.
+
+    Returns
+    -------
+    RandomizationResult
+
+    Notes
+    -----
+    The correlation is signed (Grad-CAM maps are non-negative); for signed attribution
+    methods a caller may prefer ``abs(spearman)``, as Adebayo et al. show for gradients.
+    """
+    _check_eval(model)
+    rois = _as_rois(rois)
+    check_int("batch_size", batch_size, 1)
+    if isinstance(order, str):
+        raise TypeError(f"order must be a sequence of module names, not a string; "
+                        f"received {order!r}")
+    modules = dict(model.named_modules())
+    names = list(order) if order is not None else [
+        name for name, child in reversed(list(model.named_children()))
+        if any(True for _ in child.parameters())]
+    if not names:
+        raise ValueError("order must name at least one module to randomise (by default the "
+                         f"top-level modules with parameters); received {order!r}")
+    for name in names:
+        if name == "" or name not in modules:
+            tops = ", ".join(n for n in modules if n and "." not in n)
+            raise ValueError(f"order names {name!r}, which is not a module of the model; "
+                             f"top-level modules are: {tops}")
+        if not any(True for _ in modules[name].parameters()):
+            raise ValueError(f"module {name!r} in order has no parameters to randomise")
+    if len(set(names)) != len(names):
+        raise ValueError(f"order names a module twice; received {names}")
+
+    work = copy.deepcopy(model)
+    work_modules = dict(work.named_modules())
+
+    def maps() -> np.ndarray:
+        return np.concatenate([explain(work, rois[i:i + batch_size], method=method, layer=layer,
+                                       target=target) for i in range(0, len(rois), batch_size)])
+
+    total = len(names) + 1
+    original = maps()
+    if progress is not None:
+        progress(1, total)
+    gen = torch.Generator().manual_seed(int(seed))
+    n = original.shape[0]
+    spearman = np.full((len(names), n), np.nan)
+    n_constant = np.zeros(len(names), dtype=np.int64)
+    for k, name in enumerate(names):
+        _randomise_module(work_modules[name], gen)
+        randomised = maps()
+        for i in range(n):
+            spearman[k, i], constant = _spearman(original[i], randomised[i])
+            n_constant[k] += constant
+        log.debug("randomisation step %d (%s): %d of %d maps constant",
+                  k + 1, name, n_constant[k], n)
+        if progress is not None:
+            progress(k + 2, total)
+    with warnings.catch_warnings():                      # all-NaN rows: NaN, no warning
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(spearman, axis=1)
+    return RandomizationResult(steps=tuple(names), spearman=_frozen(spearman),
+                               mean_spearman=_frozen(mean), n_constant=_frozen(n_constant),
+                               method=method, layer=layer, target=int(target), seed=int(seed))

@@ -1,0 +1,227 @@
+"""The nodule classifier: a MONAI 3-D ResNet, its model card, and hash-checked weights.
+
+A model folder holds
+
+* ``model.safetensors`` -- the weights (no code, safe to load from anyone);
+* ``model.json`` -- the model card: architecture, ROI size (voxels) and spacing (mm), HU window,
+  classes, the layer used for Grad-CAM, how it was trained, its held-out metrics, and the
+  SHA-256 of the weights file, which :func:`load_model` checks before loading.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.networks.nets import ResNet
+
+from data_tools.errors import ModelError, file_label
+from discovery.schema import decision_threshold
+
+__all__ = [
+    "ModelCard",
+    "NoduleResNet",
+    "build_network",
+    "default_architecture",
+    "default_model_dir",
+    "load_model",
+    "save_model",
+    "sha256_file",
+]
+
+CARD_NAME = "model.json"
+WEIGHTS_NAME = "model.safetensors"
+CARD_VERSION = 1
+
+
+def default_architecture() -> dict[str, Any]:
+    """MONAI ResNet-10-style network sized for 32^3 ROIs on a CPU.
+
+    The first convolution keeps full resolution (3^3 kernel, stride 1, no max-pool), so
+    ``layer3`` -- the Grad-CAM layer -- sees an 8^3 grid (6 mm cells for a 48 mm ROI).
+    Three stages: global pooling follows ``layer3`` directly (see :class:`NoduleResNet`).
+    """
+    return {
+        "name": "monai.networks.nets.ResNet",
+        "stages": 3,
+        "kwargs": {
+            "block": "basic",
+            "layers": [1, 1, 1, 1],
+            "block_inplanes": [8, 16, 32, 64],
+            "spatial_dims": 3,
+            "n_input_channels": 1,
+            "conv1_t_size": 3,
+            "conv1_t_stride": 1,
+            "no_max_pool": True,
+            "num_classes": 2,
+        },
+    }
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """Everything needed to use a trained model correctly, stored as ``model.json``.
+
+    Attributes
+    ----------
+    roi_size_vox : tuple of 3 int
+        ROI shape ``(z, y, x)`` in voxels fed to the network.
+    roi_spacing_mm : tuple of 3 float
+        Isotropic resampling spacing ``(dz, dy, dx)`` of the ROI in mm.
+    hu_window : tuple of 2 float
+        HU values mapped to 0 and 1 before the network (values clipped).
+    classes : tuple of str
+        Class names by output index; index 1 is the positive (malignant) class.
+    gradcam_layer : str
+        Dotted module name used by Grad-CAM by default.
+    """
+
+    architecture: dict[str, Any] = field(default_factory=default_architecture)
+    roi_size_vox: tuple[int, int, int] = (32, 32, 32)
+    roi_spacing_mm: tuple[float, float, float] = (1.5, 1.5, 1.5)
+    hu_window: tuple[float, float] = (-1000.0, 3000.0)
+    classes: tuple[str, ...] = ("benign", "malignant")
+    gradcam_layer: str = "layer3"
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    weights_sha256: str = ""
+    card_version: int = CARD_VERSION
+
+    @property
+    def threshold(self) -> float:
+        """Decision threshold on P(malignant) (``metrics["threshold"]``, else 0.5)."""
+        return decision_threshold(self.metrics)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelCard":
+        known = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        for key in ("roi_size_vox", "roi_spacing_mm", "hu_window", "classes"):
+            if key in kwargs:
+                kwargs[key] = tuple(kwargs[key])
+        return cls(**kwargs)
+
+
+class NoduleResNet(ResNet):
+    """MONAI's 3-D ResNet that also knows which layer its explanations use.
+
+    ``cam_layer`` is read by :func:`discovery.explain.methods.explain` when no layer is given.
+    ``stages`` < 4 ends the trunk early (the later stages become the identity and the
+    classifier reads the last kept stage's channels), so that global pooling follows the
+    Grad-CAM layer directly and that layer's receptive field stays small.  With all four
+    stages every ``layer4`` unit sees the whole 48 mm ROI, and Grad-CAM maps of the trained
+    model came out nearly uniform over the ROI (README, "Why the network is shallow").
+    """
+
+    def __init__(self, *, cam_layer: str = "layer3", stages: int = 4, **kwargs):
+        super().__init__(**kwargs)
+        if stages not in (2, 3, 4):
+            raise ModelError(f"stages must be 2, 3 or 4; received {stages}")
+        self.cam_layer = cam_layer
+        if stages < 4:
+            width = int(kwargs["block_inplanes"][stages - 1] * kwargs.get("widen_factor", 1.0))
+            for name in ("layer4", "layer3")[: 4 - stages]:
+                setattr(self, name, torch.nn.Identity())
+            self.fc = torch.nn.Linear(width, kwargs.get("num_classes", 400))
+
+
+def build_network(card: ModelCard) -> NoduleResNet:
+    """Instantiate the (untrained) network the card describes."""
+    arch = card.architecture
+    if arch.get("name") != "monai.networks.nets.ResNet":
+        raise ModelError(
+            f"model card names architecture {arch.get('name')!r}; this version builds only "
+            "'monai.networks.nets.ResNet'"
+        )
+    return NoduleResNet(cam_layer=card.gradcam_layer, stages=int(arch.get("stages", 4)),
+                        **arch["kwargs"])
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def default_model_dir() -> Path:
+    """The committed demo model, or ``$DISCOVERY_MODEL_DIR`` when set."""
+    env = os.environ.get("DISCOVERY_MODEL_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "sample_data" / "demo_model"
+
+
+def save_model(model: torch.nn.Module, card: ModelCard, out_dir: str | Path) -> ModelCard:
+    """Write weights and card (with the weights' SHA-256) to *out_dir*; return the card."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tmp = out / (WEIGHTS_NAME + ".tmp")
+    save_file(state, str(tmp))
+    os.replace(tmp, out / WEIGHTS_NAME)
+    card = dataclasses.replace(card, weights_sha256=sha256_file(out / WEIGHTS_NAME))
+    tmp_card = out / (CARD_NAME + ".tmp")
+    tmp_card.write_text(card.to_json() + "\n")
+    os.replace(tmp_card, out / CARD_NAME)
+    return card
+
+
+def load_card(model_dir: str | Path) -> ModelCard:
+    card_path = Path(model_dir) / CARD_NAME
+    if not card_path.is_file():
+        raise ModelError(
+            f"model folder {file_label(model_dir)} has no {CARD_NAME}; a model folder holds "
+            f"{WEIGHTS_NAME} and {CARD_NAME} (train one with `discovery train`)",
+            path=model_dir,
+        )
+    try:
+        return ModelCard.from_dict(json.loads(card_path.read_text()))
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise ModelError(f"model card {file_label(card_path)} is not valid: {exc}", path=card_path) from None
+
+
+def load_model(model_dir: str | Path | None = None) -> tuple[NoduleResNet, ModelCard]:
+    """Load a model folder: check the weights' SHA-256 against the card, return (module, card).
+
+    The module is returned in ``eval()`` mode on the CPU.
+
+    Raises
+    ------
+    ModelError
+        Missing files, or weights whose hash differs from the card's.
+    """
+    from safetensors.torch import load_file
+
+    model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
+    card = load_card(model_dir)
+    weights = model_dir / WEIGHTS_NAME
+    if not weights.is_file():
+        raise ModelError(f"model folder {file_label(model_dir)} has no {WEIGHTS_NAME}", path=model_dir)
+    digest = sha256_file(weights)
+    if digest != card.weights_sha256:
+        raise ModelError(
+            f"weights {file_label(weights)} have SHA-256 {digest[:12]}..., but the model card "
+            f"expects {card.weights_sha256[:12]}...; the file was changed or belongs to another "
+            "model. Restore it or retrain.",
+            path=weights,
+        )
+    model = build_network(card)
+    try:
+        model.load_state_dict(load_file(str(weights)))
+    except RuntimeError as exc:
+        raise ModelError(f"weights do not fit the card's architecture: {exc}", path=weights) from None
+    model.eval()
+    return model, card

@@ -1,0 +1,201 @@
+"""Regions of interest: resample a cube around each nodule, and map results back.
+
+The ROI grid is aligned with the scan's own voxel axes (so oblique acquisitions need no
+rotation), with the isotropic spacing of the model card.  ROI voxel ``u`` (per axis) sits at
+scan voxel coordinate ``offset + u * scale`` where ``scale = roi_spacing / scan_spacing``;
+:func:`roi_to_scan` is the exact inverse used to place attribution maps back on the scan.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from data_tools.volume import Mask, Volume
+
+__all__ = ["Roi", "NoduleSite", "nodule_sites", "nodule_label", "extract_roi", "normalize_hu",
+           "roi_input", "roi_to_scan"]
+
+#: HU used for ROI voxels that fall outside the scan (air).
+OUTSIDE_HU = -1000.0
+
+
+@dataclass(frozen=True, eq=False)
+class NoduleSite:
+    """One annotated nodule: its label in the mask and where it is.
+
+    Attributes
+    ----------
+    label : int
+        Value of the nodule in the label mask.
+    center_zyx : tuple of 3 float
+        Centre of mass in scan voxel coordinates.
+    n_voxels : int
+    volume_mm3 : float
+    """
+
+    label: int
+    center_zyx: tuple[float, float, float]
+    n_voxels: int
+    volume_mm3: float
+
+    @property
+    def nodule_id(self) -> str:
+        return f"n{self.label}"
+
+
+def nodule_label(nodule_id) -> int | None:
+    """Mask label of a nodule id (:attr:`NoduleSite.nodule_id`, e.g. ``"n3"`` -> 3); None when
+    the id ends in no number."""
+    m = re.search(r"(\d+)$", str(nodule_id))
+    return int(m.group(1)) if m else None
+
+
+@dataclass(frozen=True, eq=False)
+class Roi:
+    """A resampled cube around a nodule.
+
+    Attributes
+    ----------
+    hu : ndarray, shape (S, S, S), float32
+        HU values on the ROI grid (air outside the scan).
+    offset_zyx : ndarray, shape (3,)
+        Scan voxel coordinate of ROI voxel (0, 0, 0).
+    scale_zyx : ndarray, shape (3,)
+        Scan voxels per ROI voxel along each axis.
+    affine : ndarray, shape (4, 4)
+        ROI ``[z, y, x, 1]`` -> patient LPS mm.
+    """
+
+    hu: np.ndarray
+    offset_zyx: np.ndarray
+    scale_zyx: np.ndarray
+    affine: np.ndarray
+
+    def scan_box(self, scan_shape) -> tuple[slice, slice, slice]:
+        """The scan-grid bounding box covered by the ROI, clipped to the scan."""
+        size = np.asarray(self.hu.shape)
+        lo = np.floor(self.offset_zyx).astype(int)
+        hi = np.ceil(self.offset_zyx + (size - 1) * self.scale_zyx).astype(int) + 1
+        lo = np.clip(lo, 0, scan_shape)
+        hi = np.clip(hi, 0, scan_shape)
+        return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))  # type: ignore[return-value]
+
+
+def nodule_sites(mask: Mask) -> list[NoduleSite]:
+    """One :class:`NoduleSite` per label of *mask*, sorted by label. Empty mask: ``[]``."""
+    arr = mask.array
+    voxel_mm3 = float(np.prod(mask.spacing_mm))
+    sites = []
+    # one pass for the bounding boxes, then work inside each box only
+    for label, box in enumerate(ndimage.find_objects(arr), start=1):
+        if box is None:
+            continue
+        inside = arr[box] == label
+        lo = np.array([s.start for s in box], dtype=float)
+        center = np.argwhere(inside).mean(axis=0) + lo
+        n = int(inside.sum())
+        sites.append(NoduleSite(label=label, center_zyx=tuple(float(c) for c in center),  # type: ignore[arg-type]
+                                n_voxels=n, volume_mm3=n * voxel_mm3))
+    return sites
+
+
+def extract_roi(volume: Volume, center_zyx, *, size_vox, spacing_mm) -> Roi:
+    """Resample a cube of ``size_vox`` voxels at ``spacing_mm`` centred on ``center_zyx``.
+
+    Parameters
+    ----------
+    volume : Volume
+        Scan in HU, shape (z, y, x).
+    center_zyx : sequence of 3 float
+        Cube centre in scan voxel coordinates.
+    size_vox : sequence of 3 int
+        ROI shape.
+    spacing_mm : sequence of 3 float
+        ROI voxel spacing in mm.
+
+    Returns
+    -------
+    Roi
+        Trilinear resampling; voxels outside the scan are air (-1000 HU).
+    """
+    size = np.asarray(size_vox, dtype=int)
+    scale = np.asarray(spacing_mm, dtype=float) / np.asarray(volume.spacing_mm, dtype=float)
+    offset = np.asarray(center_zyx, dtype=float) - (size - 1) / 2.0 * scale
+    hu = ndimage.affine_transform(
+        np.asarray(volume.array, dtype=np.float32),
+        scale,
+        offset=offset,
+        output_shape=tuple(int(s) for s in size),
+        order=1,
+        mode="constant",
+        cval=OUTSIDE_HU,
+    ).astype(np.float32)
+    to_scan = np.eye(4)
+    to_scan[:3, :3] = np.diag(scale)
+    to_scan[:3, 3] = offset
+    return Roi(hu=hu, offset_zyx=offset, scale_zyx=scale, affine=volume.affine @ to_scan)
+
+
+def normalize_hu(hu: np.ndarray, window) -> np.ndarray:
+    """Map HU to [0, 1] over ``window = (low, high)``, clipping outside. float32 out."""
+    lo, hi = float(window[0]), float(window[1])
+    if not hi > lo:
+        raise ValueError(f"HU window must have high > low; received {window}")
+    return np.clip((np.asarray(hu, dtype=np.float32) - lo) / (hi - lo), 0.0, 1.0)
+
+
+def roi_input(volume: Volume, center_zyx, card) -> np.ndarray:
+    """The network input for one nodule: the card's ROI around *center_zyx*, HU windowed.
+
+    Parameters
+    ----------
+    volume : Volume
+    center_zyx : sequence of 3 floats
+        ROI centre, scan voxel coordinates.
+    card : discovery.model.card.ModelCard
+        ``roi_size_vox``, ``roi_spacing_mm`` and ``hu_window``.
+
+    Returns
+    -------
+    ndarray, shape (1, S, S, S), float32 in [0, 1]
+        One channel, ready to stack into a batch.
+    """
+    roi = extract_roi(volume, center_zyx, size_vox=card.roi_size_vox,
+                      spacing_mm=card.roi_spacing_mm)
+    return normalize_hu(roi.hu, card.hu_window)[None]
+
+
+def roi_to_scan(roi_map: np.ndarray, roi: Roi, scan_shape) -> tuple[tuple[slice, slice, slice], np.ndarray]:
+    """Place a map defined on the ROI grid onto the scan grid (trilinear).
+
+    Parameters
+    ----------
+    roi_map : ndarray, shape (S, S, S)
+        Values on the ROI grid (e.g. a Grad-CAM map).
+    roi : Roi
+        The ROI the map belongs to.
+    scan_shape : tuple of 3 int
+
+    Returns
+    -------
+    box : tuple of 3 slices
+        Where the result lies in the scan (:meth:`Roi.scan_box`).
+    values : ndarray, float32, shape of the box
+        The map on those scan voxels; 0 outside the ROI's extent.
+    """
+    roi_map = np.asarray(roi_map, dtype=np.float32)
+    if roi_map.shape != roi.hu.shape:
+        raise ValueError(f"roi_map has shape {roi_map.shape}; the ROI has {roi.hu.shape}")
+    box = roi.scan_box(scan_shape)
+    lo = np.array([s.start for s in box], dtype=float)
+    out_shape = tuple(s.stop - s.start for s in box)
+    inv = 1.0 / roi.scale_zyx
+    values = ndimage.affine_transform(
+        roi_map, inv, offset=(lo - roi.offset_zyx) * inv, output_shape=out_shape,
+        order=1, mode="constant", cval=0.0,
+    )
+    return box, np.maximum(values, 0.0).astype(np.float32) if roi_map.min() >= 0 else values.astype(np.float32)

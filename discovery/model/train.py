@@ -1,0 +1,420 @@
+"""Train and evaluate the nodule classifier on a cohort the loaders read.
+
+Labels come from a CSV with the columns ``case_dir, nodule_label, malignant`` (the synthetic
+cohort's ``truth.csv``); ``case_dir`` is the case folder's name under the cohort folder.
+
+Protocol: patient-level split (train / validation / test, seeded), augmentation (flips along
+the three axes, optional small rotations, intensity jitter), class-balanced loss, early
+stopping on validation AUROC; the test split is touched once, at the end, and its figures go
+into the model card.
+
+Resumable: after every epoch the full training state (weights, optimiser, scheduler, random
+generator, best weights so far, history) is written atomically to ``OUT/checkpoint.pt``.
+``train_model(..., resume=True)`` continues from it and ends with exactly the weights an
+uninterrupted run would have produced; the checkpoint is removed once the model is saved.
+A checkpoint from other data or other settings is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+
+from data_tools.cases import discover_cases, load_case, read_labels
+from data_tools.errors import DataError, file_label
+from data_tools.volume import Mask, Volume
+from discovery.model.card import ModelCard, build_network, save_model
+from discovery.model.rois import nodule_sites, roi_input
+
+__all__ = ["TrainSettings", "RoiDataset", "collect_rois", "train_model", "evaluate", "expected_calibration_error"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    seed: int = 0
+    epochs: int = 40
+    patience: int = 10
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    threshold: float = 0.5
+    rot90: bool = False  # random 90-degree rotations (slowed learning on the demo data; off)
+    shift_vox: int = 0   # random shifts up to this many voxels (torch.roll; slowed learning; off)
+    rotate_deg: float = 0.0  # random rotations about a random axis, up to this many degrees
+
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+@dataclass(frozen=True, eq=False)
+class RoiDataset:
+    """ROIs of a cohort: ``x`` (N, 1, z, y, x) float32 in [0, 1], ``y`` (N,) int64, ``group``
+    (N,) case index for patient-level splits, ``case_ids`` pseudonymous per group."""
+
+    x: np.ndarray
+    y: np.ndarray
+    group: np.ndarray
+    case_ids: list[str]
+    cohort_hash: str
+
+
+def _collect_one(cohort: Path, card: ModelCard, labels_csv: Path | None, progress) -> tuple[list, list, list]:
+    labels_csv = Path(labels_csv) if labels_csv else cohort / "truth.csv"
+    if not labels_csv.is_file():
+        raise DataError(f"no labels file {file_label(labels_csv)}: training needs a CSV with "
+                        "case_dir,nodule_label,malignant", path=labels_csv)
+    known = read_labels(labels_csv)
+    by_case = {cid: grp.set_index("nodule_id")["malignant"]
+               for cid, grp in known.groupby("case_id", sort=False)}
+    specs = [s for s in discover_cases(cohort) if s.case_id in by_case]
+    xs, ys, cases = [], [], []
+    for i, spec in enumerate(specs):
+        volume, mask = load_case(spec)
+        sites = {s.nodule_id: s for s in nodule_sites(mask)} if mask is not None else {}
+        for nodule_id, malignant in by_case[spec.case_id].items():
+            if nodule_id not in sites:
+                continue
+            xs.append(roi_input(volume, sites[nodule_id].center_zyx, card))
+            ys.append(int(malignant))
+            cases.append(spec.case_id)
+        if progress:
+            progress(i + 1, len(specs))
+    return xs, ys, cases
+
+
+def collect_rois(cohorts, card: ModelCard, *, labels_csv: str | Path | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> RoiDataset:
+    """Extract one preprocessed ROI per labelled nodule of one or several cohort folders.
+
+    Parameters
+    ----------
+    cohorts : path or list of paths
+        Cohort folders (case folders + ``truth.csv``).
+    labels_csv : path, optional
+        Labels for a single cohort (default ``COHORT/truth.csv`` of each).
+    """
+    cohorts = [Path(c) for c in ([cohorts] if isinstance(cohorts, (str, Path)) else cohorts)]
+    if labels_csv is not None and len(cohorts) > 1:
+        raise ValueError("labels_csv applies to one cohort; give each cohort its own truth.csv")
+    xs, ys, cases = [], [], []
+    for cohort in cohorts:
+        x, y, c = _collect_one(cohort, card, labels_csv, progress)
+        xs += x
+        ys += y
+        cases += c
+    if not xs:
+        raise DataError("the cohort yielded no labelled nodules; check the labels CSV")
+    case_ids = sorted(set(cases))
+    if len(case_ids) < 3:
+        raise DataError(f"training needs at least 3 cases for a patient-level split; found {len(case_ids)}")
+    index = {cid: i for i, cid in enumerate(case_ids)}
+    digest = hashlib.sha256("\n".join(case_ids).encode()).hexdigest()
+    return RoiDataset(np.stack(xs).astype(np.float32), np.asarray(ys, np.int64),
+                      np.asarray([index[c] for c in cases]), case_ids, digest)
+
+
+def _synthetic_case_rois(seed: int, config, card: ModelCard, indices) -> list[tuple]:
+    """``(case index, label, roi)`` for every nodule of the synthetic cases *indices*, in
+    case order and, within a case, in :func:`nodule_sites` order."""
+    from data_tools.synthetic import generate_case
+
+    out = []
+    for i in indices:
+        c = generate_case(seed, config=config, index=i)
+        volume = Volume(c.hu, c.affine)
+        malignant = {n["label"]: int(n["malignant"]) for n in c.nodules}
+        for site in nodule_sites(Mask(c.mask, c.affine)):
+            out.append((i, malignant[site.label], roi_input(volume, site.center_zyx, card)))
+    return out
+
+
+def synthetic_rois(seed: int, n_cases: int, card: ModelCard, *, config=None,
+                   progress: Callable[[int, int], None] | None = None,
+                   workers: int = 1) -> RoiDataset:
+    """ROIs of a synthetic cohort generated in memory (no DICOM written).
+
+    Case ``i`` is :func:`data_tools.synthetic.generate_case` ``(seed, config=config, index=i)``,
+    the same phantom ``discovery sample`` would write; one ROI per nodule, labelled by the
+    truth manifest.  Case ids are ``synthetic-s{seed}-{i:04d}``.
+
+    Parameters
+    ----------
+    seed, n_cases : int
+        Cohort seed and size (``n_cases >= 3`` for a patient-level split).
+    card : ModelCard
+        ROI size, spacing and HU window.
+    config : data_tools.synthetic.SyntheticConfig, optional
+        Cohort settings (default: ``SyntheticConfig()``, the sample cohort's).
+    workers : int, optional
+        Processes generating cases at once (cases ``k, k + workers, ...`` each); the result
+        is the same as with one (same ROIs in the same order).  ``progress`` is then called
+        as each worker's share finishes.
+    """
+    from data_tools.synthetic import SyntheticConfig
+
+    if not (isinstance(n_cases, int) and n_cases >= 3):
+        raise ValueError(f"n_cases must be an integer >= 3; received {n_cases!r}")
+    if not (isinstance(workers, int) and workers >= 1):
+        raise ValueError(f"workers must be an integer >= 1; received {workers!r}")
+    config = SyntheticConfig() if config is None else config
+    if workers == 1:
+        rows = []
+        for i in range(n_cases):
+            rows += _synthetic_case_rois(seed, config, card, [i])
+            if progress:
+                progress(i + 1, n_cases)
+    else:
+        from discovery.parallel import process_pool
+
+        shares = [list(range(k, n_cases, workers)) for k in range(workers)]
+        rows, done = [], 0
+        with process_pool(workers) as pool:
+            for share, part in zip(shares, pool.map(_synthetic_case_rois, [seed] * workers,
+                                                    [config] * workers, [card] * workers,
+                                                    shares)):
+                rows += part
+                done += len(share)
+                if progress:
+                    progress(done, n_cases)
+        rows.sort(key=lambda r: r[0])  # stable: a case's nodules keep their order
+    case_ids = [f"synthetic-s{seed}-{i:04d}" for i in range(n_cases)]
+    digest = hashlib.sha256(json.dumps([config.to_dict(), seed, n_cases], sort_keys=True,
+                                       default=str).encode()).hexdigest()
+    return RoiDataset(np.stack([r[2] for r in rows]).astype(np.float32),
+                      np.asarray([r[1] for r in rows], np.int64),
+                      np.asarray([r[0] for r in rows]), case_ids, digest)
+
+
+def _split(n_groups: int, s: TrainSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(s.seed)
+    order = rng.permutation(n_groups)
+    n_test = max(1, int(round(n_groups * s.test_fraction)))
+    n_val = max(1, int(round(n_groups * s.val_fraction)))
+    return order[n_test + n_val:], order[n_test:n_test + n_val], order[:n_test]
+
+
+def _rotation_matrices(n: int, max_deg: float, gen: torch.Generator) -> torch.Tensor:
+    """``(n, 3, 3)`` rotations about random unit axes by angles uniform in ±max_deg."""
+    axis = torch.randn(n, 3, generator=gen)
+    axis = axis / axis.norm(dim=1, keepdim=True).clamp_min(1e-8)
+    angle = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(max_deg)
+    k = torch.zeros(n, 3, 3)
+    k[:, 0, 1], k[:, 0, 2], k[:, 1, 2] = -axis[:, 2], axis[:, 1], -axis[:, 0]
+    k = k - k.transpose(1, 2)
+    s, c = torch.sin(angle)[:, None, None], torch.cos(angle)[:, None, None]
+    return torch.eye(3) + s * k + (1 - c) * (k @ k)   # Rodrigues' formula
+
+
+def _rotate(x: torch.Tensor, max_deg: float, gen: torch.Generator) -> torch.Tensor:
+    """Rotate each ROI ``(N, 1, z, y, x)`` about its centre (trilinear, border padding)."""
+    theta = torch.cat([_rotation_matrices(x.shape[0], max_deg, gen), torch.zeros(x.shape[0], 3, 1)], 2)
+    grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+    return torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border",
+                                           align_corners=False)
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator, *, rot90: bool = False,
+             shift_vox: int = 0, rotate_deg: float = 0.0) -> torch.Tensor:
+    """Random flips along the three axes, optional 90-degree rotations (the ROI is isotropic,
+    so all 48 symmetries of the cube are valid), optional small rotations about a random axis
+    (up to ``rotate_deg``), optional shifts of up to ``shift_vox`` voxels, and intensity
+    jitter.  The ROI is isotropic, so rotating on the voxel grid is a physical rotation."""
+    if rotate_deg:
+        x = _rotate(x, rotate_deg, gen)
+    for i in range(x.shape[0]):
+        sample = x[i]
+        for axis in (1, 2, 3):
+            if torch.rand(1, generator=gen) < 0.5:
+                sample = torch.flip(sample, dims=(axis,))
+        if rot90:
+            k = int(torch.randint(0, 4, (1,), generator=gen))
+            plane = [(1, 2), (1, 3), (2, 3)][int(torch.randint(0, 3, (1,), generator=gen))]
+            sample = torch.rot90(sample, k, dims=plane)
+        if shift_vox:
+            shifts = tuple(int(v) for v in torch.randint(-shift_vox, shift_vox + 1, (3,), generator=gen))
+            sample = torch.roll(sample, shifts=shifts, dims=(1, 2, 3))
+        x[i] = sample
+    scale = 1.0 + 0.05 * torch.randn(x.shape[0], 1, 1, 1, 1, generator=gen)
+    shift = 0.02 * torch.randn(x.shape[0], 1, 1, 1, 1, generator=gen)
+    return (x * scale + shift).clamp_(0.0, 1.0)
+
+
+@torch.no_grad()
+def predict_probabilities(model: torch.nn.Module, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """Malignancy probability (class 1) for ROIs ``(N, 1, z, y, x)``."""
+    model.eval()
+    out = [torch.softmax(model(torch.from_numpy(x[i:i + batch_size])), 1)[:, 1]
+           for i in range(0, len(x), batch_size)]
+    return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+
+
+def expected_calibration_error(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> float:
+    """ECE with equal-width bins on the predicted probability of class 1."""
+    y, p = np.asarray(y, float), np.asarray(p, float)
+    bins = np.clip((p * n_bins).astype(int), 0, n_bins - 1)
+    ece = 0.0
+    for b in range(n_bins):
+        sel = bins == b
+        if sel.any():
+            ece += sel.mean() * abs(y[sel].mean() - p[sel].mean())
+    return float(ece)
+
+
+def evaluate(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """AUROC, sensitivity, specificity at *threshold*, ECE and counts."""
+    y = np.asarray(y)
+    pred = np.asarray(p) >= threshold
+    both = len(np.unique(y)) == 2
+    pos, neg = y == 1, y == 0
+    return {
+        "auroc": float(roc_auc_score(y, p)) if both else float("nan"),
+        "sensitivity": float(pred[pos].mean()) if pos.any() else float("nan"),
+        "specificity": float((~pred[neg]).mean()) if neg.any() else float("nan"),
+        "ece": expected_calibration_error(y, p),
+        "n": int(len(y)), "n_malignant": int(pos.sum()),
+    }
+
+
+def _settings_dict(settings: TrainSettings) -> dict:
+    return {k: getattr(settings, k) for k in settings.__dataclass_fields__}
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: Path, data: RoiDataset, settings: TrainSettings, card: ModelCard) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint gets the same advice
+        raise DataError(f"checkpoint {file_label(path)} cannot be read ({type(exc).__name__}); "
+                        "delete it to start over", path=path) from None
+    expected = {"cohort": data.cohort_hash, "settings": _settings_dict(settings),
+                "architecture": card.architecture}
+    for key, value in expected.items():
+        found = state.get(key)
+        if found != value:
+            if isinstance(found, dict) and isinstance(value, dict):
+                what = ", ".join(f"{k}: {found.get(k)!r} there, {value.get(k)!r} now"
+                                 for k in sorted(set(found) | set(value)) if found.get(k) != value.get(k))
+            else:
+                what = "different case list" if key == "cohort" else "differs"
+            raise DataError(
+                f"checkpoint {file_label(path)} was made with different {key} ({what}); "
+                "delete it or train into another folder", path=path)
+    return state
+
+
+def train_model(data: RoiDataset, out_dir: str | Path, *, settings: TrainSettings = TrainSettings(),
+                card: ModelCard = ModelCard(), resume: bool = False,
+                progress: Callable[[int, int, dict], None] | None = None) -> ModelCard:
+    """Train on *data*, select the epoch by validation AUROC, evaluate once on the test split,
+    and save weights + model card to *out_dir*. Returns the saved card.
+
+    With ``resume=True`` and an ``OUT/checkpoint.pt`` left by an interrupted run on the same
+    data and settings, training continues after the last completed epoch.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / CHECKPOINT_NAME
+    torch.manual_seed(settings.seed)
+    gen = torch.Generator().manual_seed(settings.seed)
+    tr_g, va_g, te_g = _split(len(data.case_ids), settings)
+    idx = {name: np.flatnonzero(np.isin(data.group, g)) for name, g in
+           (("train", tr_g), ("val", va_g), ("test", te_g))}
+    model = build_network(card)
+    y_tr = data.y[idx["train"]]
+    counts = np.bincount(y_tr, minlength=2).astype(float)
+    weight = torch.tensor(counts.sum() / (2 * np.maximum(counts, 1)), dtype=torch.float32)
+    loss_fn = torch.nn.CrossEntropyLoss(weight=weight)
+    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=settings.epochs)
+    best: tuple[float, int, dict | None] = (-math.inf, 0, None)
+    history: list[dict] = []
+    start_epoch, elapsed = 0, 0.0
+    if resume and ckpt_path.is_file():
+        state = _load_checkpoint(ckpt_path, data, settings, card)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        gen.set_state(state["generator"])
+        best = (float(state["best_score"]), int(state["best_epoch"]), state["best_model"])
+        history = list(state["history"])
+        start_epoch, elapsed = int(state["epoch"]), float(state["seconds"])
+        log.info("resuming after epoch %d", start_epoch)
+    elif ckpt_path.is_file():
+        log.info("ignoring %s (resume not requested); it will be overwritten", CHECKPOINT_NAME)
+    t0 = time.perf_counter() - elapsed
+    stopped = start_epoch > 0 and start_epoch - best[1] >= settings.patience
+    for epoch in range(start_epoch, 0 if stopped else settings.epochs):
+        model.train()
+        order = idx["train"][torch.randperm(len(idx["train"]), generator=gen).numpy()]
+        losses = []
+        for start in range(0, len(order), settings.batch_size):
+            sel = order[start:start + settings.batch_size]
+            xb = _augment(torch.from_numpy(data.x[sel].copy()), gen, rot90=settings.rot90,
+                          shift_vox=settings.shift_vox, rotate_deg=settings.rotate_deg)
+            loss = loss_fn(model(xb), torch.from_numpy(data.y[sel]))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+        sched.step()
+        val = evaluate(data.y[idx["val"]], predict_probabilities(model, data.x[idx["val"]]))
+        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_auroc": val["auroc"]})
+        score = val["auroc"] if not np.isnan(val["auroc"]) else -float(np.mean(losses))
+        if score > best[0]:
+            best = (score, epoch + 1, {k: v.clone() for k, v in model.state_dict().items()})
+        _save_checkpoint(ckpt_path, {
+            "cohort": data.cohort_hash, "settings": _settings_dict(settings),
+            "architecture": card.architecture, "epoch": epoch + 1,
+            "model": model.state_dict(), "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(), "generator": gen.get_state(),
+            "best_score": best[0], "best_epoch": best[1], "best_model": best[2],
+            "history": history, "seconds": time.perf_counter() - t0,
+        })
+        if progress:
+            progress(epoch + 1, settings.epochs, history[-1])
+        if epoch + 1 - best[1] >= settings.patience:
+            log.info("early stop at epoch %d (best %d)", epoch + 1, best[1])
+            break
+    model.load_state_dict(best[2])
+    model.eval()
+    test = evaluate(data.y[idx["test"]], predict_probabilities(model, data.x[idx["test"]]),
+                    settings.threshold)
+    val = evaluate(data.y[idx["val"]], predict_probabilities(model, data.x[idx["val"]]),
+                   settings.threshold)
+    card = replace(card, training={
+        "seed": settings.seed, "epochs_run": len(history), "best_epoch": best[1],
+        "settings": _settings_dict(settings),
+        "cohort_case_list_sha256": data.cohort_hash, "n_cases": len(data.case_ids),
+        "n_nodules": int(len(data.y)),
+        "split": {k: {"n_cases": int(len(g)), "n_nodules": int(len(idx[k])),
+                      "case_ids": sorted(data.case_ids[i] for i in g)}
+                  for k, g in (("train", tr_g), ("val", va_g), ("test", te_g))},
+        "history": history, "seconds": round(time.perf_counter() - t0, 1),
+        "torch": torch.__version__,
+    }, metrics={"threshold": settings.threshold, "heldout_auroc": test["auroc"],
+                "test": test, "validation": val})
+    saved = save_model(model, card, out)
+    ckpt_path.unlink(missing_ok=True)
+    return saved

@@ -1,0 +1,337 @@
+"""The three outcomes an explanation can have, read off a scored cohort.
+
+An explanation *validates* a model when the attribution sits on the tumour, *diagnoses* it
+when the prediction rests on an artifact, and *extracts knowledge* when the model relies on
+a structure nobody annotated.  This module turns the stored findings (per nodule) and the
+pattern clusters (with their causal check) into those three readings, by documented rules,
+so that the app and the report show them side by side.  Pure tables in, tables out.
+
+Rules
+-----
+Cluster reading (:func:`cluster_readings`), first match wins:
+
+* ``"artifact"``: the cluster's median halo density (``median_halo_max_hu``, the densest
+  voxel within 3 mm of each member region) is at least :data:`ARTIFACT_HU` = 2000 HU,
+  denser than cortical bone (about 1000-1900 HU): metal, a skin marker, a clip, dense
+  contrast.  No lung structure is that dense, so the model has no clinical reason to use it.
+* ``"candidate sign"``: anatomical density, and the model relies on it *for* malignancy
+  (``relied_upon`` with a negative ``effect_mean``: removing it lowers the probability) or
+  the cluster is enriched for predicted-malignant nodules (``enrichment_predicted > 1`` and
+  ``q_predicted < 0.05``).  A pattern worth a clinician's look, not a finding.
+* ``"incidental"``: everything else (attention the model does not depend on).
+
+Nodule outcome (:func:`nodule_outcomes`), first match wins:
+
+* ``"shortcut"``: the case-level flag fired (``flagged``: predicted malignant, and not any
+  more once its relied-upon off-mask regions are removed) and one of those clusters
+  (``flag_clusters``) reads ``"artifact"``.
+* ``"candidate sign"``: the nodule has a region in a ``"candidate sign"`` cluster.
+* ``"on the tumour"``: the localisation verdict is ``"aligned"``.
+* ``"other"``: partial or off-mask attention without a pattern, no mask, failed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from discovery.model.rois import nodule_label
+
+__all__ = ["ARTIFACT_HU", "OUTCOMES", "READINGS", "Exemplar", "Panel", "cluster_readings",
+           "nodule_outcomes", "outcome_panels"]
+
+#: Median halo density (HU) from which a cluster reads as an artifact (metal-like).
+ARTIFACT_HU = 2000.0
+#: Significance of the predicted-malignancy enrichment that makes a candidate sign.
+CANDIDATE_Q = 0.05
+READINGS = ("artifact", "candidate sign", "incidental")
+OUTCOMES = ("on the tumour", "shortcut", "candidate sign", "other")
+
+_CLUSTER_NEEDS = ("cluster", "median_halo_max_hu", "relied_upon", "effect_mean",
+                  "enrichment_predicted", "q_predicted")
+_FINDING_NEEDS = ("case_id", "nodule_id", "verdict", "flagged", "flag_clusters")
+
+
+def _need(df: pd.DataFrame, columns, what: str) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{what} table lacks column(s) {missing}; received columns "
+                         f"{list(df.columns)}")
+
+
+def _truthy(values: pd.Series) -> np.ndarray:
+    """Booleans from a column stored as bool, 0/1, '0'/'1' or None/NaN (NaN is False)."""
+    num = pd.to_numeric(values, errors="coerce")
+    return (num.fillna(0).to_numpy(dtype=float) != 0)
+
+
+def cluster_readings(clusters: pd.DataFrame) -> pd.Series:
+    """Reading of each cluster (:data:`READINGS`), indexed like ``clusters``.
+
+    Parameters
+    ----------
+    clusters : pandas.DataFrame
+        The cluster table with the causal check (``discovery score``'s ``clusters`` table or
+        :func:`discovery.patterns.causal.pattern_effects`): needs ``cluster``, ``median_halo_max_hu``
+        (HU), ``relied_upon``, ``effect_mean`` (probability change when removed),
+        ``enrichment_predicted`` and ``q_predicted``.
+
+    Returns
+    -------
+    pandas.Series of str
+        ``"artifact"``, ``"candidate sign"`` or ``"incidental"`` (module docstring).  A
+        cluster with unknown halo density (NaN) is never an artifact.
+    """
+    _need(clusters, _CLUSTER_NEEDS, "cluster")
+    halo = pd.to_numeric(clusters["median_halo_max_hu"], errors="coerce").to_numpy(dtype=float)
+    effect = pd.to_numeric(clusters["effect_mean"], errors="coerce").to_numpy(dtype=float)
+    enrich = pd.to_numeric(clusters["enrichment_predicted"], errors="coerce").to_numpy(dtype=float)
+    q = pd.to_numeric(clusters["q_predicted"], errors="coerce").to_numpy(dtype=float)
+    relied_for = _truthy(clusters["relied_upon"]) & (effect < 0)
+    with np.errstate(invalid="ignore"):
+        enriched = (enrich > 1) & (q < CANDIDATE_Q)
+        artifact = halo >= ARTIFACT_HU
+    reading = np.where(artifact, "artifact",
+                       np.where(relied_for | enriched, "candidate sign", "incidental"))
+    return pd.Series(reading, index=clusters.index, name="reading", dtype=object)
+
+
+def _cluster_ids(text) -> list[int]:
+    if text is None or (isinstance(text, float) and np.isnan(text)):
+        return []
+    return [int(t) for t in str(text).replace(";", ",").split(",") if t.strip() != ""]
+
+
+def nodule_outcomes(findings: pd.DataFrame, clusters: pd.DataFrame,
+                    regions: pd.DataFrame) -> pd.DataFrame:
+    """The outcome of each nodule's explanation (:data:`OUTCOMES`).
+
+    Parameters
+    ----------
+    findings : pandas.DataFrame
+        One row per nodule: ``case_id``, ``nodule_id``, ``verdict``, ``flagged``,
+        ``flag_clusters`` (comma-separated cluster ids, empty when none).
+    clusters : pandas.DataFrame
+        As for :func:`cluster_readings`.
+    regions : pandas.DataFrame
+        Clustered regions: ``case_id``, ``nodule_id``, ``cluster`` (-1 = none).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``findings`` (same index and order) plus ``outcome`` and ``outcome_cluster`` (the
+        cluster behind a shortcut or candidate-sign outcome, -1 otherwise).
+    """
+    _need(findings, _FINDING_NEEDS, "findings")
+    _need(regions, ("case_id", "nodule_id", "cluster"), "regions")
+    readings = (dict(zip(clusters["cluster"].astype(int), cluster_readings(clusters)))
+                if len(clusters) else {})
+    candidate = {c for c, r in readings.items() if r == "candidate sign"}
+    on_candidate: dict[tuple[str, str], int] = {}
+    for row in regions.itertuples(index=False):
+        c = int(row.cluster) if pd.notna(row.cluster) else -1
+        if c in candidate:
+            key = (str(row.case_id), str(row.nodule_id))
+            on_candidate[key] = min(c, on_candidate.get(key, c))
+
+    flagged = _truthy(findings["flagged"])
+    outcome, behind = [], []
+    for is_flagged, row in zip(flagged, findings.itertuples(index=False)):
+        artifact = [c for c in _cluster_ids(row.flag_clusters) if readings.get(c) == "artifact"]
+        key = (str(row.case_id), str(row.nodule_id))
+        if is_flagged and artifact:
+            outcome.append("shortcut")
+            behind.append(artifact[0])
+        elif key in on_candidate:
+            outcome.append("candidate sign")
+            behind.append(on_candidate[key])
+        elif row.verdict == "aligned":
+            outcome.append("on the tumour")
+            behind.append(-1)
+        else:
+            outcome.append("other")
+            behind.append(-1)
+    return findings.assign(outcome=outcome, outcome_cluster=np.asarray(behind, dtype=np.int64))
+
+
+
+@dataclass(frozen=True)
+class Exemplar:
+    """One picture of an outcome panel: an axial crop of a scored case.
+
+    ``z`` and ``center_yx`` are voxel coordinates on the case's grid; ``region`` is the
+    off-mask region label (``case_region``) to outline, ``nodule`` the nodule label.
+    ``focus="densest"`` (shortcut pictures): draw the slice of the densest voxel next to the
+    region, centred between it and ``center_yx`` (then the nodule's centre); see
+    :func:`discovery.report.render.exemplar_image`.
+    """
+
+    case_id: str
+    nodule_id: str
+    z: float
+    center_yx: tuple[float, float]
+    region: int | None
+    nodule: int | None
+    caption: str
+    focus: str = "centroid"
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One of the three outcomes, ready to draw: a title, one plain-language paragraph, the
+    number of nodules it concerns, the cluster behind it (or -1) and a few exemplars."""
+
+    outcome: str
+    title: str
+    lead: str
+    n_nodules: int
+    cluster: int = -1
+    exemplars: list[Exemplar] = field(default_factory=list)
+
+
+def _total_effect(clusters: pd.DataFrame) -> pd.Series:
+    """``|effect_mean| * effect_n``: the summed change of P(malignant) over a cluster's
+    nodules when it is removed (0 where unknown).  A cluster of 19 nodules at -0.11 weighs more
+    than one of 8 at -0.15: more of the cohort's predictions rest on it."""
+    effect = pd.to_numeric(clusters["effect_mean"], errors="coerce").abs()
+    n = (pd.to_numeric(clusters["effect_n"], errors="coerce") if "effect_n" in clusters.columns
+         else pd.Series(1.0, index=clusters.index))
+    return (effect * n).fillna(0.0)
+
+
+def _pct(x) -> str:
+    return "–" if not np.isfinite(x) else f"{100 * x:.0f} %"
+
+
+def outcome_panels(findings: pd.DataFrame, clusters: pd.DataFrame, regions: pd.DataFrame,
+                   *, n_exemplars: int = 3, threshold: float = 0.5) -> list[Panel]:
+    """The three panels, in the order *on the tumour*, *shortcut*, *candidate sign*.
+
+    Parameters
+    ----------
+    findings, clusters, regions : pandas.DataFrame
+        The stored tables (``ResultsStore.findings()``, ``.clusters()``, ``.regions()``);
+        findings need ``probability``, ``rma``, ``flag_score`` and ``center_z/y/x`` besides the
+        columns of :func:`nodule_outcomes`.
+    n_exemplars : int
+        Pictures per panel (at most one per patient).
+    threshold : float
+        The model's decision threshold (wording only).
+
+    Returns
+    -------
+    list of Panel
+        *On the tumour*: aligned nodules with the highest relevance mass in the mask.
+        *Shortcut*: nodules whose prediction rests on an artifact cluster, largest drop
+        first; each picture is centred between the nodule and the artifact, on the
+        artifact's slice (``focus="densest"``).  *Candidate sign*: the candidate cluster that moves
+        the cohort's predictions most (largest ``|effect_mean| * effect_n``, the summed change
+        in probability over its nodules; then enrichment), its exemplars.
+    """
+    scored = findings[findings["status"].isin(["ok", "no-attribution"])] \
+        if "status" in findings.columns else findings
+    out = nodule_outcomes(scored, clusters, regions)
+    readings = cluster_readings(clusters) if len(clusters) else pd.Series(dtype=object)
+    by_cluster = clusters.assign(reading=readings).set_index(clusters["cluster"].astype(int)) \
+        if len(clusters) else clusters
+    n_scored = len(out)
+
+    def pick(rows: pd.DataFrame, make) -> list[Exemplar]:
+        items, seen = [], set()
+        for _, r in rows.iterrows():
+            if r["case_id"] in seen:
+                continue
+            item = make(r)
+            if item is not None:
+                items.append(item)
+                seen.add(r["case_id"])
+            if len(items) >= n_exemplars:
+                break
+        return items
+
+    # 1. on the tumour
+    aligned = out[out["outcome"] == "on the tumour"].sort_values("rma", ascending=False)
+    panels = [Panel(
+        "on the tumour", "On the tumour: the model learned the right thing",
+        f"{len(aligned)} of {n_scored} scored nodules: the attention sits on the annotated "
+        "nodule (verdict aligned: peak within tolerance, at least half the attention near the "
+        "mask). Here the explanation validates the model.",
+        len(aligned), -1,
+        pick(aligned, lambda r: Exemplar(
+            str(r["case_id"]), str(r["nodule_id"]), float(r["center_z"]),
+            (float(r["center_y"]), float(r["center_x"])), None, nodule_label(r["nodule_id"]),
+            f"{r['case_id']} · {r['nodule_id']} · p {float(r['probability']):.2f} · "
+            f"RMA {float(r['rma']):.2f}")))]
+
+    # 2. shortcut
+    short = out[out["outcome"] == "shortcut"].sort_values("flag_score", ascending=False)
+    artifact_ids = [int(c) for c, r in zip(clusters["cluster"], readings) if r == "artifact"] \
+        if len(clusters) else []
+
+    def shortcut_exemplar(r):
+        own = regions[(regions["case_id"] == r["case_id"]) & (regions["nodule_id"] == r["nodule_id"])
+                      & (regions["cluster"] == r["outcome_cluster"])]
+        if own.empty:
+            return None
+        reg = own.sort_values("mass_share", ascending=False).iloc[0] \
+            if "mass_share" in own.columns else own.iloc[0]
+        p = float(r["probability"])
+        return Exemplar(str(r["case_id"]), str(r["nodule_id"]), float(reg["centroid_z"]),
+                        (float(r["center_y"]), float(r["center_x"])), int(reg["case_region"]),
+                        nodule_label(r["nodule_id"]),
+                        f"{r['case_id']} · {r['nodule_id']} · p {p:.2f} → "
+                        f"{p - float(r['flag_score']):.2f} without it", focus="densest")
+
+    if len(short):
+        c = int(short["outcome_cluster"].iloc[0])
+        crow = by_cluster.loc[c]
+        lead = (f"{len(short)} nodule(s) are predicted malignant only because of off-mask "
+                f"attention on cluster {c} ({crow['description']}): replacing those regions "
+                f"with lung parenchyma drops P(malignant) below {threshold:g}. Median density "
+                f"{float(crow['median_halo_max_hu']):.0f} HU, denser than bone: an artifact, "
+                "not anatomy. A shortcut to distrust.")
+    elif artifact_ids:
+        crow = by_cluster.loc[artifact_ids[0]]
+        lead = (f"Cluster {artifact_ids[0]} ({crow['description']}) is metal-dense attention "
+                "off the mask, but no malignant prediction depends on it "
+                f"(Δp when removed {float(crow['effect_mean']):+.3f}).")
+    else:
+        lead = "No prediction rests on an artifact-like (metal-dense) pattern off the mask."
+    panels.append(Panel("shortcut", "Resting on an artifact: a shortcut to distrust", lead,
+                        len(short), int(short["outcome_cluster"].iloc[0]) if len(short) else
+                        (artifact_ids[0] if artifact_ids else -1),
+                        pick(short, shortcut_exemplar)))
+
+    # 3. candidate sign
+    cands = by_cluster[by_cluster["reading"] == "candidate sign"] if len(clusters) else clusters
+    n_cand = int((out["outcome"] == "candidate sign").sum())
+    if len(cands):
+        order = cands.assign(_e=-_total_effect(cands),
+                             _r=-cands["enrichment_predicted"].fillna(0)).sort_values(
+            ["_e", "_r"], kind="stable")
+        c = int(order.index[0])
+        crow = order.iloc[0]
+        relied = bool(_truthy(pd.Series([crow["relied_upon"]]))[0])
+        lead = (f"Cluster {c}: {crow['description']}. {int(crow['n_cases'])} patients, "
+                f"{_pct(float(crow['share_predicted_malignant']))} of its nodules predicted "
+                f"malignant vs {_pct(float(crow['pool_predicted_malignant']))} in the cohort "
+                f"(q = {float(crow['q_predicted']):.3f}); removing it changes P(malignant) by "
+                f"{float(crow['effect_mean']):+.3f}"
+                + (" — the model relies on it" if relied else "") +
+                ". Anatomical density, not annotated: a candidate pattern worth studying, "
+                "not a finding.")
+        keyed = regions.set_index("region_key")
+        members = keyed.loc[[k for k in crow["exemplars"] if k in keyed.index]].reset_index()
+        exemplars = pick(members, lambda r: Exemplar(
+            str(r["case_id"]), str(r["nodule_id"]), float(r["centroid_z"]),
+            (float(r["centroid_y"]), float(r["centroid_x"])), int(r["case_region"]), None,
+            f"{r['case_id']} · {r['nodule_id']} · p {float(r['probability']):.2f}"))
+        panels.append(Panel("candidate sign", "Off the mask, on anatomy: a candidate pattern",
+                            lead, n_cand, c, exemplars))
+    else:
+        panels.append(Panel("candidate sign", "Off the mask, on anatomy: a candidate pattern",
+                            "No anatomical cluster of off-mask attention is relied upon for "
+                            "malignancy or enriched for predicted-malignant nodules.", 0))
+    return panels

@@ -1,0 +1,186 @@
+"""The structure an off-mask region points at, described on its own.
+
+A Grad-CAM region is a blob of a few cm³ on the network's coarse grid, mostly aerated lung;
+the structure that carries its attribution (a strand running to the pleura, a vessel, a
+calcification, a metal marker) is a small part of it and of the region's averages.
+:func:`attended_structure` finds that structure and describes it: inside the region grown by
+``grow_mm`` (half a Grad-CAM cell, so that a structure the margin cut in half is whole), the
+connected dense voxels (``hu >= dense_hu``) of the lung field, the nodules excluded, are
+labelled, and the component holding the largest attribution mass is *the attended
+structure*.  Its volume, density, distance from the nodule and whether it runs radially from
+the nodule (the direction of spiculation, pleural tags and vessel convergence) are what a
+radiologist would say about it.
+
+Conventions as in :mod:`discovery.regions.descriptors`: ``(z, y, x)`` arrays, ``spacing_mm`` is
+``(dz, dy, dx)``, distances between voxel centres in mm.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from data_tools.checks import check_nonneg, check_spacing
+from discovery.align.metrics import check_distance, distance_to_mask_mm, grow_mm
+from discovery.regions.descriptors import FULL_26, solid_moments
+
+__all__ = ["AttendedStructure", "NO_STRUCTURE", "attended_structure"]
+
+#: Fewer voxels than this have no meaningful main axis: ``radial`` is NaN.
+_MIN_AXIS_VOXELS = 3
+
+
+@dataclass(frozen=True)
+class AttendedStructure:
+    """The dense structure carrying most of a region's attribution.
+
+    Attributes
+    ----------
+    volume_mm3 : float
+        Volume of the structure (voxel count times voxel volume); 0 when the region covers
+        no dense lung voxel (attention on aerated parenchyma only).
+    median_hu : float
+        Median HU of the structure's voxels; NaN without a structure.
+    gap_mm : float
+        Smallest distance (mm) from a structure voxel to the nodule's mask; NaN without a
+        structure or nodule.
+    radial : float
+        ``|cos|`` of the angle between the structure's main axis (largest eigenvector of
+        :func:`discovery.regions.descriptors.solid_moments`, as for its elongation) and the direction from the nodule's
+        centroid to the structure's centroid, in [0, 1]: 1 for a strand pointing away from
+        the nodule, 0 for one running around it.  NaN without a structure or nodule, or
+        for a structure of fewer than 3 voxels (no main axis).
+    elongation : float
+        :func:`discovery.regions.descriptors.elongation` of the structure (>= 1; 1 for one voxel);
+        NaN without one.
+    attribution_share : float
+        The structure's share of the attribution in the grown region, in [0, 1]; 0 without
+        a structure.
+    """
+
+    volume_mm3: float
+    median_hu: float
+    gap_mm: float
+    radial: float
+    elongation: float
+    attribution_share: float
+
+
+#: What :func:`attended_structure` returns for a region over aerated parenchyma only.
+NO_STRUCTURE = AttendedStructure(0.0, math.nan, math.nan, math.nan, math.nan, 0.0)
+
+
+def _check_same_shape(arrays: dict) -> tuple:
+    shapes = {name: np.shape(a) for name, a in arrays.items()}
+    first = next(iter(shapes.values()))
+    if len(first) != 3 or any(s != first for s in shapes.values()):
+        raise ValueError(f"arrays must be 3-D and of one shape; received shapes {shapes}")
+    return first
+
+
+def attended_structure(
+    region,
+    hu,
+    lung,
+    attribution,
+    nodule,
+    *,
+    spacing_mm,
+    exclude=None,
+    distance_mm=None,
+    grow_by_mm: float = 3.0,
+    dense_hu: float = -400.0,
+    nodule_margin_mm: float = 1.5,
+) -> AttendedStructure:
+    """Find and describe the dense structure that carries a region's attribution.
+
+    Parameters
+    ----------
+    region : ndarray of bool, shape (z, y, x)
+        The off-mask region (non-empty).
+    hu : ndarray, shape (z, y, x)
+        CT in Hounsfield units on the same grid.
+    lung : ndarray of bool, shape (z, y, x)
+        Lung field (:func:`discovery.regions.descriptors.lung_mask`); it contains the vessels and
+        strands inside the lungs.
+    attribution : ndarray of float, shape (z, y, x)
+        The nodule's attribution map (non-negative), same grid.
+    nodule : ndarray of bool, shape (z, y, x)
+        The nodule's own mask: the reference for ``gap_mm`` and ``radial``.
+    spacing_mm : sequence of 3 floats
+        Voxel size ``(dz, dy, dx)`` in mm.
+    exclude : ndarray of bool, shape (z, y, x), optional
+        Voxels never part of a structure (all annotated nodules); ``nodule`` when omitted.
+        Both are grown by ``nodule_margin_mm`` first, so the nodule's partial-volume rim is
+        not taken for a structure touching it.
+    distance_mm : ndarray of float, shape (z, y, x), optional
+        :func:`discovery.align.metrics.distance_to_mask_mm` of ``nodule``, when the caller already
+        has it (the pipeline computes it once per nodule for the alignment metrics).
+    grow_by_mm : float
+        The region is grown by this much (mm) before looking for the structure.
+    dense_hu : float
+        Lung voxels at or above this HU are dense (soft tissue or denser).
+    nodule_margin_mm : float
+        Margin (mm) around ``exclude``.
+
+    Returns
+    -------
+    AttendedStructure
+        :data:`NO_STRUCTURE` when the grown region holds no dense lung voxel.  Ties in
+        attribution mass go to the lowest component label (scan order).
+    """
+    shape = _check_same_shape({"region": region, "hu": hu, "lung": lung,
+                               "attribution": attribution, "nodule": nodule})
+    spacing = np.asarray(check_spacing(spacing_mm), dtype=float)
+    for name, value in (("grow_by_mm", grow_by_mm), ("nodule_margin_mm", nodule_margin_mm)):
+        check_nonneg(value, name)
+    if not math.isfinite(float(dense_hu)):
+        raise ValueError(f"dense_hu must be finite; received {dense_hu!r}")
+    region = np.asarray(region, dtype=bool)
+    nodule = np.asarray(nodule, dtype=bool)
+    if not region.any():
+        raise ValueError("region is empty: it has no voxel to look for a structure in")
+    if exclude is None:
+        exclude = nodule
+    elif np.shape(exclude) != shape:
+        raise ValueError(f"exclude must have the region's shape {shape}; received "
+                         f"{np.shape(exclude)}")
+    if distance_mm is not None:
+        distance_mm = check_distance(distance_mm, nodule)
+    attribution = np.asarray(attribution, dtype=np.float64)
+
+    grown = grow_mm(region, grow_by_mm, tuple(spacing))
+    dense = grown & np.asarray(lung, dtype=bool) & (np.asarray(hu) >= dense_hu)
+    dense &= ~grow_mm(np.asarray(exclude, dtype=bool), nodule_margin_mm, tuple(spacing))
+    labels, n = ndimage.label(dense, structure=FULL_26)
+    if n == 0:
+        return NO_STRUCTURE
+    mass = ndimage.sum(attribution, labels, index=np.arange(1, n + 1))
+    k = int(np.argmax(mass)) + 1
+    comp = labels == k
+    total = float(attribution[grown].sum())
+
+    coords = np.argwhere(comp) * spacing
+    centre = coords.mean(axis=0)
+    eigval, eigvec = solid_moments(coords, spacing)
+    elong = float(math.sqrt(eigval[-1] / eigval[0])) if len(coords) > 1 else 1.0
+
+    gap = radial = math.nan
+    if nodule.any():
+        dist = distance_to_mask_mm(nodule, spacing) if distance_mm is None else distance_mm
+        gap = float(dist[comp].min())
+        away = centre - np.argwhere(nodule).mean(axis=0) * spacing
+        norm = float(np.linalg.norm(away))
+        if norm > 0 and len(coords) >= _MIN_AXIS_VOXELS:
+            radial = float(abs(eigvec[:, -1] @ away) / norm)
+    return AttendedStructure(
+        volume_mm3=float(comp.sum() * np.prod(spacing)),
+        median_hu=float(np.median(np.asarray(hu)[comp])),
+        gap_mm=gap,
+        radial=radial,
+        elongation=elong,
+        attribution_share=float(mass[k - 1] / total) if total > 0 else 0.0,
+    )

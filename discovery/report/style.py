@@ -1,0 +1,73 @@
+"""What every view of the results shares (HTML and PDF reports, the review app): colours,
+the display threshold of the attribution overlay, number formatting, and a per-report cache
+of case arrays.  Imports nothing heavy."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+__all__ = ["DISPLAY_THRESHOLD", "CROP_HALF_PX", "VERDICT_COLOURS", "OUTCOME_COLOURS", "MISSING",
+           "fmt", "CaseArrayCache"]
+
+#: The overlay shows attribution >= this fraction of the case maximum (stated wherever shown).
+DISPLAY_THRESHOLD = 0.2
+#: Half-width in pixels of the crops around a nodule or a region in reports.
+CROP_HALF_PX = 48
+#: Badge colour of each verdict.
+VERDICT_COLOURS = {"aligned": "#1b7f3b", "partial": "#b7791f", "off-mask": "#c53030",
+                   "no-mask": "#4a5568", "no-attribution": "#4a5568"}
+#: Colour of each of the three outcomes.
+OUTCOME_COLOURS = {"on the tumour": "#1b7f3b", "shortcut": "#c53030",
+                   "candidate sign": "#2b6cb0"}
+#: How a missing value is shown.
+MISSING = "–"
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    """A value for display.
+
+    Missing values (None, NaN, empty string) show as :data:`MISSING`; other strings as they
+    are; booleans and integers exactly; other numbers with *digits* significant digits, in
+    fixed point from 0.001 to 10 000 and in scientific notation outside (0 is ``"0"``).
+    """
+    if value is None or (isinstance(value, str) and not value):
+        return MISSING
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return str(value)
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if math.isnan(v):
+        return MISSING
+    if v == int(v) and abs(v) < 1e6 and not isinstance(value, float):
+        return str(int(v))
+    if v == 0:
+        return "0"
+    return f"{v:.{digits}g}" if 1e-3 <= abs(v) < 1e4 else f"{v:.{max(digits - 1, 0)}e}"
+
+
+class CaseArrayCache:
+    """Each case's stored arrays read once (per report or per page), then served from memory.
+
+    Parameters
+    ----------
+    results_dir : path
+        The results folder.
+    """
+
+    def __init__(self, results_dir: str | Path):
+        self.results_dir = Path(results_dir)
+        self._arrays: dict[str, dict] = {}
+
+    def __call__(self, case_id: str) -> dict:
+        """The arrays of *case_id* (:func:`discovery.store.tables.load_case_arrays`)."""
+        if case_id not in self._arrays:
+            from discovery.store.tables import load_case_arrays
+
+            self._arrays[case_id] = load_case_arrays(self.results_dir, case_id)
+        return self._arrays[case_id]

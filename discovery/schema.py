@@ -1,0 +1,56 @@
+"""What the stages agree on, in a module that imports nothing heavy: the columns of the
+tables the pipeline stores, and the decision threshold.
+
+The results store (and so the app's first page) needs these names; the modules that compute
+the tables (:mod:`discovery.patterns.causal` needs torch, :mod:`discovery.patterns.clustering` scikit-learn)
+re-export them under the same names.
+"""
+
+#: Columns :func:`discovery.patterns.causal.pattern_effects` adds to the cluster table.
+EFFECT_COLUMNS = ["effect_n", "effect_mean", "effect_ci_low", "effect_ci_high", "relied_upon"]
+#: Columns of the per-nodule flag table of :func:`discovery.patterns.causal.pattern_effects`.
+FLAG_COLUMNS = ["case_id", "nodule_id", "probability", "probability_without", "flag_score",
+                "flagged", "flag_clusters"]
+
+#: Columns of the cluster table returned by :func:`discovery.patterns.clustering.cluster_regions`.
+CLUSTER_COLUMNS = [
+    "cluster",
+    "n_regions",
+    "n_cases",
+    "n_nodules",
+    "mean_probability",
+    "share_predicted_malignant",
+    "pool_predicted_malignant",
+    "enrichment_predicted",
+    "p_predicted",
+    "q_predicted",
+    "share_truth_malignant",
+    "pool_truth_malignant",
+    "enrichment_truth",
+    "p_truth",
+    "mean_mean_hu",
+    "median_halo_max_hu",
+    "mean_offset_distance_mm",
+    "mean_volume_mm3",
+    "relation",
+    "direction",
+    "exemplars",
+    "description",
+]
+
+
+#: Decision threshold on P(malignant) when neither the model card nor the results state one.
+DEFAULT_THRESHOLD = 0.5
+
+
+def decision_threshold(values) -> float:
+    """The decision threshold on P(malignant) recorded in *values*.
+
+    Parameters
+    ----------
+    values : mapping
+        A model card's ``metrics`` or a results store's ``meta()``: the threshold is stored
+        under ``"threshold"``.  Absent or empty: :data:`DEFAULT_THRESHOLD`.
+    """
+    value = values.get("threshold") if values else None
+    return DEFAULT_THRESHOLD if value is None or value == "" else float(value)

@@ -1,0 +1,12 @@
+"""The results store: tables on SQLite or PostgreSQL, and each case's arrays on disk.
+
+``tables``: :class:`ResultsStore`; ``arrays``: the per-case viewer arrays; ``backends``: the
+SQL dialects, where the tables live.
+"""
+
+from discovery.lazy import attach
+
+__getattr__, __dir__, __all__ = attach(__name__, {
+    "tables": ["ResultsStore", "save_case_arrays", "load_case_arrays", "store_exists"],
+    "backends": ["StoreError", "resolve_backend"],
+})

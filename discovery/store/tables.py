@@ -1,0 +1,710 @@
+"""The results store: tables (SQLite file ``RESULTS/discovery.sqlite``, or PostgreSQL) plus
+per-case arrays in the results folder.
+
+Tables
+------
+``meta``      key/value: schema version, model hash, settings.
+``cases``     one row per case: status (``ok`` / ``no-mask`` / ``failed``), error, geometry.
+``nodules``   one row per nodule: probability, alignment metrics, verdict, off-mask summary.
+``regions``   one row per off-mask region with its descriptors and cluster.
+``clusters``  one row per cohort-level pattern cluster.
+``reviews``   the current reviewer verdict per (item_type, item_id, reviewer): UNIQUE, so a
+              resubmitted verdict updates rather than duplicates.
+``review_audit``  every change of a review, never updated or deleted.
+``manifest``  one row per case scored by ``discovery score``: ``case_id``, ``input_hash``,
+              ``model_hash``, ``config_hash`` (SHA-256 hex digests, see
+              :mod:`discovery.batch.score`), ``status`` (``ok`` / ``no-mask`` / ``failed``),
+              ``error``, ``finished_at`` (UTC, ISO 8601, milliseconds).  Written by
+              :meth:`ResultsStore.put_case` in the transaction that stores the case's results,
+              so a row exists exactly when those results are complete; a ``put_case`` without
+              hashes deletes the case's row (its results then no longer match any hashes).
+
+The tables live in ``RESULTS/discovery.sqlite`` by default, or on a PostgreSQL server given
+by URL (``ResultsStore(RESULTS, url="postgresql://...")``, ``discovery score --store``); see
+:mod:`discovery.store.backends`.  Both give the same tables and the same DataFrames.
+
+Concurrency: writes wait for each other (SQLite: WAL journal, a busy timeout and ``BEGIN
+IMMEDIATE``; PostgreSQL: a transaction-scoped advisory lock), so that several reviewers (app
+sessions, on one machine or several with PostgreSQL) can write at once.  Per-case arrays live in
+``RESULTS/cases/<case_id>.npz`` and are written to a temporary file, fsynced and renamed.
+That zip is uncompressed, its members aligned, so readers memory-map the volumes instead of
+inflating them; mostly-zero arrays are kept as their nonzero elements (see
+:func:`save_case_arrays`).  Older deflated files are still read.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import mmap
+import os
+import struct
+import threading
+import zipfile
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import pandas as pd
+
+from discovery.regions.offmask import REGION_COLUMNS as _OFFMASK_COLUMNS
+from discovery.schema import CLUSTER_COLUMNS as _PATTERN_COLUMNS
+from discovery.schema import EFFECT_COLUMNS, decision_threshold
+from discovery.store.backends import (
+    SQLITE_NAME,
+    Backend,
+    Connection,
+    StoreError,
+    new_results_id,
+    resolve_backend,
+    store_exists,
+    write_pointer,
+)
+
+#: Region columns added by the pipeline's anatomy pass (see ``discovery.batch.score.result_rows``).
+ANATOMY_COLUMNS = [
+    "offset_l_mm", "offset_p_mm", "offset_s_mm", "direction", "relation", "lung_fraction",
+    "pleura_distance_mm", "dense_fraction", "dense_elongation", "elongation", "median_hu",
+    "p90_hu", "halo_max_hu", "structure_volume_mm3", "structure_median_hu", "structure_gap_mm",
+    "structure_radial", "structure_elongation", "structure_attribution_share", "description",
+]
+
+__all__ = [
+    "ResultsStore", "FINDINGS_COLUMNS", "REGION_COLUMNS", "CLUSTER_COLUMNS",
+    "RANDOMIZATION_COLUMNS", "PERTURBATION_COLUMNS",
+    "NODULE_REVIEW_CHOICES", "CLUSTER_REVIEW_CHOICES", "save_case_arrays", "load_case_arrays",
+    "StoreError", "store_exists",
+]
+
+SCHEMA_VERSION = 8
+DB_NAME = SQLITE_NAME
+
+#: Columns of findings.csv, in order (one row per nodule; failed cases have one row).
+FINDINGS_COLUMNS = [
+    "case_id", "nodule_id", "probability", "predicted_label", "rma", "rra", "pointing_hit",
+    "peak_distance_mm", "near_mass", "detection_auc", "otsu_dice", "otsu_iou", "ring_0_5",
+    "ring_5_10", "ring_10_20", "verdict", "n_offmask_regions", "offmask_mass_share",
+    "flag_score", "flagged", "flag_clusters", "volume_mm3", "center_z", "center_y", "center_x", "status", "error",
+]
+#: Off-mask region descriptors (discovery.regions.offmask) plus the keys and cohort-level fields.
+REGION_COLUMNS = (["region_key"] + _OFFMASK_COLUMNS[:3] + ["case_region", "probability"]
+                  + _OFFMASK_COLUMNS[3:] + ANATOMY_COLUMNS
+                  + ["cluster", "embedding_x", "embedding_y"])
+#: Cluster statistics (discovery.patterns.clustering) and the causal check (discovery.patterns.causal).
+CLUSTER_COLUMNS = _PATTERN_COLUMNS + EFFECT_COLUMNS
+#: ``discovery sanity``: cascading randomisation, one row per method and step.
+RANDOMIZATION_COLUMNS = ["method", "layer", "step", "module", "randomised", "mean_spearman",
+                         "n_rois", "n_draws", "n_constant"]
+#: ``discovery sanity``: deletion / insertion areas, one row per nodule and method.
+PERTURBATION_COLUMNS = ["case_id", "nodule_id", "method", "probability", "predicted_label",
+                        "deletion_auc", "deletion_auc_random", "insertion_auc",
+                        "insertion_auc_random"]
+NODULE_REVIEW_CHOICES = ("on the tumour", "partly", "elsewhere", "can't tell")
+CLUSTER_REVIEW_CHOICES = ("artifact or shortcut", "known sign", "candidate new pattern", "noise")
+
+_TEXT = {"case_id", "nodule_id", "verdict", "status", "error", "region_key", "description",
+         "exemplars", "method", "layer", "module", "randomised", "direction", "relation",
+         "flag_clusters"}
+#: Columns stored as text (the rest are numbers).
+TEXT_COLUMNS = frozenset(_TEXT)
+_INT = {"predicted_label", "n_offmask_regions", "region_index", "case_region", "n_voxels",
+        "cluster", "n_regions", "n_cases", "n_nodules", "step", "n_rois", "n_draws", "n_constant",
+        "flagged", "effect_n", "relied_upon"}
+
+
+def _coltype(name: str) -> str:
+    return "TEXT" if name in _TEXT else "INTEGER" if name in _INT else "REAL"
+
+
+def _schema(backend: Backend) -> str:
+    types = {"TEXT": backend.text, "INTEGER": backend.integer, "REAL": backend.real}
+
+    def cols(names: list[str]) -> str:
+        return ",\n  ".join(f"{c} {types[_coltype(c)]}" for c in names)
+
+    nod, reg, clu = cols(FINDINGS_COLUMNS), cols(REGION_COLUMNS), cols(CLUSTER_COLUMNS)
+    ran, per = cols(RANDOMIZATION_COLUMNS), cols(PERTURBATION_COLUMNS)
+    text, integer, real = backend.text, backend.integer, backend.real
+    return f"""
+CREATE TABLE IF NOT EXISTS meta (key {text} PRIMARY KEY, value {text} NOT NULL);
+CREATE TABLE IF NOT EXISTS cases (
+  case_id {text} PRIMARY KEY, status {text} NOT NULL, error {text} NOT NULL DEFAULT '',
+  n_nodules {integer} NOT NULL DEFAULT 0, shape {text}, spacing_mm {text}, source_kind {text},
+  layout {text}, mask_source {text}, arrays {text}, scored_at {text} NOT NULL);
+CREATE TABLE IF NOT EXISTS nodule_annotations (
+  case_id {text} NOT NULL, nodule_id {text} NOT NULL, name {text} NOT NULL, value {real},
+  PRIMARY KEY (case_id, nodule_id, name));
+CREATE TABLE IF NOT EXISTS nodules (
+  {nod},
+  PRIMARY KEY (case_id, nodule_id));
+CREATE TABLE IF NOT EXISTS regions (
+  {reg},
+  PRIMARY KEY (region_key));
+CREATE TABLE IF NOT EXISTS clusters (
+  {clu},
+  PRIMARY KEY (cluster));
+CREATE TABLE IF NOT EXISTS reviews (
+  item_type {text} NOT NULL CHECK (item_type IN ('nodule', 'cluster')),
+  item_id {text} NOT NULL, reviewer {text} NOT NULL, verdict {text} NOT NULL,
+  note {text} NOT NULL DEFAULT '', updated_at {text} NOT NULL,
+  UNIQUE (item_type, item_id, reviewer));
+CREATE TABLE IF NOT EXISTS sanity_randomization (
+  {ran},
+  PRIMARY KEY (method, step));
+CREATE TABLE IF NOT EXISTS sanity_perturbation (
+  {per},
+  PRIMARY KEY (case_id, nodule_id, method));
+CREATE TABLE IF NOT EXISTS labels (
+  case_id {text} NOT NULL, nodule_id {text} NOT NULL, malignant {integer} NOT NULL,
+  PRIMARY KEY (case_id, nodule_id));
+CREATE TABLE IF NOT EXISTS manifest (
+  case_id {text} PRIMARY KEY, input_hash {text} NOT NULL, model_hash {text} NOT NULL,
+  config_hash {text} NOT NULL,
+  status {text} NOT NULL CHECK (status IN ('ok', 'no-mask', 'failed')),
+  error {text} NOT NULL DEFAULT '', finished_at {text} NOT NULL);
+CREATE TABLE IF NOT EXISTS review_audit (
+  id {backend.serial_key}, item_type {text} NOT NULL, item_id {text} NOT NULL,
+  reviewer {text} NOT NULL, old_verdict {text}, new_verdict {text} NOT NULL, note {text} NOT NULL,
+  at {text} NOT NULL);
+"""
+
+
+def _now(timespec: str = "seconds") -> str:
+    return datetime.now(timezone.utc).isoformat(timespec=timespec)
+
+
+def _clean(value: Any) -> Any:
+    """Python scalars for the database; NaN stored as NULL (read back as NaN by pandas)."""
+    if isinstance(value, (bool, np.bool_)):
+        return int(value)
+    if isinstance(value, (np.floating, float)):
+        return None if math.isnan(float(value)) else float(value)
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, np.str_):
+        return str(value)
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value)
+    return value
+
+
+def _upsert(table: str, columns: list[str], key: tuple[str, ...]) -> str:
+    """``INSERT ... ON CONFLICT (key) DO UPDATE`` of every other column (SQLite and
+    PostgreSQL alike)."""
+    updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
+    return (f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
+            f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}")
+
+
+class ResultsStore:
+    """Open (creating if needed) the results store of the results folder *results_dir*.
+
+    Parameters
+    ----------
+    results_dir : path
+        The results folder (per-case arrays; ``discovery.sqlite`` unless the tables are on
+        PostgreSQL).
+    create : bool
+        False: the store must exist (``FileNotFoundError`` otherwise).
+    url : str, optional
+        Keep the tables on PostgreSQL (``postgresql://user[:password]@host[:port]/database``);
+        the folder then remembers the database in ``store.json`` (without the password) and
+        later opens without *url* use it.  None: whatever the folder uses, SQLite for a new one.
+
+    One connection per thread (connections must not be shared across threads).  ``location``
+    says where the tables are (the file name, or the URL without password).
+
+    Raises
+    ------
+    StoreError
+        The URL is not PostgreSQL's or not the folder's, the server cannot be reached, or the
+        database holds another results folder's tables.
+    ValueError
+        The tables were written by another schema version.
+    """
+
+    def __init__(self, results_dir: str | Path, *, create: bool = True, url: str | None = None):
+        self.root = Path(results_dir)
+        self.backend, pointer = resolve_backend(self.root, url, create=create)
+        self.location = self.backend.label
+        if create:
+            self.root.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        con = self._con()
+        try:
+            meta = {}
+            if con.has_table("meta"):
+                meta = dict(con.execute("SELECT key, value FROM meta WHERE key IN "
+                                        "('schema_version', 'results_id')").fetchall())
+            elif not create:
+                raise StoreError(f"the results database {self.location} holds no results "
+                                 "tables; run `discovery score` first")
+            found = meta.get("schema_version")
+            if found is not None and found != str(SCHEMA_VERSION):
+                raise ValueError(
+                    f"the results store {self.location} has schema version {found}; this "
+                    f"version of the tool writes version {SCHEMA_VERSION}. Score into a new "
+                    "results folder.")
+            stored_id = json.loads(meta["results_id"]) if "results_id" in meta else None
+            expected = (pointer or {}).get("results_id")
+            if self.backend.kind == "postgresql" and found is not None and stored_id != expected:
+                raise StoreError(
+                    f"the database {self.location} holds the tables of another results folder; "
+                    "give each results folder a database of its own (or a schema of its own "
+                    "with the URL parameter options=-csearch_path=NAME)")
+        except BaseException:
+            self.close()
+            raise
+        con.script(_schema(self.backend))  # idempotent (IF NOT EXISTS), one transaction
+        results_id = stored_id or expected or new_results_id()
+        with self.write() as con:
+            for key, value in (("schema_version", str(SCHEMA_VERSION)),
+                               ("results_id", json.dumps(results_id))):
+                con.execute("INSERT INTO meta (key, value) VALUES (?, ?) "
+                            "ON CONFLICT (key) DO NOTHING", (key, value))
+        if self.backend.kind == "postgresql" and (pointer or {}).get("results_id") != results_id:
+            write_pointer(self.root, self.backend, results_id, SCHEMA_VERSION)
+
+    # -- connections ---------------------------------------------------------------------
+    def _con(self) -> Connection:
+        con = getattr(self._local, "con", None)
+        if con is None:
+            con = self.backend.connect()
+            self._local.con = con
+        return con
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A write transaction (waits for other writers), committed on success, rolled back
+        on error."""
+        con = self._con()
+        con.begin_write()
+        try:
+            yield con
+        except BaseException:
+            con.rollback()
+            raise
+        con.commit()
+
+    def close(self) -> None:
+        con = getattr(self._local, "con", None)
+        if con is not None:
+            con.close()
+            self._local.con = None
+
+    def query(self, sql: str, params: Iterable[Any] = ()) -> pd.DataFrame:
+        """The rows of a read query (``?`` parameter marks) as a DataFrame."""
+        return self._con().frame(sql, params)
+
+    # -- meta ----------------------------------------------------------------------------
+    def set_meta(self, **values: Any) -> None:
+        with self.write() as con:
+            con.executemany(_upsert("meta", ["key", "value"], ("key",)),
+                            [(k, json.dumps(v)) for k, v in values.items()])
+
+    def threshold(self) -> float:
+        """The decision threshold the results were scored with (:func:`decision_threshold`)."""
+        return decision_threshold(self.meta())
+
+    def meta(self) -> dict[str, Any]:
+        rows = self._con().execute("SELECT key, value FROM meta").fetchall()
+        out = {}
+        for k, v in rows:
+            try:
+                out[k] = json.loads(v)
+            except json.JSONDecodeError:
+                out[k] = v
+        return out
+
+    # -- per-case results ----------------------------------------------------------------
+    def put_case(self, case: dict[str, Any], nodules: list[dict[str, Any]],
+                 regions: list[dict[str, Any]],
+                 annotations: list[dict[str, Any]] | None = None, *,
+                 manifest: dict[str, str] | None = None) -> None:
+        """Replace everything stored for one case, in one transaction.
+
+        ``annotations``: what the annotation source says of each nodule (``case_id``,
+        ``nodule_id``, ``name``, ``value`` as a number), e.g. the LIDC readers' median
+        malignancy; :meth:`findings` adds one column per name.
+        ``manifest``: the hashes the results were computed from (``input_hash``,
+        ``model_hash``, ``config_hash``); the case's ``manifest`` row (status and error
+        taken from *case*) is written in the same transaction, or deleted when None.  Write
+        the case's arrays file before calling this, so that a manifest row always means a
+        complete case.
+        """
+        case = {**case, "scored_at": _now()}
+        cols = ["case_id", "status", "error", "n_nodules", "shape", "spacing_mm", "source_kind",
+                "layout", "mask_source", "arrays", "scored_at"]
+        with self.write() as con:
+            cid = case["case_id"]
+            con.execute("DELETE FROM nodules WHERE case_id = ?", (cid,))
+            con.execute("DELETE FROM regions WHERE case_id = ?", (cid,))
+            con.execute("DELETE FROM nodule_annotations WHERE case_id = ?", (cid,))
+            self._insert(con, "nodule_annotations", ["case_id", "nodule_id", "name", "value"],
+                         annotations or [])
+            defaults = {"error": "", "n_nodules": 0}  # the NOT NULL columns' defaults
+            con.execute(_upsert("cases", cols, ("case_id",)),
+                        [_clean(defaults.get(c) if case.get(c) is None else case[c])
+                         for c in cols])
+            self._insert(con, "nodules", FINDINGS_COLUMNS, nodules)
+            self._insert(con, "regions", REGION_COLUMNS, regions)
+            if manifest is None:
+                con.execute("DELETE FROM manifest WHERE case_id = ?", (cid,))
+            else:
+                con.execute(
+                    _upsert("manifest", ["case_id", "input_hash", "model_hash", "config_hash",
+                                         "status", "error", "finished_at"], ("case_id",)),
+                    (cid, str(manifest["input_hash"]), str(manifest["model_hash"]),
+                     str(manifest["config_hash"]), case["status"], case.get("error") or "",
+                     _now("milliseconds")))
+
+    @staticmethod
+    def _insert(con, table: str, columns: list[str], rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+        con.executemany(sql, [[_clean(r.get(c)) for c in columns] for r in rows])
+
+    def set_patterns(self, regions: pd.DataFrame, clusters: pd.DataFrame,
+                     flags: pd.DataFrame | None = None) -> None:
+        """Store cluster assignments / 2-D map of every region, the cluster table and the
+        nodules' shortcut flags (``discovery.patterns.causal.FLAG_COLUMNS``; all reset when None)."""
+        clusters = clusters.reindex(columns=CLUSTER_COLUMNS)
+        with self.write() as con:
+            con.execute("UPDATE nodules SET flag_score = NULL, flagged = 0, flag_clusters = ''")
+            if flags is not None:
+                con.executemany(
+                    "UPDATE nodules SET flag_score = ?, flagged = ?, flag_clusters = ? "
+                    "WHERE case_id = ? AND nodule_id = ?",
+                    [(_clean(f.flag_score), int(bool(f.flagged)), str(f.flag_clusters),
+                      f.case_id, f.nodule_id) for f in flags.itertuples()])
+            con.executemany(
+                "UPDATE regions SET cluster = ?, embedding_x = ?, embedding_y = ? WHERE region_key = ?",
+                [(int(r.cluster), _clean(r.embedding_x), _clean(r.embedding_y), r.region_key)
+                 for r in regions.itertuples()])
+            con.execute("DELETE FROM clusters")
+            rows = clusters.to_dict("records")
+            self._insert(con, "clusters", CLUSTER_COLUMNS, rows)
+
+    def set_labels(self, labels: pd.DataFrame) -> None:
+        """Replace the known true labels (``case_id``, ``nodule_id``, ``malignant`` 0/1)."""
+        with self.write() as con:
+            con.execute("DELETE FROM labels")
+            con.executemany("INSERT INTO labels (case_id, nodule_id, malignant) VALUES (?, ?, ?)",
+                            [(str(r.case_id), str(r.nodule_id), int(r.malignant))
+                             for r in labels.itertuples()])
+
+    def labels(self) -> pd.DataFrame:
+        """Known true labels: ``case_id``, ``nodule_id``, ``malignant`` (empty if none)."""
+        return self.query("SELECT case_id, nodule_id, malignant FROM labels "
+                          "ORDER BY case_id, nodule_id")
+
+    def set_sanity(self, randomization: list[dict[str, Any]], perturbation: list[dict[str, Any]]) -> None:
+        """Replace the sanity rows of every method present in the new rows (one transaction)."""
+        with self.write() as con:
+            for table, rows in (("sanity_randomization", randomization),
+                                ("sanity_perturbation", perturbation)):
+                for method in sorted({r["method"] for r in rows}):
+                    con.execute(f"DELETE FROM {table} WHERE method = ?", (method,))
+            self._insert(con, "sanity_randomization", RANDOMIZATION_COLUMNS, randomization)
+            self._insert(con, "sanity_perturbation", PERTURBATION_COLUMNS, perturbation)
+
+    def sanity(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """``(randomization, perturbation)`` tables written by ``discovery sanity`` (may be empty)."""
+        return (self.query(f"SELECT {', '.join(RANDOMIZATION_COLUMNS)} FROM sanity_randomization "
+                           "ORDER BY method, step"),
+                self.query(f"SELECT {', '.join(PERTURBATION_COLUMNS)} FROM sanity_perturbation "
+                           "ORDER BY method, case_id, nodule_id"))
+
+    def cases(self) -> pd.DataFrame:
+        return self.query("SELECT * FROM cases ORDER BY case_id")
+
+    def manifest(self) -> pd.DataFrame:
+        """The ``manifest`` table (one row per case scored with hashes), by case id."""
+        return self.query("SELECT case_id, input_hash, model_hash, config_hash, status, error, "
+                          "finished_at FROM manifest ORDER BY case_id")
+
+    def findings(self) -> pd.DataFrame:
+        """One row per nodule (and per failed / mask-less case): FINDINGS_COLUMNS, then one
+        column per annotation name stored with :meth:`put_case` (sorted; NaN where absent)."""
+        nod = self.query(f"SELECT {', '.join(FINDINGS_COLUMNS)} FROM nodules")
+        bad = self.query("SELECT case_id, status, error FROM cases WHERE case_id NOT IN "
+                         "(SELECT DISTINCT case_id FROM nodules)")
+        if len(bad):
+            extra = pd.DataFrame({c: [None] * len(bad) for c in FINDINGS_COLUMNS})
+            extra["case_id"] = bad["case_id"].values
+            extra["nodule_id"] = ""
+            extra["status"] = bad["status"].values
+            extra["error"] = bad["error"].values
+            extra["verdict"] = np.where(bad["status"].str.startswith("no-mask"), "no-mask", "")
+            extra["n_offmask_regions"] = 0
+            nod = pd.concat([nod, extra], ignore_index=True) if len(nod) else extra
+        for col in FINDINGS_COLUMNS:
+            if _coltype(col) == "REAL":
+                nod[col] = pd.to_numeric(nod[col], errors="coerce").astype(float)
+        nod["error"] = nod["error"].fillna("")
+        nod = nod.sort_values(["case_id", "nodule_id"], kind="stable").reset_index(drop=True)
+        ann = self.query("SELECT case_id, nodule_id, name, value FROM nodule_annotations")
+        extra: list[str] = []
+        if len(ann):
+            wide = ann.pivot_table(index=["case_id", "nodule_id"], columns="name", values="value",
+                                   aggfunc="first", dropna=False).reset_index()
+            extra = sorted(c for c in wide.columns if c not in ("case_id", "nodule_id"))
+            nod = nod.merge(wide, on=["case_id", "nodule_id"], how="left")
+            for col in extra:
+                nod[col] = pd.to_numeric(nod[col], errors="coerce").astype(float)
+        return nod[FINDINGS_COLUMNS + extra]
+
+    def regions(self) -> pd.DataFrame:
+        return self.query(f"SELECT {', '.join(REGION_COLUMNS)} FROM regions ORDER BY region_key")
+
+    def clusters(self) -> pd.DataFrame:
+        df = self.query(f"SELECT {', '.join(CLUSTER_COLUMNS)} FROM clusters ORDER BY cluster")
+        df["exemplars"] = [json.loads(x) if x else [] for x in df["exemplars"]]
+        for col in CLUSTER_COLUMNS:  # NULL (not computed) -> NaN, never None
+            if _coltype(col) == "REAL":
+                df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
+        df["relied_upon"] = df["relied_upon"].fillna(0).astype(bool)
+        return df
+
+    # -- reviews -------------------------------------------------------------------------
+    def save_review(self, item_type: str, item_id: str, reviewer: str, verdict: str,
+                    note: str = "") -> None:
+        """Record a reviewer's verdict (insert or update) and append it to the audit trail."""
+        choices = NODULE_REVIEW_CHOICES if item_type == "nodule" else CLUSTER_REVIEW_CHOICES
+        if item_type not in ("nodule", "cluster"):
+            raise ValueError(f"item_type must be 'nodule' or 'cluster'; received {item_type!r}")
+        if verdict not in choices:
+            raise ValueError(f"verdict for a {item_type} must be one of {choices}; received {verdict!r}")
+        reviewer = reviewer.strip()
+        if not reviewer:
+            raise ValueError("a review needs the reviewer's name")
+        now = _now()
+        with self.write() as con:
+            old = con.execute(
+                "SELECT verdict FROM reviews WHERE item_type=? AND item_id=? AND reviewer=?",
+                (item_type, item_id, reviewer)).fetchone()
+            con.execute(
+                "INSERT INTO reviews (item_type, item_id, reviewer, verdict, note, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (item_type, item_id, reviewer) DO UPDATE "
+                "SET verdict = excluded.verdict, note = excluded.note, updated_at = excluded.updated_at",
+                (item_type, item_id, reviewer, verdict, note, now))
+            con.execute(
+                "INSERT INTO review_audit (item_type, item_id, reviewer, old_verdict, new_verdict, note, at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (item_type, item_id, reviewer, old[0] if old else None, verdict, note, now))
+
+    def reviews(self, item_type: str | None = None) -> pd.DataFrame:
+        if item_type is None:
+            return self.query("SELECT * FROM reviews ORDER BY item_type, item_id, reviewer")
+        return self.query("SELECT * FROM reviews WHERE item_type = ? ORDER BY item_id, reviewer",
+                          (item_type,))
+
+    def audit(self) -> pd.DataFrame:
+        return self.query("SELECT * FROM review_audit ORDER BY id")
+
+
+# -- arrays ------------------------------------------------------------------------------
+#: Name of the member that says how each array of a case file is stored (absent in the
+#: deflated files written before it; those are read as plain ``.npz``).
+_LAYOUT_MEMBER = "__layout__.json"
+#: An array is stored sparse (flat indices + values of its nonzero elements) when it has at
+#: least _SPARSE_MIN_SIZE elements, at most half of its blocks of _BLOCK consecutive elements
+#: (C order) hold a nonzero element, and indices + values take at most half the dense bytes.
+_SPARSE_MIN_SIZE = 1 << 16
+_BLOCK = 4096
+#: Member data (the ``.npy`` header and hence the array) starts on this many bytes.
+_ALIGN = 64
+_PAD_ID = 0x6E70  # zip "extra field" id of the alignment padding (ignored by readers)
+
+
+def _fsync_replace(tmp: Path, final: Path) -> None:
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, final)
+
+
+def _sparse_index(arr: np.ndarray) -> np.ndarray | None:
+    """Flat C-order indices of the nonzero elements of *arr* (any bit set: -0.0 and NaN
+    count as values), or None when *arr* is not to be stored sparse (see
+    :data:`_SPARSE_MIN_SIZE`).  Only the blocks that hold a nonzero element are searched."""
+    if (arr.dtype.kind not in "biuf" or arr.dtype.itemsize not in (1, 2, 4, 8)
+            or not arr.flags.c_contiguous or arr.size < _SPARSE_MIN_SIZE):
+        return None
+    bits = arr.reshape(-1).view(f"u{arr.dtype.itemsize}")
+    n_blocks = bits.size // _BLOCK
+    head = bits[:n_blocks * _BLOCK].reshape(n_blocks, _BLOCK)
+    hit = np.flatnonzero(head.max(axis=1))
+    if 2 * len(hit) > n_blocks:
+        return None
+    rows, cols = np.nonzero(head[hit])
+    index = np.concatenate([hit[rows].astype(np.int64) * _BLOCK + cols,
+                            np.flatnonzero(bits[n_blocks * _BLOCK:]) + n_blocks * _BLOCK])
+    if arr.size <= np.iinfo(np.uint32).max:
+        index = index.astype(np.uint32)
+    if 2 * index.size * (index.itemsize + arr.itemsize) > arr.nbytes:
+        return None
+    return index
+
+
+def _zip_member(zf: zipfile.ZipFile, name: str) -> zipfile.ZipInfo:
+    """A stored member whose data will start on an :data:`_ALIGN`-byte boundary."""
+    info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+    info.compress_type = zipfile.ZIP_STORED
+    # local header: 30 bytes + name + extra + the 20-byte zip64 extra that force_zip64 adds
+    used = zf.fp.tell() + 30 + len(name.encode("utf-8")) + 20
+    pad = -used % _ALIGN
+    if 0 < pad < 4:  # an extra record needs 4 bytes of its own
+        pad += _ALIGN
+    if pad:
+        info.extra = struct.pack("<HH", _PAD_ID, pad - 4) + bytes(pad - 4)
+    return info
+
+
+def _write_npy(zf: zipfile.ZipFile, name: str, arr: np.ndarray) -> None:
+    with zf.open(_zip_member(zf, name), "w", force_zip64=True) as fh:
+        np.lib.format.write_array(fh, arr, allow_pickle=False)
+
+
+def save_case_arrays(results_dir: str | Path, case_id: str, **arrays: np.ndarray) -> str:
+    """Write the arrays of one case to ``cases/<case_id>.npz``; return that path relative to
+    *results_dir*.
+
+    The file is a zip of ``.npy`` members, **uncompressed** and aligned so that
+    :func:`load_case_arrays` can memory-map them: opening a case costs no decompression and
+    only the slices shown are read from disk.  Arrays that are mostly zero (masks,
+    attribution and region maps: a few nodule boxes in a whole scan; at least 65,536
+    elements, at most half of the 4,096-element blocks holding a nonzero one, and indices +
+    values at most half the dense size) are stored as the flat indices and values of their
+    nonzero elements (``<name>.nz-index.npy``,
+    ``<name>.nz-value.npy``); ``__layout__.json`` records which.  Dense members stay plain
+    ``.npy`` files that ``numpy.load`` reads too.  Written to a temporary file, fsynced and
+    renamed over the old file, so a reader sees the old or the new case, never half of one.
+    """
+    folder = Path(results_dir) / "cases"
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"{case_id}.npz"
+    tmp = folder / f".{case_id}.{os.getpid()}.tmp.npz"
+    layout: dict[str, dict[str, Any]] = {}
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for name, value in arrays.items():
+                arr = np.asanyarray(value)
+                index = _sparse_index(arr)
+                if index is not None:
+                    _write_npy(zf, f"{name}.nz-index.npy", index)
+                    _write_npy(zf, f"{name}.nz-value.npy", arr.reshape(-1)[index])
+                    layout[name] = {"layout": "sparse", "shape": list(arr.shape),
+                                    "dtype": arr.dtype.str}
+                else:
+                    _write_npy(zf, f"{name}.npy", arr)
+                    layout[name] = {"layout": "dense"}
+            zf.writestr(_LAYOUT_MEMBER, json.dumps({"version": 1, "arrays": layout}))
+        _fsync_replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return f"cases/{case_id}.npz"
+
+
+def _mapped_npy(fh, mm, info: zipfile.ZipInfo) -> tuple[np.ndarray | None, int]:
+    """The ``.npy`` member *info* of the open zip file *fh* as a copy-on-write view of the
+    mapping *mm* and the offset of its data, or ``(None, -1)`` when it cannot be mapped
+    (compressed, empty, or no mapping)."""
+    if mm is None or info.compress_type != zipfile.ZIP_STORED:
+        return None, -1
+    fh.seek(info.header_offset)
+    header = fh.read(30)
+    if header[:4] != b"PK\x03\x04":
+        raise ValueError(f"bad zip entry {info.filename!r} in a case file")
+    name_len, extra_len = struct.unpack("<HH", header[26:30])
+    fh.seek(info.header_offset + 30 + name_len + extra_len)
+    version = np.lib.format.read_magic(fh)
+    shape, fortran, dtype = (np.lib.format.read_array_header_1_0(fh) if version == (1, 0)
+                             else np.lib.format.read_array_header_2_0(fh))
+    if dtype.hasobject:
+        raise ValueError(f"object arrays are not read from case files ({info.filename!r})")
+    offset = fh.tell()
+    if math.prod(shape) == 0 or offset + math.prod(shape) * dtype.itemsize > len(mm):
+        return None, -1
+    return np.ndarray(shape, dtype=dtype, buffer=mm, offset=offset,
+                      order="F" if fortran else "C"), offset
+
+
+def _lean_zeros(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """``np.zeros(shape, dtype)`` whose untouched pages stay unallocated in 4 KiB steps.
+
+    A sparse array decoded into ``np.zeros`` memory gets a 2 MiB transparent huge page for
+    every nonzero element where the kernel backs large allocations with huge pages: a scan's
+    three nodule boxes then cost about 200 MiB instead of 20.  Private anonymous memory
+    marked ``MADV_NOHUGEPAGE`` avoids that (reading untouched pages costs a page fault each,
+    about 0.2 s per 300 MiB, once)."""
+    nbytes = math.prod(shape) * dtype.itemsize
+    flags = getattr(mmap, "MAP_PRIVATE", None), getattr(mmap, "MAP_ANONYMOUS", None)
+    advice = getattr(mmap, "MADV_NOHUGEPAGE", None)
+    if nbytes < (2 << 20) or None in flags or advice is None:
+        return np.zeros(shape, dtype)
+    buf = mmap.mmap(-1, nbytes, flags=flags[0] | flags[1])
+    try:
+        buf.madvise(advice)
+    except OSError:  # advice only
+        pass
+    return np.frombuffer(buf, dtype=dtype).reshape(shape)
+
+
+def _will_need(mm: mmap.mmap, offset: int, length: int) -> None:
+    """Ask the kernel to start reading ``mm[offset:offset + length]`` in the background."""
+    advice = getattr(mmap, "MADV_WILLNEED", None)
+    if advice is None:  # not on this platform
+        return
+    start = offset - offset % mmap.PAGESIZE
+    try:
+        mm.madvise(advice, start, min(length + offset - start, len(mm) - start))
+    except (OSError, ValueError):  # advice only
+        pass
+
+
+def load_case_arrays(results_dir: str | Path, case_id: str) -> dict[str, np.ndarray]:
+    """Read the arrays of one case (``ct``, ``mask``, ``attribution``, ``region_map``,
+    ``affine``, ...), as saved by :func:`save_case_arrays`: same names, shapes and dtypes.
+
+    Uncompressed members are memory-mapped copy-on-write (writable; changes stay in this
+    process and never reach the file), so this returns in milliseconds and pages are read
+    when used; the kernel starts reading the dense members in the background.  Sparse
+    members become ordinary arrays (zeros, then the stored values).  Deflated files (written
+    before the uncompressed layout) are read whole, as ``numpy.load`` reads them.
+    """
+    path = Path(results_dir) / "cases" / f"{case_id}.npz"
+    out: dict[str, np.ndarray] = {}
+    with open(path, "rb") as fh, zipfile.ZipFile(fh) as zf:
+        infos = {i.filename: i for i in zf.infolist()}
+        stored = any(i.compress_type == zipfile.ZIP_STORED and i.file_size for i in infos.values())
+        mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY) if stored else None
+        ahead: list[tuple[int, int]] = []
+
+        def member(name: str, *, prefetch: bool = True) -> np.ndarray:
+            arr, offset = _mapped_npy(fh, mm, infos[name])
+            if arr is None:
+                with zf.open(infos[name]) as stream:
+                    return np.lib.format.read_array(stream, allow_pickle=False)
+            if prefetch:
+                ahead.append((offset, arr.nbytes))
+            return arr
+
+        if _LAYOUT_MEMBER in infos:
+            layout = json.loads(zf.read(_LAYOUT_MEMBER))["arrays"]
+        else:  # files of earlier versions (deflated): every member is one array
+            layout = {n[:-4]: {"layout": "dense"} for n in infos if n.endswith(".npy")}
+        for name, spec in layout.items():
+            if spec["layout"] == "sparse":
+                arr = _lean_zeros(tuple(spec["shape"]), np.dtype(spec["dtype"]))
+                arr.reshape(-1)[member(f"{name}.nz-index.npy", prefetch=False)] = \
+                    member(f"{name}.nz-value.npy", prefetch=False)
+            else:
+                arr = member(f"{name}.npy")
+            out[name] = arr
+        for offset, length in ahead:
+            _will_need(mm, offset, length)
+    return out
