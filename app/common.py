@@ -1,5 +1,6 @@
-"""Helpers shared by the review app's pages: where the results are, the store, cached
-case arrays, the reviewer's name, and small formatting helpers.
+"""Helpers shared by the review app's pages: where the results are, the store and its
+tables (cached until the store changes), cached case arrays, the reviewer's name, and the
+review form.  Numbers are formatted with :func:`discovery.report.style.fmt`.
 
 The results folder comes from (first found): ``st.session_state["results_dir"]``, the
 script argument ``--results PATH`` (``streamlit run app/streamlit_app.py -- --results PATH``)
@@ -9,21 +10,24 @@ paths.
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 
-_ROOT = Path(__file__).resolve().parents[1]
-if str(_ROOT) not in sys.path:  # `discovery` is importable without installing the project
-    sys.path.insert(0, str(_ROOT))
+from data_tools.volume import spacing_from_affine
+from discovery.store.tables import ResultsStore, load_case_arrays, store_exists
 
-from discovery.model.rois import nodule_label  # noqa: E402,F401  (re-exported for the pages)
-from discovery.store.tables import ResultsStore, load_case_arrays, store_exists  # noqa: E402
+__all__ = [
+    "METRIC_HELP", "REVIEWER_KEY", "results_dir", "get_store", "findings",
+    "regions", "nodule_regions", "clusters", "reviews", "audit", "threshold",
+    "load_viewer_arrays", "case_arrays", "key_slice", "reviewer_sidebar",
+    "setup_page", "review_summary", "save_review_form",
+]
 
 ENV_VAR = "DISCOVERY_RESULTS"
 RESULTS_KEY = "results_dir"
@@ -83,12 +87,64 @@ def get_store() -> ResultsStore:
     return _open_store(str(results_dir().resolve()))
 
 
+# -- tables, cached until the store changes ---------------------------------------------
+@st.cache_data(show_spinner=False, max_entries=64)
+def _read(_store: ResultsStore, root: str, version: int, method: str, args: tuple = ()) -> Any:
+    # ``_store`` is not hashed: *root* names the store, *version* its state.
+    return getattr(_store, method)(*args)
+
+
+def _cached(store: ResultsStore, method: str, *args) -> Any:
+    """``store.<method>(*args)``, read again only when the store's write counter
+    (:meth:`ResultsStore.version`, one small query) has moved: a saved review or a re-scored
+    case shows at once, a rerun that changed nothing reads no table."""
+    return _read(store, str(store.root), store.version(), method, args)
+
+
+def findings(store: ResultsStore) -> pd.DataFrame:
+    """:meth:`ResultsStore.findings`, read again only when the store changed."""
+    return _cached(store, "findings")
+
+
+def regions(store: ResultsStore) -> pd.DataFrame:
+    """:meth:`ResultsStore.regions`, read again only when the store changed."""
+    return _cached(store, "regions")
+
+
+def nodule_regions(store: ResultsStore, case_id: str, nodule_id: str) -> pd.DataFrame:
+    """The off-mask regions of one nodule (:meth:`ResultsStore.regions` of that nodule only),
+    read again only when the store changed."""
+    return _cached(store, "regions", case_id, nodule_id)
+
+
+def clusters(store: ResultsStore) -> pd.DataFrame:
+    """:meth:`ResultsStore.clusters`, read again only when the store changed."""
+    return _cached(store, "clusters")
+
+
+def reviews(store: ResultsStore, item_type: str | None = None) -> pd.DataFrame:
+    """:meth:`ResultsStore.reviews`, read again only when the store changed."""
+    return _cached(store, "reviews", item_type)
+
+
+def audit(store: ResultsStore) -> pd.DataFrame:
+    """:meth:`ResultsStore.audit`, read again only when the store changed."""
+    return _cached(store, "audit")
+
+
+def threshold(store: ResultsStore) -> float:
+    """:meth:`ResultsStore.threshold` (the decision threshold the results were scored with)."""
+    return _cached(store, "threshold")
+
+
+# -- case arrays ---------------------------------------------------------------------------
 def load_viewer_arrays(root: str | Path, case_id: str) -> dict[str, np.ndarray]:
     """The arrays of one case as the case page uses them, without any Streamlit cache (what
     :func:`case_arrays` caches): :func:`discovery.store.tables.load_case_arrays`, made read only,
     plus ``attr_max`` (float64), ``attr_peak_z`` (int64), ``attr_peak`` (int64 ``(z, y, x)``
-    of the first maximum in C order, i.e. ``np.unravel_index(np.argmax(attribution))``) and
-    ``label_counts`` (see :func:`key_slice`).
+    of the first maximum in C order, i.e. ``np.unravel_index(np.argmax(attribution))``),
+    ``label_counts`` (see :func:`key_slice`) and ``spacing_mm`` (float64 ``(dz, dy, dx)``,
+    :func:`data_tools.volume.spacing_from_affine` of ``affine``; 1 mm each without one).
 
     Each volume is scanned once, slice-wise maxima first: only the slices holding the
     attribution peak or mask labels are looked at again.
@@ -108,7 +164,13 @@ def load_viewer_arrays(root: str | Path, case_id: str) -> dict[str, np.ndarray]:
         arrays["attr_peak"] = np.zeros(attr.ndim if attr is not None else 3, np.int64)
     arrays["attr_peak_z"] = np.int64(arrays["attr_peak"][0] if arrays["attr_peak"].size else 0)
     arrays["label_counts"] = _label_counts(arrays.get("mask"))
+    arrays["spacing_mm"] = _viewer_spacing(arrays)
     return arrays
+
+
+def _viewer_spacing(arrays: dict[str, np.ndarray]) -> np.ndarray:
+    affine = arrays.get("affine")
+    return np.ones(3) if affine is None else np.array(spacing_from_affine(affine), np.float64)
 
 
 def _label_counts(mask) -> np.ndarray:
@@ -178,25 +240,13 @@ def setup_page() -> None:
     reviewer_sidebar()
 
 
-# -- small helpers -------------------------------------------------------------------------
-def fmt(value, digits: int = 3) -> str:
-    """A number for display; '–' for missing values."""
-    if value is None:
-        return "–"
-    if isinstance(value, str):
-        return value or "–"
-    v = float(value)
-    if math.isnan(v):
-        return "–"
-    return f"{v:.{digits}g}" if abs(v) < 1e4 else f"{v:.0f}"
-
-
-def review_summary(reviews: pd.DataFrame) -> pd.DataFrame:
-    """Per item_id: number of reviews and ``"name: verdict"`` list."""
-    if reviews.empty:
+# -- reviews ----------------------------------------------------------------------------------
+def review_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Per item_id: number of reviews and ``"name: verdict"`` list of the reviews *table*."""
+    if table.empty:
         return pd.DataFrame({"item_id": pd.Series(dtype=str), "n_reviews": pd.Series(dtype=int),
                              "reviews": pd.Series(dtype=str)})
-    entries = (reviews["reviewer"] + ": " + reviews["verdict"]).groupby(reviews["item_id"])
+    entries = (table["reviewer"] + ": " + table["verdict"]).groupby(table["item_id"])
     return pd.DataFrame({"n_reviews": entries.size(), "reviews": entries.agg("; ".join)}).reset_index()
 
 
@@ -204,7 +254,7 @@ def save_review_form(store: ResultsStore, *, item_type: str, item_id: str, choic
                      form_key: str, label: str) -> None:
     """Verdict + note form for one item; saves under the sidebar's reviewer name."""
     reviewer = (st.session_state.get(REVIEWER_KEY) or "").strip()
-    mine = store.reviews(item_type)
+    mine = reviews(store, item_type)
     mine = mine[(mine["item_id"] == item_id) & (mine["reviewer"] == reviewer)]
     current = mine["verdict"].iloc[0] if len(mine) else None
     with st.form(form_key):
@@ -221,7 +271,7 @@ def save_review_form(store: ResultsStore, *, item_type: str, item_id: str, choic
         else:
             store.save_review(item_type, item_id, reviewer, verdict, note or "")
             st.success(f"Saved: {verdict!r} by {reviewer}.")
-    existing = store.reviews(item_type)
+    existing = reviews(store, item_type)  # read again after a save: the store changed
     existing = existing[existing["item_id"] == item_id]
     if len(existing):
         st.caption("Reviews of this item")

@@ -25,9 +25,15 @@ Measured, as the case page does it, outside Streamlit:
   ``/proc/self/clear_refs``) while opening the case and stepping through it, file-backed pages
   of memory-mapped arrays included.
 
+With ``--results RESULTS`` (a scored results folder), also the table reads of one full run of
+the case page (findings, the nodule's regions, the nodule reviews twice for the review form),
+straight from the store as before and through ``app.common``'s ``st.cache_data`` tables
+(a cache hit: the store's write counter, ``ResultsStore.version``, plus unpickling).  A slice step reruns only the
+viewer fragment, which reads no table at all.
+
 Prints a Markdown table (stage | seconds (median of N) | target | met?) for the README.
 
-Usage: ``python benchmarks/app.py [--json FILE] [--repeat N] [--steps N]``
+Usage: ``python benchmarks/app.py [--json FILE] [--repeat N] [--steps N] [--results DIR]``
 """
 
 from __future__ import annotations
@@ -35,7 +41,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import logging
 import os
 import platform
 import subprocess
@@ -55,8 +60,11 @@ from discovery.report import planes, render  # noqa: E402
 from discovery.store.tables import save_case_arrays  # noqa: E402
 from _memory import reset_peak, rss_mib  # noqa: E402
 
-logging.getLogger("streamlit").setLevel(logging.ERROR)  # "no runtime" warnings outside an app
+import streamlit.logger  # noqa: E402
+
+streamlit.logger.set_log_level("error")  # the caches' "no runtime" warnings outside an app
 from app import common  # noqa: E402
+from discovery.store.tables import ResultsStore  # noqa: E402
 
 
 CASE_ID = "case-bench"
@@ -267,12 +275,57 @@ def run(repeat: int, steps: int, seed: int) -> tuple[list[dict], dict]:
     return rows, info
 
 
+def table_reads(results: Path, repeat: int) -> list[tuple[str, float, int]]:
+    """Seconds (median of *repeat*) of the case page's table reads per full run, uncached and
+    through the cached tables of ``app.common`` (after one warming read)."""
+    store = ResultsStore(results, create=False)
+    try:
+        nodule = store.findings().dropna(subset=["probability"]).iloc[0]
+        case_id, nodule_id = nodule["case_id"], nodule["nodule_id"]
+
+        def direct():  # what the page read on every rerun before the cache
+            store.findings()
+            regions = store.regions()
+            regions[(regions["case_id"] == case_id) & (regions["nodule_id"] == nodule_id)]
+            store.reviews("nodule")
+            store.reviews("nodule")
+
+        def cached():
+            common.findings(store)
+            common.nodule_regions(store, case_id, nodule_id)
+            common.reviews(store, "nodule")
+            common.reviews(store, "nodule")
+
+        out = []
+        for name, fn in (("uncached (store)", direct), ("cached (app.common, hit)", cached)):
+            fn()
+            times = []
+            for _ in range(repeat):
+                t = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t)
+            out.append((name, _med(times), repeat))
+        out.append(("store write counter (ResultsStore.version, read per cached table)",
+                    _med([_timed(store.version) for _ in range(repeat)]), repeat))
+        return out
+    finally:
+        store.close()
+
+
+def _timed(fn, *args) -> float:
+    t = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", default=None, help="also write the rows and facts to this file")
     ap.add_argument("--repeat", type=int, default=5, help="first-view repetitions (default 5)")
     ap.add_argument("--steps", type=int, default=20, help="slices per plane (default 20)")
     ap.add_argument("--seed", type=int, default=11)
+    ap.add_argument("--results", type=Path, default=None,
+                    help="a scored results folder: also time the case page's table reads")
     ap.add_argument("--_build", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._build:  # child process: build and store the case, write its facts
@@ -280,6 +333,11 @@ def main() -> int:
         (Path(args._build) / "build.json").write_text(json.dumps(info))
         return 0
     rows, info = run(max(args.repeat, 1), max(args.steps, 1), args.seed)
+    if args.results is not None:
+        for name, seconds, n in table_reads(args.results, max(args.repeat, 1) * 4):
+            rows.append({"stage": f"case page table reads per full run, {name}"
+                         if "counter" not in name else name, "seconds": seconds, "n": n,
+                         "target_s": None, "met": "", "note": f"{1000 * seconds:.3f} ms"})
     print(f"case {info['shape_zyx'][::-1]} voxels (x, y, z) at {info['spacing_mm'][::-1]} mm; "
           f"arrays {info['raw_mib']:.0f} MiB in memory, {info['disk_mib']:.0f} MiB on disk "
           f"({', '.join(info['files'])}); {info['cores']} cores, load average "

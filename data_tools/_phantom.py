@@ -170,38 +170,47 @@ def _superellipse(x, y, a, b, p=2.0):
     return np.abs(x / a) ** p + np.abs(y / b) ** p
 
 
-def build_anatomy(grid: Grid, rng) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Chest phantom in HU without vessels or lesions.
+@dataclass(frozen=True)
+class _Chest:
+    """Size of one phantom's chest, in mm: body semi-axes ``A`` (x) and ``B`` (y), anatomy
+    scale ``s`` (relative to a 290 x 220 mm adult chest), body centre offset ``yb``, fat
+    thickness ``tf``, z extent ``lz`` and field of view ``fov_x``, ``fov_y``."""
 
-    The z-invariant structures (table, fat, muscle, aorta, spine, sternum) are drawn once on a
-    2-D slice; the z-dependent ones (heart, trachea, discs, lungs) slice by slice.
+    A: float
+    B: float
+    s: float
+    yb: float
+    tf: float
+    lz: float
+    fov_x: float
+    fov_y: float
 
-    Returns
-    -------
-    hu : ndarray (z, y, x) float32
-    lung : ndarray (z, y, x) bool, the lung parenchyma (pleura = its boundary)
-    info : dict with the lung centres/semi-axes (mm) used to seed vessel trees
-    """
-    nz, ny, nx = grid.shape
-    dz, dy, dx = grid.spacing
-    Z, Y, X = grid.axes_mm()
-    Y2, X2 = Y[0], X[0]  # (ny, 1), (1, nx)
-    zz = Z[:, 0, 0]
+
+def _draw_chest(grid: Grid, rng) -> _Chest:
+    """Chest size scaled to the field of view (draws the body axes, then the fat thickness)."""
+    _, ny, nx = grid.shape
+    _, dy, dx = grid.spacing
     fov_x, fov_y = nx * dx, ny * dy
     lz = max(grid.extent_mm[0], 1.0)
-    zf = zz / lz  # 0 at the inferior end, 1 superior
     A = 0.425 * fov_x * rng.uniform(0.96, 1.02)
     B = 0.325 * fov_y * rng.uniform(0.96, 1.02)
     s = min(A / 145.0, B / 110.0)  # anatomy scale relative to a 290 x 220 mm adult chest
     yb = 0.01 * fov_y
-    base = np.full((ny, nx), -1000.0, np.float32)
+    tf = rng.uniform(8.0, 16.0) * s  # subcutaneous fat over muscle
+    return _Chest(A=A, B=B, s=s, yb=yb, tf=tf, lz=lz, fov_x=fov_x, fov_y=fov_y)
+
+
+def _torso_slice(X2, Y2, ch: _Chest) -> tuple[np.ndarray, dict]:
+    """The z-invariant 2-D slice (table, fat, muscle, aorta, spine, sternum) in HU, and the
+    outlines the slice-by-slice step needs."""
+    A, B, s, yb, tf = ch.A, ch.B, ch.s, ch.yb, ch.tf
+    base = np.full((Y2.shape[0], X2.shape[1]), -1000.0, np.float32)
 
     def paint(mask2d, value):
         base[np.broadcast_to(mask2d, base.shape)] = value
 
     yt = yb + B + 10 * s  # carbon-fibre table under the patient's back
-    paint((Y2 > yt) & (Y2 < yt + 7 * s) & (np.abs(X2) < 0.45 * fov_x), -350.0)
-    tf = rng.uniform(8.0, 16.0) * s  # subcutaneous fat over muscle
+    paint((Y2 > yt) & (Y2 < yt + 7 * s) & (np.abs(X2) < 0.45 * ch.fov_x), -350.0)
     paint(_superellipse(X2, Y2 - yb, A, B, 2.3) <= 1.0, -100.0)
     inner = _superellipse(X2, Y2 - yb, A - tf, B - tf, 2.3) <= 1.0
     paint(inner, 45.0)
@@ -218,40 +227,54 @@ def build_anatomy(grid: Grid, rng) -> tuple[np.ndarray, np.ndarray, dict]:
     paint(ring <= 7 * s, 15.0)
     paint(_superellipse(X2, Y2 - (canal_y + 18 * s), 4 * s, 10 * s) <= 1.0, 600.0)
     paint(_superellipse(X2, Y2 - (yb - B + tf + 8 * s), 14 * s, 6 * s) <= 1.0, 450.0)
-    spine_body = np.broadcast_to(spine_body, base.shape)
-    soft = base > -500
+    keep_out = (((X2 - ao_x) ** 2 + (Y2 - ao_y) ** 2 <= (ao_r + 3 * s) ** 2)
+                | (np.abs(X2) < 0.12 * A) | (rv <= vr + 6 * s) | ~inner)
+    return base, {"spine_body": np.broadcast_to(spine_body, base.shape), "keep_out": keep_out}
 
-    disc = np.mod(zz + rng.uniform(0, 28), 28.0 * s) < 5.0 * s
-    hz = np.sqrt(np.clip(1.0 - ((zf - 0.12) / 0.62) ** 2, 0.0, 1.0))  # heart, inferior part
-    ha = 0.36 * A
-    heart_q = _superellipse(X2 - 0.10 * A, Y2 - (yb - 0.30 * B), ha, 0.42 * B)
-    trachea = np.broadcast_to((X2**2 + (Y2 - yb + 0.12 * B) ** 2) <= (8.5 * s) ** 2, base.shape)
-    taper = np.sqrt(np.clip(1.0 - ((zf - 0.38) / 0.9) ** 2, 0.05, 1.0)) ** 2.2
+
+def _lung_outlines(X2, Y2, ch: _Chest, rng) -> tuple[list, list]:
+    """Per lung (right, -x, first) its 2-D superellipse value and diaphragm floor, and its
+    centre and semi-axes (mm) for the vessel trees."""
+    A, B, yb = ch.A, ch.B, ch.yb
     lungs2d, lung_info = [], []
     for side, size, dome in ((-1, 1.04, 0.22), (1, 0.96, 0.14)):  # right lung (-x) larger
         cx, cy = side * 0.47 * A, yb + 0.03 * B
         a = 0.33 * A * size * rng.uniform(0.95, 1.03)
         b = 0.70 * B * size * rng.uniform(0.95, 1.03)
         rn2 = np.clip(((X2 - cx) / a) ** 2 + ((Y2 - cy) / b) ** 2, 0.0, 1.0)
-        floor = (dome * lz * rng.uniform(0.8, 1.2)) * (1.0 - rn2)  # diaphragm dome
+        floor = (dome * ch.lz * rng.uniform(0.8, 1.2)) * (1.0 - rn2)  # diaphragm dome
         lungs2d.append((_superellipse(X2 - cx, Y2 - cy, a, b, 2.2), floor))
         lung_info.append({"side": side, "centre_yx": (cy, cx), "semi_yx": (b, a)})
-    keep_out = (((X2 - ao_x) ** 2 + (Y2 - ao_y) ** 2 <= (ao_r + 3 * s) ** 2)
-                | (np.abs(X2) < 0.12 * A) | (rv <= vr + 6 * s) | ~inner)
+    return lungs2d, lung_info
+
+
+def _stack_slices(grid: Grid, rng, X2, Y2, zz, ch: _Chest, base, torso: dict, disc,
+                  lungs2d) -> tuple[np.ndarray, np.ndarray]:
+    """Slice by slice: the torso plus discs, heart, trachea and lungs with a smooth texture
+    (drawn from *rng*).  Returns ``hu`` (float32) and ``lung`` (bool)."""
+    A, B, s, yb = ch.A, ch.B, ch.s, ch.yb
+    zf = zz / ch.lz  # 0 at the inferior end, 1 superior
+    soft = base > -500
+    spine_body = torso["spine_body"]
+    hz = np.sqrt(np.clip(1.0 - ((zf - 0.12) / 0.62) ** 2, 0.0, 1.0))  # heart, inferior part
+    ha = 0.36 * A
+    heart_q = _superellipse(X2 - 0.10 * A, Y2 - (yb - 0.30 * B), ha, 0.42 * B)
+    trachea = np.broadcast_to((X2**2 + (Y2 - yb + 0.12 * B) ** 2) <= (8.5 * s) ** 2, base.shape)
+    taper = np.sqrt(np.clip(1.0 - ((zf - 0.38) / 0.9) ** 2, 0.05, 1.0)) ** 2.2
     gravity = (-862.0 + 25.0 * np.clip((Y2 - yb) / B, -1, 1)).astype(np.float32)
     gravity = np.broadcast_to(gravity, base.shape)
 
     tex = smooth_noise(rng, grid.shape, (4, 8, 8))
     hu = np.empty(grid.shape, np.float32)
     lung = np.zeros(grid.shape, bool)
-    for k in range(nz):
+    for k in range(grid.shape[0]):
         sl = base.copy()
         if disc[k]:
             np.copyto(sl, np.float32(90.0), where=spine_body)
         lk = np.zeros(base.shape, bool)
         for shape2, floor in lungs2d:
             lk |= (shape2 <= taper[k]) & (zz[k] > floor)
-        lk &= ~keep_out
+        lk &= ~torso["keep_out"]
         if hz[k] > 0.05:
             hq = heart_q / hz[k] ** 2
             heart = hq <= 1.0
@@ -265,9 +288,14 @@ def build_anatomy(grid: Grid, rng) -> tuple[np.ndarray, np.ndarray, dict]:
         np.copyto(sl, gravity + np.float32(14.0) * tk, where=lk)
         hu[k] = sl
         lung[k] = lk
+    return hu, lung
 
-    # ribs: 9 per side on a ring just outside the lungs, drifting around it with z
-    ring_a, ring_b = A - tf - 9 * s, B - tf - 9 * s
+
+def _add_ribs(grid: Grid, hu: np.ndarray, lung: np.ndarray, rng, zz, ch: _Chest) -> None:
+    """Ribs, in place: 9 per side on a ring just outside the lungs, drifting around it with z
+    (never over the lung)."""
+    s, yb, lz = ch.s, ch.yb, ch.lz
+    ring_a, ring_b = ch.A - ch.tf - 9 * s, ch.B - ch.tf - 9 * s
     for side in (-1, 1):
         for k in range(9):
             theta0 = np.deg2rad(30 + 135 * k / 8 + rng.uniform(-6, 6))
@@ -295,10 +323,147 @@ def build_anatomy(grid: Grid, rng) -> tuple[np.ndarray, np.ndarray, dict]:
             region = (present, sl[1], sl[2])
             sub, lsub = hu[region], lung[region]
             hu[region] = np.where(lsub, sub, np.maximum(sub, val)).astype(np.float32)
-    return hu, lung, {"lungs": lung_info, "lz": lz, "B": B, "yb": yb, "scale": s}
+
+
+def build_anatomy(grid: Grid, rng) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Chest phantom in HU without vessels or lesions.
+
+    The z-invariant structures (table, fat, muscle, aorta, spine, sternum) are drawn once on a
+    2-D slice; the z-dependent ones (heart, trachea, discs, lungs) slice by slice.
+
+    Returns
+    -------
+    hu : ndarray (z, y, x) float32
+    lung : ndarray (z, y, x) bool, the lung parenchyma (pleura = its boundary)
+    info : dict with the lung centres/semi-axes (mm) used to seed vessel trees
+    """
+    Z, Y, X = grid.axes_mm()
+    Y2, X2 = Y[0], X[0]  # (ny, 1), (1, nx)
+    zz = Z[:, 0, 0]
+    ch = _draw_chest(grid, rng)  # the random draws below keep their order
+    base, torso = _torso_slice(X2, Y2, ch)
+    disc = np.mod(zz + rng.uniform(0, 28), 28.0 * ch.s) < 5.0 * ch.s
+    lungs2d, lung_info = _lung_outlines(X2, Y2, ch, rng)
+    hu, lung = _stack_slices(grid, rng, X2, Y2, zz, ch, base, torso, disc, lungs2d)
+    _add_ribs(grid, hu, lung, rng, zz, ch)
+    return hu, lung, {"lungs": lung_info, "lz": ch.lz, "B": ch.B, "yb": ch.yb, "scale": ch.s}
 
 
 # ----------------------------------------------------------------------------- vessels
+def _norm3(v):
+    """*v* (3 plain floats) scaled to unit length, as a list."""
+    n = math.sqrt(v[0] * v[0] + v[1] * v[1] + v[2] * v[2]) + 1e-12
+    return [v[0] / n, v[1] / n, v[2] / n]
+
+
+def _lung_test(grid: Grid, lung: np.ndarray):
+    """``inside(q)``: True when the voxel nearest to *q* (mm, plain floats) is lung."""
+    cidx = grid.centre_idx
+    (dz, dy, dx), (cz, cy0, cx0), (nz, ny, nx) = grid.spacing, tuple(cidx), grid.shape
+
+    def inside(q):  # plain floats: this runs once per step
+        i, j, k = round(q[0] / dz + cz), round(q[1] / dy + cy0), round(q[2] / dx + cx0)
+        return 0 <= i < nz and 0 <= j < ny and 0 <= k < nx and bool(lung[i, j, k])
+    return inside
+
+
+class _WalkDraws:
+    """Random numbers of the vessel walks, drawn up front (jitter, then uniforms) and used
+    in turn, cycling."""
+
+    def __init__(self, rng, n: int):
+        self.jitter = (rng.standard_normal((n, 3)) * 0.1).tolist()
+        self.uniforms = rng.random((n, 5)).tolist()
+        self.i = 0
+
+    def next(self):
+        i = self.i
+        self.i = (i + 1) % len(self.jitter)
+        return self.jitter[i], self.uniforms[i]
+
+
+def _walk_trees(queue, hilum, inside, draws: _WalkDraws, segs: list, budget: int,
+                branch_mm: float, decay_mm: float) -> None:
+    """Grow the branches in *queue* breadth-first, appending ``(p, q, r0, r1)`` to *segs*
+    until the queue is empty or *segs* holds *budget* segments."""
+    while queue and len(segs) < budget:
+        p, d, r = queue.popleft()
+        for _ in range(200):
+            step = min(max(2.0 * r, 1.0), 4.0)
+            out = _norm3([p[0] - hilum[0], p[1] - hilum[1], p[2] - hilum[2]])
+            (jz, jy, jx), u = draws.next()
+            d = _norm3([d[0] + jz + 0.05 * out[0], d[1] + jy + 0.05 * out[1],
+                        d[2] + jx + 0.05 * out[2]])
+            q = [p[0] + d[0] * step, p[1] + d[1] * step, p[2] + d[2] * step]
+            if not inside(q):
+                break
+            r_new = r * math.exp(-step / decay_mm)
+            segs.append((p, q, r, r_new))
+            p, r = q, r_new
+            if u[0] < step / branch_mm:
+                # a child leaves at 25-60 degrees, in a random plane containing d
+                w = _norm3([u[1] - 0.5, u[2] - 0.5, u[3] - 0.5])
+                axis = _norm3([d[1] * w[2] - d[2] * w[1], d[2] * w[0] - d[0] * w[2],
+                               d[0] * w[1] - d[1] * w[0]])
+                ang = math.radians(25 + 35 * u[4])
+                if r * 0.6 >= 0.35:
+                    child = [math.cos(ang) * d[i] + math.sin(ang) * axis[i] for i in range(3)]
+                    queue.append((p, child, r * (0.6 + 0.2 * u[1])))
+                r *= 0.85
+            if r < 0.35 or len(segs) >= budget:
+                break
+
+
+def _grow_trees(grid: Grid, lung: np.ndarray, rng, info: dict, n_trees: tuple[int, int],
+                max_segments: int) -> tuple[list, list]:
+    """Vessel trees from each hilum: ``(segments (p, q, r0, r1), hila)`` in mm."""
+    from collections import deque
+
+    inside = _lung_test(grid, lung)
+    segs: list[tuple] = []
+    hila = []
+    draws = _WalkDraws(rng, max_segments + 16)
+    for li in info["lungs"]:
+        side = li["side"]
+        (cy, cx), (b, a) = li["centre_yx"], li["semi_yx"]
+        hilum = [0.55 * info["lz"], cy - 0.05 * b, cx - side * 0.6 * a]
+        hila.append(hilum)
+        if not inside(hilum):
+            continue
+        budget = len(segs) + max_segments // 2
+        queue = deque()
+        for _ in range(int(rng.integers(n_trees[0], n_trees[1] + 1))):
+            d = rng.standard_normal(3) * np.array([1.3, 0.9, 0.5])
+            d[2] = side * (abs(d[2]) + 0.3)
+            start = (np.array(hilum) + rng.normal(0, 2.0, 3)).tolist()
+            queue.append((start, _norm3(d.tolist()), float(rng.uniform(2.2, 3.2))))
+        _walk_trees(queue, hilum, inside, draws, segs, budget,
+                    branch_mm=0.12 * (a + b),  # mean distance between bifurcations
+                    decay_mm=2.0 * (a + b))
+    return segs, hila
+
+
+def _twigs(grid: Grid, lung: np.ndarray, rng, hila: list, n_twigs: int):
+    """*n_twigs* (at most) short thin segments in the lung pointing away from the nearest
+    hilum: ``(p0, p1, r0)`` in mm."""
+    sp = np.array(grid.spacing)
+    cidx = grid.centre_idx
+    ds = lung[::2, ::2, ::2]
+    flat = np.flatnonzero(ds)
+    pick = rng.choice(flat, size=min(n_twigs, flat.size), replace=False)
+    idx = np.stack(np.unravel_index(pick, ds.shape), axis=1) * 2
+    idx = idx + rng.uniform(-1, 1, (pick.size, 3))
+    p0 = (idx - cidx) * sp
+    hil = np.array(hila)
+    near = hil[np.argmin(np.linalg.norm(p0[:, None] - hil[None], axis=2), axis=1)]
+    d = p0 - near
+    d = d / (np.linalg.norm(d, axis=1, keepdims=True) + 1e-9) + rng.normal(0, 0.35, p0.shape)
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    p1 = p0 + d * rng.uniform(3.0, 9.0, (pick.size, 1))
+    r0 = rng.uniform(0.4, 1.0, pick.size)
+    return p0, p1, r0
+
+
 def grow_vessels(grid: Grid, lung: np.ndarray, rng, info: dict, n_trees: tuple[int, int],
                  *, max_segments: int = 6000, twigs_per_litre: float = 1400.0):
     """Pulmonary vessels as capsules ``(p0 (n, 3), p1 (n, 3), r0 (n,), r1 (n,))`` in mm.
@@ -309,89 +474,14 @@ def grow_vessels(grid: Grid, lung: np.ndarray, rng, info: dict, n_trees: tuple[i
     short thin segments scattered through the parenchyma, pointing away from the hilum, that
     stand for the peripheral vessels a walk of this budget cannot reach.
     """
-    from collections import deque
-
-    sp = np.array(grid.spacing)
-    cidx = grid.centre_idx
-    (dz, dy, dx), (cz, cy0, cx0), (nz, ny, nx) = grid.spacing, tuple(cidx), grid.shape
-
-    def inside(q):  # plain floats: this runs once per step
-        i, j, k = round(q[0] / dz + cz), round(q[1] / dy + cy0), round(q[2] / dx + cx0)
-        return 0 <= i < nz and 0 <= j < ny and 0 <= k < nx and bool(lung[i, j, k])
-
-    def norm(v):
-        n = math.sqrt(v[0] * v[0] + v[1] * v[1] + v[2] * v[2]) + 1e-12
-        return [v[0] / n, v[1] / n, v[2] / n]
-
-    segs: list[tuple] = []
-    hila = []
-    jitter = (rng.standard_normal((max_segments + 16, 3)) * 0.1).tolist()
-    uniforms = rng.random((max_segments + 16, 5)).tolist()
-    n_draw = 0
-    for li in info["lungs"]:
-        side = li["side"]
-        (cy, cx), (b, a) = li["centre_yx"], li["semi_yx"]
-        hilum = [0.55 * info["lz"], cy - 0.05 * b, cx - side * 0.6 * a]
-        hila.append(hilum)
-        if not inside(hilum):
-            continue
-        budget = len(segs) + max_segments // 2
-        branch_mm = 0.12 * (a + b)  # mean distance between bifurcations
-        decay_mm = 2.0 * (a + b)
-        queue = deque()
-        for _ in range(int(rng.integers(n_trees[0], n_trees[1] + 1))):
-            d = rng.standard_normal(3) * np.array([1.3, 0.9, 0.5])
-            d[2] = side * (abs(d[2]) + 0.3)
-            start = (np.array(hilum) + rng.normal(0, 2.0, 3)).tolist()
-            queue.append((start, norm(d.tolist()), float(rng.uniform(2.2, 3.2))))
-        while queue and len(segs) < budget:
-            p, d, r = queue.popleft()
-            for _ in range(200):
-                step = min(max(2.0 * r, 1.0), 4.0)
-                out = norm([p[0] - hilum[0], p[1] - hilum[1], p[2] - hilum[2]])
-                jz, jy, jx = jitter[n_draw]
-                u = uniforms[n_draw]
-                n_draw = (n_draw + 1) % len(jitter)
-                d = norm([d[0] + jz + 0.05 * out[0], d[1] + jy + 0.05 * out[1],
-                          d[2] + jx + 0.05 * out[2]])
-                q = [p[0] + d[0] * step, p[1] + d[1] * step, p[2] + d[2] * step]
-                if not inside(q):
-                    break
-                r_new = r * math.exp(-step / decay_mm)
-                segs.append((p, q, r, r_new))
-                p, r = q, r_new
-                if u[0] < step / branch_mm:
-                    # a child leaves at 25-60 degrees, in a random plane containing d
-                    w = norm([u[1] - 0.5, u[2] - 0.5, u[3] - 0.5])
-                    axis = norm([d[1] * w[2] - d[2] * w[1], d[2] * w[0] - d[0] * w[2],
-                                 d[0] * w[1] - d[1] * w[0]])
-                    ang = math.radians(25 + 35 * u[4])
-                    if r * 0.6 >= 0.35:
-                        child = [math.cos(ang) * d[i] + math.sin(ang) * axis[i] for i in range(3)]
-                        queue.append((p, child, r * (0.6 + 0.2 * u[1])))
-                    r *= 0.85
-                if r < 0.35 or len(segs) >= budget:
-                    break
+    segs, hila = _grow_trees(grid, lung, rng, info, n_trees, max_segments)
     if segs:
         t0, t1, tr0, tr1 = (np.array(v, dtype=float) for v in zip(*segs))
     else:
         t0, t1, tr0, tr1 = np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(0), np.zeros(0)
-    # twigs
-    n_twigs = int(twigs_per_litre * lung.sum() * np.prod(sp) / 1e6)
+    n_twigs = int(twigs_per_litre * lung.sum() * np.prod(np.array(grid.spacing)) / 1e6)
     if n_twigs and hila:
-        ds = lung[::2, ::2, ::2]
-        flat = np.flatnonzero(ds)
-        pick = rng.choice(flat, size=min(n_twigs, flat.size), replace=False)
-        idx = np.stack(np.unravel_index(pick, ds.shape), axis=1) * 2
-        idx = idx + rng.uniform(-1, 1, (pick.size, 3))
-        p0 = (idx - cidx) * sp
-        hil = np.array(hila)
-        near = hil[np.argmin(np.linalg.norm(p0[:, None] - hil[None], axis=2), axis=1)]
-        d = p0 - near
-        d = d / (np.linalg.norm(d, axis=1, keepdims=True) + 1e-9) + rng.normal(0, 0.35, p0.shape)
-        d /= np.linalg.norm(d, axis=1, keepdims=True)
-        p1 = p0 + d * rng.uniform(3.0, 9.0, (pick.size, 1))
-        r0 = rng.uniform(0.4, 1.0, pick.size)
+        p0, p1, r0 = _twigs(grid, lung, rng, hila, n_twigs)
         t0, t1 = np.concatenate([t0, p0]), np.concatenate([t1, p1])
         tr0, tr1 = np.concatenate([tr0, r0]), np.concatenate([tr1, 0.8 * r0])
     return t0, t1, tr0, tr1
@@ -566,6 +656,85 @@ def place_nodules(grid: Grid, lung: np.ndarray, rng, specs: list[dict], *,
 
 
 # ----------------------------------------------------------------------------- planted
+class _NoduleSurround:
+    """The ROI box around one nodule where its planted structures go, with what placing
+    them needs: offsets (mm) from the nodule centre, distance to the centre (``rc``) and to
+    the nodule masks (``d_nod``), the lung, and the shared planted map and item list."""
+
+    def __init__(self, grid: Grid, lung, nodule_labels, planted, items: list, n_i: int,
+                 nod: dict):
+        self.centre = nod["centre_mm"]
+        self.sl, self.off = grid.box(self.centre, ROI_HALF_MM)
+        off = self.off
+        self.rc = np.sqrt(off[0] ** 2 + off[1] ** 2 + off[2] ** 2)
+        self.samp = grid.spacing
+        self.d_nod = ndi.distance_transform_edt(nodule_labels[self.sl] == 0, sampling=self.samp)
+        self.lung = lung[self.sl]
+        self.grid, self.vox = grid, grid.voxel_mm
+        self.planted, self.items, self.n_i = planted, items, n_i
+
+    def free(self) -> np.ndarray:
+        """Distance (mm) of each box voxel to the structures planted so far."""
+        return ndi.distance_transform_edt(self.planted[self.sl] == 0, sampling=self.samp)
+
+    def accept(self, kind, frac, voxels, hu, centre, extra) -> None:
+        """Label *voxels* in the planted map and record the item."""
+        label = len(self.items) + 1
+        self.planted[self.sl][voxels] = label
+        self.items.append(dict(kind=kind, nodule=self.n_i, label=label, sl=self.sl, frac=frac,
+                               voxels=voxels, hu=hu, centre_mm=centre, **extra))
+
+
+def _plant_tail(box: _NoduleSurround, nod: dict, rng, cfg) -> None:
+    """A slightly bent soft-tissue band from the nodule centre to just past the pleura."""
+    width = rng.uniform(cfg.tail_width_mm[0], cfg.tail_width_mm[1])
+    u = nod["tail_dir"]
+    end = u * (nod["pleura_mm"] + 1.5)
+    bend = unit(np.cross(u, random_unit(rng))) * rng.uniform(0, 1.2)
+    mid = 0.55 * end + bend
+    half = width / 2
+    off, vox = box.off, box.vox
+    frac = np.maximum(occupancy(sd_capsule(off, np.zeros(3), mid, half, half), vox),
+                      occupancy(sd_capsule(off, mid, end, half, half), vox))
+    vs = (frac >= 0.5) & box.lung & (box.d_nod > 2.0) & (box.rc <= 20.0) & (box.free() > 1.5)
+    if vs.sum() >= 3:
+        nz_idx = np.nonzero(vs)
+        cz = np.array([float(np.mean(off[a].ravel()[nz_idx[a]])) for a in range(3)])
+        box.accept("pleural_tail", frac, vs, rng.uniform(-30, 30), box.centre + cz,
+                   {"width_mm": round(width, 2),
+                    "length_mm": round(float(nod["pleura_mm"]), 2)})
+
+
+def _plant_sphere(box: _NoduleSurround, nod: dict, kind: str, r_rng, d_rng, hu_rng,
+                  draw) -> None:
+    """A sphere of *kind* at a random free spot of the box (250 tries, drawn from *draw*)."""
+    c, off, vox = box.centre, box.off, box.vox
+    grid = box.grid
+    rad = draw.uniform(*r_rng) / 2
+    fr = box.free()
+    # a satellite's distance is counted from the nodule's edge, the others' from its centre
+    base = float(nod["diameter_mm"]) / 2 if kind == "satellite_nodule" else 0.0
+    for attempt in range(250):
+        lo = base + d_rng[0]
+        hi = base + d_rng[1] if attempt < 150 else 20.0 - rad - 0.5
+        dist = draw.uniform(lo, max(hi, lo))
+        p = c + random_unit(draw) * dist
+        p = grid.to_mm(np.rint(grid.to_idx(p)))  # centre on a voxel: full-intensity core
+        q = p - c
+        sd = sd_sphere(off, q, rad)
+        frac = occupancy(sd, vox)
+        vs = sd <= 0
+        ring = frac > 0
+        if (vs.sum() == 0 or not np.all(box.lung[ring]) or np.any(box.d_nod[ring] <= 2.0)
+                or np.any(box.rc[ring] > 20.0) or np.any(fr[ring] <= 1.5)):
+            continue
+        box.accept(kind, frac, vs, draw.uniform(*hu_rng), p,
+                   {"diameter_mm": round(2 * rad, 2),
+                    "distance_mm": round(float(np.linalg.norm(q)), 2)})
+        return
+    log.debug("no room for a %s next to nodule %d", kind, box.n_i + 1)
+
+
 def plant_items(grid: Grid, lung: np.ndarray, nodule_labels: np.ndarray, rng,
                 nodules: list[dict], cfg, *, srng=None) -> tuple[np.ndarray, list[dict]]:
     """Place the requested tail/bead/granuloma/satellite of each nodule.
@@ -581,42 +750,12 @@ def plant_items(grid: Grid, lung: np.ndarray, nodule_labels: np.ndarray, rng,
     srng = rng if srng is None else srng
     planted = np.zeros(grid.shape, np.int16)
     items: list[dict] = []
-    vox = grid.voxel_mm
     passes = [(i, n, False) for i, n in enumerate(nodules)]
     passes += [(i, n, True) for i, n in enumerate(nodules) if n.get("satellite", False)]
     for n_i, nod, satellite_pass in passes:
-        c = nod["centre_mm"]
-        sl, off = grid.box(c, ROI_HALF_MM)
-        rc = np.sqrt(off[0] ** 2 + off[1] ** 2 + off[2] ** 2)
-        samp = grid.spacing
-        d_nod = ndi.distance_transform_edt(nodule_labels[sl] == 0, sampling=samp)
-        lung_roi = lung[sl]
-
-        def free():
-            return ndi.distance_transform_edt(planted[sl] == 0, sampling=samp)
-
-        def accept(kind, frac, voxels, hu, centre, extra):
-            label = len(items) + 1
-            planted[sl][voxels] = label
-            items.append(dict(kind=kind, nodule=n_i, label=label, sl=sl, frac=frac,
-                              voxels=voxels, hu=hu, centre_mm=centre, **extra))
-
+        box = _NoduleSurround(grid, lung, nodule_labels, planted, items, n_i, nod)
         if nod["tail"] and not satellite_pass:
-            width = rng.uniform(cfg.tail_width_mm[0], cfg.tail_width_mm[1])
-            u = nod["tail_dir"]
-            end = u * (nod["pleura_mm"] + 1.5)
-            bend = unit(np.cross(u, random_unit(rng))) * rng.uniform(0, 1.2)
-            mid = 0.55 * end + bend
-            half = width / 2
-            frac = np.maximum(occupancy(sd_capsule(off, np.zeros(3), mid, half, half), vox),
-                              occupancy(sd_capsule(off, mid, end, half, half), vox))
-            vs = (frac >= 0.5) & lung_roi & (d_nod > 2.0) & (rc <= 20.0) & (free() > 1.5)
-            if vs.sum() >= 3:
-                nz_idx = np.nonzero(vs)
-                cz = np.array([float(np.mean(off[a].ravel()[nz_idx[a]])) for a in range(3)])
-                accept("pleural_tail", frac, vs, rng.uniform(-30, 30), c + cz,
-                       {"width_mm": round(width, 2),
-                        "length_mm": round(float(nod["pleura_mm"]), 2)})
+            _plant_tail(box, nod, rng, cfg)
         spheres = ((("satellite_nodule", True, cfg.satellite_diameter_mm,
                       cfg.satellite_distance_mm, cfg.satellite_hu, srng),) if satellite_pass else
                    (("granuloma", nod["granuloma"], cfg.granuloma_diameter_mm,
@@ -624,30 +763,6 @@ def plant_items(grid: Grid, lung: np.ndarray, nodule_labels: np.ndarray, rng,
                     ("marker_bead", nod["bead"], cfg.bead_diameter_mm, cfg.bead_distance_mm,
                      cfg.bead_hu, rng)))
         for kind, want, r_rng, d_rng, hu_rng, draw in spheres:
-            if not want:
-                continue
-            rad = draw.uniform(*r_rng) / 2
-            fr = free()
-            # a satellite's distance is counted from the nodule's edge, the others' from its centre
-            base = float(nod["diameter_mm"]) / 2 if kind == "satellite_nodule" else 0.0
-            for attempt in range(250):
-                lo = base + d_rng[0]
-                hi = base + d_rng[1] if attempt < 150 else 20.0 - rad - 0.5
-                dist = draw.uniform(lo, max(hi, lo))
-                p = c + random_unit(draw) * dist
-                p = grid.to_mm(np.rint(grid.to_idx(p)))  # centre on a voxel: full-intensity core
-                q = p - c
-                sd = sd_sphere(off, q, rad)
-                frac = occupancy(sd, vox)
-                vs = sd <= 0
-                ring = frac > 0
-                if (vs.sum() == 0 or not np.all(lung_roi[ring]) or np.any(d_nod[ring] <= 2.0)
-                        or np.any(rc[ring] > 20.0) or np.any(fr[ring] <= 1.5)):
-                    continue
-                accept(kind, frac, vs, draw.uniform(*hu_rng), p,
-                       {"diameter_mm": round(2 * rad, 2),
-                        "distance_mm": round(float(np.linalg.norm(q)), 2)})
-                break
-            else:
-                log.debug("no room for a %s next to nodule %d", kind, n_i + 1)
+            if want:
+                _plant_sphere(box, nod, kind, r_rng, d_rng, hu_rng, draw)
     return planted, items

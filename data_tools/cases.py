@@ -30,6 +30,7 @@ import numpy as np
 
 from .deid import pseudonymous_id
 from .dicom import DEFAULT_MAX_BYTES
+from .dicom_series import ReadBytes
 from .errors import DataError, MaskError, file_label
 from .layouts import CaseSpec, discover_cases
 from .volume import Mask, Volume, check_same_grid
@@ -69,7 +70,7 @@ def load_case(spec: CaseSpec, **options) -> tuple[Volume, Mask | None]:
 
 
 def read_case(spec: CaseSpec, *, max_bytes: int | None = DEFAULT_MAX_BYTES,
-              lidc_level: float = 0.5) -> LoadedCase:
+              lidc_level: float = 0.5, read: ReadBytes | None = None) -> LoadedCase:
     """Read a case's image and its mask from the source its layout found.
 
     Parameters
@@ -80,6 +81,11 @@ def read_case(spec: CaseSpec, *, max_bytes: int | None = DEFAULT_MAX_BYTES,
     lidc_level : float
         LIDC consensus level: a voxel is in when at least this fraction of the readers who
         marked the nodule include it.
+    read : callable(path) -> bytes or None, optional
+        Gives the bytes of an input file, so that a caller can read each file once (and
+        e.g. hash what it reads): the DICOM files and NIfTI images and masks are then parsed
+        from those bytes; the other readers (MetaImage, LIDC XML, LUNA16 CSV, RTSTRUCT and
+        SEG) open their files themselves, as they do when *read* returns None.
 
     Raises
     ------
@@ -93,7 +99,7 @@ def read_case(spec: CaseSpec, *, max_bytes: int | None = DEFAULT_MAX_BYTES,
     if spec.image_kind == "nifti":
         from .nifti import load_nifti
 
-        volume = load_nifti(spec.image, max_bytes=max_bytes)
+        volume = load_nifti(spec.image, max_bytes=max_bytes, read=read)
     elif spec.image_kind == "metaimage":
         from .metaimage import load_metaimage
 
@@ -102,22 +108,23 @@ def read_case(spec: CaseSpec, *, max_bytes: int | None = DEFAULT_MAX_BYTES,
         from .dicom import load_dicom_folder
 
         volume, chosen, series = load_dicom_folder(spec.image, max_bytes=max_bytes,
-                                                   series_uid=spec.source_key or None)
-    mask, nodules, source = _read_mask(spec, volume, chosen, series, lidc_level)
+                                                   series_uid=spec.source_key or None, read=read)
+    mask, nodules, source = _read_mask(spec, volume, chosen, series, lidc_level, read)
     if mask is not None:
         what = f"mask {file_label(spec.mask)}" if spec.mask is not None else "mask"
         check_same_grid(volume, mask, what=what)
     return LoadedCase(volume, mask, tuple(nodules), source)
 
 
-def _read_mask(spec: CaseSpec, volume: Volume, chosen, series, lidc_level):
+def _read_mask(spec: CaseSpec, volume: Volume, chosen, series, lidc_level,
+               read: ReadBytes | None = None):
     kind = spec.mask_kind
     if kind == "nifti" or kind == "msd":
         if spec.mask is None:
             return None, [], "none"
         from .nifti import load_nifti_mask
 
-        mask = load_nifti_mask(spec.mask)
+        mask = load_nifti_mask(spec.mask, read=read)
         if kind == "msd":
             check_same_grid(volume, mask, what=f"label map {file_label(spec.mask)}")
             mask = split_components(mask)

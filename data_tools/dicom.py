@@ -44,6 +44,7 @@ from .dicom_series import (
     FIX_HINT,
     MIN_SLICES,
     READ_ERRORS,
+    ReadBytes,
     SeriesInfo,
     find_series,
     is_dicom_file,
@@ -57,7 +58,7 @@ from .errors import (
     UnreadableFileError,
     file_label,
 )
-from .volume import Volume
+from .volume import Volume, spacing_from_affine
 
 __all__ = [
     "SeriesInfo", "find_series", "select_ct_series", "load_dicom_series", "load_dicom_folder",
@@ -84,7 +85,7 @@ def load_dicom_series(folder: str | Path, *, series_uid: str | None = None,
 
 
 def load_dicom_folder(folder: str | Path, *, series_uid: str | None = None,
-                      max_bytes: int | None = DEFAULT_MAX_BYTES
+                      max_bytes: int | None = DEFAULT_MAX_BYTES, read: ReadBytes | None = None
                       ) -> tuple[Volume, SeriesInfo, list[SeriesInfo]]:
     """Load the CT series in *folder* (searched recursively) as a :class:`Volume`.
 
@@ -97,6 +98,10 @@ def load_dicom_folder(folder: str | Path, *, series_uid: str | None = None,
     max_bytes : int or None
         Memory limit for the float32 volume, checked from the headers (see
         :func:`read_ct_files`).
+    read : callable(path) -> bytes or None, optional
+        Gives the bytes of a file (:data:`data_tools.dicom_series.ReadBytes`); each file is
+        then read once, its headers and pixels parsed from those bytes.  Files it returns
+        None for are read here (headers first, pixel data when needed).
 
     Returns
     -------
@@ -112,7 +117,8 @@ def load_dicom_folder(folder: str | Path, *, series_uid: str | None = None,
     NoSeriesError, SeriesValidationError, UnreadableFileError
     """
     headers: dict = {}
-    series, n_not_dicom, n_unreadable = scan_folder(folder, recursive=True, keep=headers)
+    series, n_not_dicom, n_unreadable = scan_folder(folder, recursive=True, keep=headers,
+                                                    read=read)
     if not series:
         skipped = f" ({n_not_dicom} non-DICOM and {n_unreadable} unreadable file(s) skipped)"
         raise NoSeriesError(
@@ -601,13 +607,27 @@ def read_ct_files(files: Sequence[Path], *, max_bytes: int | None = DEFAULT_MAX_
         (found from the headers, before any pixel is read).
     """
     paths = [Path(f) for f in files]
+    slices = _checked_slices(paths, _headers or {}, max_bytes)
+    slices, proj = _sort(slices)
+    slices = _drop_duplicates(slices, proj)
+    if len(slices) < MIN_SLICES:
+        raise SeriesValidationError(
+            f"only {len(slices)} distinct slice position(s) remain after dropping duplicates; "
+            f"a CT volume needs at least {MIN_SLICES}.", path=paths[0])
+    slices, proj = _sort(slices)
+    affine, tilt = _geometry(slices, proj)
+    return _assemble(slices, affine, tilt)
+
+
+def _checked_slices(paths: list[Path], headers: dict, max_bytes: int | None) -> list[_Slice]:
+    """The slices of *paths* (localizers dropped), their shared geometry, decoders and memory
+    need checked, all from the headers (*headers*: datasets already read, by path)."""
     if len(paths) < MIN_SLICES:
         raise SeriesValidationError(
             f"the series has {len(paths)} slice(s); a CT volume needs at least {MIN_SLICES}. "
             f"{FIX_HINT}, not a single image or a localizer.",
             path=paths[0] if paths else None,
         )
-    headers = _headers or {}
     slices = _drop_localizers([_read_header(p, headers.get(p)) for p in paths])
     if len(slices) < MIN_SLICES:
         raise SeriesValidationError(
@@ -625,18 +645,15 @@ def read_ct_files(files: Sequence[Path], *, max_bytes: int | None = DEFAULT_MAX_
             "--max-volume-gb) if the machine has the memory, or crop the series.",
             path=first.path,
         )
-    slices, proj = _sort(slices)
-    slices = _drop_duplicates(slices, proj)
-    if len(slices) < MIN_SLICES:
-        raise SeriesValidationError(
-            f"only {len(slices)} distinct slice position(s) remain after dropping duplicates; "
-            f"a CT volume needs at least {MIN_SLICES}.", path=paths[0])
-    slices, proj = _sort(slices)
-    affine, tilt = _geometry(slices, proj)
+    return slices
+
+
+def _assemble(slices: list[_Slice], affine: np.ndarray, tilt: float) -> Volume:
+    """The volume of sorted, checked slices: HU per slice, a gantry tilt resampled away."""
     first = slices[0]
     metadata = dict(first.metadata)
     thickness = metadata.get("slice_thickness_mm", "")
-    step_mm = float(np.linalg.norm(affine[:3, 0]))
+    step_mm = spacing_from_affine(affine)[0]
     if thickness.replace(".", "", 1).isdigit() and abs(float(thickness) - step_mm) > 0.1 * step_mm:
         log.info("SliceThickness %s mm differs from the spacing between positions (%.3f mm); "
                  "using the positions", thickness, step_mm)
@@ -650,5 +667,5 @@ def read_ct_files(files: Sequence[Path], *, max_bytes: int | None = DEFAULT_MAX_
         metadata["gantry_tilt_deg"] = f"{tilt:.2f}"
         metadata["resampled"] = "gantry tilt removed (linear, in-plane)"
     log.info("read CT volume: shape (z, y, x)=%s, spacing_mm=(%.3f, %.3f, %.3f)", out.shape,
-             float(np.linalg.norm(affine[:3, 0])), *first.pixel_spacing)
+             spacing_from_affine(affine)[0], *first.pixel_spacing)
     return Volume(out, affine, metadata)

@@ -52,15 +52,15 @@ from __future__ import annotations
 import logging
 import math
 import re
-import struct
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.errors import BytesLengthException, InvalidDicomError
+from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
+from .dicom_series import READ_ERRORS
 from .errors import (
     DataError,
     GeometryMismatchError,
@@ -90,9 +90,8 @@ EDGE_TOLERANCE = 1e-3       # voxels: a pixel centre this close to a contour is 
 IOP_TOLERANCE = 1e-3        # direction cosines
 SPACING_TOLERANCE_MM = 1e-3
 DEFAULT_ROI_PATTERN = r"gtv|tumou?r|nodule|lesion"
-_READ_ERRORS = (InvalidDicomError, OSError, EOFError, ValueError, TypeError, NotImplementedError,
-                BytesLengthException, struct.error)
-_PARSE_ERRORS = _READ_ERRORS + (AttributeError, KeyError, IndexError)
+# READ_ERRORS: what pydicom raises on truncated or corrupt files (shared with dicom_series)
+_PARSE_ERRORS = READ_ERRORS + (AttributeError, KeyError, IndexError)
 _ARTICLE = {"RTSTRUCT": "an", "SEG": "a"}
 
 
@@ -516,6 +515,61 @@ def _frame_slice(ipp, iop, spacing, shape2d, frame: int, volume: Volume, path: P
     return k
 
 
+def _select_segments(seg_labels: dict, segment_numbers, path: Path) -> list[int]:
+    """The segment numbers to label, in increasing order (all when *segment_numbers* is None);
+    :class:`MaskError` naming the segments found when one asked for is absent."""
+    label = file_label(path)
+    available = sorted(seg_labels)
+    if segment_numbers is None:
+        return available
+    selected = sorted({int(n) for n in segment_numbers})
+    missing = [n for n in selected if n not in seg_labels]
+    if missing or not selected:
+        shown = ", ".join(f"{n}: {seg_labels[n]!r}" for n in available) or "none"
+        raise MaskError(
+            f"{label} has no segment number {missing or '(segment_numbers is empty)'}. "
+            f"Segments found (number: label): {shown}. Pass segment_numbers=[...] from "
+            "this list.", path=path)
+    return selected
+
+
+def _seg_layers(frames, selected: list[int], seg_type: str, max_frac, volume: Volume,
+                path: Path) -> list[np.ndarray]:
+    """One bool ``volume.shape`` layer per selected segment, from the SEG's frames placed on
+    the CT grid (frames off the CT's slices skipped with a warning, all of them: an error)."""
+    label = file_label(path)
+    index = {n: i for i, n in enumerate(selected)}
+    layers = [np.zeros(volume.shape, dtype=bool) for _ in selected]
+    n_outside = n_hit = 0
+    for f, (number, ipp, iop, spacing, pixels) in enumerate(frames, start=1):
+        if number is not None and number not in index:
+            continue
+        k = _frame_slice(ipp, iop, spacing, pixels.shape, f, volume, path)
+        if seg_type == "FRACTIONAL":
+            planes = [(number, pixels >= 0.5 * max_frac)]
+        elif seg_type == "LABELMAP":
+            planes = [(n, pixels == n) for n in selected]
+        else:
+            planes = [(number, pixels > 0)]
+        for n, plane in planes:
+            if not plane.any():
+                continue
+            if not 0 <= k < volume.shape[0]:
+                n_outside += 1
+                continue
+            n_hit += 1
+            layers[index[n]][k] |= plane
+    if n_outside and not n_hit:
+        raise GeometryMismatchError(
+            f"no segmented frame of {label} lands on a slice of the CT grid "
+            f"({volume.describe()}): the SEG was made on another scan. Pair it with the CT "
+            "series it was made on.", path=path)
+    if n_outside:
+        log.warning("%s: %d segmented frame(s) lie outside the CT's slices and were skipped",
+                    label, n_outside)
+    return layers
+
+
 def seg_mask(path: str | Path, volume: Volume, *, segment_numbers: Sequence[int] | None = None,
              frame_of_reference_uid: str | None = None) -> tuple[Mask, list[dict]]:
     """Place the segments of a DICOM SEG on *volume*'s grid.
@@ -556,47 +610,8 @@ def seg_mask(path: str | Path, volume: Volume, *, segment_numbers: Sequence[int]
             path=path,
         ) from None
     _check_frame_of_reference({for_uid} - {""}, frame_of_reference_uid, "SEG", path)
-    available = sorted(seg_labels)
-    if segment_numbers is None:
-        selected = available
-    else:
-        selected = sorted({int(n) for n in segment_numbers})
-        missing = [n for n in selected if n not in seg_labels]
-        if missing or not selected:
-            shown = ", ".join(f"{n}: {seg_labels[n]!r}" for n in available) or "none"
-            raise MaskError(
-                f"{label} has no segment number {missing or '(segment_numbers is empty)'}. "
-                f"Segments found (number: label): {shown}. Pass segment_numbers=[...] from "
-                "this list.", path=path)
-    index = {n: i for i, n in enumerate(selected)}
-    layers = [np.zeros(volume.shape, dtype=bool) for _ in selected]
-    n_outside = n_hit = 0
-    for f, (number, ipp, iop, spacing, pixels) in enumerate(frames, start=1):
-        if number is not None and number not in index:
-            continue
-        k = _frame_slice(ipp, iop, spacing, pixels.shape, f, volume, path)
-        if seg_type == "FRACTIONAL":
-            planes = [(number, pixels >= 0.5 * max_frac)]
-        elif seg_type == "LABELMAP":
-            planes = [(n, pixels == n) for n in selected]
-        else:
-            planes = [(number, pixels > 0)]
-        for n, plane in planes:
-            if not plane.any():
-                continue
-            if not 0 <= k < volume.shape[0]:
-                n_outside += 1
-                continue
-            n_hit += 1
-            layers[index[n]][k] |= plane
-    if n_outside and not n_hit:
-        raise GeometryMismatchError(
-            f"no segmented frame of {label} lands on a slice of the CT grid "
-            f"({volume.describe()}): the SEG was made on another scan. Pair it with the CT "
-            "series it was made on.", path=path)
-    if n_outside:
-        log.warning("%s: %d segmented frame(s) lie outside the CT's slices and were skipped",
-                    label, n_outside)
+    selected = _select_segments(seg_labels, segment_numbers, path)
+    layers = _seg_layers(frames, selected, seg_type, max_frac, volume, path)
     labels = _compose(layers, volume.shape, path)
     vox = _voxel_mm3(volume)
     info = [{"label": i, "segment_number": n, "segment_label": seg_labels[n],

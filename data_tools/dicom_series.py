@@ -12,12 +12,13 @@ count, never by its UID or free-text description.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import pydicom
 from pydicom.datadict import tag_for_keyword
@@ -27,7 +28,8 @@ from pydicom.multival import MultiValue
 
 from .errors import NoSeriesError, file_label
 
-__all__ = ["SeriesInfo", "find_series", "select_ct_series", "is_dicom_file", "MIN_SLICES"]
+__all__ = ["SeriesInfo", "find_series", "select_ct_series", "is_dicom_file", "MIN_SLICES",
+           "ReadBytes"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,9 @@ _DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 # corrupt header can fail on first access to a tag as well as in dcmread
 READ_ERRORS = (InvalidDicomError, OSError, EOFError, ValueError, TypeError, NotImplementedError,
                 BytesLengthException, struct.error)
+#: A caller's way of reading a whole file (e.g. reading each input file once and hashing the
+#: bytes it hands out): the file's bytes, or None to let the reader open the file itself.
+ReadBytes = Callable[[Path], "bytes | None"]
 FIX_HINT = "Point at a folder with a CT series (the folder holding one .dcm file per axial slice)"
 
 
@@ -83,22 +88,31 @@ def is_dicom_file(path: str | Path) -> bool:
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
-def _is_raw_dataset(path: Path) -> bool:
+def _is_part10(data: bytes) -> bool:
+    """:func:`is_dicom_file` of a file's bytes."""
+    return len(data) >= 132 and data[128:132] == b"DICM"
+
+
+def _is_raw_dataset(path: Path, data: bytes | None = None) -> bool:
     """True for a DICOM dataset written without the 128-byte preamble and 'DICM' prefix.
 
     Such files (pre-Part-10 exports, some PACS dumps) are accepted when they start with a
     group 0x0002 or 0x0008 element, in either VR encoding, and parse with the tags a CT
-    slice needs; anything else is "not DICOM".
+    slice needs; anything else is "not DICOM".  *data*: the file's bytes, already read.
     """
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(4)
-    except OSError:
-        return False
+    if data is None:
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(4)
+        except OSError:
+            return False
+    else:
+        head = data[:4]
     if len(head) < 4 or head[1] != 0 or head[0] not in (0x02, 0x08):
         return False
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        ds = pydicom.dcmread(path if data is None else io.BytesIO(data),
+                             stop_before_pixels=True, force=True)
         return bool(_text(ds, "SeriesInstanceUID")) and bool(_text(ds, "SOPClassUID"))
     except READ_ERRORS:
         return False
@@ -141,12 +155,33 @@ def _iter_files(folder: Path, recursive: bool):
                 yield path
 
 
-def scan_folder(folder: str | Path, recursive: bool, keep: dict | None = None
-          ) -> tuple[list[SeriesInfo], int, int]:
+def _open_dataset(path: Path, read: ReadBytes | None):
+    """The dataset of the file *path*, or None when it is not DICOM.
+
+    From the bytes *read* hands out when it does (parsed in memory, the pixel data with the
+    rest), else from the file with values above :data:`DEFER_BYTES` (the pixel data) left
+    to be read when used.  Raises one of :data:`READ_ERRORS` for an unreadable header.
+    """
+    data = read(path) if read is not None else None
+    if data is None:
+        part10 = is_dicom_file(path)
+        if not part10 and not _is_raw_dataset(path):
+            return None
+        return pydicom.dcmread(path, defer_size=DEFER_BYTES, force=not part10)
+    part10 = _is_part10(data)
+    if not part10 and not _is_raw_dataset(path, data):
+        return None
+    return pydicom.dcmread(io.BytesIO(data), force=not part10)
+
+
+def scan_folder(folder: str | Path, recursive: bool, keep: dict | None = None,
+                read: ReadBytes | None = None) -> tuple[list[SeriesInfo], int, int]:
     """Group a folder's DICOM files by series: ``(series, n_not_dicom, n_unreadable)``.
 
     With *keep*, every dataset read is stored there by path (pixel data deferred, not
-    read), so that the series reader need not parse the headers again.
+    read, or already in memory), so that the series reader need not parse the headers or
+    read the files again.  *read*: gives the bytes of a file (each file is asked for once),
+    or None to have it read here (:data:`ReadBytes`).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -157,13 +192,12 @@ def scan_folder(folder: str | Path, recursive: bool, keep: dict | None = None
         if path.name.upper() == "DICOMDIR":
             log.debug("skipping %s: a DICOMDIR index, not an image", file_label(path))
             continue
-        part10 = is_dicom_file(path)
-        if not part10 and not _is_raw_dataset(path):
-            n_not_dicom += 1
-            log.debug("skipping %s: not a DICOM file", file_label(path))
-            continue
         try:
-            ds = pydicom.dcmread(path, defer_size=DEFER_BYTES, force=not part10)
+            ds = _open_dataset(path, read)
+            if ds is None:
+                n_not_dicom += 1
+                log.debug("skipping %s: not a DICOM file", file_label(path))
+                continue
             if keep is not None:
                 keep[path] = ds
             sop_class = str(getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID", ""))

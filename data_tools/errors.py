@@ -22,6 +22,7 @@ __all__ = [
     "ModelError",
     "file_label",
     "scrub_uids",
+    "safe_error",
 ]
 
 
@@ -93,3 +94,25 @@ class MaskError(DataError):
 
 class ModelError(DataError):
     """A model folder is incomplete or its weights do not match the model card."""
+
+
+def safe_error(exc: BaseException, *paths: Path | str | None) -> str:
+    """A message for *exc* that is safe to store and print.
+
+    Input errors (:class:`DataError`) are written to name files by base name only; anything
+    else is reported as its type and message.  In both, every given path is replaced by
+    ``<input>``, any remaining absolute path is cut to its base name, and anything shaped
+    like a DICOM UID (five or more dot-separated numbers, e.g. a LUNA16 file named after its
+    series UID) becomes ``<uid>`` (defence in depth: a third-party message may quote either).
+    """
+    text = str(exc) if isinstance(exc, DataError) else f"{type(exc).__name__}: {exc}"
+    for p in paths:
+        if p is None:
+            continue
+        for variant in sorted({str(p), str(Path(p).resolve())}, key=len, reverse=True):
+            text = text.replace(variant, "<input>")
+    text = re.sub(r"(?:/[^/\s'\"]+)+/([^/\s'\"]+)", r"\1", text)
+    text = scrub_uids(text)
+    if isinstance(exc, DataError):
+        return text
+    return f"unexpected error while scoring ({text}); please report it"

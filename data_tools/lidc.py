@@ -55,15 +55,19 @@ outputs; a file is named only by ``file_label``.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import numbers
+import threading
 import xml.etree.ElementTree as ET
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .checks import check_int
 from .errors import DataError, GeometryMismatchError, UnreadableFileError, file_label
 from .volume import Mask, Volume
 
@@ -245,12 +249,26 @@ def _parse_roi(roi_el, label: str, where: str, path: Path) -> Roi | None:
     if not points:
         log.warning("LIDC XML file %s: %s has no edgeMap point; skipped", label, where)
         return None
+    points_xy = np.asarray(points, dtype=np.int64).reshape(-1, 2)
+    points_xy.setflags(write=False)  # parsed scans are cached and shared
     return Roi(z_mm=z, sop_uid=_text(roi_el, "imageSOP_UID") or "", inclusion=inc_text == "TRUE",
-               points_xy=np.asarray(points, dtype=np.int64).reshape(-1, 2))
+               points_xy=points_xy)
+
+
+#: Parsed scans kept by :func:`read_lidc_xml`, keyed by (resolved path, SHA-256 of the bytes).
+_SCAN_CACHE: OrderedDict[tuple[str, bytes], LidcScan] = OrderedDict()
+_SCAN_CACHE_SIZE = 16
+_SCAN_CACHE_LOCK = threading.Lock()
 
 
 def read_lidc_xml(path: str | Path) -> LidcScan:
     """Parse one LIDC-IDRI annotation XML file.
+
+    The file is read on every call but parsed once: the scan is cached by the file's path
+    and content (SHA-256 of its bytes), so choosing a case's XML by its series UID and then
+    building its mask parse it once, and a file rewritten in place is parsed again.  The
+    returned scan is shared between callers and must not be modified (its contour arrays
+    are read-only).
 
     Parameters
     ----------
@@ -270,6 +288,23 @@ def read_lidc_xml(path: str | Path) -> LidcScan:
         No ``readingSession`` element, or a malformed number / inclusion flag.
     """
     path = Path(path)
+    data = _read_bytes(path)
+    key = (str(path.resolve()), hashlib.sha256(data).digest())
+    with _SCAN_CACHE_LOCK:
+        scan = _SCAN_CACHE.get(key)
+        if scan is not None:
+            _SCAN_CACHE.move_to_end(key)
+            return scan
+    scan = _parse_scan(data, path)
+    with _SCAN_CACHE_LOCK:
+        _SCAN_CACHE[key] = scan
+        while len(_SCAN_CACHE) > _SCAN_CACHE_SIZE:
+            _SCAN_CACHE.popitem(last=False)
+    return scan
+
+
+def _read_bytes(path: Path) -> bytes:
+    """The bytes of an XML file, or :class:`UnreadableFileError` (missing, unreadable, empty)."""
     label = file_label(path)
     if not path.is_file():
         raise UnreadableFileError(
@@ -285,6 +320,12 @@ def read_lidc_xml(path: str | Path) -> LidcScan:
         raise UnreadableFileError(
             f"LIDC XML file {label} is empty ({len(data)} bytes); re-download or re-copy it.",
             path=path)
+    return data
+
+
+def _parse_scan(data: bytes, path: Path) -> LidcScan:
+    """Parse the XML *data* of the file *path* (named in messages by its label only)."""
+    label = file_label(path)
     try:
         root = ET.fromstring(data)
     except (ET.ParseError, ValueError, LookupError) as exc:
@@ -309,18 +350,9 @@ def read_lidc_xml(path: str | Path) -> LidcScan:
     for r, session in enumerate(sessions, start=1):
         readings = []
         for j, nod_el in enumerate(_kids(session, "unblindedReadNodule"), start=1):
-            where = f"reader {r}, nodule #{j}"
-            rois = []
-            for m, roi_el in enumerate(_kids(nod_el, "roi"), start=1):
-                roi = _parse_roi(roi_el, label, f"{where}, roi #{m}", path)
-                if roi is not None:
-                    rois.append(roi)
-            if not rois:
-                log.warning("LIDC XML file %s: %s has no contour; ignored", label, where)
+            nod = _parse_reading(nod_el, r, j, label, path)
+            if nod is None:
                 continue
-            nod = ReaderNodule(reader=r, nodule_id=_text(nod_el, "noduleID") or "",
-                               rois=tuple(rois),
-                               characteristics=_characteristics(nod_el, label, where), index=j)
             n_small += nod.is_small
             readings.append(nod)
         n_non += len(_kids(session, "nonNodule"))
@@ -329,6 +361,21 @@ def read_lidc_xml(path: str | Path) -> LidcScan:
     log.info("LIDC XML file %s: %d readers, %d nodule readings (%d < 3 mm), %d non-nodule "
              "marks ignored", label, scan.n_readers, len(scan.nodules), n_small, n_non)
     return scan
+
+
+def _parse_reading(nod_el, r: int, j: int, label: str, path: Path) -> ReaderNodule | None:
+    """Reader *r*'s nodule #*j* (an ``unblindedReadNodule``), None when it has no contour."""
+    where = f"reader {r}, nodule #{j}"
+    rois = []
+    for m, roi_el in enumerate(_kids(nod_el, "roi"), start=1):
+        roi = _parse_roi(roi_el, label, f"{where}, roi #{m}", path)
+        if roi is not None:
+            rois.append(roi)
+    if not rois:
+        log.warning("LIDC XML file %s: %s has no contour; ignored", label, where)
+        return None
+    return ReaderNodule(reader=r, nodule_id=_text(nod_el, "noduleID") or "", rois=tuple(rois),
+                        characteristics=_characteristics(nod_el, label, where), index=j)
 
 
 # -- rasterisation -----------------------------------------------------------------------
@@ -576,6 +623,63 @@ def _ratings(readings) -> dict[str, float | int]:
     return out
 
 
+def _check_level(level) -> None:
+    if (isinstance(level, bool) or not isinstance(level, numbers.Real)
+            or not math.isfinite(level) or not 0 < level <= 1):
+        raise ValueError("level must be a number in (0, 1] (the fraction of a nodule's readers "
+                         f"who must include a voxel); received {level!r}")
+
+
+def _consensus(groups: list[NoduleGroup], volume: Volume, shape, level: float,
+               min_readers: int, label_name: str) -> list[tuple]:
+    """``(sort key, flat voxel indices, group)`` of each group's consensus, sorted by the
+    consensus centroid (z, y, x); groups below *min_readers* or with an empty consensus are
+    dropped."""
+    candidates = []
+    for g in groups:
+        if g.n_readers < min_readers:
+            log.info("LIDC XML file %s: a nodule marked by %d reader(s) is below min_readers="
+                     "%d; dropped", label_name, g.n_readers, min_readers)
+            continue
+        flat = np.concatenate([np.ravel_multi_index(v.T, shape) for v in g.voxels])
+        uniq, counts = np.unique(flat, return_counts=True)
+        chosen = uniq[counts >= level * g.n_readers - 1e-9]
+        if chosen.size == 0:
+            log.warning("LIDC XML file %s: a nodule marked by %d reader(s) near z = %.1f mm has "
+                        "an empty consensus at level %g; dropped", label_name, g.n_readers,
+                        g.centroid_mm[2], level)
+            continue
+        zyx = np.column_stack(np.unravel_index(chosen, shape))
+        candidates.append((_sort_key(volume.voxel_to_world(zyx.mean(axis=0))), chosen, g))
+    candidates.sort(key=lambda c: c[0])
+    return candidates
+
+
+def _label_consensus(candidates: list[tuple], volume: Volume, shape,
+                     label_name: str) -> tuple[np.ndarray, list[dict]]:
+    """The int16 label map of the candidates in order (a voxel stays with the lower label)
+    and one info dict per label."""
+    out = np.zeros(shape, dtype=np.int16)
+    flat_out = out.reshape(-1)
+    nodules: list[dict] = []
+    for _, chosen, g in candidates:
+        free = chosen[flat_out[chosen] == 0]
+        if free.size < chosen.size:
+            log.warning("LIDC XML file %s: %d consensus voxels belong to two nodules; kept "
+                        "with the lower label", label_name, chosen.size - free.size)
+        if free.size == 0:
+            log.warning("LIDC XML file %s: a nodule lies entirely inside another; dropped",
+                        label_name)
+            continue
+        label = len(nodules) + 1
+        flat_out[free] = label
+        voxel_mm3 = abs(float(np.linalg.det(volume.affine[:3, :3])))
+        nodules.append({"label": label, "n_readers": g.n_readers,
+                        "diameter_mm": _equivalent_diameter(int(free.size), volume),
+                        "volume_mm3": float(free.size * voxel_mm3), **_ratings(g.readings)})
+    return out, nodules
+
+
 def lidc_mask(xml_path: str | Path, volume: Volume, *, level: float = 0.5,
               min_readers: int = 1, distance_mm: float | None = None) -> tuple[Mask, list[dict]]:
     """Consensus label mask of the LIDC nodules of one scan.
@@ -583,7 +687,8 @@ def lidc_mask(xml_path: str | Path, volume: Volume, *, level: float = 0.5,
     Parameters
     ----------
     xml_path : str or Path
-        The scan's LIDC XML file.
+        The scan's LIDC XML file (parsed once however often it is read:
+        :func:`read_lidc_xml` caches it).
     volume : Volume
         Axial CT grid the annotations were drawn on (either slice order).
     level : float in (0, 1]
@@ -610,55 +715,15 @@ def lidc_mask(xml_path: str | Path, volume: Volume, *, level: float = 0.5,
     UnreadableFileError, DataError, GeometryMismatchError
         See :func:`read_lidc_xml` and the module docstring.
     """
-    if (isinstance(level, bool) or not isinstance(level, numbers.Real)
-            or not math.isfinite(level) or not 0 < level <= 1):
-        raise ValueError("level must be a number in (0, 1] (the fraction of a nodule's readers "
-                         f"who must include a voxel); received {level!r}")
-    if isinstance(min_readers, bool) or not isinstance(min_readers, numbers.Integral) \
-            or min_readers < 1:
-        raise ValueError(f"min_readers must be an integer >= 1; received {min_readers!r}")
+    _check_level(level)
+    check_int("min_readers", min_readers, 1)
     _check_distance(distance_mm)
     grid = _grid(volume)
     scan = read_lidc_xml(xml_path)
     label_name = file_label(xml_path)
     groups = _group(scan, volume, grid, distance_mm)
-
-    candidates = []
-    for g in groups:
-        if g.n_readers < min_readers:
-            log.info("LIDC XML file %s: a nodule marked by %d reader(s) is below min_readers="
-                     "%d; dropped", label_name, g.n_readers, min_readers)
-            continue
-        flat = np.concatenate([np.ravel_multi_index(v.T, grid.shape) for v in g.voxels])
-        uniq, counts = np.unique(flat, return_counts=True)
-        chosen = uniq[counts >= level * g.n_readers - 1e-9]
-        if chosen.size == 0:
-            log.warning("LIDC XML file %s: a nodule marked by %d reader(s) near z = %.1f mm has "
-                        "an empty consensus at level %g; dropped", label_name, g.n_readers,
-                        g.centroid_mm[2], level)
-            continue
-        zyx = np.column_stack(np.unravel_index(chosen, grid.shape))
-        candidates.append((_sort_key(volume.voxel_to_world(zyx.mean(axis=0))), chosen, g))
-    candidates.sort(key=lambda c: c[0])
-
-    out = np.zeros(grid.shape, dtype=np.int16)
-    flat_out = out.reshape(-1)
-    nodules: list[dict] = []
-    for _, chosen, g in candidates:
-        free = chosen[flat_out[chosen] == 0]
-        if free.size < chosen.size:
-            log.warning("LIDC XML file %s: %d consensus voxels belong to two nodules; kept "
-                        "with the lower label", label_name, chosen.size - free.size)
-        if free.size == 0:
-            log.warning("LIDC XML file %s: a nodule lies entirely inside another; dropped",
-                        label_name)
-            continue
-        label = len(nodules) + 1
-        flat_out[free] = label
-        voxel_mm3 = abs(float(np.linalg.det(volume.affine[:3, :3])))
-        nodules.append({"label": label, "n_readers": g.n_readers,
-                        "diameter_mm": _equivalent_diameter(int(free.size), volume),
-                        "volume_mm3": float(free.size * voxel_mm3), **_ratings(g.readings)})
+    candidates = _consensus(groups, volume, grid.shape, level, min_readers, label_name)
+    out, nodules = _label_consensus(candidates, volume, grid.shape, label_name)
     log.info("LIDC XML file %s: %d nodules labelled at consensus level %g (%d grouped)",
              label_name, len(nodules), level, len(groups))
     meta = {"format": "lidc-xml", "consensus_level": f"{level:g}",

@@ -58,6 +58,7 @@ __all__ = [
     "is_metaimage",
     "load_metaimage",
     "luna_mask",
+    "metaimage_data_files",
     "read_luna_annotations",
     "read_luna_candidates",
 ]
@@ -90,21 +91,11 @@ def _unreadable(path: Path, what: str) -> UnreadableFileError:
     return UnreadableFileError(f"MetaImage header {file_label(path)} {what}", path=path)
 
 
-def _parse_header(path: Path) -> dict:
-    """Parse the text header of *path*; return a dict of the fields this module uses.
-
-    Keys: ``ndims``, ``dims`` (x, y, z order), ``channels``, ``element_bytes`` (None when the
-    type is unknown), ``compressed``, ``compressed_size``, ``header_size``, ``data_file``
-    (the ElementDataFile value), ``list_files``, ``header_end`` (byte offset after the
-    ElementDataFile line; where ``LOCAL`` data starts).
-    """
-    if not path.is_file():
-        raise UnreadableFileError(f"MetaImage file {file_label(path)} does not exist", path=path)
-    if path.stat().st_size == 0:
-        raise UnreadableFileError(f"MetaImage file {file_label(path)} is empty (0 bytes)",
-                                  path=path)
-    with open(path, "rb") as fh:
-        raw = fh.read(_HEADER_READ_BYTES)
+def _header_fields(raw: bytes) -> tuple[dict[str, str], list[str], int | None]:
+    """The ``key = value`` lines of a header's first bytes *raw* up to ``ElementDataFile``:
+    ``(fields, list_files, header_end)``, keys lower-case, values stripped; ``list_files``
+    the names after ``ElementDataFile = LIST``; ``header_end`` the byte offset after the
+    ElementDataFile line (None without one)."""
     fields: dict[str, str] = {}
     list_files: list[str] = []
     header_end = None
@@ -128,6 +119,54 @@ def _parse_header(path: Path) -> dict:
                 in_list = True
             else:
                 break
+    return fields, list_files, header_end
+
+
+def metaimage_data_files(path: str | Path) -> list[Path]:
+    """The data file(s) the MetaImage header *path* names, whether they exist or not.
+
+    None for ``ElementDataFile = LOCAL`` (an ``.mha``: the data follow the header) or an
+    empty value; the listed files for ``LIST``; the named file otherwise (beside the header
+    unless absolute).  For a numbered file pattern (``%``), a header without
+    ``ElementDataFile`` or one that cannot be read: the header's same-stem siblings
+    (``name.*``).  Never raises for a bad header (:func:`load_metaimage` reports that).
+    """
+    header = Path(path)
+    siblings = sorted(p for p in header.parent.glob(f"{header.stem}.*") if p != header)
+    try:
+        with open(header, "rb") as fh:
+            raw = fh.read(_HEADER_READ_BYTES)
+    except OSError:
+        return siblings
+    fields, list_files, _ = _header_fields(raw)
+    if "elementdatafile" not in fields:
+        return siblings
+    tokens = fields["elementdatafile"].split()
+    if not tokens or tokens[0].upper() == "LOCAL":
+        return []
+    if tokens[0].upper() == "LIST":
+        return [_data_path(header, name) for name in list_files]
+    if "%" in tokens[0]:
+        return siblings
+    return [_data_path(header, fields["elementdatafile"])]
+
+
+def _parse_header(path: Path) -> dict:
+    """Parse the text header of *path*; return a dict of the fields this module uses.
+
+    Keys: ``ndims``, ``dims`` (x, y, z order), ``channels``, ``element_bytes`` (None when the
+    type is unknown), ``compressed``, ``compressed_size``, ``header_size``, ``data_file``
+    (the ElementDataFile value), ``list_files``, ``header_end`` (byte offset after the
+    ElementDataFile line; where ``LOCAL`` data starts).
+    """
+    if not path.is_file():
+        raise UnreadableFileError(f"MetaImage file {file_label(path)} does not exist", path=path)
+    if path.stat().st_size == 0:
+        raise UnreadableFileError(f"MetaImage file {file_label(path)} is empty (0 bytes)",
+                                  path=path)
+    with open(path, "rb") as fh:
+        raw = fh.read(_HEADER_READ_BYTES)
+    fields, list_files, header_end = _header_fields(raw)
     if "objecttype" not in fields or "ndims" not in fields:
         raise _unreadable(
             path, "is not a MetaImage header (no 'ObjectType' / 'NDims' lines). Check that "
@@ -472,9 +511,6 @@ def luna_mask(volume: Volume, annotations: pd.DataFrame, *, series_uid: str,
     if rows.empty:
         log.info("no annotation rows for the requested series; returning an empty mask")
         return Mask(labels, volume.affine, {"format": "luna16-annotations"}), []
-    lin = volume.affine[:3, :3]
-    # half-extent (in voxels) along each index axis of a ball of radius 1 mm
-    unit_extent = np.linalg.norm(np.linalg.inv(lin), axis=1)
     centres_vox: list[np.ndarray] = []
     placed: list[dict] = []
     for ordinal, (line, row) in enumerate(rows.iterrows(), start=1):
@@ -493,26 +529,8 @@ def luna_mask(volume: Volume, annotations: pd.DataFrame, *, series_uid: str,
                         tuple(shape.tolist()))
             continue
         label = len(placed) + 1
-        radius = 0.5 * diameter * float(scale)
-        half = radius * unit_extent + 1.0
-        lo = np.maximum(np.floor(c - half).astype(int), 0)
-        hi = np.minimum(np.ceil(c + half).astype(int) + 1, shape)
-        box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
-        grid = np.stack(np.meshgrid(*(np.arange(a, b) for a, b in zip(lo, hi)),
-                                    indexing="ij"), axis=-1).astype(float)
-        dist = np.linalg.norm((grid - c) @ lin.T, axis=-1)
-        inside = dist <= radius
-        if not inside.any():  # smaller than a voxel: keep the voxel holding the centre
-            inside[tuple(nearest - lo)] = True
-        current = labels[box]
-        taken = inside & (current > 0)
-        if taken.any():
-            others = np.stack(centres_vox)[current[taken].astype(int) - 1]
-            other_dist = np.linalg.norm((grid[taken] - others) @ lin.T, axis=-1)
-            keep = np.ones_like(inside)
-            keep[taken] = dist[taken] < other_dist
-            inside &= keep
-        current[inside] = label
+        _draw_ball(labels, volume.affine[:3, :3], c, 0.5 * diameter * float(scale), label,
+                   centres_vox)
         centres_vox.append(c)
         placed.append({"label": label, "diameter_mm": diameter,
                        "center_lps_mm": [float(v) for v in centre], "n_voxels": 0})
@@ -524,3 +542,33 @@ def luna_mask(volume: Volume, annotations: pd.DataFrame, *, series_uid: str,
                         info["label"])
     log.info("placed %d of %d annotated nodules of the series", len(placed), len(rows))
     return Mask(labels, volume.affine, {"format": "luna16-annotations"}), placed
+
+
+def _draw_ball(labels: np.ndarray, lin: np.ndarray, c: np.ndarray, radius: float, label: int,
+               centres_vox: list[np.ndarray]) -> None:
+    """Give *label* to the voxels of *labels* whose centres lie within *radius* mm of the
+    voxel point *c* (*lin*: the affine's 3x3 part), the voxel holding *c* when none does; a
+    voxel already labelled goes to the nearer centre (*centres_vox*: those of labels 1..)."""
+    shape = np.asarray(labels.shape)
+    nearest = np.floor(c + 0.5).astype(int)
+    # half-extent (in voxels) along each index axis of a ball of radius 1 mm
+    unit_extent = np.linalg.norm(np.linalg.inv(lin), axis=1)
+    half = radius * unit_extent + 1.0
+    lo = np.maximum(np.floor(c - half).astype(int), 0)
+    hi = np.minimum(np.ceil(c + half).astype(int) + 1, shape)
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    grid = np.stack(np.meshgrid(*(np.arange(a, b) for a, b in zip(lo, hi)),
+                                indexing="ij"), axis=-1).astype(float)
+    dist = np.linalg.norm((grid - c) @ lin.T, axis=-1)
+    inside = dist <= radius
+    if not inside.any():  # smaller than a voxel: keep the voxel holding the centre
+        inside[tuple(nearest - lo)] = True
+    current = labels[box]
+    taken = inside & (current > 0)
+    if taken.any():
+        others = np.stack(centres_vox)[current[taken].astype(int) - 1]
+        other_dist = np.linalg.norm((grid[taken] - others) @ lin.T, axis=-1)
+        keep = np.ones_like(inside)
+        keep[taken] = dist[taken] < other_dist
+        inside &= keep
+    current[inside] = label

@@ -18,9 +18,12 @@ Which affine (the rule)
 
 from __future__ import annotations
 
+import gzip
+import io
 import logging
 import zlib
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -46,16 +49,45 @@ def is_nifti(path: str | Path) -> bool:
     return name.endswith(".nii") or name.endswith(".nii.gz")
 
 
-def _read(path: Path, max_bytes: int | None = None):
+#: Bytes of the header looked at to choose the image class (as ``nibabel.load`` sniffs).
+_SNIFF_BYTES = 1024
+
+
+def _from_bytes(path: Path, data: bytes):
+    """The NIfTI image of a file's bytes, as ``nibabel.load(path)`` reads the file: gzip
+    decompressed as the data are read (the header first, so that the size check precedes
+    the voxels); NIfTI-1 or NIfTI-2 by the header, and a header that cannot be read or
+    recognised is an ``ImageFileError``, as there."""
     import nibabel as nib
     from nibabel.filebasedimages import ImageFileError
 
-    if not path.is_file():
+    stream = io.BytesIO(data)
+    if path.name.lower().endswith(".gz"):
+        stream = gzip.GzipFile(fileobj=stream, mode="rb")
+    try:
+        head = stream.read(_SNIFF_BYTES)
+        stream.seek(0)
+    except (OSError, EOFError, zlib.error):
+        raise ImageFileError("the header cannot be read") from None
+    for klass in (nib.Nifti1Image, nib.Nifti2Image):
+        if klass.header_class.may_contain_header(head):
+            return klass.from_stream(stream)
+    raise ImageFileError("not a NIfTI-1 or NIfTI-2 file")
+
+
+def _read(path: Path, max_bytes: int | None = None,
+          read: Callable[[Path], bytes | None] | None = None):
+    import nibabel as nib
+    from nibabel.filebasedimages import ImageFileError
+    from nibabel.spatialimages import HeaderDataError
+
+    raw = read(path) if read is not None else None
+    if raw is None and not path.is_file():
         raise UnreadableFileError(f"NIfTI file {file_label(path)} does not exist", path=path)
-    if path.stat().st_size == 0:
+    if (len(raw) if raw is not None else path.stat().st_size) == 0:
         raise UnreadableFileError(f"NIfTI file {file_label(path)} is empty (0 bytes)", path=path)
     try:
-        img = nib.load(str(path))
+        img = nib.load(str(path)) if raw is None else _from_bytes(path, raw)
         shape = tuple(img.shape)
         if len(shape) not in (3, 4) or (len(shape) == 4 and shape[3] != 1):
             raise UnreadableFileError(
@@ -73,7 +105,7 @@ def _read(path: Path, max_bytes: int | None = None):
         note = _xform_note(img, path)
         canonical = nib.as_closest_canonical(img)
         data = np.asanyarray(canonical.dataobj)
-    except (EOFError, zlib.error, OSError, ValueError, ImageFileError) as exc:
+    except (EOFError, zlib.error, OSError, ValueError, ImageFileError, HeaderDataError) as exc:
         raise UnreadableFileError(
             f"NIfTI file {file_label(path)} cannot be read ({type(exc).__name__}); it is "
             "probably truncated or not a NIfTI file. Re-export or re-copy it.",
@@ -121,7 +153,8 @@ def _xform_note(img, path: Path) -> str | None:
     return None
 
 
-def load_nifti(path: str | Path, *, max_bytes: int | None = None) -> Volume:
+def load_nifti(path: str | Path, *, max_bytes: int | None = None,
+               read: Callable[[Path], bytes | None] | None = None) -> Volume:
     """Load a 3-D NIfTI image as a float32 :class:`Volume` (values after scl_slope/inter).
 
     Parameters
@@ -130,6 +163,10 @@ def load_nifti(path: str | Path, *, max_bytes: int | None = None) -> Volume:
         ``.nii`` or ``.nii.gz`` file.
     max_bytes : int or None
         Refuse, from the header, an image whose float32 array would be larger.
+    read : callable(path) -> bytes or None, optional
+        Gives the file's bytes (e.g. read once and hashed by the caller; see
+        :data:`data_tools.dicom_series.ReadBytes`); None from it, or no *read*: the file is
+        opened here.
 
     Returns
     -------
@@ -142,15 +179,18 @@ def load_nifti(path: str | Path, *, max_bytes: int | None = None) -> Volume:
         Missing, empty, truncated, or not 3-D.
     """
     path = Path(path)
-    arr, affine, note = _read(path, max_bytes)
+    arr, affine, note = _read(path, max_bytes, read)
     meta = {"format": "nifti", "modality": "CT"}
     if note:
         meta["xform_note"] = note
     return Volume(arr.astype(np.float32, copy=False), affine, meta)
 
 
-def load_nifti_mask(path: str | Path) -> Mask:
+def load_nifti_mask(path: str | Path, *, read: Callable[[Path], bytes | None] | None = None
+                    ) -> Mask:
     """Load a 3-D NIfTI label map (0 = background, 1..N = nodules) as a :class:`Mask`.
+
+    *read*: as in :func:`load_nifti`.
 
     Raises
     ------
@@ -160,7 +200,7 @@ def load_nifti_mask(path: str | Path) -> Mask:
         Non-integer or negative labels.
     """
     path = Path(path)
-    arr, affine, _ = _read(path)
+    arr, affine, _ = _read(path, read=read)
     if not np.issubdtype(arr.dtype, np.integer):
         rounded = np.rint(arr)
         if not np.allclose(arr, rounded, atol=1e-3):

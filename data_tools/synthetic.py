@@ -355,6 +355,135 @@ def _lps(affine, zyx) -> list[float]:
     return [round(float(v), 3) for v in affine[:3, :3] @ np.asarray(zyx, float) + affine[:3, 3]]
 
 
+def _draw_geometry(cfg: SyntheticConfig, rng) -> ph.Grid:
+    """The case's grid: the fixed geometry, or shape and spacing drawn from *rng*."""
+    if cfg.fixed_geometry is not None:
+        shape = tuple(int(v) for v in cfg.fixed_geometry[0])
+        spacing = tuple(round(float(v), 4) for v in cfg.fixed_geometry[1])
+    else:
+        nz = int(rng.integers(cfg.n_slices[0], cfg.n_slices[1] + 1))
+        p = round(float(rng.uniform(*cfg.pixel_spacing_mm)), 4)
+        spacing = (round(float(rng.uniform(*cfg.slice_spacing_mm)), 4), p, p)
+        shape = (nz, cfg.shape_yx, cfg.shape_yx)
+    grid = ph.Grid(shape, spacing)
+    if np.any(grid.extent_mm < 2 * 26.0 + 4.0):
+        raise ValueError(f"volume {shape} at spacing {spacing} mm spans {grid.extent_mm.round(1)} "
+                         "mm; every axis must span >= 56 mm so a 48 mm ROI fits around a nodule")
+    return grid
+
+
+def _rescale_variant(cfg: SyntheticConfig, seed: int, index: int) -> str:
+    """The stored-value encoding of case *index*: the variants cycled from a per-seed offset."""
+    variant_names = cfg.rescale_variants
+    offset = int(np.random.default_rng([seed, 3]).integers(len(variant_names)))
+    return variant_names[(index + offset) % len(variant_names)]
+
+
+def _add_vessels(grid: ph.Grid, hu: np.ndarray, lung: np.ndarray, rng, info: dict,
+                 cfg: SyntheticConfig) -> int:
+    """Grow and render the vessel trees into *hu* (in place); returns their voxel count."""
+    vessels = np.zeros(grid.shape, np.float32)
+    ph.render_capsules(grid, ph.grow_vessels(grid, lung, rng, info, cfg.vessel_trees_per_lung),
+                       vessels)
+    vessels *= lung
+    n_vessel_voxels = int(np.count_nonzero(vessels >= 0.5))
+    tmp = np.float32(40.0) - hu  # blood / vessel wall ~ 40 HU, composited by occupancy
+    tmp *= vessels
+    hu += tmp
+    return n_vessel_voxels
+
+
+def _place_lesions(grid: ph.Grid, lung: np.ndarray, rng, srng, cfg: SyntheticConfig):
+    """Nodules and planted structures: ``(nodules, mask, planted, items)``."""
+    nodules = ph.place_nodules(grid, lung, rng, _nodule_specs(rng, cfg, srng))
+    if not nodules:
+        raise ValueError(f"no nodule fits in a volume of shape {grid.shape} at spacing "
+                         f"{grid.spacing} mm; use more slices, a larger matrix or a larger "
+                         "pixel spacing")
+    mask = np.zeros(grid.shape, np.int16)
+    for i, nod in enumerate(nodules):
+        mask[nod["sl"]][nod["frac"] >= 0.5] = i + 1
+    planted, items = ph.plant_items(grid, lung, mask, rng, nodules, cfg, srng=srng)
+    return nodules, mask, planted, items
+
+
+def _paint_lesions(hu: np.ndarray, nodules: list, items: list, rng, *, blur: float,
+                   noise: float, spacing) -> None:
+    """Composite tails, nodules, granulomas and satellites, blur, paint the beads, add noise
+    and clip, in place (drawing each nodule's ``hu`` from *rng*)."""
+    shape = hu.shape
+    for it in items:
+        if it["kind"] == "pleural_tail":
+            _composite(hu, it["sl"], it["frac"], it["hu"])
+    for nod in nodules:
+        nod["hu"] = float(rng.uniform(20.0, 60.0))
+        _composite(hu, nod["sl"], nod["frac"], nod["hu"])
+    for it in items:
+        if it["kind"] in ("granuloma", "satellite_nodule"):
+            _composite(hu, it["sl"], it["frac"], it["hu"])
+    if blur > 0:  # same width in mm along z as in-plane
+        ndi.gaussian_filter(hu, sigma=(blur * spacing[1] / spacing[0], blur, blur), output=hu)
+    for it in items:  # metal is painted after the blur: it stays saturated
+        if it["kind"] == "marker_bead":
+            _composite(hu, it["sl"], it["frac"], it["hu"])
+    for k0 in range(0, shape[0], 32):  # slab by slab: no volume-sized temporaries
+        slab = rng.standard_normal((min(32, shape[0] - k0),) + shape[1:], dtype=np.float32)
+        slab *= np.float32(noise)
+        hu[k0:k0 + 32] += slab
+    np.clip(hu, *HU_RANGE, out=hu)
+
+
+def _nodule_records(grid: ph.Grid, affine, mask: np.ndarray, nodules: list,
+                    items: list) -> list[dict]:
+    """Truth records of the nodules (``truth.json``)."""
+    records = []
+    for i, nod in enumerate(nodules):
+        zyx = grid.to_idx(nod["centre_mm"])
+        kinds = {it["kind"] for it in items if it["nodule"] == i}
+        records.append({
+            "label": i + 1, "malignant": nod["malignant"], "diameter_mm": nod["diameter_mm"],
+            "margin": nod["margin"], "center_zyx": [round(float(v), 2) for v in zyx],
+            "center_lps_mm": _lps(affine, zyx),
+            "n_voxels": int(np.count_nonzero(mask[nod["sl"]] == i + 1)),
+            "hu": round(nod["hu"], 1), "has_pleural_tail": "pleural_tail" in kinds,
+            "has_marker_bead": "marker_bead" in kinds, "has_granuloma": "granuloma" in kinds,
+            "has_satellite_nodule": "satellite_nodule" in kinds,
+        })
+    return records
+
+
+def _item_records(grid: ph.Grid, affine, items: list) -> list[dict]:
+    """Truth records of the planted structures (``truth.json``)."""
+    records = []
+    for it in items:
+        zyx = grid.to_idx(it["centre_mm"])
+        rec = {"label": it["label"], "kind": it["kind"], "nodule_label": it["nodule"] + 1,
+               "center_zyx": [round(float(v), 2) for v in zyx], "center_lps_mm": _lps(affine, zyx),
+               "n_voxels": int(it["voxels"].sum()), "hu": round(float(it["hu"]), 1)}
+        rec.update({k: it[k] for k in ("width_mm", "length_mm", "diameter_mm", "distance_mm")
+                    if k in it})
+        records.append(rec)
+    return records
+
+
+def _acquisition(grid: ph.Grid, origin, rng, *, variant: str, noise: float, blur: float,
+                 n_vessel_voxels: int) -> dict:
+    """The acquisition record; slice thickness, kVp and kernel are drawn from *rng*."""
+    shape, spacing = grid.shape, grid.spacing
+    spec = RESCALE_VARIANTS[variant]
+    return {
+        "shape": list(shape), "spacing_mm": list(spacing), "origin_lps_mm": list(origin),
+        "noise_hu": noise, "blur_sigma_vox": blur, "blur_sigma_mm": round(blur * spacing[1], 3),
+        "rescale": {"variant": variant, "slope": spec["slope"], "intercept": spec["intercept"],
+                    "pixel_representation": int(spec["signed"]),
+                    "bits_stored": spec["bits_stored"]},
+        "slice_thickness_mm": float(rng.choice([0.625, 1.0, 1.25, 1.5, 2.0, 2.5])),
+        "kvp": int(rng.choice([100, 120, 140])),
+        "kernel": str(_KERNELS[int(rng.integers(len(_KERNELS)))]),
+        "n_vessel_voxels": n_vessel_voxels,
+    }
+
+
 def generate_case(seed: int, *, config: SyntheticConfig = SyntheticConfig(),
                   index: int = 0) -> SyntheticCase:
     """Generate one case in memory; the same ``(seed, index, config)`` gives the same case.
@@ -381,22 +510,10 @@ def generate_case(seed: int, *, config: SyntheticConfig = SyntheticConfig(),
     check_int("seed", seed)
     check_int("index", index)
     cfg = config
-    rng = np.random.default_rng([seed, index, 0])
-    if cfg.fixed_geometry is not None:
-        shape = tuple(int(v) for v in cfg.fixed_geometry[0])
-        spacing = tuple(round(float(v), 4) for v in cfg.fixed_geometry[1])
-    else:
-        nz = int(rng.integers(cfg.n_slices[0], cfg.n_slices[1] + 1))
-        p = round(float(rng.uniform(*cfg.pixel_spacing_mm)), 4)
-        spacing = (round(float(rng.uniform(*cfg.slice_spacing_mm)), 4), p, p)
-        shape = (nz, cfg.shape_yx, cfg.shape_yx)
-    grid = ph.Grid(shape, spacing)
-    if np.any(grid.extent_mm < 2 * 26.0 + 4.0):
-        raise ValueError(f"volume {shape} at spacing {spacing} mm spans {grid.extent_mm.round(1)} "
-                         "mm; every axis must span >= 56 mm so a 48 mm ROI fits around a nodule")
-    variant_names = cfg.rescale_variants
-    offset = int(np.random.default_rng([seed, 3]).integers(len(variant_names)))
-    variant = variant_names[(index + offset) % len(variant_names)]
+    rng = np.random.default_rng([seed, index, 0])  # the draws below keep their order
+    grid = _draw_geometry(cfg, rng)
+    shape, spacing = grid.shape, grid.spacing
+    variant = _rescale_variant(cfg, seed, index)
     noise = round(float(rng.uniform(*cfg.noise_sigma_hu)), 2)
     blur = round(float(rng.uniform(*cfg.blur_sigma_vox)), 3)
     z0 = round(float(rng.uniform(-420.0, -120.0)), 2)
@@ -405,79 +522,15 @@ def generate_case(seed: int, *, config: SyntheticConfig = SyntheticConfig(),
     affine = affine_from_spacing(spacing, origin)
 
     hu, lung, info = ph.build_anatomy(grid, rng)
-    vessels = np.zeros(shape, np.float32)
-    ph.render_capsules(grid, ph.grow_vessels(grid, lung, rng, info, cfg.vessel_trees_per_lung),
-                       vessels)
-    vessels *= lung
-    n_vessel_voxels = int(np.count_nonzero(vessels >= 0.5))
-    tmp = np.float32(40.0) - hu  # blood / vessel wall ~ 40 HU, composited by occupancy
-    tmp *= vessels
-    hu += tmp
-    del tmp, vessels
-
+    n_vessel_voxels = _add_vessels(grid, hu, lung, rng, info, cfg)
     srng = np.random.default_rng([seed, index, 7])  # satellites: a stream of their own
-    nodules = ph.place_nodules(grid, lung, rng, _nodule_specs(rng, cfg, srng))
-    if not nodules:
-        raise ValueError(f"no nodule fits in a volume of shape {shape} at spacing {spacing} mm; "
-                         "use more slices, a larger matrix or a larger pixel spacing")
-    mask = np.zeros(shape, np.int16)
-    for i, nod in enumerate(nodules):
-        mask[nod["sl"]][nod["frac"] >= 0.5] = i + 1
-    planted, items = ph.plant_items(grid, lung, mask, rng, nodules, cfg, srng=srng)
+    nodules, mask, planted, items = _place_lesions(grid, lung, rng, srng, cfg)
+    _paint_lesions(hu, nodules, items, rng, blur=blur, noise=noise, spacing=spacing)
 
-    for it in items:
-        if it["kind"] == "pleural_tail":
-            _composite(hu, it["sl"], it["frac"], it["hu"])
-    for nod in nodules:
-        nod["hu"] = float(rng.uniform(20.0, 60.0))
-        _composite(hu, nod["sl"], nod["frac"], nod["hu"])
-    for it in items:
-        if it["kind"] in ("granuloma", "satellite_nodule"):
-            _composite(hu, it["sl"], it["frac"], it["hu"])
-    if blur > 0:  # same width in mm along z as in-plane
-        ndi.gaussian_filter(hu, sigma=(blur * spacing[1] / spacing[0], blur, blur), output=hu)
-    for it in items:  # metal is painted after the blur: it stays saturated
-        if it["kind"] == "marker_bead":
-            _composite(hu, it["sl"], it["frac"], it["hu"])
-    for k0 in range(0, shape[0], 32):  # slab by slab: no volume-sized temporaries
-        slab = rng.standard_normal((min(32, shape[0] - k0),) + shape[1:], dtype=np.float32)
-        slab *= np.float32(noise)
-        hu[k0:k0 + 32] += slab
-    np.clip(hu, *HU_RANGE, out=hu)
-
-    nodule_records, item_records = [], []
-    for i, nod in enumerate(nodules):
-        zyx = grid.to_idx(nod["centre_mm"])
-        kinds = {it["kind"] for it in items if it["nodule"] == i}
-        nodule_records.append({
-            "label": i + 1, "malignant": nod["malignant"], "diameter_mm": nod["diameter_mm"],
-            "margin": nod["margin"], "center_zyx": [round(float(v), 2) for v in zyx],
-            "center_lps_mm": _lps(affine, zyx),
-            "n_voxels": int(np.count_nonzero(mask[nod["sl"]] == i + 1)),
-            "hu": round(nod["hu"], 1), "has_pleural_tail": "pleural_tail" in kinds,
-            "has_marker_bead": "marker_bead" in kinds, "has_granuloma": "granuloma" in kinds,
-            "has_satellite_nodule": "satellite_nodule" in kinds,
-        })
-    for it in items:
-        zyx = grid.to_idx(it["centre_mm"])
-        rec = {"label": it["label"], "kind": it["kind"], "nodule_label": it["nodule"] + 1,
-               "center_zyx": [round(float(v), 2) for v in zyx], "center_lps_mm": _lps(affine, zyx),
-               "n_voxels": int(it["voxels"].sum()), "hu": round(float(it["hu"]), 1)}
-        rec.update({k: it[k] for k in ("width_mm", "length_mm", "diameter_mm", "distance_mm")
-                    if k in it})
-        item_records.append(rec)
-    spec = RESCALE_VARIANTS[variant]
-    acquisition = {
-        "shape": list(shape), "spacing_mm": list(spacing), "origin_lps_mm": list(origin),
-        "noise_hu": noise, "blur_sigma_vox": blur, "blur_sigma_mm": round(blur * spacing[1], 3),
-        "rescale": {"variant": variant, "slope": spec["slope"], "intercept": spec["intercept"],
-                    "pixel_representation": int(spec["signed"]),
-                    "bits_stored": spec["bits_stored"]},
-        "slice_thickness_mm": float(rng.choice([0.625, 1.0, 1.25, 1.5, 2.0, 2.5])),
-        "kvp": int(rng.choice([100, 120, 140])),
-        "kernel": str(_KERNELS[int(rng.integers(len(_KERNELS)))]),
-        "n_vessel_voxels": n_vessel_voxels,
-    }
+    nodule_records = _nodule_records(grid, affine, mask, nodules, items)
+    item_records = _item_records(grid, affine, items)
+    acquisition = _acquisition(grid, origin, rng, variant=variant, noise=noise, blur=blur,
+                               n_vessel_voxels=n_vessel_voxels)
     log.debug("generated synthetic case %d: shape %s, %d nodules, %d planted", index, shape,
               len(nodules), len(items))
     return SyntheticCase(hu=hu, affine=affine, mask=mask, planted=planted, nodules=nodule_records,

@@ -23,7 +23,8 @@ import numpy as np
 
 from .errors import GeometryMismatchError, MaskError
 
-__all__ = ["Volume", "Mask", "affine_from_spacing", "describe_grid", "check_same_grid"]
+__all__ = ["Volume", "Mask", "affine_from_spacing", "spacing_from_affine", "describe_grid",
+           "check_same_grid"]
 
 #: Two grids are "the same" when shapes match and affines agree within this (mm).
 GRID_TOLERANCE_MM = 1e-3
@@ -55,14 +56,16 @@ def affine_from_spacing(spacing_mm, origin_mm=(0.0, 0.0, 0.0)) -> np.ndarray:
     return aff
 
 
-def _spacing(affine: np.ndarray) -> tuple[float, float, float]:
+def spacing_from_affine(affine) -> tuple[float, float, float]:
+    """``(dz, dy, dx)`` in mm: the norms of the first three columns of *affine* (4x4 or
+    3x3, ``[z, y, x, 1] -> LPS mm``; see the module docstring)."""
     norms = np.linalg.norm(np.asarray(affine, dtype=float)[:3, :3], axis=0)
     return (float(norms[0]), float(norms[1]), float(norms[2]))
 
 
 def describe_grid(shape, affine) -> str:
     """One-line description of a voxel grid for error messages (shape, spacing, origin)."""
-    sp = _spacing(affine)
+    sp = spacing_from_affine(affine)
     origin = np.asarray(affine, dtype=float)[:3, 3]
     return (
         f"shape (z, y, x)={tuple(int(s) for s in shape)}, "
@@ -110,7 +113,7 @@ class Volume:
     @property
     def spacing_mm(self) -> tuple[float, float, float]:
         """``(dz, dy, dx)`` in mm."""
-        return _spacing(self.affine)
+        return spacing_from_affine(self.affine)
 
     def voxel_to_world(self, zyx) -> np.ndarray:
         """Map voxel indices ``(..., 3)`` in ``(z, y, x)`` order to LPS mm ``(..., 3)``."""

@@ -100,7 +100,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_sanity(args) -> int:
-    from discovery.batch.sanity import run_sanity, summarize
+    from discovery.batch.sanity import run_sanity
+    from discovery.store.tables import sanity_summary
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     randomise = [m.strip() for m in args.randomise.split(",") if m.strip()]
@@ -111,7 +112,7 @@ def cmd_sanity(args) -> int:
             randomise=randomise, steps=args.steps, n_random=args.n_random, n_draws=args.draws,
             seed=args.seed, max_nodules=args.max_nodules,
             progress=lambda stage, d, t: bar.update(task, completed=d, total=t, note=stage))
-    table = summarize(summary.randomization, summary.perturbation)
+    table = sanity_summary(summary.randomization, summary.perturbation)
     console = _console()
     console.print(f"{summary.n_nodules} nodules; Spearman original vs fully randomised model, "
                   "and deletion AUC (lower = more faithful) against random voxel orders:")
@@ -172,7 +173,7 @@ def cmd_score(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from discovery.report.html import write_report
+    from discovery.report.write import write_report
 
     console = _console()
     if args.format == "dicom":
@@ -222,14 +223,16 @@ def cmd_app(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from data_tools.layouts import LAYOUTS
-    from discovery.explain.methods import METHODS
-    from discovery.model.train import TrainSettings
-
+    """The ``discovery`` command line: one sub-command per task (see the README)."""
     p = argparse.ArgumentParser(prog="discovery", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = p.add_subparsers(dest="command", required=True)
+    for add in (_add_sample, _add_train, _add_sanity, _add_score, _add_report, _add_app):
+        add(sub)
+    return p
 
+
+def _add_sample(sub) -> None:
     s = sub.add_parser("sample", help="write a seeded synthetic chest-CT cohort (DICOM + masks)")
     s.add_argument("out", help="output folder")
     s.add_argument("--cases", type=int, default=8)
@@ -238,6 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="JSON file of SyntheticConfig fields replacing the defaults (the demo "
                         "model's cohort: sample_data/demo_model/cohort.json)")
     s.set_defaults(func=cmd_sample)
+
+
+def _add_train(sub) -> None:
+    from discovery.model.train import TrainSettings
 
     t = sub.add_parser("train", help="train the nodule classifier on a cohort")
     t.add_argument("cohort", nargs="+", help="cohort folder(s) (case folders + truth.csv)")
@@ -256,6 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue from OUT/checkpoint.pt left by an interrupted run")
     t.set_defaults(func=cmd_train)
 
+
+def _add_sanity(sub) -> None:
+    from discovery.explain.methods import METHODS
+
     q = sub.add_parser("sanity", help="randomisation test and deletion/insertion curves of the maps")
     q.add_argument("source", help="results folder (from `discovery score`) or cohort folder")
     q.add_argument("--out", default=None, help="results folder to store the tables in "
@@ -273,6 +284,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--max-nodules", type=_at_least_one, default=None,
                    help="check a seeded random sample of at most N nodules (default: all)")
     q.set_defaults(func=cmd_sanity)
+
+
+def _add_score(sub) -> None:
+    from data_tools.layouts import LAYOUTS
+    from discovery.explain.methods import METHODS
 
     c = sub.add_parser("score", help="score a folder of cases (or a manifest CSV)")
     c.add_argument("input", help="folder of case folders, one case folder, or manifest CSV")
@@ -304,6 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "give that with PGPASSWORD or ~/.pgpass)")
     c.set_defaults(func=cmd_score)
 
+
+def _add_report(sub) -> None:
     r = sub.add_parser("report", help="export a findings report")
     r.add_argument("results", help="results folder")
     r.add_argument("--format", choices=["html", "pdf", "csv", "parquet", "dicom"],
@@ -317,13 +335,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "re-read, de-identified and referenced by the exports)")
     r.set_defaults(func=cmd_report)
 
+
+def _add_app(sub) -> None:
     a = sub.add_parser("app", help="start the review app")
     a.add_argument("results", help="results folder")
     a.add_argument("--port", type=int, default=8501)
     a.add_argument("--host", default="127.0.0.1", help="bind address (default localhost only)")
     a.set_defaults(func=cmd_app)
-    return p
-
 
 def main(argv: list[str] | None = None) -> int:
     from data_tools.errors import DataError

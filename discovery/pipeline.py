@@ -31,7 +31,6 @@ from discovery.align.metrics import (
 )
 from discovery.explain.methods import (
     AttributionInfo,
-    layer_activations,
     predict_and_explain,
 )
 from discovery.model.card import ModelCard
@@ -233,8 +232,8 @@ def analyze_scan(
     case_id : str
         Pseudonymous id (carried, never derived from paths here).
     timings : dict, optional
-        When given, seconds per stage are added to it (``roi``, ``model``, ``align``,
-        ``offmask``); used by ``benchmarks/pipeline.py``.
+        When given, seconds per stage are added to it (``roi``, ``model``, ``descriptors``,
+        ``align``, ``offmask``); used by ``benchmarks/pipeline.py``.
     """
     shape = volume.shape
     attribution = np.zeros(shape, dtype=np.float32)
@@ -248,80 +247,118 @@ def analyze_scan(
     with _stage(timings, "roi"):
         rois = [extract_roi(volume, s.center_zyx, size_vox=card.roi_size_vox,
                             spacing_mm=card.roi_spacing_mm) for s in sites]
-    probs_all, maps_all, acts_all = [], [], []
-    info = None
     with _stage(timings, "model"):
-        for start in range(0, len(rois), settings.batch_size):
-            batch = _rois_tensor(rois[start:start + settings.batch_size], card)
-            probs, maps, info = predict_and_explain(model, batch, method=settings.method)
-            acts_all.append(layer_activations(model, batch))
-            if info.signed:
-                # Alignment and off-mask regions measure where the evidence *for* the target
-                # class lies: the positive part of a signed map, taken here, explicitly.
-                maps = np.maximum(maps, 0.0)
-            probs_all.append(probs)
-            maps_all.append(maps)
-    probs = np.concatenate(probs_all)
-    maps = np.concatenate(maps_all)
-    acts = np.concatenate(acts_all)
-    threshold = float(card.metrics.get("threshold", 0.5))
-
-    spacing = volume.spacing_mm
+        probs, maps, acts, info = _score_rois(rois, model, card, settings)
     with _stage(timings, "descriptors"):
-        # the lung field only where the regions can be: the ROI boxes (most of a full-size
-        # scan's time went into closing the whole lungs)
-        air = lung_components(volume.array, spacing_mm=spacing)
-        lung = lung_mask(volume.array, spacing_mm=spacing, components=air,
-                         within=[roi.scan_box(shape) for roi in rois])
-        if air.any():  # the midline: halfway between the lungs' air, in patient x
-            midline_x = float(volume.voxel_to_world(np.argwhere(air[::2, ::2, ::2]).mean(axis=0)
-                                                    * 2)[0])
-        else:
-            midline_x = float(volume.voxel_to_world((np.asarray(shape) - 1) / 2.0)[0])
-    annotated = mask.array > 0
+        scene = _scene(volume, rois)
     results: list[NoduleResult] = []
     region_index: list[tuple[str, int]] = []
     for site, roi, prob, roi_map, act in zip(sites, rois, probs, maps, acts):
-        with _stage(timings, "align"):
-            box, attr = roi_to_scan(roi_map, roi, shape)
-            own = mask.array[box] == site.label
-            dist = distance_to_mask_mm(own, spacing) if own.any() else None  # shared by both
-            alignment = align(attr, own, spacing_mm=spacing, thresholds=settings.align,
-                              distance_mm=dist)
-            localization = localization_summary(attr, own, spacing, distance_mm=dist)
-        lo = np.array([s.start for s in box], dtype=float)
-        with _stage(timings, "offmask"):
-            labels, regions = extract_offmask_regions(
-                attr, annotated[box], volume.array[box], spacing_mm=spacing,
-                nodule_center_zyx=tuple(np.asarray(site.center_zyx) - lo), settings=settings.offmask,
-            )
-        contexts = []
-        with _stage(timings, "descriptors"):
-            nodule_lps = volume.voxel_to_world(site.center_zyx)
-            for region in regions:
-                inside = labels == region.region_index
-                halo = grow_mm(inside, HALO_MM, spacing) & ~own
-                off = offset_lps_mm(region.offset_mm, volume.affine)
-                contexts.append(RegionContext(
-                    anatomy=region_descriptors(inside, volume.array[box], lung[box],
-                                               spacing_mm=spacing),
-                    offset_lps_mm=tuple(float(v) for v in off),
-                    direction=direction_words(off, nodule_lps_mm=nodule_lps, midline_x_mm=midline_x),
-                    halo_max_hu=float(volume.array[box][halo].max()),
-                    deep=pool_region_features(act, np.argwhere(inside) + lo, roi),
-                    structure=attended_structure(inside, volume.array[box], lung[box], attr, own,
-                                                 spacing_mm=spacing, exclude=annotated[box],
-                                                 distance_mm=dist, grow_by_mm=HALO_MM),
-                ))
-        np.maximum(attribution[box], attr, out=attribution[box])
-        for region in regions:
+        p1 = float(prob[1])
+        nodule = _analyze_nodule(volume, mask, scene, site, roi, roi_map, act, settings=settings,
+                                 timings=timings, probability=p1,
+                                 predicted_label=int(p1 >= card.threshold), info=info)
+        box, labels = nodule.box, nodule.region_labels
+        np.maximum(attribution[box], nodule.attribution, out=attribution[box])
+        for region in nodule.regions:
             region_index.append((site.nodule_id, region.region_index))
             region_map[box][labels == region.region_index] = len(region_index)
-        p1 = float(prob[1])
-        results.append(NoduleResult(
-            site=site, probability=p1, predicted_label=int(p1 >= threshold), alignment=alignment,
-            localization=localization,
-            regions=regions, box=box, attribution=attr, region_labels=labels, info=info,
-            contexts=contexts,
-        ))
+        results.append(nodule)
     return CaseResult(case_id, results, attribution, region_map, region_index, "ok")
+
+
+def _score_rois(rois: list[Roi], model: torch.nn.Module, card: ModelCard,
+                settings: ScoreSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray, AttributionInfo]:
+    """Probabilities ``(N, C)``, maps ``(N, z, y, x)`` and CAM-layer activations of every ROI,
+    in batches of ``settings.batch_size``, from one forward (+ backward) pass per batch."""
+    probs_all, maps_all, acts_all = [], [], []
+    info = None
+    for start in range(0, len(rois), settings.batch_size):
+        batch = _rois_tensor(rois[start:start + settings.batch_size], card)
+        probs, maps, info, acts = predict_and_explain(model, batch, method=settings.method,
+                                                      return_activations=True)
+        if info.signed:
+            # Alignment and off-mask regions measure where the evidence *for* the target
+            # class lies: the positive part of a signed map, taken here, explicitly.
+            maps = np.maximum(maps, 0.0)
+        probs_all.append(probs)
+        maps_all.append(maps)
+        acts_all.append(acts)
+    return np.concatenate(probs_all), np.concatenate(maps_all), np.concatenate(acts_all), info
+
+
+@dataclass(frozen=True, eq=False)
+class _Scene:
+    """What every nodule of a scan shares: the lungs' air, the lung field in the ROI boxes,
+    the midline (patient x, mm) and the union of the annotated nodules."""
+
+    lung: np.ndarray
+    midline_x_mm: float
+
+
+def _scene(volume: Volume, rois: list[Roi]) -> _Scene:
+    shape, spacing = volume.shape, volume.spacing_mm
+    # the lung field only where the regions can be: the ROI boxes (most of a full-size
+    # scan's time went into closing the whole lungs)
+    air = lung_components(volume.array, spacing_mm=spacing)
+    lung = lung_mask(volume.array, spacing_mm=spacing, components=air,
+                     within=[roi.scan_box(shape) for roi in rois])
+    if air.any():  # the midline: halfway between the lungs' air, in patient x
+        midline_x = float(volume.voxel_to_world(np.argwhere(air[::2, ::2, ::2]).mean(axis=0)
+                                                * 2)[0])
+    else:
+        midline_x = float(volume.voxel_to_world((np.asarray(shape) - 1) / 2.0)[0])
+    return _Scene(lung=lung, midline_x_mm=midline_x)
+
+
+def _analyze_nodule(volume: Volume, mask: Mask, scene: _Scene, site: NoduleSite, roi: Roi,
+                    roi_map: np.ndarray, act: np.ndarray, *, settings: ScoreSettings,
+                    timings: dict[str, float] | None, probability: float, predicted_label: int,
+                    info: AttributionInfo) -> NoduleResult:
+    """Alignment, localisation, off-mask regions and their contexts of one nodule."""
+    spacing = volume.spacing_mm
+    annotated = mask.array > 0
+    with _stage(timings, "align"):
+        box, attr = roi_to_scan(roi_map, roi, volume.shape)
+        own = mask.array[box] == site.label
+        dist = distance_to_mask_mm(own, spacing) if own.any() else None  # shared by both
+        alignment = align(attr, own, spacing_mm=spacing, thresholds=settings.align,
+                          distance_mm=dist)
+        localization = localization_summary(attr, own, spacing, distance_mm=dist)
+    lo = np.array([s.start for s in box], dtype=float)
+    with _stage(timings, "offmask"):
+        labels, regions = extract_offmask_regions(
+            attr, annotated[box], volume.array[box], spacing_mm=spacing,
+            nodule_center_zyx=tuple(np.asarray(site.center_zyx) - lo), settings=settings.offmask,
+        )
+    with _stage(timings, "descriptors"):
+        contexts = [_region_context(volume, scene, site, roi, act, box, labels, region, attr, own,
+                                    annotated[box], dist) for region in regions]
+    return NoduleResult(
+        site=site, probability=probability, predicted_label=predicted_label, alignment=alignment,
+        localization=localization, regions=regions, box=box, attribution=attr,
+        region_labels=labels, info=info, contexts=contexts,
+    )
+
+
+def _region_context(volume: Volume, scene: _Scene, site: NoduleSite, roi: Roi, act: np.ndarray,
+                    box, labels: np.ndarray, region: OffMaskRegion, attr: np.ndarray,
+                    own: np.ndarray, annotated: np.ndarray,
+                    dist: np.ndarray | None) -> RegionContext:
+    """What surrounds one off-mask region (:class:`RegionContext`)."""
+    spacing = volume.spacing_mm
+    hu, lung = volume.array[box], scene.lung[box]
+    lo = np.array([s.start for s in box], dtype=float)
+    inside = labels == region.region_index
+    halo = grow_mm(inside, HALO_MM, spacing) & ~own
+    off = offset_lps_mm(region.offset_mm, volume.affine)
+    return RegionContext(
+        anatomy=region_descriptors(inside, hu, lung, spacing_mm=spacing),
+        offset_lps_mm=tuple(float(v) for v in off),
+        direction=direction_words(off, nodule_lps_mm=volume.voxel_to_world(site.center_zyx),
+                                  midline_x_mm=scene.midline_x_mm),
+        halo_max_hu=float(hu[halo].max()),
+        deep=pool_region_features(act, np.argwhere(inside) + lo, roi),
+        structure=attended_structure(inside, hu, lung, attr, own, spacing_mm=spacing,
+                                     exclude=annotated, distance_mm=dist, grow_by_mm=HALO_MM),
+    )

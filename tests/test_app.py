@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from app import common
 from discovery.store.tables import CLUSTER_REVIEW_CHOICES, NODULE_REVIEW_CHOICES, ResultsStore
 
 APP = Path(__file__).resolve().parents[1] / "app"
@@ -268,32 +270,88 @@ def test_missing_results_folder_is_a_clear_error(tmp_path):
     assert not (tmp_path / "discovery.sqlite").exists()  # the app never creates a store
 
 
-def _common():
-    """The app's helper module, imported as the pages import it."""
-    if str(APP) not in sys.path:
-        sys.path.insert(0, str(APP))
-    import common
-
-    return common
-
-
 def test_results_argument_parsing():
-    common = _common()
     assert common._results_from_argv(["--results", "/r"]) == "/r"
     assert common._results_from_argv(["--results=/r"]) == "/r"
     assert common._results_from_argv(["--other"]) is None
+
+
+def test_pages_import_the_one_common_module():
+    """The pages import ``app.common`` as a package: no ``sys.path`` edits, no second copy."""
+    import sys
+
+    for path in [APP / "common.py", APP / "streamlit_app.py", *sorted((APP / "views").glob("*.py"))]:
+        text = path.read_text()
+        assert "sys.path" not in text and "E402" not in text, path.name
+    assert "common" not in sys.modules or sys.modules["common"] is common
 
 
 def test_cached_key_slice_matches_render_key_slice(tiny_results):
     from discovery.report import render
     from discovery.store.tables import load_case_arrays
 
-    common = _common()
-
     arrays = common._load_arrays(str(tiny_results), "case-A", 0)
-    mask = load_case_arrays(tiny_results, "case-A")["mask"]
+    stored = load_case_arrays(tiny_results, "case-A")
+    mask = stored["mask"]
     assert common.key_slice(arrays, 1) == render.key_slice(mask, 1) == 6
     assert common.key_slice(arrays, 2) is None and common.key_slice(arrays, None) is None
+    # the display spacing: the norms of the affine's columns, (dz, dy, dx)
+    np.testing.assert_array_equal(arrays["spacing_mm"],
+                                  np.linalg.norm(stored["affine"][:3, :3], axis=0))
+
+
+# -- cached tables ------------------------------------------------------------------------------
+def test_cached_tables_follow_the_store(tiny_results_fresh):
+    store = ResultsStore(tiny_results_fresh, create=False)
+    assert common.reviews(store, "nodule").empty
+    assert common.reviews(store, "nodule").empty  # a cache hit: the same (empty) table
+    store.save_review("nodule", "case-A/n1", "Dr. Ada", NODULE_REVIEW_CHOICES[0])
+    assert common.reviews(store, "nodule")["reviewer"].tolist() == ["Dr. Ada"]  # at once
+    everything = store.regions()
+    mine = everything[(everything["case_id"] == "case-B") & (everything["nodule_id"] == "n1")]
+    pd.testing.assert_frame_equal(common.nodule_regions(store, "case-B", "n1"),
+                                  mine.reset_index(drop=True))
+    pd.testing.assert_frame_equal(common.findings(store), store.findings())
+    store.close()
+
+
+def test_slider_moves_do_not_query_the_tables(tiny_results_fresh, monkeypatch):
+    calls: dict[str, int] = {}
+    for name in ("findings", "regions", "reviews"):
+        original = getattr(ResultsStore, name)
+
+        def counted(self, *args, _name=name, _original=original, **kwargs):
+            calls[_name] = calls.get(_name, 0) + 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(ResultsStore, name, counted)
+    at = page("case", tiny_results_fresh, case_id="case-B", nodule_id="n1")
+    assert not at.exception
+    first = dict(calls)
+    assert first.get("findings") == 1 and first.get("regions") == 1
+    at.slider(key="slice_case-B_n1_axial").set_value(0).run(timeout=TIMEOUT)
+    at.slider(key="case_opacity").set_value(0.2).run(timeout=TIMEOUT)
+    assert not at.exception
+    assert calls == first
+    # a review saved elsewhere (another reviewer) shows at once: the tables are read again
+    store = ResultsStore(tiny_results_fresh, create=False)
+    store.save_review("nodule", "case-B/n1", "Dr. Bo", NODULE_REVIEW_CHOICES[0])
+    store.close()
+    at.slider(key="slice_case-B_n1_axial").set_value(1).run(timeout=TIMEOUT)
+    assert calls["reviews"] > first["reviews"]
+    assert "Dr. Bo" in set(at.dataframe[0].value["reviewer"])
+
+
+def test_cases_page_shows_a_new_review_at_once(tiny_results_fresh):
+    at = page("cases", tiny_results_fresh)
+    assert set(at.dataframe[0].value["review_status"]) == {"to review"}
+    store = ResultsStore(tiny_results_fresh, create=False)
+    store.save_review("nodule", "case-A/n1", "Dr. Ada", NODULE_REVIEW_CHOICES[0])
+    store.close()
+    at.run(timeout=TIMEOUT)
+    table = at.dataframe[0].value.set_index("case_id")
+    assert table.loc["case-A", "review_status"] == "reviewed"
+    assert table.loc["case-B", "review_status"] == "to review"
 
 
 # -- reviews page -------------------------------------------------------------------------------

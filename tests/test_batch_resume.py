@@ -122,9 +122,23 @@ def test_reference_run_counts_and_clusters(reference):
     assert b"scored_at" not in (out / "findings.csv").read_bytes()
 
 
-def test_two_uninterrupted_runs_write_identical_tables(reference, cohort, model_dir, tmp_path):
+def test_two_uninterrupted_runs_write_identical_tables(reference, cohort, model_dir, tmp_path,
+                                                       monkeypatch):
+    """A first run hashes no case in the calling process: each case's worker hashes the bytes
+    it reads the case from, and the manifest holds case_input_hash's value."""
+    from discovery.batch import score as batch
+
+    hashed_here = []
+    monkeypatch.setattr(batch, "case_input_hash",
+                        lambda spec, **kw: hashed_here.append(spec) or case_input_hash(spec, **kw))
     score_folder(cohort, tmp_path / "again", model_dir=model_dir)
     assert _tables(tmp_path / "again") == _tables(reference[0])
+    assert hashed_here == []
+    manifest = _manifest(tmp_path / "again")
+    assert {c: r[:4] for c, r in manifest.items()} == {c: r[:4] for c, r in
+                                                       _manifest(reference[0]).items()}
+    expected = {s.case_id: case_input_hash(s) for s in batch.discover_cases(cohort)}
+    assert {c: r[0] for c, r in manifest.items()} == expected
 
 
 def test_rerun_skips_unchanged_cases_and_retries_failed_ones(reference, cohort, model_dir, tmp_path):
@@ -277,6 +291,49 @@ def test_input_hash_of_a_metaimage_includes_its_data_file_and_the_annotations(tm
     assert len({h0, h1, h2, h3}) == 4
 
 
+def test_a_case_read_once_hashes_as_case_input_hash(tmp_path, monkeypatch):
+    """HashingReader: the reader of a case reads each input file once (the NIfTI mask inside
+    a DICOM folder is handed out twice from memory), and the hash of those bytes is
+    case_input_hash's; files the readers do not ask for, or past the byte budget, are hashed
+    from disk; a file that cannot be read counts as missing in both."""
+    import pathlib
+
+    from _dicom_factory import write_ct_series
+    from data_tools.cases import read_case
+    from data_tools.dicom import load_dicom_series
+    from discovery.batch import manifest
+
+    case = tmp_path / "PATIENT"
+    write_ct_series(case / "series")
+    (case / "notes.txt").write_text("not DICOM")
+    ct = load_dicom_series(case / "series")
+    save_nifti(Mask(np.zeros(ct.shape, np.int16), ct.affine), case / "mask.nii.gz")
+    (case / "results").mkdir()
+    (case / "results" / "discovery.sqlite").write_bytes(b"db")
+    spec = CaseSpec("c1", case, "dicom", case / "mask.nii.gz", mask_kind="nifti")
+    expected = case_input_hash(spec, exclude=case / "results")
+    reads = []
+    real = pathlib.Path.read_bytes
+    monkeypatch.setattr(pathlib.Path, "read_bytes", lambda p: reads.append(p) or real(p))
+    reader = manifest.HashingReader(spec, case / "results", None)
+    monkeypatch.setattr(manifest, "_file_sha256", lambda *a: pytest.fail("read again to hash"))
+    loaded = read_case(spec, read=reader)
+    assert loaded.mask is not None and loaded.volume.shape == (8, 16, 16)
+    assert reader.input_hash() == expected
+    inputs = [p for _, p in manifest._case_files(spec, case / "results")]
+    assert sorted(reads) == sorted(inputs)  # each input file read once, nothing else
+    monkeypatch.undo()
+    budget = manifest.HashingReader(spec, case / "results", 3 * 1024)  # a few files only
+    read_case(spec, read=budget)
+    assert 0 < len(budget.digests) < len(inputs) and budget.input_hash() == expected
+    (case / "notes.txt").chmod(0)
+    if os.access(case / "notes.txt", os.R_OK):  # root reads anything
+        (case / "notes.txt").unlink()
+    missing = manifest.HashingReader(spec, case / "results", None)
+    read_case(spec, read=missing)
+    assert missing.input_hash() == case_input_hash(spec, exclude=case / "results") != expected
+
+
 def test_config_hash_follows_settings_limits_and_layout():
     card = ModelCard()
     spec = CaseSpec("c", Path("ct.nii.gz"), "nifti", None)
@@ -296,17 +353,24 @@ def test_config_hash_follows_settings_limits_and_layout():
 
 
 def test_stale_temp_files_are_removed_live_ones_kept(tmp_path):
+    """The names data_tools.files.atomic_path writes (``.NAME.PID.tmp``) and those of earlier
+    versions (``cases/.<case_id>.<pid>.tmp.npz``, ``.patterns.csv.tmp``)."""
+    from data_tools.files import temp_name
+
     (tmp_path / "cases").mkdir()
-    dead = tmp_path / "cases" / ".case-a.999999999.tmp.npz"
-    live = tmp_path / "cases" / f".case-b.{os.getppid()}.tmp.npz"
-    old_live = tmp_path / "cases" / f".case-c.{os.getppid()}.tmp.npz"
-    mine = tmp_path / f".findings.csv.{os.getpid()}.tmp"
+    dead = tmp_path / "cases" / ".case-a.npz.999999999.tmp"
+    dead_old = tmp_path / "cases" / ".case-e.999999999.tmp.npz"
+    live = tmp_path / "cases" / f".case-b.npz.{os.getppid()}.tmp"
+    old_live = tmp_path / "cases" / f".case-c.npz.{os.getppid()}.tmp"
+    mine = temp_name(tmp_path / "findings.csv")
+    assert mine.name == f".findings.csv.{os.getpid()}.tmp"
     legacy = tmp_path / ".patterns.csv.tmp"
+    pointer = tmp_path / ".store.json.999999999.tmp"
     other = tmp_path / "cases" / "case-d.npz"
-    for p in (dead, live, old_live, mine, legacy, other):
+    for p in (dead, dead_old, live, old_live, mine, legacy, pointer, other):
         p.write_bytes(b"x")
     os.utime(old_live, (time.time() - 3600, time.time() - 3600))
-    assert remove_stale_temp_files(tmp_path) == 4
+    assert remove_stale_temp_files(tmp_path) == 6
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == [live.name, other.name]
 
 

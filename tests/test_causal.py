@@ -9,15 +9,20 @@ import torch
 from data_tools.volume import Mask, Volume, affine_from_spacing
 from discovery.align.metrics import grow_mm
 from discovery.patterns.causal import (
+    CENTRE_COLUMNS,
     EFFECT_COLUMNS,
     FALLBACK_PARENCHYMA_HU,
     FLAG_COLUMNS,
     inpaint_parenchyma,
+    _score_rois,
+    case_deltas,
+    case_without,
     pattern_effects,
     rescore_without,
     summarize_effects,
 )
-from discovery.model.card import ModelCard
+from discovery.model.card import ModelCard, build_network
+from discovery.model.rois import nodule_sites
 
 SPACING = (1.5, 1.5, 1.5)
 
@@ -136,6 +141,13 @@ def test_pattern_effects_finds_the_relied_upon_cluster_and_flags_its_nodules():
     assert (f.loc[["c0", "c1", "c2", "c3"], "flag_score"] > 0.98).all()
     assert f.loc["c4", "flag_score"] == pytest.approx(0.0, abs=1e-6)
     assert (f.loc[["c0", "c1", "c2", "c3"], "flag_clusters"] == "0").all()
+    # the probability without the cluster is the first pass's p_after (the same edit), exactly
+    # what removing the regions and re-scoring gives
+    vol, mask, region_map = cases["c2"]
+    centre = nodule_sites(mask)[0].center_zyx
+    p0, p1 = rescore_without(model, ModelCard(), vol, centre,
+                             grow_mm(region_map == 1, 3.0, SPACING), protect=mask.array > 0)
+    assert f.loc["c2", "probability"] == p0 and f.loc["c2", "probability_without"] == p1
 
 
 def test_a_runner_elsewhere_gives_the_same_effects_and_flags():
@@ -161,9 +173,9 @@ def test_a_runner_elsewhere_gives_the_same_effects_and_flags():
     there = pattern_effects(regions, clusters, load=None, model=None, card=ModelCard(), run=run)
     for a, b in zip(here, there):
         pd.testing.assert_frame_equal(a, b)
-    # every case's deltas; again only the cases with regions in the supporting cluster 0
-    # (c4 has none)
-    assert steps == [("case_deltas", list(cases)), ("case_without", ["c0", "c1", "c2", "c3"])]
+    # every case's deltas, each case read once; no second pass: every nodule has regions in
+    # one supporting cluster only, whose removal the first pass already scored
+    assert steps == [("case_deltas", list(cases))]
 
 
 def test_an_unreadable_case_is_skipped_not_fatal(caplog):
@@ -186,3 +198,115 @@ def test_pattern_effects_input_errors():
     with pytest.raises(ValueError, match="case_region"):
         pattern_effects(pd.DataFrame({"case_id": [], "nodule_id": [], "cluster": []}),
                         pd.DataFrame({"cluster": []}), load=None, model=None, card=None)
+
+
+class BeadCounter(torch.nn.Module):
+    """Malignancy logit = 20 * (number of metal-bright ROI voxels - 1.5): two beads mean
+    'malignant', one or none 'benign'.  Hand-set, so effects are known."""
+
+    def forward(self, x):
+        n = (x > 0.75).sum(dim=(1, 2, 3, 4)).to(x.dtype)
+        return torch.stack([torch.zeros_like(n), 20.0 * (n - 1.5)], dim=1)
+
+
+def _two_bead_case(seed, with_beads):
+    vol, mask, region_map = _case(seed, with_bead=with_beads)
+    if with_beads:
+        vol.array[20, 9, 24] = 2600.0  # just outside region 2, inside its 3 mm halo
+    return vol, mask, region_map
+
+
+def test_a_nodule_in_two_supporting_clusters_has_them_removed_together():
+    """Either bead's cluster alone turns 'malignant' into 'benign', so both are relied upon;
+    the flag removes both at once, in a second pass over just those cases."""
+    cases = {f"c{i}": _two_bead_case(i, with_beads=i < 4) for i in range(5)}
+    rows = [{"case_id": cid, "nodule_id": "n1", "case_region": k, "cluster": k - 1}
+            for cid in cases for k in (1, 2)]
+    regions, clusters = pd.DataFrame(rows), pd.DataFrame({"cluster": [0, 1]})
+    steps = []
+    here = run_here_recording(cases, BeadCounter(), steps)
+    out, flags = pattern_effects(regions, clusters, load=None, model=None, card=ModelCard(),
+                                 run=here)
+    assert out["relied_upon"].all() and (out["effect_mean"] < -0.7).all()
+    assert steps == [("case_deltas", list(cases)), ("case_without", list(cases))]
+    f = flags.set_index("case_id")
+    assert f.loc[["c0", "c1", "c2", "c3"], "flagged"].all() and not f.loc["c4", "flagged"]
+    assert (f["flag_clusters"] == "0,1").all()
+    vol, mask, region_map = cases["c1"]
+    centre = nodule_sites(mask)[0].center_zyx
+    both = grow_mm(np.isin(region_map, [1, 2]), 3.0, SPACING)
+    p0, p1 = rescore_without(BeadCounter(), ModelCard(), vol, centre, both,
+                             protect=mask.array > 0)
+    assert p0 > 0.99 and p1 < 1e-6
+    assert f.loc["c1", "probability"] == p0 and f.loc["c1", "probability_without"] == p1
+
+
+def run_here_recording(cases, model, steps):
+    def run(step, jobs):
+        steps.append((step.__name__, [j[0] for j in jobs]))
+        return [step(cid, r, load=cases.__getitem__, model=model, card=ModelCard(), **kw)
+                for cid, r, kw in jobs]
+    return run
+
+
+def test_stored_centres_replace_the_masks_centres(monkeypatch):
+    """With the findings table (``nodules=``) the nodule centres are the stored ones: the
+    masks' centres are not computed, and the result is the same."""
+    cases = {f"c{i}": _case(i, with_bead=i < 4) for i in range(5)}
+    rows = [{"case_id": cid, "nodule_id": "n1", "case_region": k, "cluster": c}
+            for cid in cases for k, c in ((1, 0), (2, 1))]
+    regions, clusters = pd.DataFrame(rows), pd.DataFrame({"cluster": [0, 1]})
+    kw = {"load": cases.__getitem__, "model": BeadDetector(), "card": ModelCard()}
+    expected = pattern_effects(regions, clusters, **kw)
+    centre = nodule_sites(cases["c0"][1])[0].center_zyx
+    findings = pd.DataFrame([{"case_id": cid, "nodule_id": "n1",
+                              **dict(zip(CENTRE_COLUMNS, centre))} for cid in cases])
+
+    def no_sites(mask):
+        raise AssertionError("the centres were computed again")
+
+    monkeypatch.setattr("discovery.patterns.causal.nodule_sites", no_sites)
+    got = pattern_effects(regions, clusters, nodules=findings, **kw)
+    for a, b in zip(expected, got):
+        pd.testing.assert_frame_equal(a, b, check_exact=True)
+    with pytest.raises(ValueError, match="nodules is missing"):
+        pattern_effects(regions, clusters, nodules=findings.drop(columns="center_x"), **kw)
+
+
+def test_case_steps_score_each_roi_once():
+    """case_deltas: one forward pass for the case's baseline and edited ROIs (the unedited
+    ROI once per nodule, not once per cluster); case_without: the edited ROIs only."""
+    vol, mask, region_map = _case(0, with_bead=True)
+    rows = pd.DataFrame([{"case_id": "c0", "nodule_id": "n1", "case_region": k, "cluster": k - 1}
+                         for k in (1, 2)])
+    sizes = []
+
+    class Counting(BeadDetector):
+        def forward(self, x):
+            sizes.append(len(x))
+            return super().forward(x)
+
+    load = {"c0": (vol, mask, region_map)}.__getitem__
+    found = case_deltas("c0", rows, load=load, model=Counting(), card=ModelCard(), clusters=[0, 1])
+    assert sizes == [3] and [(n, c) for n, c, _, _ in found] == [("n1", 0), ("n1", 1)]
+    assert found[0][2] == found[1][2] > 0.99 and found[0][3] < 0.01
+    sizes.clear()
+    got = case_without("c0", rows, load=load, model=Counting(), card=ModelCard())
+    assert sizes == [2] and list(got) == ["n1"] and got["n1"] < 0.01  # one ROI, paired with itself
+
+
+def test_a_rois_probability_does_not_depend_on_its_batch():
+    """The network's output for a ROI is the same in any batch of two or more, and
+    _score_rois never runs a batch of one: so scoring the causal check's ROIs together
+    gives exactly the probabilities of the [before, after] pairs."""
+    torch.manual_seed(0)
+    card = ModelCard()
+    model = build_network(card).eval()
+    x = np.random.default_rng(0).random((18, 1, *card.roi_size_vox), dtype=np.float32)
+    with torch.no_grad():
+        pairs = [torch.softmax(model(torch.from_numpy(x[[i, (i + 1) % 18]])), 1)[0, 1].item()
+                 for i in range(18)]
+    assert _score_rois(model, list(x)).tolist() == pairs
+    assert _score_rois(model, list(x[:17]))[16] == pairs[16]  # 16 + 1 run as 15 + 2
+    assert _score_rois(model, [x[3]])[0] == pairs[3]           # alone: beside a copy of itself
+    assert len(_score_rois(model, [])) == 0

@@ -16,6 +16,7 @@ from data_tools.dicom import (
     SeriesInfo,
     find_series,
     is_dicom_file,
+    load_dicom_folder,
     load_dicom_series,
     read_ct_files,
     select_ct_series,
@@ -344,3 +345,63 @@ def test_non_ct_file_in_given_files_is_refused(case_dir, tmp_path):
     with pytest.raises(SeriesValidationError) as excinfo:
         read_ct_files(written.files)
     assert "modality MR" in _message(excinfo, tmp_path)
+
+
+# ------------------------------------------------ bytes handed in (read=): each file read once
+
+
+def _counting_reader(decline=()):
+    asked: dict = {}
+
+    def read(path):
+        asked[path] = asked.get(path, 0) + 1
+        return None if path.name in decline else path.read_bytes()
+
+    return read, asked
+
+
+def test_bytes_handed_in_give_the_volume_of_the_files_and_nothing_is_read_again(
+        case_dir, monkeypatch):
+    """The headers and pixels are parsed from the bytes *read* hands out (each file asked for
+    once); no file is opened again, not even to check for the DICM prefix."""
+    import data_tools.dicom as dicom
+    import data_tools.dicom_series as dicom_series
+
+    written = write_ct_series(case_dir, seed=3)  # per-slice rescale, shuffled file names
+    (case_dir / "notes.txt").write_text("not DICOM")
+    expected, chosen, series = load_dicom_folder(case_dir)
+    read, asked = _counting_reader()
+
+    def opened_again(*args, **kwargs):
+        raise AssertionError("a file was opened again")
+
+    monkeypatch.setattr(dicom_series, "is_dicom_file", opened_again)
+    monkeypatch.setattr(dicom, "_read_full", opened_again)
+    got, got_chosen, got_series = load_dicom_folder(case_dir, read=read)
+    assert asked == {p: 1 for p in [*written.files, case_dir / "notes.txt"]}
+    np.testing.assert_array_equal(got.array, expected.array)
+    np.testing.assert_array_equal(got.affine, expected.affine)
+    assert dict(got.metadata) == dict(expected.metadata)
+    assert got_chosen == chosen and got_series == series
+
+
+def test_a_reader_that_declines_some_files_leaves_them_to_be_read_here(case_dir):
+    written = write_ct_series(case_dir)
+    read, asked = _counting_reader(decline={written.files[2].name, written.files[5].name})
+    vol = load_dicom_folder(case_dir, read=read)[0]
+    np.testing.assert_array_equal(vol.array, written.hu)
+    assert sorted(asked) == sorted(written.files)
+
+
+@pytest.mark.parametrize("cut", ["pixels", "header"])
+def test_truncated_bytes_fail_as_the_truncated_file_does(case_dir, tmp_path, cut):
+    written = write_ct_series(case_dir)
+    victim = written.files[3]
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) - 200] if cut == "pixels" else data[:400])
+    errors = []
+    for read in (None, _counting_reader()[0]):
+        with pytest.raises((UnreadableFileError, SeriesValidationError)) as excinfo:
+            load_dicom_folder(case_dir, read=read)
+        errors.append((type(excinfo.value), _message(excinfo, tmp_path), excinfo.value.path))
+    assert errors[0] == errors[1]

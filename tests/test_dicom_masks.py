@@ -20,6 +20,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import format_number_as_ds
 
+from data_tools import dicom_masks
 from data_tools.dicom import load_dicom_series
 from data_tools.dicom_masks import (
     RTSTRUCT_SOP_CLASS,
@@ -28,6 +29,7 @@ from data_tools.dicom_masks import (
     rtstruct_mask,
     seg_mask,
 )
+from data_tools.dicom_series import READ_ERRORS
 from data_tools.errors import (
     DataError,
     GeometryMismatchError,
@@ -308,6 +310,14 @@ def test_unreadable_and_wrong_modality(ct, tmp_path):
         seg_mask(good, vol)
 
 
+
+def test_read_errors_are_those_of_dicom_series():
+    """One list of what pydicom raises on damaged files, shared with the series reader; the
+    mask readers add the errors of walking a malformed dataset."""
+    assert dicom_masks._PARSE_ERRORS[:len(READ_ERRORS)] == READ_ERRORS
+    assert set(dicom_masks._PARSE_ERRORS) - set(READ_ERRORS) == {AttributeError, KeyError,
+                                                                 IndexError}
+
 # -- SEG ------------------------------------------------------------------------------------
 
 def make_seg(path, written, pixel_array, *, seg_type="BINARY", n_segments=2, order=None):
@@ -372,6 +382,8 @@ def test_seg_binary_round_trip_shuffled_sources(ct, tmp_path, caplog):
     with pytest.raises(MaskError, match="'nodule 1'") as err:
         seg_mask(path, vol, segment_numbers=[3])
     assert_safe(str(err.value), path)
+    with pytest.raises(MaskError, match=r"\(segment_numbers is empty\)"):
+        seg_mask(path, vol, segment_numbers=[])
 
 
 def test_seg_fractional_threshold_half(ct, tmp_path):

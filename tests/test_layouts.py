@@ -17,8 +17,10 @@ import pandas as pd
 import pytest
 from _layout_factory import (
     CENTER,
+    LIDC_READERS,
     ball,
     lidc_expected_mask,
+    lidc_xml,
     rtstruct_expected_mask,
     write_dicom_series,
     write_mixed_tree,
@@ -134,6 +136,26 @@ def test_lidc_consensus_mask_and_ratings(mixed):
     assert nodule["n_readers"] == 2 and nodule["lidc_malignancy"] == 4.5
     assert nodule["lidc_spiculation"] == 1.5 and nodule["lidc_malignancy_n"] == 2
     assert np.all(case.volume.array[ball()] == 40)         # HU through slope/intercept
+
+
+def test_lidc_xml_parsed_once_when_chosen_among_several(mixed, tmp_path, caplog):
+    root, _ = mixed
+    case = tmp_path / "LIDC-IDRI-0001"
+    shutil.copytree(root / "LIDC-IDRI-0001", case)
+    (xml,) = case.rglob("069.xml")
+    # another series' annotations, first by name: the series UID picks 069.xml
+    (xml.parent / "001.xml").write_text(lidc_xml("1.2.3.4.5", LIDC_READERS[:1]),
+                                        encoding="utf-8")
+    (spec,) = discover_cases(tmp_path)
+    assert spec.mask.name == "001.xml" and len(spec.mask_candidates) == 2
+    with caplog.at_level(logging.INFO, logger="data_tools.lidc"):
+        loaded = read_case(spec)
+    np.testing.assert_array_equal(loaded.mask.array, lidc_expected_mask())
+    assert loaded.nodules[0]["n_readers"] == 2
+    # read_lidc_xml logs one summary line per parse
+    parsed = [r.getMessage() for r in caplog.records if "nodule readings" in r.getMessage()]
+    assert sorted(m.split(":")[0] for m in parsed) == ["LIDC XML file '001.xml'",
+                                                       "LIDC XML file '069.xml'"]
 
 
 def test_rtstruct_found_in_sibling_series_folder(mixed):

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import OrderedDict
 
 import numpy as np
 import pytest
 
+import data_tools.lidc as lidc_module
 from data_tools.errors import DataError, GeometryMismatchError, UnreadableFileError
 from data_tools.lidc import (
     group_readings,
@@ -312,3 +314,49 @@ def test_malformed_number_and_non_axial_volume_are_fixable_errors(folder):
                       np.array([[2.0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, -50], [0, 0, 0, 1]]))
     with pytest.raises(GeometryMismatchError, match="not axial"):
         lidc_mask(good, sagittal)
+
+
+@pytest.fixture
+def parses(monkeypatch):
+    """Counts of XML parses by file name, with an empty scan cache."""
+    counts: dict[str, int] = {}
+    real = lidc_module._parse_scan
+
+    def counting(data, path):
+        counts[path.name] = counts.get(path.name, 0) + 1
+        return real(data, path)
+
+    monkeypatch.setattr(lidc_module, "_SCAN_CACHE", OrderedDict())
+    monkeypatch.setattr(lidc_module, "_parse_scan", counting)
+    return counts
+
+
+def test_xml_is_parsed_once_when_chosen_by_series_then_masked(folder, parses):
+    # as data_tools.cases does with several XML files: read each for its series UID, then
+    # build the mask of the matching one
+    chosen = _write(folder, _xml(_three_reader_nodule()), "069.xml")
+    other = _write(folder, _xml(_three_reader_nodule()).replace(SERIES_UID, "1.2.3.4"),
+                   "070.xml")
+    match = [p for p in (chosen, other) if read_lidc_xml(p).series_uid == SERIES_UID]
+    assert match == [chosen]
+    mask, info = lidc_mask(chosen, _volume())
+    assert mask.labels == [1] and info[0]["n_readers"] == 3
+    lidc_mask(str(chosen), _volume(), level=1.0)      # another spelling of the same path
+    assert parses == {"069.xml": 1, "070.xml": 1}
+    assert read_lidc_xml(chosen) is read_lidc_xml(folder / "." / "069.xml")
+
+
+def test_rewritten_xml_is_parsed_again(folder, parses):
+    path = _write(folder, _xml(_three_reader_nodule()))
+    assert read_lidc_xml(path).n_readers == 3
+    # same name, same size, at once: a cache keyed by the content, not the timestamp
+    two = _xml(_three_reader_nodule()[:2])
+    _write(folder, two + " " * (len(_xml(_three_reader_nodule())) - len(two)))
+    assert read_lidc_xml(path).n_readers == 2
+    assert parses == {"069.xml": 2}
+
+
+def test_cached_scan_contours_are_read_only(folder, parses):
+    nod = read_lidc_xml(_write(folder, _xml(_three_reader_nodule()))).readers[0][0]
+    with pytest.raises(ValueError, match="read-only"):
+        nod.rois[0].points_xy[0, 0] = 99

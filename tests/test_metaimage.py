@@ -16,6 +16,7 @@ from data_tools.metaimage import (
     is_metaimage,
     load_metaimage,
     luna_mask,
+    metaimage_data_files,
     read_luna_annotations,
     read_luna_candidates,
 )
@@ -353,3 +354,26 @@ def test_end_to_end_csv_to_mask(tmp_path):
     mask, info = luna_mask(vol, read_luna_annotations(csv), series_uid=UID)
     assert mask.array[5, 6, 7] == 1
     assert info[0]["n_voxels"] == len(_brute_ball(img, np.array(c), 2.0))
+
+
+# -- the data files a header names (what a batch hashes with it) -----------------------------
+
+def test_data_files_named_by_the_header(tmp_path):
+    mhd = _write(tmp_path / "a", _image(_hu()))
+    assert metaimage_data_files(mhd) == [mhd.with_suffix(".raw")]
+    mha = _write(tmp_path / "b", _image(_hu()), name="scan.mha")
+    assert metaimage_data_files(mha) == []  # LOCAL: the data follow the header
+    head = "ObjectType = Image\nNDims = 3\nDimSize = 2 2 2\nElementType = MET_SHORT\n"
+    c = tmp_path / "c"
+    c.mkdir()
+    (c / "s.mhd").write_text(head + "ElementDataFile = LIST\nslice1.raw\n\nslice2.raw\n")
+    assert metaimage_data_files(c / "s.mhd") == [c / "slice1.raw", c / "slice2.raw"]
+    for stem, line in (("p", "ElementDataFile = p%03d.raw 1 2 1\n"), ("n", "")):
+        (c / f"{stem}.mhd").write_text(head + line)
+        (c / f"{stem}.001.raw").write_bytes(b"x")
+        (c / f"{stem}.zraw").write_bytes(b"x")
+        # a numbered pattern, or no ElementDataFile: the header's same-stem siblings
+        assert metaimage_data_files(c / f"{stem}.mhd") == [c / f"{stem}.001.raw", c / f"{stem}.zraw"]
+    assert metaimage_data_files(c / "missing.mhd") == []  # unreadable: siblings (none)
+    (c / "abs.mhd").write_text(head + f"ElementDataFile = {tmp_path / 'a' / 'scan.raw'}\n")
+    assert metaimage_data_files(c / "abs.mhd") == [tmp_path / "a" / "scan.raw"]

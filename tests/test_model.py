@@ -1,6 +1,7 @@
 """Model folder: safetensors + card round trip, hash check, clear errors."""
 
 import json
+import pathlib
 
 import pytest
 import torch
@@ -20,6 +21,27 @@ def test_save_load_round_trip(tmp_path):
     model.eval()
     with torch.no_grad():
         assert torch.allclose(model(x), loaded(x))
+
+
+def test_save_model_writes_atomically(tmp_path, monkeypatch):
+    """Only the two files remain, even after a save that fails half-way (no temporary file
+    left), and the card that failed to be written keeps its old content."""
+    card = save_model(build_network(ModelCard()), ModelCard(), tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.json", "model.safetensors"]
+
+    def broken(self, *args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pathlib.Path, "write_text", broken)
+    torch.manual_seed(1)
+    with pytest.raises(OSError, match="disk full"):
+        save_model(build_network(ModelCard()), ModelCard(), tmp_path)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.json", "model.safetensors"]
+    # the weights were replaced but the card was not: the hash check refuses the mixture
+    with pytest.raises(ModelError, match="SHA-256"):
+        load_model(tmp_path)
+    assert json.loads((tmp_path / "model.json").read_text())["weights_sha256"] == card.weights_sha256
 
 
 def test_tampered_weights_are_refused(tmp_path):

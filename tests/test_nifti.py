@@ -159,3 +159,74 @@ def test_memory_limit_is_checked_from_the_header(folder):
         load_nifti(path, max_bytes=1000)
     assert "'big.nii.gz'" in str(excinfo.value) and "--max-volume-gb" in str(excinfo.value)
     assert load_nifti(path, max_bytes=10 * 20 * 30 * 4).shape == (30, 20, 10)
+
+
+# -- reading from bytes handed in (read=): what a batch does to read each input file once ----
+
+def _both(loader, path, **kwargs):
+    """``loader`` on the file, and on its bytes given through ``read=`` (each asked once)."""
+    asked = []
+
+    def read(p):
+        asked.append(p)
+        return p.read_bytes()
+
+    from_file = loader(path, **kwargs)
+    from_bytes = loader(path, read=read, **kwargs)
+    assert asked == [path]
+    return from_file, from_bytes
+
+
+@pytest.mark.parametrize("name", ["ct.nii", "ct.nii.gz"])
+@pytest.mark.parametrize("codes", ["RAS", "PIL"])
+def test_bytes_handed_in_read_as_the_file_does(folder, name, codes):
+    rng = np.random.default_rng(2)
+    data = rng.normal(0, 300, size=(4, 5, 6)).astype(np.float32)
+    ornt = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt("RAS"),
+                                           nib.orientations.axcodes2ornt(tuple(codes)))
+    moved = nib.Nifti1Image(data, np.diag([0.9, 1.1, 2.0, 1.0])).as_reoriented(ornt)
+    img = _ras_image(np.asanyarray(moved.dataobj), moved.affine)
+    img.set_data_dtype(np.int16)  # stored scaled (scl_slope / scl_inter), unscaled on reading
+    path = folder / name
+    nib.save(img, str(path))
+    mask = _save(folder / f"mask_{name}", (np.asanyarray(moved.dataobj) > 0).astype(np.int16),
+                 moved.affine)
+    for loader, p in ((load_nifti, path), (load_nifti_mask, mask)):
+        a, b = _both(loader, p)
+        assert a.array.dtype == b.array.dtype and type(a) is type(b)
+        np.testing.assert_array_equal(a.array, b.array)
+        np.testing.assert_array_equal(a.affine, b.affine)
+        assert dict(a.metadata) == dict(b.metadata)
+    assert nib.load(str(path)).dataobj.slope != 1.0  # really stored scaled
+
+
+def test_nifti2_and_a_reader_that_declines(folder):
+    data = np.arange(60, dtype=np.float32).reshape(3, 4, 5)
+    path = folder / "two.nii.gz"
+    nib.save(nib.Nifti2Image(data, np.eye(4)), str(path))
+    a, b = _both(load_nifti, path)
+    np.testing.assert_array_equal(a.array, b.array)
+    # None from read: the file is opened as usual
+    np.testing.assert_array_equal(load_nifti(path, read=lambda p: None).array, a.array)
+
+
+def _error(loader, path, **kwargs) -> tuple[type, str]:
+    with pytest.raises(Exception) as excinfo:
+        loader(path, **kwargs)
+    return type(excinfo.value), str(excinfo.value)
+
+
+def test_bad_bytes_handed_in_fail_as_the_file_does(folder):
+    ok = _save(folder / "scan.nii.gz", np.ones((20, 20, 20), np.float32), np.eye(4))
+    raw = ok.read_bytes()
+    files = {"half.nii.gz": raw[: len(raw) // 2], "fake.nii.gz": b"not gzip at all" * 30,
+             "empty.nii": b"", "cut.nii.gz": gzip.compress(b"\x5c\x01\x00\x00" + bytes(100)),
+             "garbage.nii.gz": b"\x1f\x8b\x08garbage", "text.nii": b"hello" * 100}
+    for name, content in files.items():
+        (folder / name).write_bytes(content)
+        from_file = _error(load_nifti, folder / name)
+        assert from_file[0] is UnreadableFileError, name
+        assert _error(load_nifti, folder / name, read=lambda p: p.read_bytes()) == from_file, name
+    # the size limit is still checked from the header
+    assert _error(load_nifti, ok, max_bytes=1000, read=lambda p: p.read_bytes()) == \
+        _error(load_nifti, ok, max_bytes=1000)

@@ -1,5 +1,7 @@
 """The three outcomes: cluster readings and nodule outcomes on hand-built tables."""
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -114,3 +116,62 @@ def test_candidate_panel_shows_the_cluster_moving_most_predictions():
     # without effect_n (older tables) the largest |effect| wins
     panel = outcome_panels(findings, clusters.drop(columns="effect_n"), regions)[2]
     assert panel.cluster == 0
+
+
+def _cohort():
+    """Findings (one failed case), clusters and regions with every column the panels use."""
+    clusters = _clusters().assign(
+        effect_n=[4, 3, 0, 0, 2, 0], n_cases=[4, 3, 5, 2, 2, 1],
+        share_predicted_malignant=[0.9, 0.8, 0.9, 0.3, 0.1, 0.5],
+        pool_predicted_malignant=0.4, description=[f"pattern {i}" for i in range(6)],
+        exemplars=[["a/1/r1"], ["a/2/r1"], ["b/1/r1"], ["c/1/r1"], [], []])
+    findings = pd.DataFrame({
+        "case_id": ["a", "a", "b", "c", "d", "f"], "nodule_id": ["1", "2", "1", "1", "1", ""],
+        "verdict": ["aligned", "off-mask", "aligned", "aligned", "off-mask", ""],
+        "flagged": [1, 1, 0, 0, 0, 0], "flag_clusters": ["1,0", "1", "", None, "", ""],
+        "status": ["ok", "ok", "ok", "no-attribution", "ok", "failed"],
+        "probability": [0.9, 0.8, 0.6, 0.3, 0.2, NAN], "rma": [0.7, 0.1, 0.6, 0.8, 0.0, NAN],
+        "flag_score": [0.6, 0.4, 0.0, 0.0, 0.0, NAN], "center_z": 5.0, "center_y": 6.0,
+        "center_x": 7.0})
+    regions = pd.DataFrame({
+        "region_key": ["a/1/r1", "a/2/r1", "b/1/r1", "c/1/r1", "d/1/r1"],
+        "case_id": ["a", "a", "b", "c", "d"], "nodule_id": ["1", "2", "1", "1", "1"],
+        "cluster": [0, 1, 2, 3, -1], "case_region": [1, 2, 1, 1, 1],
+        "mass_share": [0.2, 0.1, 0.3, 0.1, 0.1], "centroid_z": 4.0, "centroid_y": 3.0,
+        "centroid_x": 2.0, "probability": [0.9, 0.8, 0.6, 0.3, 0.2]})
+    return findings, clusters, regions
+
+
+def test_read_outcomes_computes_the_readings_once_and_matches_the_functions(monkeypatch):
+    """read_outcomes: the cluster readings, the scored nodules' outcomes and the panels in
+    one pass (the readings computed once), equal to what the separate functions give."""
+    from discovery.patterns import outcomes as mod
+
+    findings, clusters, regions = _cohort()
+    scored = findings[findings["status"].isin(mod.SCORED_STATUSES)]
+    panels = mod.outcome_panels(findings, clusters, regions, threshold=0.6)
+    calls = []
+    real = mod.cluster_readings
+    monkeypatch.setattr(mod, "cluster_readings", lambda c: calls.append(1) or real(c))
+    got = mod.read_outcomes(findings, clusters, regions, threshold=0.6)
+    assert len(calls) == 1
+    assert got.readings == dict(zip(clusters["cluster"], real(clusters)))
+    pd.testing.assert_frame_equal(got.outcomes, nodule_outcomes(scored, clusters, regions))
+    assert list(got.panels) == panels and isinstance(got.panels, tuple)
+    assert [p.outcome for p in panels] == ["on the tumour", "shortcut", "candidate sign"]
+    short = panels[1]
+    assert short.cluster == 0 and short.n_nodules == 1 and "below 0.6" in short.lead
+    assert short.exemplars[0].focus == "densest" and short.exemplars[0].region == 1
+    assert panels[0].n_nodules == 1 and panels[0].exemplars[0].case_id == "c"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        got.panels = ()
+
+
+def test_read_outcomes_without_clusters():
+    from discovery.patterns.outcomes import read_outcomes
+
+    findings, clusters, regions = _cohort()
+    got = read_outcomes(findings, clusters.iloc[:0], regions.assign(cluster=-1), threshold=0.5)
+    assert got.readings == {}
+    assert [p.n_nodules for p in got.panels] == [3, 0, 0] and got.panels[1].cluster == -1
+    assert got.panels[2].lead.startswith("No anatomical cluster")

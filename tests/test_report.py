@@ -1,8 +1,17 @@
-"""The HTML report on the tiny results folder (no model needed)."""
+"""The HTML report and the exported tables on the tiny results folder (no model needed);
+the number formatter and the import structure of the report package."""
 
+import ast
+import math
 import re
+from pathlib import Path
 
+import numpy as np
+import pytest
+
+import discovery.report
 from discovery.report.html import build_html
+from discovery.report.style import MISSING, fmt, pct
 
 
 def test_report_shows_the_three_outcomes_side_by_side(tiny_results):
@@ -27,7 +36,7 @@ def test_tables_csv_and_parquet_hold_the_same_versioned_tables(tiny_results, tmp
     import pandas as pd
     import pyarrow.parquet as pq
 
-    from discovery.report.html import EXPORT_SCHEMA_VERSION, tables, write_report
+    from discovery.report.write import EXPORT_SCHEMA_VERSION, tables, write_report
     from discovery.store.tables import FINDINGS_COLUMNS
 
     frames = tables(tiny_results)
@@ -48,3 +57,81 @@ def test_tables_csv_and_parquet_hold_the_same_versioned_tables(tiny_results, tmp
         assert meta[b"ct_nodule_discovery.schema_version"] == str(EXPORT_SCHEMA_VERSION).encode()
         assert meta[b"ct_nodule_discovery.table"] == name.encode()
     assert str(tiny_results) not in (tmp_path / "f.csv").read_text()
+
+
+def test_write_report_html_is_atomic_and_refuses_an_unknown_format(tiny_results, tmp_path):
+    from discovery.report.write import write_report
+
+    out = write_report(tiny_results, tmp_path / "sub" / "r.html")
+    assert out == tmp_path / "sub" / "r.html"
+    assert out.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+    assert [p.name for p in out.parent.iterdir()] == ["r.html"]  # no temporary left
+    with pytest.raises(ValueError, match="unknown report format 'docx'"):
+        write_report(tiny_results, tmp_path / "r.docx", fmt="docx")
+
+
+@pytest.mark.parametrize("value, text", [
+    (0.83, "0.83"), (0.30999999999999994, "0.31"), (0.123456, "0.123"), (12.345, "12.3"),
+    (523.6, "524"), (999.7, "1000"), (2600.0, "2600"), (1234.5, "1234"), (-2600.4, "-2600"),
+    (12345.6, "1.23e+04"), (0.0001234, "1.23e-04"), (0.0, "0"), (1.0, "1"), (3, "3"),
+    (np.float32(0.5), "0.5"), (np.int64(7), "7"), (True, "True"), ("partial", "partial"),
+    (None, MISSING), (float("nan"), MISSING), (np.nan, MISSING), ("", MISSING)])
+def test_fmt_three_significant_digits_whole_numbers_and_a_dash_for_missing(value, text):
+    assert fmt(value) == text
+
+
+def test_fmt_digits_and_pct():
+    assert fmt(math.pi, 2) == "3.1" and fmt(math.pi, 4) == "3.142" and fmt(1e5, 2) == "1.0e+05"
+    assert [pct(v) for v in (0.443, 1.0, 0.0, 0.30625, None, np.nan)] == [
+        "44.3%", "100%", "0%", "30.6%", MISSING, MISSING]
+
+
+def _report_imports(path: Path) -> set[str]:
+    """The discovery.report modules that *path* imports (at any level)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            if node.module == "discovery.report":
+                out |= {f"discovery.report.{a.name}" for a in node.names}
+            elif node.module.startswith("discovery.report."):
+                out.add(node.module)
+        elif isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.startswith("discovery.report.")}
+    return out
+
+
+def test_report_modules_import_one_way():
+    """No cycle inside discovery.report, nothing imports the writer back, no private name
+    crosses a module boundary."""
+    folder = Path(discovery.report.__file__).parent
+    graph = {f"discovery.report.{p.stem}": _report_imports(p) for p in folder.glob("*.py")
+             if p.stem != "__init__"}
+    assert not any("discovery.report.write" in deps for deps in graph.values())
+    assert "discovery.report.pdf" not in graph["discovery.report.html"]
+    assert "discovery.report.html" not in graph["discovery.report.pdf"]
+    done: set[str] = set()
+
+    def visit(module: str, path: tuple[str, ...]) -> None:
+        assert module not in path, f"import cycle: {' -> '.join(path + (module,))}"
+        if module in done:
+            return
+        for dep in graph.get(module, ()):
+            visit(dep, path + (module,))
+        done.add(module)
+
+    for module in graph:
+        visit(module, ())
+    for p in folder.glob("*.py"):
+        for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("discovery"):
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                assert not private, f"{p.name} imports private {private} from {node.module}"
+
+
+def test_package_exports_the_writer_and_the_tables():
+    from discovery.report import write
+
+    assert discovery.report.write_report is write.write_report
+    assert discovery.report.tables is write.tables
+    assert discovery.report.EXPORT_SCHEMA_VERSION == write.EXPORT_SCHEMA_VERSION
+    assert set(write.REPORT_FORMATS) == {"html", "pdf", "csv", "parquet"}

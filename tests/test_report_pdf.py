@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from discovery.report.html import write_report
 from discovery.report.pdf import AUTHOR, MAX_FALLBACK, TITLE, select_nodule_pages, write_pdf
+from discovery.report.write import write_report
 from discovery.store.tables import ResultsStore
 
 SHA = "0123456789abcdef" * 4
@@ -81,7 +81,7 @@ def test_pdf_text_has_the_summary_the_nodule_and_the_footer(pdf, results):
                      "Grad-CAM, raw units", "Metrics"):
         assert expected in text, expected
     index = _text(pdf, n - 1)
-    assert re.search(rf"case-A\s+n1\s+partial\s+0\.83 → 0\.31\s+0\.20\s+{n}\b", index)
+    assert re.search(rf"case-A\s+n1\s+partial\s+0\.83 → 0\.31\s+0\.2\s+{n}\b", index)
     for p in range(1, n + 1):  # the footer on every page
         page = _text(pdf, p)
         assert f"page {p} of {n}" in page
@@ -104,7 +104,7 @@ def test_no_path_or_folder_name_and_the_metadata(pdf, results):
 
 
 def test_same_results_give_the_same_bytes(pdf, results, tmp_path):
-    again = write_report(results[0], tmp_path / "again.pdf", fmt="pdf")  # the report.py branch
+    again = write_report(results[0], tmp_path / "again.pdf", fmt="pdf")  # the write.py branch
     assert again == tmp_path / "again.pdf"
     assert again.read_bytes() == pdf.read_bytes()
 
@@ -180,20 +180,44 @@ def test_failed_write_leaves_the_old_file_and_no_temporary(results, tmp_path, mo
 
 def test_matplotlib_is_imported_only_inside_functions_and_the_cli_offers_pdf():
     import ast
-    import discovery.report.pdf as mod
 
-    tree = ast.parse(open(mod.__file__, encoding="utf-8").read())
-    inside = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.Lambda))
-              for n in ast.walk(f)}
-    plotting = [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
-                and any(m.startswith(("matplotlib", "mpl_toolkits", "pylab"))
-                        for m in ([a.name for a in n.names] if isinstance(n, ast.Import)
-                                  else [n.module or ""]))]
-    assert plotting  # it does use matplotlib ...
-    assert all(id(n) in inside for n in plotting)  # ... but never at import time
+    import discovery.report.pdf
+    import discovery.report.pdflayout
+
+    for mod in (discovery.report.pdf, discovery.report.pdflayout):
+        tree = ast.parse(open(mod.__file__, encoding="utf-8").read())
+        inside = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.Lambda))
+                  for n in ast.walk(f)}
+        plotting = [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
+                    and any(m.startswith(("matplotlib", "mpl_toolkits", "pylab"))
+                            for m in ([a.name for a in n.names] if isinstance(n, ast.Import)
+                                      else [n.module or ""]))]
+        assert plotting, mod.__name__  # it does use matplotlib ...
+        assert all(id(n) in inside for n in plotting), mod.__name__  # ... never at import time
     import discovery.cli as cli  # build_parser() imports torch: read its source instead
 
     src = open(cli.__file__, encoding="utf-8").read()
     report = src[src.index('sub.add_parser("report"'):]
     choices = re.search(r'"--format", choices=\[([^\]]*)\]', report).group(1)
     assert '"pdf"' in choices
+
+
+def test_outcome_readings_are_computed_once_per_report(results, tmp_path, monkeypatch):
+    import discovery.patterns.outcomes as outcomes
+    import discovery.report.data as data
+
+    calls = {"read_outcomes": 0, "cluster_readings": 0}
+    real_read, real_readings = data.read_outcomes, outcomes.cluster_readings
+
+    def read(*a, **k):
+        calls["read_outcomes"] += 1
+        return real_read(*a, **k)
+
+    def readings(*a, **k):
+        calls["cluster_readings"] += 1
+        return real_readings(*a, **k)
+
+    monkeypatch.setattr(data, "read_outcomes", read)
+    monkeypatch.setattr(outcomes, "cluster_readings", readings)
+    write_pdf(results[0], tmp_path / "r.pdf")
+    assert calls == {"read_outcomes": 1, "cluster_readings": 1}

@@ -9,7 +9,8 @@ from discovery.batch.score import score_folder
 from discovery.cli import main
 from discovery.model.card import ModelCard, build_network, default_architecture, save_model
 from discovery.report.html import build_html
-from discovery.batch.sanity import run_sanity, summarize
+from discovery.batch.sanity import run_sanity
+from discovery.store.tables import sanity_summary
 from discovery.store.tables import ResultsStore
 
 SMALL = SyntheticConfig(shape_yx=128, n_slices=(50, 58), pixel_spacing_mm=(2.2, 2.6),
@@ -43,7 +44,7 @@ def test_sanity_on_results_is_stored_and_reported(scored):
     assert len(per) == 8 and set(per["method"]) == {"gradcam", "integrated_gradients"}
     for col in ("deletion_auc", "deletion_auc_random", "insertion_auc", "insertion_auc_random"):
         assert per[col].between(0, 1).all()
-    table = summarize(ran, per)
+    table = sanity_summary(ran, per)
     assert list(table["method"]) == ["gradcam", "integrated_gradients"]
     assert np.isnan(table.set_index("method").loc["integrated_gradients", "spearman_fully_randomised"])
     html = build_html(scored / "results")

@@ -168,3 +168,73 @@ def test_eight_threads_sharing_one_store(tmp_path):
     assert not errors, "\n".join(f"thread {w}:\n{e}" for w, e in errors.items())
     store.close()
     _check_store(tmp_path)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_version_changes_with_every_write_seen_from_another_connection(backend, tmp_path,
+                                                                        request):
+    """``version()``: the app's cheap "has anything changed?" (a counter in ``meta`` bumped in
+    the transaction of every write); reads, opening a store and a rolled-back write leave it."""
+    import pandas as pd
+
+    from conftest import build_tiny_results
+    from discovery.store.tables import ResultsStore
+
+    url = request.getfixturevalue("pg_url") if backend == "postgresql" else None
+    root = build_tiny_results(tmp_path / "results", url=url)
+    store, other = ResultsStore(root, create=False), ResultsStore(root, create=False)
+    try:
+        v0 = other.version()
+        assert v0 > 0 and store.version() == v0
+        assert "write_count" not in store.meta()
+        store.findings(), store.regions(), store.clusters(), store.reviews()
+        ResultsStore(root, create=False).close()  # another session opens the store
+        assert other.version() == v0
+        with pytest.raises(RuntimeError):
+            with store.write() as con:
+                con.execute("DELETE FROM labels")
+                raise RuntimeError("rolled back")
+        assert other.version() == v0
+        seen = [v0]
+        writes = [
+            lambda: store.save_review("nodule", "case-A/n1", "ann", "partly"),
+            lambda: store.save_review("nodule", "case-A/n1", "ann", "elsewhere"),
+            lambda: store.set_meta(note="x"),
+            lambda: store.put_case({"case_id": "case-D", "status": "failed", "error": "e"}, [], []),
+            lambda: store.set_labels(pd.DataFrame({"case_id": ["case-A"], "nodule_id": ["n1"],
+                                                   "malignant": [1]})),
+            lambda: store.set_sanity([], []),
+        ]
+        for write in writes:
+            write()
+            seen.append(other.version())
+        assert seen == sorted(set(seen)), seen  # every write moved it on
+    finally:
+        store.close()
+        other.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_regions_of_one_case_or_one_nodule(backend, tmp_path, request):
+    import pandas as pd
+
+    from conftest import build_tiny_results
+    from discovery.store.tables import REGION_COLUMNS, ResultsStore
+
+    url = request.getfixturevalue("pg_url") if backend == "postgresql" else None
+    store = ResultsStore(build_tiny_results(tmp_path / "results", url=url), create=False)
+    try:
+        every = store.regions()
+        assert sorted(every["case_id"]) == ["case-A", "case-B"]
+        case_a = store.regions(case_id="case-A")
+        assert list(case_a.columns) == REGION_COLUMNS
+        assert case_a["region_key"].tolist() == [k for k in every["region_key"]
+                                                 if k.startswith("case-A/")]
+        one = store.regions(case_id="case-A", nodule_id="n1")
+        pd.testing.assert_frame_equal(one, case_a)
+        assert store.regions(case_id="case-A", nodule_id="n2").empty
+        assert list(store.regions(case_id="case-Z").columns) == REGION_COLUMNS
+        with pytest.raises(ValueError, match="case_id"):
+            store.regions(nodule_id="n1")
+    finally:
+        store.close()

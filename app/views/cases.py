@@ -1,21 +1,15 @@
 """Cases: one row per scored nodule, with filters, review status and a way into a case."""
 
-import sys
-from pathlib import Path
+import pandas as pd
+import streamlit as st
 
-_APP_DIR = str(Path(__file__).resolve().parents[1])  # app/, for `import common`
-if _APP_DIR not in sys.path:
-    sys.path.insert(0, _APP_DIR)
-
-import common  # noqa: E402
-import pandas as pd  # noqa: E402
-import streamlit as st  # noqa: E402
+from app import common
 
 common.setup_page()
 store = common.get_store()
 
 st.title("Cases")
-findings = store.findings()
+findings = common.findings(store)
 scored = findings[findings["nodule_id"].fillna("") != ""].copy()
 unscored = findings[findings["nodule_id"].fillna("") == ""]
 
@@ -23,7 +17,7 @@ if scored.empty:
     st.info("No scored nodules in this results folder.")
 else:
     scored["item_id"] = scored["case_id"] + "/" + scored["nodule_id"]
-    summary = common.review_summary(store.reviews("nodule"))
+    summary = common.review_summary(common.reviews(store, "nodule"))
     scored = scored.merge(summary, on="item_id", how="left")
     scored["n_reviews"] = scored["n_reviews"].fillna(0).astype(int)
     scored["reviews"] = scored["reviews"].fillna("")
@@ -33,7 +27,7 @@ else:
     scored["predicted_label"] = scored["predicted_label"].map(
         lambda v: "" if pd.isna(v) else ("malignant" if int(v) == 1 else "benign"))
 
-    regions = store.regions()
+    regions = common.regions(store)
     in_cluster = regions[regions["cluster"].fillna(-1) >= 0]
     per_nodule = (in_cluster.groupby(["case_id", "nodule_id"])["cluster"]
                   .agg(lambda c: ", ".join(str(int(v)) for v in sorted(set(c))))

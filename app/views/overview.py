@@ -1,41 +1,34 @@
 """Overview: the three outcomes an explanation can have, side by side, for the whole cohort."""
 
-import sys
-from pathlib import Path
+import pandas as pd
+import streamlit as st
 
-_APP_DIR = str(Path(__file__).resolve().parents[1])  # app/, for `import common`
-if _APP_DIR not in sys.path:
-    sys.path.insert(0, _APP_DIR)
-
-import common  # noqa: E402
-import pandas as pd  # noqa: E402
-import streamlit as st  # noqa: E402
-
-from discovery.patterns.outcomes import ARTIFACT_HU, nodule_outcomes, outcome_panels  # noqa: E402
-from discovery.report import render  # noqa: E402
+from app import common
+from discovery.patterns.outcomes import ARTIFACT_HU, SCORED_STATUSES, read_outcomes
+from discovery.report import render
+from discovery.report.style import DISPLAY_THRESHOLD
 
 ICONS = {"on the tumour": ":material/check_circle:", "shortcut": ":material/warning:",
          "candidate sign": ":material/lightbulb:"}
 COLOURS = {"on the tumour": "green", "shortcut": "red", "candidate sign": "blue"}
-DISPLAY_THRESHOLD = 0.2  # as the report: heat map from 20 % of the case maximum
 
 common.setup_page()
 store = common.get_store()
-findings, clusters, regions = store.findings(), store.clusters(), store.regions()
-threshold = float(store.meta().get("threshold", 0.5) or 0.5)
+findings, clusters, regions = common.findings(store), common.clusters(store), common.regions(store)
+threshold = common.threshold(store)
 
 st.title("Overview")
 st.caption("What the explanations say about this model on this cohort. An explanation can "
            "validate the model (attention on the tumour), diagnose it (a prediction resting on "
            "an artifact) or point at something new (consistent attention on unannotated "
-           "anatomy). Each nodule is read by the rules in discovery/outcomes.py.")
-scored = findings[findings["status"].isin(["ok", "no-attribution"])]
+           "anatomy). Each nodule is read by the rules in discovery/patterns/outcomes.py.")
+scored = findings[findings["status"].isin(SCORED_STATUSES)]
 if scored.empty:
     st.info("No nodule was scored in these results, so there is nothing to summarise.")
     st.stop()
 
-panels = outcome_panels(findings, clusters, regions, threshold=threshold)
-for col, panel in zip(st.columns(3, border=True), panels):
+readings = read_outcomes(findings, clusters, regions, threshold=threshold)  # computed once
+for col, panel in zip(st.columns(3, border=True), readings.panels):
     with col:
         st.subheader(f"{ICONS.get(panel.outcome, '')} {panel.title}", divider=COLOURS.get(panel.outcome))
         st.metric("Nodules", panel.n_nodules)
@@ -57,13 +50,14 @@ st.caption(f"Shortcut: the malignant prediction would not survive removing off-m
            f"within 3 mm ≥ {ARTIFACT_HU:.0f} HU). Candidate pattern: an anatomical-density "
            "cluster the model relies on for malignancy, or enriched for predicted-malignant "
            "nodules (q < 0.05). Pictures: axial crops in lung window, plain and with the "
-           "Grad-CAM overlay (from 20 % of the case maximum); green: nodule mask; cyan: "
+           f"Grad-CAM overlay (from {100 * DISPLAY_THRESHOLD:.0f} % of the case maximum); "
+           "green: nodule mask; cyan: "
            "off-mask region. Shortcut pictures are on the slice of the densest voxel next to "
            "the region, between the nodule and the artifact. The heat map exists only inside "
            "each nodule's 48 mm analysis box, so it can end in a straight edge.")
 
 st.subheader("Every nodule")
-table = nodule_outcomes(scored, clusters, regions)
+table = readings.outcomes
 table = table.assign(without=table["probability"] - pd.to_numeric(table["flag_score"],
                                                                     errors="coerce").fillna(0))
 st.dataframe(

@@ -1,21 +1,14 @@
 """Patterns: cohort-level clusters of off-mask attention, their exemplars, and cluster review."""
 
-import sys
-from pathlib import Path
+import pandas as pd
+import streamlit as st
 
-_APP_DIR = str(Path(__file__).resolve().parents[1])  # app/, for `import common`
-if _APP_DIR not in sys.path:
-    sys.path.insert(0, _APP_DIR)
-
-import common  # noqa: E402
-import pandas as pd  # noqa: E402
-import streamlit as st  # noqa: E402
-
-from discovery.report import render  # noqa: E402
-from discovery.store.tables import CLUSTER_REVIEW_CHOICES  # noqa: E402
+from app import common
+from discovery.report import render
+from discovery.report.style import DISPLAY_THRESHOLD, fmt
+from discovery.store.tables import CLUSTER_REVIEW_CHOICES
 
 CROP_HALF = 32  # exemplar crops are 65 x 65 pixels around the region centroid
-DISPLAY_THRESHOLD = 0.2  # heat map from 20 % of the case maximum, as in the report
 
 common.setup_page()
 store = common.get_store()
@@ -24,8 +17,8 @@ ss = st.session_state
 st.title("Patterns")
 st.caption("Off-mask attention regions of the whole cohort, grouped by what they look like. "
            "A cluster is a hypothesis about what the model attends to, not a finding.")
-regions = store.regions()
-clusters = store.clusters()
+regions = common.regions(store)
+clusters = common.clusters(store)
 if regions.empty:
     st.info("No off-mask regions were found in this cohort, so there are no patterns to review.")
     st.stop()
@@ -35,7 +28,7 @@ if clusters.empty:
 
 # -- cluster table ---------------------------------------------------------------------------
 if not clusters.empty:
-    summary = common.review_summary(store.reviews("cluster"))
+    summary = common.review_summary(common.reviews(store, "cluster"))
     table = clusters.assign(item_id=clusters["cluster"].astype(str)).merge(
         summary, on="item_id", how="left")
     table["reviews"] = table["reviews"].fillna("")
@@ -81,8 +74,8 @@ if not clusters.empty:
                 if pd.notna(crow["share_predicted_malignant"]) else "–",
                 delta=(f"{100 * (crow['share_predicted_malignant'] - crow['pool_predicted_malignant']):+.0f} pts vs cohort"
                        if pd.notna(crow["pool_predicted_malignant"]) else None), delta_color="off")
-    m[4].metric("Permutation p", common.fmt(crow["p_predicted"], 3),
-                help=f"two-sided, nodules as units; Benjamini-Hochberg q = {common.fmt(crow['q_predicted'], 3)}")
+    m[4].metric("Permutation p", fmt(crow["p_predicted"], 3),
+                help=f"two-sided, nodules as units; Benjamini-Hochberg q = {fmt(crow['q_predicted'], 3)}")
     m[5].metric("Δp when removed", f"{crow['effect_mean']:+.3f}" if pd.notna(crow.get("effect_mean")) else "–",
                 help="causal check: regions replaced with local parenchyma, nodule re-scored")
     effect = ""
@@ -95,19 +88,20 @@ if not clusters.empty:
     truth = ""
     if pd.notna(crow.get("p_truth")):
         truth = (f"Truly malignant: {100 * crow['share_truth_malignant']:.0f} % vs "
-                 f"{100 * crow['pool_truth_malignant']:.0f} % in the cohort (p = {common.fmt(crow['p_truth'], 3)}). ")
+                 f"{100 * crow['pool_truth_malignant']:.0f} % in the cohort (p = {fmt(crow['p_truth'], 3)}). ")
     st.markdown(effect + truth)
     st.caption(f"Predicted malignant: {100 * crow['share_predicted_malignant']:.0f} % of this cluster's "
                f"nodules vs {100 * crow['pool_predicted_malignant']:.0f} % of all nodules with off-mask "
                f"regions. Mean distance from the nodule centre "
-               f"{common.fmt(crow['mean_offset_distance_mm'])} mm; "
-               f"mean volume {common.fmt(crow['mean_volume_mm3'])} mm³.")
+               f"{fmt(crow['mean_offset_distance_mm'])} mm; "
+               f"mean volume {fmt(crow['mean_volume_mm3'])} mm³.")
 
     # -- exemplars -----------------------------------------------------------------------------
     st.markdown("**Exemplars** from different patients, each as the plain image and the "
                 "overlay side by side (axial slice through the region's centroid; green: mask, "
                 "cyan: this region; lung window; colour scale = that case's attribution max, "
-                "shown from 20 % of it; the map exists only inside each nodule's 48 mm analysis "
+                f"shown from {100 * DISPLAY_THRESHOLD:.0f} % of it; the map exists only inside "
+                "each nodule's 48 mm analysis "
                 "box, so it can end in a straight edge)")
     by_key = regions.set_index("region_key")
     keys = [k for k in crow["exemplars"] if k in by_key.index]

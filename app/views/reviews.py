@@ -1,17 +1,10 @@
 """Reviews: progress, agreement between reviewers (Cohen's kappa), verdicts per item, the
 audit trail, and CSV exports.  Thin over discovery.reviews and the store."""
 
-import sys
-from pathlib import Path
+import streamlit as st
 
-_APP_DIR = str(Path(__file__).resolve().parents[1])  # app/, for `import common`
-if _APP_DIR not in sys.path:
-    sys.path.insert(0, _APP_DIR)
-
-import common  # noqa: E402
-import streamlit as st  # noqa: E402
-
-from discovery.reviews import pairwise_agreement, progress, verdict_table  # noqa: E402
+from app import common
+from discovery.reviews import pairwise_agreement, progress, verdict_table
 
 AUDIT_SHOWN = 200
 REVIEW_EXPORT_COLUMNS = ["item_type", "item_id", "reviewer", "verdict", "note", "updated_at"]
@@ -24,10 +17,10 @@ reviewer = (st.session_state.get(common.REVIEWER_KEY) or "").strip()
 
 st.title("Reviews")
 st.caption("Where the review stands, and how far the reviewers agree with each other.")
-reviews = store.reviews()
+reviews = common.reviews(store)
 
 # -- progress ----------------------------------------------------------------------------------
-done = progress(store.findings(), store.clusters(), reviews, reviewer or None)
+done = progress(common.findings(store), common.clusters(store), reviews, reviewer or None)
 st.subheader("Progress")
 m = st.columns(4)
 if reviewer:
@@ -87,7 +80,7 @@ st.dataframe(verdict_table(reviews).fillna("–"), hide_index=True, width="stret
                             "n_reviewers": "Reviewers", "consensus": "Consensus"})
 
 # -- audit trail -------------------------------------------------------------------------------------
-audit = store.audit()
+audit = common.audit(store)
 st.subheader("Audit trail")
 st.caption(f"Every saved verdict, newest first (the last {AUDIT_SHOWN} of {len(audit)}).")
 shown = audit.sort_values("id", ascending=False).head(AUDIT_SHOWN)[AUDIT_EXPORT_COLUMNS]

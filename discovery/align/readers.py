@@ -183,20 +183,8 @@ def reader_metrics(
     except TypeError:
         raise ValueError(f"levels must be a sequence of fractions; received {levels!r}") from None
 
-    references = [(f"reader_{i}", math.nan, m) for i, m in enumerate(stack, start=1)]
-    names = set()
-    for c in levels:
-        name = f"consensus_{c:.2f}"
-        if name in names:
-            raise ValueError(
-                f"levels must differ at 2 decimals; received {list(levels)!r} "
-                f"(two of them are named {name!r})"
-            )
-        names.add(name)
-        references.append((name, c, _consensus(stack, c)))
-
     rows = []
-    for name, level, m in references:
+    for name, level, m in _references(stack, levels):
         rows.append(
             {
                 "reference": name,
@@ -208,3 +196,20 @@ def reader_metrics(
             }
         )
     return rows
+
+
+def _references(stack: np.ndarray, levels: list[float]) -> list[tuple[str, float, np.ndarray]]:
+    """``(name, level, mask)`` of every reader (level NaN), then of every consensus level;
+    ``ValueError`` when two levels round to the same name."""
+    references = [(f"reader_{i}", math.nan, m) for i, m in enumerate(stack, start=1)]
+    names = set()
+    for c in levels:
+        name = f"consensus_{c:.2f}"
+        if name in names:
+            raise ValueError(
+                f"levels must differ at 2 decimals; received {list(levels)!r} "
+                f"(two of them are named {name!r})"
+            )
+        names.add(name)
+        references.append((name, c, _consensus(stack, c)))
+    return references

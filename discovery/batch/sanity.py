@@ -45,7 +45,7 @@ from discovery.store.tables import (
     load_case_arrays,
 )
 
-__all__ = ["BASELINE_HU", "SanitySummary", "run_sanity", "summarize"]
+__all__ = ["BASELINE_HU", "SanitySummary", "run_sanity"]
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,8 @@ BASELINE_HU = -850.0
 @dataclass(frozen=True)
 class SanitySummary:
     """What ``discovery sanity`` measured.  ``randomization`` and ``perturbation`` hold the
-    rows written to the store; :func:`summarize` turns them into one line per method."""
+    rows written to the store; :func:`discovery.store.tables.sanity_summary` turns them into
+    one line per method."""
 
     n_nodules: int
     randomization: pd.DataFrame
@@ -133,10 +134,31 @@ def run_sanity(
         nodules (about 10 s per nodule for the five methods on 2 CPU cores).
     progress : callable(stage, done, total), optional
     """
+    source = Path(source)
+    is_results, results_dir = _check_options(source, results_dir, methods, randomise,
+                                             max_nodules)
+    model, card = load_model(model_dir)
+    keys, rois = _sample_rois(source, is_results, card, max_nodules, seed)
+    ran_rows = [row for method in randomise
+                for row in _randomisation_rows(model, rois, method, n_draws, seed, progress)]
+    per_rows = _perturbation_rows(model, card, keys, rois, methods, steps=steps,
+                                  n_random=n_random, seed=seed, progress=progress)
+    store = ResultsStore(results_dir)
+    try:
+        store.set_sanity(ran_rows, per_rows)
+    finally:
+        store.close()
+    return SanitySummary(len(keys), pd.DataFrame(ran_rows, columns=RANDOMIZATION_COLUMNS),
+                         pd.DataFrame(per_rows, columns=PERTURBATION_COLUMNS))
+
+
+def _check_options(source: Path, results_dir, methods, randomise, max_nodules
+                   ) -> tuple[bool, Path]:
+    """``(source is a results folder, the results folder to write to)``; ValueError for a
+    bad option."""
     if max_nodules is not None and (isinstance(max_nodules, bool) or not isinstance(
             max_nodules, (int, np.integer)) or max_nodules < 1):
         raise ValueError(f"max_nodules must be a positive integer or None; received {max_nodules!r}")
-    source = Path(source)
     is_results = (source / DB_NAME).is_file()
     if results_dir is None:
         if not is_results:
@@ -146,7 +168,13 @@ def run_sanity(
     for m in list(methods) + list(randomise):
         if m not in METHODS:
             raise ValueError(f"unknown attribution method {m!r}; available: {', '.join(METHODS)}")
-    model, card = load_model(model_dir)
+    return is_results, Path(results_dir)
+
+
+def _sample_rois(source: Path, is_results: bool, card: ModelCard, max_nodules: int | None,
+                 seed: int) -> tuple[list[tuple[str, str]], torch.Tensor]:
+    """The ``(case_id, nodule_id)`` keys and the normalised ROIs ``(n, 1, z, y, x)`` of the
+    nodules checked (at most *max_nodules*, drawn with *seed*, in their stored order)."""
     pairs = list(_rois_from_results(source, card) if is_results else _rois_from_cohort(source, card))
     if not pairs:
         raise ValueError("no annotated nodules found: the sanity checks need nodules with masks")
@@ -155,27 +183,39 @@ def run_sanity(
         pairs = [pairs[i] for i in keep]
     keys = [k for k, _ in pairs]
     rois = torch.from_numpy(np.stack([r for _, r in pairs])[:, None].astype(np.float32))
-    baseline = float(normalize_hu(np.array(BASELINE_HU), card.hu_window))
-    threshold = float(card.metrics.get("threshold", 0.5))
+    return keys, rois
 
-    ran_rows: list[dict] = []
-    per_rows: list[dict] = []
-    for method in randomise:
+
+def _randomisation_rows(model, rois: torch.Tensor, method: str, n_draws: int, seed: int,
+                        progress) -> list[dict]:
+    """The cascading randomisation test of *method*, one row per step, averaged over
+    *n_draws* re-draws (seeds ``seed ..``)."""
+    if progress:
+        progress(f"randomisation ({method})", 0, n_draws)
+    draws = []
+    for d in range(n_draws):
+        draws.append(randomization_test(model, rois, method=method, target=1, seed=seed + d))
         if progress:
-            progress(f"randomisation ({method})", 0, n_draws)
-        draws = []
-        for d in range(n_draws):
-            draws.append(randomization_test(model, rois, method=method, target=1, seed=seed + d))
-            if progress:
-                progress(f"randomisation ({method})", d + 1, n_draws)
-        layer = resolve_layer(model, None)[0] if method in CAM_METHODS else "input"
-        rho = np.stack([r.spearman for r in draws])              # (draws, steps, rois)
-        n_constant = np.sum([r.n_constant for r in draws], axis=0)
-        for k, row in enumerate(draws[0].as_rows()):
-            finite = rho[:, k][np.isfinite(rho[:, k])]
-            ran_rows.append({**row, "method": method, "layer": layer, "n_draws": n_draws,
-                             "n_constant": int(n_constant[k]),
-                             "mean_spearman": float(finite.mean()) if finite.size else float("nan")})
+            progress(f"randomisation ({method})", d + 1, n_draws)
+    layer = resolve_layer(model, None)[0] if method in CAM_METHODS else "input"
+    rho = np.stack([r.spearman for r in draws])              # (draws, steps, rois)
+    n_constant = np.sum([r.n_constant for r in draws], axis=0)
+    rows = []
+    for k, row in enumerate(draws[0].as_rows()):
+        finite = rho[:, k][np.isfinite(rho[:, k])]
+        rows.append({**row, "method": method, "layer": layer, "n_draws": n_draws,
+                     "n_constant": int(n_constant[k]),
+                     "mean_spearman": float(finite.mean()) if finite.size else float("nan")})
+    return rows
+
+
+def _perturbation_rows(model, card: ModelCard, keys: list[tuple[str, str]], rois: torch.Tensor,
+                       methods: Sequence[str], *, steps: int, n_random: int, seed: int,
+                       progress) -> list[dict]:
+    """Deletion and insertion areas of each method, one row per nodule and method."""
+    baseline = float(normalize_hu(np.array(BASELINE_HU), card.hu_window))
+    threshold = card.threshold
+    rows: list[dict] = []
     for i, method in enumerate(methods):
         if progress:
             progress(f"deletion/insertion ({method})", i, len(methods))
@@ -187,7 +227,7 @@ def run_sanity(
         curves = perturbation_curves(model, rois, np.concatenate(maps), baseline=baseline, target=1,
                                      steps=steps, n_random=n_random, seed=seed)
         for j, ((case_id, nodule_id), p1) in enumerate(zip(keys, np.concatenate(probs))):
-            per_rows.append({
+            rows.append({
                 "case_id": case_id, "nodule_id": nodule_id, "method": method,
                 "probability": float(p1), "predicted_label": int(p1 >= threshold),
                 "deletion_auc": float(curves.deletion_auc[j]),
@@ -195,41 +235,4 @@ def run_sanity(
                 "insertion_auc": float(curves.insertion_auc[j]),
                 "insertion_auc_random": float(curves.insertion_auc_random[j]),
             })
-    store = ResultsStore(results_dir)
-    try:
-        store.set_sanity(ran_rows, per_rows)
-    finally:
-        store.close()
-    return SanitySummary(len(keys), pd.DataFrame(ran_rows, columns=RANDOMIZATION_COLUMNS),
-                         pd.DataFrame(per_rows, columns=PERTURBATION_COLUMNS))
-
-
-def summarize(randomization: pd.DataFrame, perturbation: pd.DataFrame) -> pd.DataFrame:
-    """One row per method: final randomisation Spearman and deletion/insertion summaries.
-
-    Columns: ``method``, ``spearman_fully_randomised`` (mean over ROIs after every module is
-    re-drawn; NaN when the method was not randomised), ``n``, ``deletion_auc`` and
-    ``deletion_auc_random`` (medians), ``beats_random`` (share of nodules whose deletion
-    AUC is below the random order's), the same share among predicted-malignant nodules,
-    ``insertion_auc`` and ``insertion_auc_random`` (medians).
-    """
-    randomization = randomization.reindex(columns=RANDOMIZATION_COLUMNS)  # also when empty
-    perturbation = perturbation.reindex(columns=PERTURBATION_COLUMNS)
-    rows = []
-    for method in dict.fromkeys([*perturbation["method"], *randomization["method"]]):
-        r = randomization[randomization["method"] == method].sort_values("step")
-        p = perturbation[perturbation["method"] == method]
-        beats = p["deletion_auc"] < p["deletion_auc_random"]
-        mal = p["predicted_label"] == 1
-        rows.append({
-            "method": method,
-            "spearman_fully_randomised": float(r["mean_spearman"].iloc[-1]) if len(r) else np.nan,
-            "n": int(len(p)),
-            "deletion_auc": float(p["deletion_auc"].median()),
-            "deletion_auc_random": float(p["deletion_auc_random"].median()),
-            "beats_random": float(beats.mean()) if len(p) else np.nan,
-            "beats_random_malignant": float(beats[mal].mean()) if mal.any() else np.nan,
-            "insertion_auc": float(p["insertion_auc"].median()),
-            "insertion_auc_random": float(p["insertion_auc_random"].median()),
-        })
-    return pd.DataFrame(rows)
+    return rows

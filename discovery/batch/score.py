@@ -8,32 +8,19 @@ off-mask regions of the whole cohort are clustered once, and ``findings.csv`` an
 Crash safety and resuming
 -------------------------
 Each case is written in two steps: its arrays (``cases/<case_id>.npz``: temporary file,
-fsync, rename), then its rows and its ``manifest`` row in one store transaction
+fsync, rename: :func:`data_tools.files.atomic_path`), then its rows and its ``manifest`` row
+in one store transaction
 (:meth:`discovery.store.tables.ResultsStore.put_case`).  A case is therefore either complete, with a
 manifest row, or absent from the manifest; a run killed at any point (even ``SIGKILL``) and
 started again scores the missing cases and yields the same outputs as an uninterrupted run.
-Temporary files of a killed run (``cases/.*.<pid>.tmp.npz``, ``.findings.csv.<pid>.tmp``,
-``.patterns.csv.<pid>.tmp``) are removed when the next batch starts, unless process ``pid``
-is still running and wrote the file in the last 15 minutes.
+Temporary files of a killed run (``cases/.<case_id>.npz.<pid>.tmp``,
+``.findings.csv.<pid>.tmp``, ``.patterns.csv.<pid>.tmp``, ``.store.json.<pid>.tmp``, and
+the ``cases/.<case_id>.<pid>.tmp.npz`` of earlier versions) are removed when the next batch
+starts, unless process ``pid`` is still running and wrote the file in the last 15 minutes.
 
-The manifest row holds three SHA-256 hex digests:
-
-``input_hash``
-    Over the case's input files, sorted by name: for each its name, size and content (read
-    in 1 MiB chunks; a file shared by several cases, like LUNA16's ``annotations.csv``, is
-    read once per batch, and a change to it rescores all of them).  The files: every file under a DICOM case folder (any depth, named
-    relative to it), or the image file (a MetaImage header with its data file(s)); then the
-    annotation file(s) (NIfTI mask, LIDC XML files, MSD label map, LUNA16 annotations.csv)
-    named by base name.  Folder names above the case do not count, so a moved input is not
-    rescored.
-``model_hash``
-    The model card's weights SHA-256.
-``config_hash``
-    Over a canonical JSON (sorted keys) of the per-case settings: :class:`ScoreSettings`,
-    ``max_bytes``, the case's layout, image and annotation kinds and the series it asks for,
-    and the card's preprocessing (architecture, ROI size and spacing, HU window, Grad-CAM
-    layer, threshold).  :class:`PatternSettings` are not in it: the cohort-level clustering
-    runs again after every batch.
+The manifest row holds three SHA-256 hex digests, ``input_hash``, ``model_hash`` and
+``config_hash`` (:mod:`discovery.batch.manifest` says over what, and who computes them: on a
+first run each case's worker, from the bytes it reads the case from).
 
 Skip rule: a case is not recomputed when its manifest row has the same three hashes, status
 ``ok`` or ``no-mask``, and its arrays file exists; failed cases are always retried.  Cases in
@@ -46,9 +33,8 @@ With ``workers > 1`` the per-case work (read, analyse, write arrays) runs in a p
 processes (forked on Linux, so that they start with torch and the model already loaded;
 spawned elsewhere: :func:`discovery.parallel.start_method`), each using
 ``cpu_count // workers`` torch threads, while the parent alone writes to the store (one
-writer).  On a first run into a
-results folder the workers start (and load the model) while the parent hashes the inputs.
-A worker that dies
+writer).  On a first run into a results folder the workers start (and load the model)
+while the parent prepares the batch.  A worker that dies
 (killed, out of memory, a crash in native code) breaks the pool: the cases it was running
 are each retried once, alone, in a fresh pool, and recorded as failed if that worker dies
 too; the batch goes on.  (With ``workers=1`` the cases run in the calling process: such a
@@ -70,8 +56,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
-import json
 import logging
 import os
 import re
@@ -90,6 +74,7 @@ import pandas as pd
 from data_tools.cases import CaseSpec, discover_cases, read_case, read_labels
 from data_tools.dicom import DEFAULT_MAX_BYTES
 from data_tools.errors import DataError, ModelError, scrub_uids
+from data_tools.files import atomic_path
 from data_tools.volume import Mask, Volume
 from discovery.batch.executors import (
     WORKER_DIED,
@@ -99,6 +84,12 @@ from discovery.batch.executors import (
     run_dask,
     run_pool,
 )
+from discovery.batch.manifest import (
+    FileMemo,
+    HashingReader,
+    case_config_hash,
+    case_input_hash,
+)
 from discovery.model.card import load_model
 from discovery.parallel import process_pool
 from discovery.patterns.causal import CaseRunner, pattern_effects, run_here
@@ -107,8 +98,9 @@ from discovery.pipeline import CaseResult, ScoreSettings, analyze_scan
 from discovery.regions.descriptors import describe_region
 from discovery.store.tables import ResultsStore, load_case_arrays, save_case_arrays
 
-__all__ = ["BatchSummary", "score_folder", "write_tables", "recluster", "safe_error",
-           "read_labels", "case_input_hash", "case_config_hash", "WORKER_DIED", "WORKER_KILLED"]
+__all__ = ["BatchOptions", "BatchSummary", "score_folder", "write_tables", "recluster",
+           "safe_error", "read_labels", "case_input_hash", "case_config_hash", "WORKER_DIED",
+           "WORKER_KILLED"]
 
 log = logging.getLogger(__name__)
 
@@ -232,119 +224,10 @@ def _annotation_rows(case_id: str, nodules) -> list[dict]:
     return rows
 
 
-# -- manifest hashes ---------------------------------------------------------------------
-_CHUNK = 1 << 20
-_HASH_VERSION = b"discovery-case-input-v1\0"
-#: the model card fields that change what a case's analysis computes
-_CARD_KEYS = ("architecture", "roi_size_vox", "roi_spacing_mm", "hu_window", "classes",
-              "gradcam_layer", "card_version")
-
-FileMemo = dict[tuple[str, int, int], str]
-
-
-def _file_sha256(path: Path, st: os.stat_result, memo: FileMemo | None) -> str:
-    key = (str(path), st.st_size, st.st_mtime_ns)
-    if memo is not None and key in memo:
-        return memo[key]
-    h = hashlib.sha256()
-    buf = bytearray(_CHUNK)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as fh:
-        while n := fh.readinto(buf):
-            h.update(view[:n])
-    if memo is not None:
-        memo[key] = h.hexdigest()
-    return h.hexdigest()
-
-
-def _metaimage_data_files(header: Path) -> list[Path]:
-    """The data file(s) a MetaImage header names (none for ``LOCAL``; same-stem siblings for
-    a file-name pattern or an unreadable header)."""
-    siblings = sorted(p for p in header.parent.glob(f"{header.stem}.*") if p != header)
-    try:
-        with open(header, "rb") as fh:
-            lines = fh.read(1 << 16).decode("latin-1").splitlines()
-    except OSError:
-        return siblings
-    for i, line in enumerate(lines):
-        key, _, value = line.partition("=")
-        if key.strip().lower() != "elementdatafile":
-            continue
-        tokens = value.split()
-        if not tokens or tokens[0].upper() == "LOCAL":
-            return []
-        if tokens[0].upper() == "LIST":
-            return [header.parent / t.strip() for t in lines[i + 1:] if t.strip()]
-        if "%" in tokens[0]:
-            return siblings
-        return [header.parent / value.strip()]
-    return siblings
-
-
-def _case_files(spec: CaseSpec, exclude: Path | None = None) -> list[tuple[str, Path]]:
-    """``(name, path)`` of every input file of *spec*, sorted by name (module docstring)."""
-    files: dict[str, Path] = {}
-    image = Path(spec.image)
-    inside: set[Path] = set()
-    if image.is_dir():
-        skip = exclude.resolve() if exclude is not None else None
-        for root, dirs, names in os.walk(image):
-            if skip is not None:
-                dirs[:] = [d for d in dirs if (Path(root) / d).resolve() != skip]
-            for name in names:
-                path = Path(root) / name
-                files["image/" + path.relative_to(image).as_posix()] = path
-                inside.add(path)
-    else:
-        files["image/" + image.name] = image
-        if spec.image_kind == "metaimage":
-            for data in _metaimage_data_files(image):
-                files["image/" + data.name] = data
-    for ann in (spec.mask, *spec.mask_candidates):
-        if ann is not None and Path(ann) not in inside:
-            files["annotation/" + Path(ann).name] = Path(ann)
-    return sorted(files.items())
-
-
-def case_input_hash(spec: CaseSpec, *, exclude: str | Path | None = None,
-                    memo: FileMemo | None = None) -> str:
-    """SHA-256 (hex) over the input files of one case: for each file, sorted by name, its
-    name, size and content's SHA-256 (module docstring: which files, which names).
-
-    ``exclude``: a folder not to descend into (the results folder, when it lies inside a
-    case folder).  ``memo``: digests already computed in this batch, by path, size and
-    modification time.  A file that cannot be read counts as missing (the case is then
-    rescored, and reports the problem when read).
-    """
-    h = hashlib.sha256(_HASH_VERSION)
-    for name, path in _case_files(spec, None if exclude is None else Path(exclude)):
-        try:
-            st = path.stat()
-            digest = _file_sha256(path, st, memo)
-        except OSError:
-            h.update(f"{name}\0missing\0".encode("utf-8", "surrogateescape"))
-            continue
-        h.update(f"{name}\0{st.st_size}\0{digest}\0".encode("utf-8", "surrogateescape"))
-    return h.hexdigest()
-
-
-def case_config_hash(spec: CaseSpec, *, settings: ScoreSettings, max_bytes: int | None,
-                     card) -> str:
-    """SHA-256 (hex) of the canonical JSON of what, besides the input files and the weights,
-    decides a case's results (module docstring)."""
-    payload = {
-        "settings": dataclasses.asdict(settings), "max_bytes": max_bytes,
-        "layout": spec.layout, "image_kind": spec.image_kind, "mask_kind": spec.mask_kind,
-        "source_key": spec.source_key,
-        "card": {k: getattr(card, k) for k in _CARD_KEYS},
-        "threshold": float(card.metrics.get("threshold", 0.5)),
-    }
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 # -- one case ----------------------------------------------------------------------------
-Payload = dict[str, Any]  # "case" (the cases row), "nodules", "regions", "annotations"
+#: "case" (the cases row), "nodules", "regions", "annotations"; "input_hash" when the worker
+#: hashed the inputs it read (else the calling process hashes them)
+Payload = dict[str, Any]
 
 
 def _failed(spec: CaseSpec, message: str) -> Payload:
@@ -355,36 +238,46 @@ def _failed(spec: CaseSpec, message: str) -> Payload:
 
 def _compute_case(spec: CaseSpec, model, card, results_dir: Path, settings: ScoreSettings,
                   max_bytes: int | None, input_path: Path | str) -> Payload:
-    """Read, analyse and write the arrays of one case; its rows for the store.  Never raises
-    an ``Exception``: a failure becomes a ``failed`` payload with a safe message."""
+    """Read, analyse and write the arrays of one case; its rows for the store and its
+    ``input_hash`` (from the bytes read: :class:`discovery.batch.manifest.HashingReader`).  A failure to read or
+    analyse the case becomes a ``failed`` payload with a safe message."""
+    reader = HashingReader(spec, results_dir, max_bytes)
     try:
-        case = read_case(spec, max_bytes=max_bytes)
-        volume, mask = case.volume, case.mask
-        result = analyze_scan(volume, mask, model, card, case_id=spec.case_id, settings=settings)
-        ct = np.clip(np.rint(volume.array), -32768, 32767).astype(np.int16)
-        arrays = save_case_arrays(
-            results_dir, spec.case_id, ct=ct,
-            mask=(mask.array if mask is not None
-                  else np.zeros(volume.shape, np.int16)).astype(np.int16),
-            attribution=result.attribution, region_map=result.region_map, affine=volume.affine,
-            # row k-1: layer activations pooled in region k of region_map (case_region order)
-            region_deep=_region_deep(result),
-        )
-        nodules, regions = result_rows(result)
-        status = "ok" if result.status == "ok" else "no-mask"
-        return {"case": {"case_id": spec.case_id, "status": status,
-                         "error": "" if status == "ok" else result.status.split(": ", 1)[-1],
-                         "n_nodules": len(nodules), "shape": list(volume.shape),
-                         "spacing_mm": [round(s, 4) for s in volume.spacing_mm],
-                         "source_kind": spec.image_kind, "layout": spec.layout,
-                         "mask_source": case.mask_source, "arrays": arrays},
-                "nodules": nodules, "regions": regions,
-                "annotations": _annotation_rows(spec.case_id, case.nodules)}
+        case = read_case(spec, max_bytes=max_bytes, read=reader)
+        payload = _analyse_case(spec, case, model, card, results_dir, settings)
     except Exception as exc:  # noqa: BLE001 -- a batch records every failure and goes on
         message = safe_error(exc, input_path, spec.image, spec.mask)
         # no traceback in the log: frames and messages of third-party code may quote paths
         log.warning("case %s failed: %s", spec.case_id, message)
-        return _failed(spec, message)
+        payload = _failed(spec, message)
+    payload["input_hash"] = reader.input_hash()
+    return payload
+
+
+def _analyse_case(spec: CaseSpec, case, model, card, results_dir: Path,
+                  settings: ScoreSettings) -> Payload:
+    """Analyse a case read into memory, write its arrays; its rows for the store."""
+    volume, mask = case.volume, case.mask
+    result = analyze_scan(volume, mask, model, card, case_id=spec.case_id, settings=settings)
+    ct = np.clip(np.rint(volume.array), -32768, 32767).astype(np.int16)
+    arrays = save_case_arrays(
+        results_dir, spec.case_id, ct=ct,
+        mask=(mask.array if mask is not None
+              else np.zeros(volume.shape, np.int16)).astype(np.int16),
+        attribution=result.attribution, region_map=result.region_map, affine=volume.affine,
+        # row k-1: layer activations pooled in region k of region_map (case_region order)
+        region_deep=_region_deep(result),
+    )
+    nodules, regions = result_rows(result)
+    status = "ok" if result.status == "ok" else "no-mask"
+    return {"case": {"case_id": spec.case_id, "status": status,
+                     "error": "" if status == "ok" else result.status.split(": ", 1)[-1],
+                     "n_nodules": len(nodules), "shape": list(volume.shape),
+                     "spacing_mm": [round(s, 4) for s in volume.spacing_mm],
+                     "source_kind": spec.image_kind, "layout": spec.layout,
+                     "mask_source": case.mask_source, "arrays": arrays},
+            "nodules": nodules, "regions": regions,
+            "annotations": _annotation_rows(spec.case_id, case.nodules)}
 
 
 #: per worker thread: (model folder, weights SHA-256) -> (model, card)
@@ -488,14 +381,17 @@ def recluster(store: ResultsStore, settings: PatternSettings = PatternSettings()
     if model is not None and card is not None and results_dir is not None and len(clusters):
         clusters, flags = pattern_effects(
             clustered, clusters, load=functools.partial(_stored_case, results_dir), model=model,
-            card=card, threshold=float(card.metrics.get("threshold", 0.5)), seed=settings.seed,
-            run=run)
+            card=card, seed=settings.seed, run=run, nodules=store.findings())
     store.set_patterns(clustered, clusters, flags)
     return int(len(clusters))
 
 
-#: temporary files of this module and of save_case_arrays: ``.<name>.<pid>.tmp[.npz]``
+#: temporary files of :func:`data_tools.files.atomic_path` (``.<name>.<pid>.tmp``: the
+#: tables, ``store.json``, ``cases/<case_id>.npz``) and of earlier versions
+#: (``cases/.<case_id>.<pid>.tmp.npz``, ``.patterns.csv.tmp``)
 _TEMP_NAME = re.compile(r"^\..+?(?:\.(\d+))?\.tmp(?:\.npz)?$")
+_TEMP_GLOBS = ("cases/.*.npz.*.tmp", "cases/.*.tmp.npz", ".findings.csv*.tmp",
+               ".patterns.csv*.tmp", ".store.json*.tmp")
 _TEMP_STALE_S = 15 * 60
 
 
@@ -512,13 +408,12 @@ def _process_alive(pid: int) -> bool:
 
 
 def remove_stale_temp_files(results_dir: str | Path) -> int:
-    """Remove temporary files a killed run left in *results_dir* (``cases/.*.tmp.npz``,
-    ``.findings.csv.*.tmp``, ``.patterns.csv.*.tmp``); keep those of a running process
-    written in the last 15 minutes.  Return how many were removed."""
+    """Remove temporary files a killed run left in *results_dir* (``cases/.*.npz.*.tmp``,
+    ``.findings.csv.*.tmp``, ``.patterns.csv.*.tmp``, ``.store.json.*.tmp``, and the
+    ``cases/.*.tmp.npz`` of earlier versions); keep those of a running process written in
+    the last 15 minutes.  Return how many were removed."""
     root = Path(results_dir)
-    candidates = list((root / "cases").glob(".*.tmp.npz"))
-    for name in ("findings.csv", "patterns.csv"):
-        candidates += root.glob(f".{name}*.tmp")
+    candidates = sorted({p for pattern in _TEMP_GLOBS for p in root.glob(pattern)})
     removed = 0
     for path in candidates:
         m = _TEMP_NAME.match(path.name)
@@ -539,25 +434,19 @@ def remove_stale_temp_files(results_dir: str | Path) -> int:
     return removed
 
 
-def _atomic_csv(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+def _write_csv(df: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False, float_format="%.6g", lineterminator="\n")
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def write_tables(store: ResultsStore, results_dir: Path) -> None:
     """Write ``findings.csv`` and ``patterns.csv`` from the store (rows sorted by their keys,
-    floats as ``%.6g``, no timestamps: the same results give the same bytes)."""
-    _atomic_csv(store.findings(), results_dir / "findings.csv")
+    floats as ``%.6g``, no timestamps: the same results give the same bytes; each written
+    to a temporary file, then renamed)."""
+    _write_csv(store.findings(), results_dir / "findings.csv")
     clusters = store.clusters()
     clusters["exemplars"] = [";".join(x) for x in clusters["exemplars"]]
-    _atomic_csv(clusters, results_dir / "patterns.csv")
+    _write_csv(clusters, results_dir / "patterns.csv")
 
 
 def _unchanged(store: ResultsStore, results_dir: Path) -> dict[str, tuple]:
@@ -568,6 +457,251 @@ def _unchanged(store: ResultsStore, results_dir: Path) -> dict[str, tuple]:
         if r.status in ("ok", "no-mask") and (results_dir / "cases" / f"{r.case_id}.npz").is_file():
             out[r.case_id] = (r.input_hash, r.model_hash, r.config_hash, r.status)
     return out
+
+
+# -- the batch ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BatchOptions:
+    """How :func:`score_folder` runs a batch: its keyword options, checked.
+
+    Attributes
+    ----------
+    model_dir : path, optional
+        Model folder; default the committed demo model.
+    settings : ScoreSettings
+        Per-case analysis settings (part of each case's ``config_hash``).
+    pattern_settings : PatternSettings
+        Cohort-level clustering settings (not hashed: the clustering runs after every batch).
+    labels : path, optional
+        Known true labels (:func:`read_labels`), stored with the results; the pattern
+        clusters then also report enrichment against the true label.
+    layout : str
+        Input layout (:data:`data_tools.layouts.LAYOUTS`; ``"auto"`` recognises it).
+    max_bytes : int or None
+        Refuse a scan whose float32 volume would be larger (checked from the headers); also
+        the most input bytes a worker holds in memory to read a case's files once.
+    workers : int
+        Processes scoring cases at once (1: in this process).
+    executor_factory : callable(n_workers) -> Executor, optional
+        Makes the worker pools when ``workers > 1`` (default:
+        :func:`discovery.parallel.process_pool`); for tests and custom pools.
+    scheduler : str, distributed.Client or cluster, optional
+        Score the cases on a Dask distributed cluster instead: a scheduler address such as
+        ``tcp://host:8786``, a ``Client`` (left open) or a cluster object such as
+        ``distributed.LocalCluster`` (:mod:`discovery.batch.executors`: the workers must see
+        the inputs, the model and the results folder at the same paths).  Not with
+        ``workers > 1``.
+    torch_threads : int, optional
+        Torch threads of each worker (default: 1 per Dask worker thread; ``cpu_count //
+        workers`` in the local pool; with one worker, in this process, torch's own setting,
+        set to *torch_threads* for the call and restored after).
+    store_url : str, optional
+        Keep the results tables on this PostgreSQL server (``postgresql://...``; see
+        :class:`discovery.store.tables.ResultsStore`) instead of ``discovery.sqlite``.
+
+    Raises
+    ------
+    ValueError
+        ``workers`` or ``torch_threads`` below 1, or both ``workers > 1`` and a
+        ``scheduler``.
+    """
+
+    model_dir: str | Path | None = None
+    settings: ScoreSettings = ScoreSettings()
+    pattern_settings: PatternSettings = PatternSettings()
+    labels: str | Path | None = None
+    layout: str = "auto"
+    max_bytes: int | None = DEFAULT_MAX_BYTES
+    workers: int = 1
+    executor_factory: ExecutorFactory | None = None
+    scheduler: Any = None
+    torch_threads: int | None = None
+    store_url: str | None = None
+
+    def __post_init__(self):
+        if int(self.workers) < 1:
+            raise ValueError(f"workers must be at least 1; received {self.workers!r}")
+        if self.scheduler is not None and int(self.workers) != 1:
+            raise ValueError(
+                "workers and scheduler are exclusive: give workers (a local process pool) or "
+                f"a Dask scheduler, not both; received workers={self.workers!r}")
+        if self.torch_threads is not None and int(self.torch_threads) < 1:
+            raise ValueError(f"torch_threads must be at least 1; received {self.torch_threads!r}")
+
+    @property
+    def n_workers(self) -> int:
+        return int(self.workers)
+
+    @property
+    def threads(self) -> int:
+        """Torch threads of each local worker process."""
+        return int(self.torch_threads or max(1, (os.cpu_count() or 1) // self.n_workers))
+
+
+@dataclass
+class _Plan:
+    """What a batch does with the cases of its input (:meth:`_Batch.plan`)."""
+
+    specs: list[CaseSpec]
+    skip: list[CaseSpec]        # unchanged since an earlier run: not recomputed
+    todo: list[CaseSpec]
+    previous: dict[str, tuple]  # skippable manifest rows (:func:`_unchanged`)
+    input_hashes: dict[str, str]  # hashed here: the cases that might be skipped
+    config_hashes: dict[str, str]
+    n_not_in_input: int
+
+
+@dataclass
+class _Batch:
+    """One :func:`score_folder` call: the state its steps (plan, run, finish) share."""
+
+    input_path: str | Path
+    results_dir: Path
+    opts: BatchOptions
+    model: Any
+    card: Any
+    store: ResultsStore
+    client: Any = None
+    progress: Progress | None = None
+    compute: Callable[..., Payload] | None = None
+    kept: list = field(default_factory=list)  # the local pool, kept running after the cases
+    memo: FileMemo = field(default_factory=dict)
+    done: int = 0  # cases finished or skipped
+    status: dict[str, str] = field(default_factory=dict)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def task(self) -> tuple:
+        """The arguments of the per-case worker function after the case (:func:`_work`)."""
+        model_dir = None if self.opts.model_dir is None else str(self.opts.model_dir)
+        return (model_dir, self.results_dir, self.opts.settings, self.opts.max_bytes,
+                self.input_path)
+
+    def start(self, specs: list[CaseSpec], labels) -> None:
+        """Prepare the store; on a first run into the folder, start the local workers (they
+        load the model while the cases are planned)."""
+        remove_stale_temp_files(self.results_dir)
+        if labels is not None:
+            self.store.set_labels(labels)
+        card, settings = self.card, self.opts.settings
+        self.store.set_meta(
+            model_sha256=card.weights_sha256, roi_size_vox=list(card.roi_size_vox),
+            roi_spacing_mm=list(card.roi_spacing_mm), gradcam_layer=card.gradcam_layer,
+            method=settings.method, hu_window=list(card.hu_window), threshold=card.threshold)
+        n = min(self.opts.n_workers, len(specs))
+        first_run = specs and self.store.manifest().empty
+        if self.opts.n_workers > 1 and self.client is None and first_run:
+            warm = (self.opts.executor_factory or process_pool)(n)
+            self.kept.append(warm)
+            for _ in range(n):
+                warm.submit(_warm_worker, self.task[0], self.opts.threads, card.weights_sha256)
+
+    def plan(self, specs: list[CaseSpec]) -> _Plan:
+        """Decide which cases to skip: those whose manifest row may be skipped and whose
+        inputs, model and settings hash as recorded there.  Only those cases are hashed
+        here; the others are hashed by their worker as it reads them."""
+        previous = _unchanged(self.store, self.results_dir)
+        config = {s.case_id: case_config_hash(s, settings=self.opts.settings,
+                                              max_bytes=self.opts.max_bytes, card=self.card)
+                  for s in specs}
+        hashes = {s.case_id: case_input_hash(s, exclude=self.results_dir, memo=self.memo)
+                  for s in specs if s.case_id in previous}
+        skip = [s for s in specs if s.case_id in previous and previous[s.case_id][:3]
+                == (hashes[s.case_id], self.card.weights_sha256, config[s.case_id])]
+        skipped_ids = {s.case_id for s in skip}
+        stored = set(self.store.query("SELECT case_id FROM cases")["case_id"])
+        n_not_in_input = len(stored - {s.case_id for s in specs})
+        if n_not_in_input:
+            log.info("%d case(s) in the results folder are not in this input; kept",
+                     n_not_in_input)
+        return _Plan(specs, skip, [s for s in specs if s.case_id not in skipped_ids], previous,
+                     hashes, config, n_not_in_input)
+
+    def run(self, plan: _Plan, stack: ExitStack) -> None:
+        """Score the cases to do and store each as it finishes (after the skipped ones)."""
+        for spec in plan.skip:
+            self.status[spec.case_id] = plan.previous[spec.case_id][3]
+            self._advance(plan, spec)
+        for spec, payload in self._finished(plan.todo, stack):
+            row = payload["case"]
+            input_hash = (payload.get("input_hash") or plan.input_hashes.get(spec.case_id)
+                          or case_input_hash(spec, exclude=self.results_dir, memo=self.memo))
+            self.store.put_case(row, payload["nodules"], payload["regions"],
+                                payload["annotations"],
+                                manifest={"input_hash": input_hash,
+                                          "model_hash": self.card.weights_sha256,
+                                          "config_hash": plan.config_hashes[spec.case_id]})
+            self.status[spec.case_id] = row["status"]
+            if row["status"] == "failed":
+                self.failed.append((spec.case_id, row["error"]))
+            self._advance(plan, spec)
+
+    def _advance(self, plan: _Plan, spec: CaseSpec) -> None:
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, len(plan.specs), spec.case_id)
+
+    def _fail(self, spec: CaseSpec, problem: BaseException | str) -> Payload:
+        message = (problem if isinstance(problem, str)
+                   else safe_error(problem, self.input_path, spec.image, spec.mask))
+        log.warning("case %s failed: %s", spec.case_id, message)
+        return _failed(spec, message)
+
+    def _finished(self, todo: list[CaseSpec], stack: ExitStack):
+        """``(spec, payload)`` of every case of *todo*, as they finish: on the Dask cluster,
+        in this process (one worker), or in the local pool."""
+        opts, work = self.opts, self.compute or _work
+        if self.client is not None:
+            run = uuid.uuid4().hex[:8]  # one batch's tasks never stand for another's
+            keys = {s.case_id: f"score-{s.case_id}-{run}" for s in todo}
+            return stack.enter_context(closing(run_dask(
+                todo, work, (*self.task, int(opts.torch_threads or 1), self.card.weights_sha256),
+                self.client, keys, self._fail)))
+        if opts.n_workers == 1:
+            if opts.torch_threads is not None:
+                import torch
+
+                stack.callback(torch.set_num_threads, torch.get_num_threads())
+                torch.set_num_threads(int(opts.torch_threads))
+            return ((s, _compute_case(s, self.model, self.card, *self.task[1:])) for s in todo)
+        first = self.kept.pop() if self.kept else None
+        return run_pool(todo, work, (*self.task, opts.threads, self.card.weights_sha256),
+                        max(1, min(opts.n_workers, len(todo))),
+                        opts.executor_factory or process_pool, self._fail, keep=self.kept,
+                        first=first)
+
+    def finish(self) -> tuple[int, int, int]:
+        """Cluster the cohort's regions (the causal check on the pool when there is one) and
+        write the tables; ``(n_nodules, n_regions, n_clusters)`` of this input's cases."""
+        ids = sorted(self.status)
+        counts = []
+        for table in ("nodules", "regions"):
+            sql = (f"SELECT COUNT(*) AS n FROM {table} WHERE case_id IN "
+                   f"({', '.join('?' * len(ids))})")
+            counts.append(int(self.store.query(sql, ids)["n"].iloc[0]) if ids else 0)
+        # the pool, its workers' models loaded, also runs the causal check's cases
+        runner = (_pool_runner(self.kept[0], (self.task[0], self.results_dir, self.opts.threads,
+                                              self.card.weights_sha256),
+                               self.model, self.card, self.results_dir)
+                  if self.kept and self.compute is None else None)
+        n_clusters = recluster(self.store, self.opts.pattern_settings, model=self.model,
+                               card=self.card, results_dir=self.results_dir, run=runner)
+        for pool in self.kept:  # the workers exit while the tables are written
+            pool.shutdown(wait=False, cancel_futures=True)
+        write_tables(self.store, self.results_dir)
+        return counts[0], counts[1], n_clusters
+
+    def summary(self, plan: _Plan, counts: tuple[int, int, int], seconds: float) -> BatchSummary:
+        status = list(self.status.values())
+        specs = plan.specs
+        return BatchSummary(
+            n_cases=len(specs), n_ok=status.count("ok"), n_failed=status.count("failed"),
+            n_no_mask=status.count("no-mask"), n_nodules=counts[0], n_regions=counts[1],
+            n_clusters=counts[2], seconds=seconds, failed=sorted(self.failed),
+            layouts={k: sum(s.layout == k for s in specs)
+                     for k in sorted({s.layout for s in specs})},
+            n_skipped=len(plan.skip), n_not_in_input=plan.n_not_in_input,
+            store=self.store.location)
 
 
 def score_folder(
@@ -598,37 +732,12 @@ def score_folder(
         :func:`data_tools.cases.discover_cases`).
     results_dir : path
         Created if needed; holds ``discovery.sqlite`` (or ``store.json``, see *store_url*),
-        ``findings.csv``, ``patterns.csv`` and
-        ``cases/<case_id>.npz``.
-    model_dir : path, optional
-        Model folder; default the committed demo model.
-    labels : path, optional
-        Known true labels (:func:`read_labels`), stored with the results; the pattern
-        clusters then also report enrichment against the true label.
-    layout : str
-        Input layout (:data:`data_tools.layouts.LAYOUTS`; ``"auto"`` recognises it).
-    max_bytes : int or None
-        Refuse a scan whose float32 volume would be larger (checked from the headers).
+        ``findings.csv``, ``patterns.csv`` and ``cases/<case_id>.npz``.
+    model_dir, settings, pattern_settings, labels, layout, max_bytes, workers, \
+executor_factory, scheduler, torch_threads, store_url
+        How the batch runs: see :class:`BatchOptions`.
     progress : callable(done, total, case_id), optional
         Called once per case (skipped cases first), as cases finish.
-    workers : int
-        Processes scoring cases at once (1: in this process).
-    executor_factory : callable(n_workers) -> Executor, optional
-        Makes the worker pools when ``workers > 1`` (default:
-        :func:`discovery.parallel.process_pool`); for tests and custom pools.
-    scheduler : str, distributed.Client or cluster, optional
-        Score the cases on a Dask distributed cluster instead: a scheduler address such as
-        ``tcp://host:8786``, a ``Client`` (left open) or a cluster object such as
-        ``distributed.LocalCluster`` (:mod:`discovery.batch.executors`: the workers must see the
-        inputs, the model and the results folder at the same paths).  Not with
-        ``workers > 1``.
-    store_url : str, optional
-        Keep the results tables on this PostgreSQL server (``postgresql://...``; see
-        :class:`discovery.store.tables.ResultsStore`) instead of ``discovery.sqlite``.
-    torch_threads : int, optional
-        Torch threads of each worker (default: 1 per Dask worker thread; ``cpu_count //
-        workers`` in the local pool; with one worker, in this process, torch's own setting,
-        set to *torch_threads* for the call and restored after).
     _compute : callable, optional
         For tests only: runs in place of the per-case worker function (``_work``'s
         signature) in the pool or on the cluster.
@@ -638,127 +747,27 @@ def score_folder(
     BatchSummary
     """
     t0 = time.perf_counter()
-    if int(workers) < 1:
-        raise ValueError(f"workers must be at least 1; received {workers!r}")
-    if scheduler is not None and int(workers) != 1:
-        raise ValueError("workers and scheduler are exclusive: give workers (a local process "
-                         f"pool) or a Dask scheduler, not both; received workers={workers!r}")
-    if torch_threads is not None and int(torch_threads) < 1:
-        raise ValueError(f"torch_threads must be at least 1; received {torch_threads!r}")
+    opts = BatchOptions(model_dir=model_dir, settings=settings,
+                        pattern_settings=pattern_settings, labels=labels, layout=layout,
+                        max_bytes=max_bytes, workers=workers, executor_factory=executor_factory,
+                        scheduler=scheduler, torch_threads=torch_threads, store_url=store_url)
     results_dir = Path(results_dir)
     if scheduler is not None:  # paths are sent to other machines: no relative ones
         input_path, results_dir = Path(input_path).resolve(), results_dir.resolve()
-        model_dir = None if model_dir is None else Path(model_dir).resolve()
+        opts = dataclasses.replace(
+            opts, model_dir=None if model_dir is None else Path(model_dir).resolve())
     with ExitStack() as stack:  # a scheduler is reached before anything is read or written
         client = None if scheduler is None else stack.enter_context(dask_client(scheduler))
-        model, card = load_model(model_dir)
+        model, card = load_model(opts.model_dir)
         specs = discover_cases(input_path, layout=layout)
         known = read_labels(labels) if labels is not None else None  # bad file: fail before scoring
         store = ResultsStore(results_dir, url=store_url)
-        remove_stale_temp_files(results_dir)
-        if known is not None:
-            store.set_labels(known)
-        store.set_meta(model_sha256=card.weights_sha256, roi_size_vox=list(card.roi_size_vox),
-                       roi_spacing_mm=list(card.roi_spacing_mm), gradcam_layer=card.gradcam_layer,
-                       method=settings.method, hu_window=list(card.hu_window),
-                       threshold=float(card.metrics.get("threshold", 0.5)))
-        kept: list = []  # the local pool, kept running after the cases (run_pool)
-        stack.callback(lambda: [p.shutdown(wait=True, cancel_futures=True) for p in kept])
-        threads = int(torch_threads or max(1, (os.cpu_count() or 1) // int(workers)))
-        if int(workers) > 1 and client is None and specs and store.manifest().empty:
-            # a first run into this folder scores every case: start the workers now, so that
-            # their start-up (importing torch, loading the model) overlaps the hashing below
-            warm = (executor_factory or process_pool)(min(int(workers), len(specs)))
-            kept.append(warm)
-            for _ in range(min(int(workers), len(specs))):
-                warm.submit(_warm_worker, None if model_dir is None else str(model_dir), threads,
-                            card.weights_sha256)
-        memo: FileMemo = {}
-        hashes = {s.case_id: {"input_hash": case_input_hash(s, exclude=results_dir, memo=memo),
-                              "model_hash": card.weights_sha256,
-                              "config_hash": case_config_hash(s, settings=settings,
-                                                              max_bytes=max_bytes, card=card)}
-                  for s in specs}
-        previous = _unchanged(store, results_dir)
-        skip = [s for s in specs if previous.get(s.case_id, (None,))[:3]
-                == tuple(hashes[s.case_id].values())]
-        skipped_ids = {s.case_id for s in skip}
-        todo = [s for s in specs if s.case_id not in skipped_ids]
-        stored = set(store.query("SELECT case_id FROM cases")["case_id"])
-        n_not_in_input = len(stored - {s.case_id for s in specs})
-        if n_not_in_input:
-            log.info("%d case(s) in the results folder are not in this input; kept", n_not_in_input)
-
-        status: dict[str, str] = {}
-        failed: list[tuple[str, str]] = []
-        done = 0
-        for spec in skip:
-            status[spec.case_id] = previous[spec.case_id][3]
-            done += 1
-            if progress is not None:
-                progress(done, len(specs), spec.case_id)
-
-        def fail(spec: CaseSpec, problem: BaseException | str) -> Payload:
-            message = (problem if isinstance(problem, str)
-                       else safe_error(problem, input_path, spec.image, spec.mask))
-            log.warning("case %s failed: %s", spec.case_id, message)
-            return _failed(spec, message)
-
-        task = (None if model_dir is None else str(model_dir), results_dir, settings, max_bytes,
-                input_path)
-        work = _compute or _work
-        if client is not None:
-            run = uuid.uuid4().hex[:8]  # one batch's tasks never stand for another's
-            keys = {s.case_id: f"score-{s.case_id}-{hashes[s.case_id]['input_hash'][:8]}-{run}"
-                    for s in todo}
-            finished = stack.enter_context(closing(run_dask(
-                todo, work, (*task, int(torch_threads or 1), card.weights_sha256), client,
-                keys, fail)))
-        elif int(workers) == 1:
-            if torch_threads is not None:
-                import torch
-
-                stack.callback(torch.set_num_threads, torch.get_num_threads())
-                torch.set_num_threads(int(torch_threads))
-            finished = ((s, _compute_case(s, model, card, results_dir, settings, max_bytes,
-                                          input_path)) for s in todo)
-        else:
-            first = kept.pop() if kept else None
-            finished = run_pool(todo, work, (*task, threads, card.weights_sha256),
-                                max(1, min(int(workers), len(todo))),
-                                executor_factory or process_pool, fail, keep=kept, first=first)
-        for spec, payload in finished:
-            row = payload["case"]
-            store.put_case(row, payload["nodules"], payload["regions"], payload["annotations"],
-                           manifest=hashes[spec.case_id])
-            status[spec.case_id] = row["status"]
-            if row["status"] == "failed":
-                failed.append((spec.case_id, row["error"]))
-            done += 1
-            if progress is not None:
-                progress(done, len(specs), spec.case_id)
-
-        ids = sorted(status)
-        marks = ", ".join("?" * len(ids))
-        n_nod = int(store.query(f"SELECT COUNT(*) AS n FROM nodules WHERE case_id IN ({marks})",
-                                ids)["n"].iloc[0]) if ids else 0
-        n_reg = int(store.query(f"SELECT COUNT(*) AS n FROM regions WHERE case_id IN ({marks})",
-                                ids)["n"].iloc[0]) if ids else 0
-        # the pool, its workers' models loaded, also runs the causal check's cases
-        runner = (_pool_runner(kept[0], (task[0], results_dir, threads, card.weights_sha256),
-                               model, card, results_dir) if kept and _compute is None else None)
-        n_clusters = recluster(store, pattern_settings, model=model, card=card,
-                               results_dir=results_dir, run=runner)
-        for pool in kept:  # the workers exit while the tables are written
-            pool.shutdown(wait=False, cancel_futures=True)
-        write_tables(store, results_dir)
-    store.close()
-    counts = list(status.values())
-    return BatchSummary(
-        n_cases=len(specs), n_ok=counts.count("ok"), n_failed=counts.count("failed"),
-        n_no_mask=counts.count("no-mask"), n_nodules=n_nod, n_regions=n_reg,
-        n_clusters=n_clusters, seconds=time.perf_counter() - t0,
-        failed=sorted(failed),
-        layouts={k: sum(s.layout == k for s in specs) for k in sorted({s.layout for s in specs})},
-        n_skipped=len(skip), n_not_in_input=n_not_in_input, store=store.location,
-    )
+        stack.callback(store.close)
+        batch = _Batch(input_path, results_dir, opts, model, card, store, client, progress,
+                       _compute)
+        stack.callback(lambda: [p.shutdown(wait=True, cancel_futures=True) for p in batch.kept])
+        batch.start(specs, known)
+        plan = batch.plan(specs)
+        batch.run(plan, stack)
+        counts = batch.finish()
+    return batch.summary(plan, counts, time.perf_counter() - t0)

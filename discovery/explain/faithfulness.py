@@ -180,27 +180,11 @@ def perturbation_curves(model: torch.nn.Module, rois, attributions, *, baseline,
     _check_eval(model)
     rois = _as_rois(rois)
     n, spatial = int(rois.shape[0]), tuple(int(s) for s in rois.shape[2:])
-    attr = _to_numpy(attributions)
-    if attr.shape != (n, *spatial):
-        raise ValueError(f"attributions must have shape (N, z, y, x) = {(n, *spatial)} to match "
-                         f"rois {tuple(rois.shape)}; received {attr.shape}")
-    if attr.dtype.kind not in "biuf":
-        raise ValueError(f"attributions must be real numbers; received dtype {attr.dtype}")
-    if not np.all(np.isfinite(attr)):
-        raise ValueError("attributions must be finite; received "
-                         f"{int((~np.isfinite(attr)).sum())} NaN or infinite values")
+    attr = _check_attributions(attributions, n, spatial, rois.shape)
     check_int("steps", steps, 1)
     check_int("n_random", n_random, 0)
     check_int("batch_size", batch_size, 1)
-    try:
-        base = np.array(np.broadcast_to(_to_numpy(baseline).astype(np.float32), (1, *spatial)))
-    except (TypeError, ValueError):
-        shape = tuple(getattr(baseline, "shape", ()))
-        raise ValueError("baseline (the value a removed voxel takes) must be a float or an array "
-                         f"broadcastable to one ROI {(1, *spatial)}; received "
-                         f"{type(baseline).__name__} of shape {shape}") from None
-    if not np.all(np.isfinite(base)):
-        raise ValueError(f"baseline must be finite (and is required); received {baseline!r:.60}")
+    base = _check_baseline(baseline, spatial)
 
     n_voxels = int(np.prod(spatial))
     counts = [(i * n_voxels) // steps for i in range(steps + 1)]
@@ -213,42 +197,97 @@ def perturbation_curves(model: torch.nn.Module, rois, attributions, *, baseline,
     total = n * n_orders * 2 * (steps + 1)
     log.debug("perturbation curves: %d ROIs x %d orders x 2 x %d points", n, n_orders, steps + 1)
 
-    def jobs():
-        """Yield (index into probs, perturbed flat ROI), one ROI at a time (bounded memory)."""
-        for i in range(n):
-            rng = np.random.default_rng(np.random.SeedSequence([int(seed), i]))
-            orders = [_voxel_order(attr[i].ravel(), rng)]
-            orders += [rng.permutation(n_voxels) for _ in range(n_random)]
-            for o, order in enumerate(orders):
-                ranks = torch.empty(n_voxels, dtype=torch.int64)
-                ranks[torch.from_numpy(order)] = torch.arange(n_voxels)   # position in order
-                for s, k in enumerate(counts):
-                    chosen = ranks < k
-                    yield (i, o, 0, s), torch.where(chosen, base_t, flat[i])
-                    yield (i, o, 1, s), torch.where(chosen, flat[i], base_t)
-
-    def run(batch) -> None:
-        keys, tensors = zip(*batch)
-        logits = model(torch.stack(tensors).reshape(len(tensors), 1, *spatial).to(device))
-        if logits.ndim != 2 or not 0 <= target < logits.shape[1]:
-            raise ValueError(f"target {target} is out of range for model output of shape "
-                             f"{tuple(logits.shape)}; expected logits (N, C), 0 <= target < C")
-        p = torch.softmax(logits.double(), dim=1)[:, target].cpu().numpy()
-        for key, value in zip(keys, p):
-            probs[key] = value
-
-    done, batch = 0, []
+    jobs = _perturbation_jobs(attr, flat, base_t, counts, n_random=n_random, seed=seed)
     with torch.no_grad():
-        for job in jobs():
-            batch.append(job)
-            if len(batch) == batch_size or done + len(batch) == total:
-                run(batch)
-                done, batch = done + len(batch), []
-                if progress is not None:
-                    progress(done, total)
+        _run_jobs(model, jobs, probs, total=total, batch_size=batch_size, progress=progress,
+                  spatial=spatial, device=device, target=target)
+    return _perturbation_result(probs, fractions, target=target, n_random=n_random, seed=seed)
 
+
+def _check_attributions(attributions, n: int, spatial: tuple, rois_shape) -> np.ndarray:
+    """*attributions* as a finite real array of shape ``(n, *spatial)``, or ``ValueError``."""
+    attr = _to_numpy(attributions)
+    if attr.shape != (n, *spatial):
+        raise ValueError(f"attributions must have shape (N, z, y, x) = {(n, *spatial)} to match "
+                         f"rois {tuple(rois_shape)}; received {attr.shape}")
+    if attr.dtype.kind not in "biuf":
+        raise ValueError(f"attributions must be real numbers; received dtype {attr.dtype}")
+    if not np.all(np.isfinite(attr)):
+        raise ValueError("attributions must be finite; received "
+                         f"{int((~np.isfinite(attr)).sum())} NaN or infinite values")
+    return attr
+
+
+def _check_baseline(baseline, spatial: tuple) -> np.ndarray:
+    """*baseline* broadcast to one ROI ``(1, *spatial)`` as finite float32, or ``ValueError``."""
+    try:
+        base = np.array(np.broadcast_to(_to_numpy(baseline).astype(np.float32), (1, *spatial)))
+    except (TypeError, ValueError):
+        shape = tuple(getattr(baseline, "shape", ()))
+        raise ValueError("baseline (the value a removed voxel takes) must be a float or an array "
+                         f"broadcastable to one ROI {(1, *spatial)}; received "
+                         f"{type(baseline).__name__} of shape {shape}") from None
+    if not np.all(np.isfinite(base)):
+        raise ValueError(f"baseline must be finite (and is required); received {baseline!r:.60}")
+    return base
+
+
+def _perturbation_jobs(attr: np.ndarray, flat: torch.Tensor, base_t: torch.Tensor,
+                       counts: list[int], *, n_random: int, seed: int):
+    """Yield (index into probs, perturbed flat ROI), one ROI at a time (bounded memory).
+
+    The index is ``(roi, order, 0 deletion / 1 insertion, step)``; order 0 follows the
+    attribution, orders 1..n_random are random permutations from the ROI's own generator.
+    """
+    n_voxels = flat.shape[1]
+    for i in range(flat.shape[0]):
+        rng = np.random.default_rng(np.random.SeedSequence([int(seed), i]))
+        orders = [_voxel_order(attr[i].ravel(), rng)]
+        orders += [rng.permutation(n_voxels) for _ in range(n_random)]
+        for o, order in enumerate(orders):
+            ranks = torch.empty(n_voxels, dtype=torch.int64)
+            ranks[torch.from_numpy(order)] = torch.arange(n_voxels)   # position in order
+            for s, k in enumerate(counts):
+                chosen = ranks < k
+                yield (i, o, 0, s), torch.where(chosen, base_t, flat[i])
+                yield (i, o, 1, s), torch.where(chosen, flat[i], base_t)
+
+
+def _run_jobs(model: torch.nn.Module, jobs, probs: np.ndarray, *, total: int, batch_size: int,
+              progress: Progress | None, spatial: tuple, device: torch.device,
+              target: int) -> None:
+    """Evaluate the ``total`` perturbed ROIs of *jobs* in batches of *batch_size*, filling
+    *probs*; *progress* is called after each batch."""
+    done, batch = 0, []
+    for job in jobs:
+        batch.append(job)
+        if len(batch) == batch_size or done + len(batch) == total:
+            _evaluate_batch(model, batch, probs, spatial=spatial, device=device, target=target)
+            done, batch = done + len(batch), []
+            if progress is not None:
+                progress(done, total)
+
+
+def _evaluate_batch(model: torch.nn.Module, batch, probs: np.ndarray, *, spatial: tuple,
+                    device: torch.device, target: int) -> None:
+    """Run one batch of perturbed ROIs and store the softmax probability of *target* in
+    *probs* at each job's index."""
+    keys, tensors = zip(*batch)
+    logits = model(torch.stack(tensors).reshape(len(tensors), 1, *spatial).to(device))
+    if logits.ndim != 2 or not 0 <= target < logits.shape[1]:
+        raise ValueError(f"target {target} is out of range for model output of shape "
+                         f"{tuple(logits.shape)}; expected logits (N, C), 0 <= target < C")
+    p = torch.softmax(logits.double(), dim=1)[:, target].cpu().numpy()
+    for key, value in zip(keys, p):
+        probs[key] = value
+
+
+def _perturbation_result(probs: np.ndarray, fractions: np.ndarray, *, target: int,
+                         n_random: int, seed: int) -> PerturbationResult:
+    """Curves and areas from ``probs (N, orders, 2, steps+1)``: order 0 and the random mean."""
+    n, steps1 = probs.shape[0], probs.shape[-1]
     curves, aucs = probs[:, 0], _auc(fractions, probs[:, 0])
-    rand_curves = probs[:, 1:].mean(axis=1) if n_random else np.full((n, 2, steps + 1), np.nan)
+    rand_curves = probs[:, 1:].mean(axis=1) if n_random else np.full((n, 2, steps1), np.nan)
     rand_aucs = _auc(fractions, probs[:, 1:]).mean(axis=1) if n_random else np.full((n, 2), np.nan)
     return PerturbationResult(
         fractions=_frozen(fractions),
@@ -392,25 +431,7 @@ def randomization_test(model: torch.nn.Module, rois, *, method: str = "gradcam",
     _check_eval(model)
     rois = _as_rois(rois)
     check_int("batch_size", batch_size, 1)
-    if isinstance(order, str):
-        raise TypeError(f"order must be a sequence of module names, not a string; "
-                        f"received {order!r}")
-    modules = dict(model.named_modules())
-    names = list(order) if order is not None else [
-        name for name, child in reversed(list(model.named_children()))
-        if any(True for _ in child.parameters())]
-    if not names:
-        raise ValueError("order must name at least one module to randomise (by default the "
-                         f"top-level modules with parameters); received {order!r}")
-    for name in names:
-        if name == "" or name not in modules:
-            tops = ", ".join(n for n in modules if n and "." not in n)
-            raise ValueError(f"order names {name!r}, which is not a module of the model; "
-                             f"top-level modules are: {tops}")
-        if not any(True for _ in modules[name].parameters()):
-            raise ValueError(f"module {name!r} in order has no parameters to randomise")
-    if len(set(names)) != len(names):
-        raise ValueError(f"order names a module twice; received {names}")
+    names = _randomisation_order(model, order)
 
     work = copy.deepcopy(model)
     work_modules = dict(work.named_modules())
@@ -443,3 +464,29 @@ def randomization_test(model: torch.nn.Module, rois, *, method: str = "gradcam",
     return RandomizationResult(steps=tuple(names), spearman=_frozen(spearman),
                                mean_spearman=_frozen(mean), n_constant=_frozen(n_constant),
                                method=method, layer=layer, target=int(target), seed=int(seed))
+
+
+def _randomisation_order(model: torch.nn.Module, order) -> list[str]:
+    """The module names to randomise in turn: *order* checked against *model*, or by default
+    its top-level children with parameters from the output end back; ``ValueError`` /
+    ``TypeError`` otherwise."""
+    if isinstance(order, str):
+        raise TypeError(f"order must be a sequence of module names, not a string; "
+                        f"received {order!r}")
+    modules = dict(model.named_modules())
+    names = list(order) if order is not None else [
+        name for name, child in reversed(list(model.named_children()))
+        if any(True for _ in child.parameters())]
+    if not names:
+        raise ValueError("order must name at least one module to randomise (by default the "
+                         f"top-level modules with parameters); received {order!r}")
+    for name in names:
+        if name == "" or name not in modules:
+            tops = ", ".join(n for n in modules if n and "." not in n)
+            raise ValueError(f"order names {name!r}, which is not a module of the model; "
+                             f"top-level modules are: {tops}")
+        if not any(True for _ in modules[name].parameters()):
+            raise ValueError(f"module {name!r} in order has no parameters to randomise")
+    if len(set(names)) != len(names):
+        raise ValueError(f"order names a module twice; received {names}")
+    return names

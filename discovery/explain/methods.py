@@ -32,7 +32,9 @@ changed).  Captum's IG and Occlusion register no hooks on the model.
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -87,6 +89,9 @@ def resolve_layer(model: torch.nn.Module, layer: str | None) -> tuple[str, torch
 def layer_activations(model: torch.nn.Module, rois, *, layer: str | None = None) -> np.ndarray:
     """Output of one layer for a batch of ROIs (no gradients).
 
+    :func:`predict_and_explain` with ``return_activations=True`` gives the same feature maps
+    from its own forward pass; use this only when no attribution is computed.
+
     Parameters
     ----------
     model : torch.nn.Module
@@ -102,22 +107,39 @@ def layer_activations(model: torch.nn.Module, rois, *, layer: str | None = None)
     """
     rois = _check_rois(rois)
     layer_name, module = resolve_layer(model, layer)
+    with _capture(module, layer_name) as captured, torch.no_grad():
+        model(rois.detach().to(dtype=torch.float32))
+    return captured["act"].numpy().astype(np.float32, copy=False)
+
+
+@contextmanager
+def _capture(module: torch.nn.Module, layer_name: str, *, pass_on: bool = False):
+    """Record *module*'s output during the ``with`` block, on the calling thread only.
+
+    ``pass_on``: hand a fresh clone downstream and keep it (the CAM methods differentiate
+    with respect to it, and later in-place ops cannot alter it); otherwise keep a detached
+    copy.  Raises RuntimeError when the module did not run.
+    """
     owner = threading.get_ident()
     captured: dict[str, torch.Tensor] = {}
 
     def hook(_mod, _inp, out):
-        if threading.get_ident() == owner:
-            captured["act"] = out.detach().clone()
+        if threading.get_ident() != owner:
+            return None
+        if pass_on:
+            out = out.clone()
+            captured["act"] = out
+            return out
+        captured["act"] = out.detach().clone()
+        return None
 
     handle = module.register_forward_hook(hook)
     try:
-        with torch.no_grad():
-            model(rois.detach().to(dtype=torch.float32))
+        yield captured
     finally:
         handle.remove()
     if "act" not in captured:
         raise RuntimeError(f"layer {layer_name!r} did not run during the forward pass")
-    return captured["act"].numpy().astype(np.float32, copy=False)
 
 
 def _check_rois(rois) -> torch.Tensor:
@@ -152,26 +174,9 @@ def _cam_weights(method: str, act: torch.Tensor, grads: torch.Tensor) -> torch.T
 
 def _cam(model, rois, method, layer, target):
     layer_name, module = resolve_layer(model, layer)
-    owner = threading.get_ident()
-    captured: dict[str, torch.Tensor] = {}
-
-    def hook(_mod, _inp, out):
-        if threading.get_ident() != owner:
-            return None
-        # Hand a fresh tensor downstream so later in-place ops cannot alter what we keep.
-        out = out.clone()
-        captured["act"] = out
-        return out
-
     x = rois.detach().to(dtype=torch.float32).requires_grad_(True)
-    handle = module.register_forward_hook(hook)
-    try:
-        with torch.enable_grad():
-            logits = model(x)
-    finally:
-        handle.remove()
-    if "act" not in captured:
-        raise RuntimeError(f"layer {layer_name!r} did not run during the forward pass")
+    with _capture(module, layer_name, pass_on=True) as captured, torch.enable_grad():
+        logits = model(x)
     _check_target(target, logits)
     act = captured["act"]
     (grads,) = torch.autograd.grad(logits[:, target].sum(), act)
@@ -179,7 +184,7 @@ def _cam(model, rois, method, layer, target):
         cam = torch.relu((_cam_weights(method, act, grads) * act).sum(dim=1, keepdim=True))
         native = tuple(int(s) for s in cam.shape[2:])
         cam = F.interpolate(cam, size=tuple(rois.shape[2:]), mode="trilinear", align_corners=False)
-    return logits.detach(), cam[:, 0], layer_name, native
+    return logits.detach(), cam[:, 0], layer_name, native, act.detach()
 
 
 def _check_target(target: int, logits: torch.Tensor) -> None:
@@ -187,12 +192,15 @@ def _check_target(target: int, logits: torch.Tensor) -> None:
         raise ValueError(f"target {target} is out of range for {logits.shape[1]} classes")
 
 
-def _captum(model, rois, method, target):
+def _captum(model, rois, method, target, features: tuple[str, torch.nn.Module] | None):
     from captum.attr import IntegratedGradients, Occlusion
 
     x = rois.detach().to(dtype=torch.float32)
-    with torch.no_grad():
-        logits = model(x)
+    with contextlib.ExitStack() as stack:
+        captured = (stack.enter_context(_capture(features[1], features[0]))
+                    if features is not None else {})
+        with torch.no_grad():
+            logits = model(x)
     _check_target(target, logits)
     if method == "integrated_gradients":
         attr = IntegratedGradients(model).attribute(
@@ -203,7 +211,8 @@ def _captum(model, rois, method, target):
         attr = Occlusion(model).attribute(
             x, sliding_window_shapes=(1, w, w, w), strides=(1, s, s, s), baselines=BASELINE,
             target=target, perturbations_per_eval=16)
-    return logits, attr.detach()[:, 0], "input", tuple(int(s) for s in x.shape[2:])
+    return logits, attr.detach()[:, 0], "input", tuple(int(s) for s in x.shape[2:]), \
+        captured.get("act")
 
 
 def predict_and_explain(
@@ -213,8 +222,10 @@ def predict_and_explain(
     method: str = "gradcam",
     layer: str | None = None,
     target: int = 1,
-) -> tuple[np.ndarray, np.ndarray, AttributionInfo]:
-    """Class probabilities and attribution maps.
+    return_activations: bool = False,
+) -> tuple[np.ndarray, np.ndarray, AttributionInfo] | tuple[np.ndarray, np.ndarray,
+                                                            AttributionInfo, np.ndarray]:
+    """Class probabilities and attribution maps (and the layer's activations) in one pass.
 
     Parameters
     ----------
@@ -229,6 +240,9 @@ def predict_and_explain(
         recorded as ``"input"``) by Integrated Gradients and Occlusion.
     target : int
         Class whose logit is explained.
+    return_activations : bool
+        Also return the feature maps of the CAM layer (*layer*, else ``model.cam_layer``)
+        from the same forward pass, as :func:`layer_activations` would compute them.
 
     Returns
     -------
@@ -240,14 +254,17 @@ def predict_and_explain(
         logit with respect to channel ``c`` of the layer's output ``A``) upsampled trilinearly
         (``align_corners=False``); IG and Occlusion signed, in logit units.
     info : AttributionInfo
+    activations : ndarray, shape (N, C, d, h, w), float32
+        Only with ``return_activations=True``.
     """
     if method not in METHODS:
         raise ValueError(f"unknown attribution method {method!r}; available: {', '.join(METHODS)}")
     rois = _check_rois(rois)
     if method in CAM_METHODS:
-        logits, maps, layer_name, native = _cam(model, rois, method, layer, target)
+        logits, maps, layer_name, native, act = _cam(model, rois, method, layer, target)
     else:
-        logits, maps, layer_name, native = _captum(model, rois, method, target)
+        features = resolve_layer(model, layer) if return_activations else None
+        logits, maps, layer_name, native, act = _captum(model, rois, method, target, features)
     probs = torch.softmax(logits, dim=1)
     info = AttributionInfo(
         method=method, layer=layer_name, target=int(target), native_shape=native,  # type: ignore[arg-type]
@@ -255,7 +272,10 @@ def predict_and_explain(
         upsampling="trilinear" if method in CAM_METHODS else "none",
         signed=method not in CAM_METHODS,
     )
-    return probs.numpy().astype(np.float32), maps.numpy().astype(np.float32), info
+    out = (probs.numpy().astype(np.float32), maps.numpy().astype(np.float32), info)
+    if return_activations:
+        return (*out, act.numpy().astype(np.float32, copy=False))
+    return out
 
 
 def explain(model: torch.nn.Module, rois, *, method: str = "gradcam", layer: str | None = None,

@@ -22,6 +22,7 @@ import torch
 from monai.networks.nets import ResNet
 
 from data_tools.errors import ModelError, file_label
+from data_tools.files import atomic_path
 from discovery.schema import decision_threshold
 
 __all__ = [
@@ -169,13 +170,11 @@ def save_model(model: torch.nn.Module, card: ModelCard, out_dir: str | Path) -> 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = out / (WEIGHTS_NAME + ".tmp")
-    save_file(state, str(tmp))
-    os.replace(tmp, out / WEIGHTS_NAME)
+    with atomic_path(out / WEIGHTS_NAME) as tmp:
+        save_file(state, str(tmp))
     card = dataclasses.replace(card, weights_sha256=sha256_file(out / WEIGHTS_NAME))
-    tmp_card = out / (CARD_NAME + ".tmp")
-    tmp_card.write_text(card.to_json() + "\n")
-    os.replace(tmp_card, out / CARD_NAME)
+    with atomic_path(out / CARD_NAME) as tmp:
+        tmp.write_text(card.to_json() + "\n")
     return card
 
 

@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,7 +31,9 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from data_tools.cases import discover_cases, load_case, read_labels
+from data_tools.checks import check_int
 from data_tools.errors import DataError, file_label
+from data_tools.files import atomic_path
 from data_tools.volume import Mask, Volume
 from discovery.model.card import ModelCard, build_network, save_model
 from discovery.model.rois import nodule_sites, roi_input
@@ -167,10 +168,8 @@ def synthetic_rois(seed: int, n_cases: int, card: ModelCard, *, config=None,
     """
     from data_tools.synthetic import SyntheticConfig
 
-    if not (isinstance(n_cases, int) and n_cases >= 3):
-        raise ValueError(f"n_cases must be an integer >= 3; received {n_cases!r}")
-    if not (isinstance(workers, int) and workers >= 1):
-        raise ValueError(f"workers must be an integer >= 1; received {workers!r}")
+    n_cases = check_int("n_cases", n_cases, 3)
+    workers = check_int("workers", workers, 1)
     config = SyntheticConfig() if config is None else config
     if workers == 1:
         rows = []
@@ -295,11 +294,9 @@ def _settings_dict(settings: TrainSettings) -> dict:
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    """Write the training *state* to *path* atomically (a reader never sees half of it)."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def _load_checkpoint(path: Path, data: RoiDataset, settings: TrainSettings, card: ModelCard) -> dict:
@@ -338,9 +335,9 @@ def train_model(data: RoiDataset, out_dir: str | Path, *, settings: TrainSetting
     ckpt_path = out / CHECKPOINT_NAME
     torch.manual_seed(settings.seed)
     gen = torch.Generator().manual_seed(settings.seed)
-    tr_g, va_g, te_g = _split(len(data.case_ids), settings)
+    groups = _split(len(data.case_ids), settings)
     idx = {name: np.flatnonzero(np.isin(data.group, g)) for name, g in
-           (("train", tr_g), ("val", va_g), ("test", te_g))}
+           zip(("train", "val", "test"), groups)}
     model = build_network(card)
     y_tr = data.y[idx["train"]]
     counts = np.bincount(y_tr, minlength=2).astype(float)
@@ -352,32 +349,14 @@ def train_model(data: RoiDataset, out_dir: str | Path, *, settings: TrainSetting
     history: list[dict] = []
     start_epoch, elapsed = 0, 0.0
     if resume and ckpt_path.is_file():
-        state = _load_checkpoint(ckpt_path, data, settings, card)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        gen.set_state(state["generator"])
-        best = (float(state["best_score"]), int(state["best_epoch"]), state["best_model"])
-        history = list(state["history"])
-        start_epoch, elapsed = int(state["epoch"]), float(state["seconds"])
-        log.info("resuming after epoch %d", start_epoch)
+        best, history, start_epoch, elapsed = _resume(ckpt_path, data, settings, card, model,
+                                                      opt, sched, gen)
     elif ckpt_path.is_file():
         log.info("ignoring %s (resume not requested); it will be overwritten", CHECKPOINT_NAME)
     t0 = time.perf_counter() - elapsed
     stopped = start_epoch > 0 and start_epoch - best[1] >= settings.patience
     for epoch in range(start_epoch, 0 if stopped else settings.epochs):
-        model.train()
-        order = idx["train"][torch.randperm(len(idx["train"]), generator=gen).numpy()]
-        losses = []
-        for start in range(0, len(order), settings.batch_size):
-            sel = order[start:start + settings.batch_size]
-            xb = _augment(torch.from_numpy(data.x[sel].copy()), gen, rot90=settings.rot90,
-                          shift_vox=settings.shift_vox, rotate_deg=settings.rotate_deg)
-            loss = loss_fn(model(xb), torch.from_numpy(data.y[sel]))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
+        losses = _train_epoch(model, data, idx["train"], gen, loss_fn, opt, settings)
         sched.step()
         val = evaluate(data.y[idx["val"]], predict_probabilities(model, data.x[idx["val"]]))
         history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_auroc": val["auroc"]})
@@ -399,22 +378,64 @@ def train_model(data: RoiDataset, out_dir: str | Path, *, settings: TrainSetting
             break
     model.load_state_dict(best[2])
     model.eval()
+    card = _trained_card(model, card, data, settings, idx, groups, best_epoch=best[1],
+                         history=history, t0=t0)
+    saved = save_model(model, card, out)
+    ckpt_path.unlink(missing_ok=True)
+    return saved
+
+
+def _resume(ckpt_path: Path, data: RoiDataset, settings: TrainSettings, card: ModelCard,
+            model, opt, sched, gen: torch.Generator) -> tuple[tuple, list[dict], int, float]:
+    """Restore model, optimiser, scheduler and generator from the checkpoint in place; return
+    ``(best, history, epochs done, seconds spent)``."""
+    state = _load_checkpoint(ckpt_path, data, settings, card)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    gen.set_state(state["generator"])
+    best = (float(state["best_score"]), int(state["best_epoch"]), state["best_model"])
+    history = list(state["history"])
+    start_epoch, elapsed = int(state["epoch"]), float(state["seconds"])
+    log.info("resuming after epoch %d", start_epoch)
+    return best, history, start_epoch, elapsed
+
+
+def _train_epoch(model, data: RoiDataset, train_idx: np.ndarray, gen: torch.Generator, loss_fn,
+                 opt, settings: TrainSettings) -> list[float]:
+    """One pass over the training ROIs in a random order, augmented; the batch losses."""
+    model.train()
+    order = train_idx[torch.randperm(len(train_idx), generator=gen).numpy()]
+    losses = []
+    for start in range(0, len(order), settings.batch_size):
+        sel = order[start:start + settings.batch_size]
+        xb = _augment(torch.from_numpy(data.x[sel].copy()), gen, rot90=settings.rot90,
+                      shift_vox=settings.shift_vox, rotate_deg=settings.rotate_deg)
+        loss = loss_fn(model(xb), torch.from_numpy(data.y[sel]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+def _trained_card(model, card: ModelCard, data: RoiDataset, settings: TrainSettings, idx: dict,
+                  groups, *, best_epoch: int, history: list[dict], t0: float) -> ModelCard:
+    """*card* with the training record and the held-out metrics (test, then validation) of
+    the selected *model*."""
     test = evaluate(data.y[idx["test"]], predict_probabilities(model, data.x[idx["test"]]),
                     settings.threshold)
     val = evaluate(data.y[idx["val"]], predict_probabilities(model, data.x[idx["val"]]),
                    settings.threshold)
-    card = replace(card, training={
-        "seed": settings.seed, "epochs_run": len(history), "best_epoch": best[1],
+    return replace(card, training={
+        "seed": settings.seed, "epochs_run": len(history), "best_epoch": best_epoch,
         "settings": _settings_dict(settings),
         "cohort_case_list_sha256": data.cohort_hash, "n_cases": len(data.case_ids),
         "n_nodules": int(len(data.y)),
         "split": {k: {"n_cases": int(len(g)), "n_nodules": int(len(idx[k])),
                       "case_ids": sorted(data.case_ids[i] for i in g)}
-                  for k, g in (("train", tr_g), ("val", va_g), ("test", te_g))},
+                  for k, g in zip(("train", "val", "test"), groups)},
         "history": history, "seconds": round(time.perf_counter() - t0, 1),
         "torch": torch.__version__,
     }, metrics={"threshold": settings.threshold, "heldout_auroc": test["auroc"],
                 "test": test, "validation": val})
-    saved = save_model(model, card, out)
-    ckpt_path.unlink(missing_ok=True)
-    return saved

@@ -8,10 +8,18 @@ relies on the pattern; its sign says in which direction.
 
 Only the scan is edited, never the model; the edit is confined to the removed voxels, and the
 nodule itself (its annotated mask) is never touched.
+
+Both probabilities of a change come from the stored scan (HU rounded to int16, as
+``discovery score`` keeps it), so the change measures the edit alone: ``p_before`` is not the
+stored ``probability`` of the nodule, which the pipeline computed on the scan as read (on the
+demo cohort they differ by up to 3e-4).  Each case is read once and each ROI scored once: a
+nodule's unedited ROI once, each edited ROI once, in batches whose composition does not change
+a ROI's probability (:func:`_score_rois`).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import zipfile
 from dataclasses import dataclass
@@ -41,6 +49,9 @@ __all__ = [
     "case_deltas",
     "case_without",
     "CaseRunner",
+    "CaseLoader",
+    "CENTRE_COLUMNS",
+    "ROI_BATCH",
     "run_here",
     "pattern_effects",
     "EFFECT_COLUMNS",
@@ -101,6 +112,28 @@ def inpaint_parenchyma(
     any, the constant :data:`FALLBACK_PARENCHYMA_HU`.  An empty ``remove`` returns an
     unchanged copy.
     """
+    hu, remove, protect, spacing, band = _check_inpaint(hu, remove, protect, spacing_mm,
+                                                        shell_mm, band_hu)
+    out = np.array(hu, dtype=np.float32, copy=True)
+    if protect is not None:
+        remove = remove & ~protect
+    if not remove.any():
+        return out
+    # Work in the bounding box of the removed voxels grown by the shell.
+    box = bounding_box(remove, np.ceil(shell_mm / spacing).astype(int) + 1)
+    rem = remove[box]
+    values = out[box]
+    donors = _donors(out, values, box, remove, protect, spacing, shell_mm, band)
+    rng = np.random.default_rng(seed)
+    n = int(rem.sum())
+    fill = rng.choice(donors, size=n) if donors.size else np.full(n, FALLBACK_PARENCHYMA_HU)
+    values[rem] = fill.astype(np.float32)
+    return out
+
+
+def _check_inpaint(hu, remove, protect, spacing_mm, shell_mm, band_hu):
+    """:func:`inpaint_parenchyma`'s arguments checked: ``(hu, remove, protect or None,
+    spacing array, (low, high))``."""
     hu = np.asarray(hu)
     remove = np.asarray(remove)
     if hu.ndim != 3 or remove.shape != hu.shape:
@@ -115,24 +148,23 @@ def inpaint_parenchyma(
     lo_hu, hi_hu = float(band_hu[0]), float(band_hu[1])
     if not hi_hu > lo_hu:
         raise ValueError(f"band_hu must be (low, high) with high > low; received {band_hu!r}")
-    out = np.array(hu, dtype=np.float32, copy=True)
     if protect is not None:
         protect = np.asarray(protect, dtype=bool)
         if protect.shape != hu.shape:
             raise ValueError(f"protect must have shape {hu.shape}; received {protect.shape}")
-        remove = remove & ~protect
-    if not remove.any():
-        return out
-    # Work in the bounding box of the removed voxels grown by the shell.
-    box = bounding_box(remove, np.ceil(shell_mm / spacing).astype(int) + 1)
+    return hu, remove, protect, spacing, (lo_hu, hi_hu)
+
+
+def _donors(out, values, box, remove, protect, spacing, shell_mm, band) -> np.ndarray:
+    """The parenchyma values to draw from: those of the shell around ``remove[box]`` (the
+    dilation by the physical ball, one distance transform of the box), else of the whole
+    array (outside ``remove`` and ``protect``)."""
+    lo_hu, hi_hu = band
     rem = remove[box]
-    # the shell: voxels within shell_mm (centre to centre) of a removed voxel, i.e. the
-    # dilation by the physical ball, computed with one distance transform of the box
     near = ndimage.distance_transform_edt(~rem, sampling=spacing) <= shell_mm + _SLACK_MM
     shell = near & ~rem
     if protect is not None:
         shell &= ~protect[box]
-    values = out[box]
     in_band = (values >= lo_hu) & (values <= hi_hu)
     donors = values[shell & in_band]
     if donors.size == 0:
@@ -140,11 +172,7 @@ def inpaint_parenchyma(
         if protect is not None:
             whole &= ~protect
         donors = out[whole]
-    rng = np.random.default_rng(seed)
-    n = int(rem.sum())
-    fill = rng.choice(donors, size=n) if donors.size else np.full(n, FALLBACK_PARENCHYMA_HU)
-    values[rem] = fill.astype(np.float32)
-    return out
+    return donors
 
 
 @dataclass(frozen=True)
@@ -232,16 +260,47 @@ def rescore_without(
     """
     edited = inpaint_parenchyma(volume.array, remove, spacing_mm=volume.spacing_mm,
                                 protect=protect, seed=seed)
-    x = torch.from_numpy(np.stack([roi_input(Volume(arr, volume.affine), center_zyx, card)
-                                   for arr in (volume.array, edited)]))
-    with torch.no_grad():
-        p = torch.softmax(model(x), dim=1)[:, 1].numpy()
+    p = _score_rois(model, [roi_input(Volume(arr, volume.affine), center_zyx, card)
+                            for arr in (volume.array, edited)])
     return float(p[0]), float(p[1])
+
+
+#: Most ROIs the causal check scores in one forward pass.
+ROI_BATCH = 16
+
+
+def _score_rois(model: torch.nn.Module, rois) -> np.ndarray:
+    """P(class 1) of each ROI (:func:`~discovery.model.rois.roi_input` arrays), float32, in
+    forward passes of at most :data:`ROI_BATCH` and at least two ROIs.
+
+    A ROI's output does not depend on the other ROIs of its batch as long as the batch holds
+    two or more; alone, the model takes another convolution kernel, whose result can differ in
+    the last bits.  So a lone ROI is scored beside a copy of itself and the last pass never
+    holds one ROI: each probability is the one the ROI gets in any batch of two or more, e.g.
+    the ``[before, after]`` pair of :func:`rescore_without`.
+    """
+    n = len(rois)
+    if n == 0:
+        return np.zeros(0, dtype=np.float32)
+    bounds = list(range(0, n, ROI_BATCH)) + [n]
+    if len(bounds) > 2 and bounds[-1] - bounds[-2] == 1:
+        bounds[-2] -= 1
+    out = []
+    with torch.no_grad():
+        for lo, hi in itertools.pairwise(bounds):
+            chunk = list(rois[lo:hi]) * (2 if hi - lo == 1 else 1)
+            p = torch.softmax(model(torch.from_numpy(np.stack(chunk))), dim=1)[:, 1].numpy()
+            out.append(p[:hi - lo])
+    return np.concatenate(out)
 
 
 #: ``load(case_id) -> (volume, mask, region_map)``: the scan, its nodule label mask and the
 #: case's off-mask region map (region ``k`` = row ``case_region == k``), all on one grid.
 CaseLoader = Callable[[str], "tuple[Volume, Mask, np.ndarray]"]
+
+#: The nodule-centre columns of the findings table (scan voxel coordinates), which
+#: :func:`pattern_effects` copies onto the region rows when given ``nodules``.
+CENTRE_COLUMNS = ("center_z", "center_y", "center_x")
 
 
 def _try_load(load: CaseLoader, case_id: str):
@@ -260,18 +319,42 @@ def _regions_by_case(regions: pd.DataFrame):
         yield str(case_id), rows
 
 
-def _open_case(load: CaseLoader, case_id: str):
-    """``(volume, region_map, sites by nodule id, protect)`` of a case, *protect* being every
-    annotated nodule's voxels; None when its stored arrays cannot be read."""
+def _centres(rows: pd.DataFrame, mask: Mask) -> dict[str, tuple[float, float, float]]:
+    """Nodule id -> centre (scan voxel coordinates): the stored :data:`CENTRE_COLUMNS` of
+    *rows* when they have them for every row (the centres the pipeline computed, stored
+    exactly), else the centres of mass of the mask's labels
+    (:func:`~discovery.model.rois.nodule_sites`)."""
+    if all(c in rows.columns for c in CENTRE_COLUMNS):
+        xyz = np.column_stack([pd.to_numeric(rows[c], errors="coerce").to_numpy(dtype=float)
+                               for c in CENTRE_COLUMNS])
+        if len(xyz) and np.isfinite(xyz).all():
+            ids = rows["nodule_id"].astype(str).to_numpy()
+            return {nid: tuple(float(v) for v in row) for nid, row in zip(ids, xyz)}
+    return {s.nodule_id: s.center_zyx for s in nodule_sites(mask)}
+
+
+def _open_case(load: CaseLoader, case_id: str, rows: pd.DataFrame):
+    """``(volume, region_map, protect, centres by nodule id)`` of a case, *protect* being
+    every annotated nodule's voxels; None when its stored arrays cannot be read."""
     loaded = _try_load(load, case_id)
     if loaded is None:
         return None
     volume, mask, region_map = loaded
-    return volume, region_map, {s.nodule_id: s for s in nodule_sites(mask)}, mask.array > 0
+    return volume, region_map, mask.array > 0, _centres(rows, mask)
 
 
 def _removal(region_map: np.ndarray, case_regions, reach_mm: float, spacing_mm) -> np.ndarray:
     return grow_mm(np.isin(region_map, np.asarray(case_regions, dtype=int)), reach_mm, spacing_mm)
+
+
+def _edited_roi(volume: Volume, region_map: np.ndarray, case_regions, centre, protect,
+                card: ModelCard, *, seed: int, reach_mm: float) -> np.ndarray:
+    """The ROI around *centre* of the scan with regions *case_regions* (and all within
+    *reach_mm* of them) replaced by local parenchyma (:func:`inpaint_parenchyma`)."""
+    remove = _removal(region_map, case_regions, reach_mm, volume.spacing_mm)
+    edited = inpaint_parenchyma(volume.array, remove, spacing_mm=volume.spacing_mm,
+                                protect=protect, seed=seed)
+    return roi_input(Volume(edited, volume.affine), centre, card)
 
 
 def case_deltas(case_id: str, rows: pd.DataFrame, *, load: CaseLoader, model: torch.nn.Module,
@@ -279,22 +362,28 @@ def case_deltas(case_id: str, rows: pd.DataFrame, *, load: CaseLoader, model: to
     """One case's part of the causal check (:func:`pattern_effects`): for each of its
     nodules and each cluster in *clusters* with member regions in *rows*, ``(nodule_id,
     cluster, p_before, p_after)``, sorted by nodule and cluster; None when the case's stored
-    arrays cannot be read."""
-    opened = _open_case(load, case_id)
+    arrays cannot be read.
+
+    The case is read once; each nodule's ROI is scored once as it is (``p_before``, on the
+    stored scan) and once per cluster with that cluster's regions removed (``p_after``), all
+    in a few forward passes (:func:`_score_rois`).  Nodule centres come from the rows'
+    :data:`CENTRE_COLUMNS` when they have them, else from the mask."""
+    opened = _open_case(load, case_id, rows)
     if opened is None:
         return None
-    volume, region_map, sites, protect = opened
+    volume, region_map, protect, centres = opened
     known = {int(c) for c in clusters}
-    out = []
-    for (nodule_id, c), grp in rows.groupby(["nodule_id", "cluster"], sort=True):
-        site = sites.get(str(nodule_id))
-        if site is None or int(c) not in known:
-            continue
-        remove = _removal(region_map, grp["case_region"], reach_mm, volume.spacing_mm)
-        p0, p1 = rescore_without(model, card, volume, site.center_zyx, remove,
-                                 protect=protect, seed=seed)
-        out.append((str(nodule_id), int(c), p0, p1))
-    return out
+    pairs = [(str(nid), int(c), grp["case_region"])
+             for (nid, c), grp in rows.groupby(["nodule_id", "cluster"], sort=True)
+             if str(nid) in centres and int(c) in known]
+    nodules = list(dict.fromkeys(nid for nid, _, _ in pairs))
+    rois = [roi_input(volume, centres[nid], card) for nid in nodules]
+    rois += [_edited_roi(volume, region_map, regs, centres[nid], protect, card, seed=seed,
+                         reach_mm=reach_mm) for nid, _, regs in pairs]
+    p = _score_rois(model, rois)
+    before = dict(zip(nodules, (float(v) for v in p[:len(nodules)])))
+    return [(nid, c, before[nid], float(p1))
+            for (nid, c, _), p1 in zip(pairs, p[len(nodules):])]
 
 
 def case_without(case_id: str, rows: pd.DataFrame, *, load: CaseLoader,
@@ -302,17 +391,17 @@ def case_without(case_id: str, rows: pd.DataFrame, *, load: CaseLoader,
                  reach_mm: float = 3.0):
     """One case's part of the shortcut flag (:func:`pattern_effects`): ``{nodule_id:
     p_without}``, the probability of each nodule of *rows* with all its regions in *rows*
-    removed together; None when the case's stored arrays cannot be read."""
-    opened = _open_case(load, case_id)
+    removed together (only the edited ROIs are scored); None when the case's stored arrays
+    cannot be read."""
+    opened = _open_case(load, case_id, rows)
     if opened is None:
         return None
-    volume, region_map, sites, protect = opened
-    out = {}
-    for nodule_id, grp in rows.groupby(rows["nodule_id"].astype(str), sort=True):
-        remove = _removal(region_map, grp["case_region"], reach_mm, volume.spacing_mm)
-        _, out[nodule_id] = rescore_without(model, card, volume, sites[nodule_id].center_zyx,
-                                            remove, protect=protect, seed=seed)
-    return out
+    volume, region_map, protect, centres = opened
+    groups = [(nid, grp["case_region"])
+              for nid, grp in rows.groupby(rows["nodule_id"].astype(str), sort=True)]
+    rois = [_edited_roi(volume, region_map, regs, centres[nid], protect, card, seed=seed,
+                        reach_mm=reach_mm) for nid, regs in groups]
+    return {nid: float(p) for (nid, _), p in zip(groups, _score_rois(model, rois))}
 
 
 #: ``run(step, jobs) -> results``: computes ``step(case_id, rows, **kwargs)`` for each
@@ -330,6 +419,113 @@ def run_here(load: CaseLoader, model: torch.nn.Module, card: ModelCard) -> CaseR
     return run
 
 
+def _check_effect_inputs(regions: pd.DataFrame, clusters: pd.DataFrame, nodules) -> None:
+    for col in ("case_id", "nodule_id", "case_region", "cluster"):
+        if col not in regions.columns:
+            raise ValueError(f"regions is missing column {col!r}; pass cluster_regions() output")
+    if "cluster" not in clusters.columns:
+        raise ValueError("clusters is missing column 'cluster'")
+    if nodules is not None:
+        missing = [c for c in ("case_id", "nodule_id", *CENTRE_COLUMNS)
+                   if c not in nodules.columns]
+        if missing:
+            raise ValueError(f"nodules is missing column(s) {missing}; pass the findings table")
+
+
+def _with_centres(regions: pd.DataFrame, nodules: pd.DataFrame | None) -> pd.DataFrame:
+    """*regions* with each row's nodule centre (:data:`CENTRE_COLUMNS`, NaN where *nodules*
+    has none) from *nodules*; *regions* itself without *nodules*."""
+    if nodules is None:
+        return regions
+
+    def key(df: pd.DataFrame) -> pd.Series:
+        return df["case_id"].astype(str) + "\x1f" + df["nodule_id"].astype(str)
+
+    table = nodules.assign(_key=key(nodules)).drop_duplicates("_key").set_index("_key")
+    where = key(regions)
+    return regions.assign(**{c: where.map(pd.to_numeric(table[c], errors="coerce")).to_numpy(
+        dtype=float) for c in CENTRE_COLUMNS})
+
+
+@dataclass
+class _Pass:
+    """What the first pass over the cases found: per cluster the deltas (in case, nodule
+    order), per nodule ``p_before``, per (case, nodule, cluster) ``p_after``, and the cases
+    whose arrays could not be read."""
+
+    deltas: dict[int, list[float]]
+    before: dict[tuple[str, str], float]
+    after: dict[tuple[str, str, int], float]
+    unreadable: set[str]
+
+
+def _first_pass(run: CaseRunner, by_case: list, cluster_ids: list[int], seed: int,
+                reach_mm: float) -> _Pass:
+    found = _Pass({c: [] for c in cluster_ids}, {}, {}, set())
+    options = {"clusters": cluster_ids, "seed": seed, "reach_mm": reach_mm}
+    jobs = [(c, r, options) for c, r in by_case]
+    for (case_id, _), pairs in zip(by_case, run(case_deltas, jobs)):
+        if pairs is None:
+            found.unreadable.add(case_id)
+            continue
+        for nodule_id, c, p0, p1 in pairs:
+            found.before[(case_id, nodule_id)] = p0
+            found.after[(case_id, nodule_id, c)] = p1
+            found.deltas[c].append(p1 - p0)
+    return found
+
+
+def _effect_table(clusters: pd.DataFrame, effects: dict[int, Effect]) -> pd.DataFrame:
+    out = clusters.copy()
+    ids = [int(c) for c in out["cluster"]]
+    out["effect_n"] = [effects[c].n for c in ids]
+    out["effect_mean"] = [effects[c].mean_delta for c in ids]
+    out["effect_ci_low"] = [effects[c].ci_low for c in ids]
+    out["effect_ci_high"] = [effects[c].ci_high for c in ids]
+    out["relied_upon"] = [bool(effects[c].relied_upon) for c in ids]
+    return out
+
+
+def _combined_edits(mine: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """Per case, the rows of its nodules with regions in two or more supporting clusters:
+    the only ones the flag must edit again.  A nodule's regions in one supporting cluster are
+    that cluster's edit of the first pass (same voxels, same seed), so its ``p_after`` is its
+    probability without them."""
+    out = {}
+    for case_id, sel in mine.items():
+        ids = sel["nodule_id"].astype(str)
+        n_clusters = sel["cluster"].astype(int).groupby(ids).nunique()
+        multi = ids.isin(n_clusters.index[n_clusters > 1])
+        if multi.any():
+            out[case_id] = sel[multi.to_numpy()]
+    return out
+
+
+def _flag_rows(readable: list, mine: dict, found: _Pass, without: dict,
+               threshold: float) -> list[dict]:
+    flags = []
+    for case_id, rows in readable:
+        if case_id in without and without[case_id] is None:
+            continue
+        for nodule_id in sorted(rows["nodule_id"].astype(str).unique()):
+            if (case_id, nodule_id) not in found.before:
+                continue  # no centre for this nodule: not re-scored
+            p0 = found.before[(case_id, nodule_id)]
+            sel = mine[case_id][mine[case_id]["nodule_id"].astype(str) == nodule_id]
+            p_without, ids = float("nan"), ""
+            if len(sel):
+                cl = sorted(sel["cluster"].astype(int).unique())
+                p_without = (found.after[(case_id, nodule_id, int(cl[0]))] if len(cl) == 1
+                             else without[case_id][nodule_id])
+                ids = ",".join(str(c) for c in cl)
+            score = max(0.0, p0 - p_without) if np.isfinite(p_without) else 0.0
+            flagged = bool(np.isfinite(p_without) and p0 >= threshold and p_without < threshold)
+            flags.append({"case_id": case_id, "nodule_id": nodule_id, "probability": p0,
+                          "probability_without": p_without, "flag_score": score,
+                          "flagged": flagged, "flag_clusters": ids})
+    return flags
+
+
 def pattern_effects(
     regions: pd.DataFrame,
     clusters: pd.DataFrame,
@@ -337,28 +533,30 @@ def pattern_effects(
     load: CaseLoader,
     model: torch.nn.Module,
     card: ModelCard,
-    threshold: float = 0.5,
+    threshold: float | None = None,
     min_effect: float = 0.05,
     seed: int = 0,
     reach_mm: float = 3.0,
     run: CaseRunner | None = None,
+    nodules: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The causal check of every cluster, and the case-level shortcut flag.
 
     For each cluster and each nodule with member regions, the member regions' voxels and
-    every voxel within ``reach_mm`` of them are replaced with local parenchyma
-    (:func:`inpaint_parenchyma`; all annotated nodules are protected) and the nodule is
-    re-scored: ``delta = p_after - p_before``.  The reach matches the region's halo
-    (:data:`discovery.pipeline.HALO_MM`): a structure that the near-nodule margin cut in two
-    is removed whole, not just the half outside the margin.  A cluster is
-    *relied upon* when its mean delta is at least ``min_effect`` in size and its bootstrap
-    interval excludes 0 (:func:`summarize_effects`).
+    every voxel within ``reach_mm`` of them (the region's halo,
+    :data:`discovery.pipeline.HALO_MM`: a structure the near-nodule margin cut in two is
+    removed whole) are replaced with local parenchyma (:func:`inpaint_parenchyma`; all
+    annotated nodules are protected) and the nodule is re-scored: ``delta = p_after -
+    p_before``, both on the stored scan.  A cluster is *relied upon* when its mean delta is
+    at least ``min_effect`` in size and its bootstrap interval excludes 0
+    (:func:`summarize_effects`).
 
     Then, for every nodule with regions in clusters the model relies on *for* malignancy
     (relied upon with a negative mean delta), those regions are removed together:
     ``flag_score = max(0, p - p_without)`` and the nodule is ``flagged`` when it is
-    predicted malignant (``p >= threshold``) but would not be without them - a prediction
-    that rests off the mask, on a pattern the model relies on.
+    predicted malignant (``p >= threshold``) but would not be without them.  Each case is
+    read once (:func:`case_deltas`); only cases with a nodule in two or more such clusters
+    are read again (:func:`case_without`), since one cluster's removal was already scored.
 
     Parameters
     ----------
@@ -371,14 +569,16 @@ def pattern_effects(
         ``load(case_id) -> (Volume, Mask, region_map)``.
     model, card
         The scoring model (used as is, in ``eval()`` mode) and its card.
-    threshold : float
-        Decision threshold of the model.
+    threshold : float, optional
+        Decision threshold of the model; default ``card.threshold``.
     min_effect : float
         Smallest absolute mean change in probability called reliance.
     run : callable, optional
         Computes the per-case steps elsewhere (:data:`CaseRunner`, e.g. on a batch's worker
-        processes); default: here, one case after the other, with *load*, *model*, *card*.
-        The result does not depend on where the steps run.
+        processes); default: here, with *load*, *model*, *card*.  Same result anywhere.
+    nodules : pandas.DataFrame, optional
+        The findings table (``case_id``, ``nodule_id``, :data:`CENTRE_COLUMNS`): the stored
+        nodule centres, so the masks' centres are not computed again.
 
     Returns
     -------
@@ -389,54 +589,20 @@ def pattern_effects(
         (``probability_without`` NaN and ``flag_score`` 0 when none of its regions is in a
         relied-upon cluster; ``flag_clusters`` a comma-separated list of cluster ids).
     """
-    for col in ("case_id", "nodule_id", "case_region", "cluster"):
-        if col not in regions.columns:
-            raise ValueError(f"regions is missing column {col!r}; pass cluster_regions() output")
-    if "cluster" not in clusters.columns:
-        raise ValueError("clusters is missing column 'cluster'")
-    if run is None:
-        run = run_here(load, model, card)
-    clustered = regions[regions["cluster"].astype(int) >= 0]
-    deltas: dict[int, list[float]] = {int(c): [] for c in clusters["cluster"]}
-    base: dict[tuple[str, str], float] = {}
-    unreadable: set[str] = set()
+    _check_effect_inputs(regions, clusters, nodules)
+    run = run_here(load, model, card) if run is None else run
+    threshold = card.threshold if threshold is None else float(threshold)
+    clustered = _with_centres(regions[regions["cluster"].astype(int) >= 0], nodules)
     by_case = list(_regions_by_case(clustered))
-    options = {"clusters": sorted(deltas), "seed": seed, "reach_mm": reach_mm}
-    for (case_id, _), found in zip(by_case, run(case_deltas, [(c, r, options) for c, r in by_case])):
-        if found is None:
-            unreadable.add(case_id)
-            continue
-        for nodule_id, c, p0, p1 in found:
-            base[(case_id, nodule_id)] = p0
-            deltas[c].append(p1 - p0)
-    out = clusters.copy()
-    effects = {c: summarize_effects(d, min_effect=min_effect, seed=seed) for c, d in deltas.items()}
-    out["effect_n"] = [effects[int(c)].n for c in out["cluster"]]
-    out["effect_mean"] = [effects[int(c)].mean_delta for c in out["cluster"]]
-    out["effect_ci_low"] = [effects[int(c)].ci_low for c in out["cluster"]]
-    out["effect_ci_high"] = [effects[int(c)].ci_high for c in out["cluster"]]
-    out["relied_upon"] = [bool(effects[int(c)].relied_upon) for c in out["cluster"]]
-
+    found = _first_pass(run, by_case, sorted({int(c) for c in clusters["cluster"]}), seed,
+                        reach_mm)
+    effects = {c: summarize_effects(d, min_effect=min_effect, seed=seed)
+               for c, d in found.deltas.items()}
     supporting = {c for c, e in effects.items() if e.relied_upon and e.mean_delta < 0}
-    readable = [(c, r) for c, r in by_case if c not in unreadable]
+    readable = [(c, r) for c, r in by_case if c not in found.unreadable]
     mine = {c: r[r["cluster"].astype(int).isin(supporting)] for c, r in readable}
-    # only the cases with regions in supporting clusters are read again
-    again = [(c, mine[c], {"seed": seed, "reach_mm": reach_mm}) for c, _ in readable if len(mine[c])]
-    without = dict(zip([c for c, _, _ in again], run(case_without, again)))
-    flags = []
-    for case_id, rows in readable:
-        if case_id in without and without[case_id] is None:
-            continue
-        for nodule_id in sorted(rows["nodule_id"].astype(str).unique()):
-            p0 = base[(case_id, nodule_id)]
-            sel = mine[case_id][mine[case_id]["nodule_id"].astype(str) == nodule_id]
-            p_without, ids = float("nan"), ""
-            if len(sel):
-                p_without = without[case_id][nodule_id]
-                ids = ",".join(str(c) for c in sorted(sel["cluster"].astype(int).unique()))
-            score = max(0.0, p0 - p_without) if np.isfinite(p_without) else 0.0
-            flagged = bool(np.isfinite(p_without) and p0 >= threshold and p_without < threshold)
-            flags.append({"case_id": case_id, "nodule_id": nodule_id, "probability": p0,
-                          "probability_without": p_without, "flag_score": score,
-                          "flagged": flagged, "flag_clusters": ids})
-    return out, pd.DataFrame(flags, columns=FLAG_COLUMNS)
+    again = [(c, rows, {"seed": seed, "reach_mm": reach_mm})
+             for c, rows in _combined_edits(mine).items()]
+    without = dict(zip([c for c, _, _ in again], run(case_without, again))) if again else {}
+    flags = _flag_rows(readable, mine, found, without, threshold)
+    return _effect_table(clusters, effects), pd.DataFrame(flags, columns=FLAG_COLUMNS)

@@ -547,8 +547,36 @@ def cluster_regions(
         raise ValueError(f"settings must be a PatternSettings; received {type(settings).__name__}")
     regions = _check_regions(regions, settings.features)
     out = regions.copy()
-    n = len(out)
+    fit = _fit_regions(out, settings)
+    out["cluster"] = fit.cluster
+    out["embedding_x"] = fit.embedding[:, 0]
+    out["embedding_y"] = fit.embedding[:, 1]
+    out["features_complete"] = fit.complete
+    out.attrs["map_method"] = fit.map_used
+    n_clusters = int(fit.cluster.max()) + 1 if len(out) else 0
+    if n_clusters == 0:
+        return out, _empty_cluster_table()
+    return out, _cluster_table(out, fit, n_clusters, settings)
 
+
+@dataclass(frozen=True)
+class _Fit:
+    """The clustering of a region table, row for row: ``cluster`` (-1 = none), the 2-D
+    ``embedding`` (NaN for rows not offered), the standardised features ``z`` (NaN likewise),
+    ``complete`` (all features finite), the ``region_key`` strings ``keys`` and the map
+    method actually used."""
+
+    cluster: np.ndarray
+    embedding: np.ndarray
+    z: np.ndarray
+    complete: np.ndarray
+    keys: np.ndarray
+    map_used: str
+
+
+def _fit_regions(out: pd.DataFrame, settings: PatternSettings) -> _Fit:
+    """Standardise the complete rows (in ``region_key`` order), cluster and map them."""
+    n = len(out)
     feats = region_features(out, features=settings.features,
                             min_structure_mm3=settings.min_structure_mm3).to_numpy(dtype=float)
     complete = np.all(np.isfinite(feats), axis=1)
@@ -565,23 +593,18 @@ def cluster_regions(
         z_all[pos] = z
         cluster[pos] = _fit_labels(z, settings)
         embedding[pos], map_used = _embed(z, settings)
+    return _Fit(cluster, embedding, z_all, complete, keys, map_used)
 
-    out["cluster"] = cluster
-    out["embedding_x"] = embedding[:, 0]
-    out["embedding_y"] = embedding[:, 1]
-    out["features_complete"] = complete
-    out.attrs["map_method"] = map_used
 
-    n_clusters = int(cluster.max()) + 1 if n else 0
-    if n_clusters == 0:
-        return out, _empty_cluster_table()
-    nodule_keys, pool_keys, predicted, truth = _nodule_pool(out, complete)
+def _cluster_table(out: pd.DataFrame, fit: _Fit, n_clusters: int,
+                   settings: PatternSettings) -> pd.DataFrame:
+    """One row per cluster (:data:`CLUSTER_COLUMNS`), q-values across the clusters."""
+    nodule_keys, pool_keys, predicted, truth = _nodule_pool(out, fit.complete)
     known = None if truth is None else np.isfinite(truth)
     rows = []
     for c in range(n_clusters):
-        idx = np.flatnonzero(cluster == c)
-        idx = idx[np.argsort(keys[idx], kind="stable")]
-        m = out.iloc[idx]
+        idx = np.flatnonzero(fit.cluster == c)
+        idx = idx[np.argsort(fit.keys[idx], kind="stable")]
         in_cluster = np.isin(pool_keys, nodule_keys.to_numpy()[idx])
         e_pred = enrichment_test(in_cluster, predicted, n_permutations=settings.n_permutations,
                                  seed=settings.seed)
@@ -591,43 +614,51 @@ def cluster_regions(
             truth_cols = (e_true.share_in, e_true.share_pool, e_true.ratio, e_true.p_value)
         else:
             truth_cols = (np.nan,) * 4
-        order = rank_by_centrality(z_all[idx])
-        picked = exemplars_one_per_group(order, m["case_id"].astype(str).to_numpy(), k=N_EXEMPLARS)
-        relation, relation_share = _most_common(m["relation"])
-        direction, direction_share = _most_common(m["direction"])
-        if direction_share < 0.5:
-            direction = VARIED
-        mean_hu = float(_num(m, "mean_hu").mean())
-        halo = float(_num(m, "halo_max_hu").median())
-        dist = float(_num(m, "offset_distance_mm").median())
-        rows.append({
-            "cluster": c,
-            "n_regions": len(m),
-            "n_cases": int(m["case_id"].nunique()),
-            "n_nodules": int(in_cluster.sum()),
-            "mean_probability": float(_num(m, "probability").mean()),
-            "share_predicted_malignant": e_pred.share_in,
-            "pool_predicted_malignant": e_pred.share_pool,
-            "enrichment_predicted": e_pred.ratio,
-            "p_predicted": e_pred.p_value,
-            "q_predicted": np.nan,
-            "share_truth_malignant": truth_cols[0],
-            "pool_truth_malignant": truth_cols[1],
-            "enrichment_truth": truth_cols[2],
-            "p_truth": truth_cols[3],
-            "mean_mean_hu": mean_hu,
-            "median_halo_max_hu": halo,
-            "mean_offset_distance_mm": float(_num(m, "offset_distance_mm").mean()),
-            "mean_volume_mm3": float(_num(m, "volume_mm3").mean()),
-            "relation": relation,
-            "direction": direction,
-            "exemplars": [str(m["region_key"].iloc[i]) for i in picked],
-            "description": describe_pattern(relation=relation, relation_share=relation_share,
-                                            direction=direction, distance_mm=dist,
-                                            halo_max_hu=halo, mean_hu=mean_hu,
-                                            structure_gap_mm=_median(m, "structure_gap_mm"),
-                                            structure_radial=_median(m, "structure_radial")),
-        })
+        rows.append(_cluster_row(c, out.iloc[idx], fit.z[idx], int(in_cluster.sum()), e_pred,
+                                 truth_cols))
     table = pd.DataFrame(rows, columns=CLUSTER_COLUMNS)
     table["q_predicted"] = benjamini_hochberg(table["p_predicted"].to_numpy(dtype=float))
-    return out, table.astype(_empty_cluster_table().dtypes.to_dict())
+    return table.astype(_empty_cluster_table().dtypes.to_dict())
+
+
+def _cluster_row(c: int, m: pd.DataFrame, z: np.ndarray, n_nodules: int, e_pred,
+                 truth_cols: tuple) -> dict:
+    """The row of cluster *c* from its members *m* (``region_key`` order) and their
+    standardised features *z*; ``q_predicted`` is filled in across clusters later."""
+    order = rank_by_centrality(z)
+    picked = exemplars_one_per_group(order, m["case_id"].astype(str).to_numpy(), k=N_EXEMPLARS)
+    relation, relation_share = _most_common(m["relation"])
+    direction, direction_share = _most_common(m["direction"])
+    if direction_share < 0.5:
+        direction = VARIED
+    mean_hu = float(_num(m, "mean_hu").mean())
+    halo = float(_num(m, "halo_max_hu").median())
+    dist = float(_num(m, "offset_distance_mm").median())
+    return {
+        "cluster": c,
+        "n_regions": len(m),
+        "n_cases": int(m["case_id"].nunique()),
+        "n_nodules": n_nodules,
+        "mean_probability": float(_num(m, "probability").mean()),
+        "share_predicted_malignant": e_pred.share_in,
+        "pool_predicted_malignant": e_pred.share_pool,
+        "enrichment_predicted": e_pred.ratio,
+        "p_predicted": e_pred.p_value,
+        "q_predicted": np.nan,
+        "share_truth_malignant": truth_cols[0],
+        "pool_truth_malignant": truth_cols[1],
+        "enrichment_truth": truth_cols[2],
+        "p_truth": truth_cols[3],
+        "mean_mean_hu": mean_hu,
+        "median_halo_max_hu": halo,
+        "mean_offset_distance_mm": float(_num(m, "offset_distance_mm").mean()),
+        "mean_volume_mm3": float(_num(m, "volume_mm3").mean()),
+        "relation": relation,
+        "direction": direction,
+        "exemplars": [str(m["region_key"].iloc[i]) for i in picked],
+        "description": describe_pattern(relation=relation, relation_share=relation_share,
+                                        direction=direction, distance_mm=dist,
+                                        halo_max_hu=halo, mean_hu=mean_hu,
+                                        structure_gap_mm=_median(m, "structure_gap_mm"),
+                                        structure_radial=_median(m, "structure_radial")),
+    }

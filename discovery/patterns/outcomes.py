@@ -38,9 +38,11 @@ import numpy as np
 import pandas as pd
 
 from discovery.model.rois import nodule_label
+from discovery.schema import DEFAULT_THRESHOLD
 
-__all__ = ["ARTIFACT_HU", "OUTCOMES", "READINGS", "Exemplar", "Panel", "cluster_readings",
-           "nodule_outcomes", "outcome_panels"]
+__all__ = ["ARTIFACT_HU", "OUTCOMES", "READINGS", "SCORED_STATUSES", "Exemplar", "Panel",
+           "OutcomeReadings", "cluster_readings", "nodule_outcomes", "outcome_panels",
+           "read_outcomes"]
 
 #: Median halo density (HU) from which a cluster reads as an artifact (metal-like).
 ARTIFACT_HU = 2000.0
@@ -126,8 +128,19 @@ def nodule_outcomes(findings: pd.DataFrame, clusters: pd.DataFrame,
     """
     _need(findings, _FINDING_NEEDS, "findings")
     _need(regions, ("case_id", "nodule_id", "cluster"), "regions")
-    readings = (dict(zip(clusters["cluster"].astype(int), cluster_readings(clusters)))
-                if len(clusters) else {})
+    return _outcomes(findings, _readings_by_id(clusters), regions)
+
+
+def _readings_by_id(clusters: pd.DataFrame) -> dict[int, str]:
+    """Cluster id -> reading (:func:`cluster_readings`); empty without clusters."""
+    if not len(clusters):
+        return {}
+    return dict(zip(clusters["cluster"].astype(int), cluster_readings(clusters)))
+
+
+def _outcomes(findings: pd.DataFrame, readings: dict[int, str],
+              regions: pd.DataFrame) -> pd.DataFrame:
+    """:func:`nodule_outcomes` with the cluster readings given (columns checked)."""
     candidate = {c for c, r in readings.items() if r == "candidate sign"}
     on_candidate: dict[tuple[str, str], int] = {}
     for row in regions.itertuples(index=False):
@@ -154,7 +167,6 @@ def nodule_outcomes(findings: pd.DataFrame, clusters: pd.DataFrame,
             outcome.append("other")
             behind.append(-1)
     return findings.assign(outcome=outcome, outcome_cluster=np.asarray(behind, dtype=np.int64))
-
 
 
 @dataclass(frozen=True)
@@ -205,8 +217,68 @@ def _pct(x) -> str:
     return "–" if not np.isfinite(x) else f"{100 * x:.0f} %"
 
 
+@dataclass(frozen=True, eq=False)
+class OutcomeReadings:
+    """The outcome readings of a scored cohort, computed once (:func:`read_outcomes`).
+
+    Attributes
+    ----------
+    readings : dict of int to str
+        Cluster id -> its reading (:func:`cluster_readings`); empty without clusters.
+    outcomes : pandas.DataFrame
+        The scored nodules (status ``ok`` or ``no-attribution`` where findings have a
+        status) with ``outcome`` and ``outcome_cluster`` (:func:`nodule_outcomes`).
+    panels : tuple of Panel
+        The three panels (:func:`outcome_panels`).
+    """
+
+    readings: dict[int, str]
+    outcomes: pd.DataFrame
+    panels: tuple[Panel, ...]
+
+
+#: Case statuses whose nodules were scored: the nodules the outcomes are read for.
+SCORED_STATUSES = ("ok", "no-attribution")
+
+
+def read_outcomes(findings: pd.DataFrame, clusters: pd.DataFrame, regions: pd.DataFrame,
+                  *, threshold: float, n_exemplars: int = 3) -> OutcomeReadings:
+    """Cluster readings, nodule outcomes and the three panels, each computed once.
+
+    Parameters
+    ----------
+    findings, clusters, regions : pandas.DataFrame
+        As for :func:`outcome_panels`.
+    threshold : float
+        The model's decision threshold (``ResultsStore.threshold()``; wording only).
+    n_exemplars : int
+        Pictures per panel (at most one per patient).
+
+    Returns
+    -------
+    OutcomeReadings
+        The same readings, outcomes and panels as :func:`cluster_readings`,
+        :func:`nodule_outcomes` (of the scored nodules) and :func:`outcome_panels` give.
+    """
+    scored = findings[findings["status"].isin(SCORED_STATUSES)] \
+        if "status" in findings.columns else findings
+    _need(scored, _FINDING_NEEDS, "findings")
+    _need(regions, ("case_id", "nodule_id", "cluster"), "regions")
+    series = cluster_readings(clusters) if len(clusters) else pd.Series(dtype=object)
+    readings = dict(zip(clusters["cluster"].astype(int), series)) if len(clusters) else {}
+    out = _outcomes(scored, readings, regions)
+    by_cluster = clusters.assign(reading=series).set_index(clusters["cluster"].astype(int)) \
+        if len(clusters) else clusters
+    artifact_ids = [int(c) for c, r in zip(clusters["cluster"], series) if r == "artifact"] \
+        if len(clusters) else []
+    panels = (_tumour_panel(out, n_exemplars),
+              _shortcut_panel(out, by_cluster, artifact_ids, regions, threshold, n_exemplars),
+              _candidate_panel(out, by_cluster, regions, n_exemplars))
+    return OutcomeReadings(readings, out, panels)
+
+
 def outcome_panels(findings: pd.DataFrame, clusters: pd.DataFrame, regions: pd.DataFrame,
-                   *, n_exemplars: int = 3, threshold: float = 0.5) -> list[Panel]:
+                   *, n_exemplars: int = 3, threshold: float = DEFAULT_THRESHOLD) -> list[Panel]:
     """The three panels, in the order *on the tumour*, *shortcut*, *candidate sign*.
 
     Parameters
@@ -218,7 +290,7 @@ def outcome_panels(findings: pd.DataFrame, clusters: pd.DataFrame, regions: pd.D
     n_exemplars : int
         Pictures per panel (at most one per patient).
     threshold : float
-        The model's decision threshold (wording only).
+        The model's decision threshold (wording only; ``ResultsStore.threshold()``).
 
     Returns
     -------
@@ -229,61 +301,66 @@ def outcome_panels(findings: pd.DataFrame, clusters: pd.DataFrame, regions: pd.D
         artifact's slice (``focus="densest"``).  *Candidate sign*: the candidate cluster that moves
         the cohort's predictions most (largest ``|effect_mean| * effect_n``, the summed change
         in probability over its nodules; then enrichment), its exemplars.
+
+    See Also
+    --------
+    read_outcomes : the panels with the readings and outcomes they are built from, at once.
     """
-    scored = findings[findings["status"].isin(["ok", "no-attribution"])] \
-        if "status" in findings.columns else findings
-    out = nodule_outcomes(scored, clusters, regions)
-    readings = cluster_readings(clusters) if len(clusters) else pd.Series(dtype=object)
-    by_cluster = clusters.assign(reading=readings).set_index(clusters["cluster"].astype(int)) \
-        if len(clusters) else clusters
-    n_scored = len(out)
+    return list(read_outcomes(findings, clusters, regions, threshold=threshold,
+                              n_exemplars=n_exemplars).panels)
 
-    def pick(rows: pd.DataFrame, make) -> list[Exemplar]:
-        items, seen = [], set()
-        for _, r in rows.iterrows():
-            if r["case_id"] in seen:
-                continue
-            item = make(r)
-            if item is not None:
-                items.append(item)
-                seen.add(r["case_id"])
-            if len(items) >= n_exemplars:
-                break
-        return items
 
-    # 1. on the tumour
+def _pick(rows: pd.DataFrame, make, n_exemplars: int) -> list[Exemplar]:
+    """Up to *n_exemplars* pictures ``make(row)`` of *rows* in order, one per case (a row
+    whose ``make`` gives None is passed over)."""
+    items, seen = [], set()
+    for _, r in rows.iterrows():
+        if r["case_id"] in seen:
+            continue
+        item = make(r)
+        if item is not None:
+            items.append(item)
+            seen.add(r["case_id"])
+        if len(items) >= n_exemplars:
+            break
+    return items
+
+
+def _tumour_panel(out: pd.DataFrame, n_exemplars: int) -> Panel:
     aligned = out[out["outcome"] == "on the tumour"].sort_values("rma", ascending=False)
-    panels = [Panel(
+    return Panel(
         "on the tumour", "On the tumour: the model learned the right thing",
-        f"{len(aligned)} of {n_scored} scored nodules: the attention sits on the annotated "
+        f"{len(aligned)} of {len(out)} scored nodules: the attention sits on the annotated "
         "nodule (verdict aligned: peak within tolerance, at least half the attention near the "
         "mask). Here the explanation validates the model.",
         len(aligned), -1,
-        pick(aligned, lambda r: Exemplar(
+        _pick(aligned, lambda r: Exemplar(
             str(r["case_id"]), str(r["nodule_id"]), float(r["center_z"]),
             (float(r["center_y"]), float(r["center_x"])), None, nodule_label(r["nodule_id"]),
             f"{r['case_id']} · {r['nodule_id']} · p {float(r['probability']):.2f} · "
-            f"RMA {float(r['rma']):.2f}")))]
+            f"RMA {float(r['rma']):.2f}"), n_exemplars))
 
-    # 2. shortcut
+
+def _shortcut_exemplar(r, regions: pd.DataFrame) -> Exemplar | None:
+    """A shortcut nodule's picture: its largest region in the cluster behind it, on the slice
+    of the densest voxel (None when it has no region there)."""
+    own = regions[(regions["case_id"] == r["case_id"]) & (regions["nodule_id"] == r["nodule_id"])
+                  & (regions["cluster"] == r["outcome_cluster"])]
+    if own.empty:
+        return None
+    reg = own.sort_values("mass_share", ascending=False).iloc[0] \
+        if "mass_share" in own.columns else own.iloc[0]
+    p = float(r["probability"])
+    return Exemplar(str(r["case_id"]), str(r["nodule_id"]), float(reg["centroid_z"]),
+                    (float(r["center_y"]), float(r["center_x"])), int(reg["case_region"]),
+                    nodule_label(r["nodule_id"]),
+                    f"{r['case_id']} · {r['nodule_id']} · p {p:.2f} → "
+                    f"{p - float(r['flag_score']):.2f} without it", focus="densest")
+
+
+def _shortcut_panel(out: pd.DataFrame, by_cluster: pd.DataFrame, artifact_ids: list[int],
+                    regions: pd.DataFrame, threshold: float, n_exemplars: int) -> Panel:
     short = out[out["outcome"] == "shortcut"].sort_values("flag_score", ascending=False)
-    artifact_ids = [int(c) for c, r in zip(clusters["cluster"], readings) if r == "artifact"] \
-        if len(clusters) else []
-
-    def shortcut_exemplar(r):
-        own = regions[(regions["case_id"] == r["case_id"]) & (regions["nodule_id"] == r["nodule_id"])
-                      & (regions["cluster"] == r["outcome_cluster"])]
-        if own.empty:
-            return None
-        reg = own.sort_values("mass_share", ascending=False).iloc[0] \
-            if "mass_share" in own.columns else own.iloc[0]
-        p = float(r["probability"])
-        return Exemplar(str(r["case_id"]), str(r["nodule_id"]), float(reg["centroid_z"]),
-                        (float(r["center_y"]), float(r["center_x"])), int(reg["case_region"]),
-                        nodule_label(r["nodule_id"]),
-                        f"{r['case_id']} · {r['nodule_id']} · p {p:.2f} → "
-                        f"{p - float(r['flag_score']):.2f} without it", focus="densest")
-
     if len(short):
         c = int(short["outcome_cluster"].iloc[0])
         crow = by_cluster.loc[c]
@@ -299,39 +376,40 @@ def outcome_panels(findings: pd.DataFrame, clusters: pd.DataFrame, regions: pd.D
                 f"(Δp when removed {float(crow['effect_mean']):+.3f}).")
     else:
         lead = "No prediction rests on an artifact-like (metal-dense) pattern off the mask."
-    panels.append(Panel("shortcut", "Resting on an artifact: a shortcut to distrust", lead,
-                        len(short), int(short["outcome_cluster"].iloc[0]) if len(short) else
-                        (artifact_ids[0] if artifact_ids else -1),
-                        pick(short, shortcut_exemplar)))
+    return Panel("shortcut", "Resting on an artifact: a shortcut to distrust", lead,
+                 len(short), int(short["outcome_cluster"].iloc[0]) if len(short) else
+                 (artifact_ids[0] if artifact_ids else -1),
+                 _pick(short, lambda r: _shortcut_exemplar(r, regions), n_exemplars))
 
-    # 3. candidate sign
-    cands = by_cluster[by_cluster["reading"] == "candidate sign"] if len(clusters) else clusters
+
+def _candidate_panel(out: pd.DataFrame, by_cluster: pd.DataFrame, regions: pd.DataFrame,
+                     n_exemplars: int) -> Panel:
+    title = "Off the mask, on anatomy: a candidate pattern"
+    cands = by_cluster[by_cluster["reading"] == "candidate sign"] if len(by_cluster) \
+        else by_cluster
+    if not len(cands):
+        return Panel("candidate sign", title,
+                     "No anatomical cluster of off-mask attention is relied upon for "
+                     "malignancy or enriched for predicted-malignant nodules.", 0)
+    order = cands.assign(_e=-_total_effect(cands),
+                         _r=-cands["enrichment_predicted"].fillna(0)).sort_values(
+        ["_e", "_r"], kind="stable")
+    c = int(order.index[0])
+    crow = order.iloc[0]
+    relied = bool(_truthy(pd.Series([crow["relied_upon"]]))[0])
+    lead = (f"Cluster {c}: {crow['description']}. {int(crow['n_cases'])} patients, "
+            f"{_pct(float(crow['share_predicted_malignant']))} of its nodules predicted "
+            f"malignant vs {_pct(float(crow['pool_predicted_malignant']))} in the cohort "
+            f"(q = {float(crow['q_predicted']):.3f}); removing it changes P(malignant) by "
+            f"{float(crow['effect_mean']):+.3f}"
+            + (" — the model relies on it" if relied else "") +
+            ". Anatomical density, not annotated: a candidate pattern worth studying, "
+            "not a finding.")
+    keyed = regions.set_index("region_key")
+    members = keyed.loc[[k for k in crow["exemplars"] if k in keyed.index]].reset_index()
+    exemplars = _pick(members, lambda r: Exemplar(
+        str(r["case_id"]), str(r["nodule_id"]), float(r["centroid_z"]),
+        (float(r["centroid_y"]), float(r["centroid_x"])), int(r["case_region"]), None,
+        f"{r['case_id']} · {r['nodule_id']} · p {float(r['probability']):.2f}"), n_exemplars)
     n_cand = int((out["outcome"] == "candidate sign").sum())
-    if len(cands):
-        order = cands.assign(_e=-_total_effect(cands),
-                             _r=-cands["enrichment_predicted"].fillna(0)).sort_values(
-            ["_e", "_r"], kind="stable")
-        c = int(order.index[0])
-        crow = order.iloc[0]
-        relied = bool(_truthy(pd.Series([crow["relied_upon"]]))[0])
-        lead = (f"Cluster {c}: {crow['description']}. {int(crow['n_cases'])} patients, "
-                f"{_pct(float(crow['share_predicted_malignant']))} of its nodules predicted "
-                f"malignant vs {_pct(float(crow['pool_predicted_malignant']))} in the cohort "
-                f"(q = {float(crow['q_predicted']):.3f}); removing it changes P(malignant) by "
-                f"{float(crow['effect_mean']):+.3f}"
-                + (" — the model relies on it" if relied else "") +
-                ". Anatomical density, not annotated: a candidate pattern worth studying, "
-                "not a finding.")
-        keyed = regions.set_index("region_key")
-        members = keyed.loc[[k for k in crow["exemplars"] if k in keyed.index]].reset_index()
-        exemplars = pick(members, lambda r: Exemplar(
-            str(r["case_id"]), str(r["nodule_id"]), float(r["centroid_z"]),
-            (float(r["centroid_y"]), float(r["centroid_x"])), int(r["case_region"]), None,
-            f"{r['case_id']} · {r['nodule_id']} · p {float(r['probability']):.2f}"))
-        panels.append(Panel("candidate sign", "Off the mask, on anatomy: a candidate pattern",
-                            lead, n_cand, c, exemplars))
-    else:
-        panels.append(Panel("candidate sign", "Off the mask, on anatomy: a candidate pattern",
-                            "No anatomical cluster of off-mask attention is relied upon for "
-                            "malignancy or enriched for predicted-malignant nodules.", 0))
-    return panels
+    return Panel("candidate sign", title, lead, n_cand, c, exemplars)

@@ -172,14 +172,7 @@ def lung_mask(
     margin = check_nonneg(fill_margin_mm, "fill_margin_mm")
 
     out = np.zeros(hu.shape, dtype=bool)
-    if components is None:
-        lungs = lung_components(hu, spacing_mm=spacing, threshold_hu=threshold_hu,
-                                min_volume_ml=min_volume_ml)
-    else:
-        lungs = np.asarray(components, dtype=bool)
-        if lungs.shape != hu.shape:
-            raise ValueError(f"components must have the shape of hu {hu.shape}; received "
-                             f"{lungs.shape}")
+    lungs = _lung_air(hu, spacing, threshold_hu, min_volume_ml, components)
     if not lungs.any():
         return out
     if within is None:
@@ -187,18 +180,36 @@ def lung_mask(
         out[box] = _close_and_fill(lungs, box, spacing, radius)
         return out
     for box in within:
-        box = tuple(slice(max(0, s.start), min(n, s.stop)) for s, n in zip(box, hu.shape))
-        if any(s.stop <= s.start for s in box):
-            continue
-        grow = [math.ceil(2 * radius / sp) + 1 for sp in spacing]
-        grow[1] += math.ceil(margin / spacing[1])
-        grow[2] += math.ceil(margin / spacing[2])
-        context = tuple(slice(max(0, s.start - g), min(n, s.stop + g))
-                        for s, g, n in zip(box, grow, hu.shape))
-        field = _close_and_fill(lungs, context, spacing, radius)
-        inner = tuple(slice(b.start - c.start, b.stop - c.start) for b, c in zip(box, context))
-        out[box] |= field[inner]
+        _fill_box(out, lungs, box, spacing, radius, margin)
     return out
+
+
+def _fill_box(out, lungs, box, spacing, radius, margin) -> None:
+    """Step 3 of :func:`lung_mask` inside one *box* (clipped to the scan), on a context grown
+    by ``2 * radius`` (plus *margin* in-plane); OR the result into ``out[box]``."""
+    box = tuple(slice(max(0, s.start), min(n, s.stop)) for s, n in zip(box, lungs.shape))
+    if any(s.stop <= s.start for s in box):
+        return
+    grow = [math.ceil(2 * radius / sp) + 1 for sp in spacing]
+    grow[1] += math.ceil(margin / spacing[1])
+    grow[2] += math.ceil(margin / spacing[2])
+    context = tuple(slice(max(0, s.start - g), min(n, s.stop + g))
+                    for s, g, n in zip(box, grow, lungs.shape))
+    field = _close_and_fill(lungs, context, spacing, radius)
+    inner = tuple(slice(b.start - c.start, b.stop - c.start) for b, c in zip(box, context))
+    out[box] |= field[inner]
+
+
+def _lung_air(hu, spacing, threshold_hu, min_volume_ml, components) -> np.ndarray:
+    """Steps 1-2 of :func:`lung_mask`: *components* checked against *hu*, or computed."""
+    if components is None:
+        return lung_components(hu, spacing_mm=spacing, threshold_hu=threshold_hu,
+                               min_volume_ml=min_volume_ml)
+    lungs = np.asarray(components, dtype=bool)
+    if lungs.shape != hu.shape:
+        raise ValueError(f"components must have the shape of hu {hu.shape}; received "
+                         f"{lungs.shape}")
+    return lungs
 
 
 def lung_components(hu, *, spacing_mm, threshold_hu: float = -400.0,
@@ -393,14 +404,7 @@ vessel_max_p90_hu : float, optional
     the crop border is not a boundary, so the distance is exact when the nearest pleura lies
     in the crop and an overestimate otherwise; ``inf`` when the crop is all lung.
     """
-    region = _check_array(region, "region", mask=True)
-    hu = _check_array(hu, "hu", mask=False)
-    lung = _check_array(lung, "lung", mask=True)
-    if not region.shape == hu.shape == lung.shape:
-        raise ValueError(
-            "region, hu and lung must have the same (z, y, x) shape; received region "
-            f"{region.shape}, hu {hu.shape} and lung {lung.shape}"
-        )
+    region, hu, lung = _check_region_arrays(region, hu, lung)
     spacing = check_spacing(spacing_mm)
     dense_hu = _check_finite(dense_hu, "dense_hu")
     n = int(np.count_nonzero(region))
@@ -409,21 +413,9 @@ vessel_max_p90_hu : float, optional
 
     in_lung = region & lung
     n_in_lung = int(np.count_nonzero(in_lung))
-    if n_in_lung == 0:
-        pleura = math.nan
-    elif lung.all():
-        pleura = math.inf  # no boundary in the crop (the EDT would return nonsense)
-    else:
-        pleura = float(ndimage.distance_transform_edt(lung, sampling=spacing)[in_lung].min())
-
+    pleura = _pleura_distance(in_lung, n_in_lung, lung, spacing)
     dense = region & (hu >= dense_hu)
-    dense_elong = math.nan
-    comp, n_comp = ndimage.label(dense, structure=FULL_26)
-    if n_comp:
-        sizes = np.bincount(comp.ravel())
-        largest = int(sizes[1:].argmax()) + 1
-        if sizes[largest] >= 3:
-            dense_elong = elongation(comp == largest, spacing_mm=spacing)
+    dense_elong = _dense_elongation(dense, spacing)
 
     h = hu[region]
     stats = {
@@ -445,6 +437,41 @@ vessel_max_p90_hu : float, optional
         vessel_max_p90_hu=vessel_max_p90_hu,
     )
     return RegionAnatomy(**stats, relation=relation)
+
+
+def _check_region_arrays(region, hu, lung) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """*region* and *lung* as bool, *hu* as finite float64, all of one 3-D shape."""
+    region = _check_array(region, "region", mask=True)
+    hu = _check_array(hu, "hu", mask=False)
+    lung = _check_array(lung, "lung", mask=True)
+    if not region.shape == hu.shape == lung.shape:
+        raise ValueError(
+            "region, hu and lung must have the same (z, y, x) shape; received region "
+            f"{region.shape}, hu {hu.shape} and lung {lung.shape}"
+        )
+    return region, hu, lung
+
+
+def _pleura_distance(in_lung, n_in_lung: int, lung, spacing) -> float:
+    """Smallest distance (mm) from a voxel of *in_lung* to a non-lung voxel of the crop:
+    NaN without such a voxel, inf for an all-lung crop."""
+    if n_in_lung == 0:
+        return math.nan
+    if lung.all():
+        return math.inf  # no boundary in the crop (the EDT would return nonsense)
+    return float(ndimage.distance_transform_edt(lung, sampling=spacing)[in_lung].min())
+
+
+def _dense_elongation(dense, spacing) -> float:
+    """:func:`elongation` of the largest 26-connected component of *dense*; NaN when it has
+    fewer than 3 voxels (or there is none)."""
+    comp, n_comp = ndimage.label(dense, structure=FULL_26)
+    if n_comp:
+        sizes = np.bincount(comp.ravel())
+        largest = int(sizes[1:].argmax()) + 1
+        if sizes[largest] >= 3:
+            return elongation(comp == largest, spacing_mm=spacing)
+    return math.nan
 
 
 # --------------------------------------------------------------------------- direction

@@ -201,6 +201,40 @@ def extract_offmask_regions(
     * ``mass_share`` is relative to the whole map, so the shares of all regions sum to at
       most 1 minus the share near the mask.
     """
+    attr, mask, hu, spacing_mm, center = _check_inputs(
+        attr, mask, hu, spacing_mm, nodule_center_zyx, settings
+    )
+    labels_out = np.zeros(attr.shape, dtype=np.int32)
+    total = float(attr.sum())
+    if total == 0.0:
+        return labels_out, []
+    comp, n_comp, dist = _candidate_components(attr, mask, spacing_mm, settings)
+    if n_comp == 0:
+        return labels_out, []
+
+    voxel_mm3 = float(np.prod(spacing_mm))
+    counts = np.bincount(comp.ravel(), minlength=n_comp + 1)
+    slices = ndimage.find_objects(comp)
+    spacing = np.asarray(spacing_mm)
+
+    found = []  # one dict of OffMaskRegion fields (plus the component label) per region
+    for lab in range(1, n_comp + 1):
+        n = int(counts[lab])
+        volume = n * voxel_mm3
+        if volume < settings.min_volume_mm3:
+            continue
+        found.append(
+            _describe_component(
+                comp, lab, slices[lab - 1], attr, hu, dist,
+                n=n, volume=volume, total=total, center=center, spacing=spacing,
+            )
+        )
+    return _rank_regions(comp, n_comp, found)
+
+
+def _check_inputs(attr, mask, hu, spacing_mm, nodule_center_zyx, settings):
+    """Validated ``(attr, mask, hu as float64, spacing_mm, center)`` for
+    :func:`extract_offmask_regions`, or ``ValueError``."""
     attr, mask = check_map_and_mask(attr, mask)
     spacing_mm = check_spacing(spacing_mm)
     center = _check_center(nodule_center_zyx)
@@ -217,15 +251,17 @@ def extract_offmask_regions(
     hu = hu.astype(np.float64, copy=False)
     if not np.all(np.isfinite(hu)):
         raise ValueError("hu must be finite; received NaN or infinite voxel(s)")
+    return attr, mask, hu, spacing_mm, center
 
-    labels_out = np.zeros(attr.shape, dtype=np.int32)
-    total = float(attr.sum())
-    if total == 0.0:
-        return labels_out, []
+
+def _candidate_components(attr, mask, spacing_mm, settings: OffMaskSettings):
+    """Connected components of the above-threshold voxels outside the margin.
+
+    Returns ``(comp, n_comp, dist)``: the component labels, their count and the distance
+    (mm) of every voxel to the mask (``None`` when the mask is empty).
+    """
     peak = float(attr.max())
-
-    has_mask = bool(mask.any())
-    if has_mask:
+    if mask.any():
         dist = ndimage.distance_transform_edt(~mask, sampling=spacing_mm)
         outside = dist > settings.margin_mm + DISTANCE_SLACK_MM
     else:
@@ -235,46 +271,37 @@ def extract_offmask_regions(
 
     structure = ndimage.generate_binary_structure(3, _CONNECTIVITY_RANK[settings.connectivity])
     comp, n_comp = ndimage.label(candidate, structure=structure)
-    if n_comp == 0:
-        return labels_out, []
+    return comp, n_comp, dist
 
-    voxel_mm3 = float(np.prod(spacing_mm))
-    counts = np.bincount(comp.ravel(), minlength=n_comp + 1)
-    slices = ndimage.find_objects(comp)
-    spacing = np.asarray(spacing_mm)
 
-    found = []  # one dict of OffMaskRegion fields (plus the component label) per region
-    for lab in range(1, n_comp + 1):
-        n = int(counts[lab])
-        volume = n * voxel_mm3
-        if volume < settings.min_volume_mm3:
-            continue
-        sl = slices[lab - 1]
-        inside = comp[sl] == lab
-        a = attr[sl][inside]
-        h = hu[sl][inside]
-        idx = np.nonzero(inside)
-        coords = np.stack([idx[i] + sl[i].start for i in range(3)], axis=1).astype(float)
-        a_sum = float(a.sum())
-        centroid = (coords * a[:, None]).sum(axis=0) / a_sum
-        offset = (centroid - center) * spacing
-        found.append(
-            dict(
-                label=lab,
-                n_voxels=n,
-                volume_mm3=volume,
-                mass_share=a_sum / total,
-                peak_value=float(a.max()),
-                centroid_zyx=tuple(float(v) for v in centroid),
-                offset_mm=tuple(float(v) for v in offset),
-                offset_distance_mm=float(np.linalg.norm(offset)),
-                distance_to_mask_mm=float(dist[sl][inside].min()) if has_mask else math.nan,
-                mean_hu=float(h.mean()),
-                max_hu=float(h.max()),
-                std_hu=float(h.std()),
-            )
-        )
+def _describe_component(comp, lab, sl, attr, hu, dist, *, n, volume, total, center, spacing):
+    """The :class:`OffMaskRegion` fields (plus ``label``) of component *lab* in slice *sl*."""
+    inside = comp[sl] == lab
+    a = attr[sl][inside]
+    h = hu[sl][inside]
+    idx = np.nonzero(inside)
+    coords = np.stack([idx[i] + sl[i].start for i in range(3)], axis=1).astype(float)
+    a_sum = float(a.sum())
+    centroid = (coords * a[:, None]).sum(axis=0) / a_sum
+    offset = (centroid - center) * spacing
+    return {
+        "label": lab,
+        "n_voxels": n,
+        "volume_mm3": volume,
+        "mass_share": a_sum / total,
+        "peak_value": float(a.max()),
+        "centroid_zyx": tuple(float(v) for v in centroid),
+        "offset_mm": tuple(float(v) for v in offset),
+        "offset_distance_mm": float(np.linalg.norm(offset)),
+        "distance_to_mask_mm": float(dist[sl][inside].min()) if dist is not None else math.nan,
+        "mean_hu": float(h.mean()),
+        "max_hu": float(h.max()),
+        "std_hu": float(h.std()),
+    }
 
+
+def _rank_regions(comp, n_comp, found) -> tuple[np.ndarray, list[OffMaskRegion]]:
+    """Order regions by descending mass share and relabel the components 1..R (0 elsewhere)."""
     # Stable sort: equal mass shares keep the label order (first voxel in C order).
     found.sort(key=lambda r: -r["mass_share"])
     remap = np.zeros(n_comp + 1, dtype=np.int32)

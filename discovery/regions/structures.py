@@ -132,6 +132,31 @@ def attended_structure(
         :data:`NO_STRUCTURE` when the grown region holds no dense lung voxel.  Ties in
         attribution mass go to the lowest component label (scan order).
     """
+    region, nodule, exclude, distance_mm, attribution, spacing = _check_inputs(
+        region, hu, lung, attribution, nodule, spacing_mm=spacing_mm, exclude=exclude,
+        distance_mm=distance_mm, grow_by_mm=grow_by_mm, dense_hu=dense_hu,
+        nodule_margin_mm=nodule_margin_mm,
+    )
+    grown = grow_mm(region, grow_by_mm, tuple(spacing))
+    dense = grown & np.asarray(lung, dtype=bool) & (np.asarray(hu) >= dense_hu)
+    dense &= ~grow_mm(np.asarray(exclude, dtype=bool), nodule_margin_mm, tuple(spacing))
+    labels, n = ndimage.label(dense, structure=FULL_26)
+    if n == 0:
+        return NO_STRUCTURE
+    mass = ndimage.sum(attribution, labels, index=np.arange(1, n + 1))
+    k = int(np.argmax(mass)) + 1
+    comp = labels == k
+    total = float(attribution[grown].sum())
+    return _describe_structure(
+        comp, hu, nodule, spacing, distance_mm,
+        share=float(mass[k - 1] / total) if total > 0 else 0.0,
+    )
+
+
+def _check_inputs(region, hu, lung, attribution, nodule, *, spacing_mm, exclude, distance_mm,
+                  grow_by_mm, dense_hu, nodule_margin_mm):
+    """Validated ``(region, nodule, exclude, distance_mm, attribution, spacing)`` for
+    :func:`attended_structure`, or ``ValueError``."""
     shape = _check_same_shape({"region": region, "hu": hu, "lung": lung,
                                "attribution": attribution, "nodule": nodule})
     spacing = np.asarray(check_spacing(spacing_mm), dtype=float)
@@ -151,18 +176,11 @@ def attended_structure(
     if distance_mm is not None:
         distance_mm = check_distance(distance_mm, nodule)
     attribution = np.asarray(attribution, dtype=np.float64)
+    return region, nodule, exclude, distance_mm, attribution, spacing
 
-    grown = grow_mm(region, grow_by_mm, tuple(spacing))
-    dense = grown & np.asarray(lung, dtype=bool) & (np.asarray(hu) >= dense_hu)
-    dense &= ~grow_mm(np.asarray(exclude, dtype=bool), nodule_margin_mm, tuple(spacing))
-    labels, n = ndimage.label(dense, structure=FULL_26)
-    if n == 0:
-        return NO_STRUCTURE
-    mass = ndimage.sum(attribution, labels, index=np.arange(1, n + 1))
-    k = int(np.argmax(mass)) + 1
-    comp = labels == k
-    total = float(attribution[grown].sum())
 
+def _describe_structure(comp, hu, nodule, spacing, distance_mm, *, share) -> AttendedStructure:
+    """Volume, density, gap, radial alignment and elongation of the structure *comp*."""
     coords = np.argwhere(comp) * spacing
     centre = coords.mean(axis=0)
     eigval, eigvec = solid_moments(coords, spacing)
@@ -182,5 +200,5 @@ def attended_structure(
         gap_mm=gap,
         radial=radial,
         elongation=elong,
-        attribution_share=float(mass[k - 1] / total) if total > 0 else 0.0,
+        attribution_share=share,
     )

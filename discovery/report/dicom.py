@@ -9,7 +9,7 @@
                         probability, alignment metrics and verdict
 
 so that a viewer (3D Slicer, OHIF) opening the folder shows the findings over the images.
-Every file is written to a temporary name and renamed (``os.replace``).
+Every file is written to a temporary name and renamed (:func:`data_tools.files.atomic_path`).
 
 Rules
 -----
@@ -70,6 +70,7 @@ from pathlib import Path
 
 import highdicom as hd
 import numpy as np
+import pandas as pd
 import pydicom
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from highdicom.sr import CodedConcept
@@ -83,8 +84,11 @@ from data_tools.errors import (
     GeometryMismatchError,
     SeriesValidationError,
     file_label,
+    safe_error,
 )
+from data_tools.files import atomic_path
 from data_tools.layouts import CaseSpec, discover_cases
+from data_tools.volume import spacing_from_affine
 from discovery.store.tables import ResultsStore, load_case_arrays
 
 __all__ = [
@@ -158,11 +162,12 @@ def _iop(ds) -> np.ndarray:
     return np.array([float(v) for v in ds.ImageOrientationPatient], dtype=float)
 
 
-def _source_slices(files, affine: np.ndarray, shape: tuple[int, int, int]) -> list:
-    """Read *files* (pixels included) and return one dataset per array slice ``k``."""
+def _source_slices(files, affine: np.ndarray, spacing_mm, shape: tuple[int, int, int]) -> list:
+    """Read *files* (pixels included) and return one dataset per array slice ``k`` of the
+    grid *affine* (voxel spacing *spacing_mm*, ``(dz, dy, dx)``: its columns' norms)."""
     step, origin = affine[:3, 0], affine[:3, 3]
-    row_cos = affine[:3, 2] / np.linalg.norm(affine[:3, 2])
-    col_cos = affine[:3, 1] / np.linalg.norm(affine[:3, 1])
+    row_cos = affine[:3, 2] / spacing_mm[2]
+    col_cos = affine[:3, 1] / spacing_mm[1]
     found: dict[int, pydicom.Dataset] = {}
     for path in sorted(Path(f) for f in files):
         ds = pydicom.dcmread(path)
@@ -338,14 +343,82 @@ def _tool_uid() -> str:
 
 
 def _write(ds, path: Path) -> Path:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         ds.save_as(tmp, enforce_file_format=True)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
+
+
+# -- one case, step by step ------------------------------------------------------------------
+def _scored_nodules(results_dir: str | Path, spec: CaseSpec) -> tuple[pd.DataFrame, str]:
+    """The findings rows of the case's nodules and the model's SHA-256 (``""`` if unknown);
+    DataError when the case is not DICOM or has no scored nodule."""
+    cid = spec.case_id
+    if spec.image_kind != "dicom":
+        raise DataError(f"case {cid} is a {spec.image_kind} case; only DICOM cases can be "
+                        "exported as DICOM")
+    store = ResultsStore(results_dir, create=False)
+    try:
+        findings, model_sha = store.findings(), str(store.meta().get("model_sha256") or "")
+    finally:
+        store.close()
+    rows = findings[(findings["case_id"] == cid) & (findings["nodule_id"].fillna("") != "")]
+    if not len(rows):
+        raise DataError(f"case {cid} has no scored nodule in the results; score it with a "
+                        "nodule mask first")
+    return rows, model_sha
+
+
+def _scored_series(spec: CaseSpec, arrays: dict) -> list:
+    """Re-read the case's series as it was scored; return its files.
+
+    Refuses (DataError) a gantry-tilted series and one whose grid or HU differ from the
+    stored arrays.
+    """
+    cid, mask = spec.case_id, np.asarray(arrays["mask"])
+    volume, chosen, _ = load_dicom_folder(spec.image, series_uid=spec.source_key or None)
+    if "gantry_tilt_deg" in volume.metadata:
+        raise SeriesValidationError(
+            f"case {cid}: the series has a gantry tilt of {volume.metadata['gantry_tilt_deg']} "
+            "degrees and was resampled onto an orthogonal grid when scored; the results no "
+            "longer line up with the source images, so no DICOM objects referencing them can "
+            "be made. Export the case as NIfTI instead.")
+    ct = np.clip(np.rint(volume.array), -32768, 32767).astype(np.int16)
+    affine = np.asarray(arrays["affine"], dtype=float)
+    if (volume.shape != mask.shape or not np.allclose(volume.affine, affine, atol=1e-3)
+            or not np.array_equal(ct, np.asarray(arrays["ct"]))):
+        raise GeometryMismatchError(
+            f"case {cid}: the series in the input (grid {volume.shape}) differs from the one "
+            f"scored (grid {mask.shape}); rescore the case before exporting.")
+    return chosen.files
+
+
+def _nodules_in_mask(rows: pd.DataFrame, mask: np.ndarray, cid: str) -> list[pd.Series]:
+    """The rows (label order, ``_label`` added) of the nodules with a voxel in *mask*."""
+    rows = rows.assign(_label=[int(str(n).lstrip("n")) for n in rows["nodule_id"]])
+    rows = rows.sort_values("_label")
+    present = set(np.unique(mask).tolist())
+    kept = [r for _, r in rows.iterrows() if r["_label"] in present]
+    for _, r in rows.iterrows():
+        if r["_label"] not in present:
+            log.warning("case %s: nodule %s has no voxel in the stored mask; left out", cid,
+                        r["nodule_id"])
+    if not kept:
+        raise DataError(f"case {cid}: no nodule of the findings is in the stored mask")
+    return kept
+
+
+def _write_case(case_dir: Path, sources: list, seg, pmap, sr) -> list[Path]:
+    """The CT slices (``ct/CT0001.dcm`` ..., stale ones removed), then the SEG, Parametric
+    Map and SR; returns the paths written."""
+    ct_dir = case_dir / "ct"
+    ct_dir.mkdir(parents=True, exist_ok=True)
+    names = [f"CT{k + 1:04d}.dcm" for k in range(len(sources))]
+    for stale in ct_dir.glob("CT*.dcm"):
+        if stale.name not in names:
+            stale.unlink()
+    written = [_write(ds, ct_dir / name) for ds, name in zip(sources, names)]
+    return written + [_write(seg, case_dir / "seg.dcm"), _write(pmap, case_dir / "pmap.dcm"),
+                      _write(sr, case_dir / "sr.dcm")]
 
 
 # -- public API ------------------------------------------------------------------------
@@ -379,49 +452,13 @@ def export_case_dicom(results_dir: str | Path, case_spec_or_folder: CaseSpec | s
     """
     spec = _as_spec(case_spec_or_folder)
     cid = spec.case_id
-    if spec.image_kind != "dicom":
-        raise DataError(f"case {cid} is a {spec.image_kind} case; only DICOM cases can be "
-                        "exported as DICOM")
-    store = ResultsStore(results_dir, create=False)
-    try:
-        findings, model_sha = store.findings(), str(store.meta().get("model_sha256") or "")
-    finally:
-        store.close()
-    rows = findings[(findings["case_id"] == cid) & (findings["nodule_id"].fillna("") != "")]
-    if not len(rows):
-        raise DataError(f"case {cid} has no scored nodule in the results; score it with a "
-                        "nodule mask first")
+    rows, model_sha = _scored_nodules(results_dir, spec)
     arrays = load_case_arrays(results_dir, cid)
     mask, affine = np.asarray(arrays["mask"]), np.asarray(arrays["affine"], dtype=float)
-
-    volume, chosen, _ = load_dicom_folder(spec.image, series_uid=spec.source_key or None)
-    if "gantry_tilt_deg" in volume.metadata:
-        raise SeriesValidationError(
-            f"case {cid}: the series has a gantry tilt of {volume.metadata['gantry_tilt_deg']} "
-            "degrees and was resampled onto an orthogonal grid when scored; the results no "
-            "longer line up with the source images, so no DICOM objects referencing them can "
-            "be made. Export the case as NIfTI instead.")
-    ct = np.clip(np.rint(volume.array), -32768, 32767).astype(np.int16)
-    if (volume.shape != mask.shape or not np.allclose(volume.affine, affine, atol=1e-3)
-            or not np.array_equal(ct, np.asarray(arrays["ct"]))):
-        raise GeometryMismatchError(
-            f"case {cid}: the series in the input (grid {volume.shape}) differs from the one "
-            f"scored (grid {mask.shape}); rescore the case before exporting.")
-    del volume, ct
-
-    step_mm = float(np.linalg.norm(affine[:3, 0]))
-    sources = [_complete(deidentify_dataset(ds, key=key), step_mm)
-               for ds in _source_slices(chosen.files, affine, mask.shape)]
-    rows = rows.assign(_label=[int(str(n).lstrip("n")) for n in rows["nodule_id"]])
-    rows = rows.sort_values("_label")
-    present = set(np.unique(mask).tolist())
-    kept = [r for _, r in rows.iterrows() if r["_label"] in present]
-    for _, r in rows.iterrows():
-        if r["_label"] not in present:
-            log.warning("case %s: nodule %s has no voxel in the stored mask; left out", cid,
-                        r["nodule_id"])
-    if not kept:
-        raise DataError(f"case {cid}: no nodule of the findings is in the stored mask")
+    files, spacing = _scored_series(spec, arrays), spacing_from_affine(affine)
+    sources = [_complete(deidentify_dataset(ds, key=key), spacing[0])
+               for ds in _source_slices(files, affine, spacing, mask.shape)]
+    kept = _nodules_in_mask(rows, mask, cid)
     tracking = [hd.UID() for _ in kept]
     common = {"manufacturer": TOOL_NAME, "manufacturer_model_name": TOOL_NAME,
               "software_versions": _version(),
@@ -431,17 +468,7 @@ def export_case_dicom(results_dir: str | Path, case_spec_or_folder: CaseSpec | s
                         mask, np.asarray(arrays["region_map"]), model_sha, common)
     pmap = _parametric_map(sources, np.asarray(arrays["attribution"]), mask, common)
     sr = _report(sources, kept, seg, pmap, tracking, common)
-
-    case_dir = Path(out_dir) / cid
-    ct_dir = case_dir / "ct"
-    ct_dir.mkdir(parents=True, exist_ok=True)
-    names = [f"CT{k + 1:04d}.dcm" for k in range(len(sources))]
-    for stale in ct_dir.glob("CT*.dcm"):
-        if stale.name not in names:
-            stale.unlink()
-    written = [_write(ds, ct_dir / name) for ds, name in zip(sources, names)]
-    written += [_write(seg, case_dir / "seg.dcm"), _write(pmap, case_dir / "pmap.dcm"),
-                _write(sr, case_dir / "sr.dcm")]
+    written = _write_case(Path(out_dir) / cid, sources, seg, pmap, sr)
     log.info("case %s: exported %d CT slices, SEG (%d segments), Parametric Map, SR", cid,
              len(sources), len(seg.SegmentSequence))
     return written
@@ -500,8 +527,6 @@ def export_dicom(results_dir: str | Path, input_path: str | Path, out_dir: str |
             if isinstance(exc, DataError):
                 message = str(exc)
             else:
-                from discovery.batch.score import safe_error
-
                 message = safe_error(exc, input_path, spec.image).replace(
                     "while scoring", "while exporting", 1)
             log.warning("case %s not exported: %s", cid, message)

@@ -1,4 +1,4 @@
-"""Findings reports: a self-contained HTML file (images inlined, no external URL) and CSV.
+"""The findings report as one self-contained HTML file (images inlined, no external URL).
 
 The HTML report has a cohort summary, one section per nodule (key axial slice in lung window:
 image with the mask contour, the same slice with the Grad-CAM overlay, a colour bar in raw
@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import base64
 import html
-import math
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -19,17 +17,21 @@ import numpy as np
 import pandas as pd
 
 from discovery.model.rois import nodule_label
-from discovery.patterns.outcomes import ARTIFACT_HU, outcome_panels
+from discovery.patterns.outcomes import ARTIFACT_HU
 from discovery.report import render
-from discovery.store.tables import TEXT_COLUMNS, ResultsStore, load_case_arrays
+from discovery.report.data import ReportData
+from discovery.report.style import (
+    CROP_HALF_PX,
+    DISPLAY_THRESHOLD,
+    OUTCOME_COLOURS,
+    VERDICT_COLOURS,
+    CaseArrayCache,
+    fmt,
+    pct,
+)
+from discovery.store.tables import sanity_summary
 
-__all__ = ["write_report", "build_html"]
-
-_VERDICT_COLOURS = {"aligned": "#1b7f3b", "partial": "#b7791f", "off-mask": "#c53030",
-                    "no-mask": "#4a5568", "no-attribution": "#4a5568"}
-_CROP_HALF_PX = 48
-#: Overlay shows attribution >= this fraction of the case maximum (stated in the report).
-DISPLAY_THRESHOLD = 0.2
+__all__ = ["build_html"]
 
 _CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px auto;max-width:1180px;color:#1a202c}
@@ -45,15 +47,7 @@ td.l,th.l{text-align:left} .nodule{border:1px solid #cbd5e0;border-radius:6px;pa
 .outcome h3{margin:4px 0 6px 0;font-size:1.05em} .outcome .n{font-size:1.8em;font-weight:700;margin:0}
 .outcome figure{margin:4px 0;font-size:0.8em;color:#4a5568;text-align:center} .outcome img{image-rendering:pixelated;border:1px solid #2d3748;max-width:100%}
 """
-_OUTCOME_COLOURS = {"on the tumour": "#1b7f3b", "shortcut": "#c53030", "candidate sign": "#2b6cb0"}
 
-
-
-def _cached(cache: dict, results_dir, case_id: str) -> dict:
-    """A case's stored arrays, read once per report."""
-    if case_id not in cache:
-        cache[case_id] = load_case_arrays(results_dir, case_id)
-    return cache[case_id]
 
 def _img(rgb: np.ndarray, *, width: int | None = None, alt: str = "") -> str:
     data = base64.b64encode(render.to_png_bytes(rgb)).decode("ascii")
@@ -61,16 +55,8 @@ def _img(rgb: np.ndarray, *, width: int | None = None, alt: str = "") -> str:
     return f'<img src="data:image/png;base64,{data}"{w} alt="{html.escape(alt)}">'
 
 
-def _fmt(value, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "NaN"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return html.escape(str(value))
-
-
 def _badge(verdict: str) -> str:
-    colour = _VERDICT_COLOURS.get(verdict, "#4a5568")
+    colour = VERDICT_COLOURS.get(verdict, "#4a5568")
     return f'<span class="badge" style="background:{colour}">{html.escape(verdict or "-")}</span>'
 
 
@@ -85,24 +71,24 @@ def _nodule_section(row: pd.Series, arrays: dict[str, np.ndarray]) -> str:
     center = (float(row["center_y"]), float(row["center_x"]))
     attr_max = float(attr.max()) or 1.0
     own = (mask[z] == label)
-    crop = lambda a: render.crop_around(a, center, _CROP_HALF_PX)  # noqa: E731
+    crop = lambda a: render.crop_around(a, center, CROP_HALF_PX)  # noqa: E731
     plain = render.overlay_slice(crop(ct[z]).astype(np.float32), mask2d=crop(own), window="lung")
     over = render.overlay_slice(crop(ct[z]).astype(np.float32), attribution2d=crop(attr[z]),
                                 mask2d=crop(own), regions2d=crop(regions[z]), window="lung",
                                 opacity=0.5, attr_max=attr_max, threshold=DISPLAY_THRESHOLD)
     full = render.overlay_slice(ct[z].astype(np.float32), attribution2d=attr[z], mask2d=mask[z] > 0,
                                 window="lung", opacity=0.45, attr_max=attr_max, threshold=DISPLAY_THRESHOLD)
-    bar = render.colorbar_image(attr_max=attr_max, height=3 * 2 * _CROP_HALF_PX, width=18)
+    bar = render.colorbar_image(attr_max=attr_max, height=3 * 2 * CROP_HALF_PX, width=18)
     metrics = [
-        ("probability of malignancy", _fmt(row["probability"])),
+        ("probability of malignancy", fmt(row["probability"])),
         ("predicted", "malignant" if row["predicted_label"] == 1 else "benign"),
-        ("relevance mass in mask (RMA)", _fmt(row["rma"])),
-        ("relevance rank accuracy (RRA)", _fmt(row["rra"])),
-        ("pointing game hit", _fmt(row["pointing_hit"], 0)),
-        ("attribution peak to mask (mm)", _fmt(row["peak_distance_mm"], 1)),
-        ("attribution within 5 mm of mask", _fmt(row["near_mass"])),
-        ("off-mask regions / their share", f"{int(row['n_offmask_regions'] or 0)} / {_fmt(row['offmask_mass_share'])}"),
-        ("nodule volume (mm³)", _fmt(row["volume_mm3"], 0)),
+        ("relevance mass in mask (RMA)", fmt(row["rma"])),
+        ("relevance rank accuracy (RRA)", fmt(row["rra"])),
+        ("pointing game hit", fmt(row["pointing_hit"])),
+        ("attribution peak to mask (mm)", fmt(row["peak_distance_mm"])),
+        ("attribution within 5 mm of mask", fmt(row["near_mass"])),
+        ("off-mask regions / their share", f"{int(row['n_offmask_regions'] or 0)} / {fmt(row['offmask_mass_share'])}"),
+        ("nodule volume (mm³)", fmt(row["volume_mm3"])),
     ]
     table = "".join(f'<tr><th class="l">{k}</th><td>{v}</td></tr>' for k, v in metrics)
     return f"""
@@ -110,7 +96,7 @@ def _nodule_section(row: pd.Series, arrays: dict[str, np.ndarray]) -> str:
 <div class="imgs">
 <figure>{_img(_zoom(plain), alt='lung window with mask contour')}<figcaption>axial slice {z + 1}, lung window (W1500/L-600); green: mask contour</figcaption></figure>
 <figure>{_img(_zoom(over), alt='Grad-CAM overlay')}<figcaption>Grad-CAM overlay; cyan: off-mask regions</figcaption></figure>
-<figure>{_img(bar, alt='colour bar')}<figcaption>{attr_max:.3g}<br>…<br>0<br>(raw Grad-CAM)</figcaption></figure>
+<figure>{_img(bar, alt='colour bar')}<figcaption>{fmt(attr_max)}<br>…<br>0<br>(raw Grad-CAM)</figcaption></figure>
 <figure>{_img(full, width=200, alt='whole slice')}<figcaption>whole slice</figcaption></figure>
 <table>{table}</table></div></div>"""
 
@@ -118,8 +104,8 @@ def _nodule_section(row: pd.Series, arrays: dict[str, np.ndarray]) -> str:
 def _truth(c) -> str:
     if not np.isfinite(getattr(c, "p_truth", np.nan)):
         return ""
-    return (f"; truly malignant {_fmt(c.share_truth_malignant, 2)} vs {_fmt(c.pool_truth_malignant, 2)}"
-            f" (p = {_fmt(c.p_truth, 3)})")
+    return (f"; truly malignant {pct(c.share_truth_malignant)} vs {pct(c.pool_truth_malignant)}"
+            f" (p = {fmt(c.p_truth)})")
 
 
 def _effect(c) -> str:
@@ -129,11 +115,11 @@ def _effect(c) -> str:
                else "no measurable reliance")
     return (f"replacing the regions with local lung parenchyma changes P(malignant) by "
             f"{c.effect_mean:+.3f} on average over {int(c.effect_n)} nodules (95 % bootstrap "
-            f"interval {_fmt(c.effect_ci_low, 3)} to {_fmt(c.effect_ci_high, 3)}): {verdict}.")
+            f"interval {fmt(c.effect_ci_low)} to {fmt(c.effect_ci_high)}): {verdict}.")
 
 
-def _cluster_section(clusters: pd.DataFrame, regions: pd.DataFrame, results_dir: Path,
-                     cache: dict[str, dict]) -> str:
+def _cluster_section(clusters: pd.DataFrame, regions: pd.DataFrame,
+                     arrays_of: CaseArrayCache) -> str:
     if clusters.empty:
         return "<p>No pattern clusters: too few off-mask regions, or none that group together.</p>"
     parts = []
@@ -144,44 +130,40 @@ def _cluster_section(clusters: pd.DataFrame, regions: pd.DataFrame, results_dir:
             if key not in by_key.index:
                 continue
             reg = by_key.loc[key]
-            arrays = _cached(cache, results_dir, reg["case_id"])
-            rgb = render.thumbnail(arrays, z=reg["centroid_z"],
+            rgb = render.thumbnail(arrays_of(reg["case_id"]), z=reg["centroid_z"],
                                    center_yx=(reg["centroid_y"], reg["centroid_x"]),
                                    region=int(reg["case_region"]), threshold=DISPLAY_THRESHOLD)
             figs.append(f"<figure>{_img(_zoom(rgb, 3), alt=key)}<figcaption>{html.escape(reg['case_id'])}</figcaption></figure>")
         parts.append(f"""
 <div class="nodule"><h3>Cluster {int(c.cluster)}: {html.escape(str(c.description))}</h3>
 <p>{int(c.n_regions)} regions from {int(c.n_cases)} patients ({int(c.n_nodules)} nodules).
-Predicted malignant: {_fmt(c.share_predicted_malignant, 2)} of its nodules vs
-{_fmt(c.pool_predicted_malignant, 2)} in the cohort (enrichment {_fmt(c.enrichment_predicted, 2)}×,
-permutation p = {_fmt(c.p_predicted, 3)}, q = {_fmt(c.q_predicted, 3)}){_truth(c)}.</p>
+Predicted malignant: {pct(c.share_predicted_malignant)} of its nodules vs
+{pct(c.pool_predicted_malignant)} in the cohort (enrichment {fmt(c.enrichment_predicted)}×,
+permutation p = {fmt(c.p_predicted)}, q = {fmt(c.q_predicted)}){_truth(c)}.</p>
 <p><b>Causal check:</b> {_effect(c)}</p>
 <div class="imgs">{''.join(figs)}</div></div>""")
     return "".join(parts)
 
 
-def _outcomes_section(findings: pd.DataFrame, clusters: pd.DataFrame, regions: pd.DataFrame,
-                      results_dir: Path, cache: dict[str, dict], threshold: float) -> str:
-    panels = outcome_panels(findings, clusters, regions, threshold=threshold)
+def _outcomes_section(data: ReportData) -> str:
     cells = []
-    for p in panels:
+    for p in data.panels:
         figs = []
         for ex in p.exemplars:
-            arrays = _cached(cache, results_dir, ex.case_id)
-            rgb = render.exemplar_image(arrays, ex, threshold=DISPLAY_THRESHOLD)
+            rgb = render.exemplar_image(data.arrays(ex.case_id), ex, threshold=DISPLAY_THRESHOLD)
             figs.append(f"<figure>{_img(_zoom(rgb, 2), alt=ex.caption)}"
                         f"<figcaption>{html.escape(ex.caption)}</figcaption></figure>")
-        colour = _OUTCOME_COLOURS.get(p.outcome, "#4a5568")
+        colour = OUTCOME_COLOURS.get(p.outcome, "#4a5568")
         cells.append(f"""<div class="outcome" style="border-top-color:{colour}">
 <h3>{html.escape(p.title)}</h3><p class="n" style="color:{colour}">{p.n_nodules} nodule{'s' if p.n_nodules != 1 else ''}</p>
 <p>{html.escape(p.lead)}</p>{''.join(figs)}</div>""")
-    return f"""<p class="note">Each scored nodule is read by the rules in <code>discovery/outcomes.py</code>:
+    return f"""<p class="note">Each scored nodule is read by the rules in <code>discovery/patterns/outcomes.py</code>:
 <b>shortcut</b> when its malignant prediction would not survive removing off-mask regions of a cluster the
 model relies on and that cluster is metal-dense (median density within 3 mm at least {ARTIFACT_HU:.0f} HU);
 <b>candidate pattern</b> when it has a region in an anatomical-density cluster that the model relies on
 for malignancy or that is enriched for predicted-malignant nodules (q &lt; 0.05); <b>on the tumour</b>
 when its verdict is aligned. Pictures: axial crops in lung window, plain and with the Grad-CAM
-overlay (from 20% of the case maximum); green the nodule mask, cyan the off-mask region; shortcut
+overlay (from {DISPLAY_THRESHOLD:.0%} of the case maximum); green the nodule mask, cyan the off-mask region; shortcut
 pictures are on the slice of the densest voxel next to the region, between nodule and artifact.
 The heat map exists only inside each nodule's 48 mm analysis box, so it can end in a straight edge.</p>
 <div class="outcomes">{''.join(cells)}</div>"""
@@ -191,18 +173,17 @@ def _sanity_section(randomization: pd.DataFrame, perturbation: pd.DataFrame) -> 
     if not len(randomization) and not len(perturbation):
         return ("<p>Not run for these results. <code>discovery sanity RESULTS</code> runs the "
                 "randomisation test and the deletion/insertion curves and stores them here.</p>")
-    from discovery.batch.sanity import summarize
 
-    table = summarize(randomization, perturbation)
+    table = sanity_summary(randomization, perturbation)
     rows = "".join(
-        f"<tr><th class='l'>{html.escape(r.method)}</th><td>{'not run' if pd.isna(r.spearman_fully_randomised) else _fmt(r.spearman_fully_randomised)}</td>"
-        f"<td>{r.n}</td><td>{_fmt(r.deletion_auc)}</td><td>{_fmt(r.deletion_auc_random)}</td>"
-        f"<td>{_fmt(r.beats_random, 2)}</td><td>{_fmt(r.beats_random_malignant, 2)}</td>"
-        f"<td>{_fmt(r.insertion_auc)}</td><td>{_fmt(r.insertion_auc_random)}</td></tr>"
+        f"<tr><th class='l'>{html.escape(r.method)}</th><td>{'not run' if pd.isna(r.spearman_fully_randomised) else fmt(r.spearman_fully_randomised)}</td>"
+        f"<td>{r.n}</td><td>{fmt(r.deletion_auc)}</td><td>{fmt(r.deletion_auc_random)}</td>"
+        f"<td>{fmt(r.beats_random)}</td><td>{fmt(r.beats_random_malignant)}</td>"
+        f"<td>{fmt(r.insertion_auc)}</td><td>{fmt(r.insertion_auc_random)}</td></tr>"
         for r in table.itertuples())
     steps = ""
     for method, grp in randomization.groupby("method", sort=False):
-        cells = " → ".join(f"{html.escape(str(g.module))} {_fmt(g.mean_spearman, 2)}"
+        cells = " → ".join(f"{html.escape(str(g.module))} {fmt(g.mean_spearman)}"
                            for g in grp.sort_values("step").itertuples())
         steps += f"<li>{html.escape(str(method))}: {cells}</li>"
     return f"""<p class="note">Randomisation: Spearman rank correlation between the maps of the trained
@@ -217,28 +198,30 @@ Insertion: the reverse (higher is better).</p>
 
 
 def build_html(results_dir: str | Path) -> str:
-    """Return the report as one HTML string (every image inlined as a data URI)."""
-    results_dir = Path(results_dir)
-    store = ResultsStore(results_dir, create=False)
-    findings = store.findings()
-    clusters = store.clusters()
-    regions = store.regions()
-    meta = store.meta()
-    randomization, perturbation = store.sanity()
-    store.close()
-    scored = findings[findings["status"].isin(["ok", "no-attribution"])]
+    """The findings report as one HTML string (every image inlined as a data URI).
+
+    Parameters
+    ----------
+    results_dir : str or Path
+        A results folder written by ``discovery score``.
+
+    Returns
+    -------
+    str
+        The whole document (``discovery.report.write.write_report`` puts it in a file).
+    """
+    data = ReportData(results_dir)
+    findings, scored, meta = data.findings, data.scored, data.meta
     counts = findings["verdict"].replace("", "failed").value_counts()
     summary_rows = "".join(f"<tr><th class='l'>{html.escape(str(k))}</th><td>{int(v)}</td></tr>"
                            for k, v in counts.items())
     failed = findings[findings["status"] == "failed"]
     failed_html = "".join(f"<li>{html.escape(r.case_id)}: {html.escape(r.error)}</li>"
                           for r in failed.itertuples())
-    cache: dict[str, dict] = {}
-    threshold = float(meta.get("threshold", 0.5) or 0.5)
-    nodules_html = []
-    for _, row in scored.sort_values(["verdict", "probability"], ascending=[True, False]).iterrows():
-        arrays = _cached(cache, results_dir, row["case_id"])
-        nodules_html.append(_nodule_section(row, arrays))
+    nodules_html = [
+        _nodule_section(row, data.arrays(row["case_id"]))
+        for _, row in scored.sort_values(["verdict", "probability"],
+                                         ascending=[True, False]).iterrows()]
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     sha = str(meta.get("model_sha256", ""))[:12]
     return f"""<!DOCTYPE html>
@@ -248,103 +231,15 @@ def build_html(results_dir: str | Path) -> str:
 <p class="sub">{findings['case_id'].nunique()} cases, {len(scored)} nodules scored · model weights {sha}… ·
 Grad-CAM on {html.escape(str(meta.get('gradcam_layer', '')))} · generated {now}</p>
 <p class="note">Case ids are pseudonymous. Grad-CAM values are raw magnitudes (after ReLU), shown on one
-scale per case (0 to the case maximum); the overlay shows values of at least 20% of that maximum. A verdict says where the model's attention lies relative to the
+scale per case (0 to the case maximum); the overlay shows values of at least {DISPLAY_THRESHOLD:.0%} of that maximum. A verdict says where the model's attention lies relative to the
 annotated nodule: <b>aligned</b> (peak within tolerance and at least half the attention near the mask),
 <b>off-mask</b> (peak away and less than a quarter near the mask), <b>partial</b> otherwise. Off-mask attention
 is a question for a reviewer, not automatically an error.</p>
 <h2>What the explanations say: three outcomes</h2>
-{_outcomes_section(findings, clusters, regions, results_dir, cache, threshold)}
+{_outcomes_section(data)}
 <h2>Summary</h2><table><tr><th class="l">verdict</th><th>nodules</th></tr>{summary_rows}</table>
 {f'<h3>Cases that could not be scored</h3><ul>{failed_html}</ul>' if failed_html else ''}
 <h2>Nodules</h2>{''.join(nodules_html) or '<p>No nodules were scored.</p>'}
-<h2>Off-mask attention patterns</h2>{_cluster_section(clusters, regions, results_dir, cache)}
-<h2>Are the maps faithful? (sanity checks)</h2>{_sanity_section(randomization, perturbation)}
+<h2>Off-mask attention patterns</h2>{_cluster_section(data.clusters, data.regions, data.arrays)}
+<h2>Are the maps faithful? (sanity checks)</h2>{_sanity_section(data.randomization, data.perturbation)}
 </body></html>"""
-
-
-#: Version of the exported tables' schema (the columns of findings and patterns, their
-#: meaning and units, as the README documents them); raised whenever a column changes.
-EXPORT_SCHEMA_VERSION = 1
-REPORT_FORMATS = ("html", "pdf", "csv", "parquet")
-
-
-def tables(results_dir: str | Path) -> dict[str, pd.DataFrame]:
-    """The exported tables as DataFrames: ``{"findings": ..., "patterns": ...}``.
-
-    Exactly what ``--format csv`` / ``--format parquet`` write: findings one row per nodule
-    (and per failed or mask-less case), patterns one row per cluster with the exemplar keys
-    joined by ``;``.  Each frame's ``attrs`` hold ``schema_version`` and ``table``.
-    """
-    store = ResultsStore(results_dir, create=False)
-    try:
-        findings = store.findings()
-        patterns = store.clusters()
-    finally:
-        store.close()
-    patterns["exemplars"] = [";".join(x) for x in patterns["exemplars"]]
-    out = {"findings": findings, "patterns": patterns}
-    for name, df in out.items():
-        for col in df.columns:
-            if col in TEXT_COLUMNS:  # text: "" where absent
-                df[col] = [("" if v is None or (isinstance(v, float) and math.isnan(v))
-                            else str(v)) for v in df[col]]
-            elif df[col].dtype == object:  # numbers with gaps (failed cases): float with NaN
-                values = df[col].dropna()
-                if len(values) and values.map(lambda v: isinstance(v, (int, float))).all():
-                    df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
-        df.attrs.update(schema_version=EXPORT_SCHEMA_VERSION, table=name)
-    return out
-
-
-def _table_paths(out: Path) -> dict[str, Path]:
-    """findings -> *out*; patterns -> the same name with ``.patterns`` before the suffix."""
-    return {"findings": out, "patterns": out.with_name(f"{out.stem}.patterns{out.suffix}")}
-
-
-def _write_table(df: pd.DataFrame, path: Path, fmt: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        if fmt == "csv":
-            df.to_csv(tmp, index=False, float_format="%.6g")
-        else:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-
-            table = pa.Table.from_pandas(df, preserve_index=False)
-            meta = dict(table.schema.metadata or {})
-            meta[b"ct_nodule_discovery.schema_version"] = str(EXPORT_SCHEMA_VERSION).encode()
-            meta[b"ct_nodule_discovery.table"] = df.attrs.get("table", "").encode()
-            pq.write_table(table.replace_schema_metadata(meta), tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_report(results_dir: str | Path, out: str | Path, *, fmt: str = "html") -> Path:
-    """Write the report in *fmt* to *out*; return the path.
-
-    ``html``: the self-contained report; ``pdf``: :func:`discovery.report.pdf.write_pdf`;
-    ``csv`` / ``parquet``: the findings table to *out* and the patterns table beside it
-    (``NAME.patterns.csv``), see :func:`tables` (schema version
-    :data:`EXPORT_SCHEMA_VERSION`, also in the Parquet files' metadata).
-    """
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    if fmt == "html":
-        tmp.write_text(build_html(results_dir), encoding="utf-8")
-    elif fmt == "pdf":
-        from discovery.report.pdf import write_pdf
-
-        return write_pdf(results_dir, out)
-    elif fmt in ("csv", "parquet"):
-        frames = tables(results_dir)
-        for name, path in _table_paths(out).items():
-            _write_table(frames[name], path, fmt)
-        return out
-    else:
-        raise ValueError(f"unknown report format {fmt!r}; choose one of {', '.join(REPORT_FORMATS)}")
-    tmp.replace(out)
-    return out

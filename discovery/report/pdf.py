@@ -32,38 +32,52 @@ Rules
   Errors of failed cases are printed as stored (they name files by base name only, see
   :mod:`data_tools.errors`).
 * Metadata: Title, Author and Creator ``ct-nodule-discovery``, no creation date, so the same
-  results give a byte-identical file.  The file is written to ``.<name>.tmp`` beside *out*
-  and moved into place with :func:`os.replace`.
+  results give a byte-identical file.  The file is written under a temporary name beside
+  *out* and moved into place (:func:`data_tools.files.atomic_path`).
+* The tables and the outcome readings are read and computed once per report
+  (:class:`discovery.report.data.ReportData`) and passed down in a context dict.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-from functools import lru_cache
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from data_tools.files import atomic_path
 from discovery.model.rois import nodule_label
-from discovery.patterns.outcomes import (
-    ARTIFACT_HU,
-    Exemplar,
-    cluster_readings,
-    nodule_outcomes,
-    outcome_panels,
-)
+from discovery.patterns.outcomes import ARTIFACT_HU, Exemplar
 from discovery.report import render
-from discovery.report.html import (
-    _CROP_HALF_PX,
-    _OUTCOME_COLOURS,
-    _VERDICT_COLOURS,
-    DISPLAY_THRESHOLD,
-    _cached,
+from discovery.report.data import SCORED_STATUSES, ReportData
+from discovery.report.pdflayout import (
+    CONTENT_W,
+    DPI,
+    FONT,
+    GRAY,
+    INK,
+    MARGIN,
+    MIN_PT,
+    PAGE_H,
+    PAGE_W,
+    TOP,
+    Doc,
+    heading,
+    image_height,
+    text_height,
+    wrap,
 )
-from discovery.store.tables import ResultsStore
+from discovery.report.style import (
+    CROP_HALF_PX,
+    DISPLAY_THRESHOLD,
+    OUTCOME_COLOURS,
+    VERDICT_COLOURS,
+    fmt,
+    pct,
+)
 
 __all__ = ["write_pdf", "select_nodule_pages", "MAX_FALLBACK", "AUTHOR", "TITLE", "MIN_PT"]
 
@@ -72,22 +86,14 @@ log = logging.getLogger(__name__)
 #: Title and author written into the PDF metadata.
 TITLE = "Nodule discovery findings"
 AUTHOR = "ct-nodule-discovery"
-#: Smallest font size used anywhere (points).
-MIN_PT = 8
 #: Nodule pages shown when nothing is flagged (highest off-mask share first).
 MAX_FALLBACK = 10
 
-_PAGE_W, _PAGE_H = 8.27, 11.69           # A4 portrait, inches
-_MARGIN, _TOP, _BOTTOM = 0.6, 0.55, 0.75  # side margins; space above content / for the footer
-_CONTENT_W = _PAGE_W - 2 * _MARGIN
-_DPI = 200                                # raster resolution of the embedded images
-_GRAY, _INK = "#4a5568", "#1a202c"
 _REGION_HALF_PX = 36
-_FONT = "DejaVu Sans"
-_RC = {"pdf.fonttype": 3, "font.family": _FONT, "font.size": 9, "text.parse_math": False,
+_RC = {"pdf.fonttype": 3, "font.family": FONT, "font.size": 9, "text.parse_math": False,
        "svg.hashsalt": AUTHOR, "axes.titlesize": 9, "axes.labelsize": 8.5, "xtick.labelsize": 8,
        "ytick.labelsize": 8, "legend.fontsize": 8, "image.interpolation": "nearest",
-       "savefig.dpi": _DPI}
+       "savefig.dpi": DPI}
 _METRICS = [("probability", "P(malignant)", (0.0, 1.0)),
             ("rma", "relevance mass in mask (RMA)", (0.0, 1.0)),
             ("rra", "relevance rank accuracy (RRA)", (0.0, 1.0)),
@@ -96,136 +102,6 @@ _METRICS = [("probability", "P(malignant)", (0.0, 1.0)),
             ("offmask_mass_share", "off-mask share of the attribution", (0.0, 1.0))]
 _CLUSTER_COLOURS = ["#2b6cb0", "#c53030", "#1b7f3b", "#b7791f", "#6b46c1", "#d53f8c", "#319795",
                     "#dd6b20"]
-
-
-# -- layout ---------------------------------------------------------------------------------
-
-class _Doc:
-    """Pages (``Figure`` objects) and a cursor ``y`` (inches from the top of the last page).
-    With ``dry=True`` nothing is drawn: only the cursor moves (to count pages ahead)."""
-
-    def __init__(self, *, dry: bool = False):
-        self.pages: list = []
-        self.y = 0.0
-        self.dry = dry
-
-    def new_page(self) -> None:
-        self.y = _TOP
-        if self.dry:
-            self.pages.append(None)
-            return
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-
-        fig = Figure(figsize=(_PAGE_W, _PAGE_H), dpi=_DPI)
-        FigureCanvasAgg(fig)
-        self.pages.append(fig)
-
-    @property
-    def fig(self):
-        return self.pages[-1]
-
-    def need(self, height: float) -> None:
-        """Start a new page unless *height* inches still fit on this one."""
-        if not self.pages or self.y + height > _PAGE_H - _BOTTOM:
-            self.new_page()
-
-    @staticmethod
-    def rect(x: float, top: float, w: float, h: float) -> list[float]:
-        """Figure-fraction rectangle of a box given in inches from the top-left corner."""
-        return [x / _PAGE_W, 1.0 - (top + h) / _PAGE_H, w / _PAGE_W, h / _PAGE_H]
-
-    def text(self, s: str, *, x: float = _MARGIN, top: float | None = None, size: float = 9,
-             width: float = _CONTENT_W, advance: bool = True, weight: str = "normal",
-             **kw) -> float:
-        """Text wrapped to *width* inches at (x, top); returns its height in inches and,
-        with *advance*, moves the cursor below it."""
-        size = max(float(size), MIN_PT)
-        lines = _wrap(str(s), width, size, weight)
-        top = self.y if top is None else top
-        if not self.dry:  # one Text per line on its own baseline: rows line up whatever the glyphs
-            for i, line in enumerate(lines):
-                base = top + size * (0.8 + 1.3 * i) / 72.0
-                self.fig.text(x / _PAGE_W, 1.0 - base / _PAGE_H, line, fontsize=size,
-                              va="baseline", ha="left", weight=weight, **kw)
-        h = _text_height(len(lines), size)
-        if advance:
-            self.y = top + h
-        return h
-
-    def box(self, top: float, h: float, face: str, *, edge: str | None = None,
-            x: float = _MARGIN, w: float = _CONTENT_W) -> None:
-        if self.dry:
-            return
-        from matplotlib.patches import Rectangle
-
-        r = self.rect(x, top, w, h)
-        self.fig.add_artist(Rectangle((r[0], r[1]), r[2], r[3], transform=self.fig.transFigure,
-                                      facecolor=face, edgecolor=edge or face, lw=0.6, zorder=-1))
-
-    def image(self, rgb: np.ndarray, x: float, top: float, w: float, *, aspect: float = 1.0):
-        """An RGB image *w* inches wide at (x, top); *aspect* = pixel height / pixel width
-        (mm).  Returns the axes."""
-        ax = self.fig.add_axes(self.rect(x, top, w, _img_h(rgb, w, aspect)))
-        ax.imshow(rgb, interpolation="nearest", aspect="auto")
-        ax.set_xticks([])
-        ax.set_yticks([])
-        for s in ax.spines.values():
-            s.set_edgecolor("#2d3748")
-            s.set_linewidth(0.6)
-        return ax
-
-
-def _img_h(rgb: np.ndarray, w: float, aspect: float = 1.0) -> float:
-    return w * rgb.shape[0] * aspect / rgb.shape[1]
-
-
-@lru_cache(maxsize=20000)
-def _width_pt(s: str, size: float, weight: str) -> float:
-    from matplotlib.font_manager import FontProperties
-    from matplotlib.textpath import text_to_path
-
-    prop = FontProperties(family=_FONT, size=size, weight=weight)
-    return float(text_to_path.get_text_width_height_descent(s, prop, ismath=False)[0])
-
-
-def _wrap(s: str, width_in: float, size: float, weight: str = "normal") -> list[str]:
-    """Greedy word wrap measured with the font's glyph widths (a word longer than the line
-    stays whole)."""
-    limit = width_in * 72.0
-    out: list[str] = []
-    for para in s.split("\n"):
-        line = ""
-        for word in para.split():
-            trial = f"{line} {word}" if line else word
-            if line and _width_pt(trial, size, weight) > limit:
-                out.append(line)
-                line = word
-            else:
-                line = trial
-        out.append(line)
-    return out
-
-
-def _text_height(n_lines: int, size: float) -> float:
-    return n_lines * size * 1.3 / 72.0 + 0.04
-
-
-def _heading(doc: _Doc, s: str, *, keep: float = 1.5) -> None:
-    """A section heading with a rule, kept together with the next *keep* inches."""
-    doc.need(0.5 + keep)
-    doc.y += 0.12
-    doc.text(s, size=13, weight="bold", color=_INK)
-    doc.box(doc.y + 0.02, 0.014, "#2d3748")  # the rule
-    doc.y += 0.14
-
-
-def _fmt(value, digits: int = 3) -> str:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return "–" if value in (None, "") else str(value)
-    return f"{v:.{digits}f}" if np.isfinite(v) else "–"
 
 
 def _sentence(s) -> str:
@@ -243,7 +119,7 @@ def _results_date(meta: dict, cases: pd.DataFrame) -> str:
     return max(stamps)[:10] if len(stamps) else "unknown date"
 
 
-def _spacing(cases: pd.DataFrame) -> dict[str, tuple[float, float, float]]:
+def _case_spacing(cases: pd.DataFrame) -> dict[str, tuple[float, float, float]]:
     """Voxel spacing (z, y, x) in mm per case; cases without a readable one are left out."""
     out = {}
     for r in cases.itertuples():
@@ -282,7 +158,7 @@ def select_nodule_pages(findings: pd.DataFrame, *,
         nodule id) and ``False``; when none is flagged, the scored nodules with the highest
         positive ``offmask_mass_share`` (up to *limit*, same tie order) and ``True``.
     """
-    scored = findings[findings["status"].isin(["ok", "no-attribution"])]
+    scored = findings[findings["status"].isin(SCORED_STATUSES)]
     flagged = pd.to_numeric(scored["flagged"], errors="coerce").fillna(0) == 1
     if flagged.any():
         return scored[flagged].sort_values(["flag_score", "case_id", "nodule_id"],
@@ -295,42 +171,36 @@ def select_nodule_pages(findings: pd.DataFrame, *,
 
 
 def _context(results_dir: Path) -> dict:
-    store = ResultsStore(results_dir, create=False)
-    try:
-        findings, clusters, regions = store.findings(), store.clusters(), store.regions()
-        meta, cases = store.meta(), store.cases()
-    finally:
-        store.close()
-    scored = findings[findings["status"].isin(["ok", "no-attribution"])]
-    threshold = float(meta.get("threshold", 0.5) or 0.5)
-    outcomes = nodule_outcomes(scored, clusters, regions)
+    """Everything the pages show, read and computed once: the tables, the threshold, the
+    outcome readings (nodule outcomes, cluster readings, panels) and the arrays cache."""
+    data = ReportData(results_dir)
+    findings, meta, outcomes = data.findings, data.meta, data.outcomes
     pages, fallback = select_nodule_pages(findings)
     failed = findings[findings["status"] == "failed"]
     return {
-        "results_dir": results_dir, "findings": findings, "scored": scored, "clusters": clusters,
-        "regions": regions, "threshold": threshold, "outcomes": outcomes, "cache": {},
+        "findings": findings, "scored": data.scored, "clusters": data.clusters,
+        "regions": data.regions, "threshold": data.threshold, "outcomes": outcomes,
+        "arrays": data.arrays,
         "outcome_of": {(r.case_id, r.nodule_id): r.outcome for r in outcomes.itertuples()},
-        "readings": (dict(zip(clusters["cluster"].astype(int), cluster_readings(clusters)))
-                     if len(clusters) else {}),
-        "panels": outcome_panels(findings, clusters, regions, threshold=threshold),
-        "pages": pages, "fallback": fallback,
+        "readings": data.readings, "panels": data.panels, "pages": pages, "fallback": fallback,
         "failed": [f"{r.case_id}: {str(r.error)[:240]}" for r in failed.itertuples()],
-        "n_cases": int(findings["case_id"].nunique()), "n_scored": int(len(scored)),
+        "n_cases": int(findings["case_id"].nunique()), "n_scored": int(len(data.scored)),
         "sha": (f"{str(meta['model_sha256'])[:12]}…" if meta.get("model_sha256") else "unknown"),
-        "layer": str(meta.get("gradcam_layer", "") or "-"), "date": _results_date(meta, cases),
-        "spacing": _spacing(cases), "box_mm": _box_mm(meta),
+        "layer": str(meta.get("gradcam_layer", "") or "-"),
+        "date": _results_date(meta, data.cases), "spacing": _case_spacing(data.cases),
+        "box_mm": _box_mm(meta),
     }
 
 
 # -- summary -----------------------------------------------------------------------------------
 
-def _title_block(doc: _Doc, ctx: dict) -> None:
+def _title_block(doc: Doc, ctx: dict) -> None:
     doc.new_page()
-    doc.text(TITLE, size=20, weight="bold", color=_INK)
+    doc.text(TITLE, size=20, weight="bold", color=INK)
     doc.y += 0.04
     doc.text(f"{ctx['n_cases']} cases, {ctx['n_scored']} nodules scored · model weights "
              f"{ctx['sha']} · Grad-CAM on {ctx['layer']} · results of {ctx['date']}",
-             size=9.5, color=_GRAY)
+             size=9.5, color=GRAY)
     doc.y += 0.1
     note = ("Case ids are pseudonymous. Grad-CAM values are raw magnitudes (after ReLU), shown on "
             "one scale per case (0 to the case maximum); overlays show values of at least "
@@ -340,27 +210,27 @@ def _title_block(doc: _Doc, ctx: dict) -> None:
             "the mask), partial otherwise. Off-mask attention is a question for a reviewer, not "
             "automatically an error. Pictures: axial slices in lung window (W1500/L-600); green "
             "the nodule mask contour, cyan the off-mask regions.")
-    h = _text_height(len(_wrap(note, _CONTENT_W - 0.24, 8.5)), 8.5)
+    h = text_height(len(wrap(note, CONTENT_W - 0.24, 8.5)), 8.5)
     doc.box(doc.y, h + 0.1, "#f7fafc", edge="#a0aec0")
-    doc.text(note, x=_MARGIN + 0.12, top=doc.y + 0.05, size=8.5, width=_CONTENT_W - 0.24)
+    doc.text(note, x=MARGIN + 0.12, top=doc.y + 0.05, size=8.5, width=CONTENT_W - 0.24)
     doc.y += 0.12
 
 
-def _counts(doc: _Doc, ctx: dict) -> None:
+def _counts(doc: Doc, ctx: dict) -> None:
     verdicts = ctx["findings"]["verdict"].fillna("").replace("", "failed").value_counts()
-    order = ([v for v in _VERDICT_COLOURS if v in verdicts.index]
-             + sorted(set(verdicts.index) - set(_VERDICT_COLOURS)))
+    order = ([v for v in VERDICT_COLOURS if v in verdicts.index]
+             + sorted(set(verdicts.index) - set(VERDICT_COLOURS)))
     outc = ctx["outcomes"]["outcome"].value_counts()
-    columns = (("by localisation verdict", [(v, int(verdicts[v]), _VERDICT_COLOURS.get(v, _GRAY))
+    columns = (("by localisation verdict", [(v, int(verdicts[v]), VERDICT_COLOURS.get(v, GRAY))
                                             for v in order]),
                ("by outcome", [("candidate pattern" if o == "candidate sign" else o,
-                                int(outc.get(o, 0)), _OUTCOME_COLOURS.get(o, _GRAY))
+                                int(outc.get(o, 0)), OUTCOME_COLOURS.get(o, GRAY))
                                for o in ("on the tumour", "shortcut", "candidate sign", "other")]))
     n_rows = max(len(order), 4)
-    _heading(doc, "Counts", keep=0.25 + 0.19 * n_rows)
+    heading(doc, "Counts", keep=0.25 + 0.19 * n_rows)
     top = doc.y
     for col, (title, items) in enumerate(columns):
-        x = _MARGIN + col * _CONTENT_W / 2
+        x = MARGIN + col * CONTENT_W / 2
         doc.text(title, x=x, top=top, weight="bold", advance=False)
         for i, (name, n, colour) in enumerate(items):
             y = top + 0.22 + i * 0.19
@@ -373,9 +243,10 @@ def _counts(doc: _Doc, ctx: dict) -> None:
                  color="#c53030")
 
 
-def _outcomes(doc: _Doc, ctx: dict) -> None:
-    _heading(doc, "What the explanations say: three outcomes", keep=1.9)
-    doc.text("Each scored nodule is read by the rules in discovery/outcomes.py: shortcut when its "
+def _outcomes(doc: Doc, ctx: dict) -> None:
+    heading(doc, "What the explanations say: three outcomes", keep=1.9)
+    doc.text("Each scored nodule is read by the rules in discovery/patterns/outcomes.py: shortcut "
+             "when its "
              "malignant prediction would not survive removing off-mask regions of a cluster the "
              "model relies on and that cluster is metal-dense (median density within 3 mm at "
              f"least {ARTIFACT_HU:.0f} HU); candidate pattern when it has a region in an "
@@ -383,74 +254,74 @@ def _outcomes(doc: _Doc, ctx: dict) -> None:
              "for predicted-malignant nodules (q < 0.05); on the tumour when its verdict is "
              "aligned. Each picture: the plain crop, then the same crop with the overlay; the heat "
              "map exists only inside each nodule's analysis box, so it can end in a straight edge.",
-             size=8.5, color=_GRAY)
+             size=8.5, color=GRAY)
     doc.y += 0.08
-    gap, inner = 0.15, _CONTENT_W - 0.15
+    gap, inner = 0.15, CONTENT_W - 0.15
     img_w = (inner - 2 * gap) / 3
     for p in ctx["panels"]:
-        colour = _OUTCOME_COLOURS.get(p.outcome, _GRAY)
-        pics = [(render.exemplar_image(_cached(ctx["cache"], ctx["results_dir"], ex.case_id), ex,
+        colour = OUTCOME_COLOURS.get(p.outcome, GRAY)
+        pics = [(render.exemplar_image(ctx["arrays"](ex.case_id), ex,
                                        threshold=DISPLAY_THRESHOLD), ex.caption)
                 for ex in p.exemplars]
-        img_h = max((_img_h(rgb, img_w) for rgb, _ in pics), default=0.0)
-        cap_h = max((_text_height(len(_wrap(c, img_w, 8)), 8) for _, c in pics), default=0.0)
+        img_h = max((image_height(rgb, img_w) for rgb, _ in pics), default=0.0)
+        cap_h = max((text_height(len(wrap(c, img_w, 8)), 8) for _, c in pics), default=0.0)
         title = f"{p.title}  ·  {p.n_nodules} nodule{'s' if p.n_nodules != 1 else ''}"
-        block = (_text_height(len(_wrap(title, inner, 10.5, "bold")), 10.5)
-                 + _text_height(len(_wrap(p.lead, inner, 8.5)), 8.5)
+        block = (text_height(len(wrap(title, inner, 10.5, "bold")), 10.5)
+                 + text_height(len(wrap(p.lead, inner, 8.5)), 8.5)
                  + (0.08 + img_h + cap_h if pics else 0.0) + 0.2)
         doc.need(block)
         top = doc.y
         doc.box(top, block - 0.12, colour, w=0.06)
-        doc.text(title, x=_MARGIN + 0.15, size=10.5, weight="bold", color=colour, width=inner)
-        doc.text(p.lead, x=_MARGIN + 0.15, size=8.5, width=inner)
+        doc.text(title, x=MARGIN + 0.15, size=10.5, weight="bold", color=colour, width=inner)
+        doc.text(p.lead, x=MARGIN + 0.15, size=8.5, width=inner)
         doc.y += 0.08
         for i, (rgb, cap) in enumerate(pics):
-            x = _MARGIN + 0.15 + i * (img_w + gap)
+            x = MARGIN + 0.15 + i * (img_w + gap)
             doc.image(rgb, x, doc.y, img_w)
             doc.text(cap, x=x, top=doc.y + img_h + 0.03, size=8, width=img_w, advance=False,
-                     color=_GRAY)
+                     color=GRAY)
         doc.y = top + block
 
 
-def _distributions(doc: _Doc, ctx: dict) -> None:
+def _distributions(doc: Doc, ctx: dict) -> None:
     scored = ctx["scored"]
     left, hgap, vgap, plot_h = 0.5, 0.7, 0.62, 1.55
-    plot_w = (_CONTENT_W - left - hgap) / 2
-    _heading(doc, "Metric distributions", keep=plot_h + 1.0)
+    plot_w = (CONTENT_W - left - hgap) / 2
+    heading(doc, "Metric distributions", keep=plot_h + 1.0)
     doc.text(f"Histograms over the {len(scored)} scored nodules, stacked by verdict. The dashed "
              f"line on P(malignant) is the decision threshold ({ctx['threshold']:g}).",
-             size=8.5, color=_GRAY)
-    verdicts = [v for v in _VERDICT_COLOURS if (scored["verdict"] == v).any()]
+             size=8.5, color=GRAY)
+    verdicts = [v for v in VERDICT_COLOURS if (scored["verdict"] == v).any()]
     if verdicts and not doc.dry:
         from matplotlib.patches import Patch
 
-        doc.fig.legend(handles=[Patch(color=_VERDICT_COLOURS[v], label=v) for v in verdicts],
+        doc.fig.legend(handles=[Patch(color=VERDICT_COLOURS[v], label=v) for v in verdicts],
                        loc="upper left", ncol=len(verdicts), frameon=False,
-                       bbox_to_anchor=(_MARGIN / _PAGE_W, 1.0 - (doc.y + 0.02) / _PAGE_H))
+                       bbox_to_anchor=(MARGIN / PAGE_W, 1.0 - (doc.y + 0.02) / PAGE_H))
     doc.y += 0.35
     for i, (col, label, rng) in enumerate(_METRICS):
         c = i % 2
         if c == 0:
             doc.need(plot_h + vgap)
             row_top = doc.y
-        ax = doc.fig.add_axes(doc.rect(_MARGIN + left + c * (plot_w + hgap), row_top, plot_w,
+        ax = doc.fig.add_axes(doc.rect(MARGIN + left + c * (plot_w + hgap), row_top, plot_w,
                                        plot_h))
         values = pd.to_numeric(scored[col], errors="coerce")
         ok = np.isfinite(values)
         if not ok.any():
-            ax.text(0.5, 0.5, "no values", ha="center", va="center", fontsize=9, color=_GRAY,
+            ax.text(0.5, 0.5, "no values", ha="center", va="center", fontsize=9, color=GRAY,
                     transform=ax.transAxes)
         else:
             lo, hi = rng if rng else (0.0, max(float(values[ok].max()), 1.0))
             data = [np.clip(values[ok & (scored["verdict"] == v)], lo, hi) for v in verdicts]
             ax.hist(data, bins=np.linspace(lo, hi, 21), stacked=True, edgecolor="white",
-                    color=[_VERDICT_COLOURS[v] for v in verdicts], linewidth=0.4)
+                    color=[VERDICT_COLOURS[v] for v in verdicts], linewidth=0.4)
             ax.set_xlim(lo, hi)
             if col == "probability":
-                ax.axvline(ctx["threshold"], color=_INK, ls="--", lw=0.8)
+                ax.axvline(ctx["threshold"], color=INK, ls="--", lw=0.8)
             if (~ok).sum():
                 ax.text(0.98, 0.95, f"{int((~ok).sum())} not defined", ha="right", va="top",
-                        fontsize=8, color=_GRAY, transform=ax.transAxes)
+                        fontsize=8, color=GRAY, transform=ax.transAxes)
         ax.set_xlabel(label)
         ax.set_ylabel("nodules")
         ax.yaxis.get_major_locator().set_params(integer=True)
@@ -463,34 +334,34 @@ def _distributions(doc: _Doc, ctx: dict) -> None:
 def _cluster_text(c, reading: str) -> tuple[str, str]:
     truth = ""
     if np.isfinite(getattr(c, "p_truth", np.nan)):
-        truth = (f"; truly malignant {_fmt(c.share_truth_malignant, 2)} vs "
-                 f"{_fmt(c.pool_truth_malignant, 2)} (p = {_fmt(c.p_truth)})")
+        truth = (f"; truly malignant {pct(c.share_truth_malignant)} vs "
+                 f"{pct(c.pool_truth_malignant)} (p = {fmt(c.p_truth)})")
     if np.isfinite(getattr(c, "effect_mean", np.nan)):
         causal = (f"Causal check: replacing the regions with lung parenchyma changes P(malignant) "
                   f"by {c.effect_mean:+.3f} on average over {int(c.effect_n)} nodules (95 % "
-                  f"interval {_fmt(c.effect_ci_low)} to {_fmt(c.effect_ci_high)}): "
+                  f"interval {fmt(c.effect_ci_low)} to {fmt(c.effect_ci_high)}): "
                   + ("the model relies on this pattern." if bool(c.relied_upon)
                      else "no measurable reliance."))
     else:
         causal = "Causal check: not run (needs the model; run discovery score)."
     body = (f"{int(c.n_regions)} regions from {int(c.n_cases)} patients ({int(c.n_nodules)} "
-            f"nodules); median density near the regions {_fmt(c.median_halo_max_hu, 0)} HU. "
-            f"Predicted malignant: {_fmt(c.share_predicted_malignant, 2)} of its nodules vs "
-            f"{_fmt(c.pool_predicted_malignant, 2)} in the cohort (enrichment "
-            f"{_fmt(c.enrichment_predicted, 2)}×, p = {_fmt(c.p_predicted)}, q = "
-            f"{_fmt(c.q_predicted)}){truth}. {causal}")
+            f"nodules); median density near the regions {fmt(c.median_halo_max_hu)} HU. "
+            f"Predicted malignant: {pct(c.share_predicted_malignant)} of its nodules vs "
+            f"{pct(c.pool_predicted_malignant)} in the cohort (enrichment "
+            f"{fmt(c.enrichment_predicted)}×, p = {fmt(c.p_predicted)}, q = "
+            f"{fmt(c.q_predicted)}){truth}. {causal}")
     return f"Cluster {int(c.cluster)} ({reading}): {c.description}", body
 
 
-def _clusters(doc: _Doc, ctx: dict) -> None:
+def _clusters(doc: Doc, ctx: dict) -> None:
     clusters, regions = ctx["clusters"], ctx["regions"]
-    _heading(doc, "Off-mask attention patterns", keep=2.7)
+    heading(doc, "Off-mask attention patterns", keep=2.7)
     if clusters.empty:
         doc.text("No pattern clusters: too few off-mask regions, or none that group together.")
         return
     emb = regions.dropna(subset=["embedding_x", "embedding_y"])
     if len(emb):
-        ax = doc.fig.add_axes(doc.rect(_MARGIN, doc.y + 0.05, 3.0, 2.2))
+        ax = doc.fig.add_axes(doc.rect(MARGIN, doc.y + 0.05, 3.0, 2.2))
         for c in sorted(emb["cluster"].astype(int).unique()):
             pts = emb[emb["cluster"].astype(int) == c]
             ax.scatter(pts["embedding_x"], pts["embedding_y"], s=10, linewidths=0,
@@ -501,42 +372,41 @@ def _clusters(doc: _Doc, ctx: dict) -> None:
         ax.legend(loc="upper left", bbox_to_anchor=(1.03, 1.0), frameon=False)
         doc.text("Map of the off-mask regions: one dot per region, placed so that regions with "
                  "similar descriptors (position relative to the nodule, density, size, shape) lie "
-                 "close together; the colour is the pattern cluster.", x=_MARGIN + 4.3,
-                 top=doc.y + 1.2, width=_CONTENT_W - 4.3, size=8.5, color=_GRAY, advance=False)
+                 "close together; the colour is the pattern cluster.", x=MARGIN + 4.3,
+                 top=doc.y + 1.2, width=CONTENT_W - 4.3, size=8.5, color=GRAY, advance=False)
         doc.y += 2.5
     by_key = regions.set_index("region_key")
     n_pics, gap = 4, 0.15
-    img_w = (_CONTENT_W - (n_pics - 1) * gap) / n_pics
-    for c, reading in zip(clusters.itertuples(), cluster_readings(clusters)):
-        title, body = _cluster_text(c, reading)
+    img_w = (CONTENT_W - (n_pics - 1) * gap) / n_pics
+    for c in clusters.itertuples():
+        title, body = _cluster_text(c, ctx["readings"].get(int(c.cluster), ""))
         pics = []
         for key in [k for k in c.exemplars if k in by_key.index][:n_pics]:
             reg = by_key.loc[key]
-            arrays = _cached(ctx["cache"], ctx["results_dir"], reg["case_id"])
-            pics.append((render.thumbnail(arrays, z=reg["centroid_z"],
+            pics.append((render.thumbnail(ctx["arrays"](reg["case_id"]), z=reg["centroid_z"],
                                           center_yx=(reg["centroid_y"], reg["centroid_x"]),
                                           region=int(reg["case_region"]),
                                           threshold=DISPLAY_THRESHOLD),
                          f"{reg['case_id']} · {reg['nodule_id']}"))
-        block = (_text_height(len(_wrap(title, _CONTENT_W, 10, "bold")), 10)
-                 + _text_height(len(_wrap(body, _CONTENT_W, 8.5)), 8.5)
+        block = (text_height(len(wrap(title, CONTENT_W, 10, "bold")), 10)
+                 + text_height(len(wrap(body, CONTENT_W, 8.5)), 8.5)
                  + (img_w + 0.4 if pics else 0.0) + 0.25)
         doc.need(block)
         top = doc.y
-        doc.text(title, size=10, weight="bold", color=_INK)
+        doc.text(title, size=10, weight="bold", color=INK)
         doc.text(body, size=8.5)
         doc.y += 0.05
         for i, (rgb, cap) in enumerate(pics):
-            x = _MARGIN + i * (img_w + gap)
+            x = MARGIN + i * (img_w + gap)
             doc.image(rgb, x, doc.y, img_w)
             doc.text(cap, x=x, top=doc.y + img_w + 0.03, size=8, width=img_w, advance=False,
-                     color=_GRAY)
+                     color=GRAY)
         doc.y = top + block
 
 
-def _page_index(doc: _Doc, ctx: dict, first_page: int) -> None:
+def _page_index(doc: Doc, ctx: dict, first_page: int) -> None:
     rows, fallback = ctx["pages"], ctx["fallback"]
-    _heading(doc, "Nodules with the most off-mask attention" if fallback
+    heading(doc, "Nodules with the most off-mask attention" if fallback
              else "Shortcut-flagged nodules", keep=0.6 + 0.19 * min(len(rows), 5))
     if fallback:
         doc.text(f"No nodule is shortcut-flagged in these results. The pages after the summary "
@@ -553,16 +423,16 @@ def _page_index(doc: _Doc, ctx: dict, first_page: int) -> None:
     doc.y += 0.06
     doc.need(0.25)
     for name, dx in cols:
-        doc.text(name, x=_MARGIN + dx, weight="bold", advance=False)
+        doc.text(name, x=MARGIN + dx, weight="bold", advance=False)
     doc.y += 0.22
     for k, r in enumerate(rows.itertuples()):
         doc.need(0.2)
-        p = _fmt(r.probability, 2)
+        p = fmt(r.probability)
         if not fallback and np.isfinite(r.flag_score):
-            p += f" → {_fmt(r.probability - r.flag_score, 2)}"
+            p += f" → {fmt(r.probability - r.flag_score)}"
         for (_, dx), val in zip(cols, (r.case_id, r.nodule_id, r.verdict, p,
-                                       _fmt(r.offmask_mass_share, 2), str(first_page + k))):
-            doc.text(val, x=_MARGIN + dx, advance=False)
+                                       fmt(r.offmask_mass_share), str(first_page + k))):
+            doc.text(val, x=MARGIN + dx, advance=False)
         doc.y += 0.19
 
 
@@ -577,12 +447,12 @@ def _scale_bar(ax, n_px: int, px_mm: float, *, mm: float = 10.0) -> None:
         return
     bar = AnchoredSizeBar(ax.transData, mm / px_mm, f"{mm:g} mm", "lower left", color="white",
                           pad=0.3, borderpad=0.6, sep=3, frameon=True, size_vertical=n_px / 120,
-                          fontproperties=FontProperties(family=_FONT, size=8))
+                          fontproperties=FontProperties(family=FONT, size=8))
     bar.patch.set(facecolor="black", alpha=0.55, edgecolor="none")
     ax.add_artist(bar)
 
 
-def _colorbar(doc: _Doc, x: float, top: float, w: float, attr_max: float) -> None:
+def _colorbar(doc: Doc, x: float, top: float, w: float, attr_max: float) -> None:
     ax = doc.fig.add_axes(doc.rect(x, top, w, 0.16))
     bar = render.colorbar_image(attr_max=attr_max, height=256, width=4, horizontal=True)
     ax.imshow(bar, extent=(0.0, attr_max, 0.0, 1.0), aspect="auto", interpolation="nearest")
@@ -590,7 +460,7 @@ def _colorbar(doc: _Doc, x: float, top: float, w: float, attr_max: float) -> Non
     ax.set_xticks([f * attr_max for f, _ in ticks], [lab for _, lab in ticks])
     ax.set_yticks([])
     ax.axvline(DISPLAY_THRESHOLD * attr_max, color="white", lw=1.0)
-    ax.set_xlabel(f"Grad-CAM, raw units (0 to this case's maximum, {attr_max:.3g}); overlay "
+    ax.set_xlabel(f"Grad-CAM, raw units (0 to this case's maximum, {fmt(attr_max)}); overlay "
                   f"drawn from {DISPLAY_THRESHOLD:.0%} (white line)", fontsize=8)
 
 
@@ -598,7 +468,7 @@ def _crop_half(box_mm: float, px_mm: float) -> int:
     """Half size (pixels) of the nodule crop: the model's analysis box (where the heat map
     lives) plus 30 %, i.e. ``0.65 * box_mm``; the HTML report's 48 pixels when unknown."""
     if not (np.isfinite(box_mm) and np.isfinite(px_mm) and px_mm > 0):
-        return _CROP_HALF_PX
+        return CROP_HALF_PX
     return int(np.clip(np.ceil(0.65 * box_mm / px_mm), 16, 96))
 
 
@@ -615,136 +485,188 @@ def _main_region(row, regions: pd.DataFrame, fallback: bool):
     return own.sort_values(["mass_share", "region_key"], ascending=[False, True]).iloc[0]
 
 
-def _nodule_head(doc: _Doc, ctx: dict, row, k: int, n: int) -> None:
+def _nodule_head(doc: Doc, ctx: dict, row, k: int, n: int) -> None:
     kind = "Nodule with off-mask attention" if ctx["fallback"] else "Flagged nodule"
     doc.text(f"{kind} {k} of {n}: {row.case_id} · {row.nodule_id}", size=15, weight="bold",
-             color=_INK, width=_CONTENT_W - 1.2)
+             color=INK, width=CONTENT_W - 1.2)
     verdict = row.verdict or "-"
-    doc.fig.text(1.0 - _MARGIN / _PAGE_W, 1.0 - (_TOP + 0.03) / _PAGE_H, f" {verdict} ",
+    doc.fig.text(1.0 - MARGIN / PAGE_W, 1.0 - (TOP + 0.03) / PAGE_H, f" {verdict} ",
                  ha="right", va="top", fontsize=10, color="white", weight="bold",
                  bbox=dict(boxstyle="round,pad=0.3", ec="none",
-                           fc=_VERDICT_COLOURS.get(verdict, _GRAY)))
+                           fc=VERDICT_COLOURS.get(verdict, GRAY)))
     outcome = ctx["outcome_of"].get((row.case_id, row.nodule_id), "other")
     p = float(row.probability)
     if ctx["fallback"]:
         line = (f"Not flagged (no nodule in these results is); shown for its off-mask share of "
-                f"{_fmt(row.offmask_mass_share, 2)}. P(malignant) {p:.2f}; outcome: {outcome}.")
+                f"{pct(row.offmask_mass_share)}. P(malignant) {fmt(p)}; outcome: {outcome}.")
     else:
-        line = (f"P(malignant) {p:.2f} → {p - float(row.flag_score):.2f} once its off-mask "
+        line = (f"P(malignant) {fmt(p)} → {fmt(p - float(row.flag_score))} once its off-mask "
                 f"regions in cluster(s) {row.flag_clusters} are replaced by lung parenchyma "
                 f"(decision threshold {ctx['threshold']:g}). Outcome: {outcome}.")
-    doc.text(line, size=9.5, color=_INK)
+    doc.text(line, size=9.5, color=INK)
     doc.y += 0.1
 
 
-def _nodule_page(doc: _Doc, ctx: dict, row, k: int, n: int) -> None:
-    from matplotlib.patches import Rectangle
+@dataclass(frozen=True)
+class _View:
+    """Where a nodule page looks: the case's arrays, the nodule's label and key slice ``z``,
+    its centre (y, x), the case's attribution maximum, the pixel width ``px`` (mm), the pixel
+    aspect (height / width) and the half size of the crop (pixels)."""
 
-    arrays = _cached(ctx["cache"], ctx["results_dir"], row.case_id)
-    ct, mask, attr, regmap = arrays["ct"], arrays["mask"], arrays["attribution"], arrays["region_map"]
+    arrays: dict
+    label: int | None
+    z: int
+    center: tuple[float, float]
+    attr_max: float
+    px: float
+    aspect: float
+    half: int
+
+    @property
+    def side(self) -> int:
+        return 2 * self.half + 1
+
+
+def _view(ctx: dict, row) -> _View:
+    arrays = ctx["arrays"](row.case_id)
+    ct, mask, attr = arrays["ct"], arrays["mask"], arrays["attribution"]
     label = nodule_label(row.nodule_id)
     try:
         z = render.key_slice(mask, label)
     except ValueError:
         z = int(np.clip(round(float(row.center_z)), 0, ct.shape[0] - 1))
-    center = (float(row.center_y), float(row.center_x))
-    attr_max = float(attr.max()) if attr.size else 0.0
     _, py, px = ctx["spacing"].get(row.case_id, (np.nan,) * 3)
-    aspect = py / px if px > 0 and py > 0 else 1.0  # NaN compares False
-    doc.new_page()
-    _nodule_head(doc, ctx, row, k, n)
-    # row 1: the key slice around the nodule, plain and with the overlay, and the colour bar
-    own = (mask[z] == label) if label is not None else (mask[z] > 0)
-    half = _crop_half(ctx["box_mm"], px)
-    crop = lambda a: render.crop_around(a, center, half)  # noqa: E731
+    return _View(arrays, label, z, (float(row.center_y), float(row.center_x)),
+                 float(attr.max()) if attr.size else 0.0, px,
+                 py / px if px > 0 and py > 0 else 1.0,  # NaN compares False
+                 _crop_half(ctx["box_mm"], px))
+
+
+def _key_slice_row(doc: Doc, v: _View) -> None:
+    """Row 1: the key slice around the nodule, plain and with the overlay; the colour bar."""
+    a, z = v.arrays, v.z
+    ct, mask = a["ct"], a["mask"]
+    own = (mask[z] == v.label) if v.label is not None else (mask[z] > 0)
+    crop = lambda x: render.crop_around(x, v.center, v.half)  # noqa: E731
     plain = render.overlay_slice(crop(ct[z]).astype(np.float32), mask2d=crop(own), window="lung")
-    over = render.overlay_slice(crop(ct[z]).astype(np.float32), attribution2d=crop(attr[z]),
-                                mask2d=crop(own), regions2d=crop(regmap[z]), window="lung",
-                                opacity=0.5, attr_max=attr_max or None, threshold=DISPLAY_THRESHOLD)
-    side = 2 * half + 1
-    fov = f", {side * px:.0f} mm across" if px > 0 else ""
-    doc.text(f"Key slice {z + 1} of {ct.shape[0]} (most mask voxels): {side} × {side} pixels "
-             f"around the nodule{fov}", weight="bold")
-    top, w, gap = doc.y + 0.04, (_CONTENT_W - 0.2) / 2, 0.2
-    _scale_bar(doc.image(plain, _MARGIN, top, w, aspect=aspect), plain.shape[1], px)
-    doc.image(over, _MARGIN + w + gap, top, w, aspect=aspect)
-    h = _img_h(plain, w, aspect)
+    over = render.overlay_slice(crop(ct[z]).astype(np.float32),
+                                attribution2d=crop(a["attribution"][z]), mask2d=crop(own),
+                                regions2d=crop(a["region_map"][z]), window="lung", opacity=0.5,
+                                attr_max=v.attr_max or None, threshold=DISPLAY_THRESHOLD)
+    fov = f", {v.side * v.px:.0f} mm across" if v.px > 0 else ""
+    doc.text(f"Key slice {z + 1} of {ct.shape[0]} (most mask voxels): {v.side} × {v.side} "
+             f"pixels around the nodule{fov}", weight="bold")
+    top, w, gap = doc.y + 0.04, (CONTENT_W - 0.2) / 2, 0.2
+    _scale_bar(doc.image(plain, MARGIN, top, w, aspect=v.aspect), plain.shape[1], v.px)
+    doc.image(over, MARGIN + w + gap, top, w, aspect=v.aspect)
+    h = image_height(plain, w, v.aspect)
     doc.text("plain, lung window (W1500/L-600); green: mask contour", top=top + h + 0.03,
-             size=8, width=w, advance=False, color=_GRAY)
+             size=8, width=w, advance=False, color=GRAY)
     doc.text("Grad-CAM overlay; cyan: off-mask regions; the heat map ends at the nodule's "
-             "analysis box", x=_MARGIN + w + gap, top=top + h + 0.03, size=8, width=w,
-             advance=False, color=_GRAY)
+             "analysis box", x=MARGIN + w + gap, top=top + h + 0.03, size=8, width=w,
+             advance=False, color=GRAY)
     doc.y = top + h + 0.42
-    if attr_max > 0:
-        _colorbar(doc, _MARGIN + 0.5, doc.y, _CONTENT_W - 1.0, attr_max)
+    if v.attr_max > 0:
+        _colorbar(doc, MARGIN + 0.5, doc.y, CONTENT_W - 1.0, v.attr_max)
         doc.y += 0.72
     else:
         doc.text("No attribution for this case (all zero): no colour scale.")
-    # row 2: the whole slice, the main off-mask region (plain | overlay)
-    small, top = (_CONTENT_W - 0.3) / 3, doc.y
-    full = render.overlay_slice(ct[z].astype(np.float32), attribution2d=attr[z],
-                                mask2d=mask[z] > 0, window="lung", opacity=0.45,
-                                attr_max=attr_max or None, threshold=DISPLAY_THRESHOLD)
-    ax = doc.image(full, _MARGIN, top, small, aspect=aspect)
-    ax.add_patch(Rectangle((center[1] - half - 0.5, center[0] - half - 0.5),
-                           side, side, fill=False, ec="white", lw=0.8, ls="--"))
+
+
+def _whole_slice(doc: Doc, v: _View, top: float, w: float) -> float:
+    """The whole key slice with the crop's outline, *w* inches wide; returns its height."""
+    from matplotlib.patches import Rectangle
+
+    a, z = v.arrays, v.z
+    full = render.overlay_slice(a["ct"][z].astype(np.float32), attribution2d=a["attribution"][z],
+                                mask2d=a["mask"][z] > 0, window="lung", opacity=0.45,
+                                attr_max=v.attr_max or None, threshold=DISPLAY_THRESHOLD)
+    ax = doc.image(full, MARGIN, top, w, aspect=v.aspect)
+    ax.add_patch(Rectangle((v.center[1] - v.half - 0.5, v.center[0] - v.half - 0.5),
+                           v.side, v.side, fill=False, ec="white", lw=0.8, ls="--"))
     ax.set_xlim(-0.5, full.shape[1] - 0.5)
     ax.set_ylim(full.shape[0] - 0.5, -0.5)
-    row_h = _img_h(full, small, aspect)
-    doc.text(f"whole slice {z + 1}; dashed: the crop above", top=top + row_h + 0.03, size=8,
-             width=small, advance=False, color=_GRAY)
+    h = image_height(full, w, v.aspect)
+    doc.text(f"whole slice {z + 1}; dashed: the crop above", top=top + h + 0.03, size=8,
+             width=w, advance=False, color=GRAY)
+    return h
+
+
+def _region_picture(doc: Doc, ctx: dict, row, v: _View, x: float, top: float,
+                    w: float) -> float:
+    """The nodule's main off-mask region (plain | overlay) at (x, top), *w* inches wide, with
+    its caption; returns the picture's height (0 when the nodule has no region)."""
     reg = _main_region(row, ctx["regions"], ctx["fallback"])
-    x0, pw = _MARGIN + small + 0.15, 2 * small + 0.15
-    if reg is not None:
-        cl = int(reg["cluster"]) if pd.notna(reg["cluster"]) else -1
-        reading = ctx["readings"].get(cl, "")
-        dense = reading == "artifact"
-        ex = Exemplar(row.case_id, row.nodule_id, float(reg["centroid_z"]),
-                      center if dense else (float(reg["centroid_y"]), float(reg["centroid_x"])),
-                      int(reg["case_region"]), label, "", focus="densest" if dense else "centroid")
-        pic = render.exemplar_image(arrays, ex, half_size=_REGION_HALF_PX,
-                                    threshold=DISPLAY_THRESHOLD, attr_max=attr_max)
-        doc.image(pic, x0, top, pw, aspect=aspect)
-        row_h = max(row_h, _img_h(pic, pw, aspect))
-        where = ("on the slice of the densest voxel next to it, centred between nodule and region"
-                 if dense else f"on slice {int(round(float(reg['centroid_z']))) + 1}, centred on "
-                 "the region")
-        cl_txt = f"cluster {cl}, {reading}" if cl >= 0 else "in no cluster"
-        doc.text(f"Main off-mask region, plain and overlay, {where}: "
-                 f"{_fmt(reg['mass_share'], 2)} of the attribution, "
-                 f"{_fmt(reg['distance_to_mask_mm'], 1)} mm from the mask ({cl_txt}). "
-                 f"{_sentence(reg.get('description'))}", x=x0, top=top + row_h + 0.03, size=8,
-                 width=pw, advance=False, color=_GRAY)
-    else:
-        doc.text("No off-mask region for this nodule.", x=x0, top=top + 0.1, advance=False)
-    doc.y = top + row_h + 0.8
-    # the metrics, two columns
+    if reg is None:
+        doc.text("No off-mask region for this nodule.", x=x, top=top + 0.1, advance=False)
+        return 0.0
+    cl = int(reg["cluster"]) if pd.notna(reg["cluster"]) else -1
+    reading = ctx["readings"].get(cl, "")
+    dense = reading == "artifact"
+    ex = Exemplar(row.case_id, row.nodule_id, float(reg["centroid_z"]),
+                  v.center if dense else (float(reg["centroid_y"]), float(reg["centroid_x"])),
+                  int(reg["case_region"]), v.label, "", focus="densest" if dense else "centroid")
+    pic = render.exemplar_image(v.arrays, ex, half_size=_REGION_HALF_PX,
+                                threshold=DISPLAY_THRESHOLD, attr_max=v.attr_max)
+    doc.image(pic, x, top, w, aspect=v.aspect)
+    h = image_height(pic, w, v.aspect)
+    where = ("on the slice of the densest voxel next to it, centred between nodule and region"
+             if dense else f"on slice {int(round(float(reg['centroid_z']))) + 1}, centred on "
+             "the region")
+    cl_txt = f"cluster {cl}, {reading}" if cl >= 0 else "in no cluster"
+    doc.text(f"Main off-mask region, plain and overlay, {where}: "
+             f"{pct(reg['mass_share'])} of the attribution, "
+             f"{fmt(reg['distance_to_mask_mm'])} mm from the mask ({cl_txt}). "
+             f"{_sentence(reg.get('description'))}", x=x, top=top + h + 0.03, size=8,
+             width=w, advance=False, color=GRAY)
+    return h
+
+
+def _metrics(doc: Doc, row) -> None:
+    """The nodule's metrics in two columns."""
     metrics = [
-        ("probability of malignancy", _fmt(row.probability)),
+        ("probability of malignancy", fmt(row.probability)),
         ("predicted", "malignant" if row.predicted_label == 1 else "benign"),
-        ("flag score (drop in P)", _fmt(row.flag_score)), ("relevance mass in mask (RMA)", _fmt(row.rma)),
-        ("relevance rank accuracy (RRA)", _fmt(row.rra)), ("pointing game hit", _fmt(row.pointing_hit, 0)),
-        ("attribution peak to mask (mm)", _fmt(row.peak_distance_mm, 1)),
-        ("attribution within 5 mm of mask", _fmt(row.near_mass)),
+        ("flag score (drop in P)", fmt(row.flag_score)),
+        ("relevance mass in mask (RMA)", fmt(row.rma)),
+        ("relevance rank accuracy (RRA)", fmt(row.rra)),
+        ("pointing game hit", fmt(row.pointing_hit)),
+        ("attribution peak to mask (mm)", fmt(row.peak_distance_mm)),
+        ("attribution within 5 mm of mask", fmt(row.near_mass)),
         ("off-mask regions / their share",
-         f"{int(row.n_offmask_regions or 0)} / {_fmt(row.offmask_mass_share)}"),
-        ("nodule volume (mm³)", _fmt(row.volume_mm3, 0))]
+         f"{int(row.n_offmask_regions or 0)} / {fmt(row.offmask_mass_share)}"),
+        ("nodule volume (mm³)", fmt(row.volume_mm3))]
     doc.need(0.3 + 0.19 * 5)
-    doc.text("Metrics", size=10, weight="bold", color=_INK)
+    doc.text("Metrics", size=10, weight="bold", color=INK)
     for i, (name, val) in enumerate(metrics):
         c, r = divmod(i, 5)
-        x, y = _MARGIN + c * _CONTENT_W / 2, doc.y + 0.02 + r * 0.19
-        doc.text(name, x=x, top=y, advance=False, color=_GRAY)
+        x, y = MARGIN + c * CONTENT_W / 2, doc.y + 0.02 + r * 0.19
+        doc.text(name, x=x, top=y, advance=False, color=GRAY)
         doc.text(val, x=x + 2.45, top=y, advance=False, weight="bold")
+
+
+def _nodule_page(doc: Doc, ctx: dict, row, k: int, n: int) -> None:
+    """The page of nodule *row* (the *k*-th of *n*): heading, key slice, whole slice and main
+    off-mask region, metrics."""
+    v = _view(ctx, row)
+    doc.new_page()
+    _nodule_head(doc, ctx, row, k, n)
+    _key_slice_row(doc, v)
+    small, top = (CONTENT_W - 0.3) / 3, doc.y  # row 2: the whole slice | the main region
+    row_h = _whole_slice(doc, v, top, small)
+    row_h = max(row_h, _region_picture(doc, ctx, row, v, MARGIN + small + 0.15, top,
+                                       2 * small + 0.15))
+    doc.y = top + row_h + 0.8
+    _metrics(doc, row)
 
 
 # -- document ------------------------------------------------------------------------------------
 
 def _footer(fig, ctx: dict, i: int, n: int) -> None:
-    y = 0.42 / _PAGE_H
-    fig.text(_MARGIN / _PAGE_W, y, f"{TITLE} · model weights SHA-256 {ctx['sha']} · results of "
-             f"{ctx['date']}", fontsize=8, color=_GRAY, ha="left", va="center")
-    fig.text(1.0 - _MARGIN / _PAGE_W, y, f"page {i} of {n}", fontsize=8, color=_GRAY,
+    y = 0.42 / PAGE_H
+    fig.text(MARGIN / PAGE_W, y, f"{TITLE} · model weights SHA-256 {ctx['sha']} · results of "
+             f"{ctx['date']}", fontsize=8, color=GRAY, ha="left", va="center")
+    fig.text(1.0 - MARGIN / PAGE_W, y, f"page {i} of {n}", fontsize=8, color=GRAY,
              ha="right", va="center")
 
 
@@ -756,8 +678,9 @@ def write_pdf(results_dir: str | Path, out: str | Path) -> Path:
     results_dir : str or Path
         A results folder written by ``discovery score`` (``discovery.sqlite`` + ``cases/``).
     out : str or Path
-        Output file; its folder is created.  Written to ``.<name>.tmp`` beside it, then moved
-        into place (:func:`os.replace`), so a reader never sees half a file.
+        Output file; its folder is created.  Written under a temporary name beside it, then
+        moved into place (:func:`data_tools.files.atomic_path`), so a reader never sees half
+        a file.
 
     Returns
     -------
@@ -769,16 +692,15 @@ def write_pdf(results_dir: str | Path, out: str | Path) -> Path:
 
     results_dir, out = Path(results_dir), Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
     with matplotlib.rc_context(_RC):
         ctx = _context(results_dir)
-        doc = _Doc()
+        doc = Doc()
         _title_block(doc, ctx)
         _counts(doc, ctx)
         _outcomes(doc, ctx)
         _distributions(doc, ctx)
         _clusters(doc, ctx)
-        dry = _Doc(dry=True)  # the index lists page numbers: count the pages it takes first
+        dry = Doc(dry=True)  # the index lists page numbers: count the pages it takes first
         dry.pages, dry.y = [None] * len(doc.pages), doc.y
         _page_index(dry, ctx, 0)
         _page_index(doc, ctx, len(dry.pages) + 1)
@@ -790,12 +712,8 @@ def write_pdf(results_dir: str | Path, out: str | Path) -> Path:
             _footer(fig, ctx, i, n)
         meta = {"Title": TITLE, "Author": AUTHOR, "Creator": AUTHOR, "CreationDate": None,
                 "Subject": "Where a lung-nodule classifier looks: localisation, shortcuts, patterns"}
-        try:
-            with PdfPages(tmp, metadata=meta) as pdf:
-                for fig in doc.pages:
-                    pdf.savefig(fig)
-            os.replace(tmp, out)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_path(out) as tmp, PdfPages(tmp, metadata=meta) as pdf:
+            for fig in doc.pages:
+                pdf.savefig(fig)
     log.info("wrote a %d-page PDF report (%d nodule pages)", n, len(rows))
     return out

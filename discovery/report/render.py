@@ -1,9 +1,9 @@
 """Pure rendering of CT slices with attribution, mask and off-mask region overlays.
 
-Shared by the review app and the HTML report.  Everything here works on plain numpy arrays
-and returns ``uint8`` images; there is no Streamlit and no matplotlib figure (matplotlib is
-only asked, lazily, for the colormap's lookup table), so a 512 x 512 slice renders in a few
-milliseconds.
+Shared by the review app and the HTML and PDF reports.  Everything here works on plain
+numpy arrays and returns ``uint8`` images; there is no Streamlit and no matplotlib figure
+(matplotlib is only asked, lazily, for the colormap's lookup table), so a 512 x 512 slice
+renders in a few milliseconds.
 
 Conventions
 -----------
@@ -20,6 +20,8 @@ import io
 from functools import lru_cache
 
 import numpy as np
+
+from discovery.report.style import fmt
 
 __all__ = [
     "WINDOWS", "MASK_COLOR", "REGION_COLOR", "COLORMAP", "window_image", "contour",
@@ -180,16 +182,11 @@ def colorbar_image(*, attr_max: float, height: int = 200, width: int = 24,
     return np.ascontiguousarray(np.broadcast_to(colours[::-1, None, :], (int(height), int(width), 3)))
 
 
-def _fmt(v: float) -> str:
-    if v == 0:
-        return "0"
-    return f"{v:.3g}" if 1e-3 <= abs(v) < 1e4 else f"{v:.2e}"
-
-
 def colorbar_ticks(attr_max: float, n: int = 5) -> list[tuple[float, str]]:
-    """``n`` evenly spaced ticks ``(fraction of the scale from 0, label)`` of ``[0, attr_max]``."""
+    """``n`` evenly spaced ticks ``(fraction of the scale from 0, label)`` of ``[0, attr_max]``
+    (labels: :func:`discovery.report.style.fmt`)."""
     n = max(int(n), 2)
-    return [(k / (n - 1), _fmt(attr_max * k / (n - 1))) for k in range(n)]
+    return [(k / (n - 1), fmt(attr_max * k / (n - 1))) for k in range(n)]
 
 
 def labelled_colorbar(*, attr_max: float, length: int = 320, thickness: int = 14,

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["DISPLAY_THRESHOLD", "CROP_HALF_PX", "VERDICT_COLOURS", "OUTCOME_COLOURS", "MISSING",
-           "fmt", "CaseArrayCache"]
+           "fmt", "pct", "CaseArrayCache"]
 
 #: The overlay shows attribution >= this fraction of the case maximum (stated wherever shown).
 DISPLAY_THRESHOLD = 0.2
@@ -30,7 +30,8 @@ def fmt(value: Any, digits: int = 3) -> str:
 
     Missing values (None, NaN, empty string) show as :data:`MISSING`; other strings as they
     are; booleans and integers exactly; other numbers with *digits* significant digits, in
-    fixed point from 0.001 to 10 000 and in scientific notation outside (0 is ``"0"``).
+    fixed point from 0.001 to 10 000 (a whole number when the integer part is longer:
+    2600.0 -> ``"2600"``) and in scientific notation outside (0 is ``"0"``).
     """
     if value is None or (isinstance(value, str) and not value):
         return MISSING
@@ -48,7 +49,23 @@ def fmt(value: Any, digits: int = 3) -> str:
         return str(int(v))
     if v == 0:
         return "0"
-    return f"{v:.{digits}g}" if 1e-3 <= abs(v) < 1e4 else f"{v:.{max(digits - 1, 0)}e}"
+    if not 1e-3 <= abs(v) < 1e4:
+        return f"{v:.{max(digits - 1, 0)}e}"
+    text = f"{v:.{digits}g}"
+    # "g" turns to scientific notation once the integer part has more than *digits* digits
+    # (2600 -> "2.6e+03"): show the whole number instead
+    return f"{v:.0f}" if "e" in text else text
+
+
+def pct(share: Any, digits: int = 3) -> str:
+    """A share (0 to 1) as a percentage, ``fmt(100 * share, digits) + "%"``: 0.443 ->
+    ``"44.3%"``, 1.0 -> ``"100%"``; missing -> :data:`MISSING`.  For shares in prose,
+    where a bare 1 would read as a count."""
+    try:
+        v = float(share)
+    except (TypeError, ValueError):
+        return fmt(share, digits)
+    return MISSING if math.isnan(v) else f"{fmt(100.0 * v, digits)}%"
 
 
 class CaseArrayCache:

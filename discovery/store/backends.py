@@ -24,7 +24,6 @@ so that writers queue as they do on SQLite) and how a table's existence is check
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import uuid
 from dataclasses import dataclass
@@ -33,6 +32,8 @@ from typing import Any, Iterable
 from urllib.parse import urlsplit
 
 import pandas as pd
+
+from data_tools.files import atomic_path
 
 __all__ = ["Backend", "StoreError", "resolve_backend", "redact_url", "store_exists",
            "POINTER_NAME", "SQLITE_NAME"]
@@ -275,14 +276,13 @@ def store_exists(results_dir: str | Path) -> bool:
 
 def write_pointer(results_dir: str | Path, backend: Backend, results_id: str,
                   schema_version: int) -> None:
-    """Write ``store.json`` (atomically): the database URL without password and the
-    results' identity."""
+    """Write ``store.json`` (atomically, :func:`data_tools.files.atomic_path`): the database
+    URL without password and the results' identity."""
     root = Path(results_dir)
     data = {"backend": backend.kind, "url": backend.label, "results_id": results_id,
             "schema_version": schema_version}
-    tmp = root / f".{POINTER_NAME}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, root / POINTER_NAME)
+    with atomic_path(root / POINTER_NAME) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
 def new_results_id() -> str:

@@ -3,7 +3,8 @@ per-case arrays in the results folder.
 
 Tables
 ------
-``meta``      key/value: schema version, model hash, settings.
+``meta``      key/value: schema version, model hash, settings; ``write_count``, bumped by
+              every write transaction (:meth:`ResultsStore.version`).
 ``cases``     one row per case: status (``ok`` / ``no-mask`` / ``failed``), error, geometry.
 ``nodules``   one row per nodule: probability, alignment metrics, verdict, off-mask summary.
 ``regions``   one row per off-mask region with its descriptors and cluster.
@@ -26,7 +27,8 @@ by URL (``ResultsStore(RESULTS, url="postgresql://...")``, ``discovery score --s
 Concurrency: writes wait for each other (SQLite: WAL journal, a busy timeout and ``BEGIN
 IMMEDIATE``; PostgreSQL: a transaction-scoped advisory lock), so that several reviewers (app
 sessions, on one machine or several with PostgreSQL) can write at once.  Per-case arrays live in
-``RESULTS/cases/<case_id>.npz`` and are written to a temporary file, fsynced and renamed.
+``RESULTS/cases/<case_id>.npz`` and are written to a temporary file, fsynced and renamed
+(:func:`data_tools.files.atomic_path`).
 That zip is uncompressed, its members aligned, so readers memory-map the volumes instead of
 inflating them; mostly-zero arrays are kept as their nonzero elements (see
 :func:`save_case_arrays`).  Older deflated files are still read.
@@ -37,7 +39,6 @@ from __future__ import annotations
 import json
 import math
 import mmap
-import os
 import struct
 import threading
 import zipfile
@@ -49,6 +50,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import pandas as pd
 
+from data_tools.files import atomic_path
 from discovery.regions.offmask import REGION_COLUMNS as _OFFMASK_COLUMNS
 from discovery.schema import CLUSTER_COLUMNS as _PATTERN_COLUMNS
 from discovery.schema import EFFECT_COLUMNS, decision_threshold
@@ -75,11 +77,13 @@ __all__ = [
     "ResultsStore", "FINDINGS_COLUMNS", "REGION_COLUMNS", "CLUSTER_COLUMNS",
     "RANDOMIZATION_COLUMNS", "PERTURBATION_COLUMNS",
     "NODULE_REVIEW_CHOICES", "CLUSTER_REVIEW_CHOICES", "save_case_arrays", "load_case_arrays",
-    "StoreError", "store_exists",
+    "StoreError", "store_exists", "sanity_summary",
 ]
 
 SCHEMA_VERSION = 8
 DB_NAME = SQLITE_NAME
+#: The meta row every write transaction increments (:meth:`ResultsStore.version`).
+_WRITE_COUNT = "write_count"
 
 #: Columns of findings.csv, in order (one row per nodule; failed cases have one row).
 FINDINGS_COLUMNS = [
@@ -259,9 +263,9 @@ class ResultsStore:
             raise
         con.script(_schema(self.backend))  # idempotent (IF NOT EXISTS), one transaction
         results_id = stored_id or expected or new_results_id()
-        with self.write() as con:
+        with self.write(count=False) as con:
             for key, value in (("schema_version", str(SCHEMA_VERSION)),
-                               ("results_id", json.dumps(results_id))):
+                               ("results_id", json.dumps(results_id)), (_WRITE_COUNT, "0")):
                 con.execute("INSERT INTO meta (key, value) VALUES (?, ?) "
                             "ON CONFLICT (key) DO NOTHING", (key, value))
         if self.backend.kind == "postgresql" and (pointer or {}).get("results_id") != results_id:
@@ -276,17 +280,29 @@ class ResultsStore:
         return con
 
     @contextmanager
-    def write(self) -> Iterator[Connection]:
+    def write(self, *, count: bool = True) -> Iterator[Connection]:
         """A write transaction (waits for other writers), committed on success, rolled back
-        on error."""
+        on error; it also increments the write counter (:meth:`version`) unless *count* is
+        False (opening a store, which changes no results)."""
         con = self._con()
         con.begin_write()
         try:
             yield con
+            if count:
+                con.execute("UPDATE meta SET value = CAST(CAST(value AS BIGINT) + 1 AS TEXT) "
+                            "WHERE key = ?", (_WRITE_COUNT,))
         except BaseException:
             con.rollback()
             raise
         con.commit()
+
+    def version(self) -> int:
+        """A number that changes whenever anything is written to the tables, by this or any
+        other process (every write transaction increments it, in that transaction; opening
+        a store does not): one cheap query to tell whether cached tables are still current."""
+        row = self._con().execute("SELECT value FROM meta WHERE key = ?",
+                                  (_WRITE_COUNT,)).fetchone()
+        return int(row[0]) if row else 0
 
     def close(self) -> None:
         con = getattr(self._local, "con", None)
@@ -309,7 +325,9 @@ class ResultsStore:
         return decision_threshold(self.meta())
 
     def meta(self) -> dict[str, Any]:
-        rows = self._con().execute("SELECT key, value FROM meta").fetchall()
+        """The ``meta`` rows, values decoded from JSON (the write counter left out)."""
+        rows = self._con().execute("SELECT key, value FROM meta WHERE key <> ?",
+                                   (_WRITE_COUNT,)).fetchall()
         out = {}
         for k, v in rows:
             try:
@@ -457,8 +475,18 @@ class ResultsStore:
                 nod[col] = pd.to_numeric(nod[col], errors="coerce").astype(float)
         return nod[FINDINGS_COLUMNS + extra]
 
-    def regions(self) -> pd.DataFrame:
-        return self.query(f"SELECT {', '.join(REGION_COLUMNS)} FROM regions ORDER BY region_key")
+    def regions(self, case_id: str | None = None, nodule_id: str | None = None) -> pd.DataFrame:
+        """Off-mask regions (:data:`REGION_COLUMNS`, by ``region_key``): all of them, those of
+        one case (*case_id*), or those of one nodule (*case_id* and *nodule_id*)."""
+        if nodule_id is not None and case_id is None:
+            raise ValueError("regions(nodule_id=...) needs the case_id too: nodule ids repeat "
+                             "across cases")
+        keys = [(c, v) for c, v in (("case_id", case_id), ("nodule_id", nodule_id))
+                if v is not None]
+        where = " AND ".join(f"{c} = ?" for c, _ in keys)
+        return self.query(f"SELECT {', '.join(REGION_COLUMNS)} FROM regions"
+                          f"{' WHERE ' + where if where else ''} ORDER BY region_key",
+                          [str(v) for _, v in keys])
 
     def clusters(self) -> pd.DataFrame:
         df = self.query(f"SELECT {', '.join(CLUSTER_COLUMNS)} FROM clusters ORDER BY cluster")
@@ -506,6 +534,38 @@ class ResultsStore:
         return self.query("SELECT * FROM review_audit ORDER BY id")
 
 
+def sanity_summary(randomization: pd.DataFrame, perturbation: pd.DataFrame) -> pd.DataFrame:
+    """One row per method of the ``discovery sanity`` tables (:meth:`ResultsStore.sanity`):
+    final randomisation Spearman and deletion/insertion summaries.
+
+    Columns: ``method``, ``spearman_fully_randomised`` (mean over ROIs after every module is
+    re-drawn; NaN when the method was not randomised), ``n``, ``deletion_auc`` and
+    ``deletion_auc_random`` (medians), ``beats_random`` (share of nodules whose deletion
+    AUC is below the random order's), the same share among predicted-malignant nodules,
+    ``insertion_auc`` and ``insertion_auc_random`` (medians).
+    """
+    randomization = randomization.reindex(columns=RANDOMIZATION_COLUMNS)  # also when empty
+    perturbation = perturbation.reindex(columns=PERTURBATION_COLUMNS)
+    rows = []
+    for method in dict.fromkeys([*perturbation["method"], *randomization["method"]]):
+        r = randomization[randomization["method"] == method].sort_values("step")
+        p = perturbation[perturbation["method"] == method]
+        beats = p["deletion_auc"] < p["deletion_auc_random"]
+        mal = p["predicted_label"] == 1
+        rows.append({
+            "method": method,
+            "spearman_fully_randomised": float(r["mean_spearman"].iloc[-1]) if len(r) else np.nan,
+            "n": int(len(p)),
+            "deletion_auc": float(p["deletion_auc"].median()),
+            "deletion_auc_random": float(p["deletion_auc_random"].median()),
+            "beats_random": float(beats.mean()) if len(p) else np.nan,
+            "beats_random_malignant": float(beats[mal].mean()) if mal.any() else np.nan,
+            "insertion_auc": float(p["insertion_auc"].median()),
+            "insertion_auc_random": float(p["insertion_auc_random"].median()),
+        })
+    return pd.DataFrame(rows)
+
+
 # -- arrays ------------------------------------------------------------------------------
 #: Name of the member that says how each array of a case file is stored (absent in the
 #: deflated files written before it; those are read as plain ``.npz``).
@@ -518,12 +578,6 @@ _BLOCK = 4096
 #: Member data (the ``.npy`` header and hence the array) starts on this many bytes.
 _ALIGN = 64
 _PAD_ID = 0x6E70  # zip "extra field" id of the alignment padding (ignored by readers)
-
-
-def _fsync_replace(tmp: Path, final: Path) -> None:
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
 
 
 def _sparse_index(arr: np.ndarray) -> np.ndarray | None:
@@ -580,32 +634,29 @@ def save_case_arrays(results_dir: str | Path, case_id: str, **arrays: np.ndarray
     values at most half the dense size) are stored as the flat indices and values of their
     nonzero elements (``<name>.nz-index.npy``,
     ``<name>.nz-value.npy``); ``__layout__.json`` records which.  Dense members stay plain
-    ``.npy`` files that ``numpy.load`` reads too.  Written to a temporary file, fsynced and
-    renamed over the old file, so a reader sees the old or the new case, never half of one.
+    ``.npy`` files that ``numpy.load`` reads too.  Written to a temporary file
+    (``cases/.<case_id>.npz.<pid>.tmp``), fsynced and renamed over the old file
+    (:func:`data_tools.files.atomic_path`), so a reader sees the old or the new case, never
+    half of one.
     """
     folder = Path(results_dir) / "cases"
     folder.mkdir(parents=True, exist_ok=True)
-    final = folder / f"{case_id}.npz"
-    tmp = folder / f".{case_id}.{os.getpid()}.tmp.npz"
     layout: dict[str, dict[str, Any]] = {}
-    try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-            for name, value in arrays.items():
-                arr = np.asanyarray(value)
-                index = _sparse_index(arr)
-                if index is not None:
-                    _write_npy(zf, f"{name}.nz-index.npy", index)
-                    _write_npy(zf, f"{name}.nz-value.npy", arr.reshape(-1)[index])
-                    layout[name] = {"layout": "sparse", "shape": list(arr.shape),
-                                    "dtype": arr.dtype.str}
-                else:
-                    _write_npy(zf, f"{name}.npy", arr)
-                    layout[name] = {"layout": "dense"}
-            zf.writestr(_LAYOUT_MEMBER, json.dumps({"version": 1, "arrays": layout}))
-        _fsync_replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(folder / f"{case_id}.npz") as tmp, \
+            zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        # the zip is closed (its directory written) before the file is fsynced and renamed
+        for name, value in arrays.items():
+            arr = np.asanyarray(value)
+            index = _sparse_index(arr)
+            if index is not None:
+                _write_npy(zf, f"{name}.nz-index.npy", index)
+                _write_npy(zf, f"{name}.nz-value.npy", arr.reshape(-1)[index])
+                layout[name] = {"layout": "sparse", "shape": list(arr.shape),
+                                "dtype": arr.dtype.str}
+            else:
+                _write_npy(zf, f"{name}.npy", arr)
+                layout[name] = {"layout": "dense"}
+        zf.writestr(_LAYOUT_MEMBER, json.dumps({"version": 1, "arrays": layout}))
     return f"cases/{case_id}.npz"
 
 

@@ -1,0 +1,92 @@
+"""What a report reads from a results folder, read once per report: the stored tables, the
+decision threshold, the outcome readings (:mod:`discovery.patterns.outcomes`) and a cache of
+the case arrays.  Shared by the HTML (:mod:`discovery.report.html`) and PDF
+(:mod:`discovery.report.pdf`) reports."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+import pandas as pd
+
+from discovery.patterns.outcomes import (
+    SCORED_STATUSES,
+    OutcomeReadings,
+    Panel,
+    read_outcomes,
+)
+from discovery.report.style import CaseArrayCache
+from discovery.store.tables import ResultsStore
+
+__all__ = ["SCORED_STATUSES", "ReportData"]
+
+class ReportData:
+    """The tables of one results folder and what the reports derive from them.
+
+    The tables are read when the object is made (one connection, closed at once); the
+    outcome readings are computed on first use and then kept, so a report that shows them
+    in several places computes them once.
+
+    Parameters
+    ----------
+    results_dir : path
+        A results folder written by ``discovery score``.
+
+    Attributes
+    ----------
+    results_dir : Path
+    findings, clusters, regions, cases : pandas.DataFrame
+        ``ResultsStore.findings()``, ``.clusters()``, ``.regions()``, ``.cases()``.
+    randomization, perturbation : pandas.DataFrame
+        ``ResultsStore.sanity()``.
+    meta : dict
+        ``ResultsStore.meta()``.
+    threshold : float
+        The decision threshold the results were scored with (``ResultsStore.threshold()``).
+    arrays : CaseArrayCache
+        Each case's stored arrays, read once.
+    """
+
+    def __init__(self, results_dir: str | Path):
+        self.results_dir = Path(results_dir)
+        store = ResultsStore(self.results_dir, create=False)
+        try:
+            self.findings = store.findings()
+            self.clusters = store.clusters()
+            self.regions = store.regions()
+            self.cases = store.cases()
+            self.meta = store.meta()
+            self.threshold = store.threshold()
+            self.randomization, self.perturbation = store.sanity()
+        finally:
+            store.close()
+        self.arrays = CaseArrayCache(self.results_dir)
+
+    @cached_property
+    def scored(self) -> pd.DataFrame:
+        """The findings of scored nodules (status in :data:`SCORED_STATUSES`)."""
+        return self.findings[self.findings["status"].isin(SCORED_STATUSES)]
+
+    @cached_property
+    def outcome_readings(self) -> OutcomeReadings:
+        """Cluster readings, nodule outcomes and panels, computed once
+        (:func:`discovery.patterns.outcomes.read_outcomes`)."""
+        return read_outcomes(self.findings, self.clusters, self.regions,
+                             threshold=self.threshold)
+
+    @property
+    def readings(self) -> dict[int, str]:
+        """Cluster id -> its reading (:func:`discovery.patterns.outcomes.cluster_readings`)."""
+        return self.outcome_readings.readings
+
+    @property
+    def outcomes(self) -> pd.DataFrame:
+        """:attr:`scored` with each nodule's ``outcome`` and ``outcome_cluster``
+        (:func:`discovery.patterns.outcomes.nodule_outcomes`)."""
+        return self.outcome_readings.outcomes
+
+    @property
+    def panels(self) -> list[Panel]:
+        """The three outcome panels (:func:`discovery.patterns.outcomes.outcome_panels`)."""
+        return list(self.outcome_readings.panels)
