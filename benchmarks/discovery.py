@@ -19,7 +19,9 @@ label-independent distractor):
 * the adjusted Rand index over all regions, the AUROC of the case-level flag for nodules
   whose malignant prediction rests on the bead (truth: removing the *true* bead voxels drops
   the probability below the threshold), and whether the distractor's cluster is reported as
-  enriched for the true label (p < 0.05).
+  enriched for the true label (p < 0.05);
+* the verdict agreement: balanced accuracy between ``verdict == aligned`` and
+  ``rests_on_nodule`` (:mod:`discovery.model.reliance`) on the predicted-malignant nodules.
 
 Usage: ``python benchmarks/discovery.py --seed S [--json FILE] [--train-cases N]
 [--test-cases N] [--epochs E] [--method hdbscan|spectral] [--features region|structure] [--cache DIR]``
@@ -47,7 +49,7 @@ from sklearn.metrics import roc_auc_score  # noqa: E402
 
 from data_tools.synthetic import SyntheticConfig, generate_case  # noqa: E402
 from data_tools.volume import Mask, Volume  # noqa: E402
-from discovery.align.metrics import grow_mm  # noqa: E402
+from discovery.align.metrics import grow_mm, verdict_agreement  # noqa: E402
 from discovery.batch.score import result_rows  # noqa: E402
 from discovery.patterns.causal import pattern_effects, rescore_without, summarize_effects  # noqa: E402
 from discovery.patterns.stats import adjusted_rand, match_kind, top_k_precision  # noqa: E402
@@ -217,6 +219,8 @@ def run(args) -> dict:
     auroc = (float(roc_auc_score(rests, nodules["flag_score"]))
              if 0 < rests.sum() < len(rests) else float("nan"))
     distractor = per_kind["granuloma"]
+    agreement = verdict_agreement(nodules["verdict"], nodules["rests_on_nodule"],
+                                  nodules["predicted_label"])
     result = {
         "seed": args.seed,
         "settings": {"train_cases": args.train_cases, "test_cases": args.test_cases,
@@ -236,6 +240,11 @@ def run(args) -> dict:
         "flag_false_positive_rate": float(nodules.loc[~rests, "flagged"].mean()),
         "distractor_enriched": bool(np.isfinite(distractor.get("p_truth", np.nan))
                                     and distractor.get("p_truth", 1.0) < 0.05),
+        "verdict_agreement": {"balanced_accuracy": agreement.balanced_accuracy,
+                              "sensitivity": agreement.sensitivity,
+                              "specificity": agreement.specificity, "n": agreement.n,
+                              "n_rests": agreement.n_rests,
+                              "n_aligned": int((nodules["verdict"] == "aligned").sum())},
         "seconds": {k: round(v, 1) for k, v in timings.items()},
         "seconds_total": round(time.perf_counter() - t0, 1),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
@@ -270,6 +279,9 @@ def markdown(r: dict) -> str:
               f"({r['shortcut_nodules']} nodules rest on the bead; flagged "
               f"{_fmt(r['flag_sensitivity'])} of them, {_fmt(r['flag_false_positive_rate'])} of the rest); "
               f"distractor reported enriched: {_fmt(r['distractor_enriched'])}; "
+              f"verdict agreement (aligned vs rests on the nodule, predicted malignant): "
+              f"balanced accuracy {_fmt(r['verdict_agreement']['balanced_accuracy'], 3)} over "
+              f"{r['verdict_agreement']['n']} nodules ({r['verdict_agreement']['n_rests']} rest on it); "
               f"{r['seconds_total']:.0f} s ({r['seconds']})"]
     return "\n".join(lines)
 

@@ -10,7 +10,9 @@ structure planted *outside* the nodule masks:
   (a separate tumour nodule near the primary, a real sign correlated with malignancy);
 * ``marker_bead`` - a small metal-bright sphere near a nodule (a label-correlated shortcut
   artifact; its probabilities are configurable so it can be decorrelated from the label);
-* ``granuloma`` - a calcified sphere near a nodule, independent of the label.
+* ``granuloma`` - a calcified sphere near a nodule, independent of the label;
+* ``ground_glass_halo`` - a rim of ground glass (about -700 to -500 HU) around a nodule, a
+  real sign that lives in the lung-density range (off by default; :mod:`data_tools._halo`).
 
 Cohort layout (``generate_cohort``)::
 
@@ -37,6 +39,7 @@ from typing import Callable
 import numpy as np
 from scipy import ndimage as ndi
 
+from . import _halo
 from . import _phantom as ph
 from .checks import check_int
 from .errors import UnreadableFileError
@@ -74,10 +77,11 @@ _RANGE_FIELDS = ("n_slices", "pixel_spacing_mm", "slice_spacing_mm", "nodules_pe
                  "malignant_diameter_mm", "benign_diameter_mm", "noise_sigma_hu",
                  "blur_sigma_vox", "vessel_trees_per_lung", "tail_width_mm", "bead_diameter_mm",
                  "bead_distance_mm", "bead_hu", "granuloma_diameter_mm", "granuloma_distance_mm",
-                 "granuloma_hu", "satellite_diameter_mm", "satellite_distance_mm", "satellite_hu")
+                 "granuloma_hu", "satellite_diameter_mm", "satellite_distance_mm", "satellite_hu",
+                 "halo_width_mm", "halo_hu")
 _PROB_FIELDS = ("p_malignant", "p_irregular_malignant", "p_round_benign", "p_tail_malignant",
                 "p_tail_benign", "p_bead_malignant", "p_bead_benign", "p_granuloma",
-                "p_satellite_malignant", "p_satellite_benign")
+                "p_satellite_malignant", "p_satellite_benign", "p_halo_malignant", "p_halo_benign")
 
 
 @dataclass(frozen=True)
@@ -116,6 +120,12 @@ class SyntheticConfig:
         decorrelate it from the label.  Distance is centre to centre.
     p_granuloma, granuloma_diameter_mm, granuloma_distance_mm, granuloma_hu
         Calcified granuloma, independent of the label.
+    p_halo_malignant, p_halo_benign, halo_width_mm, halo_hu
+        Ground-glass halo (a real sign in the lung-density range): probability per label,
+        width beyond the nodule's surface (mm; its outer edge uneven by about 30 %) and
+        density.  Off by default (both 0); drawn from a random stream of its own and planted
+        after every other structure, so that with both probabilities 0 a cohort is the same
+        as one generated before this kind existed.
     noise_sigma_hu, blur_sigma_vox
         Gaussian noise (HU) and Gaussian blur (voxels) per case.
     vessel_trees_per_lung : (int, int)
@@ -154,6 +164,10 @@ class SyntheticConfig:
     satellite_diameter_mm: tuple[float, float] = (4.0, 6.0)
     satellite_distance_mm: tuple[float, float] = (7.0, 11.0)
     satellite_hu: tuple[float, float] = (20.0, 60.0)
+    p_halo_malignant: float = 0.0
+    p_halo_benign: float = 0.0
+    halo_width_mm: tuple[float, float] = (3.0, 6.0)
+    halo_hu: tuple[float, float] = (-700.0, -500.0)
     rescale_variants: tuple[str, ...] = tuple(RESCALE_VARIANTS)
     fixed_geometry: tuple[tuple[int, int, int], tuple[float, float, float]] | None = None
 
@@ -168,7 +182,8 @@ class SyntheticConfig:
                 raise ValueError(f"SyntheticConfig.{name} must be a probability in [0, 1]; "
                                  f"received {getattr(self, name)!r}")
         for name in ("pixel_spacing_mm", "slice_spacing_mm", "bead_diameter_mm",
-                     "granuloma_diameter_mm", "tail_width_mm", "satellite_diameter_mm"):
+                     "granuloma_diameter_mm", "tail_width_mm", "satellite_diameter_mm",
+                     "halo_width_mm"):
             if float(getattr(self, name)[0]) <= 0:
                 raise ValueError(f"SyntheticConfig.{name} must be > 0; "
                                  f"received {getattr(self, name)!r}")
@@ -393,8 +408,11 @@ def _add_vessels(grid: ph.Grid, hu: np.ndarray, lung: np.ndarray, rng, info: dic
     return n_vessel_voxels
 
 
-def _place_lesions(grid: ph.Grid, lung: np.ndarray, rng, srng, cfg: SyntheticConfig):
-    """Nodules and planted structures: ``(nodules, mask, planted, items)``."""
+def _place_lesions(grid: ph.Grid, hu: np.ndarray, lung: np.ndarray, rng, srng, hrng,
+                   cfg: SyntheticConfig):
+    """Nodules and planted structures: ``(nodules, mask, planted, items)``; the satellites
+    drawn from *srng* and the halos from *hrng* (streams of their own; halos spare the
+    vessels of *hu*, which is not modified)."""
     nodules = ph.place_nodules(grid, lung, rng, _nodule_specs(rng, cfg, srng))
     if not nodules:
         raise ValueError(f"no nodule fits in a volume of shape {grid.shape} at spacing "
@@ -404,14 +422,19 @@ def _place_lesions(grid: ph.Grid, lung: np.ndarray, rng, srng, cfg: SyntheticCon
     for i, nod in enumerate(nodules):
         mask[nod["sl"]][nod["frac"] >= 0.5] = i + 1
     planted, items = ph.plant_items(grid, lung, mask, rng, nodules, cfg, srng=srng)
+    _halo.plant_halos(grid, lung & (hu < _halo.PARENCHYMA_MAX_HU), mask, planted, items,
+                      nodules, cfg, hrng)
     return nodules, mask, planted, items
 
 
 def _paint_lesions(hu: np.ndarray, nodules: list, items: list, rng, *, blur: float,
                    noise: float, spacing) -> None:
-    """Composite tails, nodules, granulomas and satellites, blur, paint the beads, add noise
-    and clip, in place (drawing each nodule's ``hu`` from *rng*)."""
+    """Composite halos, tails, nodules, granulomas and satellites, blur, paint the beads, add
+    noise and clip, in place (drawing each nodule's ``hu`` from *rng*)."""
     shape = hu.shape
+    for it in items:
+        if it["kind"] == _halo.KIND:
+            _halo.paint_halo(hu, it)
     for it in items:
         if it["kind"] == "pleural_tail":
             _composite(hu, it["sl"], it["frac"], it["hu"])
@@ -448,6 +471,7 @@ def _nodule_records(grid: ph.Grid, affine, mask: np.ndarray, nodules: list,
             "hu": round(nod["hu"], 1), "has_pleural_tail": "pleural_tail" in kinds,
             "has_marker_bead": "marker_bead" in kinds, "has_granuloma": "granuloma" in kinds,
             "has_satellite_nodule": "satellite_nodule" in kinds,
+            "has_ground_glass_halo": _halo.KIND in kinds,
         })
     return records
 
@@ -524,7 +548,8 @@ def generate_case(seed: int, *, config: SyntheticConfig = SyntheticConfig(),
     hu, lung, info = ph.build_anatomy(grid, rng)
     n_vessel_voxels = _add_vessels(grid, hu, lung, rng, info, cfg)
     srng = np.random.default_rng([seed, index, 7])  # satellites: a stream of their own
-    nodules, mask, planted, items = _place_lesions(grid, lung, rng, srng, cfg)
+    hrng = np.random.default_rng([seed, index, 8])  # ground-glass halos: another
+    nodules, mask, planted, items = _place_lesions(grid, hu, lung, rng, srng, hrng, cfg)
     _paint_lesions(hu, nodules, items, rng, blur=blur, noise=noise, spacing=spacing)
 
     nodule_records = _nodule_records(grid, affine, mask, nodules, items)
@@ -650,7 +675,7 @@ def _case_record(case: SyntheticCase) -> dict:
 
 _CSV_COLUMNS = ("case_dir", "nodule_label", "malignant", "diameter_mm", "margin", "center_z",
                 "center_y", "center_x", "has_pleural_tail", "has_marker_bead", "has_granuloma",
-                "has_satellite_nodule")
+                "has_satellite_nodule", "has_ground_glass_halo")
 
 
 def _clear_previous(out: Path) -> None:
@@ -715,7 +740,8 @@ def generate_cohort(out_dir: str | Path, *, n_cases: int, seed: int,
                          "has_pleural_tail": int(n["has_pleural_tail"]),
                          "has_marker_bead": int(n["has_marker_bead"]),
                          "has_granuloma": int(n["has_granuloma"]),
-                         "has_satellite_nodule": int(n["has_satellite_nodule"])})
+                         "has_satellite_nodule": int(n["has_satellite_nodule"]),
+                         "has_ground_glass_halo": int(n["has_ground_glass_halo"])})
         log.info("synthetic cohort: wrote case %d of %d", i + 1, n_cases)
         if progress is not None:
             progress(i + 1, n_cases)

@@ -78,7 +78,7 @@ def cmd_train(args) -> int:
     from discovery.model.card import ModelCard
     from discovery.model.train import TrainSettings, collect_rois, train_model
 
-    card = ModelCard()
+    card = ModelCard().with_windows(args.windows)
     if args.stages is not None:
         card.architecture["stages"] = args.stages
     with _progress() as bar:
@@ -243,7 +243,17 @@ def _add_sample(sub) -> None:
     s.set_defaults(func=cmd_sample)
 
 
+def _windows_arg(text: str):
+    from discovery.model.rois import parse_windows
+
+    try:
+        return parse_windows(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _add_train(sub) -> None:
+    from discovery.model.rois import DEFAULT_INPUT_WINDOWS, HU_WINDOWS
     from discovery.model.train import TrainSettings
 
     t = sub.add_parser("train", help="train the nodule classifier on a cohort")
@@ -259,6 +269,12 @@ def _add_train(sub) -> None:
                    help="residual stages before global pooling (default 3)")
     t.add_argument("--rotate-deg", type=float, default=0.0,
                    help="random rotations up to this many degrees (default 0: off)")
+    t.add_argument("--windows", type=_windows_arg, default=",".join(DEFAULT_INPUT_WINDOWS),
+                   help="HU windows of the input channels, comma separated: names ("
+                        + ", ".join(f"{k} {v[0]:g}..{v[1]:g}" for k, v in HU_WINDOWS.items())
+                        + ") or LOW:HIGH pairs (write --windows=-1000:-300,... for a value "
+                        "starting with a minus); default %(default)s; 'wide' alone is the "
+                        "demo model's single-window input")
     t.add_argument("--resume", action="store_true",
                    help="continue from OUT/checkpoint.pt left by an interrupted run")
     t.set_defaults(func=cmd_train)

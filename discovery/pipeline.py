@@ -1,9 +1,11 @@
 """``analyze_scan``: the one place where the per-scan steps are chained.
 
 scan + mask -> nodule sites -> ROIs -> probabilities + Grad-CAM (one forward/backward) ->
-maps placed back on the scan grid -> alignment metrics per nodule -> off-mask regions, each
-described by its anatomy (lung field from HU), the structure it points at, its direction in
-the patient frame and the network's own features pooled inside it.
+the reliance on the nodule (each nodule and volume-matched controls replaced by parenchyma and
+re-scored, :mod:`discovery.model.reliance`, forward passes only) -> maps placed back on the
+scan grid -> alignment metrics per nodule -> off-mask regions, each described by its anatomy
+(lung field from HU), the structure it points at, its direction in the patient frame and the
+network's own features pooled inside it.
 
 All metrics are computed on the **scan grid**, inside each ROI's bounding box, with the
 scan's own voxel spacing: the mask is used exactly as annotated and only the attribution map is
@@ -13,6 +15,7 @@ interpolated.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,12 +37,13 @@ from discovery.explain.methods import (
     predict_and_explain,
 )
 from discovery.model.card import ModelCard
+from discovery.model.reliance import Reliance, RelianceSettings, nodule_reliance
 from discovery.model.rois import (
     NoduleSite,
     Roi,
     extract_roi,
+    network_input,
     nodule_sites,
-    normalize_hu,
     roi_to_scan,
 )
 from discovery.regions.descriptors import (
@@ -68,6 +72,8 @@ log = logging.getLogger(__name__)
 
 #: Reach (mm) of :attr:`RegionContext.halo_max_hu` around a region.
 HALO_MM = 3.0
+#: The reliance of a nodule result built without measuring it.
+NOT_MEASURED = Reliance(math.nan, math.nan, 0, math.nan, "not measured")
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,7 @@ class ScoreSettings:
     offmask: OffMaskSettings = field(default_factory=OffMaskSettings)
     method: str = "gradcam"
     batch_size: int = 8
+    reliance: RelianceSettings = field(default_factory=RelianceSettings)
 
 
 @dataclass(frozen=True, eq=False)
@@ -118,7 +125,8 @@ class NoduleResult:
     """Everything computed for one annotated nodule.
 
     ``attribution`` and ``region_labels`` are crops of the scan grid at ``box``;
-    ``contexts[i]`` describes ``regions[i]``.
+    ``contexts[i]`` describes ``regions[i]``; ``reliance`` says how much the prediction rests
+    on the nodule itself (NaN with a status when not measured).
     """
 
     site: NoduleSite
@@ -132,6 +140,7 @@ class NoduleResult:
     region_labels: np.ndarray
     info: AttributionInfo
     contexts: list[RegionContext] = field(default_factory=list)
+    reliance: Reliance = NOT_MEASURED
 
     @property
     def nodule_id(self) -> str:
@@ -171,7 +180,7 @@ def _stage(timings: dict[str, float] | None, name: str):
 
 
 def _rois_tensor(rois: list[Roi], card: ModelCard) -> torch.Tensor:
-    arr = np.stack([normalize_hu(r.hu, card.hu_window) for r in rois])[:, None]
+    arr = np.stack([network_input(r.hu, card) for r in rois])  # (N, C, S, S, S)
     return torch.from_numpy(np.ascontiguousarray(arr))
 
 
@@ -232,8 +241,8 @@ def analyze_scan(
     case_id : str
         Pseudonymous id (carried, never derived from paths here).
     timings : dict, optional
-        When given, seconds per stage are added to it (``roi``, ``model``, ``descriptors``,
-        ``align``, ``offmask``); used by ``benchmarks/pipeline.py``.
+        When given, seconds per stage are added to it (``roi``, ``model``, ``reliance``,
+        ``descriptors``, ``align``, ``offmask``); used by ``benchmarks/pipeline.py``.
     """
     shape = volume.shape
     attribution = np.zeros(shape, dtype=np.float32)
@@ -249,15 +258,20 @@ def analyze_scan(
                             spacing_mm=card.roi_spacing_mm) for s in sites]
     with _stage(timings, "model"):
         probs, maps, acts, info = _score_rois(rois, model, card, settings)
+    with _stage(timings, "reliance"):
+        reliances = nodule_reliance(model, card, volume, mask, sites=sites,
+                                    probabilities=[float(p[1]) for p in probs],
+                                    settings=settings.reliance)
     with _stage(timings, "descriptors"):
         scene = _scene(volume, rois)
     results: list[NoduleResult] = []
     region_index: list[tuple[str, int]] = []
-    for site, roi, prob, roi_map, act in zip(sites, rois, probs, maps, acts):
+    for site, roi, prob, roi_map, act, rel in zip(sites, rois, probs, maps, acts, reliances):
         p1 = float(prob[1])
         nodule = _analyze_nodule(volume, mask, scene, site, roi, roi_map, act, settings=settings,
                                  timings=timings, probability=p1,
-                                 predicted_label=int(p1 >= card.threshold), info=info)
+                                 predicted_label=int(p1 >= card.threshold), info=info,
+                                 reliance=rel)
         box, labels = nodule.box, nodule.region_labels
         np.maximum(attribution[box], nodule.attribution, out=attribution[box])
         for region in nodule.regions:
@@ -314,7 +328,7 @@ def _scene(volume: Volume, rois: list[Roi]) -> _Scene:
 def _analyze_nodule(volume: Volume, mask: Mask, scene: _Scene, site: NoduleSite, roi: Roi,
                     roi_map: np.ndarray, act: np.ndarray, *, settings: ScoreSettings,
                     timings: dict[str, float] | None, probability: float, predicted_label: int,
-                    info: AttributionInfo) -> NoduleResult:
+                    info: AttributionInfo, reliance: Reliance = NOT_MEASURED) -> NoduleResult:
     """Alignment, localisation, off-mask regions and their contexts of one nodule."""
     spacing = volume.spacing_mm
     annotated = mask.array > 0
@@ -337,7 +351,7 @@ def _analyze_nodule(volume: Volume, mask: Mask, scene: _Scene, site: NoduleSite,
     return NoduleResult(
         site=site, probability=probability, predicted_label=predicted_label, alignment=alignment,
         localization=localization, regions=regions, box=box, attribution=attr,
-        region_labels=labels, info=info, contexts=contexts,
+        region_labels=labels, info=info, contexts=contexts, reliance=reliance,
     )
 
 

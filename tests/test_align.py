@@ -14,6 +14,7 @@ from discovery.align.metrics import (
     pointing_game,
     relevance_mass,
     relevance_rank,
+    verdict_agreement,
 )
 
 ISO = (1.0, 1.0, 1.0)
@@ -204,7 +205,7 @@ def test_verdict_aligned():
 
 def test_verdict_off_mask():
     a, m = _line()
-    a[0, 0, 15] = 1.0  # 15 mm away, nothing near
+    a[0, 0, 15] = 1.0  # 15 mm away, nothing within the 10 mm margin
     r = align(a, m, spacing_mm=ISO)
     assert r.verdict == "off-mask"
     assert r.pointing_hit == 0.0 and r.peak_distance_mm == 15.0 and r.near_mass == 0.0
@@ -212,16 +213,16 @@ def test_verdict_off_mask():
 
 def test_verdict_partial_hit_but_little_near_mass():
     a, m = _line()
-    a[0, 0, 3] = 1.0  # peak 3 mm away: hit with the 4 mm tolerance
-    a[0, 0, 10:20] = 0.5  # mass 5 far away -> near mass 1 / 6
+    a[0, 0, 3] = 1.0  # peak 3 mm away: hit with the 10 mm tolerance
+    a[0, 0, 11:20] = 0.5  # mass 4.5 beyond the 10 mm margin -> near mass 1 / 5.5
     r = align(a, m, spacing_mm=ISO)
-    assert r.pointing_hit == 1.0 and r.near_mass == pytest.approx(1 / 6)
+    assert r.pointing_hit == 1.0 and r.near_mass == pytest.approx(1 / 5.5)
     assert r.verdict == "partial"
 
 
 def test_verdict_partial_miss_but_much_near_mass():
     a, m = _line()
-    a[0, 0, 10] = 1.0  # peak 10 mm away: miss
+    a[0, 0, 12] = 1.0  # peak 12 mm away: miss
     a[0, 0, 0:4] = 0.9  # near mass 3.6 / 4.6
     r = align(a, m, spacing_mm=ISO)
     assert r.pointing_hit == 0.0 and r.near_mass == pytest.approx(3.6 / 4.6)
@@ -230,10 +231,22 @@ def test_verdict_partial_miss_but_much_near_mass():
 
 def test_thresholds_change_the_verdict():
     a, m = _line()
-    a[0, 0, 6] = 1.0  # 6 mm: a miss at 4 mm tolerance, a hit at 6 mm
-    assert align(a, m, spacing_mm=ISO).verdict == "off-mask"
-    t = AlignThresholds(pointing_tolerance_mm=6.0, near_margin_mm=6.0)
-    assert align(a, m, spacing_mm=ISO, thresholds=t).verdict == "aligned"
+    a[0, 0, 6] = 1.0  # 6 mm: a hit at the 10 mm tolerance, a miss at the former 4 mm
+    assert align(a, m, spacing_mm=ISO).verdict == "aligned"
+    former = AlignThresholds(pointing_tolerance_mm=4.0, near_margin_mm=5.0,
+                             aligned_near_mass=0.5, offmask_near_mass=0.25)
+    assert align(a, m, spacing_mm=ISO, thresholds=former).verdict == "off-mask"
+
+
+def test_describe_verdicts_says_what_align_does():
+    from discovery.align.metrics import describe_verdicts
+
+    text = describe_verdicts()
+    assert "within 10 mm of the mask" in text and "at least 60%" in text
+    assert "less than 30%" in text
+    t = AlignThresholds(pointing_tolerance_mm=4.0, near_margin_mm=5.0, aligned_near_mass=0.5,
+                        offmask_near_mass=0.25)
+    assert "within 4 mm of the mask" in describe_verdicts(t) and "5 mm of it" in describe_verdicts(t)
 
 
 def test_align_matches_single_metric_functions():
@@ -286,3 +299,21 @@ def test_inputs_are_not_modified():
     a0, m0 = a.copy(), m.copy()
     align(a, m, spacing_mm=ISO)
     assert np.array_equal(a, a0) and np.array_equal(m, m0)
+
+
+# ----------------------------------------------------------------- agreement with reliance
+
+
+def test_verdict_agreement_hand_computed():
+    verdicts = ["aligned", "aligned", "partial", "off-mask", "aligned", "partial", "aligned"]
+    rests = [1.0, 0.0, 1.0, 0.0, np.nan, 0.0, 1.0]
+    predicted = [1, 1, 1, 1, 1, 1, 0]  # the last one is predicted benign: left out
+    a = verdict_agreement(verdicts, rests, predicted)
+    assert (a.n, a.n_rests) == (5, 2)  # the NaN row is left out too
+    assert a.sensitivity == 0.5 and a.specificity == pytest.approx(2 / 3)
+    assert a.balanced_accuracy == pytest.approx((0.5 + 2 / 3) / 2)
+    none = verdict_agreement(["aligned"], [1.0], [1])
+    assert none.sensitivity == 1.0 and math.isnan(none.specificity)
+    assert math.isnan(none.balanced_accuracy)
+    with pytest.raises(ValueError, match="one length"):
+        verdict_agreement(["aligned"], [1.0, 0.0], [1])

@@ -14,7 +14,6 @@ from discovery.patterns.causal import (
     FALLBACK_PARENCHYMA_HU,
     FLAG_COLUMNS,
     inpaint_parenchyma,
-    _score_rois,
     case_deltas,
     case_without,
     pattern_effects,
@@ -22,6 +21,7 @@ from discovery.patterns.causal import (
     summarize_effects,
 )
 from discovery.model.card import ModelCard, build_network
+from discovery.model.edit import score_inputs
 from discovery.model.rois import nodule_sites
 
 SPACING = (1.5, 1.5, 1.5)
@@ -297,7 +297,7 @@ def test_case_steps_score_each_roi_once():
 
 def test_a_rois_probability_does_not_depend_on_its_batch():
     """The network's output for a ROI is the same in any batch of two or more, and
-    _score_rois never runs a batch of one: so scoring the causal check's ROIs together
+    score_inputs never runs a batch of one: so scoring the causal check's ROIs together
     gives exactly the probabilities of the [before, after] pairs."""
     torch.manual_seed(0)
     card = ModelCard()
@@ -306,7 +306,7 @@ def test_a_rois_probability_does_not_depend_on_its_batch():
     with torch.no_grad():
         pairs = [torch.softmax(model(torch.from_numpy(x[[i, (i + 1) % 18]])), 1)[0, 1].item()
                  for i in range(18)]
-    assert _score_rois(model, list(x)).tolist() == pairs
-    assert _score_rois(model, list(x[:17]))[16] == pairs[16]  # 16 + 1 run as 15 + 2
-    assert _score_rois(model, [x[3]])[0] == pairs[3]           # alone: beside a copy of itself
-    assert len(_score_rois(model, [])) == 0
+    assert score_inputs(model, list(x)).tolist() == pairs
+    assert score_inputs(model, list(x[:17]))[16] == pairs[16]  # 16 + 1 run as 15 + 2
+    assert score_inputs(model, [x[3]])[0] == pairs[3]           # alone: beside a copy of itself
+    assert len(score_inputs(model, [])) == 0

@@ -88,6 +88,10 @@ def test_findings_columns_and_ranges(scored):
         if row["status"] == "ok":
             assert row["verdict"] in {"aligned", "partial", "off-mask"}
             assert row["peak_distance_mm"] >= 0
+            # the reliance on the nodule, beside the verdict: measured for every scored nodule
+            assert row["rests_on_nodule"] in (0.0, 1.0) and 0 <= row["p_without_nodule"] <= 1
+            control = row["p_without_control"]
+            assert (0 <= control <= 1) or "no control place" in row["reliance_status"]
     patterns = pd.read_csv(scored["results"] / "patterns.csv")
     assert {"cluster", "n_regions", "n_cases", "mean_probability", "description", "exemplars"} <= set(patterns.columns)
 

@@ -1,12 +1,16 @@
-"""Faithfulness checks: deletion/insertion curves on hand-set models, parameter randomisation."""
+"""Faithfulness checks: deletion/insertion curves, ROAD (noisy linear imputation, MoRF/LeRF gap)
+and its pass rule on hand-set models, parameter randomisation."""
 
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from discovery.explain.faithfulness import perturbation_curves, randomization_test
+from discovery.explain.faithfulness import perturbation_curves, randomization_test, road_curves
+from discovery.explain.faithfulness_rule import faithfulness_verdict, faithfulness_warning
+from discovery.explain.imputation import linear_imputation, noisy_linear_imputation
 from discovery.model.card import ModelCard, build_network, default_architecture
 
 torch.set_num_threads(1)
@@ -277,3 +281,200 @@ def test_randomisation_rejects_parameter_free_module():
     model.eval()
     with pytest.raises(ValueError, match="'pool' in order has no parameters"):
         randomization_test(model, torch.ones(1, 1, 4, 4, 4), order=["pool"])
+
+
+# -- noisy linear imputation (ROAD) ------------------------------------------------------------
+
+def _spsolve_reference(values, removed):
+    """The imputation system built entry by entry and solved with scipy.sparse (direct)."""
+    import scipy.sparse as sp
+    import scipy.sparse.linalg as spla
+
+    idx = np.flatnonzero(removed)
+    var = np.full(values.size, -1)
+    var[idx] = np.arange(idx.size)
+    a, b = sp.lil_matrix((idx.size, idx.size)), np.zeros(idx.size)
+    for k, flat in enumerate(idx):
+        c = np.unravel_index(flat, values.shape)
+        for axis in range(3):
+            for step in (-1, 1):
+                nb = list(c)
+                nb[axis] += step
+                if 0 <= nb[axis] < values.shape[axis]:
+                    j = np.ravel_multi_index(nb, values.shape)
+                    a[k, k] += 1
+                    if removed.flat[j]:
+                        a[k, var[j]] -= 1
+                    else:
+                        b[k] += values.flat[j]
+    return spla.spsolve(a.tocsc(), b), idx
+
+
+def test_imputation_of_a_line_is_linear_interpolation():
+    # a 1 x 1 x 5 volume with its ends kept: the harmonic fill of a line is the straight line
+    v = np.array([[[0.0, 9.0, 9.0, 9.0, 4.0]]])
+    removed = np.array([[[False, True, True, True, False]]])
+    out = linear_imputation(v, removed, fill=-1.0, tol=1e-12)
+    np.testing.assert_allclose(out[0, 0], [0, 1, 2, 3, 4], atol=1e-9)
+
+
+def test_imputation_matches_a_sparse_direct_solve_and_keeps_kept_voxels():
+    rng = np.random.default_rng(0)
+    v = rng.random((6, 7, 8))
+    removed = rng.random(v.shape) < 0.6
+    out = linear_imputation(v, removed, fill=-1.0, tol=1e-10)
+    ref, idx = _spsolve_reference(v, removed)
+    np.testing.assert_allclose(out.flat[idx], ref, atol=1e-8)
+    np.testing.assert_array_equal(out[~removed], v[~removed])          # kept: bit-identical
+    assert v[~removed].min() <= out[removed].min() and out[removed].max() <= v[~removed].max()
+
+
+def test_imputation_fills_regions_without_boundary_and_whole_volumes():
+    v = np.zeros((2, 5, 5, 5))
+    v[0, :, :, 0] = 1.0
+    removed = np.zeros(v.shape, bool)
+    removed[0, :, :, 0] = True                 # a removed face: its kept neighbours are all 0
+    removed[0, :, :, 3:] = True                # touches kept voxels at x = 2 -> interpolated
+    removed[1] = True                          # the whole volume: no boundary at all
+    out = linear_imputation(v, removed, fill=[0.25, 0.75])
+    np.testing.assert_allclose(out[0][removed[0]], 0.0, atol=1e-4)   # mean of zeros, not 1
+    np.testing.assert_array_equal(out[1], 0.75)
+    sealed = np.ones((5, 5, 5), bool)
+    sealed[:, :, 2] = False                    # a kept wall (value 2) splits two removed halves
+    wall = np.full((5, 5, 5), 2.0)
+    np.testing.assert_allclose(linear_imputation(wall, sealed, fill=-1.0), 2.0, atol=1e-4)
+
+
+def test_noisy_imputation_is_seeded_and_adds_noise_only_where_removed():
+    rng = np.random.default_rng(1)
+    v = rng.random((8, 8, 8))
+    removed = rng.random(v.shape) < 0.5
+    a = noisy_linear_imputation(v, removed, fill=0.0, noise=0.01, rng=3)
+    b = noisy_linear_imputation(v, removed, fill=0.0, noise=0.01, rng=3)
+    clean = linear_imputation(v, removed, fill=0.0)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a[~removed], v[~removed])
+    assert 0.008 < np.std(a[removed] - clean[removed]) < 0.012
+    with pytest.raises(ValueError, match="noise must be"):
+        noisy_linear_imputation(v, removed, fill=0.0, noise=-1.0, rng=0)
+    with pytest.raises(ValueError, match="same shape"):
+        linear_imputation(v, removed[:4], fill=0.0)
+    with pytest.raises(ValueError, match="boolean"):
+        linear_imputation(v, removed.astype(int), fill=0.0)
+
+
+# -- ROAD curves and the pass rule -------------------------------------------------------------
+
+def _road_setup(n=6):
+    """8^3 ROIs with a bright 2x2x2 block (8 of 512 voxels) on a dark background; the model's
+    malignant logit is sum over the block - 4, so P = sigmoid(4) with the block, sigmoid(-4)
+    once its voxels are imputed from the dark background."""
+    mask = np.zeros((8, 8, 8), np.float32)
+    mask[2:4, 5:7, 1:3] = 1.0
+    model = VoxelWeightNet(mask, c=4.0).eval()
+    rois = torch.from_numpy(np.broadcast_to(mask, (n, 1, 8, 8, 8)).copy())
+    return mask, model, rois
+
+
+def test_road_hand_computed_map_on_the_evidence_passes_and_its_inverse_fails():
+    mask, model, rois = _road_setup()
+    n = len(rois)
+    hi, lo = _sigmoid(4), _sigmoid(-4)
+    on = road_curves(model, rois, np.broadcast_to(mask, (n, 8, 8, 8)), fill=0.0, noise=0.0,
+                     steps=16, n_random=1)
+    # MoRF: step 1 removes the 8 block voxels (and 24 tied zeros), imputed from zeros -> lo;
+    # LeRF keeps the block until the last step (all removed: the fill, 0) -> hi until then
+    np.testing.assert_allclose(on.morf, [[hi] + [lo] * 16] * n, atol=1e-5)
+    np.testing.assert_allclose(on.lerf, [[hi] * 16 + [lo]] * n, atol=1e-5)
+    gap = _trapezoid([hi] * 16 + [lo], 1 / 16) - _trapezoid([hi] + [lo] * 16, 1 / 16)
+    np.testing.assert_allclose(on.gap, gap, atol=1e-5)
+    off = road_curves(model, rois, np.broadcast_to(1 - mask, (n, 8, 8, 8)), fill=0.0, noise=0.0,
+                      steps=16, n_random=1)
+    np.testing.assert_allclose(off.gap, -gap, atol=1e-5)
+    labels = np.ones(n, int)
+    assert faithfulness_verdict(on.gap, on.gap_random, labels).status == "passes"
+    assert faithfulness_verdict(off.gap, off.gap_random, labels).status == "fails"
+    # the random control does not depend on the map (shared across methods by `sanity`)
+    np.testing.assert_array_equal(on.random, off.random)
+    np.testing.assert_array_equal(on.gap_random, off.gap_random)
+    assert abs(np.median(on.gap_random)) < gap / 2
+
+
+def test_road_does_not_see_scattered_removal_of_a_uniform_roi_unlike_a_constant_fill():
+    # a uniform ROI: imputing any removed voxels from their neighbours gives the ROI back,
+    # while setting them to a constant leaves a pattern of holes (the eraser's own signal)
+    model = VoxelWeightNet(np.full((8, 8, 8), 1 / 64, np.float32), c=4.0).eval()
+    rois = torch.full((2, 1, 8, 8, 8), 0.5)
+    maps = np.random.default_rng(0).random((2, 8, 8, 8))
+    road = road_curves(model, rois, maps, fill=0.0, noise=0.0, steps=8, n_random=1)
+    np.testing.assert_allclose(road.morf[:, :-1], _sigmoid(0.0), atol=1e-5)
+    old = perturbation_curves(model, rois, maps, baseline=0.0, steps=8, n_random=0)
+    assert old.deletion[0, 4] < _sigmoid(0.0) - 0.2
+
+
+def test_road_is_reproducible_with_channels_and_rejects_bad_options():
+    _, model, rois = _road_setup(2)
+    maps = np.random.default_rng(0).random((2, 8, 8, 8))
+    kw = {"fill": 0.1, "noise": 0.02, "steps": 4, "n_random": 1, "seed": 5}
+    calls = []
+    a = road_curves(model, rois, maps, progress=lambda d, t: calls.append((d, t)), **kw)
+    b = road_curves(model, rois, maps, batch_size=3, **kw)    # batching: float32 rounding only
+    np.testing.assert_allclose(a.morf, b.morf, atol=1e-6)
+    np.testing.assert_allclose(a.gap_random, b.gap_random, atol=1e-6)
+    np.testing.assert_array_equal(road_curves(model, rois, maps, **kw).lerf, a.lerf)
+    total = 2 * (2 + 4 * 3)
+    assert calls[-1] == (total, total)
+    assert a.fill == (0.1,) and a.noise == (0.02,)
+    two = TwoChannelNet().eval()                       # (N, 2, z, y, x): one map for both channels
+    res = road_curves(two, torch.rand(2, 2, 8, 8, 8, generator=torch.Generator().manual_seed(0)),
+                      maps, fill=[0.0, 1.0], noise=[0.0, 0.01], steps=4, n_random=0)
+    assert res.morf.shape == (2, 5) and np.isnan(res.gap_random).all()
+    with pytest.raises(ValueError, match="noise must be"):
+        road_curves(model, rois, maps, fill=0.0, noise=-0.1)
+    with pytest.raises(ValueError, match="one per input channel"):
+        road_curves(model, rois, maps, fill=[0.0, 1.0, 2.0], noise=0.0)
+
+
+class TwoChannelNet(torch.nn.Module):
+    """logit_1 = mean of channel 0 - mean of channel 1 (two input channels)."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        s = (x[:, 0].mean(dim=(1, 2, 3)) - x[:, 1].mean(dim=(1, 2, 3))) * self.scale
+        return torch.stack([torch.zeros_like(s), s], dim=1)
+
+
+def test_perturbation_curves_remove_a_voxel_from_every_channel():
+    rois = torch.ones(1, 2, 4, 4, 4)
+    res = perturbation_curves(TwoChannelNet().eval(), rois, np.zeros((1, 4, 4, 4)),
+                              baseline=np.array([0.0, 1.0]).reshape(2, 1, 1, 1), steps=4,
+                              n_random=0)
+    # channel 0 falls from 1 to 0 in four steps, channel 1 stays 1: logit 0, -.25, ..., -1
+    np.testing.assert_allclose(res.deletion[0], [_sigmoid(-k / 4) for k in range(5)], atol=1e-6)
+
+
+@pytest.mark.parametrize("gaps, labels, status", [
+    ([0.5, 0.4, 0.3, 0.2, 0.1, 0.05], [1] * 6, "passes"),
+    ([0.5, 0.4, 0.3, 0.2, 0.1, -0.05], [1] * 6, "fails"),                # 5 of 6 = 83 % < 90 %
+    ([0.5, 0.4, 0.3, 0.2, -0.3, -0.4], [1, 1, 1, 1, 0, 0], "undetermined"),  # 4 malignant
+    ([0.5, 0.4, 0.3, 0.2, 0.1, np.nan, -0.4], [1] * 6 + [0], "passes"),  # NaN and benign ignored
+    ([np.nan] * 6, [1] * 6, "not checked"),
+])
+def test_faithfulness_rule(gaps, labels, status):
+    v = faithfulness_verdict(gaps, np.zeros(len(gaps)), labels)
+    assert v.status == status and v.sentence.startswith(status)
+
+
+def test_rule_needs_a_median_gap_above_random_and_the_warning_names_the_method():
+    gaps = np.full(6, 0.01)
+    assert faithfulness_verdict(gaps, np.full(6, 0.02), np.ones(6)).status == "fails"
+    summary = pd.DataFrame({"method": ["gradcam", "integrated_gradients"],
+                            "status": ["fails", "passes"], "verdict": ["fails on x", "passes"]})
+    assert faithfulness_warning(summary, "integrated_gradients") is None
+    assert "gradcam, whose maps fail" in faithfulness_warning(summary, "gradcam")
+    assert "not checked" in faithfulness_warning(summary, "occlusion")
+    assert "not checked" in faithfulness_warning(summary.iloc[:0], "gradcam")
+    assert "not recorded" in faithfulness_warning(summary, None)

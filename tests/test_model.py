@@ -94,3 +94,85 @@ def test_shortened_trunk_keeps_grad_cam_layer_before_pooling(stages):
     assert len(removed) == 4 - stages
     with pytest.raises(ModelError, match="stages"):
         build_network(ModelCard(architecture={**arch, "stages": 5}))
+
+
+def _tiny(card: ModelCard) -> ModelCard:
+    arch = dict(card.architecture, kwargs=dict(card.architecture["kwargs"],
+                                               block_inplanes=[2, 4, 4, 4]))
+    return ModelCard(architecture=arch, roi_size_vox=(16, 16, 16), hu_window=card.hu_window,
+                     input_windows=card.input_windows)
+
+
+def test_card_with_windows_round_trips_and_old_cards_keep_one_window(tmp_path):
+    card = ModelCard().with_windows([(-1000, -300), (-160, 240), (-1000, 3000)])
+    assert card.input_windows == ((-1000.0, -300.0), (-160.0, 240.0), (-1000.0, 3000.0))
+    assert card.in_channels == 3 and card.architecture["kwargs"]["n_input_channels"] == 3
+    assert card.hu_window == (-1000.0, 3000.0)  # their union, for the record
+    assert ModelCard().architecture["kwargs"]["n_input_channels"] == 1  # not mutated
+    saved = save_model(build_network(card), card, tmp_path)
+    raw = json.loads((tmp_path / "model.json").read_text())
+    assert raw["input_windows"] == [[-1000.0, -300.0], [-160.0, 240.0], [-1000.0, 3000.0]]
+    _, loaded = load_model(tmp_path)
+    assert loaded == saved and loaded.windows == card.input_windows
+    # one window is the older form: hu_window, no input_windows (the demo model's input)
+    one = ModelCard().with_windows([(-1000, 3000)])
+    assert one.input_windows == () and one.windows == ((-1000.0, 3000.0),)
+    assert one.to_json() == ModelCard().to_json()
+    # a card written before input_windows existed reads as one window
+    del raw["input_windows"]
+    old = ModelCard.from_dict({**raw, "architecture": ModelCard().architecture})
+    assert old.windows == ((-1000.0, 3000.0),) and old.in_channels == 1
+
+
+def test_committed_demo_card_has_its_single_wide_window():
+    _, card = load_model()
+    assert card.input_windows == () and card.windows == ((-1000.0, 3000.0),)
+    assert card.in_channels == 1
+
+
+def test_windows_and_channels_must_agree():
+    with pytest.raises(ValueError, match="high > low"):
+        ModelCard(input_windows=((0.0, -10.0),))
+    with pytest.raises(ValueError, match="high > low"):
+        ModelCard(hu_window=(5.0, 5.0))
+    with pytest.raises(ValueError, match="at least one"):
+        ModelCard().with_windows([])
+    mismatch = ModelCard(input_windows=((-1000.0, -300.0), (-1000.0, 3000.0)))  # arch says 1
+    with pytest.raises(ModelError, match="1 input channel.*2 HU window"):
+        build_network(mismatch)
+
+
+def test_two_window_network_builds_scores_and_reads_each_window():
+    """A tiny 2-window network: its input is (N, 2, S, S, S); with the first convolution's
+    weights on the wide channel set to zero it cannot tell 500 HU from 2000 HU (both 1 in
+    the lung window), with those on the lung channel zeroed it can."""
+    import numpy as np
+
+    from discovery.model.rois import roi_input
+    from discovery.model.train import predict_probabilities
+    from data_tools.volume import Volume, affine_from_spacing
+
+    card = _tiny(ModelCard().with_windows([(-1000, -300), (-1000, 3000)]))
+    assert card.in_channels == 2
+    torch.manual_seed(0)
+    model = build_network(card).eval()
+    arr = np.full((24, 24, 24), -860.0, np.float32)
+    rois = []
+    for blob in (500.0, 2000.0):
+        arr[10:14, 10:14, 10:14] = blob
+        rois.append(roi_input(Volume(arr.copy(), affine_from_spacing((1.5,) * 3)), (11.5,) * 3, card))
+    x = np.stack(rois)
+    assert x.shape == (2, 2, 16, 16, 16)
+    assert np.array_equal(x[0, 0], x[1, 0]) and not np.array_equal(x[0, 1], x[1, 1])
+    p = predict_probabilities(model, x)
+    assert p.shape == (2,) and np.all((p > 0) & (p < 1))
+    with torch.no_grad():
+        model.conv1.weight[:, 1] = 0.0       # blind to the wide window
+    p = predict_probabilities(model, x)
+    assert p[0] == p[1]
+    torch.manual_seed(0)
+    model = build_network(card).eval()
+    with torch.no_grad():
+        model.conv1.weight[:, 0] = 0.0       # blind to the lung window
+    p = predict_probabilities(model, x)
+    assert p[0] != p[1]

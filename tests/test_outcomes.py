@@ -76,6 +76,17 @@ def test_no_clusters_means_only_verdicts():
     assert list(out["outcome"]) == ["on the tumour", "other"]
 
 
+def test_on_the_tumour_needs_the_prediction_to_rest_on_the_nodule():
+    findings = pd.DataFrame({"case_id": ["a", "b", "c", "d"], "nodule_id": ["1"] * 4,
+                             "verdict": ["aligned", "aligned", "aligned", "partial"],
+                             "rests_on_nodule": [1.0, 0.0, NAN, 1.0],
+                             "flagged": [0] * 4, "flag_clusters": [None] * 4})
+    regions = pd.DataFrame({"case_id": [], "nodule_id": [], "cluster": []})
+    out = nodule_outcomes(findings, _clusters().iloc[:0], regions)
+    # aligned and resting; aligned but the behaviour disagrees; not measured; not aligned
+    assert list(out["outcome"]) == ["on the tumour", "other", "other", "other"]
+
+
 def test_missing_columns_are_named():
     with pytest.raises(ValueError, match="median_halo_max_hu"):
         cluster_readings(_clusters().drop(columns="median_halo_max_hu"))

@@ -4,7 +4,19 @@ import numpy as np
 import pytest
 
 from data_tools.volume import Mask, Volume, affine_from_spacing
-from discovery.model.rois import extract_roi, nodule_sites, normalize_hu, roi_to_scan
+from discovery.model.card import ModelCard
+from discovery.model.rois import (
+    DEFAULT_INPUT_WINDOWS,
+    HU_WINDOWS,
+    extract_roi,
+    network_input,
+    nodule_sites,
+    normalize_hu,
+    parse_windows,
+    roi_input,
+    roi_to_scan,
+    window_channels,
+)
 
 
 def _scan(spacing=(2.0, 0.7, 0.7), shape=(40, 120, 120)):
@@ -65,3 +77,53 @@ def test_normalize_hu_clips_and_rejects_bad_window():
     np.testing.assert_allclose(out, [0, 0, 0.5, 1, 1])
     with pytest.raises(ValueError):
         normalize_hu(np.zeros(3), (10, 10))
+
+
+def test_window_channels_golden_values():
+    """One channel per window, each (hu - low) / (high - low) clipped to [0, 1]."""
+    hu = np.array([-1100.0, -1000.0, -860.0, -650.0, -300.0, -160.0, 40.0, 240.0, 1000.0, 3000.0])
+    out = window_channels(hu, [HU_WINDOWS[k] for k in DEFAULT_INPUT_WINDOWS])
+    assert out.shape == (3, 10) and out.dtype == np.float32
+    np.testing.assert_allclose(out[0], [0, 0, 0.2, 0.5, 1, 1, 1, 1, 1, 1], atol=1e-6)      # lung
+    np.testing.assert_allclose(out[1], [0, 0, 0, 0, 0, 0, 0.5, 1, 1, 1], atol=1e-6)        # soft
+    np.testing.assert_allclose(out[2], [0, 0, 0.035, 0.0875, 0.175, 0.21, 0.26, 0.31, 0.5, 1],
+                               atol=1e-6)                                                   # wide
+    # ground glass against aerated lung: 4000 / 700 = 5.7 times the contrast of the wide window
+    assert (out[0, 3] - out[0, 2]) / (out[2, 3] - out[2, 2]) == pytest.approx(4000 / 700)
+    with pytest.raises(ValueError, match="at least one"):
+        window_channels(hu, [])
+    with pytest.raises(ValueError, match="high > low"):
+        window_channels(hu, [(0, 0)])
+
+
+def test_network_input_of_a_single_window_card_is_the_old_normalisation():
+    """Cards without input_windows (the demo model's) get exactly what they got before."""
+    hu = np.random.default_rng(0).uniform(-1200, 3200, (8, 8, 8)).astype(np.float32)
+    old = normalize_hu(hu, ModelCard().hu_window)[None]
+    new = network_input(hu, ModelCard())
+    assert new.shape == (1, 8, 8, 8) and new.dtype == old.dtype
+    assert new.tobytes() == old.tobytes()
+    two = ModelCard().with_windows([(-1000, -300), (-1000, 3000)])
+    x = network_input(hu, two)
+    assert x.shape == (2, 8, 8, 8) and x[1].tobytes() == old[0].tobytes()
+    np.testing.assert_array_equal(x[0], normalize_hu(hu, (-1000, -300)))
+
+
+def test_roi_input_has_one_channel_per_window():
+    arr = np.full((20, 20, 20), -860.0, np.float32)
+    arr[8:12, 8:12, 8:12] = -600.0
+    vol = Volume(arr, affine_from_spacing((2.0, 2.0, 2.0)))
+    card = ModelCard(roi_size_vox=(8, 8, 8), roi_spacing_mm=(2.0, 2.0, 2.0)).with_windows(
+        parse_windows("lung,soft,wide"))
+    x = roi_input(vol, (9.5, 9.5, 9.5), card)
+    assert x.shape == (3, 8, 8, 8)
+    assert x[0].max() == pytest.approx(400 / 700) and x[1].max() == 0.0  # ground glass: lung only
+    assert x[2].max() == pytest.approx(0.1)
+
+
+def test_parse_windows():
+    assert parse_windows("lung,wide") == (HU_WINDOWS["lung"], HU_WINDOWS["wide"])
+    assert parse_windows("-1000:-400, soft") == ((-1000.0, -400.0), HU_WINDOWS["soft"])
+    for bad in ("", "lungs", "-400:-1000", "1:x", "5"):
+        with pytest.raises(ValueError, match="neither"):
+            parse_windows(bad)

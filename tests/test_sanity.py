@@ -44,11 +44,27 @@ def test_sanity_on_results_is_stored_and_reported(scored):
     assert len(per) == 8 and set(per["method"]) == {"gradcam", "integrated_gradients"}
     for col in ("deletion_auc", "deletion_auc_random", "insertion_auc", "insertion_auc_random"):
         assert per[col].between(0, 1).all()
+    for col in ("road_morf_auc", "road_lerf_auc", "road_random_auc"):
+        assert per[col].between(0, 1).all()
+    np.testing.assert_allclose(per["road_gap"], per["road_lerf_auc"] - per["road_morf_auc"])
+    # the random controls do not depend on the map: measured once, the same for each method
+    by = per.set_index(["method", "case_id", "nodule_id"]).sort_index()
+    for col in ("deletion_auc_random", "road_random_auc", "road_gap_random"):
+        np.testing.assert_array_equal(by.loc["gradcam", col], by.loc["integrated_gradients", col])
     table = sanity_summary(ran, per)
     assert list(table["method"]) == ["gradcam", "integrated_gradients"]
     assert np.isnan(table.set_index("method").loc["integrated_gradients", "spearman_fully_randomised"])
+    assert table["status"].isin(["passes", "fails", "undetermined"]).all()
+    assert all(v.startswith(s) for s, v in zip(table["status"], table["verdict"]))
     html = build_html(scored / "results")
     assert "sanity checks" in html and "integrated_gradients" in html and "Not run" not in html
+    assert "MoRF / LeRF AUC" in html and "The rule: a method passes" in html
+    # 4 nodules: fewer than the rule needs, so the method the results were scored with
+    # (gradcam) is not shown to be faithful, and a warning stands above the three outcomes
+    assert table.set_index("method").loc["gradcam", "status"] == "undetermined"
+    warn = html.index('<p class="warn">')
+    assert html.index("three outcomes</h2>") < warn < html.index('<div class="outcomes">')
+    assert "scored with gradcam" in html[warn:warn + 400]
 
 
 def test_rerun_replaces_rows_of_the_same_method(scored):
@@ -105,3 +121,77 @@ def test_store_refuses_another_schema_version(tmp_path):
     con.close()
     with pytest.raises(ValueError, match="schema version 1.*Score into a new results folder"):
         ResultsStore(tmp_path)
+
+
+def test_an_older_sanity_table_is_read_and_extended_not_refused(scored, tmp_path):
+    import shutil
+    import sqlite3
+
+    res = tmp_path / "results"
+    shutil.copytree(scored / "results", res)
+    con = sqlite3.connect(res / "discovery.sqlite")
+    con.execute("DROP TABLE sanity_perturbation")
+    con.execute("CREATE TABLE sanity_perturbation (case_id TEXT, nodule_id TEXT, method TEXT, "
+                "probability REAL, predicted_label INTEGER, deletion_auc REAL, "
+                "deletion_auc_random REAL, insertion_auc REAL, insertion_auc_random REAL, "
+                "PRIMARY KEY (case_id, nodule_id, method))")
+    con.execute("INSERT INTO sanity_perturbation VALUES ('c', 'n1', 'gradcam', 0.9, 1, 0.2, 0.1, "
+                "0.5, 0.1)")
+    con.commit()
+    con.close()
+    store = ResultsStore(res, create=False)
+    per = store.sanity()[1]
+    assert per["road_gap"].isna().all() and per["deletion_auc"].tolist() == [0.2]
+    row = sanity_summary(store.sanity()[0].iloc[:0], per).iloc[0]
+    assert row["status"] == "not checked" and "re-run" in row["verdict"]
+    store.close()
+    run_sanity(res, model_dir=scored / "model", methods=("hirescam",), randomise=(), steps=2,
+               max_nodules=1)
+    store = ResultsStore(res, create=False)
+    per = store.sanity()[1]
+    store.close()
+    assert per.loc[per["method"] == "hirescam", "road_gap"].notna().all()
+    assert per.loc[per["method"] == "gradcam", "road_gap"].isna().all()
+
+
+def test_overview_and_pdf_warn_above_the_outcomes_and_list_each_method(scored, tmp_path,
+                                                                       monkeypatch):
+    import shutil
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.delenv("DISCOVERY_RESULTS", raising=False)
+    res = tmp_path / "results"
+    shutil.copytree(scored / "results", res)
+    view = str(Path(__file__).resolve().parents[1] / "app" / "views" / "overview.py")
+
+    def overview():
+        at = AppTest.from_file(view, default_timeout=60)
+        at.session_state["results_dir"] = str(res)
+        return at.run(timeout=60)
+
+    at = overview()                                   # sanity never run: not checked
+    assert not at.exception
+    assert len(at.warning) == 1 and "scored with gradcam" in at.warning[0].value
+    assert "not checked" in at.warning[0].value
+    run_sanity(res, model_dir=scored / "model", methods=("gradcam", "hirescam"), randomise=(),
+               steps=2)
+    at = overview()
+    assert not at.exception and len(at.warning) == 1  # 4 nodules: undetermined, still a warning
+    assert "undetermined" in at.warning[0].value
+    line = next(c.value for c in at.caption if c.value.startswith("Are the maps faithful"))
+    assert "gradcam: undetermined" in line and "hirescam: undetermined" in line
+    pdftotext = shutil.which("pdftotext")
+    if pdftotext:
+        import subprocess
+
+        from discovery.report.pdf import write_pdf
+
+        text = subprocess.run([pdftotext, "-layout", str(write_pdf(res, tmp_path / "r.pdf")), "-"],
+                              capture_output=True, text=True).stdout
+        text = " ".join(text.split())
+        assert "Are the maps faithful?" in text and "new MoRF / LeRF" in text
+        assert "gradcam undetermined" in text and "hirescam undetermined" in text
+        warn = text.index("Warning. These results were scored with gradcam")
+        assert text.index("three outcomes") < warn < text.index("Metric distributions")

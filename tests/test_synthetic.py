@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -156,6 +157,91 @@ def test_satellites_have_a_stream_of_their_own():
     assert SyntheticConfig.from_dict(old) == none
 
 
+def _arrays_sha256(case) -> str:
+    h = hashlib.sha256()
+    for a in (case.hu, case.mask, case.planted):
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("seed, index, digest", [
+    (7, 2, "c9b183618510c9ebb1cd6c5e2b0c3c81171e52ba3e2de23b67b26ed24be32592"),
+    (3, 0, "dff2513ea8cfb1c2fd7e620f6833c3ce4da70dcce3ae980ea4d4ad1e6c5ff6ca")])
+def test_default_cases_are_byte_identical_to_those_before_halos(seed, index, digest):
+    """HU, nodule mask and planted map of cases generated before ground-glass halos existed
+    (SHA-256 taken on that code): with halos off (the default) nothing changes."""
+    case = generate_case(seed, config=SMALL, index=index)
+    assert _arrays_sha256(case) == digest
+    assert not any(n["has_ground_glass_halo"] for n in case.nodules)
+
+
+HALOS = dataclasses.replace(SMALL, p_halo_malignant=1.0, p_halo_benign=1.0,
+                            halo_width_mm=(4.0, 5.0), halo_hu=(-650.0, -550.0))
+
+
+def test_halos_have_a_stream_of_their_own_and_change_only_their_surroundings():
+    a, b = generate_case(5, config=SMALL, index=1), generate_case(5, config=HALOS, index=1)
+    assert np.array_equal(a.mask, b.mask) and a.acquisition == b.acquisition
+    halos = [p for p in b.planted_items if p["kind"] == "ground_glass_halo"]
+    others = [p for p in b.planted_items if p["kind"] != "ground_glass_halo"]
+    assert [(p["kind"], p["center_zyx"], p["n_voxels"]) for p in others] == [
+        (p["kind"], p["center_zyx"], p["n_voxels"]) for p in a.planted_items]
+    assert halos and all(p["label"] > max([o["label"] for o in others], default=0) for p in halos)
+    assert np.array_equal(b.planted[b.planted <= len(others)], a.planted[b.planted <= len(others)])
+    # the HU differ only near the halos (their partial-volume fringe, spread by the blur)
+    near = ndi.binary_dilation(np.isin(b.planted, [p["label"] for p in halos]), iterations=6)
+    assert np.array_equal(a.hu[~near], b.hu[~near]) and not np.array_equal(a.hu, b.hu)
+    assert [n["has_ground_glass_halo"] for n in b.nodules] == [
+        any(p["nodule_label"] == n["label"] for p in halos) for n in b.nodules]
+    # a config written before halos existed means none; bad settings are refused
+    old = {k: v for k, v in SMALL.to_dict().items() if "halo" not in k}
+    assert SyntheticConfig.from_dict(old) == SMALL and SMALL.p_halo_malignant == 0.0
+    with pytest.raises(ValueError, match="p_halo_benign"):
+        SyntheticConfig(p_halo_benign=1.5)
+    with pytest.raises(ValueError, match="halo_width_mm"):
+        SyntheticConfig(halo_width_mm=(0.0, 2.0))
+
+
+def test_halo_geometry_and_density():
+    """A rim of lung voxels 0..~1.6 widths beyond its own nodule, never on a nodule or a
+    vessel, at the drawn density where fully occupied (no blur, no noise); only the partial
+    volume of the nodule next to it is denser than a vessel's edge."""
+    cfg = dataclasses.replace(HALOS, blur_sigma_vox=(0.0, 0.0), noise_sigma_hu=(0.0, 0.0))
+    case = generate_case(4, config=cfg, index=0)
+    spacing = np.array(case.acquisition["spacing_mm"])
+    halos = [p for p in case.planted_items if p["kind"] == "ground_glass_halo"]
+    assert len(halos) == len(case.nodules)  # p = 1: every nodule has one
+    vox_mm = float(np.prod(spacing) ** (1 / 3))
+    for p in halos:
+        own = case.planted == p["label"]
+        assert own.sum() == p["n_voxels"] >= 3 and 4.0 <= p["width_mm"] <= 5.0
+        assert -650.0 <= p["hu"] <= -550.0
+        assert np.all(case.lung[own]) and not np.any(case.mask[own])
+        d = ndi.distance_transform_edt(case.mask != p["nodule_label"], sampling=spacing)[own]
+        assert d.min() <= vox_mm and d.max() <= 1.6 * p["width_mm"] + 1.5 * vox_mm
+        vals = case.hu[own]
+        # fully occupied parenchyma has the drawn density (recorded to 0.1 HU)
+        assert np.mean(np.abs(vals - p["hu"]) <= 0.051) > 0.25
+        assert vals.min() >= -900.0 and np.median(vals) > -700.0  # ground glass, not lung
+        assert np.all(vals[d > 1.5 * vox_mm] <= -500.0 + 0.01)  # at most a vessel's edge
+    assert -870.0 < np.median(case.hu[case.lung & (case.planted == 0)]) < -830.0
+
+
+def test_removing_a_halo_restores_aerated_lung():
+    """The halo's label is the oracle mask: inpainting it brings its voxels back to lung."""
+    from discovery.model.edit import inpaint_parenchyma
+
+    case = generate_case(5, config=HALOS, index=1)
+    spacing = case.acquisition["spacing_mm"]
+    for p in case.planted_items:
+        if p["kind"] != "ground_glass_halo":
+            continue
+        own = case.planted == p["label"]
+        edited = inpaint_parenchyma(case.hu, ndi.binary_dilation(own) & case.lung,
+                                    spacing_mm=spacing, protect=case.mask > 0)
+        assert case.hu[own].mean() > -700.0 and -900.0 < edited[own].mean() < -780.0
+
+
 # ----------------------------------------------------------------------------- determinism
 def test_same_seed_same_case_different_seed_different_case():
     a = generate_case(11, config=SMALL, index=2)
@@ -242,7 +328,8 @@ def test_truth_csv_matches_json(cohort):
         rows = list(csv.DictReader(fh))
     assert list(rows[0]) == ["case_dir", "nodule_label", "malignant", "diameter_mm", "margin",
                              "center_z", "center_y", "center_x", "has_pleural_tail",
-                             "has_marker_bead", "has_granuloma", "has_satellite_nodule"]
+                             "has_marker_bead", "has_granuloma", "has_satellite_nodule",
+                             "has_ground_glass_halo"]
     nodules = [(c["case_dir"], n) for c in cohort.truth["cases"] for n in c["nodules"]]
     assert len(rows) == len(nodules)
     for row, (case_dir, n) in zip(rows, nodules):
@@ -250,6 +337,7 @@ def test_truth_csv_matches_json(cohort):
         assert int(row["malignant"]) == int(n["malignant"]) and row["margin"] == n["margin"]
         assert int(row["has_marker_bead"]) == int(n["has_marker_bead"])
         assert int(row["has_satellite_nodule"]) == int(n["has_satellite_nodule"])
+        assert int(row["has_ground_glass_halo"]) == int(n["has_ground_glass_halo"]) == 0
 
 
 def test_masks_nodules_and_planted_structures(cohort):

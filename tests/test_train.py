@@ -169,3 +169,61 @@ def test_collect_rois_reads_the_truth_manifest_of_a_written_cohort(tmp_path):
     want = sorted(zip([pseudonymous_id(str(d)) for d in truth["case_dir"]], truth["malignant"]))
     got = sorted(zip([data.case_ids[g] for g in data.group], data.y.tolist()))
     assert got == want
+
+
+def _two_window_toy(n_cases=9, per_case=2):
+    """Two channels: the lung window carries the label (a faint vs a fainter cube), the wide
+    window is the same for both labels."""
+    data = _toy(n_cases, per_case)
+    x = np.concatenate([data.x, np.full_like(data.x, 0.05)], axis=1)
+    return RoiDataset(x, data.y, data.group, data.case_ids, data.cohort_hash)
+
+
+def test_train_a_two_window_model_and_refuse_a_checkpoint_of_other_windows(tmp_path):
+    from data_tools.errors import DataError
+
+    card = _tiny_card().with_windows([(-1000, -300), (-1000, 3000)])
+    s = TrainSettings(epochs=3, batch_size=6, seed=5)
+    saved = train_model(_two_window_toy(), tmp_path / "m", settings=s, card=card)
+    model, loaded = load_model(tmp_path / "m")
+    assert loaded == saved and loaded.input_windows == ((-1000.0, -300.0), (-1000.0, 3000.0))
+    assert model.conv1.weight.shape[1] == 2
+
+    def stop(epoch, total, history):
+        raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        train_model(_two_window_toy(), tmp_path / "cut", settings=s, card=card, progress=stop)
+    other = card.with_windows([(-1000, -400), (-1000, 3000)])  # same channels, other windows
+    with pytest.raises(DataError, match="different windows .HU windows"):
+        train_model(_two_window_toy(), tmp_path / "cut", settings=s, card=other, resume=True)
+
+
+def test_synthetic_rois_of_a_multi_window_card_keep_the_wide_channel():
+    from data_tools.synthetic import SyntheticConfig
+    from discovery.model.rois import parse_windows
+    from discovery.model.train import synthetic_rois
+
+    small = SyntheticConfig(shape_yx=128, n_slices=(50, 54), pixel_spacing_mm=(2.2, 2.4),
+                            slice_spacing_mm=(2.0, 2.2), nodules_per_case=(1, 1))
+    one = synthetic_rois(5, 3, ModelCard(), config=small)
+    three = synthetic_rois(5, 3, ModelCard().with_windows(parse_windows("lung,soft,wide")),
+                           config=small)
+    assert three.x.shape == (len(one.y), 3, *ModelCard().roi_size_vox)
+    assert three.x[:, 2].tobytes() == one.x[:, 0].tobytes()
+    # lung parenchyma (about -860 HU) sits low in the wide window, mid-scale in the lung one
+    assert np.median(three.x[:, 0]) > 4 * np.median(three.x[:, 2])
+
+
+def test_train_command_windows_option():
+    from discovery.cli import build_parser
+    from discovery.model.rois import HU_WINDOWS
+
+    parse = build_parser().parse_args
+    args = parse(["train", "cohort", "--out", "m"])
+    assert args.windows == (HU_WINDOWS["lung"], HU_WINDOWS["soft"], HU_WINDOWS["wide"])
+    assert parse(["train", "c", "--out", "m", "--windows", "wide"]).windows == (HU_WINDOWS["wide"],)
+    assert parse(["train", "c", "--out", "m", "--windows=-1000:-400,wide"]).windows == (
+        (-1000.0, -400.0), HU_WINDOWS["wide"])
+    with pytest.raises(SystemExit):
+        parse(["train", "c", "--out", "m", "--windows", "bone"])

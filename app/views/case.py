@@ -12,16 +12,22 @@ import pandas as pd
 import streamlit as st
 
 from app import common
+from discovery.model.reliance import reliance_text
 from discovery.model.rois import nodule_label
 from discovery.report import planes, render
 from discovery.report.style import fmt
 from discovery.store.tables import NODULE_REVIEW_CHOICES
 
 #: Metric label per column (the rows of the metrics table, in order).
-METRIC_NAMES = {"probability": "P(malignant)", "verdict": "Verdict", "rma": "RMA", "rra": "RRA",
+METRIC_NAMES = {"probability": "P(malignant)", "verdict": "Verdict",
+                "rests_on_nodule": "Rests on the nodule", "rma": "RMA", "rra": "RRA",
                 "pointing_hit": "Pointing hit", "peak_distance_mm": "Peak distance (mm)",
                 "near_mass": "Near mass", "offmask_mass_share": "Off-mask share",
                 "detection_auc": "Detection AUC", "otsu_dice": "Otsu Dice", "rings": "Rings (mm)"}
+#: Meaning of the reliance row (the other rows' meanings are common.METRIC_HELP).
+RELIANCE_HELP = ("Removing the nodule (replaced by lung parenchyma) lowers P(malignant) by at "
+                 "least half of P, beyond the change of the same edit elsewhere in the ROI "
+                 "(P without the nodule / without a volume-matched control in brackets).")
 #: Columns of the off-mask region table.
 REGION_TABLE_COLUMNS = ["region_index", "case_region", "volume_mm3", "mass_share",
                         "distance_to_mask_mm", "offset_distance_mm", "mean_hu", "centroid_z",
@@ -176,6 +182,8 @@ def metrics_table(row: pd.Series) -> pd.DataFrame:
     values = {
         "probability": fmt(row["probability"]),
         "verdict": fmt(row["verdict"]),
+        "rests_on_nodule": reliance_text(row["rests_on_nodule"], row["p_without_nodule"],
+                                         row["p_without_control"], row["reliance_status"]),
         "rma": fmt(row["rma"]),
         "rra": fmt(row["rra"]),
         "pointing_hit": "–" if pd.isna(hit) else ("yes" if hit >= 0.5 else "no"),
@@ -188,7 +196,7 @@ def metrics_table(row: pd.Series) -> pd.DataFrame:
     }
     return pd.DataFrame({"Metric": [METRIC_NAMES[k] for k in values],
                          "Value": list(values.values()),
-                         "Meaning": [common.METRIC_HELP[k] for k in values]})
+                         "Meaning": [common.METRIC_HELP.get(k, RELIANCE_HELP) for k in values]})
 
 
 def metrics_and_review(store, row: pd.Series, item_id: str, nodule_id: str) -> None:

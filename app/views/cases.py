@@ -24,6 +24,8 @@ else:
     scored["review_status"] = scored["n_reviews"].map(lambda n: "reviewed" if n else "to review")
     scored["pointing_hit"] = scored["pointing_hit"].map(
         lambda v: "" if pd.isna(v) else ("yes" if v >= 0.5 else "no"))
+    scored["rests_on_nodule"] = scored["rests_on_nodule"].map(
+        lambda v: "" if pd.isna(v) else ("yes" if v >= 0.5 else "no"))
     scored["predicted_label"] = scored["predicted_label"].map(
         lambda v: "" if pd.isna(v) else ("malignant" if int(v) == 1 else "benign"))
 
@@ -68,7 +70,8 @@ else:
     m2.metric("Left to review", left)
     m3.metric("Shown", len(view))
 
-    columns = ["case_id", "nodule_id", "probability", "predicted_label", "verdict", "rma", "rra",
+    columns = ["case_id", "nodule_id", "probability", "predicted_label", "verdict",
+               "rests_on_nodule", "rma", "rra",
                "pointing_hit", "peak_distance_mm", "n_offmask_regions", "clusters", "flagged",
                "status", "review_status", "reviews"]
     st.caption("Click a column header to sort.")
@@ -81,6 +84,9 @@ else:
                 "P(malignant)", min_value=0.0, max_value=1.0, format="%.2f"),
             "predicted_label": "Predicted",
             "verdict": st.column_config.TextColumn("Verdict", help=common.METRIC_HELP["verdict"]),
+            "rests_on_nodule": st.column_config.TextColumn(
+                "Rests on nodule", help="Removing the nodule (replaced by parenchyma) lowers "
+                "P(malignant) by at least half, beyond a volume-matched control's change."),
             "rma": st.column_config.NumberColumn("RMA", format="%.2f", help=common.METRIC_HELP["rma"]),
             "rra": st.column_config.NumberColumn("RRA", format="%.2f", help=common.METRIC_HELP["rra"]),
             "pointing_hit": st.column_config.TextColumn("Pointing hit",

@@ -4,9 +4,11 @@ import pandas as pd
 import streamlit as st
 
 from app import common
+from discovery.explain.faithfulness_rule import RULE, faithfulness_warning
 from discovery.patterns.outcomes import ARTIFACT_HU, SCORED_STATUSES, read_outcomes
 from discovery.report import render
 from discovery.report.style import DISPLAY_THRESHOLD
+from discovery.store.tables import sanity_summary
 
 ICONS = {"on the tumour": ":material/check_circle:", "shortcut": ":material/warning:",
          "candidate sign": ":material/lightbulb:"}
@@ -26,6 +28,18 @@ scored = findings[findings["status"].isin(SCORED_STATUSES)]
 if scored.empty:
     st.info("No nodule was scored in these results, so there is nothing to summarise.")
     st.stop()
+
+faithfulness = sanity_summary(*store.sanity())
+warning = faithfulness_warning(faithfulness, store.meta().get("method"))
+if warning:
+    st.warning(warning, icon=":material/report:")
+if len(faithfulness):
+    st.caption("Are the maps faithful to the model (discovery sanity)? "
+               + "; ".join(f"{r.method}: {r.status}" for r in faithfulness.itertuples())
+               + ". Details below the outcomes and in the report's sanity section.")
+else:
+    st.caption("Whether the maps are faithful to the model was not checked: "
+               "`discovery sanity RESULTS` measures it.")
 
 readings = read_outcomes(findings, clusters, regions, threshold=threshold)  # computed once
 for col, panel in zip(st.columns(3, border=True), readings.panels):
@@ -55,6 +69,12 @@ st.caption(f"Shortcut: the malignant prediction would not survive removing off-m
            "off-mask region. Shortcut pictures are on the slice of the densest voxel next to "
            "the region, between the nodule and the artifact. The heat map exists only inside "
            "each nodule's 48 mm analysis box, so it can end in a straight edge.")
+
+if len(faithfulness):
+    with st.expander("Faithfulness of each method's maps"):
+        st.write(f"The rule: {RULE}.")
+        for r in faithfulness.itertuples():
+            st.markdown(f"- **{r.method}** {r.verdict}.")
 
 st.subheader("Every nodule")
 table = readings.outcomes

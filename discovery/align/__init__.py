@@ -10,7 +10,8 @@ from discovery.lazy import attach
 __getattr__, __dir__, __all__ = attach(__name__, {
     "metrics": ["AlignThresholds", "Alignment", "align", "relevance_mass", "relevance_rank",
                 "pointing_game", "peak_distance_mm", "near_mass", "distance_to_mask_mm",
-                "grow_mm", "bounding_box", "VERDICTS"],
+                "grow_mm", "bounding_box", "VERDICTS", "Agreement", "verdict_agreement",
+                "describe_verdicts"],
     "localization": ["Localization", "localization_summary"],
     "readers": ["consensus_mask", "reader_metrics"],
 })

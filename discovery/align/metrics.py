@@ -33,6 +33,7 @@ import numpy as np
 from scipy import ndimage
 
 from data_tools.checks import check_nonneg, check_spacing
+from discovery.model.edit import bounding_box  # also re-exported (align.bounding_box)
 
 __all__ = [
     "relevance_mass",
@@ -46,6 +47,9 @@ __all__ = [
     "Alignment",
     "align",
     "VERDICTS",
+    "Agreement",
+    "verdict_agreement",
+    "describe_verdicts",
 ]
 
 #: Every verdict :func:`align` can return.
@@ -128,22 +132,6 @@ def distance_to_mask_mm(mask, spacing_mm) -> np.ndarray:
     if not mask.any():
         raise ValueError("mask is empty: the distance to it is undefined")
     return _distance_to_mask_mm(mask.astype(bool, copy=False), check_spacing(spacing_mm))
-
-
-def bounding_box(mask: np.ndarray, pad=0) -> tuple[slice, ...] | None:
-    """The slices of *mask*'s True voxels grown by *pad* voxels per axis (an int or one per
-    axis), clipped to the array; None when *mask* is empty.  Uses axis projections, not
-    ``argwhere``: a few passes over the array instead of materialising every index."""
-    mask = np.asarray(mask, dtype=bool)
-    pads = np.broadcast_to(np.asarray(pad, dtype=int), (mask.ndim,))
-    out = []
-    for axis in range(mask.ndim):
-        nz = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        if nz.size == 0:
-            return None
-        out.append(slice(max(int(nz[0]) - int(pads[axis]), 0),
-                         min(int(nz[-1]) + int(pads[axis]) + 1, mask.shape[axis])))
-    return tuple(out)
 
 
 def grow_mm(mask: np.ndarray, reach_mm: float, spacing_mm) -> np.ndarray:
@@ -354,12 +342,10 @@ class AlignThresholds:
     Attributes
     ----------
     pointing_tolerance_mm : float
-        Tolerance of the pointing game (mm).  Grad-CAM of a 3-D CNN lives on the last
-        convolutional grid, typically cells of about 4 mm once upsampled to the CT, so a
-        peak one cell off a small nodule is still "looking at it".
+        Tolerance of the pointing game (mm).  Grad-CAM at ``layer3`` lives on 6 mm cells once
+        upsampled to the CT, so a peak a cell or so off a nodule is still "looking at it".
     near_margin_mm : float
-        Margin (mm) defining "near the mask" for :func:`near_mass`; slightly more than one
-        Grad-CAM cell, for the same reason.
+        Margin (mm) defining "near the mask" for :func:`near_mass`.
     aligned_near_mass : float
         Minimum near mass for "aligned" (with a pointing hit).
     offmask_near_mass : float
@@ -372,12 +358,29 @@ class AlignThresholds:
     model clearly looks at it: RMA is reported but does not decide the verdict.  The
     verdict combines where the peak is (pointing game with a tolerance) with how much
     attribution lies near the nodule (near mass).
+
+    **Calibrated to the model's behaviour.**  The defaults (10 mm, 10 mm, 0.60, 0.30) were
+    fitted so that ``aligned`` agrees with "the prediction rests on the nodule"
+    (:mod:`discovery.model.reliance`: removing the nodule takes away at least half of the
+    probability, beyond a volume-matched control) on predicted-malignant nodules of
+    *calibration* cohorts only: the demo model on demo-like cohorts of seeds 101 and 102 and
+    the discovery benchmark's seed-2 model on its test-like cohort of seed 20002 (161
+    nodules, 37 resting on the nodule), by the largest pooled balanced accuracy over a grid
+    of margins 0-15 mm, tolerances 0-15 mm and cut-offs 0-1 (0.790; settings within 0.005
+    of the best count as tied, and the margin nearest the former 5 mm wins);
+    ``offmask_near_mass`` keeps half the aligned cut-off, as before
+    (``benchmarks/verdict_agreement.py``).  Nothing is tuned per planted kind.  The former
+    defaults (4 mm, 5 mm, 0.5, 0.25) agreed with the reliance at balanced accuracy 0.51 on
+    the demo cohort; the landscape is flat (every margin from 2 to 15 mm reaches 0.75-0.79
+    on the calibration cohorts) and no setting of this rule reaches 0.9: at 6 mm cells a
+    map cannot tell the nodule from a bead 9-16 mm away, and a layer-3 cell sees far beyond
+    its 6 mm (README, "Verdicts").
     """
 
-    pointing_tolerance_mm: float = 4.0
-    near_margin_mm: float = 5.0
-    aligned_near_mass: float = 0.5
-    offmask_near_mass: float = 0.25
+    pointing_tolerance_mm: float = 10.0
+    near_margin_mm: float = 10.0
+    aligned_near_mass: float = 0.60
+    offmask_near_mass: float = 0.30
 
     def __post_init__(self):
         check_nonneg(self.pointing_tolerance_mm, "pointing_tolerance_mm")
@@ -509,3 +512,70 @@ def align(attr, mask, *, spacing_mm, thresholds: AlignThresholds = AlignThreshol
         verdict=verdict,
         status=STATUS_OK,
     )
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How well ``verdict == "aligned"`` agrees with "the prediction rests on the nodule".
+
+    Attributes
+    ----------
+    balanced_accuracy : float
+        Mean of ``sensitivity`` and ``specificity``; NaN when either class is empty.
+    sensitivity : float
+        Share of the nodules that rest on the nodule whose verdict is ``aligned``.
+    specificity : float
+        Share of the nodules that do not whose verdict is not ``aligned``.
+    n, n_rests : int
+        Nodules compared (predicted malignant, reliance measured) and how many rest on the
+        nodule.
+    """
+
+    balanced_accuracy: float
+    sensitivity: float
+    specificity: float
+    n: int
+    n_rests: int
+
+
+def verdict_agreement(verdicts, rests_on_nodule, predicted_label) -> Agreement:
+    """Agreement of the verdicts with the reliance measure on predicted-malignant nodules.
+
+    Parameters
+    ----------
+    verdicts : sequence of str, shape (n,)
+        :func:`align` verdicts.
+    rests_on_nodule : sequence of float, shape (n,)
+        1 / 0 / NaN (:class:`discovery.model.reliance.Reliance`); NaN rows are left out.
+    predicted_label : sequence of int, shape (n,)
+        1 for predicted malignant; only those rows are compared.
+
+    Returns
+    -------
+    Agreement
+    """
+    verdicts = np.asarray(verdicts, dtype=object)
+    rests = np.asarray(rests_on_nodule, dtype=float)
+    predicted = np.asarray(predicted_label, dtype=float)
+    if not (verdicts.shape == rests.shape == predicted.shape) or verdicts.ndim != 1:
+        raise ValueError("verdicts, rests_on_nodule and predicted_label must be 1-D of one "
+                         f"length; received {verdicts.shape}, {rests.shape}, {predicted.shape}")
+    keep = (predicted == 1) & np.isfinite(rests)
+    aligned, truth = verdicts[keep] == "aligned", rests[keep] >= 0.5
+    sens = float(aligned[truth].mean()) if truth.any() else math.nan
+    spec = float((~aligned[~truth]).mean()) if (~truth).any() else math.nan
+    return Agreement(balanced_accuracy=(sens + spec) / 2, sensitivity=sens, specificity=spec,
+                     n=int(keep.sum()), n_rests=int(truth.sum()))
+
+
+def describe_verdicts(thresholds: AlignThresholds = AlignThresholds()) -> str:
+    """The verdict rule of *thresholds* in words, for reports and the app (so that the text
+    always says what :func:`align` does): ``"aligned (the attribution peak within 10 mm of the
+    mask and at least 60 % of the attention within 10 mm of it), off-mask (...), partial
+    otherwise"``."""
+    t = thresholds
+    near = f"{t.near_margin_mm:g} mm of it"
+    return (f"aligned (the attribution peak within {t.pointing_tolerance_mm:g} mm of the mask "
+            f"and at least {t.aligned_near_mass:.0%} of the attention within {near}), "
+            f"off-mask (the peak further away and less than {t.offmask_near_mass:.0%} of the "
+            f"attention within {near}), partial otherwise")

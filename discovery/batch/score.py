@@ -155,7 +155,7 @@ def result_rows(result: CaseResult) -> tuple[list[dict], list[dict]]:
     nodules, regions = [], []
     case_region = 0
     for nod in result.nodules:
-        a, loc = nod.alignment, nod.localization
+        a, loc, rel = nod.alignment, nod.localization, nod.reliance
         total = float(nod.attribution.sum())
         off_share = float(sum(r.mass_share for r in nod.regions)) if total > 0 else float("nan")
         nodules.append({
@@ -165,7 +165,9 @@ def result_rows(result: CaseResult) -> tuple[list[dict], list[dict]]:
             "peak_distance_mm": a.peak_distance_mm, "near_mass": a.near_mass,
             "detection_auc": loc.auc, "otsu_dice": loc.otsu_dice, "otsu_iou": loc.otsu_iou,
             "ring_0_5": loc.ring_0_5, "ring_5_10": loc.ring_5_10, "ring_10_20": loc.ring_10_20,
-            "verdict": a.verdict, "n_offmask_regions": len(nod.regions),
+            "verdict": a.verdict, "p_without_nodule": rel.p_without_nodule,
+            "p_without_control": rel.p_without_control, "rests_on_nodule": rel.rests_on_nodule,
+            "reliance_status": rel.status, "n_offmask_regions": len(nod.regions),
             "offmask_mass_share": off_share, "volume_mm3": nod.site.volume_mm3,
             "center_z": nod.site.center_zyx[0], "center_y": nod.site.center_zyx[1],
             "center_x": nod.site.center_zyx[2], "status": "ok" if a.status == "ok" else a.verdict,

@@ -1,8 +1,15 @@
-"""Is an attribution map faithful to the model?  Two quantitative checks.
+"""Is an attribution map faithful to the model?  Quantitative checks.
 
-* :func:`perturbation_curves` -- deletion and insertion curves (Petsiuk et al. 2018, RISE):
-  a map that points at the evidence the model uses makes the target probability fall faster
-  when voxels are removed in its order (and rise faster when revealed) than random orders do.
+* :func:`road_curves` -- ROAD (Rong et al. 2022): deletion most relevant first (MoRF) against
+  least relevant first (LeRF), removed voxels imputed from their neighbours plus noise
+  (:mod:`discovery.explain.imputation`); the area between the two curves (the MoRF-LeRF gap)
+  is the summary, judged by :mod:`discovery.explain.faithfulness_rule`.
+* :func:`perturbation_curves` -- deletion and insertion curves (Petsiuk et al. 2018, RISE)
+  with a constant eraser against random voxel orders, kept for comparison: a map that points
+  at the evidence should make the target probability fall faster when voxels are removed in
+  its order (and rise faster when revealed) than random orders do -- but scattered voxels set
+  to a constant leave speckle, itself a signal to a CNN, so random orders are no neutral
+  baseline (``benchmarks/faithfulness.py`` measures it on the demo model).
 * :func:`randomization_test` -- the cascading model-parameter randomisation test of Adebayo
   et al. 2018: re-draw the weights module by module from the output end back to the input;
   maps that depend on what the model learned decorrelate (Spearman toward 0), maps that stay
@@ -25,9 +32,11 @@ import torch
 from scipy import stats
 
 from data_tools.checks import check_int
+from discovery.explain.imputation import linear_imputation
 from discovery.explain.methods import explain
 
-__all__ = ["PerturbationResult", "RandomizationResult", "perturbation_curves", "randomization_test"]
+__all__ = ["PerturbationResult", "RandomizationResult", "RoadResult", "perturbation_curves",
+           "randomization_test", "road_curves"]
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +48,9 @@ Progress = Callable[[int, int], None]
 def _as_rois(rois) -> torch.Tensor:
     if not isinstance(rois, torch.Tensor):
         rois = torch.as_tensor(np.asarray(rois))
-    if rois.ndim != 5 or rois.shape[1] != 1 or rois.shape[0] == 0:
-        raise ValueError("rois must be a float tensor (N, 1, z, y, x) with N >= 1; received "
-                         f"shape {tuple(rois.shape)}")
+    if rois.ndim != 5 or rois.shape[1] == 0 or rois.shape[0] == 0:
+        raise ValueError("rois must be a float tensor (N, C, z, y, x) with N, C >= 1; "
+                         f"received shape {tuple(rois.shape)}")
     if not torch.is_floating_point(rois):
         raise ValueError(f"rois must be floating point; received dtype {rois.dtype}")
     return rois.detach()
@@ -139,12 +148,13 @@ def perturbation_curves(model: torch.nn.Module, rois, attributions, *, baseline,
     model : torch.nn.Module
         Classifier returning logits ``(N, C)``, already in ``eval()`` mode (ValueError
         otherwise).  Used as it is under ``torch.no_grad``; never modified.
-    rois : Tensor or array, shape (N, 1, z, y, x)
+    rois : Tensor or array, shape (N, C, z, y, x)
         Preprocessed ROIs, in the network's input units.
     attributions : Tensor or array, shape (N, z, y, x)
         One map per ROI on the ROI grid; only the order of its values matters.
-    baseline : float or array broadcastable to (1, z, y, x)
-        The value a removed voxel takes, in the network's input units.  Required, with no
+    baseline : float or array broadcastable to (C, z, y, x)
+        The value a removed voxel takes, in the network's input units (per channel: a
+        removed voxel is removed from every channel).  Required, with no
         default, because it decides what "removed" means: 0 is not neutral after an HU window
         (it is the window's lower end, e.g. -1000 HU = air), and a removed nodule voxel should
         look like the tissue around it -- usually lung parenchyma (about -850 HU, normalised
@@ -158,8 +168,9 @@ def perturbation_curves(model: torch.nn.Module, rois, attributions, *, baseline,
         Random voxel orders per ROI for the control (>= 0; 0 leaves the random fields NaN).
     seed : int
         Seeds one ``numpy.random.Generator`` per ROI, from ``(seed, ROI index)``, which draws
-        the tie-breaking permutation and then the random orders: results are reproducible, and
-        a ROI's orders do not depend on the other ROIs in the call.
+        the tie-breaking permutation and then the random orders: results are reproducible, a
+        ROI's orders do not depend on the other ROIs in the call, and the random orders do not
+        depend on the map (calls with the same ROIs and seed have the same random control).
     batch_size : int
         Perturbed ROIs per forward pass (>= 1); batches span steps and ROIs.
     progress : callable(done, total), optional
@@ -179,19 +190,19 @@ def perturbation_curves(model: torch.nn.Module, rois, attributions, *, baseline,
     """
     _check_eval(model)
     rois = _as_rois(rois)
-    n, spatial = int(rois.shape[0]), tuple(int(s) for s in rois.shape[2:])
-    attr = _check_attributions(attributions, n, spatial, rois.shape)
+    n, shape = int(rois.shape[0]), tuple(int(s) for s in rois.shape[1:])
+    attr = _check_attributions(attributions, n, shape[1:], rois.shape)
     check_int("steps", steps, 1)
     check_int("n_random", n_random, 0)
     check_int("batch_size", batch_size, 1)
-    base = _check_baseline(baseline, spatial)
+    base = _check_baseline(baseline, shape)
 
-    n_voxels = int(np.prod(spatial))
+    n_voxels = int(np.prod(shape[1:]))
     counts = [(i * n_voxels) // steps for i in range(steps + 1)]
     fractions = np.array(counts, dtype=np.float64) / n_voxels
     n_orders = 1 + n_random
-    flat = rois.to(dtype=torch.float32, device="cpu").reshape(n, n_voxels)
-    base_t = torch.from_numpy(base.reshape(n_voxels))
+    flat = rois.to(dtype=torch.float32, device="cpu").reshape(n, shape[0], n_voxels)
+    base_t = torch.from_numpy(base.reshape(shape[0], n_voxels))
     device = next((t.device for t in (*model.parameters(), *model.buffers())), torch.device("cpu"))
     probs = np.full((n, n_orders, 2, steps + 1), np.nan)   # roi, order, deletion/insertion, step
     total = n * n_orders * 2 * (steps + 1)
@@ -200,7 +211,7 @@ def perturbation_curves(model: torch.nn.Module, rois, attributions, *, baseline,
     jobs = _perturbation_jobs(attr, flat, base_t, counts, n_random=n_random, seed=seed)
     with torch.no_grad():
         _run_jobs(model, jobs, probs, total=total, batch_size=batch_size, progress=progress,
-                  spatial=spatial, device=device, target=target)
+                  shape=shape, device=device, target=target)
     return _perturbation_result(probs, fractions, target=target, n_random=n_random, seed=seed)
 
 
@@ -218,14 +229,15 @@ def _check_attributions(attributions, n: int, spatial: tuple, rois_shape) -> np.
     return attr
 
 
-def _check_baseline(baseline, spatial: tuple) -> np.ndarray:
-    """*baseline* broadcast to one ROI ``(1, *spatial)`` as finite float32, or ``ValueError``."""
+def _check_baseline(baseline, shape: tuple) -> np.ndarray:
+    """*baseline* broadcast to one ROI ``shape = (C, z, y, x)`` as finite float32, or
+    ``ValueError``."""
     try:
-        base = np.array(np.broadcast_to(_to_numpy(baseline).astype(np.float32), (1, *spatial)))
+        base = np.array(np.broadcast_to(_to_numpy(baseline).astype(np.float32), shape))
     except (TypeError, ValueError):
         shape = tuple(getattr(baseline, "shape", ()))
         raise ValueError("baseline (the value a removed voxel takes) must be a float or an array "
-                         f"broadcastable to one ROI {(1, *spatial)}; received "
+                         f"broadcastable to one ROI {shape}; received "
                          f"{type(baseline).__name__} of shape {shape}") from None
     if not np.all(np.isfinite(base)):
         raise ValueError(f"baseline must be finite (and is required); received {baseline!r:.60}")
@@ -239,7 +251,7 @@ def _perturbation_jobs(attr: np.ndarray, flat: torch.Tensor, base_t: torch.Tenso
     The index is ``(roi, order, 0 deletion / 1 insertion, step)``; order 0 follows the
     attribution, orders 1..n_random are random permutations from the ROI's own generator.
     """
-    n_voxels = flat.shape[1]
+    n_voxels = flat.shape[2]
     for i in range(flat.shape[0]):
         rng = np.random.default_rng(np.random.SeedSequence([int(seed), i]))
         orders = [_voxel_order(attr[i].ravel(), rng)]
@@ -254,7 +266,7 @@ def _perturbation_jobs(attr: np.ndarray, flat: torch.Tensor, base_t: torch.Tenso
 
 
 def _run_jobs(model: torch.nn.Module, jobs, probs: np.ndarray, *, total: int, batch_size: int,
-              progress: Progress | None, spatial: tuple, device: torch.device,
+              progress: Progress | None, shape: tuple, device: torch.device,
               target: int) -> None:
     """Evaluate the ``total`` perturbed ROIs of *jobs* in batches of *batch_size*, filling
     *probs*; *progress* is called after each batch."""
@@ -262,18 +274,18 @@ def _run_jobs(model: torch.nn.Module, jobs, probs: np.ndarray, *, total: int, ba
     for job in jobs:
         batch.append(job)
         if len(batch) == batch_size or done + len(batch) == total:
-            _evaluate_batch(model, batch, probs, spatial=spatial, device=device, target=target)
+            _evaluate_batch(model, batch, probs, shape=shape, device=device, target=target)
             done, batch = done + len(batch), []
             if progress is not None:
                 progress(done, total)
 
 
-def _evaluate_batch(model: torch.nn.Module, batch, probs: np.ndarray, *, spatial: tuple,
+def _evaluate_batch(model: torch.nn.Module, batch, probs: np.ndarray, *, shape: tuple,
                     device: torch.device, target: int) -> None:
     """Run one batch of perturbed ROIs and store the softmax probability of *target* in
     *probs* at each job's index."""
     keys, tensors = zip(*batch)
-    logits = model(torch.stack(tensors).reshape(len(tensors), 1, *spatial).to(device))
+    logits = model(torch.stack(tensors).reshape(len(tensors), *shape).to(device))
     if logits.ndim != 2 or not 0 <= target < logits.shape[1]:
         raise ValueError(f"target {target} is out of range for model output of shape "
                          f"{tuple(logits.shape)}; expected logits (N, C), 0 <= target < C")
@@ -297,6 +309,194 @@ def _perturbation_result(probs: np.ndarray, fractions: np.ndarray, *, target: in
         deletion_auc_random=_frozen(rand_aucs[:, 0]), insertion_auc_random=_frozen(rand_aucs[:, 1]),
         target=int(target), n_random=int(n_random), seed=int(seed),
     )
+
+
+# -- ROAD: noisy linear imputation, most- against least-relevant first -------------------------
+
+@dataclass(frozen=True, eq=False)
+class RoadResult:
+    """Deletion curves with noisy linear imputation, most- and least-relevant first (ROAD).
+
+    All arrays are read-only float64; curves hold the softmax probability of ``target``
+    (0..1) after removing the share ``fractions`` of each ROI's voxels.
+
+    Attributes
+    ----------
+    fractions : ndarray, shape (steps+1,)
+        As in :class:`PerturbationResult`.
+    morf, lerf : ndarray, shape (N, steps+1)
+        Most-relevant-first and least-relevant-first deletion (LeRF is MoRF's order reversed).
+    morf_auc, lerf_auc : ndarray, shape (N,)
+        Trapezoid-rule areas under them over ``fractions`` (0..1).
+    gap : ndarray, shape (N,)
+        ``lerf_auc - morf_auc``: the area between the two curves (-1..1).  Positive when
+        removing what the map ranks highest costs the target class more than removing what it
+        ranks lowest; about 0 for a map unrelated to the model.  Insertion adds nothing here:
+        with an imputing eraser, revealing the top share ``f`` of the map is the same input as
+        deleting the bottom ``1 - f``, so the insertion curve is the LeRF curve read backwards
+        and ``gap`` is also insertion area minus deletion area.
+    random : ndarray, shape (N, steps+1)
+        Mean curve of the ``2 * n_random`` random orders (NaN when ``n_random`` is 0).
+    random_auc : ndarray, shape (N,)
+        Mean area under the random orders' curves.
+    gap_random : ndarray, shape (N,)
+        The gap of a random map (a random order against its reverse), mean over ``n_random``
+        random maps: what the gap is worth by chance (about 0, with noise).
+    fill, noise : tuple of float
+        Per input channel, as used.
+    target, n_random, seed : int
+        The options used.
+    """
+
+    fractions: np.ndarray
+    morf: np.ndarray
+    lerf: np.ndarray
+    morf_auc: np.ndarray
+    lerf_auc: np.ndarray
+    gap: np.ndarray
+    random: np.ndarray
+    random_auc: np.ndarray
+    gap_random: np.ndarray
+    fill: tuple[float, ...]
+    noise: tuple[float, ...]
+    target: int
+    n_random: int
+    seed: int
+
+
+def road_curves(model: torch.nn.Module, rois, attributions, *, fill, noise,
+                target: int = 1, steps: int = 20, n_random: int = 2, seed: int = 0,
+                batch_size: int = 32, progress: Progress | None = None) -> RoadResult:
+    """MoRF and LeRF deletion curves with noisy linear imputation (Rong et al. 2022, ROAD).
+
+    Each ROI's voxels are removed in ``steps`` chunks of (nearly) equal size, most relevant
+    first (MoRF) and least relevant first (LeRF); after each chunk the removed voxels are
+    imputed from the kept ones (:func:`discovery.explain.imputation.linear_imputation`, each
+    channel on its own) plus Gaussian noise, and the softmax probability of ``target`` is
+    recorded.  The summary is the MoRF-LeRF gap (:attr:`RoadResult.gap`): whatever an eraser
+    does to the input moves both curves, and only a map that ranks the model's evidence keeps
+    them apart, whereas a deletion area against random voxel orders compares a contiguous
+    eraser with a scattered one (:func:`perturbation_curves`).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Classifier returning logits ``(N, K)``, in ``eval()`` mode; never modified.
+    rois : Tensor or array, shape (N, C, z, y, x)
+        Preprocessed ROIs, in the network's input units.
+    attributions : Tensor or array, shape (N, z, y, x)
+        One map per ROI; only the order of its values matters (ties broken by a seeded
+        permutation, as in :func:`perturbation_curves`).
+    fill : float or sequence of C floats
+        Input value of a removed region that touches no kept voxel (the wholly removed ROI at
+        the last step), per channel, e.g. normalised lung parenchyma.
+    noise : float or sequence of C floats
+        Standard deviation of the noise added to imputed voxels, in input units (>= 0), per
+        channel; every channel gets the same standard-normal field times its own ``noise``.
+    target, steps, batch_size, progress
+        As for :func:`perturbation_curves`; ``progress`` counts the ``N * (2 + (2 + 2 *
+        n_random) * (steps - 1))`` perturbed ROIs (the unperturbed and the wholly removed ROI
+        are shared by every order).
+    n_random : int
+        Random maps per ROI (>= 0); each gives a random order and its reverse.
+    seed : int
+        Per ROI, three generators from ``(seed, ROI index, k)``: k = 0 breaks ties, k = 1
+        draws the random orders, k = 2 the noise.  The noise field of a step is the same for
+        every order (a paired comparison), and neither the random orders nor the noise depend
+        on the map: calls with the same ROIs and seed have the same random control.
+
+    Returns
+    -------
+    RoadResult
+    """
+    _check_eval(model)
+    rois = _as_rois(rois)
+    n, shape = int(rois.shape[0]), tuple(int(s) for s in rois.shape[1:])
+    attr = _check_attributions(attributions, n, shape[1:], rois.shape)
+    check_int("steps", steps, 1)
+    check_int("n_random", n_random, 0)
+    check_int("batch_size", batch_size, 1)
+    fill_c, noise_c = _per_channel("fill", fill, shape[0]), _per_channel("noise", noise, shape[0])
+    if np.any(noise_c < 0):
+        raise ValueError(f"noise must be a standard deviation >= 0; received {noise!r}")
+    n_voxels = int(np.prod(shape[1:]))
+    counts = [(i * n_voxels) // steps for i in range(steps + 1)]
+    n_orders = 2 + 2 * n_random
+    probs = np.full((n, n_orders, steps + 1), np.nan)
+    total = n * (2 + n_orders * (steps - 1))
+    device = next((t.device for t in (*model.parameters(), *model.buffers())), torch.device("cpu"))
+    jobs = _road_jobs(rois.to(dtype=torch.float32, device="cpu").numpy(), attr, counts,
+                      fill=fill_c, noise=noise_c, n_random=n_random, seed=seed)
+    with torch.no_grad():
+        _run_jobs(model, jobs, probs, total=total, batch_size=batch_size, progress=progress,
+                  shape=shape, device=device, target=target)
+    probs[:, 1:, 0], probs[:, 1:, -1] = probs[:, :1, 0], probs[:, :1, -1]   # shared points
+    return _road_result(probs, np.array(counts, dtype=np.float64) / n_voxels,
+                        fill=tuple(fill_c.tolist()), noise=tuple(noise_c.tolist()),
+                        target=target, n_random=n_random, seed=seed)
+
+
+def _per_channel(name: str, value, n_channels: int) -> np.ndarray:
+    """*value* (a number or one per channel) as finite float64 ``(n_channels,)``."""
+    try:
+        out = np.broadcast_to(np.asarray(value, dtype=np.float64).ravel(), (n_channels,))
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number or one per input channel ({n_channels}); "
+                         f"received {value!r:.60}") from None
+    if not np.all(np.isfinite(out)):
+        raise ValueError(f"{name} must be finite; received {value!r:.60}")
+    return np.array(out)
+
+
+def _road_jobs(rois: np.ndarray, attr: np.ndarray, counts: list[int], *, fill: np.ndarray,
+               noise: np.ndarray, n_random: int, seed: int):
+    """Yield ``((roi, order, step), perturbed ROI (C, z, y, x))``, one ROI and order at a time.
+
+    Orders: 0 MoRF, 1 LeRF, then each random order followed by its reverse.  Step 0 (the
+    ROI) and the last step (all removed) are yielded for order 0 only."""
+    steps, (n_ch, *spatial) = len(counts) - 1, rois.shape[1:]
+    n_voxels, inner = int(np.prod(spatial)), max(steps - 1, 0)
+    scale, fill_b = noise.reshape(1, -1, 1, 1, 1), np.tile(fill, inner)
+    for i, roi in enumerate(rois):
+        gens = [np.random.default_rng(np.random.SeedSequence([int(seed), i, k])) for k in range(3)]
+        morf = _voxel_order(attr[i].ravel(), gens[0])
+        orders = [morf, morf[::-1]]
+        for _ in range(n_random):
+            perm = gens[1].permutation(n_voxels)
+            orders += [perm, perm[::-1]]
+        fields = gens[2].standard_normal((steps + 1, 1, *spatial)) * scale   # (steps+1, C, ...)
+        yield (i, 0, 0), torch.from_numpy(roi.copy())
+        last = fill.reshape(-1, 1, 1, 1) + fields[steps]
+        yield (i, 0, steps), torch.from_numpy(last.astype(np.float32))
+        for o, order in enumerate(orders if inner else []):
+            ranks = np.empty(n_voxels, dtype=np.int64)
+            ranks[order] = np.arange(n_voxels)
+            removed = (ranks[None] < np.array(counts[1:-1])[:, None]).reshape(inner, 1, *spatial)
+            removed = np.broadcast_to(removed, (inner, n_ch, *spatial))
+            imputed = linear_imputation(np.broadcast_to(roi, removed.shape).reshape(-1, *spatial),
+                                        removed.reshape(-1, *spatial), fill=fill_b)
+            imputed = imputed.reshape(removed.shape) + np.where(removed, fields[1:-1], 0.0)
+            for s in range(1, steps):
+                yield (i, o, s), torch.from_numpy(imputed[s - 1].astype(np.float32))
+
+
+def _road_result(probs: np.ndarray, fractions: np.ndarray, *, fill: tuple, noise: tuple,
+                 target: int, n_random: int, seed: int) -> RoadResult:
+    """A :class:`RoadResult` from ``probs (N, 2 + 2 n_random, steps+1)``."""
+    aucs = _auc(fractions, probs)                                  # (N, orders)
+    n = probs.shape[0]
+    if n_random:
+        rand_curve, rand_auc = probs[:, 2:].mean(axis=1), aucs[:, 2:].mean(axis=1)
+        gap_random = (aucs[:, 3::2] - aucs[:, 2::2]).mean(axis=1)
+    else:
+        rand_curve = np.full((n, probs.shape[2]), np.nan)
+        rand_auc = gap_random = np.full(n, np.nan)
+    return RoadResult(
+        fractions=_frozen(fractions), morf=_frozen(probs[:, 0]), lerf=_frozen(probs[:, 1]),
+        morf_auc=_frozen(aucs[:, 0]), lerf_auc=_frozen(aucs[:, 1]),
+        gap=_frozen(aucs[:, 1] - aucs[:, 0]), random=_frozen(rand_curve),
+        random_auc=_frozen(rand_auc), gap_random=_frozen(gap_random), fill=fill, noise=noise,
+        target=int(target), n_random=int(n_random), seed=int(seed))
 
 
 # -- model-parameter randomisation ------------------------------------------------------------

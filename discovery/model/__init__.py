@@ -1,7 +1,8 @@
 """Stage 1, the classifier: ROIs cut from the scan, the network and its card, training.
 
 ``rois``: nodule sites and the model's input ROIs; ``card``: the model card, building, saving
-and loading the network; ``train``: ``discovery train``.
+and loading the network; ``train``: ``discovery train``; ``edit``: replace voxels with lung
+parenchyma and re-score; ``reliance``: does the prediction rest on the nodule.
 """
 
 from discovery.lazy import attach
@@ -12,4 +13,7 @@ __getattr__, __dir__, __all__ = attach(__name__, {
     "card": ["ModelCard", "NoduleResNet", "build_network", "load_model", "save_model",
              "default_model_dir"],
     "train": ["TrainSettings", "train_model", "collect_rois"],
+    "edit": ["inpaint_parenchyma", "score_inputs", "bounding_box"],
+    "reliance": ["RelianceSettings", "Reliance", "nodule_reliance", "control_blobs",
+                 "reliance_from_probabilities", "reliance_text"],
 })

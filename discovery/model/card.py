@@ -3,16 +3,19 @@
 A model folder holds
 
 * ``model.safetensors`` -- the weights (no code, safe to load from anyone);
-* ``model.json`` -- the model card: architecture, ROI size (voxels) and spacing (mm), HU window,
-  classes, the layer used for Grad-CAM, how it was trained, its held-out metrics, and the
-  SHA-256 of the weights file, which :func:`load_model` checks before loading.
+* ``model.json`` -- the model card: architecture, ROI size (voxels) and spacing (mm), the HU
+  window of each input channel, classes, the layer used for Grad-CAM, how it was trained, its
+  held-out metrics, and the SHA-256 of the weights file, which :func:`load_model` checks
+  before loading.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,7 +79,14 @@ class ModelCard:
     roi_spacing_mm : tuple of 3 float
         Isotropic resampling spacing ``(dz, dy, dx)`` of the ROI in mm.
     hu_window : tuple of 2 float
-        HU values mapped to 0 and 1 before the network (values clipped).
+        HU values mapped to 0 and 1 before the network (values clipped), when
+        ``input_windows`` is empty: the single input channel of cards written before there
+        were several windows (the demo model's).  With ``input_windows`` it is their union
+        (lowest low, highest high), for the record only.
+    input_windows : tuple of (float, float)
+        One input channel per HU window ``(low, high)``, each mapped to [0, 1] and clipped
+        (:func:`discovery.model.rois.network_input`); empty: the one ``hu_window``.  The
+        architecture's ``n_input_channels`` must match (:meth:`with_windows` sets both).
     classes : tuple of str
         Class names by output index; index 1 is the positive (malignant) class.
     gradcam_layer : str
@@ -93,6 +103,45 @@ class ModelCard:
     metrics: dict[str, Any] = field(default_factory=dict)
     weights_sha256: str = ""
     card_version: int = CARD_VERSION
+    input_windows: tuple[tuple[float, float], ...] = ()
+
+    def __post_init__(self):
+        windows = tuple(tuple(float(v) for v in w) for w in self.input_windows)
+        for w in (*windows, tuple(float(v) for v in self.hu_window)):
+            if len(w) != 2 or not (math.isfinite(w[0]) and math.isfinite(w[1]) and w[1] > w[0]):
+                raise ValueError(f"HU windows must be finite (low, high) pairs with high > low; "
+                                 f"received {w!r}")
+        object.__setattr__(self, "input_windows", windows)
+
+    @property
+    def windows(self) -> tuple[tuple[float, float], ...]:
+        """The HU window of each input channel: ``input_windows``, else ``(hu_window,)``."""
+        return self.input_windows or (tuple(self.hu_window),)
+
+    @property
+    def in_channels(self) -> int:
+        """Number of input channels (one per window)."""
+        return len(self.windows)
+
+    def with_windows(self, windows) -> "ModelCard":
+        """A copy of the card whose input has one channel per HU window of *windows*.
+
+        One window gives a card of the older form (``hu_window`` set, ``input_windows``
+        empty), so ``with_windows([(-1000, 3000)])`` is the demo model's input exactly;
+        several set ``input_windows`` and ``hu_window`` to their union.  The architecture's
+        ``n_input_channels`` follows.
+        """
+        windows = tuple(tuple(float(v) for v in w) for w in windows)
+        if not windows:
+            raise ValueError("with_windows needs at least one (low, high) HU window; received none")
+        arch = copy.deepcopy(self.architecture)
+        arch.setdefault("kwargs", {})["n_input_channels"] = len(windows)
+        if len(windows) == 1:
+            return dataclasses.replace(self, architecture=arch, hu_window=windows[0],
+                                       input_windows=())
+        union = (min(w[0] for w in windows), max(w[1] for w in windows))
+        return dataclasses.replace(self, architecture=arch, hu_window=union,
+                                   input_windows=windows)
 
     @property
     def threshold(self) -> float:
@@ -109,6 +158,8 @@ class ModelCard:
         for key in ("roi_size_vox", "roi_spacing_mm", "hu_window", "classes"):
             if key in kwargs:
                 kwargs[key] = tuple(kwargs[key])
+        if "input_windows" in kwargs:
+            kwargs["input_windows"] = tuple(tuple(w) for w in kwargs["input_windows"])
         return cls(**kwargs)
 
 
@@ -143,6 +194,12 @@ def build_network(card: ModelCard) -> NoduleResNet:
             f"model card names architecture {arch.get('name')!r}; this version builds only "
             "'monai.networks.nets.ResNet'"
         )
+    channels = int(arch["kwargs"].get("n_input_channels", 3))
+    if channels != card.in_channels:
+        raise ModelError(
+            f"model card's architecture takes {channels} input channel(s) but names "
+            f"{card.in_channels} HU window(s) {list(card.windows)}; set both with "
+            "ModelCard.with_windows")
     return NoduleResNet(cam_layer=card.gradcam_layer, stages=int(arch.get("stages", 4)),
                         **arch["kwargs"])
 
@@ -188,7 +245,7 @@ def load_card(model_dir: str | Path) -> ModelCard:
         )
     try:
         return ModelCard.from_dict(json.loads(card_path.read_text()))
-    except (json.JSONDecodeError, TypeError) as exc:
+    except (ValueError, TypeError) as exc:  # JSONDecodeError is a ValueError
         raise ModelError(f"model card {file_label(card_path)} is not valid: {exc}", path=card_path) from None
 
 

@@ -17,10 +17,20 @@ from scipy import ndimage
 from data_tools.volume import Mask, Volume
 
 __all__ = ["Roi", "NoduleSite", "nodule_sites", "nodule_label", "extract_roi", "normalize_hu",
-           "roi_input", "roi_to_scan"]
+           "window_channels", "network_input", "parse_windows", "HU_WINDOWS",
+           "DEFAULT_INPUT_WINDOWS", "roi_input", "roi_to_scan"]
 
 #: HU used for ROI voxels that fall outside the scan (air).
 OUTSIDE_HU = -1000.0
+
+#: Named HU windows ``(low, high)`` for the network's input channels (``discovery train
+#: --windows``).  ``lung``: aerated lung, emphysema (< -950 HU) and ground glass (up to the
+#: usual -300 HU) over the whole scale; ``soft``: the mediastinal window (level 40, width 400),
+#: solid components, fat against soft tissue; ``wide``: the single window of the demo model,
+#: air to metal, which tells calcium (a few hundred HU) from metal (> 2000 HU).
+HU_WINDOWS = {"lung": (-1000.0, -300.0), "soft": (-160.0, 240.0), "wide": (-1000.0, 3000.0)}
+#: The windows ``discovery train`` uses unless told otherwise (README, "The network's input").
+DEFAULT_INPUT_WINDOWS = ("lung", "soft", "wide")
 
 
 @dataclass(frozen=True, eq=False)
@@ -148,6 +158,71 @@ def normalize_hu(hu: np.ndarray, window) -> np.ndarray:
     return np.clip((np.asarray(hu, dtype=np.float32) - lo) / (hi - lo), 0.0, 1.0)
 
 
+def window_channels(hu: np.ndarray, windows) -> np.ndarray:
+    """One channel per HU window: ``normalize_hu(hu, w)`` for each ``w`` in *windows*.
+
+    Parameters
+    ----------
+    hu : ndarray, any shape ``D``
+        Hounsfield units.
+    windows : sequence of (low, high)
+        HU windows, each mapped to [0, 1] and clipped.
+
+    Returns
+    -------
+    ndarray, shape (len(windows), *D), float32 in [0, 1]
+    """
+    windows = list(windows)
+    if not windows:
+        raise ValueError("windows must name at least one (low, high) HU window; received none")
+    return np.stack([normalize_hu(hu, w) for w in windows])
+
+
+def network_input(hu: np.ndarray, card) -> np.ndarray:
+    """The network's input for ROI(s) in HU: one channel per window of the model card.
+
+    Every caller (pipeline, training, sanity checks, causal check) turns HU into the input
+    here, so a model always sees the representation it was trained on.
+
+    Parameters
+    ----------
+    hu : ndarray, shape (S, S, S)
+        One ROI in HU (any shape works: the channels are stacked in front of it).
+    card : discovery.model.card.ModelCard
+        Its ``windows``: ``input_windows`` when set, else the one ``hu_window`` (cards written
+        before there were several windows, such as the demo model's).
+
+    Returns
+    -------
+    ndarray, shape (C, S, S, S), float32 in [0, 1]
+        ``C = len(card.windows)``; with one window exactly ``normalize_hu(hu, card.hu_window)``
+        with a leading channel axis.
+    """
+    return window_channels(hu, card.windows)
+
+
+def parse_windows(text: str) -> tuple[tuple[float, float], ...]:
+    """HU windows from text: names of :data:`HU_WINDOWS` and/or ``low:high`` pairs, comma
+    separated (e.g. ``"lung,wide"`` or ``"-1000:-300,-160:240"``).
+
+    Raises ValueError naming the part that is neither a known name nor a valid pair."""
+    out = []
+    for part in (p.strip() for p in str(text).split(",")):
+        if part in HU_WINDOWS:
+            out.append(HU_WINDOWS[part])
+            continue
+        lo, sep, hi = part.rpartition(":")
+        try:
+            window = (float(lo), float(hi)) if sep else None
+        except ValueError:
+            window = None
+        if window is None or not (np.isfinite(window).all() and window[1] > window[0]):
+            raise ValueError(f"HU window {part!r} is neither one of {sorted(HU_WINDOWS)} nor "
+                             "LOW:HIGH with HIGH > LOW (e.g. -1000:-300)")
+        out.append(window)
+    return tuple(out)
+
+
 def roi_input(volume: Volume, center_zyx, card) -> np.ndarray:
     """The network input for one nodule: the card's ROI around *center_zyx*, HU windowed.
 
@@ -157,16 +232,16 @@ def roi_input(volume: Volume, center_zyx, card) -> np.ndarray:
     center_zyx : sequence of 3 floats
         ROI centre, scan voxel coordinates.
     card : discovery.model.card.ModelCard
-        ``roi_size_vox``, ``roi_spacing_mm`` and ``hu_window``.
+        ``roi_size_vox``, ``roi_spacing_mm`` and its HU windows (:func:`network_input`).
 
     Returns
     -------
-    ndarray, shape (1, S, S, S), float32 in [0, 1]
-        One channel, ready to stack into a batch.
+    ndarray, shape (C, S, S, S), float32 in [0, 1]
+        One channel per window, ready to stack into a batch.
     """
     roi = extract_roi(volume, center_zyx, size_vox=card.roi_size_vox,
                       spacing_mm=card.roi_spacing_mm)
-    return normalize_hu(roi.hu, card.hu_window)[None]
+    return network_input(roi.hu, card)
 
 
 def roi_to_scan(roi_map: np.ndarray, roi: Roi, scan_shape) -> tuple[tuple[slice, slice, slice], np.ndarray]:

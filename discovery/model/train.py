@@ -64,8 +64,9 @@ CHECKPOINT_NAME = "checkpoint.pt"
 
 @dataclass(frozen=True, eq=False)
 class RoiDataset:
-    """ROIs of a cohort: ``x`` (N, 1, z, y, x) float32 in [0, 1], ``y`` (N,) int64, ``group``
-    (N,) case index for patient-level splits, ``case_ids`` pseudonymous per group."""
+    """ROIs of a cohort: ``x`` (N, C, z, y, x) float32 in [0, 1] (one channel per HU window
+    of the model card, :func:`discovery.model.rois.network_input`), ``y`` (N,) int64,
+    ``group`` (N,) case index for patient-level splits, ``case_ids`` pseudonymous per group."""
 
     x: np.ndarray
     y: np.ndarray
@@ -158,7 +159,7 @@ def synthetic_rois(seed: int, n_cases: int, card: ModelCard, *, config=None,
     seed, n_cases : int
         Cohort seed and size (``n_cases >= 3`` for a patient-level split).
     card : ModelCard
-        ROI size, spacing and HU window.
+        ROI size, spacing and HU window(s).
     config : data_tools.synthetic.SyntheticConfig, optional
         Cohort settings (default: ``SyntheticConfig()``, the sample cohort's).
     workers : int, optional
@@ -255,7 +256,7 @@ def _augment(x: torch.Tensor, gen: torch.Generator, *, rot90: bool = False,
 
 @torch.no_grad()
 def predict_probabilities(model: torch.nn.Module, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """Malignancy probability (class 1) for ROIs ``(N, 1, z, y, x)``."""
+    """Malignancy probability (class 1) for ROIs ``(N, C, z, y, x)``."""
     model.eval()
     out = [torch.softmax(model(torch.from_numpy(x[i:i + batch_size])), 1)[:, 1]
            for i in range(0, len(x), batch_size)]
@@ -299,6 +300,11 @@ def _save_checkpoint(path: Path, state: dict) -> None:
         torch.save(state, tmp)
 
 
+def _windows_list(card: ModelCard) -> list[list[float]]:
+    """The card's HU windows as JSON-like lists (what a checkpoint records)."""
+    return [[float(v) for v in w] for w in card.windows]
+
+
 def _load_checkpoint(path: Path, data: RoiDataset, settings: TrainSettings, card: ModelCard) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -306,15 +312,17 @@ def _load_checkpoint(path: Path, data: RoiDataset, settings: TrainSettings, card
         raise DataError(f"checkpoint {file_label(path)} cannot be read ({type(exc).__name__}); "
                         "delete it to start over", path=path) from None
     expected = {"cohort": data.cohort_hash, "settings": _settings_dict(settings),
-                "architecture": card.architecture}
+                "architecture": card.architecture, "windows": _windows_list(card)}
     for key, value in expected.items():
-        found = state.get(key)
+        # a checkpoint written before several windows existed had the default single window
+        found = state.get(key, _windows_list(ModelCard()) if key == "windows" else None)
         if found != value:
             if isinstance(found, dict) and isinstance(value, dict):
                 what = ", ".join(f"{k}: {found.get(k)!r} there, {value.get(k)!r} now"
                                  for k in sorted(set(found) | set(value)) if found.get(k) != value.get(k))
             else:
-                what = "different case list" if key == "cohort" else "differs"
+                what = {"cohort": "different case list",
+                        "windows": f"HU windows {found} there, {value} now"}.get(key, "differs")
             raise DataError(
                 f"checkpoint {file_label(path)} was made with different {key} ({what}); "
                 "delete it or train into another folder", path=path)
@@ -365,7 +373,7 @@ def train_model(data: RoiDataset, out_dir: str | Path, *, settings: TrainSetting
             best = (score, epoch + 1, {k: v.clone() for k, v in model.state_dict().items()})
         _save_checkpoint(ckpt_path, {
             "cohort": data.cohort_hash, "settings": _settings_dict(settings),
-            "architecture": card.architecture, "epoch": epoch + 1,
+            "architecture": card.architecture, "windows": _windows_list(card), "epoch": epoch + 1,
             "model": model.state_dict(), "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(), "generator": gen.get_state(),
             "best_score": best[0], "best_epoch": best[1], "best_model": best[2],

@@ -14,12 +14,15 @@ Both probabilities of a change come from the stored scan (HU rounded to int16, a
 stored ``probability`` of the nodule, which the pipeline computed on the scan as read (on the
 demo cohort they differ by up to 3e-4).  Each case is read once and each ROI scored once: a
 nodule's unedited ROI once, each edited ROI once, in batches whose composition does not change
-a ROI's probability (:func:`_score_rois`).
+a ROI's probability (:func:`~discovery.model.edit.score_inputs`).
+
+The edit and the scoring live in :mod:`discovery.model.edit` (so that the pipeline's reliance
+on the nodule, :mod:`discovery.model.reliance`, uses the same ones); ``inpaint_parenchyma``
+and its constants are re-exported here.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import zipfile
 from dataclasses import dataclass
@@ -28,12 +31,17 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 import torch
-from scipy import ndimage
 
-from data_tools.checks import check_spacing
 from data_tools.volume import Mask, Volume
-from discovery.align.metrics import bounding_box, grow_mm
+from discovery.align.metrics import grow_mm
 from discovery.model.card import ModelCard
+from discovery.model.edit import (  # noqa: F401 -- the constants re-exported
+    FALLBACK_PARENCHYMA_HU,
+    PARENCHYMA_BAND_HU,
+    ROI_BATCH,
+    inpaint_parenchyma,
+    score_inputs,
+)
 from discovery.model.rois import nodule_sites, roi_input
 from discovery.schema import EFFECT_COLUMNS, FLAG_COLUMNS  # noqa: F401 -- re-exported
 
@@ -57,122 +65,6 @@ __all__ = [
     "EFFECT_COLUMNS",
     "FLAG_COLUMNS",
 ]
-
-
-#: HU band of aerated lung parenchyma sampled to fill removed voxels.
-PARENCHYMA_BAND_HU = (-950.0, -600.0)
-#: Used when no parenchyma voxel is found anywhere near the removed voxels.
-FALLBACK_PARENCHYMA_HU = -850.0
-
-
-_SLACK_MM = 1e-6  # distance ties with the ball's <= r² test, kept inside
-
-
-def inpaint_parenchyma(
-    hu,
-    remove,
-    *,
-    spacing_mm,
-    protect=None,
-    shell_mm: float = 6.0,
-    band_hu: tuple[float, float] = PARENCHYMA_BAND_HU,
-    seed: int = 0,
-) -> np.ndarray:
-    """Replace voxels with values drawn from the lung parenchyma around them.
-
-    Parameters
-    ----------
-    hu : ndarray, shape (z, y, x)
-        CT in HU (not modified).
-    remove : ndarray of bool, shape (z, y, x)
-        Voxels to replace.
-    spacing_mm : sequence of 3 floats
-        Voxel size ``(dz, dy, dx)`` in mm.
-    protect : ndarray of bool, shape (z, y, x), optional
-        Voxels never edited and never sampled (e.g. the nodule mask); they are removed from
-        ``remove`` first.
-    shell_mm : float
-        Donor voxels are those within ``shell_mm`` of ``remove`` (outside it and outside
-        ``protect``) whose HU lies in ``band_hu``.
-    band_hu : (float, float)
-        HU band counted as aerated parenchyma, inclusive.
-    seed : int
-        Donor values are drawn with replacement by ``numpy.random.default_rng(seed)``.
-
-    Returns
-    -------
-    ndarray, float32, shape (z, y, x)
-        A copy of ``hu`` with ``remove & ~protect`` filled.  Drawing donors (rather than
-        using their mean) keeps the local noise texture, so the edit does not leave a
-        conspicuously smooth hole.
-
-    Notes
-    -----
-    Without donors in the shell, parenchyma voxels of the whole array are used; without
-    any, the constant :data:`FALLBACK_PARENCHYMA_HU`.  An empty ``remove`` returns an
-    unchanged copy.
-    """
-    hu, remove, protect, spacing, band = _check_inpaint(hu, remove, protect, spacing_mm,
-                                                        shell_mm, band_hu)
-    out = np.array(hu, dtype=np.float32, copy=True)
-    if protect is not None:
-        remove = remove & ~protect
-    if not remove.any():
-        return out
-    # Work in the bounding box of the removed voxels grown by the shell.
-    box = bounding_box(remove, np.ceil(shell_mm / spacing).astype(int) + 1)
-    rem = remove[box]
-    values = out[box]
-    donors = _donors(out, values, box, remove, protect, spacing, shell_mm, band)
-    rng = np.random.default_rng(seed)
-    n = int(rem.sum())
-    fill = rng.choice(donors, size=n) if donors.size else np.full(n, FALLBACK_PARENCHYMA_HU)
-    values[rem] = fill.astype(np.float32)
-    return out
-
-
-def _check_inpaint(hu, remove, protect, spacing_mm, shell_mm, band_hu):
-    """:func:`inpaint_parenchyma`'s arguments checked: ``(hu, remove, protect or None,
-    spacing array, (low, high))``."""
-    hu = np.asarray(hu)
-    remove = np.asarray(remove)
-    if hu.ndim != 3 or remove.shape != hu.shape:
-        raise ValueError(
-            f"hu must be 3-D and remove the same shape; received {hu.shape} and {remove.shape}"
-        )
-    if remove.dtype != bool:
-        raise ValueError(f"remove must be a boolean mask; received dtype {remove.dtype}")
-    spacing = np.asarray(check_spacing(spacing_mm))
-    if not (np.isfinite(shell_mm) and shell_mm > 0):
-        raise ValueError(f"shell_mm must be positive; received {shell_mm!r}")
-    lo_hu, hi_hu = float(band_hu[0]), float(band_hu[1])
-    if not hi_hu > lo_hu:
-        raise ValueError(f"band_hu must be (low, high) with high > low; received {band_hu!r}")
-    if protect is not None:
-        protect = np.asarray(protect, dtype=bool)
-        if protect.shape != hu.shape:
-            raise ValueError(f"protect must have shape {hu.shape}; received {protect.shape}")
-    return hu, remove, protect, spacing, (lo_hu, hi_hu)
-
-
-def _donors(out, values, box, remove, protect, spacing, shell_mm, band) -> np.ndarray:
-    """The parenchyma values to draw from: those of the shell around ``remove[box]`` (the
-    dilation by the physical ball, one distance transform of the box), else of the whole
-    array (outside ``remove`` and ``protect``)."""
-    lo_hu, hi_hu = band
-    rem = remove[box]
-    near = ndimage.distance_transform_edt(~rem, sampling=spacing) <= shell_mm + _SLACK_MM
-    shell = near & ~rem
-    if protect is not None:
-        shell &= ~protect[box]
-    in_band = (values >= lo_hu) & (values <= hi_hu)
-    donors = values[shell & in_band]
-    if donors.size == 0:
-        whole = (out >= lo_hu) & (out <= hi_hu) & ~remove
-        if protect is not None:
-            whole &= ~protect
-        donors = out[whole]
-    return donors
 
 
 @dataclass(frozen=True)
@@ -260,38 +152,9 @@ def rescore_without(
     """
     edited = inpaint_parenchyma(volume.array, remove, spacing_mm=volume.spacing_mm,
                                 protect=protect, seed=seed)
-    p = _score_rois(model, [roi_input(Volume(arr, volume.affine), center_zyx, card)
+    p = score_inputs(model, [roi_input(Volume(arr, volume.affine), center_zyx, card)
                             for arr in (volume.array, edited)])
     return float(p[0]), float(p[1])
-
-
-#: Most ROIs the causal check scores in one forward pass.
-ROI_BATCH = 16
-
-
-def _score_rois(model: torch.nn.Module, rois) -> np.ndarray:
-    """P(class 1) of each ROI (:func:`~discovery.model.rois.roi_input` arrays), float32, in
-    forward passes of at most :data:`ROI_BATCH` and at least two ROIs.
-
-    A ROI's output does not depend on the other ROIs of its batch as long as the batch holds
-    two or more; alone, the model takes another convolution kernel, whose result can differ in
-    the last bits.  So a lone ROI is scored beside a copy of itself and the last pass never
-    holds one ROI: each probability is the one the ROI gets in any batch of two or more, e.g.
-    the ``[before, after]`` pair of :func:`rescore_without`.
-    """
-    n = len(rois)
-    if n == 0:
-        return np.zeros(0, dtype=np.float32)
-    bounds = list(range(0, n, ROI_BATCH)) + [n]
-    if len(bounds) > 2 and bounds[-1] - bounds[-2] == 1:
-        bounds[-2] -= 1
-    out = []
-    with torch.no_grad():
-        for lo, hi in itertools.pairwise(bounds):
-            chunk = list(rois[lo:hi]) * (2 if hi - lo == 1 else 1)
-            p = torch.softmax(model(torch.from_numpy(np.stack(chunk))), dim=1)[:, 1].numpy()
-            out.append(p[:hi - lo])
-    return np.concatenate(out)
 
 
 #: ``load(case_id) -> (volume, mask, region_map)``: the scan, its nodule label mask and the
@@ -366,8 +229,8 @@ def case_deltas(case_id: str, rows: pd.DataFrame, *, load: CaseLoader, model: to
 
     The case is read once; each nodule's ROI is scored once as it is (``p_before``, on the
     stored scan) and once per cluster with that cluster's regions removed (``p_after``), all
-    in a few forward passes (:func:`_score_rois`).  Nodule centres come from the rows'
-    :data:`CENTRE_COLUMNS` when they have them, else from the mask."""
+    in a few forward passes (:func:`~discovery.model.edit.score_inputs`).  Nodule centres
+    come from the rows' :data:`CENTRE_COLUMNS` when they have them, else from the mask."""
     opened = _open_case(load, case_id, rows)
     if opened is None:
         return None
@@ -380,7 +243,7 @@ def case_deltas(case_id: str, rows: pd.DataFrame, *, load: CaseLoader, model: to
     rois = [roi_input(volume, centres[nid], card) for nid in nodules]
     rois += [_edited_roi(volume, region_map, regs, centres[nid], protect, card, seed=seed,
                          reach_mm=reach_mm) for nid, _, regs in pairs]
-    p = _score_rois(model, rois)
+    p = score_inputs(model, rois)
     before = dict(zip(nodules, (float(v) for v in p[:len(nodules)])))
     return [(nid, c, before[nid], float(p1))
             for (nid, c, _), p1 in zip(pairs, p[len(nodules):])]
@@ -401,7 +264,7 @@ def case_without(case_id: str, rows: pd.DataFrame, *, load: CaseLoader,
               for nid, grp in rows.groupby(rows["nodule_id"].astype(str), sort=True)]
     rois = [_edited_roi(volume, region_map, regs, centres[nid], protect, card, seed=seed,
                         reach_mm=reach_mm) for nid, regs in groups]
-    return {nid: float(p) for (nid, _), p in zip(groups, _score_rois(model, rois))}
+    return {nid: float(p) for (nid, _), p in zip(groups, score_inputs(model, rois))}
 
 
 #: ``run(step, jobs) -> results``: computes ``step(case_id, rows, **kwargs)`` for each

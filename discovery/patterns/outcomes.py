@@ -26,8 +26,13 @@ Nodule outcome (:func:`nodule_outcomes`), first match wins:
   more once its relied-upon off-mask regions are removed) and one of those clusters
   (``flag_clusters``) reads ``"artifact"``.
 * ``"candidate sign"``: the nodule has a region in a ``"candidate sign"`` cluster.
-* ``"on the tumour"``: the localisation verdict is ``"aligned"``.
-* ``"other"``: partial or off-mask attention without a pattern, no mask, failed.
+* ``"on the tumour"``: the localisation verdict is ``"aligned"`` and the prediction rests on
+  the nodule (``rests_on_nodule``, :mod:`discovery.model.reliance`: replacing the nodule with
+  lung parenchyma takes away at least half of the probability, beyond a volume-matched
+  control's change): the map points at the nodule *and* the model's behaviour says it uses
+  it.  Findings without a ``rests_on_nodule`` column are read on the verdict alone.
+* ``"other"``: partial or off-mask attention without a pattern, an aligned verdict the
+  model's behaviour does not bear out, no mask, failed.
 """
 
 from __future__ import annotations
@@ -114,7 +119,8 @@ def nodule_outcomes(findings: pd.DataFrame, clusters: pd.DataFrame,
     ----------
     findings : pandas.DataFrame
         One row per nodule: ``case_id``, ``nodule_id``, ``verdict``, ``flagged``,
-        ``flag_clusters`` (comma-separated cluster ids, empty when none).
+        ``flag_clusters`` (comma-separated cluster ids, empty when none) and, when the
+        findings have it, ``rests_on_nodule`` (1 / 0 / NaN; NaN is not resting).
     clusters : pandas.DataFrame
         As for :func:`cluster_readings`.
     regions : pandas.DataFrame
@@ -150,8 +156,10 @@ def _outcomes(findings: pd.DataFrame, readings: dict[int, str],
             on_candidate[key] = min(c, on_candidate.get(key, c))
 
     flagged = _truthy(findings["flagged"])
+    rests = (_truthy(findings["rests_on_nodule"]) if "rests_on_nodule" in findings.columns
+             else np.ones(len(findings), dtype=bool))
     outcome, behind = [], []
-    for is_flagged, row in zip(flagged, findings.itertuples(index=False)):
+    for is_flagged, on_it, row in zip(flagged, rests, findings.itertuples(index=False)):
         artifact = [c for c in _cluster_ids(row.flag_clusters) if readings.get(c) == "artifact"]
         key = (str(row.case_id), str(row.nodule_id))
         if is_flagged and artifact:
@@ -160,7 +168,7 @@ def _outcomes(findings: pd.DataFrame, readings: dict[int, str],
         elif key in on_candidate:
             outcome.append("candidate sign")
             behind.append(on_candidate[key])
-        elif row.verdict == "aligned":
+        elif row.verdict == "aligned" and on_it:
             outcome.append("on the tumour")
             behind.append(-1)
         else:
@@ -331,8 +339,9 @@ def _tumour_panel(out: pd.DataFrame, n_exemplars: int) -> Panel:
     return Panel(
         "on the tumour", "On the tumour: the model learned the right thing",
         f"{len(aligned)} of {len(out)} scored nodules: the attention sits on the annotated "
-        "nodule (verdict aligned: peak within tolerance, at least half the attention near the "
-        "mask). Here the explanation validates the model.",
+        "nodule (verdict aligned) and the prediction rests on it (replacing the nodule with "
+        "lung parenchyma takes away at least half of P(malignant), beyond a volume-matched "
+        "control's change). Here the explanation validates the model.",
         len(aligned), -1,
         _pick(aligned, lambda r: Exemplar(
             str(r["case_id"]), str(r["nodule_id"]), float(r["center_z"]),

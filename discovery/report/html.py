@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from discovery.align.metrics import AlignThresholds, describe_verdicts
+from discovery.model.reliance import reliance_text
 from discovery.model.rois import nodule_label
 from discovery.patterns.outcomes import ARTIFACT_HU
 from discovery.report import render
@@ -29,6 +31,7 @@ from discovery.report.style import (
     fmt,
     pct,
 )
+from discovery.explain.faithfulness_rule import RULE, faithfulness_warning
 from discovery.store.tables import sanity_summary
 
 __all__ = ["build_html"]
@@ -42,6 +45,7 @@ td.l,th.l{text-align:left} .nodule{border:1px solid #cbd5e0;border-radius:6px;pa
 .imgs{display:flex;gap:10px;align-items:flex-start;flex-wrap:wrap} .imgs figure{margin:0;text-align:center;font-size:0.8em;color:#4a5568}
 .imgs img{image-rendering:pixelated;border:1px solid #2d3748} .badge{color:#fff;border-radius:4px;padding:2px 8px;font-weight:600}
 .note{background:#f7fafc;border-left:4px solid #a0aec0;padding:6px 10px;font-size:0.9em}
+.warn{background:#fff5f5;border-left:4px solid #c53030;padding:6px 10px;font-size:0.95em}
 .outcomes{display:grid;grid-template-columns:repeat(3,1fr);gap:12px;page-break-inside:avoid}
 .outcome{border:1px solid #cbd5e0;border-top:6px solid #4a5568;border-radius:6px;padding:8px 12px;font-size:0.9em}
 .outcome h3{margin:4px 0 6px 0;font-size:1.05em} .outcome .n{font-size:1.8em;font-weight:700;margin:0}
@@ -82,11 +86,15 @@ def _nodule_section(row: pd.Series, arrays: dict[str, np.ndarray]) -> str:
     metrics = [
         ("probability of malignancy", fmt(row["probability"])),
         ("predicted", "malignant" if row["predicted_label"] == 1 else "benign"),
+        ("rests on the nodule (P without it / without a control)",
+         reliance_text(row["rests_on_nodule"], row["p_without_nodule"],
+                       row["p_without_control"], row["reliance_status"])),
         ("relevance mass in mask (RMA)", fmt(row["rma"])),
         ("relevance rank accuracy (RRA)", fmt(row["rra"])),
         ("pointing game hit", fmt(row["pointing_hit"])),
         ("attribution peak to mask (mm)", fmt(row["peak_distance_mm"])),
-        ("attribution within 5 mm of mask", fmt(row["near_mass"])),
+        (f"attribution within {AlignThresholds().near_margin_mm:g} mm of mask",
+         fmt(row["near_mass"])),
         ("off-mask regions / their share", f"{int(row['n_offmask_regions'] or 0)} / {fmt(row['offmask_mass_share'])}"),
         ("nodule volume (mm³)", fmt(row["volume_mm3"])),
     ]
@@ -169,31 +177,55 @@ The heat map exists only inside each nodule's 48 mm analysis box, so it can end 
 <div class="outcomes">{''.join(cells)}</div>"""
 
 
+def _faithfulness_warning(data: ReportData) -> str:
+    """The warning above the three outcomes when the scoring method's maps did not pass."""
+    summary = sanity_summary(data.randomization, data.perturbation)
+    text = faithfulness_warning(summary, data.meta.get("method"))
+    return f'<p class="warn"><b>Warning.</b> {html.escape(text)}</p>' if text else ""
+
+
 def _sanity_section(randomization: pd.DataFrame, perturbation: pd.DataFrame) -> str:
     if not len(randomization) and not len(perturbation):
         return ("<p>Not run for these results. <code>discovery sanity RESULTS</code> runs the "
-                "randomisation test and the deletion/insertion curves and stores them here.</p>")
+                "randomisation test and the faithfulness measures and stores them here.</p>")
 
     table = sanity_summary(randomization, perturbation)
+    def num(v) -> str:                 # areas and gaps to 3 decimals (NaN shows as missing)
+        return fmt(round(float(v), 3)) if pd.notna(v) else fmt(v)
+
     rows = "".join(
         f"<tr><th class='l'>{html.escape(r.method)}</th><td>{'not run' if pd.isna(r.spearman_fully_randomised) else fmt(r.spearman_fully_randomised)}</td>"
-        f"<td>{r.n}</td><td>{fmt(r.deletion_auc)}</td><td>{fmt(r.deletion_auc_random)}</td>"
-        f"<td>{fmt(r.beats_random)}</td><td>{fmt(r.beats_random_malignant)}</td>"
-        f"<td>{fmt(r.insertion_auc)}</td><td>{fmt(r.insertion_auc_random)}</td></tr>"
+        f"<td>{r.n} ({r.n_malignant})</td><td>{num(r.deletion_auc)} / {num(r.deletion_auc_random)}</td>"
+        f"<td>{pct(r.beats_random, 2)} ({pct(r.beats_random_malignant, 2)})</td>"
+        f"<td>{num(r.insertion_auc)} / {num(r.insertion_auc_random)}</td><td>{num(r.fill_gap)}</td>"
+        f"<td>{num(r.road_morf_auc)} / {num(r.road_lerf_auc)}</td><td>{num(r.road_gap)}</td>"
+        f"<td>{num(r.road_gap_random)}</td><td>{pct(r.road_gap_positive, 2)}</td>"
+        f"<td class='l'><b>{html.escape(r.status)}</b></td></tr>"
         for r in table.itertuples())
+    verdicts = "".join(f"<li><b>{html.escape(r.method)}</b> {html.escape(r.verdict)}.</li>"
+                       for r in table.itertuples())
     steps = ""
     for method, grp in randomization.groupby("method", sort=False):
         cells = " → ".join(f"{html.escape(str(g.module))} {fmt(g.mean_spearman)}"
                            for g in grp.sort_values("step").itertuples())
         steps += f"<li>{html.escape(str(method))}: {cells}</li>"
-    return f"""<p class="note">Randomisation: Spearman rank correlation between the maps of the trained
-model and of the model whose weights were re-drawn module by module from the output end (a faithful map
-falls toward 0). Deletion: the malignant probability as voxels are replaced by lung parenchyma in the
-map's order; a lower area than for random orders means the map points at what the model uses.
-Insertion: the reverse (higher is better).</p>
-<table><tr><th class="l">method</th><th>Spearman, fully randomised</th><th>nodules</th>
-<th>deletion AUC (median)</th><th>random order</th><th>share beating random</th>
-<th>…predicted malignant</th><th>insertion AUC</th><th>random order</th></tr>{rows}</table>
+    return f"""<p class="note"><b>Do the maps point at what the model uses?</b> The rule: {html.escape(RULE)}.
+The gap is measured ROAD's way (Rong et al. 2022): voxels are removed in the map's order, most relevant
+first (MoRF) and least relevant first (LeRF), each removed voxel imputed from its neighbours plus a little
+noise, and the gap is the area between the two curves of P(malignant) (positive = faithful; a random map
+gives about 0). The old measure, kept for comparison, sets removed voxels to lung parenchyma (-850 HU) and
+compares the map's deletion area with random voxel orders; it can mislead, because scattered single-voxel
+holes are themselves a signal to a CNN (on the demo model speckle alone lowers P(malignant): README, "Sanity
+and faithfulness"), so a random order tends to look like a good deletion and a bad insertion whatever the
+map. Its own gap (insertion minus deletion area, which is LeRF minus MoRF with that eraser) is shown beside
+the new one: where the two disagree, the eraser, not the map, is deciding.
+Randomisation: Spearman rank correlation between the maps of the trained model and of the model whose
+weights were re-drawn module by module from the output end (a map that depends on the weights falls toward 0).</p>
+<ul>{verdicts}</ul>
+<table><tr><th class="l" rowspan="2">method</th><th rowspan="2">Spearman, fully randomised</th><th rowspan="2">nodules (predicted malignant)</th>
+<th colspan="4">old: constant eraser (-850 HU)</th><th colspan="5">new: imputation (ROAD), predicted-malignant nodules</th></tr>
+<tr><th>deletion AUC / random</th><th>beating random (malignant)</th><th>insertion AUC / random</th><th>gap, malignant</th>
+<th>MoRF / LeRF AUC</th><th>gap (median)</th><th>random maps' gap</th><th>gap &gt; 0</th><th class="l">verdict</th></tr>{rows}</table>
 {f'<p>Cascading randomisation, mean Spearman after each module:</p><ul>{steps}</ul>' if steps else ''}"""
 
 
@@ -232,11 +264,11 @@ def build_html(results_dir: str | Path) -> str:
 Grad-CAM on {html.escape(str(meta.get('gradcam_layer', '')))} · generated {now}</p>
 <p class="note">Case ids are pseudonymous. Grad-CAM values are raw magnitudes (after ReLU), shown on one
 scale per case (0 to the case maximum); the overlay shows values of at least {DISPLAY_THRESHOLD:.0%} of that maximum. A verdict says where the model's attention lies relative to the
-annotated nodule: <b>aligned</b> (peak within tolerance and at least half the attention near the mask),
-<b>off-mask</b> (peak away and less than a quarter near the mask), <b>partial</b> otherwise. Off-mask attention
+annotated nodule: {html.escape(describe_verdicts())}; beside it, whether the prediction rests on the nodule
+(P(malignant) without it / without a volume-matched control). Off-mask attention
 is a question for a reviewer, not automatically an error.</p>
 <h2>What the explanations say: three outcomes</h2>
-{_outcomes_section(data)}
+{_faithfulness_warning(data)}{_outcomes_section(data)}
 <h2>Summary</h2><table><tr><th class="l">verdict</th><th>nodules</th></tr>{summary_rows}</table>
 {f'<h3>Cases that could not be scored</h3><ul>{failed_html}</ul>' if failed_html else ''}
 <h2>Nodules</h2>{''.join(nodules_html) or '<p>No nodules were scored.</p>'}

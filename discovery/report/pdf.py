@@ -5,7 +5,10 @@ The PDF shows what the HTML report (:mod:`discovery.report.html`) shows, laid ou
 * **Summary** (flowing over as many pages as it needs): counts by verdict and by outcome,
   the three outcomes of :func:`discovery.patterns.outcomes.outcome_panels` with their pictures, the
   distributions of the localisation metrics (histograms stacked by verdict), the pattern
-  clusters (2-D map, statistics, exemplar crops) and an index of the nodule pages.
+  clusters (2-D map, statistics, exemplar crops), the faithfulness of each method's maps
+  (``discovery sanity``: old and new measure, the verdict) and an index of the nodule pages.
+  A warning stands above the three outcomes when the method the results were scored with
+  did not pass that check (or was not checked).
 * **Nodule pages**, one per shortcut-flagged nodule (findings ``flagged == 1``, largest
   ``flag_score`` first; :func:`select_nodule_pages`).  When no nodule is flagged, the pages
   show instead the nodules with the highest ``offmask_mass_share`` (up to
@@ -49,6 +52,9 @@ import numpy as np
 import pandas as pd
 
 from data_tools.files import atomic_path
+from discovery.explain.faithfulness_rule import RULE, faithfulness_warning
+from discovery.align.metrics import AlignThresholds, describe_verdicts
+from discovery.model.reliance import reliance_text
 from discovery.model.rois import nodule_label
 from discovery.patterns.outcomes import ARTIFACT_HU, Exemplar
 from discovery.report import render
@@ -78,6 +84,7 @@ from discovery.report.style import (
     fmt,
     pct,
 )
+from discovery.store.tables import sanity_summary
 
 __all__ = ["write_pdf", "select_nodule_pages", "MAX_FALLBACK", "AUTHOR", "TITLE", "MIN_PT"]
 
@@ -97,7 +104,8 @@ _RC = {"pdf.fonttype": 3, "font.family": FONT, "font.size": 9, "text.parse_math"
 _METRICS = [("probability", "P(malignant)", (0.0, 1.0)),
             ("rma", "relevance mass in mask (RMA)", (0.0, 1.0)),
             ("rra", "relevance rank accuracy (RRA)", (0.0, 1.0)),
-            ("near_mass", "attribution within 5 mm of the mask", (0.0, 1.0)),
+            ("near_mass", f"attribution within {AlignThresholds().near_margin_mm:g} mm of the mask",
+             (0.0, 1.0)),
             ("peak_distance_mm", "attribution peak to mask (mm)", None),
             ("offmask_mass_share", "off-mask share of the attribution", (0.0, 1.0))]
 _CLUSTER_COLOURS = ["#2b6cb0", "#c53030", "#1b7f3b", "#b7791f", "#6b46c1", "#d53f8c", "#319795",
@@ -189,6 +197,8 @@ def _context(results_dir: Path) -> dict:
         "layer": str(meta.get("gradcam_layer", "") or "-"),
         "date": _results_date(meta, data.cases), "spacing": _case_spacing(data.cases),
         "box_mm": _box_mm(meta),
+        "sanity": sanity_summary(data.randomization, data.perturbation),
+        "method": meta.get("method"),
     }
 
 
@@ -205,9 +215,9 @@ def _title_block(doc: Doc, ctx: dict) -> None:
     note = ("Case ids are pseudonymous. Grad-CAM values are raw magnitudes (after ReLU), shown on "
             "one scale per case (0 to the case maximum); overlays show values of at least "
             f"{DISPLAY_THRESHOLD:.0%} of that maximum. A verdict says where the model's attention "
-            "lies relative to the annotated nodule: aligned (peak within tolerance and at least "
-            "half the attention near the mask), off-mask (peak away and less than a quarter near "
-            "the mask), partial otherwise. Off-mask attention is a question for a reviewer, not "
+            f"lies relative to the annotated nodule: {describe_verdicts()}; beside it, whether "
+            "the prediction rests on the nodule (P(malignant) without it / without a "
+            "volume-matched control). Off-mask attention is a question for a reviewer, not "
             "automatically an error. Pictures: axial slices in lung window (W1500/L-600); green "
             "the nodule mask contour, cyan the off-mask regions.")
     h = text_height(len(wrap(note, CONTENT_W - 0.24, 8.5)), 8.5)
@@ -243,8 +253,58 @@ def _counts(doc: Doc, ctx: dict) -> None:
                  color="#c53030")
 
 
+def _warning(doc: Doc, ctx: dict) -> None:
+    """The warning above the three outcomes when the scoring method's maps did not pass."""
+    text = faithfulness_warning(ctx["sanity"], ctx["method"])
+    if text:
+        text = "Warning. " + text
+        h = text_height(len(wrap(text, CONTENT_W - 0.24, 9, "bold")), 9)
+        doc.need(h + 0.2)
+        doc.box(doc.y, h + 0.1, "#fff5f5", edge="#c53030")
+        doc.text(text, x=MARGIN + 0.12, top=doc.y + 0.05, size=9, weight="bold",
+                 width=CONTENT_W - 0.24, color="#c53030")
+        doc.y += 0.16
+
+
+def _faithfulness(doc: Doc, ctx: dict) -> None:
+    """Per method: the old and the new faithfulness measure side by side, and the verdict."""
+    table = ctx["sanity"]
+    heading(doc, "Are the maps faithful? (discovery sanity)", keep=1.2)
+    if table.empty:
+        doc.text("Not run for these results: discovery sanity RESULTS measures it.", size=8.5)
+        return
+    doc.text(f"The rule: {RULE}. Old measure (kept for comparison): removed voxels set to "
+             "-850 HU, deletion area against random voxel orders; scattered holes can be a "
+             "signal to the network themselves, so random orders tend to delete fast and insert "
+             "slowly whatever the map. New measure (ROAD): removed voxels imputed from their "
+             "neighbours plus noise; gap = area between the least- and most-relevant-first "
+             "deletion curves of P(malignant), over the predicted-malignant nodules. Old gap: "
+             "insertion minus deletion area with the constant eraser; where it and the new gap "
+             "disagree, the eraser is deciding.", size=8.5, color=GRAY)
+    cols = [("method", 0.0), ("nodules (mal.)", 1.25), ("old del. / random", 2.05),
+            ("beats rand. (mal.)", 3.1), ("old gap", 4.1), ("new MoRF / LeRF", 4.65),
+            ("new gap", 5.7), ("rand. gap", 6.3)]
+    doc.need(0.25 + 0.19 * (len(table) + 1))
+    top = doc.y + 0.05
+    for name, dx in cols:
+        doc.text(name, x=MARGIN + dx, top=top, size=8, weight="bold", advance=False)
+    for i, r in enumerate(table.itertuples(), start=1):
+        cells = [r.method, f"{r.n} ({r.n_malignant})",
+                 f"{fmt(r.deletion_auc, 2)} / {fmt(r.deletion_auc_random, 2)}",
+                 f"{pct(r.beats_random, 2)} ({pct(r.beats_random_malignant, 2)})",
+                 fmt(r.fill_gap, 2), f"{fmt(r.road_morf_auc, 2)} / {fmt(r.road_lerf_auc, 2)}",
+                 fmt(r.road_gap, 2), fmt(round(r.road_gap_random, 3), 2)]
+        for (_, dx), cell in zip(cols, cells):
+            doc.text(cell, x=MARGIN + dx, top=top + 0.19 * i, size=8, advance=False)
+    doc.y = top + 0.19 * (len(table) + 1) + 0.05
+    for r in table.itertuples():
+        doc.text(f"{r.method} {r.verdict}.", size=8.5,
+                 color="#1b7f3b" if r.status == "passes" else "#c53030")
+
+
 def _outcomes(doc: Doc, ctx: dict) -> None:
     heading(doc, "What the explanations say: three outcomes", keep=1.9)
+    _warning(doc, ctx)
     doc.text("Each scored nodule is read by the rules in discovery/patterns/outcomes.py: shortcut "
              "when its "
              "malignant prediction would not survive removing off-mask regions of a cluster the "
@@ -627,12 +687,16 @@ def _metrics(doc: Doc, row) -> None:
     metrics = [
         ("probability of malignancy", fmt(row.probability)),
         ("predicted", "malignant" if row.predicted_label == 1 else "benign"),
+        ("rests on the nodule (P without it / control)",
+         reliance_text(row.rests_on_nodule, row.p_without_nodule, row.p_without_control,
+                       row.reliance_status)),
         ("flag score (drop in P)", fmt(row.flag_score)),
         ("relevance mass in mask (RMA)", fmt(row.rma)),
         ("relevance rank accuracy (RRA)", fmt(row.rra)),
         ("pointing game hit", fmt(row.pointing_hit)),
         ("attribution peak to mask (mm)", fmt(row.peak_distance_mm)),
-        ("attribution within 5 mm of mask", fmt(row.near_mass)),
+        (f"attribution within {AlignThresholds().near_margin_mm:g} mm of mask",
+         fmt(row.near_mass)),
         ("off-mask regions / their share",
          f"{int(row.n_offmask_regions or 0)} / {fmt(row.offmask_mass_share)}"),
         ("nodule volume (mm³)", fmt(row.volume_mm3))]
@@ -700,6 +764,7 @@ def write_pdf(results_dir: str | Path, out: str | Path) -> Path:
         _outcomes(doc, ctx)
         _distributions(doc, ctx)
         _clusters(doc, ctx)
+        _faithfulness(doc, ctx)
         dry = Doc(dry=True)  # the index lists page numbers: count the pages it takes first
         dry.pages, dry.y = [None] * len(doc.pages), doc.y
         _page_index(dry, ctx, 0)

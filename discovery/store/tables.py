@@ -51,6 +51,7 @@ import numpy as np
 import pandas as pd
 
 from data_tools.files import atomic_path
+from discovery.explain.faithfulness_rule import method_summary
 from discovery.regions.offmask import REGION_COLUMNS as _OFFMASK_COLUMNS
 from discovery.schema import CLUSTER_COLUMNS as _PATTERN_COLUMNS
 from discovery.schema import EFFECT_COLUMNS, decision_threshold
@@ -80,7 +81,7 @@ __all__ = [
     "StoreError", "store_exists", "sanity_summary",
 ]
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 DB_NAME = SQLITE_NAME
 #: The meta row every write transaction increments (:meth:`ResultsStore.version`).
 _WRITE_COUNT = "write_count"
@@ -89,7 +90,8 @@ _WRITE_COUNT = "write_count"
 FINDINGS_COLUMNS = [
     "case_id", "nodule_id", "probability", "predicted_label", "rma", "rra", "pointing_hit",
     "peak_distance_mm", "near_mass", "detection_auc", "otsu_dice", "otsu_iou", "ring_0_5",
-    "ring_5_10", "ring_10_20", "verdict", "n_offmask_regions", "offmask_mass_share",
+    "ring_5_10", "ring_10_20", "verdict", "p_without_nodule", "p_without_control",
+    "rests_on_nodule", "reliance_status", "n_offmask_regions", "offmask_mass_share",
     "flag_score", "flagged", "flag_clusters", "volume_mm3", "center_z", "center_y", "center_x", "status", "error",
 ]
 #: Off-mask region descriptors (discovery.regions.offmask) plus the keys and cohort-level fields.
@@ -101,16 +103,19 @@ CLUSTER_COLUMNS = _PATTERN_COLUMNS + EFFECT_COLUMNS
 #: ``discovery sanity``: cascading randomisation, one row per method and step.
 RANDOMIZATION_COLUMNS = ["method", "layer", "step", "module", "randomised", "mean_spearman",
                          "n_rois", "n_draws", "n_constant"]
-#: ``discovery sanity``: deletion / insertion areas, one row per nodule and method.
+#: ``discovery sanity``: one row per nodule and method; deletion / insertion areas with a
+#: constant eraser against random orders (the old measure), and ROAD's MoRF / LeRF areas with
+#: imputation, their gap and the random maps' (discovery.explain.faithfulness.road_curves).
 PERTURBATION_COLUMNS = ["case_id", "nodule_id", "method", "probability", "predicted_label",
                         "deletion_auc", "deletion_auc_random", "insertion_auc",
-                        "insertion_auc_random"]
+                        "insertion_auc_random", "road_morf_auc", "road_lerf_auc", "road_gap",
+                        "road_random_auc", "road_gap_random"]
 NODULE_REVIEW_CHOICES = ("on the tumour", "partly", "elsewhere", "can't tell")
 CLUSTER_REVIEW_CHOICES = ("artifact or shortcut", "known sign", "candidate new pattern", "noise")
 
 _TEXT = {"case_id", "nodule_id", "verdict", "status", "error", "region_key", "description",
          "exemplars", "method", "layer", "module", "randomised", "direction", "relation",
-         "flag_clusters"}
+         "flag_clusters", "reliance_status"}
 #: Columns stored as text (the rest are numbers).
 TEXT_COLUMNS = frozenset(_TEXT)
 _INT = {"predicted_label", "n_offmask_regions", "region_index", "case_region", "n_voxels",
@@ -250,7 +255,9 @@ class ResultsStore:
                 raise ValueError(
                     f"the results store {self.location} has schema version {found}; this "
                     f"version of the tool writes version {SCHEMA_VERSION}. Score into a new "
-                    "results folder.")
+                    "results folder: `discovery score INPUT --out NEW_RESULTS` with the same "
+                    "input, model and labels (version 9 adds the reliance on the nodule: "
+                    "p_without_nodule, p_without_control, rests_on_nodule).")
             stored_id = json.loads(meta["results_id"]) if "results_id" in meta else None
             expected = (pointer or {}).get("results_id")
             if self.backend.kind == "postgresql" and found is not None and stored_id != expected:
@@ -422,6 +429,9 @@ class ResultsStore:
     def set_sanity(self, randomization: list[dict[str, Any]], perturbation: list[dict[str, Any]]) -> None:
         """Replace the sanity rows of every method present in the new rows (one transaction)."""
         with self.write() as con:
+            have = set(con.frame("SELECT * FROM sanity_perturbation LIMIT 0").columns)
+            for col in [c for c in PERTURBATION_COLUMNS if c not in have]:   # older stores
+                con.execute(f"ALTER TABLE sanity_perturbation ADD COLUMN {col} {self.backend.real}")
             for table, rows in (("sanity_randomization", randomization),
                                 ("sanity_perturbation", perturbation)):
                 for method in sorted({r["method"] for r in rows}):
@@ -433,8 +443,8 @@ class ResultsStore:
         """``(randomization, perturbation)`` tables written by ``discovery sanity`` (may be empty)."""
         return (self.query(f"SELECT {', '.join(RANDOMIZATION_COLUMNS)} FROM sanity_randomization "
                            "ORDER BY method, step"),
-                self.query(f"SELECT {', '.join(PERTURBATION_COLUMNS)} FROM sanity_perturbation "
-                           "ORDER BY method, case_id, nodule_id"))
+                self.query("SELECT * FROM sanity_perturbation ORDER BY method, case_id, "
+                           "nodule_id").reindex(columns=PERTURBATION_COLUMNS))
 
     def cases(self) -> pd.DataFrame:
         return self.query("SELECT * FROM cases ORDER BY case_id")
@@ -536,32 +546,19 @@ class ResultsStore:
 
 def sanity_summary(randomization: pd.DataFrame, perturbation: pd.DataFrame) -> pd.DataFrame:
     """One row per method of the ``discovery sanity`` tables (:meth:`ResultsStore.sanity`):
-    final randomisation Spearman and deletion/insertion summaries.
-
-    Columns: ``method``, ``spearman_fully_randomised`` (mean over ROIs after every module is
-    re-drawn; NaN when the method was not randomised), ``n``, ``deletion_auc`` and
-    ``deletion_auc_random`` (medians), ``beats_random`` (share of nodules whose deletion
-    AUC is below the random order's), the same share among predicted-malignant nodules,
-    ``insertion_auc`` and ``insertion_auc_random`` (medians).
-    """
+    ``method``, ``spearman_fully_randomised`` (mean over ROIs after every module is re-drawn;
+    NaN when the method was not randomised), then the columns of
+    :func:`discovery.explain.faithfulness_rule.method_summary` (old and new measure, status
+    and verdict)."""
     randomization = randomization.reindex(columns=RANDOMIZATION_COLUMNS)  # also when empty
     perturbation = perturbation.reindex(columns=PERTURBATION_COLUMNS)
     rows = []
     for method in dict.fromkeys([*perturbation["method"], *randomization["method"]]):
         r = randomization[randomization["method"] == method].sort_values("step")
-        p = perturbation[perturbation["method"] == method]
-        beats = p["deletion_auc"] < p["deletion_auc_random"]
-        mal = p["predicted_label"] == 1
         rows.append({
             "method": method,
             "spearman_fully_randomised": float(r["mean_spearman"].iloc[-1]) if len(r) else np.nan,
-            "n": int(len(p)),
-            "deletion_auc": float(p["deletion_auc"].median()),
-            "deletion_auc_random": float(p["deletion_auc_random"].median()),
-            "beats_random": float(beats.mean()) if len(p) else np.nan,
-            "beats_random_malignant": float(beats[mal].mean()) if mal.any() else np.nan,
-            "insertion_auc": float(p["insertion_auc"].median()),
-            "insertion_auc_random": float(p["insertion_auc_random"].median()),
+            **method_summary(perturbation[perturbation["method"] == method]),
         })
     return pd.DataFrame(rows)
 

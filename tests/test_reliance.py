@@ -1,0 +1,175 @@
+"""The reliance on the nodule: the nodule and volume-matched controls replaced by parenchyma
+and re-scored, with hand-set 'box mean' models whose answers are known."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from data_tools.volume import Mask, Volume, affine_from_spacing
+from discovery.model.card import ModelCard
+from discovery.model.edit import PARENCHYMA_BAND_HU, score_inputs
+from discovery.model.reliance import (
+    RELIANCE_OK,
+    RelianceSettings,
+    control_blobs,
+    nodule_reliance,
+    reliance_from_probabilities,
+)
+from discovery.model.rois import NoduleSite, nodule_sites, roi_input
+
+SPACING = (1.5, 1.5, 1.5)
+CARD = ModelCard()  # 32³ ROI at 1.5 mm, one [-1000, 3000] HU channel
+
+
+class BoxMean(torch.nn.Module):
+    """Malignancy logit = 200 * (mean input inside a box of the ROI - 0.055): dense tissue in
+    the box means 'malignant' (parenchyma alone is about 0.0375 in the HU window)."""
+
+    def __init__(self, box=(slice(12, 20),) * 3):
+        super().__init__()
+        self.box = box
+
+    def forward(self, x):
+        m = x[(slice(None), 0, *self.box)].mean(dim=(1, 2, 3))
+        return torch.stack([torch.zeros_like(m), 200.0 * (m - 0.055)], dim=1)
+
+
+def _scene(shape=(48, 56, 56), seed=0, radius_vox=3.0):
+    """Parenchyma with noise, one soft-tissue nodule (label 1) in the middle."""
+    rng = np.random.default_rng(seed)
+    hu = (-850.0 + rng.normal(0, 20, shape)).astype(np.float32)
+    zz, yy, xx = np.indices(shape)
+    c = (np.asarray(shape) - 1) / 2.0
+    ball = (zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2 <= radius_vox ** 2
+    hu[ball] = 30.0
+    affine = affine_from_spacing(SPACING)
+    return Volume(hu, affine), Mask(ball.astype(np.int16), affine)
+
+
+def test_removing_a_nodule_inside_the_box_drops_p_and_a_control_does_not():
+    vol, mask = _scene()
+    (rel,) = nodule_reliance(BoxMean(), CARD, vol, mask)
+    (site,) = nodule_sites(mask)
+    p = float(score_inputs(BoxMean(), [roi_input(vol, site.center_zyx, CARD)])[0])
+    assert rel.status == RELIANCE_OK and rel.n_controls == 2
+    # the nodule fills ~1/6 of the box: with it p ~ 0.96, without it p ~ 0.03
+    assert p > 0.9 and rel.p_without_nodule < 0.1
+    assert abs(rel.p_without_control - p) < 0.02  # parenchyma for parenchyma: no change
+    assert rel.rests_on_nodule == 1.0
+
+
+def test_a_prediction_resting_on_something_else_does_not_rest_on_the_nodule():
+    vol, mask = _scene()
+    hu = vol.array.copy()
+    hu[5:9, 25:31, 25:31] = 2600.0  # a dense bead about 25 mm above the nodule
+    vol = Volume(hu, vol.affine)
+    model = BoxMean(box=(slice(0, 8), slice(12, 20), slice(12, 20)))  # looks at the bead
+    (rel,) = nodule_reliance(model, CARD, vol, mask)
+    assert rel.p_without_nodule > 0.99 and rel.rests_on_nodule == 0.0
+
+
+def test_the_measure_is_deterministic_and_seeded():
+    vol, mask = _scene()
+    a = nodule_reliance(BoxMean(), CARD, vol, mask)
+    b = nodule_reliance(BoxMean(), CARD, vol, mask)
+    assert a == b
+    blobs = control_blobs(vol.array, mask.array > 0, mask.array > 0, spacing_mm=SPACING)
+    again = control_blobs(vol.array, mask.array > 0, mask.array > 0, spacing_mm=SPACING)
+    other = control_blobs(vol.array, mask.array > 0, mask.array > 0, spacing_mm=SPACING,
+                          settings=RelianceSettings(seed=1))
+    assert all((x == y).all() for x, y in zip(blobs, again))
+    assert not all((x == y).all() for x, y in zip(blobs, other))
+
+
+def test_control_blobs_are_volume_matched_in_parenchyma_and_away_from_nodules():
+    vol, mask = _scene()
+    own = mask.array > 0
+    other = np.zeros_like(own)
+    other[30:34, 10:14, 10:14] = True  # a second annotated nodule
+    annotated = own | other
+    settings = RelianceSettings(n_controls=5, gap_mm=3.0)
+    blobs = control_blobs(vol.array, own, annotated, spacing_mm=SPACING, settings=settings)
+    assert len(blobs) == 5
+    dist = ndimage.distance_transform_edt(~annotated, sampling=SPACING)
+    lo, hi = PARENCHYMA_BAND_HU
+    box = ndimage.find_objects(own.astype(np.uint8))[0]
+    for blob in blobs:
+        assert blob.sum() == own.sum()
+        (bbox,) = ndimage.find_objects(blob.astype(np.uint8))
+        assert (blob[bbox] == own[box]).all()  # the same shape, moved
+        assert dist[blob].min() > 3.0
+        hu = vol.array[blob]
+        assert ((hu >= lo) & (hu <= hi)).mean() >= 0.9
+
+
+def test_empty_mask_gives_nan_with_a_status():
+    vol, mask = _scene()
+    ghost = NoduleSite(label=7, center_zyx=(23.5, 27.5, 27.5), n_voxels=0, volume_mm3=0.0)
+    (rel,) = nodule_reliance(BoxMean(), CARD, vol, mask, sites=[ghost], probabilities=[0.9])
+    assert math.isnan(rel.p_without_nodule) and math.isnan(rel.p_without_control)
+    assert math.isnan(rel.rests_on_nodule) and "empty mask" in rel.status
+
+
+def test_no_room_for_a_control_is_said_and_read_against_no_change():
+    vol, mask = _scene(shape=(32, 36, 36), radius_vox=15.0)  # the nodule fills the ROI
+    (rel,) = nodule_reliance(BoxMean(), CARD, vol, mask)
+    assert math.isnan(rel.p_without_control) and rel.n_controls == 0
+    assert "no control place" in rel.status
+    assert rel.rests_on_nodule == 1.0  # the box held only nodule: removing it drops p to ~0
+    (off,) = nodule_reliance(BoxMean(), CARD, vol, mask,
+                             settings=RelianceSettings(n_controls=0))
+    assert off.status == RELIANCE_OK and math.isnan(off.p_without_control)
+
+
+@pytest.mark.parametrize("p, without, controls, rests", [
+    (0.9, 0.3, [0.9], 1.0),        # removing the nodule takes 2/3 of p
+    (0.9, 0.6, [0.9], 0.0),        # a third only: the prediction survives without it
+    (0.9, 0.3, [0.3, 0.3], 0.0),   # the same edit elsewhere does as much
+    (0.04, 0.0, [0.04], 0.0),      # below min_drop: nothing to rest
+    (0.9, 0.3, [], 1.0),           # no control: read against no change
+])
+def test_the_rule(p, without, controls, rests):
+    assert reliance_from_probabilities(p, without, controls).rests_on_nodule == rests
+
+
+def test_bad_inputs_are_refused():
+    with pytest.raises(ValueError, match="finite"):
+        reliance_from_probabilities(0.9, float("nan"), [0.9])
+    with pytest.raises(ValueError, match="relative_drop"):
+        RelianceSettings(relative_drop=1.5)
+    with pytest.raises(ValueError, match="n_controls"):
+        RelianceSettings(n_controls=-1)
+    vol, mask = _scene()
+    with pytest.raises(ValueError, match="one probability per site"):
+        nodule_reliance(BoxMean(), CARD, vol, mask, probabilities=[0.5, 0.5])
+
+
+def test_the_pipeline_stores_the_reliance_beside_the_verdict():
+    from discovery.batch.score import result_rows
+    from discovery.model.card import build_network
+    from discovery.pipeline import analyze_scan
+
+    torch.manual_seed(0)
+    model = build_network(CARD).eval()
+    vol, mask = _scene()
+    res = analyze_scan(vol, mask, model, CARD, case_id="c0")
+    (nod,) = res.nodules
+    (alone,) = nodule_reliance(model, CARD, vol, mask, probabilities=[nod.probability])
+    assert nod.reliance == alone and nod.reliance.status == RELIANCE_OK
+    (row,), _ = result_rows(res)
+    assert row["p_without_nodule"] == alone.p_without_nodule
+    assert row["p_without_control"] == alone.p_without_control
+    assert row["rests_on_nodule"] == alone.rests_on_nodule in (0.0, 1.0)
+    assert row["reliance_status"] == RELIANCE_OK
+
+
+def test_reliance_in_words():
+    from discovery.model.reliance import reliance_text
+
+    assert reliance_text(1.0, 0.1875, 0.984, "ok") == "yes (0.188 / 0.984)"
+    assert reliance_text(0.0, 0.9, float("nan"), "no control") == "no (0.900 / –)"
+    assert reliance_text(float("nan"), None, None, "empty mask") == "– (empty mask)"
+    assert reliance_text(None, None, None, float("nan")) == "– (not measured)"  # an old row
