@@ -41,7 +41,7 @@ METRIC_HELP = {
     "rra": "Relevance rank: share of the |mask| highest-attribution voxels inside the mask.",
     "pointing_hit": "Is the attribution peak on the mask (within the pointing tolerance)?",
     "peak_distance_mm": "Distance from the attribution peak to the nearest mask voxel (0 = inside).",
-    "near_mass": "Share of attribution within the near margin (about 5 mm) of the mask.",
+    "near_mass": "Share of attribution within the near margin (10 mm) of the mask.",
     "offmask_mass_share": "Share of attribution in off-mask regions (clusters of attention away from the mask).",
     "detection_auc": "ROC AUC of the map as a voxelwise detector of the mask (0.5 = no better than chance).",
     "otsu_dice": "Dice between the mask and the map thresholded by Otsu's method.",

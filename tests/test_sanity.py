@@ -164,6 +164,13 @@ def test_overview_and_pdf_warn_above_the_outcomes_and_list_each_method(scored, t
     monkeypatch.delenv("DISCOVERY_RESULTS", raising=False)
     res = tmp_path / "results"
     shutil.copytree(scored / "results", res)
+    store = ResultsStore(res)  # other tests of this module may have stored sanity tables
+    try:
+        with store.write() as con:
+            con.execute("DELETE FROM sanity_randomization")
+            con.execute("DELETE FROM sanity_perturbation")
+    finally:
+        store.close()
     view = str(Path(__file__).resolve().parents[1] / "app" / "views" / "overview.py")
 
     def overview():

@@ -154,12 +154,11 @@ def perturbation_curves(model: torch.nn.Module, rois, attributions, *, baseline,
         One map per ROI on the ROI grid; only the order of its values matters.
     baseline : float or array broadcastable to (C, z, y, x)
         The value a removed voxel takes, in the network's input units (per channel: a
-        removed voxel is removed from every channel).  Required, with no
-        default, because it decides what "removed" means: 0 is not neutral after an HU window
-        (it is the window's lower end, e.g. -1000 HU = air), and a removed nodule voxel should
-        look like the tissue around it -- usually lung parenchyma (about -850 HU, normalised
-        with the model card's window) -- or the curves measure the model's reaction to an
-        artificial hole rather than to missing evidence.
+        removed voxel is removed from every channel).  Required, with no default, because it
+        decides what "removed" means: 0 is not neutral after an HU window (it is the window's
+        lower end, e.g. -1000 HU = air), and a removed nodule voxel should look like the
+        tissue around it -- usually lung parenchyma (about -850 HU, normalised with the card's
+        window) -- or the curves measure the reaction to an artificial hole.
     target : int
         Class whose probability is tracked.
     steps : int
