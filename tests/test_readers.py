@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from discovery.align.metrics import pointing_game, relevance_mass, relevance_rank
+from discovery.align.metrics import AlignThresholds
 from discovery.align.readers import METRIC_COLUMNS, consensus_mask, reader_metrics
 
 ISO = (1.0, 1.0, 1.0)
@@ -131,8 +132,11 @@ def test_reader_metrics_pointing_tolerance_is_in_mm():
     a = _line(0.0, 0.0, 0.0, 0.0, 1.0)  # peak at x = 4
     readers = [_line(1, 0, 0, 0, 0), _line(0, 0, 1, 0, 0)]  # 4 and 2 columns from the peak
     sp = (1.0, 1.0, 1.5)  # -> 6 mm and 3 mm
+    hits = [r["pointing_hit"] for r in reader_metrics(a, readers, sp, levels=(), tolerance_mm=4)]
+    assert hits == [0.0, 1.0]  # 6 mm misses, 3 mm hits
+    default = AlignThresholds().pointing_tolerance_mm  # the calibrated default (10 mm)
     hits = [r["pointing_hit"] for r in reader_metrics(a, readers, sp, levels=())]
-    assert hits == [0.0, 1.0]  # default tolerance 4 mm
+    assert hits == [float(default >= 6.0), float(default >= 3.0)]
     hits = [r["pointing_hit"] for r in reader_metrics(a, readers, sp, levels=(), tolerance_mm=6)]
     assert hits == [1.0, 1.0]
     hits = [r["pointing_hit"] for r in reader_metrics(a, readers, sp, levels=(), tolerance_mm=0)]

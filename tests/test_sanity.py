@@ -198,7 +198,8 @@ def test_overview_and_pdf_warn_above_the_outcomes_and_list_each_method(scored, t
         text = subprocess.run([pdftotext, "-layout", str(write_pdf(res, tmp_path / "r.pdf")), "-"],
                               capture_output=True, text=True).stdout
         text = " ".join(text.split())
-        assert "Are the maps faithful?" in text and "new MoRF / LeRF" in text
+        assert "Are the maps faithful?" in text and "MoRF / LeRF" in text
+        assert "new: imputed (ROAD)" in text and "old: constant eraser" in text
         assert "gradcam undetermined" in text and "hirescam undetermined" in text
         warn = text.index("Warning. These results were scored with gradcam")
         assert text.index("three outcomes") < warn < text.index("Metric distributions")

@@ -108,6 +108,7 @@ _METRICS = [("probability", "P(malignant)", (0.0, 1.0)),
              (0.0, 1.0)),
             ("peak_distance_mm", "attribution peak to mask (mm)", None),
             ("offmask_mass_share", "off-mask share of the attribution", (0.0, 1.0))]
+_STATUS_COLOURS = {"passes": "#1b7f3b", "fails": "#c53030"}
 _CLUSTER_COLOURS = ["#2b6cb0", "#c53030", "#1b7f3b", "#b7791f", "#6b46c1", "#d53f8c", "#319795",
                     "#dd6b20"]
 
@@ -281,25 +282,27 @@ def _faithfulness(doc: Doc, ctx: dict) -> None:
              "deletion curves of P(malignant), over the predicted-malignant nodules. Old gap: "
              "insertion minus deletion area with the constant eraser; where it and the new gap "
              "disagree, the eraser is deciding.", size=8.5, color=GRAY)
-    cols = [("method", 0.0), ("nodules (mal.)", 1.25), ("old del. / random", 2.05),
-            ("beats rand. (mal.)", 3.1), ("old gap", 4.1), ("new MoRF / LeRF", 4.65),
-            ("new gap", 5.7), ("rand. gap", 6.3)]
-    doc.need(0.25 + 0.19 * (len(table) + 1))
-    top = doc.y + 0.05
+    num = lambda v, d=2: fmt(v) if pd.isna(v) else f"{v:.{d}f}"  # noqa: E731
+    cols = [("method", 0.0), ("nodules", 1.4), ("del. / random", 2.0), ("beats rand.", 3.05),
+            ("gap", 3.95), ("MoRF / LeRF", 4.4), ("gap", 5.3), ("rand. gap", 5.75),
+            ("gap > 0", 6.45)]
+    doc.need(0.45 + 0.19 * (len(table) + 1))
+    doc.text("old: constant eraser (-850 HU)", x=MARGIN + 2.0, size=8, color=GRAY, advance=False)
+    doc.text("new: imputed (ROAD), predicted malignant", x=MARGIN + 4.4, size=8, color=GRAY)
+    top = doc.y
     for name, dx in cols:
         doc.text(name, x=MARGIN + dx, top=top, size=8, weight="bold", advance=False)
     for i, r in enumerate(table.itertuples(), start=1):
         cells = [r.method, f"{r.n} ({r.n_malignant})",
-                 f"{fmt(r.deletion_auc, 2)} / {fmt(r.deletion_auc_random, 2)}",
+                 f"{num(r.deletion_auc, 3)} / {num(r.deletion_auc_random, 3)}",
                  f"{pct(r.beats_random, 2)} ({pct(r.beats_random_malignant, 2)})",
-                 fmt(r.fill_gap, 2), f"{fmt(r.road_morf_auc, 2)} / {fmt(r.road_lerf_auc, 2)}",
-                 fmt(r.road_gap, 2), fmt(round(r.road_gap_random, 3), 2)]
+                 num(r.fill_gap), f"{num(r.road_morf_auc)} / {num(r.road_lerf_auc)}",
+                 num(r.road_gap), num(r.road_gap_random, 3), pct(r.road_gap_positive, 2)]
         for (_, dx), cell in zip(cols, cells):
             doc.text(cell, x=MARGIN + dx, top=top + 0.19 * i, size=8, advance=False)
     doc.y = top + 0.19 * (len(table) + 1) + 0.05
     for r in table.itertuples():
-        doc.text(f"{r.method} {r.verdict}.", size=8.5,
-                 color="#1b7f3b" if r.status == "passes" else "#c53030")
+        doc.text(f"{r.method} {r.verdict}.", size=8.5, color=_STATUS_COLOURS.get(r.status, GRAY))
 
 
 def _outcomes(doc: Doc, ctx: dict) -> None:
