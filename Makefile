@@ -21,6 +21,7 @@ test: install
 	$(PY) -m pytest -q
 
 demo-data: install
+	@test ! -d $(DEMO)/results || $(PY) -m discovery.batch.current $(DEMO)/results || (echo "scoring the demo again" && rm -rf $(DEMO)/results $(DEMO)/.sanity-done)
 	@test -f $(DEMO)/cohort/truth.json || $(VENV)/bin/discovery sample $(DEMO)/cohort --cases $(CASES) --seed 7 --config sample_data/demo_model/cohort.json
 	@test -f $(DEMO)/results/findings.csv || $(VENV)/bin/discovery score $(DEMO)/cohort --out $(DEMO)/results --labels $(DEMO)/cohort/truth.csv
 	@test -f $(DEMO)/.sanity-done || ($(VENV)/bin/discovery sanity $(DEMO)/results --methods gradcam,gradcam++,hirescam,layercam,integrated_gradients --max-nodules 50 && touch $(DEMO)/.sanity-done)

@@ -9,5 +9,5 @@ from discovery.lazy import attach
 __getattr__, __dir__, __all__ = attach(__name__, {
     "tables": ["ResultsStore", "save_case_arrays", "load_case_arrays", "store_exists",
                "sanity_summary"],
-    "backends": ["StoreError", "resolve_backend"],
+    "backends": ["StoreError", "SchemaMismatch", "resolve_backend"],
 })

@@ -35,7 +35,7 @@ import pandas as pd
 
 from data_tools.files import atomic_path
 
-__all__ = ["Backend", "StoreError", "resolve_backend", "redact_url", "store_exists",
+__all__ = ["Backend", "StoreError", "SchemaMismatch", "resolve_backend", "redact_url", "store_exists",
            "POINTER_NAME", "SQLITE_NAME"]
 
 SQLITE_NAME = "discovery.sqlite"
@@ -48,6 +48,11 @@ _WRITE_LOCK = 0x6469736376727931
 class StoreError(ValueError):
     """The results store cannot be opened as asked; the message says what was found and what
     to do."""
+
+
+class SchemaMismatch(StoreError):
+    """The results store was written by a version of the tool with another table schema:
+    score the same input into a new results folder."""
 
 
 def redact_url(url: str) -> str:

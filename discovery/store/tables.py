@@ -59,6 +59,7 @@ from discovery.store.backends import (
     SQLITE_NAME,
     Backend,
     Connection,
+    SchemaMismatch,
     StoreError,
     new_results_id,
     resolve_backend,
@@ -252,7 +253,7 @@ class ResultsStore:
                                  "tables; run `discovery score` first")
             found = meta.get("schema_version")
             if found is not None and found != str(SCHEMA_VERSION):
-                raise ValueError(
+                raise SchemaMismatch(
                     f"the results store {self.location} has schema version {found}; this "
                     f"version of the tool writes version {SCHEMA_VERSION}. Score into a new "
                     "results folder: `discovery score INPUT --out NEW_RESULTS` with the same "

@@ -1,0 +1,41 @@
+"""`python -m discovery.batch.current`: when `make demo` scores again."""
+
+import sqlite3
+
+import pytest
+
+from discovery.batch.current import main, stale_reason
+from discovery.model.card import default_model_dir, load_card
+from discovery.store.backends import SchemaMismatch
+from discovery.store.tables import ResultsStore
+
+
+def _store(tmp_path, sha):
+    store = ResultsStore(tmp_path / "res")
+    store.set_meta(model_sha256=sha)
+    store.close()
+    return tmp_path / "res"
+
+
+def test_current_results_pass_and_other_weights_do_not(tmp_path, capsys):
+    sha = load_card(default_model_dir()).weights_sha256
+    res = _store(tmp_path, sha)
+    assert stale_reason(res) is None and main([str(res)]) == 0
+    other = _store(tmp_path / "b", "0" * 64)
+    assert "scored with model weights 000000000000" in stale_reason(other)
+    assert main([str(other)]) == 1 and "not current" in capsys.readouterr().err
+
+
+def test_an_old_schema_is_stale_and_the_store_refuses_it_by_type(tmp_path):
+    res = _store(tmp_path, "0" * 64)
+    con = sqlite3.connect(res / "discovery.sqlite")
+    con.execute("UPDATE meta SET value = '8' WHERE key = 'schema_version'")
+    con.commit()
+    con.close()
+    with pytest.raises(SchemaMismatch, match="schema version 8"):
+        ResultsStore(res, create=False)
+    assert "schema version 8" in stale_reason(res)
+
+
+def test_a_folder_without_results_is_stale(tmp_path):
+    assert stale_reason(tmp_path).startswith("no results")
