@@ -10,9 +10,12 @@ often irregular when malignant, no tails or beads but the one planted):
   (soft tissue, 4-6 mm wide), and ``bead``, a metal-bright marker bead (2500-2900 HU,
   3.5-5 mm).
 
-For each cohort, two models are trained by ``discovery train`` with the same seed, epochs and
-learning rate, differing only in their input: ``--windows wide`` (the demo model's single
--1000..3000 HU window) and ``--windows lung,soft,wide`` (the new default: three channels).
+For each cohort, models are trained by ``discovery train`` with the same seed, epochs and
+learning rate, differing only in their input (``--inputs``): by default ``--windows wide``
+(the demo model's single -1000..3000 HU window) and ``--windows lung,soft,dense`` (the new
+default: three channels side by side, -1000..-300, -160..240 and 240..3000 HU; each channel
+standardised by the network with its training-split mean and spread, as ``discovery train``
+does for every model).
 Each is then measured on a held-out cohort sampled from the same settings with another seed:
 
 * **oracle Δp**: every true structure (its planted label, grown by 1.5 mm where the HU is
@@ -23,11 +26,11 @@ Each is then measured on a held-out cohort sampled from the same settings with a
 * **AUROC** on all of the held-out cohort's nodules, and the test split's AUROC from the card.
 
 Usage: ``python benchmarks/input_windows.py [--work DIR] [--cases 64] [--test-cases 24]
-[--epochs 25] [--seed 18] [--train-seed 0] [--lr 0.002] [--kinds halo,tail,bead]
-[--json FILE]``.  Cohorts and models are kept in ``--work`` (default
+[--epochs 40] [--seed 18] [--train-seed 0] [--lr 0.002] [--kinds halo,tail,bead]
+[--inputs wide/lung,soft,dense] [--json FILE]``.  Cohorts and models are kept in ``--work`` (default
 ``benchmarks/.cache/input_windows``) and reused when present; the printed commands
-re-create them.  With the defaults, 33 to 53 minutes per cohort on 2 CPU cores shared with
-other jobs (load average about 10): sampling 2-4 minutes, each training 14-25.
+re-create them.  With the defaults, about 22 minutes per cohort on 2 CPU cores shared with
+other jobs (load average about 5): sampling 2-4 minutes, each training about 9.
 """
 
 from __future__ import annotations
@@ -76,8 +79,9 @@ COHORTS = {
                               "tail_width_mm": [4.0, 6.0]}),
     "bead": ("marker_bead", {"p_bead_malignant": 0.8, "p_bead_benign": 0.05}),
 }
-#: the two inputs compared: today's single window, and the new default's three
-INPUTS = {"wide": "wide", "lung,soft,wide": "lung,soft,wide"}
+#: the inputs compared (``--inputs``, separated by "/"): today's single window, and sets of
+#: several (names of :data:`discovery.model.rois.HU_WINDOWS`)
+INPUTS = "wide/lung,soft,dense"
 #: removal: the structure's label grown by this much (mm) where the HU is below FRINGE_HU
 GROW_MM, FRINGE_HU = 1.5, -300.0
 
@@ -171,7 +175,8 @@ def measure(kind_name: str, a, work: Path, commands: list[str]) -> list[dict]:
     test = sample(work, f"{kind_name}/test", settings, cases=a.test_cases, seed=a.seed + 1000,
                   commands=commands)
     models = {}
-    for name, windows in INPUTS.items():
+    for windows in a.inputs.split("/"):
+        name = windows
         folder = work / kind_name / f"model-{windows.replace(',', '-')}-s{a.train_seed}"
         folder = train(cohort, folder, windows, a, commands)
         models[name] = load_model(folder)
@@ -211,11 +216,13 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default=str(Path(__file__).resolve().parent / ".cache" / "input_windows"))
     ap.add_argument("--cases", type=int, default=64, help="training cohort size")
     ap.add_argument("--test-cases", type=int, default=24, help="held-out cohort size")
-    ap.add_argument("--epochs", type=int, default=25)
+    ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--seed", type=int, default=18, help="cohort seed (held-out: +1000)")
     ap.add_argument("--train-seed", type=int, default=0)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--kinds", default="halo,tail,bead")
+    ap.add_argument("--inputs", default=INPUTS, help="input windows compared, '/' between "
+                    f"inputs (default {INPUTS})")
     ap.add_argument("--json", default=None, help="write the rows and commands here")
     a = ap.parse_args(argv)
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))

@@ -52,7 +52,7 @@ from data_tools.synthetic import SyntheticConfig, generate_case
 from data_tools.volume import Mask, Volume
 from discovery.align.metrics import AlignThresholds, align, verdict_agreement
 from discovery.model.card import default_model_dir, load_model
-from discovery.pipeline import analyze_scan
+from discovery.pipeline import ScoreSettings, analyze_scan
 
 MARGINS_MM = (0.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 15.0)
 TOLERANCES_MM = (0.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 15.0, 1000.0)
@@ -75,7 +75,8 @@ def collect(args) -> None:
         config = SyntheticConfig.read(ROOT / "sample_data" / "demo_model" / "cohort.json")
     else:
         bench = _bench()
-        ns = argparse.Namespace(seed=args.bench_seed, train_cases=200, epochs=12, cache=args.cache)
+        ns = argparse.Namespace(seed=args.bench_seed, train_cases=200, epochs=12, cache=args.cache,
+                                condition="shortcut")
         model, card = bench._model(ns, lambda m: print(m, file=sys.stderr, flush=True))
         config = bench.TEST_CONFIG
     model.eval()
@@ -83,7 +84,8 @@ def collect(args) -> None:
     for i in range(args.cases):
         c = generate_case(args.seed, config=config, index=i)
         vol, mask = Volume(c.hu, c.affine), Mask(c.mask, c.affine)
-        res = analyze_scan(vol, mask, model, card, case_id=f"s{args.seed}-{i:04d}")
+        res = analyze_scan(vol, mask, model, card, case_id=f"s{args.seed}-{i:04d}",
+                           settings=ScoreSettings(method=args.method, layer=args.layer))
         for nod in res.nodules:
             rel = nod.reliance
             rows.append({"case": res.case_id, "nodule": nod.nodule_id,
@@ -252,6 +254,8 @@ def main(argv=None) -> int:
     c.add_argument("--bench-seed", type=int, default=2, help="the benchmark model's seed")
     c.add_argument("--seed", type=int, required=True, help="the cohort's seed")
     c.add_argument("--cases", type=int, default=40)
+    c.add_argument("--method", default=ScoreSettings.method, help="attribution method")
+    c.add_argument("--layer", default=None, help="its layer (default: the model card's)")
     c.add_argument("--out", required=True)
     c.add_argument("--cache", default=str(ROOT / "benchmarks" / ".cache" / "discovery"))
     f = sub.add_parser("fit")

@@ -100,21 +100,34 @@ def cmd_train(args) -> int:
 
 
 def cmd_sanity(args) -> int:
-    from discovery.batch.sanity import run_sanity
     from discovery.store.tables import sanity_summary
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     randomise = [m.strip() for m in args.randomise.split(",") if m.strip()]
+    try:
+        summary = _run_sanity(args, methods, randomise)
+    except ValueError as exc:  # an unknown method or --layer, a bad option
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    _print_sanity(summary.n_nodules, sanity_summary(summary.randomization, summary.perturbation))
+    return 0
+
+
+def _run_sanity(args, methods, randomise):
+    from discovery.batch.sanity import run_sanity
+
     with _progress() as bar:
         task = bar.add_task("sanity checks", total=None, note="")
-        summary = run_sanity(
+        return run_sanity(
             args.source, results_dir=args.out, model_dir=args.model, methods=methods,
             randomise=randomise, steps=args.steps, n_random=args.n_random, n_draws=args.draws,
-            seed=args.seed, max_nodules=args.max_nodules,
+            seed=args.seed, max_nodules=args.max_nodules, layer=args.layer,
             progress=lambda stage, d, t: bar.update(task, completed=d, total=t, note=stage))
-    table = sanity_summary(summary.randomization, summary.perturbation)
+
+
+def _print_sanity(n_nodules: int, table) -> None:
     console = _console()
-    console.print(f"{summary.n_nodules} nodules; Spearman original vs fully randomised model, "
+    console.print(f"{n_nodules} nodules; Spearman original vs fully randomised model, "
                   "and deletion AUC (lower = more faithful) against random voxel orders:")
     for r in table.itertuples():
         line = f"  {r.method:<21}"
@@ -126,7 +139,6 @@ def cmd_sanity(args) -> int:
                      f"{r.beats_random_malignant:.0%}); insertion {r.insertion_auc:.3f} vs "
                      f"{r.insertion_auc_random:.3f}")
         console.print(line)
-    return 0
 
 
 def _at_least_one(text: str) -> int:
@@ -146,12 +158,13 @@ def cmd_score(args) -> int:
             task = bar.add_task("scoring", total=None, note="")
             summary = score_folder(
                 args.input, args.out, model_dir=args.model,
-                settings=ScoreSettings(method=args.method), labels=args.labels,
+                settings=ScoreSettings(method=args.method, layer=args.layer),
+                labels=args.labels,
                 layout=args.layout,
                 max_bytes=None if args.max_volume_gb <= 0 else int(args.max_volume_gb * 1024**3),
                 workers=args.workers, scheduler=args.scheduler, store_url=args.store,
                 progress=lambda d, t, cid: bar.update(task, completed=d, total=t, note=cid))
-    except ConnectionError as exc:  # the Dask scheduler cannot be reached
+    except (ConnectionError, ValueError) as exc:  # no scheduler; a bad --layer or option
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if len(summary.layouts) > 1 or "cases" not in summary.layouts:
@@ -227,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="discovery", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = p.add_subparsers(dest="command", required=True)
-    for add in (_add_sample, _add_train, _add_sanity, _add_score, _add_report, _add_app):
+    for add in (_add_sample, _add_train, _add_sanity, _add_score, _add_report, _add_app,
+                _add_model):
         add(sub)
     return p
 
@@ -299,6 +313,9 @@ def _add_sanity(sub) -> None:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--max-nodules", type=_at_least_one, default=None,
                    help="check a seeded random sample of at most N nodules (default: all)")
+    q.add_argument("--layer", default=None, metavar="NAME",
+                   help="CAM layer for every method (e.g. layer2: 3 mm cells on the demo "
+                        "model; fine+coarse for the fused methods; default: the model card's)")
     q.set_defaults(func=cmd_sanity)
 
 
@@ -312,6 +329,10 @@ def _add_score(sub) -> None:
     c.add_argument("--model", default=None, help="model folder (default: the demo model)")
     c.add_argument("--method", default="gradcam", choices=METHODS,
                    help="attribution method (default gradcam; see the README for costs)")
+    c.add_argument("--layer", default=None, metavar="NAME",
+                   help="CAM layer (e.g. layer2: 16^3 cells of 3 mm on the demo model; "
+                        "fine+coarse for the fused methods; default: the model card's "
+                        "gradcam_layer); recorded in the results meta")
     c.add_argument("--labels", default=None,
                    help="CSV of known true labels (case_dir,nodule_label,malignant, e.g. a "
                         "sample cohort's truth.csv): clusters also report enrichment "
@@ -358,6 +379,102 @@ def _add_app(sub) -> None:
     a.add_argument("--port", type=int, default=8501)
     a.add_argument("--host", default="127.0.0.1", help="bind address (default localhost only)")
     a.set_defaults(func=cmd_app)
+
+def _add_model(sub) -> None:
+    m = sub.add_parser("model", help="check a model before a batch: what the tool understood")
+    msub = m.add_subparsers(dest="model_command", required=True)
+    c = msub.add_parser("check", help="load a model and print its input, outputs, Grad-CAM "
+                                      "layer, size, speed and the attribution methods that apply")
+    c.add_argument("model", nargs="?", default=None,
+                   help="model folder, MONAI bundle folder, TorchScript file, module folder "
+                        "(discovery.json naming a factory) or package.module:factory "
+                        "(default: the demo model)")
+    c.add_argument("--weights", default=None, metavar="FILE",
+                   help="weights for package.module:factory (safetensors or a state dict)")
+    c.add_argument("--sidecar", default=None, metavar="FILE",
+                   help="discovery.json (default: the one beside the bundle's configs/, the "
+                        "TorchScript file or in the module folder)")
+    c.set_defaults(func=cmd_model_check)
+
+
+def _methods_line(card, cam_ok: bool) -> str:
+    from discovery.explain.methods import CAM_METHODS, FUSED_METHODS, IG_STEPS
+
+    cams = ", ".join(CAM_METHODS) if cam_ok else "none of the CAM methods"
+    fused = f"; {', '.join(FUSED_METHODS)}" if cam_ok else ""
+    if cam_ok and card.architecture.get("name") == "external":
+        fused += " with --layer FINE+COARSE"
+    return f"{cams}{fused}; integrated_gradients ({IG_STEPS} steps), occlusion"
+
+
+def _source_line(arch: dict) -> str:
+    kind = arch.get("source")
+    if kind == "monai-bundle":
+        return (f"MONAI bundle {arch['bundle']!r} version {arch.get('bundle_version') or '?'} "
+                f"(configs/{arch['config']}, {arch['weights']})")
+    if kind == "torchscript":
+        return f"TorchScript archive {arch['file']!r}"
+    return f"module {arch.get('factory')} with weights {arch.get('weights')!r}"
+
+
+def _output_lines(arch: dict, probe) -> list[tuple[str, str]]:
+    names, t, n = arch.get("classes") or [], int(arch["target_class"]), probe.n_outputs
+    how = {"logit": "one logit: P(malignant) = sigmoid",
+           "logits": f"{n} logits: P(malignant) = softmax[{t}]",
+           "probabilities": f"{n} probabilities: P(malignant) = output[{t}]"}[probe.output]
+    source = ("as the sidecar says" if probe.output_from == "sidecar"
+              else f"detected from {probe.output_from}")
+    classes = (", ".join(f"{i} {name}" for i, name in enumerate(names))
+               or f"{n} output(s), no names (sidecar \"classes\")")
+    return [("outputs", f"{how} ({source})"), ("classes", classes),
+            ("target", f"{t}" + (f" ({names[t]})" if t < len(names) else ""))]
+
+
+def _layer_line(card, probe, named: str = "from the sidecar") -> str:
+    if probe.refusal is not None:
+        return f"none: {probe.refusal}"
+    how = (named if probe.layer_from == "sidecar"
+           else "auto: the last 3-D grid before global pooling")
+    cells = " x ".join(f"{n * s / g:g}" for n, s, g in
+                       zip(card.roi_size_vox, card.roi_spacing_mm, probe.grid))
+    return (f"{card.gradcam_layer} ({how}), {probe.channels} channels on a "
+            f"{'x'.join(map(str, probe.grid))} grid ({cells} mm cells)")
+
+
+def cmd_model_check(args) -> int:
+    from discovery.model.external import describe, load_any_model
+    from discovery.model.probe import count_parameters, probe_network, seconds_per_roi
+
+    model, card = load_any_model(args.model, weights=args.weights, sidecar=args.sidecar)
+    arch, probe = card.architecture, describe(card)
+    size, spacing = card.roi_size_vox, card.roi_spacing_mm
+    extent = " x ".join(f"{n * s:g}" for n, s in zip(size, spacing))
+    source = _source_line(arch) if probe else f"model folder ({arch.get('name')})"
+    lines = [("model", f"{source}; network {arch.get('network', type(model).__name__)}"),
+             ("input", (f"{card.in_channels} x {' x '.join(map(str, size))} voxels at "
+                        f"{' x '.join(f'{s:g}' for s in spacing)} mm ({extent} mm)")),
+             ("intensity", "; ".join(f"HU {lo:g} .. {hi:g} -> [0, 1], clipped"
+                                     for lo, hi in card.windows))]
+    if probe:
+        lines += _output_lines(arch, probe)
+        cam_ok, layer = probe.refusal is None, _layer_line(card, probe)
+    else:
+        own = probe_network(model, roi_size_vox=size, target_class=1, channels=card.in_channels,
+                            layer=card.gradcam_layer)
+        cam_ok, layer = True, _layer_line(card, own, "from the model card")
+        lines += [("classes", ", ".join(f"{i} {n}" for i, n in enumerate(card.classes))),
+                  ("target", f"1 ({card.classes[1]})")]
+    forward, both = seconds_per_roi(model, size, channels=card.in_channels)
+    lines += [("Grad-CAM", layer), ("threshold", f"{card.threshold:g} on P(malignant)"),
+              ("parameters", f"{count_parameters(model):,}"),
+              ("time / ROI", (f"{forward:.3f} s forward, {both:.3f} s forward + backward "
+                              "(one CAM) on this machine")),
+              ("methods", _methods_line(card, cam_ok))]
+    console = _console()
+    for key, value in lines:
+        console.print(f"{key:<11} {value}", soft_wrap=True, markup=False)
+    return 0
+
 
 def main(argv: list[str] | None = None) -> int:
     from data_tools.errors import DataError

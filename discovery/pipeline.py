@@ -78,13 +78,26 @@ NOT_MEASURED = Reliance(math.nan, math.nan, 0, math.nan, "not measured")
 
 @dataclass(frozen=True)
 class ScoreSettings:
-    """Settings of the per-scan analysis."""
+    """Settings of the per-scan analysis.
+
+    Attributes
+    ----------
+    method : str
+        Attribution method (:data:`discovery.explain.methods.METHODS`).
+    layer : str or None
+        The CAM layer (dotted module name, e.g. ``"layer2"``: 16^3 cells of 3 mm on the demo
+        model); ``"fine+coarse"`` for the fused methods.  None: the model card's
+        ``gradcam_layer`` (the fused methods: ``layer2+layer3``).  The regions' ``deep``
+        features are the activations of this layer (the coarse one when fused); for
+        Integrated Gradients and Occlusion it chooses only those.
+    """
 
     align: AlignThresholds = field(default_factory=AlignThresholds)
     offmask: OffMaskSettings = field(default_factory=OffMaskSettings)
     method: str = "gradcam"
     batch_size: int = 8
     reliance: RelianceSettings = field(default_factory=RelianceSettings)
+    layer: str | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -105,8 +118,9 @@ class RegionContext:
         structure that the near-nodule margin cut in half (a marker bead 4 mm from the
         tumour) still shows its true density here.
     deep : ndarray, shape (C,), float32
-        The network's activations at the Grad-CAM layer averaged over the layer cells the
-        region covers (weighted by covered scan voxels).
+        The network's activations at the CAM layer (``ScoreSettings.layer``, else the card's;
+        the coarse one for a fused method) averaged over the layer cells the region covers
+        (weighted by covered scan voxels).
     structure : AttendedStructure
         The dense structure within ``HALO_MM`` of the region that carries most of its
         attribution (:func:`discovery.regions.structures.attended_structure`).
@@ -290,6 +304,7 @@ def _score_rois(rois: list[Roi], model: torch.nn.Module, card: ModelCard,
     for start in range(0, len(rois), settings.batch_size):
         batch = _rois_tensor(rois[start:start + settings.batch_size], card)
         probs, maps, info, acts = predict_and_explain(model, batch, method=settings.method,
+                                                      layer=settings.layer,
                                                       return_activations=True)
         if info.signed:
             # Alignment and off-mask regions measure where the evidence *for* the target

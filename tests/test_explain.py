@@ -227,7 +227,8 @@ def test_occlusion_credits_only_the_block(monkeypatch):
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("method", ["gradcam++", "hirescam", "layercam", "integrated_gradients"])
+@pytest.mark.parametrize("method", ["gradcam++", "hirescam", "layercam", "layercam-fused",
+                                    "gradcam-refined", "integrated_gradients"])
 def test_every_method_keeps_the_contract_and_the_model(method):
     model = _demo_net()
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -237,3 +238,71 @@ def test_every_method_keeps_the_contract_and_the_model(method):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(len(m._forward_hooks) == 0 and len(m._backward_hooks) == 0 for m in model.modules())
     assert not model.training
+
+
+# ------------------------------------------------------------------ fused CAMs of two layers
+
+
+class TwoLayerNet(torch.nn.Module):
+    """fine: 1x1x1 conv, weight 1 (identity) -> ReLU -> coarse: 2^3 conv, stride 2, weights 1/8
+    (block mean) -> ReLU -> global mean -> linear (class 1 weight 1, class 0 weight 0)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fine = torch.nn.Conv3d(1, 1, kernel_size=1, bias=False)
+        self.coarse = torch.nn.Conv3d(1, 1, kernel_size=2, stride=2, bias=False)
+        self.fc = torch.nn.Linear(1, 2, bias=False)
+        with torch.no_grad():
+            self.fine.weight.fill_(1.0)
+            self.coarse.weight.fill_(1.0 / 8.0)
+            self.fc.weight.copy_(torch.tensor([[0.0], [1.0]]))
+        self.cam_layer = "coarse"
+
+    def forward(self, x):
+        a = torch.relu(self.coarse(torch.relu(self.fine(x))))
+        return self.fc(a.mean(dim=(2, 3, 4)))
+
+
+def _two_layer_expected():
+    """x > 0 on a 4^3 ROI.  Fine activation F = x (4^3); coarse C = b, the 2^3 block means.
+    logit_1 = mean(C): dY/dC = 1/8 everywhere, dY/dF = (1/8) * (1/8) = 1/64 everywhere.
+    LayerCAM fine = ReLU(1/64) * x = x/64 (native grid = ROI grid: no upsampling);
+    Grad-CAM coarse = LayerCAM coarse = (1/8) b, upsampled trilinearly: U(b)/8."""
+    x = torch.rand(1, 1, 4, 4, 4, generator=torch.Generator().manual_seed(11)) + 0.5
+    b = F.avg_pool3d(x, 2)
+    up = F.interpolate(b / 8, size=(4, 4, 4), mode="trilinear", align_corners=False)[0, 0]
+    return x, (x[0, 0] / 64).numpy(), up.numpy()
+
+
+def test_gradcam_refined_hand_computed():
+    x, fine, coarse = _two_layer_expected()
+    _, got, info = predict_and_explain(TwoLayerNet().eval(), x, method="gradcam-refined",
+                                       layer="fine+coarse")
+    # the geometric mean of the two raw maps, no normalisation
+    np.testing.assert_allclose(got[0], np.sqrt(fine * coarse), rtol=1e-5)
+    assert info.layer == "fine+coarse" and info.native_shape == (4, 4, 4) and not info.signed
+
+
+def test_layercam_fused_hand_computed():
+    x, fine, coarse = _two_layer_expected()
+    _, got, info, act = predict_and_explain(TwoLayerNet().eval(), x, method="layercam-fused",
+                                            layer="fine+coarse", return_activations=True)
+    # Jiang et al. 2021: each map over its own per-ROI maximum, tanh(2 m), element-wise max
+    expected = np.maximum(np.tanh(2 * fine / fine.max()), np.tanh(2 * coarse / coarse.max()))
+    np.testing.assert_allclose(got[0], expected, rtol=1e-5)
+    assert got.max() <= np.tanh(2.0) + 1e-6
+    assert info.method == "layercam-fused" and info.native_shape == (4, 4, 4)
+    assert act.shape == (1, 1, 2, 2, 2)          # the coarse layer's activations
+
+
+def test_fused_methods_need_two_layers():
+    x, _, _ = _two_layer_expected()
+    with pytest.raises(ValueError, match=r"layer='fine\+coarse'.*received 'coarse'"):
+        explain(TwoLayerNet().eval(), x, method="layercam-fused", layer="coarse")
+    with pytest.raises(ValueError, match="no module 'nope'"):
+        explain(TwoLayerNet().eval(), x, method="gradcam-refined", layer="fine+nope")
+    # the demo network's default: layer2 (16^3) and layer3 (8^3)
+    _, maps, info = predict_and_explain(_demo_net(), torch.rand(1, 1, 32, 32, 32),
+                                        method="layercam-fused")
+    assert info.layer == "layer2+layer3" and info.native_shape == (16, 16, 16)
+    assert maps.shape == (1, 32, 32, 32)

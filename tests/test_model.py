@@ -176,3 +176,32 @@ def test_two_window_network_builds_scores_and_reads_each_window():
         model.conv1.weight[:, 0] = 0.0       # blind to the lung window
     p = predict_probabilities(model, x)
     assert p[0] != p[1]
+
+
+def test_input_standardisation_lives_in_the_card_not_the_weights(tmp_path):
+    card = _tiny(ModelCard().with_windows([(-1000, -300), (-1000, 3000)]))
+    std_card = ModelCard(**{**card.__dict__, "architecture": {
+        **card.architecture, "input_mean": [0.4, 0.1], "input_std": [0.3, 0.05]}})
+    torch.manual_seed(0)
+    model = build_network(std_card).eval()
+    plain = build_network(card).eval()
+    assert set(model.state_dict()) == set(plain.state_dict())
+    plain.load_state_dict(model.state_dict())
+    x = torch.rand(2, 2, 16, 16, 16)
+    mean = torch.tensor([0.4, 0.1]).reshape(1, 2, 1, 1, 1)
+    std = torch.tensor([0.3, 0.05]).reshape(1, 2, 1, 1, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), plain((x - mean) / std))
+    save_model(model, std_card, tmp_path)
+    loaded, card2 = load_model(tmp_path)
+    assert card2.architecture["input_std"] == [0.3, 0.05]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))
+    for bad in ({"input_mean": [0.4]}, {"input_mean": [0.4], "input_std": [0.3]},
+                {"input_mean": [0.4, 0.1], "input_std": [0.3, 0.0]}):
+        with pytest.raises(ModelError, match="input_mean"):
+            build_network(ModelCard(**{**card.__dict__, "architecture": {**card.architecture,
+                                                                          **bad}}))
+    # the demo model's card names none: its input goes in unchanged
+    demo, _ = load_model()
+    assert demo.input_mean is None and demo.input_std is None

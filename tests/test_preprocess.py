@@ -82,7 +82,7 @@ def test_normalize_hu_clips_and_rejects_bad_window():
 def test_window_channels_golden_values():
     """One channel per window, each (hu - low) / (high - low) clipped to [0, 1]."""
     hu = np.array([-1100.0, -1000.0, -860.0, -650.0, -300.0, -160.0, 40.0, 240.0, 1000.0, 3000.0])
-    out = window_channels(hu, [HU_WINDOWS[k] for k in DEFAULT_INPUT_WINDOWS])
+    out = window_channels(hu, [HU_WINDOWS[k] for k in ("lung", "soft", "wide")])
     assert out.shape == (3, 10) and out.dtype == np.float32
     np.testing.assert_allclose(out[0], [0, 0, 0.2, 0.5, 1, 1, 1, 1, 1, 1], atol=1e-6)      # lung
     np.testing.assert_allclose(out[1], [0, 0, 0, 0, 0, 0, 0.5, 1, 1, 1], atol=1e-6)        # soft
@@ -90,6 +90,9 @@ def test_window_channels_golden_values():
                                atol=1e-6)                                                   # wide
     # ground glass against aerated lung: 4000 / 700 = 5.7 times the contrast of the wide window
     assert (out[0, 3] - out[0, 2]) / (out[2, 3] - out[2, 2]) == pytest.approx(4000 / 700)
+    # the default: lung, soft, dense -- three ranges side by side, each over the whole scale
+    default = window_channels(hu, [HU_WINDOWS[k] for k in DEFAULT_INPUT_WINDOWS])
+    np.testing.assert_allclose(default[2], [0, 0, 0, 0, 0, 0, 0, 0, 760 / 2760, 1], atol=1e-6)
     with pytest.raises(ValueError, match="at least one"):
         window_channels(hu, [])
     with pytest.raises(ValueError, match="high > low"):

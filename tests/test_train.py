@@ -221,9 +221,57 @@ def test_train_command_windows_option():
 
     parse = build_parser().parse_args
     args = parse(["train", "cohort", "--out", "m"])
-    assert args.windows == (HU_WINDOWS["lung"], HU_WINDOWS["soft"], HU_WINDOWS["wide"])
+    assert args.windows == (HU_WINDOWS["lung"], HU_WINDOWS["soft"], HU_WINDOWS["dense"])
     assert parse(["train", "c", "--out", "m", "--windows", "wide"]).windows == (HU_WINDOWS["wide"],)
     assert parse(["train", "c", "--out", "m", "--windows=-1000:-400,wide"]).windows == (
         (-1000.0, -400.0), HU_WINDOWS["wide"])
     with pytest.raises(SystemExit):
         parse(["train", "c", "--out", "m", "--windows", "bone"])
+
+
+def test_input_channel_stats_by_hand():
+    from discovery.model.train import MIN_INPUT_STD, input_channel_stats
+
+    x = np.zeros((2, 3, 2, 2, 2), np.float32)
+    x[0, 0], x[1, 0] = 0.2, 0.6          # mean 0.4, std 0.2
+    x[:, 1] = 0.5                         # constant: std floored
+    x[0, 2, 0, 0, 0] = 0.8                # one bright voxel in 16: mean 0.05
+    mean, std = input_channel_stats(x)
+    assert mean == pytest.approx([0.4, 0.5, 0.05])
+    assert std == pytest.approx([0.2, MIN_INPUT_STD, 0.8 * np.sqrt(15) / 16], rel=1e-5)
+
+
+def test_training_standardises_each_input_channel_on_the_training_split(tmp_path):
+    """The window channels differ a lot in spread (lung about 0.34, wide 0.09, dense 0.01 on
+    nodule ROIs); the network standardises each by its training-split mean and standard
+    deviation, recorded in the card, so that no channel is drowned by another at the first
+    convolution."""
+    import torch
+
+    from discovery.model.card import build_network
+    from discovery.model.train import MIN_INPUT_STD, input_channel_stats
+
+    data = _two_window_toy()
+    data.x[:, 1] = data.x[:, 0] * 0.2 + 0.01             # a low-spread second channel
+    card = _tiny_card().with_windows([(-1000, -300), (-1000, 3000)])
+    s = TrainSettings(epochs=1, batch_size=6, seed=5)
+    saved = train_model(data, tmp_path / "m", settings=s, card=card)
+    train_ids = set(saved.training["split"]["train"]["case_ids"])
+    rows = [i for i, g in enumerate(data.group) if data.case_ids[g] in train_ids]
+    mean, std = input_channel_stats(data.x[rows])
+    assert saved.architecture["input_mean"] == mean and saved.architecture["input_std"] == std
+    assert MIN_INPUT_STD < std[1] < std[0] / 4            # really different spreads
+    model, loaded = load_model(tmp_path / "m")
+    assert loaded.architecture == saved.architecture
+    assert not any("input_" in k for k in model.state_dict())   # the card holds them
+    x = torch.from_numpy(data.x[:4])
+    plain = build_network(card).eval()                    # same weights, no standardisation
+    plain.load_state_dict(model.state_dict())
+    m, sd = torch.tensor(mean).reshape(1, 2, 1, 1, 1), torch.tensor(std).reshape(1, 2, 1, 1, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), plain((x - m) / sd))
+        z = (torch.from_numpy(data.x[rows]) - m) / sd     # unit spread per channel
+        assert torch.allclose(z.std(dim=(0, 2, 3, 4)), torch.ones(2), atol=1e-3)
+    # statistics already on the card are kept (e.g. a card trained before)
+    again = train_model(data, tmp_path / "n", settings=s, card=saved)
+    assert again.architecture["input_mean"] == mean

@@ -38,12 +38,15 @@ import torch
 
 from data_tools.cases import discover_cases, load_case
 from data_tools.volume import Mask, Volume
-from discovery.explain.faithfulness import perturbation_curves, randomization_test, road_curves
+from discovery.explain.faithfulness import (
+    perturbation_curves,
+    randomization_test,
+    road_curves,
+)
 from discovery.explain.methods import (
-    CAM_METHODS,
     METHODS,
+    method_layer,
     predict_and_explain,
-    resolve_layer,
 )
 from discovery.model.card import ModelCard, load_model
 from discovery.model.rois import extract_roi, network_input, nodule_sites
@@ -122,6 +125,7 @@ def run_sanity(
     n_draws: int = 5,
     seed: int = 0,
     max_nodules: int | None = None,
+    layer: str | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> SanitySummary:
     """Randomisation test and both faithfulness measures for every annotated nodule.
@@ -151,16 +155,24 @@ def run_sanity(
         Check at most this many nodules, drawn at random (seeded by ``seed``) and kept in
         their stored order; all of them when omitted.  The checks grow linearly with the
         nodules.
+    layer : str, optional
+        The CAM layer for every method (``"fine+coarse"`` for the fused ones; see
+        :func:`discovery.explain.methods.predict_and_explain`); default the model card's.
+        Recorded in the randomisation rows' ``layer``.  A layer the model does not have, or
+        a single layer with a fused method, raises ValueError before anything is computed.
     progress : callable(stage, done, total), optional
     """
     source = Path(source)
     is_results, results_dir = _check_options(source, results_dir, methods, randomise,
                                              max_nodules)
     model, card = load_model(model_dir)
+    for m in dict.fromkeys(list(methods) + list(randomise)):
+        method_layer(model, m, layer)                  # ValueError for a layer it cannot use
     keys, rois = _sample_rois(source, is_results, card, max_nodules, seed)
     ran_rows = [row for method in randomise
-                for row in _randomisation_rows(model, rois, method, n_draws, seed, progress)]
-    per_rows = _perturbation_rows(model, card, keys, rois, methods, steps=steps,
+                for row in _randomisation_rows(model, rois, method, n_draws, seed, progress,
+                                               layer=layer)]
+    per_rows = _perturbation_rows(model, card, keys, rois, methods, layer=layer, steps=steps,
                                   n_random=n_random, n_random_road=n_random_road, seed=seed,
                                   progress=progress)
     store = ResultsStore(results_dir)
@@ -207,23 +219,24 @@ def _sample_rois(source: Path, is_results: bool, card: ModelCard, max_nodules: i
 
 
 def _randomisation_rows(model, rois: torch.Tensor, method: str, n_draws: int, seed: int,
-                        progress) -> list[dict]:
+                        progress, *, layer: str | None = None) -> list[dict]:
     """The cascading randomisation test of *method*, one row per step, averaged over
     *n_draws* re-draws (seeds ``seed ..``)."""
     if progress:
         progress(f"randomisation ({method})", 0, n_draws)
     draws = []
     for d in range(n_draws):
-        draws.append(randomization_test(model, rois, method=method, target=1, seed=seed + d))
+        draws.append(randomization_test(model, rois, method=method, layer=layer, target=1,
+                                        seed=seed + d))
         if progress:
             progress(f"randomisation ({method})", d + 1, n_draws)
-    layer = resolve_layer(model, None)[0] if method in CAM_METHODS else "input"
+    used = method_layer(model, method, layer)
     rho = np.stack([r.spearman for r in draws])              # (draws, steps, rois)
     n_constant = np.sum([r.n_constant for r in draws], axis=0)
     rows = []
     for k, row in enumerate(draws[0].as_rows()):
         finite = rho[:, k][np.isfinite(rho[:, k])]
-        rows.append({**row, "method": method, "layer": layer, "n_draws": n_draws,
+        rows.append({**row, "method": method, "layer": used, "n_draws": n_draws,
                      "n_constant": int(n_constant[k]),
                      "mean_spearman": float(finite.mean()) if finite.size else float("nan")})
     return rows
@@ -236,7 +249,7 @@ def _stage(progress, stage: str):
 
 def _perturbation_rows(model, card: ModelCard, keys: list[tuple[str, str]], rois: torch.Tensor,
                        methods: Sequence[str], *, steps: int, n_random: int, n_random_road: int,
-                       seed: int, progress) -> list[dict]:
+                       seed: int, progress, layer: str | None = None) -> list[dict]:
     """Both faithfulness measures of each method, one row per nodule and method.
 
     The random controls depend only on the ROIs and the seed (the random orders are drawn per
@@ -252,7 +265,8 @@ def _perturbation_rows(model, card: ModelCard, keys: list[tuple[str, str]], rois
             progress(f"faithfulness ({method})", i, len(methods))
         maps, probs = [], []
         for start in range(0, len(rois), 16):
-            p, a, _ = predict_and_explain(model, rois[start:start + 16], method=method, target=1)
+            p, a, _ = predict_and_explain(model, rois[start:start + 16], method=method,
+                                          layer=layer, target=1)
             maps.append(a)
             probs.append(p[:, 1])
         maps = np.concatenate(maps)

@@ -90,10 +90,11 @@ from discovery.batch.manifest import (
     case_config_hash,
     case_input_hash,
 )
-from discovery.model.card import load_model
+from discovery.model.external import load_any_model
 from discovery.parallel import process_pool
 from discovery.patterns.causal import CaseRunner, pattern_effects, run_here
 from discovery.patterns.clustering import PatternSettings, cluster_regions
+from discovery.explain.methods import FUSED_METHODS, FUSION_LAYERS, method_layer
 from discovery.pipeline import CaseResult, ScoreSettings, analyze_scan
 from discovery.regions.descriptors import describe_region
 from discovery.store.tables import ResultsStore, load_case_arrays, save_case_arrays
@@ -203,6 +204,13 @@ def result_rows(result: CaseResult) -> tuple[list[dict], list[dict]]:
     return nodules, regions
 
 
+def _feature_layer(settings: ScoreSettings, card) -> str:
+    """The layer whose activations are the regions' ``deep`` features."""
+    if settings.method in FUSED_METHODS:
+        return (settings.layer or "+".join(FUSION_LAYERS)).split("+")[-1].strip()
+    return settings.layer or card.gradcam_layer
+
+
 def _region_deep(result: CaseResult) -> np.ndarray:
     rows = [ctx.deep for nod in result.nodules for ctx in nod.contexts]
     return np.stack(rows).astype(np.float32) if rows else np.zeros((0, 0), np.float32)
@@ -297,7 +305,7 @@ def _worker_model(model_dir: str | None, threads: int, weights_sha256: str | Non
     if torch.get_num_threads() != threads:  # also in a worker forked from a parent that had
         torch.set_num_threads(threads)       # loaded this model with other settings
     if key not in cache:
-        model, card = load_model(model_dir)
+        model, card = load_any_model(model_dir)
         if weights_sha256 is not None and card.weights_sha256 != weights_sha256:
             raise ModelError(
                 f"the model read on this worker has weights {card.weights_sha256[:12]}..., "
@@ -469,7 +477,8 @@ class BatchOptions:
     Attributes
     ----------
     model_dir : path, optional
-        Model folder; default the committed demo model.
+        Model folder, MONAI bundle folder, TorchScript file or module folder
+        (:func:`discovery.model.external.load_any_model`); default the committed demo model.
     settings : ScoreSettings
         Per-case analysis settings (part of each case's ``config_hash``).
     pattern_settings : PatternSettings
@@ -586,9 +595,13 @@ class _Batch:
         if labels is not None:
             self.store.set_labels(labels)
         card, settings = self.card, self.opts.settings
+        layer = method_layer(self.model, settings.method, settings.layer)  # ValueError if unknown
         self.store.set_meta(
             model_sha256=card.weights_sha256, roi_size_vox=list(card.roi_size_vox),
-            roi_spacing_mm=list(card.roi_spacing_mm), gradcam_layer=card.gradcam_layer,
+            roi_spacing_mm=list(card.roi_spacing_mm),
+            # the layer the maps were made at ("input" for IG / Occlusion), and the layer of
+            # the regions' deep features
+            gradcam_layer=layer, feature_layer=_feature_layer(settings, card),
             method=settings.method, hu_window=list(card.hu_window), threshold=card.threshold)
         n = min(self.opts.n_workers, len(specs))
         first_run = specs and self.store.manifest().empty
@@ -760,7 +773,7 @@ executor_factory, scheduler, torch_threads, store_url
             opts, model_dir=None if model_dir is None else Path(model_dir).resolve())
     with ExitStack() as stack:  # a scheduler is reached before anything is read or written
         client = None if scheduler is None else stack.enter_context(dask_client(scheduler))
-        model, card = load_model(opts.model_dir)
+        model, card = load_any_model(opts.model_dir)
         specs = discover_cases(input_path, layout=layout)
         known = read_labels(labels) if labels is not None else None  # bad file: fail before scoring
         store = ResultsStore(results_dir, url=store_url)

@@ -14,12 +14,25 @@ Methods (cost per ROI in forward + backward passes, see the README):
                            (Draelos & Carin), faithful to the layer's own grid
 ``layercam``               ``ReLU(sum_c ReLU(dY/dA_c) * A_c)`` (Jiang et al.),    1 F + 1 B
                            meant for earlier, finer layers
+``layercam-fused``         LayerCAM at a fine and a coarse layer (default         1 F + 1 B
+                           ``layer2`` and ``layer3``), each upsampled to the ROI,
+                           **normalised per ROI** by its own maximum and scaled,
+                           ``tanh(gamma * M_l / max M_l)`` with ``gamma = 2``,
+                           then fused by the element-wise maximum (Jiang et al.
+                           2021, eq. 9; unitless, in ``[0, tanh 2]``)
+``gradcam-refined``        the coarse Grad-CAM map refined by the fine LayerCAM   1 F + 1 B
+                           map: their geometric mean ``sqrt(G_coarse * L_fine)``
+                           (both upsampled first; high only where both are; no
+                           per-ROI normalisation, the square root keeps the
+                           maps' units)
 ``integrated_gradients``   Captum IG from an all-air baseline (signed)            S F + S B
 ``occlusion``              Captum Occlusion, sliding cube of air (signed)         1 + W F
 =========================  ====================================================  =========
 
 The four CAM methods return non-negative maps upsampled trilinearly (``align_corners=False``)
-from the layer's grid to the ROI size.  Integrated Gradients and Occlusion return *signed*
+from the layer's grid to the ROI size.  The two fused methods take ``layer="fine+coarse"``
+(default :data:`FUSION_LAYERS`), record that string as the layer and the fine layer's grid as
+the native shape, and return the coarse layer's activations with ``return_activations``.  Integrated Gradients and Occlusion return *signed*
 voxel maps (``info.signed``); callers that need non-negative evidence (the alignment metrics)
 must take the positive part themselves, explicitly.
 
@@ -42,11 +55,19 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["AttributionInfo", "explain", "predict_and_explain", "resolve_layer", "layer_activations",
-           "METHODS",
-           "CAM_METHODS", "IG_STEPS", "OCCLUSION_WINDOW", "OCCLUSION_STRIDE"]
+           "method_layer", "METHODS", "CAM_METHODS", "FUSED_METHODS", "FUSION_LAYERS",
+           "FUSION_GAMMA", "IG_STEPS", "OCCLUSION_WINDOW", "OCCLUSION_STRIDE"]
 
 CAM_METHODS = ("gradcam", "gradcam++", "hirescam", "layercam")
-METHODS = CAM_METHODS + ("integrated_gradients", "occlusion")
+#: CAMs of two layers combined (module docstring); ``layer`` is ``"fine+coarse"``.
+FUSED_METHODS = ("layercam-fused", "gradcam-refined")
+METHODS = CAM_METHODS + FUSED_METHODS + ("integrated_gradients", "occlusion")
+
+#: The fused methods' default layers, fine first: 16^3 cells of 3 mm and 8^3 cells of 6 mm on
+#: the demo model's 48 mm ROI.
+FUSION_LAYERS = ("layer2", "layer3")
+#: ``layercam-fused``: the scale of Jiang et al.'s ``tanh(gamma * M / max M)`` (their value).
+FUSION_GAMMA = 2.0
 
 #: Integrated Gradients: Riemann steps (each one forward + backward per ROI).
 IG_STEPS = 32
@@ -172,19 +193,107 @@ def _cam_weights(method: str, act: torch.Tensor, grads: torch.Tensor) -> torch.T
     return (alpha * torch.relu(grads)).sum(dim=space, keepdim=True)
 
 
-def _cam(model, rois, method, layer, target):
-    layer_name, module = resolve_layer(model, layer)
+def _cam_maps(model, rois, specs: list[tuple[str, str | None]], target):
+    """Logits and, per ``(method, layer)`` in *specs*, the upsampled CAM ``(N, z, y, x)``, its
+    layer name, native grid and the layer's activations, from one forward + backward."""
+    layers = [resolve_layer(model, layer) for _, layer in specs]
     x = rois.detach().to(dtype=torch.float32).requires_grad_(True)
-    with _capture(module, layer_name, pass_on=True) as captured, torch.enable_grad():
+    with contextlib.ExitStack() as stack, torch.enable_grad():
+        captures = [stack.enter_context(_capture(module, name, pass_on=True))
+                    for name, module in layers]
         logits = model(x)
     _check_target(target, logits)
-    act = captured["act"]
-    (grads,) = torch.autograd.grad(logits[:, target].sum(), act)
+    acts = [c["act"] for c in captures]
+    grads = torch.autograd.grad(logits[:, target].sum(), acts)
+    out = []
     with torch.no_grad():
-        cam = torch.relu((_cam_weights(method, act, grads) * act).sum(dim=1, keepdim=True))
-        native = tuple(int(s) for s in cam.shape[2:])
-        cam = F.interpolate(cam, size=tuple(rois.shape[2:]), mode="trilinear", align_corners=False)
-    return logits.detach(), cam[:, 0], layer_name, native, act.detach()
+        for (method, _), (name, _), act, grad in zip(specs, layers, acts, grads):
+            cam = torch.relu((_cam_weights(method, act, grad) * act).sum(dim=1, keepdim=True))
+            native = tuple(int(s) for s in cam.shape[2:])
+            cam = F.interpolate(cam, size=tuple(rois.shape[2:]), mode="trilinear",
+                                align_corners=False)
+            out.append((cam[:, 0], name, native, act.detach()))
+    return logits.detach(), out
+
+
+def _cam(model, rois, method, layer, target):
+    logits, [(cam, layer_name, native, act)] = _cam_maps(model, rois, [(method, layer)], target)
+    return logits, cam, layer_name, native, act
+
+
+def _fusion_layers(layer: str | None) -> tuple[str, str]:
+    """``(fine, coarse)`` from ``"fine+coarse"`` (None: :data:`FUSION_LAYERS`)."""
+    if layer is None:
+        return FUSION_LAYERS
+    parts = tuple(p.strip() for p in str(layer).split("+"))
+    if len(parts) != 2 or not all(parts) or parts[0] == parts[1]:
+        raise ValueError("the fused methods take layer='fine+coarse', two different module "
+                         f"names joined by '+' (default {'+'.join(FUSION_LAYERS)}); "
+                         f"received {layer!r}")
+    return parts  # type: ignore[return-value]
+
+
+def _fused(model, rois, method, layer, target):
+    """``layercam-fused`` or ``gradcam-refined`` (module docstring), from one pass."""
+    fine, coarse = _fusion_layers(layer)
+    coarse_method = "layercam" if method == "layercam-fused" else "gradcam"
+    logits, [(m_fine, _, native, _), (m_coarse, _, _, act)] = _cam_maps(
+        model, rois, [("layercam", fine), (coarse_method, coarse)], target)
+    if method == "layercam-fused":
+        scaled = []
+        for cam in (m_fine, m_coarse):   # per ROI: tanh(gamma * M / max M), 0 for an empty map
+            peak = cam.flatten(1).amax(dim=1).view(-1, *([1] * (cam.ndim - 1)))
+            scaled.append(torch.where(peak > 0, torch.tanh(FUSION_GAMMA * cam
+                                                           / torch.where(peak > 0, peak, 1.0)),
+                                      torch.zeros_like(cam)))
+        fused = torch.maximum(*scaled)
+    else:
+        fused = torch.sqrt(m_fine * m_coarse)
+    return logits, fused, f"{fine}+{coarse}", native, act
+
+
+def method_layer(model: torch.nn.Module, method: str, layer: str | None = None) -> str:
+    """The layer name *method* records in :class:`AttributionInfo` for *layer*, checked.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The classifier (its ``cam_layer`` is the default).
+    method : str
+        One of :data:`METHODS`.
+    layer : str, optional
+        As for :func:`predict_and_explain`.
+
+    Returns
+    -------
+    str
+        The CAM layer (``"layer3"``), ``"fine+coarse"`` for the fused methods, ``"input"`` for
+        Integrated Gradients and Occlusion (whose *layer*, which only chooses the activations
+        returned, is still checked).
+
+    Raises
+    ------
+    ValueError
+        Unknown method, or a layer the model does not have (the message lists its modules).
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown attribution method {method!r}; available: {', '.join(METHODS)}")
+    _refuse_cam(model, method)  # models people bring (discovery.model.external)
+    if method in FUSED_METHODS:
+        names = _fusion_layers(layer)
+        for name in names:
+            resolve_layer(model, name)
+        return "+".join(names)
+    name = resolve_layer(model, layer)[0]
+    return name if method in CAM_METHODS else "input"
+
+
+def _refuse_cam(model: torch.nn.Module, method: str) -> None:
+    """A model whose ``cam_refusal`` is set (a TorchScript archive, a network without a 3-D
+    grid layer: :class:`discovery.model.probe.ExternalClassifier`) refuses the CAM methods."""
+    refusal = getattr(model, "cam_refusal", None)
+    if refusal and method in CAM_METHODS + FUSED_METHODS:
+        raise ValueError(f"{method} does not apply to this model: {refusal}")
 
 
 def _check_target(target: int, logits: torch.Tensor) -> None:
@@ -236,20 +345,23 @@ def predict_and_explain(
     method : str
         One of :data:`METHODS` (see the module docstring).
     layer : str, optional
-        Dotted module name for the CAM methods; default ``model.cam_layer``. Ignored (and
-        recorded as ``"input"``) by Integrated Gradients and Occlusion.
+        Dotted module name for the CAM methods; default ``model.cam_layer``.  The fused
+        methods take ``"fine+coarse"`` (default :data:`FUSION_LAYERS`).  Integrated Gradients
+        and Occlusion record ``"input"``; for them *layer* only chooses the activations.
     target : int
         Class whose logit is explained.
     return_activations : bool
-        Also return the feature maps of the CAM layer (*layer*, else ``model.cam_layer``)
-        from the same forward pass, as :func:`layer_activations` would compute them.
+        Also return the feature maps of the CAM layer (*layer*, else ``model.cam_layer``; the
+        coarse layer for the fused methods) from the same forward pass, as
+        :func:`layer_activations` would compute them.
 
     Returns
     -------
     probabilities : ndarray, shape (N, C), float32
         Softmax of the logits of the unperturbed ROIs.
     maps : ndarray, shape (N, z, y, x), float32
-        Raw attribution on the ROI grid: CAM methods ``>= 0`` (e.g. Grad-CAM:
+        Attribution on the ROI grid, raw except ``layercam-fused`` (normalised per ROI, module
+        docstring): CAM methods ``>= 0`` (e.g. Grad-CAM:
         ``ReLU(sum_c w_c A_c)`` with ``w_c`` the spatial mean of the gradient of the target
         logit with respect to channel ``c`` of the layer's output ``A``) upsampled trilinearly
         (``align_corners=False``); IG and Occlusion signed, in logit units.
@@ -259,9 +371,13 @@ def predict_and_explain(
     """
     if method not in METHODS:
         raise ValueError(f"unknown attribution method {method!r}; available: {', '.join(METHODS)}")
+    _refuse_cam(model, method)  # models people bring (discovery.model.external)
     rois = _check_rois(rois)
+    signed = method not in CAM_METHODS + FUSED_METHODS
     if method in CAM_METHODS:
         logits, maps, layer_name, native, act = _cam(model, rois, method, layer, target)
+    elif method in FUSED_METHODS:
+        logits, maps, layer_name, native, act = _fused(model, rois, method, layer, target)
     else:
         features = resolve_layer(model, layer) if return_activations else None
         logits, maps, layer_name, native, act = _captum(model, rois, method, target, features)
@@ -269,8 +385,8 @@ def predict_and_explain(
     info = AttributionInfo(
         method=method, layer=layer_name, target=int(target), native_shape=native,  # type: ignore[arg-type]
         roi_shape=tuple(int(s) for s in rois.shape[2:]),  # type: ignore[arg-type]
-        upsampling="trilinear" if method in CAM_METHODS else "none",
-        signed=method not in CAM_METHODS,
+        upsampling="none" if signed else "trilinear",
+        signed=signed,
     )
     out = (probs.numpy().astype(np.float32), maps.numpy().astype(np.float32), info)
     if return_activations:

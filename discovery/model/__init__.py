@@ -1,7 +1,8 @@
 """Stage 1, the classifier: ROIs cut from the scan, the network and its card, training.
 
 ``rois``: nodule sites and the model's input ROIs; ``card``: the model card, building, saving
-and loading the network; ``train``: ``discovery train``; ``edit``: replace voxels with lung
+and loading the network; ``external`` and ``probe``: models people bring (MONAI bundles,
+TorchScript, ``module:factory``) and the wrapper that adapts their outputs; ``train``: ``discovery train``; ``edit``: replace voxels with lung
 parenchyma and re-score; ``reliance``: does the prediction rest on the nodule.
 """
 
@@ -12,6 +13,9 @@ __getattr__, __dir__, __all__ = attach(__name__, {
              "roi_input", "roi_to_scan"],
     "card": ["ModelCard", "NoduleResNet", "build_network", "load_model", "save_model",
              "default_model_dir"],
+    "external": ["load_any_model", "load_bundle", "load_torchscript", "load_factory",
+                 "read_sidecar", "Sidecar"],
+    "probe": ["ExternalClassifier", "probe_network"],
     "train": ["TrainSettings", "train_model", "collect_rois"],
     "edit": ["inpaint_parenchyma", "score_inputs", "bounding_box"],
     "reliance": ["RelianceSettings", "Reliance", "nodule_reliance", "control_blobs",

@@ -174,8 +174,27 @@ class NoduleResNet(ResNet):
     model came out nearly uniform over the ROI (README, "Why the network is shallow").
     """
 
-    def __init__(self, *, cam_layer: str = "layer3", stages: int = 4, **kwargs):
+    def __init__(self, *, cam_layer: str = "layer3", stages: int = 4, input_mean=None,
+                 input_std=None, **kwargs):
         super().__init__(**kwargs)
+        # per-channel standardisation of the [0, 1] window channels, from the model card
+        # (``architecture["input_mean"]``, ``["input_std"]``, set by ``train_model``); not
+        # part of the weights file, so the card alone says what the network does to its input
+        mean = std = None
+        if (input_mean is None) != (input_std is None):
+            raise ModelError("architecture needs both input_mean and input_std, or neither")
+        if input_mean is not None:
+            channels = int(kwargs.get("n_input_channels", 3))
+            mean = torch.as_tensor(input_mean, dtype=torch.float32).reshape(-1)
+            std = torch.as_tensor(input_std, dtype=torch.float32).reshape(-1)
+            if mean.numel() != channels or std.numel() != channels or not bool((std > 0).all()):
+                raise ModelError(f"input_mean and input_std need {channels} value(s) each (one "
+                                 f"per input channel, std > 0); received {input_mean!r}, "
+                                 f"{input_std!r}")
+            shape = (1, channels) + (1,) * int(kwargs.get("spatial_dims", 3))
+            mean, std = mean.reshape(shape), std.reshape(shape)
+        self.register_buffer("input_mean", mean, persistent=False)
+        self.register_buffer("input_std", std, persistent=False)
         if stages not in (2, 3, 4):
             raise ModelError(f"stages must be 2, 3 or 4; received {stages}")
         self.cam_layer = cam_layer
@@ -184,6 +203,11 @@ class NoduleResNet(ResNet):
             for name in ("layer4", "layer3")[: 4 - stages]:
                 setattr(self, name, torch.nn.Identity())
             self.fc = torch.nn.Linear(width, kwargs.get("num_classes", 400))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_mean is not None:
+            x = (x - self.input_mean) / self.input_std
+        return super().forward(x)
 
 
 def build_network(card: ModelCard) -> NoduleResNet:
@@ -201,6 +225,7 @@ def build_network(card: ModelCard) -> NoduleResNet:
             f"{card.in_channels} HU window(s) {list(card.windows)}; set both with "
             "ModelCard.with_windows")
     return NoduleResNet(cam_layer=card.gradcam_layer, stages=int(arch.get("stages", 4)),
+                        input_mean=arch.get("input_mean"), input_std=arch.get("input_std"),
                         **arch["kwargs"])
 
 

@@ -6,7 +6,9 @@ cohort's ``truth.csv``); ``case_dir`` is the case folder's name under the cohort
 Protocol: patient-level split (train / validation / test, seeded), augmentation (flips along
 the three axes, optional small rotations, intensity jitter), class-balanced loss, early
 stopping on validation AUROC; the test split is touched once, at the end, and its figures go
-into the model card.
+into the model card.  Each input channel is standardised by the network with its mean and
+standard deviation over the training split's ROIs, recorded on the card
+(:func:`with_input_standardisation`).
 
 Resumable: after every epoch the full training state (weights, optimiser, scheduler, random
 generator, best weights so far, history) is written atomically to ``OUT/checkpoint.pt``.
@@ -17,6 +19,7 @@ A checkpoint from other data or other settings is refused.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -38,7 +41,8 @@ from data_tools.volume import Mask, Volume
 from discovery.model.card import ModelCard, build_network, save_model
 from discovery.model.rois import nodule_sites, roi_input
 
-__all__ = ["TrainSettings", "RoiDataset", "collect_rois", "train_model", "evaluate", "expected_calibration_error"]
+__all__ = ["TrainSettings", "RoiDataset", "collect_rois", "train_model", "evaluate",
+           "expected_calibration_error", "input_channel_stats", "with_input_standardisation"]
 
 log = logging.getLogger(__name__)
 
@@ -329,6 +333,43 @@ def _load_checkpoint(path: Path, data: RoiDataset, settings: TrainSettings, card
     return state
 
 
+#: smallest per-channel standard deviation used to standardise an input channel: a channel
+#: (nearly) constant over the training ROIs is not blown up by a tiny one
+MIN_INPUT_STD = 0.01
+
+
+def input_channel_stats(x: np.ndarray) -> tuple[list[float], list[float]]:
+    """Mean and standard deviation (at least :data:`MIN_INPUT_STD`) of each channel of ROIs
+    ``(N, C, z, y, x)``."""
+    x = np.asarray(x)
+    mean, std = [], []
+    for c in range(x.shape[1]):
+        channel = x[:, c]
+        mean.append(round(float(channel.mean(dtype=np.float64)), 6))
+        std.append(round(max(float(channel.std(dtype=np.float64)), MIN_INPUT_STD), 6))
+    return mean, std
+
+
+def with_input_standardisation(card: ModelCard, x: np.ndarray) -> ModelCard:
+    """*card* whose network standardises each input channel by its mean and standard
+    deviation over the training ROIs *x* (``architecture["input_mean"]``, ``["input_std"]``);
+    a card that already names them is returned unchanged.
+
+    The window channels differ a lot in spread (over nodule ROIs, about 0.34 for ``lung``,
+    0.09 for ``wide``, 0.01 for ``dense``): unstandardised, the widest-spread channel
+    dominates the first convolution at initialisation, and a structure that shows in a
+    low-spread channel only (a metal bead in ``wide`` or ``dense``) was not learned at all by
+    a three-channel model in 25 epochs (README, "The network's input").  A single channel is
+    rescaled by the first convolution's batch norm anyway, so this matters only with several.
+    """
+    arch = card.architecture
+    if "input_mean" in arch or "input_std" in arch:
+        return card
+    mean, std = input_channel_stats(x)
+    return replace(card, architecture={**copy.deepcopy(arch), "input_mean": mean,
+                                       "input_std": std})
+
+
 def train_model(data: RoiDataset, out_dir: str | Path, *, settings: TrainSettings = TrainSettings(),
                 card: ModelCard = ModelCard(), resume: bool = False,
                 progress: Callable[[int, int, dict], None] | None = None) -> ModelCard:
@@ -346,6 +387,7 @@ def train_model(data: RoiDataset, out_dir: str | Path, *, settings: TrainSetting
     groups = _split(len(data.case_ids), settings)
     idx = {name: np.flatnonzero(np.isin(data.group, g)) for name, g in
            zip(("train", "val", "test"), groups)}
+    card = with_input_standardisation(card, data.x[idx["train"]])
     model = build_network(card)
     y_tr = data.y[idx["train"]]
     counts = np.bincount(y_tr, minlength=2).astype(float)
