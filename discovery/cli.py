@@ -301,7 +301,9 @@ def _add_sanity(sub) -> None:
     q.add_argument("source", help="results folder (from `discovery score`) or cohort folder")
     q.add_argument("--out", default=None, help="results folder to store the tables in "
                    "(default: SOURCE when it is a results folder)")
-    q.add_argument("--model", default=None, help="model folder (default: the demo model)")
+    q.add_argument("--model", default=None,
+                   help="the tool's own model folder (default: the demo model); bundles and "
+                        "other models people bring are not yet randomised by this command")
     q.add_argument("--methods", default=",".join(METHODS),
                    help="methods for the deletion/insertion curves (comma-separated; default all)")
     q.add_argument("--randomise", default="gradcam",
@@ -326,7 +328,10 @@ def _add_score(sub) -> None:
     c = sub.add_parser("score", help="score a folder of cases (or a manifest CSV)")
     c.add_argument("input", help="folder of case folders, one case folder, or manifest CSV")
     c.add_argument("--out", required=True, help="results folder")
-    c.add_argument("--model", default=None, help="model folder (default: the demo model)")
+    c.add_argument("--model", default=None,
+                   help="model folder, MONAI bundle folder, TorchScript file or module folder "
+                        "with a discovery.json sidecar (README, 'Use your own model'; "
+                        "default: the demo model)")
     c.add_argument("--method", default="gradcam", choices=METHODS,
                    help="attribution method (default gradcam; see the README for costs)")
     c.add_argument("--layer", default=None, metavar="NAME",
