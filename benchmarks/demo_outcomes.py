@@ -27,6 +27,7 @@ reused when present.  About 2 minutes for 40 cases on 2 cores, plus 2 minutes fo
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -44,7 +45,9 @@ from data_tools.deid import pseudonymous_id  # noqa: E402
 from data_tools.synthetic import SyntheticConfig, generate_case, generate_cohort  # noqa: E402
 from data_tools.volume import Mask, Volume  # noqa: E402
 from discovery.align.metrics import grow_mm  # noqa: E402
+from discovery.align.metrics import AlignThresholds  # noqa: E402
 from discovery.batch.score import score_folder  # noqa: E402
+from discovery.pipeline import ScoreSettings  # noqa: E402
 from discovery.patterns.causal import rescore_without  # noqa: E402
 from discovery.model.card import load_model  # noqa: E402
 from discovery.patterns.outcomes import cluster_readings, nodule_outcomes  # noqa: E402
@@ -98,18 +101,31 @@ def _structures(cohort: Path, results: Path, cfg: SyntheticConfig, seed: int, mo
     return pd.DataFrame(rows), touching
 
 
+def _settings(args) -> ScoreSettings:
+    """The analysis settings: the map (--method, --layer) and the verdict thresholds."""
+    align = AlignThresholds()
+    if args.thresholds:
+        tol, margin, aligned, offmask = (float(v) for v in args.thresholds.split(","))
+        align = AlignThresholds(pointing_tolerance_mm=tol, near_margin_mm=margin,
+                                aligned_near_mass=aligned, offmask_near_mass=offmask)
+    return ScoreSettings(method=args.method, layer=args.layer, align=align)
+
+
 def run(args) -> dict:
     t0 = time.perf_counter()
     cfg = SyntheticConfig.read(args.config)
     key = hashlib.sha256(json.dumps([cfg.to_dict(), args.seed, args.cases, str(args.model or "demo")],
                                     sort_keys=True).encode()).hexdigest()[:12]
+    settings = _settings(args)
+    if settings != ScoreSettings():
+        key += "-" + hashlib.sha256(repr(settings).encode()).hexdigest()[:8]
     work = Path(args.work) if args.work else (Path(__file__).resolve().parent / ".cache"
                                               / "demo_outcomes" / key)
     cohort, results = work / "cohort", work / "results"
     if not (cohort / "truth.json").is_file():
         generate_cohort(cohort, n_cases=args.cases, seed=args.seed, config=cfg, overwrite=True)
     summary = score_folder(cohort, results, model_dir=args.model, labels=cohort / "truth.csv",
-                           workers=args.workers)
+                           workers=args.workers, settings=settings)
     store = ResultsStore(results, create=False)
     try:
         findings, clusters, regions = store.findings(), store.clusters(), store.regions()
@@ -137,6 +153,8 @@ def run(args) -> dict:
         })
     return {
         "settings": {"cases": args.cases, "seed": args.seed, "model": str(args.model or "demo"),
+                     "method": settings.method, "layer": settings.layer,
+                     "thresholds": list(dataclasses.astuple(settings.align)),
                      "config": cfg.to_dict(), "work": str(work)},
         "n_nodules": int(summary.n_nodules), "n_regions": int(len(regions)),
         "regions_touching_nothing": int(sum(1 for v in touching.values() if not v)),
@@ -164,6 +182,11 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--work", default=None, help="folder for the cohort and the results")
     ap.add_argument("--json", default=None, help="also write the figures to this file")
+    ap.add_argument("--method", default=ScoreSettings.method, help="attribution method")
+    ap.add_argument("--layer", default=None, help="its layer (default: the model card's)")
+    ap.add_argument("--thresholds", default=None, metavar="TOL,MARGIN,ALIGNED,OFFMASK",
+                    help="verdict thresholds (pointing tolerance mm, near margin mm, aligned "
+                         "and off-mask near mass; default: AlignThresholds())")
     args = ap.parse_args(argv)
     out = run(args)
     print(f"{out['n_nodules']} nodules, {out['n_regions']} off-mask regions "

@@ -22,6 +22,7 @@ Every error names files by base name only, never a folder.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -200,6 +201,19 @@ def split_components(mask: Mask) -> Mask:
     return Mask(relabel[comp], mask.affine, mask.metadata)
 
 
+#: a case id as the results write it (``pseudonymous_id``'s form)
+_RESULTS_CASE_ID = re.compile(r"case-[0-9a-f]{10}")
+
+
+def _results_case_id(value: str, column: str) -> str:
+    """*value* of a labels file's case column as the results key it: a ``case_id`` already in
+    the results' form (``case-`` + 10 hex digits, e.g. from ``findings.csv``) is kept, any
+    other name is pseudonymised as the layouts do."""
+    if column == "case_id" and _RESULTS_CASE_ID.fullmatch(value):
+        return value
+    return pseudonymous_id(value)
+
+
 def read_labels(path: str | Path):
     """Known true labels of nodules, keyed the way the results are.
 
@@ -207,7 +221,8 @@ def read_labels(path: str | Path):
     ----------
     path : path
         CSV with a case column (``case_dir`` or ``case_id``: the case folder's name or the
-        manifest's case id, as at the source), a nodule column (``nodule_label``: the mask
+        manifest's case id, as at the source; a ``case_id`` already in the results' form,
+        ``case-`` and 10 hex digits as in ``findings.csv``, is taken as it is), a nodule column (``nodule_label``: the mask
         label, or ``nodule_id`` such as ``n2``) and ``malignant`` (0 or 1).  The truth manifest
         ``truth.csv`` of ``discovery sample`` has this form.
 
@@ -246,7 +261,7 @@ def read_labels(path: str | Path):
     if nod_col == "nodule_label":
         nodule = "n" + nodule
     return pd.DataFrame({
-        "case_id": [pseudonymous_id(str(c).strip()) for c in table[case_col]],
+        "case_id": [_results_case_id(str(c).strip(), case_col) for c in table[case_col]],
         "nodule_id": nodule.to_numpy(),
         "malignant": table["malignant"].str.strip().astype(int).to_numpy(),
     }).drop_duplicates(["case_id", "nodule_id"], keep="last").reset_index(drop=True)

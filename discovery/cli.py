@@ -26,6 +26,10 @@ class _LineProgress:
     def __exit__(self, *exc):
         return False
 
+    @property
+    def console(self):
+        return _console()
+
     def add_task(self, description, total=None, note=""):
         self._tasks[len(self._tasks)] = {"description": description, "total": total}
         return len(self._tasks) - 1
@@ -83,8 +87,9 @@ def cmd_train(args) -> int:
         card.architecture["stages"] = args.stages
     with _progress() as bar:
         task = bar.add_task("reading cases", total=None, note="")
-        data = collect_rois(args.cohort, card, labels_csv=args.labels,
+        data = collect_rois(args.cohort, card, labels=args.labels,
                             progress=lambda d, t: bar.update(task, completed=d, total=t))
+        bar.console.print(data.labelling.summary())
         settings = TrainSettings(seed=args.seed, epochs=args.epochs, patience=args.patience,
                                  lr=args.lr, rotate_deg=args.rotate_deg)
         task2 = bar.add_task("training", total=settings.epochs, note="")
@@ -126,19 +131,41 @@ def _run_sanity(args, methods, randomise):
 
 
 def _print_sanity(n_nodules: int, table) -> None:
+    """Per method: the verdict of the faithfulness rule (ROAD's MoRF-LeRF gap with imputed
+    voxels, which decides), the randomisation Spearman, then the old measure for comparison."""
     console = _console()
-    console.print(f"{n_nodules} nodules; Spearman original vs fully randomised model, "
-                  "and deletion AUC (lower = more faithful) against random voxel orders:")
+    console.print(f"{n_nodules} nodules. Faithfulness (decides): MoRF-LeRF gap of P(malignant) "
+                  "with imputed voxels (ROAD) on the predicted-malignant nodules, against "
+                  "random maps; randomisation: Spearman with the fully randomised model "
+                  "(should be near 0).")
     for r in table.itertuples():
         line = f"  {r.method:<21}"
-        if r.spearman_fully_randomised == r.spearman_fully_randomised:  # not NaN
-            line += f" spearman {r.spearman_fully_randomised:6.3f}"
         if r.n:
-            line += (f"  deletion AUC {r.deletion_auc:.3f} vs random {r.deletion_auc_random:.3f},"
-                     f" beats random on {r.beats_random:.0%} (predicted malignant: "
-                     f"{r.beats_random_malignant:.0%}); insertion {r.insertion_auc:.3f} vs "
-                     f"{r.insertion_auc_random:.3f}")
+            line += (f" {r.status.upper():<12} gap {_num(r.road_gap)} (random "
+                     f"{_num(r.road_gap_random)}), > 0 on {_pct(r.road_gap_positive)} of "
+                     f"{r.n_malignant}")
+        if r.spearman_fully_randomised == r.spearman_fully_randomised:  # not NaN
+            line += f"; spearman {r.spearman_fully_randomised:.3f}"
         console.print(line)
+    console.print("Old measure, for comparison (constant -850 HU eraser; its random voxel "
+                  "orders delete fast because the speckle itself lowers the score):")
+    for r in table.itertuples():
+        if r.n:
+            console.print(f"  {r.method:<21} deletion AUC {_num(r.deletion_auc)} vs random "
+                          f"{_num(r.deletion_auc_random)} (beats random on "
+                          f"{_pct(r.beats_random)}); insertion {_num(r.insertion_auc)} vs "
+                          f"{_num(r.insertion_auc_random)}")
+    for r in table.itertuples():
+        if r.n and r.status != "passes":
+            console.print(f"[bold]{r.method} {r.verdict}.[/bold]")
+
+
+def _num(value) -> str:
+    return "n/a" if value != value else f"{value:.3f}"  # NaN != NaN
+
+
+def _pct(value) -> str:
+    return "n/a" if value != value else f"{value:.0%}"
 
 
 def _at_least_one(text: str) -> int:
@@ -266,14 +293,30 @@ def _windows_arg(text: str):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _labels_arg(text: str):
+    from discovery.model.labels import parse_label_source
+
+    try:
+        return parse_label_source(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _add_train(sub) -> None:
     from discovery.model.rois import DEFAULT_INPUT_WINDOWS, HU_WINDOWS
     from discovery.model.train import TrainSettings
 
     t = sub.add_parser("train", help="train the nodule classifier on a cohort")
-    t.add_argument("cohort", nargs="+", help="cohort folder(s) (case folders + truth.csv)")
+    t.add_argument("cohort", nargs="+", help="cohort folder(s) (case folders, + truth.csv "
+                   "unless --labels names another source)")
     t.add_argument("--out", required=True, help="model folder to write")
-    t.add_argument("--labels", default=None, help="labels CSV (default COHORT/truth.csv)")
+    t.add_argument("--labels", type=_labels_arg, default=None, metavar="SOURCE",
+                   help="where the labels come from: FILE.csv (case_dir or case_id, "
+                        "nodule_label or nodule_id, malignant; keyed as findings.csv is), "
+                        "'lidc' (the LIDC-IDRI readers' malignancy ratings 1-5: median >= 4 "
+                        "malignant, <= 2 benign, the rest left out) or "
+                        "'lidc:malignant>=X,benign<=Y[,ratings>=N]'; default each "
+                        "COHORT/truth.csv")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--epochs", type=int, default=40)
     t.add_argument("--patience", type=int, default=10)

@@ -112,31 +112,71 @@ def _square(x0, y0, x1, y1):
     return pts + [pts[0]]
 
 
-def lidc_xml(series_uid: str, readers) -> str:
+def _lidc_nodule_xml(center, halves, chars, number=1) -> str:
+    """One ``unblindedReadNodule``: square contours of half widths *halves* (by slice k)
+    around voxel *center* ``(z, y, x)`` (its z unused), ratings *chars*."""
+    _, cy, cx = center
+    rois = []
+    for k, h in halves.items():
+        z = ORIGIN[2] + k * SPACING[0]
+        edges = "".join(f"<edgeMap><xCoord>{x}</xCoord><yCoord>{y}</yCoord></edgeMap>"
+                        for x, y in _square(cx - h - 1, cy - h - 1, cx + h + 1, cy + h + 1))
+        rois.append(f"<roi><imageZposition>{z:.6f}</imageZposition><imageSOP_UID>"
+                    f"1.2.3.{k}</imageSOP_UID><inclusion>TRUE</inclusion>{edges}</roi>")
+    ch = "".join(f"<{key}>{v}</{key}>" for key, v in chars.items())
+    return (f"<unblindedReadNodule><noduleID>Nodule {number:03d}</noduleID><characteristics>"
+            f"{ch}</characteristics>{''.join(rois)}</unblindedReadNodule>")
+
+
+def lidc_xml(series_uid: str, readers, *, nodules=None) -> str:
     """LIDC XML text; *readers*: per reader ``(half_widths by slice k, characteristics)``.
 
     A half width h draws the square contour ``cx-h-1 .. cx+h+1`` whose interior (the
-    nodule: LIDC contours mark the first pixel outside) is ``cx-h .. cx+h``."""
-    _, cy, cx = CENTER
-    sessions = []
-    for r, (halves, chars) in enumerate(readers):
-        rois = []
-        for k, h in halves.items():
-            z = ORIGIN[2] + k * SPACING[0]
-            edges = "".join(f"<edgeMap><xCoord>{x}</xCoord><yCoord>{y}</yCoord></edgeMap>"
-                            for x, y in _square(cx - h - 1, cy - h - 1, cx + h + 1, cy + h + 1))
-            rois.append(f"<roi><imageZposition>{z:.6f}</imageZposition><imageSOP_UID>"
-                        f"1.2.3.{k}</imageSOP_UID><inclusion>TRUE</inclusion>{edges}</roi>")
-        ch = "".join(f"<{key}>{v}</{key}>" for key, v in chars.items())
-        sessions.append(
-            f"<readingSession><annotationVersion>3.12</annotationVersion><servicingRadiologistID>"
-            f"anon{r}</servicingRadiologistID><unblindedReadNodule><noduleID>Nodule 001"
-            f"</noduleID><characteristics>{ch}</characteristics>{''.join(rois)}"
-            "</unblindedReadNodule></readingSession>")
+    nodule: LIDC contours mark the first pixel outside) is ``cx-h .. cx+h``.  With
+    *nodules* instead (``readers`` ignored): per reader a list of ``(center, half_widths,
+    characteristics)``, one ``unblindedReadNodule`` each."""
+    if nodules is None:
+        nodules = [[(CENTER, halves, chars)] for halves, chars in readers]
+    sessions = [
+        f"<readingSession><annotationVersion>3.12</annotationVersion><servicingRadiologistID>"
+        f"anon{r}</servicingRadiologistID>"
+        + "".join(_lidc_nodule_xml(c, h, ch, j + 1) for j, (c, h, ch) in enumerate(reads))
+        + "</readingSession>" for r, reads in enumerate(nodules)]
     return ('<?xml version="1.0" encoding="UTF-8"?>\n<LidcReadMessage xmlns="http://www.nih.gov"'
             ' uid="1.3.6.1.4.1.14519.5.2.1.6279.6001.1" tool="Max" toolVersion="1.0">'
             f"<ResponseHeader><Version>1.8.1</Version><SeriesInstanceUid>{series_uid}"
             "</SeriesInstanceUid></ResponseHeader>" + "".join(sessions) + "</LidcReadMessage>\n")
+
+
+#: Two nodule sites of :func:`write_lidc_cohort` (voxel ``(z, y, x)``), 24 mm apart in y and
+#: x: the consensus labels them n1 (smaller y) and n2.
+LIDC_SITES = ((10, 12, 12), (10, 28, 28))
+
+
+def write_lidc_cohort(root: Path, cases: dict, *, seed: int = 0) -> dict:
+    """LIDC-IDRI-layout cases under *root*: per case name, per reader, the malignancy rating
+    (or None: the reader gives none) of each nodule of :data:`LIDC_SITES`, e.g.
+    ``{"LIDC-IDRI-0001": [(5, 1), (4, 2)]}`` (two readers, two nodules).  Each case is a
+    patient / study / series DICOM CT (:func:`phantom` with a 40 HU ball at each site) with
+    ``069.xml`` beside the slices; every reader draws each nodule on slices 8..12.
+    Returns case name -> pseudonymous case id."""
+    import pydicom
+
+    from data_tools.deid import pseudonymous_id
+
+    rng = np.random.default_rng(seed)
+    halves = {8: 1, 9: 2, 10: 2, 11: 2, 12: 1}
+    ids = {}
+    for name, readers in cases.items():
+        series = Path(root) / name / "01-01-2000-NA-30178" / "3000566.000000-NA-03192"
+        hu, _ = phantom(rng, blobs=[(c, RADIUS_MM) for c in LIDC_SITES])
+        files = write_dicom_series(series, hu, seed=f"{seed}-{name}")
+        uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
+        reads = [[(c, halves, {"subtlety": 4} if m is None else {"malignancy": m})
+                  for c, m in zip(LIDC_SITES, ratings)] for ratings in readers]
+        (series / "069.xml").write_text(lidc_xml(uid, (), nodules=reads), encoding="utf-8")
+        ids[name] = pseudonymous_id(name)
+    return ids
 
 
 #: LIDC readers: reader 1 half widths 2 (5 x 5 pixels) on slices 9..11, 1 on 8 and 12;

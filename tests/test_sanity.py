@@ -94,7 +94,7 @@ def test_max_nodules_checks_a_seeded_sample(scored, tmp_path):
         run_sanity(scored / "results", model_dir=scored / "model", max_nodules=0)
 
 
-def test_sanity_on_a_cohort_needs_out_and_checks_the_model(scored, tmp_path):
+def test_sanity_on_a_cohort_needs_out_and_checks_the_model(scored, tmp_path, capsys):
     with pytest.raises(ValueError, match="not a results folder"):
         run_sanity(scored / "cohort", model_dir=scored / "model")
     with pytest.raises(ValueError, match="unknown attribution method 'magic'"):
@@ -106,6 +106,14 @@ def test_sanity_on_a_cohort_needs_out_and_checks_the_model(scored, tmp_path):
     rc = main(["sanity", str(scored / "cohort"), "--out", str(tmp_path / "res"), "--model",
                str(scored / "model"), "--methods", "gradcam", "--randomise", "", "--steps", "4"])
     assert rc == 0
+    out = " ".join(capsys.readouterr().out.split())
+    # the deciding measure and its verdict come first, the old measure after, labelled as such
+    assert "Faithfulness (decides): MoRF-LeRF gap" in out
+    status = out.split("(should be near 0). gradcam", 1)[1].split()[0]
+    assert status in ("PASSES", "FAILS", "UNDETERMINED")
+    assert out.index(status) < out.index("Old measure, for comparison") < out.index("deletion AUC")
+    if status != "PASSES":
+        assert "gradcam " + status.lower() in out or "gradcam undetermined" in out
     store = ResultsStore(tmp_path / "res", create=False)
     assert len(store.sanity()[1]) == 4
     store.close()

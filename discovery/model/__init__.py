@@ -2,7 +2,8 @@
 
 ``rois``: nodule sites and the model's input ROIs; ``card``: the model card, building, saving
 and loading the network; ``external`` and ``probe``: models people bring (MONAI bundles,
-TorchScript, ``module:factory``) and the wrapper that adapts their outputs; ``train``: ``discovery train``; ``edit``: replace voxels with lung
+TorchScript, ``module:factory``) and the wrapper that adapts their outputs; ``train``: ``discovery train``; ``labels``: where its labels come from (truth.csv, a labels
+CSV, LIDC readers' malignancy ratings); ``edit``: replace voxels with lung
 parenchyma and re-score; ``reliance``: does the prediction rest on the nodule.
 """
 
@@ -17,6 +18,7 @@ __getattr__, __dir__, __all__ = attach(__name__, {
                  "read_sidecar", "Sidecar"],
     "probe": ["ExternalClassifier", "probe_network"],
     "train": ["TrainSettings", "train_model", "collect_rois"],
+    "labels": ["LidcRatingRule", "LabelSource", "parse_label_source"],
     "edit": ["inpaint_parenchyma", "score_inputs", "bounding_box"],
     "reliance": ["RelianceSettings", "Reliance", "nodule_reliance", "control_blobs",
                  "reliance_from_probabilities", "reliance_text"],

@@ -1,7 +1,9 @@
 """Train and evaluate the nodule classifier on a cohort the loaders read.
 
-Labels come from a CSV with the columns ``case_dir, nodule_label, malignant`` (the synthetic
-cohort's ``truth.csv``); ``case_dir`` is the case folder's name under the cohort folder.
+Labels come from each cohort's ``truth.csv`` (columns ``case_dir, nodule_label, malignant``;
+``case_dir`` is the case folder's name under the cohort folder), a labels CSV keyed as the
+findings are, or the LIDC-IDRI readers' malignancy ratings under a documented rule
+(:mod:`discovery.model.labels`).
 
 Protocol: patient-level split (train / validation / test, seeded), augmentation (flips along
 the three axes, optional small rotations, intensity jitter), class-balanced loss, early
@@ -33,12 +35,13 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from data_tools.cases import discover_cases, load_case, read_labels
 from data_tools.checks import check_int
 from data_tools.errors import DataError, file_label
 from data_tools.files import atomic_path
 from data_tools.volume import Mask, Volume
 from discovery.model.card import ModelCard, build_network, save_model
+from discovery.model.labels import (LabelCounts, LabelSource, LidcRatingRule, labelled_cases,
+                                    parse_label_source)
 from discovery.model.rois import nodule_sites, roi_input
 
 __all__ = ["TrainSettings", "RoiDataset", "collect_rois", "train_model", "evaluate",
@@ -70,68 +73,79 @@ CHECKPOINT_NAME = "checkpoint.pt"
 class RoiDataset:
     """ROIs of a cohort: ``x`` (N, C, z, y, x) float32 in [0, 1] (one channel per HU window
     of the model card, :func:`discovery.model.rois.network_input`), ``y`` (N,) int64,
-    ``group`` (N,) case index for patient-level splits, ``case_ids`` pseudonymous per group."""
+    ``group`` (N,) case index for patient-level splits, ``case_ids`` pseudonymous per group;
+    ``labelling``: where the labels came from, the counts kept and left out and the
+    ``(case_id, nodule_id, label)`` of each ROI (:func:`collect_rois`; None otherwise)."""
 
     x: np.ndarray
     y: np.ndarray
     group: np.ndarray
     case_ids: list[str]
     cohort_hash: str
+    labelling: LabelCounts | None = None
 
 
-def _collect_one(cohort: Path, card: ModelCard, labels_csv: Path | None, progress) -> tuple[list, list, list]:
-    labels_csv = Path(labels_csv) if labels_csv else cohort / "truth.csv"
-    if not labels_csv.is_file():
-        raise DataError(f"no labels file {file_label(labels_csv)}: training needs a CSV with "
-                        "case_dir,nodule_label,malignant", path=labels_csv)
-    known = read_labels(labels_csv)
-    by_case = {cid: grp.set_index("nodule_id")["malignant"]
-               for cid, grp in known.groupby("case_id", sort=False)}
-    specs = [s for s in discover_cases(cohort) if s.case_id in by_case]
-    xs, ys, cases = [], [], []
-    for i, spec in enumerate(specs):
-        volume, mask = load_case(spec)
-        sites = {s.nodule_id: s for s in nodule_sites(mask)} if mask is not None else {}
-        for nodule_id, malignant in by_case[spec.case_id].items():
-            if nodule_id not in sites:
-                continue
-            xs.append(roi_input(volume, sites[nodule_id].center_zyx, card))
-            ys.append(int(malignant))
-            cases.append(spec.case_id)
-        if progress:
-            progress(i + 1, len(specs))
-    return xs, ys, cases
+def _label_source(labels, labels_csv) -> LabelSource:
+    if labels is not None and labels_csv is not None:
+        raise ValueError("give labels or labels_csv, not both")
+    if labels_csv is not None:
+        return LabelSource("csv", path=Path(labels_csv))
+    if isinstance(labels, LabelSource):
+        return labels
+    if isinstance(labels, LidcRatingRule):
+        return LabelSource("lidc", rule=labels)
+    return parse_label_source(labels)
 
 
-def collect_rois(cohorts, card: ModelCard, *, labels_csv: str | Path | None = None,
+def collect_rois(cohorts, card: ModelCard, *, labels=None, labels_csv: str | Path | None = None,
                  progress: Callable[[int, int], None] | None = None) -> RoiDataset:
     """Extract one preprocessed ROI per labelled nodule of one or several cohort folders.
 
     Parameters
     ----------
     cohorts : path or list of paths
-        Cohort folders (case folders + ``truth.csv``).
+        Cohort folders (case folders, with ``truth.csv`` for the default labels).
+    labels : LabelSource, LidcRatingRule, str or None
+        Where the labels come from (:mod:`discovery.model.labels`): None / ``"truth"``: each
+        cohort's ``truth.csv``; ``"lidc[:malignant>=4,benign<=2]"`` or a
+        :class:`LidcRatingRule`: the LIDC readers' malignancy ratings; another string: a
+        labels CSV keyed by case and nodule as the findings are (for all cohorts).
     labels_csv : path, optional
-        Labels for a single cohort (default ``COHORT/truth.csv`` of each).
+        A labels CSV (the same as ``labels=LabelSource("csv", path=...)``).
+
+    Returns
+    -------
+    RoiDataset
+        ``labelling`` holds the counts kept and left out and the nodules used, in ROI order.
+
+    Raises
+    ------
+    ValueError
+        A rule the parser or :class:`LidcRatingRule` refuses.
+    DataError
+        A missing or malformed labels file, no labelled nodule left, fewer than 3 cases.
     """
     cohorts = [Path(c) for c in ([cohorts] if isinstance(cohorts, (str, Path)) else cohorts)]
-    if labels_csv is not None and len(cohorts) > 1:
-        raise ValueError("labels_csv applies to one cohort; give each cohort its own truth.csv")
-    xs, ys, cases = [], [], []
-    for cohort in cohorts:
-        x, y, c = _collect_one(cohort, card, labels_csv, progress)
-        xs += x
-        ys += y
-        cases += c
+    source = _label_source(labels, labels_csv)
+    counts = LabelCounts(source)
+    xs, cases = [], []
+    for case in labelled_cases(cohorts, source, counts, progress=progress):
+        for site in case.sites:
+            xs.append(roi_input(case.volume, site.center_zyx, card))
+            cases.append(case.case_id)
     if not xs:
-        raise DataError("the cohort yielded no labelled nodules; check the labels CSV")
+        hint = ("check the labels CSV" if source.kind != "lidc"
+                else "no nodule was rated by the readers or every median fell between the "
+                     "thresholds; loosen the rule")
+        raise DataError(f"{counts.summary()}: no labelled nodule left to train on ({hint})")
+    ys = [y for _, _, y in counts.nodules]
     case_ids = sorted(set(cases))
     if len(case_ids) < 3:
         raise DataError(f"training needs at least 3 cases for a patient-level split; found {len(case_ids)}")
     index = {cid: i for i, cid in enumerate(case_ids)}
     digest = hashlib.sha256("\n".join(case_ids).encode()).hexdigest()
     return RoiDataset(np.stack(xs).astype(np.float32), np.asarray(ys, np.int64),
-                      np.asarray([index[c] for c in cases]), case_ids, digest)
+                      np.asarray([index[c] for c in cases]), case_ids, digest, labelling=counts)
 
 
 def _synthetic_case_rois(seed: int, config, card: ModelCard, indices) -> list[tuple]:
@@ -294,6 +308,21 @@ def evaluate(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict[str, 
     }
 
 
+def _labels_text(data: RoiDataset) -> str | None:
+    """Where *data*'s labels came from (None for ROIs built otherwise)."""
+    return data.labelling.source.describe() if data.labelling is not None else None
+
+
+def _labels_record(data: RoiDataset) -> dict:
+    """The card's ``training["labels"]``: the label source and its counts (empty without)."""
+    c = data.labelling
+    if c is None:
+        return {}
+    return {"labels": {"source": c.source.describe(), "n_malignant": c.malignant,
+                       "n_benign": c.benign, "n_left_out": c.between + c.unrated,
+                       "n_unmatched": c.unmatched}}
+
+
 def _settings_dict(settings: TrainSettings) -> dict:
     return {k: getattr(settings, k) for k in settings.__dataclass_fields__}
 
@@ -316,17 +345,20 @@ def _load_checkpoint(path: Path, data: RoiDataset, settings: TrainSettings, card
         raise DataError(f"checkpoint {file_label(path)} cannot be read ({type(exc).__name__}); "
                         "delete it to start over", path=path) from None
     expected = {"cohort": data.cohort_hash, "settings": _settings_dict(settings),
-                "architecture": card.architecture, "windows": _windows_list(card)}
+                "architecture": card.architecture, "windows": _windows_list(card),
+                "labels": _labels_text(data)}
     for key, value in expected.items():
-        # a checkpoint written before several windows existed had the default single window
-        found = state.get(key, _windows_list(ModelCard()) if key == "windows" else None)
+        # a checkpoint written before several windows existed had the default single window;
+        # one written before the label sources existed is taken as made with today's labels
+        found = state.get(key, {"windows": _windows_list(ModelCard()), "labels": value}.get(key))
         if found != value:
             if isinstance(found, dict) and isinstance(value, dict):
                 what = ", ".join(f"{k}: {found.get(k)!r} there, {value.get(k)!r} now"
                                  for k in sorted(set(found) | set(value)) if found.get(k) != value.get(k))
             else:
                 what = {"cohort": "different case list",
-                        "windows": f"HU windows {found} there, {value} now"}.get(key, "differs")
+                        "windows": f"HU windows {found} there, {value} now",
+                        "labels": f"{found} there, {value} now"}.get(key, "differs")
             raise DataError(
                 f"checkpoint {file_label(path)} was made with different {key} ({what}); "
                 "delete it or train into another folder", path=path)
@@ -415,7 +447,8 @@ def train_model(data: RoiDataset, out_dir: str | Path, *, settings: TrainSetting
             best = (score, epoch + 1, {k: v.clone() for k, v in model.state_dict().items()})
         _save_checkpoint(ckpt_path, {
             "cohort": data.cohort_hash, "settings": _settings_dict(settings),
-            "architecture": card.architecture, "windows": _windows_list(card), "epoch": epoch + 1,
+            "architecture": card.architecture, "windows": _windows_list(card),
+            "labels": _labels_text(data), "epoch": epoch + 1,
             "model": model.state_dict(), "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(), "generator": gen.get_state(),
             "best_score": best[0], "best_epoch": best[1], "best_model": best[2],
@@ -486,6 +519,6 @@ def _trained_card(model, card: ModelCard, data: RoiDataset, settings: TrainSetti
                       "case_ids": sorted(data.case_ids[i] for i in g)}
                   for k, g in zip(("train", "val", "test"), groups)},
         "history": history, "seconds": round(time.perf_counter() - t0, 1),
-        "torch": torch.__version__,
+        "torch": torch.__version__, **_labels_record(data),
     }, metrics={"threshold": settings.threshold, "heldout_auroc": test["auroc"],
                 "test": test, "validation": val})
