@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from discovery.explain.methods import explain, predict_and_explain
+from discovery.explain.methods import METHODS, OCCLUSION_WINDOW, explain, predict_and_explain
 from discovery.model.card import ModelCard, build_network
 
 
@@ -306,3 +306,39 @@ def test_fused_methods_need_two_layers():
                                         method="layercam-fused")
     assert info.layer == "layer2+layer3" and info.native_shape == (16, 16, 16)
     assert maps.shape == (1, 32, 32, 32)
+
+
+def test_every_method_explains_a_model_with_several_input_windows():
+    """A model trained on several HU windows (``discovery train``'s default input) takes
+    ``(N, C, z, y, x)``; every method gives one map per voxel.  IG sums a voxel's channels
+    (completeness still holds); occlusion removes every channel of a voxel together."""
+    from discovery.model.rois import HU_WINDOWS
+
+    torch.manual_seed(5)
+    card = ModelCard(roi_size_vox=(16, 16, 16)).with_windows(
+        [HU_WINDOWS[k] for k in ("lung", "soft", "dense")])
+    model = build_network(card).eval()
+    x = torch.rand(2, 3, 16, 16, 16)
+    for method in METHODS:
+        probs, maps, info = predict_and_explain(model, x, method=method)
+        assert maps.shape == (2, 16, 16, 16) and probs.shape == (2, 2), method
+        assert np.isfinite(maps).all(), method
+    _, ig, _ = predict_and_explain(model, x, method="integrated_gradients")
+    with torch.no_grad():
+        logit = model(x)[:, 1] - model(torch.zeros_like(x))[:, 1]
+    tol = 2e-2 * float(logit.abs().max()) + 1e-3
+    assert np.allclose(ig.reshape(2, -1).sum(1), logit.numpy(), atol=tol)
+    _, occ, _ = predict_and_explain(model, x, method="occlusion")
+    w = OCCLUSION_WINDOW
+    blanked = x.clone()
+    blanked[:, :, :w, :w, :w] = 0.0  # the first window, every channel
+    with torch.no_grad():
+        drop = (model(x)[:, 1] - model(blanked)[:, 1]).numpy()
+    # a corner voxel lies in that window only: its value is the drop of the whole-voxel occlusion
+    assert np.allclose(occ[:, 0, 0, 0], drop, atol=1e-5)
+
+
+def test_rois_without_a_channel_axis_are_refused_with_the_shape():
+    model = build_network(ModelCard(roi_size_vox=(16, 16, 16))).eval()
+    with pytest.raises(ValueError, match=r"\(N, C, z, y, x\).*received shape \(2, 16, 16, 16\)"):
+        predict_and_explain(model, torch.rand(2, 16, 16, 16))

@@ -124,3 +124,19 @@ def test_the_layer_is_part_of_a_case_config_hash():
     hashes = {case_config_hash(spec, settings=ScoreSettings(layer=layer), max_bytes=None,
                                card=card) for layer in (None, "layer2", "layer3")}
     assert len(hashes) == 3   # a rerun at another layer re-scores the cases
+
+
+def test_a_model_with_several_input_windows_is_scored_end_to_end():
+    """``discovery train``'s default input has three HU windows: the pipeline must score and
+    explain such a model (it once refused every ROI with more than one channel)."""
+    from discovery.model.rois import HU_WINDOWS
+
+    torch.manual_seed(3)
+    card = ModelCard().with_windows([HU_WINDOWS[k] for k in ("lung", "soft", "dense")])
+    volume, mask = _scan()
+    for method in ("gradcam", "integrated_gradients"):
+        res = analyze_scan(volume, mask, build_network(card).eval(), card, case_id="c",
+                           settings=ScoreSettings(method=method))
+        (nodule,) = res.nodules
+        assert np.isfinite(nodule.probability)
+        assert nodule.attribution.shape == mask.array[nodule.box].shape

@@ -117,7 +117,7 @@ def layer_activations(model: torch.nn.Module, rois, *, layer: str | None = None)
     ----------
     model : torch.nn.Module
         Used as it is (put it in ``eval()`` first); the hook is scoped like the CAM hooks.
-    rois : Tensor, shape (N, 1, z, y, x)
+    rois : Tensor, shape (N, C, z, y, x)
     layer : str, optional
         Dotted module name; default ``model.cam_layer``.
 
@@ -166,9 +166,10 @@ def _capture(module: torch.nn.Module, layer_name: str, *, pass_on: bool = False)
 def _check_rois(rois) -> torch.Tensor:
     if not isinstance(rois, torch.Tensor):
         rois = torch.as_tensor(np.asarray(rois))
-    if rois.ndim != 5 or rois.shape[1] != 1:
+    if rois.ndim != 5 or rois.shape[1] < 1:
         raise ValueError(
-            f"rois must be a float tensor (N, 1, z, y, x); received shape {tuple(rois.shape)}"
+            "rois must be a float tensor (N, C, z, y, x), C the model's input channels (its "
+            f"card's HU windows); received shape {tuple(rois.shape)}"
         )
     if not torch.is_floating_point(rois):
         raise ValueError(f"rois must be floating point; received dtype {rois.dtype}")
@@ -315,13 +316,15 @@ def _captum(model, rois, method, target, features: tuple[str, torch.nn.Module] |
         attr = IntegratedGradients(model).attribute(
             x, baselines=BASELINE, target=target, n_steps=IG_STEPS, method="gausslegendre",
             internal_batch_size=max(1, min(len(x) * IG_STEPS, 64)))
+        voxels = attr.detach().sum(dim=1)  # a voxel's share: the sum over its input channels
     else:
-        w, s = OCCLUSION_WINDOW, OCCLUSION_STRIDE
+        # the cube covers every input channel at once: a voxel is occluded, not one window
+        w, s, c = OCCLUSION_WINDOW, OCCLUSION_STRIDE, int(x.shape[1])
         attr = Occlusion(model).attribute(
-            x, sliding_window_shapes=(1, w, w, w), strides=(1, s, s, s), baselines=BASELINE,
+            x, sliding_window_shapes=(c, w, w, w), strides=(1, s, s, s), baselines=BASELINE,
             target=target, perturbations_per_eval=16)
-    return logits, attr.detach()[:, 0], "input", tuple(int(s) for s in x.shape[2:]), \
-        captured.get("act")
+        voxels = attr.detach()[:, 0]  # the same value in every channel
+    return logits, voxels, "input", tuple(int(s) for s in x.shape[2:]), captured.get("act")
 
 
 def predict_and_explain(
@@ -340,8 +343,10 @@ def predict_and_explain(
     ----------
     model : torch.nn.Module
         Classifier returning logits ``(N, C)``. Used as it is (put it in ``eval()`` first).
-    rois : Tensor, shape (N, 1, z, y, x)
-        Preprocessed ROIs (HU window applied).
+    rois : Tensor, shape (N, C, z, y, x)
+        Preprocessed ROIs (:func:`discovery.model.rois.network_input`: one channel per HU
+        window of the model card).  Integrated Gradients sums a voxel's attribution over its
+        channels; Occlusion occludes all channels of a voxel together.
     method : str
         One of :data:`METHODS` (see the module docstring).
     layer : str, optional
@@ -396,7 +401,7 @@ def predict_and_explain(
 
 def explain(model: torch.nn.Module, rois, *, method: str = "gradcam", layer: str | None = None,
             target: int = 1) -> np.ndarray:
-    """Attribution maps ``(N, z, y, x)`` float32 for *rois* ``(N, 1, z, y, x)``.
+    """Attribution maps ``(N, z, y, x)`` float32 for *rois* ``(N, C, z, y, x)``.
 
     See :func:`predict_and_explain` for the definitions; this returns the maps only.
     """
