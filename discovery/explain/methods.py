@@ -126,7 +126,7 @@ def layer_activations(model: torch.nn.Module, rois, *, layer: str | None = None)
     ndarray, float32, shape (N, C, d, h, w)
         The layer's feature maps on its own (coarse) grid.
     """
-    rois = _check_rois(rois)
+    rois = _check_rois(rois, model)
     layer_name, module = resolve_layer(model, layer)
     with _capture(module, layer_name) as captured, torch.no_grad():
         model(rois.detach().to(dtype=torch.float32))
@@ -163,13 +163,23 @@ def _capture(module: torch.nn.Module, layer_name: str, *, pass_on: bool = False)
         raise RuntimeError(f"layer {layer_name!r} did not run during the forward pass")
 
 
-def _check_rois(rois) -> torch.Tensor:
+def _input_channels(model: torch.nn.Module) -> int | None:
+    """Channels the model's first convolution (or patch embedding) takes, if it has one."""
+    for module in model.modules():
+        if isinstance(module, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)):
+            return int(module.in_channels)
+    return None
+
+
+def _check_rois(rois, model: torch.nn.Module) -> torch.Tensor:
     if not isinstance(rois, torch.Tensor):
         rois = torch.as_tensor(np.asarray(rois))
-    if rois.ndim != 5 or rois.shape[1] < 1:
+    channels = _input_channels(model)
+    if rois.ndim != 5 or rois.shape[1] < 1 or channels not in (None, rois.shape[1]):
         raise ValueError(
             "rois must be a float tensor (N, C, z, y, x), C the model's input channels (its "
-            f"card's HU windows); received shape {tuple(rois.shape)}"
+            f"card's HU windows; this model's first layer takes {channels or 'any number'}); "
+            f"received shape {tuple(rois.shape)}"
         )
     if not torch.is_floating_point(rois):
         raise ValueError(f"rois must be floating point; received dtype {rois.dtype}")
@@ -377,7 +387,7 @@ def predict_and_explain(
     if method not in METHODS:
         raise ValueError(f"unknown attribution method {method!r}; available: {', '.join(METHODS)}")
     _refuse_cam(model, method)  # models people bring (discovery.model.external)
-    rois = _check_rois(rois)
+    rois = _check_rois(rois, model)
     signed = method not in CAM_METHODS + FUSED_METHODS
     if method in CAM_METHODS:
         logits, maps, layer_name, native, act = _cam(model, rois, method, layer, target)
