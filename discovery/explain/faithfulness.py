@@ -187,17 +187,11 @@ def perturbation_curves(model: torch.nn.Module, rois, attributions, *, baseline,
     tied voxels slice by slice from the ROI's first z-slice -- a systematic spatial bias that
     can make a flat map look better or worse than random.
     """
-    _check_eval(model)
-    rois = _as_rois(rois)
+    rois, attr, counts = _check_curve_inputs(model, rois, attributions, steps=steps,
+                                             n_random=n_random, batch_size=batch_size)
     n, shape = int(rois.shape[0]), tuple(int(s) for s in rois.shape[1:])
-    attr = _check_attributions(attributions, n, shape[1:], rois.shape)
-    check_int("steps", steps, 1)
-    check_int("n_random", n_random, 0)
-    check_int("batch_size", batch_size, 1)
     base = _check_baseline(baseline, shape)
-
     n_voxels = int(np.prod(shape[1:]))
-    counts = [(i * n_voxels) // steps for i in range(steps + 1)]
     fractions = np.array(counts, dtype=np.float64) / n_voxels
     n_orders = 1 + n_random
     flat = rois.to(dtype=torch.float32, device="cpu").reshape(n, shape[0], n_voxels)
@@ -408,18 +402,13 @@ def road_curves(model: torch.nn.Module, rois, attributions, *, fill, noise,
     -------
     RoadResult
     """
-    _check_eval(model)
-    rois = _as_rois(rois)
+    rois, attr, counts = _check_curve_inputs(model, rois, attributions, steps=steps,
+                                             n_random=n_random, batch_size=batch_size)
     n, shape = int(rois.shape[0]), tuple(int(s) for s in rois.shape[1:])
-    attr = _check_attributions(attributions, n, shape[1:], rois.shape)
-    check_int("steps", steps, 1)
-    check_int("n_random", n_random, 0)
-    check_int("batch_size", batch_size, 1)
     fill_c, noise_c = _per_channel("fill", fill, shape[0]), _per_channel("noise", noise, shape[0])
     if np.any(noise_c < 0):
         raise ValueError(f"noise must be a standard deviation >= 0; received {noise!r}")
     n_voxels = int(np.prod(shape[1:]))
-    counts = [(i * n_voxels) // steps for i in range(steps + 1)]
     n_orders = 2 + 2 * n_random
     probs = np.full((n, n_orders, steps + 1), np.nan)
     total = n * (2 + n_orders * (steps - 1))
@@ -433,6 +422,23 @@ def road_curves(model: torch.nn.Module, rois, attributions, *, fill, noise,
     return _road_result(probs, np.array(counts, dtype=np.float64) / n_voxels,
                         fill=tuple(fill_c.tolist()), noise=tuple(noise_c.tolist()),
                         target=target, n_random=n_random, seed=seed)
+
+
+def _check_curve_inputs(model, rois, attributions, *, steps, n_random, batch_size):
+    """Validated ``(rois, attributions, counts)`` for a deletion-curve run.
+
+    ``counts[i]`` is the number of voxels removed after chunk *i* (``steps + 1`` entries, from
+    0 to every voxel of the ROI grid).
+    """
+    _check_eval(model)
+    rois = _as_rois(rois)
+    n, shape = int(rois.shape[0]), tuple(int(s) for s in rois.shape[1:])
+    attr = _check_attributions(attributions, n, shape[1:], rois.shape)
+    check_int("steps", steps, 1)
+    check_int("n_random", n_random, 0)
+    check_int("batch_size", batch_size, 1)
+    n_voxels = int(np.prod(shape[1:]))
+    return rois, attr, [(i * n_voxels) // steps for i in range(steps + 1)]
 
 
 def _per_channel(name: str, value, n_channels: int) -> np.ndarray:

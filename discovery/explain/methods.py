@@ -287,9 +287,7 @@ def method_layer(model: torch.nn.Module, method: str, layer: str | None = None) 
     ValueError
         Unknown method, or a layer the model does not have (the message lists its modules).
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown attribution method {method!r}; available: {', '.join(METHODS)}")
-    _refuse_cam(model, method)  # models people bring (discovery.model.external)
+    _check_method(model, method)
     if method in FUSED_METHODS:
         names = _fusion_layers(layer)
         for name in names:
@@ -299,9 +297,14 @@ def method_layer(model: torch.nn.Module, method: str, layer: str | None = None) 
     return name if method in CAM_METHODS else "input"
 
 
-def _refuse_cam(model: torch.nn.Module, method: str) -> None:
-    """A model whose ``cam_refusal`` is set (a TorchScript archive, a network without a 3-D
-    grid layer: :class:`discovery.model.probe.ExternalClassifier`) refuses the CAM methods."""
+def _check_method(model: torch.nn.Module, method: str) -> None:
+    """*method* is one of :data:`METHODS` and applies to *model*.
+
+    A model whose ``cam_refusal`` is set (a TorchScript archive, a network without a 3-D grid
+    layer: :class:`discovery.model.probe.ExternalClassifier`) refuses the CAM methods.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown attribution method {method!r}; available: {', '.join(METHODS)}")
     refusal = getattr(model, "cam_refusal", None)
     if refusal and method in CAM_METHODS + FUSED_METHODS:
         raise ValueError(f"{method} does not apply to this model: {refusal}")
@@ -384,9 +387,7 @@ def predict_and_explain(
     activations : ndarray, shape (N, C, d, h, w), float32
         Only with ``return_activations=True``.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown attribution method {method!r}; available: {', '.join(METHODS)}")
-    _refuse_cam(model, method)  # models people bring (discovery.model.external)
+    _check_method(model, method)
     rois = _check_rois(rois, model)
     signed = method not in CAM_METHODS + FUSED_METHODS
     if method in CAM_METHODS:
