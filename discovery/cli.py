@@ -258,8 +258,35 @@ def cmd_app(args) -> int:
            "--server.enableXsrfProtection", "true", "--server.enableCORS", "true",
            "--server.maxUploadSize", "1",
            "--", "--results", str(results)]
+    checks = _start_background_sanity(args, results)
     print(f"review app: http://{args.host}:{args.port}", flush=True)
-    return subprocess.call(cmd)
+    try:
+        return subprocess.call(cmd)
+    finally:
+        if checks is not None and checks.poll() is None:
+            checks.terminate()        # the app is gone: its next start resumes the checks
+
+
+def _start_background_sanity(args, results: Path):
+    """The background sanity checks of ``discovery app --sanity`` (None when not asked or
+    nothing needs to run)."""
+    if not args.sanity:
+        return None
+    from discovery import background
+
+    from discovery.explain.methods import METHODS
+
+    methods = [m.strip() for m in args.sanity.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise SystemExit(f"error: --sanity: unknown method(s) {', '.join(unknown)}; available: "
+                         f"{', '.join(METHODS)}")
+    proc = background.start(results, methods=methods, max_nodules=args.sanity_max_nodules,
+                            model_dir=args.model, report=args.report)
+    if proc is not None:
+        print(f"faithfulness checks ({', '.join(methods)}) running in the background; the "
+              f"Overview shows their progress (log: {results.name}/logs/sanity.log)", flush=True)
+    return proc
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -426,6 +453,17 @@ def _add_app(sub) -> None:
     a.add_argument("results", help="results folder")
     a.add_argument("--port", type=int, default=8501)
     a.add_argument("--host", default="127.0.0.1", help="bind address (default localhost only)")
+    a.add_argument("--sanity", default=None, metavar="METHODS",
+                   help="when the results hold no faithfulness checks for these methods "
+                        "(comma-separated), run `discovery sanity` on them in the background "
+                        "while the app is up; the Overview shows the progress, then the verdicts")
+    a.add_argument("--sanity-max-nodules", type=_at_least_one, default=50, metavar="N",
+                   help="with --sanity: check a seeded sample of at most N nodules (default 50)")
+    a.add_argument("--model", default=None,
+                   help="with --sanity: the model folder the results were scored with "
+                        "(default: the demo model)")
+    a.add_argument("--report", default=None, metavar="FILE",
+                   help="with --sanity: write this HTML report again when the checks are done")
     a.set_defaults(func=cmd_app)
 
 def _add_model(sub) -> None:

@@ -7,7 +7,13 @@ import torch
 from data_tools.synthetic import SyntheticConfig, generate_cohort
 from discovery.batch.score import score_folder
 from discovery.cli import main
-from discovery.model.card import ModelCard, build_network, default_architecture, save_model
+from discovery.model.card import (
+    ModelCard,
+    build_network,
+    default_architecture,
+    load_model,
+    save_model,
+)
 from discovery.report.html import build_html
 from discovery.batch.sanity import run_sanity
 from discovery.store.tables import sanity_summary
@@ -211,3 +217,107 @@ def test_overview_and_pdf_warn_above_the_outcomes_and_list_each_method(scored, t
         assert "gradcam undetermined" in text and "hirescam undetermined" in text
         warn = text.index("Warning. These results were scored with gradcam")
         assert text.index("three outcomes") < warn < text.index("Metric distributions")
+
+
+# -- the checks behind the app (discovery app --sanity; discovery.background) ------------------
+def _unchecked_copy(scored, tmp_path):
+    """A copy of the scored results without sanity rows (other tests of this module store some)."""
+    import shutil
+
+    res = tmp_path / "results"
+    shutil.copytree(scored / "results", res)
+    store = ResultsStore(res)
+    try:
+        with store.write() as con:
+            con.execute("DELETE FROM sanity_randomization")
+            con.execute("DELETE FROM sanity_perturbation")
+    finally:
+        store.close()
+    return res
+def test_background_checks_write_progress_store_and_report(scored, tmp_path):
+    import json
+
+    from discovery import background
+
+    res = _unchecked_copy(scored, tmp_path)
+    assert background.read_progress(res) is None
+    assert background.needs_sanity(res, ["gradcam"])
+    report = tmp_path / "report.html"
+    code = background.main([str(res), "--methods", "gradcam", "--max-nodules", "3",
+                            "--model", str(scored / "model"), "--report", str(report)])
+    assert code == 0
+    progress = json.loads((res / background.PROGRESS_FILE).read_text())
+    assert progress["state"] == "done" and progress["done"] == progress["total"] == 3
+    assert progress["methods"] == ["gradcam"] and progress["updated"] >= progress["started"]
+    assert not background.needs_sanity(res, ["gradcam"])      # stored: nothing to start
+    assert background.needs_sanity(res, ["gradcam", "hirescam"])
+    assert background.start(res, methods=["gradcam"], model_dir=scored / "model") is None
+    assert "sanity checks" in report.read_text() and "Not run" not in report.read_text()
+    # --if-needed: nothing runs, the progress file is left as it was
+    before = (res / background.PROGRESS_FILE).read_text()
+    assert background.main([str(res), "--methods", "gradcam", "--if-needed"]) == 0
+    assert (res / background.PROGRESS_FILE).read_text() == before
+
+
+def test_background_failure_and_dead_process_are_reported(scored, tmp_path):
+    import shutil
+
+    from discovery import background
+
+    res = _unchecked_copy(scored, tmp_path)
+    # another model than the one the results were scored with: refused, and recorded
+    other = tmp_path / "other"
+    shutil.copytree(scored / "model", other)
+    torch.manual_seed(1)
+    _, card = load_model(scored / "model")
+    save_model(build_network(card).eval(), card, other)
+    assert background.main([str(res), "--methods", "gradcam", "--model", str(other)]) == 1
+    progress = background.read_progress(res)
+    assert progress["state"] == "failed" and "another model" in progress["message"]
+    assert str(tmp_path) not in progress["message"]
+    # a 'running' file whose process is gone reads as interrupted; it does not block a restart
+    background.write_progress(res, state="running", stage="x", done=1, total=2, pid=2 ** 22 + 7)
+    assert background.read_progress(res)["state"] == "interrupted"
+    assert background.needs_sanity(res, ["gradcam"])
+    # a live process: nothing new is started
+    import os
+    background.write_progress(res, state="running", stage="x", done=1, total=2, pid=os.getpid())
+    assert not background.needs_sanity(res, ["gradcam"])
+    (res / background.PROGRESS_FILE).write_text("{not json")
+    assert background.read_progress(res)["state"] == "failed"
+
+
+@pytest.mark.parametrize("state, kind, words", [
+    ("running", "progress", "running in the background"),
+    ("failed", "error", "failed: RuntimeError: boom"),
+    ("interrupted", "warning", "stopped before they were done"),
+])
+def test_overview_shows_the_background_checks(scored, tmp_path, monkeypatch, state, kind, words):
+    import os
+    import time
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    from discovery import background
+
+    monkeypatch.delenv("DISCOVERY_RESULTS", raising=False)
+    res = _unchecked_copy(scored, tmp_path)
+    pid = os.getpid() if state == "running" else 2 ** 22 + 7
+    background.write_progress(res, state="running" if state == "interrupted" else state,
+                              stage="MoRF/LeRF, imputed (gradcam)", done=3, total=4, pid=pid,
+                              started=0.0 if state != "running" else time.time(),
+                              message="RuntimeError: boom")
+    view = str(Path(__file__).resolve().parents[1] / "app" / "views" / "overview.py")
+    at = AppTest.from_file(view, default_timeout=60)
+    at.session_state["results_dir"] = str(res)
+    at.run(timeout=60)
+    assert not at.exception
+    if kind == "progress":
+        bars = at.get("progress")
+        assert len(bars) == 1 and bars[0].proto.value == 75
+        assert words in bars[0].proto.text and "3 of 4" in bars[0].proto.text
+        assert not any("not checked" in c.value for c in at.caption)
+        assert len(at.warning) == 1 and "being checked now" in at.warning[0].value
+    else:
+        assert any(words in el.value for el in getattr(at, kind))

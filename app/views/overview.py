@@ -1,9 +1,12 @@
 """Overview: the three outcomes an explanation can have, side by side, for the whole cohort."""
 
+import time
+
 import pandas as pd
 import streamlit as st
 
 from app import common
+from discovery.background import read_progress
 from discovery.explain.faithfulness_rule import RULE, faithfulness_warning
 from discovery.patterns.outcomes import ARTIFACT_HU, SCORED_STATUSES, read_outcomes
 from discovery.report import render
@@ -29,15 +32,61 @@ if scored.empty:
     st.info("No nodule was scored in these results, so there is nothing to summarise.")
     st.stop()
 
+CHECKS_STATE = "overview_checks_state"
+
+
+def show_checks(progress: dict | None) -> None:
+    """The background faithfulness checks (``discovery app --sanity``): progress while they
+    run, the error when they failed."""
+    state = (progress or {}).get("state")
+    if state == "running":
+        done, total = int(progress.get("done", 0)), int(progress.get("total", 0))
+        minutes = (time.time() - float(progress.get("started", time.time()))) / 60
+        step = f" {done} of {total}" if total else ""
+        st.progress(done / total if total else 0.0,
+                    text=f"Faithfulness checks running in the background ({minutes:.0f} min): "
+                         f"{progress.get('stage', '')}{step}. Their verdicts appear here when "
+                         "they are done; everything else is ready.")
+    elif state == "failed":
+        st.error(f"The background faithfulness checks failed: {progress.get('message', '')}. "
+                 "`discovery sanity RESULTS` runs them in the terminal.", icon=":material/error:")
+    elif state == "interrupted":
+        st.warning("The background faithfulness checks stopped before they were done (the "
+                   "process is gone); `discovery app RESULTS --sanity METHODS` starts them "
+                   "again, `discovery sanity RESULTS` runs them in the terminal.")
+
+
+@st.fragment(run_every=2)
+def watch_checks(root: str) -> None:
+    """Re-reads the progress file every 2 s while the checks run; reruns the whole page once
+    their state changes, so the verdicts and the warning above the outcomes appear."""
+    progress = read_progress(root)
+    if (progress or {}).get("state") != st.session_state.get(CHECKS_STATE):
+        st.rerun()
+    show_checks(progress)
+
+
+progress = read_progress(common.results_dir())
+st.session_state[CHECKS_STATE] = (progress or {}).get("state")
 faithfulness = sanity_summary(*store.sanity())
-warning = faithfulness_warning(faithfulness, store.meta().get("method"))
+method = store.meta().get("method")
+warning = faithfulness_warning(faithfulness, method)
+running = (progress or {}).get("state") == "running"
+if warning and running and method not in set(faithfulness.get("method", ())):
+    warning = (f"These results were scored with {method}; whether its maps are faithful to "
+               "the model on this cohort is being checked now (progress below). Until then, "
+               "read the outcomes below as unconfirmed.")
 if warning:
     st.warning(warning, icon=":material/report:")
+if running:
+    watch_checks(str(common.results_dir()))
+else:
+    show_checks(progress)
 if len(faithfulness):
     st.caption("Are the maps faithful to the model (discovery sanity)? "
                + "; ".join(f"{r.method}: {r.status}" for r in faithfulness.itertuples())
                + ". Details below the outcomes and in the report's sanity section.")
-else:
+elif not running:
     st.caption("Whether the maps are faithful to the model was not checked: "
                "`discovery sanity RESULTS` measures it.")
 
