@@ -2,6 +2,7 @@
 #             (the faithfulness checks run in the background once the app is up)
 # make test : install, run the whole test suite
 # make screenshots : browser test on the demo results, screenshots into docs/
+# make docs : the documentation site (mkdocs.yml, docs/) into site/, strict: a warning fails
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
@@ -10,7 +11,7 @@ PORT   ?= 8501
 CASES  ?= 40
 SANITY ?= gradcam,gradcam++,hirescam,layercam,integrated_gradients
 
-.PHONY: install test demo demo-data demo-sanity screenshots bench bench-discovery clean
+.PHONY: install test demo demo-data demo-sanity screenshots bench bench-discovery docs clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -47,6 +48,9 @@ bench: install
 
 bench-discovery: install
 	$(PY) benchmarks/discovery.py --seed 2
+
+docs: install
+	$(VENV)/bin/mkdocs build --strict
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

@@ -20,7 +20,8 @@ import pandas as pd
 import streamlit as st
 
 from data_tools.volume import spacing_from_affine
-from discovery.store.tables import ResultsStore, load_case_arrays, store_exists
+from discovery.store.arrays import case_file, load_case_arrays
+from discovery.store.tables import ResultsStore, store_exists
 
 __all__ = [
     "METRIC_HELP", "REVIEWER_KEY", "results_dir", "get_store", "findings",
@@ -210,10 +211,12 @@ def case_arrays(case_id: str) -> dict[str, np.ndarray] | None:
     ``attr_peak_z`` (its axial slice) and ``label_counts`` (see :func:`key_slice`); see
     :func:`load_viewer_arrays`.  None if the case has no arrays."""
     root = results_dir().resolve()
-    path = root / "cases" / f"{case_id}.npz"
+    path = case_file(root, case_id)
     try:
-        mtime = path.stat().st_mtime_ns
+        mtime = path.stat().st_mtime_ns if path is not None else None
     except OSError:
+        mtime = None
+    if mtime is None:
         return None
     return _load_arrays(str(root), case_id, mtime)
 

@@ -31,7 +31,7 @@ straight from the store as before and through ``app.common``'s ``st.cache_data``
 (a cache hit: the store's write counter, ``ResultsStore.version``, plus unpickling).  A slice step reruns only the
 viewer fragment, which reads no table at all.
 
-Prints a Markdown table (stage | seconds (median of N) | target | met?) for the README.
+Prints a Markdown table (stage | seconds (median of N) | target | met?) for docs/benchmarks/speed.md.
 
 Usage: ``python benchmarks/app.py [--json FILE] [--repeat N] [--steps N] [--results DIR]``
 """

@@ -13,7 +13,8 @@ truth of the planted structures what the overview's three panels depend on:
 * the clusters with their reading (artifact, candidate sign, incidental), causal effect and
   enrichment; the outcome and verdict counts.
 
-This is the measurement behind README's "Not reached yet" table (issue 4's third panel).
+This is the measurement behind the demo-model variants table of docs/benchmarks/discovery.md (issue 4's
+third panel).
 
 Usage: ``python benchmarks/demo_outcomes.py [--model DIR] [--config JSON] [--cases 40]
 [--seed 7] [--workers 2] [--work DIR] [--json FILE]``; ``--config`` holds

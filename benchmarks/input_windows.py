@@ -66,7 +66,7 @@ try:  # moved by issue 18's edit helpers; either place is the same function
 except ImportError:  # pragma: no cover - older tree
     from discovery.patterns.causal import inpaint_parenchyma  # noqa: E402
 
-#: the nodules' own cues made weak (README, "The network's input")
+#: the nodules' own cues made weak (docs/guide/models.md, "The network's input")
 WEAK_NODULE_CUES = {
     "p_irregular_malignant": 0.6, "p_round_benign": 0.6,
     "malignant_diameter_mm": [6.0, 18.0], "benign_diameter_mm": [6.0, 18.0],

@@ -1,5 +1,5 @@
 """Models people bring: which attribution method works on which architecture, whether it
-equals Captum, and seconds per ROI (README, "Use your own model").
+equals Captum, and seconds per ROI (docs/guide/own-model.md, "Architectures × methods").
 
 Each network is a real MONAI architecture at a small width, untrained (seeded), saved as a
 state dict and loaded the way a user's would be (``package.module:factory`` + weights +

@@ -2,7 +2,7 @@
 
 The scan: 512 x 512 x 300 voxels at 0.7 x 0.7 x 1.0 mm, three nodules, written as a real
 DICOM series + NIfTI mask by the synthetic generator, then read back and scored as
-``discovery score`` would.  Prints a Markdown table (paste it into the README).
+``discovery score`` would.  Prints a Markdown table (paste it into docs/benchmarks/speed.md).
 
 Peak memory is the process's resident-set high-water mark (Linux ``VmHWM``), reset before each
 stage through ``/proc/self/clear_refs``, so each row shows the peak reached *during* that stage
@@ -73,13 +73,14 @@ def run(model_dir: str | None) -> tuple[list[dict], dict]:
             rows.append({"stage": label, "seconds": timings.get(key, 0.0), "peak_rss_mib": float("nan")})
         rest = rows[2]["seconds"] - sum(timings.values())
         rows.append({"stage": "  nodule sites, full-grid maps (rest)", "seconds": rest, "peak_rss_mib": float("nan")})
-        with _measure(rows, "save viewer arrays (npz)"):
-            save_case_arrays(tmp, "case-bench", ct=np.rint(volume.array).astype(np.int16),
-                             mask=mask.array, attribution=result.attribution,
-                             region_map=result.region_map, affine=volume.affine)
+        with _measure(rows, "save viewer arrays (Zarr)"):
+            rel = save_case_arrays(tmp, "case-bench", ct=np.rint(volume.array).astype(np.int16),
+                                   mask=mask.array, attribution=result.attribution,
+                                   region_map=result.region_map, affine=volume.affine)
+        case_mib = (Path(tmp) / rel).stat().st_size / 2 ** 20
         total = time.perf_counter() - total0
     rows.append({"stage": "total (read -> saved)", "seconds": total, "peak_rss_mib": rss_mib()})
-    info = {"shape_zyx": list(shape), "spacing_mm": list(spacing), "n_nodules": len(result.nodules),
+    info = {"case_file_mib": case_mib, "shape_zyx": list(shape), "spacing_mm": list(spacing), "n_nodules": len(result.nodules),
             "generate_s": gen_s, "write_dicom_s": write_s, "cpu": platform.processor() or platform.machine(),
             "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
     return rows, info
@@ -94,6 +95,7 @@ def main() -> int:
     print(f"scan {info['shape_zyx'][::-1]} voxels (x, y, z) at {info['spacing_mm'][::-1]} mm, "
           f"{info['n_nodules']} nodules; {info['cores']} cores, torch {info['torch']} "
           f"({info['torch_threads']} threads)\n")
+    print(f"case file on disk: {info['case_file_mib']:.1f} MiB (cases/<case_id>.zarr.zip)\n")
     print("| stage | seconds | peak RSS (MiB) |\n|---|---:|---:|")
     for r in rows:
         peak = "" if np.isnan(r["peak_rss_mib"]) else f"{r['peak_rss_mib']:.0f}"

@@ -112,7 +112,7 @@ class SyntheticConfig:
         bead and the tail more than on the satellites (mean probability change when removed
         -0.35, -0.09, -0.03), and its Grad-CAM gave them no cluster of their own; two later
         variants with larger satellites at 70-80 % / 3 % relied on them by -0.11 with the
-        same result (README, "Not reached yet").  Drawn from
+        same result (docs/benchmarks/discovery.md, the demo-model variants).  Drawn from
         a random stream of their own, so that with both probabilities 0 a cohort is the same
         as one generated before this kind existed.
     p_bead_malignant, p_bead_benign, bead_diameter_mm, bead_distance_mm, bead_hu

@@ -290,7 +290,7 @@ def _start_background_sanity(args, results: Path):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``discovery`` command line: one sub-command per task (see the README)."""
+    """The ``discovery`` command line: one sub-command per task (docs/guide/install-and-commands.md)."""
     p = argparse.ArgumentParser(prog="discovery", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = p.add_subparsers(dest="command", required=True)
@@ -400,10 +400,10 @@ def _add_score(sub) -> None:
     c.add_argument("--out", required=True, help="results folder")
     c.add_argument("--model", default=None,
                    help="model folder, MONAI bundle folder, TorchScript file or module folder "
-                        "with a discovery.json sidecar (README, 'Use your own model'; "
+                        "with a discovery.json sidecar (docs/guide/own-model.md; "
                         "default: the demo model)")
     c.add_argument("--method", default="gradcam", choices=METHODS,
-                   help="attribution method (default gradcam; see the README for costs)")
+                   help="attribution method (default gradcam; costs: docs/method/explanations.md)")
     c.add_argument("--layer", default=None, metavar="NAME",
                    help="CAM layer (e.g. layer2: 16^3 cells of 3 mm on the demo model; "
                         "fine+coarse for the fused methods; default: the model card's "

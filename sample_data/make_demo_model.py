@@ -12,7 +12,7 @@ Usage: ``python sample_data/make_demo_model.py [--cases 400] [--seed 2026] [--ep
 (about 25 minutes on 2 CPU cores: 3 minutes generating the cases in 2 processes, about 30 s
 an epoch).  ``--config`` names a JSON file of :class:`data_tools.synthetic.SyntheticConfig`
 fields that replace the defaults (default: ``sample_data/demo_model/cohort.json``, the
-committed model's); the other variants measured in README's "Discovery" section are in
+committed model's); the other variants measured in docs/benchmarks/discovery.md are in
 ``sample_data/demo_variants/``.
 """
 

@@ -354,11 +354,13 @@ def test_config_hash_follows_settings_limits_and_layout():
 
 def test_stale_temp_files_are_removed_live_ones_kept(tmp_path):
     """The names data_tools.files.atomic_path writes (``.NAME.PID.tmp``) and those of earlier
-    versions (``cases/.<case_id>.<pid>.tmp.npz``, ``.patterns.csv.tmp``)."""
+    versions (``cases/.<case_id>.npz.<pid>.tmp``, ``cases/.<case_id>.<pid>.tmp.npz``,
+    ``.patterns.csv.tmp``)."""
     from data_tools.files import temp_name
 
     (tmp_path / "cases").mkdir()
-    dead = tmp_path / "cases" / ".case-a.npz.999999999.tmp"
+    dead = tmp_path / "cases" / ".case-a.zarr.zip.999999999.tmp"
+    dead_npz = tmp_path / "cases" / ".case-f.npz.999999999.tmp"
     dead_old = tmp_path / "cases" / ".case-e.999999999.tmp.npz"
     live = tmp_path / "cases" / f".case-b.npz.{os.getppid()}.tmp"
     old_live = tmp_path / "cases" / f".case-c.npz.{os.getppid()}.tmp"
@@ -367,10 +369,10 @@ def test_stale_temp_files_are_removed_live_ones_kept(tmp_path):
     legacy = tmp_path / ".patterns.csv.tmp"
     pointer = tmp_path / ".store.json.999999999.tmp"
     other = tmp_path / "cases" / "case-d.npz"
-    for p in (dead, dead_old, live, old_live, mine, legacy, pointer, other):
+    for p in (dead, dead_npz, dead_old, live, old_live, mine, legacy, pointer, other):
         p.write_bytes(b"x")
     os.utime(old_live, (time.time() - 3600, time.time() - 3600))
-    assert remove_stale_temp_files(tmp_path) == 6
+    assert remove_stale_temp_files(tmp_path) == 7
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == [live.name, other.name]
 
 

@@ -1,18 +1,19 @@
-"""Per-case arrays: the uncompressed, memory-mapped case file, its sparse members, reading the
-deflated files of earlier versions, and the viewer's derived values (``app.common``)."""
+"""Per-case arrays: the compressed Zarr case file, its sparse members, reading the ``.npz``
+files of earlier versions, and the viewer's derived values (``app.common``)."""
 
 from __future__ import annotations
 
 import json
 import mmap
-import struct
 import zipfile
 
 import numpy as np
 import pytest
+import zarr
+from zarr.storage import ZipStore
 
 from discovery.report import render
-from discovery.store.tables import load_case_arrays, save_case_arrays
+from discovery.store.arrays import case_file, load_case_arrays, save_case_arrays
 
 SHAPE = (20, 64, 64)  # 81,920 voxels in 20 blocks of 4,096: above the sparse layout's floor
 
@@ -49,55 +50,66 @@ def _owner(arr: np.ndarray):
     return arr.base.obj if isinstance(arr.base, memoryview) else arr.base
 
 
-def _data_offset(path, name: str) -> int:
-    with zipfile.ZipFile(path) as zf, open(path, "rb") as fh:
-        info = zf.getinfo(name)
-        fh.seek(info.header_offset)
-        n, m = struct.unpack("<HH", fh.read(30)[26:30])
-        return info.header_offset + 30 + n + m
+def _group(path):
+    store = ZipStore(path, mode="r")
+    return store, zarr.open_group(store, mode="r")
 
 
 def test_round_trip_keeps_names_order_dtypes_and_values(tmp_path):
     arrays = _case()
     rel = save_case_arrays(tmp_path, "c1", **arrays)
-    assert rel == "cases/c1.npz"
+    assert rel == "cases/c1.zarr.zip" and case_file(tmp_path, "c1") == tmp_path / rel
     got = load_case_arrays(tmp_path, "c1")
     _assert_same(got, arrays)
     assert np.signbit(got["attribution"][15, 50, 50]) and np.isnan(got["attribution"][16, 1, 2])
-    assert sorted(p.name for p in (tmp_path / "cases").iterdir()) == ["c1.npz"]  # no temp file
+    assert sorted(p.name for p in (tmp_path / "cases").iterdir()) == ["c1.zarr.zip"]  # no temp
+    assert case_file(tmp_path, "nope") is None
+    with pytest.raises(FileNotFoundError, match="nope"):
+        load_case_arrays(tmp_path, "nope")
 
 
-def test_file_is_uncompressed_aligned_and_sparse_where_mostly_zero(tmp_path):
-    save_case_arrays(tmp_path, "c1", **_case())
-    path = tmp_path / "cases" / "c1.npz"
-    with zipfile.ZipFile(path) as zf:
-        infos = {i.filename: i for i in zf.infolist()}
-        layout = json.loads(zf.read("__layout__.json"))["arrays"]
-    assert all(i.compress_type == zipfile.ZIP_STORED for i in infos.values())
-    assert {k: v["layout"] for k, v in layout.items()} == {
-        "ct": "dense", "mask": "sparse", "attribution": "sparse", "region_map": "sparse",
-        "affine": "dense", "region_deep": "dense", "flags": "dense"}  # flags: Fortran order
-    assert "ct.npy" in infos and "attribution.npy" not in infos
-    # mask: 400 + 48 labelled voxels + the -1 (7 of 20 blocks); index uint32, values keep dtype
-    with np.load(path) as data:  # numpy reads every member, dense or not
-        index, values = data["mask.nz-index"], data["mask.nz-value"]
-        np.testing.assert_array_equal(data["ct"], _case()["ct"])
+def test_file_is_a_compressed_zarr_group_any_reader_opens(tmp_path):
+    arrays = _case()
+    save_case_arrays(tmp_path, "c1", **arrays)
+    path = tmp_path / "cases" / "c1.zarr.zip"
+    store, group = _group(path)
+    try:
+        layout = group.attrs["layout"]
+        assert {k: v["layout"] for k, v in layout.items()} == {
+            "ct": "dense", "mask": "sparse", "attribution": "sparse", "region_map": "sparse",
+            "affine": "dense", "region_deep": "dense", "flags": "dense"}
+        np.testing.assert_array_equal(group["ct"][3], arrays["ct"][3])   # one slice, by zarr
+        assert group["ct"].chunks[1:] == SHAPE[1:]                       # whole axial slices
+        codec = group["ct"].compressors[0].to_dict()["configuration"]
+        assert codec["cname"] == "zstd" and codec["shuffle"] == "bitshuffle"
+        # mask: 400 + 48 labelled voxels + the -1; index uint32, values keep their dtype
+        index, values = group["mask.nz-index"][...], group["mask.nz-value"][...]
+    finally:
+        store.close()
     assert index.dtype == np.uint32 and values.dtype == np.int16 and len(index) == 400 + 48 + 1
     assert (np.diff(index.astype(np.int64)) > 0).all()
-    # every member's data (its .npy header, 64-byte multiple, then the array) on 64 bytes
-    assert all(_data_offset(path, name) % 64 == 0 for name in infos if name.endswith(".npy"))
+    with zipfile.ZipFile(path) as zf:   # chunks are compressed by Blosc, not by the zip
+        assert all(i.compress_type == zipfile.ZIP_STORED for i in zf.infolist())
 
 
-def test_dense_members_are_memory_mapped_copy_on_write(tmp_path):
+def test_ct_is_stored_losslessly_and_smaller_than_raw(tmp_path):
+    rng = np.random.default_rng(3)
+    z, y, x = np.mgrid[0:40, 0:128, 0:128]
+    body = ((y - 64) ** 2 + (x - 64) ** 2) < 55 ** 2
+    ct = np.where(body, -850 + 40 * rng.standard_normal((40, 128, 128)), -1024).astype(np.int16)
+    save_case_arrays(tmp_path, "c1", ct=ct)
+    np.testing.assert_array_equal(load_case_arrays(tmp_path, "c1")["ct"], ct)
+    assert (tmp_path / "cases" / "c1.zarr.zip").stat().st_size < 0.6 * ct.nbytes
+
+
+def test_loaded_arrays_are_writable_copies(tmp_path):
     arrays = _case()
     save_case_arrays(tmp_path, "c1", **arrays)
     got = load_case_arrays(tmp_path, "c1")
-    assert isinstance(_owner(got["ct"]), mmap.mmap) and got["ct"].flags.writeable
-    assert got["ct"].ctypes.data % 64 == 0
+    assert got["ct"].flags.writeable and got["attribution"].flags.writeable
     got["ct"][0, 0, 0] = 12345               # private to this process ...
     again = load_case_arrays(tmp_path, "c1")
     assert again["ct"][0, 0, 0] == arrays["ct"][0, 0, 0]  # ... never written to the file
-    got["attribution"][0, 0, 0] = 1.0        # decoded sparse arrays are writable too
 
 
 def test_rewrite_replaces_the_case_while_old_arrays_stay_readable(tmp_path):
@@ -106,15 +118,15 @@ def test_rewrite_replaces_the_case_while_old_arrays_stay_readable(tmp_path):
     new_arrays = _case(1)
     save_case_arrays(tmp_path, "c1", **new_arrays)
     _assert_same(load_case_arrays(tmp_path, "c1"), new_arrays)
-    _assert_same(old, _case(0))              # the mapped old file lives on until released
+    _assert_same(old, _case(0))
 
 
 def test_failed_write_keeps_the_old_file_and_leaves_no_temp_file(tmp_path):
     arrays = _case()
     save_case_arrays(tmp_path, "c1", **arrays)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="'bad' of case 'c1' has dtype object"):
         save_case_arrays(tmp_path, "c1", ct=arrays["ct"], bad=np.array([{"a": 1}], dtype=object))
-    assert sorted(p.name for p in (tmp_path / "cases").iterdir()) == ["c1.npz"]
+    assert sorted(p.name for p in (tmp_path / "cases").iterdir()) == ["c1.zarr.zip"]
     _assert_same(load_case_arrays(tmp_path, "c1"), arrays)
 
 
@@ -126,8 +138,11 @@ def test_small_and_dense_arrays_stay_dense(tmp_path):
     crowded[:10, :48] = 7                               # 10 blocks, but 3/4 of them nonzero
     save_case_arrays(tmp_path, "c2", small=small, busy=busy, crowded=crowded,
                      empty=np.zeros(SHAPE, np.int16))
-    with zipfile.ZipFile(tmp_path / "cases" / "c2.npz") as zf:
-        layout = json.loads(zf.read("__layout__.json"))["arrays"]
+    store, group = _group(tmp_path / "cases" / "c2.zarr.zip")
+    try:
+        layout = group.attrs["layout"]
+    finally:
+        store.close()
     assert [layout[k]["layout"] for k in ("small", "busy", "crowded", "empty")] == \
         ["dense", "dense", "dense", "sparse"]
     got = load_case_arrays(tmp_path, "c2")
@@ -136,18 +151,46 @@ def test_small_and_dense_arrays_stay_dense(tmp_path):
     assert got["empty"].shape == SHAPE and not got["empty"].any()
 
 
-@pytest.mark.parametrize("writer", ["numpy", "previous"])
-def test_deflated_files_of_earlier_versions_are_still_read(tmp_path, writer):
+# -- the .npz files of earlier versions: read, replaced when the case is written again --------
+def _write_uncompressed_npz(path, arrays: dict) -> None:
+    """The layout of the previous version: stored .npy members, sparse ones as nz-index /
+    nz-value, and __layout__.json."""
+    layout = {}
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, arr in arrays.items():
+            members = {f"{name}.npy": arr}
+            layout[name] = {"layout": "dense"}
+            if name == "mask":
+                idx = np.flatnonzero(arr).astype(np.uint32)
+                members = {f"{name}.nz-index.npy": idx, f"{name}.nz-value.npy": arr.reshape(-1)[idx]}
+                layout[name] = {"layout": "sparse", "shape": list(arr.shape), "dtype": arr.dtype.str}
+            for member, value in members.items():
+                with zf.open(member, "w", force_zip64=True) as fh:
+                    np.lib.format.write_array(fh, np.ascontiguousarray(value), allow_pickle=False)
+        zf.writestr("__layout__.json", json.dumps({"version": 1, "arrays": layout}))
+
+
+@pytest.mark.parametrize("writer", ["numpy", "deflated", "uncompressed"])
+def test_npz_files_of_earlier_versions_are_still_read(tmp_path, writer):
     arrays = {k: v for k, v in _case().items() if k != "flags"}
     (tmp_path / "cases").mkdir()
     path = tmp_path / "cases" / "old.npz"
     if writer == "numpy":
         np.savez_compressed(path, **arrays)
-    else:  # what save_case_arrays wrote before: deflate level 1, zip64 members
+    elif writer == "deflated":  # deflate level 1, zip64 members
         with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
             for name, value in arrays.items():
                 with zf.open(f"{name}.npy", "w", force_zip64=True) as fh:
                     np.lib.format.write_array(fh, value, allow_pickle=False)
+    else:
+        _write_uncompressed_npz(path, arrays)
+    assert case_file(tmp_path, "old") == path
+    got = load_case_arrays(tmp_path, "old")
+    _assert_same(got, arrays)
+    if writer == "uncompressed":   # memory-mapped copy-on-write, as that version read them
+        assert isinstance(_owner(got["ct"]), mmap.mmap) and got["ct"].flags.writeable
+    save_case_arrays(tmp_path, "old", **arrays)          # re-scored: one file, the new one
+    assert sorted(p.name for p in (tmp_path / "cases").iterdir()) == ["old.zarr.zip"]
     _assert_same(load_case_arrays(tmp_path, "old"), arrays)
 
 

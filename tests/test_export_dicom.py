@@ -207,7 +207,7 @@ def test_tilted_case_fails_alone_and_others_go_on(exported, tmp_path):
                         instance=k + 1, series_uid=series, study_uid=study)
         ds.save_as(tilted / f"T{k}.dcm", enforce_file_format=True)
     tid = pseudonymous_id(tilted.name)
-    shutil.copy(results / "cases" / f"{cid}.npz", results / "cases" / f"{tid}.npz")
+    shutil.copy(results / "cases" / f"{cid}.zarr.zip", results / "cases" / f"{tid}.zarr.zip")
     ResultsStore(results).put_case(
         {"case_id": tid, "status": "ok", "error": ""},
         [{"case_id": tid, "nodule_id": "n1", "probability": 0.5, "verdict": "aligned",

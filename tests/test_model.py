@@ -75,7 +75,7 @@ def test_committed_demo_model_card():
     if not card_path.exists():
         pytest.fail("the demo model (sample_data/demo_model) is missing: it is committed with the project")
     model, card = load_model()
-    # the figure itself is reported in the README; here: present, valid and better than chance
+    # the figure itself is in docs/guide/models.md; here: present, valid and better than chance
     assert 0.5 < card.metrics["heldout_auroc"] <= 1.0
     for key in ("auroc", "sensitivity", "specificity", "ece"):
         assert 0.0 <= card.metrics["test"][key] <= 1.0

@@ -374,7 +374,7 @@ class AlignThresholds:
     the demo cohort; the landscape is flat (every margin from 2 to 15 mm reaches 0.75-0.79
     on the calibration cohorts) and no setting of this rule reaches 0.9: at 6 mm cells a
     map cannot tell the nodule from a bead 9-16 mm away, and a layer-3 cell sees far beyond
-    its 6 mm (README, "Verdicts").
+    its 6 mm (docs/method/metrics-and-verdicts.md).
     """
 
     pointing_tolerance_mm: float = 10.0

@@ -7,15 +7,16 @@ off-mask regions of the whole cohort are clustered once, and ``findings.csv`` an
 
 Crash safety and resuming
 -------------------------
-Each case is written in two steps: its arrays (``cases/<case_id>.npz``: temporary file,
+Each case is written in two steps: its arrays (``cases/<case_id>.zarr.zip``: temporary file,
 fsync, rename: :func:`data_tools.files.atomic_path`), then its rows and its ``manifest`` row
 in one store transaction
 (:meth:`discovery.store.tables.ResultsStore.put_case`).  A case is therefore either complete, with a
 manifest row, or absent from the manifest; a run killed at any point (even ``SIGKILL``) and
 started again scores the missing cases and yields the same outputs as an uninterrupted run.
-Temporary files of a killed run (``cases/.<case_id>.npz.<pid>.tmp``,
+Temporary files of a killed run (``cases/.<case_id>.zarr.zip.<pid>.tmp``,
 ``.findings.csv.<pid>.tmp``, ``.patterns.csv.<pid>.tmp``, ``.store.json.<pid>.tmp``, and
-the ``cases/.<case_id>.<pid>.tmp.npz`` of earlier versions) are removed when the next batch
+the ``cases/.<case_id>.npz.<pid>.tmp`` and ``cases/.<case_id>.<pid>.tmp.npz`` of earlier
+versions) are removed when the next batch
 starts, unless process ``pid`` is still running and wrote the file in the last 15 minutes.
 
 The manifest row holds three SHA-256 hex digests, ``input_hash``, ``model_hash`` and
@@ -97,7 +98,8 @@ from discovery.patterns.clustering import PatternSettings, cluster_regions
 from discovery.explain.methods import FUSED_METHODS, FUSION_LAYERS, method_layer
 from discovery.pipeline import CaseResult, ScoreSettings, analyze_scan
 from discovery.regions.descriptors import describe_region
-from discovery.store.tables import ResultsStore, load_case_arrays, save_case_arrays
+from discovery.store.arrays import case_file, load_case_arrays, save_case_arrays
+from discovery.store.tables import ResultsStore
 
 __all__ = ["BatchOptions", "BatchSummary", "score_folder", "write_tables", "recluster",
            "safe_error", "read_labels", "case_input_hash", "case_config_hash", "WORKER_DIED",
@@ -374,7 +376,7 @@ def recluster(store: ResultsStore, settings: PatternSettings = PatternSettings()
 
     With ``model``, ``card`` and ``results_dir``, every cluster also gets its causal check
     and the nodules their shortcut flags (:func:`discovery.patterns.causal.pattern_effects`), scans
-    read back from ``results_dir/cases/<case_id>.npz``; *run* computes its per-case steps
+    read back from ``results_dir/cases/<case_id>.zarr.zip``; *run* computes its per-case steps
     elsewhere (e.g. on the batch's worker pool).
     """
     regions = store.regions()
@@ -397,10 +399,11 @@ def recluster(store: ResultsStore, settings: PatternSettings = PatternSettings()
 
 
 #: temporary files of :func:`data_tools.files.atomic_path` (``.<name>.<pid>.tmp``: the
-#: tables, ``store.json``, ``cases/<case_id>.npz``) and of earlier versions
-#: (``cases/.<case_id>.<pid>.tmp.npz``, ``.patterns.csv.tmp``)
+#: tables, ``store.json``, ``cases/<case_id>.zarr.zip``) and of earlier versions
+#: (``cases/.<case_id>.npz.<pid>.tmp``, ``cases/.<case_id>.<pid>.tmp.npz``, ``.patterns.csv.tmp``)
 _TEMP_NAME = re.compile(r"^\..+?(?:\.(\d+))?\.tmp(?:\.npz)?$")
-_TEMP_GLOBS = ("cases/.*.npz.*.tmp", "cases/.*.tmp.npz", ".findings.csv*.tmp",
+_TEMP_GLOBS = ("cases/.*.zarr.zip.*.tmp", "cases/.*.npz.*.tmp", "cases/.*.tmp.npz",
+               ".findings.csv*.tmp",
                ".patterns.csv*.tmp", ".store.json*.tmp")
 _TEMP_STALE_S = 15 * 60
 
@@ -418,7 +421,7 @@ def _process_alive(pid: int) -> bool:
 
 
 def remove_stale_temp_files(results_dir: str | Path) -> int:
-    """Remove temporary files a killed run left in *results_dir* (``cases/.*.npz.*.tmp``,
+    """Remove temporary files a killed run left in *results_dir* (``cases/.*.zarr.zip.*.tmp``,
     ``.findings.csv.*.tmp``, ``.patterns.csv.*.tmp``, ``.store.json.*.tmp``, and the
     ``cases/.*.tmp.npz`` of earlier versions); keep those of a running process written in
     the last 15 minutes.  Return how many were removed."""
@@ -464,7 +467,7 @@ def _unchanged(store: ResultsStore, results_dir: Path) -> dict[str, tuple]:
     that may be skipped (status ok / no-mask, arrays file present)."""
     out = {}
     for r in store.manifest().itertuples():
-        if r.status in ("ok", "no-mask") and (results_dir / "cases" / f"{r.case_id}.npz").is_file():
+        if r.status in ("ok", "no-mask") and case_file(results_dir, r.case_id) is not None:
             out[r.case_id] = (r.input_hash, r.model_hash, r.config_hash, r.status)
     return out
 
@@ -747,7 +750,7 @@ def score_folder(
         :func:`data_tools.cases.discover_cases`).
     results_dir : path
         Created if needed; holds ``discovery.sqlite`` (or ``store.json``, see *store_url*),
-        ``findings.csv``, ``patterns.csv`` and ``cases/<case_id>.npz``.
+        ``findings.csv``, ``patterns.csv`` and ``cases/<case_id>.zarr.zip``.
     model_dir, settings, pattern_settings, labels, layout, max_bytes, workers, \
 executor_factory, scheduler, torch_threads, store_url
         How the batch runs: see :class:`BatchOptions`.

@@ -4,7 +4,7 @@ Contract for every method: a float32 array ``(N, z, y, x)`` on the ROI grid hold
 values (never min-max rescaled, never inverted), plus the provenance that
 :class:`AttributionInfo` records (method, layer, target class, native resolution, sign).
 
-Methods (cost per ROI in forward + backward passes, see the README):
+Methods (cost per ROI in forward + backward passes, see docs/method/explanations.md):
 
 =========================  ====================================================  =========
 ``gradcam``                ``ReLU(sum_c mean(dY/dA_c) A_c)``, Selvaraju et al.    1 F + 1 B

@@ -171,7 +171,7 @@ class NoduleResNet(ResNet):
     classifier reads the last kept stage's channels), so that global pooling follows the
     Grad-CAM layer directly and that layer's receptive field stays small.  With all four
     stages every ``layer4`` unit sees the whole 48 mm ROI, and Grad-CAM maps of the trained
-    model came out nearly uniform over the ROI (README, "Why the network is shallow").
+    model came out nearly uniform over the ROI (docs/guide/models.md#explanations-worth).
     """
 
     def __init__(self, *, cam_layer: str = "layer3", stages: int = 4, input_mean=None,

@@ -31,7 +31,7 @@ OUTSIDE_HU = -1000.0
 #: window of the demo model, air to metal.
 HU_WINDOWS = {"lung": (-1000.0, -300.0), "soft": (-160.0, 240.0), "dense": (240.0, 3000.0),
               "wide": (-1000.0, 3000.0)}
-#: The windows ``discovery train`` uses unless told otherwise (README, "The network's input"):
+#: The windows ``discovery train`` uses unless told otherwise (docs/guide/models.md#input):
 #: three ranges that do not overlap, each at full contrast.  With ``wide`` in place of
 #: ``dense`` a metal-bright bead that carried the label was not learned (the bead is 0.26 ->
 #: 0.93 in ``wide``, whose spread over nodule ROIs is 0.09; in ``dense`` it is the only

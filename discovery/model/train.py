@@ -391,7 +391,7 @@ def with_input_standardisation(card: ModelCard, x: np.ndarray) -> ModelCard:
     0.09 for ``wide``, 0.01 for ``dense``): unstandardised, the widest-spread channel
     dominates the first convolution at initialisation, and a structure that shows in a
     low-spread channel only (a metal bead in ``wide`` or ``dense``) was not learned at all by
-    a three-channel model in 25 epochs (README, "The network's input").  A single channel is
+    a three-channel model in 25 epochs (docs/guide/models.md).  A single channel is
     rescaled by the first convolution's batch norm anyway, so this matters only with several.
     """
     arch = card.architecture

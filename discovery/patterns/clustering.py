@@ -71,7 +71,7 @@ FEATURE_COLUMNS = [
 #: :data:`GAP_CAP_MM`), whether it runs radially from the nodule (``structure_radial``) and
 #: the pleura distance.  Regions without a structure of ``min_structure_mm3`` are then not
 #: clustered.  With spectral clustering it gave the demo-model variant that relies on the
-#: pleural tail a tail cluster (README, "Discovery"), but on benchmark seed 3 it split the
+#: pleural tail a tail cluster (docs/benchmarks/discovery.md), but on benchmark seed 3 it split the
 #: marker-bead regions over three clusters, so it is not the default.
 STRUCTURE_FEATURES = [
     "halo_max_hu",

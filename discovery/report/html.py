@@ -215,8 +215,7 @@ first (MoRF) and least relevant first (LeRF), each removed voxel imputed from it
 noise, and the gap is the area between the two curves of P(malignant) (positive = faithful; a random map
 gives about 0). The old measure, kept for comparison, sets removed voxels to lung parenchyma (-850 HU) and
 compares the map's deletion area with random voxel orders; it can mislead, because scattered single-voxel
-holes are themselves a signal to a CNN (on the demo model speckle alone lowers P(malignant): README, "Sanity
-and faithfulness"), so a random order tends to look like a good deletion and a bad insertion whatever the
+holes are themselves a signal to a CNN (on the demo model speckle alone lowers P(malignant): docs/method/faithfulness.md), so a random order tends to look like a good deletion and a bad insertion whatever the
 map. Its own gap (insertion minus deletion area, which is LeRF minus MoRF with that eraser) is shown beside
 the new one: where the two disagree, the eraser, not the map, is deciding.
 Randomisation: Spearman rank correlation between the maps of the trained model and of the model whose

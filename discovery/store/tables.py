@@ -27,21 +27,15 @@ by URL (``ResultsStore(RESULTS, url="postgresql://...")``, ``discovery score --s
 Concurrency: writes wait for each other (SQLite: WAL journal, a busy timeout and ``BEGIN
 IMMEDIATE``; PostgreSQL: a transaction-scoped advisory lock), so that several reviewers (app
 sessions, on one machine or several with PostgreSQL) can write at once.  Per-case arrays live in
-``RESULTS/cases/<case_id>.npz`` and are written to a temporary file, fsynced and renamed
-(:func:`data_tools.files.atomic_path`).
-That zip is uncompressed, its members aligned, so readers memory-map the volumes instead of
-inflating them; mostly-zero arrays are kept as their nonzero elements (see
-:func:`save_case_arrays`).  Older deflated files are still read.
+``RESULTS/cases/<case_id>.zarr.zip`` (compressed Zarr; :mod:`discovery.store.arrays`, whose
+:func:`save_case_arrays` and :func:`load_case_arrays` are re-exported here).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import mmap
-import struct
 import threading
-import zipfile
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -50,11 +44,11 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import pandas as pd
 
-from data_tools.files import atomic_path
 from discovery.explain.faithfulness_rule import method_summary
 from discovery.regions.offmask import REGION_COLUMNS as _OFFMASK_COLUMNS
 from discovery.schema import CLUSTER_COLUMNS as _PATTERN_COLUMNS
 from discovery.schema import EFFECT_COLUMNS, decision_threshold
+from discovery.store.arrays import load_case_arrays, save_case_arrays
 from discovery.store.backends import (
     SQLITE_NAME,
     Backend,
@@ -223,9 +217,6 @@ class ResultsStore:
         the folder then remembers the database in ``store.json`` (without the password) and
         later opens without *url* use it.  None: whatever the folder uses, SQLite for a new one.
 
-    One connection per thread (connections must not be shared across threads).  ``location``
-    says where the tables are (the file name, or the URL without password).
-
     Raises
     ------
     StoreError
@@ -233,6 +224,11 @@ class ResultsStore:
         database holds another results folder's tables.
     ValueError
         The tables were written by another schema version.
+
+    Notes
+    -----
+    One connection per thread (connections must not be shared across threads).  ``location``
+    says where the tables are (the file name, or the URL without password).
     """
 
     def __init__(self, results_dir: str | Path, *, create: bool = True, url: str | None = None):
@@ -564,196 +560,4 @@ def sanity_summary(randomization: pd.DataFrame, perturbation: pd.DataFrame) -> p
     return pd.DataFrame(rows)
 
 
-# -- arrays ------------------------------------------------------------------------------
-#: Name of the member that says how each array of a case file is stored (absent in the
-#: deflated files written before it; those are read as plain ``.npz``).
-_LAYOUT_MEMBER = "__layout__.json"
-#: An array is stored sparse (flat indices + values of its nonzero elements) when it has at
-#: least _SPARSE_MIN_SIZE elements, at most half of its blocks of _BLOCK consecutive elements
-#: (C order) hold a nonzero element, and indices + values take at most half the dense bytes.
-_SPARSE_MIN_SIZE = 1 << 16
-_BLOCK = 4096
-#: Member data (the ``.npy`` header and hence the array) starts on this many bytes.
-_ALIGN = 64
-_PAD_ID = 0x6E70  # zip "extra field" id of the alignment padding (ignored by readers)
-
-
-def _sparse_index(arr: np.ndarray) -> np.ndarray | None:
-    """Flat C-order indices of the nonzero elements of *arr* (any bit set: -0.0 and NaN
-    count as values), or None when *arr* is not to be stored sparse (see
-    :data:`_SPARSE_MIN_SIZE`).  Only the blocks that hold a nonzero element are searched."""
-    if (arr.dtype.kind not in "biuf" or arr.dtype.itemsize not in (1, 2, 4, 8)
-            or not arr.flags.c_contiguous or arr.size < _SPARSE_MIN_SIZE):
-        return None
-    bits = arr.reshape(-1).view(f"u{arr.dtype.itemsize}")
-    n_blocks = bits.size // _BLOCK
-    head = bits[:n_blocks * _BLOCK].reshape(n_blocks, _BLOCK)
-    hit = np.flatnonzero(head.max(axis=1))
-    if 2 * len(hit) > n_blocks:
-        return None
-    rows, cols = np.nonzero(head[hit])
-    index = np.concatenate([hit[rows].astype(np.int64) * _BLOCK + cols,
-                            np.flatnonzero(bits[n_blocks * _BLOCK:]) + n_blocks * _BLOCK])
-    if arr.size <= np.iinfo(np.uint32).max:
-        index = index.astype(np.uint32)
-    if 2 * index.size * (index.itemsize + arr.itemsize) > arr.nbytes:
-        return None
-    return index
-
-
-def _zip_member(zf: zipfile.ZipFile, name: str) -> zipfile.ZipInfo:
-    """A stored member whose data will start on an :data:`_ALIGN`-byte boundary."""
-    info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
-    info.compress_type = zipfile.ZIP_STORED
-    # local header: 30 bytes + name + extra + the 20-byte zip64 extra that force_zip64 adds
-    used = zf.fp.tell() + 30 + len(name.encode("utf-8")) + 20
-    pad = -used % _ALIGN
-    if 0 < pad < 4:  # an extra record needs 4 bytes of its own
-        pad += _ALIGN
-    if pad:
-        info.extra = struct.pack("<HH", _PAD_ID, pad - 4) + bytes(pad - 4)
-    return info
-
-
-def _write_npy(zf: zipfile.ZipFile, name: str, arr: np.ndarray) -> None:
-    with zf.open(_zip_member(zf, name), "w", force_zip64=True) as fh:
-        np.lib.format.write_array(fh, arr, allow_pickle=False)
-
-
-def save_case_arrays(results_dir: str | Path, case_id: str, **arrays: np.ndarray) -> str:
-    """Write the arrays of one case to ``cases/<case_id>.npz``; return that path relative to
-    *results_dir*.
-
-    The file is a zip of ``.npy`` members, **uncompressed** and aligned so that
-    :func:`load_case_arrays` can memory-map them: opening a case costs no decompression and
-    only the slices shown are read from disk.  Arrays that are mostly zero (masks,
-    attribution and region maps: a few nodule boxes in a whole scan; at least 65,536
-    elements, at most half of the 4,096-element blocks holding a nonzero one, and indices +
-    values at most half the dense size) are stored as the flat indices and values of their
-    nonzero elements (``<name>.nz-index.npy``,
-    ``<name>.nz-value.npy``); ``__layout__.json`` records which.  Dense members stay plain
-    ``.npy`` files that ``numpy.load`` reads too.  Written to a temporary file
-    (``cases/.<case_id>.npz.<pid>.tmp``), fsynced and renamed over the old file
-    (:func:`data_tools.files.atomic_path`), so a reader sees the old or the new case, never
-    half of one.
-    """
-    folder = Path(results_dir) / "cases"
-    folder.mkdir(parents=True, exist_ok=True)
-    layout: dict[str, dict[str, Any]] = {}
-    with atomic_path(folder / f"{case_id}.npz") as tmp, \
-            zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-        # the zip is closed (its directory written) before the file is fsynced and renamed
-        for name, value in arrays.items():
-            arr = np.asanyarray(value)
-            index = _sparse_index(arr)
-            if index is not None:
-                _write_npy(zf, f"{name}.nz-index.npy", index)
-                _write_npy(zf, f"{name}.nz-value.npy", arr.reshape(-1)[index])
-                layout[name] = {"layout": "sparse", "shape": list(arr.shape),
-                                "dtype": arr.dtype.str}
-            else:
-                _write_npy(zf, f"{name}.npy", arr)
-                layout[name] = {"layout": "dense"}
-        zf.writestr(_LAYOUT_MEMBER, json.dumps({"version": 1, "arrays": layout}))
-    return f"cases/{case_id}.npz"
-
-
-def _mapped_npy(fh, mm, info: zipfile.ZipInfo) -> tuple[np.ndarray | None, int]:
-    """The ``.npy`` member *info* of the open zip file *fh* as a copy-on-write view of the
-    mapping *mm* and the offset of its data, or ``(None, -1)`` when it cannot be mapped
-    (compressed, empty, or no mapping)."""
-    if mm is None or info.compress_type != zipfile.ZIP_STORED:
-        return None, -1
-    fh.seek(info.header_offset)
-    header = fh.read(30)
-    if header[:4] != b"PK\x03\x04":
-        raise ValueError(f"bad zip entry {info.filename!r} in a case file")
-    name_len, extra_len = struct.unpack("<HH", header[26:30])
-    fh.seek(info.header_offset + 30 + name_len + extra_len)
-    version = np.lib.format.read_magic(fh)
-    shape, fortran, dtype = (np.lib.format.read_array_header_1_0(fh) if version == (1, 0)
-                             else np.lib.format.read_array_header_2_0(fh))
-    if dtype.hasobject:
-        raise ValueError(f"object arrays are not read from case files ({info.filename!r})")
-    offset = fh.tell()
-    if math.prod(shape) == 0 or offset + math.prod(shape) * dtype.itemsize > len(mm):
-        return None, -1
-    return np.ndarray(shape, dtype=dtype, buffer=mm, offset=offset,
-                      order="F" if fortran else "C"), offset
-
-
-def _lean_zeros(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    """``np.zeros(shape, dtype)`` whose untouched pages stay unallocated in 4 KiB steps.
-
-    A sparse array decoded into ``np.zeros`` memory gets a 2 MiB transparent huge page for
-    every nonzero element where the kernel backs large allocations with huge pages: a scan's
-    three nodule boxes then cost about 200 MiB instead of 20.  Private anonymous memory
-    marked ``MADV_NOHUGEPAGE`` avoids that (reading untouched pages costs a page fault each,
-    about 0.2 s per 300 MiB, once)."""
-    nbytes = math.prod(shape) * dtype.itemsize
-    flags = getattr(mmap, "MAP_PRIVATE", None), getattr(mmap, "MAP_ANONYMOUS", None)
-    advice = getattr(mmap, "MADV_NOHUGEPAGE", None)
-    if nbytes < (2 << 20) or None in flags or advice is None:
-        return np.zeros(shape, dtype)
-    buf = mmap.mmap(-1, nbytes, flags=flags[0] | flags[1])
-    try:
-        buf.madvise(advice)
-    except OSError:  # advice only
-        pass
-    return np.frombuffer(buf, dtype=dtype).reshape(shape)
-
-
-def _will_need(mm: mmap.mmap, offset: int, length: int) -> None:
-    """Ask the kernel to start reading ``mm[offset:offset + length]`` in the background."""
-    advice = getattr(mmap, "MADV_WILLNEED", None)
-    if advice is None:  # not on this platform
-        return
-    start = offset - offset % mmap.PAGESIZE
-    try:
-        mm.madvise(advice, start, min(length + offset - start, len(mm) - start))
-    except (OSError, ValueError):  # advice only
-        pass
-
-
-def load_case_arrays(results_dir: str | Path, case_id: str) -> dict[str, np.ndarray]:
-    """Read the arrays of one case (``ct``, ``mask``, ``attribution``, ``region_map``,
-    ``affine``, ...), as saved by :func:`save_case_arrays`: same names, shapes and dtypes.
-
-    Uncompressed members are memory-mapped copy-on-write (writable; changes stay in this
-    process and never reach the file), so this returns in milliseconds and pages are read
-    when used; the kernel starts reading the dense members in the background.  Sparse
-    members become ordinary arrays (zeros, then the stored values).  Deflated files (written
-    before the uncompressed layout) are read whole, as ``numpy.load`` reads them.
-    """
-    path = Path(results_dir) / "cases" / f"{case_id}.npz"
-    out: dict[str, np.ndarray] = {}
-    with open(path, "rb") as fh, zipfile.ZipFile(fh) as zf:
-        infos = {i.filename: i for i in zf.infolist()}
-        stored = any(i.compress_type == zipfile.ZIP_STORED and i.file_size for i in infos.values())
-        mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY) if stored else None
-        ahead: list[tuple[int, int]] = []
-
-        def member(name: str, *, prefetch: bool = True) -> np.ndarray:
-            arr, offset = _mapped_npy(fh, mm, infos[name])
-            if arr is None:
-                with zf.open(infos[name]) as stream:
-                    return np.lib.format.read_array(stream, allow_pickle=False)
-            if prefetch:
-                ahead.append((offset, arr.nbytes))
-            return arr
-
-        if _LAYOUT_MEMBER in infos:
-            layout = json.loads(zf.read(_LAYOUT_MEMBER))["arrays"]
-        else:  # files of earlier versions (deflated): every member is one array
-            layout = {n[:-4]: {"layout": "dense"} for n in infos if n.endswith(".npy")}
-        for name, spec in layout.items():
-            if spec["layout"] == "sparse":
-                arr = _lean_zeros(tuple(spec["shape"]), np.dtype(spec["dtype"]))
-                arr.reshape(-1)[member(f"{name}.nz-index.npy", prefetch=False)] = \
-                    member(f"{name}.nz-value.npy", prefetch=False)
-            else:
-                arr = member(f"{name}.npy")
-            out[name] = arr
-        for offset, length in ahead:
-            _will_need(mm, offset, length)
-    return out
+# -- arrays: discovery.store.arrays (re-exported here) --------------------------------
