@@ -11,6 +11,10 @@ import logging
 import sys
 from pathlib import Path
 
+#: ``discovery train --lr`` default: ``TrainSettings.lr`` (a test checks they agree), written
+#: here so that building the parser imports neither torch nor MONAI.
+DEFAULT_LR = 1e-3
+
 __all__ = ["main"]
 
 
@@ -274,7 +278,7 @@ def _start_background_sanity(args, results: Path):
         return None
     from discovery import background
 
-    from discovery.explain.methods import METHODS
+    from discovery.explain.catalog import METHODS
 
     methods = [m.strip() for m in args.sanity.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
@@ -331,7 +335,6 @@ def _labels_arg(text: str):
 
 def _add_train(sub) -> None:
     from discovery.model.rois import DEFAULT_INPUT_WINDOWS, HU_WINDOWS
-    from discovery.model.train import TrainSettings
 
     t = sub.add_parser("train", help="train the nodule classifier on a cohort")
     t.add_argument("cohort", nargs="+", help="cohort folder(s) (case folders, + truth.csv "
@@ -347,8 +350,8 @@ def _add_train(sub) -> None:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--epochs", type=int, default=40)
     t.add_argument("--patience", type=int, default=10)
-    t.add_argument("--lr", type=float, default=TrainSettings.lr,
-                   help=f"AdamW learning rate, cosine-annealed (default {TrainSettings.lr:g})")
+    t.add_argument("--lr", type=float, default=DEFAULT_LR,
+                   help=f"AdamW learning rate, cosine-annealed (default {DEFAULT_LR:g})")
     t.add_argument("--stages", type=int, choices=(2, 3, 4), default=None,
                    help="residual stages before global pooling (default 3)")
     t.add_argument("--rotate-deg", type=float, default=0.0,
@@ -365,7 +368,7 @@ def _add_train(sub) -> None:
 
 
 def _add_sanity(sub) -> None:
-    from discovery.explain.methods import METHODS
+    from discovery.explain.catalog import METHODS
 
     q = sub.add_parser("sanity", help="randomisation test and deletion/insertion curves of the maps")
     q.add_argument("source", help="results folder (from `discovery score`) or cohort folder")
@@ -393,7 +396,7 @@ def _add_sanity(sub) -> None:
 
 def _add_score(sub) -> None:
     from data_tools.layouts import LAYOUTS
-    from discovery.explain.methods import METHODS
+    from discovery.explain.catalog import METHODS
 
     c = sub.add_parser("score", help="score a folder of cases (or a manifest CSV)")
     c.add_argument("input", help="folder of case folders, one case folder, or manifest CSV")

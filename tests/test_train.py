@@ -275,3 +275,20 @@ def test_training_standardises_each_input_channel_on_the_training_split(tmp_path
     # statistics already on the card are kept (e.g. a card trained before)
     again = train_model(data, tmp_path / "n", settings=s, card=saved)
     assert again.architecture["input_mean"] == mean
+
+
+def test_command_line_defaults_match_the_library_and_the_parser_needs_no_torch():
+    import subprocess
+    import sys
+
+    from discovery.cli import DEFAULT_LR
+    from discovery.explain import catalog, methods
+    from discovery.model.train import TrainSettings
+
+    assert DEFAULT_LR == TrainSettings.lr
+    assert methods.METHODS is catalog.METHODS and methods.CAM_METHODS is catalog.CAM_METHODS
+    # `discovery --help` and `discovery app` build the parser: it must not pull in torch
+    code = ("import sys; import discovery.cli as c; c.build_parser(); "
+            "print(sorted(m for m in ('torch', 'monai', 'captum', 'sklearn') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

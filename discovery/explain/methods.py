@@ -54,14 +54,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from discovery.explain.catalog import CAM_METHODS, FUSED_METHODS, IG_STEPS, METHODS
+
 __all__ = ["AttributionInfo", "explain", "predict_and_explain", "resolve_layer", "layer_activations",
            "method_layer", "METHODS", "CAM_METHODS", "FUSED_METHODS", "FUSION_LAYERS",
            "FUSION_GAMMA", "IG_STEPS", "OCCLUSION_WINDOW", "OCCLUSION_STRIDE"]
 
-CAM_METHODS = ("gradcam", "gradcam++", "hirescam", "layercam")
-#: CAMs of two layers combined (module docstring); ``layer`` is ``"fine+coarse"``.
-FUSED_METHODS = ("layercam-fused", "gradcam-refined")
-METHODS = CAM_METHODS + FUSED_METHODS + ("integrated_gradients", "occlusion")
 
 #: The fused methods' default layers, fine first: 16^3 cells of 3 mm and 8^3 cells of 6 mm on
 #: the demo model's 48 mm ROI.
@@ -69,8 +67,6 @@ FUSION_LAYERS = ("layer2", "layer3")
 #: ``layercam-fused``: the scale of Jiang et al.'s ``tanh(gamma * M / max M)`` (their value).
 FUSION_GAMMA = 2.0
 
-#: Integrated Gradients: Riemann steps (each one forward + backward per ROI).
-IG_STEPS = 32
 #: Occlusion: cube edge and stride in ROI voxels (8 voxels = 12 mm at the demo's 1.5 mm).
 OCCLUSION_WINDOW = 8
 OCCLUSION_STRIDE = 4
