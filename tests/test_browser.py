@@ -224,3 +224,36 @@ def test_review_app_in_chromium(results, tmp_path):
         for path in shots.values():
             shutil.copy2(path, Path(out) / path.name)
     print("browser test timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
+
+
+def test_overview_follows_the_background_checks_without_a_reload(tmp_path):
+    """`discovery app --sanity` runs the checks behind the app: the Overview shows their
+    progress as the progress file changes, and when they end the page reruns by itself (the
+    progress bar goes; here the tiny results hold no sanity rows, so 'not checked' shows)."""
+    if not CHROMIUM.is_file():
+        pytest.fail(f"DISCOVERY_REQUIRE_BROWSER=1 but there is no Chromium at {CHROMIUM}")
+    from playwright.sync_api import sync_playwright
+
+    from discovery import background
+
+    res = build_tiny_results(tmp_path / "results")
+    state = {"stage": "MoRF/LeRF, imputed (gradcam)", "total": 50, "methods": ["gradcam"],
+             "pid": os.getpid(), "started": time.time()}
+    background.write_progress(res, state="running", done=3, **state)
+    with running_app(res, log_path=tmp_path / "app.log") as url, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport=VIEWPORT)
+            page.goto(url, timeout=FIRST_LOAD_MS)
+            page.wait_for_selector("text=running in the background", timeout=FIRST_LOAD_MS)
+            assert page.locator("text=3 of 50").count() == 1
+            assert page.locator("text=is being checked now").count() == 1
+            background.write_progress(res, state="running", done=40, **state)
+            page.wait_for_selector("text=40 of 50", timeout=TIMEOUT_MS)
+            background.write_progress(res, state="done", done=50, **state)
+            page.wait_for_selector("text=running in the background", state="detached",
+                                   timeout=TIMEOUT_MS)
+            page.wait_for_selector("text=was not checked", timeout=TIMEOUT_MS)
+            _no_errors(page, "overview")
+        finally:
+            browser.close()
