@@ -68,9 +68,12 @@ def run(model_dir: str | None) -> tuple[list[dict], dict]:
         with _measure(rows, "analyze_scan (all below)"):
             result = analyze_scan(volume, mask, model, card, case_id="case-bench", timings=timings)
         labels = {"roi": "  ROI resampling", "model": "  classify + Grad-CAM",
-                  "align": "  map to scan grid + alignment", "offmask": "  off-mask regions"}
-        for key, label in labels.items():
-            rows.append({"stage": label, "seconds": timings.get(key, 0.0), "peak_rss_mib": float("nan")})
+                  "reliance": "  reliance on the nodule (nodule and control replaced, re-scored)",
+                  "align": "  map to scan grid + alignment", "offmask": "  off-mask regions",
+                  "descriptors": "  lung field and region descriptors"}
+        for key in timings:  # every stage analyze_scan timed, the unnamed ones by their key
+            rows.append({"stage": labels.get(key, f"  {key}"), "seconds": timings[key],
+                         "peak_rss_mib": float("nan")})
         rest = rows[2]["seconds"] - sum(timings.values())
         rows.append({"stage": "  nodule sites, full-grid maps (rest)", "seconds": rest, "peak_rss_mib": float("nan")})
         with _measure(rows, "save viewer arrays (Zarr)"):
