@@ -9,9 +9,10 @@ STAMP  := $(VENV)/.installed
 DEMO   ?= demo
 PORT   ?= 8501
 CASES  ?= 40
+WORKERS ?= 2
 SANITY ?= gradcam,gradcam++,hirescam,layercam,integrated_gradients
 
-.PHONY: install test demo demo-data demo-sanity screenshots bench bench-discovery docs clean
+.PHONY: install test demo demo-scored demo-data demo-sanity screenshots bench bench-discovery docs clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -23,18 +24,21 @@ install: $(STAMP)
 test: install
 	$(PY) -m pytest -q
 
-demo-data: install
+demo-scored: install
 	@test ! -d $(DEMO)/results || $(PY) -m discovery.batch.current $(DEMO)/results || (echo "scoring the demo again" && rm -rf $(DEMO)/results)
-	@test -f $(DEMO)/cohort/truth.json || $(VENV)/bin/discovery sample $(DEMO)/cohort --cases $(CASES) --seed 7 --config sample_data/demo_model/cohort.json
-	@test -f $(DEMO)/results/findings.csv || $(VENV)/bin/discovery score $(DEMO)/cohort --out $(DEMO)/results --labels $(DEMO)/cohort/truth.csv
+	@test -f $(DEMO)/cohort/truth.json || $(VENV)/bin/discovery sample $(DEMO)/cohort --cases $(CASES) --seed 7 --config sample_data/demo_model/cohort.json --workers $(WORKERS)
+	@test -f $(DEMO)/results/findings.csv || $(VENV)/bin/discovery score $(DEMO)/cohort --out $(DEMO)/results --labels $(DEMO)/cohort/truth.csv --workers $(WORKERS)
+
+demo-data: demo-scored
 	$(VENV)/bin/discovery report $(DEMO)/results --format html --out $(DEMO)/results/report.html
 
 # the faithfulness checks, in the foreground (make demo runs them behind the app)
 demo-sanity: demo-data
 	$(PY) -m discovery.background $(DEMO)/results --if-needed --methods $(SANITY) --max-nodules 50 --report $(DEMO)/results/report.html
 
-demo: demo-data
-	@echo "report: $(DEMO)/results/report.html (written again when the faithfulness checks are done)"
+# the app comes up right after scoring; the report and the faithfulness checks follow behind it
+demo: demo-scored
+	@echo "report: $(DEMO)/results/report.html (written behind the app, and again when the faithfulness checks are done)"
 	$(VENV)/bin/discovery app $(DEMO)/results --port $(PORT) --sanity $(SANITY) --sanity-max-nodules 50 --report $(DEMO)/results/report.html
 
 # the test copies the results folder before writing its review into it

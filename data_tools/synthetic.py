@@ -692,10 +692,42 @@ def _clear_previous(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
 
 
+def _write_one(out: Path, seed: int, config: SyntheticConfig, index: int) -> tuple[dict, list]:
+    """Generate and write case *index* of a cohort; its truth record and truth.csv rows."""
+    case = generate_case(seed, config=config, index=index)
+    write_case(case, out / case.case_dir,
+               planted_path=out / "_truth" / f"{case.case_dir}_planted.nii.gz")
+    rows = [{"case_dir": case.case_dir, "nodule_label": n["label"],
+             "malignant": int(n["malignant"]), "diameter_mm": n["diameter_mm"],
+             "margin": n["margin"], "center_z": n["center_zyx"][0],
+             "center_y": n["center_zyx"][1], "center_x": n["center_zyx"][2],
+             "has_pleural_tail": int(n["has_pleural_tail"]),
+             "has_marker_bead": int(n["has_marker_bead"]),
+             "has_granuloma": int(n["has_granuloma"]),
+             "has_satellite_nodule": int(n["has_satellite_nodule"]),
+             "has_ground_glass_halo": int(n["has_ground_glass_halo"])} for n in case.nodules]
+    return _case_record(case), rows
+
+
+def _written_cases(out: Path, n_cases: int, seed: int, config: SyntheticConfig, workers: int):
+    """``(record, rows)`` of each case in index order, written here or on *workers* processes."""
+    if workers == 1 or n_cases == 1:
+        for i in range(n_cases):
+            yield _write_one(out, seed, config, i)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=min(workers, n_cases),
+                             mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield from pool.map(_write_one, [out] * n_cases, [seed] * n_cases,
+                            [config] * n_cases, range(n_cases))
+
+
 def generate_cohort(out_dir: str | Path, *, n_cases: int, seed: int,
                     config: SyntheticConfig = SyntheticConfig(),
                     progress: Callable[[int, int], None] | None = None,
-                    overwrite: bool = False) -> Path:
+                    overwrite: bool = False, workers: int = 1) -> Path:
     """Generate and write *n_cases* cases plus the truth manifest.
 
     Parameters
@@ -711,6 +743,10 @@ def generate_cohort(out_dir: str | Path, *, n_cases: int, seed: int,
     progress : callable(done, total), optional
         Called after each case is written.
     overwrite : bool
+    workers : int
+        Processes writing cases at once (>= 1; spawned, so they share nothing with the
+        caller).  Every case depends only on ``(seed, index)``: the cohort is the same for
+        any number of workers.
 
     Returns
     -------
@@ -719,6 +755,7 @@ def generate_cohort(out_dir: str | Path, *, n_cases: int, seed: int,
     """
     check_int("n_cases", n_cases, 1)
     check_int("seed", seed)
+    check_int("workers", workers, 1)
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         if not overwrite:
@@ -727,21 +764,9 @@ def generate_cohort(out_dir: str | Path, *, n_cases: int, seed: int,
         _clear_previous(out)
     (out / "_truth").mkdir(parents=True, exist_ok=True)
     records, rows = [], []
-    for i in range(n_cases):
-        case = generate_case(seed, config=config, index=i)
-        write_case(case, out / case.case_dir,
-                   planted_path=out / "_truth" / f"{case.case_dir}_planted.nii.gz")
-        records.append(_case_record(case))
-        for n in case.nodules:
-            rows.append({"case_dir": case.case_dir, "nodule_label": n["label"],
-                         "malignant": int(n["malignant"]), "diameter_mm": n["diameter_mm"],
-                         "margin": n["margin"], "center_z": n["center_zyx"][0],
-                         "center_y": n["center_zyx"][1], "center_x": n["center_zyx"][2],
-                         "has_pleural_tail": int(n["has_pleural_tail"]),
-                         "has_marker_bead": int(n["has_marker_bead"]),
-                         "has_granuloma": int(n["has_granuloma"]),
-                         "has_satellite_nodule": int(n["has_satellite_nodule"]),
-                         "has_ground_glass_halo": int(n["has_ground_glass_halo"])})
+    for i, (record, case_rows) in enumerate(_written_cases(out, n_cases, seed, config, workers)):
+        records.append(record)
+        rows += case_rows
         log.info("synthetic cohort: wrote case %d of %d", i + 1, n_cases)
         if progress is not None:
             progress(i + 1, n_cases)

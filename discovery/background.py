@@ -80,7 +80,8 @@ def needs_sanity(results_dir: str | Path, methods: Sequence[str]) -> bool:
     from discovery.store.tables import ResultsStore
 
     progress = read_progress(results_dir)
-    if progress is not None and progress.get("state") == "running":
+    if (progress is not None and progress.get("state") == "running"
+            and progress.get("pid") != os.getpid()):     # another process runs them
         return False
     store = ResultsStore(results_dir, create=False)
     try:
@@ -94,7 +95,10 @@ def start(results_dir: str | Path, *, methods: Sequence[str], max_nodules: int |
           model_dir: str | Path | None = None,
           report: str | Path | None = None) -> subprocess.Popen | None:
     """Start the sanity checks of *results_dir* in a background process, unless they are
-    stored already or running (:func:`needs_sanity`).
+    stored already or running (:func:`needs_sanity`) and the *report* exists.
+
+    The process writes a missing *report* first (a few seconds), then runs the checks that
+    are needed, then writes the report again so that it holds them.
 
     Parameters
     ----------
@@ -108,7 +112,7 @@ def start(results_dir: str | Path, *, methods: Sequence[str], max_nodules: int |
         The tool's model folder the results were scored with (default: the demo model); a
         different model is refused by the checks, and the app shows why.
     report : path, optional
-        The HTML report to write again when the checks are done.
+        The HTML report: written first when it is missing, and again when the checks are done.
 
     Returns
     -------
@@ -117,10 +121,11 @@ def start(results_dir: str | Path, *, methods: Sequence[str], max_nodules: int |
         when nothing needed to run.
     """
     results_dir = Path(results_dir).resolve()
-    if not needs_sanity(results_dir, methods):
+    report_missing = report is not None and not Path(report).exists()
+    if not needs_sanity(results_dir, methods) and not report_missing:
         return None
     cmd = [sys.executable, "-m", "discovery.background", str(results_dir), "--nice",
-           "--methods", ",".join(methods)]
+           "--if-needed", "--methods", ",".join(methods)]
     if max_nodules is not None:
         cmd += ["--max-nodules", str(int(max_nodules))]
     if model_dir is not None:
@@ -185,30 +190,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     results, methods = Path(args.results), [m for m in args.methods.split(",") if m]
-    if args.if_needed and not needs_sanity(results, methods):
+    needed = not args.if_needed or needs_sanity(results, methods)
+    missing = args.report is not None and not Path(args.report).exists()
+    if not needed and not missing:
         log.info("the faithfulness checks of %s are stored already", ", ".join(methods))
         return 0
     if args.nice and hasattr(os, "nice"):
         os.nice(10)                                   # the app first
     report = _Reporter(results, methods)
-    report("loading the model", 0, 0, force=True)
     try:
-        from discovery.batch.sanity import run_sanity
+        if missing:
+            report("writing the report (before the checks)", 0, 0, force=True)
+            _write_report(results, args.report)
+        n_nodules = 0
+        if needed:
+            report("loading the model", 0, 0, force=True)
+            from discovery.batch.sanity import run_sanity
 
-        summary = run_sanity(results, methods=methods, max_nodules=args.max_nodules,
-                             model_dir=args.model, progress=report)
-        if args.report:
-            report("writing the report", 0, 0, force=True)
-            from discovery.report.write import write_report
-
-            write_report(results, args.report, fmt="html")
+            n_nodules = run_sanity(results, methods=methods, max_nodules=args.max_nodules,
+                                   model_dir=args.model, progress=report).n_nodules
+            if args.report:
+                report("writing the report", 0, 0, force=True)
+                _write_report(results, args.report)
     except Exception as exc:  # noqa: BLE001 -- any failure is recorded for the app to show
         log.exception("background sanity checks failed")
         report("failed", 0, 0, force=True, state="failed",
                message=f"{type(exc).__name__}: {exc}")
         return 1
-    report("done", summary.n_nodules, summary.n_nodules, force=True, state="done")
+    report("done", n_nodules, n_nodules, force=True, state="done")
     return 0
+
+
+def _write_report(results: Path, path: str) -> None:
+    from discovery.report.write import write_report
+
+    write_report(results, path, fmt="html")
 
 
 if __name__ == "__main__":

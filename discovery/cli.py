@@ -77,6 +77,7 @@ def cmd_sample(args) -> int:
     with _progress() as bar:
         task = bar.add_task("generating cases", total=args.cases, note="")
         generate_cohort(Path(args.out), n_cases=args.cases, seed=args.seed, config=config,
+                        workers=args.workers,
                         progress=lambda done, total: bar.update(task, completed=done))
     _console().print(f"wrote {args.cases} synthetic cases (seed {args.seed}) and truth.json")
     return 0
@@ -309,6 +310,9 @@ def _add_sample(sub) -> None:
     s.add_argument("out", help="output folder")
     s.add_argument("--cases", type=int, default=8)
     s.add_argument("--seed", type=int, default=7)
+    s.add_argument("--workers", type=_at_least_one, default=1,
+                   help="processes writing cases at once (default 1; the cohort is the same "
+                        "for any number)")
     s.add_argument("--config", default=None,
                    help="JSON file of SyntheticConfig fields replacing the defaults (the demo "
                         "model's cohort: sample_data/demo_model/cohort.json)")

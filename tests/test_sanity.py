@@ -257,6 +257,16 @@ def test_background_checks_write_progress_store_and_report(scored, tmp_path):
     before = (res / background.PROGRESS_FILE).read_text()
     assert background.main([str(res), "--methods", "gradcam", "--if-needed"]) == 0
     assert (res / background.PROGRESS_FILE).read_text() == before
+    # ... unless the report is missing: it is written (the checks are not run again)
+    stored = ResultsStore(res, create=False)
+    rows_before = stored.sanity()[1]
+    second = tmp_path / "second.html"
+    assert background.main([str(res), "--methods", "gradcam", "--if-needed",
+                            "--report", str(second)]) == 0
+    assert second.is_file() and "sanity checks" in second.read_text()
+    assert background.read_progress(res)["state"] == "done"
+    assert stored.sanity()[1].equals(rows_before)
+    stored.close()
 
 
 def test_background_failure_and_dead_process_are_reported(scored, tmp_path):
@@ -279,10 +289,13 @@ def test_background_failure_and_dead_process_are_reported(scored, tmp_path):
     background.write_progress(res, state="running", stage="x", done=1, total=2, pid=2 ** 22 + 7)
     assert background.read_progress(res)["state"] == "interrupted"
     assert background.needs_sanity(res, ["gradcam"])
-    # a live process: nothing new is started
+    # another live process runs them: nothing new is started (this process's own file is
+    # the one a background process finds when it starts: that one does not count)
     import os
-    background.write_progress(res, state="running", stage="x", done=1, total=2, pid=os.getpid())
+    background.write_progress(res, state="running", stage="x", done=1, total=2, pid=os.getppid())
     assert not background.needs_sanity(res, ["gradcam"])
+    background.write_progress(res, state="running", stage="x", done=1, total=2, pid=os.getpid())
+    assert background.needs_sanity(res, ["gradcam"])
     (res / background.PROGRESS_FILE).write_text("{not json")
     assert background.read_progress(res)["state"] == "failed"
 
