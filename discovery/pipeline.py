@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from data_tools.volume import Mask, Volume
 from discovery.align.localization import Localization, localization_summary
@@ -37,6 +38,7 @@ from discovery.explain.methods import (
     predict_and_explain,
 )
 from discovery.model.card import ModelCard
+from discovery.model.domain import Applicability, applicability
 from discovery.model.reliance import Reliance, RelianceSettings, nodule_reliance
 from discovery.model.rois import (
     NoduleSite,
@@ -155,6 +157,7 @@ class NoduleResult:
     info: AttributionInfo
     contexts: list[RegionContext] = field(default_factory=list)
     reliance: Reliance = NOT_MEASURED
+    applicability: Applicability = Applicability((), "")
 
     @property
     def nodule_id(self) -> str:
@@ -278,14 +281,17 @@ def analyze_scan(
                                     settings=settings.reliance)
     with _stage(timings, "descriptors"):
         scene = _scene(volume, rois)
+    with _stage(timings, "applicability"):
+        fits = _applicability(volume, mask, sites, rois, card)
     results: list[NoduleResult] = []
     region_index: list[tuple[str, int]] = []
-    for site, roi, prob, roi_map, act, rel in zip(sites, rois, probs, maps, acts, reliances):
+    for site, roi, prob, roi_map, act, rel, fit in zip(sites, rois, probs, maps, acts,
+                                                       reliances, fits):
         p1 = float(prob[1])
         nodule = _analyze_nodule(volume, mask, scene, site, roi, roi_map, act, settings=settings,
                                  timings=timings, probability=p1,
                                  predicted_label=int(p1 >= card.threshold), info=info,
-                                 reliance=rel)
+                                 reliance=rel, applicability=fit)
         box, labels = nodule.box, nodule.region_labels
         np.maximum(attribution[box], nodule.attribution, out=attribution[box])
         for region in nodule.regions:
@@ -293,6 +299,26 @@ def analyze_scan(
             region_map[box][labels == region.region_index] = len(region_index)
         results.append(nodule)
     return CaseResult(case_id, results, attribution, region_map, region_index, "ok")
+
+
+def _applicability(volume: Volume, mask: Mask, sites: list[NoduleSite], rois: list[Roi],
+                   card: ModelCard) -> list[Applicability]:
+    """The applicability flags of every nodule (:func:`discovery.model.domain.applicability`):
+    its mask's bounding box in mm against the model's field of view, the scan and the nodule
+    against the card's training domain."""
+    spacing = np.asarray(volume.spacing_mm, dtype=float)
+    boxes = ndimage.find_objects(mask.array)          # labels >= 0 (data_tools.volume.Mask)
+    domain = card.domain
+    out = []
+    for site, roi in zip(sites, rois):
+        box = boxes[site.label - 1] if site.label - 1 < len(boxes) else None
+        extent = ([(s.stop - s.start) * sp for s, sp in zip(box, spacing)] if box is not None
+                  else [0.0, 0.0, 0.0])
+        out.append(applicability(domain=domain, field_of_view_mm=card.field_of_view_mm,
+                                 spacing_mm=spacing, extent_mm=extent,
+                                 volume_mm3=site.volume_mm3,
+                                 roi_input=network_input(roi.hu, card)))
+    return out
 
 
 def _score_rois(rois: list[Roi], model: torch.nn.Module, card: ModelCard,
@@ -343,7 +369,8 @@ def _scene(volume: Volume, rois: list[Roi]) -> _Scene:
 def _analyze_nodule(volume: Volume, mask: Mask, scene: _Scene, site: NoduleSite, roi: Roi,
                     roi_map: np.ndarray, act: np.ndarray, *, settings: ScoreSettings,
                     timings: dict[str, float] | None, probability: float, predicted_label: int,
-                    info: AttributionInfo, reliance: Reliance = NOT_MEASURED) -> NoduleResult:
+                    info: AttributionInfo, reliance: Reliance = NOT_MEASURED,
+                    applicability: Applicability = Applicability((), "")) -> NoduleResult:
     """Alignment, localisation, off-mask regions and their contexts of one nodule."""
     spacing = volume.spacing_mm
     annotated = mask.array > 0
@@ -367,6 +394,7 @@ def _analyze_nodule(volume: Volume, mask: Mask, scene: _Scene, site: NoduleSite,
         site=site, probability=probability, predicted_label=predicted_label, alignment=alignment,
         localization=localization, regions=regions, box=box, attribution=attr,
         region_labels=labels, info=info, contexts=contexts, reliance=reliance,
+        applicability=applicability,
     )
 
 

@@ -47,6 +47,10 @@ def main(argv=None) -> int:
                     help="JSON file of SyntheticConfig fields replacing the defaults")
     ap.add_argument("--workers", type=int, default=2,
                     help="processes generating the cases (the ROIs do not depend on it)")
+    ap.add_argument("--domain-only", action="store_true",
+                    help="keep the trained model; regenerate its training cohort's ROIs and "
+                         "write only their training domain into OUT/model.json (what the "
+                         "card of a model trained before the domain existed lacks)")
     args = ap.parse_args(argv)
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     t0 = time.perf_counter()
@@ -69,12 +73,36 @@ def main(argv=None) -> int:
             np.savez(cache, x=data.x, y=data.y, group=data.group,
                      case_ids=np.asarray(data.case_ids), cohort_hash=data.cohort_hash)
     log(f"{args.cases} cases, {len(data.y)} nodules ({int(data.y.sum())} malignant)")
+    if args.domain_only:
+        return _write_domain(Path(args.out), data, log)
     settings = TrainSettings(epochs=args.epochs, patience=10, lr=2e-3, seed=0)
     card = train_model(data, args.out, settings=settings, card=card,
                        progress=lambda e, n, h: log(f"epoch {e}/{n} loss {h['loss']:.3f} "
                                                     f"val AUROC {h['val_auroc']:.3f}"))
     test = card.metrics["test"]
     log(f"held-out test AUROC {test['auroc']:.3f} on {test['n']} nodules; written to {args.out}")
+    return 0
+
+
+def _write_domain(out: Path, data: RoiDataset, log) -> int:
+    """Write the training split's domain into the committed card (the weights untouched)."""
+    import dataclasses
+    import json
+
+    from discovery.model.card import CARD_NAME
+    from discovery.model.card import load_model as load
+
+    _, card = load(out)
+    train_ids = set(card.training["split"]["train"]["case_ids"])
+    rows = [i for i, g in enumerate(data.group) if data.case_ids[g] in train_ids]
+    if data.spacing_mm is None:
+        raise SystemExit("the ROIs cache predates spacings and volumes; run without --rois-cache")
+    domain = data.domain(rows, source="make_demo_model.py --domain-only: the training split's "
+                                      "ROIs, regenerated from the cohort seed")
+    card = dataclasses.replace(card, training_domain=domain.to_dict())
+    (out / CARD_NAME).write_text(card.to_json() + "\n")
+    log(f"training domain of {domain.n_rois} ROIs written to {out / CARD_NAME}: "
+        f"{json.dumps(domain.to_dict())}")
     return 0
 
 

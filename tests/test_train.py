@@ -39,6 +39,24 @@ def test_train_writes_a_complete_card_and_is_deterministic(tmp_path):
         assert key in card.metrics["test"]
     assert card.metrics["heldout_auroc"] == card.metrics["test"]["auroc"]
     assert card.training["cohort_case_list_sha256"] == "hash"
+    assert card.training_domain == {}       # the toy set records no spacings: domain unknown
+
+
+def test_train_records_the_training_splits_domain(tmp_path):
+    data = _toy()
+    n = len(data.y)
+    data = RoiDataset(data.x, data.y, data.group, data.case_ids, "hash",
+                      spacing_mm=np.tile([[2.5, 0.7, 0.7]], (n, 1)) * (1 + np.arange(n)[:, None] / n),
+                      volume_mm3=np.linspace(100.0, 900.0, n))
+    s = TrainSettings(epochs=1, patience=5, batch_size=6, seed=3)
+    card = train_model(data, tmp_path / "m", settings=s, card=_tiny_card())
+    dom = card.domain
+    train_rows = np.flatnonzero(np.isin(data.group, [data.case_ids.index(c) for c in
+                                                     card.training["split"]["train"]["case_ids"]]))
+    assert dom.slice_thickness_mm == pytest.approx((data.spacing_mm[train_rows, 0].min(),
+                                                     data.spacing_mm[train_rows, 0].max()))
+    assert dom.n_rois == len(train_rows) and set(dom.roi_statistics) == {"mean_c0", "std_c0"}
+    assert load_model(tmp_path / "m")[1].domain == dom
 
 
 def test_evaluate_by_hand():
@@ -135,6 +153,9 @@ def test_synthetic_rois_match_the_truth_and_are_seeded():
     assert seen == [(1, 3), (2, 3), (3, 3)]
     b = synthetic_rois(5, 3, card, config=small)
     np.testing.assert_array_equal(a.x, b.x)
+    assert a.spacing_mm.shape == (len(truth), 3) and (a.spacing_mm[:, 0] >= 2.0).all()
+    assert len(a.volume_mm3) == len(truth) and (a.volume_mm3 > 0).all()
+    assert a.domain(source="t").pixel_spacing_mm[1] <= 2.4
     assert a.cohort_hash == b.cohort_hash != synthetic_rois(6, 3, card, config=small).cohort_hash
     with pytest.raises(ValueError, match="n_cases"):
         synthetic_rois(5, 2, card, config=small)

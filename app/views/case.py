@@ -199,8 +199,22 @@ def metrics_table(row: pd.Series) -> pd.DataFrame:
                          "Meaning": [common.METRIC_HELP.get(k, RELIANCE_HELP) for k in values]})
 
 
+def applicability_warning(row: pd.Series) -> str | None:
+    """The warning beside the verdict when the model is used outside what it knows
+    (``applicability`` flags, :mod:`discovery.model.domain`); None when the nodule is inside
+    everything checked, or the results predate the flags."""
+    code = row.get("applicability")
+    if not isinstance(code, str) or code in ("", "ok"):
+        return None
+    return (f"Read this verdict with care — the model is used outside what it knows: {code}. "
+            f"{row.get('applicability_detail') or ''}").strip()
+
+
 def metrics_and_review(store, row: pd.Series, item_id: str, nodule_id: str) -> None:
     st.subheader(f"Nodule {nodule_id}")
+    warning = applicability_warning(row)
+    if warning:
+        st.warning(warning, icon=":material/warning:")
     st.table(metrics_table(row), hide_index=True)
     extra = f"Volume {fmt(row['volume_mm3'])} mm³"
     if row["status"] != "ok":

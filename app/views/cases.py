@@ -70,8 +70,10 @@ else:
     m2.metric("Left to review", left)
     m3.metric("Shown", len(view))
 
+    if "applicability" not in view.columns:          # results scored before the flags
+        view = view.assign(applicability="")
     columns = ["case_id", "nodule_id", "probability", "predicted_label", "verdict",
-               "rests_on_nodule", "rma", "rra",
+               "applicability", "rests_on_nodule", "rma", "rra",
                "pointing_hit", "peak_distance_mm", "n_offmask_regions", "clusters", "flagged",
                "status", "review_status", "reviews"]
     st.caption("Click a column header to sort.")
@@ -84,6 +86,11 @@ else:
                 "P(malignant)", min_value=0.0, max_value=1.0, format="%.2f"),
             "predicted_label": "Predicted",
             "verdict": st.column_config.TextColumn("Verdict", help=common.METRIC_HELP["verdict"]),
+            "applicability": st.column_config.TextColumn(
+                "Applicability", help="ok, or why the model is used outside what it knows: "
+                "larger-than-roi (it sees part of the nodule), slice-thickness, pixel-spacing, "
+                "nodule-size, intensity (unlike its training images), domain-unknown (its "
+                "card records no training domain). The Case page says more."),
             "rests_on_nodule": st.column_config.TextColumn(
                 "Rests on nodule", help="Removing the nodule (replaced by parenchyma) lowers "
                 "P(malignant) by at least half, beyond a volume-matched control's change."),

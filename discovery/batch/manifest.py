@@ -48,7 +48,7 @@ _CHUNK = 1 << 20
 _HASH_VERSION = b"discovery-case-input-v1\0"
 #: the model card fields that change what a case's analysis computes
 _CARD_KEYS = ("architecture", "roi_size_vox", "roi_spacing_mm", "hu_window", "classes",
-              "gradcam_layer", "card_version")
+              "gradcam_layer", "card_version", "training_domain")
 
 FileMemo = dict[tuple[str, int, int], str]
 

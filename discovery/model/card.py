@@ -91,6 +91,10 @@ class ModelCard:
         Class names by output index; index 1 is the positive (malignant) class.
     gradcam_layer : str
         Dotted module name used by Grad-CAM by default.
+    training_domain : dict
+        What the training data covered (:class:`discovery.model.domain.TrainingDomain` as a
+        dict: spacing and nodule-size ranges, intensity statistics of the training ROIs);
+        empty when unknown.  Each scored nodule is checked against it (applicability flags).
     """
 
     architecture: dict[str, Any] = field(default_factory=default_architecture)
@@ -104,6 +108,7 @@ class ModelCard:
     weights_sha256: str = ""
     card_version: int = CARD_VERSION
     input_windows: tuple[tuple[float, float], ...] = ()
+    training_domain: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         windows = tuple(tuple(float(v) for v in w) for w in self.input_windows)
@@ -112,6 +117,22 @@ class ModelCard:
                 raise ValueError(f"HU windows must be finite (low, high) pairs with high > low; "
                                  f"received {w!r}")
         object.__setattr__(self, "input_windows", windows)
+        if self.training_domain:
+            from discovery.model.domain import TrainingDomain
+
+            TrainingDomain.from_dict(self.training_domain)      # ValueError naming the field
+
+    @property
+    def domain(self):
+        """The :class:`~discovery.model.domain.TrainingDomain`, or None when unknown."""
+        from discovery.model.domain import TrainingDomain
+
+        return TrainingDomain.from_dict(self.training_domain) if self.training_domain else None
+
+    @property
+    def field_of_view_mm(self) -> tuple[float, float, float]:
+        """The ROI's edge lengths ``(z, y, x)`` in mm: what the network sees of a nodule."""
+        return tuple(float(n) * float(s) for n, s in zip(self.roi_size_vox, self.roi_spacing_mm))
 
     @property
     def windows(self) -> tuple[tuple[float, float], ...]:

@@ -83,6 +83,20 @@ class RoiDataset:
     case_ids: list[str]
     cohort_hash: str
     labelling: LabelCounts | None = None
+    spacing_mm: np.ndarray | None = None      # (N, 3) the scan's (dz, dy, dx) of each ROI
+    volume_mm3: np.ndarray | None = None      # (N,) each nodule's volume
+
+    def domain(self, rows=None, *, source: str):
+        """The :class:`~discovery.model.domain.TrainingDomain` of ROIs *rows* (default all);
+        None when the spacings and volumes were not recorded."""
+        from discovery.model.domain import equivalent_diameter_mm, training_domain
+
+        if self.spacing_mm is None or self.volume_mm3 is None:
+            return None
+        rows = np.arange(len(self.y)) if rows is None else np.asarray(rows)
+        return training_domain(spacings_mm=self.spacing_mm[rows],
+                               diameters_mm=[equivalent_diameter_mm(v) for v in self.volume_mm3[rows]],
+                               roi_inputs=self.x[rows], source=source)
 
 
 def _label_source(labels, labels_csv) -> LabelSource:
@@ -128,11 +142,13 @@ def collect_rois(cohorts, card: ModelCard, *, labels=None, labels_csv: str | Pat
     cohorts = [Path(c) for c in ([cohorts] if isinstance(cohorts, (str, Path)) else cohorts)]
     source = _label_source(labels, labels_csv)
     counts = LabelCounts(source)
-    xs, cases = [], []
+    xs, cases, spacings, volumes = [], [], [], []
     for case in labelled_cases(cohorts, source, counts, progress=progress):
         for site in case.sites:
             xs.append(roi_input(case.volume, site.center_zyx, card))
             cases.append(case.case_id)
+            spacings.append(case.volume.spacing_mm)
+            volumes.append(site.volume_mm3)
     if not xs:
         hint = ("check the labels CSV" if source.kind != "lidc"
                 else "no nodule was rated by the readers or every median fell between the "
@@ -145,12 +161,13 @@ def collect_rois(cohorts, card: ModelCard, *, labels=None, labels_csv: str | Pat
     index = {cid: i for i, cid in enumerate(case_ids)}
     digest = hashlib.sha256("\n".join(case_ids).encode()).hexdigest()
     return RoiDataset(np.stack(xs).astype(np.float32), np.asarray(ys, np.int64),
-                      np.asarray([index[c] for c in cases]), case_ids, digest, labelling=counts)
+                      np.asarray([index[c] for c in cases]), case_ids, digest, labelling=counts,
+                      spacing_mm=np.asarray(spacings, float), volume_mm3=np.asarray(volumes, float))
 
 
 def _synthetic_case_rois(seed: int, config, card: ModelCard, indices) -> list[tuple]:
-    """``(case index, label, roi)`` for every nodule of the synthetic cases *indices*, in
-    case order and, within a case, in :func:`nodule_sites` order."""
+    """``(case index, label, roi, spacing_mm, volume_mm3)`` for every nodule of the synthetic
+    cases *indices*, in case order and, within a case, in :func:`nodule_sites` order."""
     from data_tools.synthetic import generate_case
 
     out = []
@@ -159,7 +176,8 @@ def _synthetic_case_rois(seed: int, config, card: ModelCard, indices) -> list[tu
         volume = Volume(c.hu, c.affine)
         malignant = {n["label"]: int(n["malignant"]) for n in c.nodules}
         for site in nodule_sites(Mask(c.mask, c.affine)):
-            out.append((i, malignant[site.label], roi_input(volume, site.center_zyx, card)))
+            out.append((i, malignant[site.label], roi_input(volume, site.center_zyx, card),
+                        volume.spacing_mm, site.volume_mm3))
     return out
 
 
@@ -215,7 +233,9 @@ def synthetic_rois(seed: int, n_cases: int, card: ModelCard, *, config=None,
                                        default=str).encode()).hexdigest()
     return RoiDataset(np.stack([r[2] for r in rows]).astype(np.float32),
                       np.asarray([r[1] for r in rows], np.int64),
-                      np.asarray([r[0] for r in rows]), case_ids, digest)
+                      np.asarray([r[0] for r in rows]), case_ids, digest,
+                      spacing_mm=np.asarray([r[3] for r in rows], float),
+                      volume_mm3=np.asarray([r[4] for r in rows], float))
 
 
 def _split(n_groups: int, s: TrainSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -521,4 +541,12 @@ def _trained_card(model, card: ModelCard, data: RoiDataset, settings: TrainSetti
         "history": history, "seconds": round(time.perf_counter() - t0, 1),
         "torch": torch.__version__, **_labels_record(data),
     }, metrics={"threshold": settings.threshold, "heldout_auroc": test["auroc"],
-                "test": test, "validation": val})
+                "test": test, "validation": val},
+        training_domain=_domain_record(data, idx["train"]))
+
+
+def _domain_record(data: RoiDataset, rows) -> dict:
+    """The training split's :class:`~discovery.model.domain.TrainingDomain` as a card dict
+    (empty when the dataset did not record spacings and volumes)."""
+    domain = data.domain(rows, source="discovery train: the training split's ROIs")
+    return domain.to_dict() if domain is not None else {}

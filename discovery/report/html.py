@@ -99,8 +99,13 @@ def _nodule_section(row: pd.Series, arrays: dict[str, np.ndarray]) -> str:
         ("nodule volume (mm³)", fmt(row["volume_mm3"])),
     ]
     table = "".join(f'<tr><th class="l">{k}</th><td>{v}</td></tr>' for k, v in metrics)
+    code = row.get("applicability")
+    flagged = isinstance(code, str) and code not in ("", "ok")
+    caution = (f'<p class="warn">Read this verdict with care — the model is used outside what '
+               f'it knows: {html.escape(code)}. {html.escape(str(row.get("applicability_detail") or ""))}</p>'
+               if flagged else "")
     return f"""
-<div class="nodule"><h3>{html.escape(row['case_id'])} · {html.escape(row['nodule_id'])} {_badge(row['verdict'])}</h3>
+<div class="nodule"><h3>{html.escape(row['case_id'])} · {html.escape(row['nodule_id'])} {_badge(row['verdict'])}</h3>{caution}
 <div class="imgs">
 <figure>{_img(_zoom(plain), alt='lung window with mask contour')}<figcaption>axial slice {z + 1}, lung window (W1500/L-600); green: mask contour</figcaption></figure>
 <figure>{_img(_zoom(over), alt='Grad-CAM overlay')}<figcaption>Grad-CAM overlay; cyan: off-mask regions</figcaption></figure>

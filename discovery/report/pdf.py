@@ -694,6 +694,8 @@ def _metrics(doc: Doc, row) -> None:
          reliance_text(row.rests_on_nodule, row.p_without_nodule, row.p_without_control,
                        row.reliance_status)),
         ("flag score (drop in P)", fmt(row.flag_score)),
+        ("applicability (ok, or why the model is outside what it knows)",
+         str(getattr(row, "applicability", "") or "–")),
         ("relevance mass in mask (RMA)", fmt(row.rma)),
         ("relevance rank accuracy (RRA)", fmt(row.rra)),
         ("pointing game hit", fmt(row.pointing_hit)),

@@ -76,7 +76,7 @@ __all__ = [
     "StoreError", "store_exists", "sanity_summary",
 ]
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 DB_NAME = SQLITE_NAME
 #: The meta row every write transaction increments (:meth:`ResultsStore.version`).
 _WRITE_COUNT = "write_count"
@@ -86,7 +86,8 @@ FINDINGS_COLUMNS = [
     "case_id", "nodule_id", "probability", "predicted_label", "rma", "rra", "pointing_hit",
     "peak_distance_mm", "near_mass", "detection_auc", "otsu_dice", "otsu_iou", "ring_0_5",
     "ring_5_10", "ring_10_20", "verdict", "p_without_nodule", "p_without_control",
-    "rests_on_nodule", "reliance_status", "n_offmask_regions", "offmask_mass_share",
+    "rests_on_nodule", "reliance_status", "applicability", "applicability_detail",
+    "n_offmask_regions", "offmask_mass_share",
     "flag_score", "flagged", "flag_clusters", "volume_mm3", "center_z", "center_y", "center_x", "status", "error",
 ]
 #: Off-mask region descriptors (discovery.regions.offmask) plus the keys and cohort-level fields.
@@ -110,7 +111,7 @@ CLUSTER_REVIEW_CHOICES = ("artifact or shortcut", "known sign", "candidate new p
 
 _TEXT = {"case_id", "nodule_id", "verdict", "status", "error", "region_key", "description",
          "exemplars", "method", "layer", "module", "randomised", "direction", "relation",
-         "flag_clusters", "reliance_status"}
+         "flag_clusters", "reliance_status", "applicability", "applicability_detail"}
 #: Columns stored as text (the rest are numbers).
 TEXT_COLUMNS = frozenset(_TEXT)
 _INT = {"predicted_label", "n_offmask_regions", "region_index", "case_region", "n_voxels",
@@ -253,8 +254,9 @@ class ResultsStore:
                     f"the results store {self.location} has schema version {found}; this "
                     f"version of the tool writes version {SCHEMA_VERSION}. Score into a new "
                     "results folder: `discovery score INPUT --out NEW_RESULTS` with the same "
-                    "input, model and labels (version 9 adds the reliance on the nodule: "
-                    "p_without_nodule, p_without_control, rests_on_nodule).")
+                    "input, model and labels (version 10 adds each nodule's applicability "
+                    "flags: applicability, applicability_detail; version 9 the reliance on the "
+                    "nodule).")
             stored_id = json.loads(meta["results_id"]) if "results_id" in meta else None
             expected = (pointer or {}).get("results_id")
             if self.backend.kind == "postgresql" and found is not None and stored_id != expected:
