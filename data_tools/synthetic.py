@@ -31,7 +31,9 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import multiprocessing
 import shutil
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
@@ -698,30 +700,21 @@ def _write_one(out: Path, seed: int, config: SyntheticConfig, index: int) -> tup
     write_case(case, out / case.case_dir,
                planted_path=out / "_truth" / f"{case.case_dir}_planted.nii.gz")
     rows = [{"case_dir": case.case_dir, "nodule_label": n["label"],
-             "malignant": int(n["malignant"]), "diameter_mm": n["diameter_mm"],
-             "margin": n["margin"], "center_z": n["center_zyx"][0],
-             "center_y": n["center_zyx"][1], "center_x": n["center_zyx"][2],
-             "has_pleural_tail": int(n["has_pleural_tail"]),
-             "has_marker_bead": int(n["has_marker_bead"]),
-             "has_granuloma": int(n["has_granuloma"]),
-             "has_satellite_nodule": int(n["has_satellite_nodule"]),
-             "has_ground_glass_halo": int(n["has_ground_glass_halo"])} for n in case.nodules]
+             **dict(zip(("center_z", "center_y", "center_x"), n["center_zyx"])),
+             **{k: int(n[k]) if k == "malignant" or k.startswith("has_") else n[k]
+                for k in _CSV_COLUMNS[2:] if not k.startswith("center_")}}
+            for n in case.nodules]
     return _case_record(case), rows
 
 
 def _written_cases(out: Path, n_cases: int, seed: int, config: SyntheticConfig, workers: int):
     """``(record, rows)`` of each case in index order, written here or on *workers* processes."""
     if workers == 1 or n_cases == 1:
-        for i in range(n_cases):
-            yield _write_one(out, seed, config, i)
+        yield from (_write_one(out, seed, config, i) for i in range(n_cases))
         return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
     with ProcessPoolExecutor(max_workers=min(workers, n_cases),
                              mp_context=multiprocessing.get_context("spawn")) as pool:
-        yield from pool.map(_write_one, [out] * n_cases, [seed] * n_cases,
-                            [config] * n_cases, range(n_cases))
+        yield from pool.map(_write_one, *zip(*[(out, seed, config, i) for i in range(n_cases)]))
 
 
 def generate_cohort(out_dir: str | Path, *, n_cases: int, seed: int,
@@ -744,18 +737,14 @@ def generate_cohort(out_dir: str | Path, *, n_cases: int, seed: int,
         Called after each case is written.
     overwrite : bool
     workers : int
-        Processes writing cases at once (>= 1; spawned, so they share nothing with the
-        caller).  Every case depends only on ``(seed, index)``: the cohort is the same for
-        any number of workers.
+        Processes writing cases at once (>= 1, spawned); the cohort is the same for any number.
 
     Returns
     -------
     Path
         Path of ``truth.json``.
     """
-    check_int("n_cases", n_cases, 1)
-    check_int("seed", seed)
-    check_int("workers", workers, 1)
+    check_int("n_cases", n_cases, 1), check_int("seed", seed), check_int("workers", workers, 1)
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         if not overwrite:
@@ -772,8 +761,7 @@ def generate_cohort(out_dir: str | Path, *, n_cases: int, seed: int,
             progress(i + 1, n_cases)
     truth = {"seed": int(seed), "config": config.to_dict(), "generator_version": GENERATOR_VERSION,
              "cases": records}
-    path = out / "truth.json"
-    path.write_text(json.dumps(truth, indent=1))
+    (path := out / "truth.json").write_text(json.dumps(truth, indent=1))
     with open(out / "truth.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=_CSV_COLUMNS)
         writer.writeheader()
