@@ -143,6 +143,11 @@ def _read_mask(spec: CaseSpec, volume: Volume, chosen, series, lidc_level,
             xml = match[0]
         mask, nodules = lidc_mask(xml, volume, level=lidc_level)
         return mask, nodules, "lidc"
+    if kind == "boxes":
+        from .boxes import box_mask, read_voc_boxes
+
+        files = chosen.files if chosen is not None else ()
+        return box_mask(volume, read_voc_boxes(spec.mask_candidates), files), [], "boxes"
     if kind == "luna16":
         from .metaimage import luna_mask
 

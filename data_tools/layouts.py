@@ -48,6 +48,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .boxes import is_voc_xml
 from .deid import pseudonymous_id
 from .errors import DataError, NoSeriesError, file_label
 from .metaimage import is_metaimage
@@ -83,7 +84,8 @@ class CaseSpec:
         Set when the case cannot be used; the batch records it.
     mask_kind : str
         ``"nifti"``, ``"msd"`` (label map split into connected components), ``"lidc"``,
-        ``"luna16"``, ``"dicom"`` (RTSTRUCT or SEG in the series tree) or ``"rtstruct"`` /
+        ``"luna16"``, ``"boxes"`` (per-slice PASCAL VOC boxes, :mod:`data_tools.boxes`),
+        ``"dicom"`` (RTSTRUCT or SEG in the series tree) or ``"rtstruct"`` /
         ``"seg"`` (required).
     layout : str
         The layout the case was found in.
@@ -129,6 +131,8 @@ def _case_from_folder(folder: Path, case_id: str, *, require: str | None = None)
     niftis = sorted(p for p in files if p.parent == folder and is_nifti(p))
     metas = sorted(p for p in files if p.parent == folder and is_metaimage(p))
     xmls = sorted(p for p in files if p.suffix.lower() == ".xml" and _is_lidc_xml(p))
+    voc = sorted(p for p in files if p.suffix.lower() == ".xml" and p not in xmls
+                 and is_voc_xml(p))
     dicom_like = [p for p in files if not is_nifti(p) and not is_metaimage(p)
                   and p.suffix.lower() not in _NOT_IMAGE_SUFFIXES]
     masks = [p for p in niftis if _is_mask_name(p)]
@@ -142,9 +146,10 @@ def _case_from_folder(folder: Path, case_id: str, *, require: str | None = None)
             problem = f"case folder holds no {what}"
         if require in ("rtstruct", "seg") and mask_kind == "dicom":
             mask_kind = require
+        candidates = {"lidc": tuple(xmls), "boxes": tuple(voc)}.get(mask_kind, ())
         return CaseSpec(case_id, image, kind, mask, problem, mask_kind,
                         layout=next((k for k, v in _RESTRICTED.items() if v == require), "cases"),
-                        mask_candidates=tuple(xmls) if mask_kind == "lidc" else ())
+                        mask_candidates=candidates)
 
     if dicom_like:  # a DICOM series folder
         if not masks and len(images) == 1 and images[0].suffix != ".mhd":
@@ -156,6 +161,8 @@ def _case_from_folder(folder: Path, case_id: str, *, require: str | None = None)
             return spec(folder, "dicom", masks[0], "nifti")
         if xmls and require in (None, "lidc"):
             return spec(folder, "dicom", xmls[0], "lidc")
+        if voc and require is None:  # per-slice boxes (PASCAL VOC): data_tools.boxes
+            return spec(folder, "dicom", voc[0].parent, "boxes")
         return spec(folder, "dicom", None, "dicom")
     if len(images) == 1:
         kind = "metaimage" if is_metaimage(images[0]) else "nifti"
