@@ -124,6 +124,10 @@ def test_real_lung_pet_ct_dx_patient_from_boxes_to_flagged_findings(tmp_path):
     store.close()
     assert list(cases["mask_source"]) == ["boxes"]
     (row,) = findings.itertuples()
-    assert "larger-than-roi" in row.applicability and "48 mm" in row.applicability_detail
+    # the demo model's card knows its phantoms: 1-1.5 mm slices, nodules 4-25 mm, and their
+    # intensities; this real scanner image is outside all of them
+    assert row.applicability == "larger-than-roi; slice-thickness; nodule-size; intensity"
+    assert "the model sees 48 mm" in row.applicability_detail
+    assert "slice spacing 5.00 mm" in row.applicability_detail
     text = (tmp_path / "results" / "findings.csv").read_text()
     assert "Lung_Dx" not in text and "A0001" not in text       # no source names leave the tool
