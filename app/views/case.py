@@ -206,8 +206,9 @@ def applicability_warning(row: pd.Series) -> str | None:
     code = row.get("applicability")
     if not isinstance(code, str) or code in ("", "ok"):
         return None
+    detail = str(row.get("applicability_detail") or "")
     return (f"Read this verdict with care — the model is used outside what it knows: {code}. "
-            f"{row.get('applicability_detail') or ''}").strip()
+            f"{detail[:1].upper() + detail[1:]}").strip()
 
 
 def metrics_and_review(store, row: pd.Series, item_id: str, nodule_id: str) -> None:

@@ -68,6 +68,11 @@ def _zoom(rgb: np.ndarray, factor: int = 3) -> np.ndarray:
     return np.repeat(np.repeat(rgb, factor, axis=0), factor, axis=1)
 
 
+def _sentence_case(text) -> str:
+    text = str(text or "")
+    return text[:1].upper() + text[1:]
+
+
 def _nodule_section(row: pd.Series, arrays: dict[str, np.ndarray]) -> str:
     label = nodule_label(row["nodule_id"])
     ct, mask, attr, regions = arrays["ct"], arrays["mask"], arrays["attribution"], arrays["region_map"]
@@ -102,7 +107,7 @@ def _nodule_section(row: pd.Series, arrays: dict[str, np.ndarray]) -> str:
     code = row.get("applicability")
     flagged = isinstance(code, str) and code not in ("", "ok")
     caution = (f'<p class="warn">Read this verdict with care — the model is used outside what '
-               f'it knows: {html.escape(code)}. {html.escape(str(row.get("applicability_detail") or ""))}</p>'
+               f'it knows: {html.escape(code)}. {html.escape(_sentence_case(row.get("applicability_detail")))}</p>'
                if flagged else "")
     return f"""
 <div class="nodule"><h3>{html.escape(row['case_id'])} · {html.escape(row['nodule_id'])} {_badge(row['verdict'])}</h3>{caution}
