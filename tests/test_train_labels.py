@@ -56,7 +56,28 @@ def test_lidc_ratings_default_rule_keeps_and_drops_the_right_nodules(lidc, tmp_p
     assert card.training["n_nodules"] == 6
     assert card.training["labels"] == {
         "source": "LIDC ratings: median malignancy >= 4 malignant, <= 2 benign",
-        "n_malignant": 3, "n_benign": 3, "n_left_out": 4, "n_unmatched": 0}
+        "n_malignant": 3, "n_benign": 3, "n_left_out": 4, "n_unmatched": 0,
+        "unreadable_cases": []}
+
+
+def test_a_broken_case_is_left_out_with_its_reason_and_the_rest_trains(lidc, tmp_path):
+    import shutil
+
+    root, ids = lidc
+    copy = tmp_path / "cohort"
+    shutil.copytree(root, copy)
+    broken = sorted((copy / "LIDC-IDRI-0002").rglob("*.dcm"))[3]
+    broken.write_bytes(broken.read_bytes()[:400])                 # a truncated slice
+    data = collect_rois(copy, _tiny_card(), labels="lidc")
+    assert [n for n in _used(data, ids) if n[0] == "0002"] == []  # that case left out ...
+    assert len(data.case_ids) == 4 and len(data.y) == 5           # ... the others kept
+    (cid, why), = data.labelling.failed
+    assert cid == ids["LIDC-IDRI-0002"] and "uneven slice spacing" in why and "skipped" in why
+    assert "LIDC-IDRI" not in why and str(tmp_path) not in why    # no source path
+    assert f"{cid} left out, unreadable: " in data.labelling.summary()
+    card = train_model(data, tmp_path / "m", card=_tiny_card(),
+                       settings=TrainSettings(epochs=1, batch_size=4))
+    assert card.training["labels"]["unreadable_cases"] == [{"case_id": cid, "why": why}]
 
 
 @pytest.mark.parametrize("spec, changed", [

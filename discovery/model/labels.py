@@ -152,13 +152,18 @@ class LabelCounts:
     unrated: int = 0      # lidc: no (or too few) malignancy ratings
     unmatched: int = 0    # csv / truth: labels naming no nodule of the cohort(s)
     nodules: list[tuple[str, str, int]] = field(default_factory=list)  # kept, in ROI order
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (case_id, why): unreadable
 
     @property
     def kept(self) -> int:
         return self.malignant + self.benign
 
     def summary(self) -> str:
-        """One line for the CLI."""
+        """One line for the CLI (plus the cases that could not be read, one per line)."""
+        failed = "".join(f"\n  {cid} left out, unreadable: {why}" for cid, why in self.failed)
+        return self._counts_line() + failed
+
+    def _counts_line(self) -> str:
         if self.source.kind == "lidc":
             rule = self.source.rule
             total = self.kept + self.between + self.unrated
@@ -201,7 +206,9 @@ def _from_table(cohort: Path, known, counts: LabelCounts, used: set,
                for cid, grp in known.groupby("case_id", sort=False)}
     specs = [s for s in discover_cases(cohort) if s.case_id in by_case]
     for i, spec in enumerate(specs):
-        case = read_case(spec)
+        case = _read_or_record(spec, counts)
+        if case is None:
+            continue
         sites = {s.nodule_id: s for s in nodule_sites(case.mask)} if case.mask is not None else {}
         chosen = [(sites[n], int(y)) for n, y in by_case[spec.case_id].items() if n in sites]
         for site, y in chosen:
@@ -217,7 +224,9 @@ def _from_lidc(cohort: Path, rule: LidcRatingRule, counts: LabelCounts,
                progress) -> Iterator[LabelledCase]:
     specs = discover_cases(cohort)
     for i, spec in enumerate(specs):
-        case = read_case(spec)
+        case = _read_or_record(spec, counts)
+        if case is None:
+            continue
         info = {int(n["label"]): n for n in case.nodules if "label" in n}
         chosen = []
         for site in nodule_sites(case.mask) if case.mask is not None else []:
@@ -231,6 +240,16 @@ def _from_lidc(cohort: Path, rule: LidcRatingRule, counts: LabelCounts,
                            tuple(y for _, y in chosen))
         if progress:
             progress(i + 1, len(specs))
+
+
+def _read_or_record(spec, counts: LabelCounts):
+    """The case read, or None with the reason recorded in *counts* (a broken case leaves the
+    others to train on: the batch goes on, as ``discovery score`` does)."""
+    try:
+        return read_case(spec)
+    except DataError as exc:
+        counts.failed.append((spec.case_id, str(exc)))
+        return None
 
 
 def _truth_table(cohort: Path):

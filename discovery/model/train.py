@@ -340,7 +340,8 @@ def _labels_record(data: RoiDataset) -> dict:
         return {}
     return {"labels": {"source": c.source.describe(), "n_malignant": c.malignant,
                        "n_benign": c.benign, "n_left_out": c.between + c.unrated,
-                       "n_unmatched": c.unmatched}}
+                       "n_unmatched": c.unmatched,
+                       "unreadable_cases": [{"case_id": cid, "why": why} for cid, why in c.failed]}}
 
 
 def _settings_dict(settings: TrainSettings) -> dict:
