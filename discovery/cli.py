@@ -379,8 +379,9 @@ def _add_sanity(sub) -> None:
     q.add_argument("--out", default=None, help="results folder to store the tables in "
                    "(default: SOURCE when it is a results folder)")
     q.add_argument("--model", default=None,
-                   help="the tool's own model folder (default: the demo model); bundles and "
-                        "other models people bring are not yet randomised by this command")
+                   help="the model the results were scored with: a model folder, MONAI "
+                        "bundle, TorchScript file or module folder, as for score (default: "
+                        "the demo model)")
     q.add_argument("--methods", default=",".join(METHODS),
                    help="methods for the deletion/insertion curves (comma-separated; default all)")
     q.add_argument("--randomise", default="gradcam",

@@ -406,3 +406,21 @@ def test_what_is_not_a_model_says_what_is(tmp_path):
         load_any_model(tmp_path)
     with pytest.raises(ModelError, match="needs --weights FILE and --sidecar FILE"):
         load_any_model("monai.networks.nets:resnet10")
+
+
+def test_sanity_checks_a_bundle_and_randomises_its_own_stages(tmp_path):
+    """`discovery sanity --model BUNDLE`: the cascade randomises the bundle network's stages
+    (the wrapper looked through), and the faithfulness rows are stored."""
+    from discovery.batch.sanity import run_sanity
+    from discovery.batch.score import score_folder
+
+    bundle = _bundle(tmp_path / "bundle")
+    score_folder(_one_case(tmp_path / "in"), tmp_path / "out", model_dir=bundle)
+    summary = run_sanity(tmp_path / "out", model_dir=bundle, methods=("gradcam",),
+                         randomise=("gradcam",), steps=2, n_draws=1, n_random=1,
+                         n_random_road=1)
+    steps = list(summary.randomization["module"])
+    assert steps[:3] == ["net.fc", "net.layer4", "net.layer3"] and steps[-1] == "net.conv1"
+    assert len(summary.perturbation) == 1 and summary.n_nodules == 1
+    with pytest.raises(ValueError, match="another model"):       # not the results' model
+        run_sanity(tmp_path / "out", methods=("gradcam",), randomise=(), steps=2)

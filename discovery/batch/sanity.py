@@ -48,7 +48,8 @@ from discovery.explain.methods import (
     method_layer,
     predict_and_explain,
 )
-from discovery.model.card import ModelCard, load_model
+from discovery.model.card import ModelCard
+from discovery.model.external import load_any_model
 from discovery.model.rois import extract_roi, network_input, nodule_sites
 from discovery.store.tables import (
     DB_NAME,
@@ -137,6 +138,11 @@ def run_sanity(
         mask stored there) or a cohort folder the loaders read.
     results_dir : path, optional
         Store to write to; default *source* when it is a results folder (required otherwise).
+    model_dir : path or str, optional
+        The model the results were scored with: anything
+        :func:`discovery.model.external.load_any_model` loads (the tool's model folder, a
+        MONAI bundle, a TorchScript file, a module folder); default the demo model.  A model
+        other than the results' (weights SHA-256) is refused.
     methods, randomise : sequences of str
         Methods for the faithfulness measures and for the randomisation test.
     steps, n_random, seed
@@ -165,7 +171,7 @@ def run_sanity(
     source = Path(source)
     is_results, results_dir = _check_options(source, results_dir, methods, randomise,
                                              max_nodules)
-    model, card = load_model(model_dir)
+    model, card = load_any_model(model_dir)
     for m in dict.fromkeys(list(methods) + list(randomise)):
         method_layer(model, m, layer)                  # ValueError for a layer it cannot use
     keys, rois = _sample_rois(source, is_results, card, max_nodules, seed)

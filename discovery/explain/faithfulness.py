@@ -617,7 +617,8 @@ def randomization_test(model: torch.nn.Module, rois, *, method: str = "gradcam",
         Dotted module names to randomise in turn.  Default: the model's top-level children
         that own parameters, from the output end back to the input (``named_children()``
         reversed; for :class:`~discovery.model.card.NoduleResNet`: fc, layer4, layer3, layer2,
-        layer1, bn1, conv1).
+        layer1, bn1, conv1); a wrapper holding the network in one child is looked through
+        (``net.fc``, ``net.layer4``, ... for a model people bring).
     batch_size : int
         ROIs per :func:`explain` call (>= 1), to bound memory for large N.
     progress : callable(done, total), optional
@@ -671,6 +672,21 @@ def randomization_test(model: torch.nn.Module, rois, *, method: str = "gradcam",
                                method=method, layer=layer, target=int(target), seed=int(seed))
 
 
+def _default_order(model: torch.nn.Module) -> list[str]:
+    """The children with parameters, output end first; a wrapper whose parameters all sit in
+    one child (a model people bring, contained in
+    :class:`~discovery.model.probe.ExternalClassifier` as ``net``) is looked through, so the
+    cascade randomises the network's own stages (``net.fc``, ``net.layer4``, ...)."""
+    prefix, node = "", model
+    while True:
+        owners = [(n, c) for n, c in node.named_children() if any(True for _ in c.parameters())]
+        if len(owners) != 1 or not any(True for _ in owners[0][1].children()):
+            break
+        prefix, node = f"{prefix}{owners[0][0]}.", owners[0][1]
+    return [prefix + name for name, child in reversed(list(node.named_children()))
+            if any(True for _ in child.parameters())]
+
+
 def _randomisation_order(model: torch.nn.Module, order) -> list[str]:
     """The module names to randomise in turn: *order* checked against *model*, or by default
     its top-level children with parameters from the output end back; ``ValueError`` /
@@ -679,9 +695,7 @@ def _randomisation_order(model: torch.nn.Module, order) -> list[str]:
         raise TypeError(f"order must be a sequence of module names, not a string; "
                         f"received {order!r}")
     modules = dict(model.named_modules())
-    names = list(order) if order is not None else [
-        name for name, child in reversed(list(model.named_children()))
-        if any(True for _ in child.parameters())]
+    names = list(order) if order is not None else _default_order(model)
     if not names:
         raise ValueError("order must name at least one module to randomise (by default the "
                          f"top-level modules with parameters); received {order!r}")
