@@ -131,3 +131,22 @@ def test_real_lung_pet_ct_dx_patient_from_boxes_to_flagged_findings(tmp_path):
     assert "slice spacing 5.00 mm" in row.applicability_detail
     text = (tmp_path / "results" / "findings.csv").read_text()
     assert "Lung_Dx" not in text and "A0001" not in text       # no source names leave the tool
+
+
+def test_real_patient_with_a_monai_bundle_says_what_it_could_not_check(tmp_path):
+    """The same real patient scored with a MONAI bundle (an untrained ResNet-10, sidecar
+    without a training domain): complete findings, and flags that say the domain is unknown."""
+    from test_external_models import _bundle
+
+    from discovery.batch.score import score_folder
+    from discovery.store.tables import ResultsStore
+
+    root = realdata("lung-pet-ct-dx")
+    bundle = _bundle(tmp_path / "bundle")
+    summary = score_folder(root, tmp_path / "results", model_dir=bundle)
+    assert summary.n_failed == 0 and summary.n_nodules == 1
+    store = ResultsStore(tmp_path / "results", create=False)
+    (row,) = store.findings().itertuples()
+    store.close()
+    assert row.applicability == "larger-than-roi; domain-unknown"
+    assert 0.0 <= row.probability <= 1.0 and row.verdict in ("aligned", "partial", "off-mask")
