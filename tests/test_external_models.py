@@ -424,3 +424,15 @@ def test_sanity_checks_a_bundle_and_randomises_its_own_stages(tmp_path):
     assert len(summary.perturbation) == 1 and summary.n_nodules == 1
     with pytest.raises(ValueError, match="another model"):       # not the results' model
         run_sanity(tmp_path / "out", methods=("gradcam",), randomise=(), steps=2)
+
+
+def test_a_sidecar_may_state_the_training_domain_and_a_bad_one_is_refused(tmp_path):
+    domain = {"slice_thickness_mm": [0.5, 1.5], "pixel_spacing_mm": [0.5, 0.9],
+              "nodule_diameter_mm": [4, 30], "roi_statistics": {}, "source": "our trial"}
+    bundle = _bundle(tmp_path / "b")
+    _sidecar(bundle, training_domain=domain)
+    _, card = load_any_model(bundle)
+    assert card.domain.slice_thickness_mm == (0.5, 1.5) and card.domain.source == "our trial"
+    _sidecar(bundle, training_domain={**domain, "pixel_spacing_mm": [0.9]})
+    with pytest.raises(ModelError, match=r"training_domain is not a training domain .*pixel_spacing_mm"):
+        load_any_model(bundle)

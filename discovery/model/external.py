@@ -73,7 +73,7 @@ __all__ = [
 SIDECAR_NAME = "discovery.json"
 _REQUIRED = ("roi_size_vox", "roi_spacing_mm", "hu_window", "target_class")
 _OPTIONAL = ("gradcam_layer", "output", "classes", "threshold", "factory", "factory_kwargs",
-             "weights")
+             "weights", "training_domain")
 _EXAMPLE = ('{"roi_size_vox": [32, 32, 32], "roi_spacing_mm": [1.5, 1.5, 1.5], '
             '"hu_window": [-1000, 400], "target_class": 1}')
 _SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
@@ -94,6 +94,7 @@ class Sidecar:
     factory: str | None = None
     factory_kwargs: dict[str, Any] = field(default_factory=dict)
     weights: str | None = None
+    training_domain: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
 
 
@@ -139,6 +140,14 @@ def _optional_fields(data: dict, path) -> dict[str, Any]:
         if not isinstance(data["factory_kwargs"], dict):
             raise _bad(path, "factory_kwargs", "must be an object of keyword arguments")
         out["factory_kwargs"] = dict(data["factory_kwargs"])
+    if data.get("training_domain") is not None:
+        from discovery.model.domain import TrainingDomain
+
+        try:
+            TrainingDomain.from_dict(dict(data["training_domain"]))
+        except (TypeError, ValueError) as exc:
+            raise _bad(path, "training_domain", f"is not a training domain ({exc})") from None
+        out["training_domain"] = dict(data["training_domain"])
     return out
 
 
@@ -268,7 +277,8 @@ def _card_and_model(net, side: Sidecar, *, source: dict[str, Any], weights_sha: 
     card = ModelCard(architecture=arch, roi_size_vox=side.roi_size_vox,
                      roi_spacing_mm=side.roi_spacing_mm, hu_window=side.hu_window,
                      gradcam_layer=layer, weights_sha256=weights_sha,
-                     metrics={} if side.threshold is None else {"threshold": side.threshold})
+                     metrics={} if side.threshold is None else {"threshold": side.threshold},
+                     training_domain=side.training_domain)
     return model, card
 
 
