@@ -158,5 +158,15 @@ def test_case_page_warns_beside_the_verdict(tiny_results_fresh):
     at.run(timeout=60)
     assert not at.exception
     texts = [w.value for w in at.warning]
-    assert any("outside what it knows: larger-than-roi; intensity" in t and "61 mm" in t
+    assert any("outside what it knows: larger-than-roi; intensity" in t and "The nodule spans 61 mm" in t
                for t in texts), texts
+    # the Overview says how many outcomes rest on such inputs, and lists the flags per nodule
+    overview = AppTest.from_file(str(view.parent / "overview.py"), default_timeout=60)
+    overview.session_state["results_dir"] = str(tiny_results_fresh)
+    overview.run(timeout=60)
+    assert not overview.exception
+    assert any("1 of 2 nodules lie outside what the model knows" in w.value
+               for w in overview.warning)
+    table = overview.dataframe[0].value
+    assert "applicability" in table.columns
+    assert "larger-than-roi; intensity" in set(table["applicability"])

@@ -90,6 +90,13 @@ elif not running:
     st.caption("Whether the maps are faithful to the model was not checked: "
                "`discovery sanity RESULTS` measures it.")
 
+flagged = (scored["applicability"].fillna("ok").astype(str) != "ok"
+           if "applicability" in scored.columns else pd.Series(False, index=scored.index))
+if flagged.any():
+    st.warning(f"{int(flagged.sum())} of {len(scored)} nodules lie outside what the model knows "
+               "(the Applicability column below, the Case page says why): their outcomes are "
+               "the model's answers on inputs unlike its training data.",
+               icon=":material/warning:")
 readings = read_outcomes(findings, clusters, regions, threshold=threshold)  # computed once
 for col, panel in zip(st.columns(3, border=True), readings.panels):
     with col:
@@ -129,12 +136,17 @@ st.subheader("Every nodule")
 table = readings.outcomes
 table = table.assign(without=table["probability"] - pd.to_numeric(table["flag_score"],
                                                                     errors="coerce").fillna(0))
+if "applicability" not in table.columns:
+    table = table.assign(applicability="")
 st.dataframe(
-    table[["case_id", "nodule_id", "outcome", "verdict", "probability", "without", "rma",
-           "outcome_cluster"]].sort_values(["outcome", "probability"], ascending=[True, False]),
+    table[["case_id", "nodule_id", "outcome", "verdict", "applicability", "probability",
+           "without", "rma", "outcome_cluster"]].sort_values(["outcome", "probability"],
+                                                             ascending=[True, False]),
     hide_index=True, width="stretch",
     column_config={
         "case_id": "Case", "nodule_id": "Nodule", "outcome": "Outcome", "verdict": "Verdict",
+        "applicability": st.column_config.TextColumn(
+            "Applicability", help="ok, or why the model is used outside what it knows"),
         "probability": st.column_config.NumberColumn("P(malignant)", format="%.2f"),
         "without": st.column_config.NumberColumn(
             "P without relied-upon off-mask regions", format="%.2f",
