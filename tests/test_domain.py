@@ -150,6 +150,7 @@ def test_case_page_warns_beside_the_verdict(tiny_results_fresh):
         con.execute("UPDATE nodules SET applicability = 'larger-than-roi; intensity', "
                     "applicability_detail = 'the nodule spans 61 mm along y, the model sees "
                     "48 mm' WHERE case_id = 'case-A'")
+        con.execute("UPDATE nodules SET applicability = 'ok' WHERE case_id = 'case-B'")
     store.close()
     view = Path(__file__).resolve().parents[1] / "app" / "views" / "case.py"
     at = AppTest.from_file(str(view), default_timeout=60)
@@ -165,8 +166,23 @@ def test_case_page_warns_beside_the_verdict(tiny_results_fresh):
     overview.session_state["results_dir"] = str(tiny_results_fresh)
     overview.run(timeout=60)
     assert not overview.exception
-    assert any("1 of 2 nodules lie outside what the model knows" in w.value
+    assert any("1 of 2 scored nodules lie outside what the model knows (larger-than-roi 1, "
+               "intensity 1)" in w.value
                for w in overview.warning)
     table = overview.dataframe[0].value
     assert "applicability" in table.columns
     assert "larger-than-roi; intensity" in set(table["applicability"])
+
+
+def test_applicability_summary_counts_flags_and_unknown_domains_apart():
+    from discovery.model.domain import applicability_summary
+
+    assert applicability_summary(["ok", "ok", None]) is None
+    text = applicability_summary(["ok", "larger-than-roi; intensity", "intensity",
+                                  "larger-than-roi; domain-unknown", None])
+    assert text.startswith("3 of 4 scored nodules lie outside what the model knows "
+                           "(larger-than-roi 2, intensity 2)")
+    assert text.endswith("for 1 of 4 nodules only the field of view could be checked.")
+    assert applicability_summary(["domain-unknown"]) == (
+        "The model card records no training domain: for 1 of 1 nodules only the field of view "
+        "could be checked.")

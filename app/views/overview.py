@@ -8,6 +8,7 @@ import streamlit as st
 from app import common
 from discovery.background import read_progress
 from discovery.explain.faithfulness_rule import RULE, faithfulness_warning
+from discovery.model.domain import applicability_summary
 from discovery.patterns.outcomes import ARTIFACT_HU, SCORED_STATUSES, read_outcomes
 from discovery.report import render
 from discovery.report.style import DISPLAY_THRESHOLD
@@ -90,12 +91,9 @@ elif not running:
     st.caption("Whether the maps are faithful to the model was not checked: "
                "`discovery sanity RESULTS` measures it.")
 
-flagged = (scored["applicability"].fillna("ok").astype(str) != "ok"
-           if "applicability" in scored.columns else pd.Series(False, index=scored.index))
-if flagged.any():
-    st.warning(f"{int(flagged.sum())} of {len(scored)} nodules lie outside what the model knows "
-               "(the Applicability column below, the Case page says why): their outcomes are "
-               "the model's answers on inputs unlike its training data.",
+outside = applicability_summary(scored["applicability"] if "applicability" in scored else ())
+if outside:
+    st.warning(outside + " The Applicability column below lists them; the Case page says why.",
                icon=":material/warning:")
 readings = read_outcomes(findings, clusters, regions, threshold=threshold)  # computed once
 for col, panel in zip(st.columns(3, border=True), readings.panels):

@@ -37,7 +37,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 __all__ = ["TrainingDomain", "Applicability", "FLAGS", "roi_statistics", "training_domain",
-           "applicability", "equivalent_diameter_mm"]
+           "applicability", "equivalent_diameter_mm", "applicability_summary"]
 
 #: The flags and what each means (shown in the reports and the app).
 FLAGS = {
@@ -262,3 +262,30 @@ def _domain_flags(fired: dict, domain: TrainingDomain, spacing_mm, volume_mm3, r
                 far.append(f"{key} {stats[key]:.3f} (training {lo:.3f}-{hi:.3f})")
         if far:
             fired["intensity"] = "intensity " + ", ".join(far)
+
+
+def applicability_summary(codes) -> str | None:
+    """The sentence a report or the app shows above the outcomes when some nodules lie outside
+    what the model knows (or could not be checked), or None when all were checked and are ok.
+
+    Parameters
+    ----------
+    codes : iterable of str or None
+        The ``applicability`` column of the scored nodules (``"ok"``, flags joined by ``"; "``;
+        None or empty for results scored before the flags, left out).
+    """
+    codes = [str(c) for c in codes if isinstance(c, str) and c]
+    flags = [set(c.split("; ")) - {"ok"} for c in codes]
+    outside = [f - {"domain-unknown"} for f in flags if f - {"domain-unknown"}]
+    unknown = sum("domain-unknown" in f for f in flags)
+    sentences = []
+    if outside:
+        counts = ", ".join(f"{k} {n}" for k in FLAGS
+                           if (n := sum(k in f for f in outside)))
+        sentences.append(f"{len(outside)} of {len(codes)} scored nodules lie outside what the "
+                         f"model knows ({counts}): their verdicts and outcomes are the model's "
+                         "answers on inputs unlike its training data.")
+    if unknown:
+        sentences.append(f"The model card records no training domain: for {unknown} of "
+                         f"{len(codes)} nodules only the field of view could be checked.")
+    return " ".join(sentences) or None

@@ -32,6 +32,7 @@ from discovery.report.style import (
     pct,
 )
 from discovery.explain.faithfulness_rule import RULE, faithfulness_warning
+from discovery.model.domain import applicability_summary
 from discovery.store.tables import sanity_summary
 
 __all__ = ["build_html"]
@@ -188,10 +189,13 @@ The heat map exists only inside each nodule's 48 mm analysis box, so it can end 
 
 
 def _faithfulness_warning(data: ReportData) -> str:
-    """The warning above the three outcomes when the scoring method's maps did not pass."""
+    """The warnings above the three outcomes: the scoring method's maps did not pass; nodules
+    outside what the model knows."""
     summary = sanity_summary(data.randomization, data.perturbation)
-    text = faithfulness_warning(summary, data.meta.get("method"))
-    return f'<p class="warn"><b>Warning.</b> {html.escape(text)}</p>' if text else ""
+    texts = [faithfulness_warning(summary, data.meta.get("method")),
+             applicability_summary(data.scored["applicability"]
+                                   if "applicability" in data.scored else ())]
+    return "".join(f'<p class="warn"><b>Warning.</b> {html.escape(t)}</p>' for t in texts if t)
 
 
 def _sanity_section(randomization: pd.DataFrame, perturbation: pd.DataFrame) -> str:

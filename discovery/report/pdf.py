@@ -53,6 +53,7 @@ import pandas as pd
 
 from data_tools.files import atomic_path
 from discovery.explain.faithfulness_rule import RULE, faithfulness_warning
+from discovery.model.domain import applicability_summary
 from discovery.align.metrics import AlignThresholds, describe_verdicts
 from discovery.model.reliance import reliance_text
 from discovery.model.rois import nodule_label
@@ -255,9 +256,14 @@ def _counts(doc: Doc, ctx: dict) -> None:
 
 
 def _warning(doc: Doc, ctx: dict) -> None:
-    """The warning above the three outcomes when the scoring method's maps did not pass."""
-    text = faithfulness_warning(ctx["sanity"], ctx["method"])
-    if text:
+    """The warnings above the three outcomes: the scoring method's maps did not pass; nodules
+    outside what the model knows."""
+    scored = ctx["scored"]
+    for text in (faithfulness_warning(ctx["sanity"], ctx["method"]),
+                 applicability_summary(scored["applicability"] if "applicability" in scored
+                                       else ())):
+        if not text:
+            continue
         text = "Warning. " + text
         h = text_height(len(wrap(text, CONTENT_W - 0.24, 9, "bold")), 9)
         doc.need(h + 0.2)
