@@ -166,12 +166,30 @@ def _read_mask(spec: CaseSpec, volume: Volume, chosen, series, lidc_level,
         if len(files) > 1:
             log.info("%d %s objects in the case folder; using %s", len(files), modality,
                      file_label(files[0]))
-        reader = rtstruct_mask if modality == "RTSTRUCT" else seg_mask
-        mask, nodules = reader(files[0], volume)
+        if modality == "RTSTRUCT":
+            mask, nodules = rtstruct_mask(files[0], volume, image_uids=_sop_uids(chosen))
+        else:
+            mask, nodules = seg_mask(files[0], volume)
         return mask, nodules, modality.lower()
     if kind != "dicom":
         raise MaskError(f"the case folder holds no {' or '.join(wanted)} object")
     return None, [], "none"
+
+
+def _sop_uids(chosen) -> set[str] | None:
+    """The SOPInstanceUIDs of the chosen CT series' files (headers only), None without one."""
+    if chosen is None:
+        return None
+    import pydicom
+
+    uids = set()
+    for f in chosen.files:
+        try:
+            uids.add(str(pydicom.dcmread(f, stop_before_pixels=True,
+                                         specific_tags=["SOPInstanceUID"]).SOPInstanceUID))
+        except (AttributeError, OSError, pydicom.errors.InvalidDicomError):
+            continue
+    return uids
 
 
 @lru_cache(maxsize=4)

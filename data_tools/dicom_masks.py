@@ -289,6 +289,38 @@ def _parse_rtstruct(ds):
     return rois, contours, default_for
 
 
+def _check_image_references(ds, selected: list[int], image_uids, path: Path) -> None:
+    """The structure set's series reference and the images its *selected* ROIs' contours
+    reference, against the CT's slices *image_uids* (MaskError naming the problem; nothing
+    checked when None)."""
+    if image_uids is None:
+        return
+    image_uids = set(image_uids)
+    series = [se for fr in ds.get("ReferencedFrameOfReferenceSequence", None) or []
+              for st in fr.get("RTReferencedStudySequence", None) or []
+              for se in st.get("RTReferencedSeriesSequence", None) or []]
+    unnamed = ("" if series else " It also names no referenced series (no "
+               "RTReferencedSeriesSequence), so nothing else says which CT it was drawn on.")
+    refs = set()
+    for item in ds.get("ROIContourSequence", None) or []:
+        if int(item.ReferencedROINumber) not in selected:
+            continue
+        for contour in item.get("ContourSequence", None) or []:
+            refs |= {str(ci.get("ReferencedSOPInstanceUID", "") or "").strip()
+                     for ci in contour.get("ContourImageSequence", None) or []} - {""}
+    missing = refs - image_uids
+    if missing:
+        raise MaskError(
+            f"{file_label(path)}: its contours reference {len(refs)} image(s), {len(missing)} of "
+            f"them {'none ' if missing == refs else ''}not a slice of the CT series "
+            f"({len(image_uids)} slices): the CT series is missing slices, or the structure "
+            "set was drawn on another series, or its references are broken. Pair it with the "
+            f"complete series it was drawn on.{unnamed}", path=path)
+    if not series:        # optional (Type 3) in the standard: the contours' own references did
+        log.warning("%s names no referenced series (no RTReferencedSeriesSequence)",
+                    file_label(path))
+
+
 def _select_rois(rois, roi_pattern, roi_names, path: Path) -> list[int]:
     found = [f"{n}: {name!r}" for n, (name, _) in sorted(rois.items())]
     shown = ", ".join(found[:30]) + (f" and {len(found) - 30} more" if len(found) > 30 else "")
@@ -363,7 +395,8 @@ def _rasterise_roi(number: int, contours, volume: Volume,
 
 def rtstruct_mask(path: str | Path, volume: Volume, *, roi_pattern: str = DEFAULT_ROI_PATTERN,
                   roi_names: Sequence[str] | None = None,
-                  frame_of_reference_uid: str | None = None) -> tuple[Mask, list[dict]]:
+                  frame_of_reference_uid: str | None = None,
+                  image_uids=None) -> tuple[Mask, list[dict]]:
     """Rasterise the contours of an RT Structure Set onto *volume*'s grid.
 
     Parameters
@@ -379,6 +412,9 @@ def rtstruct_mask(path: str | Path, volume: Volume, *, roi_pattern: str = DEFAUL
         Exact ROI names to use instead of *roi_pattern*.
     frame_of_reference_uid : str, optional
         The CT's FrameOfReferenceUID; when given, the ROIs must refer to it.
+    image_uids : collection of str, optional
+        The SOPInstanceUIDs of the CT's slices: the images the selected contours reference
+        must all be among them (MaskError otherwise; no referenced series alone: a warning).
 
     Returns
     -------
@@ -392,11 +428,10 @@ def rtstruct_mask(path: str | Path, volume: Volume, *, roi_pattern: str = DEFAUL
     Raises
     ------
     UnreadableFileError (not readable DICOM), DataError (not an RTSTRUCT), MaskError (no ROI
-    selected, malformed contour, contour between slices), GeometryMismatchError (frame of
-    reference differs, or no selected contour touches the grid).
+    selected, malformed contour, contour between slices, images not in the series),
+    GeometryMismatchError (frame of reference differs, or no contour touches the grid).
     """
-    path = Path(path)
-    ds = _read(path, "RTSTRUCT")
+    ds = _read(path := Path(path), "RTSTRUCT")
     missing = [k for k in ("StructureSetROISequence", "ROIContourSequence") if k not in ds]
     if missing:
         raise UnreadableFileError(
@@ -412,6 +447,7 @@ def rtstruct_mask(path: str | Path, volume: Volume, *, roi_pattern: str = DEFAUL
     selected = _select_rois(rois, roi_pattern, roi_names, path)
     _check_frame_of_reference({rois[n][1] or default_for for n in selected} - {""},
                               frame_of_reference_uid, "RTSTRUCT", path)
+    _check_image_references(ds, selected, image_uids, path)
     layers, n_contours, n_outside = [], [], 0
     for number in selected:
         layer, n_closed, outside = _rasterise_roi(number, contours.get(number, []), volume, path)

@@ -100,3 +100,81 @@ def test_dcmqi_overlapping_segments_give_one_label_each_and_a_warning(tmp_path, 
     assert [n["segment_label"] for n in loaded.nodules] == ["GREEN", "ORANGE", "PURPLE",
                                                             "LIGHT_BLUE", "DARK_BLUE"]
     assert "3134 voxel(s) belong to more than one selected label" in caplog.text
+
+
+def _slices_volume(files):
+    """A Volume of single CT files (fewer than the series loader's three), built from their
+    own geometry: world = affine @ (z, y, x, 1)."""
+    from data_tools.volume import Volume
+
+    ds = sorted((pydicom.dcmread(f) for f in files), key=lambda d: float(d.ImagePositionPatient[2]))
+    ipp = np.array(ds[0].ImagePositionPatient, float)
+    iop = np.array(ds[0].ImageOrientationPatient, float)
+    dy, dx = (float(v) for v in ds[0].PixelSpacing)
+    dz = (float(ds[1].ImagePositionPatient[2]) - ipp[2]) if len(ds) > 1 else 3.0
+    affine = np.eye(4)
+    affine[:3, 0] = np.cross(iop[:3], iop[3:]) * dz
+    affine[:3, 1], affine[:3, 2], affine[:3, 3] = iop[3:] * dy, iop[:3] * dx, ipp
+    hu = np.stack([d.pixel_array * float(d.RescaleSlope) + float(d.RescaleIntercept) for d in ds])
+    return Volume(hu.astype(np.float32), affine), {str(d.SOPInstanceUID) for d in ds}, ds
+
+
+def test_dicompyler_rtstruct_lists_its_rois_and_rasterises_like_an_independent_rasteriser():
+    """A real planning system's RTSTRUCT (10 ROIs) over one of its CT slices: the BODY contours
+    on that slice rasterised by the tool and, independently, by matplotlib's point-in-polygon
+    (pixel centres, even-odd across a ROI's contours): 2 pixels of 40,398 differ (centres on
+    the contour line)."""
+    from matplotlib.path import Path as PolygonPath
+
+    from data_tools.dicom_masks import rtstruct_mask
+    from data_tools.errors import MaskError
+
+    root = realdata("dicompyler")
+    volume, uids, (ct,) = _slices_volume([root / "ct.0.dcm"])
+    with pytest.raises(MaskError) as listed:
+        rtstruct_mask(root / "rtss.dcm", volume, roi_names=["Nope"])
+    for name in ("BODY", "Areola", "Borders", "Breast", "Heart", "Lt Lung", "Nodes", "Scar",
+                 "Tumor Bed", "Tumor Bed Block"):
+        assert repr(name) in str(listed.value)
+    # one slice of the series: its other 97 referenced images are not here (image_uids=uids
+    # would refuse that, as it must for a series missing slices)
+    mask, info = rtstruct_mask(root / "rtss.dcm", volume, roi_names=["BODY"])
+    ours = mask.array[0] > 0
+    rs = pydicom.dcmread(root / "rtss.dcm")
+    number = next(r.ROINumber for r in rs.StructureSetROISequence if r.ROIName == "BODY")
+    item = next(c for c in rs.ROIContourSequence if c.ReferencedROINumber == number)
+    ipp = np.array(ct.ImagePositionPatient, float)
+    dy, dx = (float(v) for v in ct.PixelSpacing)
+    rows, cols = np.mgrid[0:ct.Rows, 0:ct.Columns]
+    centres = np.c_[cols.ravel(), rows.ravel()]
+    oracle = np.zeros(centres.shape[0], bool)
+    for contour in item.ContourSequence:
+        xyz = np.asarray(contour.ContourData, float).reshape(-1, 3)
+        if abs(xyz[0, 2] - ipp[2]) < 0.5:
+            polygon = np.c_[(xyz[:, 0] - ipp[0]) / dx, (xyz[:, 1] - ipp[1]) / dy]
+            oracle ^= PolygonPath(polygon).contains_points(centres)
+    oracle = oracle.reshape(ours.shape)
+    assert int(ours.sum()) == 40398 and int((ours ^ oracle).sum()) <= 5
+    assert info[0]["roi_name"] == "BODY" and info[0]["n_contours"] == 141
+
+
+def test_rt_utils_structure_sets_pointing_at_the_wrong_images_are_refused():
+    """MIM RTSTRUCTs: a good one over its two CT slices, one whose contours reference images
+    that are not these slices, one whose referenced series does not exist."""
+    from data_tools.dicom_masks import rtstruct_mask
+    from data_tools.errors import MaskError
+
+    root = realdata("rt-utils")
+    volume, uids, _ = _slices_volume(sorted(root.glob("ct_*.dcm")))
+    mask, info = rtstruct_mask(root / "rt.dcm", volume, roi_pattern=".", image_uids=uids)
+    assert [i["roi_name"] for i in info] == ["ROI-1"] and mask.array.any()
+    with pytest.raises(MaskError, match=r"'invalid_reference_rt.dcm': its contours reference 3 "
+                                        r"image\(s\), 1 of them not a slice of the CT series "
+                                        r"\(2 slices\)"):
+        rtstruct_mask(root / "invalid_reference_rt.dcm", volume, roi_pattern=".",
+                      image_uids=uids)
+    with pytest.raises(MaskError, match=r"(?s)'non_existent_reference_rt.dcm': its contours "
+                                        r"reference 3 image\(s\), 1 of them not a slice.*It "
+                                        r"also names no referenced series"):
+        rtstruct_mask(root / "non_existent_reference_rt.dcm", volume, roi_pattern=".",
+                      image_uids=uids)
