@@ -178,3 +178,55 @@ def test_rt_utils_structure_sets_pointing_at_the_wrong_images_are_refused():
                                         r"also names no referenced series"):
         rtstruct_mask(root / "non_existent_reference_rt.dcm", volume, roi_pattern=".",
                       image_uids=uids)
+
+
+def _dcm2niix(folder, out):
+    """Debian's dcm2niix on *folder* into *out* (skipped, or failed when required, without it)."""
+    import os
+    import shutil
+    import subprocess
+
+    exe = shutil.which("dcm2niix")
+    if exe is None:
+        if os.environ.get("DISCOVERY_REQUIRE_REALDATA") == "1":
+            pytest.fail("dcm2niix (Debian package dcm2niix) is required with the real files")
+        pytest.skip("dcm2niix is not installed (apt-get install dcm2niix)")
+    out.mkdir(parents=True, exist_ok=True)
+    subprocess.run([exe, "-z", "y", "-f", "%s", "-o", str(out), str(folder)], check=True,
+                   capture_output=True, timeout=120)
+    return out
+
+
+def test_philips_study_folder_picks_the_axial_series_as_dcm2niix_and_the_raw_pixels_say(tmp_path):
+    """dcm_qa_ct/Philips/S21570: an axial series beside a localizer, exam summaries and DIRFILE
+    index files. The tool picks the 28-slice axial series; sampled at the same patient
+    positions its HU equal dcm2niix's NIfTI and the raw DICOM pixels (nearest voxel)."""
+    from data_tools.cases import read_case
+    from data_tools.layouts import discover_cases
+    from data_tools.nifti import load_nifti
+
+    root = realdata("dcm_qa_ct", "Philips")
+    volume = read_case(discover_cases(root)[0]).volume
+    assert volume.shape == (28, 512, 512)
+    assert volume.spacing_mm == pytest.approx((5.0, 0.451, 0.451), abs=1e-3)
+    nifti = load_nifti(_dcm2niix(root / "S21570", tmp_path / "nii") / "201.nii.gz")
+    rng = np.random.default_rng(0)
+    idx = np.stack([rng.integers(0, n, 3000) for n in volume.shape], axis=1)
+    world = (volume.affine @ np.c_[idx, np.ones(len(idx))].T)[:3].T
+    other = (np.linalg.inv(nifti.affine) @ np.c_[world, np.ones(len(world))].T)[:3].T
+    assert np.abs(other - np.rint(other)).max() < 1e-3              # the same grid
+    np.testing.assert_array_equal(volume.array[tuple(idx.T)],
+                                  nifti.array[tuple(np.rint(other).astype(int).T)])
+    # the raw pixels at their own positions (ImagePositionPatient + orientation x spacing)
+    for f in sorted((root / "S21570" / "S2010").iterdir()):
+        ds = pydicom.dcmread(f)
+        if "ImagePositionPatient" not in ds:
+            continue
+        ipp = np.asarray(ds.ImagePositionPatient, float)
+        iop = np.asarray(ds.ImageOrientationPatient, float)
+        dy, dx = (float(v) for v in ds.PixelSpacing)
+        r, c = rng.integers(0, ds.Rows, 100), rng.integers(0, ds.Columns, 100)
+        w = ipp + np.outer(c * dx, iop[:3]) + np.outer(r * dy, iop[3:])
+        vox = np.rint((np.linalg.inv(volume.affine) @ np.c_[w, np.ones(100)].T)[:3].T).astype(int)
+        raw = ds.pixel_array[r, c] * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+        np.testing.assert_array_equal(volume.array[tuple(vox.T)], raw)
