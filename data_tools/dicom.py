@@ -423,6 +423,8 @@ def _geometry(slices: list[_Slice], proj: np.ndarray) -> tuple[np.ndarray, float
     median = float(np.median(steps))
     tol = max(0.1, 0.05 * median)
     bad = np.flatnonzero(np.abs(steps - median) > tol)
+    if bad.size and _missing_slice(steps, tol) is None:
+        return _variable_geometry(slices, steps, tol)
     if bad.size:
         i = int(bad[0])
         more = f" ({bad.size - 1} other uneven step(s) too)" if bad.size > 1 else ""
@@ -451,6 +453,69 @@ def _geometry(slices: list[_Slice], proj: np.ndarray) -> tuple[np.ndarray, float
     affine[:3, 2] = row_cos * ref.pixel_spacing[1]  # along a row
     affine[:3, 3] = positions[0]
     return affine, tilt
+
+
+def _missing_slice(steps: np.ndarray, tol: float) -> int | None:
+    """Index of a step that is a missing slice, or None when the uneven steps are a
+    *variable spacing* instead.
+
+    The rule: a missing slice is a step ``g`` whose neighbouring steps (one or both sides) are
+    equal to each other within *tol* and ``g`` is ``k >= 2`` times them (within ``k * tol``):
+    a regular run with a hole.  Anything else uneven -- the step changing from one regular run
+    to another (a head CT at 4 mm, then 7 mm), or a step shorter than its neighbours -- is a
+    variable spacing, which is resampled rather than refused.
+    """
+    for i, g in enumerate(steps):
+        around = [float(steps[j]) for j in (i - 1, i + 1) if 0 <= j < len(steps)]
+        if not around or max(around) - min(around) > tol:
+            continue
+        m = float(np.mean(around))
+        k = round(g / m)
+        if k >= 2 and abs(g - k * m) <= k * tol:
+            return i
+    return None
+
+
+def _variable_geometry(slices: list[_Slice], steps: np.ndarray, tol: float):
+    """The geometry of a series whose slice spacing varies (no missing slice): positions on
+    one line, the distances along it, and the step to resample at (the smallest step that
+    repeats, i.e. the finest regular run)."""
+    ref = slices[0]
+    positions = np.stack([s.ipp for s in slices])
+    line = positions[-1] - positions[0]
+    unit = line / np.linalg.norm(line)
+    along = (positions - positions[0]) @ unit
+    off_line = np.linalg.norm(positions - positions[0] - np.outer(along, unit), axis=1)
+    if off_line.max() > max(0.5, 0.5 * float(np.median(steps))):
+        k = int(np.argmax(off_line))
+        raise SeriesValidationError(
+            f"slice positions do not lie on one line: {slices[k].who} is {off_line[k]:.2f} mm "
+            "off the line through the first and last slice. The series may mix "
+            "reconstructions or have a varying gantry tilt.", path=slices[k].path)
+    gaps = np.diff(along)                              # along the line (a tilt lengthens them)
+    repeats = [float(a) for a, b in zip(gaps[:-1], gaps[1:]) if abs(a - b) <= tol]
+    step = min(repeats) if repeats else float(np.median(gaps))
+    normal = np.cross(ref.iop[:3], ref.iop[3:])
+    tilt = float(np.degrees(np.arccos(np.clip(abs(unit @ normal), 0, 1))))
+    affine = np.eye(4)
+    affine[:3, 0] = unit * step
+    affine[:3, 1] = ref.iop[3:] * ref.pixel_spacing[0]
+    affine[:3, 2] = ref.iop[:3] * ref.pixel_spacing[1]
+    affine[:3, 3] = positions[0]
+    log.warning("variable slice spacing (%.2f to %.2f mm, no missing slice): resampling to "
+                "equidistant slices (%.2f mm apart along the series)", float(steps.min()),
+                float(steps.max()), step)
+    return affine, tilt, along
+
+
+def _resample_along(array: np.ndarray, along: np.ndarray, step: float) -> np.ndarray:
+    """Slices at distances *along* (increasing, mm) interpolated linearly onto ``0, step,
+    2 step, ...`` up to the last one."""
+    targets = np.arange(0.0, float(along[-1]) + 1e-6, step)
+    hi = np.clip(np.searchsorted(along, targets, side="right"), 1, len(along) - 1)
+    lo = hi - 1
+    w = ((targets - along[lo]) / (along[hi] - along[lo]))[:, None, None]
+    return ((1.0 - w) * array[lo] + w * array[hi]).astype(array.dtype)
 
 
 def _untilt(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -594,7 +659,9 @@ def read_ct_files(files: Sequence[Path], *, max_bytes: int | None = DEFAULT_MAX_
         grid of its first slice, and column 0 becomes the normal times the step along it.
         ``metadata``: ``format``, ``modality`` and, when present, ``manufacturer``, ``model``,
         ``kernel``, ``kvp``, ``slice_thickness_mm``; ``gantry_tilt_deg`` and ``resampled``
-        after a tilt correction (strings).
+        after a tilt correction, ``variable_spacing_mm`` and ``resampled`` after a variable
+        slice spacing was resampled to equidistant slices (``_missing_slice`` tells it from a
+        missing slice) (strings).
 
     Raises
     ------
@@ -615,8 +682,8 @@ def read_ct_files(files: Sequence[Path], *, max_bytes: int | None = DEFAULT_MAX_
             f"only {len(slices)} distinct slice position(s) remain after dropping duplicates; "
             f"a CT volume needs at least {MIN_SLICES}.", path=paths[0])
     slices, proj = _sort(slices)
-    affine, tilt = _geometry(slices, proj)
-    return _assemble(slices, affine, tilt)
+    affine, tilt, *along = _geometry(slices, proj)
+    return _assemble(slices, affine, tilt, along[0] if along else None)
 
 
 def _checked_slices(paths: list[Path], headers: dict, max_bytes: int | None) -> list[_Slice]:
@@ -648,8 +715,11 @@ def _checked_slices(paths: list[Path], headers: dict, max_bytes: int | None) -> 
     return slices
 
 
-def _assemble(slices: list[_Slice], affine: np.ndarray, tilt: float) -> Volume:
-    """The volume of sorted, checked slices: HU per slice, a gantry tilt resampled away."""
+def _assemble(slices: list[_Slice], affine: np.ndarray, tilt: float,
+              along: np.ndarray | None = None) -> Volume:
+    """The volume of sorted, checked slices: HU per slice, a gantry tilt resampled away, a
+    variable slice spacing (*along*: each slice's distance from the first, mm) resampled to
+    equidistant slices."""
     first = slices[0]
     metadata = dict(first.metadata)
     thickness = metadata.get("slice_thickness_mm", "")
@@ -660,12 +730,22 @@ def _assemble(slices: list[_Slice], affine: np.ndarray, tilt: float) -> Volume:
     out = np.empty((len(slices), first.rows, first.cols), dtype=np.float32)
     for k, s in enumerate(slices):
         out[k] = _read_pixels(s).astype(np.float64) * s.slope + s.intercept
+    if along is not None:
+        step = float(np.linalg.norm(affine[:3, 0]))
+        normal = np.cross(affine[:3, 2], affine[:3, 1])
+        cos = abs(float(affine[:3, 0] @ normal)) / (step * float(np.linalg.norm(normal)))
+        metadata["variable_spacing_mm"] = (f"{cos * float(np.diff(along).min()):.2f}-"
+                                           f"{cos * float(np.diff(along).max()):.2f}")
+        out = _resample_along(out, along, step)
+        metadata["resampled"] = (f"variable slice spacing resampled to {cos * step:.2f} mm "
+                                 "(linear)")
     if tilt > TILT_TOLERANCE_DEG:
         log.warning("gantry tilt of %.2f degrees: resampling the slices onto an orthogonal grid",
                     tilt)
         out, affine = _untilt(out, affine)
         metadata["gantry_tilt_deg"] = f"{tilt:.2f}"
-        metadata["resampled"] = "gantry tilt removed (linear, in-plane)"
+        metadata["resampled"] = "; ".join(filter(None, [metadata.get("resampled"),
+                                                        "gantry tilt removed (linear, in-plane)"]))
     log.info("read CT volume: shape (z, y, x)=%s, spacing_mm=(%.3f, %.3f, %.3f)", out.shape,
              spacing_from_affine(affine)[0], *first.pixel_spacing)
     return Volume(out, affine, metadata)
