@@ -201,7 +201,7 @@ def scan_folder(folder: str | Path, recursive: bool, keep: dict | None = None,
             if keep is not None:
                 keep[path] = ds
             sop_class = str(getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID", ""))
-            uid = (raw_values(ds, "SeriesInstanceUID") or [""])[0]
+            uid = (raw_values(ds, "SeriesInstanceUID") or [""])[0] or _blanked_key(ds)
             if uid and uid not in groups and sop_class != _DICOMDIR_SOP_CLASS:
                 groups[uid] = [(raw_values(ds, "Modality") or [""])[0].upper(),
                                _text(ds, "SeriesDescription"),
@@ -218,6 +218,11 @@ def scan_folder(folder: str | Path, recursive: bool, keep: dict | None = None,
             log.warning("skipping %s: no SeriesInstanceUID", file_label(path))
         else:
             groups[uid][3].append(path)
+    for uid, (_, _, _, files) in groups.items():
+        if uid.startswith(BLANKED_PREFIX):
+            log.warning("%d file(s) have no SeriesInstanceUID (blanked by an anonymiser?); "
+                        "grouped by study, series number, modality, orientation, matrix and "
+                        "pixel spacing instead, as dcm2niix does", len(files))
     series = [
         SeriesInfo(uid, modality, len(files), desc, itype, tuple(sorted(files)))
         for uid, (modality, desc, itype, files) in groups.items()
@@ -226,6 +231,29 @@ def scan_folder(folder: str | Path, recursive: bool, keep: dict | None = None,
     log.info("found %d DICOM series (%d files); skipped %d non-DICOM and %d unreadable files",
              len(series), sum(s.n_files for s in series), n_not_dicom, n_unreadable)
     return series, n_not_dicom, n_unreadable
+
+
+#: Series key prefix of files grouped without a SeriesInstanceUID (:func:`_blanked_key`).
+BLANKED_PREFIX = "blanked:"
+
+
+def _blanked_key(ds) -> str:
+    """A series key for a file whose SeriesInstanceUID is blank or missing: its study, series
+    number, modality, orientation (rounded), matrix and pixel spacing; "" when it has no
+    image geometry (then it stays unusable)."""
+    text = [(raw_values(ds, k) or [""]) for k in ("StudyInstanceUID", "SeriesNumber",
+                                                   "Modality", "PixelSpacing",
+                                                   "ImageOrientationPatient")]
+    rows, cols = ds.get("Rows"), ds.get("Columns")          # US: binary, not text
+    if not rows or not cols or not text[4][0]:
+        return ""
+    try:
+        iop = ",".join(f"{float(v):.3f}" for v in text[4])
+        spacing = ",".join(f"{float(v):.4f}" for v in text[3])
+    except (TypeError, ValueError):
+        return ""
+    return BLANKED_PREFIX + "|".join([text[0][0], text[1][0], text[2][0], str(int(rows)),
+                                      str(int(cols)), spacing, iop])
 
 
 def find_series(folder: str | Path, *, recursive: bool = True) -> list[SeriesInfo]:

@@ -272,3 +272,29 @@ def test_ge_tilted_series_with_variable_spacing_is_resampled_not_refused(tmp_pat
     assert volume.spacing_mm[0] == pytest.approx(4.002, abs=0.01) and volume.shape[0] == 37
     diffs, outside = _raw_vs_volume(volume, sorted(root.glob("*.dcm")), np.random.default_rng(0))
     assert len(diffs) > 3000 and float(np.median(diffs)) < 5.0 and outside == 0
+
+
+def test_blanked_uids_still_form_the_series_with_a_warning(tmp_path, caplog):
+    """The Philips axial series with SeriesInstanceUID blanked and SOPInstanceUID removed (what
+    an over-eager anonymiser leaves): grouped by study, series number, modality, orientation,
+    matrix and pixel spacing with a warning, and read to the same volume as the original."""
+    import logging
+
+    from data_tools.dicom import load_dicom_series
+
+    src = realdata("dcm_qa_ct", "Philips", "S21570", "S2010")
+    blank = tmp_path / "blank"
+    blank.mkdir()
+    for f in sorted(src.iterdir()):
+        ds = pydicom.dcmread(f)
+        if "ImagePositionPatient" not in ds:
+            continue
+        ds.SeriesInstanceUID = ""
+        del ds.SOPInstanceUID
+        ds.save_as(blank / f.name)
+    with caplog.at_level(logging.WARNING):
+        volume = load_dicom_series(blank)
+    original = load_dicom_series(src)
+    np.testing.assert_array_equal(volume.array, original.array)
+    np.testing.assert_allclose(volume.affine, original.affine)
+    assert "28 file(s) have no SeriesInstanceUID" in caplog.text
