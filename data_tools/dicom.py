@@ -519,12 +519,14 @@ def _resample_along(array: np.ndarray, along: np.ndarray, step: float) -> np.nda
 
 
 def _untilt(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Resample a gantry-tilted (sheared) volume onto the orthogonal grid of its first slice.
+    """Resample a gantry-tilted (sheared) volume onto an orthogonal grid, losing no pixel.
 
     Slice ``k`` of a tilted series is displaced in-plane by ``k`` times the step's in-plane
-    part; each slice is shifted back by that amount (linear interpolation, voxels that come
-    from outside the slice take the volume's minimum, i.e. air).  The new affine's column 0
-    is the slice normal times the step along it.
+    part; each slice is shifted back by that amount (linear interpolation).  The in-plane grid
+    grows as far as the shifted slices reach (the first slice's grid extended on the side the
+    shift goes, the origin moved where it grows below 0), so no acquired pixel falls outside
+    it; voxels no slice covers take the volume's minimum (air).  The new affine's column 0 is
+    the slice normal times the step along it.
     """
     from scipy import ndimage
 
@@ -535,13 +537,21 @@ def _untilt(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarr
     along = float(step @ normal)
     shear_mm = step - along * normal                # in-plane displacement per slice
     shear_vox = np.linalg.lstsq(in_plane, shear_mm, rcond=None)[0]  # (dy, dx) per slice
+    shifts = np.outer(np.arange(array.shape[0]), shear_vox)
+    lo = np.floor(np.minimum(shifts.min(axis=0), 0.0) + 1e-6).astype(int)   # <= 0
+    hi = np.ceil(np.maximum(shifts.max(axis=0), 0.0) - 1e-6).astype(int)   # >= 0
+    rows, cols = array.shape[1:]
     fill = float(array.min())
-    out = np.empty_like(array)
+    out = np.full((array.shape[0], rows + hi[0] - lo[0], cols + hi[1] - lo[1]), fill,
+                  dtype=array.dtype)
     for k in range(array.shape[0]):
+        canvas = np.full(out.shape[1:], fill, dtype=array.dtype)
+        canvas[-lo[0]:-lo[0] + rows, -lo[1]:-lo[1] + cols] = array[k]
         # new voxel (k, y, x) lies where old voxel (k, y - k*dy, x - k*dx) did
-        out[k] = ndimage.shift(array[k], k * shear_vox, order=1, mode="constant", cval=fill)
+        out[k] = ndimage.shift(canvas, shifts[k], order=1, mode="constant", cval=fill)
     new = affine.copy()
     new[:3, 0] = along * normal
+    new[:3, 3] = affine[:3, 3] + lo[0] * affine[:3, 1] + lo[1] * affine[:3, 2]
     return out, new
 
 
@@ -744,8 +754,10 @@ def _assemble(slices: list[_Slice], affine: np.ndarray, tilt: float,
                     tilt)
         out, affine = _untilt(out, affine)
         metadata["gantry_tilt_deg"] = f"{tilt:.2f}"
-        metadata["resampled"] = "; ".join(filter(None, [metadata.get("resampled"),
-                                                        "gantry tilt removed (linear, in-plane)"]))
+        grown = (out.shape[1] - first.rows, out.shape[2] - first.cols)
+        metadata["resampled"] = "; ".join(filter(None, [
+            metadata.get("resampled"), "gantry tilt removed (linear, in-plane; grid grown by "
+                                       f"{grown[0]} rows and {grown[1]} columns)"]))
     log.info("read CT volume: shape (z, y, x)=%s, spacing_mm=(%.3f, %.3f, %.3f)", out.shape,
              spacing_from_affine(affine)[0], *first.pixel_spacing)
     return Volume(out, affine, metadata)
