@@ -601,6 +601,32 @@ def _native_pixels(ds, s: _Slice) -> np.ndarray | None:
     return arr
 
 
+def _j2k_sign(ds, stored: np.ndarray, label: str) -> np.ndarray:
+    """JPEG 2000 pixels whose codestream is signed (SIZ Ssiz bit 7) while PixelRepresentation
+    says unsigned (a Toshiba quirk: padding -2048 then reads as 63488): the codestream's
+    sign is used, with a warning.  Both pylibjpeg and GDCM follow PixelRepresentation there,
+    which turns air and padding into tens of thousands of HU."""
+    if int(ds.get("PixelRepresentation", 0) or 0) != 0 or stored.dtype.kind != "u":
+        return stored
+    from pydicom.encaps import generate_frames
+
+    try:
+        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    except (StopIteration, ValueError, TypeError):
+        return stored
+    at = frame.find(b"\xff\x4f\xff\x51")                 # SOC, then SIZ
+    if at < 0 or len(frame) < at + 43:
+        return stored
+    ssiz = frame[at + 42]                                 # component 0's Ssiz
+    if not ssiz & 0x80:
+        return stored
+    bits = (ssiz & 0x7F) + 1
+    log.warning("%s: the JPEG 2000 codestream is signed (%d bits) but PixelRepresentation says "
+                "unsigned; using the codestream's sign", label, bits)
+    values = stored.astype(np.int64)
+    return np.where(values >= 1 << (bits - 1), values - (1 << bits), values).astype(np.int32)
+
+
 def _read_pixels(s: _Slice) -> np.ndarray:
     """Stored values of one slice, shape (rows, cols)."""
     label = file_label(s.path)
@@ -635,6 +661,8 @@ def _read_pixels(s: _Slice) -> np.ndarray:
             f"{label}: the pixel data cannot be decoded ({type(exc).__name__}); the file is "
             "probably truncated or corrupt. Re-copy or re-export the series.", path=s.path,
         ) from None
+    if tsyntax in JPEG2000TransferSyntaxes:
+        stored = _j2k_sign(ds, stored, label)
     if stored.shape != (s.rows, s.cols):
         raise UnreadableFileError(
             f"{label}: pixel data has shape {stored.shape}, but Rows x Columns is "
