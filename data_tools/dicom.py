@@ -129,6 +129,10 @@ def load_dicom_folder(folder: str | Path, *, series_uid: str | None = None,
     # the series description is free text (PS3.15: remove), so it is never logged
     log.info("reading CT series: %d files, image type %s", chosen.n_files,
              "/".join(chosen.image_type) or "unknown")
+    if chosen.frames >= 2:                          # one Enhanced CT file holds the series
+        from .enhanced import read_enhanced_ct
+
+        return read_enhanced_ct(chosen.files[0]), chosen, series
     try:
         volume = read_ct_files(chosen.files, max_bytes=max_bytes, _headers=headers)
         return volume, chosen, series
@@ -223,8 +227,8 @@ def _parse_header(ds, path: Path) -> _Slice:
     frames = raw_values(ds, "NumberOfFrames")
     if frames and frames[0].isdigit() and int(frames[0]) > 1:
         raise SeriesValidationError(
-            f"{label} is a multi-frame (enhanced) image, which is not supported yet; export the "
-            "series as one file per slice, or convert it to NIfTI.", path=path,
+            f"{label} is a multi-frame image among single-frame slices; give an Enhanced CT "
+            "file a folder of its own, or export the series as one file per slice.", path=path,
         )
     if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
         raise SeriesValidationError(

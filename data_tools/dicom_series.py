@@ -64,6 +64,9 @@ class SeriesInfo:
         ImageType values of the first file, upper case (e.g. ``("ORIGINAL", "PRIMARY", "AXIAL")``).
     files : tuple of Path
         The series' files, sorted by path (not the slice order).
+    frames : int
+        NumberOfFrames of an Enhanced CT file (one multi-frame file holds the series); 0
+        otherwise.
     """
 
     series_uid: str = field(repr=False)
@@ -72,6 +75,7 @@ class SeriesInfo:
     description: str
     image_type: tuple[str, ...]
     files: tuple[Path, ...] = field(repr=False)
+    frames: int = 0
 
     @property
     def is_original_axial(self) -> bool:
@@ -205,7 +209,8 @@ def scan_folder(folder: str | Path, recursive: bool, keep: dict | None = None,
             if uid and uid not in groups and sop_class != _DICOMDIR_SOP_CLASS:
                 groups[uid] = [(raw_values(ds, "Modality") or [""])[0].upper(),
                                _text(ds, "SeriesDescription"),
-                               tuple(v.upper() for v in raw_values(ds, "ImageType") or ()), []]
+                               tuple(v.upper() for v in raw_values(ds, "ImageType") or ()), [],
+                               _enhanced_frames(ds, sop_class)]
         except READ_ERRORS as exc:
             n_unreadable += 1
             log.warning("skipping %s: its DICOM header cannot be read (%s)",
@@ -218,19 +223,28 @@ def scan_folder(folder: str | Path, recursive: bool, keep: dict | None = None,
             log.warning("skipping %s: no SeriesInstanceUID", file_label(path))
         else:
             groups[uid][3].append(path)
-    for uid, (_, _, _, files) in groups.items():
+    for uid, (_, _, _, files, _) in groups.items():
         if uid.startswith(BLANKED_PREFIX):
             log.warning("%d file(s) have no SeriesInstanceUID (blanked by an anonymiser?); "
                         "grouped by study, series number, modality, orientation, matrix and "
                         "pixel spacing instead, as dcm2niix does", len(files))
     series = [
-        SeriesInfo(uid, modality, len(files), desc, itype, tuple(sorted(files)))
-        for uid, (modality, desc, itype, files) in groups.items()
+        SeriesInfo(uid, modality, len(files), desc, itype, tuple(sorted(files)),
+                   frames if len(files) == 1 else 0)
+        for uid, (modality, desc, itype, files, frames) in groups.items()
     ]
     series.sort(key=lambda s: s.files[0])
     log.info("found %d DICOM series (%d files); skipped %d non-DICOM and %d unreadable files",
              len(series), sum(s.n_files for s in series), n_not_dicom, n_unreadable)
     return series, n_not_dicom, n_unreadable
+
+
+def _enhanced_frames(ds, sop_class: str) -> int:
+    """NumberOfFrames of an Enhanced CT file, 0 for anything else."""
+    if sop_class != "1.2.840.10008.5.1.4.1.1.2.1":
+        return 0
+    frames = raw_values(ds, "NumberOfFrames") or ["0"]
+    return int(frames[0]) if frames[0].isdigit() else 0
 
 
 #: Series key prefix of files grouped without a SeriesInstanceUID (:func:`_blanked_key`).
@@ -293,8 +307,9 @@ def _describe_found(series: Sequence[SeriesInfo], limit: int = 8) -> str:
 def select_ct_series(series: list[SeriesInfo], *, series_uid: str | None = None) -> SeriesInfo:
     """Choose the CT series to load.
 
-    Rule: modality CT and at least ``MIN_SLICES`` (3) files; prefer ImageType with ORIGINAL
-    and AXIAL; then the most files; ties go to the first in *series* order.  The series not
+    Rule: modality CT and at least ``MIN_SLICES`` (3) files, or one Enhanced CT file of two
+    or more frames; prefer ImageType with ORIGINAL and AXIAL; then the most files (or
+    frames); ties go to the first in *series* order.  The series not
     chosen are logged at info (modality, file count, description).
 
     Parameters
@@ -325,13 +340,14 @@ def select_ct_series(series: list[SeriesInfo], *, series_uid: str | None = None)
                 f"{FIX_HINT}."
             )
         return match[0]
-    candidates = [s for s in series if s.modality == "CT" and s.n_files >= MIN_SLICES]
+    candidates = [s for s in series if s.modality == "CT"
+                  and (s.n_files >= MIN_SLICES or s.frames >= 2)]
     if not candidates:
         raise NoSeriesError(
             f"no CT series with at least {MIN_SLICES} slices found; the folder holds "
             f"{_describe_found(series)}. {FIX_HINT}."
         )
-    chosen = max(candidates, key=lambda s: (s.is_original_axial, s.n_files))
+    chosen = max(candidates, key=lambda s: (s.is_original_axial, max(s.n_files, s.frames)))
     for s in series:
         if s is not chosen:
             log.info("not using series: %s, %d file(s), image type %s",  # never the free-text

@@ -349,3 +349,39 @@ def test_vendor_jpeg2000_quirks_decode_to_plausible_hu(tmp_path, name, caplog):
     hu = volume.array
     assert -3100 <= float(hu.min()) <= -1000 and float(hu.max()) < 4000, (hu.min(), hu.max())
     assert ("codestream is signed" in caplog.text) == (name == "TOSHIBA_J2K_SIZ1_PixRep0")
+
+
+def test_enhanced_ct_reads_with_per_frame_geometry(tmp_path):
+    """pydicom-data's eCT_Supplemental.dcm (Enhanced CT, 2 frames, shared orientation, pixel
+    measures and rescale, per-frame positions): read as a volume whose every frame sits where
+    its own PlanePositionSequence says, HU equal to the raw frame values rescaled."""
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    from data_tools.dicom import load_dicom_series
+
+    src = get_testdata_file("eCT_Supplemental.dcm", download=False)   # from the installed
+    if src is None:                                                     # pydicom-data, offline
+        pytest.fail("pydicom-data (a test dependency) does not hold eCT_Supplemental.dcm")
+    folder = tmp_path / "ect"
+    folder.mkdir()
+    shutil.copy(src, folder)
+    volume = load_dicom_series(folder)
+    ds = pydicom.dcmread(src)
+    assert volume.shape == (2, 512, 512) and volume.metadata["format"] == "dicom-enhanced"
+    shared = ds.SharedFunctionalGroupsSequence[0]
+    iop = np.asarray(shared.PlaneOrientationSequence[0].ImageOrientationPatient, float)
+    dy, dx = (float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing)
+    slope = float(shared.PixelValueTransformationSequence[0].RescaleSlope)
+    intercept = float(shared.PixelValueTransformationSequence[0].RescaleIntercept)
+    inv = np.linalg.inv(volume.affine)
+    rng = np.random.default_rng(0)
+    for k, frame in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        ipp = np.asarray(frame.PlanePositionSequence[0].ImagePositionPatient, float)
+        r, c = rng.integers(0, ds.Rows, 500), rng.integers(0, ds.Columns, 500)
+        world = ipp + np.outer(c * dx, iop[:3]) + np.outer(r * dy, iop[3:])
+        vox = (inv @ np.c_[world, np.ones(500)].T)[:3].T
+        assert np.abs(vox - np.rint(vox)).max() < 1e-6
+        raw = ds.pixel_array[k][r, c] * slope + intercept
+        np.testing.assert_array_equal(volume.array[tuple(np.rint(vox).astype(int).T)], raw)
