@@ -196,11 +196,6 @@ def _stage(timings: dict[str, float] | None, name: str):
             timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
 
 
-def _rois_tensor(rois: list[Roi], card: ModelCard) -> torch.Tensor:
-    arr = np.stack([network_input(r.hu, card) for r in rois])  # (N, C, S, S, S)
-    return torch.from_numpy(np.ascontiguousarray(arr))
-
-
 def pool_region_features(activations: np.ndarray, region_zyx: np.ndarray, roi: Roi) -> np.ndarray:
     """Average a layer's activations over the cells a region covers.
 
@@ -273,8 +268,9 @@ def analyze_scan(
     with _stage(timings, "roi"):
         rois = [extract_roi(volume, s.center_zyx, size_vox=card.roi_size_vox,
                             spacing_mm=card.roi_spacing_mm) for s in sites]
+        inputs = np.stack([network_input(r.hu, card) for r in rois])  # (N, C, S, S, S)
     with _stage(timings, "model"):
-        probs, maps, acts, info = _score_rois(rois, model, card, settings)
+        probs, maps, acts, info = _score_rois(inputs, model, settings)
     with _stage(timings, "reliance"):
         reliances = nodule_reliance(model, card, volume, mask, sites=sites,
                                     probabilities=[float(p[1]) for p in probs],
@@ -282,7 +278,7 @@ def analyze_scan(
     with _stage(timings, "descriptors"):
         scene = _scene(volume, rois)
     with _stage(timings, "applicability"):
-        fits = _applicability(volume, mask, sites, rois, card)
+        fits = _applicability(volume, mask, sites, inputs, card)
     results: list[NoduleResult] = []
     region_index: list[tuple[str, int]] = []
     for site, roi, prob, roi_map, act, rel, fit in zip(sites, rois, probs, maps, acts,
@@ -291,7 +287,7 @@ def analyze_scan(
         nodule = _analyze_nodule(volume, mask, scene, site, roi, roi_map, act, settings=settings,
                                  timings=timings, probability=p1,
                                  predicted_label=int(p1 >= card.threshold), info=info,
-                                 reliance=rel, applicability=fit)
+                                 reliance=rel, fit=fit)
         box, labels = nodule.box, nodule.region_labels
         np.maximum(attribution[box], nodule.attribution, out=attribution[box])
         for region in nodule.regions:
@@ -301,7 +297,7 @@ def analyze_scan(
     return CaseResult(case_id, results, attribution, region_map, region_index, "ok")
 
 
-def _applicability(volume: Volume, mask: Mask, sites: list[NoduleSite], rois: list[Roi],
+def _applicability(volume: Volume, mask: Mask, sites: list[NoduleSite], inputs: np.ndarray,
                    card: ModelCard) -> list[Applicability]:
     """The applicability flags of every nodule (:func:`discovery.model.domain.applicability`):
     its mask's bounding box in mm against the model's field of view, the scan and the nodule
@@ -310,25 +306,26 @@ def _applicability(volume: Volume, mask: Mask, sites: list[NoduleSite], rois: li
     boxes = ndimage.find_objects(mask.array)          # labels >= 0 (data_tools.volume.Mask)
     domain = card.domain
     out = []
-    for site, roi in zip(sites, rois):
+    for site, roi_input in zip(sites, inputs):
         box = boxes[site.label - 1] if site.label - 1 < len(boxes) else None
         extent = ([(s.stop - s.start) * sp for s, sp in zip(box, spacing)] if box is not None
                   else [0.0, 0.0, 0.0])
         out.append(applicability(domain=domain, field_of_view_mm=card.field_of_view_mm,
                                  spacing_mm=spacing, extent_mm=extent,
                                  volume_mm3=site.volume_mm3,
-                                 roi_input=network_input(roi.hu, card)))
+                                 roi_input=roi_input))
     return out
 
 
-def _score_rois(rois: list[Roi], model: torch.nn.Module, card: ModelCard,
+def _score_rois(inputs: np.ndarray, model: torch.nn.Module,
                 settings: ScoreSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray, AttributionInfo]:
-    """Probabilities ``(N, C)``, maps ``(N, z, y, x)`` and CAM-layer activations of every ROI,
-    in batches of ``settings.batch_size``, from one forward (+ backward) pass per batch."""
+    """Probabilities ``(N, C)``, maps ``(N, z, y, x)`` and CAM-layer activations of every ROI
+    (*inputs*: the network inputs ``(N, C, S, S, S)``), in batches of ``settings.batch_size``,
+    from one forward (+ backward) pass per batch."""
     probs_all, maps_all, acts_all = [], [], []
     info = None
-    for start in range(0, len(rois), settings.batch_size):
-        batch = _rois_tensor(rois[start:start + settings.batch_size], card)
+    for start in range(0, len(inputs), settings.batch_size):
+        batch = torch.from_numpy(np.ascontiguousarray(inputs[start:start + settings.batch_size]))
         probs, maps, info, acts = predict_and_explain(model, batch, method=settings.method,
                                                       layer=settings.layer,
                                                       return_activations=True)
@@ -370,7 +367,7 @@ def _analyze_nodule(volume: Volume, mask: Mask, scene: _Scene, site: NoduleSite,
                     roi_map: np.ndarray, act: np.ndarray, *, settings: ScoreSettings,
                     timings: dict[str, float] | None, probability: float, predicted_label: int,
                     info: AttributionInfo, reliance: Reliance = NOT_MEASURED,
-                    applicability: Applicability = Applicability((), "")) -> NoduleResult:
+                    fit: Applicability = Applicability((), "")) -> NoduleResult:
     """Alignment, localisation, off-mask regions and their contexts of one nodule."""
     spacing = volume.spacing_mm
     annotated = mask.array > 0
@@ -394,7 +391,7 @@ def _analyze_nodule(volume: Volume, mask: Mask, scene: _Scene, site: NoduleSite,
         site=site, probability=probability, predicted_label=predicted_label, alignment=alignment,
         localization=localization, regions=regions, box=box, attribution=attr,
         region_labels=labels, info=info, contexts=contexts, reliance=reliance,
-        applicability=applicability,
+        applicability=fit,
     )
 
 
