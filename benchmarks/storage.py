@@ -56,48 +56,35 @@ def _synthetic_ct() -> np.ndarray:
     return np.rint(generate_case(11, config=cfg).hu).astype(np.int16)
 
 
-def _npz(ct: np.ndarray, compressed: bool):
-    def enc():
-        buf = io.BytesIO()
-        (np.savez_compressed if compressed else np.savez)(buf, ct=ct)
-        return buf.getvalue()
-
-    def dec(b):
-        return np.load(io.BytesIO(b))["ct"]
-    return enc, dec
-
-
-def _codec(codec):
-    def enc():
-        return codec.encode(np.ascontiguousarray(ct_holder[0]))
-
-    def dec(b):
-        return np.frombuffer(codec.decode(b), dtype=np.int16).reshape(ct_holder[0].shape)
-    return enc, dec
-
-
-ct_holder: list[np.ndarray] = []
-
-
-def _candidates():
+def _candidates(ct: np.ndarray) -> dict:
+    """``name -> (encode() -> bytes, decode(bytes) -> array)`` for *ct*."""
     from numcodecs import Blosc, Zstd
 
+    def npz(compressed: bool):
+        def enc():
+            buf = io.BytesIO()
+            (np.savez_compressed if compressed else np.savez)(buf, ct=ct)
+            return buf.getvalue()
+        return enc, lambda b: np.load(io.BytesIO(b))["ct"]
+
+    def codec(c):
+        return (lambda: c.encode(np.ascontiguousarray(ct)),
+                lambda b: np.frombuffer(c.decode(b), dtype=ct.dtype).reshape(ct.shape))
+
     return {
-        "npz, stored (previous format)": _npz(ct_holder[0], False),
-        "npz, deflate (numpy.savez_compressed)": _npz(ct_holder[0], True),
-        "Zstd 3": _codec(Zstd(level=3)),
-        "Zstd 9": _codec(Zstd(level=9)),
-        "Blosc LZ4 5, byte shuffle": _codec(Blosc(cname="lz4", clevel=5, shuffle=Blosc.SHUFFLE)),
-        "Blosc Zstd 5, byte shuffle": _codec(Blosc(cname="zstd", clevel=5, shuffle=Blosc.SHUFFLE)),
-        "Blosc Zstd 5, bit shuffle": _codec(Blosc(cname="zstd", clevel=5,
-                                                  shuffle=Blosc.BITSHUFFLE)),
+        "npz, stored (previous format)": npz(False),
+        "npz, deflate (numpy.savez_compressed)": npz(True),
+        "Zstd 3": codec(Zstd(level=3)),
+        "Zstd 9": codec(Zstd(level=9)),
+        "Blosc LZ4 5, byte shuffle": codec(Blosc(cname="lz4", clevel=5, shuffle=Blosc.SHUFFLE)),
+        "Blosc Zstd 5, byte shuffle": codec(Blosc(cname="zstd", clevel=5, shuffle=Blosc.SHUFFLE)),
+        "Blosc Zstd 5, bit shuffle": codec(Blosc(cname="zstd", clevel=5, shuffle=Blosc.BITSHUFFLE)),
     }
 
 
 def measure(ct: np.ndarray) -> list[dict]:
-    ct_holder[:] = [ct]
     rows = []
-    for name, (enc, dec) in _candidates().items():
+    for name, (enc, dec) in _candidates(ct).items():
         t0 = time.perf_counter()
         blob = enc()
         t_enc = time.perf_counter() - t0

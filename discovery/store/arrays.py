@@ -194,14 +194,20 @@ def load_case_arrays(results_dir: str | Path, case_id: str) -> dict[str, np.ndar
         out: dict[str, np.ndarray] = {}
         for name, spec in layout.items():
             if spec["layout"] == "sparse":
-                arr = _lean_zeros(tuple(spec["shape"]), np.dtype(spec["dtype"]))
-                arr.reshape(-1)[group[f"{name}.nz-index"][...]] = group[f"{name}.nz-value"][...]
+                arr = _sparse(spec, group[f"{name}.nz-index"][...], group[f"{name}.nz-value"][...])
             else:
                 arr = np.asarray(group[name][...])
             out[name] = arr
     finally:
         store.close()
     return out
+
+
+def _sparse(spec: dict, index: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """The dense array of a sparse member (its ``layout`` entry, flat indices and values)."""
+    arr = _lean_zeros(tuple(spec["shape"]), np.dtype(spec["dtype"]))
+    arr.reshape(-1)[index] = values
+    return arr
 
 
 def _lean_zeros(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -269,8 +275,7 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
             layout = {n[:-4]: {"layout": "dense"} for n in infos if n.endswith(".npy")}
         for name, spec in layout.items():
             if spec["layout"] == "sparse":
-                arr = _lean_zeros(tuple(spec["shape"]), np.dtype(spec["dtype"]))
-                arr.reshape(-1)[member(f"{name}.nz-index.npy")] = member(f"{name}.nz-value.npy")
+                arr = _sparse(spec, member(f"{name}.nz-index.npy"), member(f"{name}.nz-value.npy"))
             else:
                 arr = member(f"{name}.npy")
             out[name] = arr
