@@ -12,6 +12,22 @@ import numpy as np
 import pandas as pd
 import pytest
 
+# -- an untrained demo-architecture model ---------------------------------------------------
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """The demo architecture with random weights (seed 3: a seed whose untrained net gives every
+    test nodule a non-zero map), saved as a model folder; one per test module."""
+    import torch
+
+    from discovery.model.card import ModelCard, build_network, save_model
+
+    torch.manual_seed(3)
+    out = tmp_path_factory.mktemp("model")
+    save_model(build_network(ModelCard()), ModelCard(), out)
+    return out
+
+
 # -- review-app fixtures -------------------------------------------------------------------
 
 TINY_SHAPE = (12, 40, 40)

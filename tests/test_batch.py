@@ -5,21 +5,11 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from data_tools.nifti import save_nifti
 from data_tools.volume import Mask, Volume, affine_from_spacing
 from discovery.batch.score import safe_error, score_folder
-from discovery.model.card import ModelCard, build_network, save_model
 from discovery.store.tables import FINDINGS_COLUMNS, ResultsStore, load_case_arrays
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    torch.manual_seed(3)  # a seed whose untrained net gives every test nodule a non-zero map
-    out = tmp_path_factory.mktemp("model")
-    save_model(build_network(ModelCard()), ModelCard(), out)
-    return out
 
 
 def _case(folder, *, labels=(1, 2), mask=True):

@@ -10,7 +10,7 @@ from data_tools.volume import Mask, Volume, affine_from_spacing
 from discovery.batch.sanity import run_sanity
 from discovery.batch.score import score_folder
 from discovery.cli import main
-from discovery.model.card import ModelCard, build_network, save_model
+from discovery.model.card import ModelCard, build_network
 from discovery.pipeline import ScoreSettings, analyze_scan
 from discovery.regions.offmask import OffMaskSettings
 from discovery.store.tables import ResultsStore
@@ -28,14 +28,6 @@ def _scan(seed=0):
     hu[tail] = 20
     aff = affine_from_spacing(spacing)
     return Volume(hu, aff), Mask(m, aff)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    torch.manual_seed(3)
-    out = tmp_path_factory.mktemp("model")
-    save_model(build_network(ModelCard()), ModelCard(), out)
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -220,18 +220,6 @@ def test_luna16_missing_raw_error_does_not_name_the_series_uid(mixed):
 
 # -- end to end ---------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    import torch
-
-    from discovery.model.card import ModelCard, build_network, save_model
-
-    torch.manual_seed(3)
-    out = tmp_path_factory.mktemp("model")
-    save_model(build_network(ModelCard()), ModelCard(), out)
-    return out
-
-
 def _leaks(text: str, secrets) -> list[str]:
     found = [s for s in secrets if s in text]
     return found + (["Doe"] if re.search(r"\bDoe\b", text) else [])

@@ -168,6 +168,20 @@ def test_an_older_sanity_table_is_read_and_extended_not_refused(scored, tmp_path
     assert per.loc[per["method"] == "gradcam", "road_gap"].isna().all()
 
 
+def _unchecked_copy(scored, tmp_path):
+    """A copy of the scored results without sanity rows (other tests of this module store some)."""
+    import shutil
+
+    res = tmp_path / "results"
+    shutil.copytree(scored / "results", res)
+    store = ResultsStore(res)
+    try:
+        with store.write() as con:
+            con.execute("DELETE FROM sanity_randomization")
+            con.execute("DELETE FROM sanity_perturbation")
+    finally:
+        store.close()
+    return res
 def test_overview_and_pdf_warn_above_the_outcomes_and_list_each_method(scored, tmp_path,
                                                                        monkeypatch):
     import shutil
@@ -176,15 +190,7 @@ def test_overview_and_pdf_warn_above_the_outcomes_and_list_each_method(scored, t
     from streamlit.testing.v1 import AppTest
 
     monkeypatch.delenv("DISCOVERY_RESULTS", raising=False)
-    res = tmp_path / "results"
-    shutil.copytree(scored / "results", res)
-    store = ResultsStore(res)  # other tests of this module may have stored sanity tables
-    try:
-        with store.write() as con:
-            con.execute("DELETE FROM sanity_randomization")
-            con.execute("DELETE FROM sanity_perturbation")
-    finally:
-        store.close()
+    res = _unchecked_copy(scored, tmp_path)  # other tests of this module store sanity tables
     view = str(Path(__file__).resolve().parents[1] / "app" / "views" / "overview.py")
 
     def overview():
@@ -223,20 +229,6 @@ def test_overview_and_pdf_warn_above_the_outcomes_and_list_each_method(scored, t
 
 
 # -- the checks behind the app (discovery app --sanity; discovery.background) ------------------
-def _unchecked_copy(scored, tmp_path):
-    """A copy of the scored results without sanity rows (other tests of this module store some)."""
-    import shutil
-
-    res = tmp_path / "results"
-    shutil.copytree(scored / "results", res)
-    store = ResultsStore(res)
-    try:
-        with store.write() as con:
-            con.execute("DELETE FROM sanity_randomization")
-            con.execute("DELETE FROM sanity_perturbation")
-    finally:
-        store.close()
-    return res
 def test_background_checks_write_progress_store_and_report(scored, tmp_path):
     import json
 
