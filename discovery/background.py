@@ -134,8 +134,6 @@ def start(results_dir: str | Path, *, methods: Sequence[str], max_nodules: int |
         cmd += ["--report", str(Path(report).resolve())]
     logs = results_dir / "logs"
     logs.mkdir(exist_ok=True)
-    write_progress(results_dir, state="running", stage="starting", done=0, total=0,
-                   methods=list(methods), pid=os.getpid(), started=time.time())
     with open(logs / "sanity.log", "ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL)
