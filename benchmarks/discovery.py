@@ -59,7 +59,7 @@ from discovery.patterns.stats import adjusted_rand, match_kind, top_k_precision 
 from discovery.model.card import ModelCard, default_architecture, load_model  # noqa: E402
 from discovery.patterns.clustering import (FEATURE_COLUMNS, STRUCTURE_FEATURES, PatternSettings,  # noqa: E402
                                 cluster_regions)
-from discovery.pipeline import HALO_MM, analyze_scan  # noqa: E402
+from discovery.pipeline import HALO_MM, ScoreSettings, analyze_scan  # noqa: E402
 from discovery.model.train import TrainSettings, synthetic_rois, train_model  # noqa: E402
 
 KINDS = ("marker_bead", "pleural_tail", "granuloma")
@@ -115,6 +115,11 @@ def _region_kinds(region: np.ndarray, planted_box: np.ndarray, kinds: dict, spac
     return best, {kinds[label] for label in labels}, labels
 
 
+def _score_settings(spec: str) -> ScoreSettings:
+    method, _, layer = spec.partition("@")
+    return ScoreSettings(method=method, layer=layer or None)
+
+
 def run(args) -> dict:
     torch.manual_seed(args.seed)
     torch.set_num_threads(2)
@@ -135,7 +140,8 @@ def run(args) -> dict:
         c = generate_case(args.seed + TEST_SEED_OFFSET, config=CONDITIONS[args.condition][1],
                           index=i)
         vol, mask = Volume(c.hu, c.affine), Mask(c.mask, c.affine)
-        res = analyze_scan(vol, mask, model, card, case_id=f"test-{i:04d}")
+        res = analyze_scan(vol, mask, model, card, case_id=f"test-{i:04d}",
+                           settings=_score_settings(args.map))
         store[res.case_id] = (vol, mask, res.region_map)
         nods, regs = result_rows(res)
         kinds = {it["label"]: it["kind"] for it in c.planted_items}
@@ -237,6 +243,7 @@ def run(args) -> dict:
     result = {
         "seed": args.seed,
         "condition": args.condition,
+        "map": args.map,
         "settings": {"train_cases": args.train_cases, "test_cases": args.test_cases,
                      "epochs": args.epochs, "method": args.method, "features": args.features,
                      "min_cluster_size": args.min_cluster_size, "halo_mm": HALO_MM,
@@ -277,7 +284,7 @@ def _fmt(v, d=2):
 
 
 def markdown(r: dict) -> str:
-    lines = [f"seed {r['seed']}, {r['condition']} condition: {r['n_nodules']} test nodules, {r['n_regions']} regions, "
+    lines = [f"seed {r['seed']}, {r['condition']} condition, map {r.get('map', 'gradcam@layer3')}: {r['n_nodules']} test nodules, {r['n_regions']} regions, "
              f"{r['n_clusters']} clusters ({100 * r['noise_share']:.0f} % unclustered); "
              f"test AUROC {r['test_auroc']:.3f} (bead decorrelated)", "",
              "| kind | role | planted | oracle Δp (true voxels removed) | model relies on it | coverage | regions | best cluster | P | R | F1 | top-10 P | cluster Δp | p (predicted) | p (truth) |",
@@ -313,6 +320,9 @@ def main(argv=None) -> int:
     ap.add_argument("--test-cases", type=int, default=120)
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--method", default="hdbscan", choices=["hdbscan", "spectral"])
+    ap.add_argument("--map", default="gradcam@layer3",
+                    help="attribution map as METHOD[@LAYER] (e.g. layercam@layer2: 16^3 cells "
+                         "of 3 mm); the layer defaults to the model card's")
     ap.add_argument("--features", default="region", choices=["region", "structure"],
                     help="clustering descriptors: FEATURE_COLUMNS (default) or STRUCTURE_FEATURES")
     ap.add_argument("--min-cluster-size", type=int, default=5)

@@ -9,7 +9,7 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 
-import data_tools.lidc as lidc_module
+import data_tools.lidc_xml as lidc_module
 from data_tools.errors import DataError, GeometryMismatchError, UnreadableFileError
 from data_tools.lidc import (
     group_readings,
@@ -131,14 +131,14 @@ def test_diagonal_contour_excludes_its_pixels(folder):
 
 
 def test_exclusion_contour_makes_a_hole(folder):
-    # outer contour 2..11 -> 8x8 = 64 pixels (3..10); hole contour 5..8 -> its interior
-    # 6..7 (4 pixels) is removed, its own contour pixels stay in the nodule
+    # outer contour 2..11 -> 8x8 = 64 pixels (3..10); hole contour 5..8 -> the hole's interior
+    # 6..7 and its contour pixels 5..8 (the first voxels outside the nodule): 64 - 16 = 48
     rois = [_roi(-46.0, _square(2, 2, 11, 11)), _roi(-46.0, _square(5, 5, 8, 8), False)]
     path = _write(folder, _xml([[_nodule(rois)]]))
     got = rasterise_reader_nodule(read_lidc_xml(path).readers[0][0], _volume())
     expected = _expect((y, x) for y in range(3, 11) for x in range(3, 11)
-                       if not (6 <= y <= 7 and 6 <= x <= 7))
-    assert expected.sum() == 60
+                       if not (5 <= y <= 8 and 5 <= x <= 8))
+    assert expected.sum() == 48
     np.testing.assert_array_equal(got, expected)
 
 
@@ -153,16 +153,29 @@ def test_roi_without_a_slice_is_skipped_with_warning(folder, caplog, z_off):
 
 
 def test_two_readers_grouped_third_far_nodule_separate(folder):
+    # the same outline on neighbouring slices (one 2 mm slice step apart): grouped by the
+    # default tolerance (the slice step); the third reader's outline is 4.7 mm away
     near_a = _nodule([_roi(-46.0, _square(2, 2, 7, 7))])
-    near_b = _nodule([_roi(-46.0, _square(3, 2, 8, 7)), _roi(-44.0, _square(3, 2, 8, 7))])
+    near_b = _nodule([_roi(-44.0, _square(2, 2, 7, 7))])
     far = _nodule([_roi(-42.0, _square(10, 10, 14, 14))])
     scan = read_lidc_xml(_write(folder, _xml([[near_a], [near_b], [far]])))
     groups = group_readings(scan, _volume())
     assert [tuple(r.reader for r in g.readings) for g in groups] == [(1, 2), (3,)]
-    # a fixed threshold below the 1 mm + 1 mm offset of the two readings splits them
-    assert len(group_readings(scan, _volume(), distance_mm=0.5)) == 3
+    # a fixed tolerance below the 2 mm contour distance splits them; above 4.7 mm joins all
+    assert len(group_readings(scan, _volume(), distance_mm=1.9)) == 3
+    assert len(group_readings(scan, _volume(), distance_mm=4.8)) == 1
     with pytest.raises(ValueError, match="received -1"):
         group_readings(scan, _volume(), distance_mm=-1)
+
+
+def test_more_than_four_overlapping_readings_shrink_the_tolerance(folder):
+    # five readers, two nodules whose outlines are 2 mm apart (one slice): at the 2 mm
+    # default they would form one group of five; pylidc's rule shrinks the tolerance
+    a = [_nodule([_roi(-46.0, _square(2, 2, 7, 7))]) for _ in range(3)]
+    b = [_nodule([_roi(-44.0, _square(2, 2, 7, 7))]) for _ in range(2)]
+    scan = read_lidc_xml(_write(folder, _xml([[n] for n in a + b])))
+    groups = group_readings(scan, _volume())
+    assert [tuple(r.reader for r in g.readings) for g in groups] == [(1, 2, 3), (4, 5)]
 
 
 def test_reader_with_two_nearby_nodules_keeps_the_nearest_in_a_group(folder):

@@ -385,3 +385,57 @@ def test_enhanced_ct_reads_with_per_frame_geometry(tmp_path):
         assert np.abs(vox - np.rint(vox)).max() < 1e-6
         raw = ds.pixel_array[k][r, c] * slope + intercept
         np.testing.assert_array_equal(volume.array[tuple(np.rint(vox).astype(int).T)], raw)
+
+
+def _patch_value(raw: bytes, tag: bytes, value: str) -> bytes:
+    """*raw* with the explicit-VR little-endian element *tag* (4 bytes, group then element) given
+    *value*, padded to its old length; nothing else of the file changes.  Reads the element's
+    header as its stored VR says (UN and the other long VRs have a 4-byte length)."""
+    i = raw.find(tag)
+    assert i >= 0, "element not found"
+    if raw[i + 4:i + 6] in (b"OB", b"OW", b"OF", b"SQ", b"UN", b"UT", b"UC", b"UR"):
+        start, n = i + 12, int.from_bytes(raw[i + 8:i + 12], "little")
+    else:
+        start, n = i + 8, int.from_bytes(raw[i + 6:i + 8], "little")
+    new = value.encode().ljust(n)
+    assert len(new) == n, f"{value!r} is longer than the {n} bytes it replaces"
+    return raw[:start] + new + raw[start + n:]
+
+
+@pytest.mark.parametrize("name, fault", [
+    # (0018,9346) CTDI Phantom Type Code Sequence encoded as UN with explicit-VR items (an
+    # invalid CP-246 encoding) in a JPEG-lossless CT; also 64-hex-digit "UIDs" and an over-long
+    # SH from its anonymiser
+    ("bad_sequence.dcm", b"\x18\x00\x46\x93UN"),
+    # explicit VR with almost every element (35 standard ones, ImagePositionPatient among them,
+    # and two private ones) stored as UN, in a JPEG 2000 lossless CT
+    ("explicit_VR-UN.dcm", b"\x20\x00\x32\x00UN"),
+])
+def test_pydicom_data_ct_with_malformed_sequence_or_un_elements_reads(tmp_path, name, fault):
+    """pydicom-data's two CT files with UN value representations, each made a three-slice
+    series by changing only the bytes of ImagePositionPatient and SOPInstanceUID in copies (so
+    the faults stay byte for byte): read, HU equal to the file's own decoded pixels."""
+    from pydicom.data import get_testdata_file
+
+    from data_tools.dicom import load_dicom_series
+
+    src = get_testdata_file(name, download=False)
+    if src is None:
+        pytest.fail(f"pydicom-data (a test dependency) does not hold {name}")
+    raw = open(src, "rb").read()
+    assert fault in raw
+    ds = pydicom.dcmread(src)
+    hu = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    x, y, z = (float(v) for v in ds.ImagePositionPatient)
+    uid = str(ds.SOPInstanceUID).encode()
+    for k in range(3):
+        ipp = "\\".join(f"{v:g}" for v in (x, y, z + k))
+        data = _patch_value(raw, b"\x20\x00\x32\x00", ipp)
+        data = data.replace(uid, uid[:-1] + str(k).encode())
+        assert fault in data
+        (tmp_path / f"{k}.dcm").write_bytes(data)
+    vol = load_dicom_series(tmp_path)
+    assert vol.shape == (3, ds.Rows, ds.Columns)
+    assert abs(vol.affine[2, 0]) == pytest.approx(1.0)
+    for k in range(3):
+        np.testing.assert_array_equal(vol.array[k], hu)
