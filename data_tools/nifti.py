@@ -211,7 +211,7 @@ def load_nifti_mask(path: str | Path, *, read: Callable[[Path], bytes | None] | 
             )
         arr = rounded
     try:
-        return Mask(arr.astype(np.int32), affine, {"format": "nifti"})
+        return Mask(arr, affine, {"format": "nifti"})   # int16, converted once, by Mask
     except MaskError as exc:
         raise MaskError(f"mask {file_label(path)}: {exc}", path=path) from None
 

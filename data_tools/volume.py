@@ -145,6 +145,9 @@ class Mask(Volume):
                 )
         if arr.size and arr.min() < 0:
             raise MaskError(f"a label mask must be >= 0; received minimum {arr.min()}")
+        if arr.size and arr.max() > np.iinfo(np.int16).max:
+            raise MaskError(f"a label mask holds labels up to {np.iinfo(np.int16).max}; received "
+                            f"maximum {arr.max()}. Relabel the nodules 1..N.")
         object.__setattr__(self, "array", arr.astype(np.int16, copy=False))
 
     @property

@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from data_tools.errors import UnreadableFileError
+from data_tools.errors import MaskError, UnreadableFileError
 from data_tools.nifti import load_nifti, load_nifti_mask, save_nifti
 from data_tools.volume import Volume, affine_from_spacing
 
@@ -230,3 +230,16 @@ def test_bad_bytes_handed_in_fail_as_the_file_does(folder):
     # the size limit is still checked from the header
     assert _error(load_nifti, ok, max_bytes=1000, read=lambda p: p.read_bytes()) == \
         _error(load_nifti, ok, max_bytes=1000)
+
+
+def test_mask_labels_beyond_int16_are_refused_not_wrapped(folder):
+    # labels are stored as int16; 40000 would wrap to -25536 and pass as a silent negative
+    arr = np.zeros((3, 3, 3), np.int32)
+    arr[1, 1, 1] = 40000
+    _save(folder / "big_labels.nii", arr, np.eye(4))
+    with pytest.raises(MaskError, match="maximum 40000"):
+        load_nifti_mask(folder / "big_labels.nii")
+    arr[1, 1, 1] = 32767
+    _save(folder / "ok_labels.nii", arr, np.eye(4))
+    mask = load_nifti_mask(folder / "ok_labels.nii")
+    assert mask.array.dtype == np.int16 and mask.array.max() == 32767
