@@ -57,6 +57,7 @@ from scipy import ndimage as ndi  # noqa: E402
 
 from data_tools.synthetic import BENCHMARK_GEOMETRY, SyntheticConfig, generate_case  # noqa: E402
 from discovery.report import planes, render  # noqa: E402
+from discovery.store.arrays import flatten_outside_air  # noqa: E402
 from discovery.store.tables import save_case_arrays  # noqa: E402
 from _memory import reset_peak, rss_mib  # noqa: E402
 
@@ -90,9 +91,11 @@ def build_case(seed: int = 11) -> tuple[dict[str, np.ndarray], tuple[float, floa
     region_map = np.zeros(shape, np.int16)
     half = [int(round(24.0 / s)) for s in spacing]  # 48 mm ROI
     n_regions = 0
+    boxes = []
     for c in centres:
         box = tuple(slice(max(int(round(ci)) - h, 0), min(int(round(ci)) + h + 1, n))
                     for ci, h, n in zip(c, half, shape))
+        boxes.append(box)
         bshape = tuple(s.stop - s.start for s in box)
         coarse = rng.random((6, 6, 6)).astype(np.float32)  # Grad-CAM cells
         cam = ndi.zoom(coarse, [b / 6.0 for b in bshape], order=1)[tuple(slice(0, b) for b in bshape)]
@@ -108,6 +111,7 @@ def build_case(seed: int = 11) -> tuple[dict[str, np.ndarray], tuple[float, floa
             if sizes[k] >= 20:
                 n_regions += 1
                 region_map[box][labels == k] = n_regions
+    flatten_outside_air(ct, keep=boxes, out=ct)     # as discovery score stores the CT
     arrays = {"ct": ct, "mask": mask, "attribution": attribution, "region_map": region_map,
               "affine": affine,
               "region_deep": rng.random((n_regions, 64)).astype(np.float32)}

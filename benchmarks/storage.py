@@ -33,7 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data_tools.synthetic import BENCHMARK_GEOMETRY, SyntheticConfig, generate_case  # noqa: E402
-from discovery.store.arrays import load_case_arrays, save_case_arrays  # noqa: E402
+from discovery.store.arrays import flatten_outside_air, load_case_arrays, save_case_arrays  # noqa: E402
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "realdata" / "lung-pet-ct-dx"
 STANDARD_MIB = 512 * 512 * 300 * 2 / 2 ** 20
@@ -107,7 +107,26 @@ def measure(ct: np.ndarray) -> list[dict]:
     if not np.array_equal(back, ct):
         raise AssertionError("save_case_arrays is not lossless")
     ratio = ct.nbytes / size
-    rows.append({"format": "chosen: Zarr zip, Blosc Zstd 5 bit shuffle, slice chunks (file)",
+    rows.append({"format": "Zarr zip, Blosc Zstd 5 bit shuffle, slice chunks (file), lossless",
+                 "ratio": ratio, "encode_s": t_enc, "decode_s": t_dec,
+                 "standard_scan_mib": STANDARD_MIB / ratio})
+    # the default of discovery score: the air around the patient flattened to -1000 HU, the
+    # rest exact (the time of finding that air counts as encoding time)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        flat, n_flat = flatten_outside_air(ct)
+        rel = save_case_arrays(tmp, "c", ct=flat)
+        t_enc = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        back = load_case_arrays(tmp, "c")["ct"]
+        t_dec = time.perf_counter() - t0
+        size = (Path(tmp) / rel).stat().st_size
+    changed = back != ct
+    if not np.array_equal(back, flat) or not (back[changed] == -1000).all():
+        raise AssertionError("the flattened file changed more than the outside air")
+    ratio = ct.nbytes / size
+    rows.append({"format": "**chosen**: the same file, the air around the patient at -1000 HU "
+                           f"({100 * n_flat / ct.size:.0f} % of the voxels), the rest exact",
                  "ratio": ratio, "encode_s": t_enc, "decode_s": t_dec,
                  "standard_scan_mib": STANDARD_MIB / ratio})
     return rows

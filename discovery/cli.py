@@ -190,7 +190,8 @@ def cmd_score(args) -> int:
             task = bar.add_task("scoring", total=None, note="")
             summary = score_folder(
                 args.input, args.out, model_dir=args.model,
-                settings=ScoreSettings(method=args.method, layer=args.layer),
+                settings=ScoreSettings(method=args.method, layer=args.layer,
+                                       lossless_ct=args.lossless_ct),
                 labels=args.labels,
                 layout=args.layout,
                 max_bytes=None if args.max_volume_gb <= 0 else int(args.max_volume_gb * 1024**3),
@@ -416,6 +417,10 @@ def _add_score(sub) -> None:
                    help="CAM layer (e.g. layer2: 16^3 cells of 3 mm on the demo model; "
                         "fine+coarse for the fused methods; default: the model card's "
                         "gradcam_layer); recorded in the results meta")
+    c.add_argument("--lossless-ct", action="store_true",
+                   help="store every CT voxel exactly in the case files (default: the air "
+                        "around the patient, below -900 HU, is stored as -1000 HU; about half "
+                        "the disk per scan)")
     c.add_argument("--labels", default=None,
                    help="CSV of known true labels (case_dir,nodule_label,malignant, e.g. a "
                         "sample cohort's truth.csv): clusters also report enrichment "

@@ -92,6 +92,10 @@ class ScoreSettings:
         ``gradcam_layer`` (the fused methods: ``layer2+layer3``).  The regions' ``deep``
         features are the activations of this layer (the coarse one when fused); for
         Integrated Gradients and Occlusion it chooses only those.
+    lossless_ct : bool
+        Store the CT of a case file exactly everywhere; False (default): the air around the
+        patient is stored as -1000 HU (:func:`discovery.store.arrays.flatten_outside_air`;
+        the analysis always sees the CT as read).
     """
 
     align: AlignThresholds = field(default_factory=AlignThresholds)
@@ -100,6 +104,7 @@ class ScoreSettings:
     batch_size: int = 8
     reliance: RelianceSettings = field(default_factory=RelianceSettings)
     layer: str | None = None
+    lossless_ct: bool = False
 
 
 @dataclass(frozen=True, eq=False)

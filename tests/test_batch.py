@@ -152,3 +152,55 @@ def test_labels_are_stored_and_reach_the_clustering(scored, tmp_path, monkeypatc
     assert all(int(m) == want[n] for n, m in zip(a["nodule_id"], a["malignant"]))
     store.set_labels(pd.DataFrame(columns=["case_id", "nodule_id", "malignant"]))
     assert store.labels().empty
+
+
+@pytest.mark.parametrize("lossless", [False, True])
+def test_case_file_ct_is_exact_in_the_body_and_flat_in_the_air_around_it(tmp_path, model_dir,
+                                                                          lossless):
+    from discovery.pipeline import ScoreSettings
+
+    folder = tmp_path / "in" / "CHEST"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(5)
+    shape = (24, 64, 64)
+    hu = rng.normal(-1000, 20, shape).astype(np.float32)          # air around the patient
+    yy, xx = np.ogrid[:64, :64]
+    body = (yy - 32) ** 2 + (xx - 32) ** 2 <= 26 ** 2
+    lung = (yy - 32) ** 2 + (xx - 32) ** 2 <= 20 ** 2
+    hu[:, body] = rng.normal(40, 10, (shape[0], int(body.sum())))
+    hu[:, lung] = rng.normal(-900, 40, (shape[0], int(lung.sum())))   # some below -900
+    ball = ((np.arange(24)[:, None, None] - 12) ** 2 + (yy - 32)[None] ** 2
+            + (xx - 40)[None] ** 2) <= 16
+    hu[ball] = 40
+    aff = affine_from_spacing((1.5, 1.2, 1.2))
+    save_nifti(Volume(hu, aff), folder / "ct.nii.gz")
+    save_nifti(Mask(ball.astype(np.int16), aff), folder / "mask.nii.gz")
+    out = tmp_path / "out"
+    score_folder(tmp_path / "in", out, model_dir=model_dir,
+                 settings=ScoreSettings(lossless_ct=lossless))
+    case_id = ResultsStore(out, create=False).cases()["case_id"].iloc[0]
+    ct = load_case_arrays(out, case_id)["ct"]
+    source = np.rint(hu).astype(np.int16)
+    if lossless:
+        np.testing.assert_array_equal(ct, source)
+        return
+    changed = ct != source
+    assert changed.any() and (ct[changed] == -1000).all()
+    assert not changed[:, body].any()               # the body and the lungs inside it: exact
+    outside_low = ~body[None] & (source < -900) & (source != -1000)
+    assert not (changed & ~outside_low).any()        # nothing else changes
+    # the analysed ROI (48 mm around the nodule: columns 20..60 here) is kept exactly; beyond
+    # it every outside-air voxel below -900 HU is flattened
+    far = np.zeros(shape, bool)
+    far[:, :, :15] = True
+    np.testing.assert_array_equal(changed[far], outside_low[far])
+    assert not changed[:, 14:50, 22:58].any()
+    # what the sanity checks and the causal check re-score, the ROI, is the same from the file
+    from discovery.model.card import load_model
+    from discovery.model.rois import extract_roi
+
+    _, card = load_model(model_dir)
+    rois = [extract_roi(Volume(v.astype(np.float32), aff), (12.0, 32.0, 40.0),
+                        size_vox=card.roi_size_vox, spacing_mm=card.roi_spacing_mm).hu
+            for v in (source, ct)]
+    np.testing.assert_array_equal(rois[0], rois[1])

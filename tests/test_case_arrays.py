@@ -13,7 +13,8 @@ import zarr
 from zarr.storage import ZipStore
 
 from discovery.report import render
-from discovery.store.arrays import case_file, load_case_arrays, save_case_arrays
+from discovery.store.arrays import (case_file, flatten_outside_air, load_case_arrays,
+                                    matches_stored_ct, save_case_arrays)
 
 SHAPE = (20, 64, 64)  # 81,920 voxels in 20 blocks of 4,096: above the sparse layout's floor
 
@@ -239,3 +240,65 @@ def test_large_sparse_arrays_decode_into_lean_zeroed_memory(tmp_path):
     assert isinstance(_owner(got), mmap.mmap) and got.flags.writeable and got.flags.c_contiguous
     np.testing.assert_array_equal(got, big)
     assert float(got.max()) == 400.0 and int(np.count_nonzero(got)) == 400
+
+
+def _chest_slice(rng) -> np.ndarray:
+    """24 x 24: air with noise (-1000 +- 20) around a body ring (40 HU, rows/columns 4..19)
+    enclosing a lung (-850, one emphysema voxel at -960) and a blanket voxel (-700) in the
+    outside air."""
+    sl = np.rint(rng.normal(-1000, 20, (24, 24))).astype(np.int16)
+    sl[4:20, 4:20] = 40
+    sl[7:17, 7:17] = -850
+    sl[10, 10] = -960
+    sl[2, 12] = -700
+    return sl
+
+
+def test_outside_air_is_flattened_the_body_and_lungs_stay_exact():
+    rng = np.random.default_rng(0)
+    ct = np.stack([_chest_slice(rng) for _ in range(3)])
+    got, n = flatten_outside_air(ct)
+    outside = np.ones((24, 24), bool)
+    outside[4:20, 4:20] = False
+    for k in range(3):
+        expect = ct[k].copy()
+        expect[outside & (ct[k] < -900)] = -1000
+        np.testing.assert_array_equal(got[k], expect)
+    assert n == int(np.count_nonzero(outside[None] & (ct < -900)))
+    assert got[0, 10, 10] == -960 and got[0, 2, 12] == -700   # enclosed air, blanket: kept
+    assert got.dtype == ct.dtype and not np.shares_memory(got, ct)
+    # keep boxes stay exact; out= writes in place
+    box = (slice(1, 2), slice(0, 6), slice(0, 6))
+    kept, _ = flatten_outside_air(ct, keep=[box])
+    np.testing.assert_array_equal(kept[box], ct[box])
+    assert (got[box] != ct[box]).any()                  # without the box it would change
+    np.testing.assert_array_equal(kept[2], got[2])
+    inplace = ct.copy()
+    flatten_outside_air(inplace, out=inplace)
+    np.testing.assert_array_equal(inplace, got)
+    with pytest.raises(ValueError, match="3-D"):
+        flatten_outside_air(ct[0])
+
+
+def test_flattened_ct_compresses_better(tmp_path):
+    rng = np.random.default_rng(1)
+    ct = np.stack([_chest_slice(rng) for _ in range(40)])
+    ct = np.tile(ct, (1, 8, 8))          # 192 x 192 slices, noisy air filling most of them
+    flat, _ = flatten_outside_air(ct)
+    save_case_arrays(tmp_path / "a", "c", ct=ct)
+    save_case_arrays(tmp_path / "b", "c", ct=flat)
+    size = [case_file(tmp_path / d, "c").stat().st_size for d in "ab"]
+    assert size[1] < 0.6 * size[0]
+
+
+def test_matches_stored_ct_allows_only_the_flattened_air():
+    rng = np.random.default_rng(2)
+    ct = np.stack([_chest_slice(rng) for _ in range(2)])
+    flat, _ = flatten_outside_air(ct)
+    assert matches_stored_ct(ct, flat) and matches_stored_ct(ct, ct)
+    other = flat.copy()
+    other[0, 10, 10] = -1000            # a lung voxel (-960 in the input) would not be flattened
+    assert matches_stored_ct(ct, other)  # ... but the rule only sees values, so it passes
+    other[0, 12, 12] = -1000            # a body voxel (40 HU) stored as air: another series
+    assert not matches_stored_ct(ct, other)
+    assert not matches_stored_ct(ct[:1], flat)

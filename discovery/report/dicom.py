@@ -89,6 +89,7 @@ from data_tools.errors import (
 from data_tools.files import atomic_path
 from data_tools.layouts import CaseSpec, discover_cases
 from data_tools.volume import spacing_from_affine
+from discovery.store.arrays import matches_stored_ct
 from discovery.store.tables import ResultsStore, load_case_arrays
 
 __all__ = [
@@ -385,7 +386,7 @@ def _scored_series(spec: CaseSpec, arrays: dict) -> list:
     ct = np.clip(np.rint(volume.array), -32768, 32767).astype(np.int16)
     affine = np.asarray(arrays["affine"], dtype=float)
     if (volume.shape != mask.shape or not np.allclose(volume.affine, affine, atol=1e-3)
-            or not np.array_equal(ct, np.asarray(arrays["ct"]))):
+            or not matches_stored_ct(ct, np.asarray(arrays["ct"]))):
         raise GeometryMismatchError(
             f"case {cid}: the series in the input (grid {volume.shape}) differs from the one "
             f"scored (grid {mask.shape}); rescore the case before exporting.")

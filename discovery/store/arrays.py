@@ -3,7 +3,9 @@
 A case's arrays live in ``RESULTS/cases/<case_id>.zarr.zip``: a `Zarr <https://zarr.dev>`_
 (format 3) group in a zip file (:class:`zarr.storage.ZipStore`; members stored, not deflated),
 every array chunked and compressed with Blosc-Zstd (level 5, bit shuffle), the CT kept as
-int16 Hounsfield units, losslessly.  Any Zarr reader opens it::
+int16 Hounsfield units, losslessly except for the air around the patient, which ``discovery
+score`` stores as -1000 HU (:func:`flatten_outside_air`; ``--lossless-ct`` keeps it).  Any
+Zarr reader opens it::
 
     import zarr
     group = zarr.open_group(zarr.storage.ZipStore("case-1a2b.zarr.zip", mode="r"), mode="r")
@@ -17,8 +19,8 @@ array, ``{"layout": "sparse", "shape": [...], "dtype": "<f4"}`` or ``{"layout": 
 reads one slice without inflating the scan.
 
 Measured (docs/benchmarks/speed.md): the CT of a real scan (Lung-PET-CT-Dx, 64 slices of
-512 x 512) compresses 2.1 times with these settings, lossless, a synthetic standard scan's
-case file is 65 MiB instead of 153 MiB.  The uncompressed ``.npz`` files of earlier versions
+512 x 512) compresses 2.1 times with these settings losslessly and about 4 times with the air
+around the patient flattened.  The uncompressed ``.npz`` files of earlier versions
 (``cases/<case_id>.npz``, memory-mapped) are still read; a re-scored case replaces its file.
 
 Each file is written to a temporary name and renamed over the old one
@@ -40,7 +42,8 @@ import numpy as np
 
 from data_tools.files import atomic_path
 
-__all__ = ["CASE_SUFFIX", "LEGACY_SUFFIX", "case_file", "save_case_arrays", "load_case_arrays"]
+__all__ = ["CASE_SUFFIX", "LEGACY_SUFFIX", "case_file", "flatten_outside_air",
+           "matches_stored_ct", "save_case_arrays", "load_case_arrays"]
 
 #: The file of one case, ``cases/<case_id><CASE_SUFFIX>``.
 CASE_SUFFIX = ".zarr.zip"
@@ -59,6 +62,83 @@ _BLOCK = 4096
 #: Legacy files: the member that says how each array is stored (absent in the deflated files
 #: written before it; those are read as plain ``.npz``).
 _LAYOUT_MEMBER = "__layout__.json"
+
+
+#: Air HU: what :func:`flatten_outside_air` writes.
+AIR_HU = -1000
+
+
+def flatten_outside_air(ct: np.ndarray, *, keep=(), air_below_hu: float = -400.0,
+                        flatten_below_hu: float = -900.0, out: np.ndarray | None = None
+                        ) -> tuple[np.ndarray, int]:
+    """The CT with the air *around* the patient set to -1000 HU, for storage.
+
+    Air outside the body holds no structure, only detector noise, and that noise is what
+    keeps a lossless coder from compressing the CT further: set to one value it compresses to
+    almost nothing, and a standard scan's case file halves (docs/benchmarks/speed.md).  The
+    rule, per axial slice: the voxels below *air_below_hu* that are connected (4-neighbours,
+    within the slice) to the image border are outside air; those of them below
+    *flatten_below_hu* become :data:`AIR_HU`.  Everything else is kept exactly: the body, the
+    lungs (air enclosed by the body), skin and blankets (-900 HU and above), and every voxel
+    inside the *keep* boxes.  A lung cut open by the field of view connects to the border: its
+    voxels below -900 HU would be flattened too (``discovery score --lossless-ct`` keeps them).
+
+    Parameters
+    ----------
+    ct : ndarray, shape (z, y, x), integer or float
+        HU.
+    keep : iterable of tuple of slice
+        Boxes ``(z, y, x)`` left exactly as they are (the analysed ROIs).
+    air_below_hu, flatten_below_hu : float
+        HU thresholds of the rule above.
+    out : ndarray or None
+        Where to write the result (may be *ct* itself); a new array when None.
+
+    Returns
+    -------
+    ct : ndarray, same shape and dtype as *ct*
+    n_flattened : int
+        Voxels set to -1000 HU.
+    """
+    from scipy import ndimage
+
+    ct = np.asarray(ct)
+    if ct.ndim != 3:
+        raise ValueError(f"ct must be 3-D (z, y, x); received shape {ct.shape}")
+    result = np.array(ct, copy=True) if out is None else out
+    if result is not ct:
+        result[...] = ct
+    boxes = []
+    for box in keep:
+        if len(box) != 3 or not all(isinstance(b, slice) for b in box):
+            raise ValueError(f"keep must hold (z, y, x) tuples of slices; received {box!r}")
+        boxes.append((range(*box[0].indices(ct.shape[0])), box[1:]))
+    n = 0
+    for k in range(ct.shape[0]):
+        labels, _ = ndimage.label(ct[k] < air_below_hu)
+        border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+        border = border[border > 0]
+        if border.size == 0:
+            continue
+        flat = np.isin(labels, border) & (ct[k] < flatten_below_hu)
+        for zs, in_plane in boxes:
+            if k in zs:
+                flat[in_plane] = False
+        result[k][flat] = AIR_HU
+        n += int(np.count_nonzero(flat))
+    return result, n
+
+
+def matches_stored_ct(ct: np.ndarray, stored: np.ndarray, *,
+                      flatten_below_hu: float = -900.0) -> bool:
+    """Whether *stored* (a case file's CT) is *ct* (int16 HU, as read again from the input)
+    up to :func:`flatten_outside_air`: equal everywhere except voxels stored as -1000 HU whose
+    input value was below *flatten_below_hu*."""
+    ct, stored = np.asarray(ct), np.asarray(stored)
+    if ct.shape != stored.shape:
+        return False
+    differ = ct != stored
+    return bool((stored[differ] == AIR_HU).all() and (ct[differ] < flatten_below_hu).all())
 
 
 def case_file(results_dir: str | Path, case_id: str) -> Path | None:
