@@ -115,12 +115,14 @@ def flatten_outside_air(ct: np.ndarray, *, keep=(), air_below_hu: float = -400.0
         boxes.append((range(*box[0].indices(ct.shape[0])), box[1:]))
     n = 0
     for k in range(ct.shape[0]):
-        labels, _ = ndimage.label(ct[k] < air_below_hu)
-        border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-        border = border[border > 0]
-        if border.size == 0:
+        labels, n_labels = ndimage.label(ct[k] < air_below_hu)
+        outside = np.zeros(n_labels + 1, dtype=bool)
+        outside[labels[0]] = outside[labels[-1]] = True
+        outside[labels[:, 0]] = outside[labels[:, -1]] = True
+        outside[0] = False
+        if not outside.any():
             continue
-        flat = np.isin(labels, border) & (ct[k] < flatten_below_hu)
+        flat = outside[labels] & (ct[k] < flatten_below_hu)
         for zs, in_plane in boxes:
             if k in zs:
                 flat[in_plane] = False
