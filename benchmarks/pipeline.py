@@ -33,7 +33,7 @@ from data_tools.nifti import load_nifti_mask  # noqa: E402
 from data_tools.synthetic import BENCHMARK_GEOMETRY, SyntheticConfig, generate_case, write_case  # noqa: E402
 from discovery.model.card import load_model  # noqa: E402
 from discovery.pipeline import analyze_scan  # noqa: E402
-from discovery.store.arrays import flatten_outside_air  # noqa: E402
+from discovery.store.arrays import ct_int16, flatten_outside_air  # noqa: E402
 from discovery.store.tables import save_case_arrays  # noqa: E402
 from _memory import reset_peak, rss_mib  # noqa: E402
 
@@ -78,7 +78,7 @@ def run(model_dir: str | None) -> tuple[list[dict], dict]:
         rest = rows[2]["seconds"] - sum(timings.values())
         rows.append({"stage": "  nodule sites, full-grid maps (rest)", "seconds": rest, "peak_rss_mib": float("nan")})
         with _measure(rows, "save viewer arrays (Zarr; outside air flattened, as discovery score)"):
-            ct = np.rint(volume.array).astype(np.int16)
+            ct = ct_int16(volume.array)
             flatten_outside_air(ct, keep=[n.box for n in result.nodules], out=ct)
             rel = save_case_arrays(tmp, "case-bench", ct=ct,
                                    mask=mask.array, attribution=result.attribution,

@@ -13,7 +13,7 @@ import zarr
 from zarr.storage import ZipStore
 
 from discovery.report import render
-from discovery.store.arrays import (case_file, flatten_outside_air, load_case_arrays,
+from discovery.store.arrays import (case_file, ct_int16, flatten_outside_air, load_case_arrays,
                                     matches_stored_ct, save_case_arrays)
 
 SHAPE = (20, 64, 64)  # 81,920 voxels in 20 blocks of 4,096: above the sparse layout's floor
@@ -302,3 +302,16 @@ def test_matches_stored_ct_allows_only_the_flattened_air():
     other[0, 12, 12] = -1000            # a body voxel (40 HU) stored as air: another series
     assert not matches_stored_ct(ct, other)
     assert not matches_stored_ct(ct[:1], flat)
+
+
+def test_ct_int16_rounds_and_clips_like_the_whole_volume_expression():
+    rng = np.random.default_rng(3)
+    hu = rng.normal(0, 20000, (4, 6, 7)).astype(np.float32)
+    hu[0, 0, :4] = [0.5, 1.5, -0.5, -2.5]                 # round half to even, as np.rint
+    expect = np.clip(np.rint(hu), -32768, 32767).astype(np.int16)
+    got = ct_int16(hu)
+    assert got.dtype == np.int16
+    np.testing.assert_array_equal(got, expect)
+    assert got.min() == -32768 and got.max() == 32767
+    with pytest.raises(ValueError, match="3-D"):
+        ct_int16(hu[0])

@@ -98,7 +98,7 @@ from discovery.patterns.clustering import PatternSettings, cluster_regions
 from discovery.explain.methods import FUSED_METHODS, FUSION_LAYERS, method_layer
 from discovery.pipeline import CaseResult, ScoreSettings, analyze_scan
 from discovery.regions.descriptors import describe_region
-from discovery.store.arrays import (case_file, flatten_outside_air, load_case_arrays,
+from discovery.store.arrays import (case_file, ct_int16, flatten_outside_air, load_case_arrays,
                                     save_case_arrays)
 from discovery.store.tables import ResultsStore
 
@@ -274,7 +274,7 @@ def _analyse_case(spec: CaseSpec, case, model, card, results_dir: Path,
     """Analyse a case read into memory, write its arrays; its rows for the store."""
     volume, mask = case.volume, case.mask
     result = analyze_scan(volume, mask, model, card, case_id=spec.case_id, settings=settings)
-    ct = np.clip(np.rint(volume.array), -32768, 32767).astype(np.int16)
+    ct = ct_int16(volume.array)
     if not settings.lossless_ct:
         flatten_outside_air(ct, keep=[n.box for n in result.nodules], out=ct)
     arrays = save_case_arrays(

@@ -80,6 +80,21 @@ def _check_array(arr, name: str, *, mask: bool) -> np.ndarray:
     return arr
 
 
+def _check_volume(arr, name: str) -> np.ndarray:
+    """A 3-D real array checked for NaN / infinity slice by slice and returned as it is
+    (float32 stays float32: a whole scan in float64 would be twice its size again)."""
+    arr = np.asarray(arr)
+    if arr.ndim != 3:
+        raise ValueError(f"{name} must be a 3-D (z, y, x) array; received shape {arr.shape}")
+    if arr.dtype.kind not in "iuf":
+        raise ValueError(f"{name} must be real; received dtype {arr.dtype}")
+    if arr.dtype.kind == "f":
+        n_bad = sum(int(np.count_nonzero(~np.isfinite(arr[k]))) for k in range(arr.shape[0]))
+        if n_bad:
+            raise ValueError(f"{name} must be finite; received {n_bad} NaN or infinite voxel(s)")
+    return arr
+
+
 def _check_finite(value, name: str) -> float:
     try:
         v = float(value)
@@ -164,7 +179,7 @@ def lung_mask(
     Lungs cut by the in-plane field of view touch the border and are lost.  Air pockets
     outside the lungs larger than ``min_volume_ml`` (stomach gas on low slices) are kept.
     """
-    hu = _check_array(hu, "hu", mask=False)
+    hu = _check_volume(hu, "hu")
     spacing = check_spacing(spacing_mm)
     threshold_hu = _check_finite(threshold_hu, "threshold_hu")
     min_volume_ml = check_nonneg(min_volume_ml, "min_volume_ml")

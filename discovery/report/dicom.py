@@ -89,7 +89,7 @@ from data_tools.errors import (
 from data_tools.files import atomic_path
 from data_tools.layouts import CaseSpec, discover_cases
 from data_tools.volume import spacing_from_affine
-from discovery.store.arrays import matches_stored_ct
+from discovery.store.arrays import ct_int16, matches_stored_ct
 from discovery.store.tables import ResultsStore, load_case_arrays
 
 __all__ = [
@@ -383,7 +383,7 @@ def _scored_series(spec: CaseSpec, arrays: dict) -> list:
             "degrees and was resampled onto an orthogonal grid when scored; the results no "
             "longer line up with the source images, so no DICOM objects referencing them can "
             "be made. Export the case as NIfTI instead.")
-    ct = np.clip(np.rint(volume.array), -32768, 32767).astype(np.int16)
+    ct = ct_int16(volume.array)
     affine = np.asarray(arrays["affine"], dtype=float)
     if (volume.shape != mask.shape or not np.allclose(volume.affine, affine, atol=1e-3)
             or not matches_stored_ct(ct, np.asarray(arrays["ct"]))):

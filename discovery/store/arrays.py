@@ -42,7 +42,7 @@ import numpy as np
 
 from data_tools.files import atomic_path
 
-__all__ = ["CASE_SUFFIX", "LEGACY_SUFFIX", "case_file", "flatten_outside_air",
+__all__ = ["CASE_SUFFIX", "LEGACY_SUFFIX", "case_file", "ct_int16", "flatten_outside_air",
            "matches_stored_ct", "save_case_arrays", "load_case_arrays"]
 
 #: The file of one case, ``cases/<case_id><CASE_SUFFIX>``.
@@ -66,6 +66,28 @@ _LAYOUT_MEMBER = "__layout__.json"
 
 #: Air HU: what :func:`flatten_outside_air` writes.
 AIR_HU = -1000
+
+
+def ct_int16(hu: np.ndarray) -> np.ndarray:
+    """HU rounded to the nearest integer and clipped to int16, slice by slice (whole-volume
+    ``np.clip(np.rint(hu))`` would hold two float copies of the scan at once).
+
+    Parameters
+    ----------
+    hu : ndarray, shape (z, y, x), real
+
+    Returns
+    -------
+    ndarray, shape (z, y, x), int16
+    """
+    hu = np.asarray(hu)
+    if hu.ndim != 3:
+        raise ValueError(f"hu must be 3-D (z, y, x); received shape {hu.shape}")
+    out = np.empty(hu.shape, dtype=np.int16)
+    info = np.iinfo(np.int16)
+    for k in range(hu.shape[0]):
+        out[k] = np.clip(np.rint(hu[k]), info.min, info.max)
+    return out
 
 
 def flatten_outside_air(ct: np.ndarray, *, keep=(), air_below_hu: float = -400.0,
