@@ -279,8 +279,8 @@ def _analyse_case(spec: CaseSpec, case, model, card, results_dir: Path,
         flatten_outside_air(ct, keep=[n.box for n in result.nodules], out=ct)
     arrays = save_case_arrays(
         results_dir, spec.case_id, ct=ct,
-        mask=(mask.array if mask is not None
-              else np.zeros(volume.shape, np.int16)).astype(np.int16),
+        mask=(mask.array if mask is not None   # Mask arrays are int16 already: no copy
+              else np.zeros(volume.shape, np.int16)).astype(np.int16, copy=False),
         attribution=result.attribution, region_map=result.region_map, affine=volume.affine,
         # row k-1: layer activations pooled in region k of region_map (case_region order)
         region_deep=_region_deep(result),
