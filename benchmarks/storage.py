@@ -82,6 +82,27 @@ def _candidates(ct: np.ndarray) -> dict:
     }
 
 
+def _row(name: str, ratio: float, t_enc: float, t_dec: float) -> dict:
+    return {"format": name, "ratio": ratio, "encode_s": t_enc, "decode_s": t_dec,
+            "standard_scan_mib": STANDARD_MIB / ratio}
+
+
+def _through_file(ct: np.ndarray, prepare) -> tuple:
+    """``(stored, n, read back, file bytes, encode s, decode s)``: ``prepare(ct) -> (stored,
+    n)`` and :func:`save_case_arrays` timed together as encoding, :func:`load_case_arrays` as
+    decoding."""
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        stored, n = prepare(ct)
+        rel = save_case_arrays(tmp, "c", ct=stored)
+        t_enc = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        back = load_case_arrays(tmp, "c")["ct"]
+        t_dec = time.perf_counter() - t0
+        size = (Path(tmp) / rel).stat().st_size
+    return stored, n, back, size, t_enc, t_dec
+
+
 def measure(ct: np.ndarray) -> list[dict]:
     rows = []
     for name, (enc, dec) in _candidates(ct).items():
@@ -93,42 +114,21 @@ def measure(ct: np.ndarray) -> list[dict]:
         t_dec = time.perf_counter() - t0
         if not np.array_equal(back, ct):
             raise AssertionError(f"{name} is not lossless")
-        ratio = ct.nbytes / len(blob)
-        rows.append({"format": name, "ratio": ratio, "encode_s": t_enc, "decode_s": t_dec,
-                     "standard_scan_mib": STANDARD_MIB / ratio})
-    with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        rel = save_case_arrays(tmp, "c", ct=ct)
-        t_enc = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        back = load_case_arrays(tmp, "c")["ct"]
-        t_dec = time.perf_counter() - t0
-        size = (Path(tmp) / rel).stat().st_size
+        rows.append(_row(name, ct.nbytes / len(blob), t_enc, t_dec))
+    _, _, back, size, t_enc, t_dec = _through_file(ct, lambda a: (a, 0))
     if not np.array_equal(back, ct):
         raise AssertionError("save_case_arrays is not lossless")
-    ratio = ct.nbytes / size
-    rows.append({"format": "Zarr zip, Blosc Zstd 5 bit shuffle, slice chunks (file), lossless",
-                 "ratio": ratio, "encode_s": t_enc, "decode_s": t_dec,
-                 "standard_scan_mib": STANDARD_MIB / ratio})
+    rows.append(_row("Zarr zip, Blosc Zstd 5 bit shuffle, slice chunks (file), lossless",
+                     ct.nbytes / size, t_enc, t_dec))
     # the default of discovery score: the air around the patient flattened to -1000 HU, the
     # rest exact (the time of finding that air counts as encoding time)
-    with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        flat, n_flat = flatten_outside_air(ct)
-        rel = save_case_arrays(tmp, "c", ct=flat)
-        t_enc = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        back = load_case_arrays(tmp, "c")["ct"]
-        t_dec = time.perf_counter() - t0
-        size = (Path(tmp) / rel).stat().st_size
+    flat, n_flat, back, size, t_enc, t_dec = _through_file(ct, flatten_outside_air)
     changed = back != ct
     if not np.array_equal(back, flat) or not (back[changed] == -1000).all():
         raise AssertionError("the flattened file changed more than the outside air")
-    ratio = ct.nbytes / size
-    rows.append({"format": "**chosen**: the same file, the air around the patient at -1000 HU "
-                           f"({100 * n_flat / ct.size:.0f} % of the voxels), the rest exact",
-                 "ratio": ratio, "encode_s": t_enc, "decode_s": t_dec,
-                 "standard_scan_mib": STANDARD_MIB / ratio})
+    rows.append(_row("**chosen**: the same file, the air around the patient at -1000 HU "
+                     f"({100 * n_flat / ct.size:.0f} % of the voxels), the rest exact",
+                     ct.nbytes / size, t_enc, t_dec))
     return rows
 
 

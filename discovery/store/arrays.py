@@ -127,9 +127,12 @@ def flatten_outside_air(ct: np.ndarray, *, keep=(), air_below_hu: float = -400.0
     ct = np.asarray(ct)
     if ct.ndim != 3:
         raise ValueError(f"ct must be 3-D (z, y, x); received shape {ct.shape}")
-    result = np.array(ct, copy=True) if out is None else out
-    if result is not ct:
-        result[...] = ct
+    if out is None:
+        result = ct.copy()
+    else:
+        result = out
+        if result is not ct:
+            result[...] = ct
     boxes = []
     for box in keep:
         if len(box) != 3 or not all(isinstance(b, slice) for b in box):
