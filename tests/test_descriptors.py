@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from data_tools.volume import affine_from_spacing
 from discovery.regions.descriptors import (
@@ -306,3 +307,36 @@ def test_lung_field_within_boxes_equals_the_whole_field_there():
         inside[b] = True
     np.testing.assert_array_equal(part[inside], full[inside])
     assert not part[~inside].any()
+
+
+def _components_reference(hu, spacing, threshold_hu=-400.0, min_volume_ml=20.0):
+    """Steps 1-2 of lung_mask written plainly: scipy's int32 labels, per-label counts."""
+    labels, n = ndimage.label(hu < threshold_hu)
+    border = np.zeros(n + 1, bool)
+    for side in (labels[:, 0], labels[:, -1], labels[:, :, 0], labels[:, :, -1]):
+        border[side] = True
+    keep = ~border & (np.bincount(labels.ravel(), minlength=n + 1)
+                      >= 1000.0 * min_volume_ml / float(np.prod(spacing)))
+    keep[0] = False
+    return keep[labels]
+
+
+@pytest.mark.parametrize("n_bubbles", [40, 80_000])
+def test_lung_components_beyond_65535_components(n_bubbles):
+    """The air is labelled as uint16 while its components fit, as int32 beyond: the lungs
+    are the same either way (here 1 lung block, outside air, and 40 or 80,000 one-voxel air
+    bubbles in soft tissue, which are too small to keep)."""
+    from discovery.regions.descriptors import lung_components
+
+    hu = np.zeros((40, 200, 200), np.float32)
+    hu[:, :3], hu[:, -3:], hu[:, :, :3], hu[:, :, -3:] = -1000, -1000, -1000, -1000
+    hu[5:35, 20:60, 20:60] = -850                     # the lung: 48 ml at 1 mm
+    rng = np.random.default_rng(0)
+    zyx = np.argwhere(np.ones((20, 66, 96), bool)) * 2 + (0, 64, 4)  # 126,720 sites
+    zyx = zyx[rng.permutation(len(zyx))[:n_bubbles]]
+    hu[tuple(zyx.T)] = -1000                          # isolated: every other voxel
+    assert (ndimage.label(hu < -400)[1] > 65_535) == (n_bubbles > 65_535)
+    spacing = (1.0, 1.0, 1.0)
+    got = lung_components(hu, spacing_mm=spacing)
+    np.testing.assert_array_equal(got, _components_reference(hu, spacing))
+    assert got[5:35, 20:60, 20:60].all() and got.sum() == 30 * 40 * 40

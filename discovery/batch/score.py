@@ -255,11 +255,18 @@ def _compute_case(spec: CaseSpec, model, card, results_dir: Path, settings: Scor
                   max_bytes: int | None, input_path: Path | str) -> Payload:
     """Read, analyse and write the arrays of one case; its rows for the store and its
     ``input_hash`` (from the bytes read: :class:`discovery.batch.manifest.HashingReader`).  A failure to read or
-    analyse the case becomes a ``failed`` payload with a safe message."""
+    analyse the case becomes a ``failed`` payload with a safe message.
+
+    The scan as read (float32 HU) is released once analysed, before the case file is
+    written: the file keeps the int16 CT (:func:`~discovery.store.arrays.ct_int16`), and
+    holding both through the write would add 4 bytes a voxel to the peak (300 MiB on a
+    512 x 512 x 300 scan)."""
     reader = HashingReader(spec, results_dir, max_bytes)
     try:
         case = read_case(spec, max_bytes=max_bytes, read=reader)
-        payload = _analyse_case(spec, case, model, card, results_dir, settings)
+        analysed = _analyse_case(spec, case, model, card, settings)
+        del case                                  # the float32 scan: freed here (docstring)
+        payload = _write_case(spec, analysed, results_dir)
     except Exception as exc:  # noqa: BLE001 -- a batch records every failure and goes on
         message = safe_error(exc, input_path, spec.image, spec.mask)
         # no traceback in the log: frames and messages of third-party code may quote paths
@@ -269,19 +276,43 @@ def _compute_case(spec: CaseSpec, model, card, results_dir: Path, settings: Scor
     return payload
 
 
-def _analyse_case(spec: CaseSpec, case, model, card, results_dir: Path,
-                  settings: ScoreSettings) -> Payload:
-    """Analyse a case read into memory, write its arrays; its rows for the store."""
+@dataclass
+class _Analysed:
+    """What :func:`_write_case` needs of an analysed case; the scan itself only as the int16
+    CT of its case file."""
+
+    result: CaseResult
+    ct: np.ndarray
+    mask: np.ndarray
+    affine: np.ndarray
+    shape: tuple[int, ...]
+    spacing_mm: tuple[float, ...]
+    nodules: tuple
+    mask_source: str
+
+
+def _analyse_case(spec: CaseSpec, case, model, card, settings: ScoreSettings) -> _Analysed:
+    """Analyse a case read into memory; the int16 CT of its case file (the air outside the
+    patient flattened unless ``settings.lossless_ct``)."""
     volume, mask = case.volume, case.mask
     result = analyze_scan(volume, mask, model, card, case_id=spec.case_id, settings=settings)
     ct = ct_int16(volume.array)
     if not settings.lossless_ct:
         flatten_outside_air(ct, keep=[n.box for n in result.nodules], out=ct)
-    arrays = save_case_arrays(
-        results_dir, spec.case_id, ct=ct,
+    return _Analysed(
+        result=result, ct=ct,
         mask=(mask.array if mask is not None   # Mask arrays are int16 already: no copy
               else np.zeros(volume.shape, np.int16)).astype(np.int16, copy=False),
-        attribution=result.attribution, region_map=result.region_map, affine=volume.affine,
+        affine=volume.affine, shape=volume.shape, spacing_mm=volume.spacing_mm,
+        nodules=case.nodules, mask_source=case.mask_source)
+
+
+def _write_case(spec: CaseSpec, case: _Analysed, results_dir: Path) -> Payload:
+    """Write the case file of an analysed case; its rows for the store."""
+    result = case.result
+    arrays = save_case_arrays(
+        results_dir, spec.case_id, ct=case.ct, mask=case.mask,
+        attribution=result.attribution, region_map=result.region_map, affine=case.affine,
         # row k-1: layer activations pooled in region k of region_map (case_region order)
         region_deep=_region_deep(result),
     )
@@ -289,8 +320,8 @@ def _analyse_case(spec: CaseSpec, case, model, card, results_dir: Path,
     status = "ok" if result.status == "ok" else "no-mask"
     return {"case": {"case_id": spec.case_id, "status": status,
                      "error": "" if status == "ok" else result.status.split(": ", 1)[-1],
-                     "n_nodules": len(nodules), "shape": list(volume.shape),
-                     "spacing_mm": [round(s, 4) for s in volume.spacing_mm],
+                     "n_nodules": len(nodules), "shape": list(case.shape),
+                     "spacing_mm": [round(s, 4) for s in case.spacing_mm],
                      "source_kind": spec.image_kind, "layout": spec.layout,
                      "mask_source": case.mask_source, "arrays": arrays},
             "nodules": nodules, "regions": regions,

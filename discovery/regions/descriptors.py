@@ -237,7 +237,7 @@ def lung_components(hu, *, spacing_mm, threshold_hu: float = -400.0,
     """
     spacing = check_spacing(spacing_mm)
     hu = np.asarray(hu)
-    labels, n = ndimage.label(hu < threshold_hu)  # default structure: 6-connectivity
+    labels, n = _label_6(hu < threshold_hu)
     # A component touches the in-plane border exactly when its bounding box does; only the
     # others are counted, each inside its own box (a whole-volume bincount would first copy
     # the labels to 64-bit integers: most of this function's time on a full-size scan).
@@ -250,6 +250,19 @@ def lung_components(hu, *, spacing_mm, threshold_hu: float = -400.0,
     keep = np.zeros(n + 1, dtype=bool)
     keep[kept] = True
     return keep[labels]
+
+
+def _label_6(binary: np.ndarray) -> tuple[np.ndarray, int]:
+    """6-connected components of *binary* (scipy's default structure): uint16 labels when
+    there are at most 65,535 of them (half the memory of scipy's int32, 150 MiB less on a
+    512 x 512 x 300 scan, and faster), else int32."""
+    out = np.empty(binary.shape, dtype=np.uint16)
+    try:
+        n = ndimage.label(binary, output=out)
+    except RuntimeError:  # "insufficient bit-depth": more components than uint16 can count
+        del out
+        return ndimage.label(binary)
+    return out, int(n)
 
 
 def _close_and_fill(lungs, box, spacing, radius) -> np.ndarray:
