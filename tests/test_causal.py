@@ -310,3 +310,41 @@ def test_a_rois_probability_does_not_depend_on_its_batch():
     assert score_inputs(model, list(x[:17]))[16] == pairs[16]  # 16 + 1 run as 15 + 2
     assert score_inputs(model, [x[3]])[0] == pairs[3]           # alone: beside a copy of itself
     assert len(score_inputs(model, [])) == 0
+
+
+def test_exemplars_are_the_members_whose_own_removal_moves_the_prediction_most():
+    """One cluster mixing the bead's regions (c2, c3: removing one takes p from ~1 to ~0)
+    with plain parenchyma (c0, c1, and c4, which has no bead): the exemplars shown first are
+    the bead regions, whatever order the clustering gave; one more pass reads every case."""
+    cases = {f"c{i}": _case(i, with_bead=i < 4) for i in range(5)}
+    picks = {"c0": 2, "c1": 2, "c2": 1, "c3": 1, "c4": 1}
+    regions = pd.DataFrame([{"case_id": c, "nodule_id": "n1", "case_region": k, "cluster": 0,
+                             "region_key": f"{c}/n1/r{k}"} for c, k in picks.items()])
+    centre_first = ["c0/n1/r2", "c1/n1/r2", "c4/n1/r1", "c2/n1/r1", "c3/n1/r1"]
+    clusters = pd.DataFrame({"cluster": [0], "exemplars": [centre_first]})
+    steps = []
+
+    def run(step, jobs):
+        steps.append((step.__name__, [j[0] for j in jobs]))
+        return [step(cid, r, load=cases.__getitem__, model=BeadDetector(), card=ModelCard(),
+                     **kw) for cid, r, kw in jobs]
+
+    out, _ = pattern_effects(regions, clusters, load=None, model=None, card=ModelCard(), run=run)
+    row = out.iloc[0]
+    assert row.effect_mean == pytest.approx(-0.4, abs=0.01)  # 2 of 5 nodules drop by ~1
+    assert set(row.exemplars[:2]) == {"c2/n1/r1", "c3/n1/r1"}
+    assert sorted(row.exemplars) == sorted(centre_first)
+    assert steps == [("case_deltas", list(cases)), ("case_deltas", list(cases))]
+    kept, _ = pattern_effects(regions, clusters, load=cases.__getitem__, model=BeadDetector(),
+                              card=ModelCard(), exemplars_by_effect=False)
+    assert list(kept.iloc[0].exemplars) == centre_first
+    # a cluster whose removal raises the probability on average shows its largest rises
+    # first (here the mirror image: a detector of the bead's absence)
+    class NoBead(BeadDetector):
+        def forward(self, x):
+            return -super().forward(x)
+
+    up, _ = pattern_effects(regions, clusters, load=cases.__getitem__, model=NoBead(),
+                            card=ModelCard())
+    assert up.iloc[0].effect_mean > 0.3
+    assert set(up.iloc[0].exemplars[:2]) == {"c2/n1/r1", "c3/n1/r1"}
