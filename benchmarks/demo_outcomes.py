@@ -134,7 +134,9 @@ def run(args) -> dict:
         store.close()
     model, card = load_model(args.model)
     structures, touching = _structures(cohort, results, cfg, args.seed, model, card, regions)
-    clusters = clusters.assign(reading=cluster_readings(clusters))
+    clusters = clusters.assign(reading=cluster_readings(clusters),
+                               exemplars_on=[_exemplar_kinds(keys, touching)
+                                             for keys in clusters["exemplars"]])
     outcomes = nodule_outcomes(findings, clusters, regions)["outcome"].value_counts()
     kinds = []
     for kind in KINDS:
@@ -162,11 +164,22 @@ def run(args) -> dict:
         "kinds": kinds,
         "clusters": clusters[["cluster", "n_regions", "median_halo_max_hu", "effect_mean",
                               "relied_upon", "enrichment_predicted", "q_predicted",
-                              "reading"]].to_dict("records"),
+                              "reading", "exemplars_on"]].to_dict("records"),
         "outcomes": {str(k): int(v) for k, v in outcomes.items()},
         "verdicts": {str(k): int(v) for k, v in findings["verdict"].value_counts().items()},
         "seconds": round(time.perf_counter() - t0, 1),
     }
+
+
+def _exemplar_kinds(keys, touching: dict) -> dict:
+    """How many of a cluster's exemplars (region keys) touch each planted kind, and how
+    many touch none (``"none"``); ``"n"``: the exemplars."""
+    keys = list(keys) if keys is not None else []
+    out = {"n": len(keys)}
+    for key in keys:
+        for kind in touching.get(key) or ["none"]:
+            out[kind] = out.get(kind, 0) + 1
+    return out
 
 
 def _fmt(v, nd=2):
@@ -200,12 +213,15 @@ def main(argv=None) -> int:
               f"({_fmt(k['oracle_delta_p_malignant'], 3)}) | {_fmt(k['reach_median'])} | "
               f"{_fmt(k['reach_at_least_half'])} | {k['regions_touching']} | "
               f"{k['touching_by_cluster'] or '–'} |")
-    print("| cluster | regions | median halo HU | Δp | relied upon | enrichment (pred.) | q | reading |")
-    print("|---:|---:|---:|---:|---|---:|---:|---|")
+    print("| cluster | regions | median halo HU | Δp | relied upon | enrichment (pred.) | q | reading | exemplars touching |")
+    print("|---:|---:|---:|---:|---|---:|---:|---|---|")
     for c in out["clusters"]:
+        ex = dict(c["exemplars_on"])
+        n = ex.pop("n")
         print(f"| {c['cluster']} | {c['n_regions']} | {_fmt(c['median_halo_max_hu'], 0)} | "
               f"{_fmt(c['effect_mean'], 3)} | {bool(c['relied_upon'])} | "
-              f"{_fmt(c['enrichment_predicted'])} | {_fmt(c['q_predicted'], 4)} | {c['reading']} |")
+              f"{_fmt(c['enrichment_predicted'])} | {_fmt(c['q_predicted'], 4)} | {c['reading']} | "
+              f"{', '.join(f'{k} {v}' for k, v in sorted(ex.items()))} (of {n}) |")
     print(f"outcomes: {out['outcomes']}; verdicts: {out['verdicts']}")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2, default=str))

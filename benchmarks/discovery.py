@@ -27,7 +27,9 @@ label-independent distractor):
   ``rests_on_nodule`` (:mod:`discovery.model.reliance`) on the predicted-malignant nodules.
 
 Usage: ``python benchmarks/discovery.py --seed S [--condition shortcut|sign] [--json FILE] [--train-cases N]
-[--test-cases N] [--epochs E] [--method hdbscan|spectral] [--features region|structure] [--cache DIR]``
+[--test-cases N] [--epochs E] [--map METHOD@LAYER] [--method hdbscan|spectral]
+[--features region|structure] [--cache DIR]``; ``python benchmarks/discovery.py summary
+A.json B.json ...`` prints one table row per run from their ``--json`` files.
 """
 
 from __future__ import annotations
@@ -309,7 +311,39 @@ def markdown(r: dict) -> str:
     return "\n".join(lines)
 
 
+def _kind_cells(k: dict) -> str:
+    return (f"{_fmt(k['oracle_effect_mean'], 3)} ({_fmt(k['target_applies'])}) | "
+            f"{_fmt(k['coverage'])} | {_fmt(k['precision'])} / {_fmt(k['recall'])} / "
+            f"**{_fmt(k['f1'])}** / {_fmt(k.get('top10_precision'))}")
+
+
+def summary_table(results: list[dict]) -> str:
+    """One markdown row per run (``--json`` files of :func:`run`), sorted by condition, map
+    and seed: the figures the issue's targets are about."""
+    lines = ["| condition | map | seed | test AUROC | regions / clusters | bead: oracle Δp (relied on) "
+             "| bead: coverage | bead: P / R / F1 / top-10 P | tail: oracle Δp (relied on) "
+             "| tail: coverage | tail: P / R / F1 / top-10 P | granuloma F1 "
+             "| flag AUROC (nodules resting on the bead) | distractor enriched "
+             "| verdict agreement (n; resting on the nodule) | s |",
+             "|---|---|---:|---:|---|---|---:|---|---|---:|---|---:|---|---|---|---:|"]
+    for r in sorted(results, key=lambda r: (r["condition"], r.get("map", ""), r["seed"])):
+        k, va = r["per_kind"], r["verdict_agreement"]
+        lines.append(
+            f"| {r['condition']} | {r.get('map', 'gradcam@layer3')} | {r['seed']} | "
+            f"{r['test_auroc']:.3f} | {r['n_regions']} / {r['n_clusters']} | "
+            f"{_kind_cells(k['marker_bead'])} | {_kind_cells(k['pleural_tail'])} | "
+            f"{_fmt(k['granuloma']['f1'])} | {_fmt(r['flag_auroc'], 3)} ({r['shortcut_nodules']}) | "
+            f"{_fmt(r['distractor_enriched'])} | {_fmt(va['balanced_accuracy'], 3)} "
+            f"({va['n']}; {va['n_rests']}) | {r['seconds_total']:.0f} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv and argv[0] == "summary":        # python benchmarks/discovery.py summary A.json ...
+        print(summary_table([json.loads(Path(p).read_text()) for p in argv[1:]]))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--condition", default="shortcut", choices=sorted(CONDITIONS),
