@@ -91,6 +91,7 @@ from discovery.batch.manifest import (
     case_config_hash,
     case_input_hash,
 )
+from discovery.batch.tempfiles import remove_stale_temp_files
 from discovery.model.external import load_any_model
 from discovery.parallel import process_pool
 from discovery.patterns.causal import CaseRunner, pattern_effects, run_here
@@ -432,55 +433,6 @@ def recluster(store: ResultsStore, settings: PatternSettings = PatternSettings()
             card=card, seed=settings.seed, run=run, nodules=store.findings())
     store.set_patterns(clustered, clusters, flags)
     return int(len(clusters))
-
-
-#: temporary files of :func:`data_tools.files.atomic_path` (``.<name>.<pid>.tmp``: the
-#: tables, ``store.json``, ``cases/<case_id>.zarr.zip``) and of earlier versions
-#: (``cases/.<case_id>.npz.<pid>.tmp``, ``cases/.<case_id>.<pid>.tmp.npz``, ``.patterns.csv.tmp``)
-_TEMP_NAME = re.compile(r"^\..+?(?:\.(\d+))?\.tmp(?:\.npz)?$")
-_TEMP_GLOBS = ("cases/.*.zarr.zip.*.tmp", "cases/.*.npz.*.tmp", "cases/.*.tmp.npz",
-               ".findings.csv*.tmp",
-               ".patterns.csv*.tmp", ".store.json*.tmp")
-_TEMP_STALE_S = 15 * 60
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, owned by someone else
-        return True
-    except OSError:
-        return False
-    return True
-
-
-def remove_stale_temp_files(results_dir: str | Path) -> int:
-    """Remove temporary files a killed run left in *results_dir* (``cases/.*.zarr.zip.*.tmp``,
-    ``.findings.csv.*.tmp``, ``.patterns.csv.*.tmp``, ``.store.json.*.tmp``, and the
-    ``cases/.*.tmp.npz`` of earlier versions); keep those of a running process written in
-    the last 15 minutes.  Return how many were removed."""
-    root = Path(results_dir)
-    candidates = sorted({p for pattern in _TEMP_GLOBS for p in root.glob(pattern)})
-    removed = 0
-    for path in candidates:
-        m = _TEMP_NAME.match(path.name)
-        if m is None:
-            continue
-        try:
-            age = time.time() - path.stat().st_mtime
-        except OSError:
-            continue
-        pid = int(m.group(1)) if m.group(1) else None
-        if (pid is not None and pid != os.getpid() and _process_alive(pid)
-                and age < _TEMP_STALE_S):
-            continue
-        path.unlink(missing_ok=True)
-        removed += 1
-    if removed:
-        log.info("removed %d temporary file(s) left by an interrupted run", removed)
-    return removed
 
 
 def _write_csv(df: pd.DataFrame, path: Path) -> None:

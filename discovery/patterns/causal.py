@@ -392,6 +392,19 @@ def _flag_rows(readable: list, mine: dict, found: _Pass, without: dict,
     return flags
 
 
+def _shortcut_flags(run: CaseRunner, readable: list, found: _Pass, effects: dict[int, Effect],
+                    threshold: float, seed: int, reach_mm: float) -> list[dict]:
+    """The flag rows of :func:`pattern_effects`: each nodule's regions in the clusters the
+    model relies on for malignancy removed together (read again only for the nodules with
+    regions in two or more of them)."""
+    supporting = {c for c, e in effects.items() if e.relied_upon and e.mean_delta < 0}
+    mine = {c: r[r["cluster"].astype(int).isin(supporting)] for c, r in readable}
+    again = [(c, rows, {"seed": seed, "reach_mm": reach_mm})
+             for c, rows in _combined_edits(mine).items()]
+    without = dict(zip([c for c, _, _ in again], run(case_without, again))) if again else {}
+    return _flag_rows(readable, mine, found, without, threshold)
+
+
 def _member_deltas(run: CaseRunner, by_case: list, seed: int,
                    reach_mm: float) -> dict[str, float]:
     """``region_key -> p_after - p_before`` with that region alone removed (its halo
@@ -413,12 +426,16 @@ def _member_deltas(run: CaseRunner, by_case: list, seed: int,
 
 def _exemplars_by_effect(clusters: pd.DataFrame, regions: pd.DataFrame,
                          effects: dict[int, Effect], member: dict[str, float]) -> pd.DataFrame:
-    """*clusters* with each cluster's ``exemplars`` re-chosen: its members in order of their
-    own effect in the cluster's direction (the largest drop first when removing the cluster
-    lowers the probability on average, the largest rise first otherwise; regions without an
-    effect last, then by ``region_key``), one per case, up to
-    :data:`~discovery.patterns.clustering.N_EXEMPLARS`.  A cluster without a mean effect
-    keeps its exemplars."""
+    """*clusters* with each cluster's ``exemplars`` (the region keys a reviewer is shown
+    first) re-chosen: its members in order of their own effect (*member*: each region
+    removed on its own, :func:`_member_deltas`) in the cluster's direction (the largest drop
+    first when removing the cluster lowers the probability on average, the largest rise
+    first otherwise; regions without an effect last, then by ``region_key``), one per case,
+    up to :data:`~discovery.patterns.clustering.N_EXEMPLARS`.  A cluster that mixes a
+    structure the model uses with background then shows that structure first (on the
+    discovery benchmark's sign condition, seeds 5 and 6: 8 of the top 10 on a planted tail,
+    against 1 and 3 of the 10 nearest the cluster's centre).  A cluster without a mean
+    effect keeps its exemplars."""
     out = clusters.copy()
     picked = []
     for c, old in zip(out["cluster"].astype(int), out["exemplars"]):
@@ -464,11 +481,10 @@ def pattern_effects(
     (:func:`summarize_effects`).
 
     Then, for every nodule with regions in clusters the model relies on *for* malignancy
-    (relied upon with a negative mean delta), those regions are removed together:
-    ``flag_score = max(0, p - p_without)`` and the nodule is ``flagged`` when it is
-    predicted malignant (``p >= threshold``) but would not be without them.  Each case is
-    read once (:func:`case_deltas`); only cases with a nodule in two or more such clusters
-    are read again (:func:`case_without`), since one cluster's removal was already scored.
+    (relied upon, negative mean delta), those regions are removed together: ``flag_score =
+    max(0, p - p_without)``; ``flagged`` when predicted malignant (``p >= threshold``) but
+    not without them.  Each case is read once (:func:`case_deltas`), again only for a nodule
+    in two or more such clusters (:func:`case_without`), and once more for the exemplars.
 
     Parameters
     ----------
@@ -490,16 +506,9 @@ def pattern_effects(
         processes); default: here, with *load*, *model*, *card*.  Same result anywhere.
     nodules : pandas.DataFrame, optional
         The findings table (``case_id``, ``nodule_id``, :data:`CENTRE_COLUMNS`): the stored
-        nodule centres, so the masks' centres are not computed again.
+        nodule centres (the masks' centres are not computed again).
     exemplars_by_effect : bool
-        When *clusters* has ``exemplars`` (the region keys a reviewer is shown first), choose
-        them again by each member's *own* effect: every clustered region is removed on its
-        own (one more pass over the cases, one edited ROI per region) and a cluster's
-        exemplars are the members whose removal moves their nodule most in the cluster's
-        direction, one per case.  A cluster that mixes a structure the model uses with
-        background then shows that structure first (on the discovery benchmark's sign
-        condition, seeds 5 and 6: 8 of the top 10 on a planted tail, against 1 and 3 of the
-        10 nearest the cluster's centre).  False keeps the exemplars nearest the centre.
+        Re-choose the ``exemplars`` by each member's own effect (one more pass).
 
     Returns
     -------
@@ -511,21 +520,15 @@ def pattern_effects(
         relied-upon cluster; ``flag_clusters`` a comma-separated list of cluster ids).
     """
     _check_effect_inputs(regions, clusters, nodules)
-    run = run_here(load, model, card) if run is None else run
-    threshold = card.threshold if threshold is None else float(threshold)
+    run, threshold = (run_here(load, model, card) if run is None else run,
+                      card.threshold if threshold is None else float(threshold))
     clustered = _with_centres(regions[regions["cluster"].astype(int) >= 0], nodules)
     by_case = list(_regions_by_case(clustered))
-    found = _first_pass(run, by_case, sorted({int(c) for c in clusters["cluster"]}), seed,
-                        reach_mm)
+    found = _first_pass(run, by_case, sorted({int(c) for c in clusters["cluster"]}), seed, reach_mm)
     effects = {c: summarize_effects(d, min_effect=min_effect, seed=seed)
                for c, d in found.deltas.items()}
-    supporting = {c for c, e in effects.items() if e.relied_upon and e.mean_delta < 0}
     readable = [(c, r) for c, r in by_case if c not in found.unreadable]
-    mine = {c: r[r["cluster"].astype(int).isin(supporting)] for c, r in readable}
-    again = [(c, rows, {"seed": seed, "reach_mm": reach_mm})
-             for c, rows in _combined_edits(mine).items()]
-    without = dict(zip([c for c, _, _ in again], run(case_without, again))) if again else {}
-    flags = _flag_rows(readable, mine, found, without, threshold)
+    flags = _shortcut_flags(run, readable, found, effects, threshold, seed, reach_mm)
     table = _effect_table(clusters, effects)
     if exemplars_by_effect and "exemplars" in table.columns and "region_key" in clustered:
         member = _member_deltas(run, readable, seed, reach_mm)
