@@ -76,7 +76,7 @@ from data_tools.cases import CaseSpec, discover_cases, read_case, read_labels
 from data_tools.dicom import DEFAULT_MAX_BYTES
 from data_tools.errors import DataError, ModelError, scrub_uids
 from data_tools.files import atomic_path
-from data_tools.volume import Mask, Volume
+from data_tools.volume import Mask, Volume, spacing_from_affine
 from discovery.batch.executors import (
     WORKER_DIED,
     WORKER_KILLED,
@@ -286,8 +286,6 @@ class _Analysed:
     ct: np.ndarray
     mask: np.ndarray
     affine: np.ndarray
-    shape: tuple[int, ...]
-    spacing_mm: tuple[float, ...]
     nodules: tuple
     mask_source: str
 
@@ -304,8 +302,7 @@ def _analyse_case(spec: CaseSpec, case, model, card, settings: ScoreSettings) ->
         result=result, ct=ct,
         mask=(mask.array if mask is not None   # Mask arrays are int16 already: no copy
               else np.zeros(volume.shape, np.int16)).astype(np.int16, copy=False),
-        affine=volume.affine, shape=volume.shape, spacing_mm=volume.spacing_mm,
-        nodules=case.nodules, mask_source=case.mask_source)
+        affine=volume.affine, nodules=case.nodules, mask_source=case.mask_source)
 
 
 def _write_case(spec: CaseSpec, case: _Analysed, results_dir: Path) -> Payload:
@@ -321,8 +318,8 @@ def _write_case(spec: CaseSpec, case: _Analysed, results_dir: Path) -> Payload:
     status = "ok" if result.status == "ok" else "no-mask"
     return {"case": {"case_id": spec.case_id, "status": status,
                      "error": "" if status == "ok" else result.status.split(": ", 1)[-1],
-                     "n_nodules": len(nodules), "shape": list(case.shape),
-                     "spacing_mm": [round(s, 4) for s in case.spacing_mm],
+                     "n_nodules": len(nodules), "shape": list(case.ct.shape),
+                     "spacing_mm": [round(s, 4) for s in spacing_from_affine(case.affine)],
                      "source_kind": spec.image_kind, "layout": spec.layout,
                      "mask_source": case.mask_source, "arrays": arrays},
             "nodules": nodules, "regions": regions,

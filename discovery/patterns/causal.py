@@ -520,8 +520,8 @@ def pattern_effects(
         relied-upon cluster; ``flag_clusters`` a comma-separated list of cluster ids).
     """
     _check_effect_inputs(regions, clusters, nodules)
-    run, threshold = (run_here(load, model, card) if run is None else run,
-                      card.threshold if threshold is None else float(threshold))
+    run = run_here(load, model, card) if run is None else run
+    threshold = card.threshold if threshold is None else float(threshold)
     clustered = _with_centres(regions[regions["cluster"].astype(int) >= 0], nodules)
     by_case = list(_regions_by_case(clustered))
     found = _first_pass(run, by_case, sorted({int(c) for c in clusters["cluster"]}), seed, reach_mm)
@@ -531,6 +531,6 @@ def pattern_effects(
     flags = _shortcut_flags(run, readable, found, effects, threshold, seed, reach_mm)
     table = _effect_table(clusters, effects)
     if exemplars_by_effect and "exemplars" in table.columns and "region_key" in clustered:
-        member = _member_deltas(run, readable, seed, reach_mm)
-        table = _exemplars_by_effect(table, clustered, effects, member)
+        table = _exemplars_by_effect(table, clustered, effects,
+                                     _member_deltas(run, readable, seed, reach_mm))
     return table, pd.DataFrame(flags, columns=FLAG_COLUMNS)
