@@ -71,7 +71,8 @@ def load_case(spec: CaseSpec, **options) -> tuple[Volume, Mask | None]:
 
 
 def read_case(spec: CaseSpec, *, max_bytes: int | None = DEFAULT_MAX_BYTES,
-              lidc_level: float = 0.5, read: ReadBytes | None = None) -> LoadedCase:
+              lidc_level: float = 0.5, read: ReadBytes | None = None,
+              integer_hu: bool = False) -> LoadedCase:
     """Read a case's image and its mask from the source its layout found.
 
     Parameters
@@ -87,6 +88,9 @@ def read_case(spec: CaseSpec, *, max_bytes: int | None = DEFAULT_MAX_BYTES,
         e.g. hash what it reads): the DICOM files and NIfTI images and masks are then parsed
         from those bytes; the other readers (MetaImage, LIDC XML, LUNA16 CSV, RTSTRUCT and
         SEG) open their files themselves, as they do when *read* returns None.
+    integer_hu : bool
+        A DICOM series' HU as int16 where exact (:func:`data_tools.dicom.read_ct_files`):
+        half the memory of float32.  Other images are float32.
 
     Raises
     ------
@@ -109,7 +113,8 @@ def read_case(spec: CaseSpec, *, max_bytes: int | None = DEFAULT_MAX_BYTES,
         from .dicom import load_dicom_folder
 
         volume, chosen, series = load_dicom_folder(spec.image, max_bytes=max_bytes,
-                                                   series_uid=spec.source_key or None, read=read)
+                                                   series_uid=spec.source_key or None, read=read,
+                                                   integer_hu=integer_hu)
     mask, nodules, source = _read_mask(spec, volume, chosen, series, lidc_level, read)
     if mask is not None:
         what = f"mask {file_label(spec.mask)}" if spec.mask is not None else "mask"

@@ -23,22 +23,18 @@ facts only (no patient identifiers, UIDs, dates or paths).
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pydicom
-from pydicom.errors import BytesLengthException
 from pydicom.multival import MultiValue
 from pydicom.pixels import get_decoder
-from pydicom.uid import (
-    UID,
-    JPEG2000TransferSyntaxes,
-    JPEGLSTransferSyntaxes,
-    JPEGTransferSyntaxes,
-)
+from pydicom.uid import UID
 
+from .dicom_pixels import decoder_hint, stored_pixels
 from .dicom_series import (
     DEFER_BYTES,
     FIX_HINT,
@@ -76,16 +72,19 @@ DEFAULT_MAX_BYTES = 4 * 1024**3  # refuse a series whose float32 volume would ex
 
 
 def load_dicom_series(folder: str | Path, *, series_uid: str | None = None,
-                      max_bytes: int | None = DEFAULT_MAX_BYTES) -> Volume:
+                      max_bytes: int | None = DEFAULT_MAX_BYTES,
+                      integer_hu: bool = False) -> Volume:
     """Load the CT series in *folder* (searched recursively) as a :class:`Volume`.
 
     See :func:`load_dicom_folder`, which also returns the series found.
     """
-    return load_dicom_folder(folder, series_uid=series_uid, max_bytes=max_bytes)[0]
+    return load_dicom_folder(folder, series_uid=series_uid, max_bytes=max_bytes,
+                             integer_hu=integer_hu)[0]
 
 
 def load_dicom_folder(folder: str | Path, *, series_uid: str | None = None,
-                      max_bytes: int | None = DEFAULT_MAX_BYTES, read: ReadBytes | None = None
+                      max_bytes: int | None = DEFAULT_MAX_BYTES, read: ReadBytes | None = None,
+                      integer_hu: bool = False
                       ) -> tuple[Volume, SeriesInfo, list[SeriesInfo]]:
     """Load the CT series in *folder* (searched recursively) as a :class:`Volume`.
 
@@ -102,6 +101,9 @@ def load_dicom_folder(folder: str | Path, *, series_uid: str | None = None,
         Gives the bytes of a file (:data:`data_tools.dicom_series.ReadBytes`); each file is
         then read once, its headers and pixels parsed from those bytes.  Files it returns
         None for are read here (headers first, pixel data when needed).
+    integer_hu : bool
+        HU as int16 where that is exact (see :func:`read_ct_files`); an Enhanced CT file is
+        read as float32.
 
     Returns
     -------
@@ -134,7 +136,8 @@ def load_dicom_folder(folder: str | Path, *, series_uid: str | None = None,
 
         return read_enhanced_ct(chosen.files[0]), chosen, series
     try:
-        volume = read_ct_files(chosen.files, max_bytes=max_bytes, _headers=headers)
+        volume = read_ct_files(chosen.files, max_bytes=max_bytes, _headers=headers,
+                               integer_hu=integer_hu)
         return volume, chosen, series
     except SeriesValidationError as exc:
         if not n_unreadable:
@@ -334,7 +337,7 @@ def _check_decoders(slices: list[_Slice]) -> None:
             raise UnreadableFileError(
                 f"{file_label(first.path)} stores its pixels with the compressed transfer "
                 f"syntax '{tsyntax.name}', and no installed decoder can read it. Install "
-                f"{_decoder_hint(tsyntax)} (the project's requirements include pylibjpeg), "
+                f"{decoder_hint(tsyntax)} (the project's requirements include pylibjpeg), "
                 "or export the series uncompressed.", path=first.path,
             )
 
@@ -559,124 +562,15 @@ def _untilt(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return out, new
 
 
-def _decoder_hint(tsyntax) -> str:
-    if tsyntax in JPEG2000TransferSyntaxes:
-        return "pylibjpeg and pylibjpeg-openjpeg (or python-gdcm)"
-    if tsyntax in JPEGTransferSyntaxes or tsyntax in JPEGLSTransferSyntaxes:
-        return "pylibjpeg and pylibjpeg-libjpeg (or python-gdcm)"
-    return "pylibjpeg with pylibjpeg-openjpeg / pylibjpeg-libjpeg, or python-gdcm"
-
-
-def _decoder_state(tsyntax) -> str:
-    try:
-        available = get_decoder(tsyntax).is_available
-    except NotImplementedError:
-        available = False
-    return ("the installed decoders failed on it" if available
-            else "no installed decoder can read it")
-
-
-_NATIVE_LE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}  # implicit / explicit VR little endian
-
-
-def _native_pixels(ds, s: _Slice) -> np.ndarray | None:
-    """Stored values straight from native little-endian pixel bytes, or None to let pydicom
-    decode (other syntaxes, unusual bit layouts).  Bits above BitsStored are dropped and
-    signed values sign-extended, as PS3.5 8.1.1 defines them."""
-    if s.transfer_syntax not in _NATIVE_LE:
-        return None
-    alloc, stored_bits = int(ds.get("BitsAllocated", 0) or 0), int(ds.get("BitsStored", 0) or 0)
-    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
-    high = int(ds.get("HighBit", stored_bits - 1) or 0)
-    if alloc not in (8, 16, 32) or not 0 < stored_bits <= alloc or high != stored_bits - 1:
-        return None
-    raw = ds.PixelData
-    n = s.rows * s.cols
-    if len(raw) < n * alloc // 8:
-        return None  # pydicom gives the precise error
-    dtype = np.dtype(f"<{'i' if signed else 'u'}{alloc // 8}")
-    arr = np.frombuffer(raw, dtype=dtype, count=n).reshape(s.rows, s.cols)
-    if stored_bits < alloc:
-        shift = alloc - stored_bits
-        if signed:
-            arr = (arr << shift) >> shift
-        else:
-            arr = arr & ((1 << stored_bits) - 1)
-    return arr
-
-
-def _j2k_sign(ds, stored: np.ndarray, label: str) -> np.ndarray:
-    """JPEG 2000 pixels whose codestream is signed (SIZ Ssiz bit 7) while PixelRepresentation
-    says unsigned (a Toshiba quirk: padding -2048 then reads as 63488): the codestream's
-    sign is used, with a warning.  Both pylibjpeg and GDCM follow PixelRepresentation there,
-    which turns air and padding into tens of thousands of HU."""
-    if int(ds.get("PixelRepresentation", 0) or 0) != 0 or stored.dtype.kind != "u":
-        return stored
-    from pydicom.encaps import generate_frames
-
-    try:
-        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
-    except (StopIteration, ValueError, TypeError):
-        return stored
-    at = frame.find(b"\xff\x4f\xff\x51")                 # SOC, then SIZ
-    if at < 0 or len(frame) < at + 43:
-        return stored
-    ssiz = frame[at + 42]                                 # component 0's Ssiz
-    if not ssiz & 0x80:
-        return stored
-    bits = (ssiz & 0x7F) + 1
-    log.warning("%s: the JPEG 2000 codestream is signed (%d bits) but PixelRepresentation says "
-                "unsigned; using the codestream's sign", label, bits)
-    values = stored.astype(np.int64)
-    return np.where(values >= 1 << (bits - 1), values - (1 << bits), values).astype(np.int32)
-
-
 def _read_pixels(s: _Slice) -> np.ndarray:
     """Stored values of one slice, shape (rows, cols)."""
-    label = file_label(s.path)
     ds = s.ds if s.ds is not None else _read_full(s.path)
-    try:
-        fast = _native_pixels(ds, s) if "PixelData" in ds else None
-    except READ_ERRORS:
-        fast = None
-    if fast is not None:
-        return fast
-    if "PixelData" not in ds:
-        raise UnreadableFileError(
-            f"{label} has no pixel data; it is probably truncated. Re-copy or re-export the "
-            "series.", path=s.path,
-        )
-    tsyntax = None
-    try:
-        tsyntax = UID(str(ds.file_meta.TransferSyntaxUID))
-        stored = ds.pixel_array
-    except (RuntimeError, NotImplementedError, ImportError) as exc:
-        if tsyntax is not None and tsyntax.is_transfer_syntax and tsyntax.is_compressed:
-            raise UnreadableFileError(
-                f"{label} stores its pixels with the compressed transfer syntax "
-                f"'{tsyntax.name}', and {_decoder_state(tsyntax)}. Install "
-                f"{_decoder_hint(tsyntax)}, or export the series uncompressed.", path=s.path,
-            ) from None
-        raise UnreadableFileError(
-            f"{label}: the pixel data cannot be decoded ({type(exc).__name__}).", path=s.path
-        ) from None
-    except (ValueError, AttributeError, TypeError, EOFError, BytesLengthException) as exc:
-        raise UnreadableFileError(
-            f"{label}: the pixel data cannot be decoded ({type(exc).__name__}); the file is "
-            "probably truncated or corrupt. Re-copy or re-export the series.", path=s.path,
-        ) from None
-    if tsyntax in JPEG2000TransferSyntaxes:
-        stored = _j2k_sign(ds, stored, label)
-    if stored.shape != (s.rows, s.cols):
-        raise UnreadableFileError(
-            f"{label}: pixel data has shape {stored.shape}, but Rows x Columns is "
-            f"{s.rows} x {s.cols}.", path=s.path,
-        )
-    return stored
+    return stored_pixels(ds, path=s.path, rows=s.rows, cols=s.cols,
+                         transfer_syntax=s.transfer_syntax)
 
 
 def read_ct_files(files: Sequence[Path], *, max_bytes: int | None = DEFAULT_MAX_BYTES,
-                  _headers: dict | None = None) -> Volume:
+                  integer_hu: bool = False, _headers: dict | None = None) -> Volume:
     """Read the files of one CT series into a :class:`Volume`.
 
     Parameters
@@ -687,13 +581,19 @@ def read_ct_files(files: Sequence[Path], *, max_bytes: int | None = DEFAULT_MAX_
     max_bytes : int or None
         Refuse, from the headers and before any pixel is read, a series whose float32
         volume would be larger (default 4 GiB); None for no limit.
+    integer_hu : bool
+        Keep HU as int16 (half the memory of float32) when that is exact: every slice's
+        RescaleSlope and RescaleIntercept are integers and every value fits int16, as in
+        almost every CT series.  Otherwise, and after a tilt or variable-spacing resampling
+        (interpolated values), float32.  Default False: float32 always.
 
     Returns
     -------
     Volume
-        ``array``: shape ``(z, y, x)`` = (slices, Rows, Columns), float32 HU, each slice
-        ``stored * RescaleSlope + RescaleIntercept`` with that slice's own values; slices
-        in increasing order along the slice normal.
+        ``array``: shape ``(z, y, x)`` = (slices, Rows, Columns), float32 HU (int16 with
+        *integer_hu*, where exact), each slice ``stored * RescaleSlope +
+        RescaleIntercept`` with that slice's own values; slices in increasing order along
+        the slice normal.
         ``affine``: ``[z, y, x, 1]`` -> LPS mm; column 0 = (last - first position) / (n - 1),
         column 1 = column cosine * PixelSpacing[0], column 2 = row cosine * PixelSpacing[1],
         column 3 = ImagePositionPatient of the first sorted slice.  A gantry-tilted series
@@ -725,7 +625,7 @@ def read_ct_files(files: Sequence[Path], *, max_bytes: int | None = DEFAULT_MAX_
             f"a CT volume needs at least {MIN_SLICES}.", path=paths[0])
     slices, proj = _sort(slices)
     affine, tilt, *along = _geometry(slices, proj)
-    return _assemble(slices, affine, tilt, along[0] if along else None)
+    return _assemble(slices, affine, tilt, along[0] if along else None, integer_hu=integer_hu)
 
 
 def _checked_slices(paths: list[Path], headers: dict, max_bytes: int | None) -> list[_Slice]:
@@ -757,8 +657,35 @@ def _checked_slices(paths: list[Path], headers: dict, max_bytes: int | None) -> 
     return slices
 
 
+def _integral(value: float) -> bool:
+    return math.isfinite(value) and float(value).is_integer() and abs(value) < 2**15
+
+
+def _hu_slices(slices: list[_Slice], integer_hu: bool) -> np.ndarray:
+    """``(z, y, x)`` HU of sorted slices: int16 with *integer_hu* while exact (integer
+    rescale, values within int16; the slices read so far are converted to float32 at the
+    first that is not), else float32."""
+    first = slices[0]
+    exact = integer_hu and all(_integral(s.slope) and _integral(s.intercept) for s in slices)
+    out = np.empty((len(slices), first.rows, first.cols),
+                   dtype=np.int16 if exact else np.float32)
+    low, high = np.iinfo(np.int16).min, np.iinfo(np.int16).max
+    for k, s in enumerate(slices):
+        stored = _read_pixels(s)
+        if out.dtype == np.int16:
+            hu = stored.astype(np.int64) * int(s.slope) + int(s.intercept)
+            if low <= hu.min() and hu.max() <= high:
+                out[k] = hu
+                continue
+            log.info("HU of slice %d leave the int16 range; reading the series as float32",
+                     k + 1)
+            out = out.astype(np.float32)
+        out[k] = stored.astype(np.float64) * s.slope + s.intercept
+    return out
+
+
 def _assemble(slices: list[_Slice], affine: np.ndarray, tilt: float,
-              along: np.ndarray | None = None) -> Volume:
+              along: np.ndarray | None = None, *, integer_hu: bool = False) -> Volume:
     """The volume of sorted, checked slices: HU per slice, a gantry tilt resampled away, a
     variable slice spacing (*along*: each slice's distance from the first, mm) resampled to
     equidistant slices."""
@@ -769,9 +696,9 @@ def _assemble(slices: list[_Slice], affine: np.ndarray, tilt: float,
     if thickness.replace(".", "", 1).isdigit() and abs(float(thickness) - step_mm) > 0.1 * step_mm:
         log.info("SliceThickness %s mm differs from the spacing between positions (%.3f mm); "
                  "using the positions", thickness, step_mm)
-    out = np.empty((len(slices), first.rows, first.cols), dtype=np.float32)
-    for k, s in enumerate(slices):
-        out[k] = _read_pixels(s).astype(np.float64) * s.slope + s.intercept
+    out = _hu_slices(slices, integer_hu)
+    if (along is not None or tilt > TILT_TOLERANCE_DEG) and out.dtype != np.float32:
+        out = out.astype(np.float32)                # interpolated values follow
     if along is not None:
         step = float(np.linalg.norm(affine[:3, 0]))
         normal = np.cross(affine[:3, 2], affine[:3, 1])

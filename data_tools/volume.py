@@ -81,7 +81,9 @@ class Volume:
     Attributes
     ----------
     array : ndarray, shape (z, y, x)
-        Voxel values; for CT, Hounsfield units as float32.
+        Voxel values; for CT, Hounsfield units as float32, or as int16 where a reader was
+        asked to keep them exact (``integer_hu``): code that computes with HU converts the
+        part it uses.
     affine : ndarray, shape (4, 4)
         ``[z, y, x, 1]`` -> patient LPS mm (see module docstring).
     metadata : Mapping[str, str]

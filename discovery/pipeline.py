@@ -375,10 +375,11 @@ def _analyze_nodule(volume: Volume, mask: Mask, scene: _Scene, site: NoduleSite,
                     fit: Applicability = Applicability((), "")) -> NoduleResult:
     """Alignment, localisation, off-mask regions and their contexts of one nodule."""
     spacing = volume.spacing_mm
-    annotated = mask.array > 0
     with _stage(timings, "align"):
         box, attr = roi_to_scan(roi_map, roi, volume.shape)
-        own = mask.array[box] == site.label
+        labels_box = mask.array[box]
+        annotated, own = labels_box > 0, labels_box == site.label
+        hu = np.asarray(volume.array[box], dtype=np.float32)   # int16 HU (score) -> float
         dist = distance_to_mask_mm(own, spacing) if own.any() else None  # shared by both
         alignment = align(attr, own, spacing_mm=spacing, thresholds=settings.align,
                           distance_mm=dist)
@@ -386,12 +387,12 @@ def _analyze_nodule(volume: Volume, mask: Mask, scene: _Scene, site: NoduleSite,
     lo = np.array([s.start for s in box], dtype=float)
     with _stage(timings, "offmask"):
         labels, regions = extract_offmask_regions(
-            attr, annotated[box], volume.array[box], spacing_mm=spacing,
+            attr, annotated, hu, spacing_mm=spacing,
             nodule_center_zyx=tuple(np.asarray(site.center_zyx) - lo), settings=settings.offmask,
         )
     with _stage(timings, "descriptors"):
-        contexts = [_region_context(volume, scene, site, roi, act, box, labels, region, attr, own,
-                                    annotated[box], dist) for region in regions]
+        contexts = [_region_context(volume, hu, scene, site, roi, act, box, labels, region,
+                                    attr, own, annotated, dist) for region in regions]
     return NoduleResult(
         site=site, probability=probability, predicted_label=predicted_label, alignment=alignment,
         localization=localization, regions=regions, box=box, attribution=attr,
@@ -400,13 +401,14 @@ def _analyze_nodule(volume: Volume, mask: Mask, scene: _Scene, site: NoduleSite,
     )
 
 
-def _region_context(volume: Volume, scene: _Scene, site: NoduleSite, roi: Roi, act: np.ndarray,
-                    box, labels: np.ndarray, region: OffMaskRegion, attr: np.ndarray,
-                    own: np.ndarray, annotated: np.ndarray,
+def _region_context(volume: Volume, hu: np.ndarray, scene: _Scene, site: NoduleSite, roi: Roi,
+                    act: np.ndarray, box, labels: np.ndarray, region: OffMaskRegion,
+                    attr: np.ndarray, own: np.ndarray, annotated: np.ndarray,
                     dist: np.ndarray | None) -> RegionContext:
-    """What surrounds one off-mask region (:class:`RegionContext`)."""
+    """What surrounds one off-mask region (:class:`RegionContext`); *hu*, *own*,
+    *annotated* and *labels* are crops of the scan grid at *box*."""
     spacing = volume.spacing_mm
-    hu, lung = volume.array[box], scene.lung[box]
+    lung = scene.lung[box]
     lo = np.array([s.start for s in box], dtype=float)
     inside = labels == region.region_index
     halo = grow_mm(inside, HALO_MM, spacing) & ~own

@@ -86,6 +86,30 @@ def test_hu_round_trip_exact_with_per_slice_rescale(case_dir):
     assert vol.metadata["format"] == "dicom" and vol.metadata["modality"] == "CT"
 
 
+def test_integer_hu_keeps_exact_hu_as_int16(case_dir):
+    intercepts = [-1024.0, 0.0, 7.0, -1000.0, -1024.0, 3.0, 0.0, -8.0]
+    written = write_ct_series(case_dir, slopes=[1.0] * 8, intercepts=intercepts)
+    vol = load_dicom_series(case_dir, integer_hu=True)
+    assert vol.array.dtype == np.int16
+    np.testing.assert_array_equal(vol.array, written.hu)
+    plain = load_dicom_series(case_dir)
+    assert plain.array.dtype == np.float32
+    np.testing.assert_array_equal(plain.array, vol.array)
+
+
+@pytest.mark.parametrize("slopes", [None, [1.0, 1.0, 1.0, 20.0, 1.0, 1.0, 1.0, 1.0]],
+                         ids=["fractional rescale", "values beyond int16 mid-series"])
+def test_integer_hu_falls_back_to_exact_float32(case_dir, slopes, caplog):
+    written = write_ct_series(case_dir, slopes=slopes,
+                              intercepts=None if slopes is None else [-1024.0] * 8)
+    if slopes is not None:
+        assert np.abs(written.hu).max() > np.iinfo(np.int16).max   # the case is real
+    vol = load_dicom_series(case_dir, integer_hu=True)
+    assert vol.array.dtype == np.float32
+    np.testing.assert_array_equal(vol.array, written.hu)   # slices before the switch too
+    assert (slopes is not None) == any("int16 range" in r.getMessage() for r in caplog.records)
+
+
 def test_sorting_uses_positions_not_file_names_or_instance_numbers(case_dir):
     written = write_ct_series(case_dir, seed=3)
     by_name = sorted(written.files)

@@ -98,6 +98,22 @@ def test_gantry_tilt_is_resampled_and_recorded(case_dir):
     assert vol.array[n - 1, 0, 3] == pytest.approx(vol.array.min())  # filled from outside: air
 
 
+def test_gantry_tilt_resamples_integer_hu_as_float32(case_dir):
+    n, rows, cols, step, shear = 5, 12, 6, 2.0, 0.5
+    rng = np.random.default_rng(4)
+    for k in range(n):
+        stored = rng.integers(-1000, 1000, size=(rows, cols)).astype(np.int16)
+        ds = ct_dataset(stored, position=[0.0, k * shear, k * step], pixel_spacing=(1.0, 1.0),
+                        slope=1.0, intercept=0.0, instance=k + 1, series_uid="1.2.3.5",
+                        study_uid="1.2.3")
+        ds.save_as(case_dir / f"s{k}.dcm", enforce_file_format=True)
+    vol = load_dicom_series(case_dir, integer_hu=True)
+    assert "gantry_tilt_deg" in vol.metadata
+    assert vol.array.dtype == np.float32                   # interpolated, not truncated
+    np.testing.assert_array_equal(vol.array, load_dicom_series(case_dir).array)
+    assert not np.array_equal(vol.array, np.round(vol.array))
+
+
 def test_untilted_series_keeps_its_voxels_and_records_nothing(case_dir):
     written = write_ct_series(case_dir)
     vol = load_dicom_series(case_dir)

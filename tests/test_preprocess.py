@@ -46,6 +46,18 @@ def test_outside_the_scan_is_air():
     assert roi.hu[0, 0, 0] == -1000.0
 
 
+def test_roi_of_an_int16_scan_equals_the_roi_of_its_float32_copy():
+    rng = np.random.default_rng(0)
+    hu = rng.integers(-1024, 3000, size=(30, 50, 50)).astype(np.int16)
+    affine = affine_from_spacing((1.25, 0.7, 0.7), (0.0, 0.0, 0.0))
+    a = extract_roi(Volume(hu, affine), (14.3, 20.6, 31.1), size_vox=(8, 8, 8),
+                    spacing_mm=(1.5, 1.5, 1.5))
+    b = extract_roi(Volume(hu.astype(np.float32), affine), (14.3, 20.6, 31.1),
+                    size_vox=(8, 8, 8), spacing_mm=(1.5, 1.5, 1.5))
+    assert a.hu.dtype == np.float32 and not np.array_equal(a.hu, np.round(a.hu))
+    np.testing.assert_array_equal(a.hu, b.hu)
+
+
 def test_roi_to_scan_round_trip_on_linear_map():
     vol = _scan()
     roi = extract_roi(vol, (20.0, 60.0, 60.0), size_vox=(16, 16, 16), spacing_mm=(1.5, 1.5, 1.5))

@@ -34,6 +34,10 @@ def test_real_lung_field_against_the_chest_imaging_platform_mask():
     field = lung_mask(volume.array, spacing_mm=volume.spacing_mm)
     dice = 2.0 * (field & truth).sum() / (field.sum() + truth.sum())
     assert dice >= 0.975, dice          # measured 0.980 (docs/guide/inputs.md, real files)
+    exact = load_dicom_series(root / "ct-64Dicom", integer_hu=True)   # as discovery score
+    assert exact.array.dtype == np.int16
+    np.testing.assert_array_equal(exact.array, volume.array)
+    np.testing.assert_array_equal(lung_mask(exact.array, spacing_mm=exact.spacing_mm), field)
 
 
 @pytest.mark.parametrize("name", ["CT1", "CT2"])
@@ -348,6 +352,8 @@ def test_vendor_jpeg2000_quirks_decode_to_plausible_hu(tmp_path, name, caplog):
         volume = read_ct_files(sorted(folder.iterdir()))
     hu = volume.array
     assert -3100 <= float(hu.min()) <= -1000 and float(hu.max()) < 4000, (hu.min(), hu.max())
+    exact = read_ct_files(sorted(folder.iterdir()), integer_hu=True).array
+    np.testing.assert_array_equal(exact, hu)            # the same HU, int16 where exact
     assert ("codestream is signed" in caplog.text) == (name == "TOSHIBA_J2K_SIZ1_PixRep0")
 
 

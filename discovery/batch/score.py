@@ -258,15 +258,17 @@ def _compute_case(spec: CaseSpec, model, card, results_dir: Path, settings: Scor
     ``input_hash`` (from the bytes read: :class:`discovery.batch.manifest.HashingReader`).  A failure to read or
     analyse the case becomes a ``failed`` payload with a safe message.
 
-    The scan as read (float32 HU) is released once analysed, before the case file is
-    written: the file keeps the int16 CT (:func:`~discovery.store.arrays.ct_int16`), and
-    holding both through the write would add 4 bytes a voxel to the peak (300 MiB on a
-    512 x 512 x 300 scan)."""
+    A DICOM series is read as int16 HU where that is exact (almost always: integer rescale
+    values), which is also the case file's CT: 2 bytes a voxel instead of float32's 4 and
+    a second int16 copy.  A scan read as float32 is released once analysed, before the
+    case file is written: the file keeps its int16 rounding
+    (:func:`~discovery.store.arrays.ct_int16`), and holding both through the write would
+    add 4 bytes a voxel to the peak (300 MiB on a 512 x 512 x 300 scan)."""
     reader = HashingReader(spec, results_dir, max_bytes)
     try:
-        case = read_case(spec, max_bytes=max_bytes, read=reader)
+        case = read_case(spec, max_bytes=max_bytes, read=reader, integer_hu=True)
         analysed = _analyse_case(spec, case, model, card, settings)
-        del case                                  # the float32 scan: freed here (docstring)
+        del case                                  # a float32 scan: freed here (docstring)
         payload = _write_case(spec, analysed, results_dir)
     except Exception as exc:  # noqa: BLE001 -- a batch records every failure and goes on
         message = safe_error(exc, input_path, spec.image, spec.mask)
@@ -292,10 +294,11 @@ class _Analysed:
 
 def _analyse_case(spec: CaseSpec, case, model, card, settings: ScoreSettings) -> _Analysed:
     """Analyse a case read into memory; the int16 CT of its case file (the air outside the
-    patient flattened unless ``settings.lossless_ct``)."""
+    patient flattened unless ``settings.lossless_ct``).  Consumes *case*: a scan read as
+    int16 HU becomes that CT (no copy), flattened in place."""
     volume, mask = case.volume, case.mask
     result = analyze_scan(volume, mask, model, card, case_id=spec.case_id, settings=settings)
-    ct = ct_int16(volume.array)
+    ct = volume.array if volume.array.dtype == np.int16 else ct_int16(volume.array)
     if not settings.lossless_ct:
         flatten_outside_air(ct, keep=[n.box for n in result.nodules], out=ct)
     return _Analysed(

@@ -142,14 +142,15 @@ def extract_roi(volume: Volume, center_zyx, *, size_vox, spacing_mm) -> Roi:
     scale = np.asarray(spacing_mm, dtype=float) / np.asarray(volume.spacing_mm, dtype=float)
     offset = np.asarray(center_zyx, dtype=float) - (size - 1) / 2.0 * scale
     hu = ndimage.affine_transform(
-        np.asarray(volume.array, dtype=np.float32),
+        volume.array,        # as stored (float32 or int16 HU): no whole-scan float copy
         scale,
         offset=offset,
         output_shape=tuple(int(s) for s in size),
+        output=np.float32,
         order=1,
         mode="constant",
         cval=OUTSIDE_HU,
-    ).astype(np.float32)
+    )
     to_scan = np.eye(4)
     to_scan[:3, :3] = np.diag(scale)
     to_scan[:3, 3] = offset
