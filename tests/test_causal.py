@@ -15,6 +15,7 @@ from discovery.patterns.causal import (
     FLAG_COLUMNS,
     inpaint_parenchyma,
     case_deltas,
+    ALL_OFF_MASK,
     case_without,
     pattern_effects,
     rescore_without,
@@ -218,7 +219,7 @@ def _two_bead_case(seed, with_beads):
 
 def test_a_nodule_in_two_supporting_clusters_has_them_removed_together():
     """Either bead's cluster alone turns 'malignant' into 'benign', so both are relied upon;
-    the flag removes both at once, in a second pass over just those cases."""
+    the flag removes all of the nodule's regions at once, in the same pass over the cases."""
     cases = {f"c{i}": _two_bead_case(i, with_beads=i < 4) for i in range(5)}
     rows = [{"case_id": cid, "nodule_id": "n1", "case_region": k, "cluster": k - 1}
             for cid in cases for k in (1, 2)]
@@ -228,10 +229,11 @@ def test_a_nodule_in_two_supporting_clusters_has_them_removed_together():
     out, flags = pattern_effects(regions, clusters, load=None, model=None, card=ModelCard(),
                                  run=here)
     assert out["relied_upon"].all() and (out["effect_mean"] < -0.7).all()
-    assert steps == [("case_deltas", list(cases)), ("case_without", list(cases))]
+    assert steps == [("case_deltas", list(cases))]
     f = flags.set_index("case_id")
     assert f.loc[["c0", "c1", "c2", "c3"], "flagged"].all() and not f.loc["c4", "flagged"]
-    assert (f["flag_clusters"] == "0,1").all()
+    assert (f.loc[["c0", "c1", "c2", "c3"], "flag_clusters"] == "0,1").all()
+    assert f.loc["c4", "flag_clusters"] == ""        # no bead: no cluster moves it
     vol, mask, region_map = cases["c1"]
     centre = nodule_sites(mask)[0].center_zyx
     both = grow_mm(np.isin(region_map, [1, 2]), 3.0, SPACING)
@@ -239,6 +241,25 @@ def test_a_nodule_in_two_supporting_clusters_has_them_removed_together():
                              protect=mask.array > 0)
     assert p0 > 0.99 and p1 < 1e-6
     assert f.loc["c1", "probability"] == p0 and f.loc["c1", "probability_without"] == p1
+
+
+def test_the_flag_does_not_depend_on_the_clustering():
+    """The same two-bead nodules, their regions left unclustered (-1) or split between a
+    cluster and noise: flagged all the same (all off-mask regions removed together), with
+    the clusters that alone lower the probability named."""
+    cases = {f"c{i}": _two_bead_case(i, with_beads=i < 4) for i in range(5)}
+    for labels, named in (((-1, -1), ""), ((0, -1), "0")):
+        rows = [{"case_id": cid, "nodule_id": "n1", "case_region": k, "cluster": c}
+                for cid in cases for k, c in zip((1, 2), labels)]
+        out, flags = pattern_effects(pd.DataFrame(rows), pd.DataFrame({"cluster": [0]}),
+                                     load=cases.__getitem__, model=BeadCounter(),
+                                     card=ModelCard())
+        f = flags.set_index("case_id")
+        assert list(f.index) == list(cases)
+        assert f.loc[["c0", "c1", "c2", "c3"], "flagged"].all() and not f.loc["c4", "flagged"]
+        assert (f.loc[["c0", "c1", "c2", "c3"], "flag_score"] > 0.99).all()
+        assert (f.loc[["c0", "c1", "c2", "c3"], "flag_clusters"] == named).all()
+        assert f.loc["c4", "flag_clusters"] == ""
 
 
 def run_here_recording(cases, model, steps):
@@ -290,6 +311,12 @@ def test_case_steps_score_each_roi_once():
     found = case_deltas("c0", rows, load=load, model=Counting(), card=ModelCard(), clusters=[0, 1])
     assert sizes == [3] and [(n, c) for n, c, _, _ in found] == [("n1", 0), ("n1", 1)]
     assert found[0][2] == found[1][2] > 0.99 and found[0][3] < 0.01
+    sizes.clear()
+    both = case_deltas("c0", rows, load=load, model=Counting(), card=ModelCard(), clusters=[0, 1],
+                       together=True)
+    assert sizes == [4] and [(n, c) for n, c, _, _ in both] == [("n1", ALL_OFF_MASK), ("n1", 0),
+                                                                ("n1", 1)]
+    assert both[1:] == found and both[0][3] < 0.01
     sizes.clear()
     got = case_without("c0", rows, load=load, model=Counting(), card=ModelCard())
     assert sizes == [2] and list(got) == ["n1"] and got["n1"] < 0.01  # one ROI, paired with itself

@@ -49,8 +49,10 @@ else:
                           placeholder="any", help="Nodules with an off-mask region in any of "
                           "these clusters.")
     only_flagged = f3.checkbox("Shortcut-flagged only", key="cases_flagged",
-                               help="Predictions that rest mostly off the mask on a pattern the "
-                                    "model relies on.")
+                               help="Predicted malignant, but benign once all of the "
+                                    "nodule's off-mask regions are replaced by lung "
+                                    "parenchyma: the prediction rests off the mask (on an "
+                                    "artifact, or on a candidate sign: its clusters say which).")
     status = f4.radio("Review status", ["all", "to review", "reviewed"], key="cases_review")
 
     prob = scored["probability"]

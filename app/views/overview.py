@@ -147,7 +147,7 @@ st.dataframe(
             "Applicability", help="ok, or why the model is used outside what it knows"),
         "probability": st.column_config.NumberColumn("P(malignant)", format="%.2f"),
         "without": st.column_config.NumberColumn(
-            "P without relied-upon off-mask regions", format="%.2f",
+            "P without its off-mask regions", format="%.2f",
             help="Equal to P(malignant) when no region of the nodule is in a cluster the model "
                  "relies on."),
         "rma": st.column_config.NumberColumn("RMA", format="%.2f",

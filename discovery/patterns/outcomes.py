@@ -23,8 +23,8 @@ Cluster reading (:func:`cluster_readings`), first match wins:
 Nodule outcome (:func:`nodule_outcomes`), first match wins:
 
 * ``"shortcut"``: the case-level flag fired (``flagged``: predicted malignant, and not any
-  more once its relied-upon off-mask regions are removed) and one of those clusters
-  (``flag_clusters``) reads ``"artifact"``.
+  more once all its off-mask regions are removed) and one of the clusters whose regions
+  alone lower its probability (``flag_clusters``) reads ``"artifact"``.
 * ``"candidate sign"``: the nodule has a region in a ``"candidate sign"`` cluster.
 * ``"on the tumour"``: the localisation verdict is ``"aligned"`` and the prediction rests on
   the nodule (``rests_on_nodule``, :mod:`discovery.model.reliance`: replacing the nodule with

@@ -569,9 +569,11 @@ def _nodule_head(doc: Doc, ctx: dict, row, k: int, n: int) -> None:
         line = (f"Not flagged (no nodule in these results is); shown for its off-mask share of "
                 f"{pct(row.offmask_mass_share)}. P(malignant) {fmt(p)}; outcome: {outcome}.")
     else:
-        line = (f"P(malignant) {fmt(p)} → {fmt(p - float(row.flag_score))} once its off-mask "
-                f"regions in cluster(s) {row.flag_clusters} are replaced by lung parenchyma "
-                f"(decision threshold {ctx['threshold']:g}). Outcome: {outcome}.")
+        named = (f"; the clusters that alone lower it: {row.flag_clusters}"
+                 if str(row.flag_clusters or "").strip() else "")
+        line = (f"P(malignant) {fmt(p)} → {fmt(p - float(row.flag_score))} once all its "
+                f"off-mask regions are replaced by lung parenchyma (decision threshold "
+                f"{ctx['threshold']:g}){named}. Outcome: {outcome}.")
     doc.text(line, size=9.5, color=INK)
     doc.y += 0.1
 
