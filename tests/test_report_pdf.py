@@ -221,3 +221,45 @@ def test_outcome_readings_are_computed_once_per_report(results, tmp_path, monkey
     monkeypatch.setattr(outcomes, "cluster_readings", readings)
     write_pdf(results[0], tmp_path / "r.pdf")
     assert calls == {"read_outcomes": 1, "cluster_readings": 1}
+
+
+def _words(pdf, page: int) -> list[tuple[float, float, float, float, str]]:
+    """``(x_min, y_min, x_max, y_max, word)`` of every word on *page* (points)."""
+    html = subprocess.run([PDFTOTEXT, "-bbox", "-f", str(page), "-l", str(page), str(pdf), "-"],
+                          check=True, capture_output=True, text=True).stdout
+    return [(float(a), float(b), float(c), float(d), w) for a, b, c, d, w in re.findall(
+        r'<word xMin="([\d.]+)" yMin="([\d.]+)" xMax="([\d.]+)" yMax="([\d.]+)">([^<]*)</word>',
+        html)]
+
+
+@needs_pdftotext
+def test_nodule_page_text_stays_on_the_page_and_never_overlaps(results, tmp_path):
+    """The nodule page's words lie inside the page's margins and no two of them overlap,
+    with an applicability verdict as long as a real series gives (four flags): the metrics
+    grid once ran a third column off the page and wrote long names over their values."""
+    root = tmp_path / "results"
+    shutil.copytree(results[0], root)
+    import sqlite3
+
+    with sqlite3.connect(root / "discovery.sqlite") as con:
+        con.execute("UPDATE nodules SET applicability = 'larger-than-roi; slice-thickness; "
+                    "nodule-size; intensity' WHERE case_id = 'case-A' AND nodule_id = 'n1'")
+    out = write_pdf(root, tmp_path / "report.pdf")
+    n = _pages(out.read_bytes())
+    assert "Flagged nodule 1 of 1" in _text(out, n) and "Metrics" in _text(out, n)
+    words = _words(out, n)
+    text = " ".join(w for *_, w in words)
+    for expected in ("applicability", "intensity", "relevance", "volume", "score"):
+        assert expected in text, expected
+    width = 595.28
+    margin = 0.6 * 72 - 1.0
+    assert all(margin <= x0 and x1 <= width - margin for x0, _, x1, _, _ in words), \
+        [w for w in words if w[0] < margin or w[2] > width - margin]
+    # poppler's boxes span the font's whole ascent and descent (30 pt for a 15 pt heading):
+    # the middle 60 % of each box stands for the glyphs
+    core = [(x0, (y0 + y1) / 2 - 0.3 * (y1 - y0), x1, (y0 + y1) / 2 + 0.3 * (y1 - y0), w)
+            for x0, y0, x1, y1, w in words]
+    overlaps = [(a[4], b[4]) for i, a in enumerate(core) for b in core[i + 1:]
+                if min(a[2], b[2]) - max(a[0], b[0]) > 0.5
+                and min(a[3], b[3]) - max(a[1], b[1]) > 0.5]
+    assert not overlaps, overlaps[:5]

@@ -645,7 +645,8 @@ def _key_slice_row(doc: Doc, v: _View) -> None:
 
 
 def _whole_slice(doc: Doc, v: _View, top: float, w: float) -> float:
-    """The whole key slice with the crop's outline, *w* inches wide; returns its height."""
+    """The whole key slice with the crop's outline, *w* inches wide; returns its height,
+    caption included."""
     from matplotlib.patches import Rectangle
 
     a, z = v.arrays, v.z
@@ -658,19 +659,19 @@ def _whole_slice(doc: Doc, v: _View, top: float, w: float) -> float:
     ax.set_xlim(-0.5, full.shape[1] - 0.5)
     ax.set_ylim(full.shape[0] - 0.5, -0.5)
     h = image_height(full, w, v.aspect)
-    doc.text(f"whole slice {z + 1}; dashed: the crop above", top=top + h + 0.03, size=8,
-             width=w, advance=False, color=GRAY)
-    return h
+    cap = doc.text(f"whole slice {z + 1}; dashed: the crop above", top=top + h + 0.03,
+                   size=8, width=w, advance=False, color=GRAY)
+    return h + 0.03 + cap
 
 
 def _region_picture(doc: Doc, ctx: dict, row, v: _View, x: float, top: float,
                     w: float) -> float:
     """The nodule's main off-mask region (plain | overlay) at (x, top), *w* inches wide, with
-    its caption; returns the picture's height (0 when the nodule has no region)."""
+    its caption; returns their height (0.3 when the nodule has no region)."""
     reg = _main_region(row, ctx["regions"], ctx["fallback"])
     if reg is None:
         doc.text("No off-mask region for this nodule.", x=x, top=top + 0.1, advance=False)
-        return 0.0
+        return 0.3
     cl = int(reg["cluster"]) if pd.notna(reg["cluster"]) else -1
     reading = ctx["readings"].get(cl, "")
     dense = reading == "artifact"
@@ -685,41 +686,55 @@ def _region_picture(doc: Doc, ctx: dict, row, v: _View, x: float, top: float,
              if dense else f"on slice {int(round(float(reg['centroid_z']))) + 1}, centred on "
              "the region")
     cl_txt = f"cluster {cl}, {reading}" if cl >= 0 else "in no cluster"
-    doc.text(f"Main off-mask region, plain and overlay, {where}: "
-             f"{pct(reg['mass_share'])} of the attribution, "
-             f"{fmt(reg['distance_to_mask_mm'])} mm from the mask ({cl_txt}). "
-             f"{_sentence(reg.get('description'))}", x=x, top=top + h + 0.03, size=8,
-             width=w, advance=False, color=GRAY)
-    return h
+    cap = doc.text(f"Main off-mask region, plain and overlay, {where}: "
+                   f"{pct(reg['mass_share'])} of the attribution, "
+                   f"{fmt(reg['distance_to_mask_mm'])} mm from the mask ({cl_txt}). "
+                   f"{_sentence(reg.get('description'))}", x=x, top=top + h + 0.03, size=8,
+                   width=w, advance=False, color=GRAY)
+    return h + 0.03 + cap
+
+
+#: Width (inches) of the metrics' names in each column of the nodule page's grid (the
+#: longest fits on one line at 9 pt); each value follows its name.
+_METRIC_NAME_W = (1.9, 2.25)
 
 
 def _metrics(doc: Doc, row) -> None:
-    """The nodule's metrics in two columns."""
-    metrics = [
+    """The nodule's metrics in two columns of short names (each on one line), then the
+    applicability verdict on a line of its own (its flags can be long)."""
+    left = [
         ("probability of malignancy", fmt(row.probability)),
         ("predicted", "malignant" if row.predicted_label == 1 else "benign"),
-        ("rests on the nodule (P without it / control)",
+        ("rests on it (P w/o it / control)",
          reliance_text(row.rests_on_nodule, row.p_without_nodule, row.p_without_control,
                        row.reliance_status)),
         ("flag score (drop in P)", fmt(row.flag_score)),
-        ("applicability (ok, or why the model is outside what it knows)",
-         str(getattr(row, "applicability", "") or "–")),
+        ("off-mask regions / share",
+         f"{int(row.n_offmask_regions or 0)} / {fmt(row.offmask_mass_share)}")]
+    right = [
+        ("nodule volume (mm³)", fmt(row.volume_mm3)),
         ("relevance mass in mask (RMA)", fmt(row.rma)),
         ("relevance rank accuracy (RRA)", fmt(row.rra)),
         ("pointing game hit", fmt(row.pointing_hit)),
         ("attribution peak to mask (mm)", fmt(row.peak_distance_mm)),
         (f"attribution within {AlignThresholds().near_margin_mm:g} mm of mask",
-         fmt(row.near_mass)),
-        ("off-mask regions / their share",
-         f"{int(row.n_offmask_regions or 0)} / {fmt(row.offmask_mass_share)}"),
-        ("nodule volume (mm³)", fmt(row.volume_mm3))]
-    doc.need(0.3 + 0.19 * 5)
+         fmt(row.near_mass))]
+    pitch = 0.175
+    value_w = [CONTENT_W / 2 - w - 0.15 for w in _METRIC_NAME_W]
+    applicability = ("applicability (ok, or why the model is out of its depth): "
+                     + str(getattr(row, "applicability", "") or "–"))
+    rows = max(len(left), len(right))
+    doc.need(text_height(1, 10) + 0.02 + pitch * rows
+             + text_height(len(wrap(applicability, CONTENT_W, 9)), 9))
     doc.text("Metrics", size=10, weight="bold", color=INK)
-    for i, (name, val) in enumerate(metrics):
-        c, r = divmod(i, 5)
-        x, y = MARGIN + c * CONTENT_W / 2, doc.y + 0.02 + r * 0.19
-        doc.text(name, x=x, top=y, advance=False, color=GRAY)
-        doc.text(val, x=x + 2.45, top=y, advance=False, weight="bold")
+    for c, column in enumerate((left, right)):
+        for r, (name, val) in enumerate(column):
+            x, y = MARGIN + c * CONTENT_W / 2, doc.y + 0.02 + r * pitch
+            doc.text(name, x=x, top=y, advance=False, color=GRAY, width=_METRIC_NAME_W[c])
+            doc.text(val, x=x + _METRIC_NAME_W[c] + 0.1, top=y, advance=False, weight="bold",
+                     width=value_w[c])
+    doc.y += 0.02 + rows * pitch
+    doc.text(applicability, color=GRAY)
 
 
 def _nodule_page(doc: Doc, ctx: dict, row, k: int, n: int) -> None:
@@ -733,7 +748,7 @@ def _nodule_page(doc: Doc, ctx: dict, row, k: int, n: int) -> None:
     row_h = _whole_slice(doc, v, top, small)
     row_h = max(row_h, _region_picture(doc, ctx, row, v, MARGIN + small + 0.15, top,
                                        2 * small + 0.15))
-    doc.y = top + row_h + 0.8
+    doc.y = top + row_h + 0.25
     _metrics(doc, row)
 
 
