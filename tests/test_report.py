@@ -26,7 +26,7 @@ def test_report_shows_the_three_outcomes_side_by_side(tiny_results):
     counts = [re.search(r'class="n"[^>]*>(\d+) nodule', c).group(1) for c in cells]
     assert counts == ["0", "1", "0"]  # case-A rests on the metal-dense cluster 0
     assert "2600 HU" in cells[1] and cells[1].count("<img") == 1
-    assert "case-A · n1 · p 0.83 → 0.31 without it" in cells[1]
+    assert "case-A · n1 · p 0.83 → 0.31 without its off-mask regions" in cells[1]
     # the cluster section keeps its exemplars, one per patient
     patterns = html[html.index("Off-mask attention patterns"):]
     assert patterns.count("<figure>") == 2

@@ -364,7 +364,8 @@ def _shortcut_exemplar(r, regions: pd.DataFrame) -> Exemplar | None:
                     (float(r["center_y"]), float(r["center_x"])), int(reg["case_region"]),
                     nodule_label(r["nodule_id"]),
                     f"{r['case_id']} · {r['nodule_id']} · p {p:.2f} → "
-                    f"{p - float(r['flag_score']):.2f} without it", focus="densest")
+                    f"{p - float(r['flag_score']):.2f} without its off-mask regions",
+                    focus="densest")
 
 
 def _shortcut_panel(out: pd.DataFrame, by_cluster: pd.DataFrame, artifact_ids: list[int],
@@ -373,9 +374,10 @@ def _shortcut_panel(out: pd.DataFrame, by_cluster: pd.DataFrame, artifact_ids: l
     if len(short):
         c = int(short["outcome_cluster"].iloc[0])
         crow = by_cluster.loc[c]
-        lead = (f"{len(short)} nodule(s) are predicted malignant only because of off-mask "
-                f"attention on cluster {c} ({crow['description']}): replacing those regions "
-                f"with lung parenchyma drops P(malignant) below {threshold:g}. Median density "
+        lead = (f"{len(short)} nodule(s) are predicted malignant only because of attention "
+                f"off the mask, on cluster {c} ({crow['description']}): replacing their "
+                f"off-mask regions with lung parenchyma drops P(malignant) below "
+                f"{threshold:g}, and this cluster's regions alone lower it. Median density "
                 f"{float(crow['median_halo_max_hu']):.0f} HU, denser than bone: an artifact, "
                 "not anatomy. A shortcut to distrust.")
     elif artifact_ids:
