@@ -168,6 +168,7 @@ def run(args) -> dict:
             n["malignant"] = int(truth[label]["malignant"])
             n["has_bead"] = False
             n["p_without_bead"] = n["probability"]
+            n["p_without_planted"] = n["probability"]   # the lowest, any planted structure
             site = next(s.site for s in res.nodules if s.nodule_id == n["nodule_id"])
             # Oracle causal check: remove each *true* planted structure of this nodule.
             for it in c.planted_items:
@@ -177,6 +178,7 @@ def run(args) -> dict:
                     model, card, vol, site.center_zyx, c.planted == it["label"],
                     protect=c.mask > 0, seed=args.seed)
                 oracle[it["kind"]].append(p_without - n["probability"])
+                n["p_without_planted"] = min(n["p_without_planted"], p_without)
                 if it["kind"] == "marker_bead":
                     n["has_bead"] = True
                     n["p_without_bead"] = min(n["p_without_bead"], p_without)
@@ -238,6 +240,11 @@ def run(args) -> dict:
     rests = (nodules["probability"] >= threshold) & (nodules["p_without_bead"] < threshold)
     auroc = (float(roc_auc_score(rests, nodules["flag_score"]))
              if 0 < rests.sum() < len(rests) else float("nan"))
+    # the flag asks whether a prediction rests off the mask: against the nodules whose
+    # prediction rests on any planted structure (the tail too, in the sign condition)
+    rests_any = (nodules["probability"] >= threshold) & (nodules["p_without_planted"] < threshold)
+    auroc_any = (float(roc_auc_score(rests_any, nodules["flag_score"]))
+                 if 0 < rests_any.sum() < len(rests_any) else float("nan"))
     distractor = per_kind["granuloma"]
     agreement = verdict_agreement(nodules["verdict"], nodules["rests_on_nodule"],
                                   nodules["predicted_label"])
@@ -261,6 +268,8 @@ def run(args) -> dict:
         "ari": adjusted_rand(labels, truth_kind),
         "shortcut_nodules": int(rests.sum()),
         "flag_auroc": auroc,
+        "planted_nodules": int(rests_any.sum()),
+        "flag_auroc_planted": auroc_any,
         "flag_sensitivity": float(nodules.loc[rests, "flagged"].mean()) if rests.any() else float("nan"),
         "flag_false_positive_rate": float(nodules.loc[~rests, "flagged"].mean()),
         "distractor_enriched": bool(np.isfinite(distractor.get("p_truth", np.nan))
@@ -303,6 +312,8 @@ def markdown(r: dict) -> str:
     lines += ["", f"ARI {r['ari']:.2f}; shortcut flag AUROC {_fmt(r['flag_auroc'], 3)} "
               f"({r['shortcut_nodules']} nodules rest on the bead; flagged "
               f"{_fmt(r['flag_sensitivity'])} of them, {_fmt(r['flag_false_positive_rate'])} of the rest); "
+              f"flag AUROC for predictions resting on any planted structure "
+              f"{_fmt(r.get('flag_auroc_planted'), 3)} ({r.get('planted_nodules', '–')} nodules); "
               f"distractor reported enriched: {_fmt(r['distractor_enriched'])}; "
               f"verdict agreement (aligned vs rests on the nodule, predicted malignant): "
               f"balanced accuracy {_fmt(r['verdict_agreement']['balanced_accuracy'], 3)} over "
@@ -323,9 +334,10 @@ def summary_table(results: list[dict]) -> str:
     lines = ["| condition | map | seed | test AUROC | regions / clusters | bead: oracle Δp (relied on) "
              "| bead: coverage | bead: P / R / F1 / top-10 P | tail: oracle Δp (relied on) "
              "| tail: coverage | tail: P / R / F1 / top-10 P | granuloma F1 "
-             "| flag AUROC (nodules resting on the bead) | distractor enriched "
+             "| flag AUROC (nodules resting on the bead) "
+             "| flag AUROC (resting on any planted structure) | distractor enriched "
              "| verdict agreement (n; resting on the nodule) | s |",
-             "|---|---|---:|---:|---|---|---:|---|---|---:|---|---:|---|---|---|---:|"]
+             "|---|---|---:|---:|---|---|---:|---|---|---:|---|---:|---|---|---|---|---:|"]
     for r in sorted(results, key=lambda r: (r["condition"], r.get("map", ""), r["seed"])):
         k, va = r["per_kind"], r["verdict_agreement"]
         lines.append(
@@ -333,6 +345,7 @@ def summary_table(results: list[dict]) -> str:
             f"{r['test_auroc']:.3f} | {r['n_regions']} / {r['n_clusters']} | "
             f"{_kind_cells(k['marker_bead'])} | {_kind_cells(k['pleural_tail'])} | "
             f"{_fmt(k['granuloma']['f1'])} | {_fmt(r['flag_auroc'], 3)} ({r['shortcut_nodules']}) | "
+            f"{_fmt(r.get('flag_auroc_planted'), 3)} ({r.get('planted_nodules', '–')}) | "
             f"{_fmt(r['distractor_enriched'])} | {_fmt(va['balanced_accuracy'], 3)} "
             f"({va['n']}; {va['n_rests']}) | {r['seconds_total']:.0f} |")
     return "\n".join(lines)

@@ -459,26 +459,19 @@ def pattern_effects(
     """The causal check of every cluster, and the case-level shortcut flag.
 
     For each cluster and each nodule with member regions, the member regions' voxels and
-    every voxel within ``reach_mm`` of them (the region's halo,
-    :data:`discovery.pipeline.HALO_MM`: a structure the near-nodule margin cut in two is
-    removed whole) are replaced with local parenchyma (:func:`inpaint_parenchyma`; all
-    annotated nodules are protected) and the nodule is re-scored: ``delta = p_after -
-    p_before``, both on the stored scan.  A cluster is *relied upon* when its mean delta is
+    their halo (``reach_mm``, :data:`discovery.pipeline.HALO_MM`) are replaced with local
+    parenchyma (:func:`inpaint_parenchyma`; annotated nodules protected) and the nodule is
+    re-scored: ``delta = p_after - p_before``, both on the stored scan.  A cluster is *relied upon* when its mean delta is
     at least ``min_effect`` in size and its bootstrap interval excludes 0
     (:func:`summarize_effects`).
 
-    The case-level flag asks, per nodule, whether its prediction rests on what the map
-    found off its mask: all of its off-mask regions (clustered or not, with their halos)
-    are removed together and the nodule re-scored: ``flag_score = max(0, p - p_without)``;
-    ``flagged`` when predicted malignant (``p >= threshold``) but not without them.  It
-    does not depend on how the regions were clustered: a structure split over several
-    clusters, or left unclustered, counts all the same (on the discovery benchmark's
-    shortcut condition, untuned seeds 8 and 9, the flag's AUROC for nodules resting on the
-    bead rose from 0.85 and 0.78, with the regions of relied-upon clusters, to 1.00).
-    ``flag_clusters`` then says which patterns it rests on: the nodule's clusters whose
-    regions alone lower its probability by at least ``min_effect``, largest drop first.
-    Each case is read once for all of this (:func:`case_deltas`), and once more for the
-    exemplars.
+    The flag asks each nodule whether its prediction rests on what the map found off its
+    mask: all of its off-mask regions (clustered or not, with their halos) removed together,
+    ``flag_score = max(0, p - p_without)``; ``flagged`` when predicted malignant (``p >=
+    threshold``) but not without them, however the regions were clustered
+    (docs/benchmarks/discovery.md#flag).  ``flag_clusters``: the nodule's clusters whose
+    regions alone lower its probability by ``min_effect`` or more, largest drop first.
+    Each case is read once for all this (:func:`case_deltas`), once more for the exemplars.
 
     Parameters
     ----------
@@ -509,10 +502,8 @@ def pattern_effects(
     clusters : pandas.DataFrame
         A copy with :data:`EFFECT_COLUMNS`.
     flags : pandas.DataFrame
-        One row per re-scored nodule with at least one off-mask region,
-        :data:`FLAG_COLUMNS` (``probability_without``: without all of its regions;
-        ``flag_clusters``: a comma-separated list of cluster ids, empty when no cluster
-        alone moves it by ``min_effect``).
+        One row per re-scored nodule with off-mask regions, :data:`FLAG_COLUMNS`
+        (``flag_clusters`` comma-separated, empty when no cluster alone moves it).
     """
     _check_effect_inputs(regions, clusters, nodules)
     run = run_here(load, model, card) if run is None else run

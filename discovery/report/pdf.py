@@ -23,11 +23,9 @@ Rules
   ``matplotlib.figure.Figure`` objects with the Agg canvas (no pyplot, no global backend
   switch, settings in an ``rc_context``) and written with
   ``matplotlib.backends.backend_pdf.PdfPages``.
-* A4 portrait pages; no text smaller than :data:`MIN_PT` = 8 pt; DejaVu Sans (shipped with
-  matplotlib: the same glyphs everywhere), embedded as subset Type 3 fonts with a Unicode
-  map, so text can be searched and copied (Type 42 reads the same but its subsetting takes
-  a second more per file).  Text is wrapped with the font's own glyph widths, one line per
-  text object on its own baseline (so table rows line up whatever their glyphs).
+* A4 portrait pages; no text under :data:`MIN_PT` = 8 pt; DejaVu Sans as subset Type 3
+  fonts with a Unicode map (searchable; Type 42 subsets a second slower).  Text is wrapped
+  with the font's glyph widths, one baseline per line (:mod:`discovery.report.pdflayout`).
 * Every page has a footer: the model weights' SHA-256 prefix (12 hex digits), the date of
   the results (store meta ``results_date`` / ``scored_at`` when present, else the latest
   ``scored_at`` of the cases table; the date only) and "page i of n".
@@ -74,6 +72,8 @@ from discovery.report.pdflayout import (
     Doc,
     heading,
     image_height,
+    name_value_columns,
+    scale_bar,
     text_height,
     wrap,
 )
@@ -507,20 +507,6 @@ def _page_index(doc: Doc, ctx: dict, first_page: int) -> None:
 
 # -- nodule pages ----------------------------------------------------------------------------
 
-def _scale_bar(ax, n_px: int, px_mm: float, *, mm: float = 10.0) -> None:
-    """A white *mm* bar with its label on a dark translucent box, lower left."""
-    from matplotlib.font_manager import FontProperties
-    from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
-
-    if not (np.isfinite(px_mm) and px_mm > 0) or mm / px_mm > 0.6 * n_px:
-        return
-    bar = AnchoredSizeBar(ax.transData, mm / px_mm, f"{mm:g} mm", "lower left", color="white",
-                          pad=0.3, borderpad=0.6, sep=3, frameon=True, size_vertical=n_px / 120,
-                          fontproperties=FontProperties(family=FONT, size=8))
-    bar.patch.set(facecolor="black", alpha=0.55, edgecolor="none")
-    ax.add_artist(bar)
-
-
 def _colorbar(doc: Doc, x: float, top: float, w: float, attr_max: float) -> None:
     ax = doc.fig.add_axes(doc.rect(x, top, w, 0.16))
     bar = render.colorbar_image(attr_max=attr_max, height=256, width=4, horizontal=True)
@@ -628,7 +614,7 @@ def _key_slice_row(doc: Doc, v: _View) -> None:
     doc.text(f"Key slice {z + 1} of {ct.shape[0]} (most mask voxels): {v.side} × {v.side} "
              f"pixels around the nodule{fov}", weight="bold")
     top, w, gap = doc.y + 0.04, (CONTENT_W - 0.2) / 2, 0.2
-    _scale_bar(doc.image(plain, MARGIN, top, w, aspect=v.aspect), plain.shape[1], v.px)
+    scale_bar(doc.image(plain, MARGIN, top, w, aspect=v.aspect), plain.shape[1], v.px)
     doc.image(over, MARGIN + w + gap, top, w, aspect=v.aspect)
     h = image_height(plain, w, v.aspect)
     doc.text("plain, lung window (W1500/L-600); green: mask contour", top=top + h + 0.03,
@@ -694,8 +680,7 @@ def _region_picture(doc: Doc, ctx: dict, row, v: _View, x: float, top: float,
     return h + 0.03 + cap
 
 
-#: Width (inches) of the metrics' names in each column of the nodule page's grid (the
-#: longest fits on one line at 9 pt); each value follows its name.
+#: Width (inches) of the metrics' names in each column of a nodule page (one line at 9 pt).
 _METRIC_NAME_W = (1.9, 2.25)
 
 
@@ -719,21 +704,12 @@ def _metrics(doc: Doc, row) -> None:
         ("attribution peak to mask (mm)", fmt(row.peak_distance_mm)),
         (f"attribution within {AlignThresholds().near_margin_mm:g} mm of mask",
          fmt(row.near_mass))]
-    pitch = 0.175
-    value_w = [CONTENT_W / 2 - w - 0.15 for w in _METRIC_NAME_W]
     applicability = ("applicability (ok, or why the model is out of its depth): "
                      + str(getattr(row, "applicability", "") or "–"))
-    rows = max(len(left), len(right))
-    doc.need(text_height(1, 10) + 0.02 + pitch * rows
+    doc.need(text_height(1, 10) + 0.02 + 0.175 * max(len(left), len(right))
              + text_height(len(wrap(applicability, CONTENT_W, 9)), 9))
     doc.text("Metrics", size=10, weight="bold", color=INK)
-    for c, column in enumerate((left, right)):
-        for r, (name, val) in enumerate(column):
-            x, y = MARGIN + c * CONTENT_W / 2, doc.y + 0.02 + r * pitch
-            doc.text(name, x=x, top=y, advance=False, color=GRAY, width=_METRIC_NAME_W[c])
-            doc.text(val, x=x + _METRIC_NAME_W[c] + 0.1, top=y, advance=False, weight="bold",
-                     width=value_w[c])
-    doc.y += 0.02 + rows * pitch
+    name_value_columns(doc, (left, right), name_widths=_METRIC_NAME_W, pitch=0.175)
     doc.text(applicability, color=GRAY)
 
 

@@ -13,7 +13,8 @@ from functools import lru_cache
 import numpy as np
 
 __all__ = ["PAGE_W", "PAGE_H", "MARGIN", "TOP", "BOTTOM", "CONTENT_W", "DPI", "FONT", "MIN_PT",
-           "GRAY", "INK", "Doc", "image_height", "wrap", "text_height", "heading"]
+           "GRAY", "INK", "Doc", "image_height", "wrap", "text_height", "heading",
+           "name_value_columns", "scale_bar"]
 
 #: A4 portrait, inches.
 PAGE_W, PAGE_H = 8.27, 11.69
@@ -157,3 +158,31 @@ def heading(doc: Doc, s: str, *, keep: float = 1.5) -> None:
     doc.text(s, size=13, weight="bold", color=INK)
     doc.box(doc.y + 0.02, 0.014, "#2d3748")  # the rule
     doc.y += 0.14
+
+
+def name_value_columns(doc: Doc, columns, *, name_widths, pitch: float = 0.175) -> None:
+    """Columns of ``(name, value)`` pairs side by side across the text column, one pair a
+    line (names in gray, *name_widths* inches each column; values in bold after them),
+    from the cursor; the cursor then moves below the longest column."""
+    width = CONTENT_W / len(columns)
+    for c, (column, name_w) in enumerate(zip(columns, name_widths)):
+        for r, (name, value) in enumerate(column):
+            x, y = MARGIN + c * width, doc.y + 0.02 + r * pitch
+            doc.text(name, x=x, top=y, advance=False, color=GRAY, width=name_w)
+            doc.text(value, x=x + name_w + 0.1, top=y, advance=False, weight="bold",
+                     width=width - name_w - 0.15)
+    doc.y += 0.02 + max(len(c) for c in columns) * pitch
+
+
+def scale_bar(ax, n_px: int, px_mm: float, *, mm: float = 10.0) -> None:
+    """A white *mm* bar with its label on a dark translucent box, lower left."""
+    from matplotlib.font_manager import FontProperties
+    from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
+
+    if not (np.isfinite(px_mm) and px_mm > 0) or mm / px_mm > 0.6 * n_px:
+        return
+    bar = AnchoredSizeBar(ax.transData, mm / px_mm, f"{mm:g} mm", "lower left", color="white",
+                          pad=0.3, borderpad=0.6, sep=3, frameon=True, size_vertical=n_px / 120,
+                          fontproperties=FontProperties(family=FONT, size=8))
+    bar.patch.set(facecolor="black", alpha=0.55, edgecolor="none")
+    ax.add_artist(bar)
