@@ -380,10 +380,9 @@ def _flag_rows(by_case: list, found: _Pass, threshold: float,
                 continue  # no centre for this nodule: not re-scored
             p0 = found.before[(case_id, nodule_id)]
             p_without = found.after[(case_id, nodule_id, ALL_OFF_MASK)]
-            drops = sorted((p0 - found.after[(case_id, nodule_id, c)], c)
+            drops = sorted((found.after[(case_id, nodule_id, c)] - p0, c)   # largest first
                            for c in set(theirs) if (case_id, nodule_id, c) in found.after)
-            ids = [c for drop, c in sorted(drops, key=lambda t: (-t[0], t[1]))
-                   if drop >= min_effect]
+            ids = [c for delta, c in drops if -delta >= min_effect]
             flags.append({"case_id": case_id, "nodule_id": nodule_id, "probability": p0,
                           "probability_without": p_without,
                           "flag_score": max(0.0, p0 - p_without),
