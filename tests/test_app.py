@@ -83,7 +83,7 @@ def test_cases_page_cluster_and_flag_filters(tiny_results):
     assert all(str(ids[0]) in txt.split(", ") for txt in shown["clusters"])
     at.checkbox(key="cases_flagged").check().run(timeout=TIMEOUT)
     assert not at.exception
-    assert set(at.dataframe[0].value["flagged"]) <= {"shortcut"}
+    assert set(at.dataframe[0].value["flagged"]) <= {"off-mask"}
 
 
 def test_open_case_button_goes_to_the_case_page(tiny_results, monkeypatch):

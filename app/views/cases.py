@@ -36,7 +36,9 @@ else:
                   .rename("clusters").reset_index())
     scored = scored.merge(per_nodule, on=["case_id", "nodule_id"], how="left")
     scored["clusters"] = [c if isinstance(c, str) else "" for c in scored["clusters"]]
-    scored["flagged"] = scored["flagged"].fillna(0).astype(int).map({1: "shortcut", 0: ""})
+    # the flag: the prediction rests off the mask (a shortcut or a candidate sign; the
+    # Overview's outcomes tell them apart by the clusters' readings)
+    scored["flagged"] = scored["flagged"].fillna(0).astype(int).map({1: "off-mask", 0: ""})
 
     # -- filters ---------------------------------------------------------------------------
     f1, f2, f3, f4 = st.columns([2, 2, 1.6, 1.2])
@@ -48,7 +50,7 @@ else:
     want = f3.multiselect("Pattern cluster", cluster_ids, key="cases_clusters",
                           placeholder="any", help="Nodules with an off-mask region in any of "
                           "these clusters.")
-    only_flagged = f3.checkbox("Shortcut-flagged only", key="cases_flagged",
+    only_flagged = f3.checkbox("Flagged only", key="cases_flagged",
                                help="Predicted malignant, but benign once all of the "
                                     "nodule's off-mask regions are replaced by lung "
                                     "parenchyma: the prediction rests off the mask (on an "
@@ -63,7 +65,7 @@ else:
         keep &= scored["clusters"].map(
             lambda txt: bool({int(v) for v in txt.split(", ") if v} & set(want)))
     if only_flagged:
-        keep &= scored["flagged"] == "shortcut"
+        keep &= scored["flagged"] == "off-mask"
     view = scored[keep]
 
     left = int((scored["review_status"] == "to review").sum())
@@ -104,7 +106,9 @@ else:
                 "Peak dist. (mm)", format="%.1f", help=common.METRIC_HELP["peak_distance_mm"]),
             "n_offmask_regions": st.column_config.NumberColumn("Off-mask regions"),
             "clusters": st.column_config.TextColumn("Clusters"),
-            "flagged": st.column_config.TextColumn("Flag"),
+            "flagged": st.column_config.TextColumn(
+                "Flag", help="off-mask: predicted malignant, and benign once all of the "
+                             "nodule's off-mask regions are replaced by lung parenchyma"),
             "status": "Status",
             "review_status": "Review",
             "reviews": "Reviews (name: verdict)",
