@@ -31,10 +31,9 @@ from typing import Sequence
 import numpy as np
 import pydicom
 from pydicom.multival import MultiValue
-from pydicom.pixels import get_decoder
 from pydicom.uid import UID
 
-from .dicom_pixels import decoder_hint, stored_pixels
+from .dicom_pixels import decoder_available, decoder_hint, stored_pixels
 from .dicom_series import (
     DEFER_BYTES,
     FIX_HINT,
@@ -328,11 +327,7 @@ def _check_decoders(slices: list[_Slice]) -> None:
         tsyntax = UID(ts)
         if not (tsyntax.is_transfer_syntax and tsyntax.is_compressed):
             continue
-        try:
-            available = get_decoder(tsyntax).is_available
-        except NotImplementedError:
-            available = False
-        if not available:
+        if not decoder_available(tsyntax):
             first = next(s for s in slices if s.transfer_syntax == ts)
             raise UnreadableFileError(
                 f"{file_label(first.path)} stores its pixels with the compressed transfer "

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 from pydicom.errors import BytesLengthException
@@ -21,16 +20,9 @@ from pydicom.uid import (
 from .dicom_series import READ_ERRORS
 from .errors import UnreadableFileError, file_label
 
-__all__ = ["decoder_hint", "decoder_state", "stored_pixels"]
+__all__ = ["decoder_available", "decoder_hint", "decoder_state", "stored_pixels"]
 
 log = logging.getLogger(__name__)
-
-
-class _Where(NamedTuple):
-    path: Path
-    rows: int
-    cols: int
-    transfer_syntax: str
 
 
 def decoder_hint(tsyntax) -> str:
@@ -41,23 +33,27 @@ def decoder_hint(tsyntax) -> str:
     return "pylibjpeg with pylibjpeg-openjpeg / pylibjpeg-libjpeg, or python-gdcm"
 
 
-def decoder_state(tsyntax) -> str:
+def decoder_available(tsyntax) -> bool:
+    """Whether an installed pydicom pixel-data plugin can decode *tsyntax*."""
     try:
-        available = get_decoder(tsyntax).is_available
+        return bool(get_decoder(tsyntax).is_available)
     except NotImplementedError:
-        available = False
-    return ("the installed decoders failed on it" if available
+        return False
+
+
+def decoder_state(tsyntax) -> str:
+    return ("the installed decoders failed on it" if decoder_available(tsyntax)
             else "no installed decoder can read it")
 
 
 _NATIVE_LE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}  # implicit / explicit VR little endian
 
 
-def _native_pixels(ds, s: _Where) -> np.ndarray | None:
+def _native_pixels(ds, rows: int, cols: int, transfer_syntax: str) -> np.ndarray | None:
     """Stored values straight from native little-endian pixel bytes, or None to let pydicom
     decode (other syntaxes, unusual bit layouts).  Bits above BitsStored are dropped and
     signed values sign-extended, as PS3.5 8.1.1 defines them."""
-    if s.transfer_syntax not in _NATIVE_LE:
+    if transfer_syntax not in _NATIVE_LE:
         return None
     alloc, stored_bits = int(ds.get("BitsAllocated", 0) or 0), int(ds.get("BitsStored", 0) or 0)
     signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
@@ -65,11 +61,11 @@ def _native_pixels(ds, s: _Where) -> np.ndarray | None:
     if alloc not in (8, 16, 32) or not 0 < stored_bits <= alloc or high != stored_bits - 1:
         return None
     raw = ds.PixelData
-    n = s.rows * s.cols
+    n = rows * cols
     if len(raw) < n * alloc // 8:
         return None  # pydicom gives the precise error
     dtype = np.dtype(f"<{'i' if signed else 'u'}{alloc // 8}")
-    arr = np.frombuffer(raw, dtype=dtype, count=n).reshape(s.rows, s.cols)
+    arr = np.frombuffer(raw, dtype=dtype, count=n).reshape(rows, cols)
     if stored_bits < alloc:
         shift = alloc - stored_bits
         if signed:
@@ -116,10 +112,9 @@ def stored_pixels(ds, *, path: Path, rows: int, cols: int, transfer_syntax: str)
         No pixel data, no decoder for its transfer syntax, a failed decode or a shape other
         than ``(rows, cols)``; the message names the file by its base name.
     """
-    s = _Where(path, rows, cols, transfer_syntax)
     label = file_label(path)
     try:
-        fast = _native_pixels(ds, s) if "PixelData" in ds else None
+        fast = _native_pixels(ds, rows, cols, transfer_syntax) if "PixelData" in ds else None
     except READ_ERRORS:
         fast = None
     if fast is not None:
@@ -127,7 +122,7 @@ def stored_pixels(ds, *, path: Path, rows: int, cols: int, transfer_syntax: str)
     if "PixelData" not in ds:
         raise UnreadableFileError(
             f"{label} has no pixel data; it is probably truncated. Re-copy or re-export the "
-            "series.", path=s.path,
+            "series.", path=path,
         )
     tsyntax = None
     try:
@@ -138,21 +133,21 @@ def stored_pixels(ds, *, path: Path, rows: int, cols: int, transfer_syntax: str)
             raise UnreadableFileError(
                 f"{label} stores its pixels with the compressed transfer syntax "
                 f"'{tsyntax.name}', and {decoder_state(tsyntax)}. Install "
-                f"{decoder_hint(tsyntax)}, or export the series uncompressed.", path=s.path,
+                f"{decoder_hint(tsyntax)}, or export the series uncompressed.", path=path,
             ) from None
         raise UnreadableFileError(
-            f"{label}: the pixel data cannot be decoded ({type(exc).__name__}).", path=s.path
+            f"{label}: the pixel data cannot be decoded ({type(exc).__name__}).", path=path
         ) from None
     except (ValueError, AttributeError, TypeError, EOFError, BytesLengthException) as exc:
         raise UnreadableFileError(
             f"{label}: the pixel data cannot be decoded ({type(exc).__name__}); the file is "
-            "probably truncated or corrupt. Re-copy or re-export the series.", path=s.path,
+            "probably truncated or corrupt. Re-copy or re-export the series.", path=path,
         ) from None
     if tsyntax in JPEG2000TransferSyntaxes:
         stored = _j2k_sign(ds, stored, label)
-    if stored.shape != (s.rows, s.cols):
+    if stored.shape != (rows, cols):
         raise UnreadableFileError(
             f"{label}: pixel data has shape {stored.shape}, but Rows x Columns is "
-            f"{s.rows} x {s.cols}.", path=s.path,
+            f"{rows} x {cols}.", path=path,
         )
     return stored

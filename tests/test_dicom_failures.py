@@ -12,6 +12,7 @@ from pydicom.uid import RLELossless, generate_uid
 
 from _dicom_factory import AXIAL, ct_dataset, write_ct_series
 from data_tools import dicom as dicom_mod
+from data_tools import dicom_pixels
 from data_tools.dicom import find_series, load_dicom_series, read_ct_files
 from data_tools.errors import NoSeriesError, SeriesValidationError, UnreadableFileError, file_label
 # the private case folder, the log check and the message check of the loader's other tests
@@ -186,7 +187,7 @@ def test_missing_decoder_is_named_before_any_pixel_is_read(case_dir, tmp_path, m
     class _NoDecoder:
         is_available = False
 
-    monkeypatch.setattr(dicom_mod, "get_decoder", lambda ts: _NoDecoder())
+    monkeypatch.setattr(dicom_pixels, "get_decoder", lambda ts: _NoDecoder())
     monkeypatch.setattr(dicom_mod, "_read_pixels", lambda s: pytest.fail("pixels were read"))
     with pytest.raises(UnreadableFileError) as excinfo:
         load_dicom_series(case_dir)
