@@ -5,6 +5,11 @@ import streamlit as st
 
 from app import common
 
+#: What the Flag column's ``off-mask`` says (the checkbox and the column share it).
+FLAG_HELP = ("off-mask: predicted malignant, but benign once all of the nodule's off-mask "
+             "regions are replaced by lung parenchyma: the prediction rests off the mask (on an "
+             "artifact, or on a candidate sign: its clusters say which).")
+
 common.setup_page()
 store = common.get_store()
 
@@ -50,11 +55,7 @@ else:
     want = f3.multiselect("Pattern cluster", cluster_ids, key="cases_clusters",
                           placeholder="any", help="Nodules with an off-mask region in any of "
                           "these clusters.")
-    only_flagged = f3.checkbox("Flagged only", key="cases_flagged",
-                               help="Predicted malignant, but benign once all of the "
-                                    "nodule's off-mask regions are replaced by lung "
-                                    "parenchyma: the prediction rests off the mask (on an "
-                                    "artifact, or on a candidate sign: its clusters say which).")
+    only_flagged = f3.checkbox("Flagged only", key="cases_flagged", help=FLAG_HELP)
     status = f4.radio("Review status", ["all", "to review", "reviewed"], key="cases_review")
 
     prob = scored["probability"]
@@ -106,9 +107,7 @@ else:
                 "Peak dist. (mm)", format="%.1f", help=common.METRIC_HELP["peak_distance_mm"]),
             "n_offmask_regions": st.column_config.NumberColumn("Off-mask regions"),
             "clusters": st.column_config.TextColumn("Clusters"),
-            "flagged": st.column_config.TextColumn(
-                "Flag", help="off-mask: predicted malignant, and benign once all of the "
-                             "nodule's off-mask regions are replaced by lung parenchyma"),
+            "flagged": st.column_config.TextColumn("Flag", help=FLAG_HELP),
             "status": "Status",
             "review_status": "Review",
             "reviews": "Reviews (name: verdict)",

@@ -460,9 +460,9 @@ def pattern_effects(
     For each cluster and each nodule with member regions, the member regions' voxels and
     their halo (``reach_mm``, :data:`discovery.pipeline.HALO_MM`) are replaced with local
     parenchyma (:func:`inpaint_parenchyma`; annotated nodules protected) and the nodule is
-    re-scored: ``delta = p_after - p_before``, both on the stored scan.  A cluster is *relied upon* when its mean delta is
-    at least ``min_effect`` in size and its bootstrap interval excludes 0
-    (:func:`summarize_effects`).
+    re-scored: ``delta = p_after - p_before``, both on the stored scan.  A cluster is
+    *relied upon* when its mean delta is at least ``min_effect`` in size and its bootstrap
+    interval excludes 0 (:func:`summarize_effects`).
 
     The flag asks each nodule whether its prediction rests on what the map found off its
     mask: all of its off-mask regions (clustered or not, with their halos) removed together,

@@ -706,10 +706,11 @@ def _metrics(doc: Doc, row) -> None:
          fmt(row.near_mass))]
     applicability = ("applicability (ok, or why the model is out of its depth): "
                      + str(getattr(row, "applicability", "") or "–"))
-    doc.need(text_height(1, 10) + 0.02 + 0.175 * max(len(left), len(right))
+    pitch = 0.175
+    doc.need(text_height(1, 10) + 0.02 + pitch * max(len(left), len(right))
              + text_height(len(wrap(applicability, CONTENT_W, 9)), 9))
     doc.text("Metrics", size=10, weight="bold", color=INK)
-    name_value_columns(doc, (left, right), name_widths=_METRIC_NAME_W, pitch=0.175)
+    name_value_columns(doc, (left, right), name_widths=_METRIC_NAME_W, pitch=pitch)
     doc.text(applicability, color=GRAY)
 
 
