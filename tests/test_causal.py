@@ -15,6 +15,7 @@ from discovery.patterns.causal import (
     FLAG_COLUMNS,
     inpaint_parenchyma,
     case_deltas,
+    case_edits,
     ALL_OFF_MASK,
     case_without,
     pattern_effects,
@@ -176,7 +177,7 @@ def test_a_runner_elsewhere_gives_the_same_effects_and_flags():
         pd.testing.assert_frame_equal(a, b)
     # every case's deltas, each case read once; no second pass: every nodule has regions in
     # one supporting cluster only, whose removal the first pass already scored
-    assert steps == [("case_deltas", list(cases))]
+    assert steps == [("case_edits", list(cases))]
 
 
 def test_an_unreadable_case_is_skipped_not_fatal(caplog):
@@ -229,7 +230,7 @@ def test_a_nodule_in_two_supporting_clusters_has_them_removed_together():
     out, flags = pattern_effects(regions, clusters, load=None, model=None, card=ModelCard(),
                                  run=here)
     assert out["relied_upon"].all() and (out["effect_mean"] < -0.7).all()
-    assert steps == [("case_deltas", list(cases))]
+    assert steps == [("case_edits", list(cases))]
     f = flags.set_index("case_id")
     assert f.loc[["c0", "c1", "c2", "c3"], "flagged"].all() and not f.loc["c4", "flagged"]
     assert (f.loc[["c0", "c1", "c2", "c3"], "flag_clusters"] == "0,1").all()
@@ -322,6 +323,39 @@ def test_case_steps_score_each_roi_once():
     assert sizes == [2] and list(got) == ["n1"] and got["n1"] < 0.01  # one ROI, paired with itself
 
 
+def test_case_edits_scores_each_member_alone_only_where_its_cluster_has_others():
+    """members=True: regions 1 (by the bead) and 2 share cluster 0, so each is also removed
+    alone (2 more ROIs); a region alone in its nodule's cluster reuses that cluster's edit
+    (no more ROIs). The members' changes are those of each region as its own cluster."""
+    vol, mask, region_map = _case(0, with_bead=True)
+    load = {"c0": (vol, mask, region_map)}.__getitem__
+    sizes = []
+
+    class Counting(BeadDetector):
+        def forward(self, x):
+            sizes.append(len(x))
+            return super().forward(x)
+
+    rows = pd.DataFrame([{"case_id": "c0", "nodule_id": "n1", "case_region": k, "cluster": 0,
+                          "region_key": f"r{k}"} for k in (1, 2)])
+    got = case_edits("c0", rows, load=load, model=Counting(), card=ModelCard(), clusters=[0],
+                     together=True, members=True)
+    assert sum(sizes) == 1 + 1 + 2 + 1  # unedited, cluster 0, each member, all together
+    alone = case_deltas("c0", rows.assign(cluster=rows["case_region"]), load=load,
+                        model=BeadDetector(), card=ModelCard(), clusters=[1, 2])
+    assert got.members == {f"r{c}": p1 - p0 for _, c, p0, p1 in alone}
+    assert got.members["r1"] < -0.99 and abs(got.members["r2"]) < 1e-6
+    assert got.after[("n1", 0)] == got.after[("n1", ALL_OFF_MASK)] < 0.01
+    sizes.clear()
+    split = case_edits("c0", rows.assign(cluster=[0, 1]), load=load, model=Counting(),
+                       card=ModelCard(), clusters=[0, 1], members=True)
+    assert sum(sizes) == 1 + 2  # no edit beyond the clusters'
+    assert split.members == got.members
+    with pytest.raises(ValueError, match="region_key"):
+        case_edits("c0", rows.drop(columns="region_key"), load=load, model=BeadDetector(),
+                   card=ModelCard(), clusters=[0], members=True)
+
+
 def test_a_rois_probability_does_not_depend_on_its_batch():
     """The network's output for a ROI is the same in any batch of two or more, and
     score_inputs never runs a batch of one: so scoring the causal check's ROIs together
@@ -342,7 +376,7 @@ def test_a_rois_probability_does_not_depend_on_its_batch():
 def test_exemplars_are_the_members_whose_own_removal_moves_the_prediction_most():
     """One cluster mixing the bead's regions (c2, c3: removing one takes p from ~1 to ~0)
     with plain parenchyma (c0, c1, and c4, which has no bead): the exemplars shown first are
-    the bead regions, whatever order the clustering gave; one more pass reads every case."""
+    the bead regions, whatever order the clustering gave; in the one pass over the cases."""
     cases = {f"c{i}": _case(i, with_bead=i < 4) for i in range(5)}
     picks = {"c0": 2, "c1": 2, "c2": 1, "c3": 1, "c4": 1}
     regions = pd.DataFrame([{"case_id": c, "nodule_id": "n1", "case_region": k, "cluster": 0,
@@ -361,7 +395,7 @@ def test_exemplars_are_the_members_whose_own_removal_moves_the_prediction_most()
     assert row.effect_mean == pytest.approx(-0.4, abs=0.01)  # 2 of 5 nodules drop by ~1
     assert set(row.exemplars[:2]) == {"c2/n1/r1", "c3/n1/r1"}
     assert sorted(row.exemplars) == sorted(centre_first)
-    assert steps == [("case_deltas", list(cases)), ("case_deltas", list(cases))]
+    assert steps == [("case_edits", list(cases))]
     kept, _ = pattern_effects(regions, clusters, load=cases.__getitem__, model=BeadDetector(),
                               card=ModelCard(), exemplars_by_effect=False)
     assert list(kept.iloc[0].exemplars) == centre_first

@@ -383,8 +383,8 @@ def _stored_case(results_dir: str | Path, case_id: str):
 def _causal_work(step: Callable, case_id: str, rows: pd.DataFrame, options: dict,
                  model_dir: str | None, results_dir: Path, threads: int,
                  weights_sha256: str | None):
-    """One case's step of the causal check (:func:`discovery.patterns.causal.case_deltas` or
-    :func:`~discovery.patterns.causal.case_without`) in a worker process."""
+    """One case's step of the causal check (:func:`discovery.patterns.causal.case_edits`,
+    or another step of that module) in a worker process."""
     model, card = _worker_model(model_dir, threads, weights_sha256)
     return step(case_id, rows, load=functools.partial(_stored_case, results_dir), model=model,
                 card=card, **options)

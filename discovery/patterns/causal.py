@@ -58,6 +58,8 @@ __all__ = [
     "summarize_effects",
     "rescore_without",
     "ALL_OFF_MASK",
+    "CaseEdits",
+    "case_edits",
     "case_deltas",
     "case_without",
     "CaseRunner",
@@ -165,8 +167,8 @@ def rescore_without(
 #: case's off-mask region map (region ``k`` = row ``case_region == k``), all on one grid.
 CaseLoader = Callable[[str], "tuple[Volume, Mask, np.ndarray]"]
 
-#: The "cluster" id under which :func:`case_deltas` (``together=True``) reports a nodule with
-#: all of its regions in the rows removed at once.
+#: The "cluster" id under which :func:`case_edits` and :func:`case_deltas` (``together=True``)
+#: report a nodule with all of its regions in the rows removed at once.
 ALL_OFF_MASK = -2
 
 #: The nodule-centre columns of the findings table (scan voxel coordinates), which
@@ -228,40 +230,99 @@ def _edited_roi(volume: Volume, region_map: np.ndarray, case_regions, centre, pr
     return roi_input(Volume(edited, volume.affine), centre, card)
 
 
-def case_deltas(case_id: str, rows: pd.DataFrame, *, load: CaseLoader, model: torch.nn.Module,
-                card: ModelCard, clusters, seed: int = 0, reach_mm: float = 3.0,
-                together: bool = False):
-    """One case's part of the causal check (:func:`pattern_effects`): for each of its
-    nodules and each cluster in *clusters* with member regions in *rows*, ``(nodule_id,
-    cluster, p_before, p_after)``, sorted by nodule and cluster; None when the case's stored
-    arrays cannot be read.  With *together*, also ``(nodule_id, ALL_OFF_MASK, p_before,
-    p_after)`` for each nodule with rows, all of its regions in *rows* removed at once
-    (whatever their cluster, ``-1`` included).
+@dataclass(frozen=True)
+class CaseEdits:
+    """What one case's step of the causal check measured (:func:`case_edits`).
 
-    The case is read once; each nodule's ROI is scored once as it is (``p_before``, on the
-    stored scan) and once per cluster with that cluster's regions removed (``p_after``), all
-    in a few forward passes (:func:`~discovery.model.edit.score_inputs`).  Nodule centres
+    Attributes
+    ----------
+    before : dict of str to float
+        Nodule id -> its probability on the stored scan, unedited (``p_before``).
+    after : dict of (str, int) to float
+        ``(nodule_id, cluster)`` -> its probability with that cluster's regions of the nodule
+        removed; ``(nodule_id, ALL_OFF_MASK)``: all of its regions in the rows removed at once.
+    members : dict of str to float
+        ``region_key`` -> ``p_after - p_before`` of its nodule with that region alone removed
+        (its halo included), for the rows' clustered regions when asked for.
+    """
+
+    before: dict
+    after: dict
+    members: dict
+
+
+def _edits(rows: pd.DataFrame, known: set, centres: dict, together: bool, members: bool):
+    """The edits of one case: ``(nodule_id, key, case_regions)``, key a cluster id,
+    :data:`ALL_OFF_MASK` or ``("region", region_key)`` for a clustered region that shares its
+    nodule's cluster with others (alone in it, its edit is the cluster's); and
+    ``{region_key: (nodule_id, cluster)}`` for the regions alone in theirs."""
+    nid = rows["nodule_id"].astype(str)
+    edits, alone = [], {}
+    for (n, c), grp in rows.groupby([nid, rows["cluster"].astype(int)], sort=True):
+        if n not in centres or c not in known:
+            continue
+        edits.append((n, c, grp["case_region"]))
+        if not members:
+            continue
+        keys = grp["region_key"].astype(str).tolist()
+        if len(keys) == 1:
+            alone[keys[0]] = (n, c)
+        else:
+            edits += [(n, ("region", k), [r]) for k, r in zip(keys, grp["case_region"])]
+    if together:
+        edits += [(n, ALL_OFF_MASK, grp["case_region"])
+                  for n, grp in rows.groupby(nid, sort=True) if n in centres]
+    return edits, alone
+
+
+def case_edits(case_id: str, rows: pd.DataFrame, *, load: CaseLoader, model: torch.nn.Module,
+               card: ModelCard, clusters, seed: int = 0, reach_mm: float = 3.0,
+               together: bool = False, members: bool = False) -> CaseEdits | None:
+    """One case's part of the causal check (:func:`pattern_effects`), read once and scored
+    in a few forward passes (:func:`~discovery.model.edit.score_inputs`): each nodule's ROI
+    as it is, and once per edit with regions replaced by local parenchyma (halo
+    *reach_mm* included): per cluster of *clusters* with member regions in *rows*; with
+    *together*, all of the nodule's regions in *rows* (whatever their cluster, ``-1``
+    included); with *members*, each clustered region alone (*rows* then need
+    ``region_key``; a region alone in its nodule's cluster reuses the cluster's edit, which
+    is the same edit).  None when the case's stored arrays cannot be read.  Nodule centres
     come from the rows' :data:`CENTRE_COLUMNS` when they have them, else from the mask."""
+    if members and "region_key" not in rows.columns:
+        raise ValueError("case_edits(members=True) needs a 'region_key' column in rows")
     opened = _open_case(load, case_id, rows)
     if opened is None:
         return None
     volume, region_map, protect, centres = opened
-    known = {int(c) for c in clusters}
-    pairs = [(str(nid), int(c), grp["case_region"])
-             for (nid, c), grp in rows.groupby(["nodule_id", "cluster"], sort=True)
-             if str(nid) in centres and int(c) in known]
-    if together:
-        pairs = sorted(pairs + [(nid, ALL_OFF_MASK, grp["case_region"]) for nid, grp
-                                in rows.groupby(rows["nodule_id"].astype(str), sort=True)
-                                if nid in centres], key=lambda t: (t[0], t[1]))
-    nodules = list(dict.fromkeys(nid for nid, _, _ in pairs))
-    rois = [roi_input(volume, centres[nid], card) for nid in nodules]
-    rois += [_edited_roi(volume, region_map, regs, centres[nid], protect, card, seed=seed,
-                         reach_mm=reach_mm) for nid, _, regs in pairs]
-    p = score_inputs(model, rois)
-    before = dict(zip(nodules, (float(v) for v in p[:len(nodules)])))
-    return [(nid, c, before[nid], float(p1))
-            for (nid, c, _), p1 in zip(pairs, p[len(nodules):])]
+    edits, alone = _edits(rows, {int(c) for c in clusters}, centres, together, members)
+    nodules = list(dict.fromkeys(n for n, _, _ in edits))
+    rois = [roi_input(volume, centres[n], card) for n in nodules]
+    rois += [_edited_roi(volume, region_map, regs, centres[n], protect, card, seed=seed,
+                         reach_mm=reach_mm) for n, _, regs in edits]
+    p = [float(v) for v in score_inputs(model, rois)]
+    before = dict(zip(nodules, p[:len(nodules)]))
+    after, change = {}, {}
+    for (n, key, _), p1 in zip(edits, p[len(nodules):]):
+        if isinstance(key, tuple):
+            change[key[1]] = p1 - before[n]
+        else:
+            after[(n, key)] = p1
+    change.update({k: after[where] - before[where[0]] for k, where in alone.items()})
+    return CaseEdits(before, after, change)
+
+
+def case_deltas(case_id: str, rows: pd.DataFrame, *, load: CaseLoader, model: torch.nn.Module,
+                card: ModelCard, clusters, seed: int = 0, reach_mm: float = 3.0,
+                together: bool = False):
+    """One case's per-cluster changes, as a list: for each of its nodules and each cluster
+    in *clusters* with member regions in *rows*, ``(nodule_id, cluster, p_before,
+    p_after)``, sorted by nodule and cluster; with *together*, also ``(nodule_id,
+    ALL_OFF_MASK, p_before, p_after)`` for each nodule with rows (:func:`case_edits`, whose
+    edits these are).  None when the case's stored arrays cannot be read."""
+    found = case_edits(case_id, rows, load=load, model=model, card=card, clusters=clusters,
+                       seed=seed, reach_mm=reach_mm, together=together)
+    if found is None:
+        return None
+    return [(n, c, found.before[n], p1) for (n, c), p1 in sorted(found.after.items())]
 
 
 def case_without(case_id: str, rows: pd.DataFrame, *, load: CaseLoader,
@@ -283,8 +344,8 @@ def case_without(case_id: str, rows: pd.DataFrame, *, load: CaseLoader,
 
 
 #: ``run(step, jobs) -> results``: computes ``step(case_id, rows, **kwargs)`` for each
-#: ``(case_id, rows, kwargs)`` of *jobs* (``step`` is :func:`case_deltas` or
-#: :func:`case_without`; the runner supplies ``load``, ``model`` and ``card``), results in the
+#: ``(case_id, rows, kwargs)`` of *jobs* (``step`` is :func:`case_edits`, :func:`case_deltas`
+#: or :func:`case_without`; the runner supplies ``load``, ``model`` and ``card``), results in the
 #: order of *jobs*.  E.g. on the worker processes of a batch.
 CaseRunner = Callable[[Callable[..., object], list], list]
 
@@ -328,31 +389,37 @@ def _with_centres(regions: pd.DataFrame, nodules: pd.DataFrame | None) -> pd.Dat
 @dataclass
 class _Pass:
     """What the first pass over the cases found: per cluster the deltas (in case, nodule
-    order), per nodule ``p_before``, per (case, nodule, cluster) ``p_after``, and the cases
-    whose arrays could not be read."""
+    order), per nodule ``p_before``, per (case, nodule, cluster) ``p_after``, per clustered
+    region its own delta (``region_key -> p_after - p_before``, when asked for) and the
+    cases whose arrays could not be read."""
 
     deltas: dict[int, list[float]]
     before: dict[tuple[str, str], float]
     after: dict[tuple[str, str, int], float]
+    members: dict[str, float]
     unreadable: set[str]
 
 
 def _first_pass(run: CaseRunner, by_case: list, cluster_ids: list[int], seed: int,
-                reach_mm: float) -> _Pass:
-    """Each case read once: every nodule as it is, without each cluster's regions, and
-    without all of its regions (``after[(case, nodule, ALL_OFF_MASK)]``)."""
-    found = _Pass({c: [] for c in cluster_ids}, {}, {}, set())
-    options = {"clusters": cluster_ids, "seed": seed, "reach_mm": reach_mm, "together": True}
+                reach_mm: float, members: bool) -> _Pass:
+    """Each case read once (:func:`case_edits`): every nodule as it is, without each
+    cluster's regions, without all of its regions (``after[(case, nodule,
+    ALL_OFF_MASK)]``) and, with *members*, without each clustered region alone."""
+    found = _Pass({c: [] for c in cluster_ids}, {}, {}, {}, set())
+    options = {"clusters": cluster_ids, "seed": seed, "reach_mm": reach_mm, "together": True,
+               "members": members}
     jobs = [(c, r, options) for c, r in by_case]
-    for (case_id, _), pairs in zip(by_case, run(case_deltas, jobs)):
-        if pairs is None:
+    for (case_id, _rows), edits in zip(by_case, run(case_edits, jobs)):
+        if edits is None:
             found.unreadable.add(case_id)
             continue
-        for nodule_id, c, p0, p1 in pairs:
+        for (nodule_id, c), p1 in sorted(edits.after.items()):
+            p0 = edits.before[nodule_id]
             found.before[(case_id, nodule_id)] = p0
             found.after[(case_id, nodule_id, c)] = p1
             if c != ALL_OFF_MASK:
                 found.deltas[c].append(p1 - p0)
+        found.members.update(edits.members)
     return found
 
 
@@ -391,30 +458,11 @@ def _flag_rows(by_case: list, found: _Pass, threshold: float,
     return flags
 
 
-def _member_deltas(run: CaseRunner, by_case: list, seed: int,
-                   reach_mm: float) -> dict[str, float]:
-    """``region_key -> p_after - p_before`` with that region alone removed (its halo
-    included, as in the clusters' edits): each region of a case is its own "cluster" in
-    :func:`case_deltas`.  Regions of unreadable cases are absent."""
-    jobs, keys = [], []
-    for case_id, rows in by_case:
-        own = rows.assign(cluster=rows["case_region"].astype(int))
-        jobs.append((case_id, own, {"clusters": sorted(set(own["cluster"])), "seed": seed,
-                                    "reach_mm": reach_mm}))
-        keys.append(dict(zip(zip(own["nodule_id"].astype(str), own["cluster"]),
-                             own["region_key"].astype(str))))
-    out: dict[str, float] = {}
-    for by_region, pairs in zip(keys, run(case_deltas, jobs)):
-        for nodule_id, region, p0, p1 in pairs or ():
-            out[by_region[(nodule_id, region)]] = p1 - p0
-    return out
-
-
 def _exemplars_by_effect(clusters: pd.DataFrame, regions: pd.DataFrame,
                          effects: dict[int, Effect], member: dict[str, float]) -> pd.DataFrame:
     """*clusters* with each cluster's ``exemplars`` (the region keys a reviewer is shown
     first) re-chosen: its members in order of their own effect (*member*: each region
-    removed on its own, :func:`_member_deltas`) in the cluster's direction (the largest drop
+    removed on its own, :attr:`CaseEdits.members`) in the cluster's direction (the largest drop
     first when removing the cluster lowers the probability on average, the largest rise
     first otherwise; regions without an effect last, then by ``region_key``), one per case,
     up to :data:`~discovery.patterns.clustering.N_EXEMPLARS`.  A cluster that mixes a
@@ -470,7 +518,7 @@ def pattern_effects(
     threshold``) but not without them, however the regions were clustered
     (docs/benchmarks/discovery.md#flag).  ``flag_clusters``: the nodule's clusters whose
     regions alone lower its probability by ``min_effect`` or more, largest drop first.
-    Each case is read once for all this (:func:`case_deltas`), once more for the exemplars.
+    Each case is read once for all this (:func:`case_edits`).
 
     Parameters
     ----------
@@ -494,7 +542,7 @@ def pattern_effects(
         The findings table (``case_id``, ``nodule_id``, :data:`CENTRE_COLUMNS`): the stored
         nodule centres (the masks' centres are not computed again).
     exemplars_by_effect : bool
-        Re-choose the ``exemplars`` by each member's own effect (one more pass).
+        Re-choose the ``exemplars`` by each member's own effect (more ROIs, same pass).
 
     Returns
     -------
@@ -509,14 +557,14 @@ def pattern_effects(
     threshold = card.threshold if threshold is None else float(threshold)
     every = _with_centres(regions, nodules)
     by_case = list(_regions_by_case(every))
-    found = _first_pass(run, by_case, sorted({int(c) for c in clusters["cluster"]}), seed, reach_mm)
+    members = bool(exemplars_by_effect and "exemplars" in clusters and "region_key" in every)
+    found = _first_pass(run, by_case, sorted({int(c) for c in clusters["cluster"]}), seed,
+                        reach_mm, members)
     effects = {c: summarize_effects(d, min_effect=min_effect, seed=seed)
                for c, d in found.deltas.items()}
     flags = _flag_rows(by_case, found, threshold, min_effect)
     table = _effect_table(clusters, effects)
-    clustered = every[every["cluster"].astype(int) >= 0]
-    if exemplars_by_effect and "exemplars" in table.columns and "region_key" in clustered:
-        readable = [(c, r) for c, r in _regions_by_case(clustered) if c not in found.unreadable]
-        table = _exemplars_by_effect(table, clustered, effects,
-                                     _member_deltas(run, readable, seed, reach_mm))
+    if members:
+        table = _exemplars_by_effect(table, every[every["cluster"].astype(int) >= 0], effects,
+                                     found.members)
     return table, pd.DataFrame(flags, columns=FLAG_COLUMNS)
