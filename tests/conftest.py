@@ -83,11 +83,13 @@ def _tiny_case(case_id: str, *, nodule_yx, offmask_yx, probability: float, peak:
     return arrays, nodule, region
 
 
-def build_tiny_results(root: Path, *, with_regions: bool = True, url: str | None = None) -> Path:
+def build_tiny_results(root: Path, *, with_regions: bool = True, url: str | None = None,
+                       offmask_share: float | None = None) -> Path:
     """Write a tiny results folder: cases ``case-A`` and ``case-B`` (one nodule each, one
     off-mask region each, one pattern cluster) and a failed case ``case-C``.  With
     ``with_regions=False`` the nodules have no off-mask regions and there are no clusters.
-    ``url``: keep the tables on that PostgreSQL database instead of SQLite."""
+    ``url``: keep the tables on that PostgreSQL database instead of SQLite; ``offmask_share``:
+    the nodules' ``offmask_mass_share`` (default 0.2)."""
     from discovery.store.tables import CLUSTER_COLUMNS, ResultsStore, save_case_arrays
 
     store = ResultsStore(root, url=url)
@@ -99,6 +101,8 @@ def build_tiny_results(root: Path, *, with_regions: bool = True, url: str | None
         if not with_regions:
             arrays["region_map"] = np.zeros_like(arrays["region_map"])
             nodule["n_offmask_regions"] = 0
+        if offmask_share is not None:
+            nodule["offmask_mass_share"] = float(offmask_share)
         rel = save_case_arrays(root, case_id, **arrays)
         store.put_case({"case_id": case_id, "status": "ok", "error": "", "n_nodules": 1,
                         "shape": list(TINY_SHAPE), "spacing_mm": [1.0, 1.0, 1.0],

@@ -148,6 +148,29 @@ def test_key_slice_picks_the_slice_with_most_voxels():
         render.key_slice(mask, 7)
 
 
+
+def test_key_slice_with_attribution_picks_the_slice_the_map_looks_at():
+    """On thick slices the map can cover only part of a large nodule: the reports then show
+    the slice with the most attribution inside the nodule's in-plane box; attribution
+    elsewhere on the slice (another nodule's) and on slices without the label does not
+    count; no attribution over the nodule: the largest cross-section."""
+    mask = np.zeros((6, 10, 10), np.int16)
+    mask[1, 2:4, 2:4] = 1    # 4 voxels
+    mask[3, 1:5, 1:5] = 1    # 16 voxels: the largest cross-section
+    mask[2, 2:3, 2:3] = 1    # 1 voxel
+    attr = np.zeros(mask.shape, np.float32)
+    attr[1, 1, 1] = 0.5      # inside the label's in-plane box (rows/cols 1-4), off its voxels
+    attr[2, 3, 3] = 0.3
+    attr[3, 8, 8] = 5.0      # beside another structure on the largest slice: outside the box
+    attr[5, 2, 2] = 9.0      # a slice without the label
+    assert render.key_slice(mask, 1) == 3
+    assert render.key_slice(mask, 1, attribution=attr) == 1
+    attr[1, 1, 1] = 0.0
+    assert render.key_slice(mask, 1, attribution=attr) == 2
+    assert render.key_slice(mask, 1, attribution=np.zeros_like(attr)) == 3
+    with pytest.raises(ValueError, match="shape"):
+        render.key_slice(mask, 1, attribution=attr[1:])
+
 def test_crop_around_pads_with_the_minimum_at_borders():
     arr = np.arange(100, dtype=np.int16).reshape(10, 10) + 5
     crop = render.crop_around(arr, (5, 5), 2)

@@ -142,6 +142,24 @@ def test_fallback_pages_when_nothing_is_flagged(tiny_results_no_regions, tmp_pat
         assert "Flagged nodule" not in text
 
 
+def test_pages_by_probability_when_no_nodule_has_offmask_attention(tmp_path):
+    """A report of clean cases (nothing flagged, no attention off any mask) still shows its
+    nodules, highest P(malignant) first, and says why they are shown."""
+    from conftest import build_tiny_results
+
+    root = build_tiny_results(tmp_path / "clean", with_regions=False, offmask_share=0.0)
+    out = write_pdf(root, tmp_path / "r.pdf")
+    n = _pages(out.read_bytes())
+    if PDFTOTEXT:
+        text = _text(out)
+        assert "none has attention off its mask" in text
+        assert "Nodules with the most off-mask attention" not in text
+        assert "show instead" not in text
+        assert "Nodule 1 of 2: case-A · n1" in _text(out, n - 1)   # P 0.83
+        assert "Nodule 2 of 2: case-B · n1" in _text(out, n)       # P 0.21
+        assert "shown for its P(malignant)" in _text(out, n)
+
+
 def test_select_nodule_pages_flagged_first_else_highest_offmask_share():
     n = MAX_FALLBACK + 2
     f = pd.DataFrame({"case_id": [f"c{i:02d}" for i in range(n)], "nodule_id": "n1",
@@ -158,7 +176,12 @@ def test_select_nodule_pages_flagged_first_else_highest_offmask_share():
     f.loc[0, ["flagged", "status"]] = [1, "failed"]  # not scored: never a page
     rows, fallback = select_nodule_pages(f)
     assert not fallback and list(rows["case_id"]) == ["c07", "c02"]
-    none, fallback = select_nodule_pages(f.assign(flagged=0, offmask_mass_share=0.0))
+    # no off-mask attention anywhere: the nodules with the highest P(malignant) instead
+    clean = f.assign(flagged=0, offmask_mass_share=0.0,
+                     probability=np.linspace(0.9, 0.1, n)).drop(index=0)
+    rows, fallback = select_nodule_pages(clean, limit=3)
+    assert fallback and list(rows["case_id"]) == ["c01", "c02", "c03"]
+    none, fallback = select_nodule_pages(clean.assign(status="failed"))
     assert fallback and none.empty
 
 

@@ -19,7 +19,11 @@ from discovery.patterns.outcomes import (
 from discovery.report.style import CaseArrayCache
 from discovery.store.tables import ResultsStore
 
-__all__ = ["SCORED_STATUSES", "ReportData"]
+__all__ = ["SCORED_STATUSES", "MAX_FALLBACK", "ReportData", "select_nodule_pages", "any_offmask"]
+
+#: Nodule pages a report shows when nothing is flagged (:func:`select_nodule_pages`).
+MAX_FALLBACK = 10
+
 
 class ReportData:
     """The tables of one results folder and what the reports derive from them.
@@ -90,3 +94,43 @@ class ReportData:
     def panels(self) -> list[Panel]:
         """The three outcome panels (:func:`discovery.patterns.outcomes.outcome_panels`)."""
         return list(self.outcome_readings.panels)
+
+
+def select_nodule_pages(findings: pd.DataFrame, *,
+                        limit: int = MAX_FALLBACK) -> tuple[pd.DataFrame, bool]:
+    """The nodules that get a page, and whether they are the fallback.
+
+    Parameters
+    ----------
+    findings : pandas.DataFrame
+        ``ResultsStore.findings()``.
+    limit : int
+        Most nodules the fallback shows.
+
+    Returns
+    -------
+    (pandas.DataFrame, bool)
+        Scored nodules with ``flagged == 1`` (largest ``flag_score`` first, then case and
+        nodule id) and ``False``; when none is flagged, the scored nodules with the highest
+        positive ``offmask_mass_share`` (up to *limit*, same tie order) and ``True``; when
+        no nodule has attention off its mask either, the scored nodules with the highest
+        ``probability`` (up to *limit*, same tie order) and ``True``, so that a report of
+        a few clean cases still shows their nodules.
+    """
+    scored = findings[findings["status"].isin(SCORED_STATUSES)]
+    flagged = pd.to_numeric(scored["flagged"], errors="coerce").fillna(0) == 1
+    if flagged.any():
+        return scored[flagged].sort_values(["flag_score", "case_id", "nodule_id"],
+                                           ascending=[False, True, True], kind="stable"), False
+    share = pd.to_numeric(scored["offmask_mass_share"], errors="coerce")
+    rank = share if (share > 0).any() else pd.to_numeric(scored["probability"], errors="coerce")
+    rows = scored[rank > 0] if (share > 0).any() else scored[rank.notna()]
+    rows = rows.assign(_s=rank.loc[rows.index]).sort_values(
+        ["_s", "case_id", "nodule_id"], ascending=[False, True, True], kind="stable")
+    return rows.drop(columns="_s").head(int(limit)), True
+
+
+def any_offmask(rows: pd.DataFrame) -> bool:
+    """Whether any of the fallback pages' nodules has attention off its mask (else they
+    were chosen by P(malignant))."""
+    return bool((pd.to_numeric(rows["offmask_mass_share"], errors="coerce") > 0).any())

@@ -12,8 +12,9 @@ The PDF shows what the HTML report (:mod:`discovery.report.html`) shows, laid ou
 * **Nodule pages**, one per shortcut-flagged nodule (findings ``flagged == 1``, largest
   ``flag_score`` first; :func:`select_nodule_pages`).  When no nodule is flagged, the pages
   show instead the nodules with the highest ``offmask_mass_share`` (up to
-  :data:`MAX_FALLBACK`), and the summary and each page say so.  A page has the nodule's key
-  axial slice (most mask voxels) in lung window, plain with the mask contour and with the
+  :data:`MAX_FALLBACK`), or, when no nodule has attention off its mask, those with the
+  highest P(malignant); the summary and each page say which.  A page has the nodule's key
+  axial slice (:data:`~discovery.report.render.KEY_SLICE_RULE`) in lung window, plain with the mask contour and with the
   Grad-CAM overlay, a colour bar in raw Grad-CAM units (0 to the case maximum, one scale per
   case), the whole slice, the nodule's main off-mask region and the metrics.
 
@@ -57,7 +58,14 @@ from discovery.model.reliance import reliance_text
 from discovery.model.rois import nodule_label
 from discovery.patterns.outcomes import ARTIFACT_HU, Exemplar
 from discovery.report import render
-from discovery.report.data import SCORED_STATUSES, ReportData
+from discovery.report.render import KEY_SLICE_RULE
+from discovery.report.data import (  # noqa: F401 -- MAX_FALLBACK, select_nodule_pages re-exported
+    MAX_FALLBACK,
+    SCORED_STATUSES,
+    ReportData,
+    any_offmask,
+    select_nodule_pages,
+)
 from discovery.report.pdflayout import (
     CONTENT_W,
     DPI,
@@ -94,8 +102,6 @@ log = logging.getLogger(__name__)
 #: Title and author written into the PDF metadata.
 TITLE = "Nodule discovery findings"
 AUTHOR = "ct-nodule-discovery"
-#: Nodule pages shown when nothing is flagged (highest off-mask share first).
-MAX_FALLBACK = 10
 
 _REGION_HALF_PX = 36
 _RC = {"pdf.fonttype": 3, "font.family": FONT, "font.size": 9, "text.parse_math": False,
@@ -148,36 +154,6 @@ def _box_mm(meta: dict) -> float:
         return float(np.max(np.multiply(meta["roi_size_vox"], meta["roi_spacing_mm"])))
     except (KeyError, TypeError, ValueError):
         return float("nan")
-
-
-def select_nodule_pages(findings: pd.DataFrame, *,
-                        limit: int = MAX_FALLBACK) -> tuple[pd.DataFrame, bool]:
-    """The nodules that get a page, and whether they are the fallback.
-
-    Parameters
-    ----------
-    findings : pandas.DataFrame
-        ``ResultsStore.findings()``.
-    limit : int
-        Most nodules the fallback shows.
-
-    Returns
-    -------
-    (pandas.DataFrame, bool)
-        Scored nodules with ``flagged == 1`` (largest ``flag_score`` first, then case and
-        nodule id) and ``False``; when none is flagged, the scored nodules with the highest
-        positive ``offmask_mass_share`` (up to *limit*, same tie order) and ``True``.
-    """
-    scored = findings[findings["status"].isin(SCORED_STATUSES)]
-    flagged = pd.to_numeric(scored["flagged"], errors="coerce").fillna(0) == 1
-    if flagged.any():
-        return scored[flagged].sort_values(["flag_score", "case_id", "nodule_id"],
-                                           ascending=[False, True, True], kind="stable"), False
-    share = pd.to_numeric(scored["offmask_mass_share"], errors="coerce")
-    rows = scored[share > 0]
-    rows = rows.assign(_s=share.loc[rows.index]).sort_values(
-        ["_s", "case_id", "nodule_id"], ascending=[False, True, True], kind="stable")
-    return rows.drop(columns="_s").head(int(limit)), True
 
 
 def _context(results_dir: Path) -> dict:
@@ -475,12 +451,19 @@ def _clusters(doc: Doc, ctx: dict) -> None:
 
 def _page_index(doc: Doc, ctx: dict, first_page: int) -> None:
     rows, fallback = ctx["pages"], ctx["fallback"]
-    heading(doc, "Nodules with the most off-mask attention" if fallback
-             else "Shortcut-flagged nodules", keep=0.6 + 0.19 * min(len(rows), 5))
-    if fallback:
+    off = fallback and any_offmask(rows)
+    heading(doc, ("Nodules with the most off-mask attention" if off else "Nodule pages")
+            if fallback else "Shortcut-flagged nodules", keep=0.6 + 0.19 * min(len(rows), 5))
+    if off:
         doc.text(f"No nodule is shortcut-flagged in these results. The pages after the summary "
                  f"show instead the {len(rows)} nodule(s) with the highest share of attribution "
                  f"off the mask (at most {MAX_FALLBACK}).", color="#c53030")
+    elif fallback and rows.empty:
+        doc.text("No scored nodule in these results: no nodule pages follow.")
+    elif fallback:
+        doc.text(f"No nodule is shortcut-flagged and none has attention off its mask. The "
+                 f"pages after the summary show the {len(rows)} nodule(s) with the highest "
+                 f"P(malignant) (at most {MAX_FALLBACK}).")
     else:
         doc.text(f"{len(rows)} nodule(s) predicted malignant only because of off-mask attention "
                  "the model relies on (P(malignant) with → without those regions); one page "
@@ -541,7 +524,9 @@ def _main_region(row, regions: pd.DataFrame, fallback: bool):
 
 
 def _nodule_head(doc: Doc, ctx: dict, row, k: int, n: int) -> None:
-    kind = "Nodule with off-mask attention" if ctx["fallback"] else "Flagged nodule"
+    off = ctx["fallback"] and any_offmask(ctx["pages"])
+    kind = ("Nodule with off-mask attention" if off else "Nodule") if ctx["fallback"] \
+        else "Flagged nodule"
     doc.text(f"{kind} {k} of {n}: {row.case_id} · {row.nodule_id}", size=15, weight="bold",
              color=INK, width=CONTENT_W - 1.2)
     verdict = row.verdict or "-"
@@ -551,9 +536,12 @@ def _nodule_head(doc: Doc, ctx: dict, row, k: int, n: int) -> None:
                            fc=VERDICT_COLOURS.get(verdict, GRAY)))
     outcome = ctx["outcome_of"].get((row.case_id, row.nodule_id), "other")
     p = float(row.probability)
-    if ctx["fallback"]:
+    if off:
         line = (f"Not flagged (no nodule in these results is); shown for its off-mask share of "
                 f"{pct(row.offmask_mass_share)}. P(malignant) {fmt(p)}; outcome: {outcome}.")
+    elif ctx["fallback"]:
+        line = (f"Not flagged, no attention off its mask (none in these results has); shown "
+                f"for its P(malignant), {fmt(p)}. Outcome: {outcome}.")
     else:
         named = (f"; the clusters that alone lower it: {row.flag_clusters}"
                  if str(row.flag_clusters or "").strip() else "")
@@ -589,7 +577,7 @@ def _view(ctx: dict, row) -> _View:
     ct, mask, attr = arrays["ct"], arrays["mask"], arrays["attribution"]
     label = nodule_label(row.nodule_id)
     try:
-        z = render.key_slice(mask, label)
+        z = render.key_slice(mask, label, attribution=attr)
     except ValueError:
         z = int(np.clip(round(float(row.center_z)), 0, ct.shape[0] - 1))
     _, py, px = ctx["spacing"].get(row.case_id, (np.nan,) * 3)
@@ -611,7 +599,7 @@ def _key_slice_row(doc: Doc, v: _View) -> None:
                                 regions2d=crop(a["region_map"][z]), window="lung", opacity=0.5,
                                 attr_max=v.attr_max or None, threshold=DISPLAY_THRESHOLD)
     fov = f", {v.side * v.px:.0f} mm across" if v.px > 0 else ""
-    doc.text(f"Key slice {z + 1} of {ct.shape[0]} (most mask voxels): {v.side} × {v.side} "
+    doc.text(f"Key slice {z + 1} of {ct.shape[0]} ({KEY_SLICE_RULE}): {v.side} × {v.side} "
              f"pixels around the nodule{fov}", weight="bold")
     top, w, gap = doc.y + 0.04, (CONTENT_W - 0.2) / 2, 0.2
     scale_bar(doc.image(plain, MARGIN, top, w, aspect=v.aspect), plain.shape[1], v.px)

@@ -26,7 +26,8 @@ from discovery.report.style import fmt
 __all__ = [
     "WINDOWS", "MASK_COLOR", "REGION_COLOR", "COLORMAP", "window_image", "contour",
     "overlay_slice", "colorbar_image", "colorbar_ticks", "labelled_colorbar", "to_png_bytes",
-    "key_slice", "crop_around", "upscale", "thumbnail", "densest_near_region", "side_by_side",
+    "key_slice", "KEY_SLICE_RULE", "crop_around", "upscale", "thumbnail",
+    "densest_near_region", "side_by_side",
     "exemplar_image",
 ]
 
@@ -38,6 +39,8 @@ MASK_COLOR = (0, 255, 0)
 REGION_COLOR = (0, 255, 255)
 #: Perceptually uniform colormap used for attribution.
 COLORMAP = "inferno"
+#: How :func:`key_slice` picks the slice the reports show, in their words.
+KEY_SLICE_RULE = "most attribution over the nodule, else most mask voxels"
 
 
 @lru_cache(maxsize=8)
@@ -216,16 +219,33 @@ def to_png_bytes(rgb) -> bytes:
     return buf.getvalue()
 
 
-def key_slice(mask, label: int) -> int:
-    """Index of the axial slice (axis 0) holding the most voxels of *label*.
+def key_slice(mask, label: int, *, attribution=None) -> int:
+    """Index of the axial slice (axis 0) the reports show for the nodule *label*.
 
-    Ties go to the lowest index.  Raises ValueError when *label* is not in *mask*.
+    Without *attribution*: the slice holding the most voxels of *label* (its largest
+    cross-section).  With *attribution* (same shape as *mask*): among the slices holding
+    *label*, the one with the most attribution inside the label's in-plane bounding box, so
+    that the overlay shows where the model looked at the nodule (on thick slices the largest
+    cross-section can lie outside the few slices the map covers); the largest cross-section
+    when that attribution is zero on every such slice.  Ties go to the lowest index.
+
+    Raises ValueError when *label* is not in *mask* or *attribution* has another shape.
     """
     m = np.asarray(mask) == label
     counts = m.reshape(m.shape[0], -1).sum(axis=1)
     if not counts.any():
         raise ValueError(f"label {label!r} is not in the mask")
-    return int(np.argmax(counts))
+    if attribution is None:
+        return int(np.argmax(counts))
+    attribution = np.asarray(attribution)
+    if attribution.shape != m.shape:
+        raise ValueError(f"attribution must have the mask's shape {m.shape}; received "
+                         f"{attribution.shape}")
+    ys, xs = np.nonzero(m.any(axis=0))
+    box = attribution[:, ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+    score = np.where(counts > 0, box.reshape(box.shape[0], -1).sum(axis=1, dtype=np.float64),
+                     -np.inf)
+    return int(np.argmax(score)) if score.max() > 0 else int(np.argmax(counts))
 
 
 def crop_around(arr2d, center_yx, half_size: int) -> np.ndarray:
