@@ -28,8 +28,8 @@ from pydicom.multival import MultiValue
 
 from .errors import NoSeriesError, file_label
 
-__all__ = ["SeriesInfo", "find_series", "select_ct_series", "is_dicom_file", "MIN_SLICES",
-           "ReadBytes"]
+__all__ = ["SeriesInfo", "find_series", "select_ct_series", "is_dicom_file",
+           "is_dicom_dataset", "MIN_SLICES", "ReadBytes"]
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,13 @@ def is_dicom_file(path: str | Path) -> bool:
 def _is_part10(data: bytes) -> bool:
     """:func:`is_dicom_file` of a file's bytes."""
     return len(data) >= 132 and data[128:132] == b"DICM"
+
+
+def is_dicom_dataset(path: str | Path) -> bool:
+    """True for a DICOM file, with the Part 10 preamble (:func:`is_dicom_file`) or without it
+    (a raw dataset that parses with the tags a CT slice needs); False for anything else,
+    unreadable files included."""
+    return is_dicom_file(path) or _is_raw_dataset(Path(path))
 
 
 def _is_raw_dataset(path: Path, data: bytes | None = None) -> bool:

@@ -23,7 +23,9 @@ Layouts (``discover_cases(..., layout=NAME)``; ``"auto"`` applies the first rule
     holds both (then that sub-folder is the LUNA16 root, and the folder is ``cases``).
 ``cases``
     A folder of case folders (every sub-folder not starting with ``_`` or ``.``), or one case
-    folder.  A sub-folder that is itself an MSD or LUNA16 root (auto rules above) is
+    folder: a folder without sub-folders, or one holding an image file itself (DICOM,
+    NIfTI, MetaImage; a LICENSE, README or metadata.csv beside case folders does not count).
+    A sub-folder that is itself an MSD or LUNA16 root (auto rules above) is
     expanded into its cases, so one input may mix layouts (``cases`` only, not the
     restricted layouts below).  A case folder holds a DICOM CT series (any depth) or one NIfTI / MetaImage
     volume, and its annotation, the first of: a NIfTI label mask (name contains ``mask``,
@@ -50,6 +52,7 @@ from pathlib import Path
 
 from .boxes import is_voc_xml
 from .deid import pseudonymous_id
+from .dicom_series import is_dicom_dataset
 from .errors import DataError, NoSeriesError, file_label
 from .metaimage import is_metaimage
 from .nifti import is_nifti
@@ -124,6 +127,15 @@ def _is_lidc_xml(path: Path) -> bool:
 
 def _visible(path: Path) -> bool:
     return not path.name.startswith(".")
+
+
+def _holds_images(folder: Path) -> bool:
+    """Whether *folder* itself (not its sub-folders) holds an image file: DICOM (with or
+    without the Part 10 preamble), NIfTI or MetaImage.  A LICENSE, README or metadata.csv
+    beside the case folders (as a TCIA download has) does not make the folder one case."""
+    return any(p.is_file() and _visible(p) and p.suffix.lower() not in _NOT_IMAGE_SUFFIXES
+               and (is_nifti(p) or is_metaimage(p) or is_dicom_dataset(p))
+               for p in folder.iterdir())
 
 
 def _case_from_folder(folder: Path, case_id: str, *, require: str | None = None) -> CaseSpec:
@@ -317,9 +329,7 @@ def discover_cases(input_path: str | Path, *, layout: str = "auto") -> list[Case
     else:
         require = _RESTRICTED.get(chosen)
         subdirs = _subdirs(root)
-        case_files = [p for p in root.iterdir() if p.is_file() and _visible(p)
-                      and p.suffix.lower() not in _NOT_IMAGE_SUFFIXES]
-        if case_files or not subdirs:  # the input is itself one case folder
+        if not subdirs or _holds_images(root):  # the input is itself one case folder
             specs = [_case_from_folder(root, pseudonymous_id(root.name), require=require)]
         else:
             specs = []

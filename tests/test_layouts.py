@@ -69,6 +69,36 @@ def test_detect_layout_of_each_kind_of_root(mixed, tmp_path):
     assert detect_layout(tmp_path / "m.csv") == "manifest"
 
 
+def test_text_files_beside_case_folders_do_not_make_the_root_one_case(tmp_path):
+    """A TCIA-style download: LICENSE, metadata.csv and README beside the patient folders.
+    Each patient folder is a case; a DICOM file at the root (even without a suffix or the
+    Part 10 preamble) or a NIfTI volume makes the root one case folder, as before."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "download"
+    for name in ("P-0001", "P-0002"):
+        write_dicom_series(root / name / "CT", rng.normal(-800, 10, (4, 8, 8)), seed=1)
+    (root / "LICENSE").write_text("Creative Commons Attribution 4.0\n")
+    (root / "metadata.csv").write_text("Series UID,Subject ID\n")
+    (root / "README").write_text("downloaded with the NBIA data retriever\n")
+    specs = discover_cases(root)
+    assert sorted(s.case_id for s in specs) == sorted(pseudonymous_id(n)
+                                                      for n in ("P-0001", "P-0002"))
+    one = tmp_path / "one"
+    shutil.copytree(root, one)
+    first = sorted((one / "P-0001" / "CT").iterdir())[0]
+    shutil.copy(first, one / "IMG0001")                  # a DICOM slice without suffix
+    assert [s.case_id for s in discover_cases(one)] == [pseudonymous_id("one")]
+    import pydicom
+
+    raw = tmp_path / "raw"
+    shutil.copytree(root, raw)
+    ds = pydicom.dcmread(first)
+    ds.preamble = None
+    ds.save_as(raw / "IMG0001", enforce_file_format=False)   # no preamble, no 'DICM'
+    assert (raw / "IMG0001").read_bytes()[128:132] != b"DICM"
+    assert [s.case_id for s in discover_cases(raw)] == [pseudonymous_id("raw")]
+
+
 def test_mixed_root_lists_every_case_once_with_its_layout(mixed):
     root, want = mixed
     specs = discover_cases(root)
