@@ -316,8 +316,9 @@ def select_ct_series(series: list[SeriesInfo], *, series_uid: str | None = None)
 
     Rule: modality CT and at least ``MIN_SLICES`` (3) files, or one Enhanced CT file of two
     or more frames; prefer ImageType with ORIGINAL and AXIAL; then the most files (or
-    frames); ties go to the first in *series* order.  The series not
-    chosen are logged at info (modality, file count, description).
+    frames); ties go to the first in *series* order.  A warning says so when several CT
+    series qualify; the series not chosen are logged at info (modality, file count, image
+    type).
 
     Parameters
     ----------
@@ -355,6 +356,10 @@ def select_ct_series(series: list[SeriesInfo], *, series_uid: str | None = None)
             f"{_describe_found(series)}. {FIX_HINT}."
         )
     chosen = max(candidates, key=lambda s: (s.is_original_axial, max(s.n_files, s.frames)))
+    if len(candidates) > 1:
+        log.warning("the folder holds %d CT series; reading the one with %d file(s) (original "
+                    "axial first, then the most slices). To read another, list the case in a "
+                    "manifest CSV with its series_uid", len(candidates), chosen.n_files)
     for s in series:
         if s is not chosen:
             log.info("not using series: %s, %d file(s), image type %s",  # never the free-text

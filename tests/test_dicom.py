@@ -178,7 +178,7 @@ def test_real_ct_small_replicated_matches_pydicom(case_dir):
     assert vol.spacing_mm[0] == pytest.approx(2.0)
 
 
-def test_ct_series_chosen_over_localizer_and_reformat(case_dir):
+def test_ct_series_chosen_over_localizer_and_reformat(case_dir, caplog):
     write_ct_series(case_dir / "a_localizer", n=2, prefix="LOC",
                     image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"))
     write_ct_series(case_dir / "b_reformat", n=12, prefix="REF", seed=1,
@@ -186,8 +186,14 @@ def test_ct_series_chosen_over_localizer_and_reformat(case_dir):
     written = write_ct_series(case_dir / "c_axial", n=8, seed=2)
     series = find_series(case_dir)
     assert sorted(s.n_files for s in series) == [2, 8, 12]
+    caplog.clear()
     chosen = select_ct_series(series)
     assert chosen.series_uid == written.series_uid and chosen.is_original_axial
+    # two CT series qualify (the localizer has too few slices): said at warning level
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warned == ["the folder holds 2 CT series; reading the one with 8 file(s) (original "
+                      "axial first, then the most slices). To read another, list the case in a "
+                      "manifest CSV with its series_uid"]
     vol = load_dicom_series(case_dir)
     np.testing.assert_array_equal(vol.array, written.hu)
     # an explicit choice wins
