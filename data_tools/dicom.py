@@ -625,14 +625,15 @@ def read_ct_files(files: Sequence[Path], *, max_bytes: int | None = DEFAULT_MAX_
 
 def _checked_slices(paths: list[Path], headers: dict, max_bytes: int | None) -> list[_Slice]:
     """The slices of *paths* (localizers dropped), their shared geometry, decoders and memory
-    need checked, all from the headers (*headers*: datasets already read, by path)."""
+    need checked, all from the headers (*headers*: datasets already read, by path; those of
+    *paths* are taken out of it, so that each is let go once its pixels are read)."""
     if len(paths) < MIN_SLICES:
         raise SeriesValidationError(
             f"the series has {len(paths)} slice(s); a CT volume needs at least {MIN_SLICES}. "
             f"{FIX_HINT}, not a single image or a localizer.",
             path=paths[0] if paths else None,
         )
-    slices = _drop_localizers([_read_header(p, headers.get(p)) for p in paths])
+    slices = _drop_localizers([_read_header(p, headers.pop(p, None)) for p in paths])
     if len(slices) < MIN_SLICES:
         raise SeriesValidationError(
             f"only {len(slices)} slice(s) remain after dropping localizer images; a CT volume "
@@ -667,6 +668,7 @@ def _hu_slices(slices: list[_Slice], integer_hu: bool) -> np.ndarray:
     low, high = np.iinfo(np.int16).min, np.iinfo(np.int16).max
     for k, s in enumerate(slices):
         stored = _read_pixels(s)
+        s.ds = None  # its pixels are read: the dataset (and the file's bytes it holds) can go
         if out.dtype == np.int16:
             hu = stored.astype(np.int64) * int(s.slope) + int(s.intercept)
             if low <= hu.min() and hu.max() <= high:

@@ -169,8 +169,8 @@ def _iter_files(folder: Path, recursive: bool):
 def _open_dataset(path: Path, read: ReadBytes | None):
     """The dataset of the file *path*, or None when it is not DICOM.
 
-    From the bytes *read* hands out when it does (parsed in memory, the pixel data with the
-    rest), else from the file with values above :data:`DEFER_BYTES` (the pixel data) left
+    From the bytes *read* hands out when it does (parsed in memory; values above
+    :data:`DEFER_BYTES`, the pixel data, read from those bytes when used), else from the file with values above :data:`DEFER_BYTES` (the pixel data) left
     to be read when used.  Raises one of :data:`READ_ERRORS` for an unreadable header.
     """
     data = read(path) if read is not None else None
@@ -182,7 +182,8 @@ def _open_dataset(path: Path, read: ReadBytes | None):
     part10 = _is_part10(data)
     if not part10 and not _is_raw_dataset(path, data):
         return None
-    return pydicom.dcmread(io.BytesIO(data), force=not part10)
+    # the pixel data stays in the buffer (read from it when used), not copied beside it
+    return pydicom.dcmread(io.BytesIO(data), defer_size=DEFER_BYTES, force=not part10)
 
 
 def scan_folder(folder: str | Path, recursive: bool, keep: dict | None = None,
