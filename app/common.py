@@ -20,6 +20,7 @@ import pandas as pd
 import streamlit as st
 
 from data_tools.volume import spacing_from_affine
+from discovery.report import render
 from discovery.store.arrays import case_file, load_case_arrays
 from discovery.store.tables import ResultsStore, store_exists
 
@@ -197,12 +198,15 @@ def _load_arrays(root: str, case_id: str, mtime_ns: int) -> dict[str, np.ndarray
 
 
 def key_slice(arrays: dict[str, np.ndarray], label: int | None) -> int | None:
-    """Axial slice with most voxels of mask *label* (lowest on ties), as
-    :func:`discovery.report.render.key_slice`; None when the label is not in the mask."""
+    """The nodule *label*'s key axial slice, the one the reports show
+    (:func:`discovery.report.render.key_slice` with the attribution), reading only the
+    slices that hold the label (from the cached ``label_counts``); None when the label is
+    not in the mask."""
     counts = arrays["label_counts"]
     if label is None or not 0 < label < counts.shape[1] or not counts[:, label].any():
         return None
-    return int(np.argmax(counts[:, label]))
+    return render.key_slice(arrays["mask"], label, attribution=arrays.get("attribution"),
+                            slices=np.flatnonzero(counts[:, label]))
 
 
 def case_arrays(case_id: str) -> dict[str, np.ndarray] | None:

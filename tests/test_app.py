@@ -103,7 +103,7 @@ def test_case_page_shows_image_metrics_and_regions(tiny_results):
     at = page("case", tiny_results, case_id="case-B", nodule_id="n1")
     assert not at.exception
     assert at.selectbox(key="case_sel").value == "case-B"
-    assert at.slider(key="slice_case-B_n1_axial").value == 6  # key slice of the nodule
+    assert at.slider(key="slice_case-B_n1_axial").value == 7  # key slice of the nodule (from 1)
     assert len(at.image) == 2  # the slice and its colour bar
     metrics = at.table[0].value
     assert {"P(malignant)", "Verdict", "RMA", "RRA", "Pointing hit", "Peak distance (mm)",
@@ -123,9 +123,9 @@ def test_case_page_display_controls(tiny_results):
     at.checkbox(key="case_show_mask").uncheck()
     at.checkbox(key="case_show_regions").uncheck().run(timeout=TIMEOUT)
     assert not at.exception
-    at.slider(key="slice_case-A_n1_axial").set_value(0).run(timeout=TIMEOUT)
+    at.slider(key="slice_case-A_n1_axial").set_value(1).run(timeout=TIMEOUT)
     at.button(key="case_key_slice").click().run(timeout=TIMEOUT)
-    assert at.slider(key="slice_case-A_n1_axial").value == 6
+    assert at.slider(key="slice_case-A_n1_axial").value == 7
     at.selectbox(key="nodule_sel_case-A").set_value("n1").run(timeout=TIMEOUT)
     assert not at.exception
 
@@ -147,10 +147,11 @@ def test_case_page_planes_custom_window_and_region_jump(tiny_results):
     assert not at.exception
     assert at.slider(key="slice_case-B_n1_sagittal").label == "Sagittal slice"
     at.radio(key="case_plane").set_value("axial").run(timeout=TIMEOUT)
-    at.slider(key="slice_case-B_n1_axial").set_value(0).run(timeout=TIMEOUT)
+    at.slider(key="slice_case-B_n1_axial").set_value(1).run(timeout=TIMEOUT)
     at.button(key="case_region_go").click().run(timeout=TIMEOUT)  # the nodule's one region
     regions = at.dataframe[0].value
-    assert at.slider(key="slice_case-B_n1_axial").value == round(float(regions["centroid_z"].iloc[0]))
+    assert (at.slider(key="slice_case-B_n1_axial").value
+            == round(float(regions["centroid_z"].iloc[0])) + 1)  # slices numbered from 1
 
 
 def test_nodule_review_is_saved_once_and_audited(tiny_results_fresh):
@@ -293,7 +294,8 @@ def test_cached_key_slice_matches_render_key_slice(tiny_results):
     arrays = common._load_arrays(str(tiny_results), "case-A", 0)
     stored = load_case_arrays(tiny_results, "case-A")
     mask = stored["mask"]
-    assert common.key_slice(arrays, 1) == render.key_slice(mask, 1) == 6
+    assert common.key_slice(arrays, 1) == render.key_slice(
+        mask, 1, attribution=stored["attribution"]) == render.key_slice(mask, 1) == 6
     assert common.key_slice(arrays, 2) is None and common.key_slice(arrays, None) is None
     # the display spacing: the norms of the affine's columns, (dz, dy, dx)
     np.testing.assert_array_equal(arrays["spacing_mm"],
@@ -329,7 +331,7 @@ def test_slider_moves_do_not_query_the_tables(tiny_results_fresh, monkeypatch):
     assert not at.exception
     first = dict(calls)
     assert first.get("findings") == 1 and first.get("regions") == 1
-    at.slider(key="slice_case-B_n1_axial").set_value(0).run(timeout=TIMEOUT)
+    at.slider(key="slice_case-B_n1_axial").set_value(1).run(timeout=TIMEOUT)
     at.slider(key="case_opacity").set_value(0.2).run(timeout=TIMEOUT)
     assert not at.exception
     assert calls == first
@@ -337,7 +339,7 @@ def test_slider_moves_do_not_query_the_tables(tiny_results_fresh, monkeypatch):
     store = ResultsStore(tiny_results_fresh, create=False)
     store.save_review("nodule", "case-B/n1", "Dr. Bo", NODULE_REVIEW_CHOICES[0])
     store.close()
-    at.slider(key="slice_case-B_n1_axial").set_value(1).run(timeout=TIMEOUT)
+    at.slider(key="slice_case-B_n1_axial").set_value(2).run(timeout=TIMEOUT)
     assert calls["reviews"] > first["reviews"]
     assert "Dr. Bo" in set(at.dataframe[0].value["reviewer"])
 

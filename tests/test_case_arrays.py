@@ -227,7 +227,8 @@ def test_viewer_values_match_whole_volume_scans(tmp_path, variant):
         np.testing.assert_array_equal(got[key], value, err_msg=key)
     assert all(not got[k].flags.writeable for k in arrays)
     for label in (1, 2):
-        expected = render.key_slice(arrays["mask"], label) if variant != "empty" else None
+        expected = (render.key_slice(arrays["mask"], label, attribution=arrays["attribution"])
+                    if variant != "empty" else None)
         assert common.key_slice(got, label) == expected
     assert common.key_slice(got, 3) is None
 

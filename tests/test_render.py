@@ -170,6 +170,11 @@ def test_key_slice_with_attribution_picks_the_slice_the_map_looks_at():
     assert render.key_slice(mask, 1, attribution=np.zeros_like(attr)) == 3
     with pytest.raises(ValueError, match="shape"):
         render.key_slice(mask, 1, attribution=attr[1:])
+    # the slices that hold the label, when known, give the same answer reading only them
+    attr[1, 1, 1] = 0.5
+    for a in (None, attr, np.zeros_like(attr)):
+        assert (render.key_slice(mask, 1, attribution=a, slices=[1, 2, 3])
+                == render.key_slice(mask, 1, attribution=a))
 
 def test_crop_around_pads_with_the_minimum_at_borders():
     arr = np.arange(100, dtype=np.int16).reshape(10, 10) + 5

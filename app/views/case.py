@@ -59,8 +59,8 @@ def choose_nodule(nodules: pd.DataFrame) -> tuple[str, str, pd.Series]:
 
 
 def nodule_centre(row: pd.Series, arrays: dict, nodule_id: str) -> tuple[float, float, float]:
-    """The nodule's key axial slice (most mask voxels) and its centre row and column (the
-    volume's middle where the findings have no centre)."""
+    """The nodule's key axial slice (the reports' rule, :func:`common.key_slice`) and its
+    centre row and column (the volume's middle where the findings have no centre)."""
     shape = arrays["ct"].shape
     cz, cy, cx = (row[c] if pd.notna(row[c]) else n / 2
                   for c, n in (("center_z", shape[0]), ("center_y", shape[1]),
@@ -69,23 +69,25 @@ def nodule_centre(row: pd.Series, arrays: dict, nodule_id: str) -> tuple[float, 
     return (z if z is not None else cz), cy, cx
 
 
-def _clipped_index(zyx, plane: str, shape) -> int:
-    return int(np.clip(planes.plane_index(zyx, plane), 0, planes.n_slices(shape, plane) - 1))
+def _slice_number(zyx, plane: str, shape) -> int:
+    """The slider value that shows the point *zyx* in *plane*: slices are numbered from 1,
+    as in the reports and in viewers (index + 1)."""
+    return int(np.clip(planes.plane_index(zyx, plane), 0, planes.n_slices(shape, plane) - 1)) + 1
 
 
 def slice_keys(case_id: str, nodule_id: str, shape, centre) -> dict[str, str]:
-    """Session keys of the slice sliders of this nodule, one per plane; a new nodule starts
-    on its centre in every plane."""
+    """Session keys of the slice sliders of this nodule, one per plane (values are slice
+    numbers, from 1); a new nodule starts on its centre in every plane."""
     keys = {p: f"slice_{case_id}_{nodule_id}_{p}" for p in planes.PLANES}
     for plane, key in keys.items():
-        st.session_state.setdefault(key, _clipped_index(centre, plane, shape))
+        st.session_state.setdefault(key, _slice_number(centre, plane, shape))
     return keys
 
 
 def go_to(keys: dict[str, str], shape, zyx) -> None:
     """Show the point ``(z, y, x)`` in every plane (a button callback)."""
     for plane, key in keys.items():
-        st.session_state[key] = _clipped_index(zyx, plane, shape)
+        st.session_state[key] = _slice_number(zyx, plane, shape)
 
 
 # -- the viewer (a fragment) -------------------------------------------------------------------
@@ -156,20 +158,21 @@ def viewer(case_id: str, arrays: dict, centre, keys: dict[str, str]) -> None:
     plane, zoom = ctl["plane"], ctl["zoom"]
     shape = arrays["ct"].shape
     n = planes.n_slices(shape, plane)
-    k = 0
+    k = 0  # the slice's index; the slider and the caption number slices from 1
     if n > 1:
-        k = st.slider(f"{plane.capitalize()} slice", 0, n - 1, key=keys[plane],
+        k = st.slider(f"{plane.capitalize()} slice", 1, n, key=keys[plane],
                       help="Drag, or click the slider and step with the arrow keys "
-                           "(← →, one slice; Page Up/Down, ten).")
+                           "(← →, one slice; Page Up/Down, ten).") - 1
     st.image(slice_image(arrays, plane, k, centre, ctl), width="stretch",
-             caption=f"{case_id} · {plane} slice {k} of {n - 1} · {ctl['window_text']} window"
+             caption=f"{case_id} · {plane} slice {k + 1} of {n} · {ctl['window_text']} window"
                      + (f" · {zoom}× on the nodule" if zoom > 1 else "")
                      + (" · superior at the top" if plane != "axial" else ""))
     attr_max = float(arrays["attr_max"])
     colour_scale(attr_max)
     b1, b2 = st.columns(2)
     b1.button("Go to the nodule", on_click=go_to, args=(keys, shape, centre), key="case_key_slice",
-              help="The axial slice with most of this nodule's mask, through its centre.")
+              help="The nodule's key axial slice (the one the reports show: most attribution "
+                   "over the nodule, else most of its mask), through its centre.")
     peak = arrays["attr_peak"] if attr_max > 0 else centre  # cached (z, y, x) of the maximum
     b2.button("Go to the case's attribution peak", key="case_peak", on_click=go_to,
               args=(keys, shape, tuple(int(v) for v in peak)), disabled=attr_max <= 0)

@@ -122,7 +122,7 @@ if not clusters.empty:
         pair = render.side_by_side(render.thumbnail(arrays, opacity=0.0, **kw),
                                    render.thumbnail(arrays, **kw))
         col.image(render.upscale(pair, 200), width="stretch",
-                  caption=f"{reg['case_id']} · {reg['nodule_id']} · slice {z}")
+                  caption=f"{reg['case_id']} · {reg['nodule_id']} · slice {z + 1}")
 
     # -- review ----------------------------------------------------------------------------------
     st.subheader("Your review of this cluster")

@@ -219,7 +219,7 @@ def to_png_bytes(rgb) -> bytes:
     return buf.getvalue()
 
 
-def key_slice(mask, label: int, *, attribution=None) -> int:
+def key_slice(mask, label: int, *, attribution=None, slices=None) -> int:
     """Index of the axial slice (axis 0) the reports show for the nodule *label*.
 
     Without *attribution*: the slice holding the most voxels of *label* (its largest
@@ -228,24 +228,28 @@ def key_slice(mask, label: int, *, attribution=None) -> int:
     that the overlay shows where the model looked at the nodule (on thick slices the largest
     cross-section can lie outside the few slices the map covers); the largest cross-section
     when that attribution is zero on every such slice.  Ties go to the lowest index.
+    *slices*: the indices of the slices that hold *label*, when the caller knows them (the
+    app's cached label counts), so that only those slices are read.
 
     Raises ValueError when *label* is not in *mask* or *attribution* has another shape.
     """
-    m = np.asarray(mask) == label
+    mask = np.asarray(mask)
+    if attribution is not None and np.shape(attribution) != mask.shape:
+        raise ValueError(f"attribution must have the mask's shape {mask.shape}; received "
+                         f"{np.shape(attribution)}")
+    zs = (np.arange(mask.shape[0]) if slices is None
+          else np.asarray(slices, dtype=np.int64).reshape(-1))
+    m = mask[zs] == label
     counts = m.reshape(m.shape[0], -1).sum(axis=1)
     if not counts.any():
         raise ValueError(f"label {label!r} is not in the mask")
     if attribution is None:
-        return int(np.argmax(counts))
-    attribution = np.asarray(attribution)
-    if attribution.shape != m.shape:
-        raise ValueError(f"attribution must have the mask's shape {m.shape}; received "
-                         f"{attribution.shape}")
+        return int(zs[np.argmax(counts)])
     ys, xs = np.nonzero(m.any(axis=0))
-    box = attribution[:, ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+    box = np.asarray(attribution)[zs, ys.min():ys.max() + 1, xs.min():xs.max() + 1]
     score = np.where(counts > 0, box.reshape(box.shape[0], -1).sum(axis=1, dtype=np.float64),
                      -np.inf)
-    return int(np.argmax(score)) if score.max() > 0 else int(np.argmax(counts))
+    return int(zs[np.argmax(score)] if score.max() > 0 else zs[np.argmax(counts)])
 
 
 def crop_around(arr2d, center_yx, half_size: int) -> np.ndarray:
