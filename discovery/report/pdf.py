@@ -600,7 +600,7 @@ def _key_slice_row(doc: Doc, v: _View) -> None:
                                 attr_max=v.attr_max or None, threshold=DISPLAY_THRESHOLD)
     fov = f", {v.side * v.px:.0f} mm across" if v.px > 0 else ""
     doc.text(f"Key slice {z + 1} of {ct.shape[0]} ({KEY_SLICE_RULE}): {v.side} × {v.side} "
-             f"pixels around the nodule{fov}", weight="bold")
+             f"pixels{fov}", weight="bold")
     top, w, gap = doc.y + 0.04, (CONTENT_W - 0.2) / 2, 0.2
     scale_bar(doc.image(plain, MARGIN, top, w, aspect=v.aspect), plain.shape[1], v.px)
     doc.image(over, MARGIN + w + gap, top, w, aspect=v.aspect)

@@ -40,7 +40,7 @@ REGION_COLOR = (0, 255, 255)
 #: Perceptually uniform colormap used for attribution.
 COLORMAP = "inferno"
 #: How :func:`key_slice` picks the slice the reports show, in their words.
-KEY_SLICE_RULE = "most attribution over the nodule, else most mask voxels"
+KEY_SLICE_RULE = "most attribution on the nodule"
 
 
 @lru_cache(maxsize=8)
