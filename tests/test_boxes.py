@@ -131,6 +131,36 @@ def test_real_lung_pet_ct_dx_patient_from_boxes_to_flagged_findings(tmp_path):
     assert "slice spacing 5.00 mm" in row.applicability_detail
     text = (tmp_path / "results" / "findings.csv").read_text()
     assert "Lung_Dx" not in text and "A0001" not in text       # no source names leave the tool
+    _export_one_segment_case(root, tmp_path)
+
+
+def _export_one_segment_case(root, tmp_path):
+    """The DICOM export of that patient: one nodule and no off-mask region make a SEG of one
+    segment, whose identification highdicom shares across frames (the SR's reference to it
+    failed before); the SR names segment 1 and every object passes dciodvfy when installed."""
+    import shutil
+    import subprocess
+
+    import pydicom
+
+    from discovery.report.dicom import export_dicom
+
+    report = export_dicom(tmp_path / "results", root, tmp_path / "dicom", key="test-key")
+    assert report["failed"] == {} and len(report["exported"]) == 1
+    (files,) = report["exported"].values()
+    seg, pmap, sr = (pydicom.dcmread(p) for p in files[-3:])
+    assert len(seg.SegmentSequence) == 1
+    assert "SegmentIdentificationSequence" in seg.SharedFunctionalGroupsSequence[0]
+    refs = [item for item in sr.iterall() if item.keyword == "ReferencedSegmentNumber"]
+    assert [int(r.value) for r in refs] == [1]
+    dciodvfy = shutil.which("dciodvfy")
+    if dciodvfy is None:
+        return  # the validator test of test_export_dicom.py says whether it is required
+    for path in files[-3:]:
+        run = subprocess.run([dciodvfy, str(path)], capture_output=True, text=True, timeout=60)
+        errors = [line for line in (run.stdout + run.stderr).splitlines()
+                  if line.startswith("Error")]
+        assert errors == [], (path.name, errors)
 
 
 def test_real_patient_with_a_monai_bundle_says_what_it_could_not_check(tmp_path):

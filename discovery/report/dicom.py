@@ -285,10 +285,37 @@ def _parametric_map(sources, attribution, mask, common):
         series_description="Grad-CAM attribution", **common)
     # General Series: Laterality is required for a paired body part; the source's body part
     # (CHEST: unpaired) says none is needed.  highdicom copies it into the SEG, not here.
+    # A source without one (a real Philips series: no BodyPartExamined, an empty Laterality)
+    # lends its Laterality instead, as it is (dciodvfy: Type 2C missing otherwise).
     body_part = sources[0].get("BodyPartExamined")
     if body_part:
         pmap.BodyPartExamined = body_part
+    elif "Laterality" in sources[0]:
+        pmap.Laterality = sources[0].Laterality
     return pmap
+
+
+def _referenced_segment(seg, segment_number: int) -> hd.sr.ReferencedSegment:
+    """The SR's reference to segment *segment_number* of *seg*: highdicom's
+    ``ReferencedSegment.from_segmentation``, except for a SEG of one segment, whose segment
+    identification highdicom writes once in the shared functional groups and which
+    ``from_segmentation`` then cannot read (it looks in every frame's; a real case with one
+    nodule and no off-mask region failed so).  There every frame is the segment's, and the
+    reference lists each frame's source image once, as ``from_segmentation`` does."""
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    if "SegmentIdentificationSequence" not in shared:
+        return hd.sr.ReferencedSegment.from_segmentation(seg, segment_number)
+    sources, seen = [], set()
+    for item in seg.PerFrameFunctionalGroupsSequence:
+        for derivation in item.get("DerivationImageSequence", []):
+            for src in derivation.get("SourceImageSequence", []):
+                if src.ReferencedSOPInstanceUID not in seen:
+                    seen.add(src.ReferencedSOPInstanceUID)
+                    sources.append(hd.sr.SourceImageForSegmentation(
+                        src.ReferencedSOPClassUID, src.ReferencedSOPInstanceUID))
+    return hd.sr.ReferencedSegment(sop_class_uid=seg.SOPClassUID,
+                                   sop_instance_uid=seg.SOPInstanceUID,
+                                   segment_number=segment_number, source_images=sources)
 
 
 def _measurement_group(row, segment_number, tracking_uid, seg):
@@ -307,7 +334,7 @@ def _measurement_group(row, segment_number, tracking_uid, seg):
     return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking_uid,
                                                      identifier=f"Nodule {nid}"),
-        referenced_segment=hd.sr.ReferencedSegment.from_segmentation(seg, segment_number),
+        referenced_segment=_referenced_segment(seg, segment_number),
         finding_type=codes.SCT.Nodule,
         finding_category=codes.SCT.MorphologicallyAbnormalStructure,
         algorithm_id=hd.sr.AlgorithmIdentification(name=TOOL_NAME, version=_version()),
