@@ -90,6 +90,36 @@ def test_dcmqi_liver_seg_equals_dcmqis_own_label_map_voxel_for_voxel(tmp_path):
     assert int((truth > 0).sum()) == 107098
 
 
+def test_dcmqi_real_ge_slices_export_to_dicom(tmp_path):
+    """dcmqi's three real GE slices (empty SpecificCharacterSet, no BodyPartExamined nor
+    Laterality) with their liver SEG, scored and exported: the export used to fail on the
+    empty character set (highdicom refuses it); now the SEG, Parametric Map and SR pass
+    dciodvfy (when installed) and the de-identified slices carry no empty character set."""
+    import shutil
+    import subprocess
+
+    from discovery.batch.score import score_folder
+    from discovery.report.dicom import export_dicom
+
+    inp = tmp_path / "in"
+    _case_with(inp, "liver.dcm")
+    assert pydicom.dcmread(next((inp / "case").glob("0*.dcm"))).SpecificCharacterSet == ""
+    assert score_folder(inp, tmp_path / "results").n_failed == 0
+    report = export_dicom(tmp_path / "results", inp, tmp_path / "dicom", key="test-key")
+    assert report["failed"] == {} and len(report["exported"]) == 1
+    (files,) = report["exported"].values()
+    ct = [pydicom.dcmread(p) for p in files if p.parent.name == "ct"]
+    assert len(ct) == 3 and all("SpecificCharacterSet" not in d for d in ct)
+    dciodvfy = shutil.which("dciodvfy")
+    if dciodvfy is None:
+        return  # test_export_dicom.py's validator test says whether it is required
+    for path in files[-3:]:
+        run = subprocess.run([dciodvfy, str(path)], capture_output=True, text=True, timeout=60)
+        errors = [line for line in (run.stdout + run.stderr).splitlines()
+                  if line.startswith("Error")]
+        assert errors == [], (path.name, errors)
+
+
 def test_dcmqi_overlapping_segments_give_one_label_each_and_a_warning(tmp_path, caplog):
     """partial_overlaps.dcm: five segments, 3,134 voxels in more than one; each segment one
     label, the later segment winning where they overlap, with a warning that says so."""

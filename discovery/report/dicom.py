@@ -209,12 +209,17 @@ _TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDa
 
 def _complete(ds, slice_step_mm: float):
     """Add what highdicom reads from a source image: the Type 2 attributes above (empty)
-    and, when absent or empty, Slice Thickness (the slice step, mm)."""
+    and, when absent or empty, Slice Thickness (the slice step, mm).  An empty Specific
+    Character Set (real GE files have one) is removed: empty and absent both mean the
+    default repertoire (PS3.5 6.1.2.5.1), and highdicom, which copies it into the SEG,
+    refuses the empty value."""
     for keyword in _TYPE2:
         if keyword not in ds:
             setattr(ds, keyword, "")
     if ds.get("SliceThickness", None) in (None, ""):
         ds.SliceThickness = format_number_as_ds(float(slice_step_mm))
+    if "SpecificCharacterSet" in ds and not ds.SpecificCharacterSet:
+        del ds.SpecificCharacterSet
     return ds
 
 
@@ -285,13 +290,14 @@ def _parametric_map(sources, attribution, mask, common):
         series_description="Grad-CAM attribution", **common)
     # General Series: Laterality is required for a paired body part; the source's body part
     # (CHEST: unpaired) says none is needed.  highdicom copies it into the SEG, not here.
-    # A source without one (a real Philips series: no BodyPartExamined, an empty Laterality)
-    # lends its Laterality instead, as it is (dciodvfy: Type 2C missing otherwise).
+    # Without one (real Philips and GE series), the laterality is unknown: the source's
+    # Laterality as it is, else empty, which PS3.3 allows when unknown (dciodvfy: Type 2C
+    # missing otherwise).
     body_part = sources[0].get("BodyPartExamined")
     if body_part:
         pmap.BodyPartExamined = body_part
-    elif "Laterality" in sources[0]:
-        pmap.Laterality = sources[0].Laterality
+    else:
+        pmap.Laterality = sources[0].get("Laterality", "")
     return pmap
 
 
