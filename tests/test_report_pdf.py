@@ -160,6 +160,24 @@ def test_pages_by_probability_when_no_nodule_has_offmask_attention(tmp_path):
         assert "shown for its P(malignant)" in _text(out, n)
 
 
+def test_results_without_a_scored_nodule_say_so_instead_of_empty_plots(tmp_path):
+    """A folder of cases scored without a mask (no nodule): the metric section says there is
+    nothing to plot rather than drawing six empty histograms, and no nodule page follows."""
+    from discovery.store.tables import ResultsStore
+
+    store = ResultsStore(tmp_path / "results")
+    for cid in ("case-X", "case-Y"):
+        store.put_case({"case_id": cid, "status": "no-mask", "error": "no mask file",
+                        "n_nodules": 0, "source_kind": "dicom"}, [], [])
+    store.close()
+    out = write_pdf(tmp_path / "results", tmp_path / "r.pdf")
+    if PDFTOTEXT:
+        text = _text(out)
+        assert "No scored nodule in these results: nothing to plot." in text
+        assert "Histograms over the" not in text
+        assert "No scored nodule in these results: no nodule pages follow." in text
+
+
 def test_select_nodule_pages_flagged_first_else_highest_offmask_share():
     n = MAX_FALLBACK + 2
     f = pd.DataFrame({"case_id": [f"c{i:02d}" for i in range(n)], "nodule_id": "n1",

@@ -332,6 +332,10 @@ def _distributions(doc: Doc, ctx: dict) -> None:
     scored = ctx["scored"]
     left, hgap, vgap, plot_h = 0.5, 0.7, 0.62, 1.55
     plot_w = (CONTENT_W - left - hgap) / 2
+    if scored.empty:
+        heading(doc, "Metric distributions", keep=0.6)
+        doc.text("No scored nodule in these results: nothing to plot.")
+        return
     heading(doc, "Metric distributions", keep=plot_h + 1.0)
     doc.text(f"Histograms over the {len(scored)} scored nodules, stacked by verdict. The dashed "
              f"line on P(malignant) is the decision threshold ({ctx['threshold']:g}).",
