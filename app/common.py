@@ -27,6 +27,7 @@ from discovery.store.tables import ResultsStore, store_exists
 __all__ = [
     "METRIC_HELP", "REVIEWER_KEY", "results_dir", "get_store", "findings",
     "regions", "nodule_regions", "clusters", "reviews", "audit", "threshold",
+    "no_nodule_message",
     "load_viewer_arrays", "case_arrays", "key_slice", "reviewer_sidebar",
     "setup_page", "review_summary", "save_review_form",
 ]
@@ -132,6 +133,29 @@ def reviews(store: ResultsStore, item_type: str | None = None) -> pd.DataFrame:
 def audit(store: ResultsStore) -> pd.DataFrame:
     """:meth:`ResultsStore.audit`, read again only when the store changed."""
     return _cached(store, "audit")
+
+
+def no_nodule_message(findings: pd.DataFrame) -> str:
+    """What the pages say when the results hold no scored nodule: how many cases there are
+    and, from their status, why none has a nodule (rows of ``findings`` without a
+    ``nodule_id`` are its cases without one)."""
+    cases = findings.drop_duplicates("case_id")
+    if cases.empty:
+        return ("No case in this results folder yet: score a folder first "
+                "(discovery score INPUT --out RESULTS).")
+    status = cases["status"].fillna("").astype(str)
+    parts = []
+    if (status == "no-mask").any():
+        parts.append(f"{int((status == 'no-mask').sum())} scored without a nodule mask (none "
+                     "found beside the scan: a NIfTI label map, LIDC XML, RTSTRUCT, SEG or "
+                     "boxes)")
+    if (status == "failed").any():
+        parts.append(f"{int((status == 'failed').sum())} failed (the Cases page says why)")
+    rest = len(cases) - int(status.isin(["no-mask", "failed"]).sum())
+    if rest:
+        parts.append(f"{rest} with no nodule in the mask")
+    return (f"No scored nodules in this results folder: {len(cases)} case(s), "
+            + "; ".join(parts) + ". Findings need a nodule mask per case.")
 
 
 def threshold(store: ResultsStore) -> float:

@@ -98,6 +98,27 @@ def test_open_case_button_goes_to_the_case_page(tiny_results, monkeypatch):
     assert len(at.image) >= 1
 
 
+def test_pages_say_why_there_is_no_nodule(tmp_path):
+    """Cases scored without a mask and a failed one: the Case and Cases pages count them and
+    say what a nodule needs, instead of only 'no scored nodules'."""
+    store = ResultsStore(tmp_path / "results")
+    for cid in ("case-X", "case-Y"):
+        store.put_case({"case_id": cid, "status": "no-mask", "error": "no mask file",
+                        "n_nodules": 0, "source_kind": "dicom"}, [], [])
+    store.put_case({"case_id": "case-Z", "status": "failed", "source_kind": "dicom",
+                    "error": "could not read the CT series"}, [], [])
+    store.close()
+    for name in ("case", "cases"):
+        at = page(name, tmp_path / "results")
+        assert not at.exception
+        (info,) = [el.value for el in at.info]
+        assert info.startswith("No scored nodules in this results folder: 3 case(s), 2 scored "
+                               "without a nodule mask"), info
+        assert "1 failed (the Cases page says why)" in info
+    assert common.no_nodule_message(pd.DataFrame(columns=["case_id", "status"])).startswith(
+        "No case in this results folder yet")
+
+
 # -- case page ----------------------------------------------------------------------------
 def test_case_page_shows_image_metrics_and_regions(tiny_results):
     at = page("case", tiny_results, case_id="case-B", nodule_id="n1")

@@ -269,7 +269,7 @@ def case_page() -> None:
     findings = common.findings(store)
     nodules = findings[findings["nodule_id"].fillna("") != ""]
     if nodules.empty:
-        st.info("No scored nodules in this results folder.")
+        st.info(common.no_nodule_message(findings))
         st.stop()
     case_id, nodule_id, row = choose_nodule(nodules)
     item_id = f"{case_id}/{nodule_id}"

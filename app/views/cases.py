@@ -19,7 +19,7 @@ scored = findings[findings["nodule_id"].fillna("") != ""].copy()
 unscored = findings[findings["nodule_id"].fillna("") == ""]
 
 if scored.empty:
-    st.info("No scored nodules in this results folder.")
+    st.info(common.no_nodule_message(findings))
 else:
     scored["item_id"] = scored["case_id"] + "/" + scored["nodule_id"]
     summary = common.review_summary(common.reviews(store, "nodule"))
