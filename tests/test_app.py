@@ -99,8 +99,8 @@ def test_open_case_button_goes_to_the_case_page(tiny_results, monkeypatch):
 
 
 def test_pages_say_why_there_is_no_nodule(tmp_path):
-    """Cases scored without a mask and a failed one: the Case and Cases pages count them and
-    say what a nodule needs, instead of only 'no scored nodules'."""
+    """Cases scored without a mask and a failed one: the Overview, Case and Cases pages count
+    them and say what a nodule needs, instead of only 'no scored nodules'."""
     store = ResultsStore(tmp_path / "results")
     for cid in ("case-X", "case-Y"):
         store.put_case({"case_id": cid, "status": "no-mask", "error": "no mask file",
@@ -108,7 +108,7 @@ def test_pages_say_why_there_is_no_nodule(tmp_path):
     store.put_case({"case_id": "case-Z", "status": "failed", "source_kind": "dicom",
                     "error": "could not read the CT series"}, [], [])
     store.close()
-    for name in ("case", "cases"):
+    for name in ("overview", "case", "cases"):
         at = page(name, tmp_path / "results")
         assert not at.exception
         (info,) = [el.value for el in at.info]

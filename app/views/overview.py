@@ -30,7 +30,7 @@ st.caption("What the explanations say about this model on this cohort. An explan
            "anatomy). Each nodule is read by the rules in discovery/patterns/outcomes.py.")
 scored = findings[findings["status"].isin(SCORED_STATUSES)]
 if scored.empty:
-    st.info("No nodule was scored in these results, so there is nothing to summarise.")
+    st.info(common.no_nodule_message(findings))
     st.stop()
 
 CHECKS_STATE = "overview_checks_state"
