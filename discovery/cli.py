@@ -1,4 +1,4 @@
-"""``discovery`` command line: sample | train | score | sanity | report | app.
+"""``discovery`` command line: sample | train | score | sanity | report | app | model.
 
 Thin: every command parses its options, calls the library, draws progress with rich, and
 prints a short summary.  Messages name cases by pseudonymous id only.
