@@ -22,7 +22,8 @@ label-independent distractor):
 * the adjusted Rand index over all regions, the AUROC of the case-level flag for nodules
   whose malignant prediction rests on the bead (truth: removing the *true* bead voxels drops
   the probability below the threshold), and whether the distractor's cluster is reported as
-  enriched for the true label (p < 0.05);
+  enriched for the true label (p < 0.05), with the distractor's share of that cluster (its
+  best cluster may be another kind's, as on seed 13, where it is the bead's);
 * the verdict agreement: balanced accuracy between ``verdict == aligned`` and
   ``rests_on_nodule`` (:mod:`discovery.model.reliance`) on the predicted-malignant nodules.
 
@@ -274,6 +275,9 @@ def run(args) -> dict:
         "flag_false_positive_rate": float(nodules.loc[~rests, "flagged"].mean()),
         "distractor_enriched": bool(np.isfinite(distractor.get("p_truth", np.nan))
                                     and distractor.get("p_truth", 1.0) < 0.05),
+        # the cluster behind that: the distractor's best cluster, which may be mostly another
+        # kind's (then the enrichment is that cluster's, not the distractor's)
+        "distractor_cluster_precision": float(distractor.get("precision", np.nan)),
         "verdict_agreement": {"balanced_accuracy": agreement.balanced_accuracy,
                               "sensitivity": agreement.sensitivity,
                               "specificity": agreement.specificity, "n": agreement.n,
@@ -314,12 +318,23 @@ def markdown(r: dict) -> str:
               f"{_fmt(r['flag_sensitivity'])} of them, {_fmt(r['flag_false_positive_rate'])} of the rest); "
               f"flag AUROC for predictions resting on any planted structure "
               f"{_fmt(r.get('flag_auroc_planted'), 3)} ({r.get('planted_nodules', '–')} nodules); "
-              f"distractor reported enriched: {_fmt(r['distractor_enriched'])}; "
+              f"distractor reported enriched: {_distractor_cell(r)}; "
               f"verdict agreement (aligned vs rests on the nodule, predicted malignant): "
               f"balanced accuracy {_fmt(r['verdict_agreement']['balanced_accuracy'], 3)} over "
               f"{r['verdict_agreement']['n']} nodules ({r['verdict_agreement']['n_rests']} rest on it); "
               f"{r['seconds_total']:.0f} s ({r['seconds']})"]
     return "\n".join(lines)
+
+
+def _distractor_cell(r: dict) -> str:
+    """Whether the distractor's best cluster is reported truth-enriched, and, when it is,
+    how much of that cluster the distractor is (under half: another kind's cluster)."""
+    cell = _fmt(r["distractor_enriched"])
+    share = r.get("distractor_cluster_precision",
+                  r["per_kind"].get("granuloma", {}).get("precision"))  # older JSON files
+    if r["distractor_enriched"] and share is not None and np.isfinite(share):
+        cell += f" (cluster {share:.0%} distractor)"
+    return cell
 
 
 def _kind_cells(k: dict) -> str:
@@ -346,7 +361,7 @@ def summary_table(results: list[dict]) -> str:
             f"{_kind_cells(k['marker_bead'])} | {_kind_cells(k['pleural_tail'])} | "
             f"{_fmt(k['granuloma']['f1'])} | {_fmt(r['flag_auroc'], 3)} ({r['shortcut_nodules']}) | "
             f"{_fmt(r.get('flag_auroc_planted'), 3)} ({r.get('planted_nodules', '–')}) | "
-            f"{_fmt(r['distractor_enriched'])} | {_fmt(va['balanced_accuracy'], 3)} "
+            f"{_distractor_cell(r)} | {_fmt(va['balanced_accuracy'], 3)} "
             f"({va['n']}; {va['n_rests']}) | {r['seconds_total']:.0f} |")
     return "\n".join(lines)
 
