@@ -169,9 +169,9 @@ def _iter_files(folder: Path, recursive: bool):
 def _open_dataset(path: Path, read: ReadBytes | None):
     """The dataset of the file *path*, or None when it is not DICOM.
 
-    From the bytes *read* hands out when it does (parsed in memory; values above
-    :data:`DEFER_BYTES`, the pixel data, read from those bytes when used), else from the file with values above :data:`DEFER_BYTES` (the pixel data) left
-    to be read when used.  Raises one of :data:`READ_ERRORS` for an unreadable header.
+    Parsed from the bytes *read* hands out when it does, else from the file; either way
+    values above :data:`DEFER_BYTES` (the pixel data) are left to be read, from those bytes
+    or that file, when used.  Raises one of :data:`READ_ERRORS` for an unreadable header.
     """
     data = read(path) if read is not None else None
     if data is None:

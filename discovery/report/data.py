@@ -123,8 +123,11 @@ def select_nodule_pages(findings: pd.DataFrame, *,
         return scored[flagged].sort_values(["flag_score", "case_id", "nodule_id"],
                                            ascending=[False, True, True], kind="stable"), False
     share = pd.to_numeric(scored["offmask_mass_share"], errors="coerce")
-    rank = share if (share > 0).any() else pd.to_numeric(scored["probability"], errors="coerce")
-    rows = scored[rank > 0] if (share > 0).any() else scored[rank.notna()]
+    if (share > 0).any():
+        rank, rows = share, scored[share > 0]
+    else:                                           # no off-mask attention: by P(malignant)
+        rank = pd.to_numeric(scored["probability"], errors="coerce")
+        rows = scored[rank.notna()]
     rows = rows.assign(_s=rank.loc[rows.index]).sort_values(
         ["_s", "case_id", "nodule_id"], ascending=[False, True, True], kind="stable")
     return rows.drop(columns="_s").head(int(limit)), True

@@ -169,6 +169,7 @@ def _context(results_dir: Path) -> dict:
         "arrays": data.arrays,
         "outcome_of": {(r.case_id, r.nodule_id): r.outcome for r in outcomes.itertuples()},
         "readings": data.readings, "panels": data.panels, "pages": pages, "fallback": fallback,
+        "offmask_pages": fallback and any_offmask(pages),
         "failed": [f"{r.case_id}: {str(r.error)[:240]}" for r in failed.itertuples()],
         "n_cases": int(findings["case_id"].nunique()), "n_scored": int(len(data.scored)),
         "sha": (f"{str(meta['model_sha256'])[:12]}…" if meta.get("model_sha256") else "unknown"),
@@ -455,7 +456,7 @@ def _clusters(doc: Doc, ctx: dict) -> None:
 
 def _page_index(doc: Doc, ctx: dict, first_page: int) -> None:
     rows, fallback = ctx["pages"], ctx["fallback"]
-    off = fallback and any_offmask(rows)
+    off = ctx["offmask_pages"]
     heading(doc, ("Nodules with the most off-mask attention" if off else "Nodule pages")
             if fallback else "Shortcut-flagged nodules", keep=0.6 + 0.19 * min(len(rows), 5))
     if off:
@@ -528,7 +529,7 @@ def _main_region(row, regions: pd.DataFrame, fallback: bool):
 
 
 def _nodule_head(doc: Doc, ctx: dict, row, k: int, n: int) -> None:
-    off = ctx["fallback"] and any_offmask(ctx["pages"])
+    off = ctx["offmask_pages"]
     kind = ("Nodule with off-mask attention" if off else "Nodule") if ctx["fallback"] \
         else "Flagged nodule"
     doc.text(f"{kind} {k} of {n}: {row.case_id} · {row.nodule_id}", size=15, weight="bold",

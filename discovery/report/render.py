@@ -237,16 +237,17 @@ def key_slice(mask, label: int, *, attribution=None, slices=None) -> int:
     if attribution is not None and np.shape(attribution) != mask.shape:
         raise ValueError(f"attribution must have the mask's shape {mask.shape}; received "
                          f"{np.shape(attribution)}")
-    zs = (np.arange(mask.shape[0]) if slices is None
-          else np.asarray(slices, dtype=np.int64).reshape(-1))
-    m = mask[zs] == label
+    # a view of every slice, or only the given ones (copied: they are few)
+    pick = slice(None) if slices is None else np.asarray(slices, dtype=np.int64).reshape(-1)
+    zs = np.arange(mask.shape[0])[pick]
+    m = mask[pick] == label
     counts = m.reshape(m.shape[0], -1).sum(axis=1)
     if not counts.any():
         raise ValueError(f"label {label!r} is not in the mask")
     if attribution is None:
         return int(zs[np.argmax(counts)])
     ys, xs = np.nonzero(m.any(axis=0))
-    box = np.asarray(attribution)[zs, ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+    box = np.asarray(attribution)[pick, ys.min():ys.max() + 1, xs.min():xs.max() + 1]
     score = np.where(counts > 0, box.reshape(box.shape[0], -1).sum(axis=1, dtype=np.float64),
                      -np.inf)
     return int(zs[np.argmax(score)] if score.max() > 0 else zs[np.argmax(counts)])
