@@ -28,6 +28,7 @@ from discovery.patterns.clustering import (
     DENSITY_BANDS_HU,
     FEATURE_COLUMNS,
     GAP_CAP_MM,
+    HU_SCALE,
     N_EXEMPLARS,
     PLEURA_CAP_MM,
     RADIAL_COS,
@@ -135,13 +136,17 @@ def _by_group(out, table, truth):
     return {name: t.loc[int(out["cluster"][truth == g].iloc[0])] for g, name in enumerate(NAMES)}
 
 
-def _robust_z(x):
-    """Hand version of the documented standardisation: median, IQR/1.349, std, 1."""
+def _robust_z(x, columns=tuple(FEATURE_COLUMNS), hu_scale=250.0):
+    """Hand version of the documented standardisation: median, then IQR/1.349, std, 1; the
+    HU descriptors by the fixed ``hu_scale``."""
     centre = np.median(x, axis=0)
     q75, q25 = np.percentile(x, [75, 25], axis=0)
     scale = (q75 - q25) / 1.349
     scale = np.where(scale > 0, scale, x.std(axis=0))
     scale = np.where(scale > 0, scale, 1.0)
+    if hu_scale is not None:
+        hu = [c in ("halo_max_hu", "p90_hu", "std_hu") for c in columns]
+        scale = np.where(hu, hu_scale, scale)
     return (x - centre) / scale
 
 
@@ -723,7 +728,9 @@ def test_invalid_input_raises():
      dict(min_samples=0), dict(min_samples=1.5), dict(method="kmeans"),
      dict(method="agglomerative"), dict(method="agglomerative", distance_threshold=0.0),
      dict(method="agglomerative", distance_threshold=np.inf),
-     dict(method="agglomerative", distance_threshold="5"), dict(n_permutations=0)],
+     dict(method="agglomerative", distance_threshold="5"), dict(n_permutations=0),
+     dict(hu_scale=0.0), dict(hu_scale=-250.0), dict(hu_scale=np.nan), dict(hu_scale="250"),
+     dict(hu_scale=True)],
 )
 def test_invalid_settings_raise(kwargs):
     with pytest.raises(ValueError):
@@ -736,6 +743,7 @@ def test_valid_settings():
             s.features, s.min_structure_mm3) == (5, None, 0, "hdbscan", 2000,
                                                   tuple(FEATURE_COLUMNS), 15.0)
     assert PatternSettings(features=list(STRUCTURE_FEATURES)).features == tuple(STRUCTURE_FEATURES)
+    assert s.hu_scale == HU_SCALE == 250.0 and PatternSettings(hu_scale=None).hu_scale is None
     PatternSettings(min_cluster_size=2, min_samples=1, method="spectral")
     PatternSettings(method="agglomerative", distance_threshold=3)
 
@@ -773,3 +781,50 @@ def test_spectral_settings_reach_the_clustering_and_are_validated():
     for bad in (dict(n_neighbors=0), dict(max_clusters=1), dict(n_neighbors=2.5)):
         with pytest.raises(ValueError, match=next(iter(bad))):
             PatternSettings(**bad)
+
+
+def _dense_and_lung(n_dense, n_lung, seed=0):
+    """Regions beside a metal-dense structure (halo 2,600 HU, in aerated lung) and two kinds
+    of lung regions (next to a vessel; in air), ``n_lung`` of each, one per case."""
+    rng = np.random.default_rng(seed)
+    specs = {
+        "dense": (n_dense, dict(halo_max_hu=2600, p90_hu=-650, std_hu=300, mass_share=0.05,
+                                pleura_distance_mm=12, dense_fraction=0.03, dense_elongation=1.2)),
+        "vessel": (n_lung, dict(halo_max_hu=120, p90_hu=-500, std_hu=150, mass_share=0.08,
+                                pleura_distance_mm=8, dense_fraction=0.15, dense_elongation=3.0)),
+        "air": (n_lung, dict(halo_max_hu=-350, p90_hu=-820, std_hu=60, mass_share=0.12,
+                             pleura_distance_mm=20, dense_fraction=0.0, dense_elongation=1.0)),
+    }
+    rows, truth = [], []
+    for name, (n, spec) in specs.items():
+        for _ in range(n):
+            case = f"case-{len(rows):03d}"
+            row = {"case_id": case, "nodule_id": "n1", "region_key": f"{case}/n1/r00",
+                   "probability": 0.5, "relation": "inside lung", "direction": "superior",
+                   "mean_hu": spec["p90_hu"] - 100, "volume_mm3": 30.0,
+                   "offset_distance_mm": 10.0}
+            for k, v in spec.items():  # HU: +-60 HU; the others +-25 %
+                sd = 60.0 if k in ("halo_max_hu", "p90_hu", "std_hu") else 0.25 * max(abs(v), 1)
+                row[k] = abs(v + rng.normal(0, sd)) if k not in ("halo_max_hu", "p90_hu") \
+                    else v + rng.normal(0, sd)
+            row["dense_elongation"] += 1.0
+            rows.append(row)
+            truth.append(name)
+    return pd.DataFrame(rows), np.asarray(truth)
+
+
+def test_hu_descriptors_on_a_fixed_scale_keep_a_common_dense_structure_together():
+    """The HU descriptors are scaled by a fixed width, so a dense structure forms one cluster
+    however common it is; scaled by the cohort's IQR (``hu_scale=None``) its 2,500 HU
+    difference shrinks as it becomes common and its regions mix with the lung's."""
+    from discovery.patterns.stats import match_kind
+
+    f1 = {}
+    for n_dense in (8, 20, 40, 60):
+        df, truth = _dense_and_lung(n_dense, 30)
+        for hu_scale in (HU_SCALE, None):
+            out, _ = cluster_regions(df, settings=PatternSettings(hu_scale=hu_scale,
+                                                                  n_permutations=10))
+            f1[n_dense, hu_scale] = match_kind(out["cluster"].to_numpy(), truth, "dense").f1
+    assert all(f1[n, HU_SCALE] == 1.0 for n in (8, 20, 40, 60)), f1
+    assert f1[8, None] == 1.0 and f1[40, None] < 0.9, f1

@@ -37,6 +37,8 @@ from discovery.schema import CLUSTER_COLUMNS  # noqa: F401 -- re-exported
 
 __all__ = [
     "FEATURE_COLUMNS",
+    "HU_FEATURES",
+    "HU_SCALE",
     "STRUCTURE_FEATURES",
     "CLUSTER_COLUMNS",
     "DENSITY_BANDS_HU",
@@ -89,6 +91,13 @@ RADIAL_COS = 0.85
 GAP_CAP_MM = 30.0
 #: Cap (mm) on the pleura distance feature: beyond it, "far from the pleura" is all we need.
 PLEURA_CAP_MM = 30.0
+#: The descriptors measured in Hounsfield units: an absolute physical scale, so they are
+#: compared on it (:attr:`PatternSettings.hu_scale`) rather than on the cohort's spread.
+HU_FEATURES = ("halo_max_hu", "p90_hu", "std_hu")
+#: Default width (HU) of one standardised unit of an HU descriptor: about the step between
+#: neighbouring tissue classes (fat -100, soft tissue 40, calcification above 200, cortical
+#: bone 1000 and more).  The benchmark's figures are the same from 200 to 300 HU.
+HU_SCALE = 250.0
 
 
 #: Density bands ``(name, lower HU inclusive, upper HU exclusive)`` (as in
@@ -163,6 +172,13 @@ class PatternSettings:
         (:mod:`discovery.regions.structures`) is smaller than this (mm³; 0 when the region covers
         aerated parenchyma only) are not clustered, as Grad-CAM spilling over air has no
         structure to describe.  They keep ``cluster = -1`` and ``features_complete = False``.
+    hu_scale : float or None
+        Width (HU) of one standardised unit of the descriptors in Hounsfield units
+        (:data:`HU_FEATURES`): each is centred on its median and divided by this fixed width
+        (default :data:`HU_SCALE`).  ``None`` scales them like the others, by the cohort's
+        interquartile range, which collapses when a dense structure is common: with the
+        marker bead near 40 % of the regions, the IQR of ``halo_max_hu`` spans soft tissue to
+        metal and the bead's 2,500 HU became about one unit (docs/benchmarks/discovery.md).
     map_method : {"tsne", "pca"}
         The 2-D display map: ``"tsne"`` (the default; t-SNE, PCA-initialised, seeded, perplexity
         ``min(30, (n - 1) / 3)``; needs at least :data:`MIN_TSNE_POINTS` regions, fewer fall
@@ -179,6 +195,7 @@ class PatternSettings:
     max_clusters: int = 10
     features: tuple = tuple(FEATURE_COLUMNS)
     min_structure_mm3: float = 15.0
+    hu_scale: float | None = HU_SCALE
     map_method: str = "tsne"
 
     def __post_init__(self):
@@ -197,6 +214,10 @@ class PatternSettings:
         if isinstance(v, bool) or not isinstance(v, (int, float, np.number)) or not (
                 np.isfinite(v) and v >= 0):
             raise ValueError(f"min_structure_mm3 must be a finite number >= 0; received {v!r}")
+        h = self.hu_scale
+        if h is not None and (isinstance(h, bool) or not isinstance(h, (int, float, np.number))
+                              or not (np.isfinite(h) and h > 0)):
+            raise ValueError(f"hu_scale must be None or a finite number > 0 (HU); received {h!r}")
         if self.map_method not in _MAP_METHODS:
             raise ValueError(f"map_method must be one of {_MAP_METHODS}; "
                              f"received {self.map_method!r}")
@@ -320,14 +341,20 @@ def _median(df: pd.DataFrame, col: str) -> float:
     return float(_num(df, col).median()) if col in df.columns else float("nan")
 
 
-def _robust_standardise(x: np.ndarray) -> np.ndarray:
-    """Centre on the median, scale by IQR/1.349 (std-equivalent); std, then 1, if that is 0."""
+def _standardise(x: np.ndarray, features, hu_scale: float | None) -> np.ndarray:
+    """Centre each column on its median and divide by its scale.
+
+    The scale is ``hu_scale`` for the columns of :data:`HU_FEATURES` (when not None), and
+    otherwise IQR/1.349 (std-equivalent); the std, then 1, where that is 0.
+    """
     centre = np.median(x, axis=0)
     q75, q25 = np.percentile(x, [75, 25], axis=0)
     scale = (q75 - q25) / 1.349
     std = x.std(axis=0)
     scale = np.where(scale > 0, scale, std)
     scale = np.where(scale > 0, scale, 1.0)
+    if hu_scale is not None:
+        scale = np.where(np.isin(list(features), HU_FEATURES), float(hu_scale), scale)
     return (x - centre) / scale
 
 
@@ -589,7 +616,7 @@ def _fit_regions(out: pd.DataFrame, settings: PatternSettings) -> _Fit:
     map_used = "none"
     z_all = np.full((n, len(settings.features)), np.nan)
     if len(pos):
-        z = _robust_standardise(feats[pos])
+        z = _standardise(feats[pos], settings.features, settings.hu_scale)
         z_all[pos] = z
         cluster[pos] = _fit_labels(z, settings)
         embedding[pos], map_used = _embed(z, settings)
