@@ -539,6 +539,9 @@ def test_features():
             "pleura_distance_mm": [12.0, 45.0, np.nan, 30.0],
             "dense_fraction": [0.0, 0.6, 0.3, 0.1],
             "dense_elongation": [np.nan, 5.0, 1.5, 1.0],
+            # a radial strand; a structure under 15 mm3; one without a main axis; none
+            "structure_volume_mm3": [40.0, 14.0, 20.0, 0.0],
+            "structure_radial": [0.9, 0.95, np.nan, np.nan],
         },
         index=[10, 11, 12, 13],
     )
@@ -553,6 +556,9 @@ def test_features():
     assert PLEURA_CAP_MM == 30.0
     np.testing.assert_allclose(f["pleura_distance_mm"], [12.0, 30.0, 30.0, 30.0])  # cap, NaN -> cap
     np.testing.assert_allclose(f["dense_elongation"], [1.0, 5.0, 1.5, 1.0])  # NaN -> 1
+    np.testing.assert_allclose(f["radial_alignment"], [0.9, 0.0, 0.0, 0.0])  # no structure -> 0
+    np.testing.assert_allclose(region_features(df, min_structure_mm3=10.0)["radial_alignment"],
+                               [0.9, 0.95, 0.0, 0.0])
     assert np.isnan(f.loc[12, "p90_hu"]) and f.drop(index=12).notna().all().all()
 
 
@@ -802,7 +808,8 @@ def _dense_and_lung(n_dense, n_lung, seed=0):
             row = {"case_id": case, "nodule_id": "n1", "region_key": f"{case}/n1/r00",
                    "probability": 0.5, "relation": "inside lung", "direction": "superior",
                    "mean_hu": spec["p90_hu"] - 100, "volume_mm3": 30.0,
-                   "offset_distance_mm": 10.0}
+                   "offset_distance_mm": 10.0, "structure_volume_mm3": 0.0,
+                   "structure_gap_mm": NAN, "structure_radial": NAN}
             for k, v in spec.items():  # HU: +-60 HU; the others +-25 %
                 sd = 60.0 if k in ("halo_max_hu", "p90_hu", "std_hu") else 0.25 * max(abs(v), 1)
                 row[k] = abs(v + rng.normal(0, sd)) if k not in ("halo_max_hu", "p90_hu") \

@@ -55,8 +55,13 @@ __all__ = [
 #: ``std_hu``), how much of the map it holds (``log_mass_share``, natural log), where it
 #: sits relative to the pleura (``pleura_distance_mm``, capped at :data:`PLEURA_CAP_MM`, NaN
 #: -> the cap) and whether it holds a tubular dense structure (``dense_fraction``,
-#: ``dense_elongation``, NaN -> 1).  Position and direction are *described* but not
-#: clustered on: the same structure appears on every side of a nodule.
+#: ``dense_elongation``, NaN -> 1) and how the structure it attends is oriented to the
+#: nodule (``radial_alignment``: ``|cos|`` of the structure's main axis with the direction
+#: away from the nodule, 0 without a structure of ``min_structure_mm3``), the one shape
+#: descriptor that separates a strand running out from the nodule (a spicule, a pleural tag,
+#: a feeding vessel) from attention that merely reaches the same tissue beside it.  Position
+#: and direction are *described* but not clustered on: the same structure appears on every
+#: side of a nodule.
 FEATURE_COLUMNS = [
     "halo_max_hu",
     "p90_hu",
@@ -65,6 +70,7 @@ FEATURE_COLUMNS = [
     "pleura_distance_mm",
     "dense_fraction",
     "dense_elongation",
+    "radial_alignment",
 ]
 #: The alternative feature set (``PatternSettings(features=STRUCTURE_FEATURES)``): what the
 #: region *points at* rather than the blob (:mod:`discovery.regions.structures`): the densest HU
@@ -84,6 +90,7 @@ STRUCTURE_FEATURES = [
 ]
 _ALL_FEATURES = tuple(dict.fromkeys(FEATURE_COLUMNS + STRUCTURE_FEATURES))
 _STRUCTURE_ONLY = tuple(f for f in STRUCTURE_FEATURES if f.startswith(("structure_", "log_structure")))
+_NEEDS_STRUCTURE = _STRUCTURE_ONLY + ("radial_alignment",)
 #: Median ``|cos|`` from which a cluster's structures are described as running radially
 #: from the nodule (within about 32 degrees of the radial direction).
 RADIAL_COS = 0.85
@@ -251,7 +258,7 @@ class PatternSettings:
 def _check_regions(regions, features) -> pd.DataFrame:
     if not isinstance(regions, pd.DataFrame):
         raise ValueError(f"regions must be a pandas DataFrame; received {type(regions).__name__}")
-    required = _REQUIRED_COLUMNS + (_STRUCTURE_COLUMNS if set(features) & set(_STRUCTURE_ONLY)
+    required = _REQUIRED_COLUMNS + (_STRUCTURE_COLUMNS if set(features) & set(_NEEDS_STRUCTURE)
                                     else [])
     missing = [c for c in required if c not in regions.columns]
     if missing:
@@ -294,8 +301,9 @@ def region_features(regions: pd.DataFrame, *, features=tuple(FEATURE_COLUMNS),
     features : sequence of str
         Names from :data:`FEATURE_COLUMNS` and :data:`STRUCTURE_FEATURES`.
     min_structure_mm3 : float
-        With a structure descriptor among ``features``: regions whose attended structure is
-        smaller (mm³) get NaN in every column, so they are not clustered.
+        With a structure descriptor of :data:`STRUCTURE_FEATURES` among ``features``:
+        regions whose attended structure is smaller (mm³) get NaN in every column, so they
+        are not clustered.  ``radial_alignment`` takes 0 for them instead.
 
     Returns
     -------
@@ -305,7 +313,10 @@ def region_features(regions: pd.DataFrame, *, features=tuple(FEATURE_COLUMNS),
         region with no voxel in the lung (NaN) gets the cap; ``dense_elongation`` of a
         region without a dense component (NaN) is 1 (round); ``log_structure_volume`` is
         ``log(structure_volume_mm3)``; ``structure_gap_mm`` is capped at :data:`GAP_CAP_MM`
-        (NaN, no nodule to measure from, -> the cap).  Other missing values (an unknown
+        (NaN, no nodule to measure from, -> the cap); ``radial_alignment`` is
+        ``structure_radial`` where the region attends a structure of at least
+        ``min_structure_mm3`` with a main axis, else 0 (nothing oriented: the row stays in).
+        Other missing values (an unknown
         ``p90_hu``, the ``structure_radial`` of a structure without a main axis) stay NaN
         and keep the row out of clustering.
     """
@@ -328,6 +339,9 @@ def region_features(regions: pd.DataFrame, *, features=tuple(FEATURE_COLUMNS),
     if "structure_gap_mm" in features:
         out["structure_gap_mm"] = (_num(regions, "structure_gap_mm")
                                    .clip(upper=GAP_CAP_MM).fillna(GAP_CAP_MM))
+    if "radial_alignment" in features:
+        big = (_num(regions, "structure_volume_mm3") >= min_structure_mm3).to_numpy()
+        out["radial_alignment"] = np.where(big, _num(regions, "structure_radial").fillna(0.0), 0.0)
     out = out[features]
     if set(features) & set(_STRUCTURE_ONLY):
         volume = _num(regions, "structure_volume_mm3")
