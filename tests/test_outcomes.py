@@ -186,3 +186,31 @@ def test_read_outcomes_without_clusters():
     assert got.readings == {}
     assert [p.n_nodules for p in got.panels] == [3, 0, 0] and got.panels[1].cluster == -1
     assert got.panels[2].lead.startswith("No anatomical cluster")
+
+
+def test_a_shortcut_that_only_inflates_the_probability_counts_and_is_told_apart():
+    """Predicted malignant with an artifact cluster among the clusters that alone lower its
+    probability: a shortcut, whether or not it decides the call (``flagged``); a nodule
+    predicted benign is not one, however its artifact regions move it."""
+    from discovery.patterns.outcomes import outcome_panels
+
+    findings, clusters, regions = _cohort()
+    findings["predicted_label"] = [1, 1, 1, 0, 0, 0]
+    # b/1: predicted malignant, not flagged, the bead cluster 0 lowers it -> shortcut
+    # d/1: predicted benign, the bead cluster 0 lowers it -> not a shortcut
+    findings.loc[2, ["flag_clusters", "flag_score"]] = ["0", 0.2]
+    findings.loc[4, ["flag_clusters", "flag_score"]] = ["0", 0.1]
+    regions.loc[2, "cluster"] = 0
+    regions.loc[4, "cluster"] = 0
+    out = nodule_outcomes(findings, clusters, regions)
+    assert list(out["outcome"])[:5] == ["shortcut", "candidate sign", "shortcut",
+                                       "on the tumour", "other"]
+    assert list(out["outcome_cluster"])[:3] == [0, 1, 0]
+    short = outcome_panels(findings, clusters, regions, threshold=0.5)[1]
+    assert short.n_nodules == 2 and short.title.startswith("Using an artifact")
+    assert "For 1 of them it decides the call" in short.lead and "below 0.5" in short.lead
+    # the nodule whose call the artifact decides comes first, then by drop
+    assert [e.case_id for e in short.exemplars] == ["a", "b"]
+    # without predicted_label the flag alone says malignant (older findings)
+    older = nodule_outcomes(findings.drop(columns="predicted_label"), clusters, regions)
+    assert list(older["outcome"])[2] == "on the tumour"

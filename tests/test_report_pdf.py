@@ -73,7 +73,7 @@ def test_pdf_text_has_the_summary_the_nodule_and_the_footer(pdf, results):
     text = _text(pdf)
     n = _pages(pdf.read_bytes())
     for expected in (TITLE, "Counts", "by localisation verdict", "three outcomes",
-                     "Resting on an artifact: a shortcut to distrust · 1 nodule",
+                     "Using an artifact: a shortcut to distrust · 1 nodule",
                      "Metric distributions", "relevance mass in mask (RMA)",
                      "Off-mask attention patterns", "Cluster 0 (artifact)",
                      "Shortcut-flagged nodules", "case-C: could not read the CT series",

@@ -22,9 +22,13 @@ Cluster reading (:func:`cluster_readings`), first match wins:
 
 Nodule outcome (:func:`nodule_outcomes`), first match wins:
 
-* ``"shortcut"``: the case-level flag fired (``flagged``: predicted malignant, and not any
-  more once all its off-mask regions are removed) and one of the clusters whose regions
-  alone lower its probability (``flag_clusters``) reads ``"artifact"``.
+* ``"shortcut"``: predicted malignant (``predicted_label``; ``flagged`` where findings
+  lack it) and one of the clusters whose regions alone lower its probability by at least
+  0.05 (``flag_clusters``) reads ``"artifact"``: the model uses an artifact for this call.
+  It *decides* the call when the case-level flag fired as well (``flagged``: not predicted
+  malignant any more once all its off-mask regions are removed); otherwise the artifact
+  only inflates P(malignant).  Both are shortcuts (the model relies on something with no
+  clinical meaning); the panel says how many of each.
 * ``"candidate sign"``: the nodule has a region in a ``"candidate sign"`` cluster.
 * ``"on the tumour"``: the localisation verdict is ``"aligned"`` and the prediction rests on
   the nodule (``rests_on_nodule``, :mod:`discovery.model.reliance`: replacing the nodule with
@@ -120,7 +124,8 @@ def nodule_outcomes(findings: pd.DataFrame, clusters: pd.DataFrame,
     findings : pandas.DataFrame
         One row per nodule: ``case_id``, ``nodule_id``, ``verdict``, ``flagged``,
         ``flag_clusters`` (comma-separated cluster ids, empty when none) and, when the
-        findings have it, ``rests_on_nodule`` (1 / 0 / NaN; NaN is not resting).
+        findings have them, ``predicted_label`` (1 = predicted malignant) and
+        ``rests_on_nodule`` (1 / 0 / NaN; NaN is not resting).
     clusters : pandas.DataFrame
         As for :func:`cluster_readings`.
     regions : pandas.DataFrame
@@ -156,13 +161,15 @@ def _outcomes(findings: pd.DataFrame, readings: dict[int, str],
             on_candidate[key] = min(c, on_candidate.get(key, c))
 
     flagged = _truthy(findings["flagged"])
+    predicted = (_truthy(findings["predicted_label"]) | flagged
+                 if "predicted_label" in findings.columns else flagged)
     rests = (_truthy(findings["rests_on_nodule"]) if "rests_on_nodule" in findings.columns
              else np.ones(len(findings), dtype=bool))
     outcome, behind = [], []
-    for is_flagged, on_it, row in zip(flagged, rests, findings.itertuples(index=False)):
+    for malignant, on_it, row in zip(predicted, rests, findings.itertuples(index=False)):
         artifact = [c for c in _cluster_ids(row.flag_clusters) if readings.get(c) == "artifact"]
         key = (str(row.case_id), str(row.nodule_id))
-        if is_flagged and artifact:
+        if malignant and artifact:
             outcome.append("shortcut")
             behind.append(artifact[0])
         elif key in on_candidate:
@@ -304,8 +311,8 @@ def outcome_panels(findings: pd.DataFrame, clusters: pd.DataFrame, regions: pd.D
     -------
     list of Panel
         *On the tumour*: aligned nodules with the highest relevance mass in the mask.
-        *Shortcut*: nodules whose prediction rests on an artifact cluster, largest drop
-        first; each picture is centred between the nodule and the artifact, on the
+        *Shortcut*: predicted-malignant nodules that use an artifact cluster, those whose
+        call it decides (``flagged``) first, then by drop; each picture is centred between the nodule and the artifact, on the
         artifact's slice (``focus="densest"``).  *Candidate sign*: the candidate cluster that moves
         the cohort's predictions most (largest ``|effect_mean| * effect_n``, the summed change
         in probability over its nodules; then enrichment), its exemplars.
@@ -370,24 +377,28 @@ def _shortcut_exemplar(r, regions: pd.DataFrame) -> Exemplar | None:
 
 def _shortcut_panel(out: pd.DataFrame, by_cluster: pd.DataFrame, artifact_ids: list[int],
                     regions: pd.DataFrame, threshold: float, n_exemplars: int) -> Panel:
-    short = out[out["outcome"] == "shortcut"].sort_values("flag_score", ascending=False)
+    short = out[out["outcome"] == "shortcut"].assign(
+        _d=lambda d: -_truthy(d["flagged"]).astype(int), _s=lambda d: -d["flag_score"]
+    ).sort_values(["_d", "_s"], kind="stable").drop(columns=["_d", "_s"])
     if len(short):
         c = int(short["outcome_cluster"].iloc[0])
         crow = by_cluster.loc[c]
-        lead = (f"{len(short)} nodule(s) are predicted malignant only because of attention "
-                f"off the mask, on cluster {c} ({crow['description']}): replacing their "
-                f"off-mask regions with lung parenchyma drops P(malignant) below "
-                f"{threshold:g}, and this cluster's regions alone lower it. Median density "
-                f"{float(crow['median_halo_max_hu']):.0f} HU, denser than bone: an artifact, "
-                "not anatomy. A shortcut to distrust.")
+        n_decisive = int(_truthy(short["flagged"]).sum())
+        lead = (f"{len(short)} nodule(s) predicted malignant use attention off the mask on "
+                f"cluster {c} ({crow['description']}): replacing its regions with lung "
+                "parenchyma lowers their P(malignant) by 0.05 or more. For "
+                f"{n_decisive} of them it decides the call (without their off-mask regions "
+                f"P(malignant) falls below {threshold:g}); for the others it inflates the "
+                f"probability. Median density {float(crow['median_halo_max_hu']):.0f} HU, "
+                "denser than bone: an artifact, not anatomy. A shortcut to distrust.")
     elif artifact_ids:
         crow = by_cluster.loc[artifact_ids[0]]
         lead = (f"Cluster {artifact_ids[0]} ({crow['description']}) is metal-dense attention "
                 "off the mask, but no malignant prediction depends on it "
                 f"(Δp when removed {float(crow['effect_mean']):+.3f}).")
     else:
-        lead = "No prediction rests on an artifact-like (metal-dense) pattern off the mask."
-    return Panel("shortcut", "Resting on an artifact: a shortcut to distrust", lead,
+        lead = "No malignant prediction uses an artifact-like (metal-dense) pattern off the mask."
+    return Panel("shortcut", "Using an artifact: a shortcut to distrust", lead,
                  len(short), int(short["outcome_cluster"].iloc[0]) if len(short) else
                  (artifact_ids[0] if artifact_ids else -1),
                  _pick(short, lambda r: _shortcut_exemplar(r, regions), n_exemplars))

@@ -292,13 +292,13 @@ def _outcomes(doc: Doc, ctx: dict) -> None:
     heading(doc, "What the explanations say: three outcomes", keep=1.9)
     _warning(doc, ctx)
     doc.text("Each scored nodule is read by the rules in discovery/patterns/outcomes.py: shortcut "
-             "when its "
-             "malignant prediction would not survive removing off-mask regions of a cluster the "
-             "model relies on and that cluster is metal-dense (median density within 3 mm at "
-             f"least {ARTIFACT_HU:.0f} HU); candidate pattern when it has a region in an "
-             "anatomical-density cluster the model relies on for malignancy or that is enriched "
-             "for predicted-malignant nodules (q < 0.05); on the tumour when its verdict is "
-             "aligned. Each picture: the plain crop, then the same crop with the overlay; the heat "
+             "when it is predicted malignant and removing its off-mask regions of a metal-dense "
+             f"cluster (median density within 3 mm at least {ARTIFACT_HU:.0f} HU) lowers "
+             "P(malignant) by 0.05 or more (deciding the call when the prediction would not "
+             "survive removing all its off-mask regions); candidate pattern when it has a region "
+             "in an anatomical-density cluster the model relies on for malignancy or that is "
+             "enriched for predicted-malignant nodules (q < 0.05); on the tumour when its verdict "
+             "is aligned and the prediction rests on the nodule. Each picture: the plain crop, then the same crop with the overlay; the heat "
              "map exists only inside each nodule's analysis box, so it can end in a straight edge.",
              size=8.5, color=GRAY)
     doc.y += 0.08
