@@ -266,7 +266,7 @@ def test_overview_without_regions_has_no_shortcut_or_pattern(tiny_results_no_reg
     at = page("overview", tiny_results_no_regions)
     assert not at.exception
     assert [m.value for m in at.metric] == ["0", "0", "0"]
-    assert any("No prediction rests" in m.value for m in at.markdown)
+    assert any("No malignant prediction uses" in m.value for m in at.markdown)
 
 
 # -- router and results folder ------------------------------------------------------------------
