@@ -6,13 +6,16 @@ import pytest
 
 from discovery.batch.current import main, stale_reason
 from discovery.model.card import default_model_dir, load_card
+from discovery.patterns.clustering import PatternSettings
 from discovery.store.backends import SchemaMismatch
 from discovery.store.tables import ResultsStore
 
 
-def _store(tmp_path, sha):
+def _store(tmp_path, sha, patterns=repr(PatternSettings())):
     store = ResultsStore(tmp_path / "res")
     store.set_meta(model_sha256=sha)
+    if patterns is not None:
+        store.set_meta(pattern_settings=patterns)
     store.close()
     return tmp_path / "res"
 
@@ -39,3 +42,26 @@ def test_an_old_schema_is_stale_and_the_store_refuses_it_by_type(tmp_path):
 
 def test_a_folder_without_results_is_stale(tmp_path):
     assert stale_reason(tmp_path).startswith("no results")
+
+
+def test_patterns_clustered_otherwise_or_unrecorded_are_stale(tmp_path):
+    """The patterns must come from this version's clustering: other settings, or a folder
+    clustered before the settings were recorded, mean scoring again."""
+    sha = load_card(default_model_dir()).weights_sha256
+    assert stale_reason(_store(tmp_path / "a", sha)) is None
+    old = _store(tmp_path / "b", sha, patterns=None)
+    assert "clustered with other settings or by an older version" in stale_reason(old)
+    other = _store(tmp_path / "c", sha, patterns=repr(PatternSettings(hu_scale=None)))
+    assert stale_reason(other) is not None and main([str(other)]) == 1
+    assert stale_reason(other, pattern_settings=PatternSettings(hu_scale=None)) is None
+
+
+def test_scoring_records_the_pattern_settings(tmp_path):
+    from discovery.batch.score import recluster
+
+    store = ResultsStore(tmp_path / "res")
+    try:
+        recluster(store, PatternSettings(min_cluster_size=3))
+        assert store.meta()["pattern_settings"] == repr(PatternSettings(min_cluster_size=3))
+    finally:
+        store.close()

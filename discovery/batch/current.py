@@ -1,8 +1,10 @@
-"""Is a results folder current: written with this tool's table schema and a given model?
+"""Is a results folder current: written with this tool's table schema, a given model and
+this version's pattern settings?
 
 ``python -m discovery.batch.current RESULTS [--model DIR]`` exits 0 when it is, 1 with the
 reason on stderr when it is not (a schema from another version of the tool, other weights,
-no results), so that ``make demo`` scores again instead of stopping at the refusal.
+patterns clustered with other settings or descriptors, no results), so that ``make demo``
+scores again instead of stopping at the refusal or showing clusters an older version made.
 """
 
 from __future__ import annotations
@@ -12,13 +14,15 @@ import sys
 from pathlib import Path
 
 from discovery.model.card import default_model_dir, load_card
+from discovery.patterns.clustering import PatternSettings
 from discovery.store.backends import StoreError, store_exists
 from discovery.store.tables import ResultsStore
 
 __all__ = ["stale_reason"]
 
 
-def stale_reason(results_dir: str | Path, *, model_dir: str | Path | None = None) -> str | None:
+def stale_reason(results_dir: str | Path, *, model_dir: str | Path | None = None,
+                 pattern_settings: PatternSettings | None = None) -> str | None:
     """Why *results_dir* should be scored again, or None when it is current.
 
     Parameters
@@ -27,12 +31,16 @@ def stale_reason(results_dir: str | Path, *, model_dir: str | Path | None = None
         A folder written by ``discovery score``.
     model_dir : path, optional
         The model the results should come from (default: the demo model).
+    pattern_settings : PatternSettings, optional
+        The clustering the patterns should come from (default: ``PatternSettings()``, this
+        version's); compared with the store's ``pattern_settings`` meta, written by every
+        clustering since 2026-12-06 (a folder without it is stale).
 
     Returns
     -------
     str or None
         The reason, in words ("no results", the store's own refusal, "scored with other
-        weights ..."), or None.
+        weights ...", "patterns clustered ..."), or None.
     """
     results_dir = Path(results_dir)
     if not store_exists(results_dir):
@@ -42,13 +50,19 @@ def stale_reason(results_dir: str | Path, *, model_dir: str | Path | None = None
     except StoreError as exc:
         return str(exc)
     try:
-        stored = store.meta().get("model_sha256")
+        meta = store.meta()
     finally:
         store.close()
+    stored = meta.get("model_sha256")
     expected = load_card(model_dir or default_model_dir()).weights_sha256
     if stored != expected:
         return (f"{results_dir} was scored with model weights {str(stored)[:12]}..., not "
                 f"{expected[:12]}...")
+    wanted = repr(pattern_settings if pattern_settings is not None else PatternSettings())
+    if meta.get("pattern_settings") != wanted:
+        return (f"the patterns in {results_dir} were clustered with other settings or by an "
+                "older version of the clustering; scoring the folder again re-clusters them "
+                "(the cases themselves are not recomputed)")
     return None
 
 

@@ -417,6 +417,9 @@ def recluster(store: ResultsStore, settings: PatternSettings = PatternSettings()
     elsewhere (e.g. on the batch's worker pool).
     """
     regions = store.regions()
+    # the settings (and with them the clustering's descriptors) the patterns were made with:
+    # `python -m discovery.batch.current` says a folder clustered otherwise is not current
+    store.set_meta(pattern_settings=repr(settings))
     if regions.empty:
         store.set_patterns(regions.assign(cluster=[], embedding_x=[], embedding_y=[]),
                            pd.DataFrame(columns=["cluster"]))
