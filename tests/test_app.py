@@ -260,6 +260,10 @@ def test_overview_shows_the_three_outcomes_side_by_side(tiny_results):
     assert table.loc["case-A", "outcome"] == "shortcut"
     assert table.loc["case-B", "outcome"] == "other"
     assert table.loc["case-A", "without"] == pytest.approx(0.31)
+    # the rules, in the words the reports use too
+    from discovery.patterns.outcomes import rules_summary
+
+    assert any(c.value.startswith(rules_summary()) for c in at.caption)
 
 
 def test_overview_without_regions_has_no_shortcut_or_pattern(tiny_results_no_regions):

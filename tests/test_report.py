@@ -2,6 +2,7 @@
 the number formatter and the import structure of the report package."""
 
 import ast
+import html
 import math
 import re
 from pathlib import Path
@@ -64,7 +65,11 @@ def test_write_report_html_is_atomic_and_refuses_an_unknown_format(tiny_results,
 
     out = write_report(tiny_results, tmp_path / "sub" / "r.html")
     assert out == tmp_path / "sub" / "r.html"
-    assert out.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+    text = out.read_text(encoding="utf-8")
+    assert text.startswith("<!DOCTYPE html>")
+    from discovery.patterns.outcomes import rules_summary  # the app's and the PDF's words
+
+    assert html.escape(rules_summary()) in text and "0.05 or more" in rules_summary()
     assert [p.name for p in out.parent.iterdir()] == ["r.html"]  # no temporary left
     with pytest.raises(ValueError, match="unknown report format 'docx'"):
         write_report(tiny_results, tmp_path / "r.docx", fmt="docx")

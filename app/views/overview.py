@@ -9,7 +9,7 @@ from app import common
 from discovery.background import read_progress
 from discovery.explain.faithfulness_rule import RULE, faithfulness_warning
 from discovery.model.domain import applicability_summary
-from discovery.patterns.outcomes import ARTIFACT_HU, SCORED_STATUSES, read_outcomes
+from discovery.patterns.outcomes import SCORED_STATUSES, read_outcomes, rules_summary
 from discovery.report import render
 from discovery.report.style import DISPLAY_THRESHOLD
 from discovery.store.tables import sanity_summary
@@ -113,11 +113,7 @@ for col, panel in zip(st.columns(3, border=True), readings.panels):
             st.caption(f"Cluster {panel.cluster} on the Patterns page has the statistics, "
                        "all exemplars and the review form.")
 
-st.caption(f"Shortcut: the malignant prediction would not survive removing off-mask regions of "
-           f"a cluster the model relies on, and that cluster is metal-dense (median density "
-           f"within 3 mm ≥ {ARTIFACT_HU:.0f} HU). Candidate pattern: an anatomical-density "
-           "cluster the model relies on for malignancy, or enriched for predicted-malignant "
-           "nodules (q < 0.05). Pictures: axial crops in lung window, plain and with the "
+st.caption(rules_summary() + " Pictures: axial crops in lung window, plain and with the "
            f"Grad-CAM overlay (from {100 * DISPLAY_THRESHOLD:.0f} % of the case maximum); "
            "green: nodule mask; cyan: "
            "off-mask region. Shortcut pictures are on the slice of the densest voxel next to "

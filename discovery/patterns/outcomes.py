@@ -51,7 +51,7 @@ from discovery.schema import DEFAULT_THRESHOLD
 
 __all__ = ["ARTIFACT_HU", "OUTCOMES", "READINGS", "SCORED_STATUSES", "Exemplar", "Panel",
            "OutcomeReadings", "cluster_readings", "nodule_outcomes", "outcome_panels",
-           "read_outcomes"]
+           "read_outcomes", "rules_summary"]
 
 #: Median halo density (HU) from which a cluster reads as an artifact (metal-like).
 ARTIFACT_HU = 2000.0
@@ -63,6 +63,20 @@ OUTCOMES = ("on the tumour", "shortcut", "candidate sign", "other")
 _CLUSTER_NEEDS = ("cluster", "median_halo_max_hu", "relied_upon", "effect_mean",
                   "enrichment_predicted", "q_predicted")
 _FINDING_NEEDS = ("case_id", "nodule_id", "verdict", "flagged", "flag_clusters")
+
+
+def rules_summary() -> str:
+    """The nodule outcome rules in one plain paragraph, as the app and the reports state them
+    (the module docstring has them in full)."""
+    return (
+        "Shortcut: predicted malignant, and removing its off-mask regions of a metal-dense "
+        f"cluster (median density within 3 mm at least {ARTIFACT_HU:.0f} HU) lowers "
+        "P(malignant) by 0.05 or more; the artifact decides the call when the prediction "
+        "would not survive removing all its off-mask regions. Candidate pattern: a region in "
+        "an anatomical-density cluster the model relies on for malignancy, or that is "
+        "enriched for predicted-malignant nodules (q < 0.05). On the tumour: verdict aligned "
+        "and the prediction rests on the nodule (replacing it with lung parenchyma takes away "
+        "at least half of P(malignant), beyond a volume-matched control's change).")
 
 
 def _need(df: pd.DataFrame, columns, what: str) -> None:

@@ -19,7 +19,7 @@ import pandas as pd
 from discovery.align.metrics import AlignThresholds, describe_verdicts
 from discovery.model.reliance import reliance_text
 from discovery.model.rois import nodule_label
-from discovery.patterns.outcomes import ARTIFACT_HU
+from discovery.patterns.outcomes import rules_summary
 from discovery.report import render
 from discovery.report.data import ReportData
 from discovery.report.style import (
@@ -176,14 +176,8 @@ def _outcomes_section(data: ReportData) -> str:
         cells.append(f"""<div class="outcome" style="border-top-color:{colour}">
 <h3>{html.escape(p.title)}</h3><p class="n" style="color:{colour}">{p.n_nodules} nodule{'s' if p.n_nodules != 1 else ''}</p>
 <p>{html.escape(p.lead)}</p>{''.join(figs)}</div>""")
-    return f"""<p class="note">Each scored nodule is read by the rules in <code>discovery/patterns/outcomes.py</code>:
-<b>shortcut</b> when it is predicted malignant and removing its off-mask regions of a metal-dense cluster
-(median density within 3 mm at least {ARTIFACT_HU:.0f} HU) lowers P(malignant) by 0.05 or more (the shortcut
-decides the call when the prediction would not survive removing all its off-mask regions);
-<b>candidate pattern</b> when it has a region in an anatomical-density cluster that the model relies on
-for malignancy or that is enriched for predicted-malignant nodules (q &lt; 0.05); <b>on the tumour</b>
-when its verdict is aligned and the prediction rests on the nodule (replacing it with parenchyma takes
-away at least half of P(malignant), beyond a volume-matched control's change). Pictures: axial crops in lung window, plain and with the Grad-CAM
+    return f"""<p class="note">Each scored nodule is read by the rules in <code>discovery/patterns/outcomes.py</code>.
+{html.escape(rules_summary())} Pictures: axial crops in lung window, plain and with the Grad-CAM
 overlay (from {DISPLAY_THRESHOLD:.0%} of the case maximum); green the nodule mask, cyan the off-mask region; shortcut
 pictures are on the slice of the densest voxel next to the region, between nodule and artifact.
 The heat map exists only inside each nodule's 48 mm analysis box, so it can end in a straight edge.</p>

@@ -56,7 +56,7 @@ from discovery.model.domain import applicability_summary
 from discovery.align.metrics import AlignThresholds, describe_verdicts
 from discovery.model.reliance import reliance_text
 from discovery.model.rois import nodule_label
-from discovery.patterns.outcomes import ARTIFACT_HU, Exemplar
+from discovery.patterns.outcomes import Exemplar, rules_summary
 from discovery.report import render
 from discovery.report.render import KEY_SLICE_RULE
 from discovery.report.data import (  # noqa: F401 -- MAX_FALLBACK, select_nodule_pages re-exported
@@ -291,14 +291,9 @@ def _faithfulness(doc: Doc, ctx: dict) -> None:
 def _outcomes(doc: Doc, ctx: dict) -> None:
     heading(doc, "What the explanations say: three outcomes", keep=1.9)
     _warning(doc, ctx)
-    doc.text("Each scored nodule is read by the rules in discovery/patterns/outcomes.py: shortcut "
-             "when it is predicted malignant and removing its off-mask regions of a metal-dense "
-             f"cluster (median density within 3 mm at least {ARTIFACT_HU:.0f} HU) lowers "
-             "P(malignant) by 0.05 or more (deciding the call when the prediction would not "
-             "survive removing all its off-mask regions); candidate pattern when it has a region "
-             "in an anatomical-density cluster the model relies on for malignancy or that is "
-             "enriched for predicted-malignant nodules (q < 0.05); on the tumour when its verdict "
-             "is aligned and the prediction rests on the nodule. Each picture: the plain crop, then the same crop with the overlay; the heat "
+    doc.text("Each scored nodule is read by the rules in discovery/patterns/outcomes.py. "
+             + rules_summary() + " "
+             "Each picture: the plain crop, then the same crop with the overlay; the heat "
              "map exists only inside each nodule's analysis box, so it can end in a straight edge.",
              size=8.5, color=GRAY)
     doc.y += 0.08
