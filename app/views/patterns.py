@@ -165,6 +165,7 @@ else:
     st.caption("Click a point to open its case. "
                "t-SNE map of the standardised descriptors (PCA below 10 regions), for display "
                "only: nearby points have similar descriptors (density of what the region "
-               "covers, attribution share, distance from the pleura, tubular dense structure); "
+               "covers, attribution share, distance from the pleura, tubular dense structure, "
+               "whether the structure it points at runs out from the nodule); "
                "distances between far-apart groups and group sizes on the map mean nothing. "
                "The clusters are computed on the descriptors themselves, not on this map.")
