@@ -184,8 +184,9 @@ class PatternSettings:
         (:data:`HU_FEATURES`): each is centred on its median and divided by this fixed width
         (default :data:`HU_SCALE`).  ``None`` scales them like the others, by the cohort's
         interquartile range, which collapses when a dense structure is common: with the
-        marker bead near 40 % of the regions, the IQR of ``halo_max_hu`` spans soft tissue to
-        metal and the bead's 2,500 HU became about one unit (docs/benchmarks/discovery.md).
+        marker bead beside a quarter of the regions, the IQR of ``halo_max_hu`` spans soft
+        tissue to metal and the bead's 2,700 HU difference became 1.4 units
+        (docs/benchmarks/discovery.md, "HU descriptors on a fixed scale").
     map_method : {"tsne", "pca"}
         The 2-D display map: ``"tsne"`` (the default; t-SNE, PCA-initialised, seeded, perplexity
         ``min(30, (n - 1) / 3)``; needs at least :data:`MIN_TSNE_POINTS` regions, fewer fall
