@@ -417,12 +417,13 @@ def recluster(store: ResultsStore, settings: PatternSettings = PatternSettings()
     elsewhere (e.g. on the batch's worker pool).
     """
     regions = store.regions()
-    # the settings (and with them the clustering's descriptors) the patterns were made with:
-    # `python -m discovery.batch.current` says a folder clustered otherwise is not current
-    store.set_meta(pattern_settings=repr(settings))
+    # stored with the patterns, the settings (and with them the clustering's descriptors) they
+    # were made with: `python -m discovery.batch.current` says a folder clustered otherwise is
+    # not current
+    made_with = repr(settings)
     if regions.empty:
         store.set_patterns(regions.assign(cluster=[], embedding_x=[], embedding_y=[]),
-                           pd.DataFrame(columns=["cluster"]))
+                           pd.DataFrame(columns=["cluster"]), settings=made_with)
         return 0
     regions = regions.drop(columns=["cluster", "embedding_x", "embedding_y"])
     labels = store.labels()
@@ -434,7 +435,7 @@ def recluster(store: ResultsStore, settings: PatternSettings = PatternSettings()
         clusters, flags = pattern_effects(
             clustered, clusters, load=functools.partial(_stored_case, results_dir), model=model,
             card=card, seed=settings.seed, run=run, nodules=store.findings())
-    store.set_patterns(clustered, clusters, flags)
+    store.set_patterns(clustered, clusters, flags, settings=made_with)
     return int(len(clusters))
 
 

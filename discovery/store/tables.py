@@ -392,11 +392,16 @@ class ResultsStore:
         con.executemany(sql, [[_clean(r.get(c)) for c in columns] for r in rows])
 
     def set_patterns(self, regions: pd.DataFrame, clusters: pd.DataFrame,
-                     flags: pd.DataFrame | None = None) -> None:
+                     flags: pd.DataFrame | None = None, *, settings: str | None = None) -> None:
         """Store cluster assignments / 2-D map of every region, the cluster table and the
-        nodules' shortcut flags (``discovery.patterns.causal.FLAG_COLUMNS``; all reset when None)."""
+        nodules' shortcut flags (``discovery.patterns.causal.FLAG_COLUMNS``; all reset when None)
+        and, in the same transaction, the meta ``pattern_settings`` (*settings*, the repr of
+        the clustering's settings; left as it is when None)."""
         clusters = clusters.reindex(columns=CLUSTER_COLUMNS)
         with self.write() as con:
+            if settings is not None:
+                con.execute(_upsert("meta", ["key", "value"], ("key",)),
+                            ("pattern_settings", json.dumps(settings)))
             con.execute("UPDATE nodules SET flag_score = NULL, flagged = 0, flag_clusters = ''")
             if flags is not None:
                 con.executemany(
