@@ -326,8 +326,8 @@ def outcome_panels(findings: pd.DataFrame, clusters: pd.DataFrame, regions: pd.D
     list of Panel
         *On the tumour*: aligned nodules with the highest relevance mass in the mask.
         *Shortcut*: predicted-malignant nodules that use an artifact cluster, those whose
-        call it decides (``flagged``) first, then by drop; each picture is centred between the nodule and the artifact, on the
-        artifact's slice (``focus="densest"``).  *Candidate sign*: the candidate cluster that moves
+        call it decides (``flagged``) first, then by drop; each picture is centred between
+        the nodule and the artifact, on the artifact's slice (``focus="densest"``).  *Candidate sign*: the candidate cluster that moves
         the cohort's predictions most (largest ``|effect_mean| * effect_n``, the summed change
         in probability over its nodules; then enrichment), its exemplars.
 
@@ -391,13 +391,14 @@ def _shortcut_exemplar(r, regions: pd.DataFrame) -> Exemplar | None:
 
 def _shortcut_panel(out: pd.DataFrame, by_cluster: pd.DataFrame, artifact_ids: list[int],
                     regions: pd.DataFrame, threshold: float, n_exemplars: int) -> Panel:
-    short = out[out["outcome"] == "shortcut"].assign(
-        _d=lambda d: -_truthy(d["flagged"]).astype(int), _s=lambda d: -d["flag_score"]
-    ).sort_values(["_d", "_s"], kind="stable").drop(columns=["_d", "_s"])
+    short = out[out["outcome"] == "shortcut"]
+    decisive = _truthy(short["flagged"])  # those whose call the artifact decides come first
+    short = short.assign(_later=~decisive).sort_values(
+        ["_later", "flag_score"], ascending=[True, False], kind="stable").drop(columns="_later")
     if len(short):
         c = int(short["outcome_cluster"].iloc[0])
         crow = by_cluster.loc[c]
-        n_decisive = int(_truthy(short["flagged"]).sum())
+        n_decisive = int(decisive.sum())
         lead = (f"{len(short)} nodule(s) predicted malignant use attention off the mask on "
                 f"cluster {c} ({crow['description']}): replacing its regions with lung "
                 "parenchyma lowers their P(malignant) by 0.05 or more. For "
