@@ -34,6 +34,7 @@ from .dicom import DEFAULT_MAX_BYTES
 from .dicom_series import ReadBytes
 from .errors import DataError, MaskError, file_label
 from .layouts import CaseSpec, discover_cases
+from .memory import unpooled_buffers
 from .volume import Mask, Volume, check_same_grid
 
 __all__ = ["CaseSpec", "LoadedCase", "discover_cases", "load_case", "read_case", "read_labels"]
@@ -99,6 +100,11 @@ def read_case(spec: CaseSpec, *, max_bytes: int | None = DEFAULT_MAX_BYTES,
     """
     if spec.problem:
         raise DataError(spec.problem)
+    with unpooled_buffers():        # the files' buffers are handed back when freed
+        return _read_case(spec, max_bytes, lidc_level, read, integer_hu)
+
+
+def _read_case(spec: CaseSpec, max_bytes, lidc_level, read, integer_hu) -> LoadedCase:
     series = []
     chosen = None
     if spec.image_kind == "nifti":

@@ -394,3 +394,16 @@ def test_a_shared_distance_map_gives_the_same_summaries_without_a_second_transfo
         localization_summary(a, m, sp, distance_mm=dist[:-1])
     with pytest.raises(ValueError, match="mask is empty"):
         distance_to_mask_mm(np.zeros_like(m), sp)
+
+
+def test_average_ranks_equal_scipy_rankdata_with_ties():
+    from scipy.stats import rankdata
+
+    from discovery.align.localization import average_ranks
+
+    rng = np.random.default_rng(4)
+    for x in (rng.random(500), rng.integers(0, 4, 500).astype(np.float32), np.zeros(7),
+              np.array([2.0]), np.array([]), np.array([3.0, 1.0, 3.0, 2.0])):
+        np.testing.assert_array_equal(average_ranks(x), rankdata(x, method="average"))
+    np.testing.assert_array_equal(average_ranks(np.array([3.0, 1.0, 3.0, 2.0])),
+                                  [3.5, 1.0, 3.5, 2.0])         # by hand

@@ -173,3 +173,21 @@ def test_reliance_in_words():
     assert reliance_text(0.0, 0.9, float("nan"), "no control") == "no (0.900 / –)"
     assert reliance_text(float("nan"), None, None, "empty mask") == "– (empty mask)"
     assert reliance_text(None, None, None, float("nan")) == "– (not measured)"  # an old row
+
+
+def test_sum_under_is_scipys_valid_correlation():
+    from scipy import signal
+
+    from discovery.model.reliance import _sum_under
+
+    rng = np.random.default_rng(2)
+    for sa, sk in [((20, 24, 28), (5, 7, 3)), ((9, 9, 9), (9, 9, 9)), ((6, 7, 8), (1, 1, 1))]:
+        a = (rng.random(sa) > 0.5).astype(np.float32)
+        k = (rng.random(sk) > 0.3).astype(np.float32)
+        expected = signal.fftconvolve(a, k[::-1, ::-1, ::-1], mode="valid")
+        np.testing.assert_allclose(_sum_under(a, k), expected, atol=1e-3)
+    a = np.zeros((4, 4, 4), np.float32)
+    a[1, 2, 3] = 1.0
+    k = np.ones((2, 2, 2), np.float32)
+    got = np.rint(_sum_under(a, k))                      # by hand: the 2x2x2 boxes holding it
+    assert got.shape == (3, 3, 3) and got.sum() == 4 and got[0:2, 1:3, 2].sum() == 4

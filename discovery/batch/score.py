@@ -92,6 +92,7 @@ from discovery.batch.manifest import (
     case_input_hash,
 )
 from discovery.batch.tempfiles import remove_stale_temp_files
+from discovery.model.compiled import STAGES
 from discovery.model.external import load_any_model
 from discovery.parallel import process_pool
 from discovery.patterns.causal import CaseRunner, pattern_effects, run_here
@@ -333,18 +334,28 @@ def _write_case(spec: CaseSpec, case: _Analysed, results_dir: Path) -> Payload:
 _WORKER_MODELS = threading.local()
 
 
-def _worker_model(model_dir: str | None, threads: int, weights_sha256: str | None):
+def _compiled_serves(settings: ScoreSettings) -> bool:
+    """Whether the compiled network (:mod:`discovery.model.compiled`) has every layer the
+    attributions of *settings* need: the CAM layers named are among its stages."""
+    if settings.layer is None:
+        return True
+    return all(part.strip() in STAGES for part in str(settings.layer).split("+"))
+
+
+def _worker_model(model_dir: str | None, threads: int, weights_sha256: str | None,
+                  compiled: bool = True):
     """The model of this worker thread, loaded once (a Dask worker may run several cases at
     once, and the attribution hooks are registered on the module), with *threads* torch
-    threads; it must have the weights the batch uses (*weights_sha256*)."""
+    threads; it must have the weights the batch uses (*weights_sha256*).  *compiled*: the
+    model folder's compiled copy where it has one (:func:`_compiled_serves`)."""
     cache = _WORKER_MODELS.__dict__
-    key = (model_dir, weights_sha256)
+    key = (model_dir, weights_sha256, compiled)
     import torch
 
     if torch.get_num_threads() != threads:  # also in a worker forked from a parent that had
         torch.set_num_threads(threads)       # loaded this model with other settings
     if key not in cache:
-        model, card = load_any_model(model_dir)
+        model, card = load_any_model(model_dir, compiled=compiled)
         if weights_sha256 is not None and card.weights_sha256 != weights_sha256:
             raise ModelError(
                 f"the model read on this worker has weights {card.weights_sha256[:12]}..., "
@@ -360,14 +371,15 @@ def _work(spec: CaseSpec, model_dir: str | None, results_dir: Path, settings: Sc
     """One case in a worker (a pool process or a Dask worker thread), with the worker's
     model (:func:`_worker_model`); a model with other weights than the batch's makes the
     case fail with a message saying so."""
-    model, card = _worker_model(model_dir, threads, weights_sha256)
+    model, card = _worker_model(model_dir, threads, weights_sha256, _compiled_serves(settings))
     return _compute_case(spec, model, card, results_dir, settings, max_bytes, input_path)
 
 
-def _warm_worker(model_dir: str | None, threads: int, weights_sha256: str | None) -> None:
+def _warm_worker(model_dir: str | None, threads: int, weights_sha256: str | None,
+                 compiled: bool = True) -> None:
     """Load the worker's model ahead of its first case (errors are left to the cases)."""
     try:
-        _worker_model(model_dir, threads, weights_sha256)
+        _worker_model(model_dir, threads, weights_sha256, compiled)
     except Exception:  # noqa: BLE001 -- the cases report it, with their own messages
         pass
 
@@ -604,7 +616,8 @@ class _Batch:
             warm = (self.opts.executor_factory or process_pool)(n)
             self.kept.append(warm)
             for _ in range(n):
-                warm.submit(_warm_worker, self.task[0], self.opts.threads, card.weights_sha256)
+                warm.submit(_warm_worker, self.task[0], self.opts.threads, card.weights_sha256,
+                            _compiled_serves(settings))
 
     def plan(self, specs: list[CaseSpec]) -> _Plan:
         """Decide which cases to skip: those whose manifest row may be skipped and whose
@@ -768,7 +781,7 @@ executor_factory, scheduler, torch_threads, store_url
             opts, model_dir=None if model_dir is None else Path(model_dir).resolve())
     with ExitStack() as stack:  # a scheduler is reached before anything is read or written
         client = None if scheduler is None else stack.enter_context(dask_client(scheduler))
-        model, card = load_any_model(opts.model_dir)
+        model, card = load_any_model(opts.model_dir, compiled=_compiled_serves(opts.settings))
         specs = discover_cases(input_path, layout=layout)
         known = read_labels(labels) if labels is not None else None  # bad file: fail before scoring
         store = ResultsStore(results_dir, url=store_url)

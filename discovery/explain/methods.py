@@ -161,6 +161,9 @@ def _capture(module: torch.nn.Module, layer_name: str, *, pass_on: bool = False)
 
 def _input_channels(model: torch.nn.Module) -> int | None:
     """Channels the model's first convolution (or patch embedding) takes, if it has one."""
+    declared = getattr(model, "input_channels", None)   # a compiled network says so
+    if isinstance(declared, int):
+        return declared
     for module in model.modules():
         if isinstance(module, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)):
             return int(module.in_channels)

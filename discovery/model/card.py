@@ -3,6 +3,8 @@
 A model folder holds
 
 * ``model.safetensors`` -- the weights (no code, safe to load from anyone);
+* ``model.compiled.pt`` and ``model.compiled.json`` -- the network compiled, which scoring
+  loads without importing MONAI (:mod:`discovery.model.compiled`; optional);
 * ``model.json`` -- the model card: architecture, ROI size (voxels) and spacing (mm), the HU
   window of each input channel, classes, the layer used for Grad-CAM, how it was trained, its
   held-out metrics, and the SHA-256 of the weights file, which :func:`load_model` checks
@@ -15,22 +17,27 @@ import copy
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from monai.networks.nets import ResNet
 
 from data_tools.errors import ModelError, file_label
 from data_tools.files import atomic_path
 from discovery.schema import decision_threshold
 
+if TYPE_CHECKING:
+    from discovery.model.compiled import CompiledResNet
+    from discovery.model.network import NoduleResNet
+
+log = logging.getLogger(__name__)
+
 __all__ = [
     "ModelCard",
-    "NoduleResNet",
     "build_network",
     "default_architecture",
     "default_model_dir",
@@ -184,53 +191,6 @@ class ModelCard:
         return cls(**kwargs)
 
 
-class NoduleResNet(ResNet):
-    """MONAI's 3-D ResNet that also knows which layer its explanations use.
-
-    ``cam_layer`` is read by :func:`discovery.explain.methods.explain` when no layer is given.
-    ``stages`` < 4 ends the trunk early (the later stages become the identity and the
-    classifier reads the last kept stage's channels), so that global pooling follows the
-    Grad-CAM layer directly and that layer's receptive field stays small.  With all four
-    stages every ``layer4`` unit sees the whole 48 mm ROI, and Grad-CAM maps of the trained
-    model came out nearly uniform over the ROI (docs/guide/models.md#explanations-worth).
-    """
-
-    def __init__(self, *, cam_layer: str = "layer3", stages: int = 4, input_mean=None,
-                 input_std=None, **kwargs):
-        super().__init__(**kwargs)
-        # per-channel standardisation of the [0, 1] window channels, from the model card
-        # (``architecture["input_mean"]``, ``["input_std"]``, set by ``train_model``); not
-        # part of the weights file, so the card alone says what the network does to its input
-        mean = std = None
-        if (input_mean is None) != (input_std is None):
-            raise ModelError("architecture needs both input_mean and input_std, or neither")
-        if input_mean is not None:
-            channels = int(kwargs.get("n_input_channels", 3))
-            mean = torch.as_tensor(input_mean, dtype=torch.float32).reshape(-1)
-            std = torch.as_tensor(input_std, dtype=torch.float32).reshape(-1)
-            if mean.numel() != channels or std.numel() != channels or not bool((std > 0).all()):
-                raise ModelError(f"input_mean and input_std need {channels} value(s) each (one "
-                                 f"per input channel, std > 0); received {input_mean!r}, "
-                                 f"{input_std!r}")
-            shape = (1, channels) + (1,) * int(kwargs.get("spatial_dims", 3))
-            mean, std = mean.reshape(shape), std.reshape(shape)
-        self.register_buffer("input_mean", mean, persistent=False)
-        self.register_buffer("input_std", std, persistent=False)
-        if stages not in (2, 3, 4):
-            raise ModelError(f"stages must be 2, 3 or 4; received {stages}")
-        self.cam_layer = cam_layer
-        if stages < 4:
-            width = int(kwargs["block_inplanes"][stages - 1] * kwargs.get("widen_factor", 1.0))
-            for name in ("layer4", "layer3")[: 4 - stages]:
-                setattr(self, name, torch.nn.Identity())
-            self.fc = torch.nn.Linear(width, kwargs.get("num_classes", 400))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.input_mean is not None:
-            x = (x - self.input_mean) / self.input_std
-        return super().forward(x)
-
-
 def build_network(card: ModelCard) -> NoduleResNet:
     """Instantiate the (untrained) network the card describes."""
     arch = card.architecture
@@ -245,6 +205,8 @@ def build_network(card: ModelCard) -> NoduleResNet:
             f"model card's architecture takes {channels} input channel(s) but names "
             f"{card.in_channels} HU window(s) {list(card.windows)}; set both with "
             "ModelCard.with_windows")
+    from discovery.model.network import NoduleResNet
+
     return NoduleResNet(cam_layer=card.gradcam_layer, stages=int(arch.get("stages", 4)),
                         input_mean=arch.get("input_mean"), input_std=arch.get("input_std"),
                         **arch["kwargs"])
@@ -267,7 +229,13 @@ def default_model_dir() -> Path:
 
 
 def save_model(model: torch.nn.Module, card: ModelCard, out_dir: str | Path) -> ModelCard:
-    """Write weights and card (with the weights' SHA-256) to *out_dir*; return the card."""
+    """Write weights and card (with the weights' SHA-256) to *out_dir*; return the card.
+
+    A :class:`~discovery.model.network.NoduleResNet` is also written compiled
+    (:mod:`discovery.model.compiled`), which scoring loads without importing MONAI; when it
+    cannot be compiled exactly, the folder has no compiled copy (logged) and scoring builds
+    the MONAI network.
+    """
     from safetensors.torch import save_file
 
     out = Path(out_dir)
@@ -278,7 +246,23 @@ def save_model(model: torch.nn.Module, card: ModelCard, out_dir: str | Path) -> 
     card = dataclasses.replace(card, weights_sha256=sha256_file(out / WEIGHTS_NAME))
     with atomic_path(out / CARD_NAME) as tmp:
         tmp.write_text(card.to_json() + "\n")
+    _write_compiled_copy(model, card, out)
     return card
+
+
+def _write_compiled_copy(model: torch.nn.Module, card: ModelCard, out: Path) -> None:
+    from discovery.model.compiled import COMPILED_META, COMPILED_NAME, write_compiled
+    from discovery.model.network import NoduleResNet
+
+    for name in (COMPILED_NAME, COMPILED_META):   # never leave a copy of other weights
+        (out / name).unlink(missing_ok=True)
+    if not isinstance(model, NoduleResNet):
+        return
+    try:
+        write_compiled(model, card, out)
+    except (ModelError, RuntimeError, AttributeError) as exc:   # a torch without TorchScript
+        log.warning("model folder %s: no compiled copy (%s); scoring will build the MONAI "
+                    "network", file_label(out), exc)
 
 
 def load_card(model_dir: str | Path) -> ModelCard:
@@ -295,10 +279,20 @@ def load_card(model_dir: str | Path) -> ModelCard:
         raise ModelError(f"model card {file_label(card_path)} is not valid: {exc}", path=card_path) from None
 
 
-def load_model(model_dir: str | Path | None = None) -> tuple[NoduleResNet, ModelCard]:
+def load_model(model_dir: str | Path | None = None, *, compiled: bool = False
+               ) -> tuple[NoduleResNet | CompiledResNet, ModelCard]:
     """Load a model folder: check the weights' SHA-256 against the card, return (module, card).
 
     The module is returned in ``eval()`` mode on the CPU.
+
+    Parameters
+    ----------
+    model_dir : path, optional
+        The model folder; default :func:`default_model_dir`.
+    compiled : bool
+        Return the folder's compiled copy (:mod:`discovery.model.compiled`: for inference
+        and attributions at its stages, without importing MONAI) when it has one that matches
+        the card and weights; otherwise, and by default, the MONAI network.
 
     Raises
     ------
@@ -320,6 +314,12 @@ def load_model(model_dir: str | Path | None = None) -> tuple[NoduleResNet, Model
             "model. Restore it or retrain.",
             path=weights,
         )
+    if compiled:
+        from discovery.model.compiled import load_compiled
+
+        fast = load_compiled(model_dir, card)
+        if fast is not None:
+            return fast, card
     model = build_network(card)
     try:
         model.load_state_dict(load_file(str(weights)))

@@ -445,7 +445,8 @@ def _factory_folder(folder: Path, sidecar) -> tuple[ExternalClassifier, ModelCar
 
 
 def load_any_model(model: str | Path | None = None, *, weights: str | Path | None = None,
-                   sidecar: str | Path | None = None) -> tuple[torch.nn.Module, ModelCard]:
+                   sidecar: str | Path | None = None, compiled: bool = False
+                   ) -> tuple[torch.nn.Module, ModelCard]:
     """Load any model the tool understands (module docstring); ``(module, card)``.
 
     Parameters
@@ -456,6 +457,9 @@ def load_any_model(model: str | Path | None = None, *, weights: str | Path | Non
     weights, sidecar : path, optional
         For ``pkg.mod:factory`` (both required); *sidecar* also replaces the default
         ``discovery.json`` of a bundle, TorchScript file or module folder.
+    compiled : bool
+        For the tool's own model folders: the compiled copy when the folder has a matching
+        one (:func:`~discovery.model.card.load_model`); the other kinds are unaffected.
 
     Raises
     ------
@@ -463,7 +467,7 @@ def load_any_model(model: str | Path | None = None, *, weights: str | Path | Non
         Anything the tool cannot use, with the file, the problem and how to fix it.
     """
     if model is None:
-        return load_model(None)
+        return load_model(None, compiled=compiled)
     text = str(model)
     path = Path(text)
     if not path.exists() and _SPEC.match(text):
@@ -474,7 +478,7 @@ def load_any_model(model: str | Path | None = None, *, weights: str | Path | Non
         return load_factory(text, weights=weights, sidecar=sidecar)
     if path.is_dir():
         if (path / CARD_NAME).is_file():
-            return load_model(path)
+            return load_model(path, compiled=compiled)
         if (path / "configs").is_dir():
             return load_bundle(path, sidecar=sidecar)
         if (path / SIDECAR_NAME).is_file() or sidecar is not None:

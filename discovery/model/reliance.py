@@ -44,7 +44,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy import ndimage, signal
+from scipy import fft, ndimage
 
 from data_tools.checks import check_int, check_nonneg, check_spacing
 from data_tools.volume import Mask, Volume
@@ -213,9 +213,9 @@ def control_blobs(hu, own, annotated, *, spacing_mm,
     lo_hu, hi_hu = PARENCHYMA_BAND_HU
     good = ((hu >= lo_hu) & (hu <= hi_hu)).astype(np.float32)
     banned = (_distance_mm(annotated, spacing) <= settings.gap_mm + 1e-6).astype(np.float32)
-    kernel = blob[::-1, ::-1, ::-1].astype(np.float32)
-    on_good = signal.fftconvolve(good, kernel, mode="valid")
-    on_banned = signal.fftconvolve(banned, kernel, mode="valid")
+    kernel = blob.astype(np.float32)
+    on_good = _sum_under(good, kernel)
+    on_banned = _sum_under(banned, kernel)
     share = np.where(on_banned < 0.5, on_good / float(blob.sum()), -1.0)
     floor = min(settings.min_parenchyma, float(share.max()))
     places = np.argwhere(share >= max(floor, FALLBACK_PARENCHYMA_SHARE) - 1e-4)
@@ -230,6 +230,17 @@ def control_blobs(hu, own, annotated, *, spacing_mm,
         m[z:z + blob.shape[0], y:y + blob.shape[1], x:x + blob.shape[2]] = blob
         out.append(m)
     return out
+
+
+def _sum_under(a: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """``sum(a[p + i] * kernel[i])`` at every place ``p`` where *kernel* lies wholly inside
+    *a* (shape ``a.shape - kernel.shape + 1``), by FFT: ``scipy.signal.fftconvolve(a,
+    kernel[::-1, ::-1, ::-1], mode="valid")`` without importing ``scipy.signal`` (which
+    imports ``scipy.stats``: 0.7 s and 45 MiB of scoring's start-up)."""
+    shape = [fft.next_fast_len(n + m - 1, real=True) for n, m in zip(a.shape, kernel.shape)]
+    product = fft.rfftn(a, shape) * fft.rfftn(kernel[::-1, ::-1, ::-1], shape)
+    full = fft.irfftn(product, shape)
+    return full[tuple(slice(m - 1, n) for n, m in zip(a.shape, kernel.shape))]
 
 
 def _nan_reliance(status: str) -> Reliance:

@@ -22,8 +22,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from sklearn.cluster import HDBSCAN, AgglomerativeClustering
-from sklearn.decomposition import PCA
 
 from discovery.patterns.stats import (
     benjamini_hochberg,
@@ -469,6 +467,9 @@ def _fit_labels(z: np.ndarray, settings: PatternSettings) -> np.ndarray:
         min_samples = settings.min_cluster_size
     if n < settings.min_cluster_size or (settings.method == "hdbscan" and n < min_samples):
         return np.full(n, -1, dtype=np.int64)
+    # scikit-learn is imported here, not with the module (see discovery.patterns.stats)
+    from sklearn.cluster import HDBSCAN, AgglomerativeClustering
+
     if settings.method == "hdbscan":
         model = HDBSCAN(
             min_cluster_size=settings.min_cluster_size,
@@ -505,6 +506,8 @@ def _embed(z: np.ndarray, settings: PatternSettings) -> tuple[np.ndarray, str]:
         tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto",
                     random_state=settings.seed, method="barnes_hut")
         return tsne.fit_transform(z).astype(float), "tsne"
+    from sklearn.decomposition import PCA
+
     k = min(2, len(z), z.shape[1])
     emb[:, :k] = PCA(n_components=k, svd_solver="full").fit_transform(z)
     return emb, "pca"
