@@ -8,7 +8,13 @@ Peak memory is the process's resident-set high-water mark (Linux ``VmHWM``), res
 stage through ``/proc/self/clear_refs``, so each row shows the peak reached *during* that stage
 (arrays held from earlier stages included).
 
-Usage: ``python benchmarks/pipeline.py [--model DIR] [--json FILE] [--repeat N]``
+With ``--command N``: also the whole ``discovery score`` command on that scan, N times in a
+fresh process each (start-up, model load, clustering and tables included; wall seconds and
+the child's peak resident set), alternating with SimpleITK's ``ImageSeriesReader`` reading the
+same 300 files to float32 (GDCM's file discovery and sort included) in a fresh process each,
+so that the two are measured in the same run.
+
+Usage: ``python benchmarks/pipeline.py [--model DIR] [--json FILE] [--command N]``
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ import argparse
 import json
 import os
 import platform
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -46,13 +54,49 @@ def _measure(rows: list, name: str):
     rows.append({"stage": name, "seconds": time.perf_counter() - t0, "peak_rss_mib": rss_mib()})
 
 
-def run(model_dir: str | None) -> tuple[list[dict], dict]:
+_SITK = ("import sys, SimpleITK as sitk; r = sitk.ImageSeriesReader(); "
+         "r.SetFileNames(r.GetGDCMSeriesFileNames(sys.argv[1])); "
+         "r.SetOutputPixelType(sitk.sitkFloat32); a = sitk.GetArrayViewFromImage(r.Execute()); "
+         "print(a.shape)")
+
+
+def _child(argv: list[str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MiB) of one child process (``wait4`` rusage)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"{argv[1:3]} failed ({proc.returncode}): {err[-2000:]}")
+    return wall, usage.ru_maxrss / 1024.0
+
+
+def whole_command(case_dir: Path, out_root: Path, model_dir: str | None, repeat: int) -> dict:
+    """``discovery score`` and SimpleITK's read of the same series, alternating, each in a
+    fresh process (module docstring)."""
+    score, sitk = [], []
+    for i in range(repeat):
+        argv = [sys.executable, "-m", "discovery.cli", "score", str(case_dir),
+                "--out", str(out_root / f"run{i}")]
+        if model_dir is not None:
+            argv += ["--model", model_dir]
+        score.append(_child(argv))
+        sitk.append(_child([sys.executable, "-c", _SITK, str(case_dir)]))
+    med = statistics.median
+    return {"score_s": [w for w, _ in score], "score_peak_mib": [m for _, m in score],
+            "simpleitk_s": [w for w, _ in sitk], "simpleitk_peak_mib": [m for _, m in sitk],
+            "ratio": med(w for w, _ in score) / med(w for w, _ in sitk)}
+
+
+def run(model_dir: str | None, command_repeat: int = 0) -> tuple[list[dict], dict]:
     shape, spacing = BENCHMARK_GEOMETRY
     cfg = SyntheticConfig(fixed_geometry=BENCHMARK_GEOMETRY, nodules_per_case=(3, 3))
     t0 = time.perf_counter()
     case = generate_case(11, config=cfg)
     gen_s = time.perf_counter() - t0
-    model, card = load_model(model_dir)
+    model, card = load_model(model_dir, compiled=True)        # as discovery score loads it
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         case_dir = Path(tmp) / "case"
@@ -85,10 +129,14 @@ def run(model_dir: str | None) -> tuple[list[dict], dict]:
                                    region_map=result.region_map, affine=volume.affine)
         case_mib = (Path(tmp) / rel).stat().st_size / 2 ** 20
         total = time.perf_counter() - total0
+        del volume, mask, result, ct
+        command = (whole_command(case_dir, Path(tmp), model_dir, command_repeat)
+                   if command_repeat else None)
     rows.append({"stage": "total (read -> saved)", "seconds": total, "peak_rss_mib": rss_mib()})
     info = {"case_file_mib": case_mib, "shape_zyx": list(shape), "spacing_mm": list(spacing), "n_nodules": len(result.nodules),
             "generate_s": gen_s, "write_dicom_s": write_s, "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
+            "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "model": type(model).__name__, "command": command}
     return rows, info
 
 
@@ -96,11 +144,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--command", type=int, default=0, metavar="N",
+                    help="also time the whole discovery score command N times (fresh processes)")
     args = ap.parse_args()
-    rows, info = run(args.model)
+    rows, info = run(args.model, args.command)
     print(f"scan {info['shape_zyx'][::-1]} voxels (x, y, z) at {info['spacing_mm'][::-1]} mm, "
           f"{info['n_nodules']} nodules; {info['cores']} cores, torch {info['torch']} "
-          f"({info['torch_threads']} threads)\n")
+          f"({info['torch_threads']} threads); network: {info['model']}\n")
     print(f"case file on disk: {info['case_file_mib']:.1f} MiB (cases/<case_id>.zarr.zip)\n")
     print("| stage | seconds | peak RSS (MiB) |\n|---|---:|---:|")
     for r in rows:
@@ -108,6 +158,14 @@ def main() -> int:
         print(f"| {r['stage']} | {r['seconds']:.2f} | {peak} |")
     print(f"\n(setup, not part of the pipeline: generating the phantom {info['generate_s']:.1f} s, "
           f"writing 300 DICOM files {info['write_dicom_s']:.1f} s)")
+    cmd = info["command"]
+    if cmd:
+        fmt = lambda xs, f: ", ".join(f.format(x) for x in xs)  # noqa: E731
+        print(f"\n`discovery score` on the scan, whole command: {fmt(cmd['score_s'], '{:.2f}')} s "
+              f"at {fmt(cmd['score_peak_mib'], '{:.0f}')} MiB peak; SimpleITK reading the "
+              f"series: {fmt(cmd['simpleitk_s'], '{:.2f}')} s "
+              f"({fmt(cmd['simpleitk_peak_mib'], '{:.0f}')} MiB); ratio of medians "
+              f"{cmd['ratio']:.1f}")
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "info": info}, indent=2))
     return 0

@@ -1,13 +1,15 @@
-"""Writing files so that a reader never sees half of one: the one atomic-write helper."""
+"""Writing files so that a reader never sees half of one (the one atomic-write helper), and
+hashing them."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["atomic_path", "temp_name"]
+__all__ = ["atomic_path", "sha256_file", "temp_name"]
 
 
 def temp_name(path: str | Path) -> Path:
@@ -41,3 +43,12 @@ def atomic_path(path: str | Path, *, fsync: bool = True) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB pieces."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -27,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from data_tools.errors import ModelError, file_label
-from data_tools.files import atomic_path
+from data_tools.files import atomic_path, sha256_file
 from discovery.schema import decision_threshold
 
 if TYPE_CHECKING:
@@ -210,14 +209,6 @@ def build_network(card: ModelCard) -> NoduleResNet:
     return NoduleResNet(cam_layer=card.gradcam_layer, stages=int(arch.get("stages", 4)),
                         input_mean=arch.get("input_mean"), input_std=arch.get("input_std"),
                         **arch["kwargs"])
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def default_model_dir() -> Path:

@@ -32,15 +32,13 @@ import logging
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 import torch
 
 from data_tools.errors import ModelError, file_label
-from data_tools.files import atomic_path
+from data_tools.files import atomic_path, sha256_file
 
-if TYPE_CHECKING:
-    from discovery.model.card import ModelCard
+# ``ModelCard`` in the annotations is discovery.model.card's, not imported: that module
+# imports this one.
 
 __all__ = ["COMPILED_NAME", "COMPILED_META", "STAGES", "CompiledResNet", "compile_network",
            "load_compiled", "write_compiled"]
@@ -214,8 +212,6 @@ def write_compiled(net: torch.nn.Module, card: ModelCard, out_dir: str | Path) -
     archive, diff = compile_network(net, card)
     with atomic_path(out / COMPILED_NAME) as tmp:
         archive.save(str(tmp))
-    from discovery.model.card import sha256_file
-
     meta = {"format": FORMAT, "weights_sha256": card.weights_sha256,
             "architecture_sha256": _digest(card.architecture),
             "compiled_sha256": sha256_file(out / COMPILED_NAME), "torch": torch.__version__,
@@ -227,8 +223,6 @@ def write_compiled(net: torch.nn.Module, card: ModelCard, out_dir: str | Path) -
 
 def _mismatch(model_dir: Path, card: ModelCard) -> str | None:
     """Why the folder's compiled copy cannot stand for its card and weights, or None."""
-    from discovery.model.card import sha256_file
-
     archive, meta_path = model_dir / COMPILED_NAME, model_dir / COMPILED_META
     if not archive.is_file() or not meta_path.is_file():
         return "there is none"

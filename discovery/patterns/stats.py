@@ -228,6 +228,19 @@ def benjamini_hochberg(p_values) -> np.ndarray:
 # ------------------------------------------------------------------ spectral clustering
 
 
+def _knn_spectrum(x: np.ndarray, k: int, m: int):
+    """The symmetrised kNN connectivity graph of *x* and the ``m + 1`` smallest eigenvalues
+    of its normalised Laplacian."""
+    from scipy import linalg, sparse
+    from scipy.sparse.csgraph import laplacian
+    from sklearn.neighbors import kneighbors_graph
+
+    a = kneighbors_graph(x, k, mode="connectivity", include_self=False)
+    a = sparse.csr_matrix(a.maximum(a.T))
+    lap = laplacian(a, normed=True)
+    return a, linalg.eigh(lap.toarray(), eigvals_only=True, subset_by_index=[0, m])
+
+
 def spectral_eigengap(
     z, *, max_clusters: int = 10, n_neighbors: int = 10, seed: int = 0
 ) -> tuple[np.ndarray, int, np.ndarray]:
@@ -282,16 +295,10 @@ def spectral_eigengap(
     if n < 3:
         return np.zeros(n, dtype=np.int64), 1, np.zeros(0)
 
-    from scipy import linalg, sparse
-    from scipy.sparse.csgraph import laplacian
     from sklearn.cluster import SpectralClustering
-    from sklearn.neighbors import kneighbors_graph
 
-    a = kneighbors_graph(x, min(n_neighbors, n - 1), mode="connectivity", include_self=False)
-    a = sparse.csr_matrix(a.maximum(a.T))
-    lap = laplacian(a, normed=True)
     m = min(max_clusters, n - 1)
-    eigvals = linalg.eigh(lap.toarray(), eigvals_only=True, subset_by_index=[0, m])
+    a, eigvals = _knn_spectrum(x, min(n_neighbors, n - 1), m)
     gaps = np.diff(eigvals[: m + 1])
     if not np.all(gaps[1:] <= _FLAT_GAP):
         k = int(np.argmax(gaps[1:])) + 2
