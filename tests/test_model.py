@@ -24,10 +24,12 @@ def test_save_load_round_trip(tmp_path):
 
 
 def test_save_model_writes_atomically(tmp_path, monkeypatch):
-    """Only the two files remain, even after a save that fails half-way (no temporary file
-    left), and the card that failed to be written keeps its old content."""
+    """Weights, card and the compiled copy; after a save that fails half-way only the two
+    files remain (no temporary file left, no compiled copy of other weights), and the card
+    that failed to be written keeps its old content."""
     card = save_model(build_network(ModelCard()), ModelCard(), tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.json", "model.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "model.compiled.json", "model.compiled.pt", "model.json", "model.safetensors"]
 
     def broken(self, *args, **kwargs):
         raise OSError("disk full")

@@ -229,8 +229,12 @@ def save_model(model: torch.nn.Module, card: ModelCard, out_dir: str | Path) -> 
     """
     from safetensors.torch import save_file
 
+    from discovery.model.compiled import COMPILED_META, COMPILED_NAME
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    for name in (COMPILED_NAME, COMPILED_META):   # never left beside other weights
+        (out / name).unlink(missing_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(out / WEIGHTS_NAME) as tmp:
         save_file(state, str(tmp))
@@ -242,11 +246,9 @@ def save_model(model: torch.nn.Module, card: ModelCard, out_dir: str | Path) -> 
 
 
 def _write_compiled_copy(model: torch.nn.Module, card: ModelCard, out: Path) -> None:
-    from discovery.model.compiled import COMPILED_META, COMPILED_NAME, write_compiled
+    from discovery.model.compiled import write_compiled
     from discovery.model.network import NoduleResNet
 
-    for name in (COMPILED_NAME, COMPILED_META):   # never leave a copy of other weights
-        (out / name).unlink(missing_ok=True)
     if not isinstance(model, NoduleResNet):
         return
     try:
