@@ -61,16 +61,34 @@ _SITK = ("import sys, SimpleITK as sitk; r = sitk.ImageSeriesReader(); "
 
 
 def _child(argv: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MiB) of one child process (``wait4`` rusage)."""
+    """Wall seconds and peak RSS (MiB) of one child process (``wait4`` rusage).
+
+    The child reads its own high-water mark (``VmHWM`` of ``/proc/self/status``) as it exits:
+    the ``ru_maxrss`` that ``wait4`` reports can keep the forking parent's resident set."""
     t0 = time.perf_counter()
+    shim = ("import atexit, runpy, sys\n"
+            "def hwm():\n"
+            "    for line in open('/proc/self/status'):\n"
+            "        if line.startswith('VmHWM:'):\n"
+            "            sys.stderr.write('VMHWM ' + line.split()[1] + '\\n')\n"
+            "atexit.register(hwm)\n"
+            "sys.argv = sys.argv[1:]\n"
+            "if sys.argv[0] == '-m':\n"
+            "    sys.argv = sys.argv[1:]\n"
+            "    runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)\n"
+            "else:\n"
+            "    code, sys.argv = sys.argv[1], [sys.argv[0]] + sys.argv[2:]\n"
+            "    exec(compile(code, '<c>', 'exec'), {'__name__': '__main__'})\n")
+    argv = [argv[0], "-c", shim, *argv[1:]]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
-        raise SystemExit(f"{argv[1:3]} failed ({proc.returncode}): {err[-2000:]}")
-    return wall, usage.ru_maxrss / 1024.0
+        raise SystemExit(f"{argv[3:5]} failed ({proc.returncode}): {err[-2000:]}")
+    hwm = [line.split()[1] for line in err.splitlines() if line.startswith("VMHWM ")]
+    return wall, (float(hwm[-1]) if hwm else usage.ru_maxrss) / 1024.0
 
 
 def whole_command(case_dir: Path, out_root: Path, model_dir: str | None, repeat: int) -> dict:
@@ -90,20 +108,30 @@ def whole_command(case_dir: Path, out_root: Path, model_dir: str | None, repeat:
             "ratio": med(w for w, _ in score) / med(w for w, _ in sitk)}
 
 
-def run(model_dir: str | None, command_repeat: int = 0) -> tuple[list[dict], dict]:
-    shape, spacing = BENCHMARK_GEOMETRY
+def write_standard_case(case_dir: Path) -> dict:
+    """Generate the standard scan (seed 11) and write it as a DICOM series + NIfTI mask."""
     cfg = SyntheticConfig(fixed_geometry=BENCHMARK_GEOMETRY, nodules_per_case=(3, 3))
     t0 = time.perf_counter()
     case = generate_case(11, config=cfg)
     gen_s = time.perf_counter() - t0
-    model, card = load_model(model_dir, compiled=True)        # as discovery score loads it
+    t0 = time.perf_counter()
+    write_case(case, case_dir)
+    return {"generate_s": gen_s, "write_dicom_s": time.perf_counter() - t0}
+
+
+def run(model_dir: str | None, command_repeat: int = 0) -> tuple[list[dict], dict]:
+    shape, spacing = BENCHMARK_GEOMETRY
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         case_dir = Path(tmp) / "case"
-        t0 = time.perf_counter()
-        write_case(case, case_dir)
-        write_s = time.perf_counter() - t0
-        del case
+        # the scan is made in a child, so that this process holds no large arrays while the
+        # whole command is timed (a parent holding ~1 GiB slowed the children by 1-2 s)
+        made = subprocess.run([sys.executable, __file__, "--write-case", str(case_dir)],
+                              check=True, capture_output=True, text=True)
+        setup = json.loads(made.stdout.strip().splitlines()[-1])
+        command = (whole_command(case_dir, Path(tmp), model_dir, command_repeat)
+                   if command_repeat else None)
+        model, card = load_model(model_dir, compiled=True)        # as discovery score loads it
         total0 = time.perf_counter()
         with _measure(rows, "read DICOM series (300 files)"):
             volume = load_dicom_series(case_dir, integer_hu=True)   # as discovery score
@@ -129,12 +157,10 @@ def run(model_dir: str | None, command_repeat: int = 0) -> tuple[list[dict], dic
                                    region_map=result.region_map, affine=volume.affine)
         case_mib = (Path(tmp) / rel).stat().st_size / 2 ** 20
         total = time.perf_counter() - total0
-        del volume, mask, result, ct
-        command = (whole_command(case_dir, Path(tmp), model_dir, command_repeat)
-                   if command_repeat else None)
+        n_nodules = len(result.nodules)
     rows.append({"stage": "total (read -> saved)", "seconds": total, "peak_rss_mib": rss_mib()})
-    info = {"case_file_mib": case_mib, "shape_zyx": list(shape), "spacing_mm": list(spacing), "n_nodules": len(result.nodules),
-            "generate_s": gen_s, "write_dicom_s": write_s, "cpu": platform.processor() or platform.machine(),
+    info = {"case_file_mib": case_mib, "shape_zyx": list(shape), "spacing_mm": list(spacing), "n_nodules": n_nodules,
+            **setup, "cpu": platform.processor() or platform.machine(),
             "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "model": type(model).__name__, "command": command}
     return rows, info
@@ -146,7 +172,11 @@ def main() -> int:
     ap.add_argument("--json", default=None)
     ap.add_argument("--command", type=int, default=0, metavar="N",
                     help="also time the whole discovery score command N times (fresh processes)")
+    ap.add_argument("--write-case", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.write_case:
+        print(json.dumps(write_standard_case(Path(args.write_case))))
+        return 0
     rows, info = run(args.model, args.command)
     print(f"scan {info['shape_zyx'][::-1]} voxels (x, y, z) at {info['spacing_mm'][::-1]} mm, "
           f"{info['n_nodules']} nodules; {info['cores']} cores, torch {info['torch']} "
