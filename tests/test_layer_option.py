@@ -132,3 +132,24 @@ def test_a_model_with_several_input_windows_is_scored_end_to_end():
         (nodule,) = res.nodules
         assert np.isfinite(nodule.probability)
         assert nodule.attribution.shape == mask.array[nodule.box].shape
+
+
+def test_a_layer_inside_a_stage_is_scored_with_the_monai_network(tmp_path, cohort, model_dir):
+    """The compiled copy has only its stages: a deeper CAM layer makes ``discovery score``
+    build the MONAI network, and its findings are those of analysing with it directly."""
+    from discovery.model.card import load_model
+
+    deep = "layer2.0.conv1"
+    score_folder(cohort, tmp_path / "deep", model_dir=model_dir,
+                 settings=ScoreSettings(layer=deep))
+    store = ResultsStore(tmp_path / "deep", create=False)
+    try:
+        assert store.meta()["gradcam_layer"] == deep
+        stored = store.findings()["probability"].to_numpy()
+    finally:
+        store.close()
+    model, card = load_model(model_dir)
+    volume, mask = _scan()
+    direct = analyze_scan(volume, mask, model, card, case_id="c",
+                          settings=ScoreSettings(layer=deep))
+    np.testing.assert_allclose(stored, [n.probability for n in direct.nodules], atol=1e-6)
