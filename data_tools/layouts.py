@@ -23,8 +23,11 @@ Layouts (``discover_cases(..., layout=NAME)``; ``"auto"`` applies the first rule
     holds both (then that sub-folder is the LUNA16 root, and the folder is ``cases``).
 ``cases``
     A folder of case folders (every sub-folder not starting with ``_`` or ``.``), or one case
-    folder: a folder without sub-folders, or one holding an image file itself (DICOM,
-    NIfTI, MetaImage; a LICENSE, README or metadata.csv beside case folders does not count).
+    folder: a folder without sub-folders, one holding an image file itself (DICOM,
+    NIfTI, MetaImage; a LICENSE, README or metadata.csv beside case folders does not count),
+    or one whose images are all in one sub-folder while its other sub-folders hold only
+    annotation XML (a TCIA patient folder with its series and its box or reader files
+    beside it, e.g. ``ct/`` and ``boxes/``).
     A sub-folder that is itself an MSD or LUNA16 root (auto rules above) is
     expanded into its cases, so one input may mix layouts (``cases`` only, not the
     restricted layouts below).  A case folder holds a DICOM CT series (any depth) or one NIfTI / MetaImage
@@ -136,6 +139,27 @@ def _holds_images(folder: Path) -> bool:
     return any(p.is_file() and _visible(p) and p.suffix.lower() not in _NOT_IMAGE_SUFFIXES
                and (is_nifti(p) or is_metaimage(p) or is_dicom_dataset(p))
                for p in folder.iterdir())
+
+
+def _images_below(folder: Path) -> bool:
+    """Whether *folder* or any folder below it holds an image file (stops at the first)."""
+    return _holds_images(folder) or any(_images_below(d) for d in _subdirs(folder))
+
+
+def _annotations_only(folder: Path) -> bool:
+    """Whether everything visible below *folder* is annotation XML (VOC boxes or LIDC
+    readings), at least one file."""
+    files = [p for p in folder.rglob("*") if p.is_file() and _visible(p)]
+    return bool(files) and all(p.suffix.lower() == ".xml" and (is_voc_xml(p) or _is_lidc_xml(p))
+                               for p in files)
+
+
+def _one_case_with_annotations_beside(subdirs: list[Path]) -> bool:
+    """One sub-folder holds images and every other one only annotation XML (module
+    docstring): the folder above them is one case."""
+    with_images = [d for d in subdirs if _images_below(d)]
+    return (len(with_images) == 1 and len(subdirs) > 1
+            and all(_annotations_only(d) for d in subdirs if d is not with_images[0]))
 
 
 def _case_from_folder(folder: Path, case_id: str, *, require: str | None = None) -> CaseSpec:
@@ -329,7 +353,8 @@ def discover_cases(input_path: str | Path, *, layout: str = "auto") -> list[Case
     else:
         require = _RESTRICTED.get(chosen)
         subdirs = _subdirs(root)
-        if not subdirs or _holds_images(root):  # the input is itself one case folder
+        if not subdirs or _holds_images(root) or _one_case_with_annotations_beside(subdirs):
+            # the input is itself one case folder
             specs = [_case_from_folder(root, pseudonymous_id(root.name), require=require)]
         else:
             specs = []

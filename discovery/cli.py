@@ -203,9 +203,10 @@ def cmd_score(args) -> int:
     if len(summary.layouts) > 1 or "cases" not in summary.layouts:
         console.print("layouts: " + ", ".join(f"{k} {v}" for k, v in summary.layouts.items()))
     console.print(
-        f"{summary.n_cases} cases: {summary.n_ok} scored, {summary.n_no_mask} without mask, "
-        f"{summary.n_failed} failed; {summary.n_nodules} nodules, {summary.n_regions} off-mask "
-        f"regions, {summary.n_clusters} pattern clusters; {summary.seconds:.1f} s")
+        f"{_count(summary.n_cases, 'case')}: {summary.n_ok} scored, {summary.n_no_mask} without "
+        f"mask, {summary.n_failed} failed; {_count(summary.n_nodules, 'nodule')}, "
+        f"{_count(summary.n_regions, 'off-mask region')}, "
+        f"{_count(summary.n_clusters, 'pattern cluster')}; {summary.seconds:.1f} s")
     console.print(f"{summary.n_skipped} skipped (unchanged since an earlier run into this "
                   f"results folder), {summary.n_cases - summary.n_skipped} scored now")
     if summary.n_not_in_input:
@@ -216,6 +217,11 @@ def cmd_score(args) -> int:
     console.print(f"wrote findings.csv and patterns.csv in the results folder; tables in "
                   f"{summary.store}")
     return 1 if summary.n_failed else 0
+
+
+def _count(n: int, noun: str) -> str:
+    """``"1 case"``, ``"2 cases"``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def cmd_report(args) -> int:

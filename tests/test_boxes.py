@@ -180,3 +180,29 @@ def test_real_patient_with_a_monai_bundle_says_what_it_could_not_check(tmp_path)
     store.close()
     assert row.applicability == "larger-than-roi; domain-unknown"
     assert 0.0 <= row.probability <= 1.0 and row.verdict in ("aligned", "partial", "off-mask")
+
+
+def test_a_patient_folder_with_its_series_and_boxes_side_by_side_is_one_case(tmp_path):
+    """TCIA's patient layout, given directly: ``ct/`` holds the series, ``boxes/`` only the
+    VOC files; the patient folder is one case with a box mask, not two cases of which one
+    fails.  Beside a second series it is a cohort again."""
+    patient = tmp_path / "Patient_7"
+    (patient / "ct").mkdir(parents=True)
+    (patient / "boxes").mkdir()
+    hu, uids = _series(patient / "ct")
+    _box(patient / "boxes", uids[2], (6, 5, 11, 9))
+    (spec,) = discover_cases(patient)
+    assert spec.mask_kind == "boxes" and spec.problem is None and len(spec.mask_candidates) == 1
+    loaded = read_case(spec)
+    assert loaded.mask_source == "boxes" and int(loaded.mask.array.max()) == 1
+    assert np.array_equal(loaded.mask.array > 0, (hu == 40) & (np.arange(6)[:, None, None] == 2)
+                          & (np.arange(20)[None, :, None] < 12))
+    (patient / "ct2").mkdir()                     # a second series: a folder of cases again
+    _series(patient / "ct2")
+    specs = discover_cases(patient)
+    assert len(specs) == 3 and sum(s.problem is not None for s in specs) == 1
+
+
+def test_the_real_patient_folder_given_directly_is_one_case():
+    (spec,) = discover_cases(realdata("lung-pet-ct-dx") / "Lung_Dx-A0001")
+    assert spec.mask_kind == "boxes" and len(spec.mask_candidates) == 11
