@@ -17,6 +17,7 @@ from discovery.report.style import MISSING, fmt, pct
 
 def test_report_shows_the_three_outcomes_side_by_side(tiny_results):
     html = build_html(tiny_results)
+    assert "(most attribution on the nodule), lung window" in html    # the key slice's rule
     start = html.index("three outcomes")
     section = html[start:html.index("<h2>Summary</h2>")]
     cells = section.split('class="outcome"')[1:]

@@ -78,6 +78,7 @@ def _nodule_section(row: pd.Series, arrays: dict[str, np.ndarray]) -> str:
     label = nodule_label(row["nodule_id"])
     ct, mask, attr, regions = arrays["ct"], arrays["mask"], arrays["attribution"], arrays["region_map"]
     z = render.key_slice(mask, label, attribution=attr)
+    rule = render.key_slice_rule(mask, label, z, attribution=attr)
     center = (float(row["center_y"]), float(row["center_x"]))
     attr_max = float(attr.max()) or 1.0
     own = (mask[z] == label)
@@ -113,7 +114,7 @@ def _nodule_section(row: pd.Series, arrays: dict[str, np.ndarray]) -> str:
     return f"""
 <div class="nodule"><h3>{html.escape(row['case_id'])} · {html.escape(row['nodule_id'])} {_badge(row['verdict'])}</h3>{caution}
 <div class="imgs">
-<figure>{_img(_zoom(plain), alt='lung window with mask contour')}<figcaption>axial slice {z + 1}, lung window (W1500/L-600); green: mask contour</figcaption></figure>
+<figure>{_img(_zoom(plain), alt='lung window with mask contour')}<figcaption>axial slice {z + 1} ({html.escape(rule)}), lung window (W1500/L-600); green: mask contour</figcaption></figure>
 <figure>{_img(_zoom(over), alt='Grad-CAM overlay')}<figcaption>Grad-CAM overlay; cyan: off-mask regions</figcaption></figure>
 <figure>{_img(bar, alt='colour bar')}<figcaption>{fmt(attr_max)}<br>…<br>0<br>(raw Grad-CAM)</figcaption></figure>
 <figure>{_img(full, width=200, alt='whole slice')}<figcaption>whole slice</figcaption></figure>

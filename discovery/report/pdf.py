@@ -556,7 +556,8 @@ def _nodule_head(doc: Doc, ctx: dict, row, k: int, n: int) -> None:
 class _View:
     """Where a nodule page looks: the case's arrays, the nodule's label and key slice ``z``,
     its centre (y, x), the case's attribution maximum, the pixel width ``px`` (mm), the pixel
-    aspect (height / width) and the half size of the crop (pixels)."""
+    aspect (height / width), the half size of the crop (pixels) and the rule that chose
+    ``z``."""
 
     arrays: dict
     label: int | None
@@ -566,6 +567,7 @@ class _View:
     px: float
     aspect: float
     half: int
+    rule: str = KEY_SLICE_RULE
 
     @property
     def side(self) -> int:
@@ -578,13 +580,15 @@ def _view(ctx: dict, row) -> _View:
     label = nodule_label(row.nodule_id)
     try:
         z = render.key_slice(mask, label, attribution=attr)
+        rule = render.key_slice_rule(mask, label, z, attribution=attr)
     except ValueError:
         z = int(np.clip(round(float(row.center_z)), 0, ct.shape[0] - 1))
+        rule = "the nodule's centre: its label is not in the mask"
     _, py, px = ctx["spacing"].get(row.case_id, (np.nan,) * 3)
     return _View(arrays, label, z, (float(row.center_y), float(row.center_x)),
                  float(attr.max()) if attr.size else 0.0, px,
                  py / px if px > 0 and py > 0 else 1.0,  # NaN compares False
-                 _crop_half(ctx["box_mm"], px))
+                 _crop_half(ctx["box_mm"], px), rule)
 
 
 def _key_slice_row(doc: Doc, v: _View) -> None:
@@ -599,7 +603,7 @@ def _key_slice_row(doc: Doc, v: _View) -> None:
                                 regions2d=crop(a["region_map"][z]), window="lung", opacity=0.5,
                                 attr_max=v.attr_max or None, threshold=DISPLAY_THRESHOLD)
     fov = f", {v.side * v.px:.0f} mm across" if v.px > 0 else ""
-    doc.text(f"Key slice {z + 1} of {ct.shape[0]} ({KEY_SLICE_RULE}): {v.side} × {v.side} "
+    doc.text(f"Key slice {z + 1} of {ct.shape[0]} ({v.rule}): {v.side} × {v.side} "
              f"pixels{fov}", weight="bold")
     top, w, gap = doc.y + 0.04, (CONTENT_W - 0.2) / 2, 0.2
     scale_bar(doc.image(plain, MARGIN, top, w, aspect=v.aspect), plain.shape[1], v.px)

@@ -26,7 +26,7 @@ from discovery.report.style import fmt
 __all__ = [
     "WINDOWS", "MASK_COLOR", "REGION_COLOR", "COLORMAP", "window_image", "contour",
     "overlay_slice", "colorbar_image", "colorbar_ticks", "labelled_colorbar", "to_png_bytes",
-    "key_slice", "KEY_SLICE_RULE", "crop_around", "upscale", "thumbnail",
+    "key_slice", "key_slice_rule", "KEY_SLICE_RULE", "KEY_SLICE_FALLBACK", "crop_around", "upscale", "thumbnail",
     "densest_near_region", "side_by_side",
     "exemplar_image",
 ]
@@ -41,6 +41,8 @@ REGION_COLOR = (0, 255, 255)
 COLORMAP = "inferno"
 #: How :func:`key_slice` picks the slice the reports show, in their words.
 KEY_SLICE_RULE = "most attribution on the nodule"
+#: what :func:`key_slice` falls back to when the map is zero on every slice of the nodule
+KEY_SLICE_FALLBACK = "largest cross-section; no attribution on the nodule"
 
 
 @lru_cache(maxsize=8)
@@ -251,6 +253,21 @@ def key_slice(mask, label: int, *, attribution=None, slices=None) -> int:
     score = np.where(counts > 0, box.reshape(box.shape[0], -1).sum(axis=1, dtype=np.float64),
                      -np.inf)
     return int(zs[np.argmax(score)] if score.max() > 0 else zs[np.argmax(counts)])
+
+
+def key_slice_rule(mask, label: int, z: int, *, attribution=None) -> str:
+    """Which rule chose slice *z* of :func:`key_slice` for *label*: :data:`KEY_SLICE_RULE`
+    when *attribution* is given and positive within the label's in-plane box on slice *z*,
+    else :data:`KEY_SLICE_FALLBACK` (the largest cross-section), so that a caption never
+    claims the map chose a slice it did not."""
+    if attribution is None:
+        return KEY_SLICE_FALLBACK
+    m = np.asarray(mask)[z] == label
+    if not m.any():
+        return KEY_SLICE_FALLBACK
+    ys, xs = np.nonzero(m)
+    box = np.asarray(attribution)[z, ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+    return KEY_SLICE_RULE if float(box.sum(dtype=np.float64)) > 0 else KEY_SLICE_FALLBACK
 
 
 def crop_around(arr2d, center_yx, half_size: int) -> np.ndarray:
