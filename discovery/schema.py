@@ -42,6 +42,11 @@ CLUSTER_COLUMNS = [
 #: Decision threshold on P(malignant) when neither the model card nor the results state one.
 DEFAULT_THRESHOLD = 0.5
 
+#: Smallest change of P(malignant) that the causal check counts: a cluster is relied upon,
+#: and a nodule uses a cluster, when removing the regions moves P by at least this much
+#: (:func:`discovery.patterns.causal.pattern_effects`); the outcome texts quote it.
+MIN_EFFECT = 0.05
+
 
 def decision_threshold(values) -> float:
     """The decision threshold on P(malignant) recorded in *values*.

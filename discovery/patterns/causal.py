@@ -46,7 +46,7 @@ from discovery.model.edit import (  # noqa: F401 -- the constants re-exported
 from discovery.model.rois import nodule_sites, roi_input
 from discovery.patterns.clustering import N_EXEMPLARS
 from discovery.patterns.stats import exemplars_one_per_group
-from discovery.schema import EFFECT_COLUMNS, FLAG_COLUMNS  # noqa: F401 -- re-exported
+from discovery.schema import EFFECT_COLUMNS, FLAG_COLUMNS, MIN_EFFECT  # noqa: F401 -- re-exported
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ class Effect:
     relied_upon: bool
 
 
-def summarize_effects(deltas, *, min_effect: float = 0.05, seed: int = 0,
+def summarize_effects(deltas, *, min_effect: float = MIN_EFFECT, seed: int = 0,
                       n_boot: int = 2000) -> Effect:
     """Mean change in probability with a bootstrap interval and the reliance verdict.
 
@@ -496,7 +496,7 @@ def pattern_effects(
     model: torch.nn.Module,
     card: ModelCard,
     threshold: float | None = None,
-    min_effect: float = 0.05,
+    min_effect: float = MIN_EFFECT,
     seed: int = 0,
     reach_mm: float = 3.0,
     run: CaseRunner | None = None,

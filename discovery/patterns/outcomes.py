@@ -24,7 +24,8 @@ Nodule outcome (:func:`nodule_outcomes`), first match wins:
 
 * ``"shortcut"``: predicted malignant (``predicted_label``; ``flagged`` where findings
   lack it) and one of the clusters whose regions alone lower its probability by at least
-  0.05 (``flag_clusters``) reads ``"artifact"``: the model uses an artifact for this call.
+  :data:`~discovery.schema.MIN_EFFECT` (0.05; ``flag_clusters``) reads ``"artifact"``: the
+  model uses an artifact for this call.
   It *decides* the call when the case-level flag fired as well (``flagged``: not predicted
   malignant any more once all its off-mask regions are removed); otherwise the artifact
   only inflates P(malignant).  Both are shortcuts (the model relies on something with no
@@ -47,7 +48,7 @@ import numpy as np
 import pandas as pd
 
 from discovery.model.rois import nodule_label
-from discovery.schema import DEFAULT_THRESHOLD
+from discovery.schema import DEFAULT_THRESHOLD, MIN_EFFECT
 
 __all__ = ["ARTIFACT_HU", "OUTCOMES", "READINGS", "SCORED_STATUSES", "Exemplar", "Panel",
            "OutcomeReadings", "cluster_readings", "nodule_outcomes", "outcome_panels",
@@ -71,10 +72,11 @@ def rules_summary() -> str:
     return (
         "Shortcut: predicted malignant, and removing its off-mask regions of a metal-dense "
         f"cluster (median density within 3 mm at least {ARTIFACT_HU:.0f} HU) lowers "
-        "P(malignant) by 0.05 or more; the artifact decides the call when the prediction "
-        "would not survive removing all its off-mask regions. Candidate pattern: a region in "
-        "an anatomical-density cluster the model relies on for malignancy, or that is "
-        "enriched for predicted-malignant nodules (q < 0.05). On the tumour: verdict aligned "
+        f"P(malignant) by {MIN_EFFECT:g} or more; the artifact decides the call when the "
+        "prediction would not survive removing all its off-mask regions. Candidate pattern: "
+        "a region in an anatomical-density cluster the model relies on for malignancy, or "
+        f"that is enriched for predicted-malignant nodules (q < {CANDIDATE_Q:g}). On the "
+        "tumour: verdict aligned "
         "and the prediction rests on the nodule (replacing it with lung parenchyma takes away "
         "at least half of P(malignant), beyond a volume-matched control's change).")
 
@@ -401,7 +403,7 @@ def _shortcut_panel(out: pd.DataFrame, by_cluster: pd.DataFrame, artifact_ids: l
         n_decisive = int(decisive.sum())
         lead = (f"{len(short)} nodule(s) predicted malignant use attention off the mask on "
                 f"cluster {c} ({crow['description']}): replacing its regions with lung "
-                "parenchyma lowers their P(malignant) by 0.05 or more. For "
+                f"parenchyma lowers their P(malignant) by {MIN_EFFECT:g} or more. For "
                 f"{n_decisive} of them it decides the call (without their off-mask regions "
                 f"P(malignant) falls below {threshold:g}); for the others it inflates the "
                 f"probability. Median density {float(crow['median_halo_max_hu']):.0f} HU, "
