@@ -500,6 +500,13 @@ def _add_model(sub) -> None:
                    help="discovery.json (default: the one beside the bundle's configs/, the "
                         "TorchScript file or in the module folder)")
     c.set_defaults(func=cmd_model_check)
+    k = msub.add_parser("compile", help="write the compiled copy of a model folder's network, "
+                                        "which scoring loads without importing MONAI (for "
+                                        "folders trained before it existed)")
+    k.add_argument("model", nargs="?", default=None,
+                   help="the tool's model folder (model.json, model.safetensors; default: the "
+                        "demo model)")
+    k.set_defaults(func=cmd_model_compile)
 
 
 def _methods_line(card, cam_ok: bool) -> str:
@@ -546,6 +553,32 @@ def _layer_line(card, probe, named: str = "from the sidecar") -> str:
             f"{'x'.join(map(str, probe.grid))} grid ({cells} mm cells)")
 
 
+def cmd_model_compile(args) -> int:
+    import json
+
+    from discovery.model.card import default_model_dir, load_model
+    from discovery.model.compiled import COMPILED_META, write_compiled
+
+    folder = Path(args.model) if args.model is not None else default_model_dir()
+    model, card = load_model(folder)          # the MONAI network; ModelError names the problem
+    path = write_compiled(model, card, folder)
+    diff = json.loads((folder / COMPILED_META).read_text())["max_abs_difference"]
+    _console().print(f"wrote {path.name} and {COMPILED_META} in the model folder; largest "
+                     f"difference to the MONAI network {diff:.2g} (logits and every stage)",
+                     markup=False)
+    return 0
+
+
+def _compiled_line(model_arg, card) -> tuple[str, str]:
+    from discovery.model.card import default_model_dir
+    from discovery.model.compiled import compiled_mismatch
+
+    folder = Path(model_arg) if model_arg is not None else default_model_dir()
+    why = compiled_mismatch(folder, card)
+    return ("compiled", "yes: scoring loads it without importing MONAI" if why is None else
+            f"not used ({why}); `discovery model compile` writes it")
+
+
 def cmd_model_check(args) -> int:
     from discovery.model.external import describe, load_any_model
     from discovery.model.probe import count_parameters, probe_network, seconds_per_roi
@@ -568,7 +601,7 @@ def cmd_model_check(args) -> int:
                             layer=card.gradcam_layer)
         cam_ok, layer = True, _layer_line(card, own, "from the model card")
         lines += [("classes", ", ".join(f"{i} {n}" for i, n in enumerate(card.classes))),
-                  ("target", f"1 ({card.classes[1]})")]
+                  ("target", f"1 ({card.classes[1]})"), _compiled_line(args.model, card)]
     forward, both = seconds_per_roi(model, size, channels=card.in_channels)
     lines += [("Grad-CAM", layer), ("threshold", f"{card.threshold:g} on P(malignant)"),
               ("parameters", f"{count_parameters(model):,}"),

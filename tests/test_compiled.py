@@ -152,3 +152,23 @@ def test_scoring_loads_the_compiled_copy_without_importing_monai(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                          text=True, timeout=120, check=True)
     assert out.stdout.split() == ["CompiledResNet", "False"]
+
+
+def test_model_compile_adds_the_copy_to_an_older_folder_and_check_says_so(tmp_path, capsys):
+    from discovery.cli import main
+
+    _, card, folder = _saved(tmp_path, _card())
+    (folder / COMPILED_NAME).unlink()                    # a folder trained before the copy
+    (folder / COMPILED_META).unlink()
+    assert main(["model", "check", str(folder)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "compiled not used (there is none); `discovery model compile` writes it" in out
+    assert main(["model", "compile", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "wrote model.compiled.pt" in out and str(tmp_path) not in out
+    assert isinstance(load_model(folder, compiled=True)[0], CompiledResNet)
+    assert main(["model", "check", str(folder)]) == 0
+    assert "compiled yes: scoring loads it" in " ".join(capsys.readouterr().out.split())
+    (folder / "model.safetensors").write_bytes(b"not weights")
+    assert main(["model", "compile", str(folder)]) == 2           # the weights' hash refused
+    assert "SHA-256" in capsys.readouterr().err

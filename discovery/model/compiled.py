@@ -41,7 +41,7 @@ from data_tools.files import atomic_path, sha256_file
 # imports this one.
 
 __all__ = ["COMPILED_NAME", "COMPILED_META", "STAGES", "CompiledResNet", "compile_network",
-           "load_compiled", "write_compiled"]
+           "compiled_mismatch", "load_compiled", "write_compiled"]
 
 log = logging.getLogger(__name__)
 
@@ -221,8 +221,10 @@ def write_compiled(net: torch.nn.Module, card: ModelCard, out_dir: str | Path) -
     return out / COMPILED_NAME
 
 
-def _mismatch(model_dir: Path, card: ModelCard) -> str | None:
-    """Why the folder's compiled copy cannot stand for its card and weights, or None."""
+def compiled_mismatch(model_dir: str | Path, card: ModelCard) -> str | None:
+    """Why the folder's compiled copy cannot stand for its card and weights (``"there is
+    none"``, ``"it was compiled from other weights"``, ...), or None when it can."""
+    model_dir = Path(model_dir)
     archive, meta_path = model_dir / COMPILED_NAME, model_dir / COMPILED_META
     if not archive.is_file() or not meta_path.is_file():
         return "there is none"
@@ -251,7 +253,7 @@ def load_compiled(model_dir: str | Path, card: ModelCard) -> CompiledResNet | No
     <discovery.model.card.load_model>` does).
     """
     model_dir = Path(model_dir)
-    reason = _mismatch(model_dir, card)
+    reason = compiled_mismatch(model_dir, card)
     if reason is None:
         try:
             with _quiet_deprecation():
