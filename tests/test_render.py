@@ -276,18 +276,18 @@ def test_side_by_side_and_exemplar_image():
                                         opacity=0.0))
 
 
-def test_key_slice_rule_says_when_the_map_did_not_choose_the_slice():
+def test_key_slice_choice_says_when_the_map_did_not_choose_the_slice():
     mask = np.zeros((5, 6, 6), np.int16)
     mask[1:4, 2:4, 2:4] = 1
     mask[3, 1:5, 1:5] = 1                                    # largest cross-section: slice 3
     attr = np.zeros(mask.shape, np.float32)
     attr[1, 2, 2] = 1.0                                      # the map looks at slice 1
-    z = render.key_slice(mask, 1, attribution=attr)
-    assert z == 1 and render.key_slice_rule(mask, 1, z, attribution=attr) == render.KEY_SLICE_RULE
-    zero = np.zeros_like(attr)
-    z = render.key_slice(mask, 1, attribution=zero)
-    assert z == 3 and render.key_slice_rule(mask, 1, z, attribution=zero) == (
-        render.KEY_SLICE_FALLBACK)
-    assert render.key_slice_rule(mask, 1, 3) == render.KEY_SLICE_FALLBACK      # no map given
+    assert render.key_slice_choice(mask, 1, attribution=attr) == (1, render.KEY_SLICE_RULE)
+    assert render.key_slice_choice(mask, 1, attribution=np.zeros_like(attr)) == (
+        3, render.KEY_SLICE_FALLBACK)
+    assert render.key_slice_choice(mask, 1) == (3, render.KEY_SLICE_FALLBACK)  # no map given
+    attr[1] = 0.0
+    attr[2, 1, 1] = 0.5     # in the nodule's box over all its slices, outside slice 2's own
+    assert render.key_slice_choice(mask, 1, attribution=attr) == (2, render.KEY_SLICE_RULE)
     attr[4, 2, 2] = 5.0                                      # off the nodule's slices: ignored
-    assert render.key_slice(mask, 1, attribution=attr) == 1
+    assert render.key_slice(mask, 1, attribution=attr) == 2

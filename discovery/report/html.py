@@ -77,8 +77,7 @@ def _sentence_case(text) -> str:
 def _nodule_section(row: pd.Series, arrays: dict[str, np.ndarray]) -> str:
     label = nodule_label(row["nodule_id"])
     ct, mask, attr, regions = arrays["ct"], arrays["mask"], arrays["attribution"], arrays["region_map"]
-    z = render.key_slice(mask, label, attribution=attr)
-    rule = render.key_slice_rule(mask, label, z, attribution=attr)
+    z, rule = render.key_slice_choice(mask, label, attribution=attr)
     center = (float(row["center_y"]), float(row["center_x"]))
     attr_max = float(attr.max()) or 1.0
     own = (mask[z] == label)

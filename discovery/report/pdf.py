@@ -14,7 +14,7 @@ The PDF shows what the HTML report (:mod:`discovery.report.html`) shows, laid ou
   show instead the nodules with the highest ``offmask_mass_share`` (up to
   :data:`MAX_FALLBACK`), or, when no nodule has attention off its mask, those with the
   highest P(malignant); the summary and each page say which.  A page has the nodule's key
-  axial slice (:data:`~discovery.report.render.KEY_SLICE_RULE`) in lung window, plain with the mask contour and with the
+  axial slice (:func:`~discovery.report.render.key_slice_choice`, its rule named) in lung window, plain with the mask contour and with the
   Grad-CAM overlay, a colour bar in raw Grad-CAM units (0 to the case maximum, one scale per
   case), the whole slice, the nodule's main off-mask region and the metrics.
 
@@ -58,7 +58,6 @@ from discovery.model.reliance import reliance_text
 from discovery.model.rois import nodule_label
 from discovery.patterns.outcomes import Exemplar, rules_summary
 from discovery.report import render
-from discovery.report.render import KEY_SLICE_RULE
 from discovery.report.data import (  # noqa: F401 -- MAX_FALLBACK, select_nodule_pages re-exported
     MAX_FALLBACK,
     SCORED_STATUSES,
@@ -567,7 +566,7 @@ class _View:
     px: float
     aspect: float
     half: int
-    rule: str = KEY_SLICE_RULE
+    rule: str
 
     @property
     def side(self) -> int:
@@ -579,8 +578,7 @@ def _view(ctx: dict, row) -> _View:
     ct, mask, attr = arrays["ct"], arrays["mask"], arrays["attribution"]
     label = nodule_label(row.nodule_id)
     try:
-        z = render.key_slice(mask, label, attribution=attr)
-        rule = render.key_slice_rule(mask, label, z, attribution=attr)
+        z, rule = render.key_slice_choice(mask, label, attribution=attr)
     except ValueError:
         z = int(np.clip(round(float(row.center_z)), 0, ct.shape[0] - 1))
         rule = "the nodule's centre: its label is not in the mask"

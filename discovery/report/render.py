@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 from functools import lru_cache
+from typing import NamedTuple
 
 import numpy as np
 
@@ -26,7 +27,8 @@ from discovery.report.style import fmt
 __all__ = [
     "WINDOWS", "MASK_COLOR", "REGION_COLOR", "COLORMAP", "window_image", "contour",
     "overlay_slice", "colorbar_image", "colorbar_ticks", "labelled_colorbar", "to_png_bytes",
-    "key_slice", "key_slice_rule", "KEY_SLICE_RULE", "KEY_SLICE_FALLBACK", "crop_around", "upscale", "thumbnail",
+    "KeySlice", "key_slice", "key_slice_choice", "KEY_SLICE_RULE", "KEY_SLICE_FALLBACK",
+    "crop_around", "upscale", "thumbnail",
     "densest_near_region", "side_by_side",
     "exemplar_image",
 ]
@@ -41,7 +43,7 @@ REGION_COLOR = (0, 255, 255)
 COLORMAP = "inferno"
 #: How :func:`key_slice` picks the slice the reports show, in their words.
 KEY_SLICE_RULE = "most attribution on the nodule"
-#: what :func:`key_slice` falls back to when the map is zero on every slice of the nodule
+#: What :func:`key_slice` falls back to when the map is zero on every slice of the nodule.
 KEY_SLICE_FALLBACK = "largest cross-section; no attribution on the nodule"
 
 
@@ -221,8 +223,16 @@ def to_png_bytes(rgb) -> bytes:
     return buf.getvalue()
 
 
-def key_slice(mask, label: int, *, attribution=None, slices=None) -> int:
-    """Index of the axial slice (axis 0) the reports show for the nodule *label*.
+class KeySlice(NamedTuple):
+    """The slice :func:`key_slice_choice` picked and the rule that picked it, in the reports'
+    words (:data:`KEY_SLICE_RULE` or :data:`KEY_SLICE_FALLBACK`)."""
+
+    index: int
+    rule: str
+
+
+def key_slice_choice(mask, label: int, *, attribution=None, slices=None) -> KeySlice:
+    """The axial slice (axis 0) the reports show for the nodule *label*, and why.
 
     Without *attribution*: the slice holding the most voxels of *label* (its largest
     cross-section).  With *attribution* (same shape as *mask*): among the slices holding
@@ -231,7 +241,8 @@ def key_slice(mask, label: int, *, attribution=None, slices=None) -> int:
     cross-section can lie outside the few slices the map covers); the largest cross-section
     when that attribution is zero on every such slice.  Ties go to the lowest index.
     *slices*: the indices of the slices that hold *label*, when the caller knows them (the
-    app's cached label counts), so that only those slices are read.
+    app's cached label counts), so that only those slices are read.  The rule says which of
+    the two chose, so that a caption never claims the map chose a slice it did not.
 
     Raises ValueError when *label* is not in *mask* or *attribution* has another shape.
     """
@@ -246,28 +257,19 @@ def key_slice(mask, label: int, *, attribution=None, slices=None) -> int:
     counts = m.reshape(m.shape[0], -1).sum(axis=1)
     if not counts.any():
         raise ValueError(f"label {label!r} is not in the mask")
+    largest = KeySlice(int(zs[np.argmax(counts)]), KEY_SLICE_FALLBACK)
     if attribution is None:
-        return int(zs[np.argmax(counts)])
+        return largest
     ys, xs = np.nonzero(m.any(axis=0))
     box = np.asarray(attribution)[pick, ys.min():ys.max() + 1, xs.min():xs.max() + 1]
     score = np.where(counts > 0, box.reshape(box.shape[0], -1).sum(axis=1, dtype=np.float64),
                      -np.inf)
-    return int(zs[np.argmax(score)] if score.max() > 0 else zs[np.argmax(counts)])
+    return KeySlice(int(zs[np.argmax(score)]), KEY_SLICE_RULE) if score.max() > 0 else largest
 
 
-def key_slice_rule(mask, label: int, z: int, *, attribution=None) -> str:
-    """Which rule chose slice *z* of :func:`key_slice` for *label*: :data:`KEY_SLICE_RULE`
-    when *attribution* is given and positive within the label's in-plane box on slice *z*,
-    else :data:`KEY_SLICE_FALLBACK` (the largest cross-section), so that a caption never
-    claims the map chose a slice it did not."""
-    if attribution is None:
-        return KEY_SLICE_FALLBACK
-    m = np.asarray(mask)[z] == label
-    if not m.any():
-        return KEY_SLICE_FALLBACK
-    ys, xs = np.nonzero(m)
-    box = np.asarray(attribution)[z, ys.min():ys.max() + 1, xs.min():xs.max() + 1]
-    return KEY_SLICE_RULE if float(box.sum(dtype=np.float64)) > 0 else KEY_SLICE_FALLBACK
+def key_slice(mask, label: int, *, attribution=None, slices=None) -> int:
+    """Index of the axial slice :func:`key_slice_choice` picks (same parameters)."""
+    return key_slice_choice(mask, label, attribution=attribution, slices=slices).index
 
 
 def crop_around(arr2d, center_yx, half_size: int) -> np.ndarray:
