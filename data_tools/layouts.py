@@ -157,8 +157,15 @@ def _annotations_only(folder: Path) -> bool:
 def _one_case_with_annotations_beside(subdirs: list[Path]) -> bool:
     """One sub-folder holds images and every other one only annotation XML (module
     docstring): the folder above them is one case."""
-    with_images = [d for d in subdirs if _images_below(d)]
-    return (len(with_images) == 1 and len(subdirs) > 1
+    if len(subdirs) < 2:
+        return False
+    with_images = []
+    for d in subdirs:            # a folder of case folders: decided at its second case
+        if _images_below(d):
+            with_images.append(d)
+            if len(with_images) > 1:
+                return False
+    return (len(with_images) == 1
             and all(_annotations_only(d) for d in subdirs if d is not with_images[0]))
 
 

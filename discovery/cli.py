@@ -554,16 +554,13 @@ def _layer_line(card, probe, named: str = "from the sidecar") -> str:
 
 
 def cmd_model_compile(args) -> int:
-    import json
-
     from discovery.model.card import default_model_dir, load_model
-    from discovery.model.compiled import COMPILED_META, write_compiled
+    from discovery.model.compiled import COMPILED_META, COMPILED_NAME, write_compiled
 
     folder = Path(args.model) if args.model is not None else default_model_dir()
     model, card = load_model(folder)          # the MONAI network; ModelError names the problem
-    path = write_compiled(model, card, folder)
-    diff = json.loads((folder / COMPILED_META).read_text())["max_abs_difference"]
-    _console().print(f"wrote {path.name} and {COMPILED_META} in the model folder; largest "
+    diff = write_compiled(model, card, folder)["max_abs_difference"]
+    _console().print(f"wrote {COMPILED_NAME} and {COMPILED_META} in the model folder; largest "
                      f"difference to the MONAI network {diff:.2g} (logits and every stage)",
                      markup=False)
     return 0

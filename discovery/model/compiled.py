@@ -202,11 +202,12 @@ def compile_network(net: torch.nn.Module, card: ModelCard, *, seed: int = 0
     return archive, diff
 
 
-def write_compiled(net: torch.nn.Module, card: ModelCard, out_dir: str | Path) -> Path:
+def write_compiled(net: torch.nn.Module, card: ModelCard, out_dir: str | Path) -> dict:
     """Write the compiled copy of *net* and its record into the model folder *out_dir*.
 
     *card* must be the card saved with the weights (its ``weights_sha256`` set).  Returns the
-    archive's path.  Raises :class:`ModelError` as :func:`compile_network` does.
+    record written to :data:`COMPILED_META` (``max_abs_difference`` among its keys).  Raises
+    :class:`ModelError` as :func:`compile_network` does.
     """
     out = Path(out_dir)
     archive, diff = compile_network(net, card)
@@ -218,7 +219,7 @@ def write_compiled(net: torch.nn.Module, card: ModelCard, out_dir: str | Path) -
             "max_abs_difference": diff, "stages": list(STAGES)}
     with atomic_path(out / COMPILED_META) as tmp:
         tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    return out / COMPILED_NAME
+    return meta
 
 
 def compiled_mismatch(model_dir: str | Path, card: ModelCard) -> str | None:

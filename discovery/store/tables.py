@@ -203,6 +203,12 @@ def _upsert(table: str, columns: list[str], key: tuple[str, ...]) -> str:
             f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}")
 
 
+def _write_meta(con, values: dict[str, Any]) -> None:
+    """Upsert meta keys (JSON values) in the caller's transaction."""
+    con.executemany(_upsert("meta", ["key", "value"], ("key",)),
+                    [(k, json.dumps(v)) for k, v in values.items()])
+
+
 class ResultsStore:
     """Open (creating if needed) the results store of the results folder *results_dir*.
 
@@ -323,8 +329,7 @@ class ResultsStore:
     # -- meta ----------------------------------------------------------------------------
     def set_meta(self, **values: Any) -> None:
         with self.write() as con:
-            con.executemany(_upsert("meta", ["key", "value"], ("key",)),
-                            [(k, json.dumps(v)) for k, v in values.items()])
+            _write_meta(con, values)
 
     def threshold(self) -> float:
         """The decision threshold the results were scored with (:func:`decision_threshold`)."""
@@ -400,8 +405,7 @@ class ResultsStore:
         clusters = clusters.reindex(columns=CLUSTER_COLUMNS)
         with self.write() as con:
             if settings is not None:
-                con.execute(_upsert("meta", ["key", "value"], ("key",)),
-                            ("pattern_settings", json.dumps(settings)))
+                _write_meta(con, {"pattern_settings": settings})
             con.execute("UPDATE nodules SET flag_score = NULL, flagged = 0, flag_clusters = ''")
             if flags is not None:
                 con.executemany(
