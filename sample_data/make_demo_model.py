@@ -9,7 +9,7 @@ training seed and settings, and the held-out test AUROC.
 
 Usage: ``python sample_data/make_demo_model.py [--cases 400] [--seed 2026] [--epochs 40]
 [--out sample_data/demo_model] [--rois-cache FILE.npz] [--config JSON] [--stages 3]
-[--workers 2]``
+[--widths 8,16,32] [--workers 2]``
 (about 25 minutes on 2 CPU cores: 3 minutes generating the cases in 2 processes, about 30 s
 an epoch).  ``--config`` names a JSON file of :class:`data_tools.synthetic.SyntheticConfig`
 fields that replace the defaults (default: ``sample_data/demo_model/cohort.json``, the
@@ -49,6 +49,9 @@ def main(argv=None) -> int:
     ap.add_argument("--stages", type=int, default=3, choices=(2, 3, 4),
                     help="ResNet stages kept (the CAM layer is the last: layer2 gives 16^3 cells "
                          "of 3 mm; default 3, the committed model's layer3)")
+    ap.add_argument("--widths", default=None,
+                    help="comma-separated channels of the stages (block_inplanes), e.g. 8,32 "
+                         "for a 2-stage network with a wider layer2; default: the card's")
     ap.add_argument("--workers", type=int, default=2,
                     help="processes generating the cases (the ROIs do not depend on it)")
     ap.add_argument("--domain-only", action="store_true",
@@ -62,8 +65,13 @@ def main(argv=None) -> int:
     def log(msg: str) -> None:
         sys.stderr.write(f"[{time.perf_counter() - t0:6.0f} s] {msg}\n")
 
-    card = ModelCard(architecture=dict(default_architecture(), stages=args.stages),
-                     gradcam_layer=f"layer{args.stages}")
+    architecture = dict(default_architecture(), stages=args.stages)
+    if args.widths:
+        widths = [int(w) for w in args.widths.split(",")]
+        inplanes = list(architecture["kwargs"]["block_inplanes"])
+        inplanes[: len(widths)] = widths
+        architecture["kwargs"] = dict(architecture["kwargs"], block_inplanes=inplanes)
+    card = ModelCard(architecture=architecture, gradcam_layer=f"layer{args.stages}")
     config = SyntheticConfig.read(args.config) if args.config else None
     cache = Path(args.rois_cache) if args.rois_cache else None
     if cache is not None and cache.is_file():

@@ -340,3 +340,16 @@ def test_lung_components_beyond_65535_components(n_bubbles):
     got = lung_components(hu, spacing_mm=spacing)
     np.testing.assert_array_equal(got, _components_reference(hu, spacing))
     assert got[5:35, 20:60, 20:60].all() and got.sum() == 30 * 40 * 40
+
+
+@pytest.mark.parametrize("slab_voxels", [1, 150, 10_000, 1 << 22])
+def test_component_sizes_counted_by_slab_equal_one_bincount(slab_voxels):
+    """The lungs' component sizes are counted a few slices at a time (no 64-bit copy of a
+    whole scan's labels); any slab size gives the whole-volume count."""
+    from discovery.regions.descriptors import _component_sizes
+
+    rng = np.random.default_rng(3)
+    labels, n = ndimage.label(rng.random((13, 17, 19)) < 0.3)
+    labels = labels.astype(np.uint16)
+    np.testing.assert_array_equal(_component_sizes(labels, n, slab_voxels=slab_voxels),
+                                  np.bincount(labels.ravel(), minlength=n + 1))
