@@ -317,3 +317,46 @@ def test_verdict_agreement_hand_computed():
     assert math.isnan(none.balanced_accuracy)
     with pytest.raises(ValueError, match="one length"):
         verdict_agreement(["aligned"], [1.0, 0.0], [1])
+
+
+def test_describe_agreement_states_the_figure_and_warns_below_the_target():
+    from discovery.align.metrics import MIN_VERDICT_AGREEMENT, Agreement, describe_agreement
+
+    verdicts = ["aligned", "aligned", "partial", "off-mask", "aligned", "partial"]
+    text, weak = describe_agreement(verdict_agreement(verdicts, [1, 0, 1, 0, np.nan, 0], [1] * 6))
+    # 5 compared, 2 rest on the nodule; sensitivity 1/2, specificity 2/3, BA 0.58
+    assert weak and "Of 5 predicted-malignant nodules" in text and "2 rest on" in text
+    assert "balanced accuracy 0.58 (sensitivity 0.50, specificity 0.67)" in text
+    assert "weak evidence" in text
+    good = Agreement(balanced_accuracy=MIN_VERDICT_AGREEMENT, sensitivity=0.9, specificity=0.9,
+                     n=20, n_rests=10)
+    text, weak = describe_agreement(good)
+    assert not weak and "balanced accuracy 0.90" in text and "weak" not in text
+    # one class only: the one share that can be measured decides
+    text, weak = describe_agreement(verdict_agreement(["aligned", "partial"], [0, 0], [1, 1]))
+    assert weak and "0 rest on" in text and "50% of them are nevertheless 'aligned'" in text
+    text, weak = describe_agreement(verdict_agreement(["aligned"], [1], [1]))
+    assert not weak and "1 rests on" in text and "100% of them are 'aligned'" in text
+    text, weak = describe_agreement(verdict_agreement(["aligned"], [np.nan], [1]))
+    assert not weak and "could not be measured" in text
+
+
+def test_agreement_reading_of_a_findings_table():
+    import pandas as pd
+
+    from discovery.patterns.outcomes import agreement_reading
+
+    findings = pd.DataFrame({
+        "status": ["ok", "ok", "ok", "ok", "failed", "ok"],
+        "verdict": ["aligned", "partial", "aligned", "off-mask", "aligned", "aligned"],
+        "predicted_label": [1, 1, 1, 1, 1, 0],
+        "rests_on_nodule": [1.0, 1.0, 0.0, 0.0, 0.0, 1.0],
+    })
+    # compared: the four scored predicted-malignant rows; sensitivity 1/2, specificity 1/2
+    text, weak = agreement_reading(findings)
+    assert weak and "Of 4 predicted-malignant nodules" in text
+    assert "balanced accuracy 0.50 (sensitivity 0.50, specificity 0.50)" in text
+    text, weak = agreement_reading(findings.drop(columns="rests_on_nodule"))
+    assert not weak and "not measured for these results" in text
+    with pytest.raises(ValueError, match="verdict"):
+        agreement_reading(findings.drop(columns="verdict"))

@@ -264,6 +264,13 @@ def test_overview_shows_the_three_outcomes_side_by_side(tiny_results):
     from discovery.patterns.outcomes import rules_summary
 
     assert any(c.value.startswith(rules_summary()) for c in at.caption)
+    # the verdicts checked against the reliance on the nodule, as a warning when weak
+    from discovery.patterns.outcomes import agreement_reading
+    from discovery.store.tables import ResultsStore
+
+    text, weak = agreement_reading(ResultsStore(tiny_results, create=False).findings())
+    shown = [w.value for w in at.warning] if weak else [c.value for c in at.caption]
+    assert text in shown and "verdicts agree with what the model does" in text
 
 
 def test_overview_without_regions_has_no_shortcut_or_pattern(tiny_results_no_regions):

@@ -32,6 +32,17 @@ def test_report_shows_the_three_outcomes_side_by_side(tiny_results):
     # the cluster section keeps its exemplars, one per patient
     patterns = html[html.index("Off-mask attention patterns"):]
     assert patterns.count("<figure>") == 2
+    # above the outcomes: the verdicts against the reliance on the nodule
+    import html as html_lib
+
+    from discovery.patterns.outcomes import agreement_reading
+    from discovery.store.tables import ResultsStore
+
+    text, weak = agreement_reading(ResultsStore(tiny_results, create=False).findings())
+    before = section[:section.index('class="outcome"')]
+    shown = (f'<p class="warn"><b>Warning.</b> {html_lib.escape(text)}</p>' if weak
+             else f'<p class="note">{html_lib.escape(text)}</p>')
+    assert shown in before
 
 
 def test_tables_csv_and_parquet_hold_the_same_versioned_tables(tiny_results, tmp_path):

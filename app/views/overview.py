@@ -9,7 +9,8 @@ from app import common
 from discovery.background import read_progress
 from discovery.explain.faithfulness_rule import RULE, faithfulness_warning
 from discovery.model.domain import applicability_summary
-from discovery.patterns.outcomes import SCORED_STATUSES, read_outcomes, rules_summary
+from discovery.patterns.outcomes import (SCORED_STATUSES, agreement_reading, read_outcomes,
+                                         rules_summary)
 from discovery.report import render
 from discovery.report.style import DISPLAY_THRESHOLD
 from discovery.store.tables import sanity_summary
@@ -90,6 +91,12 @@ if len(faithfulness):
 elif not running:
     st.caption("Whether the maps are faithful to the model was not checked: "
                "`discovery sanity RESULTS` measures it.")
+
+agreement, weak = agreement_reading(findings)
+if weak:
+    st.warning(agreement, icon=":material/rule:")
+else:
+    st.caption(agreement)
 
 outside = applicability_summary(scored["applicability"] if "applicability" in scored else ())
 if outside:

@@ -48,6 +48,8 @@ __all__ = [
     "align",
     "VERDICTS",
     "Agreement",
+    "MIN_VERDICT_AGREEMENT",
+    "describe_agreement",
     "verdict_agreement",
     "describe_verdicts",
 ]
@@ -566,6 +568,54 @@ def verdict_agreement(verdicts, rests_on_nodule, predicted_label) -> Agreement:
     spec = float((~aligned[~truth]).mean()) if (~truth).any() else math.nan
     return Agreement(balanced_accuracy=(sens + spec) / 2, sensitivity=sens, specificity=spec,
                      n=int(keep.sum()), n_rests=int(truth.sum()))
+
+
+#: Balanced accuracy under which :func:`describe_agreement` calls the verdicts weak evidence of
+#: what the model does (issue 18's target for the agreement).
+MIN_VERDICT_AGREEMENT = 0.9
+
+
+def describe_agreement(agreement: Agreement) -> tuple[str, bool]:
+    """*agreement* in one plain sentence for the app and the reports, and whether it is weak.
+
+    Parameters
+    ----------
+    agreement : Agreement
+        :func:`verdict_agreement` of a cohort.
+
+    Returns
+    -------
+    sentence : str
+        What was compared, the balanced accuracy with its sensitivity and specificity (or,
+        when one class is empty, the one share that can be measured), and what to make of it.
+    weak : bool
+        True when the balanced accuracy is below :data:`MIN_VERDICT_AGREEMENT`, or when only
+        one class exists and its share is: then an ``aligned`` verdict alone is weak evidence
+        that the prediction rests on the nodule.  False when nothing could be compared.
+    """
+    a = agreement
+    if a.n == 0:
+        return ("Whether the verdicts agree with what the model does could not be measured: "
+                "no predicted-malignant nodule has a measured reliance on the nodule.", False)
+    what = (f"Do the verdicts agree with what the model does? Of {a.n} predicted-malignant "
+            f"nodule{'s' if a.n != 1 else ''} with a measured reliance, {a.n_rests} rest"
+            f"{'s' if a.n_rests == 1 else ''} on the nodule (replacing it with lung parenchyma "
+            "takes away at least half of P(malignant), beyond a control's change); ")
+    if math.isfinite(a.balanced_accuracy):
+        score = a.balanced_accuracy
+        told = (f"'aligned' agrees with that at balanced accuracy {score:.2f} (sensitivity "
+                f"{a.sensitivity:.2f}, specificity {a.specificity:.2f})")
+    elif a.n_rests:
+        score = a.sensitivity
+        told = f"{a.sensitivity:.0%} of them are 'aligned'"
+    else:
+        score = a.specificity
+        told = f"{1 - a.specificity:.0%} of them are nevertheless 'aligned'"
+    weak = not score >= MIN_VERDICT_AGREEMENT
+    tail = (" A verdict alone is therefore weak evidence that a prediction rests on its "
+            "nodule on this cohort: the 'On the tumour' outcome asks for both."
+            if weak else " The verdicts can be read as what the model uses.")
+    return what + told + "." + tail, weak
 
 
 def describe_verdicts(thresholds: AlignThresholds = AlignThresholds()) -> str:

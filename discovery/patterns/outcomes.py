@@ -47,11 +47,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from discovery.align.metrics import describe_agreement, verdict_agreement
 from discovery.model.rois import nodule_label
 from discovery.schema import DEFAULT_THRESHOLD, MIN_EFFECT
 
 __all__ = ["ARTIFACT_HU", "OUTCOMES", "READINGS", "SCORED_STATUSES", "Exemplar", "Panel",
-           "OutcomeReadings", "cluster_readings", "nodule_outcomes", "outcome_panels",
+           "OutcomeReadings", "agreement_reading", "cluster_readings", "nodule_outcomes", "outcome_panels",
            "read_outcomes", "rules_summary"]
 
 #: Median halo density (HU) from which a cluster reads as an artifact (metal-like).
@@ -79,6 +80,36 @@ def rules_summary() -> str:
         "tumour: verdict aligned "
         "and the prediction rests on the nodule (replacing it with lung parenchyma takes away "
         "at least half of P(malignant), beyond a volume-matched control's change).")
+
+
+def agreement_reading(findings: pd.DataFrame) -> tuple[str, bool]:
+    """Do the verdicts agree with the reliance on the nodule on this cohort?
+
+    Parameters
+    ----------
+    findings : pandas.DataFrame
+        The findings table (columns ``status``, ``verdict``, ``predicted_label`` and, when
+        scored with the reliance, ``rests_on_nodule``).
+
+    Returns
+    -------
+    sentence : str
+        :func:`discovery.align.metrics.describe_agreement` of the scored nodules, or why it
+        cannot be measured (results scored before the reliance existed).
+    weak : bool
+        Whether to show it as a warning.
+    """
+    _need(findings, ["status", "verdict", "predicted_label"], "findings")
+    if "rests_on_nodule" not in findings.columns:
+        return ("Whether the verdicts agree with what the model does was not measured for "
+                "these results (scored before the reliance on the nodule existed); scoring "
+                "them again measures it.", False)
+    scored = findings[findings["status"].isin(SCORED_STATUSES)]
+    agreement = verdict_agreement(
+        scored["verdict"].astype(str).to_numpy(),
+        pd.to_numeric(scored["rests_on_nodule"], errors="coerce").to_numpy(dtype=float),
+        pd.to_numeric(scored["predicted_label"], errors="coerce").to_numpy(dtype=float))
+    return describe_agreement(agreement)
 
 
 def _need(df: pd.DataFrame, columns, what: str) -> None:

@@ -56,7 +56,7 @@ from discovery.model.domain import applicability_summary
 from discovery.align.metrics import AlignThresholds, describe_verdicts
 from discovery.model.reliance import reliance_text
 from discovery.model.rois import nodule_label
-from discovery.patterns.outcomes import Exemplar, rules_summary
+from discovery.patterns.outcomes import Exemplar, agreement_reading, rules_summary
 from discovery.report import render
 from discovery.report.data import (  # noqa: F401 -- MAX_FALLBACK, select_nodule_pages re-exported
     MAX_FALLBACK,
@@ -232,10 +232,12 @@ def _counts(doc: Doc, ctx: dict) -> None:
 
 
 def _warning(doc: Doc, ctx: dict) -> None:
-    """The warnings above the three outcomes: the scoring method's maps did not pass; nodules
-    outside what the model knows."""
+    """The warnings above the three outcomes: the scoring method's maps did not pass; the
+    verdicts agree poorly with the reliance on the nodule; nodules outside what the model
+    knows.  A verdict agreement that is not weak is stated as plain text."""
     scored = ctx["scored"]
-    for text in (faithfulness_warning(ctx["sanity"], ctx["method"]),
+    agreement, weak = agreement_reading(scored)
+    for text in (faithfulness_warning(ctx["sanity"], ctx["method"]), agreement if weak else "",
                  applicability_summary(scored["applicability"] if "applicability" in scored
                                        else ())):
         if not text:
@@ -247,6 +249,8 @@ def _warning(doc: Doc, ctx: dict) -> None:
         doc.text(text, x=MARGIN + 0.12, top=doc.y + 0.05, size=9, weight="bold",
                  width=CONTENT_W - 0.24, color="#c53030")
         doc.y += 0.16
+    if not weak:
+        doc.text(agreement, size=8.5, color=GRAY)
 
 
 def _faithfulness(doc: Doc, ctx: dict) -> None:
