@@ -52,8 +52,8 @@ from discovery.model.rois import nodule_label
 from discovery.schema import DEFAULT_THRESHOLD, MIN_EFFECT
 
 __all__ = ["ARTIFACT_HU", "OUTCOMES", "READINGS", "SCORED_STATUSES", "Exemplar", "Panel",
-           "OutcomeReadings", "agreement_reading", "cluster_readings", "nodule_outcomes", "outcome_panels",
-           "read_outcomes", "rules_summary"]
+           "OutcomeReadings", "agreement_reading", "cluster_readings", "nodule_outcomes",
+           "outcome_panels", "read_outcomes", "rules_summary"]
 
 #: Median halo density (HU) from which a cluster reads as an artifact (metal-like).
 ARTIFACT_HU = 2000.0

@@ -10,14 +10,17 @@ from pathlib import Path
 
 import pandas as pd
 
+from discovery.explain.faithfulness_rule import faithfulness_warning
+from discovery.model.domain import applicability_summary
 from discovery.patterns.outcomes import (
     SCORED_STATUSES,
     OutcomeReadings,
     Panel,
+    agreement_reading,
     read_outcomes,
 )
 from discovery.report.style import CaseArrayCache
-from discovery.store.tables import ResultsStore
+from discovery.store.tables import ResultsStore, sanity_summary
 
 __all__ = ["SCORED_STATUSES", "MAX_FALLBACK", "ReportData", "select_nodule_pages", "any_offmask"]
 
@@ -71,6 +74,34 @@ class ReportData:
     def scored(self) -> pd.DataFrame:
         """The findings of scored nodules (status in :data:`SCORED_STATUSES`)."""
         return self.findings[self.findings["status"].isin(SCORED_STATUSES)]
+
+    @cached_property
+    def sanity(self) -> pd.DataFrame:
+        """Each checked method's faithfulness verdict
+        (:func:`discovery.store.tables.sanity_summary`)."""
+        return sanity_summary(self.randomization, self.perturbation)
+
+    @cached_property
+    def outcome_checks(self) -> tuple[tuple[str, ...], str]:
+        """What both reports state above the three outcomes.
+
+        Returns
+        -------
+        warnings : tuple of str
+            In order, those that apply: the scoring method's maps did not pass the
+            faithfulness check; the verdicts agree poorly with the reliance on the nodule
+            (:func:`discovery.patterns.outcomes.agreement_reading`); nodules outside what the
+            model knows.
+        note : str
+            The verdicts' agreement when it is not a warning, else ``""``.
+        """
+        scored = self.scored
+        agreement, weak = agreement_reading(scored)
+        texts = (faithfulness_warning(self.sanity, self.meta.get("method")),
+                 agreement if weak else "",
+                 applicability_summary(scored["applicability"] if "applicability" in scored
+                                       else ()))
+        return tuple(t for t in texts if t), "" if weak else agreement
 
     @cached_property
     def outcome_readings(self) -> OutcomeReadings:

@@ -19,7 +19,7 @@ import pandas as pd
 from discovery.align.metrics import AlignThresholds, describe_verdicts
 from discovery.model.reliance import reliance_text
 from discovery.model.rois import nodule_label
-from discovery.patterns.outcomes import agreement_reading, rules_summary
+from discovery.patterns.outcomes import rules_summary
 from discovery.report import render
 from discovery.report.data import ReportData
 from discovery.report.style import (
@@ -31,8 +31,7 @@ from discovery.report.style import (
     fmt,
     pct,
 )
-from discovery.explain.faithfulness_rule import RULE, faithfulness_warning
-from discovery.model.domain import applicability_summary
+from discovery.explain.faithfulness_rule import RULE
 from discovery.store.tables import sanity_summary
 
 __all__ = ["build_html"]
@@ -185,17 +184,11 @@ The heat map exists only inside each nodule's 48 mm analysis box, so it can end 
 
 
 def _faithfulness_warning(data: ReportData) -> str:
-    """The warnings above the three outcomes: the scoring method's maps did not pass; the
-    verdicts agree poorly with the reliance on the nodule; nodules outside what the model
-    knows.  A verdict agreement that is not weak is stated as a plain note."""
-    summary = sanity_summary(data.randomization, data.perturbation)
-    agreement, weak = agreement_reading(data.scored)
-    texts = [faithfulness_warning(summary, data.meta.get("method")),
-             agreement if weak else "",
-             applicability_summary(data.scored["applicability"]
-                                   if "applicability" in data.scored else ())]
-    out = "".join(f'<p class="warn"><b>Warning.</b> {html.escape(t)}</p>' for t in texts if t)
-    return out if weak else out + f'<p class="note">{html.escape(agreement)}</p>'
+    """The warnings above the three outcomes (:attr:`ReportData.outcome_checks`), then the
+    verdicts' agreement as a plain note when it is not one of them."""
+    warnings, note = data.outcome_checks
+    out = "".join(f'<p class="warn"><b>Warning.</b> {html.escape(t)}</p>' for t in warnings)
+    return out + (f'<p class="note">{html.escape(note)}</p>' if note else "")
 
 
 def _sanity_section(randomization: pd.DataFrame, perturbation: pd.DataFrame) -> str:

@@ -51,12 +51,11 @@ import numpy as np
 import pandas as pd
 
 from data_tools.files import atomic_path
-from discovery.explain.faithfulness_rule import RULE, faithfulness_warning
-from discovery.model.domain import applicability_summary
+from discovery.explain.faithfulness_rule import RULE
 from discovery.align.metrics import AlignThresholds, describe_verdicts
 from discovery.model.reliance import reliance_text
 from discovery.model.rois import nodule_label
-from discovery.patterns.outcomes import Exemplar, agreement_reading, rules_summary
+from discovery.patterns.outcomes import Exemplar, rules_summary
 from discovery.report import render
 from discovery.report.data import (  # noqa: F401 -- MAX_FALLBACK, select_nodule_pages re-exported
     MAX_FALLBACK,
@@ -92,7 +91,6 @@ from discovery.report.style import (
     fmt,
     pct,
 )
-from discovery.store.tables import sanity_summary
 
 __all__ = ["write_pdf", "select_nodule_pages", "MAX_FALLBACK", "AUTHOR", "TITLE", "MIN_PT"]
 
@@ -175,8 +173,7 @@ def _context(results_dir: Path) -> dict:
         "layer": str(meta.get("gradcam_layer", "") or "-"),
         "date": _results_date(meta, data.cases), "spacing": _case_spacing(data.cases),
         "box_mm": _box_mm(meta),
-        "sanity": sanity_summary(data.randomization, data.perturbation),
-        "method": meta.get("method"),
+        "sanity": data.sanity, "checks": data.outcome_checks,
     }
 
 
@@ -232,16 +229,10 @@ def _counts(doc: Doc, ctx: dict) -> None:
 
 
 def _warning(doc: Doc, ctx: dict) -> None:
-    """The warnings above the three outcomes: the scoring method's maps did not pass; the
-    verdicts agree poorly with the reliance on the nodule; nodules outside what the model
-    knows.  A verdict agreement that is not weak is stated as plain text."""
-    scored = ctx["scored"]
-    agreement, weak = agreement_reading(scored)
-    for text in (faithfulness_warning(ctx["sanity"], ctx["method"]), agreement if weak else "",
-                 applicability_summary(scored["applicability"] if "applicability" in scored
-                                       else ())):
-        if not text:
-            continue
+    """The warnings above the three outcomes (:attr:`ReportData.outcome_checks`), then the
+    verdicts' agreement as plain text when it is not one of them."""
+    warnings, note = ctx["checks"]
+    for text in warnings:
         text = "Warning. " + text
         h = text_height(len(wrap(text, CONTENT_W - 0.24, 9, "bold")), 9)
         doc.need(h + 0.2)
@@ -249,8 +240,8 @@ def _warning(doc: Doc, ctx: dict) -> None:
         doc.text(text, x=MARGIN + 0.12, top=doc.y + 0.05, size=9, weight="bold",
                  width=CONTENT_W - 0.24, color="#c53030")
         doc.y += 0.16
-    if not weak:
-        doc.text(agreement, size=8.5, color=GRAY)
+    if note:
+        doc.text(note, size=8.5, color=GRAY)
 
 
 def _faithfulness(doc: Doc, ctx: dict) -> None:
