@@ -125,6 +125,12 @@ def clusters(store: ResultsStore) -> pd.DataFrame:
     return _cached(store, "clusters")
 
 
+def labels(store: ResultsStore) -> pd.DataFrame:
+    """:meth:`ResultsStore.labels` (the known true labels), read again only when the store
+    changed."""
+    return _cached(store, "labels")
+
+
 def reviews(store: ResultsStore, item_type: str | None = None) -> pd.DataFrame:
     """:meth:`ResultsStore.reviews`, read again only when the store changed."""
     return _cached(store, "reviews", item_type)

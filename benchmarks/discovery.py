@@ -27,7 +27,8 @@ label-independent distractor):
 * the verdict agreement: balanced accuracy between ``verdict == aligned`` and
   ``rests_on_nodule`` (:mod:`discovery.model.reliance`) on the predicted-malignant nodules.
 
-Usage: ``python benchmarks/discovery.py --seed S [--condition shortcut|sign] [--json FILE] [--train-cases N]
+Usage: ``python benchmarks/discovery.py --seed S [--condition shortcut|sign]
+[--sign pleural_tail|satellite_nodule|ground_glass_halo] [--json FILE] [--train-cases N]
 [--test-cases N] [--epochs E] [--map METHOD@LAYER] [--method hdbscan|spectral]
 [--features region|structure] [--cache DIR]``; ``python benchmarks/discovery.py summary
 A.json B.json ...`` prints one table row per run from their ``--json`` files.
@@ -65,7 +66,7 @@ from discovery.patterns.clustering import (FEATURE_COLUMNS, STRUCTURE_FEATURES, 
 from discovery.pipeline import HALO_MM, ScoreSettings, analyze_scan  # noqa: E402
 from discovery.model.train import TrainSettings, synthetic_rois, train_model  # noqa: E402
 
-KINDS = ("marker_bead", "pleural_tail", "granuloma")
+#: The planted kinds of the shortcut condition and their roles.
 ROLE = {"marker_bead": "shortcut", "pleural_tail": "sign", "granuloma": "distractor"}
 #: Small, coarse scans: the benchmark measures discovery, not resampling.
 GEOMETRY = dict(shape_yx=160, n_slices=(64, 80), pixel_spacing_mm=(1.3, 1.6),
@@ -79,11 +80,41 @@ SIGN_CONFIG = replace(TEST_CONFIG, tail_width_mm=(4.0, 6.0), p_tail_malignant=0.
                       p_tail_benign=0.03)
 #: condition -> (training cohort, test cohort)
 CONDITIONS = {"shortcut": (TRAIN_CONFIG, TEST_CONFIG), "sign": (SIGN_CONFIG, SIGN_CONFIG)}
+#: The planted kinds that can be the sign (``--sign``), with their probability fields'
+#: prefix in :class:`~data_tools.synthetic.SyntheticConfig`: the pleural tail (a strand
+#: to the pleura, soft tissue), a satellite nodule (a small soft-tissue blob 7-11 mm away)
+#: and a ground-glass halo (a rim of lung density around the nodule).
+SIGN_KINDS = {"pleural_tail": "tail", "satellite_nodule": "satellite",
+              "ground_glass_halo": "halo"}
 TEST_SEED_OFFSET = 10_000
 
 
+def cohort_configs(condition: str, sign: str = "pleural_tail"):
+    """(training, test) cohort settings of *condition*; in the sign condition *sign* is the
+    informative kind (70 % of malignant, 3 % of benign nodules).  When the sign is not the
+    pleural tail, the tail is planted as often in benign as in malignant nodules (30 %), so
+    that it carries no label, like the bead."""
+    if condition != "sign" or sign == "pleural_tail":
+        return CONDITIONS[condition]
+    prefix = SIGN_KINDS[sign]
+    config = replace(TEST_CONFIG, p_tail_malignant=0.3, p_tail_benign=0.3,
+                     **{f"p_{prefix}_malignant": 0.7, f"p_{prefix}_benign": 0.03})
+    return config, config
+
+
+def kinds_and_roles(condition: str, sign: str = "pleural_tail") -> dict:
+    """Planted kind -> its role in *condition*: ``shortcut`` (the bead), ``sign``,
+    ``distractor`` (the granuloma) or ``uninformative`` (the tail when another kind is the
+    sign)."""
+    roles = dict(ROLE)
+    if condition == "sign" and sign != "pleural_tail":
+        roles["pleural_tail"] = "uninformative"
+        roles[sign] = "sign"
+    return roles
+
+
 def _cache_key(args) -> str:
-    train_config = CONDITIONS[args.condition][0]
+    train_config = cohort_configs(args.condition, args.sign)[0]
     blob = json.dumps([train_config.to_dict(), args.seed, args.train_cases, args.epochs,
                        default_architecture()], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
@@ -95,7 +126,8 @@ def _model(args, log):
         log(f"reusing model {out.name}")
         return load_model(out)
     card = ModelCard(architecture=default_architecture(), gradcam_layer="layer3")
-    data = synthetic_rois(args.seed, args.train_cases, card, config=CONDITIONS[args.condition][0])
+    data = synthetic_rois(args.seed, args.train_cases, card,
+                          config=cohort_configs(args.condition, args.sign)[0])
     log(f"training cohort: {args.train_cases} cases, {len(data.y)} nodules")
     settings = TrainSettings(epochs=args.epochs, patience=args.epochs, lr=2e-3,
                              val_fraction=0.15, test_fraction=0.0, seed=args.seed)
@@ -137,11 +169,12 @@ def run(args) -> dict:
     threshold = float(card.metrics.get("threshold", 0.5))
 
     t = time.perf_counter()
-    store, region_rows, nodule_rows, planted_seen = {}, [], [], {k: [0, 0] for k in KINDS}
-    oracle: dict[str, list[float]] = {k: [] for k in KINDS}
+    roles = kinds_and_roles(args.condition, args.sign)
+    test_config = cohort_configs(args.condition, args.sign)[1]
+    store, region_rows, nodule_rows, planted_seen = {}, [], [], {k: [0, 0] for k in roles}
+    oracle: dict[str, list[float]] = {k: [] for k in roles}
     for i in range(args.test_cases):
-        c = generate_case(args.seed + TEST_SEED_OFFSET, config=CONDITIONS[args.condition][1],
-                          index=i)
+        c = generate_case(args.seed + TEST_SEED_OFFSET, config=test_config, index=i)
         vol, mask = Volume(c.hu, c.affine), Mask(c.mask, c.affine)
         res = analyze_scan(vol, mask, model, card, case_id=f"test-{i:04d}",
                            settings=_score_settings(args.map))
@@ -158,7 +191,7 @@ def run(args) -> dict:
                 kind, near_kinds, labels = _region_kinds(nod.region_labels == r.region_index,
                                                          c.planted[box], kinds, vol.spacing_mm)
                 row["kind"] = kind
-                for k in KINDS:
+                for k in roles:
                     row[f"near_{k}"] = k in near_kinds
                 found.update(labels)
         for it in c.planted_items:
@@ -179,6 +212,8 @@ def run(args) -> dict:
                     model, card, vol, site.center_zyx, c.planted == it["label"],
                     protect=c.mask > 0, seed=args.seed)
                 oracle[it["kind"]].append(p_without - n["probability"])
+                n[f"has_{it['kind']}"] = True
+                n[f"p_without_{it['kind']}"] = min(n.get(f"p_without_{it['kind']}", 1.0), p_without)
                 n["p_without_planted"] = min(n["p_without_planted"], p_without)
                 if it["kind"] == "marker_bead":
                     n["has_bead"] = True
@@ -213,10 +248,10 @@ def run(args) -> dict:
     truth_kind = clustered["kind"].to_numpy()
     labels = clustered["cluster"].to_numpy()
     per_kind = {}
-    for kind in KINDS:
+    for kind in roles:
         # A region near two planted structures counts for both kinds (multi-label truth).
         m = match_kind(labels, np.where(clustered[f"near_{kind}"], kind, "other"), kind)
-        row = {"role": ROLE[kind], "n_regions": m.n_truth, "cluster": m.cluster,
+        row = {"role": roles[kind], "n_regions": m.n_truth, "cluster": m.cluster,
                "precision": m.precision, "recall": m.recall, "f1": m.f1,
                "coverage": planted_seen[kind][1] / max(1, planted_seen[kind][0]),
                "n_planted": planted_seen[kind][0]}
@@ -246,13 +281,16 @@ def run(args) -> dict:
     rests_any = (nodules["probability"] >= threshold) & (nodules["p_without_planted"] < threshold)
     auroc_any = (float(roc_auc_score(rests_any, nodules["flag_score"]))
                  if 0 < rests_any.sum() < len(rests_any) else float("nan"))
+    surroundings = surroundings_figures(nodules, roles, threshold)
     distractor = per_kind["granuloma"]
     agreement = verdict_agreement(nodules["verdict"], nodules["rests_on_nodule"],
                                   nodules["predicted_label"])
-    train_config, test_config = CONDITIONS[args.condition]
+    train_config = cohort_configs(args.condition, args.sign)[0]
+    sign_prefix = SIGN_KINDS[args.sign]
     result = {
         "seed": args.seed,
         "condition": args.condition,
+        "sign": args.sign if args.condition == "sign" else None,
         "map": args.map,
         "settings": {"train_cases": args.train_cases, "test_cases": args.test_cases,
                      "epochs": args.epochs, "method": args.method, "features": args.features,
@@ -260,13 +298,16 @@ def run(args) -> dict:
                      "train_bead": [train_config.p_bead_malignant, train_config.p_bead_benign],
                      "test_bead": [test_config.p_bead_malignant, test_config.p_bead_benign],
                      "tail": [test_config.p_tail_malignant, test_config.p_tail_benign,
-                              list(test_config.tail_width_mm)]},
+                              list(test_config.tail_width_mm)],
+                     "sign": [getattr(test_config, f"p_{sign_prefix}_malignant"),
+                              getattr(test_config, f"p_{sign_prefix}_benign")]},
         "model_val_auroc": card.metrics.get("validation", {}).get("auroc"),
         "test_auroc": float(roc_auc_score(nodules["malignant"], nodules["probability"])),
         "n_nodules": len(nodules), "n_regions": len(clustered), "n_clusters": len(clusters),
         "noise_share": float((labels < 0).mean()) if len(labels) else float("nan"),
         "per_kind": per_kind,
         "ari": adjusted_rand(labels, truth_kind),
+        "surroundings": surroundings,
         "shortcut_nodules": int(rests.sum()),
         "flag_auroc": auroc,
         "planted_nodules": int(rests_any.sum()),
@@ -290,6 +331,31 @@ def run(args) -> dict:
     return result
 
 
+def surroundings_figures(nodules: pd.DataFrame, roles: dict, threshold: float) -> dict:
+    """The reliance on the nodules' surroundings against the truth: the group is the
+    predicted-malignant nodules resting on their surroundings; per kind, the share of the
+    group that has a structure of that kind (precision) and the share of the
+    predicted-malignant nodules resting on that kind (removing its true voxels takes away
+    at least half of P, as the reliance rule asks) that are in the group (recall)."""
+    pred = nodules["probability"] >= threshold
+    group = pred & (pd.to_numeric(nodules["rests_on_surroundings"], errors="coerce") == 1)
+    out = {"n_predicted": int(pred.sum()), "n_group": int(group.sum()), "per_kind": {}}
+    needed = np.maximum(0.05, 0.5 * nodules["probability"])
+    for kind in roles:
+        has = nodules.get(f"has_{kind}", pd.Series(False, index=nodules.index)).fillna(False)
+        without = nodules.get(f"p_without_{kind}", nodules["probability"]).fillna(
+            nodules["probability"])
+        rests = pred & has.astype(bool) & ((nodules["probability"] - without) >= needed)
+        precision = float((group & has.astype(bool)).sum() / group.sum()) if group.any() else float("nan")
+        recall = float((group & rests).sum() / rests.sum()) if rests.any() else float("nan")
+        f1 = (2 * precision * recall / (precision + recall)
+              if np.isfinite(precision) and np.isfinite(recall) and precision + recall > 0
+              else float("nan"))
+        out["per_kind"][kind] = {"n_resting_on_it": int(rests.sum()), "precision": precision,
+                                 "recall": recall, "f1": f1}
+    return out
+
+
 def _fmt(v, d=2):
     if isinstance(v, bool):
         return "yes" if v else "no"
@@ -299,7 +365,8 @@ def _fmt(v, d=2):
 
 
 def markdown(r: dict) -> str:
-    lines = [f"seed {r['seed']}, {r['condition']} condition, map {r.get('map', 'gradcam@layer3')}: {r['n_nodules']} test nodules, {r['n_regions']} regions, "
+    sign = f" ({r['sign']})" if r.get("sign") not in (None, "pleural_tail") else ""
+    lines = [f"seed {r['seed']}, {r['condition']}{sign} condition, map {r.get('map', 'gradcam@layer3')}: {r['n_nodules']} test nodules, {r['n_regions']} regions, "
              f"{r['n_clusters']} clusters ({100 * r['noise_share']:.0f} % unclustered); "
              f"test AUROC {r['test_auroc']:.3f} (bead decorrelated)", "",
              "| kind | role | planted | oracle Δp (true voxels removed) | model relies on it | coverage | regions | best cluster | P | R | F1 | top-10 P | cluster Δp | p (predicted) | p (truth) |",
@@ -313,6 +380,14 @@ def markdown(r: dict) -> str:
                      f"{_fmt(k['f1'])} | {_fmt(k.get('top10_precision'))} | "
                      f"{_fmt(k.get('effect_mean'), 3)} | "
                      f"{_fmt(k.get('p_predicted'), 4)} | {_fmt(k.get('p_truth'), 4)} |")
+    sr = r.get("surroundings")
+    if sr:
+        lines += ["", f"Resting on the surroundings (within 5 mm): {sr['n_group']} of "
+                  f"{sr['n_predicted']} predicted-malignant nodules; per kind (nodules resting "
+                  "on it; P / R / F1 of the group): " + "; ".join(
+                      f"{kind} {k['n_resting_on_it']}: {_fmt(k['precision'])} / "
+                      f"{_fmt(k['recall'])} / {_fmt(k['f1'])}"
+                      for kind, k in sr["per_kind"].items())]
     lines += ["", f"ARI {r['ari']:.2f}; shortcut flag AUROC {_fmt(r['flag_auroc'], 3)} "
               f"({r['shortcut_nodules']} nodules rest on the bead; flagged "
               f"{_fmt(r['flag_sensitivity'])} of them, {_fmt(r['flag_false_positive_rate'])} of the rest); "
@@ -347,18 +422,20 @@ def summary_table(results: list[dict]) -> str:
     """One markdown row per run (``--json`` files of :func:`run`), sorted by condition, map
     and seed: the figures the issue's targets are about."""
     lines = ["| condition | map | seed | test AUROC | regions / clusters | bead: oracle Δp (relied on) "
-             "| bead: coverage | bead: P / R / F1 / top-10 P | tail: oracle Δp (relied on) "
-             "| tail: coverage | tail: P / R / F1 / top-10 P | granuloma F1 "
+             "| bead: coverage | bead: P / R / F1 / top-10 P | sign (the tail unless named): oracle Δp "
+             "(relied on) | sign: coverage | sign: P / R / F1 / top-10 P | granuloma F1 "
              "| flag AUROC (nodules resting on the bead) "
              "| flag AUROC (resting on any planted structure) | distractor enriched "
              "| verdict agreement (n; resting on the nodule) | s |",
              "|---|---|---:|---:|---|---|---:|---|---|---:|---|---:|---|---|---|---|---:|"]
     for r in sorted(results, key=lambda r: (r["condition"], r.get("map", ""), r["seed"])):
         k, va = r["per_kind"], r["verdict_agreement"]
+        sign = r.get("sign") or "pleural_tail"
+        condition = r["condition"] + (f" ({sign})" if sign != "pleural_tail" else "")
         lines.append(
-            f"| {r['condition']} | {r.get('map', 'gradcam@layer3')} | {r['seed']} | "
+            f"| {condition} | {r.get('map', 'gradcam@layer3')} | {r['seed']} | "
             f"{r['test_auroc']:.3f} | {r['n_regions']} / {r['n_clusters']} | "
-            f"{_kind_cells(k['marker_bead'])} | {_kind_cells(k['pleural_tail'])} | "
+            f"{_kind_cells(k['marker_bead'])} | {_kind_cells(k[sign])} | "
             f"{_fmt(k['granuloma']['f1'])} | {_fmt(r['flag_auroc'], 3)} ({r['shortcut_nodules']}) | "
             f"{_fmt(r.get('flag_auroc_planted'), 3)} ({r.get('planted_nodules', '–')}) | "
             f"{_distractor_cell(r)} | {_fmt(va['balanced_accuracy'], 3)} "
@@ -376,7 +453,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--condition", default="shortcut", choices=sorted(CONDITIONS),
                     help="shortcut: the bead comes with malignancy in training only (default); "
-                         "sign: the pleural tail is informative in training and test alike")
+                         "sign: a planted kind (--sign) is informative in training and test alike")
+    ap.add_argument("--sign", default="pleural_tail", choices=sorted(SIGN_KINDS),
+                    help="the informative kind of the sign condition (default: the pleural tail)")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     ap.add_argument("--train-cases", type=int, default=200)
     ap.add_argument("--test-cases", type=int, default=120)

@@ -276,12 +276,12 @@ def analyze_scan(
         inputs = np.stack([network_input(r.hu, card) for r in rois])  # (N, C, S, S, S)
     with _stage(timings, "model"):
         probs, maps, acts, info = _score_rois(inputs, model, settings)
+    with _stage(timings, "descriptors"):
+        scene = _scene(volume, rois)
     with _stage(timings, "reliance"):
         reliances = nodule_reliance(model, card, volume, mask, sites=sites,
                                     probabilities=[float(p[1]) for p in probs],
-                                    settings=settings.reliance)
-    with _stage(timings, "descriptors"):
-        scene = _scene(volume, rois)
+                                    lung=scene.lung, settings=settings.reliance)
     with _stage(timings, "applicability"):
         fits = _applicability(volume, mask, sites, inputs, card)
     results: list[NoduleResult] = []

@@ -6,6 +6,11 @@ the tables (:mod:`discovery.patterns.causal` needs torch, :mod:`discovery.patter
 re-export them under the same names.
 """
 
+#: Reach (mm) of a nodule's surroundings in the reliance on them
+#: (:attr:`discovery.model.reliance.RelianceSettings.surroundings_mm`): the off-mask
+#: regions begin beyond the same distance (``OffMaskSettings.margin_mm``).
+SURROUNDINGS_MM = 5.0
+
 #: Columns :func:`discovery.patterns.causal.pattern_effects` adds to the cluster table.
 EFFECT_COLUMNS = ["effect_n", "effect_mean", "effect_ci_low", "effect_ci_high", "relied_upon"]
 #: Columns of the per-nodule flag table of :func:`discovery.patterns.causal.pattern_effects`.

@@ -68,6 +68,10 @@ def _tiny_case(case_id: str, *, nodule_yx, offmask_yx, probability: float, peak:
         "peak_distance_mm": 0.0, "near_mass": 0.55, "verdict": "partial", "n_offmask_regions": 1,
         "offmask_mass_share": 0.2, "volume_mm3": float(nod.sum()), "center_z": float(z0),
         "center_y": float(nodule_yx[0]), "center_x": float(nodule_yx[1]), "status": "ok", "error": "",
+        # the malignant call rests on its surroundings (a rim of ground glass), the other not
+        "p_without_surroundings": 0.25 if probability >= 0.5 else probability,
+        "rests_on_surroundings": float(probability >= 0.5),
+        "surroundings_median_hu": -610.0 if probability >= 0.5 else -850.0,
     }
     region = {
         "region_key": key, "case_id": case_id, "nodule_id": "n1", "region_index": 1,

@@ -54,6 +54,8 @@ def test_cases_page_lists_every_nodule_and_the_failed_case(tiny_results):
     table = at.dataframe[0].value
     assert sorted(zip(table["case_id"], table["nodule_id"])) == [("case-A", "n1"), ("case-B", "n1")]
     assert set(table["review_status"]) == {"to review"}
+    assert dict(zip(table["case_id"], table["rests_on_surroundings"])) == {"case-A": "yes",
+                                                                           "case-B": "no"}
     assert {m.label: m.value for m in at.metric}["Left to review"] == "2"
     failed = at.expander[0].dataframe[0].value
     assert list(failed["Case"]) == ["case-C"]
@@ -130,6 +132,8 @@ def test_case_page_shows_image_metrics_and_regions(tiny_results):
     assert {"P(malignant)", "Verdict", "RMA", "RRA", "Pointing hit", "Peak distance (mm)",
             "Near mass", "Off-mask share"} <= set(metrics["Metric"])
     assert "0.21" in set(metrics["Value"])
+    row = metrics.set_index("Metric").loc["Rests on its surroundings"]
+    assert row["Value"] == "no (0.210; median -850 HU)" and "within 5 mm" in row["Meaning"]
     regions = at.dataframe[0].value
     assert list(regions["region_index"]) == [1]
     assert any("raw Grad-CAM units" in c.value for c in at.caption)
@@ -271,6 +275,13 @@ def test_overview_shows_the_three_outcomes_side_by_side(tiny_results):
     text, weak = agreement_reading(ResultsStore(tiny_results, create=False).findings())
     shown = [w.value for w in at.warning] if weak else [c.value for c in at.caption]
     assert text in shown and "verdicts agree with what the model does" in text
+    # the reliance on the nodules' surroundings, highlighted when it is a pattern
+    from discovery.patterns.outcomes import surroundings_reading
+
+    store = ResultsStore(tiny_results, create=False)
+    text, notable = surroundings_reading(store.findings(), store.labels())
+    shown = ([i.value for i in at.info] if notable else [c.value for c in at.caption])
+    assert any(text in v for v in shown) and "within 5 mm of the mask" in text
 
 
 def test_overview_without_regions_has_no_shortcut_or_pattern(tiny_results_no_regions):

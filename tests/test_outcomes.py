@@ -214,3 +214,53 @@ def test_a_shortcut_that_only_inflates_the_probability_counts_and_is_told_apart(
     # without predicted_label the flag alone says malignant (older findings)
     older = nodule_outcomes(findings.drop(columns="predicted_label"), clusters, regions)
     assert list(older["outcome"])[2] == "on the tumour"
+
+
+def _surroundings_findings():
+    """Eight nodules: six scored predicted-malignant (three rest on their surroundings, one of
+    them on the nodule too), one benign call, one failed case."""
+    return pd.DataFrame({
+        "case_id": [f"c{i}" for i in range(8)], "nodule_id": ["n1"] * 8,
+        "status": ["ok"] * 7 + ["failed"],
+        "predicted_label": [1, 1, 1, 1, 1, 1, 0, 1],
+        "rests_on_surroundings": [1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0],
+        "rests_on_nodule": [0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0],
+        "surroundings_median_hu": [-600.0, -620.0, -580.0, -850.0, -860.0, -840.0, -500.0, -1.0],
+    })
+
+
+def test_surroundings_reading_counts_describes_and_compares_with_the_truth():
+    from discovery.patterns.outcomes import MIN_SURROUNDINGS_GROUP, surroundings_reading
+
+    findings = _surroundings_findings()
+    text, notable = surroundings_reading(findings)
+    assert notable and MIN_SURROUNDINGS_GROUP == 3
+    assert text.startswith("3 of 6 predicted-malignant nodules rest on what lies within 5 mm")
+    assert "2 of them do not rest on the nodule itself" in text
+    assert "median of -600 HU, against -850 HU around the other" in text
+    assert "Truly malignant" not in text
+    truth = pd.DataFrame({"case_id": [f"c{i}" for i in range(6)], "nodule_id": ["n1"] * 6,
+                          "malignant": [1, 1, 1, 0, 0, 1]})
+    text, _ = surroundings_reading(findings, truth)
+    # Fisher's exact two-sided p for [[3, 0], [1, 2]]: (1 + 3) / 20 = 0.4
+    assert ("Truly malignant: 3 of 3 of them, against 1 of 3 other predicted-malignant "
+            "nodules (Fisher's exact p = 0.4)") in text
+
+
+def test_surroundings_reading_when_none_rest_or_it_was_not_measured():
+    from discovery.patterns.outcomes import surroundings_reading
+
+    findings = _surroundings_findings()
+    findings["rests_on_surroundings"] = 0.0
+    text, notable = surroundings_reading(findings)
+    assert not notable and text.startswith("No predicted-malignant nodule rests on") and "(0 of 6)" in text
+    findings.loc[0, "rests_on_surroundings"] = 1.0
+    text, notable = surroundings_reading(findings)      # one: said, not a pattern
+    assert not notable and text.startswith("1 of 6") and "hugs the nodule" not in text
+    text, notable = surroundings_reading(findings.drop(columns="rests_on_surroundings"))
+    assert not notable and "not measured for these results" in text
+    findings["rests_on_surroundings"] = float("nan")
+    text, notable = surroundings_reading(findings)
+    assert not notable and text.startswith("No predicted-malignant nodule to check")
+    with pytest.raises(ValueError, match="predicted_label"):
+        surroundings_reading(findings.drop(columns="predicted_label"))

@@ -158,12 +158,18 @@ def test_the_pipeline_stores_the_reliance_beside_the_verdict():
     res = analyze_scan(vol, mask, model, CARD, case_id="c0")
     (nod,) = res.nodules
     (alone,) = nodule_reliance(model, CARD, vol, mask, probabilities=[nod.probability])
-    assert nod.reliance == alone and nod.reliance.status == RELIANCE_OK
+    # the pipeline limits the surroundings to the lung field: the nodule's own figures agree
+    for name in ("p_without_nodule", "p_without_control", "n_controls", "rests_on_nodule",
+                 "status"):
+        assert getattr(nod.reliance, name) == getattr(alone, name)
+    assert nod.reliance.status == RELIANCE_OK
     (row,), _ = result_rows(res)
     assert row["p_without_nodule"] == alone.p_without_nodule
     assert row["p_without_control"] == alone.p_without_control
     assert row["rests_on_nodule"] == alone.rests_on_nodule in (0.0, 1.0)
     assert row["reliance_status"] == RELIANCE_OK
+    for name in ("p_without_surroundings", "rests_on_surroundings", "surroundings_median_hu"):
+        np.testing.assert_equal(row[name], getattr(nod.reliance, name))
 
 
 def test_reliance_in_words():
@@ -191,3 +197,82 @@ def test_sum_under_is_scipys_valid_correlation():
     k = np.ones((2, 2, 2), np.float32)
     got = np.rint(_sum_under(a, k))                      # by hand: the 2x2x2 boxes holding it
     assert got.shape == (3, 3, 3) and got.sum() == 4 and got[0:2, 1:3, 2].sum() == 4
+
+
+def _rimmed(rim_hu=-550.0, outer_vox=6.0):
+    """:func:`_scene` with a rim of raised density (a ground-glass halo) from the nodule's
+    surface (3 voxels, 4.5 mm) out to *outer_vox* voxels from its centre."""
+    vol, mask = _scene()
+    zz, yy, xx = np.indices(vol.shape)
+    c = (np.asarray(vol.shape) - 1) / 2.0
+    r2 = (zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2
+    hu = vol.array.copy()
+    hu[(r2 > 9.0) & (r2 <= outer_vox ** 2)] = rim_hu
+    return Volume(hu, vol.affine), mask
+
+
+#: Looks at a small box 3.5-5.5 voxels beside the ROI's centre: inside the rim of
+#: :func:`_rimmed`, outside the nodule (a rim at -550 HU reads about 0.11 there, parenchyma
+#: about 0.04: p ~ 1 with the rim, ~ 0.03 without).
+RIM_WATCHER = (slice(15, 17), slice(15, 17), slice(19, 21))
+
+
+def test_a_prediction_resting_on_the_rim_rests_on_the_surroundings_not_the_nodule():
+    vol, mask = _rimmed()
+    (rel,) = nodule_reliance(BoxMean(box=RIM_WATCHER), CARD, vol, mask)
+    assert rel.p_without_nodule > 0.95 and rel.rests_on_nodule == 0.0
+    assert rel.p_without_surroundings < 0.1 and rel.rests_on_surroundings == 1.0
+    assert rel.surroundings_median_hu == pytest.approx(-550.0)
+    # a model that looks inside the nodule only, with the same rim: the other way round
+    (rel,) = nodule_reliance(BoxMean(box=(slice(14, 18),) * 3), CARD, vol, mask)
+    assert rel.rests_on_nodule == 1.0 and rel.rests_on_surroundings == 0.0
+
+
+def test_surroundings_of_plain_parenchyma_change_nothing():
+    vol, mask = _scene()
+    (rel,) = nodule_reliance(BoxMean(), CARD, vol, mask)
+    p = float(score_inputs(BoxMean(), [roi_input(vol, rel_site(mask), CARD)])[0])
+    assert abs(rel.p_without_surroundings - p) < 0.02 and rel.rests_on_surroundings == 0.0
+    assert -950 < rel.surroundings_median_hu < -750
+
+
+def rel_site(mask):
+    (site,) = nodule_sites(mask)
+    return site.center_zyx
+
+
+def test_the_surroundings_reach_stay_in_the_lung_and_off_every_nodule():
+    from discovery.model.reliance import surroundings
+
+    own = np.zeros((20, 20, 20), dtype=bool)
+    own[8:12, 8:12, 8:12] = True
+    other = np.zeros_like(own)
+    other[8:12, 8:12, 14:16] = True       # another nodule 2 voxels away
+    around = surroundings(own, own | other, spacing_mm=(1.0, 1.0, 1.0), reach_mm=2.0)
+    dist = ndimage.distance_transform_edt(~own)
+    np.testing.assert_array_equal(around, (dist <= 2.0) & ~own & ~other)
+    lung = np.ones_like(own)
+    lung[:, :, :10] = False               # the chest wall on one side
+    limited = surroundings(own, own | other, spacing_mm=(1.0, 1.0, 1.0), reach_mm=2.0, lung=lung)
+    np.testing.assert_array_equal(limited, around & lung)
+    assert not surroundings(own, own, spacing_mm=(1.0, 1.0, 1.0), reach_mm=0.0).any()
+    # physical reach: 2 mm is one voxel of 2 mm along z
+    thick = surroundings(own, own, spacing_mm=(2.0, 1.0, 1.0), reach_mm=2.0)
+    assert thick[7, 10, 10] and not thick[6, 10, 10] and thick[10, 10, 6]
+
+
+def test_disabled_surroundings_are_not_measured():
+    vol, mask = _rimmed()
+    (rel,) = nodule_reliance(BoxMean(box=RIM_WATCHER), CARD, vol, mask,
+                             settings=RelianceSettings(surroundings_mm=0.0))
+    assert math.isnan(rel.p_without_surroundings) and math.isnan(rel.rests_on_surroundings)
+    assert rel.rests_on_nodule == 0.0 and rel.n_controls == 2
+
+
+def test_surroundings_in_words():
+    from discovery.model.reliance import surroundings_text
+
+    assert surroundings_text(1.0, 0.2123, -612.4) == "yes (0.212; median -612 HU)"
+    assert surroundings_text(0.0, 0.9, float("nan")) == "no (0.900)"
+    assert surroundings_text(float("nan"), float("nan")) == "– (not measured)"
+    assert surroundings_text(None, None) == "– (not measured)"

@@ -43,6 +43,28 @@ def test_report_shows_the_three_outcomes_side_by_side(tiny_results):
     shown = (f'<p class="warn"><b>Warning.</b> {html_lib.escape(text)}</p>' if weak
              else f'<p class="note">{html_lib.escape(text)}</p>')
     assert shown in before
+    # and the reliance on the nodules' surroundings (one nodule: said, not highlighted)
+    assert ('<p class="note">1 of 1 predicted-malignant nodules rest on what lies within 5 mm'
+            in before)
+    assert "Truly malignant" not in before                   # no labels in this folder
+
+
+def test_a_pattern_in_the_surroundings_is_highlighted_above_the_outcomes(tiny_results,
+                                                                          monkeypatch):
+    import discovery.report.data as data
+
+    seen = []
+
+    def reading(findings, labels):
+        seen.append((len(findings), len(labels)))
+        return "7 of 9 predicted-malignant nodules rest on it <there>.", True
+
+    monkeypatch.setattr(data, "surroundings_reading", reading)
+    page = build_html(tiny_results)
+    before = page[page.index("three outcomes"):page.index('class="outcome"')]
+    assert ("<p class=\"finding\"><b>The nodules' surroundings.</b> 7 of 9 "
+            'predicted-malignant nodules rest on it &lt;there&gt;.</p>') in before
+    assert seen == [(3, 0)]            # the whole findings table and the (empty) labels
 
 
 def test_tables_csv_and_parquet_hold_the_same_versioned_tables(tiny_results, tmp_path):

@@ -12,7 +12,7 @@ import pandas as pd
 import streamlit as st
 
 from app import common
-from discovery.model.reliance import reliance_text
+from discovery.model.reliance import reliance_text, surroundings_text
 from discovery.model.rois import nodule_label
 from discovery.report import planes, render
 from discovery.report.style import fmt
@@ -20,7 +20,8 @@ from discovery.store.tables import NODULE_REVIEW_CHOICES
 
 #: Metric label per column (the rows of the metrics table, in order).
 METRIC_NAMES = {"probability": "P(malignant)", "verdict": "Verdict",
-                "rests_on_nodule": "Rests on the nodule", "rma": "RMA", "rra": "RRA",
+                "rests_on_nodule": "Rests on the nodule",
+                "rests_on_surroundings": "Rests on its surroundings", "rma": "RMA", "rra": "RRA",
                 "pointing_hit": "Pointing hit", "peak_distance_mm": "Peak distance (mm)",
                 "near_mass": "Near mass", "offmask_mass_share": "Off-mask share",
                 "detection_auc": "Detection AUC", "otsu_dice": "Otsu Dice", "rings": "Rings (mm)"}
@@ -28,6 +29,12 @@ METRIC_NAMES = {"probability": "P(malignant)", "verdict": "Verdict",
 RELIANCE_HELP = ("Removing the nodule (replaced by lung parenchyma) lowers P(malignant) by at "
                  "least half of P, beyond the change of the same edit elsewhere in the ROI "
                  "(P without the nodule / without a volume-matched control in brackets).")
+#: Meaning of the surroundings row.
+SURROUNDINGS_HELP = ("Replacing what lies within 5 mm of the mask (outside it, in the lung: "
+                     "where the off-mask regions do not look) with lung parenchyma lowers "
+                     "P(malignant) by at least half of P (P without them, and their median "
+                     "density before, in brackets). A halo, spicules or a strand's root "
+                     "show here.")
 #: Columns of the off-mask region table.
 REGION_TABLE_COLUMNS = ["region_index", "case_region", "volume_mm3", "mass_share",
                         "distance_to_mask_mm", "offset_distance_mm", "mean_hu", "centroid_z",
@@ -187,6 +194,9 @@ def metrics_table(row: pd.Series) -> pd.DataFrame:
         "verdict": fmt(row["verdict"]),
         "rests_on_nodule": reliance_text(row["rests_on_nodule"], row["p_without_nodule"],
                                          row["p_without_control"], row["reliance_status"]),
+        "rests_on_surroundings": surroundings_text(row.get("rests_on_surroundings"),
+                                                   row.get("p_without_surroundings"),
+                                                   row.get("surroundings_median_hu")),
         "rma": fmt(row["rma"]),
         "rra": fmt(row["rra"]),
         "pointing_hit": "–" if pd.isna(hit) else ("yes" if hit >= 0.5 else "no"),
@@ -199,7 +209,9 @@ def metrics_table(row: pd.Series) -> pd.DataFrame:
     }
     return pd.DataFrame({"Metric": [METRIC_NAMES[k] for k in values],
                          "Value": list(values.values()),
-                         "Meaning": [common.METRIC_HELP.get(k, RELIANCE_HELP) for k in values]})
+                         "Meaning": [common.METRIC_HELP.get(
+                             k, SURROUNDINGS_HELP if k == "rests_on_surroundings" else RELIANCE_HELP)
+                             for k in values]})
 
 
 def applicability_warning(row: pd.Series) -> str | None:

@@ -31,6 +31,10 @@ else:
         lambda v: "" if pd.isna(v) else ("yes" if v >= 0.5 else "no"))
     scored["rests_on_nodule"] = scored["rests_on_nodule"].map(
         lambda v: "" if pd.isna(v) else ("yes" if v >= 0.5 else "no"))
+    if "rests_on_surroundings" not in scored.columns:   # results scored before the measure
+        scored["rests_on_surroundings"] = float("nan")
+    scored["rests_on_surroundings"] = scored["rests_on_surroundings"].map(
+        lambda v: "" if pd.isna(v) else ("yes" if v >= 0.5 else "no"))
     scored["predicted_label"] = scored["predicted_label"].map(
         lambda v: "" if pd.isna(v) else ("malignant" if int(v) == 1 else "benign"))
 
@@ -78,7 +82,7 @@ else:
     if "applicability" not in view.columns:          # results scored before the flags
         view = view.assign(applicability="")
     columns = ["case_id", "nodule_id", "probability", "predicted_label", "verdict",
-               "applicability", "rests_on_nodule", "rma", "rra",
+               "applicability", "rests_on_nodule", "rests_on_surroundings", "rma", "rra",
                "pointing_hit", "peak_distance_mm", "n_offmask_regions", "clusters", "flagged",
                "status", "review_status", "reviews"]
     st.caption("Click a column header to sort.")
@@ -99,6 +103,10 @@ else:
             "rests_on_nodule": st.column_config.TextColumn(
                 "Rests on nodule", help="Removing the nodule (replaced by parenchyma) lowers "
                 "P(malignant) by at least half, beyond a volume-matched control's change."),
+            "rests_on_surroundings": st.column_config.TextColumn(
+                "Surroundings", help="Rests on its surroundings: replacing what lies within "
+                "5 mm of the mask (outside it, in the lung; where the off-mask regions do not "
+                "look) with parenchyma lowers P(malignant) by at least half."),
             "rma": st.column_config.NumberColumn("RMA", format="%.2f", help=common.METRIC_HELP["rma"]),
             "rra": st.column_config.NumberColumn("RRA", format="%.2f", help=common.METRIC_HELP["rra"]),
             "pointing_hit": st.column_config.TextColumn("Pointing hit",

@@ -10,7 +10,7 @@ from discovery.background import read_progress
 from discovery.explain.faithfulness_rule import RULE, faithfulness_warning
 from discovery.model.domain import applicability_summary
 from discovery.patterns.outcomes import (SCORED_STATUSES, agreement_reading, read_outcomes,
-                                         rules_summary)
+                                         rules_summary, surroundings_reading)
 from discovery.report import render
 from discovery.report.style import DISPLAY_THRESHOLD
 from discovery.store.tables import sanity_summary
@@ -97,6 +97,12 @@ if weak:
     st.warning(agreement, icon=":material/rule:")
 else:
     st.caption(agreement)
+
+around, notable = surroundings_reading(findings, common.labels(store))
+if notable:
+    st.info("**The nodules' surroundings.** " + around, icon=":material/blur_circular:")
+else:
+    st.caption(around)
 
 outside = applicability_summary(scored["applicability"] if "applicability" in scored else ())
 if outside:

@@ -33,8 +33,19 @@ ROI for a blob of its size to fit beside it; a ROI without parenchyma),
 ``p_without_control`` is NaN, the rule is read with ``drop_control = 0`` and the status
 says so.
 
+**The nodule's surroundings** are measured the same way: the voxels within
+``surroundings_mm`` (5 mm, the off-mask regions' margin) of the nodule's mask, outside every
+annotated nodule and, when the lung field is given, inside it, are replaced by parenchyma
+and the ROI re-scored: ``p_without_surroundings``.  The prediction **rests on its
+surroundings** when ``p - p_without_surroundings >= max(min_drop, relative_drop * p)`` (the
+same thresholds, read against no change: replacing lung with lung changes nothing where
+nothing is).  This is the part of the scan the off-mask regions cannot see (they begin
+beyond the margin): a sign that hugs the nodule (a rim of ground glass, spicules, a strand's
+root) shows up here, with ``surroundings_median_hu``, the median HU of the replaced voxels,
+saying what was there.
+
 The extra ROIs of a scan are scored together without gradients
-(:func:`discovery.model.edit.score_inputs`), ``1 + n_controls`` per nodule.
+(:func:`discovery.model.edit.score_inputs`), ``2 + n_controls`` per nodule.
 """
 
 from __future__ import annotations
@@ -51,9 +62,10 @@ from data_tools.volume import Mask, Volume
 from discovery.model.card import ModelCard
 from discovery.model.edit import PARENCHYMA_BAND_HU, inpaint_parenchyma, score_inputs
 from discovery.model.rois import NoduleSite, nodule_sites, roi_input
+from discovery.schema import SURROUNDINGS_MM
 
 __all__ = ["RelianceSettings", "Reliance", "RELIANCE_OK", "control_blobs", "nodule_reliance",
-           "reliance_from_probabilities", "reliance_text"]
+           "reliance_from_probabilities", "reliance_text", "surroundings", "surroundings_text"]
 
 RELIANCE_OK = "ok"
 #: Smallest parenchyma share of a control when no place reaches ``min_parenchyma``: the
@@ -85,6 +97,11 @@ class RelianceSettings:
         Smallest such drop in probability units.
     shell_mm : float
         Donor shell of :func:`~discovery.model.edit.inpaint_parenchyma`.
+    surroundings_mm : float
+        Reach (mm, from the mask's voxel centres) of the surroundings that are removed for
+        ``p_without_surroundings``; 0 disables that measure.  Matches
+        :attr:`discovery.regions.offmask.OffMaskSettings.margin_mm`, where the off-mask
+        regions begin.
     seed : int
         Control places and donor draws.
     """
@@ -95,12 +112,13 @@ class RelianceSettings:
     relative_drop: float = 0.5
     min_drop: float = 0.05
     shell_mm: float = 6.0
+    surroundings_mm: float = SURROUNDINGS_MM
     seed: int = 0
 
     def __post_init__(self):
         check_int("n_controls", self.n_controls)
         check_int("seed", self.seed)
-        for name in ("gap_mm", "shell_mm", "min_drop"):
+        for name in ("gap_mm", "shell_mm", "min_drop", "surroundings_mm"):
             check_nonneg(getattr(self, name), name)
         for name in ("min_parenchyma", "relative_drop"):
             v = check_nonneg(getattr(self, name), name)
@@ -127,6 +145,14 @@ class Reliance:
         1.0 / 0.0 by the module's rule; NaN when the mask is empty.
     status : str
         ``"ok"`` or why something is NaN.
+    p_without_surroundings : float
+        Malignancy probability with the nodule's surroundings (``surroundings_mm``)
+        replaced by parenchyma; NaN when not measured (disabled, an empty mask, no voxel
+        around the nodule to replace).
+    rests_on_surroundings : float
+        1.0 / 0.0 by the module's rule for the surroundings; NaN when not measured.
+    surroundings_median_hu : float
+        Median HU of the replaced surroundings, before the edit; NaN when not measured.
     """
 
     p_without_nodule: float
@@ -134,12 +160,16 @@ class Reliance:
     n_controls: int
     rests_on_nodule: float
     status: str
+    p_without_surroundings: float = math.nan
+    rests_on_surroundings: float = math.nan
+    surroundings_median_hu: float = math.nan
 
 
 def reliance_from_probabilities(probability: float, p_without_nodule: float,
-                                p_without_controls, *,
+                                p_without_controls, *, p_without_surroundings: float = math.nan,
+                                surroundings_median_hu: float = math.nan,
                                 settings: RelianceSettings = RelianceSettings()) -> Reliance:
-    """Apply the rule (module docstring) to re-scored probabilities.
+    """Apply the rules (module docstring) to re-scored probabilities.
 
     Parameters
     ----------
@@ -149,6 +179,11 @@ def reliance_from_probabilities(probability: float, p_without_nodule: float,
         The probability with the nodule removed.
     p_without_controls : sequence of float
         The probability with each control removed (may be empty).
+    p_without_surroundings : float, optional
+        The probability with the nodule's surroundings removed; NaN (the default): not
+        measured, and ``rests_on_surroundings`` is NaN.
+    surroundings_median_hu : float, optional
+        Carried into the result.
 
     Returns
     -------
@@ -163,9 +198,14 @@ def reliance_from_probabilities(probability: float, p_without_nodule: float,
     extra = (probability - p_without_nodule) - drop_control
     needed = max(settings.min_drop, settings.relative_drop * probability)
     status = RELIANCE_OK if controls.size or settings.n_controls == 0 else STATUS_NO_CONTROL
+    p_round = float(p_without_surroundings)
+    rests_round = (math.nan if not math.isfinite(p_round)
+                   else 1.0 if probability - p_round >= needed else 0.0)
     return Reliance(p_without_nodule=float(p_without_nodule), p_without_control=p_control,
                     n_controls=int(controls.size),
-                    rests_on_nodule=1.0 if extra >= needed else 0.0, status=status)
+                    rests_on_nodule=1.0 if extra >= needed else 0.0, status=status,
+                    p_without_surroundings=p_round, rests_on_surroundings=rests_round,
+                    surroundings_median_hu=float(surroundings_median_hu))
 
 
 def _distance_mm(mask: np.ndarray, spacing) -> np.ndarray:
@@ -264,10 +304,49 @@ def _crop(volume: Volume, center_zyx, card: ModelCard, pad_mm: float):
     return outer, inner
 
 
+def surroundings(own: np.ndarray, annotated: np.ndarray, *, spacing_mm, reach_mm: float,
+                 lung: np.ndarray | None = None) -> np.ndarray:
+    """The surroundings of one nodule: voxels within *reach_mm* of *own* (voxel centres),
+    outside every annotated nodule and, when *lung* is given, inside it.
+
+    Parameters
+    ----------
+    own, annotated : ndarray of bool, shape (z, y, x)
+        The nodule's mask voxels; every annotated nodule's.
+    spacing_mm : sequence of 3 floats
+        Voxel size in mm.
+    reach_mm : float
+        How far the surroundings reach (mm); 0 gives none.
+    lung : ndarray of bool, shape (z, y, x), optional
+        The lung field: the surroundings stay inside it (the chest wall beside a
+        juxtapleural nodule is not "what surrounds it in the lung").
+
+    Returns
+    -------
+    ndarray of bool, shape (z, y, x)
+    """
+    own = np.asarray(own, dtype=bool)
+    spacing = np.asarray(check_spacing(spacing_mm), dtype=float)
+    out = np.zeros(own.shape, dtype=bool)
+    box = ndimage.find_objects(own.astype(np.uint8))
+    if reach_mm <= 0 or not box or box[0] is None:
+        return out
+    pad = np.ceil(reach_mm / spacing).astype(int) + 1
+    grown = tuple(slice(max(0, s.start - p), min(n, s.stop + p))
+                  for s, p, n in zip(box[0], pad, own.shape))
+    near = _distance_mm(own[grown], spacing) <= reach_mm + 1e-6
+    out[grown] = near
+    out &= ~np.asarray(annotated, dtype=bool) & ~own
+    if lung is not None:
+        out &= np.asarray(lung, dtype=bool)
+    return out
+
+
 def _nodule_inputs(volume: Volume, labels: np.ndarray, site: NoduleSite, card: ModelCard,
-                   settings: RelianceSettings) -> list[np.ndarray] | None:
-    """Network inputs of one nodule: ``[nodule removed, control 1, ...]``; None when its
-    mask is empty.  All edits are made on a crop of the scan around the ROI."""
+                   settings: RelianceSettings, lung: np.ndarray | None = None):
+    """Network inputs of one nodule: ``[nodule removed, surroundings removed (when any),
+    control 1, ...]``, whether the surroundings' input is there and their median HU; None
+    when its mask is empty.  All edits are made on a crop of the scan around the ROI."""
     spacing = volume.spacing_mm
     outer, inner = _crop(volume, site.center_zyx, card, settings.shell_mm)
     sub = np.asarray(volume.array[outer], dtype=np.float32)
@@ -286,6 +365,14 @@ def _nodule_inputs(volume: Volume, labels: np.ndarray, site: NoduleSite, card: M
 
     inputs = [scored(inpaint_parenchyma(sub, own, spacing_mm=spacing, protect=annotated & ~own,
                                         shell_mm=settings.shell_mm, seed=settings.seed))]
+    around = surroundings(own, annotated, spacing_mm=spacing, reach_mm=settings.surroundings_mm,
+                          lung=None if lung is None else lung[outer])
+    around_hu = math.nan
+    if around.any():
+        around_hu = float(np.median(sub[around]))
+        inputs.append(scored(inpaint_parenchyma(sub, around, spacing_mm=spacing,
+                                                protect=annotated, shell_mm=settings.shell_mm,
+                                                seed=settings.seed)))
     for i, blob in enumerate(control_blobs(sub[inner], own[inner], annotated[inner],
                                            spacing_mm=spacing, settings=settings)):
         remove = np.zeros(sub.shape, dtype=bool)
@@ -293,11 +380,12 @@ def _nodule_inputs(volume: Volume, labels: np.ndarray, site: NoduleSite, card: M
         inputs.append(scored(inpaint_parenchyma(sub, remove, spacing_mm=spacing,
                                                 protect=annotated, shell_mm=settings.shell_mm,
                                                 seed=settings.seed + 1 + i)))
-    return inputs
+    return inputs, bool(around.any()), around_hu
 
 
 def nodule_reliance(model: torch.nn.Module, card: ModelCard, volume: Volume, mask: Mask, *,
                     sites: list[NoduleSite] | None = None, probabilities=None,
+                    lung: np.ndarray | None = None,
                     settings: RelianceSettings = RelianceSettings()) -> list[Reliance]:
     """The reliance of every nodule of one scan on the nodule itself (module docstring).
 
@@ -314,6 +402,9 @@ def nodule_reliance(model: torch.nn.Module, card: ModelCard, volume: Volume, mas
     probabilities : sequence of float, optional
         Each site's malignancy probability as scored (the pipeline's); scored here (on the
         unedited ROIs, in the same passes) when not given.
+    lung : ndarray of bool, shape (z, y, x), optional
+        The lung field on the scan grid (at least around the nodules): the surroundings
+        removed stay inside it (:func:`surroundings`).  Without it they are not limited.
 
     Returns
     -------
@@ -328,9 +419,12 @@ def nodule_reliance(model: torch.nn.Module, card: ModelCard, volume: Volume, mas
     if probabilities is not None and len(probabilities) != len(sites):
         raise ValueError(f"one probability per site is needed; received {len(probabilities)} "
                          f"for {len(sites)} sites")
+    if lung is not None and np.shape(lung) != volume.shape:
+        raise ValueError(f"the lung field must be on the scan's grid {volume.shape}; received "
+                         f"{np.shape(lung)}")
     labels = np.asarray(mask.array)
-    per_site = [_nodule_inputs(volume, labels, s, card, settings) for s in sites]
-    rois = [x for inputs in per_site if inputs for x in inputs]
+    per_site = [_nodule_inputs(volume, labels, s, card, settings, lung) for s in sites]
+    rois = [x for edited in per_site if edited for x in edited[0]]
     unedited = [] if probabilities is not None else [roi_input(volume, s.center_zyx, card)
                                                       for s in sites]
     scores = score_inputs(model, rois + unedited)
@@ -338,13 +432,18 @@ def nodule_reliance(model: torch.nn.Module, card: ModelCard, volume: Volume, mas
     if probabilities is None:
         probabilities = scores[len(rois):]
     out, at = [], 0
-    for prob, inputs in zip(probabilities, per_site):
-        if inputs is None:
+    for prob, edited in zip(probabilities, per_site):
+        if edited is None:
             out.append(_nan_reliance(STATUS_EMPTY))
             continue
+        inputs, has_around, around_hu = edited
         got = p[at:at + len(inputs)].astype(float)
         at += len(inputs)
-        out.append(reliance_from_probabilities(float(prob), got[0], got[1:], settings=settings))
+        first = 2 if has_around else 1
+        out.append(reliance_from_probabilities(
+            float(prob), got[0], got[first:],
+            p_without_surroundings=got[1] if has_around else math.nan,
+            surroundings_median_hu=around_hu, settings=settings))
     return out
 
 
@@ -363,3 +462,23 @@ def reliance_text(rests_on_nodule, p_without_nodule, p_without_control, status="
         return f"– ({status if isinstance(status, str) and status else 'not measured'})"
     answer = "yes" if float(rests_on_nodule) >= 0.5 else "no"
     return f"{answer} ({num(p_without_nodule)} / {num(p_without_control)})"
+
+
+def surroundings_text(rests_on_surroundings, p_without_surroundings,
+                      surroundings_median_hu=math.nan) -> str:
+    """The reliance on the nodule's surroundings in words: ``"yes (0.212; median -610 HU)"``
+    -- whether the prediction rests on them, P(malignant) without them and what they were;
+    ``"– (not measured)"`` when NaN."""
+    try:
+        rests, p = float(rests_on_surroundings), float(p_without_surroundings)
+    except (TypeError, ValueError):
+        return "– (not measured)"
+    if not (math.isfinite(rests) and math.isfinite(p)):
+        return "– (not measured)"
+    answer = "yes" if rests >= 0.5 else "no"
+    try:
+        hu = float(surroundings_median_hu)
+    except (TypeError, ValueError):
+        hu = math.nan
+    what = f"; median {hu:.0f} HU" if math.isfinite(hu) else ""
+    return f"{answer} ({p:.3f}{what})"

@@ -49,14 +49,19 @@ import pandas as pd
 
 from discovery.align.metrics import describe_agreement, verdict_agreement
 from discovery.model.rois import nodule_label
-from discovery.schema import DEFAULT_THRESHOLD, MIN_EFFECT
+from discovery.patterns.stats import enrichment_test
+from discovery.schema import DEFAULT_THRESHOLD, MIN_EFFECT, SURROUNDINGS_MM
 
-__all__ = ["ARTIFACT_HU", "OUTCOMES", "READINGS", "SCORED_STATUSES", "Exemplar", "Panel",
-           "OutcomeReadings", "agreement_reading", "cluster_readings", "nodule_outcomes",
-           "outcome_panels", "read_outcomes", "rules_summary"]
+__all__ = ["ARTIFACT_HU", "MIN_SURROUNDINGS_GROUP", "OUTCOMES", "READINGS", "SCORED_STATUSES",
+           "Exemplar", "Panel", "OutcomeReadings", "agreement_reading", "cluster_readings",
+           "nodule_outcomes", "outcome_panels", "read_outcomes", "rules_summary",
+           "surroundings_reading"]
 
 #: Median halo density (HU) from which a cluster reads as an artifact (metal-like).
 ARTIFACT_HU = 2000.0
+#: Fewest predicted-malignant nodules resting on their surroundings for the cohort's
+#: reading of them (:func:`surroundings_reading`) to be shown as a finding.
+MIN_SURROUNDINGS_GROUP = 3
 #: Significance of the predicted-malignancy enrichment that makes a candidate sign.
 CANDIDATE_Q = 0.05
 READINGS = ("artifact", "candidate sign", "incidental")
@@ -110,6 +115,99 @@ def agreement_reading(findings: pd.DataFrame) -> tuple[str, bool]:
         pd.to_numeric(scored["rests_on_nodule"], errors="coerce").to_numpy(dtype=float),
         pd.to_numeric(scored["predicted_label"], errors="coerce").to_numpy(dtype=float))
     return describe_agreement(agreement)
+
+
+def surroundings_reading(findings: pd.DataFrame, truth: pd.DataFrame | None = None,
+                         *, reach_mm: float = SURROUNDINGS_MM
+                         ) -> tuple[str, bool]:
+    """Do this cohort's malignant calls rest on what surrounds the nodules?
+
+    The off-mask regions, their clusters and the shortcut flag begin beyond the margin
+    around the mask; a structure that hugs the nodule (a rim of ground glass, spicules, a
+    strand's root) is measured only by the reliance on the surroundings
+    (:mod:`discovery.model.reliance`).  This reads it over the cohort.
+
+    Parameters
+    ----------
+    findings : pandas.DataFrame
+        The findings table (``case_id``, ``nodule_id``, ``status``, ``predicted_label`` and,
+        when scored with it, ``rests_on_surroundings``, ``rests_on_nodule`` and
+        ``surroundings_median_hu``).
+    truth : pandas.DataFrame, optional
+        Known true labels (``case_id``, ``nodule_id``, ``malignant``): when given for the
+        nodules, the true-malignant share of the group against the other predicted-malignant
+        nodules, with Fisher's exact two-sided p.
+    reach_mm : float, optional
+        The surroundings' reach the results were scored with (words only).
+
+    Returns
+    -------
+    sentence : str
+        What was measured, in words.
+    notable : bool
+        At least :data:`MIN_SURROUNDINGS_GROUP` predicted-malignant nodules rest on their
+        surroundings: a pattern to review.
+    """
+    _need(findings, ["case_id", "nodule_id", "status", "predicted_label"], "findings")
+    if "rests_on_surroundings" not in findings.columns:
+        return ("Whether the predictions rest on the nodules' surroundings was not measured "
+                "for these results (scored before that measure existed); scoring them again "
+                "measures it.", False)
+    scored = findings[findings["status"].isin(SCORED_STATUSES)]
+    rests = pd.to_numeric(scored["rests_on_surroundings"], errors="coerce")
+    pool = scored[(pd.to_numeric(scored["predicted_label"], errors="coerce") == 1)
+                  & rests.notna()]
+    group = pool[_truthy(pool["rests_on_surroundings"])]
+    where = (f"what lies within {reach_mm:g} mm of the mask, outside it and in the lung, "
+             "where the off-mask regions do not look")
+    if not len(pool):
+        return (f"No predicted-malignant nodule to check for a reliance on {where}.", False)
+    if not len(group):
+        return (f"No predicted-malignant nodule rests on {where} (0 of {len(pool)}).", False)
+    rest = pool.drop(group.index)
+    parts = [f"{len(group)} of {len(pool)} predicted-malignant nodules rest on {where}: "
+             "replacing it with lung parenchyma takes away at least half of P(malignant)"]
+    if "rests_on_nodule" in group.columns:
+        alone = int((pd.to_numeric(group["rests_on_nodule"], errors="coerce") == 0).sum())
+        parts[0] += f"; {alone} of them do not rest on the nodule itself"
+    hu = pd.to_numeric(group.get("surroundings_median_hu"), errors="coerce")
+    other_hu = pd.to_numeric(rest.get("surroundings_median_hu"), errors="coerce")
+    if hu is not None and hu.notna().any():
+        parts.append(f"Those surroundings have a median of {hu.median():.0f} HU"
+                     + (f", against {other_hu.median():.0f} HU around the other "
+                        "predicted-malignant nodules" if other_hu is not None
+                        and other_hu.notna().any() else ""))
+    parts.append(_truth_share(group, pool, truth))
+    notable = len(group) >= MIN_SURROUNDINGS_GROUP
+    if notable:
+        parts.append("A structure that hugs the nodule (a halo, spicules, a strand's root) "
+                     "shows only here; the Cases page lists these nodules (Surroundings)")
+    return ". ".join(p for p in parts if p) + ".", notable
+
+
+def _truth_share(group: pd.DataFrame, pool: pd.DataFrame, truth: pd.DataFrame | None) -> str:
+    """The true-malignant share of *group* against the rest of *pool*, with Fisher's exact
+    two-sided p; ``""`` without labels for them."""
+    if truth is None or not len(truth):
+        return ""
+    _need(truth, ["case_id", "nodule_id", "malignant"], "labels")
+    keyed = pool[["case_id", "nodule_id"]].assign(in_group=pool.index.isin(group.index))
+    known = keyed.merge(truth[["case_id", "nodule_id", "malignant"]],
+                        on=["case_id", "nodule_id"], how="inner")
+    known = known[pd.to_numeric(known["malignant"], errors="coerce").notna()]
+    inside = known[known["in_group"]]
+    if not len(inside):
+        return ""
+    positive = pd.to_numeric(known["malignant"]).to_numpy(dtype=float) >= 0.5
+    test = enrichment_test(known["in_group"].to_numpy(dtype=bool), positive, n_permutations=1)
+    outside = known[~known["in_group"]]
+    text = (f"Truly malignant: {int(positive[known['in_group'].to_numpy()].sum())} of "
+            f"{len(inside)} of them")
+    if len(outside):
+        text += (f", against {int(positive[~known['in_group'].to_numpy()].sum())} of "
+                 f"{len(outside)} other predicted-malignant nodules (Fisher's exact p = "
+                 f"{test.p_exact:.2g})")
+    return text
 
 
 def _need(df: pd.DataFrame, columns, what: str) -> None:

@@ -18,6 +18,7 @@ from discovery.patterns.outcomes import (
     Panel,
     agreement_reading,
     read_outcomes,
+    surroundings_reading,
 )
 from discovery.report.style import CaseArrayCache
 from discovery.store.tables import ResultsStore, sanity_summary
@@ -66,6 +67,7 @@ class ReportData:
             self.meta = store.meta()
             self.threshold = store.threshold()
             self.randomization, self.perturbation = store.sanity()
+            self.labels = store.labels()
         finally:
             store.close()
         self.arrays = CaseArrayCache(self.results_dir)
@@ -102,6 +104,12 @@ class ReportData:
                  applicability_summary(scored["applicability"] if "applicability" in scored
                                        else ()))
         return tuple(t for t in texts if t), "" if weak else agreement
+
+    @cached_property
+    def surroundings(self) -> tuple[str, bool]:
+        """The cohort's reliance on the nodules' surroundings in words, and whether it is a
+        pattern to review (:func:`discovery.patterns.outcomes.surroundings_reading`)."""
+        return surroundings_reading(self.findings, self.labels)
 
     @cached_property
     def outcome_readings(self) -> OutcomeReadings:

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from discovery.align.metrics import AlignThresholds, describe_verdicts
-from discovery.model.reliance import reliance_text
+from discovery.model.reliance import reliance_text, surroundings_text
 from discovery.model.rois import nodule_label
 from discovery.patterns.outcomes import rules_summary
 from discovery.report import render
@@ -46,6 +46,7 @@ td.l,th.l{text-align:left} .nodule{border:1px solid #cbd5e0;border-radius:6px;pa
 .imgs img{image-rendering:pixelated;border:1px solid #2d3748} .badge{color:#fff;border-radius:4px;padding:2px 8px;font-weight:600}
 .note{background:#f7fafc;border-left:4px solid #a0aec0;padding:6px 10px;font-size:0.9em}
 .warn{background:#fff5f5;border-left:4px solid #c53030;padding:6px 10px;font-size:0.95em}
+.finding{background:#ebf8ff;border-left:4px solid #2b6cb0;padding:6px 10px;font-size:0.95em}
 .outcomes{display:grid;grid-template-columns:repeat(3,1fr);gap:12px;page-break-inside:avoid}
 .outcome{border:1px solid #cbd5e0;border-top:6px solid #4a5568;border-radius:6px;padding:8px 12px;font-size:0.9em}
 .outcome h3{margin:4px 0 6px 0;font-size:1.05em} .outcome .n{font-size:1.8em;font-weight:700;margin:0}
@@ -94,6 +95,9 @@ def _nodule_section(row: pd.Series, arrays: dict[str, np.ndarray]) -> str:
         ("rests on the nodule (P without it / without a control)",
          reliance_text(row["rests_on_nodule"], row["p_without_nodule"],
                        row["p_without_control"], row["reliance_status"])),
+        ("rests on its surroundings, within 5 mm (P without them; their median density)",
+         surroundings_text(row.get("rests_on_surroundings"), row.get("p_without_surroundings"),
+                           row.get("surroundings_median_hu"))),
         ("relevance mass in mask (RMA)", fmt(row["rma"])),
         ("relevance rank accuracy (RRA)", fmt(row["rra"])),
         ("pointing game hit", fmt(row["pointing_hit"])),
@@ -184,11 +188,18 @@ The heat map exists only inside each nodule's 48 mm analysis box, so it can end 
 
 
 def _faithfulness_warning(data: ReportData) -> str:
-    """The warnings above the three outcomes (:attr:`ReportData.outcome_checks`), then the
-    verdicts' agreement as a plain note when it is not one of them."""
+    """The warnings above the three outcomes (:attr:`ReportData.outcome_checks`), the
+    verdicts' agreement as a plain note when it is not one of them, then the reliance on the
+    nodules' surroundings (:attr:`ReportData.surroundings`), highlighted when a pattern."""
     warnings, note = data.outcome_checks
     out = "".join(f'<p class="warn"><b>Warning.</b> {html.escape(t)}</p>' for t in warnings)
-    return out + (f'<p class="note">{html.escape(note)}</p>' if note else "")
+    out += f'<p class="note">{html.escape(note)}</p>' if note else ""
+    around, notable = data.surroundings
+    if notable:
+        return out + (f'<p class="finding"><b>The nodules\' surroundings.</b> '
+                      f'{html.escape(around)}</p>')
+    return out + f'<p class="note">{html.escape(around)}</p>'
+
 
 
 def _sanity_section(randomization: pd.DataFrame, perturbation: pd.DataFrame) -> str:

@@ -53,7 +53,7 @@ import pandas as pd
 from data_tools.files import atomic_path
 from discovery.explain.faithfulness_rule import RULE
 from discovery.align.metrics import AlignThresholds, describe_verdicts
-from discovery.model.reliance import reliance_text
+from discovery.model.reliance import reliance_text, surroundings_text
 from discovery.model.rois import nodule_label
 from discovery.patterns.outcomes import Exemplar, rules_summary
 from discovery.report import render
@@ -174,6 +174,7 @@ def _context(results_dir: Path) -> dict:
         "date": _results_date(meta, data.cases), "spacing": _case_spacing(data.cases),
         "box_mm": _box_mm(meta),
         "sanity": data.sanity, "checks": data.outcome_checks,
+        "surroundings": data.surroundings,
     }
 
 
@@ -229,8 +230,9 @@ def _counts(doc: Doc, ctx: dict) -> None:
 
 
 def _warning(doc: Doc, ctx: dict) -> None:
-    """The warnings above the three outcomes (:attr:`ReportData.outcome_checks`), then the
-    verdicts' agreement as plain text when it is not one of them."""
+    """The warnings above the three outcomes (:attr:`ReportData.outcome_checks`), the
+    verdicts' agreement as plain text when it is not one of them, then the reliance on the
+    nodules' surroundings (:attr:`ReportData.surroundings`), boxed when it is a pattern."""
     warnings, note = ctx["checks"]
     for text in warnings:
         text = "Warning. " + text
@@ -242,6 +244,18 @@ def _warning(doc: Doc, ctx: dict) -> None:
         doc.y += 0.16
     if note:
         doc.text(note, size=8.5, color=GRAY)
+    around, notable = ctx["surroundings"]
+    if notable:
+        text = "The nodules' surroundings. " + around
+        h = text_height(len(wrap(text, CONTENT_W - 0.24, 9)), 9)
+        doc.need(h + 0.2)
+        doc.y += 0.06
+        doc.box(doc.y, h + 0.1, "#ebf8ff", edge="#2b6cb0")
+        doc.text(text, x=MARGIN + 0.12, top=doc.y + 0.05, size=9, width=CONTENT_W - 0.24,
+                 color="#2b6cb0")
+        doc.y += 0.16
+    else:
+        doc.text(around, size=8.5, color=GRAY)
 
 
 def _faithfulness(doc: Doc, ctx: dict) -> None:
@@ -678,6 +692,9 @@ def _metrics(doc: Doc, row) -> None:
         ("rests on it (P w/o it / control)",
          reliance_text(row.rests_on_nodule, row.p_without_nodule, row.p_without_control,
                        row.reliance_status)),
+        ("rests on surroundings (P w/o)",
+         surroundings_text(getattr(row, "rests_on_surroundings", None),
+                           getattr(row, "p_without_surroundings", None))),
         ("flag score (drop in P)", fmt(row.flag_score)),
         ("off-mask regions / share",
          f"{int(row.n_offmask_regions or 0)} / {fmt(row.offmask_mass_share)}")]
@@ -688,7 +705,9 @@ def _metrics(doc: Doc, row) -> None:
         ("pointing game hit", fmt(row.pointing_hit)),
         ("attribution peak to mask (mm)", fmt(row.peak_distance_mm)),
         (f"attribution within {AlignThresholds().near_margin_mm:g} mm of mask",
-         fmt(row.near_mass))]
+         fmt(row.near_mass)),
+        ("surroundings' median density (HU)",
+         fmt(getattr(row, "surroundings_median_hu", None)))]
     applicability = ("applicability (ok, or why the model is out of its depth): "
                      + str(getattr(row, "applicability", "") or "–"))
     pitch = 0.175

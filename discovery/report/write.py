@@ -21,7 +21,7 @@ __all__ = ["EXPORT_SCHEMA_VERSION", "REPORT_FORMATS", "tables", "write_report"]
 
 #: Version of the exported tables' schema (the columns of findings and patterns, their
 #: meaning and units, as docs/guide/outputs.md documents them); raised whenever a column changes.
-EXPORT_SCHEMA_VERSION = 2  # 2: applicability, applicability_detail
+EXPORT_SCHEMA_VERSION = 3  # 2: applicability, applicability_detail; 3: the surroundings' reliance
 #: The formats :func:`write_report` writes.
 REPORT_FORMATS = ("html", "pdf", "csv", "parquet")
 
