@@ -234,7 +234,7 @@ def test_surroundings_reading_counts_describes_and_compares_with_the_truth():
 
     findings = _surroundings_findings()
     text, notable = surroundings_reading(findings)
-    assert notable and MIN_SURROUNDINGS_GROUP == 3
+    assert notable and MIN_SURROUNDINGS_GROUP == 3 and "shows only here" in text
     assert text.startswith("3 of 6 predicted-malignant nodules rest on what lies within 5 mm")
     assert "2 of them do not rest on the nodule itself" in text
     assert "median of -600 HU, against -850 HU around the other" in text
@@ -243,7 +243,7 @@ def test_surroundings_reading_counts_describes_and_compares_with_the_truth():
                           "malignant": [1, 1, 1, 0, 0, 1]})
     text, _ = surroundings_reading(findings, truth)
     # Fisher's exact two-sided p for [[3, 0], [1, 2]]: (1 + 3) / 20 = 0.4
-    assert ("Truly malignant: 3 of 3 of them, against 1 of 3 other predicted-malignant "
+    assert ("Truly malignant: 3 of 3, against 1 of 3 other predicted-malignant "
             "nodules (Fisher's exact p = 0.4)") in text
 
 

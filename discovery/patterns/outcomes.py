@@ -158,8 +158,7 @@ def surroundings_reading(findings: pd.DataFrame, truth: pd.DataFrame | None = No
     pool = scored[(pd.to_numeric(scored["predicted_label"], errors="coerce") == 1)
                   & rests.notna()]
     group = pool[_truthy(pool["rests_on_surroundings"])]
-    where = (f"what lies within {reach_mm:g} mm of the mask, outside it and in the lung, "
-             "where the off-mask regions do not look")
+    where = f"what lies within {reach_mm:g} mm of the mask (outside it, in the lung)"
     if not len(pool):
         return (f"No predicted-malignant nodule to check for a reliance on {where}.", False)
     if not len(group):
@@ -180,8 +179,9 @@ def surroundings_reading(findings: pd.DataFrame, truth: pd.DataFrame | None = No
     parts.append(_truth_share(group, pool, truth))
     notable = len(group) >= MIN_SURROUNDINGS_GROUP
     if notable:
-        parts.append("A structure that hugs the nodule (a halo, spicules, a strand's root) "
-                     "shows only here; the Cases page lists these nodules (Surroundings)")
+        parts.append(f"The off-mask regions begin beyond those {reach_mm:g} mm, so a "
+                     "structure that hugs the nodule (a halo, spicules, a strand's root) "
+                     "shows only here")
     return ". ".join(p for p in parts if p) + ".", notable
 
 
@@ -202,7 +202,7 @@ def _truth_share(group: pd.DataFrame, pool: pd.DataFrame, truth: pd.DataFrame | 
     test = enrichment_test(known["in_group"].to_numpy(dtype=bool), positive, n_permutations=1)
     outside = known[~known["in_group"]]
     text = (f"Truly malignant: {int(positive[known['in_group'].to_numpy()].sum())} of "
-            f"{len(inside)} of them")
+            f"{len(inside)}")
     if len(outside):
         text += (f", against {int(positive[~known['in_group'].to_numpy()].sum())} of "
                  f"{len(outside)} other predicted-malignant nodules (Fisher's exact p = "
