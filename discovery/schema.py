@@ -10,6 +10,10 @@ re-export them under the same names.
 #: (:attr:`discovery.model.reliance.RelianceSettings.surroundings_mm`): the off-mask
 #: regions begin beyond the same distance (``OffMaskSettings.margin_mm``).
 SURROUNDINGS_MM = 5.0
+#: The findings columns of the reliance on the surroundings (the same-named fields of
+#: :class:`discovery.model.reliance.Reliance`).
+SURROUNDINGS_FIELDS = ("p_without_surroundings", "rests_on_surroundings",
+                       "surroundings_median_hu", "surroundings_max_hu")
 
 #: Columns :func:`discovery.patterns.causal.pattern_effects` adds to the cluster table.
 EFFECT_COLUMNS = ["effect_n", "effect_mean", "effect_ci_low", "effect_ci_high", "relied_upon"]

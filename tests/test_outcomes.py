@@ -226,6 +226,7 @@ def _surroundings_findings():
         "rests_on_surroundings": [1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0],
         "rests_on_nodule": [0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0],
         "surroundings_median_hu": [-600.0, -620.0, -580.0, -850.0, -860.0, -840.0, -500.0, -1.0],
+        "surroundings_max_hu": [-100.0, 40.0, 60.0, 2600.0, 80.0, 70.0, 2700.0, 2800.0],
     })
 
 
@@ -238,7 +239,7 @@ def test_surroundings_reading_counts_describes_and_compares_with_the_truth():
     assert text.startswith("3 of 6 predicted-malignant nodules rest on what lies within 5 mm")
     assert "2 of them do not rest on the nodule itself" in text
     assert "median of -600 HU, against -850 HU around the other" in text
-    assert "Truly malignant" not in text
+    assert "Truly malignant" not in text and "metal" not in text    # the metal is elsewhere
     truth = pd.DataFrame({"case_id": [f"c{i}" for i in range(6)], "nodule_id": ["n1"] * 6,
                           "malignant": [1, 1, 1, 0, 0, 1]})
     text, _ = surroundings_reading(findings, truth)
@@ -264,3 +265,17 @@ def test_surroundings_reading_when_none_rest_or_it_was_not_measured():
     assert not notable and text.startswith("No predicted-malignant nodule to check")
     with pytest.raises(ValueError, match="predicted_label"):
         surroundings_reading(findings.drop(columns="predicted_label"))
+
+
+def test_metal_beside_a_nodule_that_rests_on_its_surroundings_is_called_a_shortcut():
+    from discovery.patterns.outcomes import surroundings_reading
+
+    findings = _surroundings_findings()
+    findings["rests_on_surroundings"] = [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0]
+    findings.loc[0, "surroundings_max_hu"] = 2400.0      # a clip beside the one that rests
+    text, notable = surroundings_reading(findings)
+    assert notable and text.startswith("1 of 6")          # one nodule, but metal: shown
+    assert ("1 of them have metal-dense voxels (at least 2000 HU) within those surroundings: "
+            "a clip or marker beside the nodule is a shortcut, not a sign") in text
+    text, notable = surroundings_reading(findings.drop(columns="surroundings_max_hu"))
+    assert not notable and "metal" not in text and "median of -600 HU" in text

@@ -223,6 +223,12 @@ def test_a_prediction_resting_on_the_rim_rests_on_the_surroundings_not_the_nodul
     assert rel.p_without_nodule > 0.95 and rel.rests_on_nodule == 0.0
     assert rel.p_without_surroundings < 0.1 and rel.rests_on_surroundings == 1.0
     assert rel.surroundings_median_hu == pytest.approx(-550.0)
+    assert rel.surroundings_max_hu == pytest.approx(-550.0)
+    hu = vol.array.copy()
+    hu[24, 24, 27] = 2600.0               # a clip in the rim, beside the nodule's surface
+    (clipped,) = nodule_reliance(BoxMean(box=RIM_WATCHER), CARD, Volume(hu, vol.affine), mask)
+    assert clipped.surroundings_max_hu == pytest.approx(2600.0)
+    assert clipped.surroundings_median_hu == pytest.approx(-550.0)
     # a model that looks inside the nodule only, with the same rim: the other way round
     (rel,) = nodule_reliance(BoxMean(box=(slice(14, 18),) * 3), CARD, vol, mask)
     assert rel.rests_on_nodule == 1.0 and rel.rests_on_surroundings == 0.0

@@ -99,6 +99,7 @@ from discovery.patterns.causal import CaseRunner, pattern_effects, run_here
 from discovery.patterns.clustering import PatternSettings, cluster_regions
 from discovery.explain.methods import FUSED_METHODS, FUSION_LAYERS, method_layer
 from discovery.pipeline import CaseResult, ScoreSettings, analyze_scan
+from discovery.schema import SURROUNDINGS_FIELDS
 from discovery.regions.descriptors import describe_region
 from discovery.store.arrays import (case_file, ct_int16, flatten_outside_air, load_case_arrays,
                                     save_case_arrays)
@@ -173,10 +174,7 @@ def result_rows(result: CaseResult) -> tuple[list[dict], list[dict]]:
             "ring_0_5": loc.ring_0_5, "ring_5_10": loc.ring_5_10, "ring_10_20": loc.ring_10_20,
             "verdict": a.verdict, "p_without_nodule": rel.p_without_nodule,
             "p_without_control": rel.p_without_control, "rests_on_nodule": rel.rests_on_nodule,
-            "reliance_status": rel.status,
-            "p_without_surroundings": rel.p_without_surroundings,
-            "rests_on_surroundings": rel.rests_on_surroundings,
-            "surroundings_median_hu": rel.surroundings_median_hu,
+            "reliance_status": rel.status, **{f: getattr(rel, f) for f in SURROUNDINGS_FIELDS},
             "applicability": nod.applicability.code,
             "applicability_detail": nod.applicability.detail,
             "n_offmask_regions": len(nod.regions),

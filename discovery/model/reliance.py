@@ -41,8 +41,9 @@ surroundings** when ``p - p_without_surroundings >= max(min_drop, relative_drop 
 same thresholds, read against no change: replacing lung with lung changes nothing where
 nothing is).  This is the part of the scan the off-mask regions cannot see (they begin
 beyond the margin): a sign that hugs the nodule (a rim of ground glass, spicules, a strand's
-root) shows up here, with ``surroundings_median_hu``, the median HU of the replaced voxels,
-saying what was there.
+root) shows up here, with ``surroundings_median_hu`` and ``surroundings_max_hu``, the
+median and largest HU of the replaced voxels, saying what was there (a largest value of
+metal density means a clip or marker beside the nodule: a shortcut, not a sign).
 
 The extra ROIs of a scan are scored together without gradients
 (:func:`discovery.model.edit.score_inputs`), ``2 + n_controls`` per nodule.
@@ -151,8 +152,9 @@ class Reliance:
         around the nodule to replace).
     rests_on_surroundings : float
         1.0 / 0.0 by the module's rule for the surroundings; NaN when not measured.
-    surroundings_median_hu : float
-        Median HU of the replaced surroundings, before the edit; NaN when not measured.
+    surroundings_median_hu, surroundings_max_hu : float
+        Median and largest HU of the replaced surroundings, before the edit (the largest
+        tells a metal clip or marker beside the nodule); NaN when not measured.
     """
 
     p_without_nodule: float
@@ -163,11 +165,13 @@ class Reliance:
     p_without_surroundings: float = math.nan
     rests_on_surroundings: float = math.nan
     surroundings_median_hu: float = math.nan
+    surroundings_max_hu: float = math.nan
 
 
 def reliance_from_probabilities(probability: float, p_without_nodule: float,
                                 p_without_controls, *, p_without_surroundings: float = math.nan,
                                 surroundings_median_hu: float = math.nan,
+                                surroundings_max_hu: float = math.nan,
                                 settings: RelianceSettings = RelianceSettings()) -> Reliance:
     """Apply the rules (module docstring) to re-scored probabilities.
 
@@ -182,7 +186,7 @@ def reliance_from_probabilities(probability: float, p_without_nodule: float,
     p_without_surroundings : float, optional
         The probability with the nodule's surroundings removed; NaN (the default): not
         measured, and ``rests_on_surroundings`` is NaN.
-    surroundings_median_hu : float, optional
+    surroundings_median_hu, surroundings_max_hu : float, optional
         Carried into the result.
 
     Returns
@@ -205,7 +209,8 @@ def reliance_from_probabilities(probability: float, p_without_nodule: float,
                     n_controls=int(controls.size),
                     rests_on_nodule=1.0 if extra >= needed else 0.0, status=status,
                     p_without_surroundings=p_round, rests_on_surroundings=rests_round,
-                    surroundings_median_hu=float(surroundings_median_hu))
+                    surroundings_median_hu=float(surroundings_median_hu),
+                    surroundings_max_hu=float(surroundings_max_hu))
 
 
 def _distance_mm(mask: np.ndarray, spacing) -> np.ndarray:
@@ -345,8 +350,8 @@ def surroundings(own: np.ndarray, annotated: np.ndarray, *, spacing_mm, reach_mm
 def _nodule_inputs(volume: Volume, labels: np.ndarray, site: NoduleSite, card: ModelCard,
                    settings: RelianceSettings, lung: np.ndarray | None = None):
     """Network inputs of one nodule: ``[nodule removed, surroundings removed (when any),
-    control 1, ...]``, whether the surroundings' input is there and their median HU; None
-    when its mask is empty.  All edits are made on a crop of the scan around the ROI."""
+    control 1, ...]``, whether the surroundings' input is there and their median and largest
+    HU; None when its mask is empty.  All edits are made on a crop of the scan around the ROI."""
     spacing = volume.spacing_mm
     outer, inner = _crop(volume, site.center_zyx, card, settings.shell_mm)
     sub = np.asarray(volume.array[outer], dtype=np.float32)
@@ -367,9 +372,9 @@ def _nodule_inputs(volume: Volume, labels: np.ndarray, site: NoduleSite, card: M
                                         shell_mm=settings.shell_mm, seed=settings.seed))]
     around = surroundings(own, annotated, spacing_mm=spacing, reach_mm=settings.surroundings_mm,
                           lung=None if lung is None else lung[outer])
-    around_hu = math.nan
+    around_hu = (math.nan, math.nan)
     if around.any():
-        around_hu = float(np.median(sub[around]))
+        around_hu = (float(np.median(sub[around])), float(sub[around].max()))
         inputs.append(scored(inpaint_parenchyma(sub, around, spacing_mm=spacing,
                                                 protect=annotated, shell_mm=settings.shell_mm,
                                                 seed=settings.seed)))
@@ -443,7 +448,8 @@ def nodule_reliance(model: torch.nn.Module, card: ModelCard, volume: Volume, mas
         out.append(reliance_from_probabilities(
             float(prob), got[0], got[first:],
             p_without_surroundings=got[1] if has_around else math.nan,
-            surroundings_median_hu=around_hu, settings=settings))
+            surroundings_median_hu=around_hu[0], surroundings_max_hu=around_hu[1],
+            settings=settings))
     return out
 
 

@@ -132,7 +132,7 @@ def surroundings_reading(findings: pd.DataFrame, truth: pd.DataFrame | None = No
     findings : pandas.DataFrame
         The findings table (``case_id``, ``nodule_id``, ``status``, ``predicted_label`` and,
         when scored with it, ``rests_on_surroundings``, ``rests_on_nodule`` and
-        ``surroundings_median_hu``).
+        ``surroundings_median_hu``, ``surroundings_max_hu``).
     truth : pandas.DataFrame, optional
         Known true labels (``case_id``, ``nodule_id``, ``malignant``): when given for the
         nodules, the true-malignant share of the group against the other predicted-malignant
@@ -146,7 +146,8 @@ def surroundings_reading(findings: pd.DataFrame, truth: pd.DataFrame | None = No
         What was measured, in words.
     notable : bool
         At least :data:`MIN_SURROUNDINGS_GROUP` predicted-malignant nodules rest on their
-        surroundings: a pattern to review.
+        surroundings (a pattern to review), or any of them has metal-dense voxels
+        (:data:`ARTIFACT_HU`) there (a shortcut).
     """
     _need(findings, ["case_id", "nodule_id", "status", "predicted_label"], "findings")
     if "rests_on_surroundings" not in findings.columns:
@@ -169,20 +170,30 @@ def surroundings_reading(findings: pd.DataFrame, truth: pd.DataFrame | None = No
     if "rests_on_nodule" in group.columns:
         alone = int((pd.to_numeric(group["rests_on_nodule"], errors="coerce") == 0).sum())
         parts[0] += f"; {alone} of them do not rest on the nodule itself"
-    hu = pd.to_numeric(group.get("surroundings_median_hu"), errors="coerce")
-    other_hu = pd.to_numeric(rest.get("surroundings_median_hu"), errors="coerce")
-    if hu is not None and hu.notna().any():
+    hu, other_hu = _numbers(group, "surroundings_median_hu"), _numbers(rest, "surroundings_median_hu")
+    if hu.notna().any():
         parts.append(f"Those surroundings have a median of {hu.median():.0f} HU"
                      + (f", against {other_hu.median():.0f} HU around the other "
-                        "predicted-malignant nodules" if other_hu is not None
-                        and other_hu.notna().any() else ""))
+                        "predicted-malignant nodules" if other_hu.notna().any() else ""))
     parts.append(_truth_share(group, pool, truth))
-    notable = len(group) >= MIN_SURROUNDINGS_GROUP
+    metal = int((_numbers(group, "surroundings_max_hu") >= ARTIFACT_HU).sum())
+    if metal:
+        parts.append(f"{metal} of them have metal-dense voxels (at least {ARTIFACT_HU:.0f} HU) "
+                     "within those surroundings: a clip or marker beside the nodule is a "
+                     "shortcut, not a sign")
+    notable = len(group) >= MIN_SURROUNDINGS_GROUP or metal > 0
     if notable:
         parts.append(f"The off-mask regions begin beyond those {reach_mm:g} mm, so a "
                      "structure that hugs the nodule (a halo, spicules, a strand's root) "
                      "shows only here")
     return ". ".join(p for p in parts if p) + ".", notable
+
+
+def _numbers(df: pd.DataFrame, column: str) -> pd.Series:
+    """*column* of *df* as numbers (NaN where not a number, all NaN when absent)."""
+    if column not in df.columns:
+        return pd.Series(np.nan, index=df.index, dtype=float)
+    return pd.to_numeric(df[column], errors="coerce")
 
 
 def _truth_share(group: pd.DataFrame, pool: pd.DataFrame, truth: pd.DataFrame | None) -> str:

@@ -47,7 +47,7 @@ import pandas as pd
 from discovery.explain.faithfulness_rule import method_summary
 from discovery.regions.offmask import REGION_COLUMNS as _OFFMASK_COLUMNS
 from discovery.schema import CLUSTER_COLUMNS as _PATTERN_COLUMNS
-from discovery.schema import EFFECT_COLUMNS, decision_threshold
+from discovery.schema import EFFECT_COLUMNS, SURROUNDINGS_FIELDS, decision_threshold
 from discovery.store.arrays import load_case_arrays, save_case_arrays
 from discovery.store.backends import (
     SQLITE_NAME,
@@ -76,7 +76,7 @@ __all__ = [
     "StoreError", "store_exists", "sanity_summary",
 ]
 
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 DB_NAME = SQLITE_NAME
 #: The meta row every write transaction increments (:meth:`ResultsStore.version`).
 _WRITE_COUNT = "write_count"
@@ -86,8 +86,8 @@ FINDINGS_COLUMNS = [
     "case_id", "nodule_id", "probability", "predicted_label", "rma", "rra", "pointing_hit",
     "peak_distance_mm", "near_mass", "detection_auc", "otsu_dice", "otsu_iou", "ring_0_5",
     "ring_5_10", "ring_10_20", "verdict", "p_without_nodule", "p_without_control",
-    "rests_on_nodule", "reliance_status", "p_without_surroundings", "rests_on_surroundings",
-    "surroundings_median_hu", "applicability", "applicability_detail", "n_offmask_regions", "offmask_mass_share",
+    "rests_on_nodule", "reliance_status", *SURROUNDINGS_FIELDS, "applicability",
+    "applicability_detail", "n_offmask_regions", "offmask_mass_share",
     "flag_score", "flagged", "flag_clusters", "volume_mm3", "center_z", "center_y", "center_x", "status", "error",
 ]
 #: Off-mask region descriptors (discovery.regions.offmask) plus the keys and cohort-level fields.
@@ -260,9 +260,10 @@ class ResultsStore:
                     f"the results store {self.location} has schema version {found}; this "
                     f"version of the tool writes version {SCHEMA_VERSION}. Score into a new "
                     "results folder: `discovery score INPUT --out NEW_RESULTS` with the same "
-                    "input, model and labels (version 11 adds the reliance on each nodule's "
-                    "surroundings: p_without_surroundings, rests_on_surroundings, "
-                    "surroundings_median_hu; version 10 each nodule's applicability "
+                    "input, model and labels (versions 11 and 12 add the reliance on each "
+                    "nodule's surroundings: p_without_surroundings, rests_on_surroundings, "
+                    "surroundings_median_hu, surroundings_max_hu; version 10 each nodule's "
+                    "applicability "
                     "flags: applicability, applicability_detail; version 9 the reliance on the "
                     "nodule).")
             stored_id = json.loads(meta["results_id"]) if "results_id" in meta else None
