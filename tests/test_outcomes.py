@@ -275,7 +275,7 @@ def test_metal_beside_a_nodule_that_rests_on_its_surroundings_is_called_a_shortc
     findings.loc[0, "surroundings_max_hu"] = 2400.0      # a clip beside the one that rests
     text, notable = surroundings_reading(findings)
     assert notable and text.startswith("1 of 6")          # one nodule, but metal: shown
-    assert ("1 of them have metal-dense voxels (at least 2000 HU) within those surroundings: "
+    assert ("1 of them has metal-dense voxels (at least 2000 HU) within those surroundings: "
             "a clip or marker beside the nodule is a shortcut, not a sign") in text
     text, notable = surroundings_reading(findings.drop(columns="surroundings_max_hu"))
     assert not notable and "metal" not in text and "median of -600 HU" in text

@@ -178,7 +178,8 @@ def surroundings_reading(findings: pd.DataFrame, truth: pd.DataFrame | None = No
     parts.append(_truth_share(group, pool, truth))
     metal = int((_numbers(group, "surroundings_max_hu") >= ARTIFACT_HU).sum())
     if metal:
-        parts.append(f"{metal} of them have metal-dense voxels (at least {ARTIFACT_HU:.0f} HU) "
+        parts.append(f"{metal} of them {'has' if metal == 1 else 'have'} metal-dense voxels "
+                     f"(at least {ARTIFACT_HU:.0f} HU) "
                      "within those surroundings: a clip or marker beside the nodule is a "
                      "shortcut, not a sign")
     notable = len(group) >= MIN_SURROUNDINGS_GROUP or metal > 0
