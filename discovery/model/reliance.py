@@ -202,13 +202,13 @@ def reliance_from_probabilities(probability: float, p_without_nodule: float,
     extra = (probability - p_without_nodule) - drop_control
     needed = max(settings.min_drop, settings.relative_drop * probability)
     status = RELIANCE_OK if controls.size or settings.n_controls == 0 else STATUS_NO_CONTROL
-    p_round = float(p_without_surroundings)
-    rests_round = (math.nan if not math.isfinite(p_round)
-                   else 1.0 if probability - p_round >= needed else 0.0)
+    p_around = float(p_without_surroundings)
+    rests_around = (math.nan if not math.isfinite(p_around)
+                    else 1.0 if probability - p_around >= needed else 0.0)
     return Reliance(p_without_nodule=float(p_without_nodule), p_without_control=p_control,
                     n_controls=int(controls.size),
                     rests_on_nodule=1.0 if extra >= needed else 0.0, status=status,
-                    p_without_surroundings=p_round, rests_on_surroundings=rests_round,
+                    p_without_surroundings=p_around, rests_on_surroundings=rests_around,
                     surroundings_median_hu=float(surroundings_median_hu),
                     surroundings_max_hu=float(surroundings_max_hu))
 
