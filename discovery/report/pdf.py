@@ -705,9 +705,7 @@ def _metrics(doc: Doc, row) -> None:
         ("pointing game hit", fmt(row.pointing_hit)),
         ("attribution peak to mask (mm)", fmt(row.peak_distance_mm)),
         (f"attribution within {AlignThresholds().near_margin_mm:g} mm of mask",
-         fmt(row.near_mass)),
-        ("surroundings' median density (HU)",
-         fmt(getattr(row, "surroundings_median_hu", None)))]
+         fmt(row.near_mass))]
     applicability = ("applicability (ok, or why the model is out of its depth): "
                      + str(getattr(row, "applicability", "") or "–"))
     pitch = 0.175
