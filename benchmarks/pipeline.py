@@ -141,7 +141,7 @@ def run(model_dir: str | None, command_repeat: int = 0) -> tuple[list[dict], dic
         with _measure(rows, "analyze_scan (all below)"):
             result = analyze_scan(volume, mask, model, card, case_id="case-bench", timings=timings)
         labels = {"roi": "  ROI resampling", "model": "  classify + Grad-CAM",
-                  "reliance": "  reliance on the nodule (nodule and control replaced, re-scored)",
+                  "reliance": "  reliance on the nodule and its surroundings (each, and a control, replaced and re-scored)",
                   "align": "  map to scan grid + alignment", "offmask": "  off-mask regions",
                   "descriptors": "  lung field and region descriptors"}
         for key in timings:  # every stage analyze_scan timed, the unnamed ones by their key
