@@ -7,8 +7,9 @@ re-export them under the same names.
 """
 
 #: Reach (mm) of a nodule's surroundings in the reliance on them
-#: (:attr:`discovery.model.reliance.RelianceSettings.surroundings_mm`): the off-mask
-#: regions begin beyond the same distance (``OffMaskSettings.margin_mm``).
+#: (:attr:`discovery.model.reliance.RelianceSettings.surroundings_mm`), and the default margin
+#: beyond which the off-mask regions begin (``OffMaskSettings.margin_mm``): one number, so
+#: that what the regions leave out is what the surroundings measure.
 SURROUNDINGS_MM = 5.0
 #: The findings columns of the reliance on the surroundings (the same-named fields of
 #: :class:`discovery.model.reliance.Reliance`).

@@ -18,6 +18,7 @@ from scipy import ndimage
 
 from data_tools.checks import check_nonneg, check_spacing
 from discovery.align.metrics import check_map_and_mask
+from discovery.schema import SURROUNDINGS_MM
 
 __all__ = [
     "OffMaskSettings",
@@ -69,7 +70,9 @@ class OffMaskSettings:
     ----------
     margin_mm : float
         Physical dilation of the mask (mm) inside which attention counts as on the nodule.
-        Matches :attr:`discovery.align.metrics.AlignThresholds.near_margin_mm` by default.
+        By default :data:`discovery.schema.SURROUNDINGS_MM`, the reach of the reliance on
+        the nodule's surroundings (:mod:`discovery.model.reliance`), which measures what
+        lies inside it.  (The verdict's ``near_margin_mm`` is wider, 10 mm.)
     rel_threshold : float
         In (0, 1]; fraction of the map's own peak a voxel must reach.
     min_volume_mm3 : float
@@ -78,7 +81,7 @@ class OffMaskSettings:
         6 (faces), 18 (faces and edges) or 26 (faces, edges and corners).
     """
 
-    margin_mm: float = 5.0
+    margin_mm: float = SURROUNDINGS_MM
     rel_threshold: float = 0.5
     min_volume_mm3: float = 15.0
     connectivity: int = 26
