@@ -200,8 +200,8 @@ def run(args) -> dict:
         for n in nods:
             label = int(n["nodule_id"][1:])
             n["malignant"] = int(truth[label]["malignant"])
-            n["has_bead"] = False
-            n["p_without_bead"] = n["probability"]
+            for kind in roles:          # the lowest with a structure of that kind removed
+                n[f"has_{kind}"], n[f"p_without_{kind}"] = False, n["probability"]
             n["p_without_planted"] = n["probability"]   # the lowest, any planted structure
             site = next(s.site for s in res.nodules if s.nodule_id == n["nodule_id"])
             # Oracle causal check: remove each *true* planted structure of this nodule.
@@ -213,11 +213,8 @@ def run(args) -> dict:
                     protect=c.mask > 0, seed=args.seed)
                 oracle[it["kind"]].append(p_without - n["probability"])
                 n[f"has_{it['kind']}"] = True
-                n[f"p_without_{it['kind']}"] = min(n.get(f"p_without_{it['kind']}", 1.0), p_without)
+                n[f"p_without_{it['kind']}"] = min(n[f"p_without_{it['kind']}"], p_without)
                 n["p_without_planted"] = min(n["p_without_planted"], p_without)
-                if it["kind"] == "marker_bead":
-                    n["has_bead"] = True
-                    n["p_without_bead"] = min(n["p_without_bead"], p_without)
         for r in regs:
             r["malignant"] = next(n["malignant"] for n in nods if n["nodule_id"] == r["nodule_id"])
         region_rows += regs
@@ -273,7 +270,8 @@ def run(args) -> dict:
                             on=["case_id", "nodule_id"], how="left")
     nodules["flag_score"] = nodules["flag_score"].fillna(0.0)
     nodules["flagged"] = nodules["flagged"].fillna(False).astype(bool)
-    rests = (nodules["probability"] >= threshold) & (nodules["p_without_bead"] < threshold)
+    rests = ((nodules["probability"] >= threshold)
+             & (nodules["p_without_marker_bead"] < threshold))
     auroc = (float(roc_auc_score(rests, nodules["flag_score"]))
              if 0 < rests.sum() < len(rests) else float("nan"))
     # the flag asks whether a prediction rests off the mask: against the nodules whose
@@ -342,11 +340,9 @@ def surroundings_figures(nodules: pd.DataFrame, roles: dict, threshold: float) -
     out = {"n_predicted": int(pred.sum()), "n_group": int(group.sum()), "per_kind": {}}
     needed = np.maximum(0.05, 0.5 * nodules["probability"])
     for kind in roles:
-        has = nodules.get(f"has_{kind}", pd.Series(False, index=nodules.index)).fillna(False)
-        without = nodules.get(f"p_without_{kind}", nodules["probability"]).fillna(
-            nodules["probability"])
-        rests = pred & has.astype(bool) & ((nodules["probability"] - without) >= needed)
-        precision = float((group & has.astype(bool)).sum() / group.sum()) if group.any() else float("nan")
+        has = nodules[f"has_{kind}"].astype(bool)
+        rests = pred & has & ((nodules["probability"] - nodules[f"p_without_{kind}"]) >= needed)
+        precision = float((group & has).sum() / group.sum()) if group.any() else float("nan")
         recall = float((group & rests).sum() / rests.sum()) if rests.any() else float("nan")
         f1 = (2 * precision * recall / (precision + recall)
               if np.isfinite(precision) and np.isfinite(recall) and precision + recall > 0

@@ -35,6 +35,8 @@ SURROUNDINGS_HELP = ("Replacing what lies within 5 mm of the mask (outside it, i
                      "P(malignant) by at least half of P (P without them, and their median "
                      "density before, in brackets). A halo, spicules or a strand's root "
                      "show here.")
+#: Meaning of each row of the metrics table (the reliance row's: RELIANCE_HELP).
+HELP = {**common.METRIC_HELP, "rests_on_surroundings": SURROUNDINGS_HELP}
 #: Columns of the off-mask region table.
 REGION_TABLE_COLUMNS = ["region_index", "case_region", "volume_mm3", "mass_share",
                         "distance_to_mask_mm", "offset_distance_mm", "mean_hu", "centroid_z",
@@ -209,9 +211,7 @@ def metrics_table(row: pd.Series) -> pd.DataFrame:
     }
     return pd.DataFrame({"Metric": [METRIC_NAMES[k] for k in values],
                          "Value": list(values.values()),
-                         "Meaning": [common.METRIC_HELP.get(
-                             k, SURROUNDINGS_HELP if k == "rests_on_surroundings" else RELIANCE_HELP)
-                             for k in values]})
+                         "Meaning": [HELP.get(k, RELIANCE_HELP) for k in values]})
 
 
 def applicability_warning(row: pd.Series) -> str | None:

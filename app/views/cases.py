@@ -29,12 +29,10 @@ else:
     scored["review_status"] = scored["n_reviews"].map(lambda n: "reviewed" if n else "to review")
     scored["pointing_hit"] = scored["pointing_hit"].map(
         lambda v: "" if pd.isna(v) else ("yes" if v >= 0.5 else "no"))
-    scored["rests_on_nodule"] = scored["rests_on_nodule"].map(
-        lambda v: "" if pd.isna(v) else ("yes" if v >= 0.5 else "no"))
     if "rests_on_surroundings" not in scored.columns:   # results scored before the measure
         scored["rests_on_surroundings"] = float("nan")
-    scored["rests_on_surroundings"] = scored["rests_on_surroundings"].map(
-        lambda v: "" if pd.isna(v) else ("yes" if v >= 0.5 else "no"))
+    for col in ("rests_on_nodule", "rests_on_surroundings"):
+        scored[col] = scored[col].map(lambda v: "" if pd.isna(v) else ("yes" if v >= 0.5 else "no"))
     scored["predicted_label"] = scored["predicted_label"].map(
         lambda v: "" if pd.isna(v) else ("malignant" if int(v) == 1 else "benign"))
 

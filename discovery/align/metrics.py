@@ -33,7 +33,7 @@ import numpy as np
 from scipy import ndimage
 
 from data_tools.checks import check_nonneg, check_spacing
-from discovery.model.edit import bounding_box  # also re-exported (align.bounding_box)
+from discovery.model.edit import bounding_box, grow_mm  # also re-exported (align.*)
 
 __all__ = [
     "relevance_mass",
@@ -134,22 +134,6 @@ def distance_to_mask_mm(mask, spacing_mm) -> np.ndarray:
     if not mask.any():
         raise ValueError("mask is empty: the distance to it is undefined")
     return _distance_to_mask_mm(mask.astype(bool, copy=False), check_spacing(spacing_mm))
-
-
-def grow_mm(mask: np.ndarray, reach_mm: float, spacing_mm) -> np.ndarray:
-    """``mask`` plus every voxel within ``reach_mm`` (voxel centre to voxel centre) of it.
-
-    Computed on the mask's bounding box grown by the reach, so the cost does not depend on
-    the size of the scan.
-    """
-    mask = np.asarray(mask, dtype=bool)
-    spacing = np.asarray(check_spacing(spacing_mm), dtype=float)
-    if not mask.any() or reach_mm <= 0:
-        return mask.copy()
-    box = bounding_box(mask, np.ceil(reach_mm / spacing).astype(int) + 1)
-    out = np.zeros_like(mask)
-    out[box] = ndimage.distance_transform_edt(~mask[box], sampling=spacing) <= reach_mm + DISTANCE_SLACK_MM
-    return out
 
 
 def check_distance(distance_mm, mask: np.ndarray) -> np.ndarray:

@@ -4,7 +4,8 @@
 cluster causal check of :mod:`discovery.patterns.causal` removes off-mask regions with it,
 :mod:`discovery.model.reliance` removes the nodule itself and volume-matched controls);
 :func:`score_inputs` scores edited ROIs in forward passes whose composition does not change
-a ROI's probability; :func:`bounding_box` is the box the edits work in.
+a ROI's probability; :func:`bounding_box` is the box the edits work in, and :func:`grow_mm` grows a mask by a
+physical reach inside such a box.
 
 Only the scan is edited, never the model.
 """
@@ -24,6 +25,7 @@ __all__ = [
     "FALLBACK_PARENCHYMA_HU",
     "ROI_BATCH",
     "bounding_box",
+    "grow_mm",
     "inpaint_parenchyma",
     "score_inputs",
 ]
@@ -52,6 +54,22 @@ def bounding_box(mask: np.ndarray, pad=0) -> tuple[slice, ...] | None:
         out.append(slice(max(int(nz[0]) - int(pads[axis]), 0),
                          min(int(nz[-1]) + int(pads[axis]) + 1, mask.shape[axis])))
     return tuple(out)
+
+
+def grow_mm(mask: np.ndarray, reach_mm: float, spacing_mm) -> np.ndarray:
+    """``mask`` plus every voxel within ``reach_mm`` (voxel centre to voxel centre) of it.
+
+    Computed on the mask's bounding box grown by the reach, so the cost does not depend on
+    the size of the scan.  (Re-exported as :func:`discovery.align.metrics.grow_mm`.)
+    """
+    mask = np.asarray(mask, dtype=bool)
+    spacing = np.asarray(check_spacing(spacing_mm), dtype=float)
+    if not mask.any() or reach_mm <= 0:
+        return mask.copy()
+    box = bounding_box(mask, np.ceil(reach_mm / spacing).astype(int) + 1)
+    out = np.zeros_like(mask)
+    out[box] = ndimage.distance_transform_edt(~mask[box], sampling=spacing) <= reach_mm + _SLACK_MM
+    return out
 
 
 def inpaint_parenchyma(

@@ -61,7 +61,8 @@ from scipy import fft, ndimage
 from data_tools.checks import check_int, check_nonneg, check_spacing
 from data_tools.volume import Mask, Volume
 from discovery.model.card import ModelCard
-from discovery.model.edit import PARENCHYMA_BAND_HU, inpaint_parenchyma, score_inputs
+from discovery.model.edit import (PARENCHYMA_BAND_HU, grow_mm, inpaint_parenchyma,
+                                  score_inputs)
 from discovery.model.rois import NoduleSite, nodule_sites, roi_input
 from discovery.schema import SURROUNDINGS_MM
 
@@ -331,17 +332,7 @@ def surroundings(own: np.ndarray, annotated: np.ndarray, *, spacing_mm, reach_mm
     ndarray of bool, shape (z, y, x)
     """
     own = np.asarray(own, dtype=bool)
-    spacing = np.asarray(check_spacing(spacing_mm), dtype=float)
-    out = np.zeros(own.shape, dtype=bool)
-    box = ndimage.find_objects(own.astype(np.uint8))
-    if reach_mm <= 0 or not box or box[0] is None:
-        return out
-    pad = np.ceil(reach_mm / spacing).astype(int) + 1
-    grown = tuple(slice(max(0, s.start - p), min(n, s.stop + p))
-                  for s, p, n in zip(box[0], pad, own.shape))
-    near = _distance_mm(own[grown], spacing) <= reach_mm + 1e-6
-    out[grown] = near
-    out &= ~np.asarray(annotated, dtype=bool) & ~own
+    out = grow_mm(own, reach_mm, spacing_mm) & ~own & ~np.asarray(annotated, dtype=bool)
     if lung is not None:
         out &= np.asarray(lung, dtype=bool)
     return out
