@@ -96,7 +96,8 @@ def cmd_train(args) -> int:
                             progress=lambda d, t: bar.update(task, completed=d, total=t))
         bar.console.print(data.labelling.summary())
         settings = TrainSettings(seed=args.seed, epochs=args.epochs, patience=args.patience,
-                                 lr=args.lr, rotate_deg=args.rotate_deg)
+                                 lr=args.lr, rotate_deg=args.rotate_deg,
+                                 precision=args.precision)
         task2 = bar.add_task("training", total=settings.epochs, note="")
         card = train_model(
             data, args.out, settings=settings, card=card, resume=args.resume,
@@ -373,6 +374,11 @@ def _add_train(sub) -> None:
                         + ") or LOW:HIGH pairs (write --windows=-1000:-300,... for a value "
                         "starting with a minus); default %(default)s; 'wide' alone is the "
                         "demo model's single-window input")
+    t.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                   help="arithmetic of the training passes: bfloat16 (autocast; weights, "
+                        "optimiser and validation stay float32) is about 3 times as fast on "
+                        "CPUs with native bfloat16 (AMX) and slower on others; default "
+                        "%(default)s")
     t.add_argument("--resume", action="store_true",
                    help="continue from OUT/checkpoint.pt left by an interrupted run")
     t.set_defaults(func=cmd_train)

@@ -307,9 +307,56 @@ def test_command_line_defaults_match_the_library_and_the_parser_needs_no_torch()
     from discovery.model.train import TrainSettings
 
     assert DEFAULT_LR == TrainSettings.lr
+    from discovery.cli import build_parser
+    from discovery.model.train import PRECISIONS
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    precision = next(a for a in train._actions if a.dest == "precision")
+    assert tuple(precision.choices) == PRECISIONS and precision.default == TrainSettings.precision
     assert methods.METHODS is catalog.METHODS and methods.CAM_METHODS is catalog.CAM_METHODS
     # `discovery --help` and `discovery app` build the parser: it must not pull in torch
     code = ("import sys; import discovery.cli as c; c.build_parser(); "
             "print(sorted(m for m in ('torch', 'monai', 'captum', 'sklearn') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_bfloat16_training_learns_and_saves_a_float32_network(tmp_path):
+    import torch
+
+    s = TrainSettings(epochs=4, patience=10, batch_size=6, seed=3, precision="bfloat16")
+    card = train_model(_toy(n_cases=12), tmp_path / "m", settings=s, card=_tiny_card())
+    assert card.training["settings"]["precision"] == "bfloat16"
+    model, _ = load_model(tmp_path / "m")
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    again = train_model(_toy(n_cases=12), tmp_path / "n", settings=s, card=_tiny_card())
+    assert again.weights_sha256 == card.weights_sha256          # still deterministic
+    plain = train_model(_toy(n_cases=12), tmp_path / "f", card=_tiny_card(),
+                        settings=TrainSettings(epochs=4, patience=10, batch_size=6, seed=3))
+    assert plain.weights_sha256 != card.weights_sha256          # the arithmetic did change
+    # the bright-cube toy is learnt either way: the last epoch's loss fell below the first's
+    for c in (card, plain):
+        losses = [h["loss"] for h in c.training["history"]]
+        assert losses[-1] < losses[0]
+
+
+def test_an_unknown_precision_is_refused_by_name():
+    with pytest.raises(ValueError, match="precision must be one of float32, bfloat16; got 'float16'"):
+        TrainSettings(precision="float16")
+
+
+def test_a_checkpoint_from_before_the_precision_setting_resumes_as_float32(tmp_path):
+    import torch
+
+    s = TrainSettings(epochs=3, batch_size=6, seed=5)
+
+    def stop(epoch, total, history):
+        raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        train_model(_toy(), tmp_path, settings=s, card=_tiny_card(), progress=stop)
+    ckpt = tmp_path / "checkpoint.pt"
+    state = torch.load(ckpt, weights_only=True)
+    del state["settings"]["precision"]                   # as written by earlier versions
+    torch.save(state, ckpt)
+    resumed = train_model(_toy(), tmp_path, settings=s, card=_tiny_card(), resume=True)
+    assert [h["epoch"] for h in resumed.training["history"]] == [1, 2, 3]

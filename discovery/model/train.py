@@ -44,10 +44,14 @@ from discovery.model.labels import (LabelCounts, LabelSource, LidcRatingRule, la
                                     parse_label_source)
 from discovery.model.rois import nodule_sites, roi_input
 
-__all__ = ["TrainSettings", "RoiDataset", "collect_rois", "train_model", "evaluate",
+__all__ = ["TrainSettings", "PRECISIONS", "RoiDataset", "collect_rois", "train_model", "evaluate",
            "expected_calibration_error", "input_channel_stats", "with_input_standardisation"]
 
 log = logging.getLogger(__name__)
+
+
+#: training arithmetic :attr:`TrainSettings.precision` accepts
+PRECISIONS = ("float32", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,15 @@ class TrainSettings:
     rot90: bool = False  # random 90-degree rotations (slowed learning on the demo data; off)
     shift_vox: int = 0   # random shifts up to this many voxels (torch.roll; slowed learning; off)
     rotate_deg: float = 0.0  # random rotations about a random axis, up to this many degrees
+    #: arithmetic of the training passes: "float32", or "bfloat16" (autocast: weights,
+    #: optimiser and validation stay float32; about 3x faster on CPUs with native bfloat16,
+    #: e.g. AMX, and slower on others); the saved network is float32 either way
+    precision: str = "float32"
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"TrainSettings.precision must be one of {', '.join(PRECISIONS)}; "
+                             f"got {self.precision!r}")
 
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -372,6 +385,8 @@ def _load_checkpoint(path: Path, data: RoiDataset, settings: TrainSettings, card
         # a checkpoint written before several windows existed had the default single window;
         # one written before the label sources existed is taken as made with today's labels
         found = state.get(key, {"windows": _windows_list(ModelCard()), "labels": value}.get(key))
+        if key == "settings" and isinstance(found, dict):
+            found = {"precision": "float32", **found}   # written before the setting existed
         if found != value:
             if isinstance(found, dict) and isinstance(value, dict):
                 what = ", ".join(f"{k}: {found.get(k)!r} there, {value.get(k)!r} now"
@@ -441,6 +456,9 @@ def train_model(data: RoiDataset, out_dir: str | Path, *, settings: TrainSetting
     idx = {name: np.flatnonzero(np.isin(data.group, g)) for name, g in
            zip(("train", "val", "test"), groups)}
     card = with_input_standardisation(card, data.x[idx["train"]])
+    if settings.precision == "bfloat16" and not _native_bfloat16():
+        log.warning("training in bfloat16 on a CPU without native bfloat16 arithmetic: "
+                    "expect it to be slower than float32")
     model = build_network(card)
     y_tr = data.y[idx["train"]]
     counts = np.bincount(y_tr, minlength=2).astype(float)
@@ -489,6 +507,15 @@ def train_model(data: RoiDataset, out_dir: str | Path, *, settings: TrainSetting
     return saved
 
 
+def _native_bfloat16() -> bool:
+    """Whether oneDNN reports bfloat16 support on this CPU (AVX-512 or newer)."""
+    check = getattr(getattr(torch.ops, "mkldnn", None), "_is_mkldnn_bf16_supported", None)
+    try:
+        return bool(check()) if check is not None else False
+    except RuntimeError:
+        return False
+
+
 def _resume(ckpt_path: Path, data: RoiDataset, settings: TrainSettings, card: ModelCard,
             model, opt, sched, gen: torch.Generator) -> tuple[tuple, list[dict], int, float]:
     """Restore model, optimiser, scheduler and generator from the checkpoint in place; return
@@ -515,7 +542,10 @@ def _train_epoch(model, data: RoiDataset, train_idx: np.ndarray, gen: torch.Gene
         sel = order[start:start + settings.batch_size]
         xb = _augment(torch.from_numpy(data.x[sel].copy()), gen, rot90=settings.rot90,
                       shift_vox=settings.shift_vox, rotate_deg=settings.rotate_deg)
-        loss = loss_fn(model(xb), torch.from_numpy(data.y[sel]))
+        with torch.autocast("cpu", dtype=torch.bfloat16,
+                            enabled=settings.precision == "bfloat16"):
+            logits = model(xb)
+        loss = loss_fn(logits.float(), torch.from_numpy(data.y[sel]))
         opt.zero_grad()
         loss.backward()
         opt.step()
