@@ -130,7 +130,8 @@ def _model(args, log):
         return load_model(out)
     card = ModelCard(architecture=default_architecture(), gradcam_layer="layer3")
     data = synthetic_rois(args.seed, args.train_cases, card,
-                          config=cohort_configs(args.condition, args.sign)[0])
+                          config=cohort_configs(args.condition, args.sign)[0],
+                          workers=args.workers)
     log(f"training cohort: {args.train_cases} cases, {len(data.y)} nodules")
     settings = TrainSettings(epochs=args.epochs, patience=args.epochs, lr=2e-3,
                              val_fraction=0.15, test_fraction=0.0, seed=args.seed,
@@ -154,6 +155,82 @@ def _region_kinds(region: np.ndarray, planted_box: np.ndarray, kinds: dict, spac
     return best, {kinds[label] for label in labels}, labels
 
 
+#: what the test-case workers need, set before the pool forks (the model is not pickled)
+_TEST_CONTEXT: dict = {}
+
+
+def _score_test_case(i: int) -> dict:
+    """Score test case *i* and remove each planted structure of each nodule (the oracle):
+    its stored arrays, region and nodule rows, planted counts and oracle changes."""
+    args, model, card, roles = (_TEST_CONTEXT[k] for k in ("args", "model", "card", "roles"))
+    if _TEST_CONTEXT.get("threads"):
+        torch.set_num_threads(_TEST_CONTEXT["threads"])
+    test_config = cohort_configs(args.condition, args.sign)[1]
+    c = generate_case(args.seed + TEST_SEED_OFFSET, config=test_config, index=i)
+    vol, mask = Volume(c.hu, c.affine), Mask(c.mask, c.affine)
+    res = analyze_scan(vol, mask, model, card, case_id=f"test-{i:04d}",
+                       settings=_score_settings(args.map))
+    nods, regs = result_rows(res)
+    kinds = {it["label"]: it["kind"] for it in c.planted_items}
+    truth = {n["label"]: n for n in c.nodules}
+    found = set()
+    for nod in res.nodules:
+        for r in nod.regions:
+            row = next(x for x in regs if x["nodule_id"] == nod.nodule_id
+                       and x["region_index"] == r.region_index)
+            kind, near_kinds, labels = _region_kinds(nod.region_labels == r.region_index,
+                                                     c.planted[nod.box], kinds, vol.spacing_mm)
+            row["kind"] = kind
+            for k in roles:
+                row[f"near_{k}"] = k in near_kinds
+            found.update(labels)
+    planted = {k: (0, 0) for k in roles}
+    for it in c.planted_items:
+        n, f = planted[it["kind"]]
+        planted[it["kind"]] = (n + 1, f + int(it["label"] in found))
+    oracle: dict[str, list[float]] = {k: [] for k in roles}
+    for n in nods:
+        label = int(n["nodule_id"][1:])
+        n["malignant"] = int(truth[label]["malignant"])
+        for kind in roles:          # the lowest with a structure of that kind removed
+            n[f"has_{kind}"], n[f"p_without_{kind}"] = False, n["probability"]
+        n["p_without_planted"] = n["probability"]   # the lowest, any planted structure
+        site = next(s.site for s in res.nodules if s.nodule_id == n["nodule_id"])
+        # Oracle causal check: remove each *true* planted structure of this nodule.
+        for it in c.planted_items:
+            if it["nodule_label"] != label:
+                continue
+            _, p_without = rescore_without(
+                model, card, vol, site.center_zyx, c.planted == it["label"],
+                protect=c.mask > 0, seed=args.seed)
+            oracle[it["kind"]].append(p_without - n["probability"])
+            n[f"has_{it['kind']}"] = True
+            n[f"p_without_{it['kind']}"] = min(n[f"p_without_{it['kind']}"], p_without)
+            n["p_without_planted"] = min(n["p_without_planted"], p_without)
+    for r in regs:
+        r["malignant"] = next(n["malignant"] for n in nods if n["nodule_id"] == r["nodule_id"])
+    # arrays, not Volume/Mask (which do not pickle): the parent builds them again
+    return {"case_id": res.case_id, "store": (c.hu, c.mask, c.affine, res.region_map),
+            "regions": regs,
+            "nodules": nods, "planted": planted, "oracle": oracle}
+
+
+def _scored_test_cases(args, model, card, roles):
+    """:func:`_score_test_case` of every test case, in case order: in this process, or on
+    ``args.workers`` forked processes with one torch thread each."""
+    _TEST_CONTEXT.update(args=args, model=model, card=card, roles=roles, threads=None)
+    cases = range(args.test_cases)
+    if args.workers <= 1:
+        yield from map(_score_test_case, cases)
+        return
+    from discovery.parallel import process_pool
+
+    _TEST_CONTEXT["threads"] = 1
+    with process_pool(args.workers) as pool:
+        yield from pool.map(_score_test_case, cases, chunksize=4)
+
+
+
 def _score_settings(spec: str) -> ScoreSettings:
     method, _, layer = spec.partition("@")
     return ScoreSettings(method=method, layer=layer or None)
@@ -174,55 +251,18 @@ def run(args) -> dict:
 
     t = time.perf_counter()
     roles = kinds_and_roles(args.condition, args.sign)
-    test_config = cohort_configs(args.condition, args.sign)[1]
     store, region_rows, nodule_rows, planted_seen = {}, [], [], {k: [0, 0] for k in roles}
     oracle: dict[str, list[float]] = {k: [] for k in roles}
-    for i in range(args.test_cases):
-        c = generate_case(args.seed + TEST_SEED_OFFSET, config=test_config, index=i)
-        vol, mask = Volume(c.hu, c.affine), Mask(c.mask, c.affine)
-        res = analyze_scan(vol, mask, model, card, case_id=f"test-{i:04d}",
-                           settings=_score_settings(args.map))
-        store[res.case_id] = (vol, mask, res.region_map)
-        nods, regs = result_rows(res)
-        kinds = {it["label"]: it["kind"] for it in c.planted_items}
-        truth = {n["label"]: n for n in c.nodules}
-        found = set()
-        for nod in res.nodules:
-            box = nod.box
-            for r in nod.regions:
-                row = next(x for x in regs if x["nodule_id"] == nod.nodule_id
-                           and x["region_index"] == r.region_index)
-                kind, near_kinds, labels = _region_kinds(nod.region_labels == r.region_index,
-                                                         c.planted[box], kinds, vol.spacing_mm)
-                row["kind"] = kind
-                for k in roles:
-                    row[f"near_{k}"] = k in near_kinds
-                found.update(labels)
-        for it in c.planted_items:
-            planted_seen[it["kind"]][0] += 1
-            planted_seen[it["kind"]][1] += int(it["label"] in found)
-        for n in nods:
-            label = int(n["nodule_id"][1:])
-            n["malignant"] = int(truth[label]["malignant"])
-            for kind in roles:          # the lowest with a structure of that kind removed
-                n[f"has_{kind}"], n[f"p_without_{kind}"] = False, n["probability"]
-            n["p_without_planted"] = n["probability"]   # the lowest, any planted structure
-            site = next(s.site for s in res.nodules if s.nodule_id == n["nodule_id"])
-            # Oracle causal check: remove each *true* planted structure of this nodule.
-            for it in c.planted_items:
-                if it["nodule_label"] != label:
-                    continue
-                _, p_without = rescore_without(
-                    model, card, vol, site.center_zyx, c.planted == it["label"],
-                    protect=c.mask > 0, seed=args.seed)
-                oracle[it["kind"]].append(p_without - n["probability"])
-                n[f"has_{it['kind']}"] = True
-                n[f"p_without_{it['kind']}"] = min(n[f"p_without_{it['kind']}"], p_without)
-                n["p_without_planted"] = min(n["p_without_planted"], p_without)
-        for r in regs:
-            r["malignant"] = next(n["malignant"] for n in nods if n["nodule_id"] == r["nodule_id"])
-        region_rows += regs
-        nodule_rows += nods
+    for case in _scored_test_cases(args, model, card, roles):
+        hu, labels, affine, region_map = case["store"]
+        store[case["case_id"]] = (Volume(hu, affine), Mask(labels, affine), region_map)
+        region_rows += case["regions"]
+        nodule_rows += case["nodules"]
+        for kind, (n, found) in case["planted"].items():
+            planted_seen[kind][0] += n
+            planted_seen[kind][1] += found
+        for kind, deltas in case["oracle"].items():
+            oracle[kind] += deltas
     timings["score"] = time.perf_counter() - t
     regions = pd.DataFrame(region_rows)
     nodules = pd.DataFrame(nodule_rows)
@@ -287,7 +327,7 @@ def run(args) -> dict:
     distractor = per_kind["granuloma"]
     agreement = verdict_agreement(nodules["verdict"], nodules["rests_on_nodule"],
                                   nodules["predicted_label"])
-    train_config = cohort_configs(args.condition, args.sign)[0]
+    train_config, test_config = cohort_configs(args.condition, args.sign)
     sign_prefix = SIGN_KINDS[args.sign]
     result = {
         "seed": args.seed,
@@ -295,7 +335,8 @@ def run(args) -> dict:
         "sign": args.sign if args.condition == "sign" else None,
         "map": args.map,
         "settings": {"train_cases": args.train_cases, "test_cases": args.test_cases,
-                     "epochs": args.epochs, "method": args.method, "features": args.features,
+                     "epochs": args.epochs, "precision": args.precision,
+                     "workers": args.workers, "method": args.method, "features": args.features,
                      "min_cluster_size": args.min_cluster_size, "halo_mm": HALO_MM,
                      "train_bead": [train_config.p_bead_malignant, train_config.p_bead_benign],
                      "test_bead": [test_config.p_bead_malignant, test_config.p_bead_benign],
@@ -460,6 +501,9 @@ def main(argv=None) -> int:
     ap.add_argument("--train-cases", type=int, default=200)
     ap.add_argument("--test-cases", type=int, default=120)
     ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+                    help="processes generating the training cohort and scoring the test "
+                         "cases (the same figures with any number; default: up to 2)")
     ap.add_argument("--precision", default="float32", choices=PRECISIONS,
                     help="training arithmetic (bfloat16: autocast, about 3x faster on CPUs "
                          "with native bfloat16)")

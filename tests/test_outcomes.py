@@ -279,3 +279,56 @@ def test_metal_beside_a_nodule_that_rests_on_its_surroundings_is_called_a_shortc
             "a clip or marker beside the nodule is a shortcut, not a sign") in text
     text, notable = surroundings_reading(findings.drop(columns="surroundings_max_hu"))
     assert not notable and "metal" not in text and "median of -600 HU" in text
+
+
+def test_metal_beside_the_nodule_is_a_shortcut_outcome_without_a_cluster():
+    """Predicted malignant, resting on its surroundings, a metal-dense voxel there: a shortcut
+    (cluster -1), before the candidate and tumour outcomes; not without any of the three."""
+    from discovery.patterns.outcomes import outcome_panels
+
+    findings, clusters, regions = _cohort()
+    findings["predicted_label"] = [1, 1, 1, 1, 0, 0]
+    findings["rests_on_surroundings"] = [0.0, 1.0, 1.0, 1.0, 1.0, NAN]
+    findings["surroundings_max_hu"] = [3000.0, 2500.0, ARTIFACT_HU, ARTIFACT_HU - 1, 2900.0, NAN]
+    findings["p_without_surroundings"] = [0.9, 0.1, 0.55, 0.1, 0.0, NAN]
+    out = nodule_outcomes(findings, clusters, regions)
+    # a/1: the bead cluster (as before); a/2: metal beside it, though on the tail's candidate
+    # cluster; b/1: exactly ARTIFACT_HU beside it; c/1: bone-dense only -> on the tumour;
+    # d/1: metal, resting, but predicted benign -> other
+    assert list(out["outcome"])[:5] == ["shortcut", "shortcut", "shortcut", "on the tumour",
+                                       "other"]
+    assert list(out["outcome_cluster"])[:3] == [0, -1, -1]
+    short = outcome_panels(findings, clusters, regions, threshold=0.5)[1]
+    assert short.n_nodules == 3 and short.cluster == 0
+    assert "3 nodule(s) predicted malignant rely on something denser than bone" in short.lead
+    assert "bone: 1 uses attention off the mask on cluster 0 (pattern 0, median density 2700 HU)" \
+        in short.lead
+    assert "2 rest on metal beside the nodule: a voxel of at least 2000 HU lies within 5 mm" \
+        in short.lead
+    # decided: a/1 (flagged) and a/2 (0.1 < 0.5 without its surroundings); b/1 only inflated
+    assert "For 2 of them it decides the call" in short.lead
+    # the decided ones first, by their drop (a/2: 0.8 - 0.1 = 0.7 > a/1's flag score 0.6)
+    assert [(e.case_id, e.nodule_id) for e in short.exemplars] == [("a", "2"), ("b", "1")]
+    beside = short.exemplars[0]
+    assert beside.region is None and beside.nodule == 2 and beside.focus == "densest"
+    assert "p 0.80 → 0.10 without its surroundings (metal, 2500 HU)" in beside.caption
+    # results scored before the surroundings were measured: the rule cannot fire
+    older = nodule_outcomes(findings.drop(columns="rests_on_surroundings"), clusters, regions)
+    assert list(older["outcome"])[:3] == ["shortcut", "candidate sign", "candidate sign"]
+
+
+def test_the_shortcut_panel_with_metal_beside_a_nodule_only():
+    from discovery.patterns.outcomes import outcome_panels
+
+    findings, clusters, regions = _cohort()
+    findings["flag_clusters"] = ""                      # no cluster-borne shortcut at all
+    findings["flagged"] = 0
+    findings["predicted_label"] = [1, 0, 0, 0, 0, 0]
+    findings["rests_on_surroundings"] = [1.0, 0, 0, 0, 0, NAN]
+    findings["surroundings_max_hu"] = [2200.0, 0, 0, 0, 0, NAN]
+    findings["p_without_surroundings"] = [0.7, 0, 0, 0, 0, NAN]
+    short = outcome_panels(findings, clusters, regions, threshold=0.5)[1]
+    assert short.n_nodules == 1 and short.cluster == 0   # the artifact cluster, for reference
+    assert short.lead.startswith("1 nodule(s) predicted malignant rely on something denser "
+                                 "than bone: it rests on metal beside the nodule")
+    assert "For 0 of them it decides the call" in short.lead

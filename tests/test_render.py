@@ -247,8 +247,34 @@ def test_densest_near_region_finds_a_bead_beside_the_region():
     a["ct"][2, 20, 20] = 3000  # denser, but far from region 1
     assert render.densest_near_region(a, 1, reach_vox=2) == (3, 4, 9)
     assert render.densest_near_region(a, 1, reach_vox=0)[0] == 2  # inside the region only
+    # nothing dense near it: still a voxel next to the region (an int16 scan once made the
+    # fill value for the voxels beyond the reach wrap to 0 HU, which then won)
+    a["ct"][3, 4, 9] = -850
+    z, y, x = render.densest_near_region(a, 1, reach_vox=1)
+    assert 1 <= z <= 3 and 4 <= y <= 9 and 4 <= x <= 9
     with pytest.raises(ValueError, match="region 7"):
         render.densest_near_region(a, 7)
+
+
+def test_densest_near_nodule_looks_within_the_reach_in_millimetres():
+    from discovery.patterns.outcomes import Exemplar
+
+    a = _thumb_arrays()                 # nodule 1: z 2, y 18-22, x 18-22
+    a["affine"] = np.diag([2.0, 1.0, 1.0, 1.0])        # 2 mm slices, 1 mm pixels
+    a["ct"][2, 20, 26] = 2500          # 4 mm beyond the nodule's edge (x 22 -> 26), in plane
+    a["ct"][2, 20, 28] = 3000          # 6 mm: beyond a 5 mm reach
+    a["ct"][0, 20, 20] = 2900          # two slices off: 4 mm away along z
+    assert render.densest_near_nodule(a, 1, reach_mm=5.0) == (0, 20, 20)
+    # only lung within 3 mm: the first voxel in order, on the slice 2 mm above, at sqrt(4+4+1) mm
+    assert render.densest_near_nodule(a, 1, reach_mm=3.0) == (1, 16, 17)
+    assert render.densest_near_nodule(a, 1, reach_mm=6.0) == (2, 20, 28)
+    with pytest.raises(ValueError, match="nodule 5"):
+        render.densest_near_nodule(a, 5, reach_mm=5.0)
+    # an exemplar of metal beside a nodule (no region) is drawn on the metal's slice
+    img = render.exemplar_image(a, Exemplar("c", "n1", 2.0, (20.0, 20.0), None, 1, "x",
+                                            focus="densest"), half_size=10)
+    want = render.thumbnail(a, z=0, center_yx=(20.0, 20.0), half_size=10, nodule=1, opacity=0.0)
+    np.testing.assert_array_equal(img[:, :21], want)
 
 
 def test_side_by_side_and_exemplar_image():

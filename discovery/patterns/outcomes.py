@@ -30,6 +30,12 @@ Nodule outcome (:func:`nodule_outcomes`), first match wins:
   malignant any more once all its off-mask regions are removed); otherwise the artifact
   only inflates P(malignant).  Both are shortcuts (the model relies on something with no
   clinical meaning); the panel says how many of each.
+  Also a shortcut, with no cluster behind it (``outcome_cluster`` -1): predicted malignant,
+  the prediction rests on the nodule's surroundings (``rests_on_surroundings``, the voxels
+  within :data:`~discovery.schema.SURROUNDINGS_MM` of the mask, which no off-mask region
+  reaches) and a voxel there is metal-dense (``surroundings_max_hu`` at least
+  :data:`ARTIFACT_HU`): a clip or marker beside the nodule.  It decides the call when
+  ``p_without_surroundings`` is below the threshold.
 * ``"candidate sign"``: the nodule has a region in a ``"candidate sign"`` cluster.
 * ``"on the tumour"``: the localisation verdict is ``"aligned"`` and the prediction rests on
   the nodule (``rests_on_nodule``, :mod:`discovery.model.reliance`: replacing the nodule with
@@ -322,13 +328,18 @@ def _outcomes(findings: pd.DataFrame, readings: dict[int, str],
                  if "predicted_label" in findings.columns else flagged)
     rests = (_truthy(findings["rests_on_nodule"]) if "rests_on_nodule" in findings.columns
              else np.ones(len(findings), dtype=bool))
+    beside = _metal_beside(findings)
     outcome, behind = [], []
-    for malignant, on_it, row in zip(predicted, rests, findings.itertuples(index=False)):
+    for malignant, on_it, metal, row in zip(predicted, rests, beside,
+                                            findings.itertuples(index=False)):
         artifact = [c for c in _cluster_ids(row.flag_clusters) if readings.get(c) == "artifact"]
         key = (str(row.case_id), str(row.nodule_id))
         if malignant and artifact:
             outcome.append("shortcut")
             behind.append(artifact[0])
+        elif malignant and metal:
+            outcome.append("shortcut")
+            behind.append(-1)
         elif key in on_candidate:
             outcome.append("candidate sign")
             behind.append(on_candidate[key])
@@ -339,6 +350,15 @@ def _outcomes(findings: pd.DataFrame, readings: dict[int, str],
             outcome.append("other")
             behind.append(-1)
     return findings.assign(outcome=outcome, outcome_cluster=np.asarray(behind, dtype=np.int64))
+
+
+def _metal_beside(findings: pd.DataFrame) -> np.ndarray:
+    """Per nodule: the prediction rests on its surroundings and a voxel there is metal-dense
+    (at least :data:`ARTIFACT_HU`); False where either was not measured."""
+    if "rests_on_surroundings" not in findings.columns:
+        return np.zeros(len(findings), dtype=bool)
+    dense = (_numbers(findings, "surroundings_max_hu") >= ARTIFACT_HU).to_numpy()
+    return _truthy(findings["rests_on_surroundings"]) & dense
 
 
 @dataclass(frozen=True)
@@ -515,15 +535,23 @@ def _tumour_panel(out: pd.DataFrame, n_exemplars: int) -> Panel:
 
 
 def _shortcut_exemplar(r, regions: pd.DataFrame) -> Exemplar | None:
-    """A shortcut nodule's picture: its largest region in the cluster behind it, on the slice
-    of the densest voxel (None when it has no region there)."""
+    """A shortcut nodule's picture, on the slice of the densest voxel: for a cluster's
+    shortcut, its largest region in that cluster (None when it has no region there); for
+    metal beside the nodule, the nodule and its surroundings."""
+    p = float(r["probability"])
+    if int(r["outcome_cluster"]) < 0:
+        return Exemplar(str(r["case_id"]), str(r["nodule_id"]), float(r["center_z"]),
+                        (float(r["center_y"]), float(r["center_x"])), None,
+                        nodule_label(r["nodule_id"]),
+                        f"{r['case_id']} · {r['nodule_id']} · p {p:.2f} → "
+                        f"{float(r['p_without_surroundings']):.2f} without its surroundings "
+                        f"(metal, {float(r['surroundings_max_hu']):.0f} HU)", focus="densest")
     own = regions[(regions["case_id"] == r["case_id"]) & (regions["nodule_id"] == r["nodule_id"])
                   & (regions["cluster"] == r["outcome_cluster"])]
     if own.empty:
         return None
     reg = own.sort_values("mass_share", ascending=False).iloc[0] \
         if "mass_share" in own.columns else own.iloc[0]
-    p = float(r["probability"])
     return Exemplar(str(r["case_id"]), str(r["nodule_id"]), float(reg["centroid_z"]),
                     (float(r["center_y"]), float(r["center_x"])), int(reg["case_region"]),
                     nodule_label(r["nodule_id"]),
@@ -532,33 +560,66 @@ def _shortcut_exemplar(r, regions: pd.DataFrame) -> Exemplar | None:
                     focus="densest")
 
 
+def _shortcut_order(short: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    """The shortcut nodules, those whose call the artifact decides first, then by the drop
+    in P(malignant) without it; with a boolean ``decisive`` column."""
+    beside = short["outcome_cluster"].to_numpy() < 0
+    without = (_numbers(short, "p_without_surroundings")
+               if beside.any() else pd.Series(np.nan, index=short.index))
+    drop = np.where(beside, short["probability"].astype(float) - without,
+                    pd.to_numeric(short["flag_score"], errors="coerce"))
+    decisive = np.where(beside, (without < threshold).to_numpy(), _truthy(short["flagged"]))
+    return short.assign(decisive=decisive.astype(bool), _drop=drop).sort_values(
+        ["decisive", "_drop"], ascending=[False, False], kind="stable").drop(columns="_drop")
+
+
+def _shortcut_lead(short: pd.DataFrame, by_cluster: pd.DataFrame, threshold: float) -> str:
+    """The shortcut panel's paragraph for the nodules *short* (ordered, with ``decisive``)."""
+    clustered = short[short["outcome_cluster"] >= 0]
+    n_beside = len(short) - len(clustered)
+    n_decisive = int(short["decisive"].sum())
+    parts = []
+
+    def count(n: int) -> str:
+        return "all of them" if n == len(short) and n > 1 else ("it" if n == len(short) else str(n))
+
+    if len(clustered):
+        c = int(clustered["outcome_cluster"].iloc[0])
+        crow = by_cluster.loc[c]
+        parts.append(
+            f"{count(len(clustered))} use{'s' if len(clustered) == 1 else ''} attention off "
+            f"the mask on cluster {c} "
+            f"({crow['description']}, median density {float(crow['median_halo_max_hu']):.0f} "
+            f"HU): replacing its regions with lung parenchyma lowers their P(malignant) by "
+            f"{MIN_EFFECT:g} or more")
+    if n_beside:
+        parts.append(
+            f"{count(n_beside)} rest{'s' if n_beside == 1 else ''} on metal beside the nodule: a "
+            f"voxel of at least {ARTIFACT_HU:.0f} HU lies within {SURROUNDINGS_MM:g} mm of the "
+            "mask, and replacing what lies there with lung parenchyma takes away at least "
+            "half of P(malignant)")
+    return (f"{len(short)} nodule(s) predicted malignant rely on something denser than bone: "
+            + "; ".join(parts) + f". For {n_decisive} of them it decides the call (without it "
+            f"P(malignant) falls below {threshold:g}); for the others it inflates the "
+            "probability. An artifact, not anatomy: a shortcut to distrust.")
+
+
 def _shortcut_panel(out: pd.DataFrame, by_cluster: pd.DataFrame, artifact_ids: list[int],
                     regions: pd.DataFrame, threshold: float, n_exemplars: int) -> Panel:
-    short = out[out["outcome"] == "shortcut"]
-    decisive = _truthy(short["flagged"])  # those whose call the artifact decides come first
-    short = short.assign(_later=~decisive).sort_values(
-        ["_later", "flag_score"], ascending=[True, False], kind="stable").drop(columns="_later")
+    short = _shortcut_order(out[out["outcome"] == "shortcut"], threshold)
+    clusters = [int(c) for c in short["outcome_cluster"] if int(c) >= 0]
     if len(short):
-        c = int(short["outcome_cluster"].iloc[0])
-        crow = by_cluster.loc[c]
-        n_decisive = int(decisive.sum())
-        lead = (f"{len(short)} nodule(s) predicted malignant use attention off the mask on "
-                f"cluster {c} ({crow['description']}): replacing its regions with lung "
-                f"parenchyma lowers their P(malignant) by {MIN_EFFECT:g} or more. For "
-                f"{n_decisive} of them it decides the call (without their off-mask regions "
-                f"P(malignant) falls below {threshold:g}); for the others it inflates the "
-                f"probability. Median density {float(crow['median_halo_max_hu']):.0f} HU, "
-                "denser than bone: an artifact, not anatomy. A shortcut to distrust.")
+        lead = _shortcut_lead(short, by_cluster, threshold)
     elif artifact_ids:
         crow = by_cluster.loc[artifact_ids[0]]
         lead = (f"Cluster {artifact_ids[0]} ({crow['description']}) is metal-dense attention "
                 "off the mask, but no malignant prediction depends on it "
                 f"(Δp when removed {float(crow['effect_mean']):+.3f}).")
     else:
-        lead = "No malignant prediction uses an artifact-like (metal-dense) pattern off the mask."
+        lead = ("No malignant prediction uses an artifact-like (metal-dense) pattern off the "
+                "mask or beside the nodule.")
     return Panel("shortcut", "Using an artifact: a shortcut to distrust", lead,
-                 len(short), int(short["outcome_cluster"].iloc[0]) if len(short) else
-                 (artifact_ids[0] if artifact_ids else -1),
+                 len(short), clusters[0] if clusters else (artifact_ids[0] if artifact_ids else -1),
                  _pick(short, lambda r: _shortcut_exemplar(r, regions), n_exemplars))
 
 

@@ -22,14 +22,16 @@ from typing import NamedTuple
 
 import numpy as np
 
+from data_tools.volume import spacing_from_affine
 from discovery.report.style import fmt
+from discovery.schema import SURROUNDINGS_MM
 
 __all__ = [
     "WINDOWS", "MASK_COLOR", "REGION_COLOR", "COLORMAP", "window_image", "contour",
     "overlay_slice", "colorbar_image", "colorbar_ticks", "labelled_colorbar", "to_png_bytes",
     "KeySlice", "key_slice", "key_slice_choice", "KEY_SLICE_RULE", "KEY_SLICE_FALLBACK",
     "crop_around", "upscale", "thumbnail",
-    "densest_near_region", "side_by_side",
+    "densest_near_nodule", "densest_near_region", "side_by_side",
     "exemplar_image",
 ]
 
@@ -378,9 +380,32 @@ def densest_near_region(arrays: dict, region: int, *, reach_vox: int = 2) -> tup
     cube = ndimage.generate_binary_structure(3, 3)  # "within reach_vox" in every direction
     near = (ndimage.binary_dilation(sel[box], structure=cube, iterations=int(reach_vox))
             if reach_vox else sel[box])
-    ct = np.where(near, np.asarray(arrays["ct"])[box], np.iinfo(np.int32).min)
-    k = np.unravel_index(int(np.argmax(ct)), ct.shape)
+    k = np.unravel_index(_densest_in(np.asarray(arrays["ct"])[box], near), near.shape)
     return tuple(int(s.start + i) for s, i in zip(box, k))
+
+
+def _densest_in(ct: np.ndarray, where: np.ndarray) -> int:
+    """Flat index of the highest value of *ct* among the True voxels of *where* (the first
+    on ties; *where* not empty)."""
+    idx = np.flatnonzero(where)
+    return int(idx[np.argmax(ct.ravel()[idx])])
+
+
+def densest_near_nodule(arrays: dict, nodule: int, *, reach_mm: float) -> tuple[int, int, int]:
+    """Voxel ``(z, y, x)`` of the highest CT value within *reach_mm* of nodule *nodule*
+    (``mask`` label; the mask itself included), distances in mm from the case's ``affine``:
+    where a clip or marker beside the nodule is, so its picture can show it.
+
+    Raises ``ValueError`` when the case has no such nodule.
+    """
+    from discovery.model.edit import grow_mm
+
+    sel = np.asarray(arrays["mask"]) == int(nodule)
+    if not sel.any():
+        raise ValueError(f"nodule {nodule} is not in this case's mask")
+    near = grow_mm(sel, reach_mm, spacing_from_affine(arrays["affine"]))
+    k = np.unravel_index(_densest_in(np.asarray(arrays["ct"]), near), near.shape)
+    return tuple(int(i) for i in k)
 
 
 def side_by_side(*images: np.ndarray, gap: int = 4) -> np.ndarray:
@@ -410,8 +435,13 @@ def exemplar_image(arrays: dict, exemplar, *, half_size: int = 32, threshold: fl
     the picture.  ``attr_max`` as for :func:`thumbnail`.
     """
     z, (cy, cx) = exemplar.z, exemplar.center_yx
-    if getattr(exemplar, "focus", "centroid") == "densest" and exemplar.region is not None:
-        dz, dy, dx = densest_near_region(arrays, exemplar.region)
+    if getattr(exemplar, "focus", "centroid") == "densest":
+        if exemplar.region is not None:
+            dz, dy, dx = densest_near_region(arrays, exemplar.region)
+        elif exemplar.nodule is not None:
+            dz, dy, dx = densest_near_nodule(arrays, exemplar.nodule, reach_mm=SURROUNDINGS_MM)
+        else:
+            dz, dy, dx = z, cy, cx
         z, cy, cx = dz, (cy + dy) / 2.0, (cx + dx) / 2.0
     if attr_max is None:  # one scan of the volume for both pictures
         attr_max = float(np.max(arrays["attribution"])) if arrays["attribution"].size else 0.0
