@@ -130,7 +130,8 @@ st.caption(rules_summary() + " Pictures: axial crops in lung window, plain and w
            f"Grad-CAM overlay (from {100 * DISPLAY_THRESHOLD:.0f} % of the case maximum); "
            "green: nodule mask; cyan: "
            "off-mask region. Shortcut pictures are on the slice of the densest voxel next to "
-           "the region, between the nodule and the artifact. The heat map exists only inside "
+           "the region (or, for metal beside the nodule, within its surroundings), between "
+           "the nodule and the artifact. The heat map exists only inside "
            "each nodule's 48 mm analysis box, so it can end in a straight edge.")
 
 if len(faithfulness):
@@ -162,5 +163,7 @@ st.dataframe(
         "rma": st.column_config.NumberColumn("RMA", format="%.2f",
                                              help=common.METRIC_HELP["rma"]),
         "outcome_cluster": st.column_config.NumberColumn(
-            "Cluster", help="The cluster behind a shortcut or candidate outcome (-1: none)"),
+            "Cluster", help="The cluster behind a shortcut or candidate outcome (-1: none; a "
+                            "shortcut without one is metal beside the nodule, within the "
+                            "surroundings no off-mask region reaches)"),
     })

@@ -182,7 +182,8 @@ def _outcomes_section(data: ReportData) -> str:
     return f"""<p class="note">Each scored nodule is read by the rules in <code>discovery/patterns/outcomes.py</code>.
 {html.escape(rules_summary())} Pictures: axial crops in lung window, plain and with the Grad-CAM
 overlay (from {DISPLAY_THRESHOLD:.0%} of the case maximum); green the nodule mask, cyan the off-mask region; shortcut
-pictures are on the slice of the densest voxel next to the region, between nodule and artifact.
+pictures are on the slice of the densest voxel next to the region (or, for metal beside the
+nodule, within its surroundings), between nodule and artifact.
 The heat map exists only inside each nodule's 48 mm analysis box, so it can end in a straight edge.</p>
 <div class="outcomes">{''.join(cells)}</div>"""
 

@@ -430,9 +430,10 @@ def exemplar_image(arrays: dict, exemplar, *, half_size: int = 32, threshold: fl
 
     *exemplar* has ``z``, ``center_yx``, ``region``, ``nodule`` and ``focus``
     (:class:`discovery.patterns.outcomes.Exemplar`).  With ``focus == "densest"`` the crop goes to the
-    slice of the densest voxel next to the region (:func:`densest_near_region`) and is
-    centred halfway between it and ``center_yx`` (the nodule), so nodule and artifact share
-    the picture.  ``attr_max`` as for :func:`thumbnail`.
+    slice of the densest voxel next to the region (:func:`densest_near_region`; without a
+    region, within :data:`~discovery.schema.SURROUNDINGS_MM` of the nodule:
+    :func:`densest_near_nodule`) and is centred halfway between it and ``center_yx`` (the
+    nodule), so nodule and artifact share the picture.  ``attr_max`` as for :func:`thumbnail`.
     """
     z, (cy, cx) = exemplar.z, exemplar.center_yx
     if getattr(exemplar, "focus", "centroid") == "densest":
