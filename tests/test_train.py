@@ -360,3 +360,20 @@ def test_a_checkpoint_from_before_the_precision_setting_resumes_as_float32(tmp_p
     torch.save(state, ckpt)
     resumed = train_model(_toy(), tmp_path, settings=s, card=_tiny_card(), resume=True)
     assert [h["epoch"] for h in resumed.training["history"]] == [1, 2, 3]
+
+
+def test_bfloat16_on_a_cpu_without_it_says_it_will_be_slow(tmp_path, monkeypatch, caplog):
+    import logging
+
+    from discovery.model import train
+
+    monkeypatch.setattr(train, "_native_bfloat16", lambda: False)
+    s = TrainSettings(epochs=1, batch_size=6, seed=3, precision="bfloat16")
+    with caplog.at_level(logging.WARNING, logger="discovery.model.train"):
+        train_model(_toy(), tmp_path / "m", settings=s, card=_tiny_card())
+    assert "without native bfloat16" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="discovery.model.train"):
+        train_model(_toy(), tmp_path / "f", settings=TrainSettings(epochs=1, batch_size=6),
+                    card=_tiny_card())
+    assert "bfloat16" not in caplog.text                  # float32 says nothing

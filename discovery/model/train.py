@@ -508,12 +508,16 @@ def train_model(data: RoiDataset, out_dir: str | Path, *, settings: TrainSetting
 
 
 def _native_bfloat16() -> bool:
-    """Whether oneDNN reports bfloat16 support on this CPU (AVX-512 or newer)."""
-    check = getattr(getattr(torch.ops, "mkldnn", None), "_is_mkldnn_bf16_supported", None)
-    try:
-        return bool(check()) if check is not None else False
-    except RuntimeError:
-        return False
+    """Whether this CPU computes in bfloat16 natively (AMX tiles or AVX512-BF16), as torch
+    reports it; False when torch cannot say."""
+    for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        check = getattr(getattr(torch, "cpu", None), name, None)
+        try:
+            if check is not None and check():
+                return True
+        except RuntimeError:
+            continue
+    return False
 
 
 def _resume(ckpt_path: Path, data: RoiDataset, settings: TrainSettings, card: ModelCard,
