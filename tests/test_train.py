@@ -101,16 +101,19 @@ def test_resume_after_interruption_gives_the_uninterrupted_weights(tmp_path):
     assert [h["epoch"] for h in resumed.training["history"]] == [1, 2, 3, 4]
 
 
-def test_resume_refuses_a_checkpoint_from_other_settings(tmp_path):
-    from data_tools.errors import DataError
-
-    s = TrainSettings(epochs=3, batch_size=6, seed=5)
-
+def _interrupted_after_one_epoch(out, settings):
+    """Train the toy into *out* and stop after the first epoch, leaving its checkpoint."""
     def stop(epoch, total, history):
         raise _Interrupt
 
     with pytest.raises(_Interrupt):
-        train_model(_toy(), tmp_path, settings=s, card=_tiny_card(), progress=stop)
+        train_model(_toy(), out, settings=settings, card=_tiny_card(), progress=stop)
+
+
+def test_resume_refuses_a_checkpoint_from_other_settings(tmp_path):
+    from data_tools.errors import DataError
+
+    _interrupted_after_one_epoch(tmp_path, TrainSettings(epochs=3, batch_size=6, seed=5))
     other = TrainSettings(epochs=3, batch_size=6, seed=6)
     with pytest.raises(DataError, match="different settings .seed: 5 there, 6 now"):
         train_model(_toy(), tmp_path, settings=other, card=_tiny_card(), resume=True)
@@ -348,12 +351,7 @@ def test_a_checkpoint_from_before_the_precision_setting_resumes_as_float32(tmp_p
     import torch
 
     s = TrainSettings(epochs=3, batch_size=6, seed=5)
-
-    def stop(epoch, total, history):
-        raise _Interrupt
-
-    with pytest.raises(_Interrupt):
-        train_model(_toy(), tmp_path, settings=s, card=_tiny_card(), progress=stop)
+    _interrupted_after_one_epoch(tmp_path, s)
     ckpt = tmp_path / "checkpoint.pt"
     state = torch.load(ckpt, weights_only=True)
     del state["settings"]["precision"]                   # as written by earlier versions
