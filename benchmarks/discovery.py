@@ -323,6 +323,12 @@ def run(args) -> dict:
     rests_any = (nodules["probability"] >= threshold) & (nodules["p_without_planted"] < threshold)
     auroc_any = (float(roc_auc_score(rests_any, nodules["flag_score"]))
                  if 0 < rests_any.sum() < len(rests_any) else float("nan"))
+    # both of the product's measures of a reliance off the nodule at once: the drop without
+    # the off-mask regions (the flag's score) or without the surroundings, the larger
+    off_nodule = np.maximum(nodules["flag_score"], (nodules["probability"] - pd.to_numeric(
+        nodules["p_without_surroundings"], errors="coerce")).fillna(0.0))
+    auroc_any_both = (float(roc_auc_score(rests_any, off_nodule))
+                      if 0 < rests_any.sum() < len(rests_any) else float("nan"))
     surroundings = surroundings_figures(nodules, roles, threshold)
     distractor = per_kind["granuloma"]
     agreement = verdict_agreement(nodules["verdict"], nodules["rests_on_nodule"],
@@ -355,6 +361,7 @@ def run(args) -> dict:
         "flag_auroc": auroc,
         "planted_nodules": int(rests_any.sum()),
         "flag_auroc_planted": auroc_any,
+        "off_nodule_auroc_planted": auroc_any_both,
         "flag_sensitivity": float(nodules.loc[rests, "flagged"].mean()) if rests.any() else float("nan"),
         "flag_false_positive_rate": float(nodules.loc[~rests, "flagged"].mean()),
         "distractor_enriched": bool(np.isfinite(distractor.get("p_truth", np.nan))
@@ -433,7 +440,9 @@ def markdown(r: dict) -> str:
               f"({r['shortcut_nodules']} nodules rest on the bead; flagged "
               f"{_fmt(r['flag_sensitivity'])} of them, {_fmt(r['flag_false_positive_rate'])} of the rest); "
               f"flag AUROC for predictions resting on any planted structure "
-              f"{_fmt(r.get('flag_auroc_planted'), 3)} ({r.get('planted_nodules', '–')} nodules); "
+              f"{_fmt(r.get('flag_auroc_planted'), 3)} ({r.get('planted_nodules', '–')} nodules), "
+              f"with the drop without the surroundings as well "
+              f"{_fmt(r.get('off_nodule_auroc_planted'), 3)}; "
               f"distractor reported enriched: {_distractor_cell(r)}; "
               f"verdict agreement (aligned vs rests on the nodule, predicted malignant): "
               f"balanced accuracy {_fmt(r['verdict_agreement']['balanced_accuracy'], 3)} over "
