@@ -11,7 +11,7 @@ PORT   ?= 8501
 CASES  ?= 40
 WORKERS ?= 2
 SANITY ?= gradcam,gradcam++,hirescam,layercam,integrated_gradients
-# training arithmetic of make bench-discovery: bfloat16 is about 1.8x as fast per epoch on a CPU
+# training arithmetic of make bench-discovery: bfloat16 is about 1.7x as fast per epoch on a CPU
 # with AMX (docs/benchmarks/discovery.md#bfloat16); BENCH_PRECISION=float32 elsewhere
 BENCH_PRECISION ?= bfloat16
 

@@ -514,8 +514,8 @@ def main(argv=None) -> int:
                     help="processes generating the training cohort and scoring the test "
                          "cases (the same figures with any number; default: up to 2)")
     ap.add_argument("--precision", default="float32", choices=PRECISIONS,
-                    help="training arithmetic (bfloat16: autocast, about 3x faster on CPUs "
-                         "with native bfloat16)")
+                    help="training arithmetic (bfloat16: autocast, an epoch about 1.7x as "
+                         "fast on CPUs with native bfloat16, slower on others)")
     ap.add_argument("--method", default="hdbscan", choices=["hdbscan", "spectral"])
     ap.add_argument("--map", default="gradcam@layer3",
                     help="attribution map as METHOD[@LAYER] (e.g. layercam@layer2: 16^3 cells "

@@ -376,8 +376,9 @@ def _add_train(sub) -> None:
                         "demo model's single-window input")
     t.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
                    help="arithmetic of the training passes: bfloat16 (autocast; weights, "
-                        "optimiser and validation stay float32) is about 3 times as fast on "
-                        "CPUs with native bfloat16 (AMX) and slower on others; default "
+                        "optimiser and validation stay float32) trains an epoch about 1.7 "
+                        "times as fast on CPUs with native bfloat16 (AMX) and slower on "
+                        "others; default "
                         "%(default)s")
     t.add_argument("--resume", action="store_true",
                    help="continue from OUT/checkpoint.pt left by an interrupted run")
