@@ -61,6 +61,7 @@ from discovery.batch.score import result_rows  # noqa: E402
 from discovery.patterns.causal import pattern_effects, rescore_without, summarize_effects  # noqa: E402
 from discovery.patterns.stats import adjusted_rand, match_kind, top_k_precision  # noqa: E402
 from discovery.model.card import ModelCard, default_architecture, load_model  # noqa: E402
+from discovery.model.reliance import RelianceSettings  # noqa: E402
 from discovery.patterns.clustering import (FEATURE_COLUMNS, STRUCTURE_FEATURES, PatternSettings,  # noqa: E402
                                 cluster_regions)
 from discovery.pipeline import HALO_MM, ScoreSettings, analyze_scan  # noqa: E402
@@ -230,7 +231,6 @@ def _scored_test_cases(args, model, card, roles):
         yield from pool.map(_score_test_case, cases, chunksize=4)
 
 
-
 def _score_settings(spec: str) -> ScoreSettings:
     method, _, layer = spec.partition("@")
     return ScoreSettings(method=method, layer=layer or None)
@@ -390,7 +390,8 @@ def surroundings_figures(nodules: pd.DataFrame, roles: dict, threshold: float) -
     pred = nodules["probability"] >= threshold
     group = pred & (pd.to_numeric(nodules["rests_on_surroundings"], errors="coerce") == 1)
     out = {"n_predicted": int(pred.sum()), "n_group": int(group.sum()), "per_kind": {}}
-    needed = np.maximum(0.05, 0.5 * nodules["probability"])
+    rule = RelianceSettings()          # the product's own "rests on" rule
+    needed = np.maximum(rule.min_drop, rule.relative_drop * nodules["probability"])
     for kind in roles:
         has = nodules[f"has_{kind}"].astype(bool)
         rests = pred & has & ((nodules["probability"] - nodules[f"p_without_{kind}"]) >= needed)

@@ -185,7 +185,7 @@ def surroundings_reading(findings: pd.DataFrame, truth: pd.DataFrame | None = No
                      + (f", against {other_hu.median():.0f} HU around the other "
                         "predicted-malignant nodules" if other_hu.notna().any() else ""))
     parts.append(_truth_share(group, pool, truth))
-    metal = int((_numbers(group, "surroundings_max_hu") >= ARTIFACT_HU).sum())
+    metal = int(_metal_beside(group).sum())
     if metal:
         parts.append(f"{metal} of them {'has' if metal == 1 else 'have'} metal-dense voxels "
                      f"(at least {ARTIFACT_HU:.0f} HU) "
@@ -567,8 +567,7 @@ def _shortcut_order(short: pd.DataFrame, threshold: float) -> pd.DataFrame:
     """The shortcut nodules, those whose call the artifact decides first, then by the drop
     in P(malignant) without it; with a boolean ``decisive`` column."""
     beside = short["outcome_cluster"].to_numpy() < 0
-    without = (_numbers(short, "p_without_surroundings")
-               if beside.any() else pd.Series(np.nan, index=short.index))
+    without = _numbers(short, "p_without_surroundings")
     drop = np.where(beside, short["probability"].astype(float) - without,
                     pd.to_numeric(short["flag_score"], errors="coerce"))
     decisive = np.where(beside, (without < threshold).to_numpy(), _truthy(short["flagged"]))
