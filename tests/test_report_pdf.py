@@ -76,7 +76,7 @@ def test_pdf_text_has_the_summary_the_nodule_and_the_footer(pdf, results):
                      "Using an artifact: a shortcut to distrust · 1 nodule",
                      "Metric distributions", "relevance mass in mask (RMA)",
                      "Off-mask attention patterns", "Cluster 0 (artifact)",
-                     "Shortcut-flagged nodules", "case-C: could not read the CT series",
+                     "Shortcut nodules", "case-C: could not read the CT series",
                      "Flagged nodule 1 of 1: case-A · n1", "P(malignant) 0.83 → 0.31",
                      "Grad-CAM, raw units", "Metrics", "(most attribution on the nodule)"):
         assert expected in " ".join(text.split()), expected
@@ -201,6 +201,56 @@ def test_select_nodule_pages_flagged_first_else_highest_offmask_share():
     assert fallback and list(rows["case_id"]) == ["c01", "c02", "c03"]
     none, fallback = select_nodule_pages(clean.assign(status="failed"))
     assert fallback and none.empty
+
+
+def test_select_nodule_pages_adds_the_shortcuts_through_metal_beside_a_nodule():
+    # c0 flagged (drop 0.30); c1 a shortcut through metal beside it, not flagged (drop
+    # 0.72 - 0.12 = 0.60); c2 not flagged, outcome "other": no page; c3 flagged, drop 0.10
+    f = pd.DataFrame({"case_id": ["c0", "c1", "c2", "c3"], "nodule_id": "n1", "status": "ok",
+                      "flagged": [1, 0, 0, 1], "flag_score": [0.30, np.nan, np.nan, 0.10],
+                      "probability": [0.9, 0.72, 0.8, 0.6],
+                      "p_without_surroundings": [0.85, 0.12, 0.2, 0.55],
+                      "offmask_mass_share": 0.3})
+    outcomes = f[["case_id", "nodule_id"]].assign(
+        outcome=["shortcut", "shortcut", "other", "candidate sign"],
+        outcome_cluster=[2, -1, -1, 4])
+    rows, fallback = select_nodule_pages(f, outcomes=outcomes)
+    assert not fallback
+    assert list(rows["case_id"]) == ["c1", "c0", "c3"]
+    np.testing.assert_allclose(rows["page_drop"], [0.60, 0.30, 0.10])
+    assert list(rows["outcome_cluster"]) == [-1, 2, 4]
+    # without the outcomes: the flagged nodules only, as before
+    rows, _ = select_nodule_pages(f)
+    assert list(rows["case_id"]) == ["c0", "c3"]
+    # a shortcut alone is enough for shortcut pages (no fallback)
+    rows, fallback = select_nodule_pages(f.assign(flagged=0), outcomes=outcomes)
+    assert not fallback and list(rows["case_id"]) == ["c1", "c0"]
+
+
+@needs_pdftotext
+def test_a_shortcut_through_metal_beside_a_nodule_gets_its_page(tiny_results_fresh, tmp_path):
+    import sqlite3
+
+    # case-B n1 made a call that rests on a clip beside the nodule: predicted malignant,
+    # P 0.72 -> 0.12 without its surroundings, 2600 HU there, not flagged
+    with sqlite3.connect(tiny_results_fresh / "discovery.sqlite") as con:
+        con.execute("UPDATE nodules SET probability = 0.72, predicted_label = 1, "
+                    "rests_on_surroundings = 1, p_without_surroundings = 0.12, "
+                    "surroundings_max_hu = 2600, flag_clusters = '' WHERE case_id = 'case-B'")
+    out = write_pdf(tiny_results_fresh, tmp_path / "r.pdf")
+    n = _pages(out.read_bytes())
+    text = " ".join(_text(out).split())
+    assert "1 nodule(s) shortcut-flagged" in text
+    assert "1 a shortcut through metal beside the nodule, within 5 mm of its mask" in text
+    # largest drop first: case-B (0.60) before case-A (0.52)
+    assert text.index("Shortcut nodule 1 of 2: case-B · n1") < text.index(
+        "Flagged nodule 2 of 2: case-A · n1")
+    pages = [" ".join(_text(out, k).split()) for k in range(1, n + 1)]
+    page = next(p for p in pages if "Shortcut nodule 1 of 2" in p)
+    assert "P(malignant) 0.72 → 0.12 once its surroundings, within 5 mm of the mask" in page
+    assert "a voxel there is metal-dense (2600 HU)" in page
+    assert "the densest voxel within 5 mm of the mask (2600 HU)" in page
+    assert "Flagged nodule 2 of 2" in pages[-1]
 
 
 def test_failed_write_leaves_the_old_file_and_no_temporary(results, tmp_path, monkeypatch):

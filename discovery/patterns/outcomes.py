@@ -61,7 +61,7 @@ from discovery.schema import DEFAULT_THRESHOLD, MIN_EFFECT, SURROUNDINGS_MM
 __all__ = ["ARTIFACT_HU", "MIN_SURROUNDINGS_GROUP", "OUTCOMES", "READINGS", "SCORED_STATUSES",
            "Exemplar", "Panel", "OutcomeReadings", "agreement_reading", "cluster_readings",
            "nodule_outcomes", "outcome_panels", "read_outcomes", "rules_summary",
-           "surroundings_reading"]
+           "shortcut_exemplar", "surroundings_reading"]
 
 #: Median halo density (HU) from which a cluster reads as an artifact (metal-like).
 ARTIFACT_HU = 2000.0
@@ -537,10 +537,19 @@ def _tumour_panel(out: pd.DataFrame, n_exemplars: int) -> Panel:
             f"RMA {float(r['rma']):.2f}"), n_exemplars))
 
 
-def _shortcut_exemplar(r, regions: pd.DataFrame) -> Exemplar | None:
+def shortcut_exemplar(r, regions: pd.DataFrame) -> Exemplar | None:
     """A shortcut nodule's picture, on the slice of the densest voxel: for a cluster's
     shortcut, its largest region in that cluster (None when it has no region there); for
-    metal beside the nodule, the nodule and its surroundings."""
+    metal beside the nodule (``outcome_cluster`` -1), the nodule and its surroundings.
+
+    Parameters
+    ----------
+    r : mapping or pandas.Series
+        A row of :func:`nodule_outcomes` whose ``outcome`` is ``"shortcut"``.
+    regions : pandas.DataFrame
+        ``ResultsStore.regions()`` (``case_id``, ``nodule_id``, ``cluster``, ``centroid_z``,
+        ``case_region``, ``mass_share``).
+    """
     p = float(r["probability"])
     if int(r["outcome_cluster"]) < 0:
         return Exemplar(str(r["case_id"]), str(r["nodule_id"]), float(r["center_z"]),
@@ -622,7 +631,7 @@ def _shortcut_panel(out: pd.DataFrame, by_cluster: pd.DataFrame, artifact_ids: l
                 "mask or beside the nodule.")
     return Panel("shortcut", "Using an artifact: a shortcut to distrust", lead,
                  len(short), clusters[0] if clusters else (artifact_ids[0] if artifact_ids else -1),
-                 _pick(short, lambda r: _shortcut_exemplar(r, regions), n_exemplars))
+                 _pick(short, lambda r: shortcut_exemplar(r, regions), n_exemplars))
 
 
 def _candidate_panel(out: pd.DataFrame, by_cluster: pd.DataFrame, regions: pd.DataFrame,

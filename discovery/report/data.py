@@ -135,7 +135,7 @@ class ReportData:
         return list(self.outcome_readings.panels)
 
 
-def select_nodule_pages(findings: pd.DataFrame, *,
+def select_nodule_pages(findings: pd.DataFrame, *, outcomes: pd.DataFrame | None = None,
                         limit: int = MAX_FALLBACK) -> tuple[pd.DataFrame, bool]:
     """The nodules that get a page, and whether they are the fallback.
 
@@ -143,24 +143,43 @@ def select_nodule_pages(findings: pd.DataFrame, *,
     ----------
     findings : pandas.DataFrame
         ``ResultsStore.findings()``.
+    outcomes : pandas.DataFrame, optional
+        :func:`discovery.patterns.outcomes.nodule_outcomes` of these findings
+        (:attr:`ReportData.outcomes`): every *shortcut* outcome then gets a page too, also
+        one that is not flagged (metal beside a nodule whose call rests on its
+        surroundings, ``outcome_cluster`` -1), and the rows carry ``outcome`` and
+        ``outcome_cluster``.
     limit : int
         Most nodules the fallback shows.
 
     Returns
     -------
     (pandas.DataFrame, bool)
-        Scored nodules with ``flagged == 1`` (largest ``flag_score`` first, then case and
-        nodule id) and ``False``; when none is flagged, the scored nodules with the highest
-        positive ``offmask_mass_share`` (up to *limit*, same tie order) and ``True``; when
-        no nodule has attention off its mask either, the scored nodules with the highest
-        ``probability`` (up to *limit*, same tie order) and ``True``, so that a report of
-        a few clean cases still shows their nodules.
+        The scored nodules with ``flagged == 1`` or a *shortcut* outcome, largest
+        ``page_drop`` first (the drop in P(malignant) without what the call rests on off
+        the nodule: P without its surroundings for metal beside it, else ``flag_score``,
+        the drop without all its off-mask regions), then case and nodule id, and ``False``; when there are none, the
+        scored nodules with the highest positive ``offmask_mass_share`` (up to *limit*,
+        same tie order) and ``True``; when no nodule has attention off its mask either, the
+        scored nodules with the highest ``probability`` (up to *limit*, same tie order)
+        and ``True``, so that a report of a few clean cases still shows their nodules.
     """
     scored = findings[findings["status"].isin(SCORED_STATUSES)]
+    if outcomes is not None:
+        scored = scored.merge(outcomes[["case_id", "nodule_id", "outcome", "outcome_cluster"]],
+                              on=["case_id", "nodule_id"], how="left")
     flagged = pd.to_numeric(scored["flagged"], errors="coerce").fillna(0) == 1
-    if flagged.any():
-        return scored[flagged].sort_values(["flag_score", "case_id", "nodule_id"],
-                                           ascending=[False, True, True], kind="stable"), False
+    shortcut = (scored["outcome"] == "shortcut") if outcomes is not None else flagged
+    if (flagged | shortcut).any():
+        rows = scored[flagged | shortcut]
+        drop = pd.to_numeric(rows["flag_score"], errors="coerce")
+        if outcomes is not None and "p_without_surroundings" in rows.columns:
+            beside = ~flagged[rows.index] & (rows["outcome_cluster"] < 0)  # metal beside it
+            drop = drop.mask(beside, pd.to_numeric(rows["probability"], errors="coerce")
+                             - pd.to_numeric(rows["p_without_surroundings"], errors="coerce"))
+        return rows.assign(page_drop=drop).sort_values(
+            ["page_drop", "case_id", "nodule_id"], ascending=[False, True, True],
+            kind="stable", na_position="last"), False
     share = pd.to_numeric(scored["offmask_mass_share"], errors="coerce")
     if (share > 0).any():
         rank, rows = share, scored[share > 0]
