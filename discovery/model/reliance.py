@@ -61,7 +61,7 @@ from scipy import fft, ndimage
 from data_tools.checks import check_int, check_nonneg, check_spacing
 from data_tools.volume import Mask, Volume
 from discovery.model.card import ModelCard
-from discovery.model.edit import (PARENCHYMA_BAND_HU, grow_mm, inpaint_parenchyma,
+from discovery.model.edit import (PARENCHYMA_BAND_HU, bounding_box, grow_mm, inpaint_parenchyma,
                                   score_inputs)
 from discovery.model.rois import NoduleSite, nodule_sites, roi_input
 from discovery.schema import SURROUNDINGS_MM
@@ -250,10 +250,10 @@ def control_blobs(hu, own, annotated, *, spacing_mm,
         raise ValueError("hu, own and annotated must be 3-D arrays of one shape; received "
                          f"{hu.shape}, {own.shape}, {annotated.shape}")
     spacing = check_spacing(spacing_mm)
-    box = ndimage.find_objects(own.astype(np.uint8))
-    if settings.n_controls == 0 or not box or box[0] is None:
+    box = bounding_box(own)
+    if settings.n_controls == 0 or box is None:
         return []
-    blob = own[box[0]]
+    blob = own[box]
     if any(b > s for b, s in zip(blob.shape, hu.shape)):
         return []
     lo_hu, hi_hu = PARENCHYMA_BAND_HU
