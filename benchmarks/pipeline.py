@@ -151,7 +151,8 @@ def run(model_dir: str | None, command_repeat: int = 0) -> tuple[list[dict], dic
         rows.append({"stage": "  nodule sites, full-grid maps (rest)", "seconds": rest, "peak_rss_mib": float("nan")})
         with _measure(rows, "save viewer arrays (Zarr; outside air flattened, as discovery score)"):
             ct = volume.array if volume.array.dtype == np.int16 else ct_int16(volume.array)
-            flatten_outside_air(ct, keep=[n.box for n in result.nodules], out=ct)
+            flatten_outside_air(ct, keep=[n.box for n in result.nodules], out=ct,
+                                threads=torch.get_num_threads())
             rel = save_case_arrays(tmp, "case-bench", ct=ct,
                                    mask=mask.array, attribution=result.attribution,
                                    region_map=result.region_map, affine=volume.affine)

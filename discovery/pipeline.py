@@ -260,6 +260,12 @@ def analyze_scan(
     timings : dict, optional
         When given, seconds per stage are added to it (``roi``, ``model``, ``reliance``,
         ``descriptors``, ``align``, ``offmask``); used by ``benchmarks/pipeline.py``.
+
+    Notes
+    -----
+    The lung field's labelling and closings run on as many threads as torch's operators
+    (``torch.get_num_threads()``, which a batch sets per worker); the result does not
+    depend on it.
     """
     shape = volume.shape
     attribution = np.zeros(shape, dtype=np.float32)
@@ -277,7 +283,7 @@ def analyze_scan(
     with _stage(timings, "model"):
         probs, maps, acts, info = _score_rois(inputs, model, settings)
     with _stage(timings, "descriptors"):
-        scene = _scene(volume, rois)
+        scene = _scene(volume, rois, threads=torch.get_num_threads())
     with _stage(timings, "reliance"):
         reliances = nodule_reliance(model, card, volume, mask, sites=sites,
                                     probabilities=[float(p[1]) for p in probs],
@@ -353,13 +359,13 @@ class _Scene:
     midline_x_mm: float
 
 
-def _scene(volume: Volume, rois: list[Roi]) -> _Scene:
+def _scene(volume: Volume, rois: list[Roi], *, threads: int = 1) -> _Scene:
     shape, spacing = volume.shape, volume.spacing_mm
     # the lung field only where the regions can be: the ROI boxes (most of a full-size
     # scan's time went into closing the whole lungs)
-    air = lung_components(volume.array, spacing_mm=spacing)
+    air = lung_components(volume.array, spacing_mm=spacing, threads=threads)
     lung = lung_mask(volume.array, spacing_mm=spacing, components=air,
-                     within=[roi.scan_box(shape) for roi in rois])
+                     within=[roi.scan_box(shape) for roi in rois], threads=threads)
     if air.any():  # the midline: halfway between the lungs' air, in patient x
         midline_x = float(volume.voxel_to_world(np.argwhere(air[::2, ::2, ::2]).mean(axis=0)
                                                 * 2)[0])

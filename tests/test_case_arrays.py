@@ -277,6 +277,11 @@ def test_outside_air_is_flattened_the_body_and_lungs_stay_exact():
     inplace = ct.copy()
     flatten_outside_air(inplace, out=inplace)
     np.testing.assert_array_equal(inplace, got)
+    for threads in (2, 5):                              # slices shared out: the same result
+        on_threads = ct.copy()
+        _, n_threads = flatten_outside_air(on_threads, out=on_threads, threads=threads)
+        np.testing.assert_array_equal(on_threads, got)
+        assert n_threads == n
     with pytest.raises(ValueError, match="3-D"):
         flatten_outside_air(ct[0])
 

@@ -339,7 +339,57 @@ def test_lung_components_beyond_65535_components(n_bubbles):
     spacing = (1.0, 1.0, 1.0)
     got = lung_components(hu, spacing_mm=spacing)
     np.testing.assert_array_equal(got, _components_reference(hu, spacing))
+    np.testing.assert_array_equal(lung_components(hu, spacing_mm=spacing, threads=2), got)
     assert got[5:35, 20:60, 20:60].all() and got.sum() == 30 * 40 * 40
+
+
+@pytest.mark.parametrize("threads", [2, 3, 7])
+def test_lung_components_on_threads_join_the_slabs_exactly(threads):
+    """Labelled in slabs of slices on threads, the components are joined across the seams:
+    the same lungs as one labelling (the reference), whatever the number of slabs."""
+    from discovery.regions.descriptors import lung_components
+
+    hu = np.zeros((21, 40, 40), np.float32)
+    hu[:, :2], hu[:, -2:], hu[:, :, :2], hu[:, :, -2:] = -1000, -1000, -1000, -1000
+    # a U: two columns that meet only in the last slices, so their halves join through
+    # slabs they do not share; 8 x 6 x 6 + 8 x 6 x 6 + 3 x 6 x 26 voxels = 1,044 (kept)
+    hu[10:21, 5:11, 5:11] = -900
+    hu[10:21, 5:11, 25:31] = -900
+    hu[18:21, 5:11, 5:31] = -900
+    # a tube from the centre to the border in slice 3 only: outside air, dropped
+    hu[0:12, 20:26, 15:21] = -900
+    hu[3, 20:23, 0:21] = -900
+    # a block whose parts in each slab are each under the minimum, together above it
+    hu[4:16, 28:36, 5:13] = -900                       # 12 x 8 x 8 = 768 voxels
+    # noise: many small components, some across seams
+    rng = np.random.default_rng(5)
+    hu[(rng.random(hu.shape) < 0.05) & (hu == 0)] = -700
+    spacing = (1.0, 1.0, 1.0)
+    min_ml = 0.7                                       # 700 voxels at 1 mm
+    expect = _components_reference(hu, spacing, min_volume_ml=min_ml)
+    assert expect[10:21, 5:11, 5:11].all() and expect[4:16, 28:36, 5:13].all()
+    assert not expect[0:12, 20:26, 15:21].any()
+    for n in (1, threads):
+        np.testing.assert_array_equal(
+            lung_components(hu, spacing_mm=spacing, min_volume_ml=min_ml, threads=n), expect)
+
+
+def test_lung_mask_on_threads_is_the_same_field():
+    from data_tools.synthetic import SyntheticConfig, generate_case
+    from discovery.regions.descriptors import lung_mask
+
+    case = generate_case(4, config=SyntheticConfig(shape_yx=96, n_slices=(40, 40),
+                                                   slice_spacing_mm=(1.5, 1.5)), index=0)
+    spacing = tuple(float(v) for v in np.linalg.norm(case.affine[:3, :3], axis=0))
+    boxes = [(slice(5, 25), slice(10, 50), slice(10, 50)), (slice(15, 38), slice(30, 90),
+                                                            slice(40, 96)),
+             (slice(-3, 12), slice(0, 40), slice(50, 90))]     # overlapping, one clipped
+    one = lung_mask(case.hu, spacing_mm=spacing, within=boxes)
+    assert one.any()
+    np.testing.assert_array_equal(lung_mask(case.hu, spacing_mm=spacing, within=boxes,
+                                            threads=3), one)
+    np.testing.assert_array_equal(lung_mask(case.hu, spacing_mm=spacing, threads=2),
+                                  lung_mask(case.hu, spacing_mm=spacing))
 
 
 @pytest.mark.parametrize("slab_voxels", [1, 150, 10_000, 1 << 22])

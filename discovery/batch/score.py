@@ -8,16 +8,15 @@ off-mask regions of the whole cohort are clustered once, and ``findings.csv`` an
 Crash safety and resuming
 -------------------------
 Each case is written in two steps: its arrays (``cases/<case_id>.zarr.zip``: temporary file,
-fsync, rename: :func:`data_tools.files.atomic_path`), then its rows and its ``manifest`` row
-in one store transaction
-(:meth:`discovery.store.tables.ResultsStore.put_case`).  A case is therefore either complete, with a
-manifest row, or absent from the manifest; a run killed at any point (even ``SIGKILL``) and
+fsync, rename: :func:`data_tools.files.atomic_path`), then its rows and its ``manifest`` row in
+one store transaction (:meth:`discovery.store.tables.ResultsStore.put_case`).  A case is
+therefore either complete, with a manifest row, or absent from the manifest; a run killed at any point (even ``SIGKILL``) and
 started again scores the missing cases and yields the same outputs as an uninterrupted run.
 Temporary files of a killed run (``cases/.<case_id>.zarr.zip.<pid>.tmp``,
 ``.findings.csv.<pid>.tmp``, ``.patterns.csv.<pid>.tmp``, ``.store.json.<pid>.tmp``, and
 the ``cases/.<case_id>.npz.<pid>.tmp`` and ``cases/.<case_id>.<pid>.tmp.npz`` of earlier
-versions) are removed when the next batch
-starts, unless process ``pid`` is still running and wrote the file in the last 15 minutes.
+versions) are removed when the next batch starts, unless process ``pid`` is still running
+and wrote the file in the last 15 minutes.
 
 The manifest row holds three SHA-256 hex digests, ``input_hash``, ``model_hash`` and
 ``config_hash`` (:mod:`discovery.batch.manifest` says over what, and who computes them: on a
@@ -298,12 +297,15 @@ class _Analysed:
 def _analyse_case(spec: CaseSpec, case, model, card, settings: ScoreSettings) -> _Analysed:
     """Analyse a case read into memory; the int16 CT of its case file (the air outside the
     patient flattened unless ``settings.lossless_ct``).  Consumes *case*: a scan read as
-    int16 HU becomes that CT (no copy), flattened in place."""
+    int16 HU becomes that CT (no copy), flattened in place (on torch's threads)."""
+    from torch import get_num_threads  # loaded with the model
+
     volume, mask = case.volume, case.mask
     result = analyze_scan(volume, mask, model, card, case_id=spec.case_id, settings=settings)
     ct = volume.array if volume.array.dtype == np.int16 else ct_int16(volume.array)
     if not settings.lossless_ct:
-        flatten_outside_air(ct, keep=[n.box for n in result.nodules], out=ct)
+        flatten_outside_air(ct, keep=[n.box for n in result.nodules], out=ct,
+                            threads=get_num_threads())
     return _Analysed(
         result=result, ct=ct,
         mask=(mask.array if mask is not None   # Mask arrays are int16 already: no copy

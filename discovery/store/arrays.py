@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from data_tools.files import atomic_path
+from discovery.parallel import thread_map
 
 __all__ = ["CASE_SUFFIX", "LEGACY_SUFFIX", "case_file", "ct_int16", "flatten_outside_air",
            "matches_stored_ct", "save_case_arrays", "load_case_arrays"]
@@ -95,8 +96,8 @@ def ct_int16(hu: np.ndarray) -> np.ndarray:
 
 
 def flatten_outside_air(ct: np.ndarray, *, keep=(), air_below_hu: float = -400.0,
-                        flatten_below_hu: float = -900.0, out: np.ndarray | None = None
-                        ) -> tuple[np.ndarray, int]:
+                        flatten_below_hu: float = -900.0, out: np.ndarray | None = None,
+                        threads: int = 1) -> tuple[np.ndarray, int]:
     """The CT with the air *around* the patient set to -1000 HU, for storage.
 
     Air outside the body holds no structure, only detector noise, and that noise is what
@@ -119,6 +120,9 @@ def flatten_outside_air(ct: np.ndarray, *, keep=(), air_below_hu: float = -400.0
         HU thresholds of the rule above.
     out : ndarray or None
         Where to write the result (may be *ct* itself); a new array when None.
+    threads : int
+        Slices done at once (SciPy releases the GIL while it labels); the result does not
+        depend on it.
 
     Returns
     -------
@@ -142,22 +146,28 @@ def flatten_outside_air(ct: np.ndarray, *, keep=(), air_below_hu: float = -400.0
         if len(box) != 3 or not all(isinstance(b, slice) for b in box):
             raise ValueError(f"keep must hold (z, y, x) tuples of slices; received {box!r}")
         boxes.append((range(*box[0].indices(ct.shape[0])), box[1:]))
-    n = 0
-    for k in range(ct.shape[0]):
-        labels, n_labels = ndimage.label(ct[k] < air_below_hu)
-        outside = np.zeros(n_labels + 1, dtype=bool)
-        outside[labels[0]] = outside[labels[-1]] = True
-        outside[labels[:, 0]] = outside[labels[:, -1]] = True
-        outside[0] = False
-        if not outside.any():
-            continue
-        flat = outside[labels] & (ct[k] < flatten_below_hu)
-        for zs, in_plane in boxes:
-            if k in zs:
-                flat[in_plane] = False
-        result[k][flat] = AIR_HU
-        n += int(np.count_nonzero(flat))
-    return result, n
+
+    def flatten(ks: range) -> int:
+        n = 0
+        for k in ks:
+            labels, n_labels = ndimage.label(ct[k] < air_below_hu)
+            outside = np.zeros(n_labels + 1, dtype=bool)
+            outside[labels[0]] = outside[labels[-1]] = True
+            outside[labels[:, 0]] = outside[labels[:, -1]] = True
+            outside[0] = False
+            if not outside.any():
+                continue
+            flat = outside[labels] & (ct[k] < flatten_below_hu)
+            for zs, in_plane in boxes:
+                if k in zs:
+                    flat[in_plane] = False
+            result[k][flat] = AIR_HU     # slice k only: the threads never share a slice
+            n += int(np.count_nonzero(flat))
+        return n
+
+    n_threads = max(1, int(threads))
+    chunks = [range(i, ct.shape[0], n_threads) for i in range(n_threads)]
+    return result, sum(thread_map(flatten, chunks, threads=n_threads))
 
 
 def matches_stored_ct(ct: np.ndarray, stored: np.ndarray, *,
