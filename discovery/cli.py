@@ -632,5 +632,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def run() -> None:
+    """The ``discovery`` command: :func:`main`, then exit with its status.
+
+    Before exiting, every object left is moved out of the garbage collector's reach
+    (:func:`gc.freeze`): the interpreter's final collection would otherwise walk the
+    millions of objects torch and the other imports made (0.3 s of a 2-core machine's
+    ``discovery score`` of one scan) to free memory the process is about to give back.
+    Files, the store and the pools are closed by then; objects are still deallocated."""
+    import gc
+
+    status = main()
+    gc.freeze()
+    sys.exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
