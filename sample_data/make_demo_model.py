@@ -52,6 +52,16 @@ def main(argv=None) -> int:
     ap.add_argument("--widths", default=None,
                     help="comma-separated channels of the stages (block_inplanes), e.g. 8,32 "
                          "for a 2-stage network with a wider layer2; default: the card's")
+    ap.add_argument("--context", type=int, default=0, metavar="N",
+                    help="a coarse context branch of N channels whose per-channel gains scale "
+                         "the last stage's features (the CAM layer becomes 'gate'); default 0: "
+                         "none (experimental)")
+    ap.add_argument("--pointwise", type=int, default=0, metavar="N",
+                    help="N 1x1x1 convolution layers (each doubling the channels) after the "
+                         "last stage, more depth without a larger receptive field (the CAM "
+                         "layer becomes 'head'); default 0 (experimental)")
+    ap.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                    help="arithmetic of the training passes (TrainSettings.precision)")
     ap.add_argument("--workers", type=int, default=2,
                     help="processes generating the cases (the ROIs do not depend on it)")
     ap.add_argument("--domain-only", action="store_true",
@@ -71,7 +81,13 @@ def main(argv=None) -> int:
         inplanes = list(architecture["kwargs"]["block_inplanes"])
         inplanes[: len(widths)] = widths
         architecture["kwargs"] = dict(architecture["kwargs"], block_inplanes=inplanes)
-    card = ModelCard(architecture=architecture, gradcam_layer=f"layer{args.stages}")
+    if args.context:
+        architecture["context"] = args.context
+    if args.pointwise:
+        architecture["pointwise"] = args.pointwise
+    card = ModelCard(architecture=architecture,
+                     gradcam_layer=("head" if args.pointwise else "gate" if args.context
+                                    else f"layer{args.stages}"))
     config = SyntheticConfig.read(args.config) if args.config else None
     cache = Path(args.rois_cache) if args.rois_cache else None
     if cache is not None and cache.is_file():
@@ -88,7 +104,8 @@ def main(argv=None) -> int:
     log(f"{args.cases} cases, {len(data.y)} nodules ({int(data.y.sum())} malignant)")
     if args.domain_only:
         return _write_domain(Path(args.out), data, log)
-    settings = TrainSettings(epochs=args.epochs, patience=10, lr=2e-3, seed=0)
+    settings = TrainSettings(epochs=args.epochs, patience=10, lr=2e-3, seed=0,
+                             precision=args.precision)
     card = train_model(data, args.out, settings=settings, card=card,
                        progress=lambda e, n, h: log(f"epoch {e}/{n} loss {h['loss']:.3f} "
                                                     f"val AUROC {h['val_auroc']:.3f}"))

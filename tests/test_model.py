@@ -98,6 +98,33 @@ def test_shortened_trunk_keeps_grad_cam_layer_before_pooling(stages):
         build_network(ModelCard(architecture={**arch, "stages": 5}))
 
 
+@pytest.mark.parametrize("extra, layer", [({"context": 4}, "gate"), ({"pointwise": 2}, "head"),
+                                          ({"context": 4, "pointwise": 1}, "head")])
+def test_local_variants_keep_the_cam_an_exact_decomposition_of_the_logit(extra, layer):
+    """The experimental 2-stage variants (a context gain, pointwise layers) pool their CAM
+    layer globally into the last layer: the class-contrast CAM, summed over the cells, is
+    the logit difference without the bias (docs/method/metrics-and-verdicts.md)."""
+    from discovery.model.card import default_architecture
+
+    torch.manual_seed(0)
+    arch = {**default_architecture(), "stages": 2, **extra}
+    model = build_network(ModelCard(architecture=arch, gradcam_layer=layer)).eval()
+    if "context" in extra:                     # a gain other than its initial 1
+        torch.nn.init.normal_(model.context.net[-1].weight)
+    acts = {}
+    dict(model.named_modules())[layer].register_forward_hook(
+        lambda m, i, o: acts.setdefault("a", o))
+    x = torch.randn(2, 1, 32, 32, 32)
+    with torch.no_grad():
+        logits = model(x)
+    a = acts["a"]
+    assert a.shape[-3:] == (16, 16, 16)       # 3 mm cells: the receptive field stays small
+    w = model.fc.weight[1] - model.fc.weight[0]
+    cam = torch.einsum("c,nczyx->nzyx", w, a) / a[0, 0].numel()
+    expect = logits[:, 1] - logits[:, 0] - (model.fc.bias[1] - model.fc.bias[0])
+    torch.testing.assert_close(cam.sum(dim=(1, 2, 3)), expect, atol=1e-4, rtol=1e-4)
+
+
 def _tiny(card: ModelCard) -> ModelCard:
     arch = dict(card.architecture, kwargs=dict(card.architecture["kwargs"],
                                                block_inplanes=[2, 4, 4, 4]))

@@ -208,7 +208,8 @@ def build_network(card: ModelCard) -> NoduleResNet:
 
     return NoduleResNet(cam_layer=card.gradcam_layer, stages=int(arch.get("stages", 4)),
                         input_mean=arch.get("input_mean"), input_std=arch.get("input_std"),
-                        **arch["kwargs"])
+                        context=int(arch.get("context", 0)),
+                        pointwise=int(arch.get("pointwise", 0)), **arch["kwargs"])
 
 
 def default_model_dir() -> Path:
