@@ -670,9 +670,12 @@ def _hu_slices(slices: list[_Slice], integer_hu: bool) -> np.ndarray:
         stored = _read_pixels(s)
         s.ds = None  # its pixels are read: the dataset (and the file's bytes it holds) can go
         if out.dtype == np.int16:
-            hu = stored.astype(np.int64) * int(s.slope) + int(s.intercept)
-            if low <= hu.min() and hu.max() <= high:
-                out[k] = hu
+            slope, intercept = int(s.slope), int(s.intercept)
+            ends = (int(stored.min()) * slope + intercept, int(stored.max()) * slope + intercept)
+            if (low <= min(ends) and max(ends) <= high      # then exact, no int64 copy
+                    and abs(intercept) < 2 ** 30):              # (int32 in between)
+                np.add(np.multiply(stored, slope, dtype=np.int32) if slope != 1 else stored,
+                       intercept, out=out[k], dtype=np.int32, casting="unsafe")
                 continue
             log.info("HU of slice %d leave the int16 range; reading the series as float32",
                      k + 1)

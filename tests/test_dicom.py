@@ -97,6 +97,17 @@ def test_integer_hu_keeps_exact_hu_as_int16(case_dir):
     np.testing.assert_array_equal(plain.array, vol.array)
 
 
+def test_integer_hu_with_integer_slopes_is_exact_int16(case_dir):
+    # slopes other than 1 are computed through int32 (no int64 copy): still exact
+    written = write_ct_series(case_dir, slopes=[2.0, 1.0, 3.0, 2.0, 1.0, 2.0, 1.0, 2.0],
+                              intercepts=[-1024.0, -1000.0, -2048.0, 5.0, 0.0, -1024.0,
+                                          -1024.0, -3.0])
+    vol = load_dicom_series(case_dir, integer_hu=True)
+    assert vol.array.dtype == np.int16
+    np.testing.assert_array_equal(vol.array, written.hu)
+    np.testing.assert_array_equal(load_dicom_series(case_dir).array, vol.array)
+
+
 @pytest.mark.parametrize("slopes", [None, [1.0, 1.0, 1.0, 20.0, 1.0, 1.0, 1.0, 1.0]],
                          ids=["fractional rescale", "values beyond int16 mid-series"])
 def test_integer_hu_falls_back_to_exact_float32(case_dir, slopes, caplog):
