@@ -12,7 +12,9 @@ With ``--command N``: also the whole ``discovery score`` command on that scan, N
 fresh process each (start-up, model load, clustering and tables included; wall seconds and
 the child's peak resident set), alternating with SimpleITK's ``ImageSeriesReader`` reading the
 same 300 files to float32 (GDCM's file discovery and sort included) in a fresh process each,
-so that the two are measured in the same run.
+so that the two are measured in the same run.  Each command run also reports its phases
+(start-up and imports, reading, analysis, flattening, writing, clustering, tables, the rest,
+the exit), timed in the child through the names ``discovery.batch.score`` calls them by.
 
 Usage: ``python benchmarks/pipeline.py [--model DIR] [--json FILE] [--command N]``
 """
@@ -60,13 +62,14 @@ _SITK = ("import sys, SimpleITK as sitk; r = sitk.ImageSeriesReader(); "
          "print(a.shape)")
 
 
-def _child(argv: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MiB) of one child process (``wait4`` rusage).
+def _child(argv: list[str], prelude: str = "") -> tuple[float, float, str]:
+    """Wall seconds, peak RSS (MiB) and the stderr of one child process (``wait4`` rusage);
+    *prelude* runs in the child first.
 
     The child reads its own high-water mark (``VmHWM`` of ``/proc/self/status``) as it exits:
     the ``ru_maxrss`` that ``wait4`` reports can keep the forking parent's resident set."""
     t0 = time.perf_counter()
-    shim = ("import atexit, runpy, sys\n"
+    shim = prelude + ("import atexit, runpy, sys\n"
             "def hwm():\n"
             "    for line in open('/proc/self/status'):\n"
             "        if line.startswith('VmHWM:'):\n"
@@ -88,7 +91,53 @@ def _child(argv: list[str]) -> tuple[float, float]:
     if proc.returncode != 0:
         raise SystemExit(f"{argv[3:5]} failed ({proc.returncode}): {err[-2000:]}")
     hwm = [line.split()[1] for line in err.splitlines() if line.startswith("VMHWM ")]
-    return wall, (float(hwm[-1]) if hwm else usage.ru_maxrss) / 1024.0
+    return wall, (float(hwm[-1]) if hwm else usage.ru_maxrss) / 1024.0, err
+
+
+#: Run in the child before ``discovery score``: times its phases through the public names
+#: ``discovery.batch.score`` calls them by, and writes them to stderr at exit.
+_TIMELINE = (
+    "import atexit, functools, json, sys, time\n"
+    "_t0 = time.perf_counter()\n"
+    "import discovery.batch.score as _s\n"
+    "_spent = {'start-up and imports': time.perf_counter() - _t0}\n"
+    "def _wrap(mod, name):\n"
+    "    f = getattr(mod, name)\n"
+    "    @functools.wraps(f)\n"
+    "    def g(*a, **k):\n"
+    "        t = time.perf_counter()\n"
+    "        try:\n"
+    "            return f(*a, **k)\n"
+    "        finally:\n"
+    "            _spent[name] = _spent.get(name, 0.0) + time.perf_counter() - t\n"
+    "            _spent['tables written'] = time.perf_counter() - _t0\n"
+    "    setattr(mod, name, g)\n"
+    "for _n in " + repr(("read_case", "analyze_scan", "flatten_outside_air", "save_case_arrays",
+                        "recluster", "write_tables")) + ":\n"
+    "    _wrap(_s, _n)\n"
+    "atexit.register(lambda: sys.stderr.write('TIMELINE ' + json.dumps(_spent) + '\\n'))\n")
+
+#: The phases of the whole command, in order, and their names in the table.
+PHASES = (("start-up and imports", "start-up, imports (`import discovery.batch.score`)"),
+          ("read_case", "reading the series and the mask (`read_case`)"),
+          ("analyze_scan", "the analysis (`analyze_scan`)"),
+          ("flatten_outside_air", "flattening the outside air"),
+          ("save_case_arrays", "writing the case file (`save_case_arrays`)"),
+          ("recluster", "clustering the regions, scikit-learn's import included (`recluster`)"),
+          ("write_tables", "writing findings.csv and patterns.csv"),
+          ("other", "the rest until the tables are written: arguments, the batch plan, the "
+                    "store"),
+          ("exit", "after the tables: the summary printed, the interpreter's exit"))
+
+
+def _timeline(stderr: str, wall: float) -> dict[str, float]:
+    """The phases' seconds of one timed child (:data:`_TIMELINE`), *wall* its whole time."""
+    line = [s for s in stderr.splitlines() if s.startswith("TIMELINE ")]
+    if not line:
+        return {}
+    spent = json.loads(line[-1][len("TIMELINE "):])
+    end = spent.pop("tables written", wall)
+    return {**spent, "other": end - sum(spent.values()), "exit": wall - end}
 
 
 def whole_command(case_dir: Path, out_root: Path, model_dir: str | None, repeat: int) -> dict:
@@ -100,12 +149,13 @@ def whole_command(case_dir: Path, out_root: Path, model_dir: str | None, repeat:
                 "--out", str(out_root / f"run{i}")]
         if model_dir is not None:
             argv += ["--model", model_dir]
-        score.append(_child(argv))
+        score.append(_child(argv, prelude=_TIMELINE))
         sitk.append(_child([sys.executable, "-c", _SITK, str(case_dir)]))
     med = statistics.median
-    return {"score_s": [w for w, _ in score], "score_peak_mib": [m for _, m in score],
-            "simpleitk_s": [w for w, _ in sitk], "simpleitk_peak_mib": [m for _, m in sitk],
-            "ratio": med(w for w, _ in score) / med(w for w, _ in sitk)}
+    return {"score_s": [w for w, _, _ in score], "score_peak_mib": [m for _, m, _ in score],
+            "phases": [_timeline(err, w) for w, _, err in score],
+            "simpleitk_s": [w for w, _, _ in sitk], "simpleitk_peak_mib": [m for _, m, _ in sitk],
+            "ratio": med(w for w, _, _ in score) / med(w for w, _, _ in sitk)}
 
 
 def write_standard_case(case_dir: Path) -> dict:
@@ -167,6 +217,19 @@ def run(model_dir: str | None, command_repeat: int = 0) -> tuple[list[dict], dic
     return rows, info
 
 
+def _print_phases(runs: list[dict[str, float]]) -> None:
+    """The whole command's phases (:data:`PHASES`), each run's seconds and their median."""
+    runs = [r for r in runs if r]
+    if not runs:
+        return
+    print("\nThe whole command by phase (seconds, each run; the analysis and the case file as "
+          "`discovery score` does them):\n\n| phase | runs | median |\n|---|---|---:|")
+    for key, name in PHASES:
+        values = [r.get(key, 0.0) for r in runs]
+        print(f"| {name} | {', '.join(f'{v:.2f}' for v in values)} | "
+              f"{statistics.median(values):.2f} |")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None)
@@ -197,6 +260,7 @@ def main() -> int:
               f"series: {fmt(cmd['simpleitk_s'], '{:.2f}')} s "
               f"({fmt(cmd['simpleitk_peak_mib'], '{:.0f}')} MiB); ratio of medians "
               f"{cmd['ratio']:.1f}")
+        _print_phases(cmd["phases"])
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "info": info}, indent=2))
     return 0
