@@ -169,6 +169,22 @@ def threshold(store: ResultsStore) -> float:
     return _cached(store, "threshold")
 
 
+@st.cache_data(show_spinner=False, max_entries=8)
+def _outcomes(_store: ResultsStore, root: str, version: int, cut: float) -> pd.DataFrame:
+    # ``_store`` is not hashed: *root* names the store, *version* its state.
+    from discovery.patterns.outcomes import read_outcomes
+
+    return read_outcomes(findings(_store), clusters(_store), regions(_store),
+                         threshold=cut).outcomes   # the tables as cached: no second query
+
+
+def outcomes(store: ResultsStore) -> pd.DataFrame:
+    """Each scored nodule's outcome (:func:`discovery.patterns.outcomes.read_outcomes`:
+    the findings with ``outcome`` and ``outcome_cluster``), computed again only when the
+    store changed."""
+    return _outcomes(store, str(store.root), store.version(), threshold(store))
+
+
 # -- case arrays ---------------------------------------------------------------------------
 def load_viewer_arrays(root: str | Path, case_id: str) -> dict[str, np.ndarray]:
     """The arrays of one case as the case page uses them, without any Streamlit cache (what

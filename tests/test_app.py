@@ -134,10 +134,36 @@ def test_case_page_shows_image_metrics_and_regions(tiny_results):
     assert "0.21" in set(metrics["Value"])
     row = metrics.set_index("Metric").loc["Rests on its surroundings"]
     assert row["Value"] == "no (0.210; median -850 HU)" and "within 5 mm" in row["Meaning"]
+    assert metrics["Metric"].iloc[0] == "Outcome"
+    assert metrics.set_index("Metric").loc["Outcome", "Value"] == "other"
     regions = at.dataframe[0].value
     assert list(regions["region_index"]) == [1]
     assert any("raw Grad-CAM units" in c.value for c in at.caption)
     assert all(str(tiny_results) not in t for t in texts(at))
+
+
+def test_each_nodule_shows_its_outcome_and_why(tiny_results_fresh):
+    """The Cases table has the Overview's outcome of each nodule; the Case page says why."""
+    import sqlite3
+
+    # case-B n1 becomes a shortcut through metal beside it (not flagged, no cluster)
+    with sqlite3.connect(tiny_results_fresh / "discovery.sqlite") as con:
+        con.execute("UPDATE nodules SET probability = 0.72, predicted_label = 1, "
+                    "rests_on_surroundings = 1, p_without_surroundings = 0.12, "
+                    "surroundings_max_hu = 2600, flag_clusters = '' WHERE case_id = 'case-B'")
+    table = page("cases", tiny_results_fresh).dataframe[0].value.set_index("case_id")
+    assert table.loc["case-A", "outcome"] == "shortcut"     # flagged, artifact cluster 0
+    assert table.loc["case-B", "outcome"] == "shortcut"
+    for case, expect in (
+            ("case-B", "shortcut: metal beside the nodule (2600 HU within 5 mm of the mask); "
+                       "P(malignant) 0.72 → 0.12 without its surroundings"),
+            ("case-A", "shortcut: artifact cluster 0; P(malignant) 0.83 → 0.31 without its "
+                       "off-mask regions")):
+        at = page("case", tiny_results_fresh, case_id=case, nodule_id="n1")
+        assert not at.exception
+        metrics = at.table[0].value.set_index("Metric")
+        assert metrics.loc["Outcome", "Value"] == expect
+        assert "three outcomes" in metrics.loc["Outcome", "Meaning"]
 
 
 def test_case_page_display_controls(tiny_results):
@@ -373,7 +399,8 @@ def test_slider_moves_do_not_query_the_tables(tiny_results_fresh, monkeypatch):
     at = page("case", tiny_results_fresh, case_id="case-B", nodule_id="n1")
     assert not at.exception
     first = dict(calls)
-    assert first.get("findings") == 1 and first.get("regions") == 1
+    # once each: the findings; the nodule's regions, and the cohort's for its outcome
+    assert first.get("findings") == 1 and first.get("regions") == 2
     at.slider(key="slice_case-B_n1_axial").set_value(1).run(timeout=TIMEOUT)
     at.slider(key="case_opacity").set_value(0.2).run(timeout=TIMEOUT)
     assert not at.exception

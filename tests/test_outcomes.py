@@ -332,3 +332,21 @@ def test_the_shortcut_panel_with_metal_beside_a_nodule_only():
     assert short.lead.startswith("1 nodule(s) predicted malignant rely on something denser "
                                  "than bone: it rests on metal beside the nodule")
     assert "For 0 of them it decides the call" in short.lead
+
+
+def test_outcome_reason_says_each_outcome_and_why():
+    from discovery.patterns.outcomes import outcome_reason
+
+    base = {"probability": 0.72, "flag_score": float("nan"), "p_without_surroundings": 0.12,
+            "surroundings_max_hu": 2648.0}
+    assert outcome_reason({**base, "outcome": "shortcut", "outcome_cluster": -1}) == (
+        "shortcut: metal beside the nodule (2648 HU within 5 mm of the mask); P(malignant) "
+        "0.72 → 0.12 without its surroundings")
+    assert outcome_reason({**base, "outcome": "shortcut", "outcome_cluster": 4,
+                           "flag_score": 0.5}) == (
+        "shortcut: artifact cluster 4; P(malignant) 0.72 → 0.22 without its off-mask regions")
+    assert outcome_reason(pd.Series({**base, "outcome": "candidate sign", "outcome_cluster": 3})
+                          ) == "candidate sign: an off-mask region in cluster 3"
+    assert outcome_reason({**base, "outcome": "on the tumour", "outcome_cluster": -1}).startswith(
+        "on the tumour: verdict aligned")
+    assert outcome_reason({**base, "outcome": "other", "outcome_cluster": -1}) == "other"

@@ -14,12 +14,13 @@ import streamlit as st
 from app import common
 from discovery.model.reliance import reliance_text, surroundings_text
 from discovery.model.rois import nodule_label
+from discovery.patterns.outcomes import outcome_reason
 from discovery.report import planes, render
 from discovery.report.style import fmt
 from discovery.store.tables import NODULE_REVIEW_CHOICES
 
 #: Metric label per column (the rows of the metrics table, in order).
-METRIC_NAMES = {"probability": "P(malignant)", "verdict": "Verdict",
+METRIC_NAMES = {"outcome": "Outcome", "probability": "P(malignant)", "verdict": "Verdict",
                 "rests_on_nodule": "Rests on the nodule",
                 "rests_on_surroundings": "Rests on its surroundings", "rma": "RMA", "rra": "RRA",
                 "pointing_hit": "Pointing hit", "peak_distance_mm": "Peak distance (mm)",
@@ -35,8 +36,13 @@ SURROUNDINGS_HELP = ("Replacing what lies within 5 mm of the mask (outside it, i
                      "P(malignant) by at least half of P (P without them, and their median "
                      "density before, in brackets). A halo, spicules or a strand's root "
                      "show here.")
+#: Meaning of the outcome row.
+OUTCOME_HELP = ("Which of the Overview's three outcomes this nodule is in (on the tumour, "
+                "shortcut, candidate sign; else other), and why. The rules are under the "
+                "Overview's panels.")
 #: Meaning of each row of the metrics table (the reliance row's: RELIANCE_HELP).
-HELP = {**common.METRIC_HELP, "rests_on_surroundings": SURROUNDINGS_HELP}
+HELP = {**common.METRIC_HELP, "rests_on_surroundings": SURROUNDINGS_HELP,
+        "outcome": OUTCOME_HELP}
 #: Columns of the off-mask region table.
 REGION_TABLE_COLUMNS = ["region_index", "case_region", "volume_mm3", "mass_share",
                         "distance_to_mask_mm", "offset_distance_mm", "mean_hu", "centroid_z",
@@ -188,10 +194,12 @@ def viewer(case_id: str, arrays: dict, centre, keys: dict[str, str]) -> None:
 
 
 # -- metrics, review, regions ------------------------------------------------------------------
-def metrics_table(row: pd.Series) -> pd.DataFrame:
-    """Metric, value and meaning of the nodule's alignment metrics."""
+def metrics_table(row: pd.Series, outcome: str = "–") -> pd.DataFrame:
+    """Metric, value and meaning of the nodule's outcome (*outcome*, in words:
+    :func:`discovery.patterns.outcomes.outcome_reason`) and alignment metrics."""
     hit = row["pointing_hit"]
     values = {
+        "outcome": outcome,
         "probability": fmt(row["probability"]),
         "verdict": fmt(row["verdict"]),
         "rests_on_nodule": reliance_text(row["rests_on_nodule"], row["p_without_nodule"],
@@ -226,12 +234,20 @@ def applicability_warning(row: pd.Series) -> str | None:
             f"{detail[:1].upper() + detail[1:]}").strip()
 
 
+def nodule_outcome(store, row: pd.Series) -> str:
+    """The nodule's outcome in words (:func:`discovery.patterns.outcomes.outcome_reason`);
+    "–" for a nodule without one (its case was not scored)."""
+    table = common.outcomes(store)
+    own = table[(table["case_id"] == row["case_id"]) & (table["nodule_id"] == row["nodule_id"])]
+    return outcome_reason(own.iloc[0]) if len(own) else "–"
+
+
 def metrics_and_review(store, row: pd.Series, item_id: str, nodule_id: str) -> None:
     st.subheader(f"Nodule {nodule_id}")
     warning = applicability_warning(row)
     if warning:
         st.warning(warning, icon=":material/warning:")
-    st.table(metrics_table(row), hide_index=True)
+    st.table(metrics_table(row, nodule_outcome(store, row)), hide_index=True)
     extra = f"Volume {fmt(row['volume_mm3'])} mm³"
     if row["status"] != "ok":
         extra += f" · status: {row['status']} ({row['error']})"

@@ -46,6 +46,9 @@ else:
     # the flag: the prediction rests off the mask (a shortcut or a candidate sign; the
     # Overview's outcomes tell them apart by the clusters' readings)
     scored["flagged"] = scored["flagged"].fillna(0).astype(int).map({1: "off-mask", 0: ""})
+    scored = scored.merge(common.outcomes(store)[["case_id", "nodule_id", "outcome"]],
+                          on=["case_id", "nodule_id"], how="left")
+    scored["outcome"] = scored["outcome"].fillna("")
 
     # -- filters ---------------------------------------------------------------------------
     f1, f2, f3, f4 = st.columns([2, 2, 1.6, 1.2])
@@ -79,7 +82,7 @@ else:
 
     if "applicability" not in view.columns:          # results scored before the flags
         view = view.assign(applicability="")
-    columns = ["case_id", "nodule_id", "probability", "predicted_label", "verdict",
+    columns = ["case_id", "nodule_id", "probability", "predicted_label", "verdict", "outcome",
                "applicability", "rests_on_nodule", "rests_on_surroundings", "rma", "rra",
                "pointing_hit", "peak_distance_mm", "n_offmask_regions", "clusters", "flagged",
                "status", "review_status", "reviews"]
@@ -93,6 +96,9 @@ else:
                 "P(malignant)", min_value=0.0, max_value=1.0, format="%.2f"),
             "predicted_label": "Predicted",
             "verdict": st.column_config.TextColumn("Verdict", help=common.METRIC_HELP["verdict"]),
+            "outcome": st.column_config.TextColumn(
+                "Outcome", help="The Overview's outcome of this nodule: on the tumour, shortcut, "
+                "candidate sign or other (the Case page says why)."),
             "applicability": st.column_config.TextColumn(
                 "Applicability", help="ok, or why the model is used outside what it knows: "
                 "larger-than-roi (it sees part of the nodule), slice-thickness, pixel-spacing, "

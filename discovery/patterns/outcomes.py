@@ -60,7 +60,7 @@ from discovery.schema import DEFAULT_THRESHOLD, MIN_EFFECT, SURROUNDINGS_MM
 
 __all__ = ["ARTIFACT_HU", "MIN_SURROUNDINGS_GROUP", "OUTCOMES", "READINGS", "SCORED_STATUSES",
            "Exemplar", "Panel", "OutcomeReadings", "agreement_reading", "cluster_readings",
-           "nodule_outcomes", "outcome_panels", "read_outcomes", "rules_summary",
+           "nodule_outcomes", "outcome_panels", "outcome_reason", "read_outcomes", "rules_summary",
            "shortcut_exemplar", "surroundings_reading"]
 
 #: Median halo density (HU) from which a cluster reads as an artifact (metal-like).
@@ -396,6 +396,43 @@ class Panel:
     n_nodules: int
     cluster: int = -1
     exemplars: list[Exemplar] = field(default_factory=list)
+
+
+def outcome_reason(row) -> str:
+    """One nodule's outcome and why, in words, for its own page (the app's Case page).
+
+    Parameters
+    ----------
+    row : mapping or pandas.Series
+        A row of :func:`nodule_outcomes` (``outcome``, ``outcome_cluster``,
+        ``probability``, ``flag_score``; ``p_without_surroundings`` and
+        ``surroundings_max_hu`` for metal beside the nodule).
+
+    Returns
+    -------
+    str
+        For example ``"shortcut: metal beside the nodule (2648 HU within 5 mm); P(malignant)
+        0.72 → 0.12 without its surroundings"``, ``"candidate sign: cluster 3"``, ``"on the
+        tumour: verdict aligned and the prediction rests on the nodule"`` or ``"other"``.
+    """
+    outcome, cluster = str(row["outcome"]), int(row["outcome_cluster"])
+    values = dict(row)
+    number = {c: float(pd.to_numeric(pd.Series([values.get(c)]), errors="coerce").iloc[0])
+              for c in ("probability", "flag_score", "p_without_surroundings",
+                        "surroundings_max_hu")}
+    p = number["probability"]
+    if outcome == "shortcut" and cluster < 0:
+        return (f"shortcut: metal beside the nodule ({number['surroundings_max_hu']:.0f} HU "
+                f"within {SURROUNDINGS_MM:g} mm of the mask); P(malignant) {p:.2f} → "
+                f"{number['p_without_surroundings']:.2f} without its surroundings")
+    if outcome == "shortcut":
+        return (f"shortcut: artifact cluster {cluster}; P(malignant) {p:.2f} → "
+                f"{p - number['flag_score']:.2f} without its off-mask regions")
+    if outcome == "candidate sign":
+        return f"candidate sign: an off-mask region in cluster {cluster}"
+    if outcome == "on the tumour":
+        return "on the tumour: verdict aligned and the prediction rests on the nodule"
+    return outcome
 
 
 def _total_effect(clusters: pd.DataFrame) -> pd.Series:
