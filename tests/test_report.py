@@ -29,6 +29,11 @@ def test_report_shows_the_three_outcomes_side_by_side(tiny_results):
     assert counts == ["0", "1", "0"]  # case-A rests on the metal-dense cluster 0
     assert "2600 HU" in cells[1] and cells[1].count("<img") == 1
     assert "case-A · n1 · p 0.83 → 0.31 without its off-mask regions" in cells[1]
+    # each nodule's section opens its table with its outcome and why
+    nodules = html[html.index("<h2>Nodules</h2>"):html.index("Off-mask attention patterns")]
+    assert ('<th class="l">outcome, and why</th><td>shortcut: artifact cluster 0; '
+            'P(malignant) 0.83 → 0.31 without its off-mask regions</td>') in nodules
+    assert '<th class="l">outcome, and why</th><td>other</td>' in nodules      # case-B
     # the cluster section keeps its exemplars, one per patient
     patterns = html[html.index("Off-mask attention patterns"):]
     assert patterns.count("<figure>") == 2

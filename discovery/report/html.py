@@ -19,7 +19,7 @@ import pandas as pd
 from discovery.align.metrics import AlignThresholds, describe_verdicts
 from discovery.model.reliance import reliance_text, surroundings_text
 from discovery.model.rois import nodule_label
-from discovery.patterns.outcomes import rules_summary
+from discovery.patterns.outcomes import outcome_reason, rules_summary
 from discovery.report import render
 from discovery.report.data import ReportData
 from discovery.report.style import (
@@ -90,6 +90,7 @@ def _nodule_section(row: pd.Series, arrays: dict[str, np.ndarray]) -> str:
                                 window="lung", opacity=0.45, attr_max=attr_max, threshold=DISPLAY_THRESHOLD)
     bar = render.colorbar_image(attr_max=attr_max, height=3 * 2 * CROP_HALF_PX, width=18)
     metrics = [
+        ("outcome, and why", html.escape(outcome_reason(row)) if "outcome" in row else "–"),
         ("probability of malignancy", fmt(row["probability"])),
         ("predicted", "malignant" if row["predicted_label"] == 1 else "benign"),
         ("rests on the nodule (P without it / without a control)",
@@ -270,8 +271,8 @@ def build_html(results_dir: str | Path) -> str:
                           for r in failed.itertuples())
     nodules_html = [
         _nodule_section(row, data.arrays(row["case_id"]))
-        for _, row in scored.sort_values(["verdict", "probability"],
-                                         ascending=[True, False]).iterrows()]
+        for _, row in data.outcomes.sort_values(["verdict", "probability"],
+                                                ascending=[True, False]).iterrows()]
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     sha = str(meta.get("model_sha256", ""))[:12]
     return f"""<!DOCTYPE html>
