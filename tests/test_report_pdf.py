@@ -219,6 +219,7 @@ def test_select_nodule_pages_adds_the_shortcuts_through_metal_beside_a_nodule():
     assert list(rows["case_id"]) == ["c1", "c0", "c3"]
     np.testing.assert_allclose(rows["page_drop"], [0.60, 0.30, 0.10])
     assert list(rows["outcome_cluster"]) == [-1, 2, 4]
+    assert list(rows["page_kind"]) == ["metal", "flagged", "flagged"]
     # without the outcomes: the flagged nodules only, as before
     rows, _ = select_nodule_pages(f)
     assert list(rows["case_id"]) == ["c0", "c3"]

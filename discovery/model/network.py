@@ -61,13 +61,13 @@ class NoduleResNet(ResNet):
         if stages not in (2, 3, 4):
             raise ModelError(f"stages must be 2, 3 or 4; received {stages}")
         self.cam_layer = cam_layer
+        # channels of the last stage kept
+        width = int(kwargs["block_inplanes"][stages - 1] * kwargs.get("widen_factor", 1.0))
         if stages < 4:
-            width = int(kwargs["block_inplanes"][stages - 1] * kwargs.get("widen_factor", 1.0))
             for name in ("layer4", "layer3")[: 4 - stages]:
                 setattr(self, name, torch.nn.Identity())
             self.fc = torch.nn.Linear(width, kwargs.get("num_classes", 400))
         self.context = self.gate = self.head = None
-        width = int(kwargs["block_inplanes"][stages - 1] * kwargs.get("widen_factor", 1.0))
         if context:
             self.context = _Context(int(kwargs.get("n_input_channels", 3)), width, int(context))
             self.gate = _Gate()

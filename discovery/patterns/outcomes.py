@@ -416,8 +416,8 @@ def outcome_reason(row) -> str:
         tumour: verdict aligned and the prediction rests on the nodule"`` or ``"other"``.
     """
     outcome, cluster = str(row["outcome"]), int(row["outcome_cluster"])
-    values = dict(row)
-    number = {c: float(pd.to_numeric(pd.Series([values.get(c)]), errors="coerce").iloc[0])
+    one = pd.DataFrame([dict(row)])
+    number = {c: float(_numbers(one, c).iloc[0])
               for c in ("probability", "flag_score", "p_without_surroundings",
                         "surroundings_max_hu")}
     p = number["probability"]

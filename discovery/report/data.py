@@ -8,6 +8,7 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from discovery.explain.faithfulness_rule import faithfulness_warning
@@ -158,7 +159,11 @@ def select_nodule_pages(findings: pd.DataFrame, *, outcomes: pd.DataFrame | None
         The scored nodules with ``flagged == 1`` or a *shortcut* outcome, largest
         ``page_drop`` first (the drop in P(malignant) without what the call rests on off
         the nodule: P without its surroundings for metal beside it, else ``flag_score``,
-        the drop without all its off-mask regions), then case and nodule id, and ``False``; when there are none, the
+        the drop without all its off-mask regions), then case and nodule id, with
+        ``page_kind`` (``"flagged"``: the call flips without its off-mask regions;
+        ``"metal"``: a shortcut through metal beside it, ``outcome_cluster`` -1;
+        ``"cluster"``: a shortcut through an artifact cluster that lowers P without
+        flipping the call), and ``False``; when there are none, the
         scored nodules with the highest positive ``offmask_mass_share`` (up to *limit*,
         same tie order) and ``True``; when no nodule has attention off its mask either, the
         scored nodules with the highest ``probability`` (up to *limit*, same tie order)
@@ -172,12 +177,16 @@ def select_nodule_pages(findings: pd.DataFrame, *, outcomes: pd.DataFrame | None
     shortcut = (scored["outcome"] == "shortcut") if outcomes is not None else flagged
     if (flagged | shortcut).any():
         rows = scored[flagged | shortcut]
+        kind = pd.Series("flagged", index=rows.index)
+        if outcomes is not None:
+            kind = kind.where(flagged[rows.index], np.where(rows["outcome_cluster"] < 0,
+                                                            "metal", "cluster"))
         drop = pd.to_numeric(rows["flag_score"], errors="coerce")
-        if outcomes is not None and "p_without_surroundings" in rows.columns:
-            beside = ~flagged[rows.index] & (rows["outcome_cluster"] < 0)  # metal beside it
-            drop = drop.mask(beside, pd.to_numeric(rows["probability"], errors="coerce")
+        if "p_without_surroundings" in rows.columns:
+            drop = drop.mask(kind == "metal",
+                             pd.to_numeric(rows["probability"], errors="coerce")
                              - pd.to_numeric(rows["p_without_surroundings"], errors="coerce"))
-        return rows.assign(page_drop=drop).sort_values(
+        return rows.assign(page_drop=drop, page_kind=kind).sort_values(
             ["page_drop", "case_id", "nodule_id"], ascending=[False, True, True],
             kind="stable", na_position="last"), False
     share = pd.to_numeric(scored["offmask_mass_share"], errors="coerce")

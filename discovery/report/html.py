@@ -90,7 +90,7 @@ def _nodule_section(row: pd.Series, arrays: dict[str, np.ndarray]) -> str:
                                 window="lung", opacity=0.45, attr_max=attr_max, threshold=DISPLAY_THRESHOLD)
     bar = render.colorbar_image(attr_max=attr_max, height=3 * 2 * CROP_HALF_PX, width=18)
     metrics = [
-        ("outcome, and why", html.escape(outcome_reason(row)) if "outcome" in row else "–"),
+        ("outcome, and why", html.escape(outcome_reason(row))),
         ("probability of malignancy", fmt(row["probability"])),
         ("predicted", "malignant" if row["predicted_label"] == 1 else "benign"),
         ("rests on the nodule (P without it / without a control)",

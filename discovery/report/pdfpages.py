@@ -58,17 +58,8 @@ def _sentence(s) -> str:
 
 
 
-def _page_kind(row) -> str:
-    """Why a shortcut page's nodule has its page: ``"flagged"`` (its call flips without its
-    off-mask regions), ``"metal"`` (a shortcut through metal beside it, ``outcome_cluster``
-    -1) or ``"cluster"`` (a shortcut through an artifact cluster that lowers P without
-    flipping the call; :func:`discovery.patterns.outcomes.nodule_outcomes`)."""
-    flagged = pd.to_numeric(pd.Series([getattr(row, "flagged", 0)]), errors="coerce").fillna(0)
-    if int(flagged.iloc[0]) == 1:
-        return "flagged"
-    return "metal" if int(getattr(row, "outcome_cluster", 0)) < 0 else "cluster"
-
-
+#: What each kind of shortcut page is (``page_kind`` of
+#: :func:`discovery.report.data.select_nodule_pages`), as the page index says it.
 _KIND_TEXT = {
     "flagged": "shortcut-flagged: predicted malignant only because of off-mask attention the "
                "model relies on (P(malignant) with → without those regions)",
@@ -94,7 +85,7 @@ def page_index(doc: Doc, ctx: dict, first_page: int) -> None:
                  f"pages after the summary show the {len(rows)} nodule(s) with the highest "
                  f"P(malignant) (at most {MAX_FALLBACK}).")
     else:
-        kinds = [_page_kind(r) for r in rows.itertuples()]
+        kinds = list(rows["page_kind"])
         parts: list[str] = []
         for k, text in _KIND_TEXT.items():
             if k in kinds:
@@ -157,7 +148,7 @@ def _main_region(row, regions: pd.DataFrame, fallback: bool):
 
 def _nodule_head(doc: Doc, ctx: dict, row, k: int, n: int) -> None:
     off = ctx["offmask_pages"]
-    page_kind = "" if ctx["fallback"] else _page_kind(row)
+    page_kind = "" if ctx["fallback"] else row.page_kind
     kind = ("Nodule with off-mask attention" if off else "Nodule") if ctx["fallback"] \
         else ("Flagged nodule" if page_kind == "flagged" else "Shortcut nodule")
     doc.text(f"{kind} {k} of {n}: {row.case_id} · {row.nodule_id}", size=15, weight="bold",
@@ -287,8 +278,8 @@ def _region_picture(doc: Doc, ctx: dict, row, v: _View, x: float, top: float,
     """The nodule's main off-mask region (plain | overlay) at (x, top), *w* inches wide, with
     its caption (for metal beside the nodule: the densest voxel within the surroundings
     instead); returns their height (0.3 when the nodule has no region)."""
-    if not ctx["fallback"] and _page_kind(row) == "metal":
-        return _metal_picture(doc, row, v, x, top, w)
+    if not ctx["fallback"] and row.page_kind == "metal":
+        return _metal_picture(doc, ctx, row, v, x, top, w)
     reg = _main_region(row, ctx["regions"], ctx["fallback"])
     if reg is None:
         doc.text("No off-mask region for this nodule.", x=x, top=top + 0.1, advance=False)
@@ -315,12 +306,12 @@ def _region_picture(doc: Doc, ctx: dict, row, v: _View, x: float, top: float,
     return h + 0.03 + cap
 
 
-def _metal_picture(doc: Doc, row, v: _View, x: float, top: float, w: float) -> float:
+def _metal_picture(doc: Doc, ctx: dict, row, v: _View, x: float, top: float,
+                   w: float) -> float:
     """What a shortcut through metal beside the nodule rests on: the slice of the densest
     voxel within its surroundings, plain | overlay, centred between it and the nodule
     (:func:`discovery.patterns.outcomes.shortcut_exemplar`); returns the height."""
-    ex = shortcut_exemplar(row._asdict(), pd.DataFrame(columns=["case_id", "nodule_id",
-                                                                  "cluster"]))
+    ex = shortcut_exemplar(row._asdict(), ctx["regions"])
     pic = render.exemplar_image(v.arrays, ex, half_size=_REGION_HALF_PX,
                                 threshold=DISPLAY_THRESHOLD, attr_max=v.attr_max)
     doc.image(pic, x, top, w, aspect=v.aspect)
