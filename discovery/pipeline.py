@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from data_tools.volume import Mask, Volume
 from discovery.align.localization import Localization, localization_summary
@@ -289,7 +288,7 @@ def analyze_scan(
                                     probabilities=[float(p[1]) for p in probs],
                                     lung=scene.lung, settings=settings.reliance)
     with _stage(timings, "applicability"):
-        fits = _applicability(volume, mask, sites, inputs, card)
+        fits = _applicability(volume, sites, inputs, card)
     results: list[NoduleResult] = []
     region_index: list[tuple[str, int]] = []
     for site, roi, prob, roi_map, act, rel, fit in zip(sites, rois, probs, maps, acts,
@@ -308,17 +307,16 @@ def analyze_scan(
     return CaseResult(case_id, results, attribution, region_map, region_index, "ok")
 
 
-def _applicability(volume: Volume, mask: Mask, sites: list[NoduleSite], inputs: np.ndarray,
+def _applicability(volume: Volume, sites: list[NoduleSite], inputs: np.ndarray,
                    card: ModelCard) -> list[Applicability]:
     """The applicability flags of every nodule (:func:`discovery.model.domain.applicability`):
     its mask's bounding box in mm against the model's field of view, the scan and the nodule
     against the card's training domain."""
     spacing = np.asarray(volume.spacing_mm, dtype=float)
-    boxes = ndimage.find_objects(mask.array)          # labels >= 0 (data_tools.volume.Mask)
     domain = card.domain
     out = []
     for site, roi_input in zip(sites, inputs):
-        box = boxes[site.label - 1] if site.label - 1 < len(boxes) else None
+        box = site.box
         extent = ([(s.stop - s.start) * sp for s, sp in zip(box, spacing)] if box is not None
                   else [0.0, 0.0, 0.0])
         out.append(applicability(domain=domain, field_of_view_mm=card.field_of_view_mm,

@@ -835,3 +835,44 @@ def test_hu_descriptors_on_a_fixed_scale_keep_a_common_dense_structure_together(
             f1[n_dense, hu_scale] = match_kind(out["cluster"].to_numpy(), truth, "dense").f1
     assert all(f1[n, HU_SCALE] == 1.0 for n in (8, 20, 40, 60)), f1
     assert f1[8, None] == 1.0 and f1[40, None] < 0.9, f1
+
+
+# ----------------------------------------------------- scikit-learn's answers, without it
+
+
+@pytest.mark.parametrize("shape", [(2, 5), (3, 9), (7, 4), (40, 12), (6, 1)])
+def test_pca_scores_equal_scikit_learn(shape):
+    from sklearn.decomposition import PCA
+
+    from discovery.patterns.clustering import pca_scores
+
+    z = np.random.default_rng(shape[0] * 31 + shape[1]).normal(size=shape) * [3.0] + 1.5
+    k = min(2, *shape)
+    np.testing.assert_array_equal(pca_scores(z, k),
+                                  PCA(n_components=k, svd_solver="full").fit_transform(z))
+
+
+@pytest.mark.parametrize("min_cluster_size", [3, 5, 6])
+@pytest.mark.parametrize("min_samples", [None, 2, 3])
+def test_fewer_than_two_clusters_worth_of_rows_are_noise_as_hdbscan_says(min_cluster_size,
+                                                                         min_samples):
+    """cluster_regions skips HDBSCAN below 2 * min_cluster_size rows: every row is noise
+    then, whatever the data (two tight groups, one, or spread)."""
+    from sklearn.cluster import HDBSCAN
+
+    from discovery.patterns.clustering import _fit_labels
+
+    settings = PatternSettings(min_cluster_size=min_cluster_size, min_samples=min_samples)
+    rng = np.random.default_rng(min_cluster_size)
+    for n in range(max(min_cluster_size, min_samples or 0), 2 * min_cluster_size):
+        for z in (rng.normal(size=(n, 4)),
+                  np.r_[rng.normal(size=(n // 2, 4)) * 0.01,
+                        rng.normal(size=(n - n // 2, 4)) * 0.01 + 50]):
+            sk = HDBSCAN(min_cluster_size=min_cluster_size, min_samples=min_samples,
+                         allow_single_cluster=False, copy=True).fit(z).labels_
+            assert (sk == -1).all()
+            assert (_fit_labels(z, settings) == -1).all()
+    # and at 2 * min_cluster_size two tight groups do split (the shortcut ends there)
+    n = 2 * min_cluster_size
+    z = np.r_[rng.normal(size=(n // 2, 4)) * 0.01, rng.normal(size=(n - n // 2, 4)) * 0.01 + 50]
+    assert len(set(_fit_labels(z, settings)) - {-1}) == 2

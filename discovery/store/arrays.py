@@ -2,7 +2,7 @@
 
 A case's arrays live in ``RESULTS/cases/<case_id>.zarr.zip``: a `Zarr <https://zarr.dev>`_
 (format 3) group in a zip file (:class:`zarr.storage.ZipStore`; members stored, not deflated),
-every array chunked and compressed with Blosc-Zstd (level 5, bit shuffle), the CT kept as
+every array chunked and compressed with Blosc-Zstd (level 1, byte shuffle), the CT kept as
 int16 Hounsfield units, losslessly except for the air around the patient, which ``discovery
 score`` stores as -1000 HU (:func:`flatten_outside_air`; ``--lossless-ct`` keeps it).  Any
 Zarr reader opens it::
@@ -19,7 +19,7 @@ array, ``{"layout": "sparse", "shape": [...], "dtype": "<f4"}`` or ``{"layout": 
 reads one slice without inflating the scan.
 
 Measured (docs/benchmarks/speed.md): the CT of a real scan (Lung-PET-CT-Dx, 64 slices of
-512 x 512) compresses 2.1 times with these settings losslessly and about 4 times with the air
+512 x 512) compresses 2.1 times with these settings losslessly and 3.4 times with the air
 around the patient flattened.  The uncompressed ``.npz`` files of earlier versions
 (``cases/<case_id>.npz``, memory-mapped) are still read; a re-scored case replaces its file.
 
@@ -50,9 +50,12 @@ __all__ = ["CASE_SUFFIX", "LEGACY_SUFFIX", "case_file", "ct_int16", "flatten_out
 CASE_SUFFIX = ".zarr.zip"
 #: The uncompressed, memory-mapped zip of ``.npy`` members written before (read, not written).
 LEGACY_SUFFIX = ".npz"
-#: Compression of every array: Blosc with Zstandard, level 5, bit shuffle (measured best
-#: of the Blosc and plain Zstd settings tried on CT; see the module docstring).
-_BLOSC = {"cname": "zstd", "clevel": 5, "shuffle": "bitshuffle"}
+#: Compression of every array: Blosc with Zstandard, level 1, byte shuffle.  Of the Blosc and
+#: plain Zstd settings tried on CT (docs/benchmarks/speed.md, ``benchmarks/storage.py``) the
+#: fastest to write a case file at a size within 2 % of the smallest: on the standard scan
+#: 0.26 s against 0.85 s for level 5 with bit shuffle, and 2 % smaller.  Files written with
+#: other settings are read alike (the codec is recorded in each array's metadata).
+_BLOSC = {"cname": "zstd", "clevel": 1, "shuffle": "shuffle"}
 #: Chunks zarr encodes at once while writing a case file (zarr's default is 10): on a
 #: standard scan's case 4 keep ~45 MiB less in memory during the write, same time
 #: (docs/benchmarks/speed.md).
