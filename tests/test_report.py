@@ -179,3 +179,11 @@ def test_package_exports_the_writer_and_the_tables():
     assert discovery.report.tables is write.tables
     assert discovery.report.EXPORT_SCHEMA_VERSION == write.EXPORT_SCHEMA_VERSION
     assert set(write.REPORT_FORMATS) == {"html", "pdf", "csv", "parquet"}
+
+
+def test_sentence_capitalises_and_ends_with_one_full_stop():
+    from discovery.report.style import sentence
+
+    assert sentence("  inside lung, 4 mm  ") == "Inside lung, 4 mm."
+    assert sentence("Done.") == "Done."
+    assert sentence(None) == sentence(float("nan")) == sentence("  ") == ""

@@ -30,6 +30,7 @@ from discovery.report.style import (
     CaseArrayCache,
     fmt,
     pct,
+    sentence,
 )
 from discovery.explain.faithfulness_rule import RULE
 from discovery.store.tables import sanity_summary
@@ -67,11 +68,6 @@ def _badge(verdict: str) -> str:
 
 def _zoom(rgb: np.ndarray, factor: int = 3) -> np.ndarray:
     return np.repeat(np.repeat(rgb, factor, axis=0), factor, axis=1)
-
-
-def _sentence_case(text) -> str:
-    text = str(text or "")
-    return text[:1].upper() + text[1:]
 
 
 def _nodule_section(row: pd.Series, arrays: dict[str, np.ndarray]) -> str:
@@ -112,7 +108,7 @@ def _nodule_section(row: pd.Series, arrays: dict[str, np.ndarray]) -> str:
     code = row.get("applicability")
     flagged = isinstance(code, str) and code not in ("", "ok")
     caution = (f'<p class="warn">Read this verdict with care — the model is used outside what '
-               f'it knows: {html.escape(code)}. {html.escape(_sentence_case(row.get("applicability_detail")))}</p>'
+               f'it knows: {html.escape(code)}. {html.escape(sentence(row.get("applicability_detail")))}</p>'
                if flagged else "")
     return f"""
 <div class="nodule"><h3>{html.escape(row['case_id'])} · {html.escape(row['nodule_id'])} {_badge(row['verdict'])}</h3>{caution}

@@ -45,17 +45,12 @@ from discovery.report.style import (
     VERDICT_COLOURS,
     fmt,
     pct,
+    sentence,
 )
 
 __all__ = ["page_index", "nodule_page"]
 
 _REGION_HALF_PX = 36
-
-
-def _sentence(s) -> str:
-    s = "" if s is None or (isinstance(s, float) and np.isnan(s)) else str(s).strip()
-    return (s[:1].upper() + s[1:] + ("" if s.endswith(".") else ".")) if s else ""
-
 
 
 #: What each kind of shortcut page is (``page_kind`` of
@@ -301,7 +296,7 @@ def _region_picture(doc: Doc, ctx: dict, row, v: _View, x: float, top: float,
     cap = doc.text(f"Main off-mask region, plain and overlay, {where}: "
                    f"{pct(reg['mass_share'])} of the attribution, "
                    f"{fmt(reg['distance_to_mask_mm'])} mm from the mask ({cl_txt}). "
-                   f"{_sentence(reg.get('description'))}", x=x, top=top + h + 0.03, size=8,
+                   f"{sentence(reg.get('description'))}", x=x, top=top + h + 0.03, size=8,
                    width=w, advance=False, color=GRAY)
     return h + 0.03 + cap
 

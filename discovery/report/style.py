@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["DISPLAY_THRESHOLD", "CROP_HALF_PX", "VERDICT_COLOURS", "OUTCOME_COLOURS", "MISSING",
-           "fmt", "pct", "CaseArrayCache"]
+           "fmt", "pct", "sentence", "CaseArrayCache"]
 
 #: The overlay shows attribution >= this fraction of the case maximum (stated wherever shown).
 DISPLAY_THRESHOLD = 0.2
@@ -23,6 +23,15 @@ OUTCOME_COLOURS = {"on the tumour": "#1b7f3b", "shortcut": "#c53030",
                    "candidate sign": "#2b6cb0"}
 #: How a missing value is shown.
 MISSING = "–"
+
+
+def sentence(text: Any) -> str:
+    """*text* as a sentence: stripped, first letter capitalised, a full stop at the end; ""
+    for None, NaN or blank text."""
+    if text is None or (isinstance(text, float) and math.isnan(text)):
+        return ""
+    text = str(text).strip()
+    return (text[:1].upper() + text[1:] + ("" if text.endswith(".") else ".")) if text else ""
 
 
 def fmt(value: Any, digits: int = 3) -> str:
