@@ -415,3 +415,68 @@ def test_exemplars_are_the_members_whose_own_removal_moves_the_prediction_most()
                             card=ModelCard())
     assert up.iloc[0].effect_mean > 0.3
     assert set(up.iloc[0].exemplars[:2]) == {"c2/n1/r1", "c3/n1/r1"}
+
+
+def _whole_scan_roi(vol, mask, region_map, regs, centre, card, reach_mm=3.0, seed=0):
+    """The edited ROI as the causal check made it before: the regions grown over the whole
+    scan, the whole scan copied and inpainted."""
+    from discovery.model.rois import roi_input
+
+    remove = grow_mm(np.isin(region_map, regs), reach_mm, vol.spacing_mm)
+    edited = inpaint_parenchyma(vol.array, remove, spacing_mm=vol.spacing_mm,
+                                protect=mask.array > 0, seed=seed)
+    return roi_input(Volume(edited, vol.affine), centre, card)
+
+
+@pytest.mark.parametrize("regs", [[1], [2], [1, 2], [7], []])
+def test_an_edit_on_its_box_gives_the_roi_of_the_whole_scan_edit(regs):
+    """The causal check edits only the box an edit can change, in a working copy it
+    restores: the ROI is bit for bit the one of editing a copy of the whole scan, and the
+    scan is left as it was."""
+    from discovery.patterns.causal import _edited_roi, _open_case
+
+    vol, mask, region_map = _case(3, with_bead=True)
+    card = ModelCard()
+    rows = pd.DataFrame({"nodule_id": ["n1"], "center_z": [19.5], "center_y": [23.5],
+                         "center_x": [23.5]})
+    opened = _open_case(lambda cid: (vol, mask, region_map), "c", rows)
+    before = vol.array.copy()
+    got = _edited_roi(opened, regs, (19.5, 23.5, 23.5), card, seed=4, reach_mm=3.0)
+    np.testing.assert_array_equal(got, _whole_scan_roi(vol, mask, region_map, regs,
+                                                       (19.5, 23.5, 23.5), card, seed=4))
+    np.testing.assert_array_equal(opened.work, before)      # restored
+    np.testing.assert_array_equal(vol.array, before)
+
+
+def test_an_edit_without_parenchyma_around_draws_from_the_whole_scan_as_before():
+    """No parenchyma within the donor shell of the box: the edit falls back to the whole
+    scan's parenchyma, as the whole-scan edit does."""
+    from discovery.patterns.causal import _edited_roi, _open_case
+
+    vol, mask, region_map = _case(5, with_bead=False)
+    vol.array[:, 20:48, :] = 40.0          # soft tissue all around region 1
+    vol.array[mask.array > 0] = 30.0
+    card = ModelCard()
+    rows = pd.DataFrame({"nodule_id": ["n1"]})
+    opened = _open_case(lambda cid: (vol, mask, region_map), "c", rows)
+    got = _edited_roi(opened, [1], (19.5, 23.5, 23.5), card, seed=1, reach_mm=3.0)
+    np.testing.assert_array_equal(got, _whole_scan_roi(vol, mask, region_map, [1],
+                                                       (19.5, 23.5, 23.5), card, seed=1))
+    assert inpaint_parenchyma(vol.array[15:25, 26:38, 18:30],
+                              region_map[15:25, 26:38, 18:30] == 1, spacing_mm=SPACING,
+                              fallback=False) is None
+
+
+def test_label_boxes_equal_find_objects():
+    from scipy import ndimage
+
+    from discovery.model.edit import label_boxes
+
+    rng = np.random.default_rng(0)
+    for shape in [(7, 9, 11), (1, 5, 5), (12, 3, 4)]:
+        labels = rng.integers(0, 6, shape) * (rng.random(shape) < 0.05)
+        labels[labels == 3] = 0                       # a missing label in the middle
+        assert label_boxes(labels) == ndimage.find_objects(labels)
+    assert label_boxes(np.zeros((3, 4, 5), int)) == []
+    with pytest.raises(ValueError, match=">= 0"):
+        label_boxes(np.full((2, 2, 2), -1))

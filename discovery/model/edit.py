@@ -24,14 +24,18 @@ __all__ = [
     "PARENCHYMA_BAND_HU",
     "FALLBACK_PARENCHYMA_HU",
     "ROI_BATCH",
+    "SHELL_MM",
     "bounding_box",
     "grow_mm",
+    "label_boxes",
     "inpaint_parenchyma",
     "score_inputs",
 ]
 
 #: HU band of aerated lung parenchyma sampled to fill removed voxels.
 PARENCHYMA_BAND_HU = (-950.0, -600.0)
+#: Default donor shell (mm) of :func:`inpaint_parenchyma`.
+SHELL_MM = 6.0
 #: Used when no parenchyma voxel is found anywhere near the removed voxels.
 FALLBACK_PARENCHYMA_HU = -850.0
 #: Most ROIs :func:`score_inputs` scores in one forward pass.
@@ -56,6 +60,35 @@ def bounding_box(mask: np.ndarray, pad=0) -> tuple[slice, ...] | None:
     return tuple(out)
 
 
+def label_boxes(labels: np.ndarray) -> list:
+    """``scipy.ndimage.find_objects(labels)`` of a label map with labels ``>= 0``: the
+    bounding box of each label ``1..max``, None for a label without voxels.
+
+    One pass over the slices that hold a label instead of one over the whole array: on a
+    sparse map (a scan's off-mask regions) a tenth of the time.
+    """
+    arr = np.asarray(labels)
+    if arr.ndim == 0 or arr.size == 0:
+        return []
+    zs = np.flatnonzero(arr.reshape(arr.shape[0], -1).any(axis=1))
+    if zs.size == 0:
+        return []
+    slab = arr[zs[0]:zs[-1] + 1]
+    where = np.flatnonzero(slab)
+    values = slab.reshape(-1)[where]
+    if values.min() < 0:
+        raise ValueError(f"labels must be >= 0; received a minimum of {values.min()}")
+    order = np.argsort(values, kind="stable")
+    found, starts = np.unique(values[order], return_index=True)
+    coords = np.stack(np.unravel_index(where[order], slab.shape), axis=1)
+    coords[:, 0] += zs[0]
+    out: list = [None] * int(found[-1])
+    for label, part in zip(found, np.split(coords, starts[1:])):
+        lo, hi = part.min(axis=0), part.max(axis=0) + 1
+        out[int(label) - 1] = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    return out
+
+
 def grow_mm(mask: np.ndarray, reach_mm: float, spacing_mm) -> np.ndarray:
     """``mask`` plus every voxel within ``reach_mm`` (voxel centre to voxel centre) of it.
 
@@ -78,10 +111,11 @@ def inpaint_parenchyma(
     *,
     spacing_mm,
     protect=None,
-    shell_mm: float = 6.0,
+    shell_mm: float = SHELL_MM,
     band_hu: tuple[float, float] = PARENCHYMA_BAND_HU,
     seed: int = 0,
-) -> np.ndarray:
+    fallback: bool = True,
+) -> np.ndarray | None:
     """Replace voxels with values drawn from the lung parenchyma around them.
 
     Parameters
@@ -102,11 +136,15 @@ def inpaint_parenchyma(
         HU band counted as aerated parenchyma, inclusive.
     seed : int
         Donor values are drawn with replacement by ``numpy.random.default_rng(seed)``.
+    fallback : bool
+        What to do when the shell holds no parenchyma: draw from the whole array (True,
+        below), or return None (False: a caller that passes a crop of a scan, with the shell
+        inside it, then calls again with the whole scan).
 
     Returns
     -------
     ndarray, float32, shape (z, y, x)
-        A copy of ``hu`` with ``remove & ~protect`` filled.  Drawing donors (rather than
+        A copy of ``hu`` with ``remove & ~protect`` filled (None: see *fallback*).  Drawing donors (rather than
         using their mean) keeps the local noise texture, so the edit does not leave a
         conspicuously smooth hole.
 
@@ -127,7 +165,9 @@ def inpaint_parenchyma(
     box = bounding_box(remove, np.ceil(shell_mm / spacing).astype(int) + 1)
     rem = remove[box]
     values = out[box]
-    donors = _donors(out, values, box, remove, protect, spacing, shell_mm, band)
+    donors = _donors(out, values, box, remove, protect, spacing, shell_mm, band, fallback)
+    if donors is None:
+        return None
     rng = np.random.default_rng(seed)
     n = int(rem.sum())
     fill = rng.choice(donors, size=n) if donors.size else np.full(n, FALLBACK_PARENCHYMA_HU)
@@ -159,10 +199,11 @@ def _check_inpaint(hu, remove, protect, spacing_mm, shell_mm, band_hu):
     return hu, remove, protect, spacing, (lo_hu, hi_hu)
 
 
-def _donors(out, values, box, remove, protect, spacing, shell_mm, band) -> np.ndarray:
+def _donors(out, values, box, remove, protect, spacing, shell_mm, band,
+            fallback: bool = True) -> np.ndarray | None:
     """The parenchyma values to draw from: those of the shell around ``remove[box]`` (the
     dilation by the physical ball, one distance transform of the box), else of the whole
-    array (outside ``remove`` and ``protect``)."""
+    array (outside ``remove`` and ``protect``), or None without *fallback*."""
     lo_hu, hi_hu = band
     rem = remove[box]
     near = ndimage.distance_transform_edt(~rem, sampling=spacing) <= shell_mm + _SLACK_MM
@@ -171,6 +212,8 @@ def _donors(out, values, box, remove, protect, spacing, shell_mm, band) -> np.nd
         shell &= ~protect[box]
     in_band = (values >= lo_hu) & (values <= hi_hu)
     donors = values[shell & in_band]
+    if donors.size == 0 and not fallback:
+        return None
     if donors.size == 0:
         whole = (out >= lo_hu) & (out <= hi_hu) & ~remove
         if protect is not None:

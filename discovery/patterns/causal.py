@@ -40,7 +40,10 @@ from discovery.model.edit import (  # noqa: F401 -- the constants re-exported
     FALLBACK_PARENCHYMA_HU,
     PARENCHYMA_BAND_HU,
     ROI_BATCH,
+    SHELL_MM,
+    bounding_box,
     inpaint_parenchyma,
+    label_boxes,
     score_inputs,
 )
 from discovery.model.rois import nodule_sites, roi_input
@@ -206,28 +209,87 @@ def _centres(rows: pd.DataFrame, mask: Mask) -> dict[str, tuple[float, float, fl
     return {s.nodule_id: s.center_zyx for s in nodule_sites(mask)}
 
 
-def _open_case(load: CaseLoader, case_id: str, rows: pd.DataFrame):
-    """``(volume, region_map, protect, centres by nodule id)`` of a case, *protect* being
-    every annotated nodule's voxels; None when its stored arrays cannot be read."""
+@dataclass(frozen=True)
+class _Opened:
+    """A case read for the causal check: the scan, its region map, the annotated nodules'
+    voxels (never edited), the nodule centres by id, each region's bounding box
+    (``boxes[k - 1]`` for region ``k``, None if absent) and a float32 working copy of the
+    scan that each edit writes into and restores."""
+
+    volume: Volume
+    region_map: np.ndarray
+    protect: np.ndarray
+    centres: dict
+    boxes: list
+    work: np.ndarray
+
+
+def _open_case(load: CaseLoader, case_id: str, rows: pd.DataFrame) -> _Opened | None:
+    """The case as :class:`_Opened`; None when its stored arrays cannot be read."""
     loaded = _try_load(load, case_id)
     if loaded is None:
         return None
     volume, mask, region_map = loaded
-    return volume, region_map, mask.array > 0, _centres(rows, mask)
+    boxes = label_boxes(region_map)
+    return _Opened(volume, region_map, mask.array > 0, _centres(rows, mask), boxes,
+                   np.array(volume.array, dtype=np.float32, copy=True))
 
 
-def _removal(region_map: np.ndarray, case_regions, reach_mm: float, spacing_mm) -> np.ndarray:
-    return grow_mm(np.isin(region_map, np.asarray(case_regions, dtype=int)), reach_mm, spacing_mm)
+def _removal(opened: _Opened, case_regions, reach_mm: float):
+    """``(box, voxels)``: the regions *case_regions* and all within *reach_mm* of them, less
+    the protected voxels, as a box of the scan and the mask inside it; None when empty.
+    The same voxels as growing ``np.isin(region_map, case_regions)`` over the whole scan:
+    the box is the regions' bounding box grown by :func:`grow_mm`'s own margin."""
+    regs = np.asarray(case_regions, dtype=int)
+    found = [opened.boxes[k - 1] for k in regs if 0 < k <= len(opened.boxes)
+             and opened.boxes[k - 1] is not None]
+    if not found:
+        return None
+    spacing = np.asarray(opened.volume.spacing_mm, dtype=float)
+    grow = np.ceil(reach_mm / spacing).astype(int) + 1 if reach_mm > 0 else np.zeros(3, int)
+    shape = opened.region_map.shape
+    box = tuple(slice(max(min(b[a].start for b in found) - int(grow[a]), 0),
+                      min(max(b[a].stop for b in found) + int(grow[a]), shape[a]))
+                for a in range(3))
+    voxels = grow_mm(np.isin(opened.region_map[box], regs), reach_mm, spacing)
+    voxels &= ~opened.protect[box]
+    return (box, voxels) if voxels.any() else None
 
 
-def _edited_roi(volume: Volume, region_map: np.ndarray, case_regions, centre, protect,
-                card: ModelCard, *, seed: int, reach_mm: float) -> np.ndarray:
+def _edited_roi(opened: _Opened, case_regions, centre, card: ModelCard, *, seed: int,
+                reach_mm: float) -> np.ndarray:
     """The ROI around *centre* of the scan with regions *case_regions* (and all within
-    *reach_mm* of them) replaced by local parenchyma (:func:`inpaint_parenchyma`)."""
-    remove = _removal(region_map, case_regions, reach_mm, volume.spacing_mm)
-    edited = inpaint_parenchyma(volume.array, remove, spacing_mm=volume.spacing_mm,
-                                protect=protect, seed=seed)
-    return roi_input(Volume(edited, volume.affine), centre, card)
+    *reach_mm* of them) replaced by local parenchyma (:func:`inpaint_parenchyma`).
+
+    The edit is made on the box it can change (the removed voxels' bounding box grown by the
+    donor shell, as :func:`inpaint_parenchyma` bounds its own work), written into the case's
+    working copy for the ROI and restored: the same ROI as editing a copy of the whole scan
+    (tested), without a whole-scan copy and mask per edit."""
+    volume = opened.volume
+    removal = _removal(opened, case_regions, reach_mm)
+    if removal is None:
+        return roi_input(volume, centre, card)
+    where, voxels = removal
+    spacing = np.asarray(volume.spacing_mm, dtype=float)
+    inner = bounding_box(voxels)
+    shell = np.ceil(SHELL_MM / spacing).astype(int) + 1
+    box = tuple(slice(max(w.start + i.start - int(g), 0), min(w.start + i.stop + int(g), n))
+                for w, i, g, n in zip(where, inner, shell, volume.shape))
+    remove = np.zeros([b.stop - b.start for b in box], dtype=bool)
+    remove[tuple(slice(w.start - b.start, w.stop - b.start) for w, b in zip(where, box))] = voxels
+    values = inpaint_parenchyma(volume.array[box], remove, spacing_mm=spacing,
+                                protect=opened.protect[box], seed=seed, fallback=False)
+    if values is None:       # no parenchyma in the shell: drawn from the whole scan
+        whole = np.zeros(volume.shape, dtype=bool)
+        whole[box] = remove
+        edited = inpaint_parenchyma(volume.array, whole, spacing_mm=spacing,
+                                    protect=opened.protect, seed=seed)
+        return roi_input(Volume(edited, volume.affine), centre, card)
+    opened.work[box] = values
+    try:
+        return roi_input(Volume(opened.work, volume.affine), centre, card)
+    finally:
+        opened.work[box] = volume.array[box]
 
 
 @dataclass(frozen=True)
@@ -292,12 +354,12 @@ def case_edits(case_id: str, rows: pd.DataFrame, *, load: CaseLoader, model: tor
     opened = _open_case(load, case_id, rows)
     if opened is None:
         return None
-    volume, region_map, protect, centres = opened
+    centres = opened.centres
     edits, alone = _edits(rows, {int(c) for c in clusters}, centres, together, members)
     nodules = list(dict.fromkeys(n for n, _, _ in edits))
-    rois = [roi_input(volume, centres[n], card) for n in nodules]
-    rois += [_edited_roi(volume, region_map, regs, centres[n], protect, card, seed=seed,
-                         reach_mm=reach_mm) for n, _, regs in edits]
+    rois = [roi_input(opened.volume, centres[n], card) for n in nodules]
+    rois += [_edited_roi(opened, regs, centres[n], card, seed=seed, reach_mm=reach_mm)
+             for n, _, regs in edits]
     p = [float(v) for v in score_inputs(model, rois)]
     before = dict(zip(nodules, p[:len(nodules)]))
     after, change = {}, {}
@@ -335,10 +397,9 @@ def case_without(case_id: str, rows: pd.DataFrame, *, load: CaseLoader,
     opened = _open_case(load, case_id, rows)
     if opened is None:
         return None
-    volume, region_map, protect, centres = opened
     groups = [(nid, grp["case_region"])
               for nid, grp in rows.groupby(rows["nodule_id"].astype(str), sort=True)]
-    rois = [_edited_roi(volume, region_map, regs, centres[nid], protect, card, seed=seed,
+    rois = [_edited_roi(opened, regs, opened.centres[nid], card, seed=seed,
                         reach_mm=reach_mm) for nid, regs in groups]
     return {nid: float(p) for (nid, _), p in zip(groups, score_inputs(model, rois))}
 
