@@ -59,10 +59,8 @@ def dilate_ball(binary, *, spacing_mm, radius_mm: float) -> np.ndarray:
     ----------
     binary : ndarray of bool, shape (z, y, x)
         Voxels outside the array count as False.
-    spacing_mm : sequence of 3 floats
-        Voxel size ``(dz, dy, dx)`` in mm.
-    radius_mm : float
-        Ball radius in mm (``>= 0``).
+    spacing_mm, radius_mm
+        As for :func:`ball_half_widths`.
 
     Returns
     -------
