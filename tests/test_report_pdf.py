@@ -252,6 +252,35 @@ def test_a_shortcut_through_metal_beside_a_nodule_gets_its_page(tiny_results_fre
     assert "a voxel there is metal-dense (2600 HU)" in page
     assert "the densest voxel within 5 mm of the mask (2600 HU)" in page
     assert "Flagged nodule 2 of 2" in pages[-1]
+    # one page each, as the index counts them: the metrics on the heading's page
+    assert "Shortcut nodule 1 of 2" in pages[-2] and "Metrics" in pages[-2]
+    assert "Metrics" in pages[-1]
+
+
+@needs_pdftotext
+def test_a_long_nodule_page_shrinks_its_key_slice_instead_of_spilling(tiny_results_fresh,
+                                                                      tmp_path, monkeypatch):
+    """A long heading (a shortcut's explanation) keeps its page one page (the index's page numbers
+    count one each): the key slice row is drawn smaller until the metrics fit."""
+    from discovery.report import pdfpages
+
+    head = pdfpages._nodule_head
+    scales = []
+
+    def long_head(doc, ctx, row, k, n):
+        head(doc, ctx, row, k, n)
+        doc.text("A long explanation. " * 40)         # about seven lines
+    monkeypatch.setattr(pdfpages, "_nodule_head", long_head)
+    draw = pdfpages._draw_nodule_page
+    monkeypatch.setattr(pdfpages, "_draw_nodule_page",
+                        lambda doc, ctx, row, k, n, scale: (scales.append(scale),
+                                                            draw(doc, ctx, row, k, n, scale)))
+    out = write_pdf(tiny_results_fresh, tmp_path / "r.pdf")
+    n = _pages(out.read_bytes())
+    last = " ".join(_text(out, n).split())
+    assert "Flagged nodule 1 of 1" in last and "Metrics" in last
+    assert "Flagged nodule" not in " ".join(_text(out, n - 1).split())
+    assert scales[0] == 1.0 and len(scales) > 1 and scales[-1] < 1.0
 
 
 def test_failed_write_leaves_the_old_file_and_no_temporary(results, tmp_path, monkeypatch):

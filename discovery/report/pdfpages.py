@@ -217,8 +217,9 @@ def _view(ctx: dict, row) -> _View:
                  _crop_half(ctx["box_mm"], px), rule)
 
 
-def _key_slice_row(doc: Doc, v: _View) -> None:
-    """Row 1: the key slice around the nodule, plain and with the overlay; the colour bar."""
+def _key_slice_row(doc: Doc, v: _View, scale: float = 1.0) -> None:
+    """Row 1: the key slice around the nodule, plain and with the overlay, each *scale* times
+    half the text column wide; the colour bar."""
     a, z = v.arrays, v.z
     ct, mask = a["ct"], a["mask"]
     own = (mask[z] == v.label) if v.label is not None else (mask[z] > 0)
@@ -231,14 +232,15 @@ def _key_slice_row(doc: Doc, v: _View) -> None:
     fov = f", {v.side * v.px:.0f} mm across" if v.px > 0 else ""
     doc.text(f"Key slice {z + 1} of {ct.shape[0]} ({v.rule}): {v.side} × {v.side} "
              f"pixels{fov}", weight="bold")
-    top, w, gap = doc.y + 0.04, (CONTENT_W - 0.2) / 2, 0.2
-    scale_bar(doc.image(plain, MARGIN, top, w, aspect=v.aspect), plain.shape[1], v.px)
-    doc.image(over, MARGIN + w + gap, top, w, aspect=v.aspect)
+    top, w, gap = doc.y + 0.04, scale * (CONTENT_W - 0.2) / 2, 0.2
+    x = MARGIN + (CONTENT_W - 2 * w - gap) / 2           # the pair centred
+    scale_bar(doc.image(plain, x, top, w, aspect=v.aspect), plain.shape[1], v.px)
+    doc.image(over, x + w + gap, top, w, aspect=v.aspect)
     h = image_height(plain, w, v.aspect)
-    doc.text("plain, lung window (W1500/L-600); green: mask contour", top=top + h + 0.03,
+    doc.text("plain, lung window (W1500/L-600); green: mask contour", x=x, top=top + h + 0.03,
              size=8, width=w, advance=False, color=GRAY)
     doc.text("Grad-CAM overlay; cyan: off-mask regions; the heat map ends at the nodule's "
-             "analysis box", x=MARGIN + w + gap, top=top + h + 0.03, size=8, width=w,
+             "analysis box", x=x + w + gap, top=top + h + 0.03, size=8, width=w,
              advance=False, color=GRAY)
     doc.y = top + h + 0.42
     if v.attr_max > 0:
@@ -356,13 +358,28 @@ def _metrics(doc: Doc, row) -> None:
     doc.text(applicability, color=GRAY)
 
 
+#: Sizes of the key slice row tried, largest first, until a nodule's page fits on one page.
+_KEY_SCALES = (1.0, 0.85, 0.7, 0.55)
+
+
 def nodule_page(doc: Doc, ctx: dict, row, k: int, n: int) -> None:
     """The page of nodule *row* (the *k*-th of *n*): heading, key slice, whole slice and main
-    off-mask region, metrics."""
+    off-mask region, metrics.  One page, as the index counts them: where the heading and
+    the captions are long (a shortcut's explanation), the key slice row is drawn smaller
+    until the metrics fit (:data:`_KEY_SCALES`)."""
+    first = len(doc.pages)
+    for scale in _KEY_SCALES:
+        del doc.pages[first:]
+        _draw_nodule_page(doc, ctx, row, k, n, scale)
+        if len(doc.pages) == first + 1:
+            return
+
+
+def _draw_nodule_page(doc: Doc, ctx: dict, row, k: int, n: int, scale: float) -> None:
     v = _view(ctx, row)
     doc.new_page()
     _nodule_head(doc, ctx, row, k, n)
-    _key_slice_row(doc, v)
+    _key_slice_row(doc, v, scale)
     small, top = (CONTENT_W - 0.3) / 3, doc.y  # row 2: the whole slice | the main region
     row_h = _whole_slice(doc, v, top, small)
     row_h = max(row_h, _region_picture(doc, ctx, row, v, MARGIN + small + 0.15, top,
