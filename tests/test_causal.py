@@ -470,7 +470,7 @@ def test_an_edit_without_parenchyma_around_draws_from_the_whole_scan_as_before()
 def test_label_boxes_equal_find_objects():
     from scipy import ndimage
 
-    from discovery.model.edit import label_boxes
+    from discovery.model.rois import label_boxes
 
     rng = np.random.default_rng(0)
     for shape in [(7, 9, 11), (1, 5, 5), (12, 3, 4)]:

@@ -16,7 +16,7 @@ from discovery.model.reliance import reliance_text, surroundings_text
 from discovery.model.rois import nodule_label
 from discovery.patterns.outcomes import outcome_reason
 from discovery.report import planes, render
-from discovery.report.style import fmt
+from discovery.report.style import applicability_warning, fmt
 from discovery.store.tables import NODULE_REVIEW_CHOICES
 
 #: Metric label per column (the rows of the metrics table, in order).
@@ -222,18 +222,6 @@ def metrics_table(row: pd.Series, outcome: str = "–") -> pd.DataFrame:
                          "Meaning": [HELP.get(k, RELIANCE_HELP) for k in values]})
 
 
-def applicability_warning(row: pd.Series) -> str | None:
-    """The warning beside the verdict when the model is used outside what it knows
-    (``applicability`` flags, :mod:`discovery.model.domain`); None when the nodule is inside
-    everything checked, or the results predate the flags."""
-    code = row.get("applicability")
-    if not isinstance(code, str) or code in ("", "ok"):
-        return None
-    detail = str(row.get("applicability_detail") or "")
-    return (f"Read this verdict with care — the model is used outside what it knows: {code}. "
-            f"{detail[:1].upper() + detail[1:]}").strip()
-
-
 def nodule_outcome(store, row: pd.Series) -> str:
     """The nodule's outcome in words (:func:`discovery.patterns.outcomes.outcome_reason`);
     "–" for a nodule without one (its case was not scored)."""
@@ -244,7 +232,8 @@ def nodule_outcome(store, row: pd.Series) -> str:
 
 def metrics_and_review(store, row: pd.Series, item_id: str, nodule_id: str) -> None:
     st.subheader(f"Nodule {nodule_id}")
-    warning = applicability_warning(row)
+    warning = applicability_warning(row.get("applicability"),
+                                    row.get("applicability_detail"))
     if warning:
         st.warning(warning, icon=":material/warning:")
     st.table(metrics_table(row, nodule_outcome(store, row)), hide_index=True)

@@ -62,7 +62,7 @@ from data_tools.checks import check_int, check_nonneg, check_spacing
 from data_tools.volume import Mask, Volume
 from discovery.model.card import ModelCard
 from discovery.model.edit import (PARENCHYMA_BAND_HU, bounding_box, grow_mm, inpaint_parenchyma,
-                                  score_inputs)
+                                  reach_voxels, score_inputs)
 from discovery.model.rois import NoduleSite, nodule_sites, roi_input
 from discovery.schema import SURROUNDINGS_MM
 
@@ -303,7 +303,7 @@ def _crop(volume: Volume, center_zyx, card: ModelCard, pad_mm: float):
     shape = np.asarray(volume.shape)
     lo = np.clip(np.floor(offset).astype(int), 0, shape)
     hi = np.clip(np.ceil(offset + (size - 1) * scale).astype(int) + 1, 0, shape)
-    pad = np.ceil(pad_mm / spacing).astype(int) + 1
+    pad = reach_voxels(pad_mm, spacing)
     out_lo, out_hi = np.maximum(lo - pad, 0), np.minimum(hi + pad, shape)
     outer = tuple(slice(int(a), int(b)) for a, b in zip(out_lo, out_hi))
     inner = tuple(slice(int(a - o), int(b - o)) for a, b, o in zip(lo, hi, out_lo))

@@ -43,10 +43,10 @@ from discovery.model.edit import (  # noqa: F401 -- the constants re-exported
     SHELL_MM,
     bounding_box,
     inpaint_parenchyma,
-    label_boxes,
+    reach_voxels,
     score_inputs,
 )
-from discovery.model.rois import nodule_sites, roi_input
+from discovery.model.rois import label_boxes, nodule_sites, roi_input
 from discovery.patterns.clustering import N_EXEMPLARS
 from discovery.patterns.stats import exemplars_one_per_group
 from discovery.schema import EFFECT_COLUMNS, FLAG_COLUMNS, MIN_EFFECT  # noqa: F401 -- re-exported
@@ -246,7 +246,7 @@ def _removal(opened: _Opened, case_regions, reach_mm: float):
     if not found:
         return None
     spacing = np.asarray(opened.volume.spacing_mm, dtype=float)
-    grow = np.ceil(reach_mm / spacing).astype(int) + 1 if reach_mm > 0 else np.zeros(3, int)
+    grow = reach_voxels(reach_mm, spacing)
     shape = opened.region_map.shape
     box = tuple(slice(max(min(b[a].start for b in found) - int(grow[a]), 0),
                       min(max(b[a].stop for b in found) + int(grow[a]), shape[a]))
@@ -272,7 +272,7 @@ def _edited_roi(opened: _Opened, case_regions, centre, card: ModelCard, *, seed:
     where, voxels = removal
     spacing = np.asarray(volume.spacing_mm, dtype=float)
     inner = bounding_box(voxels)
-    shell = np.ceil(SHELL_MM / spacing).astype(int) + 1
+    shell = reach_voxels(SHELL_MM, spacing)
     box = tuple(slice(max(w.start + i.start - int(g), 0), min(w.start + i.stop + int(g), n))
                 for w, i, g, n in zip(where, inner, shell, volume.shape))
     remove = np.zeros([b.stop - b.start for b in box], dtype=bool)

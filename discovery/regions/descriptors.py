@@ -180,12 +180,13 @@ def lung_mask(hu, *, spacing_mm, threshold_hu: float = -400.0, min_volume_ml: fl
     radius = check_nonneg(fill_radius_mm, "fill_radius_mm")
     margin = check_nonneg(fill_margin_mm, "fill_margin_mm")
 
-    out, lungs = np.zeros(hu.shape, dtype=bool), _lung_air(hu, spacing, threshold_hu,
-                                                           min_volume_ml, components, threads)
-    if lungs.any() and within is None:
+    out = np.zeros(hu.shape, dtype=bool)
+    lungs = _lung_air(hu, spacing, threshold_hu, min_volume_ml, components, threads)
+    if not lungs.any():
+        return out
+    if within is None:
         box = ndimage.find_objects(lungs.astype(np.int8))[0]
         out[box] = _close_and_fill(lungs, box, spacing, radius)
-    if not lungs.any() or within is None:
         return out
     # each box's field on a thread (boxes may overlap: they are ORed in afterwards, in order)
     for found in thread_map(lambda box: _fill_box(lungs, box, spacing, radius, margin),
@@ -291,10 +292,10 @@ def _join_seams(labels: list[np.ndarray], offsets: np.ndarray) -> np.ndarray:
             k = int(parent[k])
         return k
 
+    span = len(parent)                                     # pairs as one 64-bit key
     for i in range(1, len(labels)):
         below, above = labels[i - 1][-1], labels[i][0]
         both = (below > 0) & (above > 0)
-        span = int(offsets[-1]) + 1
         keys = np.unique((below[both].astype(np.int64) + offsets[i - 1]) * span
                          + above[both].astype(np.int64) + offsets[i])   # a 1-D unique: fast
         for a, b in zip(*np.divmod(keys, span)):

@@ -28,9 +28,9 @@ from discovery.report.style import (
     OUTCOME_COLOURS,
     VERDICT_COLOURS,
     CaseArrayCache,
+    applicability_warning,
     fmt,
     pct,
-    sentence,
 )
 from discovery.explain.faithfulness_rule import RULE
 from discovery.store.tables import sanity_summary
@@ -105,11 +105,8 @@ def _nodule_section(row: pd.Series, arrays: dict[str, np.ndarray]) -> str:
         ("nodule volume (mm³)", fmt(row["volume_mm3"])),
     ]
     table = "".join(f'<tr><th class="l">{k}</th><td>{v}</td></tr>' for k, v in metrics)
-    code = row.get("applicability")
-    flagged = isinstance(code, str) and code not in ("", "ok")
-    caution = (f'<p class="warn">Read this verdict with care — the model is used outside what '
-               f'it knows: {html.escape(code)}. {html.escape(sentence(row.get("applicability_detail")))}</p>'
-               if flagged else "")
+    warning = applicability_warning(row.get("applicability"), row.get("applicability_detail"))
+    caution = f'<p class="warn">{html.escape(warning)}</p>' if warning else ""
     return f"""
 <div class="nodule"><h3>{html.escape(row['case_id'])} · {html.escape(row['nodule_id'])} {_badge(row['verdict'])}</h3>{caution}
 <div class="imgs">

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["DISPLAY_THRESHOLD", "CROP_HALF_PX", "VERDICT_COLOURS", "OUTCOME_COLOURS", "MISSING",
-           "fmt", "pct", "sentence", "CaseArrayCache"]
+           "fmt", "pct", "sentence", "applicability_warning", "CaseArrayCache"]
 
 #: The overlay shows attribution >= this fraction of the case maximum (stated wherever shown).
 DISPLAY_THRESHOLD = 0.2
@@ -32,6 +32,17 @@ def sentence(text: Any) -> str:
         return ""
     text = str(text).strip()
     return (text[:1].upper() + text[1:] + ("" if text.endswith(".") else ".")) if text else ""
+
+
+def applicability_warning(code: Any, detail: Any) -> str | None:
+    """The caution shown beside a nodule's verdict when the model is used outside what it
+    knows (its ``applicability`` flags *code* and their *detail*,
+    :mod:`discovery.model.domain`), in the app and the reports alike; None when *code* is
+    ``"ok"``, empty or missing (results that predate the flags)."""
+    if not isinstance(code, str) or code in ("", "ok"):
+        return None
+    return (f"Read this verdict with care — the model is used outside what it knows: {code}. "
+            f"{sentence(detail)}").strip()
 
 
 def fmt(value: Any, digits: int = 3) -> str:
