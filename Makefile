@@ -15,19 +15,36 @@ SANITY ?= gradcam,gradcam++,hirescam,layercam,integrated_gradients
 # with AMX (docs/benchmarks/discovery.md#bfloat16); BENCH_PRECISION=float32 elsewhere
 BENCH_PRECISION ?= bfloat16
 
-.PHONY: install test demo demo-scored demo-data demo-sanity screenshots bench bench-discovery docs clean
+.PHONY: install runtime test demo demo-scored demo-data demo-sanity screenshots bench bench-discovery docs clean
+
+# pip byte-compiles every file it installs, one at a time (44 s of a 101 s install on 2 cores);
+# --no-compile and one compileall on all cores leave the same .pyc files in 25-30 s
+# (docs/benchmarks/speed.md#install). The demo needs only the runtime dependencies; make test
+# adds the test extras (pytest, Playwright, MkDocs, the oracles) on top.
+PIP     := $(PY) -m pip install -q --disable-pip-version-check --no-compile -c constraints.txt
+COMPILE := $(PY) -m compileall -qq -j 0 $$($(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))') || true
+RUNTIME := $(VENV)/.installed-runtime
+
+$(RUNTIME): pyproject.toml constraints.txt
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) -e .
+	@$(COMPILE)
+	@touch $(RUNTIME)
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]'
-	@touch $(STAMP)
+	$(PIP) -e '.[test]'
+	@$(COMPILE)
+	@touch $(STAMP) $(RUNTIME)
+
+runtime: $(RUNTIME)
 
 install: $(STAMP)
 
 test: install
 	$(PY) -m pytest -q
 
-demo-scored: install
+demo-scored: runtime
 	@test ! -d $(DEMO)/results || $(PY) -m discovery.batch.current $(DEMO)/results || (echo "scoring the demo again" && rm -rf $(DEMO)/results)
 	@test -f $(DEMO)/cohort/truth.json || $(VENV)/bin/discovery sample $(DEMO)/cohort --cases $(CASES) --seed 7 --config sample_data/demo_model/cohort.json --workers $(WORKERS)
 	@test -f $(DEMO)/results/findings.csv || $(VENV)/bin/discovery score $(DEMO)/cohort --out $(DEMO)/results --labels $(DEMO)/cohort/truth.csv --workers $(WORKERS)
@@ -45,7 +62,7 @@ demo: demo-scored
 	$(VENV)/bin/discovery app $(DEMO)/results --port $(PORT) --sanity $(SANITY) --sanity-max-nodules 50 --report $(DEMO)/results/report.html
 
 # the test copies the results folder before writing its review into it
-screenshots: demo-sanity
+screenshots: install demo-sanity
 	DISCOVERY_BROWSER_RESULTS=$(DEMO)/results DISCOVERY_SCREENSHOTS=docs \
 		$(PY) -m pytest -q tests/test_browser.py
 
