@@ -620,16 +620,18 @@ def _write_series(case: SyntheticCase, case_dir: Path) -> None:
         "WindowWidth": "1500", "RescaleIntercept": _ds(r["intercept"]),
         "RescaleSlope": _ds(r["slope"]), "RescaleType": "HU",
     }
+    # one dataset, written once per slice with the slice's own elements set again: building
+    # ~60 elements per slice took as long as writing them
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset("", {}, file_meta=meta, preamble=b"\0" * 128)
+    for key, value in common.items():
+        setattr(ds, key, value)
     for j, k in enumerate(case.file_order):
         sop = uids["SOPInstanceUIDs"][k]
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
         meta.MediaStorageSOPInstanceUID = sop
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
         path = case_dir / f"CT{j + 1:06d}.dcm"
-        ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-        for key, value in common.items():
-            setattr(ds, key, value)
         ipp = case.affine @ np.array([k, 0.0, 0.0, 1.0])
         ds.SOPInstanceUID = sop
         ds.InstanceNumber = nz - k  # superior slice first, as many scanners do
