@@ -19,7 +19,7 @@ BENCH_PRECISION ?= bfloat16
 
 # pip byte-compiles every file it installs, one at a time (44 s of a 101 s install on 2 cores);
 # --no-compile and one compileall on all cores leave the same .pyc files in 25-30 s
-# (docs/benchmarks/speed.md#install). The demo needs only the runtime dependencies; make test
+# (docs/guide/install-and-commands.md#install). The demo needs only the runtime dependencies; make test
 # adds the test extras (pytest, Playwright, MkDocs, the oracles) on top.
 PIP     := $(PY) -m pip install -q --disable-pip-version-check --no-compile -c constraints.txt
 COMPILE := $(PY) -m compileall -qq -j 0 $$($(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))') || true
@@ -28,13 +28,13 @@ RUNTIME := $(VENV)/.installed-runtime
 $(RUNTIME): pyproject.toml constraints.txt
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) -e .
-	@$(COMPILE)
+	$(COMPILE)
 	@touch $(RUNTIME)
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) -e '.[test]'
-	@$(COMPILE)
+	$(COMPILE)
 	@touch $(STAMP) $(RUNTIME)
 
 runtime: $(RUNTIME)

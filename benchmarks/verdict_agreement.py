@@ -21,6 +21,14 @@ Usage::
         --cases 40 --out B.pkl            # the benchmark's model of seed 2 (cached, or trained)
     python benchmarks/verdict_agreement.py fit --calibration A.pkl,B.pkl --evaluate C.pkl D.pkl
     python benchmarks/verdict_agreement.py diagnose RESULTS   # a folder scored with the demo model
+    python benchmarks/verdict_agreement.py rules A.pkl B.pkl C.pkl  # richer rules, leave-one-out
+
+``rules`` asks whether a verdict made of more than the pointing game and the near mass could
+agree: per nodule, a few map features that any attribution map has (the map's mass on the
+nodule, in map units times mm³; its mean on the nodule over its mean within 20 mm around it,
+the *contrast*; the near share within 5 mm; the peak's distance) and the prediction's logit
+(how far P must fall before it halves), combined by a class-balanced logistic regression
+fitted on all cohorts but one and scored on the one left out, for each cohort in turn.
 
 ``diagnose`` asks how much any map-at-``layer3`` rule could agree: this network pools
 ``layer3`` globally into its last layer, so the class-contrast CAM (``fc`` weights of class 1
@@ -246,6 +254,55 @@ def diagnose(args) -> None:
               f"{roc_auc_score(y, d[f'share{grow}']):.2f}")
 
 
+#: The features of :func:`_rule_features`, by name, in their column order.
+RULE_FEATURES = ("log mass on nodule", "logit", "log contrast", "near share 5 mm",
+                 "peak within 6 mm", "log nodule volume")
+#: The feature sets ``rules`` compares (column indices into :data:`RULE_FEATURES`).
+RULE_SETS = ((2,), (2, 1), (0, 1), (0, 1, 2), (0, 1, 2, 3), (0, 1, 2, 3, 4, 5))
+
+
+def _rule_features(rows: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """(features, rests) of the predicted-malignant nodules with a measured reliance."""
+    rows = [r for r in rows if r["pred"] == 1 and np.isfinite(r["rests"])
+            and r["own"].any() and r["attr"].sum() > 0]
+    feats = np.zeros((len(rows), len(RULE_FEATURES)))
+    for i, r in enumerate(rows):
+        attr, own = r["attr"].astype(np.float64), r["own"]
+        voxel_mm3 = float(np.prod(r["spacing"]))
+        dist = ndimage.distance_transform_edt(~own, sampling=r["spacing"])
+        shell = (dist > 0) & (dist <= 20.0)
+        p = min(max(float(r["p"]), 1e-6), 1 - 1e-6)
+        feats[i] = [np.log(attr[own].sum() * voxel_mm3 + 1e-12), np.log(p / (1 - p)),
+                    np.log(attr[own].mean() / max(attr[shell].mean(), 1e-12) + 1e-12),
+                    attr[dist <= 5.0 + 1e-6].sum() / attr.sum(),
+                    float(dist[np.unravel_index(int(np.argmax(attr)), attr.shape)] <= 6.0),
+                    np.log(own.sum() * voxel_mm3)]
+    return feats, np.array([r["rests"] >= 0.5 for r in rows])
+
+
+def rules(args) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    cohorts = []
+    for path in args.collected:
+        with open(path, "rb") as fh:
+            cohorts.append((Path(path).stem, *_rule_features(pickle.load(fh))))
+    print("| features | " + " | ".join(f"{name} ({len(y)}, {int(y.sum())} rest)"
+                                         for name, _, y in cohorts) + " |")
+    print("|---|" + "---:|" * len(cohorts))
+    for cols in RULE_SETS:
+        scores = []
+        for k, (_, x_out, y_out) in enumerate(cohorts):
+            x_in = np.concatenate([c[1][:, cols] for j, c in enumerate(cohorts) if j != k])
+            y_in = np.concatenate([c[2] for j, c in enumerate(cohorts) if j != k])
+            mu, sd = x_in.mean(axis=0), x_in.std(axis=0) + 1e-9
+            fitted = LogisticRegression(class_weight="balanced", max_iter=5000)
+            fitted.fit((x_in - mu) / sd, y_in)
+            scores.append(_bacc(fitted.predict((x_out[:, cols] - mu) / sd), y_out))
+        print(f"| {', '.join(RULE_FEATURES[c] for c in cols)} | "
+              + " | ".join(f"{b:.3f}" for b in scores) + " |")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -261,11 +318,13 @@ def main(argv=None) -> int:
     f = sub.add_parser("fit")
     f.add_argument("--calibration", required=True, help="comma-separated collect outputs")
     f.add_argument("--evaluate", nargs="*", default=[])
+    r = sub.add_parser("rules")
+    r.add_argument("collected", nargs="+", help="collect outputs, one per cohort (at least 2)")
     g = sub.add_parser("diagnose")
     g.add_argument("results", help="a results folder (discovery score)")
     g.add_argument("--model", default=None, help="its model (default: the demo model)")
     args = ap.parse_args(argv)
-    {"collect": collect, "fit": fit, "diagnose": diagnose}[args.cmd](args)
+    {"collect": collect, "fit": fit, "diagnose": diagnose, "rules": rules}[args.cmd](args)
     return 0
 
 
