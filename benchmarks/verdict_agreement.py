@@ -256,9 +256,9 @@ def diagnose(args) -> None:
 
 #: The features of :func:`_rule_features`, by name, in their column order.
 RULE_FEATURES = ("log mass on nodule", "logit", "log contrast", "near share 5 mm",
-                 "peak within 6 mm", "log nodule volume")
+                 "peak within 6 mm", "log nodule volume", "log mass beyond 5 mm")
 #: The feature sets ``rules`` compares (column indices into :data:`RULE_FEATURES`).
-RULE_SETS = ((2,), (2, 1), (0, 1), (0, 1, 2), (0, 1, 2, 3), (0, 1, 2, 3, 4, 5))
+RULE_SETS = ((2,), (2, 1), (0, 1), (0, 1, 2), (0, 1, 2, 3), (0, 1, 2, 3, 4, 5), (0, 1, 6))
 
 
 def _rule_features(rows: list[dict]) -> tuple[np.ndarray, np.ndarray]:
@@ -276,17 +276,44 @@ def _rule_features(rows: list[dict]) -> tuple[np.ndarray, np.ndarray]:
                     np.log(attr[own].mean() / max(attr[shell].mean(), 1e-12) + 1e-12),
                     attr[dist <= 5.0 + 1e-6].sum() / attr.sum(),
                     float(dist[np.unravel_index(int(np.argmax(attr)), attr.shape)] <= 6.0),
-                    np.log(own.sum() * voxel_mm3)]
+                    np.log(own.sum() * voxel_mm3),
+                    np.log(attr[dist > 5.0].sum() * voxel_mm3 + 1e-12)]
     return feats, np.array([r["rests"] >= 0.5 for r in rows])
 
 
-def rules(args) -> None:
+def _fit_rule(x: np.ndarray, y: np.ndarray):
+    """The balanced logistic rule fitted on standardised *x*: a function features -> aligned."""
     from sklearn.linear_model import LogisticRegression
 
-    cohorts = []
-    for path in args.collected:
+    mu, sd = x.mean(axis=0), x.std(axis=0) + 1e-9
+    fitted = LogisticRegression(class_weight="balanced", max_iter=5000).fit((x - mu) / sd, y)
+    return lambda z: fitted.predict((z - mu) / sd).astype(bool)
+
+
+def _load_rule_cohorts(paths: list[str]) -> list[tuple]:
+    out = []
+    for path in paths:
         with open(path, "rb") as fh:
-            cohorts.append((Path(path).stem, *_rule_features(pickle.load(fh))))
+            out.append((Path(path).stem, *_rule_features(pickle.load(fh))))
+    return out
+
+
+def rules(args) -> None:
+    cohorts = _load_rule_cohorts(args.collected)
+    if args.calibration:
+        cal = _load_rule_cohorts(args.calibration.split(","))
+        x_cal = np.concatenate([c[1] for c in cal])
+        y_cal = np.concatenate([c[2] for c in cal])
+        print(f"fitted on {args.calibration} ({len(y_cal)} nodules, {int(y_cal.sum())} rest), "
+              "balanced accuracy on each cohort:\n")
+        print("| features | " + " | ".join(f"{name} ({len(y)}, {int(y.sum())} rest)"
+                                             for name, _, y in cohorts) + " |")
+        print("|---|" + "---:|" * len(cohorts))
+        for cols in RULE_SETS:
+            rule = _fit_rule(x_cal[:, cols], y_cal)
+            print(f"| {', '.join(RULE_FEATURES[c] for c in cols)} | "
+                  + " | ".join(f"{_bacc(rule(x[:, cols]), y):.3f}" for _, x, y in cohorts) + " |")
+        return
     print("| features | " + " | ".join(f"{name} ({len(y)}, {int(y.sum())} rest)"
                                          for name, _, y in cohorts) + " |")
     print("|---|" + "---:|" * len(cohorts))
@@ -295,10 +322,7 @@ def rules(args) -> None:
         for k, (_, x_out, y_out) in enumerate(cohorts):
             x_in = np.concatenate([c[1][:, cols] for j, c in enumerate(cohorts) if j != k])
             y_in = np.concatenate([c[2] for j, c in enumerate(cohorts) if j != k])
-            mu, sd = x_in.mean(axis=0), x_in.std(axis=0) + 1e-9
-            fitted = LogisticRegression(class_weight="balanced", max_iter=5000)
-            fitted.fit((x_in - mu) / sd, y_in)
-            scores.append(_bacc(fitted.predict((x_out[:, cols] - mu) / sd), y_out))
+            scores.append(_bacc(_fit_rule(x_in, y_in)(x_out[:, cols]), y_out))
         print(f"| {', '.join(RULE_FEATURES[c] for c in cols)} | "
               + " | ".join(f"{b:.3f}" for b in scores) + " |")
 
@@ -320,6 +344,9 @@ def main(argv=None) -> int:
     f.add_argument("--evaluate", nargs="*", default=[])
     r = sub.add_parser("rules")
     r.add_argument("collected", nargs="+", help="collect outputs, one per cohort (at least 2)")
+    r.add_argument("--calibration", default=None,
+                   help="comma-separated collect outputs to fit on once, instead of leaving "
+                        "each cohort out in turn; the cohorts given are then all scored")
     g = sub.add_parser("diagnose")
     g.add_argument("results", help="a results folder (discovery score)")
     g.add_argument("--model", default=None, help="its model (default: the demo model)")
