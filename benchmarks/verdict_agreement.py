@@ -41,7 +41,9 @@ nodules that rest on the nodule (ROC AUC).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
+import json
 import os
 import pickle
 import sys
@@ -59,6 +61,7 @@ from scipy import ndimage
 from data_tools.synthetic import SyntheticConfig, generate_case
 from data_tools.volume import Mask, Volume
 from discovery.align.metrics import AlignThresholds, align, verdict_agreement
+from discovery.align.rule import VerdictRule, fit_verdict_rule, verdict_features
 from discovery.model.card import default_model_dir, load_model
 from discovery.pipeline import ScoreSettings, analyze_scan
 
@@ -254,77 +257,80 @@ def diagnose(args) -> None:
               f"{roc_auc_score(y, d[f'share{grow}']):.2f}")
 
 
-#: The features of :func:`_rule_features`, by name, in their column order.
-RULE_FEATURES = ("log mass on nodule", "logit", "log contrast", "near share 5 mm",
-                 "peak within 6 mm", "log nodule volume", "log mass beyond 5 mm")
-#: The feature sets ``rules`` compares (column indices into :data:`RULE_FEATURES`).
-RULE_SETS = ((2,), (2, 1), (0, 1), (0, 1, 2), (0, 1, 2, 3), (0, 1, 2, 3, 4, 5), (0, 1, 6))
+#: The feature sets ``rules`` compares (names of :data:`discovery.align.rule.RULE_FEATURES`);
+#: ``fit-rule`` writes the one named by ``--features`` (default: the last, chosen before the
+#: fresh cohorts 103 and 104 were drawn).
+RULE_SETS = (("log_contrast",), ("log_contrast", "logit"), ("log_mass_on_nodule", "logit"),
+             ("log_mass_on_nodule", "logit", "log_contrast"),
+             ("log_mass_on_nodule", "logit", "log_contrast", "near_share_5mm"),
+             ("log_mass_on_nodule", "logit", "log_contrast", "near_share_5mm", "peak_within_6mm",
+              "log_nodule_volume"),
+             ("log_mass_on_nodule", "log_mass_beyond_5mm", "logit"))
 
 
-def _rule_features(rows: list[dict]) -> tuple[np.ndarray, np.ndarray]:
-    """(features, rests) of the predicted-malignant nodules with a measured reliance."""
-    rows = [r for r in rows if r["pred"] == 1 and np.isfinite(r["rests"])
-            and r["own"].any() and r["attr"].sum() > 0]
-    feats = np.zeros((len(rows), len(RULE_FEATURES)))
-    for i, r in enumerate(rows):
-        attr, own = r["attr"].astype(np.float64), r["own"]
-        voxel_mm3 = float(np.prod(r["spacing"]))
-        dist = ndimage.distance_transform_edt(~own, sampling=r["spacing"])
-        shell = (dist > 0) & (dist <= 20.0)
-        p = min(max(float(r["p"]), 1e-6), 1 - 1e-6)
-        feats[i] = [np.log(attr[own].sum() * voxel_mm3 + 1e-12), np.log(p / (1 - p)),
-                    np.log(attr[own].mean() / max(attr[shell].mean(), 1e-12) + 1e-12),
-                    attr[dist <= 5.0 + 1e-6].sum() / attr.sum(),
-                    float(dist[np.unravel_index(int(np.argmax(attr)), attr.shape)] <= 6.0),
-                    np.log(own.sum() * voxel_mm3),
-                    np.log(attr[dist > 5.0].sum() * voxel_mm3 + 1e-12)]
-    return feats, np.array([r["rests"] >= 0.5 for r in rows])
+def _rule_cohort(path: str) -> tuple[str, list[dict], np.ndarray]:
+    """(name, verdict_features of each nodule, rests) of one collect output: the
+    predicted-malignant nodules with a measured reliance and a map."""
+    with open(path, "rb") as fh:
+        rows = [r for r in pickle.load(fh) if r["pred"] == 1 and np.isfinite(r["rests"])
+                and r["own"].any() and r["attr"].sum() > 0]
+    values = [verdict_features(r["attr"], r["own"], spacing_mm=r["spacing"], probability=r["p"])
+              for r in rows]
+    return Path(path).stem, values, np.array([r["rests"] >= 0.5 for r in rows])
 
 
-def _fit_rule(x: np.ndarray, y: np.ndarray):
-    """The balanced logistic rule fitted on standardised *x*: a function features -> aligned."""
-    from sklearn.linear_model import LogisticRegression
-
-    mu, sd = x.mean(axis=0), x.std(axis=0) + 1e-9
-    fitted = LogisticRegression(class_weight="balanced", max_iter=5000).fit((x - mu) / sd, y)
-    return lambda z: fitted.predict((z - mu) / sd).astype(bool)
+def _rule_bacc(rule: VerdictRule, values: list[dict], rests: np.ndarray) -> float:
+    return _bacc(np.array([rule.aligned(v) for v in values]), rests)
 
 
-def _load_rule_cohorts(paths: list[str]) -> list[tuple]:
-    out = []
-    for path in paths:
-        with open(path, "rb") as fh:
-            out.append((Path(path).stem, *_rule_features(pickle.load(fh))))
-    return out
-
-
-def rules(args) -> None:
-    cohorts = _load_rule_cohorts(args.collected)
-    if args.calibration:
-        cal = _load_rule_cohorts(args.calibration.split(","))
-        x_cal = np.concatenate([c[1] for c in cal])
-        y_cal = np.concatenate([c[2] for c in cal])
-        print(f"fitted on {args.calibration} ({len(y_cal)} nodules, {int(y_cal.sum())} rest), "
-              "balanced accuracy on each cohort:\n")
-        print("| features | " + " | ".join(f"{name} ({len(y)}, {int(y.sum())} rest)"
-                                             for name, _, y in cohorts) + " |")
-        print("|---|" + "---:|" * len(cohorts))
-        for cols in RULE_SETS:
-            rule = _fit_rule(x_cal[:, cols], y_cal)
-            print(f"| {', '.join(RULE_FEATURES[c] for c in cols)} | "
-                  + " | ".join(f"{_bacc(rule(x[:, cols]), y):.3f}" for _, x, y in cohorts) + " |")
-        return
+def _rule_table(cohorts: list[tuple], fit_on) -> None:
+    """A Markdown table: per feature set, the balanced accuracy on each cohort of the rule
+    ``fit_on(k, features)`` fits for cohort *k*."""
     print("| features | " + " | ".join(f"{name} ({len(y)}, {int(y.sum())} rest)"
                                          for name, _, y in cohorts) + " |")
     print("|---|" + "---:|" * len(cohorts))
-    for cols in RULE_SETS:
-        scores = []
-        for k, (_, x_out, y_out) in enumerate(cohorts):
-            x_in = np.concatenate([c[1][:, cols] for j, c in enumerate(cohorts) if j != k])
-            y_in = np.concatenate([c[2] for j, c in enumerate(cohorts) if j != k])
-            scores.append(_bacc(_fit_rule(x_in, y_in)(x_out[:, cols]), y_out))
-        print(f"| {', '.join(RULE_FEATURES[c] for c in cols)} | "
-              + " | ".join(f"{b:.3f}" for b in scores) + " |")
+    for names in RULE_SETS:
+        scores = [_rule_bacc(fit_on(k, names), values, y) for k, (_, values, y) in enumerate(cohorts)]
+        print(f"| {', '.join(names)} | " + " | ".join(f"{b:.3f}" for b in scores) + " |")
+
+
+def rules(args) -> None:
+    cohorts = [_rule_cohort(p) for p in args.collected]
+    method, layer = args.method, args.layer
+
+    def pooled(parts, names):
+        return fit_verdict_rule([v for _, vs, _ in parts for v in vs],
+                                np.concatenate([y for _, _, y in parts]), features=names,
+                                method=method, layer=layer)
+
+    if args.calibration:
+        cal = [_rule_cohort(p) for p in args.calibration.split(",")]
+        n = sum(len(y) for _, _, y in cal)
+        print(f"fitted on {args.calibration} ({n} nodules), balanced accuracy on each cohort:\n")
+        _rule_table(cohorts, lambda k, names: pooled(cal, names))
+    else:
+        _rule_table(cohorts, lambda k, names: pooled(
+            [c for j, c in enumerate(cohorts) if j != k], names))
+
+
+def fit_rule(args) -> None:
+    """Fit the rule of *--features* on the calibration cohorts and write it into the card."""
+    cal = [_rule_cohort(p) for p in args.calibration.split(",")]
+    values = [v for _, vs, _ in cal for v in vs]
+    rests = np.concatenate([y for _, _, y in cal])
+    names = tuple(args.features.split(",")) if args.features else RULE_SETS[-1]
+    rule = fit_verdict_rule(values, rests, features=names, method=args.method, layer=args.layer)
+    bacc = _rule_bacc(rule, values, rests)
+    rule = dataclasses.replace(rule, provenance={
+        "fitted_on": [Path(p).stem for p in args.calibration.split(",")], "cohorts": args.cohorts,
+        "nodules": len(rests), "resting_on_nodule": int(rests.sum()),
+        "balanced_accuracy": round(bacc, 4), "how": "benchmarks/verdict_agreement.py fit-rule"})
+    card_path = Path(args.card)
+    data = json.loads(card_path.read_text())
+    data["verdict_rule"] = rule.to_dict()
+    card_path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    print(f"wrote the verdict rule into {card_path}: {', '.join(names)}; fitted on {len(rests)} "
+          f"nodules ({int(rests.sum())} resting on the nodule), balanced accuracy there {bacc:.3f}")
 
 
 def main(argv=None) -> int:
@@ -347,11 +353,22 @@ def main(argv=None) -> int:
     r.add_argument("--calibration", default=None,
                    help="comma-separated collect outputs to fit on once, instead of leaving "
                         "each cohort out in turn; the cohorts given are then all scored")
+    r.add_argument("--method", default="layercam", help="the map the collects hold")
+    r.add_argument("--layer", default="layer2")
+    w = sub.add_parser("fit-rule")
+    w.add_argument("--calibration", required=True, help="comma-separated collect outputs")
+    w.add_argument("--cohorts", default="", help="how they were drawn, for the provenance")
+    w.add_argument("--features", default=None, help="comma-separated names (default: the "
+                   "last of RULE_SETS)")
+    w.add_argument("--method", default="layercam")
+    w.add_argument("--layer", default="layer2")
+    w.add_argument("--card", required=True, help="the model card (model.json) to write it into")
     g = sub.add_parser("diagnose")
     g.add_argument("results", help="a results folder (discovery score)")
     g.add_argument("--model", default=None, help="its model (default: the demo model)")
     args = ap.parse_args(argv)
-    {"collect": collect, "fit": fit, "diagnose": diagnose, "rules": rules}[args.cmd](args)
+    {"collect": collect, "fit": fit, "diagnose": diagnose, "rules": rules,
+     "fit-rule": fit_rule}[args.cmd](args)
     return 0
 
 

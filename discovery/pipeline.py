@@ -25,6 +25,7 @@ import torch
 
 from data_tools.volume import Mask, Volume
 from discovery.align.localization import Localization, localization_summary
+from discovery.align.rule import VerdictRule, ruled_alignment, verdict_features
 from discovery.align.metrics import (
     Alignment,
     AlignThresholds,
@@ -95,6 +96,11 @@ class ScoreSettings:
         Store the CT of a case file exactly everywhere; False (default): the air around the
         patient is stored as -1000 HU (:func:`discovery.store.arrays.flatten_outside_air`;
         the analysis always sees the CT as read).
+    verdict_rule : bool
+        Decide the predicted-malignant nodules' verdicts by the model card's verdict rule
+        when it has one (:mod:`discovery.align.rule`: its own map, computed beside this one,
+        one more forward and backward pass per batch); False: the thresholds of *align*
+        for every nodule.
     """
 
     align: AlignThresholds = field(default_factory=AlignThresholds)
@@ -104,6 +110,7 @@ class ScoreSettings:
     reliance: RelianceSettings = field(default_factory=RelianceSettings)
     layer: str | None = None
     lossless_ct: bool = False
+    verdict_rule: bool = True
 
 
 @dataclass(frozen=True, eq=False)
@@ -279,8 +286,12 @@ def analyze_scan(
         rois = [extract_roi(volume, s.center_zyx, size_vox=card.roi_size_vox,
                             spacing_mm=card.roi_spacing_mm) for s in sites]
         inputs = np.stack([network_input(r.hu, card) for r in rois])  # (N, C, S, S, S)
+    rule = (VerdictRule.from_dict(card.verdict_rule)
+            if settings.verdict_rule and card.verdict_rule else None)
     with _stage(timings, "model"):
         probs, maps, acts, info = _score_rois(inputs, model, settings)
+        rule_maps = (_rule_maps(inputs, model, rule, settings.batch_size) if rule is not None
+                     else [None] * len(sites))
     with _stage(timings, "descriptors"):
         scene = _scene(volume, rois, threads=torch.get_num_threads())
     with _stage(timings, "reliance"):
@@ -291,13 +302,14 @@ def analyze_scan(
         fits = _applicability(volume, sites, inputs, card)
     results: list[NoduleResult] = []
     region_index: list[tuple[str, int]] = []
-    for site, roi, prob, roi_map, act, rel, fit in zip(sites, rois, probs, maps, acts,
-                                                       reliances, fits):
+    for site, roi, prob, roi_map, act, rel, fit, rule_map in zip(sites, rois, probs, maps, acts,
+                                                                 reliances, fits, rule_maps):
         p1 = float(prob[1])
+        malignant = int(p1 >= card.threshold)
         nodule = _analyze_nodule(volume, mask, scene, site, roi, roi_map, act, settings=settings,
-                                 timings=timings, probability=p1,
-                                 predicted_label=int(p1 >= card.threshold), info=info,
-                                 reliance=rel, fit=fit)
+                                 timings=timings, probability=p1, predicted_label=malignant,
+                                 info=info, reliance=rel, fit=fit,
+                                 rule=(rule, rule_map) if rule is not None and malignant else None)
         box, labels = nodule.box, nodule.region_labels
         np.maximum(attribution[box], nodule.attribution, out=attribution[box])
         for region in nodule.regions:
@@ -324,6 +336,17 @@ def _applicability(volume: Volume, sites: list[NoduleSite], inputs: np.ndarray,
                                  volume_mm3=site.volume_mm3,
                                  roi_input=roi_input))
     return out
+
+
+def _rule_maps(inputs: np.ndarray, model: torch.nn.Module, rule: VerdictRule,
+               batch_size: int) -> np.ndarray:
+    """The maps ``(N, z, y, x)`` a verdict rule reads, positive part, in batches."""
+    out = []
+    for start in range(0, len(inputs), batch_size):
+        batch = torch.from_numpy(np.ascontiguousarray(inputs[start:start + batch_size]))
+        _, maps, info = predict_and_explain(model, batch, method=rule.method, layer=rule.layer)
+        out.append(np.maximum(maps, 0.0) if info.signed else maps)
+    return np.concatenate(out)
 
 
 def _score_rois(inputs: np.ndarray, model: torch.nn.Module,
@@ -376,8 +399,10 @@ def _analyze_nodule(volume: Volume, mask: Mask, scene: _Scene, site: NoduleSite,
                     roi_map: np.ndarray, act: np.ndarray, *, settings: ScoreSettings,
                     timings: dict[str, float] | None, probability: float, predicted_label: int,
                     info: AttributionInfo, reliance: Reliance = NOT_MEASURED,
-                    fit: Applicability = Applicability((), "")) -> NoduleResult:
-    """Alignment, localisation, off-mask regions and their contexts of one nodule."""
+                    fit: Applicability = Applicability((), ""),
+                    rule: tuple[VerdictRule, np.ndarray] | None = None) -> NoduleResult:
+    """Alignment, localisation, off-mask regions and their contexts of one nodule; *rule*:
+    the card's verdict rule and its map of this ROI, which then decide the verdict."""
     spacing = volume.spacing_mm
     with _stage(timings, "align"):
         box, attr = roi_to_scan(roi_map, roi, volume.shape)
@@ -388,6 +413,12 @@ def _analyze_nodule(volume: Volume, mask: Mask, scene: _Scene, site: NoduleSite,
         alignment = align(attr, own, spacing_mm=spacing, thresholds=settings.align,
                           distance_mm=dist)
         localization = localization_summary(attr, own, spacing, distance_mm=dist)
+        if rule is not None and dist is not None:
+            rule_attr = roi_to_scan(rule[1], roi, volume.shape)[1]
+            if rule_attr.sum() > 0:
+                values = verdict_features(rule_attr, own, spacing_mm=spacing,
+                                          probability=probability, distance_mm=dist)
+                alignment = ruled_alignment(alignment, rule[0].aligned(values))
     lo = np.array([s.start for s in box], dtype=float)
     with _stage(timings, "offmask"):
         labels, regions = extract_offmask_regions(

@@ -11,9 +11,10 @@ from discovery.store.backends import SchemaMismatch
 from discovery.store.tables import ResultsStore
 
 
-def _store(tmp_path, sha, patterns=repr(PatternSettings())):
+def _store(tmp_path, sha, patterns=repr(PatternSettings()), rule=None):
     store = ResultsStore(tmp_path / "res")
-    store.set_meta(model_sha256=sha)
+    rule = load_card(default_model_dir()).verdict_rule_sha256 if rule is None else rule
+    store.set_meta(model_sha256=sha, verdict_rule_sha256=rule)
     if patterns is not None:
         store.set_meta(pattern_settings=patterns)
     store.close()
@@ -65,3 +66,15 @@ def test_scoring_records_the_pattern_settings(tmp_path):
         assert store.meta()["pattern_settings"] == repr(PatternSettings(min_cluster_size=3))
     finally:
         store.close()
+
+
+def test_results_scored_with_another_verdict_rule_or_none_are_stale(tmp_path):
+    """The demo card's verdict rule decides the verdicts: results without it (scored before
+    the rule, or with another) are scored again."""
+    card = load_card(default_model_dir())
+    assert card.verdict_rule_sha256                       # the demo model has a rule
+    sha = card.weights_sha256
+    assert stale_reason(_store(tmp_path / "a", sha)) is None
+    for rule in ("", "f" * 64):
+        reason = stale_reason(_store(tmp_path / f"b{len(rule)}", sha, rule=rule))
+        assert "another verdict rule" in reason

@@ -2,7 +2,8 @@
 
 ``metrics``: relevance mass / rank, pointing game, near mass and :func:`align` (the verdict);
 ``localization``: top-k, detection AUC, Otsu overlap, distance rings; ``readers``: the same
-metrics against several readers' masks and their consensus.
+metrics against several readers' masks and their consensus; ``rule``: a verdict rule fitted
+per model to the measured reliance on the nodule.
 """
 
 from discovery.lazy import attach
@@ -14,4 +15,6 @@ __getattr__, __dir__, __all__ = attach(__name__, {
                 "describe_verdicts"],
     "localization": ["Localization", "localization_summary"],
     "readers": ["consensus_mask", "reader_metrics"],
+    "rule": ["VerdictRule", "verdict_features", "fit_verdict_rule", "ruled_alignment",
+             "RULE_FEATURES"],
 })

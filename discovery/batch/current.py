@@ -54,10 +54,14 @@ def stale_reason(results_dir: str | Path, *, model_dir: str | Path | None = None
     finally:
         store.close()
     stored = meta.get("model_sha256")
-    expected = load_card(model_dir or default_model_dir()).weights_sha256
+    card = load_card(model_dir or default_model_dir())
+    expected = card.weights_sha256
     if stored != expected:
         return (f"{results_dir} was scored with model weights {str(stored)[:12]}..., not "
                 f"{expected[:12]}...")
+    if (meta.get("verdict_rule_sha256") or "") != card.verdict_rule_sha256:
+        return (f"{results_dir} was scored with another verdict rule than the model card's "
+                "(or none); scoring the folder again decides the verdicts by the card's rule")
     wanted = repr(pattern_settings if pattern_settings is not None else PatternSettings())
     if meta.get("pattern_settings") != wanted:
         return (f"the patterns in {results_dir} were clustered with other settings or by an "

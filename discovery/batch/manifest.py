@@ -48,7 +48,7 @@ _CHUNK = 1 << 20
 _HASH_VERSION = b"discovery-case-input-v1\0"
 #: the model card fields that change what a case's analysis computes
 _CARD_KEYS = ("architecture", "roi_size_vox", "roi_spacing_mm", "hu_window", "classes",
-              "gradcam_layer", "card_version", "training_domain")
+              "gradcam_layer", "card_version", "training_domain", "verdict_rule")
 
 FileMemo = dict[tuple[str, int, int], str]
 
@@ -177,7 +177,9 @@ def case_config_hash(spec: CaseSpec, *, settings: ScoreSettings, max_bytes: int 
         "settings": dataclasses.asdict(settings), "max_bytes": max_bytes,
         "layout": spec.layout, "image_kind": spec.image_kind, "mask_kind": spec.mask_kind,
         "source_key": spec.source_key,
-        "card": {k: getattr(card, k) for k in _CARD_KEYS},
+        # a verdict rule decides verdicts; a card without one hashes as before the rules
+        "card": {k: getattr(card, k) for k in _CARD_KEYS
+                 if k != "verdict_rule" or card.verdict_rule},
         "threshold": card.threshold,
     }
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)

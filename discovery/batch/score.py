@@ -613,7 +613,8 @@ class _Batch:
             # the layer the maps were made at ("input" for IG / Occlusion), and the layer of
             # the regions' deep features
             gradcam_layer=layer, feature_layer=_feature_layer(settings, card),
-            method=settings.method, hu_window=list(card.hu_window), threshold=card.threshold)
+            method=settings.method, hu_window=list(card.hu_window), threshold=card.threshold,
+            verdict_rule_sha256=card.verdict_rule_sha256 if settings.verdict_rule else "")
         n = min(self.opts.n_workers, len(specs))
         first_run = specs and self.store.manifest().empty
         if self.opts.n_workers > 1 and self.client is None and first_run:

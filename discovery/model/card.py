@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -101,6 +102,10 @@ class ModelCard:
         What the training data covered (:class:`discovery.model.domain.TrainingDomain` as a
         dict: spacing and nodule-size ranges, intensity statistics of the training ROIs);
         empty when unknown.  Each scored nodule is checked against it (applicability flags).
+    verdict_rule : dict
+        The verdict rule fitted for this model on calibration cohorts
+        (:class:`discovery.align.rule.VerdictRule` as a dict: the map it reads, its features
+        and weights, where it was fitted); empty: the threshold verdict.
     """
 
     architecture: dict[str, Any] = field(default_factory=default_architecture)
@@ -115,6 +120,7 @@ class ModelCard:
     card_version: int = CARD_VERSION
     input_windows: tuple[tuple[float, float], ...] = ()
     training_domain: dict[str, Any] = field(default_factory=dict)
+    verdict_rule: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         windows = tuple(tuple(float(v) for v in w) for w in self.input_windows)
@@ -169,6 +175,14 @@ class ModelCard:
         union = (min(w[0] for w in windows), max(w[1] for w in windows))
         return dataclasses.replace(self, architecture=arch, hu_window=union,
                                    input_windows=windows)
+
+    @property
+    def verdict_rule_sha256(self) -> str:
+        """SHA-256 (hex) of the verdict rule's canonical JSON; "" when the card has none."""
+        if not self.verdict_rule:
+            return ""
+        text = json.dumps(self.verdict_rule, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
     @property
     def threshold(self) -> float:
