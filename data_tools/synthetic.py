@@ -620,8 +620,7 @@ def _write_series(case: SyntheticCase, case_dir: Path) -> None:
         "WindowWidth": "1500", "RescaleIntercept": _ds(r["intercept"]),
         "RescaleSlope": _ds(r["slope"]), "RescaleType": "HU",
     }
-    # one dataset, written once per slice with the slice's own elements set again: building
-    # ~60 elements per slice took as long as writing them
+    # one dataset for all slices, each slice's own elements set again (building 60 cost as much)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
     meta.TransferSyntaxUID = ExplicitVRLittleEndian

@@ -610,8 +610,7 @@ class _Batch:
         self.store.set_meta(
             model_sha256=card.weights_sha256, roi_size_vox=list(card.roi_size_vox),
             roi_spacing_mm=list(card.roi_spacing_mm),
-            # the layer the maps were made at ("input" for IG / Occlusion), and the layer of
-            # the regions' deep features
+            # the maps' layer ("input" for IG / Occlusion), the regions' deep features' layer
             gradcam_layer=layer, feature_layer=_feature_layer(settings, card),
             method=settings.method, hu_window=list(card.hu_window), threshold=card.threshold,
             verdict_rule_sha256=card.verdict_rule_sha256 if settings.verdict_rule else "")
