@@ -39,7 +39,8 @@ REVIEWER_KEY = "reviewer"
 #: One-line explanations of the per-nodule metrics (shown next to the values).
 METRIC_HELP = {
     "probability": "Model's predicted probability that the nodule is malignant.",
-    "verdict": "Where the attention is: aligned / partial / off-mask (pointing hit + near mass).",
+    "verdict": ("Where the attention is: aligned / partial / off-mask (pointing hit + near "
+                "mass; predicted malignant: the model's verdict rule, when it has one)."),
     "rma": "Relevance mass: share of all attribution that lies inside the mask.",
     "rra": "Relevance rank: share of the |mask| highest-attribution voxels inside the mask.",
     "pointing_hit": "Is the attribution peak on the mask (within the pointing tolerance)?",

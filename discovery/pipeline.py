@@ -25,7 +25,6 @@ import torch
 
 from data_tools.volume import Mask, Volume
 from discovery.align.localization import Localization, localization_summary
-from discovery.align.rule import VerdictRule, ruled_alignment, verdict_features
 from discovery.align.metrics import (
     Alignment,
     AlignThresholds,
@@ -33,6 +32,8 @@ from discovery.align.metrics import (
     distance_to_mask_mm,
     grow_mm,
 )
+from discovery.align.rule import (VerdictRule, describe_verdict_rule, ruled_alignment,
+                                  verdict_features)
 from discovery.explain.methods import (
     AttributionInfo,
     predict_and_explain,
@@ -238,6 +239,16 @@ def pool_region_features(activations: np.ndarray, region_zyx: np.ndarray, roi: R
     flat = np.ravel_multi_index(idx.T, tuple(cells))
     weights = np.bincount(flat, minlength=int(np.prod(cells))).astype(np.float64)
     return (act.reshape(act.shape[0], -1) @ weights / weights.sum()).astype(np.float32)
+
+
+def verdict_rule_meta(card: ModelCard, settings: ScoreSettings) -> dict[str, str]:
+    """What a results store records of the verdict rule a scoring uses: its SHA-256
+    (``verdict_rule_sha256``, "" for none) and its words (``verdict_rule_text``, for the
+    reports)."""
+    if not (settings.verdict_rule and card.verdict_rule):
+        return {"verdict_rule_sha256": "", "verdict_rule_text": ""}
+    return {"verdict_rule_sha256": card.verdict_rule_sha256,
+            "verdict_rule_text": describe_verdict_rule(VerdictRule.from_dict(card.verdict_rule))}
 
 
 def analyze_scan(

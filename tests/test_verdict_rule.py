@@ -172,3 +172,22 @@ def test_a_rule_changes_the_config_hash_and_no_rule_hashes_as_before():
     assert case_config_hash(spec, settings=ScoreSettings(), max_bytes=None,
                             card=dataclasses.replace(card, verdict_rule={})) == base
     assert card.verdict_rule_sha256 == "" and len(ruled.verdict_rule_sha256) == 64
+
+
+def test_the_rule_is_recorded_and_said_where_the_verdicts_are_explained():
+    from discovery.align.metrics import describe_verdicts
+    from discovery.align.rule import describe_verdict_rule
+    from discovery.model.card import default_model_dir, load_card
+    from discovery.pipeline import ScoreSettings, verdict_rule_meta
+    from discovery.report.style import verdicts_in_words
+
+    card = load_card(default_model_dir())
+    meta = verdict_rule_meta(card, ScoreSettings())
+    assert meta["verdict_rule_sha256"] == card.verdict_rule_sha256 != ""
+    words = describe_verdict_rule(VerdictRule.from_dict(card.verdict_rule))
+    assert meta["verdict_rule_text"] == words
+    assert "layercam map at layer2" in words and "its contrast against the 20 mm" in words
+    assert verdicts_in_words(meta) == describe_verdicts() + "; " + words
+    off = verdict_rule_meta(card, ScoreSettings(verdict_rule=False))
+    assert off == {"verdict_rule_sha256": "", "verdict_rule_text": ""}
+    assert verdicts_in_words(off) == verdicts_in_words({}) == describe_verdicts()

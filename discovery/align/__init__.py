@@ -16,5 +16,5 @@ __getattr__, __dir__, __all__ = attach(__name__, {
     "localization": ["Localization", "localization_summary"],
     "readers": ["consensus_mask", "reader_metrics"],
     "rule": ["VerdictRule", "verdict_features", "fit_verdict_rule", "ruled_alignment",
-             "RULE_FEATURES"],
+             "describe_verdict_rule", "RULE_FEATURES"],
 })

@@ -43,11 +43,19 @@ from data_tools.checks import check_spacing
 from discovery.align.metrics import Alignment, check_map_and_mask, distance_to_mask_mm
 
 __all__ = ["RULE_FEATURES", "VerdictRule", "verdict_features", "fit_verdict_rule",
-           "ruled_alignment"]
+           "ruled_alignment", "describe_verdict_rule"]
 
 #: The features a rule may use, in this order (see the module's docstring).
 RULE_FEATURES = ("log_mass_on_nodule", "log_mass_beyond_5mm", "log_contrast", "near_share_5mm",
                  "peak_within_6mm", "log_nodule_volume", "logit")
+
+#: Each feature in words (:func:`describe_verdict_rule`).
+FEATURE_WORDS = {"log_mass_on_nodule": "its mass on the nodule",
+                 "log_mass_beyond_5mm": "its mass beyond 5 mm",
+                 "log_contrast": "its contrast against the 20 mm around the nodule",
+                 "near_share_5mm": "its share within 5 mm",
+                 "peak_within_6mm": "whether its peak lies within 6 mm",
+                 "log_nodule_volume": "the nodule's volume", "logit": "the prediction's logit"}
 
 _NEAR_MM, _PEAK_MM, _AROUND_MM = 5.0, 6.0, 20.0
 _TINY = 1e-12
@@ -243,3 +251,16 @@ def ruled_alignment(alignment: Alignment, aligned: bool) -> Alignment:
     else:
         verdict = alignment.verdict
     return dataclasses.replace(alignment, verdict=verdict)
+
+
+def describe_verdict_rule(rule: VerdictRule) -> str:
+    """The rule in words, for reports and the app: which map, which features, where fitted."""
+    where = rule.provenance
+    fitted = (f" ({where['nodules']} nodules, balanced accuracy {where['balanced_accuracy']:.2f} "
+              "there)" if {"nodules", "balanced_accuracy"} <= set(where) else "")
+    words = [FEATURE_WORDS[f] for f in rule.features]
+    listed = ", ".join(words[:-1]) + " and " + words[-1] if len(words) > 1 else words[0]
+    return (f"for predicted-malignant nodules 'aligned' is decided by this model's verdict rule: "
+            f"its {rule.method} map at {rule.layer or 'the card layer'} read through {listed}, "
+            "fitted to where replacing the nodule was measured to take away at least half of "
+            f"P(malignant){fitted}; where the rule says no, an 'aligned' becomes 'partial'")

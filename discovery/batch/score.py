@@ -97,7 +97,7 @@ from discovery.parallel import process_pool
 from discovery.patterns.causal import CaseRunner, pattern_effects, run_here
 from discovery.patterns.clustering import PatternSettings, cluster_regions
 from discovery.explain.methods import FUSED_METHODS, FUSION_LAYERS, method_layer
-from discovery.pipeline import CaseResult, ScoreSettings, analyze_scan
+from discovery.pipeline import CaseResult, ScoreSettings, analyze_scan, verdict_rule_meta
 from discovery.schema import SURROUNDINGS_FIELDS
 from discovery.regions.descriptors import describe_region
 from discovery.store.arrays import (case_file, ct_int16, flatten_outside_air, load_case_arrays,
@@ -613,7 +613,7 @@ class _Batch:
             # the maps' layer ("input" for IG / Occlusion), the regions' deep features' layer
             gradcam_layer=layer, feature_layer=_feature_layer(settings, card),
             method=settings.method, hu_window=list(card.hu_window), threshold=card.threshold,
-            verdict_rule_sha256=card.verdict_rule_sha256 if settings.verdict_rule else "")
+            **verdict_rule_meta(card, settings))
         n = min(self.opts.n_workers, len(specs))
         first_run = specs and self.store.manifest().empty
         if self.opts.n_workers > 1 and self.client is None and first_run:

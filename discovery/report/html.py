@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from discovery.align.metrics import AlignThresholds, describe_verdicts
+from discovery.align.metrics import AlignThresholds
 from discovery.model.reliance import reliance_text, surroundings_text
 from discovery.model.rois import nodule_label
 from discovery.patterns.outcomes import outcome_reason, rules_summary
@@ -31,6 +31,7 @@ from discovery.report.style import (
     applicability_warning,
     fmt,
     pct,
+    verdicts_in_words,
 )
 from discovery.explain.faithfulness_rule import RULE
 from discovery.store.tables import sanity_summary
@@ -276,7 +277,7 @@ def build_html(results_dir: str | Path) -> str:
 Grad-CAM on {html.escape(str(meta.get('gradcam_layer', '')))} · generated {now}</p>
 <p class="note">Case ids are pseudonymous. Grad-CAM values are raw magnitudes (after ReLU), shown on one
 scale per case (0 to the case maximum); the overlay shows values of at least {DISPLAY_THRESHOLD:.0%} of that maximum. A verdict says where the model's attention lies relative to the
-annotated nodule: {html.escape(describe_verdicts())}; beside it, whether the prediction rests on the nodule
+annotated nodule: {html.escape(verdicts_in_words(meta))}; beside it, whether the prediction rests on the nodule
 (P(malignant) without it / without a volume-matched control). Off-mask attention
 is a question for a reviewer, not automatically an error.</p>
 <h2>What the explanations say: three outcomes</h2>

@@ -53,7 +53,7 @@ import pandas as pd
 
 from data_tools.files import atomic_path
 from discovery.explain.faithfulness_rule import RULE
-from discovery.align.metrics import AlignThresholds, describe_verdicts
+from discovery.align.metrics import AlignThresholds
 from discovery.patterns.outcomes import rules_summary
 from discovery.report import render
 from discovery.report.data import (  # noqa: F401 -- MAX_FALLBACK, select_nodule_pages re-exported
@@ -85,6 +85,7 @@ from discovery.report.style import (
     VERDICT_COLOURS,
     fmt,
     pct,
+    verdicts_in_words,
 )
 
 __all__ = ["write_pdf", "select_nodule_pages", "MAX_FALLBACK", "AUTHOR", "TITLE", "MIN_PT"]
@@ -161,7 +162,7 @@ def _context(results_dir: Path) -> dict:
         "sha": (f"{str(meta['model_sha256'])[:12]}…" if meta.get("model_sha256") else "unknown"),
         "layer": str(meta.get("gradcam_layer", "") or "-"),
         "date": _results_date(meta, data.cases), "spacing": _case_spacing(data.cases),
-        "box_mm": _box_mm(meta),
+        "box_mm": _box_mm(meta), "verdicts": verdicts_in_words(meta),
         "sanity": data.sanity, "checks": data.outcome_checks,
         "surroundings": data.surroundings,
     }
@@ -180,7 +181,7 @@ def _title_block(doc: Doc, ctx: dict) -> None:
     note = ("Case ids are pseudonymous. Grad-CAM values are raw magnitudes (after ReLU), shown on "
             "one scale per case (0 to the case maximum); overlays show values of at least "
             f"{DISPLAY_THRESHOLD:.0%} of that maximum. A verdict says where the model's attention "
-            f"lies relative to the annotated nodule: {describe_verdicts()}; beside it, whether "
+            f"lies relative to the annotated nodule: {ctx['verdicts']}; beside it, whether "
             "the prediction rests on the nodule (P(malignant) without it / without a "
             "volume-matched control). Off-mask attention is a question for a reviewer, not "
             "automatically an error. Pictures: axial slices in lung window (W1500/L-600); green "

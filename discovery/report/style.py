@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["DISPLAY_THRESHOLD", "CROP_HALF_PX", "VERDICT_COLOURS", "OUTCOME_COLOURS", "MISSING",
-           "fmt", "pct", "sentence", "applicability_warning", "CaseArrayCache"]
+           "fmt", "pct", "sentence", "applicability_warning", "verdicts_in_words",
+           "CaseArrayCache"]
 
 #: The overlay shows attribution >= this fraction of the case maximum (stated wherever shown).
 DISPLAY_THRESHOLD = 0.2
@@ -32,6 +33,16 @@ def sentence(text: Any) -> str:
         return ""
     text = str(text).strip()
     return (text[:1].upper() + text[1:] + ("" if text.endswith(".") else ".")) if text else ""
+
+
+def verdicts_in_words(meta: dict) -> str:
+    """How the verdicts of a results folder were decided, from its store *meta*: the
+    thresholds (:func:`discovery.align.metrics.describe_verdicts`), then the model's verdict
+    rule when the scoring used one (``verdict_rule_text``)."""
+    from discovery.align.metrics import describe_verdicts
+
+    rule = str(meta.get("verdict_rule_text") or "")
+    return describe_verdicts() + (f"; {rule}" if rule else "")
 
 
 def applicability_warning(code: Any, detail: Any) -> str | None:
