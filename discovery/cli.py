@@ -192,7 +192,8 @@ def cmd_score(args) -> int:
             summary = score_folder(
                 args.input, args.out, model_dir=args.model,
                 settings=ScoreSettings(method=args.method, layer=args.layer,
-                                       lossless_ct=args.lossless_ct),
+                                       lossless_ct=args.lossless_ct,
+                                       verdict_rule=not args.threshold_verdicts),
                 labels=args.labels,
                 layout=args.layout,
                 max_bytes=None if args.max_volume_gb <= 0 else int(args.max_volume_gb * 1024**3),
@@ -434,6 +435,10 @@ def _add_score(sub) -> None:
                    help="store every CT voxel exactly in the case files (default: the air "
                         "around the patient, below -900 HU, is stored as -1000 HU; about half "
                         "the disk per scan)")
+    c.add_argument("--threshold-verdicts", action="store_true",
+                   help="decide every verdict by the thresholds (pointing game and near mass), "
+                        "not by the model card's verdict rule where it has one "
+                        "(docs/method/metrics-and-verdicts.md#verdicts)")
     c.add_argument("--labels", default=None,
                    help="CSV of known true labels (case_dir,nodule_label,malignant, e.g. a "
                         "sample cohort's truth.csv): clusters also report enrichment "

@@ -191,3 +191,11 @@ def test_the_rule_is_recorded_and_said_where_the_verdicts_are_explained():
     off = verdict_rule_meta(card, ScoreSettings(verdict_rule=False))
     assert off == {"verdict_rule_sha256": "", "verdict_rule_text": ""}
     assert verdicts_in_words(off) == verdicts_in_words({}) == describe_verdicts()
+
+
+def test_the_command_line_can_ask_for_threshold_verdicts():
+    from discovery.cli import build_parser
+
+    args = build_parser().parse_args(["score", "in", "--out", "out", "--threshold-verdicts"])
+    assert args.threshold_verdicts
+    assert not build_parser().parse_args(["score", "in", "--out", "out"]).threshold_verdicts
