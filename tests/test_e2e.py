@@ -232,3 +232,34 @@ def test_the_command_exits_with_the_status_of_main_its_objects_frozen(monkeypatc
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+def test_threshold_verdicts_leave_the_rule_out_and_say_so(scored, tmp_path):
+    """`--threshold-verdicts`: the card's verdict rule decides nothing, the store records no
+    rule (so `make demo` would score such results again), and only verdicts of
+    predicted-malignant nodules can differ."""
+    from discovery.align.metrics import AlignThresholds, describe_verdicts
+    from discovery.model.card import default_model_dir, load_card
+    from discovery.store.tables import ResultsStore
+
+    cohort = tmp_path / "cohort"
+    shutil.copytree(scored["cohort"], cohort)
+    shutil.rmtree(next(p for p in cohort.iterdir() if p.name.startswith("BROKEN")))
+    plain = tmp_path / "plain"
+    assert main(["score", str(cohort), "--out", str(plain), "--threshold-verdicts"]) == 0
+    ruled = ResultsStore(scored["results"], create=False).meta()
+    assert ruled["verdict_rule_sha256"] == load_card(default_model_dir()).verdict_rule_sha256
+    meta = ResultsStore(plain, create=False).meta()
+    assert meta["verdict_rule_sha256"] == "" and meta["verdict_rule_text"] == ""
+    first = pd.read_csv(scored["results"] / "findings.csv")
+    first = first[first["status"] != "failed"].reset_index(drop=True)
+    second = pd.read_csv(plain / "findings.csv")
+    benign = first["predicted_label"] != 1
+    assert (first.loc[benign, "verdict"] == second.loc[benign, "verdict"]).all()
+    # where they differ: the rule's yes over 'partial' / 'off-mask', or its no over 'aligned'
+    pairs = set(zip(first["verdict"], second["verdict"]))
+    assert {(a, b) for a, b in pairs if a != b} <= {("aligned", "partial"),
+                                                    ("aligned", "off-mask"),
+                                                    ("partial", "aligned")}
+    html = (scored["results"] / "report.html").read_text()
+    assert "verdict rule" in html and describe_verdicts(AlignThresholds())[:40] in html
