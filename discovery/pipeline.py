@@ -300,8 +300,10 @@ def analyze_scan(
     rule = (VerdictRule.from_dict(card.verdict_rule)
             if settings.verdict_rule and card.verdict_rule else None)
     with _stage(timings, "model"):
-        probs, maps, acts, info = _score_rois(inputs, model, settings)
-        rule_maps = (_rule_maps(inputs, model, rule, settings.batch_size) if rule is not None
+        probs, maps, acts, info = _score_rois(inputs, model, method=settings.method,
+                                              layer=settings.layer, batch_size=settings.batch_size)
+        rule_maps = (_score_rois(inputs, model, method=rule.method, layer=rule.layer,
+                                 batch_size=settings.batch_size)[1] if rule is not None
                      else [None] * len(sites))
     with _stage(timings, "descriptors"):
         scene = _scene(volume, rois, threads=torch.get_num_threads())
@@ -349,28 +351,17 @@ def _applicability(volume: Volume, sites: list[NoduleSite], inputs: np.ndarray,
     return out
 
 
-def _rule_maps(inputs: np.ndarray, model: torch.nn.Module, rule: VerdictRule,
-               batch_size: int) -> np.ndarray:
-    """The maps ``(N, z, y, x)`` a verdict rule reads, positive part, in batches."""
-    out = []
-    for start in range(0, len(inputs), batch_size):
-        batch = torch.from_numpy(np.ascontiguousarray(inputs[start:start + batch_size]))
-        _, maps, info = predict_and_explain(model, batch, method=rule.method, layer=rule.layer)
-        out.append(np.maximum(maps, 0.0) if info.signed else maps)
-    return np.concatenate(out)
-
-
-def _score_rois(inputs: np.ndarray, model: torch.nn.Module,
-                settings: ScoreSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray, AttributionInfo]:
-    """Probabilities ``(N, C)``, maps ``(N, z, y, x)`` and CAM-layer activations of every ROI
-    (*inputs*: the network inputs ``(N, C, S, S, S)``), in batches of ``settings.batch_size``,
-    from one forward (+ backward) pass per batch."""
+def _score_rois(inputs: np.ndarray, model: torch.nn.Module, *, method: str, layer: str | None,
+                batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, AttributionInfo]:
+    """Probabilities ``(N, C)``, *method*'s maps ``(N, z, y, x)`` (at *layer*) and that
+    layer's activations of every ROI (*inputs*: the network inputs ``(N, C, S, S, S)``), in
+    batches of *batch_size*, from one forward (+ backward) pass per batch.  Also the verdict
+    rule's map (:mod:`discovery.align.rule`), in a pass of its own."""
     probs_all, maps_all, acts_all = [], [], []
     info = None
-    for start in range(0, len(inputs), settings.batch_size):
-        batch = torch.from_numpy(np.ascontiguousarray(inputs[start:start + settings.batch_size]))
-        probs, maps, info, acts = predict_and_explain(model, batch, method=settings.method,
-                                                      layer=settings.layer,
+    for start in range(0, len(inputs), batch_size):
+        batch = torch.from_numpy(np.ascontiguousarray(inputs[start:start + batch_size]))
+        probs, maps, info, acts = predict_and_explain(model, batch, method=method, layer=layer,
                                                       return_activations=True)
         if info.signed:
             # Alignment and off-mask regions measure where the evidence *for* the target
@@ -424,7 +415,7 @@ def _analyze_nodule(volume: Volume, mask: Mask, scene: _Scene, site: NoduleSite,
         alignment = align(attr, own, spacing_mm=spacing, thresholds=settings.align,
                           distance_mm=dist)
         localization = localization_summary(attr, own, spacing, distance_mm=dist)
-        if rule is not None and dist is not None:
+        if rule is not None and alignment.status == "ok":     # a mask and a map: metrics
             rule_attr = roi_to_scan(rule[1], roi, volume.shape)[1]
             if rule_attr.sum() > 0:
                 values = verdict_features(rule_attr, own, spacing_mm=spacing,

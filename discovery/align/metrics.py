@@ -41,6 +41,8 @@ __all__ = [
     "pointing_game",
     "peak_distance_mm",
     "near_mass",
+    "near_share",
+    "peak_index",
     "distance_to_mask_mm",
     "grow_mm",
     "AlignThresholds",
@@ -147,7 +149,7 @@ def check_distance(distance_mm, mask: np.ndarray) -> np.ndarray:
     return distance_mm
 
 
-def _peak_index(attr: np.ndarray) -> tuple[int, int, int]:
+def peak_index(attr: np.ndarray) -> tuple[int, int, int]:
     """Index of the maximum; the first in C order when several voxels share it."""
     z, y, x = np.unravel_index(int(np.argmax(attr)), attr.shape)
     return int(z), int(y), int(x)
@@ -250,7 +252,7 @@ def pointing_game(attr, mask, spacing_mm, tolerance_mm: float = 0.0) -> float:
     tolerance_mm = check_nonneg(tolerance_mm, "tolerance_mm")
     if is_degenerate(attr, mask):
         return math.nan
-    d = float(_distance_to_mask_mm(mask, spacing_mm)[_peak_index(attr)])
+    d = float(_distance_to_mask_mm(mask, spacing_mm)[peak_index(attr)])
     return 1.0 if d <= tolerance_mm + DISTANCE_SLACK_MM else 0.0
 
 
@@ -281,7 +283,7 @@ def peak_distance_mm(attr, mask, spacing_mm) -> float:
     if is_degenerate(attr, mask):
         return math.nan
     dist = _distance_to_mask_mm(mask, spacing_mm)
-    return float(dist[_peak_index(attr)])
+    return float(dist[peak_index(attr)])
 
 
 def near_mass(attr, mask, spacing_mm, margin_mm: float) -> float:
@@ -310,10 +312,12 @@ def near_mass(attr, mask, spacing_mm, margin_mm: float) -> float:
     if is_degenerate(attr, mask):
         return math.nan
     dist = _distance_to_mask_mm(mask, spacing_mm)
-    return _near_share(attr, dist, margin_mm)
+    return near_share(attr, dist, margin_mm)
 
 
-def _near_share(attr: np.ndarray, dist: np.ndarray, margin_mm: float) -> float:
+def near_share(attr: np.ndarray, dist: np.ndarray, margin_mm: float) -> float:
+    """Share of *attr* where the distance map *dist* is within *margin_mm* (with
+    :data:`DISTANCE_SLACK_MM`): :func:`near_mass` from a distance map already made."""
     near = dist <= margin_mm + DISTANCE_SLACK_MM
     return float(attr[near].sum() / attr.sum())
 
@@ -479,9 +483,9 @@ def align(attr, mask, *, spacing_mm, thresholds: AlignThresholds = AlignThreshol
             else check_distance(distance_mm, mask))
     rma = float(attr[mask].sum() / total)
     rra = rank_share(attr, mask)
-    peak_d = float(dist[_peak_index(attr)])
+    peak_d = float(dist[peak_index(attr)])
     hit = peak_d <= thresholds.pointing_tolerance_mm + DISTANCE_SLACK_MM
-    near = _near_share(attr, dist, thresholds.near_margin_mm)
+    near = near_share(attr, dist, thresholds.near_margin_mm)
 
     if hit and near >= thresholds.aligned_near_mass:
         verdict = "aligned"

@@ -40,7 +40,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from data_tools.checks import check_spacing
-from discovery.align.metrics import Alignment, check_map_and_mask, distance_to_mask_mm
+from discovery.align.metrics import (DISTANCE_SLACK_MM, Alignment, check_distance,
+                                     check_map_and_mask, distance_to_mask_mm, near_share,
+                                     peak_index)
 
 __all__ = ["RULE_FEATURES", "VerdictRule", "verdict_features", "fit_verdict_rule",
            "ruled_alignment", "describe_verdict_rule"]
@@ -94,25 +96,23 @@ def verdict_features(attr, mask, *, spacing_mm, probability: float,
     spacing = check_spacing(spacing_mm)
     if not mask.any():
         raise ValueError("verdict_features needs a non-empty nodule mask; received an empty one")
-    total = float(attr.sum(dtype=np.float64))
-    if total <= 0.0:
+    if float(attr.sum()) <= 0.0:
         raise ValueError("verdict_features needs a map with some attribution; it sums to 0")
     if not 0.0 <= float(probability) <= 1.0:
         raise ValueError(f"probability must lie in [0, 1]; received {probability!r}")
-    dist = distance_to_mask_mm(mask, spacing) if distance_mm is None else distance_mm
+    dist = (distance_to_mask_mm(mask, spacing) if distance_mm is None
+            else check_distance(distance_mm, mask))
     voxel_mm3 = float(np.prod(spacing))
-    a = attr.astype(np.float64, copy=False)
+    on = attr[mask]                                  # float64 (check_map_and_mask)
     around = (dist > 0) & (dist <= _AROUND_MM)
-    inside_mean = float(a[mask].mean())
-    around_mean = float(a[around].mean()) if around.any() else 0.0
+    around_mean = float(attr[around].mean()) if around.any() else 0.0
     p = min(max(float(probability), 1e-6), 1 - 1e-6)
-    peak = float(dist[np.unravel_index(int(np.argmax(a)), a.shape)])
     return {
-        "log_mass_on_nodule": math.log(float(a[mask].sum()) * voxel_mm3 + _TINY),
-        "log_mass_beyond_5mm": math.log(float(a[dist > _NEAR_MM].sum()) * voxel_mm3 + _TINY),
-        "log_contrast": math.log(inside_mean / max(around_mean, _TINY) + _TINY),
-        "near_share_5mm": float(a[dist <= _NEAR_MM + 1e-6].sum()) / total,
-        "peak_within_6mm": float(peak <= _PEAK_MM + 1e-6),
+        "log_mass_on_nodule": math.log(float(on.sum()) * voxel_mm3 + _TINY),
+        "log_mass_beyond_5mm": math.log(float(attr[dist > _NEAR_MM].sum()) * voxel_mm3 + _TINY),
+        "log_contrast": math.log(float(on.mean()) / max(around_mean, _TINY) + _TINY),
+        "near_share_5mm": near_share(attr, dist, _NEAR_MM),
+        "peak_within_6mm": float(dist[peak_index(attr)] <= _PEAK_MM + DISTANCE_SLACK_MM),
         "log_nodule_volume": math.log(float(mask.sum()) * voxel_mm3),
         "logit": math.log(p / (1 - p)),
     }
