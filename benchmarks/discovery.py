@@ -57,7 +57,7 @@ from sklearn.metrics import roc_auc_score  # noqa: E402
 from data_tools.synthetic import SyntheticConfig, generate_case  # noqa: E402
 from data_tools.volume import Mask, Volume  # noqa: E402
 from discovery.align.metrics import grow_mm, verdict_agreement  # noqa: E402
-from discovery.batch.score import result_rows  # noqa: E402
+from discovery.batch.rows import result_rows  # noqa: E402
 from discovery.patterns.causal import pattern_effects, rescore_without, summarize_effects  # noqa: E402
 from discovery.patterns.stats import adjusted_rand, match_kind, top_k_precision  # noqa: E402
 from discovery.model.card import ModelCard, default_architecture, load_model  # noqa: E402

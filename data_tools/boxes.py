@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 from .errors import MaskError, file_label
 from .volume import Mask, Volume
@@ -147,6 +146,8 @@ def box_mask(volume: Volume, boxes: list[SliceBox], dicom_files) -> Mask:
     if placed == 0:
         raise MaskError(f"none of the {len(boxes)} boxes names a slice of the CT series (the box "
                         "files are named by the annotated slice's SOPInstanceUID)")
+    from scipy import ndimage     # here: finding a folder's cases needs no SciPy
+
     labels, n = ndimage.label(pieces, structure=np.ones((3, 3, 3), bool))
     if n == 0:
         raise MaskError(f"no box of the {placed} placed holds soft tissue (>= "
@@ -158,6 +159,8 @@ def box_mask(volume: Volume, boxes: list[SliceBox], dicom_files) -> Mask:
 
 def _tumour_piece(patch: np.ndarray) -> np.ndarray:
     """Step 2 of the rule on one box's pixels."""
+    from scipy import ndimage
+
     soft = patch >= SOFT_TISSUE_HU
     labels, n = ndimage.label(soft, structure=np.ones((3, 3), bool))
     if n == 0:

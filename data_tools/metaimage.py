@@ -44,12 +44,15 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from .errors import DataError, UnreadableFileError, file_label
 from .volume import Mask, Volume
+
+if TYPE_CHECKING:                 # pandas is imported where a LUNA16 CSV is read: finding
+    import pandas as pd           # the cases of a folder (data_tools.layouts) needs no pandas
 
 __all__ = [
     "ANNOTATION_COLUMNS",
@@ -376,6 +379,8 @@ def _lines(lines: list[int], limit: int = 10) -> str:
 
 
 def _read_luna_csv(csv_path: str | Path, columns: tuple[str, ...], kind: str) -> pd.DataFrame:
+    import pandas as pd
+
     path = Path(csv_path)
     name = file_label(path)
     if not path.is_file():

@@ -182,6 +182,13 @@ def _at_least_one(text: str) -> int:
 
 
 def cmd_score(args) -> int:
+    max_bytes = None if args.max_volume_gb <= 0 else int(args.max_volume_gb * 1024**3)
+    ahead = None
+    if args.workers == 1 and args.scheduler is None:
+        # forked before torch is imported: the first case is read while the imports run
+        from discovery.batch.readahead import start_read_ahead
+
+        ahead = start_read_ahead(args.input, args.out, layout=args.layout, max_bytes=max_bytes)
     from discovery.batch.score import score_folder
     from discovery.pipeline import ScoreSettings
 
@@ -194,10 +201,9 @@ def cmd_score(args) -> int:
                 settings=ScoreSettings(method=args.method, layer=args.layer,
                                        lossless_ct=args.lossless_ct,
                                        verdict_rule=not args.threshold_verdicts),
-                labels=args.labels,
-                layout=args.layout,
-                max_bytes=None if args.max_volume_gb <= 0 else int(args.max_volume_gb * 1024**3),
+                labels=args.labels, layout=args.layout, max_bytes=max_bytes,
                 workers=args.workers, scheduler=args.scheduler, store_url=args.store,
+                read_ahead=ahead,
                 progress=lambda d, t, cid: bar.update(task, completed=d, total=t, note=cid))
     except (ConnectionError, ValueError) as exc:  # no scheduler; a bad --layer or option
         print(f"error: {exc}", file=sys.stderr)
@@ -329,7 +335,7 @@ def _add_sample(sub) -> None:
 
 
 def _windows_arg(text: str):
-    from discovery.model.rois import parse_windows
+    from discovery.model.windows import parse_windows
 
     try:
         return parse_windows(text)
@@ -347,7 +353,7 @@ def _labels_arg(text: str):
 
 
 def _add_train(sub) -> None:
-    from discovery.model.rois import DEFAULT_INPUT_WINDOWS, HU_WINDOWS
+    from discovery.model.windows import DEFAULT_INPUT_WINDOWS, HU_WINDOWS
 
     t = sub.add_parser("train", help="train the nodule classifier on a cohort")
     t.add_argument("cohort", nargs="+", help="cohort folder(s) (case folders, + truth.csv "
@@ -625,14 +631,19 @@ def cmd_model_check(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from data_tools.errors import DataError
-    from discovery.store.backends import StoreError
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
-    except (DataError, StoreError) as exc:
+    except Exception as exc:
+        # imported here, not above: the store imports pandas, which `discovery score`
+        # imports while its first case is read (discovery.batch.readahead)
+        from discovery.store.backends import StoreError
+
+        if not isinstance(exc, (DataError, StoreError)):
+            raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -148,7 +148,7 @@ def test_bad_inputs_are_refused():
 
 
 def test_the_pipeline_stores_the_reliance_beside_the_verdict():
-    from discovery.batch.score import result_rows
+    from discovery.batch.rows import result_rows
     from discovery.model.card import build_network
     from discovery.pipeline import analyze_scan
 

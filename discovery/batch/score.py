@@ -90,6 +90,8 @@ from discovery.batch.manifest import (
     case_config_hash,
     case_input_hash,
 )
+from discovery.batch.readahead import ReadAhead
+from discovery.batch.rows import annotation_rows, region_deep, result_rows
 from discovery.batch.tempfiles import remove_stale_temp_files
 from discovery.model.compiled import STAGES
 from discovery.model.external import load_any_model
@@ -98,8 +100,6 @@ from discovery.patterns.causal import CaseRunner, pattern_effects, run_here
 from discovery.patterns.clustering import PatternSettings, cluster_regions
 from discovery.explain.methods import FUSED_METHODS, FUSION_LAYERS, method_layer
 from discovery.pipeline import CaseResult, ScoreSettings, analyze_scan, verdict_rule_meta
-from discovery.schema import SURROUNDINGS_FIELDS
-from discovery.regions.descriptors import describe_region
 from discovery.store.arrays import (case_file, ct_int16, flatten_outside_air, load_case_arrays,
                                     save_case_arrays)
 from discovery.store.tables import ResultsStore
@@ -157,89 +157,11 @@ def safe_error(exc: BaseException, *paths: Path | str | None) -> str:
     return f"unexpected error while scoring ({text}); please report it"
 
 
-def result_rows(result: CaseResult) -> tuple[list[dict], list[dict]]:
-    nodules, regions = [], []
-    case_region = 0
-    for nod in result.nodules:
-        a, loc, rel = nod.alignment, nod.localization, nod.reliance
-        total = float(nod.attribution.sum())
-        off_share = float(sum(r.mass_share for r in nod.regions)) if total > 0 else float("nan")
-        nodules.append({
-            "case_id": result.case_id, "nodule_id": nod.nodule_id,
-            "probability": nod.probability, "predicted_label": nod.predicted_label,
-            "rma": a.rma, "rra": a.rra, "pointing_hit": a.pointing_hit,
-            "peak_distance_mm": a.peak_distance_mm, "near_mass": a.near_mass,
-            "detection_auc": loc.auc, "otsu_dice": loc.otsu_dice, "otsu_iou": loc.otsu_iou,
-            "ring_0_5": loc.ring_0_5, "ring_5_10": loc.ring_5_10, "ring_10_20": loc.ring_10_20,
-            "verdict": a.verdict, "p_without_nodule": rel.p_without_nodule,
-            "p_without_control": rel.p_without_control, "rests_on_nodule": rel.rests_on_nodule,
-            "reliance_status": rel.status, **{f: getattr(rel, f) for f in SURROUNDINGS_FIELDS},
-            "applicability": nod.applicability.code,
-            "applicability_detail": nod.applicability.detail,
-            "n_offmask_regions": len(nod.regions),
-            "offmask_mass_share": off_share, "volume_mm3": nod.site.volume_mm3,
-            "center_z": nod.site.center_zyx[0], "center_y": nod.site.center_zyx[1],
-            "center_x": nod.site.center_zyx[2], "status": "ok" if a.status == "ok" else a.verdict,
-            "error": "" if a.status == "ok" else a.status,
-        })
-        lo = np.array([s.start for s in nod.box], dtype=float)
-        for r, ctx in zip(nod.regions, nod.contexts):
-            case_region += 1
-            an = ctx.anatomy
-            cz, cy, cx = (np.asarray(r.centroid_zyx) + lo).tolist()  # scan voxel coordinates
-            regions.append({
-                "region_key": f"{result.case_id}/{nod.nodule_id}/r{r.region_index}",
-                "case_id": result.case_id, "nodule_id": nod.nodule_id,
-                "region_index": r.region_index, "case_region": case_region,
-                "probability": nod.probability, "n_voxels": r.n_voxels,
-                "volume_mm3": r.volume_mm3, "mass_share": r.mass_share, "peak_value": r.peak_value,
-                "centroid_z": cz, "centroid_y": cy, "centroid_x": cx,
-                "offset_z_mm": r.offset_mm[0], "offset_y_mm": r.offset_mm[1],
-                "offset_x_mm": r.offset_mm[2], "offset_distance_mm": r.offset_distance_mm,
-                "distance_to_mask_mm": r.distance_to_mask_mm, "mean_hu": r.mean_hu,
-                "max_hu": r.max_hu, "std_hu": r.std_hu,
-                "offset_l_mm": ctx.offset_lps_mm[0], "offset_p_mm": ctx.offset_lps_mm[1],
-                "offset_s_mm": ctx.offset_lps_mm[2], "direction": ctx.direction,
-                "relation": an.relation, "lung_fraction": an.lung_fraction,
-                "pleura_distance_mm": an.pleura_distance_mm, "dense_fraction": an.dense_fraction,
-                "dense_elongation": an.dense_elongation, "elongation": an.elongation,
-                "median_hu": an.hu_median, "p90_hu": an.hu_p90, "halo_max_hu": ctx.halo_max_hu,
-                **{f"structure_{k}": v for k, v in dataclasses.asdict(ctx.structure).items()},
-                "description": describe_region(r.offset_distance_mm, ctx.direction, an.relation,
-                                               r.mean_hu),
-                "cluster": -1,
-            })
-    return nodules, regions
-
-
 def _feature_layer(settings: ScoreSettings, card) -> str:
     """The layer whose activations are the regions' ``deep`` features."""
     if settings.method in FUSED_METHODS:
         return (settings.layer or "+".join(FUSION_LAYERS)).split("+")[-1].strip()
     return settings.layer or card.gradcam_layer
-
-
-def _region_deep(result: CaseResult) -> np.ndarray:
-    rows = [ctx.deep for nod in result.nodules for ctx in nod.contexts]
-    return np.stack(rows).astype(np.float32) if rows else np.zeros((0, 0), np.float32)
-
-
-#: what the annotation says of a nodule that may go into the findings (numbers only: free-text
-#: fields such as RT ROI names or SEG segment labels stay out, they can carry anything)
-_ANNOTATION_KEYS = ("n_readers", "roi_number", "segment_number")
-
-
-def _annotation_rows(case_id: str, nodules) -> list[dict]:
-    rows = []
-    for nod in nodules:
-        for key, value in nod.items():
-            name = ("annotated_diameter_mm" if key == "diameter_mm"
-                    else key if key.startswith("lidc_") or key in _ANNOTATION_KEYS else None)
-            if name is None or isinstance(value, (str, bytes, list, tuple, dict)):
-                continue
-            rows.append({"case_id": case_id, "nodule_id": f"n{int(nod['label'])}",
-                         "name": name, "value": float(value)})
-    return rows
 
 
 # -- one case ----------------------------------------------------------------------------
@@ -255,7 +177,8 @@ def _failed(spec: CaseSpec, message: str) -> Payload:
 
 
 def _compute_case(spec: CaseSpec, model, card, results_dir: Path, settings: ScoreSettings,
-                  max_bytes: int | None, input_path: Path | str) -> Payload:
+                  max_bytes: int | None, input_path: Path | str,
+                  ahead: ReadAhead | None = None) -> Payload:
     """Read, analyse and write the arrays of one case; its rows for the store and its
     ``input_hash`` (from the bytes read: :class:`discovery.batch.manifest.HashingReader`).  A failure to read or
     analyse the case becomes a ``failed`` payload with a safe message.
@@ -265,10 +188,12 @@ def _compute_case(spec: CaseSpec, model, card, results_dir: Path, settings: Scor
     a second int16 copy.  A scan read as float32 is released once analysed, before the
     case file is written: the file keeps its int16 rounding
     (:func:`~discovery.store.arrays.ct_int16`), and holding both through the write would
-    add 4 bytes a voxel to the peak (300 MiB on a 512 x 512 x 300 scan)."""
+    add 4 bytes a voxel to the peak (300 MiB on a 512 x 512 x 300 scan).  The case may
+    have been read already, by *ahead* (:mod:`discovery.batch.readahead`)."""
     reader = HashingReader(spec, results_dir, max_bytes)
     try:
-        case = read_case(spec, max_bytes=max_bytes, read=reader, integer_hu=True)
+        case = ((ahead is not None and ahead.take(spec, reader))
+                or read_case(spec, max_bytes=max_bytes, read=reader, integer_hu=True))
         analysed = _analyse_case(spec, case, model, card, settings)
         del case                                  # a float32 scan: freed here (docstring)
         payload = _write_case(spec, analysed, results_dir)
@@ -320,7 +245,7 @@ def _write_case(spec: CaseSpec, case: _Analysed, results_dir: Path) -> Payload:
         results_dir, spec.case_id, ct=case.ct, mask=case.mask,
         attribution=result.attribution, region_map=result.region_map, affine=case.affine,
         # row k-1: layer activations pooled in region k of region_map (case_region order)
-        region_deep=_region_deep(result),
+        region_deep=region_deep(result),
     )
     nodules, regions = result_rows(result)
     status = "ok" if result.status == "ok" else "no-mask"
@@ -331,7 +256,7 @@ def _write_case(spec: CaseSpec, case: _Analysed, results_dir: Path) -> Payload:
                      "source_kind": spec.image_kind, "layout": spec.layout,
                      "mask_source": case.mask_source, "arrays": arrays},
             "nodules": nodules, "regions": regions,
-            "annotations": _annotation_rows(spec.case_id, case.nodules)}
+            "annotations": annotation_rows(spec.case_id, case.nodules)}
 
 
 #: per worker thread: (model folder, weights SHA-256) -> (model, card)
@@ -587,6 +512,7 @@ class _Batch:
     progress: Progress | None = None
     compute: Callable[..., Payload] | None = None
     kept: list = field(default_factory=list)  # the local pool, kept running after the cases
+    ahead: ReadAhead | None = None  # the first case, read ahead (one worker only)
     memo: FileMemo = field(default_factory=dict)
     done: int = 0  # cases finished or skipped
     status: dict[str, str] = field(default_factory=dict)
@@ -690,7 +616,8 @@ class _Batch:
 
                 stack.callback(torch.set_num_threads, torch.get_num_threads())
                 torch.set_num_threads(int(opts.torch_threads))
-            return ((s, _compute_case(s, self.model, self.card, *self.task[1:])) for s in todo)
+            return ((s, _compute_case(s, self.model, self.card, *self.task[1:], self.ahead))
+                    for s in todo)
         first = self.kept.pop() if self.kept else None
         return run_pool(todo, work, (*self.task, opts.threads, self.card.weights_sha256),
                         max(1, min(opts.n_workers, len(todo))),
@@ -747,6 +674,7 @@ def score_folder(
     scheduler: Any = None,
     torch_threads: int | None = None,
     store_url: str | None = None,
+    read_ahead: ReadAhead | None = None,
     _compute: Callable[..., Payload] | None = None,
 ) -> BatchSummary:
     """Score every case under *input_path* into *results_dir*, skipping the cases an earlier
@@ -765,6 +693,9 @@ executor_factory, scheduler, torch_threads, store_url
         How the batch runs: see :class:`BatchOptions`.
     progress : callable(done, total, case_id), optional
         Called once per case (skipped cases first), as cases finish.
+    read_ahead : ReadAhead, optional
+        From :func:`discovery.batch.readahead.start_read_ahead` on the same input: its cases,
+        and its first case read (one worker); stopped when the batch ends.
     _compute : callable, optional
         For tests only: runs in place of the per-case worker function (``_work``'s
         signature) in the pool or on the cluster.
@@ -785,16 +716,21 @@ executor_factory, scheduler, torch_threads, store_url
             opts, model_dir=None if model_dir is None else Path(model_dir).resolve())
     with ExitStack() as stack:  # a scheduler is reached before anything is read or written
         client = None if scheduler is None else stack.enter_context(dask_client(scheduler))
+        if read_ahead is not None:
+            stack.callback(read_ahead.close)
         model, card = load_any_model(opts.model_dir, compiled=_compiled_serves(opts.settings))
-        specs = discover_cases(input_path, layout=layout)
+        specs = ((read_ahead and read_ahead.specs_for(input_path, layout))
+                 or discover_cases(input_path, layout=layout))
         known = read_labels(labels) if labels is not None else None  # bad file: fail before scoring
         store = ResultsStore(results_dir, url=store_url)
         stack.callback(store.close)
         batch = _Batch(input_path, results_dir, opts, model, card, store, client, progress,
-                       _compute)
+                       _compute, ahead=read_ahead if client is None and workers == 1 else None)
         stack.callback(lambda: [p.shutdown(wait=True, cancel_futures=True) for p in batch.kept])
         batch.start(specs, known)
         plan = batch.plan(specs)
+        if read_ahead is not None and read_ahead.spec.case_id not in {s.case_id for s in plan.todo}:
+            read_ahead.close()          # its case is skipped: its memory goes now
         batch.run(plan, stack)
         counts = batch.finish()
     return batch.summary(plan, counts, time.perf_counter() - t0)
