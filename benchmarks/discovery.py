@@ -57,6 +57,8 @@ from sklearn.metrics import roc_auc_score  # noqa: E402
 from data_tools.synthetic import SyntheticConfig, generate_case  # noqa: E402
 from data_tools.volume import Mask, Volume  # noqa: E402
 from discovery.align.metrics import grow_mm, verdict_agreement  # noqa: E402
+from discovery.align.rule import fit_verdict_rule  # noqa: E402
+from discovery.batch.calibrate import DEFAULT_RULE_FEATURES, verdict_examples  # noqa: E402
 from discovery.batch.rows import result_rows  # noqa: E402
 from discovery.patterns.causal import pattern_effects, rescore_without, summarize_effects  # noqa: E402
 from discovery.patterns.stats import adjusted_rand, match_kind, top_k_precision  # noqa: E402
@@ -88,6 +90,8 @@ CONDITIONS = {"shortcut": (TRAIN_CONFIG, TEST_CONFIG), "sign": (SIGN_CONFIG, SIG
 SIGN_KINDS = {"pleural_tail": "tail", "satellite_nodule": "satellite",
               "ground_glass_halo": "halo"}
 TEST_SEED_OFFSET = 10_000
+#: the calibration cohort of ``--calibrate-cases`` (verdict rule) is drawn from seed + this
+CALIBRATION_SEED_OFFSET = 20_000
 
 
 def cohort_configs(condition: str, sign: str = "pleural_tail"):
@@ -141,6 +145,33 @@ def _model(args, log):
                 progress=lambda e, n, h: log(f"epoch {e}/{n} loss {h['loss']:.3f} "
                                              f"val AUROC {h['val_auroc']:.3f}"))
     return load_model(out)
+
+
+def _calibrated(args, model, card, log):
+    """*card* with a verdict rule fitted on a calibration cohort drawn as the test cohort is,
+    from another seed (``discovery model calibrate``'s fit: LayerCAM at ``layer2``, the
+    demo model's features); the rule's own figures on it."""
+    test_config = cohort_configs(args.condition, args.sign)[1]
+    values, rests = [], []
+    for i in range(args.calibrate_cases):
+        c = generate_case(args.seed + CALIBRATION_SEED_OFFSET, config=test_config, index=i)
+        for v, r in verdict_examples(Volume(c.hu, c.affine), Mask(c.mask, c.affine), model,
+                                     card, case_id=f"cal-{i:04d}", method="layercam",
+                                     layer="layer2"):
+            values.append(v)
+            rests.append(r)
+    y = np.asarray(rests, dtype=bool)
+    rule = fit_verdict_rule(values, y, features=DEFAULT_RULE_FEATURES, method="layercam",
+                            layer="layer2")
+    calls = np.array(["aligned" if rule.aligned(v) else "not" for v in values], dtype=object)
+    inside = verdict_agreement(calls, y.astype(float), np.ones(len(y)))
+    figures = {"cases": args.calibrate_cases, "nodules": len(y), "resting": int(y.sum()),
+               "balanced_accuracy_in_sample": inside.balanced_accuracy}
+    rule = replace(rule, provenance={**figures, "fitted_on": "benchmark calibration cohort",
+                                     "how": "benchmarks/discovery.py --calibrate-cases"})
+    log(f"verdict rule fitted on {len(y)} calibration nodules ({int(y.sum())} resting on the "
+        f"nodule), balanced accuracy there {inside.balanced_accuracy:.3f}")
+    return replace(card, verdict_rule=rule.to_dict()), figures
 
 
 def _region_kinds(region: np.ndarray, planted_box: np.ndarray, kinds: dict, spacing):
@@ -247,6 +278,11 @@ def run(args) -> dict:
 
     model, card = _model(args, log)
     timings["model"] = time.perf_counter() - t0
+    calibration = None
+    if args.calibrate_cases:
+        t = time.perf_counter()
+        card, calibration = _calibrated(args, model, card, log)
+        timings["calibration"] = time.perf_counter() - t
     threshold = float(card.metrics.get("threshold", 0.5))
 
     t = time.perf_counter()
@@ -369,6 +405,7 @@ def run(args) -> dict:
         # the cluster behind that: the distractor's best cluster, which may be mostly another
         # kind's (then the enrichment is that cluster's, not the distractor's)
         "distractor_cluster_precision": float(distractor.get("precision", np.nan)),
+        "verdict_rule": calibration,     # None: the threshold verdicts
         "verdict_agreement": {"balanced_accuracy": agreement.balanced_accuracy,
                               "sensitivity": agreement.sensitivity,
                               "specificity": agreement.specificity, "n": agreement.n,
@@ -447,8 +484,12 @@ def markdown(r: dict) -> str:
               f"distractor reported enriched: {_distractor_cell(r)}; "
               f"verdict agreement (aligned vs rests on the nodule, predicted malignant): "
               f"balanced accuracy {_fmt(r['verdict_agreement']['balanced_accuracy'], 3)} over "
-              f"{r['verdict_agreement']['n']} nodules ({r['verdict_agreement']['n_rests']} rest on it); "
-              f"{r['seconds_total']:.0f} s ({r['seconds']})"]
+              f"{r['verdict_agreement']['n']} nodules ({r['verdict_agreement']['n_rests']} rest on it), "
+              + (f"verdicts by a rule fitted on {r['verdict_rule']['nodules']} calibration "
+                 f"nodules ({r['verdict_rule']['resting']} resting; in-sample "
+                 f"{_fmt(r['verdict_rule']['balanced_accuracy_in_sample'], 3)}); "
+                 if r.get("verdict_rule") else "threshold verdicts; ")
+              + f"{r['seconds_total']:.0f} s ({r['seconds']})"]
     return "\n".join(lines)
 
 
@@ -510,6 +551,10 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     ap.add_argument("--train-cases", type=int, default=200)
     ap.add_argument("--test-cases", type=int, default=120)
+    ap.add_argument("--calibrate-cases", type=int, default=0, metavar="N",
+                    help="fit the model a verdict rule on N cases drawn as the test cases "
+                         "are (another seed) before scoring them (default 0: the threshold "
+                         "verdicts)")
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
                     help="processes generating the training cohort and scoring the test "

@@ -29,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -62,9 +63,28 @@ _SITK = ("import sys, SimpleITK as sitk; r = sitk.ImageSeriesReader(); "
          "print(a.shape)")
 
 
-def _child(argv: list[str], prelude: str = "") -> tuple[float, float, str]:
-    """Wall seconds, peak RSS (MiB) and the stderr of one child process (``wait4`` rusage);
-    *prelude* runs in the child first.
+def _tree_rss_mib(pid: int) -> float:
+    """Resident MiB of process *pid* and its children now (``/proc``; 0 once gone)."""
+    total = 0
+    try:
+        kids = open(f"/proc/{pid}/task/{pid}/children").read().split()
+    except OSError:
+        kids = []
+    for p in [str(pid), *kids]:
+        try:
+            for line in open(f"/proc/{p}/status"):
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total / 1024.0
+
+
+def _child(argv: list[str], prelude: str = "", env: dict | None = None
+           ) -> tuple[float, float, str, float]:
+    """Wall seconds, peak RSS (MiB), the stderr of one child process (``wait4`` rusage) and
+    the peak of its resident set plus its own children's (the read-ahead), sampled every
+    10 ms; *prelude* runs in the child first.
 
     The child reads its own high-water mark (``VmHWM`` of ``/proc/self/status``) as it exits:
     the ``ru_maxrss`` that ``wait4`` reports can keep the forking parent's resident set."""
@@ -83,43 +103,69 @@ def _child(argv: list[str], prelude: str = "") -> tuple[float, float, str]:
             "    code, sys.argv = sys.argv[1], [sys.argv[0]] + sys.argv[2:]\n"
             "    exec(compile(code, '<c>', 'exec'), {'__name__': '__main__'})\n")
     argv = [argv[0], "-c", shim, *argv[1:]]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env=None if env is None else {**os.environ, **env})
+    tree, stop = [0.0], threading.Event()
+
+    def sample():
+        while not stop.wait(0.01):
+            tree[0] = max(tree[0], _tree_rss_mib(proc.pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    chunks: list[bytes] = []
+    drain = threading.Thread(target=lambda: chunks.append(proc.stderr.read()), daemon=True)
+    drain.start()
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
-    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    stop.set()
+    drain.join()
+    err = b"".join(chunks).decode(errors="replace")
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"{argv[3:5]} failed ({proc.returncode}): {err[-2000:]}")
     hwm = [line.split()[1] for line in err.splitlines() if line.startswith("VMHWM ")]
-    return wall, (float(hwm[-1]) if hwm else usage.ru_maxrss) / 1024.0, err
+    return wall, (float(hwm[-1]) if hwm else usage.ru_maxrss) / 1024.0, err, tree[0]
 
 
 #: Run in the child before ``discovery score``: times its phases through the public names
-#: ``discovery.batch.score`` calls them by, and writes them to stderr at exit.
+#: ``discovery.batch.score`` calls them by, and writes them to stderr at exit.  The hooks go
+#: in when the command has forked its read-ahead and imports the batch (what it does next),
+#: so that the timing does not move the imports before the fork.
 _TIMELINE = (
     "import atexit, functools, json, sys, time\n"
     "_t0 = time.perf_counter()\n"
-    "import discovery.batch.score as _s\n"
-    "_spent = {'start-up and imports': time.perf_counter() - _t0}\n"
-    "def _wrap(mod, name):\n"
-    "    f = getattr(mod, name)\n"
+    "_spent = {}\n"
+    "def _wrap(owner, name, key=None):\n"
+    "    f, key = getattr(owner, name), key or name\n"
     "    @functools.wraps(f)\n"
     "    def g(*a, **k):\n"
     "        t = time.perf_counter()\n"
     "        try:\n"
     "            return f(*a, **k)\n"
     "        finally:\n"
-    "            _spent[name] = _spent.get(name, 0.0) + time.perf_counter() - t\n"
+    "            _spent[key] = _spent.get(key, 0.0) + time.perf_counter() - t\n"
     "            _spent['tables written'] = time.perf_counter() - _t0\n"
-    "    setattr(mod, name, g)\n"
-    "for _n in " + repr(("read_case", "analyze_scan", "flatten_outside_air", "save_case_arrays",
-                        "recluster", "write_tables")) + ":\n"
-    "    _wrap(_s, _n)\n"
+    "    setattr(owner, name, g)\n"
+    "import discovery.batch.readahead as _r\n"
+    "_start = _r.start_read_ahead\n"
+    "def _started(*a, **k):\n"
+    "    ahead = _start(*a, **k)\n"
+    "    import discovery.batch.score as _s\n"
+    "    _spent['start-up and imports'] = time.perf_counter() - _t0\n"
+    "    for _n in " + repr(("read_case", "analyze_scan", "flatten_outside_air",
+                            "save_case_arrays", "recluster", "write_tables")) + ":\n"
+    "        _wrap(_s, _n)\n"
+    "    _wrap(_r.ReadAhead, 'take', 'read_case')   # receiving the case read ahead\n"
+    "    return ahead\n"
+    "_r.start_read_ahead = _started\n"
     "atexit.register(lambda: sys.stderr.write('TIMELINE ' + json.dumps(_spent) + '\\n'))\n")
 
 #: The phases of the whole command, in order, and their names in the table.
-PHASES = (("start-up and imports", "start-up, imports (`import discovery.batch.score`)"),
-          ("read_case", "reading the series and the mask (`read_case`)"),
+PHASES = (("start-up and imports", "start-up, finding the cases, the read-ahead forked, imports "
+                                   "(`import discovery.batch.score`)"),
+          ("read_case", "reading the series and the mask (`read_case`; with the read-ahead, "
+                        "waiting for it and mapping its arrays: `ReadAhead.take`)"),
           ("analyze_scan", "the analysis (`analyze_scan`)"),
           ("flatten_outside_air", "flattening the outside air"),
           ("save_case_arrays", "writing the case file (`save_case_arrays`)"),
@@ -141,21 +187,27 @@ def _timeline(stderr: str, wall: float) -> dict[str, float]:
 
 
 def whole_command(case_dir: Path, out_root: Path, model_dir: str | None, repeat: int) -> dict:
-    """``discovery score`` and SimpleITK's read of the same series, alternating, each in a
-    fresh process (module docstring)."""
-    score, sitk = [], []
+    """``discovery score`` (with its read-ahead, and without: ``DISCOVERY_READ_AHEAD=0``) and
+    SimpleITK's read of the same series, alternating, each in a fresh process (module
+    docstring)."""
+    score, plain, sitk = [], [], []
     for i in range(repeat):
         argv = [sys.executable, "-m", "discovery.cli", "score", str(case_dir),
                 "--out", str(out_root / f"run{i}")]
         if model_dir is not None:
             argv += ["--model", model_dir]
         score.append(_child(argv, prelude=_TIMELINE))
+        argv[argv.index("--out") + 1] = str(out_root / f"plain{i}")
+        plain.append(_child(argv, prelude=_TIMELINE, env={"DISCOVERY_READ_AHEAD": "0"}))
         sitk.append(_child([sys.executable, "-c", _SITK, str(case_dir)]))
     med = statistics.median
-    return {"score_s": [w for w, _, _ in score], "score_peak_mib": [m for _, m, _ in score],
-            "phases": [_timeline(err, w) for w, _, err in score],
-            "simpleitk_s": [w for w, _, _ in sitk], "simpleitk_peak_mib": [m for _, m, _ in sitk],
-            "ratio": med(w for w, _, _ in score) / med(w for w, _, _ in sitk)}
+    return {"score_s": [r[0] for r in score], "score_peak_mib": [r[1] for r in score],
+            "score_tree_peak_mib": [r[3] for r in score],
+            "phases": [_timeline(r[2], r[0]) for r in score],
+            "plain_s": [r[0] for r in plain], "plain_peak_mib": [r[1] for r in plain],
+            "plain_phases": [_timeline(r[2], r[0]) for r in plain],
+            "simpleitk_s": [r[0] for r in sitk], "simpleitk_peak_mib": [r[1] for r in sitk],
+            "ratio": med(r[0] for r in score) / med(r[0] for r in sitk)}
 
 
 def write_standard_case(case_dir: Path) -> dict:
@@ -259,8 +311,14 @@ def main() -> int:
               f"at {fmt(cmd['score_peak_mib'], '{:.0f}')} MiB peak; SimpleITK reading the "
               f"series: {fmt(cmd['simpleitk_s'], '{:.2f}')} s "
               f"({fmt(cmd['simpleitk_peak_mib'], '{:.0f}')} MiB); ratio of medians "
-              f"{cmd['ratio']:.1f}")
+              f"{cmd['ratio']:.1f}.  With its read-ahead child, the two processes' resident "
+              f"sets together peaked at {fmt(cmd['score_tree_peak_mib'], '{:.0f}')} MiB "
+              f"(sampled every 10 ms).  Without the read-ahead (DISCOVERY_READ_AHEAD=0, "
+              f"interleaved): {fmt(cmd['plain_s'], '{:.2f}')} s at "
+              f"{fmt(cmd['plain_peak_mib'], '{:.0f}')} MiB")
         _print_phases(cmd["phases"])
+        print("\nWithout the read-ahead:")
+        _print_phases(cmd["plain_phases"])
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "info": info}, indent=2))
     return 0

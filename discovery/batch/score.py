@@ -58,7 +58,6 @@ import dataclasses
 import functools
 import logging
 import os
-import re
 import threading
 import time
 import uuid
@@ -73,7 +72,7 @@ import pandas as pd
 
 from data_tools.cases import CaseSpec, discover_cases, read_case, read_labels
 from data_tools.dicom import DEFAULT_MAX_BYTES
-from data_tools.errors import DataError, ModelError, scrub_uids
+from data_tools.errors import ModelError, safe_error
 from data_tools.files import atomic_path
 from data_tools.volume import Mask, Volume, spacing_from_affine
 from discovery.batch.executors import (
@@ -133,28 +132,6 @@ class BatchSummary:
     n_skipped: int = 0  # cases unchanged since an earlier run (counted above, not recomputed)
     n_not_in_input: int = 0  # cases in the store but not in this input (kept)
     store: str = "discovery.sqlite"  # where the tables are (file name, or URL without password)
-
-
-def safe_error(exc: BaseException, *paths: Path | str | None) -> str:
-    """A message for *exc* that is safe to store and print.
-
-    Input errors (:class:`DataError`) are written to name files by base name only; anything
-    else is reported as its type and message.  In both, every given path is replaced by
-    ``<input>``, any remaining absolute path is cut to its base name, and anything shaped
-    like a DICOM UID (five or more dot-separated numbers, e.g. a LUNA16 file named after its
-    series UID) becomes ``<uid>`` (defence in depth: a third-party message may quote either).
-    """
-    text = str(exc) if isinstance(exc, DataError) else f"{type(exc).__name__}: {exc}"
-    for p in paths:
-        if p is None:
-            continue
-        for variant in sorted({str(p), str(Path(p).resolve())}, key=len, reverse=True):
-            text = text.replace(variant, "<input>")
-    text = re.sub(r"(?:/[^/\s'\"]+)+/([^/\s'\"]+)", r"\1", text)
-    text = scrub_uids(text)
-    if isinstance(exc, DataError):
-        return text
-    return f"unexpected error while scoring ({text}); please report it"
 
 
 def _feature_layer(settings: ScoreSettings, card) -> str:

@@ -43,6 +43,8 @@ __all__ = [
     "default_model_dir",
     "load_model",
     "save_model",
+    "save_card",
+    "load_card",
     "sha256_file",
 ]
 
@@ -271,6 +273,25 @@ def _write_compiled_copy(model: torch.nn.Module, card: ModelCard, out: Path) -> 
     except (ModelError, RuntimeError, AttributeError) as exc:   # a torch without TorchScript
         log.warning("model folder %s: no compiled copy (%s); scoring will build the MONAI "
                     "network", file_label(out), exc)
+
+
+def save_card(card: ModelCard, model_dir: str | Path) -> None:
+    """Write *card* as the model folder's ``model.json`` (atomically), in place of the card
+    it has for the same weights: e.g. with a verdict rule fitted for it (``discovery model
+    calibrate``).
+
+    Raises
+    ------
+    ModelError
+        The folder has no card, or its card is for other weights than *card*'s.
+    """
+    current = load_card(model_dir)
+    if current.weights_sha256 != card.weights_sha256:
+        raise ModelError(f"model folder {file_label(model_dir)} holds other weights than the "
+                         "card to write (weights SHA-256 differ); a card is written only over "
+                         "the card of its own weights", path=model_dir)
+    with atomic_path(Path(model_dir) / CARD_NAME) as tmp:
+        tmp.write_text(card.to_json() + "\n")
 
 
 def load_card(model_dir: str | Path) -> ModelCard:

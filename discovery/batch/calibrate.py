@@ -1,0 +1,170 @@
+"""Fit a model's verdict rule on a cohort of its own: ``discovery model calibrate``.
+
+A verdict should say whether the prediction rests on the nodule; whether it does is measured
+per nodule by replacing the nodule with parenchyma and scoring again
+(:mod:`discovery.model.reliance`).  The verdict rule (:mod:`discovery.align.rule`) reads a
+map and the prediction and is fitted, per model, to that measure on calibration scans.
+Calibrating needs scans with nodule masks, not labels: the measure is the model's own
+behaviour.  The scans should be of the kind the model will score (the same scanners and
+nodules) and not the scans it will be judged on.
+
+:func:`verdict_examples` gives, for one analysed scan, the rule's features and the measured
+answer of each predicted-malignant nodule; :func:`calibrate_verdicts` reads a folder of
+cases, collects them and fits the rule (:func:`discovery.align.rule.fit_verdict_rule`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from data_tools.cases import discover_cases, read_case
+from data_tools.dicom import DEFAULT_MAX_BYTES
+from data_tools.errors import DataError, safe_error
+from data_tools.volume import Mask, Volume
+from discovery.align.metrics import verdict_agreement
+from discovery.align.rule import VerdictRule, fit_verdict_rule, verdict_features
+from discovery.pipeline import ScoreSettings, analyze_scan
+
+__all__ = ["DEFAULT_RULE_FEATURES", "Calibration", "verdict_examples", "calibrate_verdicts"]
+
+log = logging.getLogger(__name__)
+
+#: The features of the demo model's rule, chosen before any search that saw the demo cohort
+#: (docs/method/metrics-and-verdicts.md#richer-rules): the map's mass on the nodule, the
+#: prediction's logit, the map's contrast against its surroundings and its share within 5 mm.
+DEFAULT_RULE_FEATURES = ("log_mass_on_nodule", "logit", "log_contrast", "near_share_5mm")
+
+
+def verdict_examples(volume: Volume, mask: Mask, model, card, *, case_id: str,
+                     method: str = "layercam", layer: str | None = None
+                     ) -> list[tuple[dict[str, float], bool]]:
+    """The calibration examples of one scan: ``(features, rests)`` per predicted-malignant
+    nodule whose reliance was measured and whose map is not empty.
+
+    Parameters
+    ----------
+    volume, mask : Volume, Mask
+        The scan (HU) and its nodule labels, on one grid.
+    model, card :
+        As :func:`discovery.pipeline.analyze_scan` takes them; the card's own verdict rule is
+        not applied (the examples are what a rule is fitted to).
+    case_id : str
+        Pseudonymous id (used in logs only).
+    method, layer : str, str or None
+        The map the features are read from (default LayerCAM at the card's CAM layer).
+
+    Returns
+    -------
+    list of (dict, bool)
+        :func:`discovery.align.rule.verdict_features` of the nodule's map on its ROI box,
+        and whether the prediction rests on the nodule (``rests_on_nodule >= 0.5``).
+    """
+    settings = ScoreSettings(method=method, layer=layer, verdict_rule=False)
+    result = analyze_scan(volume, mask, model, card, case_id=case_id, settings=settings)
+    out = []
+    for nod in result.nodules:
+        rests = nod.reliance.rests_on_nodule
+        if nod.predicted_label != 1 or not np.isfinite(rests):
+            continue
+        own = mask.array[nod.box] == nod.site.label
+        if not own.any() or not float(nod.attribution.sum()) > 0:
+            continue
+        out.append((verdict_features(nod.attribution, own, spacing_mm=volume.spacing_mm,
+                                     probability=nod.probability), bool(rests >= 0.5)))
+    return out
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What :func:`calibrate_verdicts` fitted and on what.
+
+    Attributes
+    ----------
+    rule : VerdictRule
+        With its provenance (cases, nodules, how many rest on the nodule, the balanced
+        accuracy on the calibration nodules themselves).
+    n_cases, n_nodules, n_resting : int
+        Cases used; predicted-malignant nodules with a measured reliance; those resting on
+        the nodule.
+    agreement : float
+        Balanced accuracy of the rule on the calibration nodules (in-sample: a cohort it
+        never saw gives the honest figure).
+    skipped : list of (str, str)
+        Cases not used and why (no mask, unreadable), by pseudonymous id.
+    """
+
+    rule: VerdictRule
+    n_cases: int
+    n_nodules: int
+    n_resting: int
+    agreement: float
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def calibrate_verdicts(input_path, model, card, *, method: str = "layercam",
+                       layer: str | None = None,
+                       features: Sequence[str] = DEFAULT_RULE_FEATURES, layout: str = "auto",
+                       max_cases: int | None = None, max_bytes: int | None = DEFAULT_MAX_BYTES,
+                       progress: Callable[[int, int, str], None] | None = None) -> Calibration:
+    """Fit *card*'s model a verdict rule on the cases under *input_path* (module docstring).
+
+    Parameters
+    ----------
+    input_path : path
+        A folder of cases in any layout :func:`data_tools.cases.discover_cases` finds, with
+        nodule masks.
+    model, card :
+        The model and its card (:func:`discovery.model.external.load_any_model`).
+    method, layer :
+        The map the rule reads (default LayerCAM at the card's CAM layer; the demo model's
+        rule reads LayerCAM at ``layer2``, its 3 mm cells).
+    features : sequence of str
+        Names from :data:`discovery.align.rule.RULE_FEATURES`.
+    layout, max_bytes :
+        As for ``discovery score``.
+    max_cases : int, optional
+        Use at most the first *max_cases* cases found.
+    progress : callable(done, total, case_id), optional
+
+    Raises
+    ------
+    ValueError
+        No nodule of one of the two kinds (resting on the nodule and not) among the cases:
+        the message says how many of each were found.
+    """
+    specs = discover_cases(input_path, layout=layout)[:max_cases]
+    layer = layer or card.gradcam_layer
+    values, rests, skipped, used = [], [], [], 0
+    for i, spec in enumerate(specs):
+        try:
+            if spec.problem:
+                raise DataError(spec.problem)
+            case = read_case(spec, max_bytes=max_bytes, integer_hu=True)
+            if case.mask is None:
+                raise DataError("no nodule mask")
+            examples = verdict_examples(case.volume, case.mask, model, card,
+                                        case_id=spec.case_id, method=method, layer=layer)
+        except DataError as exc:
+            skipped.append((spec.case_id, safe_error(exc, input_path, spec.image, spec.mask)))
+            log.warning("case %s not used for the calibration: %s", spec.case_id,
+                        skipped[-1][1])
+        else:
+            used += 1
+            values += [v for v, _ in examples]
+            rests += [r for _, r in examples]
+        if progress is not None:
+            progress(i + 1, len(specs), spec.case_id)
+    rule = fit_verdict_rule(values, rests, features=features, method=method, layer=layer)
+    y = np.asarray(rests, dtype=bool)
+    calls = np.array(["aligned" if rule.aligned(v) else "not" for v in values], dtype=object)
+    agreement = verdict_agreement(calls, y.astype(float), np.ones(len(y))).balanced_accuracy
+    rule = replace(rule, provenance={
+        "fitted_on": f"{used} cases", "cases": used, "nodules": len(y),
+        "resting_on_nodule": int(y.sum()), "balanced_accuracy": round(float(agreement), 4),
+        "how": "discovery model calibrate"})
+    return Calibration(rule, used, len(y), int(y.sum()), float(agreement), skipped)

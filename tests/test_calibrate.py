@@ -1,0 +1,113 @@
+"""``discovery model calibrate``: a verdict rule fitted to the model's measured reliance on a
+cohort of its own, written into the model folder's card (discovery.batch.calibrate)."""
+
+import dataclasses
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from data_tools.errors import ModelError
+from data_tools.synthetic import SyntheticConfig, generate_case, write_case
+from data_tools.volume import Mask, Volume
+from discovery.align.rule import VerdictRule, verdict_features
+from discovery.batch.calibrate import DEFAULT_RULE_FEATURES, calibrate_verdicts, verdict_examples
+from discovery.cli import main
+from discovery.model.card import default_model_dir, load_card, load_model, save_card
+
+DEMO = SyntheticConfig.read(default_model_dir() / "cohort.json")
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    """Eight demo-like cases (the demo model's cohort settings, a seed no figure uses)."""
+    root = tmp_path_factory.mktemp("calibration")
+    for i in range(8):
+        write_case(generate_case(311, config=DEMO, index=i), root / "cases" / f"PID-{i}")
+    return root / "cases"
+
+
+@pytest.fixture(scope="module")
+def demo():
+    model, card = load_model(default_model_dir())
+    return model, dataclasses.replace(card, verdict_rule={})
+
+
+def test_examples_are_the_features_of_predicted_malignant_nodules(demo):
+    model, card = demo
+    c = generate_case(311, config=DEMO, index=0)
+    vol, mask = Volume(c.hu, c.affine), Mask(c.mask, c.affine)
+    examples = verdict_examples(vol, mask, model, card, case_id="c0", method="layercam",
+                                layer="layer2")
+    from discovery.pipeline import ScoreSettings, analyze_scan
+
+    res = analyze_scan(vol, mask, model, card, case_id="c0",
+                       settings=ScoreSettings(method="layercam", layer="layer2",
+                                              verdict_rule=False))
+    expected = [n for n in res.nodules
+                if n.predicted_label == 1 and np.isfinite(n.reliance.rests_on_nodule)]
+    assert len(examples) == len(expected)
+    for (values, rests), nod in zip(examples, expected):
+        own = mask.array[nod.box] == nod.site.label
+        assert values == verdict_features(nod.attribution, own, spacing_mm=vol.spacing_mm,
+                                          probability=nod.probability)
+        assert rests == (nod.reliance.rests_on_nodule >= 0.5)
+
+
+def test_calibrate_fits_a_rule_that_reproduces_its_own_figures(cohort, demo):
+    model, card = demo
+    done = calibrate_verdicts(cohort, model, card, layer="layer2")
+    rule = done.rule
+    assert isinstance(rule, VerdictRule) and rule.features == DEFAULT_RULE_FEATURES
+    assert (rule.method, rule.layer) == ("layercam", "layer2")
+    assert done.n_cases == 8 and not done.skipped
+    assert 0 < done.n_resting < done.n_nodules
+    prov = rule.provenance
+    assert (prov["cases"], prov["nodules"], prov["resting_on_nodule"]) == (
+        8, done.n_nodules, done.n_resting)
+    assert 0.5 <= done.agreement <= 1.0 and prov["balanced_accuracy"] == round(done.agreement, 4)
+    assert VerdictRule.from_dict(rule.to_dict()) == rule
+
+
+def test_cli_writes_the_card_of_a_copy_and_dry_run_does_not(cohort, tmp_path, capsys):
+    folder = tmp_path / "model"
+    shutil.copytree(default_model_dir(), folder)
+    card = json.loads((folder / "model.json").read_text())
+    card.pop("verdict_rule", None)
+    (folder / "model.json").write_text(json.dumps(card))
+    assert main(["model", "calibrate", str(folder), str(cohort), "--layer", "layer2",
+                 "--max-cases", "6", "--dry-run"]) == 0
+    assert not load_card(folder).verdict_rule
+    out = capsys.readouterr().out
+    assert "6 cases" in out and "in-sample" in out
+    assert main(["model", "calibrate", str(folder), str(cohort), "--layer", "layer2",
+                 "--max-cases", "6"]) == 0
+    written = load_card(folder)
+    assert written.verdict_rule["layer"] == "layer2"
+    assert written.verdict_rule["provenance"]["cases"] == 6
+    assert written.weights_sha256 == card["weights_sha256"]
+    assert main(["model", "calibrate", str(folder), str(cohort), "--features",
+                 "logit,colour"]) == 2
+    assert "unknown colour" in capsys.readouterr().err
+
+
+def test_one_kind_of_nodule_only_is_refused(cohort, tmp_path, capsys):
+    one = tmp_path / "one"
+    shutil.copytree(cohort / "PID-0", one / "PID-0")
+    folder = tmp_path / "model"
+    shutil.copytree(default_model_dir(), folder)
+    code = main(["model", "calibrate", str(folder), str(one), "--layer", "layer2"])
+    err = capsys.readouterr().err
+    # one case holds too few nodules for both kinds: refused, with the counts
+    assert code == 2 and "both kinds" in err
+
+
+def test_save_card_refuses_a_card_of_other_weights(tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(default_model_dir(), folder)
+    card = load_card(folder)
+    with pytest.raises(ModelError, match="other weights"):
+        save_card(dataclasses.replace(card, weights_sha256="0" * 64), folder)
+    save_card(dataclasses.replace(card, verdict_rule={}), folder)
+    assert load_card(folder).verdict_rule == {}
