@@ -24,6 +24,7 @@ child's case (measured in docs/benchmarks/speed.md).
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import mmap
 import os
@@ -102,7 +103,7 @@ class ReadAhead:
             # temporaries go back to the system when freed (data_tools.memory)
             with unpooled_buffers():
                 got = _receive(self.sock)
-        except (OSError, EOFError, pickle.UnpicklingError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 -- whatever it is, the batch reads the case
             log.info("read-ahead of case %s not used (%s); reading it here", spec.case_id,
                      type(exc).__name__)
             got = None
@@ -175,6 +176,7 @@ def _child(sock: socket.socket, spec: CaseSpec, results_dir: Path, max_bytes) ->
     code = 0
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is for the parent
+        _die_with_parent()
         logging.disable(logging.CRITICAL)              # the parent logs (module docstring)
         reader = HashingReader(spec, results_dir, max_bytes)
         case = read_case(spec, max_bytes=max_bytes, read=reader, integer_hu=True)
@@ -191,6 +193,17 @@ def _child(sock: socket.socket, spec: CaseSpec, results_dir: Path, max_bytes) ->
         code = 1
     finally:
         os._exit(code)
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to kill this process when its parent exits (``prctl(PR_SET_PDEATHSIG)``):
+    a parent stopped during its imports leaves no child reading on."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() == 1:          # the parent is already gone
+        os._exit(1)
 
 
 def _split(case: LoadedCase) -> tuple[list[np.ndarray], dict]:
