@@ -161,12 +161,16 @@ def _calibrated(args, model, card, log):
             values.append(v)
             rests.append(r)
     y = np.asarray(rests, dtype=bool)
+    figures = {"cases": args.calibrate_cases, "nodules": len(y), "resting": int(y.sum())}
+    if y.all() or not y.any():     # e.g. a shortcut model: no call rests on its nodule
+        log(f"no verdict rule: {int(y.sum())} of {len(y)} calibration nodules rest on the "
+            "nodule, a rule needs both kinds; the threshold verdicts stay")
+        return card, {**figures, "fitted": False}
     rule = fit_verdict_rule(values, y, features=DEFAULT_RULE_FEATURES, method="layercam",
                             layer="layer2")
     calls = np.array(["aligned" if rule.aligned(v) else "not" for v in values], dtype=object)
     inside = verdict_agreement(calls, y.astype(float), np.ones(len(y)))
-    figures = {"cases": args.calibrate_cases, "nodules": len(y), "resting": int(y.sum()),
-               "balanced_accuracy_in_sample": inside.balanced_accuracy}
+    figures.update(fitted=True, balanced_accuracy_in_sample=inside.balanced_accuracy)
     rule = replace(rule, provenance={**figures, "fitted_on": "benchmark calibration cohort",
                                      "how": "benchmarks/discovery.py --calibrate-cases"})
     log(f"verdict rule fitted on {len(y)} calibration nodules ({int(y.sum())} resting on the "
@@ -488,7 +492,7 @@ def markdown(r: dict) -> str:
               + (f"verdicts by a rule fitted on {r['verdict_rule']['nodules']} calibration "
                  f"nodules ({r['verdict_rule']['resting']} resting; in-sample "
                  f"{_fmt(r['verdict_rule']['balanced_accuracy_in_sample'], 3)}); "
-                 if r.get("verdict_rule") else "threshold verdicts; ")
+                 if (r.get("verdict_rule") or {}).get("fitted") else "threshold verdicts; ")
               + f"{r['seconds_total']:.0f} s ({r['seconds']})"]
     return "\n".join(lines)
 

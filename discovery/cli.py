@@ -504,6 +504,8 @@ def _add_app(sub) -> None:
     a.set_defaults(func=cmd_app)
 
 def _add_model(sub) -> None:
+    from data_tools.layouts import LAYOUTS
+
     m = sub.add_parser("model", help="check a model before a batch: what the tool understood")
     msub = m.add_subparsers(dest="model_command", required=True)
     c = msub.add_parser("check", help="load a model and print its input, outputs, Grad-CAM "
@@ -539,8 +541,10 @@ def _add_model(sub) -> None:
     cal.add_argument("--features", default=None,
                      help="comma-separated rule features (default "
                           "log_mass_on_nodule,logit,log_contrast,near_share_5mm)")
-    cal.add_argument("--max-cases", type=_at_least_one, default=None, metavar="N")
-    cal.add_argument("--layout", default="auto")
+    cal.add_argument("--max-cases", type=_at_least_one, default=None, metavar="N",
+                     help="use at most the first N cases found (default: all)")
+    cal.add_argument("--layout", default="auto", choices=LAYOUTS,
+                     help="input layout, as for score (default auto)")
     cal.add_argument("--dry-run", action="store_true",
                      help="fit and print the rule, do not write the card")
     cal.set_defaults(func=cmd_model_calibrate)

@@ -111,3 +111,16 @@ def test_save_card_refuses_a_card_of_other_weights(tmp_path):
         save_card(dataclasses.replace(card, weights_sha256="0" * 64), folder)
     save_card(dataclasses.replace(card, verdict_rule={}), folder)
     assert load_card(folder).verdict_rule == {}
+
+
+@pytest.mark.parametrize("rests, words", [(False, "shortcut"), (True, "nothing for a rule")])
+def test_a_cohort_of_one_kind_says_what_it_means(cohort, demo, monkeypatch, rests, words):
+    """A model none of whose calls rests on its nodule (a shortcut model, as in the
+    benchmark's shortcut condition) cannot be calibrated, and is told why."""
+    import discovery.batch.calibrate as calibrate
+
+    model, card = demo
+    monkeypatch.setattr(calibrate, "verdict_examples",
+                        lambda *a, **k: [({"logit": 1.0}, rests), ({"logit": 2.0}, rests)])
+    with pytest.raises(ValueError, match=words):
+        calibrate.calibrate_verdicts(cohort, model, card, max_cases=2)

@@ -135,7 +135,8 @@ def calibrate_verdicts(input_path, model, card, *, method: str = "layercam",
     ------
     ValueError
         No nodule of one of the two kinds (resting on the nodule and not) among the cases:
-        the message says how many of each were found.
+        the message says how many were found and what it means (none resting: the model's
+        calls rest on something else, e.g. a shortcut).
     """
     specs = discover_cases(input_path, layout=layout)[:max_cases]
     layer = layer or card.gradcam_layer
@@ -159,8 +160,18 @@ def calibrate_verdicts(input_path, model, card, *, method: str = "layercam",
             rests += [r for _, r in examples]
         if progress is not None:
             progress(i + 1, len(specs), spec.case_id)
-    rule = fit_verdict_rule(values, rests, features=features, method=method, layer=layer)
     y = np.asarray(rests, dtype=bool)
+    if len(y) and not y.any():
+        raise ValueError(
+            f"none of the {len(y)} predicted-malignant nodules of these {used} cases rests on "
+            "its nodule (replacing the nodule never takes away half of P(malignant)): the "
+            "model decides on something else, a shortcut for instance (see the shortcut panel "
+            "and the flag). A rule needs nodules of both kinds; the card is left as it was")
+    if len(y) and y.all():
+        raise ValueError(
+            f"all {len(y)} predicted-malignant nodules of these {used} cases rest on their "
+            "nodule: there is nothing for a rule to tell apart; the card is left as it was")
+    rule = fit_verdict_rule(values, rests, features=features, method=method, layer=layer)
     calls = np.array(["aligned" if rule.aligned(v) else "not" for v in values], dtype=object)
     agreement = verdict_agreement(calls, y.astype(float), np.ones(len(y))).balanced_accuracy
     rule = replace(rule, provenance={
