@@ -601,7 +601,9 @@ def describe_agreement(agreement: Agreement) -> tuple[str, bool]:
         told = f"{1 - a.specificity:.0%} of them are nevertheless 'aligned'"
     weak = not score >= MIN_VERDICT_AGREEMENT
     tail = (" A verdict alone is therefore weak evidence that a prediction rests on its "
-            "nodule on this cohort: the 'On the tumour' outcome asks for both."
+            "nodule on this cohort: the 'On the tumour' outcome asks for both. Calibrating "
+            "the model on scans of its kind (discovery model calibrate) fits it a verdict rule "
+            "to this measure."
             if weak else " The verdicts can be read as what the model uses.")
     return what + told + "." + tail, weak
 
