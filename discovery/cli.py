@@ -531,8 +531,9 @@ def _add_model(sub) -> None:
                                             "reliance on the nodules of a cohort, and write it "
                                             "into the model folder's card")
     cal.add_argument("model", help="the tool's model folder (model.json, model.safetensors)")
-    cal.add_argument("cohort", help="folder of cases with nodule masks, in any input layout "
-                                    "(labels are not needed); not the cases it will be judged on")
+    cal.add_argument("cohort", nargs="+",
+                     help="folder(s) of cases with nodule masks, in any input layout, pooled "
+                          "(labels are not needed); not the cases it will be judged on")
     cal.add_argument("--method", default="layercam",
                      help="the map the rule reads (default layercam)")
     cal.add_argument("--layer", default=None, metavar="NAME",

@@ -124,3 +124,27 @@ def test_a_cohort_of_one_kind_says_what_it_means(cohort, demo, monkeypatch, rest
                         lambda *a, **k: [({"logit": 1.0}, rests), ({"logit": 2.0}, rests)])
     with pytest.raises(ValueError, match=words):
         calibrate.calibrate_verdicts(cohort, model, card, max_cases=2)
+
+
+def test_several_cohorts_are_pooled_in_order(cohort, demo, monkeypatch, tmp_path):
+    import discovery.batch.calibrate as calibrate
+
+    second = tmp_path / "second"
+    for name in ("PID-0", "PID-1"):
+        shutil.copytree(cohort / name, second / name)
+    seen = []
+
+    def fake(volume, mask, model, card, *, case_id, **kwargs):
+        seen.append(case_id)
+        return [({f: float(len(seen) + i) for f in DEFAULT_RULE_FEATURES}, bool(i))
+                for i in range(2)]
+
+    model, card = demo
+    monkeypatch.setattr(calibrate, "verdict_examples", fake)
+    done = calibrate.calibrate_verdicts([second, cohort], model, card, max_cases=5)
+    assert done.n_cases == 5 and done.n_nodules == 10 and done.n_resting == 5
+    from data_tools.cases import discover_cases
+
+    expected = [s.case_id for s in discover_cases(second)] + [
+        s.case_id for s in discover_cases(cohort)][:3]
+    assert seen == expected           # the cohorts in the order given, cut at max_cases

@@ -115,9 +115,9 @@ def calibrate_verdicts(input_path, model, card, *, method: str = "layercam",
 
     Parameters
     ----------
-    input_path : path
-        A folder of cases in any layout :func:`data_tools.cases.discover_cases` finds, with
-        nodule masks.
+    input_path : path or sequence of paths
+        Folders of cases in any layout :func:`data_tools.cases.discover_cases` finds, with
+        nodule masks (several cohorts are pooled, in the order given).
     model, card :
         The model and its card (:func:`discovery.model.external.load_any_model`).
     method, layer :
@@ -138,10 +138,12 @@ def calibrate_verdicts(input_path, model, card, *, method: str = "layercam",
         the message says how many were found and what it means (none resting: the model's
         calls rest on something else, e.g. a shortcut).
     """
-    specs = discover_cases(input_path, layout=layout)[:max_cases]
+    paths = [input_path] if isinstance(input_path, (str, Path)) else list(input_path)
+    found = [(path, spec) for path in paths for spec in discover_cases(path, layout=layout)]
+    specs = found[:max_cases]
     layer = layer or card.gradcam_layer
     values, rests, skipped, used = [], [], [], 0
-    for i, spec in enumerate(specs):
+    for i, (path, spec) in enumerate(specs):
         try:
             if spec.problem:
                 raise DataError(spec.problem)
@@ -151,7 +153,7 @@ def calibrate_verdicts(input_path, model, card, *, method: str = "layercam",
             examples = verdict_examples(case.volume, case.mask, model, card,
                                         case_id=spec.case_id, method=method, layer=layer)
         except DataError as exc:
-            skipped.append((spec.case_id, safe_error(exc, input_path, spec.image, spec.mask)))
+            skipped.append((spec.case_id, safe_error(exc, path, spec.image, spec.mask)))
             log.warning("case %s not used for the calibration: %s", spec.case_id,
                         skipped[-1][1])
         else:
