@@ -57,8 +57,8 @@ from sklearn.metrics import roc_auc_score  # noqa: E402
 from data_tools.synthetic import SyntheticConfig, generate_case  # noqa: E402
 from data_tools.volume import Mask, Volume  # noqa: E402
 from discovery.align.metrics import grow_mm, verdict_agreement  # noqa: E402
-from discovery.align.rule import fit_verdict_rule  # noqa: E402
-from discovery.batch.calibrate import DEFAULT_RULE_FEATURES, verdict_examples  # noqa: E402
+from discovery.batch.calibrate import (DEFAULT_RULE_FEATURES, fit_calibrated_rule,  # noqa: E402
+                                       verdict_examples)
 from discovery.batch.rows import result_rows  # noqa: E402
 from discovery.patterns.causal import pattern_effects, rescore_without, summarize_effects  # noqa: E402
 from discovery.patterns.stats import adjusted_rand, match_kind, top_k_precision  # noqa: E402
@@ -162,19 +162,18 @@ def _calibrated(args, model, card, log):
             rests.append(r)
     y = np.asarray(rests, dtype=bool)
     figures = {"cases": args.calibrate_cases, "nodules": len(y), "resting": int(y.sum())}
-    if y.all() or not y.any():     # e.g. a shortcut model: no call rests on its nodule
+    try:
+        rule, inside = fit_calibrated_rule(values, y, n_cases=args.calibrate_cases,
+                                           features=DEFAULT_RULE_FEATURES, method="layercam",
+                                           layer="layer2",
+                                           how="benchmarks/discovery.py --calibrate-cases")
+    except ValueError:             # one kind only, e.g. a shortcut model: no call rests on it
         log(f"no verdict rule: {int(y.sum())} of {len(y)} calibration nodules rest on the "
             "nodule, a rule needs both kinds; the threshold verdicts stay")
         return card, {**figures, "fitted": False}
-    rule = fit_verdict_rule(values, y, features=DEFAULT_RULE_FEATURES, method="layercam",
-                            layer="layer2")
-    calls = np.array(["aligned" if rule.aligned(v) else "not" for v in values], dtype=object)
-    inside = verdict_agreement(calls, y.astype(float), np.ones(len(y)))
-    figures.update(fitted=True, balanced_accuracy_in_sample=inside.balanced_accuracy)
-    rule = replace(rule, provenance={**figures, "fitted_on": "benchmark calibration cohort",
-                                     "how": "benchmarks/discovery.py --calibrate-cases"})
+    figures.update(fitted=True, balanced_accuracy_in_sample=inside)
     log(f"verdict rule fitted on {len(y)} calibration nodules ({int(y.sum())} resting on the "
-        f"nodule), balanced accuracy there {inside.balanced_accuracy:.3f}")
+        f"nodule), balanced accuracy there {inside:.3f}")
     return replace(card, verdict_rule=rule.to_dict()), figures
 
 

@@ -355,8 +355,9 @@ def _score_rois(inputs: np.ndarray, model: torch.nn.Module, *, method: str, laye
                 batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, AttributionInfo]:
     """Probabilities ``(N, C)``, *method*'s maps ``(N, z, y, x)`` (at *layer*) and that
     layer's activations of every ROI (*inputs*: the network inputs ``(N, C, S, S, S)``), in
-    batches of *batch_size*, from one forward (+ backward) pass per batch.  Also the verdict
-    rule's map (:mod:`discovery.align.rule`), in a pass of its own."""
+    batches of *batch_size*, from one forward (+ backward) pass per batch.  Called for the
+    scoring's map and, with its own method and layer, for the verdict rule's map
+    (:mod:`discovery.align.rule`)."""
     probs_all, maps_all, acts_all = [], [], []
     info = None
     for start in range(0, len(inputs), batch_size):

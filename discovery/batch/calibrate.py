@@ -9,8 +9,9 @@ behaviour.  The scans should be of the kind the model will score (the same scann
 nodules) and not the scans it will be judged on.
 
 :func:`verdict_examples` gives, for one analysed scan, the rule's features and the measured
-answer of each predicted-malignant nodule; :func:`calibrate_verdicts` reads a folder of
-cases, collects them and fits the rule (:func:`discovery.align.rule.fit_verdict_rule`).
+answer of each predicted-malignant nodule; :func:`fit_calibrated_rule` fits the rule to such
+examples (:func:`discovery.align.rule.fit_verdict_rule`) and measures it on them;
+:func:`calibrate_verdicts` reads folders of cases and does both.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from discovery.align.metrics import verdict_agreement
 from discovery.align.rule import VerdictRule, fit_verdict_rule, verdict_features
 from discovery.pipeline import ScoreSettings, analyze_scan
 
-__all__ = ["DEFAULT_RULE_FEATURES", "Calibration", "verdict_examples", "calibrate_verdicts"]
+__all__ = ["DEFAULT_RULE_FEATURES", "Calibration", "verdict_examples", "fit_calibrated_rule",
+           "calibrate_verdicts"]
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +108,40 @@ class Calibration:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
+def fit_calibrated_rule(values: Sequence[dict[str, float]], rests: Sequence[bool], *,
+                        n_cases: int, features: Sequence[str], method: str,
+                        layer: str | None, how: str) -> tuple[VerdictRule, float]:
+    """Fit the rule to calibration examples (:func:`verdict_examples` of *n_cases* cases) and
+    measure it on them: ``(rule, balanced accuracy in-sample)``, the rule's provenance
+    saying where it was fitted (*how*: by what).
+
+    Raises
+    ------
+    ValueError
+        Examples of one kind only, with what that means (none resting on the nodule: the
+        model's calls rest on something else, e.g. a shortcut).
+    """
+    y = np.asarray(rests, dtype=bool)
+    if len(y) and not y.any():
+        raise ValueError(
+            f"none of the {len(y)} predicted-malignant nodules of these {n_cases} cases rests "
+            "on its nodule (replacing the nodule never takes away half of P(malignant)): the "
+            "model decides on something else, a shortcut for instance (see the shortcut panel "
+            "and the flag). A rule needs nodules of both kinds; the card is left as it was")
+    if len(y) and y.all():
+        raise ValueError(
+            f"all {len(y)} predicted-malignant nodules of these {n_cases} cases rest on their "
+            "nodule: there is nothing for a rule to tell apart; the card is left as it was")
+    rule = fit_verdict_rule(values, y, features=features, method=method, layer=layer)
+    calls = np.array(["aligned" if rule.aligned(v) else "not" for v in values], dtype=object)
+    agreement = float(verdict_agreement(calls, y.astype(float), np.ones(len(y))).balanced_accuracy)
+    rule = replace(rule, provenance={
+        "fitted_on": f"{n_cases} cases", "cases": n_cases, "nodules": len(y),
+        "resting_on_nodule": int(y.sum()), "balanced_accuracy": round(agreement, 4),
+        "how": how})
+    return rule, agreement
+
+
 def calibrate_verdicts(input_path, model, card, *, method: str = "layercam",
                        layer: str | None = None,
                        features: Sequence[str] = DEFAULT_RULE_FEATURES, layout: str = "auto",
@@ -162,22 +198,8 @@ def calibrate_verdicts(input_path, model, card, *, method: str = "layercam",
             rests += [r for _, r in examples]
         if progress is not None:
             progress(i + 1, len(specs), spec.case_id)
+    rule, agreement = fit_calibrated_rule(values, rests, n_cases=used, features=features,
+                                          method=method, layer=layer,
+                                          how="discovery model calibrate")
     y = np.asarray(rests, dtype=bool)
-    if len(y) and not y.any():
-        raise ValueError(
-            f"none of the {len(y)} predicted-malignant nodules of these {used} cases rests on "
-            "its nodule (replacing the nodule never takes away half of P(malignant)): the "
-            "model decides on something else, a shortcut for instance (see the shortcut panel "
-            "and the flag). A rule needs nodules of both kinds; the card is left as it was")
-    if len(y) and y.all():
-        raise ValueError(
-            f"all {len(y)} predicted-malignant nodules of these {used} cases rest on their "
-            "nodule: there is nothing for a rule to tell apart; the card is left as it was")
-    rule = fit_verdict_rule(values, rests, features=features, method=method, layer=layer)
-    calls = np.array(["aligned" if rule.aligned(v) else "not" for v in values], dtype=object)
-    agreement = verdict_agreement(calls, y.astype(float), np.ones(len(y))).balanced_accuracy
-    rule = replace(rule, provenance={
-        "fitted_on": f"{used} cases", "cases": used, "nodules": len(y),
-        "resting_on_nodule": int(y.sum()), "balanced_accuracy": round(float(agreement), 4),
-        "how": "discovery model calibrate"})
-    return Calibration(rule, used, len(y), int(y.sum()), float(agreement), skipped)
+    return Calibration(rule, used, len(y), int(y.sum()), agreement, skipped)
