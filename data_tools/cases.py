@@ -26,16 +26,18 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .deid import pseudonymous_id
-from .dicom import DEFAULT_MAX_BYTES
-from .dicom_series import ReadBytes
 from .errors import DataError, MaskError, file_label
 from .layouts import CaseSpec, discover_cases
-from .memory import unpooled_buffers
+from .memory import DEFAULT_MAX_BYTES, unpooled_buffers
+from .pseudonyms import pseudonymous_id
 from .volume import Mask, Volume, check_same_grid
+
+if TYPE_CHECKING:
+    from .dicom_series import ReadBytes
 
 __all__ = ["CaseSpec", "LoadedCase", "discover_cases", "load_case", "read_case", "read_labels"]
 

@@ -6,7 +6,9 @@ A case is named ``case-<10 hex>``: an HMAC-SHA256 of a *source key* (the case fo
 resolved path, or a study UID) under a user key.  The same source and key always give the
 same id, so results can be merged across runs; without the key the id cannot be traced back.
 The key comes from the ``DISCOVERY_ID_KEY`` environment variable, or a documented default
-that is fine for synthetic data and must be replaced for real patients.
+that is fine for synthetic data and must be replaced for real patients.  They are made in
+:mod:`data_tools.pseudonyms` (standard library only, so naming a case does not import
+pydicom) and re-exported here.
 
 De-identified DICOM copies
 --------------------------
@@ -55,13 +57,14 @@ import copy
 import hashlib
 import hmac
 import logging
-import os
 
 from pydicom.dataelem import empty_value_for_VR
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
+
+from .pseudonyms import DEFAULT_KEY_NOTICE, id_key, pseudonymous_id
 
 __all__ = [
     "BASIC_PROFILE_ACTIONS",
@@ -72,35 +75,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-_DEFAULT_KEY = "ct-nodule-discovery-default-key"
-DEFAULT_KEY_NOTICE = (
-    "pseudonymous ids use the built-in default key; set DISCOVERY_ID_KEY to a secret of your "
-    "own before scoring real patients"
-)
-
-
-def _key(key: str | bytes | None) -> bytes:
-    if key is None:
-        key = os.environ.get("DISCOVERY_ID_KEY", _DEFAULT_KEY)
-    return key.encode() if isinstance(key, str) else bytes(key)
-
-
-def pseudonymous_id(source: str, *, key: str | bytes | None = None, prefix: str = "case") -> str:
-    """Return ``'<prefix>-<10 hex digits>'`` for *source* under *key*.
-
-    Parameters
-    ----------
-    source : str
-        Anything that identifies the case at the source (a path, a UID, a user's case id).
-    key : str or bytes, optional
-        The secret; defaults to ``$DISCOVERY_ID_KEY`` or the built-in default.
-    prefix : str
-        Leading word of the id.
-    """
-    digest = hmac.new(_key(key), source.encode("utf-8"), hashlib.sha256).hexdigest()
-    return f"{prefix}-{digest[:10]}"
-
 
 # -- PS3.15 Annex E, Basic Application Level Confidentiality Profile (subset) ----------------
 
@@ -363,7 +337,7 @@ def deidentify_dataset(ds: Dataset, *, key: str | bytes | None = None,
         de-identification method recorded.  Pixel data are unchanged.
     """
     out = copy.deepcopy(ds)
-    secret = _key(key)
+    secret = id_key(key)
     sop_class = str(ds.get("SOPClassUID", "") or "")
     _clean(out, secret, key, keep_private, TYPE1_OVERRIDES.get(sop_class, {}))
 

@@ -53,6 +53,7 @@ from .errors import (
     UnreadableFileError,
     file_label,
 )
+from .memory import DEFAULT_MAX_BYTES
 from .volume import Volume, spacing_from_affine
 
 __all__ = [
@@ -67,7 +68,6 @@ PIXEL_SPACING_TOLERANCE_MM = 1e-4
 DUPLICATE_TOLERANCE_MM = 1e-3
 TILT_TOLERANCE_DEG = 0.1      # slice step this far off the normal counts as gantry tilt
 MAX_LOCALIZER_FILES = 3       # at most this many off-grid files are dropped as localizer frames
-DEFAULT_MAX_BYTES = 4 * 1024**3  # refuse a series whose float32 volume would exceed 4 GiB
 
 
 def load_dicom_series(folder: str | Path, *, series_uid: str | None = None,

@@ -54,11 +54,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .boxes import is_voc_xml
-from .deid import pseudonymous_id
-from .dicom_series import is_dicom_dataset
 from .errors import DataError, NoSeriesError, file_label
 from .metaimage import is_metaimage
 from .nifti import is_nifti
+from .pseudonyms import pseudonymous_id
 
 __all__ = ["CaseSpec", "LAYOUTS", "discover_cases", "detect_layout"]
 
@@ -136,6 +135,7 @@ def _holds_images(folder: Path) -> bool:
     """Whether *folder* itself (not its sub-folders) holds an image file: DICOM (with or
     without the Part 10 preamble), NIfTI or MetaImage.  A LICENSE, README or metadata.csv
     beside the case folders (as a TCIA download has) does not make the folder one case."""
+    from .dicom_series import is_dicom_dataset    # pydicom: only once a folder is looked into
     return any(p.is_file() and _visible(p) and p.suffix.lower() not in _NOT_IMAGE_SUFFIXES
                and (is_nifti(p) or is_metaimage(p) or is_dicom_dataset(p))
                for p in folder.iterdir())

@@ -25,9 +25,13 @@ import threading
 from contextlib import contextmanager
 from typing import Iterator
 
-__all__ = ["unpooled_buffers"]
+__all__ = ["DEFAULT_MAX_BYTES", "unpooled_buffers"]
 
 log = logging.getLogger(__name__)
+
+#: the largest float32 volume a reader accepts by default (bytes): a series that would need
+#: more is refused before its pixels are read
+DEFAULT_MAX_BYTES = 4 * 1024**3
 
 #: glibc's ``M_MMAP_THRESHOLD`` (malloc.h)
 _M_MMAP_THRESHOLD = -3

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from data_tools.cases import discover_cases, read_case
-from data_tools.dicom import DEFAULT_MAX_BYTES
+from data_tools.memory import DEFAULT_MAX_BYTES
 from data_tools.errors import DataError, safe_error
 from data_tools.volume import Mask, Volume
 from discovery.align.metrics import verdict_agreement

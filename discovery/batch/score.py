@@ -71,7 +71,7 @@ import numpy as np
 import pandas as pd
 
 from data_tools.cases import CaseSpec, discover_cases, read_case, read_labels
-from data_tools.dicom import DEFAULT_MAX_BYTES
+from data_tools.memory import DEFAULT_MAX_BYTES
 from data_tools.errors import ModelError, safe_error
 from data_tools.files import atomic_path
 from data_tools.volume import Mask, Volume, spacing_from_affine
