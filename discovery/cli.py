@@ -725,12 +725,39 @@ def run() -> None:
     (:func:`gc.freeze`): the interpreter's final collection would otherwise walk the
     millions of objects torch and the other imports made (0.3 s of a 2-core machine's
     ``discovery score`` of one scan) to free memory the process is about to give back.
-    Files, the store and the pools are closed by then; objects are still deallocated."""
+
+    Then, once the exit handlers have run (the logs flushed, the process pools and the
+    resource tracker shut down) and the standard streams are flushed, the process ends
+    without tearing its modules down one by one (another 0.12-0.2 s there): the files, the
+    store and the pools are closed by then.  Where another non-daemon thread still runs, or
+    the interpreter offers no way to run the exit handlers first, it exits the usual way."""
     import gc
 
     status = main()
     gc.freeze()
-    sys.exit(status)
+    exit_now(status)
+
+
+def exit_now(status: int | None) -> None:
+    """Run the exit handlers, flush stdout and stderr, and end the process with *status*
+    (0 for None) without the interpreter's module teardown (:func:`run`); the usual
+    :func:`sys.exit` where that would be unsafe."""
+    import atexit
+    import os
+    import threading
+
+    run_handlers = getattr(atexit, "_run_exitfuncs", None)   # CPython's, since 2.x
+    others = [t for t in threading.enumerate()
+              if t is not threading.main_thread() and t.is_alive() and not t.daemon]
+    if run_handlers is None or others:
+        sys.exit(status)
+    run_handlers()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):     # a closed pipe or stream: nothing left to say
+            pass
+    os._exit(status or 0)
 
 
 if __name__ == "__main__":

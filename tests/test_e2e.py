@@ -224,14 +224,46 @@ def test_the_command_exits_with_the_status_of_main_its_objects_frozen(monkeypatc
 
     import discovery.cli as cli
 
+    exits = []
     monkeypatch.setattr(cli, "main", lambda: 3)
+    monkeypatch.setattr(cli, "exit_now", lambda status: exits.append((status,
+                                                                       gc.get_freeze_count())))
     try:
-        with pytest.raises(SystemExit) as exc:
-            cli.run()
-        assert exc.value.code == 3
-        assert gc.get_freeze_count() > 0
+        cli.run()
+        assert exits and exits[0][0] == 3 and exits[0][1] > 0
     finally:
         gc.unfreeze()
+
+
+_EXIT_SCRIPT = """
+import atexit, sys, threading, time
+from discovery.cli import exit_now
+atexit.register(lambda: print("handler ran", flush=False))
+print("said before exiting", end=" ")
+sys.stderr.write("and on stderr")
+if sys.argv[1] == "thread":
+    threading.Thread(target=lambda: (time.sleep(0.3), print("thread finished", end=" "))).start()
+exit_now(int(sys.argv[2]) if sys.argv[2] != "none" else None)
+print("never")
+"""
+
+
+@pytest.mark.parametrize("mode, status, expected", [("plain", "3", 3), ("plain", "none", 0),
+                                                    ("thread", "2", 2)])
+def test_exit_now_runs_the_exit_handlers_flushes_and_keeps_the_status(mode, status, expected):
+    """``exit_now`` ends the process without module teardown, but only after the exit
+    handlers ran and stdout/stderr were flushed into a pipe; with another non-daemon thread
+    alive it exits the usual way, which waits for that thread."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _EXIT_SCRIPT, mode, status],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == expected, done.stderr
+    assert done.stdout.startswith("said before exiting")
+    assert "handler ran" in done.stdout and "never" not in done.stdout
+    assert done.stderr.endswith("and on stderr")
+    assert ("thread finished" in done.stdout) == (mode == "thread")
 
 
 def test_threshold_verdicts_leave_the_rule_out_and_say_so(scored, tmp_path):
