@@ -529,8 +529,14 @@ def _add_model(sub) -> None:
     k.set_defaults(func=cmd_model_compile)
     cal = msub.add_parser("calibrate", help="fit the model's verdict rule to its measured "
                                             "reliance on the nodules of a cohort, and write it "
-                                            "into the model folder's card")
-    cal.add_argument("model", help="the tool's model folder (model.json, model.safetensors)")
+                                            "into the model folder's card (or a model from "
+                                            "elsewhere's discovery.json)")
+    cal.add_argument("model", help="the tool's model folder, a MONAI bundle folder, a module "
+                                   "folder, a TorchScript file or package.module:factory")
+    cal.add_argument("--weights", default=None, help="weights for package.module:factory")
+    cal.add_argument("--sidecar", default=None,
+                     help="discovery.json to read and write the rule into (default: the "
+                          "model's own)")
     cal.add_argument("cohort", nargs="+",
                      help="folder(s) of cases with nodule masks, in any input layout, pooled "
                           "(labels are not needed); not the cases it will be judged on")
@@ -609,11 +615,10 @@ def cmd_model_compile(args) -> int:
 
 
 def cmd_model_calibrate(args) -> int:
-    import dataclasses
-
     from discovery.align.rule import RULE_FEATURES, describe_verdict_rule
-    from discovery.batch.calibrate import DEFAULT_RULE_FEATURES, calibrate_verdicts
-    from discovery.model.card import load_model, save_card
+    from discovery.batch.calibrate import (DEFAULT_RULE_FEATURES, calibrate_verdicts,
+                                           save_verdict_rule)
+    from discovery.model.external import load_any_model
 
     features = (DEFAULT_RULE_FEATURES if args.features is None
                 else tuple(f.strip() for f in args.features.split(",") if f.strip()))
@@ -622,7 +627,7 @@ def cmd_model_calibrate(args) -> int:
         print(f"error: --features: unknown {', '.join(unknown) or '(none given)'}; available: "
               f"{', '.join(RULE_FEATURES)}", file=sys.stderr)
         return 2
-    model, card = load_model(args.model)   # a model folder; ModelError names the problem
+    model, card = load_any_model(args.model, weights=args.weights, sidecar=args.sidecar)
     console = _console()
     try:
         with _progress() as bar:
@@ -647,10 +652,9 @@ def cmd_model_calibrate(args) -> int:
                       "few may not hold on other scans (the demo model's was fitted on 221 "
                       "nodules, 85 resting): calibrate on more cases")
     if not args.dry_run:
-        save_card(dataclasses.replace(card, verdict_rule=done.rule.to_dict()), args.model)
-        console.print("wrote the rule into the model folder's model.json; results scored "
-                      "before are now stale (`python -m discovery.batch.current RESULTS`)",
-                      markup=False)
+        where = save_verdict_rule(args.model, card, done.rule, sidecar=args.sidecar)
+        console.print(f"wrote the rule into {where}; results scored before are now stale "
+                      "(`python -m discovery.batch.current RESULTS`)", markup=False)
     return 0
 
 

@@ -148,3 +148,63 @@ def test_several_cohorts_are_pooled_in_order(cohort, demo, monkeypatch, tmp_path
     expected = [s.case_id for s in discover_cases(second)] + [
         s.case_id for s in discover_cases(cohort)][:3]
     assert seen == expected           # the cohorts in the order given, cut at max_cases
+
+
+def test_a_model_from_elsewhere_keeps_its_rule_in_its_sidecar(cohort, monkeypatch, tmp_path,
+                                                              capsys, caplog):
+    """A module folder (``discovery.json`` naming a MONAI factory): the rule goes into its
+    sidecar, bound to its weights, the other fields kept; loading it gives the card the rule,
+    other weights drop it with a warning, and a rule that is not an object is refused."""
+    import logging
+
+    import torch
+    from monai.networks.nets import resnet10
+
+    import discovery.batch.calibrate as calibrate
+    from discovery.model.card import sha256_file
+    from discovery.model.external import load_any_model
+    from discovery.pipeline import ScoreSettings, verdict_rule_meta
+
+    kwargs = dict(spatial_dims=3, n_input_channels=1, num_classes=1, widen_factor=0.125,
+                  conv1_t_stride=1, no_max_pool=True, shortcut_type="B")
+    folder = tmp_path / "external"
+    folder.mkdir()
+
+    def save_weights(seed):
+        torch.manual_seed(seed)
+        torch.save(resnet10(**kwargs).state_dict(), folder / "model.pt")
+
+    save_weights(1)
+    side = {"roi_size_vox": [32, 32, 32], "roi_spacing_mm": [1.5, 1.5, 1.5],
+            "hu_window": [-1000, 400], "target_class": 0,
+            "factory": "monai.networks.nets:resnet10", "factory_kwargs": kwargs}
+    (folder / "discovery.json").write_text(json.dumps(side))
+
+    def fake(volume, mask, model, card, *, case_id, **kw):   # both kinds, whatever the net
+        assert card.architecture["name"] == "external"
+        return [({f: float(i) + len(case_id) % 3 for f in DEFAULT_RULE_FEATURES}, bool(i))
+                for i in range(2)]
+
+    monkeypatch.setattr(calibrate, "verdict_examples", fake)
+    assert main(["model", "calibrate", str(folder), str(cohort), "--max-cases", "3"]) == 0
+    assert "wrote the rule into the sidecar discovery.json" in capsys.readouterr().out
+    data = json.loads((folder / "discovery.json").read_text())
+    assert {k: data[k] for k in side} == side
+    rule = data["verdict_rule"]
+    assert rule["provenance"]["weights_sha256"] == sha256_file(folder / "model.pt")
+    assert rule["provenance"]["cases"] == 3 and rule["layer"].startswith("net.")
+
+    _model, card = load_any_model(folder)
+    assert card.verdict_rule == rule
+    meta = verdict_rule_meta(card, ScoreSettings())
+    assert meta["verdict_rule_sha256"] == card.verdict_rule_sha256 != ""
+
+    save_weights(2)
+    with caplog.at_level(logging.WARNING, logger="discovery.model.external"):
+        _model, card = load_any_model(folder)
+    assert card.verdict_rule == {} and "fitted for other weights" in caplog.text
+
+    data["verdict_rule"] = [1, 2]
+    (folder / "discovery.json").write_text(json.dumps(data))
+    with pytest.raises(ModelError, match="verdict_rule must be the object"):
+        load_any_model(folder)

@@ -182,8 +182,9 @@ class VerdictRule:
         missing = [k for k in ("method", "features", "mean", "scale", "coef", "intercept")
                    if k not in data]
         if missing:
-            raise ValueError(f"the model card's verdict_rule lacks {', '.join(missing)}; "
-                             "fit it again (benchmarks/verdict_agreement.py fit-rule)")
+            raise ValueError(f"the verdict_rule of the model card (or sidecar) lacks "
+                             f"{', '.join(missing)}; fit it again with `discovery model "
+                             "calibrate`")
         return cls(method=str(data["method"]), layer=data.get("layer"),
                    features=tuple(data["features"]),
                    mean=tuple(float(v) for v in data["mean"]),

@@ -11,7 +11,10 @@ nodules) and not the scans it will be judged on.
 :func:`verdict_examples` gives, for one analysed scan, the rule's features and the measured
 answer of each predicted-malignant nodule; :func:`fit_calibrated_rule` fits the rule to such
 examples (:func:`discovery.align.rule.fit_verdict_rule`) and measures it on them;
-:func:`calibrate_verdicts` reads folders of cases and does both.
+:func:`calibrate_verdicts` reads folders of cases and does both; :func:`save_verdict_rule`
+writes the rule where the model keeps it: the tool's model folders in their card, models from
+elsewhere (MONAI bundles, TorchScript, module folders) in their ``discovery.json`` sidecar,
+bound to their weights.
 """
 
 from __future__ import annotations
@@ -29,10 +32,12 @@ from data_tools.errors import DataError, safe_error
 from data_tools.volume import Mask, Volume
 from discovery.align.metrics import verdict_agreement
 from discovery.align.rule import VerdictRule, fit_verdict_rule, verdict_features
+from discovery.model.card import ModelCard, save_card
+from discovery.model.external import sidecar_path, write_sidecar_rule
 from discovery.pipeline import ScoreSettings, analyze_scan
 
 __all__ = ["DEFAULT_RULE_FEATURES", "Calibration", "verdict_examples", "fit_calibrated_rule",
-           "calibrate_verdicts"]
+           "calibrate_verdicts", "save_verdict_rule"]
 
 log = logging.getLogger(__name__)
 
@@ -203,3 +208,30 @@ def calibrate_verdicts(input_path, model, card, *, method: str = "layercam",
                                           how="discovery model calibrate")
     y = np.asarray(rests, dtype=bool)
     return Calibration(rule, used, len(y), int(y.sum()), agreement, skipped)
+
+
+def save_verdict_rule(model: str | Path, card: ModelCard, rule: VerdictRule, *,
+                      sidecar: str | Path | None = None) -> str:
+    """Write *rule* where *model* keeps it, for *card*'s weights; return where, in words.
+
+    Parameters
+    ----------
+    model : str or Path
+        What :func:`discovery.model.external.load_any_model` loaded *card* from: the tool's
+        model folder (the rule goes into its ``model.json``), or a bundle folder, module
+        folder or TorchScript file (into its ``discovery.json``, or *sidecar*).
+    card : ModelCard
+        The loaded model's card (its weights' SHA-256 binds the rule).
+    rule : VerdictRule
+
+    Raises
+    ------
+    ModelError
+        The card or sidecar on disk is for other weights, or cannot be read.
+    """
+    if card.architecture.get("name") == "external":
+        path = sidecar_path(model, sidecar=sidecar)
+        write_sidecar_rule(path, rule.to_dict(), weights_sha256=card.weights_sha256)
+        return f"the sidecar {path.name}"
+    save_card(replace(card, verdict_rule=rule.to_dict()), model)
+    return "the model folder's model.json"

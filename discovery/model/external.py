@@ -14,8 +14,11 @@ What a classifier from elsewhere does not state is read from a small sidecar,
 
 Optional fields: ``gradcam_layer`` (else chosen by a probe pass), ``output`` (``"logits"`` or
 ``"probabilities"``; else detected), ``classes`` (names by output index), ``threshold`` (on
-P(malignant), default 0.5), and for a module folder ``factory`` (``"pkg.mod:fn"``),
-``factory_kwargs`` and ``weights`` (a file name in the folder).
+P(malignant), default 0.5), ``training_domain``, ``verdict_rule`` (written by ``discovery
+model calibrate``, :func:`write_sidecar_rule`: the rule that decides the verdicts of
+predicted-malignant nodules, used only with the weights it was fitted for), and for a module
+folder ``factory`` (``"pkg.mod:fn"``), ``factory_kwargs`` and ``weights`` (a file name in the
+folder).
 
 Where things are (:func:`load_any_model` dispatches on the first argument):
 
@@ -39,6 +42,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import logging
 import math
 import re
 import zipfile
@@ -49,6 +53,7 @@ from typing import Any
 import torch
 
 from data_tools.errors import ModelError, file_label
+from data_tools.files import atomic_path
 from discovery.model.card import CARD_NAME, ModelCard, load_model, sha256_file
 from discovery.model.probe import (
     INPUT_LAYER,
@@ -68,12 +73,16 @@ __all__ = [
     "load_torchscript",
     "load_weights",
     "read_sidecar",
+    "sidecar_path",
+    "write_sidecar_rule",
 ]
+
+log = logging.getLogger(__name__)
 
 SIDECAR_NAME = "discovery.json"
 _REQUIRED = ("roi_size_vox", "roi_spacing_mm", "hu_window", "target_class")
 _OPTIONAL = ("gradcam_layer", "output", "classes", "threshold", "factory", "factory_kwargs",
-             "weights", "training_domain")
+             "weights", "training_domain", "verdict_rule")
 _EXAMPLE = ('{"roi_size_vox": [32, 32, 32], "roi_spacing_mm": [1.5, 1.5, 1.5], '
             '"hu_window": [-1000, 400], "target_class": 1}')
 _SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
@@ -95,6 +104,7 @@ class Sidecar:
     factory_kwargs: dict[str, Any] = field(default_factory=dict)
     weights: str | None = None
     training_domain: dict[str, Any] = field(default_factory=dict)
+    verdict_rule: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
 
 
@@ -148,6 +158,11 @@ def _optional_fields(data: dict, path) -> dict[str, Any]:
         except (TypeError, ValueError) as exc:
             raise _bad(path, "training_domain", f"is not a training domain ({exc})") from None
         out["training_domain"] = dict(data["training_domain"])
+    if data.get("verdict_rule") is not None:
+        if not isinstance(data["verdict_rule"], dict):
+            raise _bad(path, "verdict_rule", "must be the object `discovery model calibrate` "
+                                             f"writes; received {type(data['verdict_rule']).__name__}")
+        out["verdict_rule"] = dict(data["verdict_rule"])
     return out
 
 
@@ -278,8 +293,60 @@ def _card_and_model(net, side: Sidecar, *, source: dict[str, Any], weights_sha: 
                      roi_spacing_mm=side.roi_spacing_mm, hu_window=side.hu_window,
                      gradcam_layer=layer, weights_sha256=weights_sha,
                      metrics={} if side.threshold is None else {"threshold": side.threshold},
-                     training_domain=side.training_domain)
+                     training_domain=side.training_domain,
+                     verdict_rule=_rule_for(side, weights_sha, label))
     return model, card
+
+
+def _rule_for(side: Sidecar, weights_sha: str, label: str) -> dict[str, Any]:
+    """The sidecar's verdict rule when it was fitted for these weights (or says nothing of
+    them); else nothing, with a warning: a rule says how one set of weights behaves."""
+    fitted_for = (side.verdict_rule.get("provenance") or {}).get("weights_sha256")
+    if side.verdict_rule and fitted_for and fitted_for != weights_sha:
+        log.warning("the verdict rule in sidecar %s was fitted for other weights; it is not "
+                    "used (verdicts by the thresholds): fit it again with `discovery model "
+                    "calibrate`", label)
+        return {}
+    return dict(side.verdict_rule)
+
+
+def sidecar_path(model: str | Path, *, sidecar: str | Path | None = None) -> Path:
+    """The ``discovery.json`` :func:`load_any_model` reads for *model* (a bundle folder, a
+    module folder, a TorchScript file; *sidecar* when given).
+
+    Raises
+    ------
+    ModelError
+        *model* is none of those (a ``pkg.mod:factory`` needs *sidecar*).
+    """
+    if sidecar is not None:
+        return Path(sidecar)
+    path = Path(str(model))
+    if path.is_dir() and not (path / CARD_NAME).is_file():
+        return path / SIDECAR_NAME       # a bundle (beside configs/) or a module folder
+    if path.is_file():
+        return path.parent / SIDECAR_NAME
+    raise ModelError(f"model {file_label(path)} has no sidecar of its own: give --sidecar FILE",
+                     path=path)
+
+
+def write_sidecar_rule(path: str | Path, rule: dict[str, Any], *, weights_sha256: str) -> None:
+    """Write *rule* (``VerdictRule.to_dict()``) into the sidecar at *path* as its
+    ``verdict_rule``, bound to the weights with SHA-256 *weights_sha256* (recorded in its
+    provenance); the sidecar's other fields are kept as they were.  Atomic.
+
+    Raises
+    ------
+    ModelError
+        What :func:`read_sidecar` refuses: the sidecar is checked before it is rewritten.
+    """
+    path = Path(path)
+    read_sidecar(path)
+    data = json.loads(path.read_text())
+    data["verdict_rule"] = {**rule, "provenance": {**(rule.get("provenance") or {}),
+                                                   "weights_sha256": weights_sha256}}
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def _bundle_config(bundle: Path) -> Path:
