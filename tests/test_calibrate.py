@@ -208,3 +208,33 @@ def test_a_model_from_elsewhere_keeps_its_rule_in_its_sidecar(cohort, monkeypatc
     (folder / "discovery.json").write_text(json.dumps(data))
     with pytest.raises(ModelError, match="verdict_rule must be the object"):
         load_any_model(folder)
+
+
+def test_the_demo_network_brought_as_a_module_folder_gets_the_demo_folders_rule(
+        cohort, demo, tmp_path):
+    """The demo network packaged as a model from elsewhere (a module folder whose factory is
+    the network class, the same weights, the card's window and ROI in the sidecar) is fitted
+    the rule the demo's own folder is fitted on the same cohort: the external path reads the
+    same maps and measures the same reliance."""
+    from discovery.model.external import load_any_model
+
+    model, card = demo
+    folder = tmp_path / "demo_as_module"
+    folder.mkdir()
+    shutil.copy(default_model_dir() / "model.safetensors", folder / "model.safetensors")
+    arch = card.architecture
+    (folder / "discovery.json").write_text(json.dumps({
+        "roi_size_vox": list(card.roi_size_vox), "roi_spacing_mm": list(card.roi_spacing_mm),
+        "hu_window": list(card.hu_window), "target_class": 1, "gradcam_layer": "layer3",
+        "factory": "discovery.model.network:NoduleResNet",
+        "factory_kwargs": {**arch["kwargs"], "stages": arch["stages"]}}))
+    ext_model, ext_card = load_any_model(folder)
+    assert ext_card.architecture["name"] == "external" and ext_card.verdict_rule == {}
+    own = calibrate_verdicts(cohort, model, card, layer="layer2", max_cases=5)
+    ext = calibrate_verdicts(cohort, ext_model, ext_card, layer="net.layer2", max_cases=5)
+    assert (ext.n_nodules, ext.n_resting) == (own.n_nodules, own.n_resting)
+    assert ext.agreement == pytest.approx(own.agreement)
+    for name in ("mean", "scale", "coef"):
+        np.testing.assert_allclose(getattr(ext.rule, name), getattr(own.rule, name),
+                                   rtol=1e-5, atol=1e-6)
+    assert ext.rule.intercept == pytest.approx(own.rule.intercept, rel=1e-5, abs=1e-6)
