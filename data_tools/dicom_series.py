@@ -27,6 +27,7 @@ from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.multival import MultiValue
 
 from .errors import NoSeriesError, file_label
+from .part10 import is_dicom_file
 
 __all__ = ["SeriesInfo", "find_series", "select_ct_series", "is_dicom_file",
            "is_dicom_dataset", "MIN_SLICES", "ReadBytes"]
@@ -80,16 +81,6 @@ class SeriesInfo:
     @property
     def is_original_axial(self) -> bool:
         return "ORIGINAL" in self.image_type and "AXIAL" in self.image_type
-
-
-def is_dicom_file(path: str | Path) -> bool:
-    """True when *path* is a readable file with ``b"DICM"`` at byte offset 128 (Part 10 file)."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
 
 
 def _is_part10(data: bytes) -> bool:

@@ -57,6 +57,7 @@ from .boxes import is_voc_xml
 from .errors import DataError, NoSeriesError, file_label
 from .metaimage import is_metaimage
 from .nifti import is_nifti
+from .part10 import is_dicom_file
 from .pseudonyms import pseudonymous_id
 
 __all__ = ["CaseSpec", "LAYOUTS", "discover_cases", "detect_layout"]
@@ -135,10 +136,17 @@ def _holds_images(folder: Path) -> bool:
     """Whether *folder* itself (not its sub-folders) holds an image file: DICOM (with or
     without the Part 10 preamble), NIfTI or MetaImage.  A LICENSE, README or metadata.csv
     beside the case folders (as a TCIA download has) does not make the folder one case."""
-    from .dicom_series import is_dicom_dataset    # pydicom: only once a folder is looked into
     return any(p.is_file() and _visible(p) and p.suffix.lower() not in _NOT_IMAGE_SUFFIXES
-               and (is_nifti(p) or is_metaimage(p) or is_dicom_dataset(p))
+               and (is_nifti(p) or is_metaimage(p) or is_dicom_file(p) or _raw_dicom(p))
                for p in folder.iterdir())
+
+
+def _raw_dicom(path: Path) -> bool:
+    """A DICOM dataset without the Part 10 preamble: parsed with pydicom, imported only for
+    such files (Part 10 files are told by :func:`~data_tools.part10.is_dicom_file`)."""
+    from .dicom_series import is_dicom_dataset
+
+    return is_dicom_dataset(path)
 
 
 def _images_below(folder: Path) -> bool:

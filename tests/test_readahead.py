@@ -163,3 +163,26 @@ def test_score_with_read_ahead_equals_score_without(cohort, tmp_path, model_dir)
         pd.testing.assert_frame_equal(pd.read_csv(ahead / name), pd.read_csv(plain / name))
     again = score(ahead, ahead=True)
     assert "2 skipped" in again and "read ahead in a child process" not in again
+
+
+def test_the_parent_path_never_imports_pydicom(tmp_path):
+    """What runs before the fork (finding the cases of a DICOM folder) and what the parent
+    imports after it (the batch) leave pydicom out, so its import (0.2-0.3 s) happens only in
+    the child that reads the series (raw datasets without the Part 10 preamble are still
+    found, through pydicom: tests/test_layouts.py)."""
+    from tests._dicom_factory import write_ct_series
+
+    write_ct_series(tmp_path / "in" / "PID-1", n=4)
+    code = textwrap.dedent("""
+        import json, sys
+        from data_tools.cases import discover_cases
+        found = discover_cases(sys.argv[1])
+        before = "pydicom" in sys.modules
+        import discovery.batch.readahead, discovery.batch.score
+        print(json.dumps([len(found), found[0].image_kind, before, "pydicom" in sys.modules]))
+    """)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "in")],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [1, "dicom", False, False]
