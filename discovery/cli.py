@@ -696,11 +696,24 @@ def cmd_model_check(args) -> int:
               ("parameters", f"{count_parameters(model):,}"),
               ("time / ROI", (f"{forward:.3f} s forward, {both:.3f} s forward + backward "
                               "(one CAM) on this machine")),
-              ("methods", _methods_line(card, cam_ok))]
+              ("methods", _methods_line(card, cam_ok)), ("verdicts", _verdicts_line(card))]
     console = _console()
     for key, value in lines:
         console.print(f"{key:<11} {value}", soft_wrap=True, markup=False)
     return 0
+
+
+def _verdicts_line(card) -> str:
+    if not card.verdict_rule:
+        return ("by the thresholds (no verdict rule: `discovery model calibrate` fits one to "
+                "the model's measured reliance on its nodules)")
+    where = card.verdict_rule.get("provenance") or {}
+    cases = f" of {where['cases']} cases" if "cases" in where else ""
+    fitted = (f", fitted on {where['nodules']} nodules{cases} (balanced accuracy "
+              f"{where['balanced_accuracy']:.2f} there)"
+              if {"nodules", "balanced_accuracy"} <= set(where) else "")
+    return (f"predicted-malignant ones by the verdict rule on {card.verdict_rule.get('method')} "
+            f"at {card.verdict_rule.get('layer') or card.gradcam_layer}{fitted}")
 
 
 def main(argv: list[str] | None = None) -> int:

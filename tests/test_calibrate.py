@@ -196,6 +196,9 @@ def test_a_model_from_elsewhere_keeps_its_rule_in_its_sidecar(cohort, monkeypatc
 
     _model, card = load_any_model(folder)
     assert card.verdict_rule == rule
+    assert main(["model", "check", str(folder)]) == 0
+    assert ("verdicts    predicted-malignant ones by the verdict rule on layercam at net."
+            in capsys.readouterr().out)
     meta = verdict_rule_meta(card, ScoreSettings())
     assert meta["verdict_rule_sha256"] == card.verdict_rule_sha256 != ""
 
@@ -203,6 +206,8 @@ def test_a_model_from_elsewhere_keeps_its_rule_in_its_sidecar(cohort, monkeypatc
     with caplog.at_level(logging.WARNING, logger="discovery.model.external"):
         _model, card = load_any_model(folder)
     assert card.verdict_rule == {} and "fitted for other weights" in caplog.text
+    assert main(["model", "check", str(folder)]) == 0
+    assert "verdicts    by the thresholds" in capsys.readouterr().out
 
     data["verdict_rule"] = [1, 2]
     (folder / "discovery.json").write_text(json.dumps(data))
