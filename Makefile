@@ -15,7 +15,7 @@ SANITY ?= gradcam,gradcam++,hirescam,layercam,integrated_gradients
 # with AMX (docs/benchmarks/discovery.md#bfloat16); BENCH_PRECISION=float32 elsewhere
 BENCH_PRECISION ?= bfloat16
 
-.PHONY: install runtime test demo demo-scored demo-data demo-sanity screenshots bench bench-discovery docs clean
+.PHONY: install runtime test demo demo-scored demo-data demo-sanity screenshots bench bench-discovery bench-discovery-suite docs clean
 
 # pip byte-compiles every file it installs, one at a time (44 s of a 101 s install on 2 cores);
 # --no-compile and one compileall on all cores leave the same .pyc files in 25-30 s
@@ -72,6 +72,12 @@ bench: install
 
 bench-discovery: install
 	$(PY) benchmarks/discovery.py --seed 2 --precision $(BENCH_PRECISION)
+
+# issue 18's whole benchmark: three seeds, both conditions, from scratch (fresh model cache)
+BENCH_SEEDS ?= 27 28 29
+bench-discovery-suite: install
+	rm -rf benchmarks/.cache/suite
+	$(PY) benchmarks/discovery.py suite --seeds $(BENCH_SEEDS) --precision $(BENCH_PRECISION) --out benchmarks/.cache/suite --cache benchmarks/.cache/suite/models
 
 docs: install
 	$(VENV)/bin/mkdocs build --strict
