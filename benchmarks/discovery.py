@@ -553,10 +553,10 @@ TARGET_FLAG_AUROC = 0.95
 TARGET_SUITE_S = 20 * 60
 
 
-def _met(value, target: float) -> str:
+def _met(value, target: float, digits: int = 2) -> str:
     if value is None or not np.isfinite(value):
         return "–"
-    return f"{value:.2f} ({'met' if value >= target else 'not met'})"
+    return f"{value:.{digits}f} ({'met' if value >= target else 'not met'})"
 
 
 def targets_table(results: list[dict], total_s: float) -> str:
@@ -570,10 +570,10 @@ def targets_table(results: list[dict], total_s: float) -> str:
         kinds = [f"{name}: {_met(k['f1'], TARGET_F1)} / {_met(k['top10_precision'], TARGET_TOP10)}"
                  for name, k in r["per_kind"].items() if k.get("target_applies")]
         bead = r["per_kind"].get("marker_bead", {})
-        flag = (_met(r["flag_auroc"], TARGET_FLAG_AUROC)
+        flag = (_met(r["flag_auroc"], TARGET_FLAG_AUROC, 3)
                 if bead.get("target_applies") and r.get("shortcut_nodules")
                 else "– (the bead, a shortcut only when relied on, is not)")
-        agreement = r["verdict_agreement"]["balanced_accuracy"]
+        agreement = r["verdict_agreement"]["balanced_accuracy"]   # NaN: none rests on it
         lines.append(f"| {r['condition']} | {r['seed']} | {'; '.join(kinds) or '– (none)'} | "
                      f"{flag} | {'met' if not r['distractor_enriched'] else 'not met'} | "
                      f"{_met(agreement, TARGET_AGREEMENT)} |")
