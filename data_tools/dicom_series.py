@@ -27,7 +27,7 @@ from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.multival import MultiValue
 
 from .errors import NoSeriesError, file_label
-from .part10 import is_dicom_file
+from .part10 import is_dicom_file, is_part10
 
 __all__ = ["SeriesInfo", "find_series", "select_ct_series", "is_dicom_file",
            "is_dicom_dataset", "MIN_SLICES", "ReadBytes"]
@@ -81,11 +81,6 @@ class SeriesInfo:
     @property
     def is_original_axial(self) -> bool:
         return "ORIGINAL" in self.image_type and "AXIAL" in self.image_type
-
-
-def _is_part10(data: bytes) -> bool:
-    """:func:`is_dicom_file` of a file's bytes."""
-    return len(data) >= 132 and data[128:132] == b"DICM"
 
 
 def is_dicom_dataset(path: str | Path) -> bool:
@@ -170,7 +165,7 @@ def _open_dataset(path: Path, read: ReadBytes | None):
         if not part10 and not _is_raw_dataset(path):
             return None
         return pydicom.dcmread(path, defer_size=DEFER_BYTES, force=not part10)
-    part10 = _is_part10(data)
+    part10 = is_part10(data)
     if not part10 and not _is_raw_dataset(path, data):
         return None
     # the pixel data stays in the buffer (read from it when used), not copied beside it

@@ -10,7 +10,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["is_dicom_file"]
+__all__ = ["is_dicom_file", "is_part10"]
+
+
+def is_part10(data: bytes) -> bool:
+    """True when *data* (a file's first bytes, or all of them) holds ``b"DICM"`` at byte
+    offset 128, after the 128-byte preamble: a Part 10 file."""
+    return len(data) >= 132 and data[128:132] == b"DICM"
 
 
 def is_dicom_file(path: str | Path) -> bool:
@@ -20,4 +26,4 @@ def is_dicom_file(path: str | Path) -> bool:
             head = fh.read(132)
     except OSError:
         return False
-    return len(head) == 132 and head[128:132] == b"DICM"
+    return is_part10(head)

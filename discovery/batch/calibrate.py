@@ -132,11 +132,13 @@ def fit_calibrated_rule(values: Sequence[dict[str, float]], rests: Sequence[bool
             f"none of the {len(y)} predicted-malignant nodules of these {n_cases} cases rests "
             "on its nodule (replacing the nodule never takes away half of P(malignant)): the "
             "model decides on something else, a shortcut for instance (see the shortcut panel "
-            "and the flag). A rule needs nodules of both kinds; the card is left as it was")
+            "and the flag). A rule needs nodules of both kinds; the model's card or sidecar is "
+            "left as it was")
     if len(y) and y.all():
         raise ValueError(
             f"all {len(y)} predicted-malignant nodules of these {n_cases} cases rest on their "
-            "nodule: there is nothing for a rule to tell apart; the card is left as it was")
+            "nodule: there is nothing for a rule to tell apart; the model's card or sidecar is "
+            "left as it was")
     rule = fit_verdict_rule(values, y, features=features, method=method, layer=layer)
     calls = np.array(["aligned" if rule.aligned(v) else "not" for v in values], dtype=object)
     agreement = float(verdict_agreement(calls, y.astype(float), np.ones(len(y))).balanced_accuracy)
@@ -227,7 +229,8 @@ def save_verdict_rule(model: str | Path, card: ModelCard, rule: VerdictRule, *,
     Raises
     ------
     ModelError
-        The card or sidecar on disk is for other weights, or cannot be read.
+        The model folder's card is for other weights than *card*, or the folder or sidecar
+        cannot be read.
     """
     if card.architecture.get("name") == "external":
         path = sidecar_path(model, sidecar=sidecar)

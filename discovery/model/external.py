@@ -159,9 +159,10 @@ def _optional_fields(data: dict, path) -> dict[str, Any]:
             raise _bad(path, "training_domain", f"is not a training domain ({exc})") from None
         out["training_domain"] = dict(data["training_domain"])
     if data.get("verdict_rule") is not None:
-        if not isinstance(data["verdict_rule"], dict):
+        rule = data["verdict_rule"]
+        if not isinstance(rule, dict):
             raise _bad(path, "verdict_rule", "must be the object `discovery model calibrate` "
-                                             f"writes; received {type(data['verdict_rule']).__name__}")
+                                             f"writes; received {type(rule).__name__}")
         out["verdict_rule"] = dict(data["verdict_rule"])
     return out
 
@@ -311,8 +312,8 @@ def _rule_for(side: Sidecar, weights_sha: str, label: str) -> dict[str, Any]:
 
 
 def sidecar_path(model: str | Path, *, sidecar: str | Path | None = None) -> Path:
-    """The ``discovery.json`` :func:`load_any_model` reads for *model* (a bundle folder, a
-    module folder, a TorchScript file; *sidecar* when given).
+    """The ``discovery.json`` the loaders read for *model* (a bundle folder, a module folder,
+    a TorchScript file; *sidecar* when given): the one place that says where it is.
 
     Raises
     ------
@@ -322,9 +323,9 @@ def sidecar_path(model: str | Path, *, sidecar: str | Path | None = None) -> Pat
     if sidecar is not None:
         return Path(sidecar)
     path = Path(str(model))
-    if path.is_dir() and not (path / CARD_NAME).is_file():
+    if path.is_dir():
         return path / SIDECAR_NAME       # a bundle (beside configs/) or a module folder
-    if path.is_file():
+    if path.is_file() or path.suffix == ".ts":
         return path.parent / SIDECAR_NAME
     raise ModelError(f"model {file_label(path)} has no sidecar of its own: give --sidecar FILE",
                      path=path)
@@ -410,7 +411,7 @@ def load_bundle(bundle: str | Path, *, sidecar: str | Path | None = None
         raise ModelError(f"bundle metadata {file_label(meta_path)} is not valid JSON: {exc}",
                          path=meta_path) from None
     config = _bundle_config(bundle)
-    side = read_sidecar(sidecar if sidecar is not None else bundle / SIDECAR_NAME)
+    side = read_sidecar(sidecar_path(bundle, sidecar=sidecar))
     weights = bundle / "models" / "model.pt"
     if not weights.is_file():
         hint = (" (it has models/model.ts: give that file as the model for Integrated Gradients "
@@ -444,7 +445,7 @@ def load_torchscript(path: str | Path, *, sidecar: str | Path | None = None
     The CAM methods are refused for it (hooks do not reach inside a scripted module);
     Integrated Gradients and occlusion work."""
     path = Path(path)
-    side = read_sidecar(sidecar if sidecar is not None else path.parent / SIDECAR_NAME)
+    side = read_sidecar(sidecar_path(path, sidecar=sidecar))
     try:
         net = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:  # RuntimeError and friends from the archive reader
@@ -493,7 +494,7 @@ def load_factory(spec: str, *, weights: str | Path, sidecar: str | Path
 
 
 def _factory_folder(folder: Path, sidecar) -> tuple[ExternalClassifier, ModelCard]:
-    side_path = Path(sidecar) if sidecar is not None else folder / SIDECAR_NAME
+    side_path = sidecar_path(folder, sidecar=sidecar)
     side = read_sidecar(side_path)
     if not side.factory:
         raise ModelError(f"sidecar {file_label(side_path)} names no factory: a module folder's "
