@@ -374,6 +374,24 @@ def test_lung_components_on_threads_join_the_slabs_exactly(threads):
             lung_components(hu, spacing_mm=spacing, min_volume_ml=min_ml, threads=n), expect)
 
 
+@pytest.mark.parametrize("min_ml", [0.0, 0.2])
+def test_lung_components_with_many_or_no_components_kept(min_ml):
+    """Kept labels are written by comparison when a slab keeps at most four (the lungs) and
+    through a lookup table beyond: both give the reference's field, as does keeping none."""
+    from discovery.regions.descriptors import lung_components
+
+    rng = np.random.default_rng(11)
+    hu = np.where(rng.random((24, 48, 48)) < 0.3, -900, 0).astype(np.int16)
+    spacing = (1.0, 1.0, 1.0)
+    expect = _components_reference(hu, spacing, min_volume_ml=min_ml)
+    kept = ndimage.label(expect)[1]
+    assert kept > 4 if min_ml == 0.0 else 0 < kept <= 4
+    for n in (1, 2, 3):
+        np.testing.assert_array_equal(
+            lung_components(hu, spacing_mm=spacing, min_volume_ml=min_ml, threads=n), expect)
+    assert not lung_components(hu, spacing_mm=spacing, min_volume_ml=1e6).any()
+
+
 def test_lung_mask_on_threads_is_the_same_field():
     from data_tools.synthetic import SyntheticConfig, generate_case
     from discovery.regions.descriptors import lung_mask

@@ -272,9 +272,17 @@ def lung_components(hu, *, spacing_mm, threshold_hu: float = -400.0,
     def fill(i: int) -> None:
         lut = np.concatenate([[False], keep[offsets[i] + 1:offsets[i + 1] + 1]])
         labels, z0 = parts[i][0], slabs[i].start
+        kept = np.flatnonzero(lut).astype(labels.dtype)
         for k in range(0, len(labels), 8):               # no slab-sized temporary
             chunk = labels[k:k + 8]
-            out[z0 + k:z0 + k + len(chunk)] = lut[chunk]
+            dest = out[z0 + k:z0 + k + len(chunk)]
+            if len(kept) <= 4:         # the lungs: one to a few labels; comparing is faster
+                np.equal(chunk, kept[0] if len(kept) else 0, out=dest)
+                dest &= len(kept) > 0
+                for label in kept[1:]:
+                    dest |= chunk == label
+            else:
+                np.take(lut, chunk, out=dest)
 
     thread_map(fill, range(len(parts)), threads=threads)
     return out
