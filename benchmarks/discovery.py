@@ -63,7 +63,7 @@ from data_tools.synthetic import SyntheticConfig, generate_case  # noqa: E402
 from data_tools.volume import Mask, Volume  # noqa: E402
 from discovery.align.metrics import grow_mm, verdict_agreement  # noqa: E402
 from discovery.batch.calibrate import (DEFAULT_RULE_FEATURES, fit_calibrated_rule,  # noqa: E402
-                                       verdict_examples)
+                                       none_resting, verdict_examples)
 from discovery.batch.rows import result_rows  # noqa: E402
 from discovery.patterns.causal import pattern_effects, rescore_without, summarize_effects  # noqa: E402
 from discovery.patterns.stats import adjusted_rand, match_kind, top_k_precision  # noqa: E402
@@ -156,29 +156,62 @@ def _model(args, log):
     return load_model(out)
 
 
+def _calibration_case(i: int) -> list:
+    """:func:`verdict_examples` of calibration case *i* (LayerCAM at ``layer2``)."""
+    args, model, card = (_TEST_CONTEXT[k] for k in ("args", "model", "card"))
+    if _TEST_CONTEXT.get("threads"):
+        torch.set_num_threads(_TEST_CONTEXT["threads"])
+    c = generate_case(args.seed + CALIBRATION_SEED_OFFSET,
+                      config=cohort_configs(args.condition, args.sign)[1], index=i)
+    return verdict_examples(Volume(c.hu, c.affine), Mask(c.mask, c.affine), model, card,
+                            case_id=f"cal-{i:04d}", method="layercam", layer="layer2")
+
+
+def _calibration_examples(args, model, card) -> tuple[list, list, int]:
+    """The calibration cases' examples in case order, on ``args.workers`` forked processes:
+    ``(values, rests, cases read)``.  Stops, as ``discovery model calibrate`` does, once
+    :func:`none_resting` says the model cannot be calibrated (the same case whatever the
+    number of workers: the examples arrive in case order)."""
+    _TEST_CONTEXT.update(args=args, model=model, card=card, threads=None)
+    values, rests, read = [], [], 0
+    cases = range(args.calibrate_cases)
+    if args.workers <= 1:
+        pool, examples = None, map(_calibration_case, cases)
+    else:
+        from discovery.parallel import process_pool
+
+        _TEST_CONTEXT["threads"] = 1
+        pool = process_pool(args.workers)
+        examples = pool.map(_calibration_case, cases, chunksize=2)
+    try:
+        for found in examples:
+            read += 1
+            values += [v for v, _ in found]
+            rests += [r for _, r in found]
+            if none_resting(rests):
+                break
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+    return values, rests, read
+
+
 def _calibrated(args, model, card, log):
     """*card* with a verdict rule fitted on a calibration cohort drawn as the test cohort is,
     from another seed (``discovery model calibrate``'s fit: LayerCAM at ``layer2``, the
     demo model's features); the rule's own figures on it."""
-    test_config = cohort_configs(args.condition, args.sign)[1]
-    values, rests = [], []
-    for i in range(args.calibrate_cases):
-        c = generate_case(args.seed + CALIBRATION_SEED_OFFSET, config=test_config, index=i)
-        for v, r in verdict_examples(Volume(c.hu, c.affine), Mask(c.mask, c.affine), model,
-                                     card, case_id=f"cal-{i:04d}", method="layercam",
-                                     layer="layer2"):
-            values.append(v)
-            rests.append(r)
+    values, rests, read = _calibration_examples(args, model, card)
     y = np.asarray(rests, dtype=bool)
-    figures = {"cases": args.calibrate_cases, "nodules": len(y), "resting": int(y.sum())}
+    figures = {"cases": read, "nodules": len(y), "resting": int(y.sum())}
     try:
-        rule, inside = fit_calibrated_rule(values, y, n_cases=args.calibrate_cases,
+        rule, inside = fit_calibrated_rule(values, y, n_cases=read,
                                            features=DEFAULT_RULE_FEATURES, method="layercam",
                                            layer="layer2",
                                            how="benchmarks/discovery.py --calibrate-cases")
     except ValueError:             # one kind only, e.g. a shortcut model: no call rests on it
-        log(f"no verdict rule: {int(y.sum())} of {len(y)} calibration nodules rest on the "
-            "nodule, a rule needs both kinds; the threshold verdicts stay")
+        log(f"no verdict rule: {int(y.sum())} of {len(y)} calibration nodules ({read} of "
+            f"{args.calibrate_cases} cases) rest on the nodule, a rule needs both kinds; the "
+            "threshold verdicts stay")
         return card, {**figures, "fitted": False}
     figures.update(fitted=True, balanced_accuracy_in_sample=inside)
     log(f"verdict rule fitted on {len(y)} calibration nodules ({int(y.sum())} resting on the "

@@ -554,6 +554,10 @@ def _add_model(sub) -> None:
                      help="input layout, as for score (default auto)")
     cal.add_argument("--dry-run", action="store_true",
                      help="fit and print the rule, do not write the card")
+    cal.add_argument("--read-all", action="store_true",
+                     help="read every case even when the first ones show a model that cannot "
+                          "be calibrated (default: stop once 30 predicted-malignant nodules "
+                          "were measured and none rests on its nodule)")
     cal.set_defaults(func=cmd_model_calibrate)
 
 
@@ -616,8 +620,8 @@ def cmd_model_compile(args) -> int:
 
 def cmd_model_calibrate(args) -> int:
     from discovery.align.rule import RULE_FEATURES, describe_verdict_rule
-    from discovery.batch.calibrate import (DEFAULT_RULE_FEATURES, calibrate_verdicts,
-                                           save_verdict_rule)
+    from discovery.batch.calibrate import (DEFAULT_RULE_FEATURES, STOP_NONE_RESTING,
+                                           calibrate_verdicts, save_verdict_rule)
     from discovery.model.external import load_any_model
 
     features = (DEFAULT_RULE_FEATURES if args.features is None
@@ -635,6 +639,7 @@ def cmd_model_calibrate(args) -> int:
             done = calibrate_verdicts(
                 args.cohort, model, card, method=args.method, layer=args.layer,
                 features=features, layout=args.layout, max_cases=args.max_cases,
+                stop_none_resting=None if args.read_all else STOP_NONE_RESTING,
                 progress=lambda d, t, cid: bar.update(task, completed=d, total=t, note=cid))
     except ValueError as exc:  # one kind of nodule missing; an unknown method or layer
         print(f"error: {exc}", file=sys.stderr)

@@ -126,6 +126,39 @@ def test_a_cohort_of_one_kind_says_what_it_means(cohort, demo, monkeypatch, rest
         calibrate.calibrate_verdicts(cohort, model, card, max_cases=2)
 
 
+def test_a_shortcut_model_is_refused_once_enough_nodules_say_so(cohort, demo, monkeypatch):
+    """None of 30 measured calls resting on the nodule stops the calibration there (and the
+    message says after how many cases); a resting one among them, or ``stop_none_resting``
+    None, reads on; ``none_resting`` counts as documented."""
+    import discovery.batch.calibrate as calibrate
+
+    assert calibrate.none_resting([False] * 30) and not calibrate.none_resting([False] * 29)
+    assert not calibrate.none_resting([False] * 40 + [True])
+    assert calibrate.none_resting([False] * 3, after=3)
+    with pytest.raises(ValueError, match="at least 1"):
+        calibrate.none_resting([], after=0)
+    seen = []
+
+    def fake(volume, mask, model, card, *, case_id, **kwargs):
+        seen.append(case_id)
+        return [({f: float(len(seen) + i) for f in DEFAULT_RULE_FEATURES}, False)
+                for i in range(4)]
+
+    model, card = demo
+    monkeypatch.setattr(calibrate, "verdict_examples", fake)
+    with pytest.raises(ValueError, match=r"stopped after 3 of 8 cases: none of their 12 "):
+        calibrate.calibrate_verdicts(cohort, model, card, stop_none_resting=10)
+    assert len(seen) == 3
+    seen.clear()
+    with pytest.raises(ValueError, match="none of the 32 predicted-malignant nodules of these 8"):
+        calibrate.calibrate_verdicts(cohort, model, card, stop_none_resting=None)
+    assert len(seen) == 8
+    seen.clear()
+    with pytest.raises(ValueError, match="none of the 32 .* of these 8"):   # the last case
+        calibrate.calibrate_verdicts(cohort, model, card, stop_none_resting=32)
+    assert len(seen) == 8
+
+
 def test_several_cohorts_are_pooled_in_order(cohort, demo, monkeypatch, tmp_path):
     import discovery.batch.calibrate as calibrate
 
