@@ -712,11 +712,10 @@ def _verdicts_line(card) -> str:
     if not card.verdict_rule:
         return ("by the thresholds (no verdict rule: `discovery model calibrate` fits one to "
                 "the model's measured reliance on its nodules)")
-    where = card.verdict_rule.get("provenance") or {}
-    cases = f" of {where['cases']} cases" if "cases" in where else ""
-    fitted = (f", fitted on {where['nodules']} nodules{cases} (balanced accuracy "
-              f"{where['balanced_accuracy']:.2f} there)"
-              if {"nodules", "balanced_accuracy"} <= set(where) else "")
+    from discovery.align.rule import describe_fit
+
+    fit = describe_fit(card.verdict_rule.get("provenance") or {})
+    fitted = f", fitted on {fit}" if fit else ""
     return (f"predicted-malignant ones by the verdict rule on {card.verdict_rule.get('method')} "
             f"at {card.verdict_rule.get('layer') or card.gradcam_layer}{fitted}")
 

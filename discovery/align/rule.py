@@ -45,7 +45,7 @@ from discovery.align.metrics import (DISTANCE_SLACK_MM, Alignment, check_distanc
                                      peak_index)
 
 __all__ = ["RULE_FEATURES", "VerdictRule", "verdict_features", "fit_verdict_rule",
-           "ruled_alignment", "describe_verdict_rule"]
+           "ruled_alignment", "describe_fit", "describe_verdict_rule"]
 
 #: The features a rule may use, in this order (see the module's docstring).
 RULE_FEATURES = ("log_mass_on_nodule", "log_mass_beyond_5mm", "log_contrast", "near_share_5mm",
@@ -254,11 +254,20 @@ def ruled_alignment(alignment: Alignment, aligned: bool) -> Alignment:
     return dataclasses.replace(alignment, verdict=verdict)
 
 
+def describe_fit(provenance: dict) -> str:
+    """Where a rule was fitted, in words (``"221 nodules of 80 cases, balanced accuracy 0.90
+    there"``); ``""`` when its provenance does not say."""
+    if not {"nodules", "balanced_accuracy"} <= set(provenance):
+        return ""
+    cases = f" of {provenance['cases']} cases" if "cases" in provenance else ""
+    return (f"{provenance['nodules']} nodules{cases}, balanced accuracy "
+            f"{provenance['balanced_accuracy']:.2f} there")
+
+
 def describe_verdict_rule(rule: VerdictRule) -> str:
     """The rule in words, for reports and the app: which map, which features, where fitted."""
-    where = rule.provenance
-    fitted = (f" ({where['nodules']} nodules, balanced accuracy {where['balanced_accuracy']:.2f} "
-              "there)" if {"nodules", "balanced_accuracy"} <= set(where) else "")
+    fit = describe_fit(rule.provenance)
+    fitted = f" ({fit})" if fit else ""
     words = [FEATURE_WORDS[f] for f in rule.features]
     listed = ", ".join(words[:-1]) + " and " + words[-1] if len(words) > 1 else words[0]
     return (f"for predicted-malignant nodules 'aligned' is decided by this model's verdict rule: "
