@@ -30,7 +30,7 @@ from .errors import NoSeriesError, file_label
 from .part10 import is_dicom_file, is_part10
 
 __all__ = ["SeriesInfo", "find_series", "select_ct_series", "is_dicom_file",
-           "is_dicom_dataset", "MIN_SLICES", "ReadBytes"]
+           "is_dicom_dataset", "is_raw_dicom", "MIN_SLICES", "ReadBytes"]
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,13 @@ def is_dicom_dataset(path: str | Path) -> bool:
     (a raw dataset that parses with the tags a CT slice needs); False for anything else,
     unreadable files included."""
     return is_dicom_file(path) or _is_raw_dataset(Path(path))
+
+
+def is_raw_dicom(path: str | Path) -> bool:
+    """True for a DICOM dataset without the Part 10 preamble that parses with the tags a CT
+    slice needs (for a file :func:`is_dicom_file` already said is not Part 10: its first
+    bytes are not read twice)."""
+    return _is_raw_dataset(Path(path))
 
 
 def _is_raw_dataset(path: Path, data: bytes | None = None) -> bool:

@@ -144,9 +144,9 @@ def _holds_images(folder: Path) -> bool:
 def _raw_dicom(path: Path) -> bool:
     """A DICOM dataset without the Part 10 preamble: parsed with pydicom, imported only for
     such files (Part 10 files are told by :func:`~data_tools.part10.is_dicom_file`)."""
-    from .dicom_series import is_dicom_dataset
+    from .dicom_series import is_raw_dicom
 
-    return is_dicom_dataset(path)
+    return is_raw_dicom(path)
 
 
 def _images_below(folder: Path) -> bool:
