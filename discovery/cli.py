@@ -554,6 +554,8 @@ def _add_model(sub) -> None:
                      help="input layout, as for score (default auto)")
     cal.add_argument("--dry-run", action="store_true",
                      help="fit and print the rule, do not write the card")
+    cal.add_argument("--workers", type=_at_least_one, default=1,
+                     help="cases analysed at once, each on its own process (Linux; default 1)")
     cal.add_argument("--read-all", action="store_true",
                      help="read every case even when the first ones show a model that cannot "
                           "be calibrated (default: stop once 30 predicted-malignant nodules "
@@ -640,6 +642,7 @@ def cmd_model_calibrate(args) -> int:
                 args.cohort, model, card, method=args.method, layer=args.layer,
                 features=features, layout=args.layout, max_cases=args.max_cases,
                 stop_none_resting=None if args.read_all else STOP_NONE_RESTING,
+                workers=args.workers,
                 progress=lambda d, t, cid: bar.update(task, completed=d, total=t, note=cid))
     except ValueError as exc:  # one kind of nodule missing; an unknown method or layer
         print(f"error: {exc}", file=sys.stderr)

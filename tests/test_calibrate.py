@@ -68,6 +68,9 @@ def test_calibrate_fits_a_rule_that_reproduces_its_own_figures(cohort, demo):
         8, done.n_nodules, done.n_resting)
     assert 0.5 <= done.agreement <= 1.0 and prov["balanced_accuracy"] == round(done.agreement, 4)
     assert VerdictRule.from_dict(rule.to_dict()) == rule
+    # on two worker processes: the same examples in the same order, so the same rule
+    twice = calibrate_verdicts(cohort, model, card, layer="layer2", workers=2)
+    assert twice.rule == rule and twice.n_resting == done.n_resting
 
 
 def test_cli_writes_the_card_of_a_copy_and_dry_run_does_not(cohort, tmp_path, capsys):
@@ -157,6 +160,11 @@ def test_a_shortcut_model_is_refused_once_enough_nodules_say_so(cohort, demo, mo
     with pytest.raises(ValueError, match="none of the 32 .* of these 8"):   # the last case
         calibrate.calibrate_verdicts(cohort, model, card, stop_none_resting=32)
     assert len(seen) == 8
+    shown = []                          # on worker processes: stopped alike, the rest cancelled
+    with pytest.raises(ValueError, match=r"stopped after 3 of 8 cases"):
+        calibrate.calibrate_verdicts(cohort, model, card, stop_none_resting=10, workers=2,
+                                     progress=lambda d, t, c: shown.append(d))
+    assert shown == [1, 2, 3]
 
 
 def test_several_cohorts_are_pooled_in_order(cohort, demo, monkeypatch, tmp_path):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from discovery.align.metrics import verdict_agreement
 from discovery.align.rule import VerdictRule, fit_verdict_rule, verdict_features
 from discovery.model.card import ModelCard, save_card
 from discovery.model.external import sidecar_path, write_sidecar_rule
+from discovery.parallel import process_pool, start_method
 from discovery.pipeline import ScoreSettings, analyze_scan
 
 __all__ = ["DEFAULT_RULE_FEATURES", "STOP_NONE_RESTING", "Calibration", "verdict_examples",
@@ -171,7 +173,7 @@ def calibrate_verdicts(input_path, model, card, *, method: str = "layercam",
                        layer: str | None = None,
                        features: Sequence[str] = DEFAULT_RULE_FEATURES, layout: str = "auto",
                        max_cases: int | None = None, max_bytes: int | None = DEFAULT_MAX_BYTES,
-                       stop_none_resting: int | None = STOP_NONE_RESTING,
+                       stop_none_resting: int | None = STOP_NONE_RESTING, workers: int = 1,
                        progress: Callable[[int, int, str], None] | None = None) -> Calibration:
     """Fit *card*'s model a verdict rule on the cases under *input_path* (module docstring).
 
@@ -195,6 +197,10 @@ def calibrate_verdicts(input_path, model, card, *, method: str = "layercam",
         Stop reading cases once this many predicted-malignant nodules were measured and none
         rests on its nodule (:func:`none_resting`); the ``ValueError`` then says after how
         many cases.  None reads every case.
+    workers : int
+        Cases analysed at once, each on a forked process with one torch thread (Linux; one
+        at a time elsewhere).  The rule is the same with any number: the examples are taken
+        in case order.
     progress : callable(done, total, case_id), optional
 
     Raises
@@ -209,42 +215,85 @@ def calibrate_verdicts(input_path, model, card, *, method: str = "layercam",
     specs = found[:max_cases]
     layer = layer or card.gradcam_layer
     values, rests, skipped, used = [], [], [], 0
-    for i, (path, spec) in enumerate(specs):
-        try:
-            if spec.problem:
-                raise DataError(spec.problem)
-            case = read_case(spec, max_bytes=max_bytes, integer_hu=True)
-            if case.mask is None:
-                raise DataError("no nodule mask")
-            examples = verdict_examples(case.volume, case.mask, model, card,
-                                        case_id=spec.case_id, method=method, layer=layer)
-        except DataError as exc:
-            skipped.append((spec.case_id, safe_error(exc, path, spec.image, spec.mask)))
-            log.warning("case %s not used for the calibration: %s", spec.case_id,
-                        skipped[-1][1])
-        else:
-            used += 1
-            values += [v for v, _ in examples]
-            rests += [r for _, r in examples]
-        if progress is not None:
-            progress(i + 1, len(specs), spec.case_id)
-        if stop_none_resting is not None and none_resting(rests, after=stop_none_resting):
-            if i + 1 < len(specs):
-                raise ValueError(
-                    f"stopped after {i + 1} of {len(specs)} cases: none of their {len(rests)} "
-                    "predicted-malignant nodules rests on its nodule (replacing the nodule "
-                    "never takes away half of P(malignant)), so at most a few of the other "
-                    "cases' would: the model decides on something else, a shortcut for "
-                    "instance (see the shortcut panel and the flag). A rule needs nodules of "
-                    "both kinds; the model's card or sidecar is left as it was (to read every "
-                    "case anyway: stop_none_resting=None, `discovery model calibrate "
-                    "--read-all`)")
-            break
+    context = {"model": model, "card": card, "method": method, "layer": layer,
+               "max_bytes": max_bytes}
+    with closing(_examples_in_order(specs, context, workers)) as examples:
+        for i, ((_path, spec), (found_examples, why)) in enumerate(zip(specs, examples)):
+            if found_examples is None:
+                skipped.append((spec.case_id, why))
+                log.warning("case %s not used for the calibration: %s", spec.case_id, why)
+            else:
+                used += 1
+                values += [v for v, _ in found_examples]
+                rests += [r for _, r in found_examples]
+            if progress is not None:
+                progress(i + 1, len(specs), spec.case_id)
+            if stop_none_resting is not None and none_resting(rests, after=stop_none_resting):
+                if i + 1 < len(specs):
+                    raise ValueError(_stopped_message(i + 1, len(specs), len(rests)))
+                break
     rule, agreement = fit_calibrated_rule(values, rests, n_cases=used, features=features,
                                           method=method, layer=layer,
                                           how="discovery model calibrate")
     y = np.asarray(rests, dtype=bool)
     return Calibration(rule, used, len(y), int(y.sum()), agreement, skipped)
+
+
+#: What forked calibration workers read (:func:`_examples_in_order` sets it before the pool
+#: forks and clears it after; the model is not pickled).  One calibration at a time.
+_WORKER: dict = {}
+
+
+def _case_examples(item) -> tuple[list | None, str]:
+    """``(examples, "")`` of one ``(path, spec)``, or ``(None, why)`` (a safe message) when the
+    case cannot be used; the settings from :data:`_WORKER`."""
+    path, spec = item
+    c = _WORKER
+    if c.get("threads"):
+        from torch import set_num_threads  # loaded with the model
+
+        set_num_threads(c["threads"])
+    try:
+        if spec.problem:
+            raise DataError(spec.problem)
+        case = read_case(spec, max_bytes=c["max_bytes"], integer_hu=True)
+        if case.mask is None:
+            raise DataError("no nodule mask")
+        return verdict_examples(case.volume, case.mask, c["model"], c["card"],
+                                case_id=spec.case_id, method=c["method"],
+                                layer=c["layer"]), ""
+    except DataError as exc:
+        return None, safe_error(exc, path, spec.image, spec.mask)
+
+
+def _examples_in_order(specs: list, context: dict, workers: int):
+    """:func:`_case_examples` of each of *specs*, in their order: here, or on *workers*
+    forked processes of one torch thread each (where processes fork: Linux).  Closing the
+    generator early cancels the cases not started."""
+    _WORKER.clear()
+    _WORKER.update(context)
+    try:
+        if workers <= 1 or start_method() != "fork" or len(specs) < 2:
+            yield from map(_case_examples, specs)
+            return
+        _WORKER["threads"] = 1
+        pool = process_pool(min(workers, len(specs)))
+        try:
+            yield from pool.map(_case_examples, specs)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+    finally:
+        _WORKER.clear()
+
+
+def _stopped_message(read: int, total: int, nodules: int) -> str:
+    return (f"stopped after {read} of {total} cases: none of their {nodules} "
+            "predicted-malignant nodules rests on its nodule (replacing the nodule never takes "
+            "away half of P(malignant)), so at most a few of the other cases' would: the model "
+            "decides on something else, a shortcut for instance (see the shortcut panel and "
+            "the flag). A rule needs nodules of both kinds; the model's card or sidecar is left "
+            "as it was (to read every case anyway: stop_none_resting=None, `discovery model "
+            "calibrate --read-all`)")
 
 
 def save_verdict_rule(model: str | Path, card: ModelCard, rule: VerdictRule, *,
