@@ -48,6 +48,7 @@ import platform
 import subprocess
 import sys
 import time
+from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
 
@@ -73,6 +74,7 @@ from discovery.patterns.clustering import (FEATURE_COLUMNS, STRUCTURE_FEATURES, 
                                 cluster_regions)
 from discovery.pipeline import HALO_MM, ScoreSettings, analyze_scan  # noqa: E402
 from discovery.model.train import PRECISIONS, TrainSettings, synthetic_rois, train_model  # noqa: E402
+from discovery.parallel import ordered_map  # noqa: E402
 
 #: The planted kinds of the shortcut condition and their roles.
 ROLE = {"marker_bead": "shortcut", "pleural_tail": "sign", "granuloma": "distractor"}
@@ -133,15 +135,12 @@ def _cache_key(args) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def _model_dir(args) -> Path:
-    return Path(args.cache) / f"seed{args.seed}-{_cache_key(args)}"
-
-
 def _model(args, log):
-    out = _model_dir(args)
+    """``(model, card, from_cache)``: the cached model of these settings, or one trained."""
+    out = Path(args.cache) / f"seed{args.seed}-{_cache_key(args)}"
     if (out / "model.json").is_file():
         log(f"reusing model {out.name}")
-        return load_model(out)
+        return (*load_model(out), True)
     card = ModelCard(architecture=default_architecture(), gradcam_layer="layer3")
     data = synthetic_rois(args.seed, args.train_cases, card,
                           config=cohort_configs(args.condition, args.sign)[0],
@@ -153,14 +152,17 @@ def _model(args, log):
     train_model(data, out, settings=settings, card=card,
                 progress=lambda e, n, h: log(f"epoch {e}/{n} loss {h['loss']:.3f} "
                                              f"val AUROC {h['val_auroc']:.3f}"))
-    return load_model(out)
+    return (*load_model(out), False)
+
+
+#: what the calibration and test-case workers need, set before the pool forks (the model is
+#: not pickled)
+_TEST_CONTEXT: dict = {}
 
 
 def _calibration_case(i: int) -> list:
     """:func:`verdict_examples` of calibration case *i* (LayerCAM at ``layer2``)."""
     args, model, card = (_TEST_CONTEXT[k] for k in ("args", "model", "card"))
-    if _TEST_CONTEXT.get("threads"):
-        torch.set_num_threads(_TEST_CONTEXT["threads"])
     c = generate_case(args.seed + CALIBRATION_SEED_OFFSET,
                       config=cohort_configs(args.condition, args.sign)[1], index=i)
     return verdict_examples(Volume(c.hu, c.affine), Mask(c.mask, c.affine), model, card,
@@ -172,27 +174,17 @@ def _calibration_examples(args, model, card) -> tuple[list, list, int]:
     ``(values, rests, cases read)``.  Stops, as ``discovery model calibrate`` does, once
     :func:`none_resting` says the model cannot be calibrated (the same case whatever the
     number of workers: the examples arrive in case order)."""
-    _TEST_CONTEXT.update(args=args, model=model, card=card, threads=None)
+    _TEST_CONTEXT.update(args=args, model=model, card=card)
     values, rests, read = [], [], 0
-    cases = range(args.calibrate_cases)
-    if args.workers <= 1:
-        pool, examples = None, map(_calibration_case, cases)
-    else:
-        from discovery.parallel import process_pool
-
-        _TEST_CONTEXT["threads"] = 1
-        pool = process_pool(args.workers)
-        examples = pool.map(_calibration_case, cases, chunksize=2)
-    try:
+    with closing(ordered_map(_calibration_case, range(args.calibrate_cases),
+                             workers=args.workers, chunksize=2,
+                             initializer=torch.set_num_threads, initargs=(1,))) as examples:
         for found in examples:
             read += 1
             values += [v for v, _ in found]
             rests += [r for _, r in found]
             if none_resting(rests):
                 break
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
     return values, rests, read
 
 
@@ -232,16 +224,10 @@ def _region_kinds(region: np.ndarray, planted_box: np.ndarray, kinds: dict, spac
     return best, {kinds[label] for label in labels}, labels
 
 
-#: what the test-case workers need, set before the pool forks (the model is not pickled)
-_TEST_CONTEXT: dict = {}
-
-
 def _score_test_case(i: int) -> dict:
     """Score test case *i* and remove each planted structure of each nodule (the oracle):
     its stored arrays, region and nodule rows, planted counts and oracle changes."""
     args, model, card, roles = (_TEST_CONTEXT[k] for k in ("args", "model", "card", "roles"))
-    if _TEST_CONTEXT.get("threads"):
-        torch.set_num_threads(_TEST_CONTEXT["threads"])
     test_config = cohort_configs(args.condition, args.sign)[1]
     c = generate_case(args.seed + TEST_SEED_OFFSET, config=test_config, index=i)
     vol, mask = Volume(c.hu, c.affine), Mask(c.mask, c.affine)
@@ -295,16 +281,9 @@ def _score_test_case(i: int) -> dict:
 def _scored_test_cases(args, model, card, roles):
     """:func:`_score_test_case` of every test case, in case order: in this process, or on
     ``args.workers`` forked processes with one torch thread each."""
-    _TEST_CONTEXT.update(args=args, model=model, card=card, roles=roles, threads=None)
-    cases = range(args.test_cases)
-    if args.workers <= 1:
-        yield from map(_score_test_case, cases)
-        return
-    from discovery.parallel import process_pool
-
-    _TEST_CONTEXT["threads"] = 1
-    with process_pool(args.workers) as pool:
-        yield from pool.map(_score_test_case, cases, chunksize=4)
+    _TEST_CONTEXT.update(args=args, model=model, card=card, roles=roles)
+    yield from ordered_map(_score_test_case, range(args.test_cases), workers=args.workers,
+                           chunksize=4, initializer=torch.set_num_threads, initargs=(1,))
 
 
 def _score_settings(spec: str) -> ScoreSettings:
@@ -321,8 +300,7 @@ def run(args) -> dict:
     def log(msg):
         print(f"[{time.perf_counter() - t0:6.0f} s] {msg}", file=sys.stderr, flush=True)
 
-    from_cache = (_model_dir(args) / "model.json").is_file()
-    model, card = _model(args, log)
+    model, card, from_cache = _model(args, log)
     timings["model"] = time.perf_counter() - t0
     calibration = None
     if args.calibrate_cases:

@@ -87,7 +87,7 @@ def is_dicom_dataset(path: str | Path) -> bool:
     """True for a DICOM file, with the Part 10 preamble (:func:`is_dicom_file`) or without it
     (a raw dataset that parses with the tags a CT slice needs); False for anything else,
     unreadable files included."""
-    return is_dicom_file(path) or _is_raw_dataset(Path(path))
+    return is_dicom_file(path) or is_raw_dicom(path)
 
 
 def is_raw_dicom(path: str | Path) -> bool:

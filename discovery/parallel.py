@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import TypeVar
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
 
-__all__ = ["START_METHODS", "start_method", "process_pool", "thread_map"]
+__all__ = ["START_METHODS", "start_method", "process_pool", "ordered_map", "thread_map"]
 
 #: the start methods ``DISCOVERY_START_METHOD`` may name
 START_METHODS = ("fork", "spawn", "forkserver")
@@ -33,12 +33,38 @@ def start_method() -> str:
     return "fork" if sys.platform.startswith("linux") else "spawn"
 
 
-def process_pool(workers: int) -> Executor:
-    """A :class:`ProcessPoolExecutor` of *workers* processes started by :func:`start_method`."""
+def process_pool(workers: int, *, initializer: Callable | None = None,
+                 initargs: tuple = ()) -> Executor:
+    """A :class:`ProcessPoolExecutor` of *workers* processes started by :func:`start_method`,
+    each running ``initializer(*initargs)`` first when given."""
     import multiprocessing
 
     return ProcessPoolExecutor(max_workers=workers,
-                               mp_context=multiprocessing.get_context(start_method()))
+                               mp_context=multiprocessing.get_context(start_method()),
+                               initializer=initializer, initargs=initargs)
+
+
+def ordered_map(fn: Callable[[_T], _R], items: Iterable[_T], *, workers: int = 1,
+                chunksize: int = 1, initializer: Callable | None = None,
+                initargs: tuple = ()) -> Iterator[_R]:
+    """``fn(x)`` for each of *items*, yielded in their order as they are done: in this process
+    when ``workers <= 1``, when there are fewer than two items or when processes do not fork
+    (:func:`start_method`: a function that reads state set before the fork finds it only in a
+    forked worker); otherwise on up to *workers* forked processes, each running
+    ``initializer(*initargs)`` first (one torch thread each, for instance).
+
+    Closing the generator (a loop over it left early, then ``close()``, or
+    :func:`contextlib.closing`) cancels the items not started and waits for those running.
+    """
+    items = list(items)
+    if workers <= 1 or len(items) < 2 or start_method() != "fork":
+        yield from map(fn, items)
+        return
+    pool = process_pool(min(workers, len(items)), initializer=initializer, initargs=initargs)
+    try:
+        yield from pool.map(fn, items, chunksize=chunksize)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def thread_map(fn: Callable[[_T], _R], items: Iterable[_T], *, threads: int = 1) -> list[_R]:

@@ -35,7 +35,7 @@ from discovery.align.metrics import verdict_agreement
 from discovery.align.rule import VerdictRule, fit_verdict_rule, verdict_features
 from discovery.model.card import ModelCard, save_card
 from discovery.model.external import sidecar_path, write_sidecar_rule
-from discovery.parallel import process_pool, start_method
+from discovery.parallel import ordered_map
 from discovery.pipeline import ScoreSettings, analyze_scan
 
 __all__ = ["DEFAULT_RULE_FEATURES", "STOP_NONE_RESTING", "Calibration", "verdict_examples",
@@ -249,10 +249,6 @@ def _case_examples(item) -> tuple[list | None, str]:
     case cannot be used; the settings from :data:`_WORKER`."""
     path, spec = item
     c = _WORKER
-    if c.get("threads"):
-        from torch import set_num_threads  # loaded with the model
-
-        set_num_threads(c["threads"])
     try:
         if spec.problem:
             raise DataError(spec.problem)
@@ -267,21 +263,16 @@ def _case_examples(item) -> tuple[list | None, str]:
 
 
 def _examples_in_order(specs: list, context: dict, workers: int):
-    """:func:`_case_examples` of each of *specs*, in their order: here, or on *workers*
-    forked processes of one torch thread each (where processes fork: Linux).  Closing the
-    generator early cancels the cases not started."""
+    """:func:`_case_examples` of each of *specs*, in their order, on up to *workers* forked
+    processes of one torch thread each (:func:`discovery.parallel.ordered_map`).  Closing
+    the generator early cancels the cases not started."""
+    from torch import set_num_threads  # loaded with the model
+
     _WORKER.clear()
     _WORKER.update(context)
     try:
-        if workers <= 1 or start_method() != "fork" or len(specs) < 2:
-            yield from map(_case_examples, specs)
-            return
-        _WORKER["threads"] = 1
-        pool = process_pool(min(workers, len(specs)))
-        try:
-            yield from pool.map(_case_examples, specs)
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+        yield from ordered_map(_case_examples, specs, workers=workers,
+                               initializer=set_num_threads, initargs=(1,))
     finally:
         _WORKER.clear()
 

@@ -273,12 +273,14 @@ def lung_components(hu, *, spacing_mm, threshold_hu: float = -400.0,
         lut = np.concatenate([[False], keep[offsets[i] + 1:offsets[i + 1] + 1]])
         labels, z0 = parts[i][0], slabs[i].start
         kept = np.flatnonzero(lut).astype(labels.dtype)
+        if not len(kept):
+            out[z0:z0 + len(labels)] = False
+            return
         for k in range(0, len(labels), 8):               # no slab-sized temporary
             chunk = labels[k:k + 8]
             dest = out[z0 + k:z0 + k + len(chunk)]
             if len(kept) <= 4:         # the lungs: one to a few labels; comparing is faster
-                np.equal(chunk, kept[0] if len(kept) else 0, out=dest)
-                dest &= len(kept) > 0
+                np.equal(chunk, kept[0], out=dest)
                 for label in kept[1:]:
                     dest |= chunk == label
             else:
