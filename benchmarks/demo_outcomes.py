@@ -50,6 +50,8 @@ from discovery.align.metrics import AlignThresholds  # noqa: E402
 from discovery.batch.score import score_folder  # noqa: E402
 from discovery.pipeline import ScoreSettings  # noqa: E402
 from discovery.patterns.causal import rescore_without  # noqa: E402
+from discovery.patterns.clustering import (STRUCTURE_FEATURES, FEATURE_COLUMNS,  # noqa: E402
+                                           PatternSettings)
 from discovery.model.card import load_model  # noqa: E402
 from discovery.patterns.outcomes import cluster_readings, nodule_outcomes  # noqa: E402
 from discovery.pipeline import HALO_MM  # noqa: E402
@@ -125,8 +127,11 @@ def run(args) -> dict:
     cohort, results = work / "cohort", work / "results"
     if not (cohort / "truth.json").is_file():
         generate_cohort(cohort, n_cases=args.cases, seed=args.seed, config=cfg, overwrite=True)
+    patterns = PatternSettings(method=args.cluster_method, features=tuple(
+        STRUCTURE_FEATURES if args.cluster_features == "structure" else FEATURE_COLUMNS),
+        min_structure_mm3=args.min_structure_mm3)
     summary = score_folder(cohort, results, model_dir=args.model, labels=cohort / "truth.csv",
-                           workers=args.workers, settings=settings)
+                           workers=args.workers, settings=settings, pattern_settings=patterns)
     store = ResultsStore(results, create=False)
     try:
         findings, clusters, regions = store.findings(), store.clusters(), store.regions()
@@ -157,6 +162,8 @@ def run(args) -> dict:
     return {
         "settings": {"cases": args.cases, "seed": args.seed, "model": str(args.model or "demo"),
                      "method": settings.method, "layer": settings.layer,
+                     "cluster_method": patterns.method, "cluster_features": list(patterns.features),
+                     "min_structure_mm3": patterns.min_structure_mm3,
                      "thresholds": list(dataclasses.astuple(settings.align)),
                      "config": cfg.to_dict(), "work": str(work)},
         "n_nodules": int(summary.n_nodules), "n_regions": int(len(regions)),
@@ -198,6 +205,12 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None, help="also write the figures to this file")
     ap.add_argument("--method", default=ScoreSettings.method, help="attribution method")
     ap.add_argument("--layer", default=None, help="its layer (default: the model card's)")
+    ap.add_argument("--cluster-method", default=PatternSettings.method,
+                    choices=["hdbscan", "spectral", "gmm"], help="the regions' clustering")
+    ap.add_argument("--cluster-features", default="region", choices=["region", "structure"],
+                    help="clustering descriptors: FEATURE_COLUMNS or STRUCTURE_FEATURES")
+    ap.add_argument("--min-structure-mm3", type=float, default=PatternSettings.min_structure_mm3,
+                    help="regions whose attended structure is smaller (mm^3) are not clustered")
     ap.add_argument("--thresholds", default=None, metavar="TOL,MARGIN,ALIGNED,OFFMASK",
                     help="verdict thresholds (pointing tolerance mm, near margin mm, aligned "
                          "and off-mask near mass; default: AlignThresholds())")

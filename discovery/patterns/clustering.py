@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from discovery.patterns.mixture import gaussian_mixture_bic
 from discovery.patterns.stats import (
     benjamini_hochberg,
     enrichment_test,
@@ -130,7 +131,7 @@ _REQUIRED_COLUMNS = [
 ]
 #: Needed on top of :data:`_REQUIRED_COLUMNS` when clustering on :data:`STRUCTURE_FEATURES`.
 _STRUCTURE_COLUMNS = ["structure_volume_mm3", "structure_gap_mm", "structure_radial"]
-_METHODS = ("hdbscan", "spectral", "agglomerative")
+_METHODS = ("hdbscan", "spectral", "agglomerative", "gmm")
 _MAP_METHODS = ("tsne", "pca")
 #: Fewer regions than this are mapped by PCA: t-SNE needs perplexity < n.
 MIN_TSNE_POINTS = 10
@@ -158,18 +159,22 @@ class PatternSettings:
         HDBSCAN's density parameter; None means ``min_cluster_size``.
     seed : int
         Seeds the spectral clustering, the permutation tests and the 2-D map.
-    method : {"hdbscan", "spectral", "agglomerative"}
+    method : {"hdbscan", "spectral", "agglomerative", "gmm"}
         ``"hdbscan"`` (the default, chosen by ``benchmarks/discovery.py``; noise stays -1),
         ``"spectral"`` (SpRAy-style kNN graph, number of clusters by the eigengap; groups
-        under ``min_cluster_size`` -> -1) or Ward ``"agglomerative"`` cut at
-        ``distance_threshold``.
+        under ``min_cluster_size`` -> -1), Ward ``"agglomerative"`` cut at
+        ``distance_threshold``, or ``"gmm"`` (Gaussian mixture of lowest BIC, at most
+        ``max_clusters`` components, overlapping ones merged:
+        :func:`discovery.patterns.mixture.gaussian_mixture_bic`; groups under
+        ``min_cluster_size`` -> -1).
     distance_threshold : float or None
         Ward linkage distance (standardised units); required for ``"agglomerative"``.
     n_permutations : int
         Permutations of each enrichment test.
     n_neighbors, max_clusters : int
-        ``"spectral"`` only: neighbours per region in the kNN graph and the largest number of
-        clusters the eigengap may pick (:func:`discovery.patterns.stats.spectral_eigengap`).
+        ``"spectral"``: neighbours per region in the kNN graph and the largest number of
+        clusters the eigengap may pick (:func:`discovery.patterns.stats.spectral_eigengap`);
+        ``"gmm"``: ``max_clusters`` is the largest number of components tried.
     features : tuple of str
         The clustering descriptors: :data:`FEATURE_COLUMNS` (the default) or
         :data:`STRUCTURE_FEATURES`, or any non-empty subset of their union.
@@ -486,6 +491,9 @@ def _fit_labels(z: np.ndarray, settings: PatternSettings) -> np.ndarray:
         )
         labels = model.fit(z).labels_.astype(np.int64)
         labels[labels < 0] = -1  # -2 / -3 (infinite / missing) cannot occur: rows are finite
+    elif settings.method == "gmm":
+        labels, _ = gaussian_mixture_bic(z, max_components=settings.max_clusters,
+                                         seed=settings.seed)
     elif settings.method == "spectral":
         labels, _, _ = spectral_eigengap(z, seed=settings.seed, n_neighbors=settings.n_neighbors,
                                          max_clusters=settings.max_clusters)

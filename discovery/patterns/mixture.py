@@ -1,0 +1,148 @@
+"""Gaussian-mixture clustering: components chosen by BIC, then merged where they overlap.
+
+A density-based clustering (HDBSCAN) keeps a cluster only where the density dips around
+it: a structure whose regions form a tight mode *inside* a spread background (a strand
+running from the nodule to the pleura, among regions that merely reach the same tissue)
+joins the background, and a structure whose regions are spread along one descriptor (a
+dense bead at any distance from the pleura) splits into several.  A Gaussian mixture
+models the background as components of its own, so a tight mode stays apart; and the
+components that only shape one non-Gaussian group are merged back (Hennig 2010,
+"Methods for merging Gaussian mixture components", Adv. Data Anal. Classif. 4:3-34:
+DEMP, the directly estimated misclassification probability).
+
+* :func:`gaussian_mixture_bic` fits full-covariance mixtures of 1..``max_components``
+  components (seeded) and keeps the one of lowest BIC;
+* :func:`merge_overlapping` merges, pair by pair, the components a point of one is most
+  often assigned to the other, while that probability is at least ``cutoff``.
+
+Measured against HDBSCAN in docs/benchmarks/discovery.md#mixture.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from data_tools.checks import check_int
+
+__all__ = ["DEMP_CUTOFF", "gaussian_mixture_bic", "merge_overlapping"]
+
+#: Components merged while the larger of their two misclassification probabilities is at
+#: least this (:func:`merge_overlapping`).
+DEMP_CUTOFF = 0.05
+#: Added to each component's covariance diagonal (squared standardised units): keeps a
+#: component of repeated values (a descriptor capped for many regions) non-singular.
+REG_COVAR = 1e-4
+
+
+def _check_z(z) -> np.ndarray:
+    x = np.asarray(z, dtype=float)
+    if x.ndim != 2:
+        raise ValueError(f"z must be 2-D (N, D); received shape {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("z must be finite; received NaN or infinite values")
+    return x
+
+
+def merge_overlapping(posteriors, *, cutoff: float = DEMP_CUTOFF) -> np.ndarray:
+    """Merge mixture components that overlap; the merged component of every point.
+
+    Parameters
+    ----------
+    posteriors : array_like of float, shape (N, K)
+        Each point's posterior probability of each component (rows sum to 1).
+    cutoff : float, optional
+        In (0, 1]: the pair with the largest misclassification probability is merged while
+        it is at least this.
+
+    Returns
+    -------
+    numpy.ndarray of int64, shape (N,)
+        Merged component ids ``0..M-1``, numbered by decreasing size (ties: first
+        appearance); each point goes to the merged component of largest posterior.
+
+    Notes
+    -----
+    For components *i* and *j*, ``p(j | i) = sum_x tau_i(x) [x assigned to j] / sum_x
+    tau_i(x)``: the share of component *i*'s mass that the maximum-posterior rule gives to
+    *j* (DEMP).  A merged component's posterior is the sum of its parts'.
+    """
+    tau = np.array(posteriors, dtype=float)
+    if tau.ndim != 2 or tau.shape[1] < 1 or not np.all(np.isfinite(tau)) or (tau < 0).any():
+        raise ValueError("posteriors must be a finite, non-negative (N, K) array with K >= 1; "
+                         f"received shape {tau.shape}")
+    if not (isinstance(cutoff, (int, float)) and 0 < cutoff <= 1):
+        raise ValueError(f"cutoff must be a number in (0, 1]; received {cutoff!r}")
+    while tau.shape[1] > 1:
+        assigned = np.eye(tau.shape[1])[tau.argmax(axis=1)]            # (N, K) one-hot
+        mass = np.maximum(tau.sum(axis=0), 1e-300)
+        p = (tau.T @ assigned) / mass[:, None]                          # p[i, j] = p(j | i)
+        np.fill_diagonal(p, -1.0)
+        pair = np.maximum(p, p.T)
+        i, j = np.unravel_index(int(np.argmax(pair)), pair.shape)
+        if pair[i, j] < cutoff:
+            break
+        i, j = min(i, j), max(i, j)
+        tau[:, i] += tau[:, j]
+        tau = np.delete(tau, j, axis=1)
+    return _by_size(tau.argmax(axis=1))
+
+
+def _by_size(raw: np.ndarray) -> np.ndarray:
+    uniq, first, sizes = np.unique(raw, return_index=True, return_counts=True)
+    rank = np.lexsort((first, -sizes))
+    new_id = np.empty(uniq.size, dtype=np.int64)
+    new_id[rank] = np.arange(uniq.size)
+    return new_id[np.searchsorted(uniq, raw)]
+
+
+def gaussian_mixture_bic(z, *, max_components: int = 10, seed: int = 0, n_init: int = 2,
+                         cutoff: float | None = DEMP_CUTOFF) -> tuple[np.ndarray, int]:
+    """Cluster rows by the Gaussian mixture of lowest BIC, its overlapping components merged.
+
+    Parameters
+    ----------
+    z : array_like of float, shape (N, D)
+        Standardised features, one row per item; finite.
+    max_components : int, optional
+        Largest number of components tried (>= 1); each of ``1..min(max_components, N)``
+        is fitted.
+    seed : int, optional
+        ``random_state`` of every fit (k-means initialisation).
+    n_init : int, optional
+        Initialisations per number of components; the best likelihood is kept.
+    cutoff : float or None, optional
+        :func:`merge_overlapping`'s cutoff; None keeps every component.
+
+    Returns
+    -------
+    labels : numpy.ndarray of int64, shape (N,)
+        Cluster ids ``0..M-1`` by decreasing size.
+    k : int
+        The number of components BIC chose (before merging).
+
+    Notes
+    -----
+    Full covariances, :data:`REG_COVAR` on their diagonals.  With fewer than 2 rows every
+    label is 0.  Cost: ``max_components * n_init`` EM fits, about 0.1 s on 1,000 regions
+    of 5 descriptors.
+    """
+    x = _check_z(z)
+    max_components = check_int("max_components", max_components, 1)
+    n_init = check_int("n_init", n_init, 1)
+    seed = check_int("seed", seed, 0)
+    n = x.shape[0]
+    if n < 2:
+        return np.zeros(n, dtype=np.int64), 1
+    from sklearn.mixture import GaussianMixture   # scikit-learn where used (stats.py)
+
+    best, best_bic = None, np.inf
+    for k in range(1, min(max_components, n) + 1):
+        fit = GaussianMixture(k, covariance_type="full", reg_covar=REG_COVAR, n_init=n_init,
+                              random_state=seed).fit(x)
+        bic = fit.bic(x)
+        if bic < best_bic:
+            best, best_bic = fit, bic
+    tau = best.predict_proba(x)
+    labels = _by_size(tau.argmax(axis=1)) if cutoff is None else merge_overlapping(
+        tau, cutoff=cutoff)
+    return labels, int(best.n_components)

@@ -1,0 +1,142 @@
+"""Gaussian-mixture clustering (discovery.patterns.mixture): hand-computed merges, a tight
+mode inside a spread background, a stretched group kept whole, and the clustering method
+``"gmm"`` of discovery.patterns.clustering."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+from discovery.patterns.clustering import PatternSettings, cluster_regions
+from discovery.patterns.mixture import DEMP_CUTOFF, gaussian_mixture_bic, merge_overlapping
+from tests.test_patterns import _cohort
+
+
+# ---------------------------------------------------------------------- merge_overlapping
+
+
+def test_merge_by_hand_computed_misclassification():
+    # Components 0 and 1 overlap: of component 0's mass (0.9 + 0.6 + 0.1 + 0 = 1.6), the
+    # point assigned to 1 carries 0.1 -> p(1 | 0) = 0.1 / 1.6 = 0.0625; of component 1's
+    # (0.1 + 0.4 + 0.9 + 0 = 1.4), the points assigned to 0 carry 0.5 -> p(0 | 1) = 0.357.
+    # Component 2 owns the last point alone: p = 0 with both.
+    tau = np.array([[0.9, 0.1, 0.0],
+                    [0.6, 0.4, 0.0],
+                    [0.1, 0.9, 0.0],
+                    [0.0, 0.0, 1.0]])
+    # 0.357 >= 0.3: 0 and 1 merge; then nothing overlaps component 2
+    np.testing.assert_array_equal(merge_overlapping(tau, cutoff=0.3), [0, 0, 0, 1])
+    # 0.357 < 0.4: nothing merges; ids by decreasing size, ties by first appearance
+    np.testing.assert_array_equal(merge_overlapping(tau, cutoff=0.4), [0, 0, 1, 2])
+
+
+def test_merge_keeps_separate_components_and_is_label_order_free():
+    tau = np.eye(3)[[2, 2, 2, 0, 0, 1]]
+    np.testing.assert_array_equal(merge_overlapping(tau, cutoff=DEMP_CUTOFF),
+                                  [0, 0, 0, 1, 1, 2])
+    np.testing.assert_array_equal(merge_overlapping(np.ones((4, 1))), [0, 0, 0, 0])
+
+
+@pytest.mark.parametrize("tau, cutoff", [(np.ones(3), 0.1), (np.full((2, 2), np.nan), 0.1),
+                                         (-np.ones((2, 2)), 0.1), (np.ones((2, 2)), 0.0),
+                                         (np.ones((2, 2)), 1.5)])
+def test_merge_rejects_bad_input(tau, cutoff):
+    with pytest.raises(ValueError, match="posteriors|cutoff"):
+        merge_overlapping(tau, cutoff=cutoff)
+
+
+# ------------------------------------------------------------------ gaussian_mixture_bic
+
+
+def _mode_in_background(seed=0, n_background=400, n_mode=60):
+    """A wide 3-D background (two broad overlapping blobs) and a tight mode of 60 points
+    inside its spread (1.5 background SDs from its centre): truth 1 for the mode."""
+    rng = np.random.default_rng(seed)
+    bg = np.vstack([rng.normal([0, 0, 0], 1.0, (n_background // 2, 3)),
+                    rng.normal([1.0, 0.5, 0], 1.2, (n_background // 2, 3))])
+    mode = rng.normal([-1.5, 1.5, 1.0], 0.12, (n_mode, 3))
+    return np.vstack([bg, mode]), np.r_[np.zeros(len(bg), int), np.ones(n_mode, int)]
+
+
+def _f1_of_best_cluster(labels, truth):
+    best = 0.0
+    for c in np.unique(labels[labels >= 0]):
+        tp = np.sum((labels == c) & (truth == 1))
+        p, r = tp / np.sum(labels == c), tp / np.sum(truth == 1)
+        best = max(best, 0.0 if tp == 0 else 2 * p * r / (p + r))
+    return best
+
+
+def test_tight_mode_inside_a_spread_background_is_its_own_cluster():
+    from sklearn.cluster import HDBSCAN
+
+    for seed in range(3):
+        z, truth = _mode_in_background(seed)
+        labels, k = gaussian_mixture_bic(z, seed=0)
+        assert _f1_of_best_cluster(labels, truth) >= 0.95, seed
+        assert k >= 2
+        # the background is not split into many pieces: at most 3 clusters in all
+        assert labels.max() + 1 <= 3
+        # what the mixture is for: density-based clustering finds no such cluster here
+        hdb = HDBSCAN(min_cluster_size=5, copy=True).fit(z).labels_
+        assert _f1_of_best_cluster(hdb, truth) < _f1_of_best_cluster(labels, truth)
+
+
+def test_overlapping_components_of_a_stretched_group_are_merged():
+    # one group spread uniformly along a 12-unit line (no Gaussian fits it: BIC takes
+    # several components) and a compact group far from it
+    rng = np.random.default_rng(3)
+    line = np.c_[rng.uniform(0, 12, 300), rng.normal(0, 0.2, 300)]
+    blob = rng.normal([6, 8], 0.3, (80, 2))
+    z = np.vstack([line, blob])
+    truth = np.r_[np.zeros(300, int), np.ones(80, int)]
+    unmerged, k = gaussian_mixture_bic(z, cutoff=None)
+    assert k >= 3 and unmerged.max() + 1 == k        # the line took several components
+    merged, k2 = gaussian_mixture_bic(z)
+    assert k2 == k
+    assert adjusted_rand_score(truth, merged) == 1.0
+
+
+def test_mixture_is_seeded_and_handles_tiny_inputs():
+    z, _ = _mode_in_background(1)
+    a, ka = gaussian_mixture_bic(z, seed=4)
+    b, kb = gaussian_mixture_bic(z, seed=4)
+    np.testing.assert_array_equal(a, b)
+    assert ka == kb
+    np.testing.assert_array_equal(gaussian_mixture_bic(np.zeros((1, 2)))[0], [0])
+    assert gaussian_mixture_bic(np.zeros((0, 2)))[0].shape == (0,)
+    labels, k = gaussian_mixture_bic(z, max_components=1)
+    assert k == 1 and (labels == 0).all()
+
+
+@pytest.mark.parametrize("kwargs", [{"max_components": 0}, {"n_init": 0}, {"seed": -1},
+                                    {"seed": 1.5}])
+def test_mixture_rejects_bad_options(kwargs):
+    with pytest.raises(ValueError, match="must be an integer"):
+        gaussian_mixture_bic(np.zeros((5, 2)), **kwargs)
+
+
+@pytest.mark.parametrize("z", [np.zeros(4), np.array([[0.0, np.nan], [1.0, 2.0]])])
+def test_mixture_rejects_bad_arrays(z):
+    with pytest.raises(ValueError, match="z must be"):
+        gaussian_mixture_bic(z)
+
+
+# ------------------------------------------------------------------- method="gmm"
+
+
+def test_gmm_method_of_the_clustering():
+    df, truth = _cohort()
+    s = PatternSettings(method="gmm")
+    out, table = cluster_regions(df, settings=s)
+    assert adjusted_rand_score(truth, out["cluster"]) == 1.0
+    assert table["n_regions"].tolist() == [14, 12, 11]
+    # independent of the row order (rows are fitted in region_key order)
+    out2, _ = cluster_regions(df.sample(frac=1.0, random_state=5), settings=s)
+    pd.testing.assert_series_equal(out2.loc[out.index, "cluster"], out["cluster"])
+    # at most max_clusters components; groups under min_cluster_size are unclustered
+    out, table = cluster_regions(df, settings=PatternSettings(method="gmm", max_clusters=2))
+    assert len(table) <= 2
+    out, table = cluster_regions(df, settings=PatternSettings(method="gmm",
+                                                              min_cluster_size=12))
+    assert (out["cluster"][truth == 2] == -1).all() and len(table) == 2
