@@ -139,13 +139,15 @@ def _run_sanity(args, methods, randomise):
 def _print_sanity(n_nodules: int, table) -> None:
     """Per method: the verdict of the faithfulness rule (ROAD's MoRF-LeRF gap with imputed
     voxels, which decides), the randomisation Spearman, then the old measure for comparison."""
+    from discovery.explain.faithfulness_rule import map_label
+
     console = _console()
     console.print(f"{n_nodules} nodules. Faithfulness (decides): MoRF-LeRF gap of P(malignant) "
                   "with imputed voxels (ROAD) on the predicted-malignant nodules, against "
                   "random maps; randomisation: Spearman with the fully randomised model "
                   "(should be near 0).")
     for r in table.itertuples():
-        line = f"  {r.method:<21}"
+        line = f"  {map_label(r.method, r.layer):<27}"
         if r.n:
             line += (f" {r.status.upper():<12} gap {_num(r.road_gap)} (random "
                      f"{_num(r.road_gap_random)}), > 0 on {_pct(r.road_gap_positive)} of "
@@ -157,13 +159,13 @@ def _print_sanity(n_nodules: int, table) -> None:
                   "orders delete fast because the speckle itself lowers the score):")
     for r in table.itertuples():
         if r.n:
-            console.print(f"  {r.method:<21} deletion AUC {_num(r.deletion_auc)} vs random "
+            console.print(f"  {map_label(r.method, r.layer):<27} deletion AUC {_num(r.deletion_auc)} vs random "
                           f"{_num(r.deletion_auc_random)} (beats random on "
                           f"{_pct(r.beats_random)}); insertion {_num(r.insertion_auc)} vs "
                           f"{_num(r.insertion_auc_random)}")
     for r in table.itertuples():
         if r.n and r.status != "passes":
-            console.print(f"[bold]{r.method} {r.verdict}.[/bold]")
+            console.print(f"[bold]{map_label(r.method, r.layer)} {r.verdict}.[/bold]")
 
 
 def _num(value) -> str:

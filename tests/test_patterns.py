@@ -582,7 +582,8 @@ def test_structure_features():
     assert PLEURA_CAP_MM == 30.0 and GAP_CAP_MM == 30.0
     np.testing.assert_allclose(f.loc[[10, 11, 12], "pleura_distance_mm"], [12.0, 30.0, 30.0])
     np.testing.assert_allclose(f.loc[[10, 11, 12], "structure_gap_mm"], [8.0, 2.5, 30.0])  # cap
-    assert np.isnan(f.loc[12, "structure_radial"])  # no main axis: missing, not imputed
+    assert f.loc[12, "structure_radial"] == 0.0  # no main axis: nothing oriented, as
+    # radial_alignment; a region without any structure keeps NaN (row 14, below)
     # below min_structure_mm3 (15 by default) or no structure at all: not clustered
     assert f.loc[[13, 14]].isna().all().all()
     assert f.loc[[10, 11]].notna().all().all()

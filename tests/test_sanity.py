@@ -83,6 +83,44 @@ def test_rerun_replaces_rows_of_the_same_method(scored):
     assert (per["method"] == "gradcam").sum() == 4
 
 
+def test_the_method_in_use_is_checked_at_the_layer_it_was_scored_with(scored, tmp_path):
+    from discovery.explain.faithfulness_rule import faithfulness_warning
+    from discovery.pipeline import ScoreSettings
+
+    res = tmp_path / "results"
+    score_folder(scored / "cohort", res, model_dir=scored / "model",
+                 settings=ScoreSettings(method="layercam", layer="layer2"))
+    store = ResultsStore(res, create=False)
+    meta = store.meta()
+    store.close()
+    assert (meta["method"], meta["gradcam_layer"]) == ("layercam", "layer2")
+    run_sanity(res, model_dir=scored / "model", methods=("gradcam", "layercam"),
+               randomise=("layercam",), steps=2, n_draws=1)
+    store = ResultsStore(res, create=False)
+    ran, per = store.sanity()
+    store.close()
+    # the maps the results show (LayerCAM at layer2); the others at the card's layer
+    assert set(per.loc[per["method"] == "layercam", "layer"]) == {"layer2"}
+    assert set(per.loc[per["method"] == "gradcam", "layer"]) == {"layer3"}
+    assert set(ran["layer"]) == {"layer2"}
+    table = sanity_summary(ran, per).set_index("method")
+    assert table.loc["layercam", "layer"] == "layer2" and table.loc["gradcam", "layer"] == "layer3"
+    # 4 nodules: undetermined, a warning either way, but about the right maps
+    warning = faithfulness_warning(table.reset_index(), "layercam", "layer2")
+    assert "undetermined" in warning and "checked at" not in warning
+    # checked at another layer than the results': those were other maps
+    run_sanity(res, model_dir=scored / "model", methods=("layercam",), randomise=(), steps=2,
+               layer="layer3")
+    store = ResultsStore(res, create=False)
+    table = sanity_summary(*store.sanity())
+    store.close()
+    warning = faithfulness_warning(table, "layercam", "layer2")
+    assert "at layer2" in warning and "checked at layer3" in warning
+    # a check recorded before rows kept their layer is read as before
+    old = table.assign(layer=None)
+    assert "checked at" not in faithfulness_warning(old, "layercam", "layer2")
+
+
 def test_max_nodules_checks_a_seeded_sample(scored, tmp_path):
     def checked(seed):
         out = tmp_path / f"res{seed}"
@@ -115,11 +153,11 @@ def test_sanity_on_a_cohort_needs_out_and_checks_the_model(scored, tmp_path, cap
     out = " ".join(capsys.readouterr().out.split())
     # the deciding measure and its verdict come first, the old measure after, labelled as such
     assert "Faithfulness (decides): MoRF-LeRF gap" in out
-    status = out.split("(should be near 0). gradcam", 1)[1].split()[0]
+    status = out.split("(should be near 0). gradcam@layer3", 1)[1].split()[0]
     assert status in ("PASSES", "FAILS", "UNDETERMINED")
     assert out.index(status) < out.index("Old measure, for comparison") < out.index("deletion AUC")
     if status != "PASSES":
-        assert "gradcam " + status.lower() in out or "gradcam undetermined" in out
+        assert "gradcam@layer3 " + status.lower() in out
     store = ResultsStore(tmp_path / "res", create=False)
     assert len(store.sanity()[1]) == 4
     store.close()
@@ -156,6 +194,7 @@ def test_an_older_sanity_table_is_read_and_extended_not_refused(scored, tmp_path
     store = ResultsStore(res, create=False)
     per = store.sanity()[1]
     assert per["road_gap"].isna().all() and per["deletion_auc"].tolist() == [0.2]
+    assert per["layer"].isna().all()                  # not recorded then
     row = sanity_summary(store.sanity()[0].iloc[:0], per).iloc[0]
     assert row["status"] == "not checked" and "re-run" in row["verdict"]
     store.close()
@@ -211,7 +250,7 @@ def test_overview_and_pdf_warn_above_the_outcomes_and_list_each_method(scored, t
     assert not at.exception and len(warn) == 1  # 4 nodules: undetermined, still a warning
     assert "undetermined" in warn[0]
     line = next(c.value for c in at.caption if c.value.startswith("Are the maps faithful"))
-    assert "gradcam: undetermined" in line and "hirescam: undetermined" in line
+    assert "gradcam@layer3: undetermined" in line and "hirescam@layer3: undetermined" in line
     pdftotext = shutil.which("pdftotext")
     if pdftotext:
         import subprocess
@@ -223,7 +262,7 @@ def test_overview_and_pdf_warn_above_the_outcomes_and_list_each_method(scored, t
         text = " ".join(text.split())
         assert "Are the maps faithful?" in text and "MoRF / LeRF" in text
         assert "new: imputed (ROAD)" in text and "old: constant eraser" in text
-        assert "gradcam undetermined" in text and "hirescam undetermined" in text
+        assert "gradcam@layer3 undetermined" in text and "hirescam@layer3 undetermined" in text
         warn = text.index("Warning. These results were scored with gradcam")
         assert text.index("three outcomes") < warn < text.index("Metric distributions")
 

@@ -7,7 +7,7 @@ import streamlit as st
 
 from app import common
 from discovery.background import read_progress
-from discovery.explain.faithfulness_rule import RULE, faithfulness_warning
+from discovery.explain.faithfulness_rule import RULE, faithfulness_warning, map_label
 from discovery.model.domain import applicability_summary
 from discovery.patterns.outcomes import (SCORED_STATUSES, agreement_reading, read_outcomes,
                                          rules_summary, surroundings_reading)
@@ -71,8 +71,9 @@ def watch_checks(root: str) -> None:
 progress = read_progress(common.results_dir())
 st.session_state[CHECKS_STATE] = (progress or {}).get("state")
 faithfulness = sanity_summary(*store.sanity())
-method = store.meta().get("method")
-warning = faithfulness_warning(faithfulness, method)
+meta = store.meta()
+method = meta.get("method")
+warning = faithfulness_warning(faithfulness, method, meta.get("gradcam_layer"))
 running = (progress or {}).get("state") == "running"
 if warning and running and method not in set(faithfulness.get("method", ())):
     warning = (f"These results were scored with {method}; whether its maps are faithful to "
@@ -86,7 +87,8 @@ else:
     show_checks(progress)
 if len(faithfulness):
     st.caption("Are the maps faithful to the model (discovery sanity)? "
-               + "; ".join(f"{r.method}: {r.status}" for r in faithfulness.itertuples())
+               + "; ".join(f"{map_label(r.method, r.layer)}: {r.status}"
+                          for r in faithfulness.itertuples())
                + ". Details below the outcomes and in the report's sanity section.")
 elif not running:
     st.caption("Whether the maps are faithful to the model was not checked: "
@@ -138,7 +140,7 @@ if len(faithfulness):
     with st.expander("Faithfulness of each method's maps"):
         st.write(f"The rule: {RULE}.")
         for r in faithfulness.itertuples():
-            st.markdown(f"- **{r.method}** {r.verdict}.")
+            st.markdown(f"- **{map_label(r.method, r.layer)}** {r.verdict}.")
 
 st.subheader("Every nodule")
 table = readings.outcomes

@@ -163,22 +163,26 @@ def run_sanity(
         nodules.
     layer : str, optional
         The CAM layer for every method (``"fine+coarse"`` for the fused ones; see
-        :func:`discovery.explain.methods.predict_and_explain`); default the model card's.
-        Recorded in the randomisation rows' ``layer``.  A layer the model does not have, or
-        a single layer with a fused method, raises ValueError before anything is computed.
+        :func:`discovery.explain.methods.predict_and_explain`).  Default: the model card's,
+        except for the method a results folder was scored with, which is checked at the
+        layer it was scored with (its meta ``method`` and ``gradcam_layer``): the maps the
+        results show.  Recorded in every row's ``layer``.  A layer the model does not have,
+        or a single layer with a fused method, raises ValueError before anything is computed.
     progress : callable(stage, done, total), optional
     """
     source = Path(source)
     is_results, results_dir = _check_options(source, results_dir, methods, randomise,
                                              max_nodules)
     model, card = load_any_model(model_dir)
-    for m in dict.fromkeys(list(methods) + list(randomise)):
-        method_layer(model, m, layer)                  # ValueError for a layer it cannot use
+    in_use = _scored_with(source) if is_results and layer is None else {}
+    layers = {m: in_use.get(m, layer) for m in dict.fromkeys(list(methods) + list(randomise))}
+    for m, m_layer in layers.items():
+        method_layer(model, m, m_layer)                # ValueError for a layer it cannot use
     keys, rois = _sample_rois(source, is_results, card, max_nodules, seed)
     ran_rows = [row for method in randomise
                 for row in _randomisation_rows(model, rois, method, n_draws, seed, progress,
-                                               layer=layer)]
-    per_rows = _perturbation_rows(model, card, keys, rois, methods, layer=layer, steps=steps,
+                                               layer=layers[method])]
+    per_rows = _perturbation_rows(model, card, keys, rois, methods, layers=layers, steps=steps,
                                   n_random=n_random, n_random_road=n_random_road, seed=seed,
                                   progress=progress)
     store = ResultsStore(results_dir)
@@ -188,6 +192,18 @@ def run_sanity(
         store.close()
     return SanitySummary(len(keys), pd.DataFrame(ran_rows, columns=RANDOMIZATION_COLUMNS),
                          pd.DataFrame(per_rows, columns=PERTURBATION_COLUMNS))
+
+
+def _scored_with(results: Path) -> dict[str, str]:
+    """``{method: layer}`` of the maps a results folder was scored with (empty when its meta
+    does not say)."""
+    store = ResultsStore(results, create=False)
+    try:
+        meta = store.meta()
+    finally:
+        store.close()
+    method, layer = meta.get("method"), meta.get("gradcam_layer")
+    return {str(method): str(layer)} if method and layer else {}
 
 
 def _check_options(source: Path, results_dir, methods, randomise, max_nodules
@@ -255,8 +271,10 @@ def _stage(progress, stage: str):
 
 def _perturbation_rows(model, card: ModelCard, keys: list[tuple[str, str]], rois: torch.Tensor,
                        methods: Sequence[str], *, steps: int, n_random: int, n_random_road: int,
-                       seed: int, progress, layer: str | None = None) -> list[dict]:
-    """Both faithfulness measures of each method, one row per nodule and method.
+                       seed: int, progress, layers: dict[str, str | None] | None = None
+                       ) -> list[dict]:
+    """Both faithfulness measures of each method (at its layer in *layers*; the model
+    card's when absent or None), one row per nodule and method.
 
     The random controls depend only on the ROIs and the seed (the random orders are drawn per
     ROI from ``(seed, ROI index)``, never from the map), so they are measured with the first
@@ -269,10 +287,12 @@ def _perturbation_rows(model, card: ModelCard, keys: list[tuple[str, str]], rois
     for i, method in enumerate(methods):
         if progress:
             progress(f"faithfulness ({method})", i, len(methods))
+        layer_m = (layers or {}).get(method)
+        used = method_layer(model, method, layer_m)
         maps, probs = [], []
         for start in range(0, len(rois), 16):
             p, a, _ = predict_and_explain(model, rois[start:start + 16], method=method,
-                                          layer=layer, target=1)
+                                          layer=layer_m, target=1)
             maps.append(a)
             probs.append(p[:, 1])
         maps = np.concatenate(maps)
@@ -286,7 +306,7 @@ def _perturbation_rows(model, card: ModelCard, keys: list[tuple[str, str]], rois
         road_random = road_random or (road.random_auc, road.gap_random)
         for j, ((case_id, nodule_id), p1) in enumerate(zip(keys, np.concatenate(probs))):
             rows.append({
-                "case_id": case_id, "nodule_id": nodule_id, "method": method,
+                "case_id": case_id, "nodule_id": nodule_id, "method": method, "layer": used,
                 "probability": float(p1), "predicted_label": int(p1 >= card.threshold),
                 "deletion_auc": float(old.deletion_auc[j]),
                 "deletion_auc_random": float(old_random[0][j]),

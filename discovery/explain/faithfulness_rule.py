@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["FaithfulnessVerdict", "faithfulness_verdict", "faithfulness_warning",
-           "method_summary", "MIN_SHARE_POSITIVE", "MIN_NODULES", "RULE"]
+           "map_label", "method_summary", "MIN_SHARE_POSITIVE", "MIN_NODULES", "RULE"]
 
 #: Share of predicted-malignant nodules whose MoRF-LeRF gap must be positive.
 MIN_SHARE_POSITIVE = 0.9
@@ -165,22 +165,41 @@ def method_summary(rows: pd.DataFrame) -> dict:
     }
 
 
-def faithfulness_warning(summary: pd.DataFrame, method: str | None) -> str | None:
+def map_label(method: str, layer: str | None = None) -> str:
+    """``"method@layer"``, the maps a check was run on; *method* alone when the layer was
+    not recorded (stores written before the sanity rows kept it) or is the input (Integrated
+    Gradients, Occlusion: no CAM layer)."""
+    if isinstance(layer, str) and layer and layer != "input":
+        return f"{method}@{layer}"
+    return str(method)
+
+
+def faithfulness_warning(summary: pd.DataFrame, method: str | None,
+                         layer: str | None = None) -> str | None:
     """The warning to show above the three outcomes, or None when *method* passes.
 
     Parameters
     ----------
     summary : pandas.DataFrame
         :func:`discovery.store.tables.sanity_summary` (columns ``method``, ``status``,
-        ``verdict``; may be empty).
+        ``verdict`` and, where recorded, ``layer``; may be empty).
     method : str or None
         The attribution method the results were scored with (store meta ``method``).
+    layer : str or None
+        The layer they were scored with (store meta ``gradcam_layer``).  When given, a
+        check recorded at another layer does not count: those were other maps.
     """
     if not method:
         return ("The attribution method these results were scored with is not recorded, so "
                 "whether its maps are faithful to the model is unknown: read the outcomes "
                 "below as unconfirmed.")
     rows = summary[summary["method"] == method] if "method" in summary else summary.iloc[:0]
+    checked_at = (rows["layer"].iloc[0] if len(rows) and "layer" in rows else None)
+    if layer and isinstance(checked_at, str) and checked_at and checked_at != layer:
+        return (f"These results were scored with {method} at {layer}, but its maps were "
+                f"checked at {checked_at} (other maps), so whether these are faithful to the "
+                f"model is unknown: `discovery sanity RESULTS --methods {method}` checks them "
+                "at the results' layer. Read the outcomes below as unconfirmed.")
     status = str(rows["status"].iloc[0]) if len(rows) else "not checked"
     if status == "passes":
         return None

@@ -320,16 +320,21 @@ def region_features(regions: pd.DataFrame, *, features=tuple(FEATURE_COLUMNS),
         ``log(structure_volume_mm3)``; ``structure_gap_mm`` is capped at :data:`GAP_CAP_MM`
         (NaN, no nodule to measure from, -> the cap); ``radial_alignment`` is
         ``structure_radial`` where the region attends a structure of at least
-        ``min_structure_mm3`` with a main axis, else 0 (nothing oriented: the row stays in).
-        Other missing values (an unknown
-        ``p90_hu``, the ``structure_radial`` of a structure without a main axis) stay NaN
-        and keep the row out of clustering.
+        ``min_structure_mm3`` with a main axis, else 0 (nothing oriented: the row stays in);
+        ``structure_radial`` of a structure too small for a main axis (fewer than 3
+        voxels) is 0 likewise (with NaN the row was left out: a third of the unclustered
+        regions of LayerCAM ``layer2``, docs/benchmarks/discovery.md#mixture).  Other
+        missing values (an unknown ``p90_hu``) stay NaN and keep the row out of clustering.
     """
     features = list(features)
     out = pd.DataFrame(index=regions.index)
-    for c in ("halo_max_hu", "p90_hu", "std_hu", "dense_fraction", "structure_radial"):
+    for c in ("halo_max_hu", "p90_hu", "std_hu", "dense_fraction"):
         if c in features:
             out[c] = _num(regions, c)
+    if "structure_radial" in features:      # a structure too small for a main axis: 0
+        out["structure_radial"] = _num(regions, "structure_radial").where(
+            _num(regions, "structure_volume_mm3").isna()
+            | _num(regions, "structure_radial").notna(), 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         if "log_mass_share" in features:
             out["log_mass_share"] = np.log(_num(regions, "mass_share"))

@@ -100,7 +100,8 @@ class ReportData:
         """
         scored = self.scored
         agreement, weak = agreement_reading(scored)
-        texts = (faithfulness_warning(self.sanity, self.meta.get("method")),
+        texts = (faithfulness_warning(self.sanity, self.meta.get("method"),
+                                      self.meta.get("gradcam_layer")),
                  agreement if weak else "",
                  applicability_summary(scored["applicability"] if "applicability" in scored
                                        else ()))

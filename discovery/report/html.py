@@ -33,7 +33,7 @@ from discovery.report.style import (
     pct,
     verdicts_in_words,
 )
-from discovery.explain.faithfulness_rule import RULE
+from discovery.explain.faithfulness_rule import RULE, map_label
 from discovery.store.tables import sanity_summary
 
 __all__ = ["build_html"]
@@ -208,7 +208,7 @@ def _sanity_section(randomization: pd.DataFrame, perturbation: pd.DataFrame) -> 
         return fmt(round(float(v), 3)) if pd.notna(v) else fmt(v)
 
     rows = "".join(
-        f"<tr><th class='l'>{html.escape(r.method)}</th><td>{'not run' if pd.isna(r.spearman_fully_randomised) else fmt(r.spearman_fully_randomised)}</td>"
+        f"<tr><th class='l'>{html.escape(map_label(r.method, r.layer))}</th><td>{'not run' if pd.isna(r.spearman_fully_randomised) else fmt(r.spearman_fully_randomised)}</td>"
         f"<td>{r.n} ({r.n_malignant})</td><td>{num(r.deletion_auc)} / {num(r.deletion_auc_random)}</td>"
         f"<td>{pct(r.beats_random, 2)} ({pct(r.beats_random_malignant, 2)})</td>"
         f"<td>{num(r.insertion_auc)} / {num(r.insertion_auc_random)}</td><td>{num(r.fill_gap)}</td>"
@@ -216,7 +216,8 @@ def _sanity_section(randomization: pd.DataFrame, perturbation: pd.DataFrame) -> 
         f"<td>{num(r.road_gap_random)}</td><td>{pct(r.road_gap_positive, 2)}</td>"
         f"<td class='l'><b>{html.escape(r.status)}</b></td></tr>"
         for r in table.itertuples())
-    verdicts = "".join(f"<li><b>{html.escape(r.method)}</b> {html.escape(r.verdict)}.</li>"
+    verdicts = "".join(f"<li><b>{html.escape(map_label(r.method, r.layer))}</b> "
+                       f"{html.escape(r.verdict)}.</li>"
                        for r in table.itertuples())
     steps = ""
     for method, grp in randomization.groupby("method", sort=False):

@@ -52,7 +52,7 @@ import numpy as np
 import pandas as pd
 
 from data_tools.files import atomic_path
-from discovery.explain.faithfulness_rule import RULE
+from discovery.explain.faithfulness_rule import RULE, map_label
 from discovery.align.metrics import AlignThresholds
 from discovery.patterns.outcomes import rules_summary
 from discovery.report import render
@@ -274,16 +274,17 @@ def _faithfulness(doc: Doc, ctx: dict) -> None:
     for name, dx in cols:
         doc.text(name, x=MARGIN + dx, top=top, size=8, weight="bold", advance=False)
     for i, r in enumerate(table.itertuples(), start=1):
-        cells = [r.method, f"{r.n} ({r.n_malignant})",
+        cells = [map_label(r.method, r.layer), f"{r.n} ({r.n_malignant})",
                  f"{num(r.deletion_auc, 3)} / {num(r.deletion_auc_random, 3)}",
                  f"{pct(r.beats_random, 2)} ({pct(r.beats_random_malignant, 2)})",
                  num(r.fill_gap), f"{num(r.road_morf_auc)} / {num(r.road_lerf_auc)}",
                  num(r.road_gap), num(r.road_gap_random, 3), pct(r.road_gap_positive, 2)]
-        for (_, dx), cell in zip(cols, cells):
-            doc.text(cell, x=MARGIN + dx, top=top + 0.19 * i, size=8, advance=False)
+        for k, ((_, dx), cell) in enumerate(zip(cols, cells)):   # method@layer: 7 pt, fits
+            doc.text(cell, x=MARGIN + dx, top=top + 0.19 * i, size=7 if k == 0 else 8,
+                     advance=False)
     doc.y = top + 0.19 * (len(table) + 1) + 0.05
     for r in table.itertuples():
-        doc.text(f"{r.method} {r.verdict}.", size=8.5, color=_STATUS_COLOURS.get(r.status, GRAY))
+        doc.text(f"{map_label(r.method, r.layer)} {r.verdict}.", size=8.5, color=_STATUS_COLOURS.get(r.status, GRAY))
 
 
 def _outcomes(doc: Doc, ctx: dict) -> None:

@@ -102,7 +102,7 @@ RANDOMIZATION_COLUMNS = ["method", "layer", "step", "module", "randomised", "mea
 #: ``discovery sanity``: one row per nodule and method; deletion / insertion areas with a
 #: constant eraser against random orders (the old measure), and ROAD's MoRF / LeRF areas with
 #: imputation, their gap and the random maps' (discovery.explain.faithfulness.road_curves).
-PERTURBATION_COLUMNS = ["case_id", "nodule_id", "method", "probability", "predicted_label",
+PERTURBATION_COLUMNS = ["case_id", "nodule_id", "method", "layer", "probability", "predicted_label",
                         "deletion_auc", "deletion_auc_random", "insertion_auc",
                         "insertion_auc_random", "road_morf_auc", "road_lerf_auc", "road_gap",
                         "road_random_auc", "road_gap_random"]
@@ -442,7 +442,8 @@ class ResultsStore:
         with self.write() as con:
             have = set(con.frame("SELECT * FROM sanity_perturbation LIMIT 0").columns)
             for col in [c for c in PERTURBATION_COLUMNS if c not in have]:   # older stores
-                con.execute(f"ALTER TABLE sanity_perturbation ADD COLUMN {col} {self.backend.real}")
+                kind = self.backend.text if col in _TEXT else self.backend.real
+                con.execute(f"ALTER TABLE sanity_perturbation ADD COLUMN {col} {kind}")
             for table, rows in (("sanity_randomization", randomization),
                                 ("sanity_perturbation", perturbation)):
                 for method in sorted({r["method"] for r in rows}):
@@ -557,8 +558,10 @@ class ResultsStore:
 
 def sanity_summary(randomization: pd.DataFrame, perturbation: pd.DataFrame) -> pd.DataFrame:
     """One row per method of the ``discovery sanity`` tables (:meth:`ResultsStore.sanity`):
-    ``method``, ``spearman_fully_randomised`` (mean over ROIs after every module is re-drawn;
-    NaN when the method was not randomised), then the columns of
+    ``method``, ``layer`` (the layer its maps were checked at; None when not recorded, by
+    stores written before the perturbation rows kept it), ``spearman_fully_randomised``
+    (mean over ROIs after every module is re-drawn; NaN when the method was not
+    randomised), then the columns of
     :func:`discovery.explain.faithfulness_rule.method_summary` (old and new measure, status
     and verdict)."""
     randomization = randomization.reindex(columns=RANDOMIZATION_COLUMNS)  # also when empty
@@ -566,8 +569,11 @@ def sanity_summary(randomization: pd.DataFrame, perturbation: pd.DataFrame) -> p
     rows = []
     for method in dict.fromkeys([*perturbation["method"], *randomization["method"]]):
         r = randomization[randomization["method"] == method].sort_values("step")
+        p = perturbation[perturbation["method"] == method]
+        known = [v for v in [*p["layer"], *r["layer"]] if isinstance(v, str) and v]
         rows.append({
             "method": method,
+            "layer": known[0] if known else None,
             "spearman_fully_randomised": float(r["mean_spearman"].iloc[-1]) if len(r) else np.nan,
             **method_summary(perturbation[perturbation["method"] == method]),
         })
