@@ -81,6 +81,9 @@ from discovery.parallel import ordered_map  # noqa: E402
 
 #: The planted kinds of the shortcut condition and their roles.
 ROLE = {"marker_bead": "shortcut", "pleural_tail": "sign", "granuloma": "distractor"}
+#: the map the benchmark explains its models with: the demo model's default map (its card's
+#: ``default_map``), which the benchmark's cards also name
+DEFAULT_MAP = "layercam@layer2"
 #: Small, coarse scans: the benchmark measures discovery, not resampling.
 GEOMETRY = dict(shape_yx=160, n_slices=(64, 80), pixel_spacing_mm=(1.3, 1.6),
                 slice_spacing_mm=(1.5, 2.0))
@@ -144,7 +147,8 @@ def _model(args, log):
     if (out / "model.json").is_file():
         log(f"reusing model {out.name}")
         return (*load_model(out), True)
-    card = ModelCard(architecture=default_architecture(), gradcam_layer="layer3")
+    card = ModelCard(architecture=default_architecture(), gradcam_layer="layer3",
+                     default_map=DEFAULT_MAP)
     data = synthetic_rois(args.seed, args.train_cases, card,
                           config=cohort_configs(args.condition, args.sign)[0],
                           workers=args.workers)
@@ -686,12 +690,16 @@ def main(argv=None) -> int:
     ap.add_argument("--precision", default="float32", choices=PRECISIONS,
                     help="training arithmetic (bfloat16: autocast, an epoch about 1.7x as "
                          "fast on CPUs with native bfloat16, slower on others)")
-    ap.add_argument("--method", default="hdbscan", choices=["hdbscan", "spectral", "gmm"])
-    ap.add_argument("--map", default="gradcam@layer3",
-                    help="attribution map as METHOD[@LAYER] (e.g. layercam@layer2: 16^3 cells "
-                         "of 3 mm); the layer defaults to the model card's")
-    ap.add_argument("--features", default="region", choices=["region", "structure"],
-                    help="clustering descriptors: FEATURE_COLUMNS (default) or STRUCTURE_FEATURES")
+    ap.add_argument("--method", default=PatternSettings.method,
+                    choices=["gmm", "hdbscan", "spectral"],
+                    help="the regions' clustering (default: the product's, the mixture)")
+    ap.add_argument("--map", default=DEFAULT_MAP,
+                    help="attribution map as METHOD[@LAYER] (default: the demo model's, "
+                         f"{DEFAULT_MAP}, 16^3 cells of 3 mm; gradcam@layer3 before); the "
+                         "layer defaults to the model card's")
+    ap.add_argument("--features", default="structure", choices=["region", "structure"],
+                    help="clustering descriptors: STRUCTURE_FEATURES (default, the product's) "
+                         "or FEATURE_COLUMNS (the default before)")
     ap.add_argument("--min-cluster-size", type=int, default=5)
     ap.add_argument("--min-structure-mm3", type=float, default=PatternSettings.min_structure_mm3,
                     help="with --features structure: regions whose attended structure is "

@@ -7,6 +7,7 @@ prints a short summary.  Messages name cases by pseudonymous id only.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -90,6 +91,8 @@ def cmd_train(args) -> int:
     card = ModelCard().with_windows(args.windows)
     if args.stages is not None:
         card.architecture["stages"] = args.stages
+    if int(card.architecture.get("stages", 4)) >= 2:   # explained as the demo model is
+        card = dataclasses.replace(card, default_map="layercam@layer2")
     with _progress() as bar:
         task = bar.add_task("reading cases", total=None, note="")
         data = collect_rois(args.cohort, card, labels=args.labels,
@@ -114,7 +117,8 @@ def cmd_sanity(args) -> int:
     from discovery.store.tables import sanity_summary
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    randomise = [m.strip() for m in args.randomise.split(",") if m.strip()]
+    randomise = (None if args.randomise is None
+                 else [m.strip() for m in args.randomise.split(",") if m.strip()])
     try:
         summary = _run_sanity(args, methods, randomise)
     except ValueError as exc:  # an unknown method or --layer, a bad option
@@ -407,8 +411,9 @@ def _add_sanity(sub) -> None:
                         "the demo model)")
     q.add_argument("--methods", default=",".join(METHODS),
                    help="methods for the deletion/insertion curves (comma-separated; default all)")
-    q.add_argument("--randomise", default="gradcam",
-                   help="methods for the cascading randomisation test (default gradcam)")
+    q.add_argument("--randomise", default=None,
+                   help="methods for the cascading randomisation test (default: gradcam and "
+                        "the method the results were scored with)")
     q.add_argument("--steps", type=int, default=20, help="deletion/insertion steps (default 20)")
     q.add_argument("--n-random", type=int, default=3, help="random orders per nodule (default 3)")
     q.add_argument("--draws", type=int, default=5,
@@ -433,11 +438,14 @@ def _add_score(sub) -> None:
                    help="model folder, MONAI bundle folder, TorchScript file or module folder "
                         "with a discovery.json sidecar (docs/guide/own-model.md; "
                         "default: the demo model)")
-    c.add_argument("--method", default="gradcam", choices=METHODS,
-                   help="attribution method (default gradcam; costs: docs/method/explanations.md)")
+    c.add_argument("--method", default=None, choices=METHODS,
+                   help="attribution method (default: the model card's default map, LayerCAM "
+                        "at layer2 for the demo model, else gradcam; costs: "
+                        "docs/method/explanations.md)")
     c.add_argument("--layer", default=None, metavar="NAME",
                    help="CAM layer (e.g. layer2: 16^3 cells of 3 mm on the demo model; "
-                        "fine+coarse for the fused methods; default: the model card's "
+                        "fine+coarse for the fused methods; default: the default map's, else "
+                        "the model card's "
                         "gradcam_layer); recorded in the results meta")
     c.add_argument("--lossless-ct", action="store_true",
                    help="store every CT voxel exactly in the case files (default: the air "

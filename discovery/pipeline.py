@@ -18,6 +18,7 @@ import logging
 import math
 import time
 from contextlib import contextmanager
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -69,7 +70,7 @@ from discovery.regions.structures import (
 )
 
 __all__ = ["ScoreSettings", "RegionContext", "NoduleResult", "CaseResult", "analyze_scan",
-           "pool_region_features"]
+           "pool_region_features", "resolve_map"]
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +86,15 @@ class ScoreSettings:
 
     Attributes
     ----------
-    method : str
-        Attribution method (:data:`discovery.explain.methods.METHODS`).
+    method : str or None
+        Attribution method (:data:`discovery.explain.methods.METHODS`).  None (the
+        default): the model card's ``default_map`` (:func:`resolve_map`; the demo model's
+        is LayerCAM at ``layer2``), Grad-CAM for a card without one.
     layer : str or None
         The CAM layer (dotted module name, e.g. ``"layer2"``: 16^3 cells of 3 mm on the demo
-        model); ``"fine+coarse"`` for the fused methods.  None: the model card's
-        ``gradcam_layer`` (the fused methods: ``layer2+layer3``).  The regions' ``deep``
+        model); ``"fine+coarse"`` for the fused methods.  None: the layer of the card's
+        ``default_map`` when *method* comes from it, else the card's ``gradcam_layer`` (the
+        fused methods: ``layer2+layer3``).  The regions' ``deep``
         features are the activations of this layer (the coarse one when fused); for
         Integrated Gradients and Occlusion it chooses only those.
     lossless_ct : bool
@@ -106,12 +110,21 @@ class ScoreSettings:
 
     align: AlignThresholds = field(default_factory=AlignThresholds)
     offmask: OffMaskSettings = field(default_factory=OffMaskSettings)
-    method: str = "gradcam"
+    method: str | None = None
     batch_size: int = 8
     reliance: RelianceSettings = field(default_factory=RelianceSettings)
     layer: str | None = None
     lossless_ct: bool = False
     verdict_rule: bool = True
+
+
+def resolve_map(settings: ScoreSettings, card: ModelCard) -> ScoreSettings:
+    """*settings* with the map named: a ``method`` of None becomes the card's
+    ``default_map`` (its layer too, unless ``layer`` is set), or Grad-CAM without one."""
+    if settings.method is not None:
+        return settings
+    method, _, layer = (card.default_map or "gradcam").partition("@")
+    return dataclasses.replace(settings, method=method, layer=settings.layer or layer or None)
 
 
 @dataclass(frozen=True, eq=False)
@@ -282,8 +295,10 @@ def analyze_scan(
     -----
     The lung field's labelling and closings run on as many threads as torch's operators
     (``torch.get_num_threads()``, which a batch sets per worker); the result does not
-    depend on it.
+    depend on it.  A *settings* ``method`` of None is the card's default map
+    (:func:`resolve_map`).
     """
+    settings = resolve_map(settings, card)
     shape = volume.shape
     attribution = np.zeros(shape, dtype=np.float32)
     region_map = np.zeros(shape, dtype=np.int16)
@@ -302,9 +317,7 @@ def analyze_scan(
     with _stage(timings, "model"):
         probs, maps, acts, info = _score_rois(inputs, model, method=settings.method,
                                               layer=settings.layer, batch_size=settings.batch_size)
-        rule_maps = (_score_rois(inputs, model, method=rule.method, layer=rule.layer,
-                                 batch_size=settings.batch_size)[1] if rule is not None
-                     else [None] * len(sites))
+        rule_maps = _rule_maps(rule, inputs, model, settings, maps, info)
     with _stage(timings, "descriptors"):
         scene = _scene(volume, rois, threads=torch.get_num_threads())
     with _stage(timings, "reliance"):
@@ -330,6 +343,20 @@ def analyze_scan(
             region_map[box][labels == region.region_index] = len(region_index)
         results.append(nodule)
     return CaseResult(case_id, results, attribution, region_map, region_index, "ok")
+
+
+def _rule_maps(rule: VerdictRule | None, inputs: np.ndarray, model: torch.nn.Module,
+               settings: ScoreSettings, maps: np.ndarray, info: AttributionInfo):
+    """The verdict rule's map of every ROI (None each without a rule): *maps* itself when
+    the rule reads the map just computed (same method and layer; a rule without a layer
+    reads the model's CAM layer), else one more pass."""
+    if rule is None:
+        return [None] * len(inputs)
+    if rule.method == settings.method and (rule.layer or getattr(model, "cam_layer", None)
+                                           ) == info.layer:
+        return maps
+    return _score_rois(inputs, model, method=rule.method, layer=rule.layer,
+                       batch_size=settings.batch_size)[1]
 
 
 def _applicability(volume: Volume, sites: list[NoduleSite], inputs: np.ndarray,

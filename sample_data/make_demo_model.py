@@ -87,7 +87,11 @@ def main(argv=None) -> int:
         architecture["pointwise"] = args.pointwise
     card = ModelCard(architecture=architecture,
                      gradcam_layer=("head" if args.pointwise else "gate" if args.context
-                                    else f"layer{args.stages}"))
+                                    else f"layer{args.stages}"),
+                     # the map the demo is explained with (docs/method/resolution.md): LayerCAM
+                     # at the stage before the last, 3 mm cells on the committed network
+                     default_map=("" if args.pointwise or args.context or args.stages < 3
+                                  else f"layercam@layer{args.stages - 1}"))
     config = SyntheticConfig.read(args.config) if args.config else None
     cache = Path(args.rois_cache) if args.rois_cache else None
     if cache is not None and cache.is_file():

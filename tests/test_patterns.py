@@ -88,6 +88,13 @@ _NOISY = ("halo_max_hu", "p90_hu", "std_hu", "mass_share", "dense_fraction", "me
           "structure_radial")
 
 
+#: The clustering these tests of the region descriptors are about: HDBSCAN on
+#: FEATURE_COLUMNS, structures from 15 mm³ (the defaults before the mixture on the attended
+#: structures; tests/test_mixture.py tests that one).
+REGION_KW = dict(method="hdbscan", features=tuple(FEATURE_COLUMNS), min_structure_mm3=15.0)
+REGION = PatternSettings(**REGION_KW)
+
+
 def _default_probability(group, case):
     return 0.8 if group == "beads" else 0.2
 
@@ -307,26 +314,26 @@ def test_seed_changes_only_the_permutation_p_values():
 
 def test_fewer_regions_than_min_cluster_size():
     df, _ = _cohort()
-    assert PatternSettings().min_cluster_size == 5
-    out, table = cluster_regions(df.head(4))
+    assert REGION.min_cluster_size == 5
+    out, table = cluster_regions(df.head(4), settings=REGION)
     assert (out["cluster"] == -1).all()
     assert list(table.columns) == CLUSTER_COLUMNS and len(table) == 0
     assert table["n_regions"].dtype == np.int64
     assert table["p_predicted"].dtype == np.float64
     assert table["description"].dtype == object
 
-    out, table = cluster_regions(df.head(2), settings=PatternSettings(min_cluster_size=3))
+    out, table = cluster_regions(df.head(2), settings=PatternSettings(**REGION_KW, min_cluster_size=3))
     assert (out["cluster"] == -1).all() and len(table) == 0
     assert list(table.columns) == CLUSTER_COLUMNS
 
-    out, table = cluster_regions(df.head(0))
+    out, table = cluster_regions(df.head(0), settings=REGION)
     assert len(out) == 0 and "cluster" in out.columns and len(table) == 0
     assert list(table.columns) == CLUSTER_COLUMNS
 
     # enough rows, but too few of them complete
     bad = df.copy()
     bad.loc[bad.index[4:], "p90_hu"] = np.nan
-    out, table = cluster_regions(bad)
+    out, table = cluster_regions(bad, settings=REGION)
     assert (out["cluster"] == -1).all() and len(table) == 0
     assert out["features_complete"].sum() == 4
 
@@ -339,7 +346,7 @@ def test_incomplete_rows_are_left_out_not_imputed():
     df.loc[14, "dense_fraction"] = "n/a"  # not a number -> missing
     drop = [0, 13, 14]
     keep = np.setdiff1d(np.arange(len(df)), drop)
-    out, table = cluster_regions(df)
+    out, table = cluster_regions(df, settings=REGION)
     for i in drop:
         assert not out.loc[i, "features_complete"] and out.loc[i, "cluster"] == -1
         assert np.isnan(out.loc[i, "embedding_x"]) and np.isnan(out.loc[i, "embedding_y"])
@@ -389,11 +396,11 @@ def test_spectral_method():
 
 def test_hdbscan_too_few_rows_for_its_parameters():
     df, _ = _cohort()  # 37 regions
-    for s in (PatternSettings(min_cluster_size=38), PatternSettings(min_samples=38)):
+    for s in (PatternSettings(**REGION_KW, min_cluster_size=38), PatternSettings(**REGION_KW, min_samples=38)):
         out, table = cluster_regions(df, settings=s)
         assert (out["cluster"] == -1).all() and len(table) == 0
         assert out["features_complete"].all() and out["embedding_x"].notna().all()
-    out, table = cluster_regions(df, settings=PatternSettings(min_samples=3))
+    out, table = cluster_regions(df, settings=PatternSettings(**REGION_KW, min_samples=3))
     assert len(table) == 3
 
 
@@ -408,7 +415,7 @@ def test_enrichment_of_predicted_malignancy_counts_nodules():
     extra[["case_id", "nodule_id", "region_key", "p90_hu"]] = ["case-20", "n9", "case-20/n9/r00", np.nan]
     df = pd.concat([df, extra], ignore_index=True)
     truth = np.append(truth, -1)
-    out, table = cluster_regions(df)
+    out, table = cluster_regions(df, settings=REGION)
     g = _by_group(out, table, truth)
 
     # pool: 8 + 12 + 10 = 30 nodules with a complete region, 8 predicted malignant
@@ -498,7 +505,7 @@ def test_truth_columns_with_malignant_column():
 
 def test_exemplars_nearest_the_mean_one_per_case():
     df, truth = _cohort()
-    out, table = cluster_regions(df)
+    out, table = cluster_regions(df, settings=REGION)
     z = pd.DataFrame(_robust_z(region_features(df).to_numpy()), index=df.index)
     for _, row in table.iterrows():
         ex = row["exemplars"]
@@ -594,7 +601,7 @@ def test_structure_features():
 def test_regions_without_a_structure_are_not_clustered():
     df, truth = _cohort()
     df.loc[[0, 1, 15], "structure_volume_mm3"] = [0.0, 12.0, 0.0]
-    structure = PatternSettings(features=STRUCTURE_FEATURES)
+    structure = PatternSettings(features=STRUCTURE_FEATURES, min_structure_mm3=15.0)
     out, table = cluster_regions(df, settings=structure)
     assert (out.loc[[0, 1, 15], "cluster"] == -1).all()
     assert not out.loc[[0, 1, 15], "features_complete"].any()
@@ -603,8 +610,11 @@ def test_regions_without_a_structure_are_not_clustered():
     out, _ = cluster_regions(df, settings=PatternSettings(features=STRUCTURE_FEATURES,
                                                           min_structure_mm3=10.0))
     assert out.loc[1, "features_complete"] and out.loc[1, "cluster"] >= 0
-    # the default (region) features ignore the structure: nothing is left out
+    # the default counts any structure (1 mm³): only the regions without one are left out
     out, _ = cluster_regions(df)
+    assert out.loc[1, "features_complete"] and not out.loc[[0, 15], "features_complete"].any()
+    # the region features ignore the structure: nothing is left out
+    out, _ = cluster_regions(df, settings=REGION)
     assert out["features_complete"].all()
     # structure features on a table scored before they existed: a clear error
     with pytest.raises(ValueError, match="structure_gap_mm"):
@@ -747,9 +757,9 @@ def test_invalid_settings_raise(kwargs):
 def test_valid_settings():
     s = PatternSettings()
     assert (s.min_cluster_size, s.min_samples, s.seed, s.method, s.n_permutations,
-            s.features, s.min_structure_mm3) == (5, None, 0, "hdbscan", 2000,
-                                                  tuple(FEATURE_COLUMNS), 15.0)
-    assert PatternSettings(features=list(STRUCTURE_FEATURES)).features == tuple(STRUCTURE_FEATURES)
+            s.features, s.min_structure_mm3) == (5, None, 0, "gmm", 2000,
+                                                  tuple(STRUCTURE_FEATURES), 1.0)
+    assert PatternSettings(features=list(FEATURE_COLUMNS)).features == tuple(FEATURE_COLUMNS)
     assert s.hu_scale == HU_SCALE == 250.0 and PatternSettings(hu_scale=None).hu_scale is None
     PatternSettings(min_cluster_size=2, min_samples=1, method="spectral")
     PatternSettings(method="agglomerative", distance_threshold=3)
@@ -831,7 +841,7 @@ def test_hu_descriptors_on_a_fixed_scale_keep_a_common_dense_structure_together(
     for n_dense in (8, 20, 40, 60):
         df, truth = _dense_and_lung(n_dense, 30)
         for hu_scale in (HU_SCALE, None):
-            out, _ = cluster_regions(df, settings=PatternSettings(hu_scale=hu_scale,
+            out, _ = cluster_regions(df, settings=PatternSettings(**REGION_KW, hu_scale=hu_scale,
                                                                   n_permutations=10))
             f1[n_dense, hu_scale] = match_kind(out["cluster"].to_numpy(), truth, "dense").f1
     assert all(f1[n, HU_SCALE] == 1.0 for n in (8, 20, 40, 60)), f1

@@ -119,7 +119,7 @@ def run_sanity(
     results_dir: str | Path | None = None,
     model_dir: str | Path | None = None,
     methods: Sequence[str] = METHODS,
-    randomise: Sequence[str] = ("gradcam",),
+    randomise: Sequence[str] | None = None,
     steps: int = 20,
     n_random: int = 3,
     n_random_road: int = 2,
@@ -144,7 +144,8 @@ def run_sanity(
         MONAI bundle, a TorchScript file, a module folder); default the demo model.  A model
         other than the results' (weights SHA-256) is refused.
     methods, randomise : sequences of str
-        Methods for the faithfulness measures and for the randomisation test.
+        Methods for the faithfulness measures and for the randomisation test (*randomise*
+        None: Grad-CAM and, on a results folder, the method it was scored with).
     steps, n_random, seed
         Passed to :func:`discovery.explain.faithfulness.perturbation_curves` (``steps`` and
         ``seed`` also to :func:`~discovery.explain.faithfulness.road_curves`).
@@ -171,13 +172,11 @@ def run_sanity(
     progress : callable(stage, done, total), optional
     """
     source = Path(source)
-    is_results, results_dir = _check_options(source, results_dir, methods, randomise,
+    is_results, results_dir = _check_options(source, results_dir, methods, randomise or (),
                                              max_nodules)
     model, card = load_any_model(model_dir)
-    in_use = _scored_with(source) if is_results and layer is None else {}
-    layers = {m: in_use.get(m, layer) for m in dict.fromkeys(list(methods) + list(randomise))}
-    for m, m_layer in layers.items():
-        method_layer(model, m, m_layer)                # ValueError for a layer it cannot use
+    layers, randomise = _maps_checked(source if is_results else None, model, card, methods,
+                                      randomise, layer)
     keys, rois = _sample_rois(source, is_results, card, max_nodules, seed)
     ran_rows = [row for method in randomise
                 for row in _randomisation_rows(model, rois, method, n_draws, seed, progress,
@@ -194,14 +193,32 @@ def run_sanity(
                          pd.DataFrame(per_rows, columns=PERTURBATION_COLUMNS))
 
 
-def _scored_with(results: Path) -> dict[str, str]:
-    """``{method: layer}`` of the maps a results folder was scored with (empty when its meta
-    does not say)."""
+def _maps_checked(results: Path | None, model, card: ModelCard, methods: Sequence[str],
+                  randomise: Sequence[str] | None, layer: str | None):
+    """``({method: layer}, randomise)``: the layer of each method checked (the method the
+    *results* were scored with at its layer, unless *layer* is given) and the methods
+    randomised (None: Grad-CAM and that method); ValueError for a layer a method cannot use."""
+    scored = _scored_with(results, card) if results is not None else {}
+    in_use = scored if layer is None else {}
+    if randomise is None:
+        randomise = tuple(dict.fromkeys(["gradcam", *scored]))
+    layers = {m: in_use.get(m, layer) for m in dict.fromkeys(list(methods) + list(randomise))}
+    for m, m_layer in layers.items():
+        method_layer(model, m, m_layer)                # ValueError for a layer it cannot use
+    return layers, randomise
+
+
+def _scored_with(results: Path, card: ModelCard) -> dict[str, str]:
+    """``{method: layer}`` of the maps a results folder was scored with by the model of
+    *card* (empty when its meta does not say, or names another model: refused later, by
+    :func:`_rois_from_results`)."""
     store = ResultsStore(results, create=False)
     try:
         meta = store.meta()
     finally:
         store.close()
+    if meta.get("model_sha256") not in (None, card.weights_sha256):
+        return {}
     method, layer = meta.get("method"), meta.get("gradcam_layer")
     return {str(method): str(layer)} if method and layer else {}
 

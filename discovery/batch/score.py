@@ -98,7 +98,8 @@ from discovery.parallel import process_pool
 from discovery.patterns.causal import CaseRunner, pattern_effects, run_here
 from discovery.patterns.clustering import PatternSettings, cluster_regions
 from discovery.explain.methods import FUSED_METHODS, FUSION_LAYERS, method_layer
-from discovery.pipeline import CaseResult, ScoreSettings, analyze_scan, verdict_rule_meta
+from discovery.pipeline import (CaseResult, ScoreSettings, analyze_scan, resolve_map,
+                                verdict_rule_meta)
 from discovery.store.arrays import (case_file, ct_int16, flatten_outside_air, load_case_arrays,
                                     save_case_arrays)
 from discovery.store.tables import ResultsStore
@@ -696,6 +697,9 @@ executor_factory, scheduler, torch_threads, store_url
         if read_ahead is not None:
             stack.callback(read_ahead.close)
         model, card = load_any_model(opts.model_dir, compiled=_compiled_serves(opts.settings))
+        opts = dataclasses.replace(opts, settings=resolve_map(opts.settings, card))
+        if not _compiled_serves(opts.settings):     # the card's default map needs another layer
+            model, card = load_any_model(opts.model_dir, compiled=False)
         specs = ((read_ahead and read_ahead.specs_for(input_path, layout))
                  or discover_cases(input_path, layout=layout))
         known = read_labels(labels) if labels is not None else None  # bad file: fail before scoring

@@ -108,6 +108,10 @@ class ModelCard:
         The verdict rule fitted for this model on calibration cohorts
         (:class:`discovery.align.rule.VerdictRule` as a dict: the map it reads, its features
         and weights, where it was fitted); empty: the threshold verdict.
+    default_map : str
+        The map ``discovery score`` explains this model with when none is asked for:
+        ``"METHOD"`` or ``"METHOD@LAYER"`` (the demo model's: ``"layercam@layer2"``, 16³
+        cells of 3 mm, docs/method/resolution.md); empty: Grad-CAM at ``gradcam_layer``.
     """
 
     architecture: dict[str, Any] = field(default_factory=default_architecture)
@@ -123,8 +127,13 @@ class ModelCard:
     input_windows: tuple[tuple[float, float], ...] = ()
     training_domain: dict[str, Any] = field(default_factory=dict)
     verdict_rule: dict[str, Any] = field(default_factory=dict)
+    default_map: str = ""
 
     def __post_init__(self):
+        if not isinstance(self.default_map, str) or self.default_map.count("@") > 1 or (
+                self.default_map and not all(self.default_map.split("@"))):
+            raise ValueError(f"default_map must be 'METHOD' or 'METHOD@LAYER' (or empty); "
+                             f"received {self.default_map!r}")
         windows = tuple(tuple(float(v) for v in w) for w in self.input_windows)
         for w in (*windows, tuple(float(v) for v in self.hu_window)):
             if len(w) != 2 or not (math.isfinite(w[0]) and math.isfinite(w[1]) and w[1] > w[0]):

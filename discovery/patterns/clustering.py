@@ -153,20 +153,20 @@ class PatternSettings:
     Attributes
     ----------
     min_cluster_size : int
-        Smallest group reported as a cluster (>= 2); smaller groups of the spectral and
-        agglomerative methods become -1 (unclustered).
+        Smallest group reported as a cluster (>= 2); smaller groups of the mixture, spectral
+        and agglomerative methods become -1 (unclustered).
     min_samples : int or None
         HDBSCAN's density parameter; None means ``min_cluster_size``.
     seed : int
-        Seeds the spectral clustering, the permutation tests and the 2-D map.
-    method : {"hdbscan", "spectral", "agglomerative", "gmm"}
-        ``"hdbscan"`` (the default, chosen by ``benchmarks/discovery.py``; noise stays -1),
-        ``"spectral"`` (SpRAy-style kNN graph, number of clusters by the eigengap; groups
-        under ``min_cluster_size`` -> -1), Ward ``"agglomerative"`` cut at
-        ``distance_threshold``, or ``"gmm"`` (Gaussian mixture of lowest BIC, at most
-        ``max_clusters`` components, overlapping ones merged:
-        :func:`discovery.patterns.mixture.gaussian_mixture_bic`; groups under
-        ``min_cluster_size`` -> -1).
+        Seeds the mixture and the spectral clustering, the permutation tests and the 2-D map.
+    method : {"gmm", "hdbscan", "spectral", "agglomerative"}
+        ``"gmm"`` (the default: a Gaussian mixture of lowest BIC, at most ``max_clusters``
+        components, overlapping ones merged, :func:`discovery.patterns.mixture.gaussian_mixture_bic`;
+        groups under ``min_cluster_size`` -> -1; chosen with ``benchmarks/discovery.py``,
+        docs/benchmarks/discovery.md#mixture), ``"hdbscan"`` (the default before it; noise
+        stays -1), ``"spectral"`` (SpRAy-style kNN graph, number of clusters by the
+        eigengap; groups under ``min_cluster_size`` -> -1) or Ward ``"agglomerative"`` cut
+        at ``distance_threshold``.
     distance_threshold : float or None
         Ward linkage distance (standardised units); required for ``"agglomerative"``.
     n_permutations : int
@@ -176,13 +176,16 @@ class PatternSettings:
         clusters the eigengap may pick (:func:`discovery.patterns.stats.spectral_eigengap`);
         ``"gmm"``: ``max_clusters`` is the largest number of components tried.
     features : tuple of str
-        The clustering descriptors: :data:`FEATURE_COLUMNS` (the default) or
-        :data:`STRUCTURE_FEATURES`, or any non-empty subset of their union.
+        The clustering descriptors: :data:`STRUCTURE_FEATURES` (the default: what each
+        region points at) or :data:`FEATURE_COLUMNS` (the region's own blob; the default
+        before), or any non-empty subset of their union.
     min_structure_mm3 : float
         With a structure descriptor among ``features``: regions whose attended structure
         (:mod:`discovery.regions.structures`) is smaller than this (mm³; 0 when the region covers
-        aerated parenchyma only) are not clustered, as Grad-CAM spilling over air has no
+        aerated parenchyma only) are not clustered, as attention spilling over air has no
         structure to describe.  They keep ``cluster = -1`` and ``features_complete = False``.
+        Default 1 mm³, about a voxel: any structure, whatever its size (15 before: on the
+        3 mm LayerCAM regions it left out a third of the tail's regions).
     hu_scale : float or None
         Width (HU) of one standardised unit of the descriptors in Hounsfield units
         (:data:`HU_FEATURES`): each is centred on its median and divided by this fixed width
@@ -200,13 +203,13 @@ class PatternSettings:
     min_cluster_size: int = 5
     min_samples: int | None = None
     seed: int = 0
-    method: str = "hdbscan"
+    method: str = "gmm"
     distance_threshold: float | None = None
     n_permutations: int = 2000
     n_neighbors: int = 10
     max_clusters: int = 10
-    features: tuple = tuple(FEATURE_COLUMNS)
-    min_structure_mm3: float = 15.0
+    features: tuple = tuple(STRUCTURE_FEATURES)
+    min_structure_mm3: float = 1.0
     hu_scale: float | None = HU_SCALE
     map_method: str = "tsne"
 
@@ -478,11 +481,12 @@ def _fit_labels(z: np.ndarray, settings: PatternSettings) -> np.ndarray:
         min_samples = settings.min_cluster_size
     if n < settings.min_cluster_size or (settings.method == "hdbscan" and n < min_samples):
         return np.full(n, -1, dtype=np.int64)
-    if settings.method == "hdbscan" and n < 2 * settings.min_cluster_size:
+    if settings.method in ("hdbscan", "gmm") and n < 2 * settings.min_cluster_size:
         # HDBSCAN's clusters other than the root come from splits into two children of at
         # least min_cluster_size each, and the root is never one (allow_single_cluster is
-        # False): with fewer than twice that many rows every row is noise.  Said here, so a
-        # single scan's few regions do not import scikit-learn (0.6 s; tested equal).
+        # False): with fewer than twice that many rows every row is noise.  The mixture
+        # follows it (one group of all the rows is no pattern).  Said here, so a single
+        # scan's few regions do not import scikit-learn (0.6 s; tested equal).
         return np.full(n, -1, dtype=np.int64)
     # scikit-learn is imported here, not with the module (see discovery.patterns.stats)
     from sklearn.cluster import HDBSCAN, AgglomerativeClustering
@@ -499,6 +503,8 @@ def _fit_labels(z: np.ndarray, settings: PatternSettings) -> np.ndarray:
     elif settings.method == "gmm":
         labels, _ = gaussian_mixture_bic(z, max_components=settings.max_clusters,
                                          seed=settings.seed)
+        if (labels == 0).all():           # one group of every region: no pattern (as HDBSCAN)
+            return np.full(n, -1, dtype=np.int64)
     elif settings.method == "spectral":
         labels, _, _ = spectral_eigengap(z, seed=settings.seed, n_neighbors=settings.n_neighbors,
                                          max_clusters=settings.max_clusters)
