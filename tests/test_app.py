@@ -138,7 +138,8 @@ def test_case_page_shows_image_metrics_and_regions(tiny_results):
     assert metrics.set_index("Metric").loc["Outcome", "Value"] == "other"
     regions = at.dataframe[0].value
     assert list(regions["region_index"]) == [1]
-    assert any("raw Grad-CAM units" in c.value for c in at.caption)
+    # the results do not record their method: the colour bar says only "attribution"
+    assert any("raw attribution units" in c.value for c in at.caption)
     assert all(str(tiny_results) not in t for t in texts(at))
 
 

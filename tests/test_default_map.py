@@ -105,3 +105,12 @@ def test_scoring_uses_the_default_map_and_computes_the_rules_map_once(tiny, tmp_
     a, b = (f.sort_values(key).reset_index(drop=True) for f in (findings, other))
     malignant = a["probability"] >= 0.5
     assert a.loc[malignant, "verdict"].tolist() == b.loc[malignant, "verdict"].tolist()
+
+
+def test_the_report_names_the_map_it_shows(tiny, tmp_path):
+    from discovery.report.html import build_html
+
+    score_folder(tiny / "cohort", tmp_path / "r", model_dir=tiny / "model")
+    html = build_html(tmp_path / "r")
+    assert "LayerCAM at layer2" in html and "LayerCAM overlay" in html
+    assert "Grad-CAM" not in html

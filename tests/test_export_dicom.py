@@ -242,7 +242,7 @@ def test_overlapping_offmask_region_gets_its_own_plane():
     common = {"manufacturer": "t", "manufacturer_model_name": "t", "software_versions": "0",
               "device_serial_number": "0"}
     seg = _segmentation(sources, [("n1", 1, hd.UID()), ("n3", 3, hd.UID())], mask,
-                        region_map, "abc", common)
+                        region_map, "abc", common, "LayerCAM")
     assert [s.SegmentLabel for s in seg.SegmentSequence] == [
         "Nodule n1", "Nodule n3", "Off-mask attention"]
     assert seg.SegmentsOverlap == "YES"

@@ -12,6 +12,7 @@ import pandas as pd
 import streamlit as st
 
 from app import common
+from discovery.explain.catalog import map_title
 from discovery.model.reliance import reliance_text, surroundings_text
 from discovery.model.rois import nodule_label
 from discovery.patterns.outcomes import outcome_reason
@@ -155,11 +156,11 @@ def slice_image(arrays: dict, plane: str, k: int, centre, ctl: dict) -> np.ndarr
     return planes.resize_to(rgb, planes.display_size(rgb.shape, plane, spacing))
 
 
-def colour_scale(attr_max: float) -> None:
-    """The colour bar and what the colours mean."""
+def colour_scale(attr_max: float, title: str) -> None:
+    """The colour bar and what the colours mean (*title*: the map's method, "LayerCAM")."""
     if attr_max > 0:
         st.image(render.labelled_colorbar(attr_max=attr_max, length=360))
-        st.caption(f"Attribution in raw Grad-CAM units, scale 0 – {fmt(attr_max)} "
+        st.caption(f"Attribution in raw {title} units, scale 0 – {fmt(attr_max)} "
                    "(the maximum of this case, the same on every slice). "
                    "Green: mask contour; cyan: off-mask regions.")
     else:
@@ -167,7 +168,7 @@ def colour_scale(attr_max: float) -> None:
 
 
 @st.fragment
-def viewer(case_id: str, arrays: dict, centre, keys: dict[str, str]) -> None:
+def viewer(case_id: str, arrays: dict, centre, keys: dict[str, str], title: str) -> None:
     """Controls, slice slider, image, colour bar and jump buttons; reruns on its own."""
     ctl = display_controls()
     plane, zoom = ctl["plane"], ctl["zoom"]
@@ -183,7 +184,7 @@ def viewer(case_id: str, arrays: dict, centre, keys: dict[str, str]) -> None:
                      + (f" · {zoom}× on the nodule" if zoom > 1 else "")
                      + (" · superior at the top" if plane != "axial" else ""))
     attr_max = float(arrays["attr_max"])
-    colour_scale(attr_max)
+    colour_scale(attr_max, title)
     b1, b2 = st.columns(2)
     b1.button("Go to the nodule", on_click=go_to, args=(keys, shape, centre), key="case_key_slice",
               help="The nodule's key axial slice (the one the reports show: most attribution "
@@ -299,7 +300,8 @@ def case_page() -> None:
     keys = slice_keys(case_id, nodule_id, shape, centre)
     left, right = st.columns([5, 4], gap="large")
     with left:
-        viewer(case_id, arrays, centre, keys)
+        meta = store.meta()
+        viewer(case_id, arrays, centre, keys, map_title(meta.get("method"), meta.get("gradcam_layer")))
     with right:
         metrics_and_review(store, row, item_id, nodule_id)
     region_section(common.nodule_regions(store, case_id, nodule_id), item_id, keys, shape)

@@ -7,6 +7,7 @@ import streamlit as st
 
 from app import common
 from discovery.background import read_progress
+from discovery.explain.catalog import map_title
 from discovery.explain.faithfulness_rule import RULE, faithfulness_warning, map_label
 from discovery.model.domain import applicability_summary
 from discovery.patterns.outcomes import (SCORED_STATUSES, agreement_reading, read_outcomes,
@@ -129,7 +130,8 @@ for col, panel in zip(st.columns(3, border=True), readings.panels):
                        "all exemplars and the review form.")
 
 st.caption(rules_summary() + " Pictures: axial crops in lung window, plain and with the "
-           f"Grad-CAM overlay (from {100 * DISPLAY_THRESHOLD:.0f} % of the case maximum); "
+           f"{map_title(method, meta.get('gradcam_layer'))} overlay (from "
+           f"{100 * DISPLAY_THRESHOLD:.0f} % of the case maximum); "
            "green: nodule mask; cyan: "
            "off-mask region. Shortcut pictures are on the slice of the densest voxel next to "
            "the region (or, for metal beside the nodule, within its surroundings), between "

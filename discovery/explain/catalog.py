@@ -3,7 +3,7 @@
 :mod:`discovery.explain.methods` computes them and re-exports these names.
 """
 
-__all__ = ["CAM_METHODS", "FUSED_METHODS", "METHODS", "IG_STEPS"]
+__all__ = ["CAM_METHODS", "FUSED_METHODS", "METHODS", "IG_STEPS", "TITLES", "map_title"]
 
 #: Class activation maps of one layer.
 CAM_METHODS = ("gradcam", "gradcam++", "hirescam", "layercam")
@@ -13,3 +13,17 @@ FUSED_METHODS = ("layercam-fused", "gradcam-refined")
 METHODS = CAM_METHODS + FUSED_METHODS + ("integrated_gradients", "occlusion")
 #: Integrated Gradients: Riemann steps (each one forward + backward per ROI).
 IG_STEPS = 32
+#: Each method's name as the literature writes it (reports, captions).
+TITLES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "hirescam": "HiResCAM",
+          "layercam": "LayerCAM", "layercam-fused": "fused LayerCAM",
+          "gradcam-refined": "refined Grad-CAM", "integrated_gradients": "Integrated Gradients",
+          "occlusion": "Occlusion"}
+
+
+def map_title(method: str | None, layer: str | None = None) -> str:
+    """The map a results folder was scored with, in words: ``"LayerCAM at layer2"``;
+    ``"attribution"`` when the method is not recorded."""
+    if not method:
+        return "attribution"
+    title = TITLES.get(str(method), str(method))
+    return f"{title} at {layer}" if layer and layer != "input" else title

@@ -4,7 +4,7 @@
 
     ct/CT0001.dcm ...   the source CT series, de-identified (one file per slice, in slice order)
     seg.dcm             Segmentation: one segment per nodule, one for the off-mask regions
-    pmap.dcm            Parametric Map: the Grad-CAM attribution (float32)
+    pmap.dcm            Parametric Map: the attribution (float32; LayerCAM for the demo model)
     sr.dcm              Comprehensive 3D SR, TID 1500 Measurement Report: per nodule the
                         probability, alignment metrics and verdict
 
@@ -44,8 +44,9 @@ Rules
   hash.  Omitted when the case has no off-mask region.
 * **Parametric Map** (float32, Float Pixel Data) of the slab of slices holding a nonzero
   attribution or a nodule voxel (the attribution is zero elsewhere; frames reference the
-  source slices at the same positions).  Real World Value Mapping: identity, LUT label
-  "Grad-CAM", unit UCUM ``{attribution}``, quantity DCM 130403.
+  source slices at the same positions).  Real World Value Mapping: identity, LUT label the
+  method the results were scored with ("LayerCAM", "Grad-CAM"), unit UCUM ``{attribution}``,
+  quantity DCM 130403 (gradient-weighted class activation).
 * **SR** (TID 1500): one TID 1411 Volumetric ROI group per nodule, referencing its SEG
   segment (with the source images) and the Parametric Map; tracking id "Nodule n<label>"
   (the SEG segment's tracking UID), finding type SCT "Nodule", finding site SCT "Lung".
@@ -89,6 +90,7 @@ from data_tools.errors import (
 from data_tools.files import atomic_path
 from data_tools.layouts import CaseSpec, discover_cases
 from data_tools.volume import spacing_from_affine
+from discovery.explain.catalog import map_title
 from discovery.store.arrays import ct_int16, matches_stored_ct
 from discovery.store.tables import ResultsStore, load_case_arrays
 
@@ -224,14 +226,14 @@ def _complete(ds, slice_step_mm: float):
 
 
 # -- building the objects ------------------------------------------------------------------
-def _algorithm(model_sha: str) -> hd.AlgorithmIdentificationSequence:
+def _algorithm(model_sha: str, title: str) -> hd.AlgorithmIdentificationSequence:
     return hd.AlgorithmIdentificationSequence(
-        name=f"{TOOL_NAME} Grad-CAM off-mask regions", version=_version(),
+        name=f"{TOOL_NAME} {title} off-mask regions", version=_version(),
         family=codes.cid7162.ArtificialIntelligence,
         parameters={"model_sha256": model_sha[:16] or "unknown"})
 
 
-def _segmentation(sources, nodules, mask, region_map, model_sha, common):
+def _segmentation(sources, nodules, mask, region_map, model_sha, common, title):
     descriptions = []
     dtype = np.uint8 if len(nodules) < 255 else np.uint16
     labels = np.zeros(mask.shape, dtype)  # label-map style: segment number per voxel
@@ -251,7 +253,7 @@ def _segmentation(sources, nodules, mask, region_map, model_sha, common):
             segmented_property_category=codes.SCT.SpatialAndRelationalConcept,
             segmented_property_type=_GRADCAM,
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-            algorithm_identification=_algorithm(model_sha),
+            algorithm_identification=_algorithm(model_sha, title),
             tracking_uid=hd.UID(), tracking_id="Off-mask attention"))
         if labels[off].any():  # a region of one nodule overlaps another's mask: stack
             pixels = np.stack([labels == i for i in range(1, len(nodules) + 1)] + [off],
@@ -267,27 +269,29 @@ def _segmentation(sources, nodules, mask, region_map, model_sha, common):
         series_description="Nodules and off-mask attention", **common)
 
 
-def _parametric_map(sources, attribution, mask, common):
+def _parametric_map(sources, attribution, mask, common, title):
+    """The attribution as a Parametric Map; *title*: its method ("LayerCAM"), the LUT's
+    label (16 characters at most) and the descriptions."""
     keep = np.flatnonzero((attribution != 0).any(axis=(1, 2)) | (mask != 0).any(axis=(1, 2)))
     z0, z1 = (int(keep[0]), int(keep[-1]) + 1) if keep.size else (0, attribution.shape[0])
     values = np.ascontiguousarray(attribution[z0:z1], dtype=np.float32)
     lo, hi = float(values.min()), float(values.max())
     hi = hi if hi > lo else lo + 1.0
     mapping = hd.pm.RealWorldValueMapping(
-        lut_label="Grad-CAM", lut_explanation="Grad-CAM attribution on the CT grid",
+        lut_label=title[:16], lut_explanation=f"{title} attribution on the CT grid"[:64],
         unit=_ATTRIBUTION_UNIT, value_range=(lo, hi), slope=1.0, intercept=0.0,
         quantity_definition=_GRADCAM)
     pmap = hd.pm.ParametricMap(
         source_images=sources[z0:z1], pixel_array=values, series_instance_uid=hd.UID(),
         series_number=SERIES_NUMBERS["pmap"], sop_instance_uid=hd.UID(), instance_number=1,
         contains_recognizable_visual_features=False, real_world_value_mappings=[mapping],
-        # raw Grad-CAM values span far less than 1: a window narrower than 1 is valid only
+        # raw CAM values span far less than 1: a window narrower than 1 is valid only
         # with LINEAR_EXACT (PS3.3 C.11.2.1.3)
         voi_lut_transformations=[hd.VOILUTTransformation(
             window_center=(lo + hi) / 2, window_width=hi - lo,
             voi_lut_function=hd.VOILUTFunctionValues.LINEAR_EXACT)],
-        content_label="GRADCAM", content_description="Grad-CAM attribution",
-        series_description="Grad-CAM attribution", **common)
+        content_label="ATTRIBUTION", content_description=f"{title} attribution"[:64],
+        series_description=f"{title} attribution"[:64], **common)
     # General Series: Laterality is required for a paired body part; the source's body part
     # (CHEST: unpaired) says none is needed.  highdicom copies it into the SEG, not here.
     # Without one (real Philips and GE series), the laterality is unknown: the source's
@@ -383,23 +387,24 @@ def _write(ds, path: Path) -> Path:
 
 
 # -- one case, step by step ------------------------------------------------------------------
-def _scored_nodules(results_dir: str | Path, spec: CaseSpec) -> tuple[pd.DataFrame, str]:
-    """The findings rows of the case's nodules and the model's SHA-256 (``""`` if unknown);
-    DataError when the case is not DICOM or has no scored nodule."""
+def _scored_nodules(results_dir: str | Path, spec: CaseSpec) -> tuple[pd.DataFrame, str, str]:
+    """The findings rows of the case's nodules, the model's SHA-256 (``""`` if unknown) and
+    the method of its maps in words (``"LayerCAM"``); DataError when the case is not DICOM
+    or has no scored nodule."""
     cid = spec.case_id
     if spec.image_kind != "dicom":
         raise DataError(f"case {cid} is a {spec.image_kind} case; only DICOM cases can be "
                         "exported as DICOM")
     store = ResultsStore(results_dir, create=False)
     try:
-        findings, model_sha = store.findings(), str(store.meta().get("model_sha256") or "")
+        findings, meta = store.findings(), store.meta()
     finally:
         store.close()
     rows = findings[(findings["case_id"] == cid) & (findings["nodule_id"].fillna("") != "")]
     if not len(rows):
         raise DataError(f"case {cid} has no scored nodule in the results; score it with a "
                         "nodule mask first")
-    return rows, model_sha
+    return rows, str(meta.get("model_sha256") or ""), map_title(meta.get("method"))
 
 
 def _scored_series(spec: CaseSpec, arrays: dict) -> list:
@@ -486,7 +491,7 @@ def export_case_dicom(results_dir: str | Path, case_spec_or_folder: CaseSpec | s
     """
     spec = _as_spec(case_spec_or_folder)
     cid = spec.case_id
-    rows, model_sha = _scored_nodules(results_dir, spec)
+    rows, model_sha, title = _scored_nodules(results_dir, spec)
     arrays = load_case_arrays(results_dir, cid)
     mask, affine = np.asarray(arrays["mask"]), np.asarray(arrays["affine"], dtype=float)
     files, spacing = _scored_series(spec, arrays), spacing_from_affine(affine)
@@ -499,8 +504,8 @@ def export_case_dicom(results_dir: str | Path, case_spec_or_folder: CaseSpec | s
               "device_serial_number": model_sha[:16] or "unknown"}
     seg = _segmentation(sources, [(str(r["nodule_id"]), int(r["_label"]), t)
                                   for r, t in zip(kept, tracking)],
-                        mask, np.asarray(arrays["region_map"]), model_sha, common)
-    pmap = _parametric_map(sources, np.asarray(arrays["attribution"]), mask, common)
+                        mask, np.asarray(arrays["region_map"]), model_sha, common, title)
+    pmap = _parametric_map(sources, np.asarray(arrays["attribution"]), mask, common, title)
     sr = _report(sources, kept, seg, pmap, tracking, common)
     written = _write_case(Path(out_dir) / cid, sources, seg, pmap, sr)
     log.info("case %s: exported %d CT slices, SEG (%d segments), Parametric Map, SR", cid,

@@ -1,8 +1,8 @@
 """The findings report as one self-contained HTML file (images inlined, no external URL).
 
 The HTML report has a cohort summary, one section per nodule (key axial slice in lung window:
-image with the mask contour, the same slice with the Grad-CAM overlay, a colour bar in raw
-Grad-CAM units, the metrics and the verdict), then the pattern clusters with exemplar crops
+image with the mask contour, the same slice with the attribution overlay (the method the
+results were scored with), a colour bar in its raw units, the metrics and the verdict), then the pattern clusters with exemplar crops
 from different patients.  Only pseudonymous case ids appear.
 """
 
@@ -33,6 +33,7 @@ from discovery.report.style import (
     pct,
     verdicts_in_words,
 )
+from discovery.explain.catalog import map_title
 from discovery.explain.faithfulness_rule import RULE, map_label
 from discovery.store.tables import sanity_summary
 
@@ -71,7 +72,7 @@ def _zoom(rgb: np.ndarray, factor: int = 3) -> np.ndarray:
     return np.repeat(np.repeat(rgb, factor, axis=0), factor, axis=1)
 
 
-def _nodule_section(row: pd.Series, arrays: dict[str, np.ndarray]) -> str:
+def _nodule_section(row: pd.Series, arrays: dict[str, np.ndarray], title: str) -> str:
     label = nodule_label(row["nodule_id"])
     ct, mask, attr, regions = arrays["ct"], arrays["mask"], arrays["attribution"], arrays["region_map"]
     z, rule = render.key_slice_choice(mask, label, attribution=attr)
@@ -112,8 +113,8 @@ def _nodule_section(row: pd.Series, arrays: dict[str, np.ndarray]) -> str:
 <div class="nodule"><h3>{html.escape(row['case_id'])} · {html.escape(row['nodule_id'])} {_badge(row['verdict'])}</h3>{caution}
 <div class="imgs">
 <figure>{_img(_zoom(plain), alt='lung window with mask contour')}<figcaption>axial slice {z + 1} ({html.escape(rule)}), lung window (W1500/L-600); green: mask contour</figcaption></figure>
-<figure>{_img(_zoom(over), alt='Grad-CAM overlay')}<figcaption>Grad-CAM overlay; cyan: off-mask regions</figcaption></figure>
-<figure>{_img(bar, alt='colour bar')}<figcaption>{fmt(attr_max)}<br>…<br>0<br>(raw Grad-CAM)</figcaption></figure>
+<figure>{_img(_zoom(over), alt=f'{title} overlay')}<figcaption>{html.escape(title)} overlay; cyan: off-mask regions</figcaption></figure>
+<figure>{_img(bar, alt='colour bar')}<figcaption>{fmt(attr_max)}<br>…<br>0<br>(raw {html.escape(title)})</figcaption></figure>
 <figure>{_img(full, width=200, alt='whole slice')}<figcaption>whole slice</figcaption></figure>
 <table>{table}</table></div></div>"""
 
@@ -175,8 +176,8 @@ def _outcomes_section(data: ReportData) -> str:
 <h3>{html.escape(p.title)}</h3><p class="n" style="color:{colour}">{p.n_nodules} nodule{'s' if p.n_nodules != 1 else ''}</p>
 <p>{html.escape(p.lead)}</p>{''.join(figs)}</div>""")
     return f"""<p class="note">Each scored nodule is read by the rules in <code>discovery/patterns/outcomes.py</code>.
-{html.escape(rules_summary())} Pictures: axial crops in lung window, plain and with the Grad-CAM
-overlay (from {DISPLAY_THRESHOLD:.0%} of the case maximum); green the nodule mask, cyan the off-mask region; shortcut
+{html.escape(rules_summary())} Pictures: axial crops in lung window, plain and with the
+{html.escape(map_title(data.meta.get("method")))} overlay (from {DISPLAY_THRESHOLD:.0%} of the case maximum); green the nodule mask, cyan the off-mask region; shortcut
 pictures are on the slice of the densest voxel next to the region (or, for metal beside the
 nodule, within its surroundings), between nodule and artifact.
 The heat map exists only inside each nodule's 48 mm analysis box, so it can end in a straight edge.</p>
@@ -258,6 +259,7 @@ def build_html(results_dir: str | Path) -> str:
     """
     data = ReportData(results_dir)
     findings, scored, meta = data.findings, data.scored, data.meta
+    title = map_title(meta.get("method"))
     counts = findings["verdict"].replace("", "failed").value_counts()
     summary_rows = "".join(f"<tr><th class='l'>{html.escape(str(k))}</th><td>{int(v)}</td></tr>"
                            for k, v in counts.items())
@@ -265,7 +267,7 @@ def build_html(results_dir: str | Path) -> str:
     failed_html = "".join(f"<li>{html.escape(r.case_id)}: {html.escape(r.error)}</li>"
                           for r in failed.itertuples())
     nodules_html = [
-        _nodule_section(row, data.arrays(row["case_id"]))
+        _nodule_section(row, data.arrays(row["case_id"]), title)
         for _, row in data.outcomes.sort_values(["verdict", "probability"],
                                                 ascending=[True, False]).iterrows()]
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -275,8 +277,8 @@ def build_html(results_dir: str | Path) -> str:
 <style>{_CSS}</style></head><body>
 <h1>Nodule discovery findings</h1>
 <p class="sub">{findings['case_id'].nunique()} cases, {len(scored)} nodules scored · model weights {sha}… ·
-Grad-CAM on {html.escape(str(meta.get('gradcam_layer', '')))} · generated {now}</p>
-<p class="note">Case ids are pseudonymous. Grad-CAM values are raw magnitudes (after ReLU), shown on one
+{html.escape(map_title(meta.get('method'), meta.get('gradcam_layer')))} · generated {now}</p>
+<p class="note">Case ids are pseudonymous. {html.escape(title)} values are raw magnitudes (after ReLU), shown on one
 scale per case (0 to the case maximum); the overlay shows values of at least {DISPLAY_THRESHOLD:.0%} of that maximum. A verdict says where the model's attention lies relative to the
 annotated nodule: {html.escape(verdicts_in_words(meta))}; beside it, whether the prediction rests on the nodule
 (P(malignant) without it / without a volume-matched control). Off-mask attention

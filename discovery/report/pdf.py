@@ -17,7 +17,7 @@ The PDF shows what the HTML report (:mod:`discovery.report.html`) shows, laid ou
   :data:`MAX_FALLBACK`), or, when no nodule has attention off its mask, those with the
   highest P(malignant); the summary and each page say which.  A page has the nodule's key
   axial slice (:func:`~discovery.report.render.key_slice_choice`, its rule named) in lung window, plain with the mask contour and with the
-  Grad-CAM overlay, a colour bar in raw Grad-CAM units (0 to the case maximum, one scale per
+  attribution overlay, a colour bar in its raw units (0 to the case maximum, one scale per
   case), the whole slice, the nodule's main off-mask region and the metrics.
 
 Rules
@@ -52,6 +52,7 @@ import numpy as np
 import pandas as pd
 
 from data_tools.files import atomic_path
+from discovery.explain.catalog import map_title
 from discovery.explain.faithfulness_rule import RULE, map_label
 from discovery.align.metrics import AlignThresholds
 from discovery.patterns.outcomes import rules_summary
@@ -161,6 +162,8 @@ def _context(results_dir: Path) -> dict:
         "n_cases": int(findings["case_id"].nunique()), "n_scored": int(len(data.scored)),
         "sha": (f"{str(meta['model_sha256'])[:12]}…" if meta.get("model_sha256") else "unknown"),
         "layer": str(meta.get("gradcam_layer", "") or "-"),
+        "map": map_title(meta.get("method"), meta.get("gradcam_layer")),
+        "method": map_title(meta.get("method")),
         "date": _results_date(meta, data.cases), "spacing": _case_spacing(data.cases),
         "box_mm": _box_mm(meta), "verdicts": verdicts_in_words(meta),
         "sanity": data.sanity, "checks": data.outcome_checks,
@@ -175,10 +178,10 @@ def _title_block(doc: Doc, ctx: dict) -> None:
     doc.text(TITLE, size=20, weight="bold", color=INK)
     doc.y += 0.04
     doc.text(f"{ctx['n_cases']} cases, {ctx['n_scored']} nodules scored · model weights "
-             f"{ctx['sha']} · Grad-CAM on {ctx['layer']} · results of {ctx['date']}",
+             f"{ctx['sha']} · {ctx['map']} · results of {ctx['date']}",
              size=9.5, color=GRAY)
     doc.y += 0.1
-    note = ("Case ids are pseudonymous. Grad-CAM values are raw magnitudes (after ReLU), shown on "
+    note = (f"Case ids are pseudonymous. {ctx['method']} values are raw magnitudes (after ReLU), shown on "
             "one scale per case (0 to the case maximum); overlays show values of at least "
             f"{DISPLAY_THRESHOLD:.0%} of that maximum. A verdict says where the model's attention "
             f"lies relative to the annotated nodule: {ctx['verdicts']}; beside it, whether "
