@@ -207,8 +207,9 @@ def main(argv=None) -> int:
     ap.add_argument("--layer", default=None, help="its layer (default: the model card's)")
     ap.add_argument("--cluster-method", default=PatternSettings.method,
                     choices=["hdbscan", "spectral", "gmm"], help="the regions' clustering")
-    ap.add_argument("--cluster-features", default="region", choices=["region", "structure"],
-                    help="clustering descriptors: FEATURE_COLUMNS or STRUCTURE_FEATURES")
+    ap.add_argument("--cluster-features", default="structure", choices=["region", "structure"],
+                    help="clustering descriptors: STRUCTURE_FEATURES (default, the product's) "
+                         "or FEATURE_COLUMNS")
     ap.add_argument("--min-structure-mm3", type=float, default=PatternSettings.min_structure_mm3,
                     help="regions whose attended structure is smaller (mm^3) are not clustered")
     ap.add_argument("--thresholds", default=None, metavar="TOL,MARGIN,ALIGNED,OFFMASK",
