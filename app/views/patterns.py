@@ -15,8 +15,9 @@ store = common.get_store()
 ss = st.session_state
 
 st.title("Patterns")
-st.caption("Off-mask attention regions of the whole cohort, grouped by what they look like. "
-           "A cluster is a hypothesis about what the model attends to, not a finding.")
+st.caption("Off-mask attention regions of the whole cohort, grouped by what each points at "
+           "(the structure it attends: its density, size, distance and direction, and the "
+           "pleura). A cluster is a hypothesis about what the model attends to, not a finding.")
 regions = common.regions(store)
 clusters = common.clusters(store)
 if regions.empty:
