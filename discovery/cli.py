@@ -553,8 +553,9 @@ def _add_model(sub) -> None:
     cal.add_argument("--method", default="layercam",
                      help="the map the rule reads (default layercam)")
     cal.add_argument("--layer", default=None, metavar="NAME",
-                     help="its layer (default: the card's CAM layer; the demo model's rule "
-                          "reads layer2, 3 mm cells)")
+                     help="its layer (default: the layer of the card's default map when it "
+                          "is this method, as for the demo model, layer2, 3 mm cells; else the "
+                          "card's CAM layer)")
     cal.add_argument("--features", default=None,
                      help="comma-separated rule features (default "
                           "log_mass_on_nodule,logit,log_contrast,near_share_5mm)")

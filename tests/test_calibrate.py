@@ -57,7 +57,8 @@ def test_examples_are_the_features_of_predicted_malignant_nodules(demo):
 
 def test_calibrate_fits_a_rule_that_reproduces_its_own_figures(cohort, demo):
     model, card = demo
-    done = calibrate_verdicts(cohort, model, card, layer="layer2")
+    assert card.default_map == "layercam@layer2"
+    done = calibrate_verdicts(cohort, model, card)    # LayerCAM at the default map's layer
     rule = done.rule
     assert isinstance(rule, VerdictRule) and rule.features == DEFAULT_RULE_FEATURES
     assert (rule.method, rule.layer) == ("layercam", "layer2")

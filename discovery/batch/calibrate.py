@@ -185,8 +185,10 @@ def calibrate_verdicts(input_path, model, card, *, method: str = "layercam",
     model, card :
         The model and its card (:func:`discovery.model.external.load_any_model`).
     method, layer :
-        The map the rule reads (default LayerCAM at the card's CAM layer; the demo model's
-        rule reads LayerCAM at ``layer2``, its 3 mm cells).
+        The map the rule reads (default LayerCAM at the layer of the card's ``default_map``
+        when that map is LayerCAM, else at the card's CAM layer: the demo model's rule reads
+        LayerCAM at ``layer2``, its 3 mm cells, the map it is explained with, so scoring
+        computes it once).
     features : sequence of str
         Names from :data:`discovery.align.rule.RULE_FEATURES`.
     layout, max_bytes :
@@ -213,7 +215,9 @@ def calibrate_verdicts(input_path, model, card, *, method: str = "layercam",
     paths = [input_path] if isinstance(input_path, (str, Path)) else list(input_path)
     found = [(path, spec) for path in paths for spec in discover_cases(path, layout=layout)]
     specs = found[:max_cases]
-    layer = layer or card.gradcam_layer
+    default_method, _, default_layer = card.default_map.partition("@")
+    layer = layer or (default_layer if default_method == method and default_layer
+                      else card.gradcam_layer)
     values, rests, skipped, used = [], [], [], 0
     context = {"model": model, "card": card, "method": method, "layer": layer,
                "max_bytes": max_bytes}
