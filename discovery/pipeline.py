@@ -14,11 +14,11 @@ interpolated.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
 from contextlib import contextmanager
-import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
