@@ -75,6 +75,7 @@ from discovery.model.card import ModelCard, default_architecture, load_model  # 
 from discovery.model.reliance import RelianceSettings  # noqa: E402
 from discovery.patterns.clustering import (FEATURE_COLUMNS, STRUCTURE_FEATURES, PatternSettings,  # noqa: E402
                                 cluster_regions)
+from discovery.schema import parse_map  # noqa: E402
 from discovery.pipeline import HALO_MM, ScoreSettings, analyze_scan  # noqa: E402
 from discovery.model.train import PRECISIONS, TrainSettings, synthetic_rois, train_model  # noqa: E402
 from discovery.parallel import ordered_map  # noqa: E402
@@ -294,8 +295,8 @@ def _scored_test_cases(args, model, card, roles):
 
 
 def _score_settings(spec: str) -> ScoreSettings:
-    method, _, layer = spec.partition("@")
-    return ScoreSettings(method=method, layer=layer or None)
+    method, layer = parse_map(spec)
+    return ScoreSettings(method=method, layer=layer)
 
 
 def run(args) -> dict:
@@ -457,7 +458,7 @@ def distractor_reported(clustered: pd.DataFrame, clusters: pd.DataFrame, roles: 
     distractor's: among its regions near a planted structure, the distractor's kind is the
     most common (ties count).  A cluster of another kind's regions that holds a few
     distractor regions is that kind's finding, not the distractor's."""
-    kinds = [k for k in roles]
+    kinds = list(roles)
     distractors = [k for k, role in roles.items() if role == "distractor"]
     for _, c in clusters.iterrows():
         if not (np.isfinite(c["p_truth"]) and c["p_truth"] < 0.05):

@@ -143,7 +143,7 @@ def _run_sanity(args, methods, randomise):
 def _print_sanity(n_nodules: int, table) -> None:
     """Per method: the verdict of the faithfulness rule (ROAD's MoRF-LeRF gap with imputed
     voxels, which decides), the randomisation Spearman, then the old measure for comparison."""
-    from discovery.explain.faithfulness_rule import map_label
+    from discovery.explain.catalog import map_label
 
     console = _console()
     console.print(f"{n_nodules} nodules. Faithfulness (decides): MoRF-LeRF gap of P(malignant) "

@@ -68,6 +68,7 @@ from discovery.regions.structures import (
     AttendedStructure,
     attended_structure,
 )
+from discovery.schema import parse_map
 
 __all__ = ["ScoreSettings", "RegionContext", "NoduleResult", "CaseResult", "analyze_scan",
            "pool_region_features", "resolve_map"]
@@ -123,8 +124,8 @@ def resolve_map(settings: ScoreSettings, card: ModelCard) -> ScoreSettings:
     ``default_map`` (its layer too, unless ``layer`` is set), or Grad-CAM without one."""
     if settings.method is not None:
         return settings
-    method, _, layer = (card.default_map or "gradcam").partition("@")
-    return dataclasses.replace(settings, method=method, layer=settings.layer or layer or None)
+    method, layer = parse_map(card.default_map or "gradcam")
+    return dataclasses.replace(settings, method=method, layer=settings.layer or layer)
 
 
 @dataclass(frozen=True, eq=False)

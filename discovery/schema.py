@@ -1,5 +1,6 @@
 """What the stages agree on, in a module that imports nothing heavy: the columns of the
-tables the pipeline stores, and the decision threshold.
+tables the pipeline stores, the decision threshold, and how a map is named
+(``"METHOD@LAYER"``: :func:`parse_map`).
 
 The results store (and so the app's first page) needs these names; the modules that compute
 the tables (:mod:`discovery.patterns.causal` needs torch, :mod:`discovery.patterns.clustering` scikit-learn)
@@ -69,3 +70,13 @@ def decision_threshold(values) -> float:
     """
     value = values.get("threshold") if values else None
     return DEFAULT_THRESHOLD if value is None or value == "" else float(value)
+
+
+def parse_map(spec: str) -> tuple[str, str | None]:
+    """``(method, layer)`` of a map named ``"METHOD"`` or ``"METHOD@LAYER"`` (a model card's
+    ``default_map``, the benchmark's ``--map``); layer None when not named.  ValueError for
+    an empty name or part, or more than one ``@``."""
+    parts = spec.split("@") if isinstance(spec, str) else []
+    if not 1 <= len(parts) <= 2 or not all(parts):
+        raise ValueError(f"a map is named 'METHOD' or 'METHOD@LAYER'; received {spec!r}")
+    return parts[0], (parts[1] if len(parts) == 2 else None)

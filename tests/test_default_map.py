@@ -12,6 +12,7 @@ from discovery.align.rule import VerdictRule
 from discovery.batch.score import score_folder
 from discovery.model.card import ModelCard, build_network, default_architecture, load_model, save_model
 from discovery.pipeline import ScoreSettings, resolve_map
+from discovery.schema import parse_map
 from discovery.store.tables import ResultsStore
 
 SMALL = SyntheticConfig(shape_yx=128, n_slices=(50, 58), pixel_spacing_mm=(2.2, 2.6),
@@ -45,6 +46,14 @@ def test_resolve_map():
 def test_a_bad_default_map_is_refused(bad):
     with pytest.raises(ValueError, match="default_map"):
         _card(default_map=bad)
+    with pytest.raises(ValueError, match="METHOD@LAYER"):
+        parse_map(bad)
+
+
+def test_parse_map():
+    assert parse_map("layercam@layer2") == ("layercam", "layer2")
+    assert parse_map("gradcam") == ("gradcam", None)
+    assert parse_map("layercam-fused@layer2+layer3") == ("layercam-fused", "layer2+layer3")
 
 
 def test_the_demo_model_is_explained_with_layercam_at_layer2():

@@ -7,8 +7,8 @@ import streamlit as st
 
 from app import common
 from discovery.background import read_progress
-from discovery.explain.catalog import map_title
-from discovery.explain.faithfulness_rule import RULE, faithfulness_warning, map_label
+from discovery.explain.catalog import map_label, map_title
+from discovery.explain.faithfulness_rule import RULE, faithfulness_warning
 from discovery.model.domain import applicability_summary
 from discovery.patterns.outcomes import (SCORED_STATUSES, agreement_reading, read_outcomes,
                                          rules_summary, surroundings_reading)

@@ -37,6 +37,7 @@ from discovery.model.card import ModelCard, save_card
 from discovery.model.external import sidecar_path, write_sidecar_rule
 from discovery.parallel import ordered_map
 from discovery.pipeline import ScoreSettings, analyze_scan
+from discovery.schema import parse_map
 
 __all__ = ["DEFAULT_RULE_FEATURES", "STOP_NONE_RESTING", "Calibration", "verdict_examples",
            "none_resting", "fit_calibrated_rule", "calibrate_verdicts", "save_verdict_rule"]
@@ -215,7 +216,7 @@ def calibrate_verdicts(input_path, model, card, *, method: str = "layercam",
     paths = [input_path] if isinstance(input_path, (str, Path)) else list(input_path)
     found = [(path, spec) for path in paths for spec in discover_cases(path, layout=layout)]
     specs = found[:max_cases]
-    default_method, _, default_layer = card.default_map.partition("@")
+    default_method, default_layer = parse_map(card.default_map or method)
     layer = layer or (default_layer if default_method == method and default_layer
                       else card.gradcam_layer)
     values, rests, skipped, used = [], [], [], 0

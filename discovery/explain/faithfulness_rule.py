@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["FaithfulnessVerdict", "faithfulness_verdict", "faithfulness_warning",
-           "map_label", "method_summary", "MIN_SHARE_POSITIVE", "MIN_NODULES", "RULE"]
+           "method_summary", "MIN_SHARE_POSITIVE", "MIN_NODULES", "RULE"]
 
 #: Share of predicted-malignant nodules whose MoRF-LeRF gap must be positive.
 MIN_SHARE_POSITIVE = 0.9
@@ -163,15 +163,6 @@ def method_summary(rows: pd.DataFrame) -> dict:
         "road_gap_positive": v.n_positive / v.n if v.n else float("nan"),
         "status": v.status, "verdict": v.sentence,
     }
-
-
-def map_label(method: str, layer: str | None = None) -> str:
-    """``"method@layer"``, the maps a check was run on; *method* alone when the layer was
-    not recorded (stores written before the sanity rows kept it) or is the input (Integrated
-    Gradients, Occlusion: no CAM layer)."""
-    if isinstance(layer, str) and layer and layer != "input":
-        return f"{method}@{layer}"
-    return str(method)
 
 
 def faithfulness_warning(summary: pd.DataFrame, method: str | None,

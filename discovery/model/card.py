@@ -28,7 +28,7 @@ import torch
 
 from data_tools.errors import ModelError, file_label
 from data_tools.files import atomic_path, sha256_file
-from discovery.schema import decision_threshold
+from discovery.schema import decision_threshold, parse_map
 
 if TYPE_CHECKING:
     from discovery.model.compiled import CompiledResNet
@@ -130,10 +130,12 @@ class ModelCard:
     default_map: str = ""
 
     def __post_init__(self):
-        if not isinstance(self.default_map, str) or self.default_map.count("@") > 1 or (
-                self.default_map and not all(self.default_map.split("@"))):
-            raise ValueError(f"default_map must be 'METHOD' or 'METHOD@LAYER' (or empty); "
-                             f"received {self.default_map!r}")
+        if self.default_map != "":
+            try:
+                parse_map(self.default_map)
+            except ValueError:
+                raise ValueError(f"default_map must be 'METHOD' or 'METHOD@LAYER' (or empty); "
+                                 f"received {self.default_map!r}") from None
         windows = tuple(tuple(float(v) for v in w) for w in self.input_windows)
         for w in (*windows, tuple(float(v) for v in self.hu_window)):
             if len(w) != 2 or not (math.isfinite(w[0]) and math.isfinite(w[1]) and w[1] > w[0]):

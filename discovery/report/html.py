@@ -33,8 +33,8 @@ from discovery.report.style import (
     pct,
     verdicts_in_words,
 )
-from discovery.explain.catalog import map_title
-from discovery.explain.faithfulness_rule import RULE, map_label
+from discovery.explain.catalog import map_label, map_title
+from discovery.explain.faithfulness_rule import RULE
 from discovery.store.tables import sanity_summary
 
 __all__ = ["build_html"]

@@ -52,8 +52,8 @@ import numpy as np
 import pandas as pd
 
 from data_tools.files import atomic_path
-from discovery.explain.catalog import map_title
-from discovery.explain.faithfulness_rule import RULE, map_label
+from discovery.explain.catalog import map_label, map_title
+from discovery.explain.faithfulness_rule import RULE
 from discovery.align.metrics import AlignThresholds
 from discovery.patterns.outcomes import rules_summary
 from discovery.report import render
