@@ -123,11 +123,15 @@ def _coltype(name: str) -> str:
     return "TEXT" if name in _TEXT else "INTEGER" if name in _INT else "REAL"
 
 
-def _schema(backend: Backend) -> str:
-    types = {"TEXT": backend.text, "INTEGER": backend.integer, "REAL": backend.real}
+def _sql_type(backend: Backend, name: str) -> str:
+    """Column *name*'s type in *backend*'s dialect (the tables' schema and the columns added
+    to older stores)."""
+    return {"TEXT": backend.text, "INTEGER": backend.integer, "REAL": backend.real}[_coltype(name)]
 
+
+def _schema(backend: Backend) -> str:
     def cols(names: list[str]) -> str:
-        return ",\n  ".join(f"{c} {types[_coltype(c)]}" for c in names)
+        return ",\n  ".join(f"{c} {_sql_type(backend, c)}" for c in names)
 
     nod, reg, clu = cols(FINDINGS_COLUMNS), cols(REGION_COLUMNS), cols(CLUSTER_COLUMNS)
     ran, per = cols(RANDOMIZATION_COLUMNS), cols(PERTURBATION_COLUMNS)
@@ -442,8 +446,8 @@ class ResultsStore:
         with self.write() as con:
             have = set(con.frame("SELECT * FROM sanity_perturbation LIMIT 0").columns)
             for col in [c for c in PERTURBATION_COLUMNS if c not in have]:   # older stores
-                kind = self.backend.text if col in _TEXT else self.backend.real
-                con.execute(f"ALTER TABLE sanity_perturbation ADD COLUMN {col} {kind}")
+                con.execute(f"ALTER TABLE sanity_perturbation ADD COLUMN {col} "
+                            f"{_sql_type(self.backend, col)}")
             for table, rows in (("sanity_randomization", randomization),
                                 ("sanity_perturbation", perturbation)):
                 for method in sorted({r["method"] for r in rows}):
