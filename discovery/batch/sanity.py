@@ -89,14 +89,25 @@ def _nodule_rois(volume: Volume, mask: Mask, card: ModelCard, case_id: str):
         yield (case_id, site.nodule_id), network_input(roi.hu, card)
 
 
-def _rois_from_results(results_dir: Path, card: ModelCard):
+def _scored_with(results_dir: Path, card: ModelCard) -> dict[str, str]:
+    """``{method: layer}`` of the maps a results folder was scored with (empty when its meta
+    does not say); ValueError when it was scored with another model than *card*'s."""
     store = ResultsStore(results_dir, create=False)
     try:
         meta = store.meta()
-        if meta.get("model_sha256") not in (None, card.weights_sha256):
-            raise ValueError(
-                "the results were scored with another model (weights SHA-256 "
-                f"{str(meta.get('model_sha256'))[:12]}...); pass that model with --model")
+    finally:
+        store.close()
+    if meta.get("model_sha256") not in (None, card.weights_sha256):
+        raise ValueError(
+            "the results were scored with another model (weights SHA-256 "
+            f"{str(meta.get('model_sha256'))[:12]}...); pass that model with --model")
+    method, layer = meta.get("method"), meta.get("gradcam_layer")
+    return {str(method): str(layer)} if method and layer else {}
+
+
+def _rois_from_results(results_dir: Path, card: ModelCard):
+    store = ResultsStore(results_dir, create=False)
+    try:
         case_ids = store.query("SELECT case_id FROM cases WHERE status = 'ok' ORDER BY case_id")["case_id"]
     finally:
         store.close()
@@ -175,8 +186,8 @@ def run_sanity(
     is_results, results_dir = _check_options(source, results_dir, methods, randomise or (),
                                              max_nodules)
     model, card = load_any_model(model_dir)
-    layers, randomise = _maps_checked(source if is_results else None, model, card, methods,
-                                      randomise, layer)
+    scored = _scored_with(source, card) if is_results else {}   # another model: refused
+    layers, randomise = _maps_checked(scored, model, methods, randomise, layer)
     keys, rois = _sample_rois(source, is_results, card, max_nodules, seed)
     ran_rows = [row for method in randomise
                 for row in _randomisation_rows(model, rois, method, n_draws, seed, progress,
@@ -193,12 +204,12 @@ def run_sanity(
                          pd.DataFrame(per_rows, columns=PERTURBATION_COLUMNS))
 
 
-def _maps_checked(results: Path | None, model, card: ModelCard, methods: Sequence[str],
+def _maps_checked(scored: dict[str, str], model, methods: Sequence[str],
                   randomise: Sequence[str] | None, layer: str | None):
     """``({method: layer}, randomise)``: the layer of each method checked (the method the
-    *results* were scored with at its layer, unless *layer* is given) and the methods
-    randomised (None: Grad-CAM and that method); ValueError for a layer a method cannot use."""
-    scored = _scored_with(results, card) if results is not None else {}
+    results were scored with, *scored* (:func:`_scored_with`), at its layer, unless *layer*
+    is given) and the methods randomised (None: Grad-CAM and that method); ValueError for a
+    layer a method cannot use."""
     in_use = scored if layer is None else {}
     if randomise is None:
         randomise = tuple(dict.fromkeys(["gradcam", *scored]))
@@ -206,21 +217,6 @@ def _maps_checked(results: Path | None, model, card: ModelCard, methods: Sequenc
     for m, m_layer in layers.items():
         method_layer(model, m, m_layer)                # ValueError for a layer it cannot use
     return layers, randomise
-
-
-def _scored_with(results: Path, card: ModelCard) -> dict[str, str]:
-    """``{method: layer}`` of the maps a results folder was scored with by the model of
-    *card* (empty when its meta does not say, or names another model: refused later, by
-    :func:`_rois_from_results`)."""
-    store = ResultsStore(results, create=False)
-    try:
-        meta = store.meta()
-    finally:
-        store.close()
-    if meta.get("model_sha256") not in (None, card.weights_sha256):
-        return {}
-    method, layer = meta.get("method"), meta.get("gradcam_layer")
-    return {str(method): str(layer)} if method and layer else {}
 
 
 def _check_options(source: Path, results_dir, methods, randomise, max_nodules
