@@ -31,9 +31,9 @@ from discovery.batch.score import (WORKER_DIED, case_config_hash, case_input_has
                              remove_stale_temp_files, score_folder)
 from discovery.parallel import START_METHODS, start_method
 from discovery.model.card import ModelCard, build_network, save_model
-from discovery.patterns.clustering import FEATURE_COLUMNS, PatternSettings
 from discovery.pipeline import ScoreSettings
 from discovery.store.tables import ResultsStore
+from tests.test_patterns import REGION
 
 REPO = Path(__file__).resolve().parents[1]
 TABLES = ("findings.csv", "patterns.csv")
@@ -92,9 +92,9 @@ def reference(tmp_path_factory, cohort, model_dir):
 
 
 #: A clustering under which these noise balls form clusters (HDBSCAN on the region
-#: descriptors), for the tests that need the causal check to run
-REGION_PATTERNS = PatternSettings(method="hdbscan", features=tuple(FEATURE_COLUMNS),
-                                  min_structure_mm3=15.0)
+#: descriptors, as tests/test_patterns.py tests it), for the tests that need the causal
+#: check to run
+REGION_PATTERNS = REGION
 
 
 def _clusters(folder: Path):
