@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from data_tools.checks import check_int
+from discovery.patterns.stats import labels_by_size
 
 __all__ = ["DEMP_CUTOFF", "gaussian_mixture_bic", "merge_overlapping"]
 
@@ -84,15 +85,7 @@ def merge_overlapping(posteriors, *, cutoff: float = DEMP_CUTOFF) -> np.ndarray:
         i, j = min(i, j), max(i, j)
         tau[:, i] += tau[:, j]
         tau = np.delete(tau, j, axis=1)
-    return _by_size(tau.argmax(axis=1))
-
-
-def _by_size(raw: np.ndarray) -> np.ndarray:
-    uniq, first, sizes = np.unique(raw, return_index=True, return_counts=True)
-    rank = np.lexsort((first, -sizes))
-    new_id = np.empty(uniq.size, dtype=np.int64)
-    new_id[rank] = np.arange(uniq.size)
-    return new_id[np.searchsorted(uniq, raw)]
+    return labels_by_size(tau.argmax(axis=1))
 
 
 def gaussian_mixture_bic(z, *, max_components: int = 10, seed: int = 0, n_init: int = 2,
@@ -143,6 +136,6 @@ def gaussian_mixture_bic(z, *, max_components: int = 10, seed: int = 0, n_init: 
         if bic < best_bic:
             best, best_bic = fit, bic
     tau = best.predict_proba(x)
-    labels = _by_size(tau.argmax(axis=1)) if cutoff is None else merge_overlapping(
+    labels = labels_by_size(tau.argmax(axis=1)) if cutoff is None else merge_overlapping(
         tau, cutoff=cutoff)
     return labels, int(best.n_components)

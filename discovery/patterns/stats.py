@@ -30,6 +30,7 @@ __all__ = [
     "enrichment_test",
     "benjamini_hochberg",
     "spectral_eigengap",
+    "labels_by_size",
     "match_kind",
     "top_k_precision",
     "adjusted_rand",
@@ -313,13 +314,27 @@ def spectral_eigengap(
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Graph is not fully connected")
         raw = model.fit_predict(a)
-    # Renumber by decreasing size, ties by first appearance, for stable ids.
+    return labels_by_size(raw), k, gaps
+
+
+def labels_by_size(raw) -> np.ndarray:
+    """Cluster ids renumbered ``0..M-1`` by decreasing size, ties by first appearance, so
+    that the ids are stable whatever numbers the clustering gave.
+
+    Parameters
+    ----------
+    raw : array_like of int, shape (N,)
+
+    Returns
+    -------
+    numpy.ndarray of int64, shape (N,)
+    """
+    raw = np.asarray(raw)
     uniq, first, sizes = np.unique(raw, return_index=True, return_counts=True)
     rank = np.lexsort((first, -sizes))
     new_id = np.empty(uniq.size, dtype=np.int64)
     new_id[rank] = np.arange(uniq.size)
-    labels = new_id[np.searchsorted(uniq, raw)]
-    return labels, k, gaps
+    return new_id[np.searchsorted(uniq, raw)]
 
 
 # ----------------------------------------------------------------- benchmark evaluation
