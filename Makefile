@@ -12,7 +12,8 @@ CASES  ?= 40
 WORKERS ?= 2
 SANITY ?= gradcam,gradcam++,hirescam,layercam,integrated_gradients
 # training arithmetic of make bench-discovery: bfloat16 is about 1.7x as fast per epoch on a CPU
-# with AMX (docs/benchmarks/discovery.md#bfloat16); BENCH_PRECISION=float32 elsewhere
+# with AMX and about 1.2x on one with AVX512-BF16 only (docs/benchmarks/discovery.md#bfloat16,
+# #channels-last); BENCH_PRECISION=float32 on a CPU with neither
 BENCH_PRECISION ?= bfloat16
 
 .PHONY: install runtime test demo demo-scored demo-data demo-sanity screenshots bench bench-discovery bench-discovery-suite docs clean

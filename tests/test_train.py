@@ -119,6 +119,18 @@ def test_resume_refuses_a_checkpoint_from_other_settings(tmp_path):
         train_model(_toy(), tmp_path, settings=other, card=_tiny_card(), resume=True)
 
 
+def test_a_checkpoint_resumes_in_the_other_memory_layout(tmp_path):
+    """The layout changes the speed, not what is learnt: a checkpoint of one resumes in the
+    other (and the epochs already run are not repeated)."""
+    _interrupted_after_one_epoch(tmp_path, TrainSettings(epochs=2, batch_size=6, seed=5,
+                                                         memory_format="contiguous"))
+    seen = []
+    card = train_model(_toy(), tmp_path, settings=TrainSettings(epochs=2, batch_size=6, seed=5),
+                       card=_tiny_card(), resume=True, progress=lambda e, t, h: seen.append(e))
+    assert seen == [2]
+    assert card.training["settings"]["memory_format"] == "channels_last"
+
+
 def test_small_rotations_are_rotations():
     import torch
 
@@ -340,6 +352,38 @@ def test_bfloat16_training_learns_and_saves_a_float32_network(tmp_path):
     for c in (card, plain):
         losses = [h["loss"] for h in c.training["history"]]
         assert losses[-1] < losses[0]
+
+
+def test_training_in_channels_last_saves_and_returns_the_standard_layout(tmp_path):
+    """Training runs in the channels-last 3-D layout (faster convolutions); what is saved and
+    loaded is in the layout the network was built in, and equals a plain rebuild's."""
+    import torch
+    from safetensors.torch import load_file
+
+    from discovery.model.card import WEIGHTS_NAME
+
+    s = TrainSettings(epochs=2, patience=5, batch_size=6, seed=3)
+    train_model(_toy(), tmp_path / "m", settings=s, card=_tiny_card())
+    saved = load_file(tmp_path / "m" / WEIGHTS_NAME)
+    conv = [v for v in saved.values() if v.dim() == 5]
+    assert conv and all(v.is_contiguous() for v in conv)
+    model, _ = load_model(tmp_path / "m")
+    assert all(p.is_contiguous() for p in model.parameters())
+    x = torch.from_numpy(_toy().x[:4])
+    with torch.no_grad():
+        a = model(x)
+        b = model(x.contiguous(memory_format=torch.channels_last_3d))
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)   # the layout is not the arithmetic
+    # the layout before, on request: the same losses up to rounding
+    plain = train_model(_toy(), tmp_path / "c", card=_tiny_card(),
+                        settings=TrainSettings(epochs=2, patience=5, batch_size=6, seed=3,
+                                               memory_format="contiguous"))
+    fast = load_model(tmp_path / "m")[1]
+    np.testing.assert_allclose([h["loss"] for h in plain.training["history"]],
+                               [h["loss"] for h in fast.training["history"]], rtol=1e-4)
+    assert fast.training["settings"]["memory_format"] == "channels_last"
+    with pytest.raises(ValueError, match="memory_format must be one of channels_last"):
+        TrainSettings(memory_format="channels_first")
 
 
 def test_an_unknown_precision_is_refused_by_name():
