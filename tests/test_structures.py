@@ -101,6 +101,40 @@ def test_anisotropic_spacing_scales_volume_and_gap():
     assert s.gap_mm == pytest.approx(1.5)  # 3 voxels of 0.5 mm along x
 
 
+def test_a_grazed_ball_is_described_whole_within_the_reach():
+    """A region whose grown margin only grazes a dense ball (a marker at the edge of a 3 mm
+    map cell) describes the whole ball; with the reach of the grown region, the fragment."""
+    hu, lung, nodule = _scene()
+    zz, yy, xx = np.indices(SHAPE)
+    ball = (zz - 10) ** 2 + (yy - 20) ** 2 + (xx - 45) ** 2 <= 9     # radius 3, x = 42..48
+    hu[ball] = 2500.0
+    region = np.zeros(SHAPE, dtype=bool)
+    region[8:13, 17:24, 32:38] = True
+    region[10, 20, 38:40] = True            # grown by 3 mm, x = 42 on this row only: one voxel
+    attribution = region.astype(np.float32)
+    whole = attended_structure(region, hu, lung, attribution, nodule, spacing_mm=SPACING)
+    assert whole.volume_mm3 == pytest.approx(float(ball.sum()))
+    assert whole.median_hu == pytest.approx(2500.0)
+    part = attended_structure(region, hu, lung, attribution, nodule, spacing_mm=SPACING,
+                              reach_mm=3.0)
+    assert part.volume_mm3 == pytest.approx(1.0)      # the one voxel inside the grown region
+    assert part.attribution_share == whole.attribution_share   # the share: the grown region's
+
+
+def test_a_long_strand_is_cut_at_the_reach():
+    hu, lung, nodule = _scene()
+    hu[10, 20, 27:61] = 20.0                # 34 voxels from x = 27 to the edge
+    region = np.zeros(SHAPE, dtype=bool)
+    region[10, 20, 30:33] = True
+    s = attended_structure(region, hu, lung, region.astype(float), nodule, spacing_mm=SPACING,
+                           reach_mm=9.0)
+    assert s.volume_mm3 == pytest.approx(float(len(range(27, 42))))   # x = 27..41 (32 + 9)
+    assert s.gap_mm == pytest.approx(3.0)
+    with pytest.raises(ValueError, match="reach_mm must be at least grow_by_mm"):
+        attended_structure(region, hu, lung, region.astype(float), nodule, spacing_mm=SPACING,
+                           reach_mm=2.0)
+
+
 @pytest.mark.parametrize("bad, match", [
     (dict(region=np.zeros((2, 2, 2), bool)), "one shape"),
     (dict(region=np.zeros(SHAPE, bool)), "empty"),
