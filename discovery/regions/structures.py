@@ -157,14 +157,17 @@ def attended_structure(
     k = int(np.argmax(mass)) + 1
     comp = labels == k
     total = float(attribution[grown].sum())
-    if reach_mm > grow_by_mm:           # the whole structure, as far as the reach
-        wide, _ = ndimage.label(field & grow_mm(region, reach_mm, tuple(spacing)),
-                                structure=FULL_26)
-        comp = wide == wide[tuple(np.argwhere(comp)[0])]
     return _describe_structure(
-        comp, hu, nodule, spacing, distance_mm,
+        _whole(comp, field, region, reach_mm, spacing) if reach_mm > grow_by_mm else comp,
+        hu, nodule, spacing, distance_mm,
         share=float(mass[k - 1] / total) if total > 0 else 0.0,
     )
+
+
+def _whole(piece, field, region, reach_mm: float, spacing) -> np.ndarray:
+    """The connected part of *field* that holds *piece*, within *reach_mm* of *region*."""
+    wide, _ = ndimage.label(field & grow_mm(region, reach_mm, tuple(spacing)), structure=FULL_26)
+    return wide == wide[tuple(np.argwhere(piece)[0])]
 
 
 def _check_inputs(region, hu, lung, attribution, nodule, *, spacing_mm, exclude, distance_mm,
