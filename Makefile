@@ -12,7 +12,7 @@ CASES  ?= 40
 WORKERS ?= 2
 SANITY ?= gradcam,gradcam++,hirescam,layercam,integrated_gradients
 # training arithmetic of make bench-discovery: bfloat16 is about 1.7x as fast per epoch on a CPU
-# with AMX and about 1.2x on one with AVX512-BF16 only (docs/benchmarks/discovery.md#bfloat16,
+# with AMX and about 1.35x on one with AVX512-BF16 only (docs/benchmarks/discovery.md#bfloat16,
 # #channels-last); BENCH_PRECISION=float32 on a CPU with neither
 BENCH_PRECISION ?= bfloat16
 
