@@ -71,7 +71,8 @@ from discovery.batch.calibrate import (DEFAULT_RULE_FEATURES, fit_calibrated_rul
 from discovery.batch.rows import result_rows  # noqa: E402
 from discovery.patterns.causal import pattern_effects, rescore_without, summarize_effects  # noqa: E402
 from discovery.patterns.stats import adjusted_rand, match_kind, top_k_precision  # noqa: E402
-from discovery.model.card import ModelCard, default_architecture, load_model  # noqa: E402
+from discovery.model.card import (TRAINED_DEFAULT_MAP, ModelCard, default_architecture,  # noqa: E402
+                                  load_model)
 from discovery.model.reliance import RelianceSettings  # noqa: E402
 from discovery.patterns.clustering import (FEATURE_COLUMNS, STRUCTURE_FEATURES, PatternSettings,  # noqa: E402
                                 cluster_regions)
@@ -82,9 +83,9 @@ from discovery.parallel import ordered_map  # noqa: E402
 
 #: The planted kinds of the shortcut condition and their roles.
 ROLE = {"marker_bead": "shortcut", "pleural_tail": "sign", "granuloma": "distractor"}
-#: the map the benchmark explains its models with: the demo model's default map (its card's
-#: ``default_map``), which the benchmark's cards also name
-DEFAULT_MAP = "layercam@layer2"
+#: the map the benchmark explains its models with: the one the cards of trained models name
+#: (the demo model's default map), which the benchmark's cards name too
+DEFAULT_MAP = TRAINED_DEFAULT_MAP
 #: Small, coarse scans: the benchmark measures discovery, not resampling.
 GEOMETRY = dict(shape_yx=160, n_slices=(64, 80), pixel_spacing_mm=(1.3, 1.6),
                 slice_spacing_mm=(1.5, 2.0))

@@ -85,14 +85,14 @@ def cmd_sample(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from discovery.model.card import ModelCard
+    from discovery.model.card import TRAINED_DEFAULT_MAP, ModelCard
     from discovery.model.train import TrainSettings, collect_rois, train_model
 
     card = ModelCard().with_windows(args.windows)
     if args.stages is not None:
         card.architecture["stages"] = args.stages
     if int(card.architecture.get("stages", 4)) >= 2:   # explained as the demo model is
-        card = dataclasses.replace(card, default_map="layercam@layer2")
+        card = dataclasses.replace(card, default_map=TRAINED_DEFAULT_MAP)
     with _progress() as bar:
         task = bar.add_task("reading cases", total=None, note="")
         data = collect_rois(args.cohort, card, labels=args.labels,

@@ -10,7 +10,8 @@ from data_tools.synthetic import SyntheticConfig, generate_cohort
 from discovery import pipeline
 from discovery.align.rule import VerdictRule
 from discovery.batch.score import score_folder
-from discovery.model.card import ModelCard, build_network, default_architecture, load_model, save_model
+from discovery.model.card import (TRAINED_DEFAULT_MAP, ModelCard, build_network, default_architecture,
+                                  load_model, save_model)
 from discovery.pipeline import ScoreSettings, resolve_map
 from discovery.schema import parse_map
 from discovery.store.tables import ResultsStore
@@ -59,6 +60,7 @@ def test_parse_map():
 def test_the_demo_model_is_explained_with_layercam_at_layer2():
     _, card = load_model(None)
     assert card.default_map == "layercam@layer2" and card.gradcam_layer == "layer3"
+    assert card.default_map == TRAINED_DEFAULT_MAP      # trained models are explained alike
     # the card round-trips with the field, and older cards (without it) still load
     assert ModelCard.from_dict(dataclasses.asdict(card)).default_map == "layercam@layer2"
     old = {k: v for k, v in dataclasses.asdict(card).items() if k != "default_map"}

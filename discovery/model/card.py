@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "ModelCard",
+    "TRAINED_DEFAULT_MAP",
     "build_network",
     "default_architecture",
     "default_model_dir",
@@ -50,6 +51,9 @@ __all__ = [
 
 CARD_NAME = "model.json"
 WEIGHTS_NAME = "model.safetensors"
+#: The :attr:`ModelCard.default_map` of the models this project trains (``discovery train``,
+#: the benchmark), as of the demo model: LayerCAM at ``layer2``, 16³ cells of 3 mm.
+TRAINED_DEFAULT_MAP = "layercam@layer2"
 CARD_VERSION = 1
 
 
