@@ -51,30 +51,34 @@ NAN = float("nan")
 GROUPS = {
     "beads": dict(
         cases=range(8), nodule="n1", n_regions=12,
-        halo_max_hu=2600.0, p90_hu=-700.0, std_hu=400.0, mass_share=0.05,
+        halo_max_hu=2600.0, structure_max_hu=2600.0, p90_hu=-700.0, std_hu=400.0,
+        mass_share=0.05,
         pleura_distance_mm=(NAN, 45.0), dense_fraction=0.02, dense_elongation=NAN,
         mean_hu=-650.0, volume_mm3=16.0, offset_distance_mm=12.0,
         structure_volume_mm3=20.0, structure_gap_mm=8.0, structure_radial=0.5,
+        structure_elongation=1.2,
         # 10 of 12 inside lung (83 %), all superior
         relations=["inside lung"] * 5 + ["vessel-like"],
         directions=["superior"],
     ),
     "tails": dict(
         cases=range(12), nodule="n2", n_regions=14,
-        halo_max_hu=80.0, p90_hu=20.0, std_hu=60.0, mass_share=0.20,
+        halo_max_hu=80.0, structure_max_hu=80.0, p90_hu=20.0, std_hu=60.0, mass_share=0.20,
         pleura_distance_mm=(1.0,), dense_fraction=0.6, dense_elongation=5.0,
         mean_hu=-100.0, volume_mm3=300.0, offset_distance_mm=25.0,
         structure_volume_mm3=150.0, structure_gap_mm=2.5, structure_radial=0.95,
+        structure_elongation=3.0,
         # all pleura-adjacent; "lateral" 8 of 14 (57 %) -> the direction
         relations=["pleura-adjacent"],
         directions=["lateral", "lateral", "lateral", "lateral", "posterior", "anterior", "medial"],
     ),
     "calcified": dict(
         cases=range(10), nodule="n3", n_regions=11,
-        halo_max_hu=600.0, p90_hu=250.0, std_hu=150.0, mass_share=0.10,
+        halo_max_hu=600.0, structure_max_hu=600.0, p90_hu=250.0, std_hu=150.0, mass_share=0.10,
         pleura_distance_mm=(15.0,), dense_fraction=0.3, dense_elongation=1.5,
         mean_hu=-300.0, volume_mm3=40.0, offset_distance_mm=8.0,
         structure_volume_mm3=40.0, structure_gap_mm=6.0, structure_radial=0.3,
+        structure_elongation=1.5,
         # 7 of 11 vessel-like (64 %); directions 3/3/3/2 of 11 -> none has half: VARIED
         relations=["vessel-like"] * 7 + ["inside lung"] * 4,
         directions=["lateral", "medial", "superior", "inferior"],
@@ -83,9 +87,9 @@ GROUPS = {
 NAMES = list(GROUPS)
 N_REGIONS = {g: spec["n_regions"] for g, spec in GROUPS.items()}
 N_NODULES = {g: len(spec["cases"]) for g, spec in GROUPS.items()}
-_NOISY = ("halo_max_hu", "p90_hu", "std_hu", "mass_share", "dense_fraction", "mean_hu",
+_NOISY = ("halo_max_hu", "structure_max_hu", "p90_hu", "std_hu", "mass_share", "dense_fraction", "mean_hu",
           "volume_mm3", "offset_distance_mm", "structure_volume_mm3", "structure_gap_mm",
-          "structure_radial")
+          "structure_radial", "structure_elongation")
 
 
 #: The clustering these tests of the region descriptors are about: HDBSCAN on
@@ -152,7 +156,7 @@ def _robust_z(x, columns=tuple(FEATURE_COLUMNS), hu_scale=250.0):
     scale = np.where(scale > 0, scale, x.std(axis=0))
     scale = np.where(scale > 0, scale, 1.0)
     if hu_scale is not None:
-        hu = [c in ("halo_max_hu", "p90_hu", "std_hu") for c in columns]
+        hu = [c in ("halo_max_hu", "structure_max_hu", "p90_hu", "std_hu") for c in columns]
         scale = np.where(hu, hu_scale, scale)
     return (x - centre) / scale
 
@@ -573,29 +577,41 @@ def test_structure_features():
     df = pd.DataFrame(
         {
             "halo_max_hu": [2600.0, 80.0, 600.0, 100.0, 90.0],
+            # the structure's own densest voxel: the region's halo grazes the first one's rim
+            "structure_max_hu": [3000.0, 60.0, 600.0, 100.0, np.nan],
             "pleura_distance_mm": [12.0, 45.0, np.nan, 30.0, 1.0],
             "structure_volume_mm3": [math.e**4, 150.0, 40.0, 14.9, 0.0],
             "structure_gap_mm": [8.0, 2.5, 45.0, 3.0, np.nan],
             "structure_radial": [0.5, 0.95, np.nan, 1.0, np.nan],
+            "structure_elongation": [1.25, 2.0, 1.0, 1.0, np.nan],
         },
         index=[10, 11, 12, 13, 14],
     )
     f = region_features(df, features=STRUCTURE_FEATURES)
     assert list(f.columns) == STRUCTURE_FEATURES
     assert list(f.index) == [10, 11, 12, 13, 14]
-    np.testing.assert_allclose(f.loc[[10, 11, 12], "halo_max_hu"], [2600, 80, 600])
+    assert "halo_max_hu" not in f.columns
+    np.testing.assert_allclose(f.loc[[10, 11, 12], "structure_max_hu"], [3000, 60, 600])
     assert f.loc[10, "log_structure_volume"] == pytest.approx(4.0)
     assert f.loc[11, "log_structure_volume"] == pytest.approx(math.log(150.0))
     assert PLEURA_CAP_MM == 30.0 and GAP_CAP_MM == 30.0
     np.testing.assert_allclose(f.loc[[10, 11, 12], "pleura_distance_mm"], [12.0, 30.0, 30.0])
     np.testing.assert_allclose(f.loc[[10, 11, 12], "structure_gap_mm"], [8.0, 2.5, 30.0])  # cap
-    assert f.loc[12, "structure_radial"] == 0.0  # no main axis: nothing oriented, as
+    # the radial |cos| counts as far as the structure has a main axis: 1 - 1/elongation
+    np.testing.assert_allclose(f.loc[[10, 11], "structure_radiality"], [0.5 * 0.2, 0.95 * 0.5])
+    assert f.loc[12, "structure_radiality"] == 0.0  # no main axis: nothing oriented, as
     # radial_alignment; a region without any structure keeps NaN (row 14, below)
     # below min_structure_mm3 (15 by default) or no structure at all: not clustered
     assert f.loc[[13, 14]].isna().all().all()
     assert f.loc[[10, 11]].notna().all().all()
     g = region_features(df, features=STRUCTURE_FEATURES, min_structure_mm3=10.0)
     assert g.loc[13].notna().all() and g.loc[14].isna().all()  # 0 mm³ is never a structure
+    assert g.loc[13, "structure_radiality"] == 0.0   # radial, but round: no axis to point
+    # the unweighted |cos| (OTHER_FEATURES) can still be clustered on
+    h = region_features(df, features=("structure_radial", "structure_gap_mm"))
+    np.testing.assert_allclose(h.loc[[10, 11, 12], "structure_radial"], [0.5, 0.95, 0.0])
+    with pytest.raises(ValueError, match="structure_elongation"):
+        cluster_regions(_cohort()[0].drop(columns="structure_elongation"))
 
 
 def test_regions_without_a_structure_are_not_clustered():

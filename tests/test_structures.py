@@ -32,7 +32,7 @@ def test_radial_strand_from_the_nodule():
     s = attended_structure(region, hu, lung, attribution, nodule, spacing_mm=SPACING)
     # grown by 3 mm, the region reaches x = 27..44 of the strand: 18 voxels
     assert s.volume_mm3 == pytest.approx(18.0)
-    assert s.median_hu == pytest.approx(20.0)
+    assert s.median_hu == pytest.approx(20.0) and s.max_hu == pytest.approx(20.0)
     assert s.gap_mm == pytest.approx(3.0)  # x = 27 to the nodule's edge voxel at x = 24
     assert s.radial == pytest.approx(1.0, abs=1e-9)
     assert s.elongation == pytest.approx(math.sqrt((18**2 - 1) / 12 + 1 / 12) / math.sqrt(1 / 12))
@@ -61,6 +61,7 @@ def test_air_only_region_has_no_structure():
     s = attended_structure(region, hu, lung, region.astype(float), nodule, spacing_mm=SPACING)
     assert s == NO_STRUCTURE
     assert s.volume_mm3 == 0.0 and math.isnan(s.gap_mm) and s.attribution_share == 0.0
+    assert math.isnan(s.median_hu) and math.isnan(s.max_hu)
 
 
 def test_the_component_with_most_attribution_wins_and_nodules_are_excluded():
@@ -78,6 +79,7 @@ def test_the_component_with_most_attribution_wins_and_nodules_are_excluded():
     attribution[10, 30, 40:50] = 5.0  # now B carries 50
     s = attended_structure(region, hu, lung, attribution, nodule, spacing_mm=SPACING)
     assert s.volume_mm3 == pytest.approx(10.0) and s.median_hu == pytest.approx(500.0)
+    assert s.max_hu == pytest.approx(500.0)
 
 
 def test_structure_outside_the_lung_field_is_ignored():
@@ -107,17 +109,20 @@ def test_a_grazed_ball_is_described_whole_within_the_reach():
     hu, lung, nodule = _scene()
     zz, yy, xx = np.indices(SHAPE)
     ball = (zz - 10) ** 2 + (yy - 20) ** 2 + (xx - 45) ** 2 <= 9     # radius 3, x = 42..48
-    hu[ball] = 2500.0
+    hu[ball] = 300.0                        # a partial-volume rim ...
+    hu[10, 20, 45] = 2500.0                 # ... around a metal-dense core voxel
     region = np.zeros(SHAPE, dtype=bool)
     region[8:13, 17:24, 32:38] = True
     region[10, 20, 38:40] = True            # grown by 3 mm, x = 42 on this row only: one voxel
     attribution = region.astype(np.float32)
     whole = attended_structure(region, hu, lung, attribution, nodule, spacing_mm=SPACING)
     assert whole.volume_mm3 == pytest.approx(float(ball.sum()))
-    assert whole.median_hu == pytest.approx(2500.0)
+    assert whole.median_hu == pytest.approx(300.0)
+    assert whole.max_hu == pytest.approx(2500.0)      # the core, 3 mm beyond the grown region
     part = attended_structure(region, hu, lung, attribution, nodule, spacing_mm=SPACING,
                               reach_mm=3.0)
     assert part.volume_mm3 == pytest.approx(1.0)      # the one voxel inside the grown region
+    assert part.max_hu == pytest.approx(300.0)        # the rim only
     assert part.attribution_share == whole.attribution_share   # the share: the grown region's
 
 

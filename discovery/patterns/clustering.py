@@ -72,24 +72,28 @@ FEATURE_COLUMNS = [
     "dense_elongation",
     "radial_alignment",
 ]
-#: The alternative feature set (``PatternSettings(features=STRUCTURE_FEATURES)``): what the
-#: region *points at* rather than the blob (:mod:`discovery.regions.structures`): the densest HU
-#: within reach (``halo_max_hu``), the attended structure's size (``log_structure_volume``,
-#: natural log of mm³), its distance from the nodule (``structure_gap_mm``, capped at
-#: :data:`GAP_CAP_MM`), whether it runs radially from the nodule (``structure_radial``) and
-#: the pleura distance.  Regions without a structure of ``min_structure_mm3`` are then not
-#: clustered.  With spectral clustering it gave the demo-model variant that relies on the
-#: pleural tail a tail cluster (docs/benchmarks/discovery.md), but on benchmark seed 3 it split the
-#: marker-bead regions over three clusters, so it is not the default.
+#: The default feature set: what the region *points at* rather than the blob
+#: (:mod:`discovery.regions.structures`): the structure's densest voxel
+#: (``structure_max_hu``; the structure's own, so attention that grazes a dense object's rim
+#: reads its core), its size (``log_structure_volume``, natural log of mm³), its distance from
+#: the nodule (``structure_gap_mm``, capped at :data:`GAP_CAP_MM`), how strongly it runs
+#: radially from the nodule (``structure_radiality``: ``structure_radial`` times
+#: ``1 - 1/structure_elongation``, since the main axis of a round structure is not defined
+#: and its ``|cos|`` is noise) and the pleura distance.  Regions without a structure of
+#: ``min_structure_mm3`` are not clustered.  Why these: docs/benchmarks/discovery.md
+#: (#structure-density for the last two changes).
 STRUCTURE_FEATURES = [
-    "halo_max_hu",
+    "structure_max_hu",
     "log_structure_volume",
     "structure_gap_mm",
-    "structure_radial",
+    "structure_radiality",
     "pleura_distance_mm",
 ]
-_ALL_FEATURES = tuple(dict.fromkeys(FEATURE_COLUMNS + STRUCTURE_FEATURES))
-_STRUCTURE_ONLY = tuple(f for f in STRUCTURE_FEATURES if f.startswith(("structure_", "log_structure")))
+#: Descriptors that may be clustered on beside those of the two sets: the unweighted
+#: ``structure_radial`` (the default before 2026-12-07's ``structure_radiality``).
+OTHER_FEATURES = ["structure_radial"]
+_ALL_FEATURES = tuple(dict.fromkeys(FEATURE_COLUMNS + STRUCTURE_FEATURES + OTHER_FEATURES))
+_STRUCTURE_ONLY = tuple(f for f in _ALL_FEATURES if f.startswith(("structure_", "log_structure")))
 _NEEDS_STRUCTURE = _STRUCTURE_ONLY + ("radial_alignment",)
 #: Median ``|cos|`` from which a cluster's structures are described as running radially
 #: from the nodule (within about 32 degrees of the radial direction).
@@ -100,7 +104,7 @@ GAP_CAP_MM = 30.0
 PLEURA_CAP_MM = 30.0
 #: The descriptors measured in Hounsfield units: an absolute physical scale, so they are
 #: compared on it (:attr:`PatternSettings.hu_scale`) rather than on the cohort's spread.
-HU_FEATURES = ("halo_max_hu", "p90_hu", "std_hu")
+HU_FEATURES = ("halo_max_hu", "structure_max_hu", "p90_hu", "std_hu")
 #: Default width (HU) of one standardised unit of an HU descriptor: about the step between
 #: neighbouring tissue classes (fat -100, soft tissue 40, calcification above 200, cortical
 #: bone 1000 and more).  The benchmark's figures are the same from 200 to 300 HU.
@@ -131,6 +135,9 @@ _REQUIRED_COLUMNS = [
 ]
 #: Needed on top of :data:`_REQUIRED_COLUMNS` when clustering on :data:`STRUCTURE_FEATURES`.
 _STRUCTURE_COLUMNS = ["structure_volume_mm3", "structure_gap_mm", "structure_radial"]
+#: Region columns a feature needs on top of those (absent from tables scored before it).
+_FEATURE_COLUMNS_NEEDED = {"structure_max_hu": ["structure_max_hu"],
+                           "structure_radiality": ["structure_elongation"]}
 _METHODS = ("hdbscan", "spectral", "agglomerative", "gmm")
 _MAP_METHODS = ("tsne", "pca")
 #: Fewer regions than this are mapped by PCA: t-SNE needs perplexity < n.
@@ -268,6 +275,7 @@ def _check_regions(regions, features) -> pd.DataFrame:
         raise ValueError(f"regions must be a pandas DataFrame; received {type(regions).__name__}")
     required = _REQUIRED_COLUMNS + (_STRUCTURE_COLUMNS if set(features) & set(_NEEDS_STRUCTURE)
                                     else [])
+    required += [c for f in features for c in _FEATURE_COLUMNS_NEEDED.get(f, [])]
     missing = [c for c in required if c not in regions.columns]
     if missing:
         raise ValueError(
@@ -305,9 +313,11 @@ def region_features(regions: pd.DataFrame, *, features=tuple(FEATURE_COLUMNS),
     regions : pandas.DataFrame
         The region table (see :data:`_REQUIRED_COLUMNS`; with structure descriptors among
         ``features``, also ``structure_volume_mm3``, ``structure_gap_mm`` and
-        ``structure_radial``).
+        ``structure_radial``, and the column each needs: ``structure_max_hu``;
+        ``structure_elongation`` for ``structure_radiality``).
     features : sequence of str
-        Names from :data:`FEATURE_COLUMNS` and :data:`STRUCTURE_FEATURES`.
+        Names from :data:`FEATURE_COLUMNS`, :data:`STRUCTURE_FEATURES` and
+        :data:`OTHER_FEATURES`.
     min_structure_mm3 : float
         With a structure descriptor of :data:`STRUCTURE_FEATURES` among ``features``:
         regions whose attended structure is smaller (mm³) get NaN in every column, so they
@@ -326,18 +336,24 @@ def region_features(regions: pd.DataFrame, *, features=tuple(FEATURE_COLUMNS),
         ``min_structure_mm3`` with a main axis, else 0 (nothing oriented: the row stays in);
         ``structure_radial`` of a structure too small for a main axis (fewer than 3
         voxels) is 0 likewise (with NaN the row was left out: a third of the unclustered
-        regions of LayerCAM ``layer2``, docs/benchmarks/discovery.md#mixture).  Other
+        regions of LayerCAM ``layer2``, docs/benchmarks/discovery.md#mixture);
+        ``structure_radiality`` is that ``structure_radial`` times
+        ``1 - 1/structure_elongation`` (clipped to [0, 1]): 0 for a round structure, whose
+        main axis is not defined, and close to ``structure_radial`` for a strand.  Other
         missing values (an unknown ``p90_hu``) stay NaN and keep the row out of clustering.
     """
     features = list(features)
     out = pd.DataFrame(index=regions.index)
-    for c in ("halo_max_hu", "p90_hu", "std_hu", "dense_fraction"):
+    for c in ("halo_max_hu", "structure_max_hu", "p90_hu", "std_hu", "dense_fraction"):
         if c in features:
             out[c] = _num(regions, c)
-    if "structure_radial" in features:      # a structure too small for a main axis: 0
-        out["structure_radial"] = _num(regions, "structure_radial").where(
-            _num(regions, "structure_volume_mm3").isna()
-            | _num(regions, "structure_radial").notna(), 0.0)
+    if {"structure_radial", "structure_radiality"} & set(features):
+        radial = _num(regions, "structure_radial")   # too small for a main axis: 0
+        radial = radial.where(_num(regions, "structure_volume_mm3").isna() | radial.notna(), 0.0)
+        out["structure_radial"] = radial
+        if "structure_radiality" in features:
+            axis = (1.0 - 1.0 / _num(regions, "structure_elongation")).clip(0.0, 1.0)
+            out["structure_radiality"] = (radial * axis).where(radial != 0.0, 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         if "log_mass_share" in features:
             out["log_mass_share"] = np.log(_num(regions, "mass_share"))

@@ -9,7 +9,7 @@ excluded, are labelled, and the component holding the largest attribution mass i
 attended structure*.  It is then described whole as far as ``reach_mm`` from the region: the
 attention of a map with 3 mm cells often grazes an object (a marker's rim, the end of a strand
 where it meets the pleura), and the grazed fragment's size, density and orientation are not
-the object's.  Its volume, density, distance from the nodule and whether it runs radially
+the object's.  Its volume, density (median and densest voxel), distance from the nodule and whether it runs radially
 from the nodule (the direction of spiculation, pleural tags and vessel convergence) are what
 a radiologist would say about it.
 
@@ -46,6 +46,10 @@ class AttendedStructure:
         no dense lung voxel (attention on aerated parenchyma only).
     median_hu : float
         Median HU of the structure's voxels; NaN without a structure.
+    max_hu : float
+        HU of the structure's densest voxel; NaN without a structure.  Unlike the largest
+        HU near the region, it is the structure's own: attention that grazes a dense
+        object's partial-volume rim still reports the object's core.
     gap_mm : float
         Smallest distance (mm) from a structure voxel to the nodule's mask; NaN without a
         structure or nodule.
@@ -65,6 +69,7 @@ class AttendedStructure:
 
     volume_mm3: float
     median_hu: float
+    max_hu: float
     gap_mm: float
     radial: float
     elongation: float
@@ -72,7 +77,7 @@ class AttendedStructure:
 
 
 #: What :func:`attended_structure` returns for a region over aerated parenchyma only.
-NO_STRUCTURE = AttendedStructure(0.0, math.nan, math.nan, math.nan, math.nan, 0.0)
+NO_STRUCTURE = AttendedStructure(0.0, math.nan, math.nan, math.nan, math.nan, math.nan, 0.0)
 
 
 def _check_same_shape(arrays: dict) -> tuple:
@@ -214,9 +219,11 @@ def _describe_structure(comp, hu, nodule, spacing, distance_mm, *, share) -> Att
         norm = float(np.linalg.norm(away))
         if norm > 0 and len(coords) >= _MIN_AXIS_VOXELS:
             radial = float(abs(eigvec[:, -1] @ away) / norm)
+    values = np.asarray(hu)[comp]
     return AttendedStructure(
         volume_mm3=float(comp.sum() * np.prod(spacing)),
-        median_hu=float(np.median(np.asarray(hu)[comp])),
+        median_hu=float(np.median(values)),
+        max_hu=float(values.max()),
         gap_mm=gap,
         radial=radial,
         elongation=elong,

@@ -65,8 +65,9 @@ from discovery.store.backends import (
 ANATOMY_COLUMNS = [
     "offset_l_mm", "offset_p_mm", "offset_s_mm", "direction", "relation", "lung_fraction",
     "pleura_distance_mm", "dense_fraction", "dense_elongation", "elongation", "median_hu",
-    "p90_hu", "halo_max_hu", "structure_volume_mm3", "structure_median_hu", "structure_gap_mm",
-    "structure_radial", "structure_elongation", "structure_attribution_share", "description",
+    "p90_hu", "halo_max_hu", "structure_volume_mm3", "structure_median_hu", "structure_max_hu",
+    "structure_gap_mm", "structure_radial", "structure_elongation", "structure_attribution_share",
+    "description",
 ]
 
 __all__ = [
@@ -76,7 +77,7 @@ __all__ = [
     "StoreError", "store_exists", "sanity_summary",
 ]
 
-SCHEMA_VERSION = 12
+SCHEMA_VERSION = 13
 DB_NAME = SQLITE_NAME
 #: The meta row every write transaction increments (:meth:`ResultsStore.version`).
 _WRITE_COUNT = "write_count"
