@@ -126,6 +126,33 @@ def test_a_grazed_ball_is_described_whole_within_the_reach():
     assert part.attribution_share == whole.attribution_share   # the share: the grown region's
 
 
+def test_a_marker_touching_a_vessel_is_described_at_its_half_maximum():
+    """Described whole, a structure is bounded halfway from the aerated lung around it to its
+    peak: a metal ball touching a soft-tissue vessel is the ball; the vessel itself, whose
+    half maximum is below the dense threshold, is all that is dense within the reach."""
+    hu, lung, nodule = _scene()
+    zz, yy, xx = np.indices(SHAPE)
+    ball = (zz - 10) ** 2 + (yy - 20) ** 2 + (xx - 45) ** 2 <= 4     # radius 2, x = 43..47
+    hu[10, 10:31, 48] = 40.0                # a vessel along y, touching the ball at x = 48
+    hu[ball] = 2500.0
+    region = np.zeros(SHAPE, dtype=bool)
+    region[8:13, 18:23, 37:41] = True       # grown by 3 mm it grazes the ball's left side
+    attribution = region.astype(np.float32)
+    s = attended_structure(region, hu, lung, attribution, nodule, spacing_mm=SPACING)
+    assert s.volume_mm3 == pytest.approx(float(ball.sum()))           # not the vessel's 21
+    assert s.median_hu == pytest.approx(2500.0) and s.max_hu == pytest.approx(2500.0)
+    region = np.zeros(SHAPE, dtype=bool)
+    region[10, 10:13, 50:53] = True         # beside the vessel's far end, away from the ball
+    s = attended_structure(region, hu, lung, region.astype(np.float32), nodule,
+                           spacing_mm=SPACING)
+    from discovery.align.metrics import grow_mm
+    vessel = np.zeros(SHAPE, dtype=bool)
+    vessel[10, 10:31, 48] = True
+    reach = grow_mm(region, 9.0, SPACING)
+    assert s.volume_mm3 == pytest.approx(float(((vessel | ball) & reach).sum()))
+    assert s.max_hu == pytest.approx(2500.0)
+
+
 def test_a_long_strand_is_cut_at_the_reach():
     hu, lung, nodule = _scene()
     hu[10, 20, 27:61] = 20.0                # 34 voxels from x = 27 to the edge

@@ -39,6 +39,7 @@ __all__ = [
     "HU_FEATURES",
     "HU_SCALE",
     "STRUCTURE_FEATURES",
+    "OTHER_FEATURES",
     "CLUSTER_COLUMNS",
     "DENSITY_BANDS_HU",
     "PatternSettings",
@@ -185,7 +186,7 @@ class PatternSettings:
     features : tuple of str
         The clustering descriptors: :data:`STRUCTURE_FEATURES` (the default: what each
         region points at) or :data:`FEATURE_COLUMNS` (the region's own blob; the default
-        before), or any non-empty subset of their union.
+        before), or any non-empty subset of their union with :data:`OTHER_FEATURES`.
     min_structure_mm3 : float
         With a structure descriptor among ``features``: regions whose attended structure
         (:mod:`discovery.regions.structures`) is smaller than this (mm³; 0 when the region covers
