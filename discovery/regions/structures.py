@@ -9,10 +9,16 @@ excluded, are labelled, and the component holding the largest attribution mass i
 attended structure*.  It is then described whole as far as ``reach_mm`` from the region: the
 attention of a map with 3 mm cells often grazes an object (a marker's rim, the end of a strand
 where it meets the pleura), and the grazed fragment's size, density and orientation are not
-the object's.  Described whole, it is bounded at its half maximum (halfway from the aerated
-lung around it to its peak), so a dense object touching softer tissue is the object.  Its volume, density (median and densest voxel), distance from the nodule and whether it runs radially
-from the nodule (the direction of spiculation, pleural tags and vessel convergence) are what
-a radiologist would say about it.
+the object's.  Described whole, it is bounded at its *half maximum*: the voxels at least
+halfway from the aerated lung around the region (the median HU of the grown region's lung
+voxels below ``dense_hu``) to the densest voxel of the part found, connected to that voxel.
+A soft-tissue strand is then bounded at about ``dense_hu``, as by the dense threshold alone;
+a metal marker touching a vessel is the marker, not the marker and the vessel
+(docs/benchmarks/discovery.md#half-maximum).
+
+Its volume, density (median and densest voxel), distance from the nodule and whether it
+runs radially from the nodule (the direction of spiculation, pleural tags and vessel
+convergence) are what a radiologist would say about it.
 
 Conventions as in :mod:`discovery.regions.descriptors`: ``(z, y, x)`` arrays, ``spacing_mm`` is
 ``(dz, dy, dx)``, distances between voxel centres in mm.
@@ -135,13 +141,8 @@ def attended_structure(
         (at least ``grow_by_mm``; ``grow_by_mm`` describes only the part inside the grown
         region).  Beyond the reach a structure is cut: a vessel tree is not followed to the
         hilum.  The benchmark chose 9 mm (three cells of the default map) over 3 mm and
-        the whole ROI (docs/benchmarks/discovery.md#structure-reach).  Described whole, the
-        structure is bounded at its *half maximum*: the voxels at least halfway from the
-        aerated lung around the region (median HU of the grown region's lung voxels below
-        ``dense_hu``) to the densest voxel of the part found, connected to that voxel.  A
-        soft-tissue strand is bounded at about ``dense_hu`` as before; a metal marker
-        touching a vessel is the marker, not the marker and the vessel
-        (docs/benchmarks/discovery.md#half-maximum).
+        the whole ROI (docs/benchmarks/discovery.md#structure-reach); described whole, it is
+        bounded at its half maximum (the module's docstring).
     dense_hu : float
         Lung voxels at or above this HU are dense (soft tissue or denser).
     nodule_margin_mm : float
@@ -170,19 +171,21 @@ def attended_structure(
     comp = labels == k
     total = float(attribution[grown].sum())
     if reach_mm > grow_by_mm:
-        aerated = np.asarray(hu)[grown & np.asarray(lung, dtype=bool) & ~field]
-        comp = _whole(comp, field, region, reach_mm, spacing, hu=np.asarray(hu),
-                      background=float(np.median(aerated)) if aerated.size else math.nan)
+        comp = _whole(comp, field, region, grown & np.asarray(lung, dtype=bool), reach_mm,
+                      spacing, hu=np.asarray(hu))
     return _describe_structure(comp, hu, nodule, spacing, distance_mm,
                                share=float(mass[k - 1] / total) if total > 0 else 0.0)
 
 
-def _whole(piece, field, region, reach_mm: float, spacing, *, hu, background: float):
+def _whole(piece, field, region, lung_near, reach_mm: float, spacing, *, hu) -> np.ndarray:
     """The connected part of *field* holding *piece*'s densest voxel, within *reach_mm* of
-    *region*, bounded at half the piece's peak above *background* (NaN: not bounded)."""
+    *region*, bounded at half the piece's peak above the aerated lung of *lung_near* (its
+    median HU outside *field*; not bounded without such voxels)."""
     seed = np.unravel_index(int(np.argmax(np.where(piece, hu, -np.inf))), piece.shape)
     within = field & grow_mm(region, reach_mm, tuple(spacing))
-    if math.isfinite(background):
+    aerated = hu[lung_near & ~field]
+    if aerated.size:
+        background = float(np.median(aerated))
         within &= hu >= background + (float(hu[seed]) - background) / 2.0
     wide, _ = ndimage.label(within, structure=FULL_26)
     return wide == wide[seed]
