@@ -22,7 +22,8 @@ label-independent distractor):
 * the adjusted Rand index over all regions, the AUROC of the case-level flag for nodules
   whose malignant prediction rests on the bead (truth: removing the *true* bead voxels drops
   the probability below the threshold), and whether a cluster reported enriched for the
-  true label (p < 0.05) is the distractor's (the distractor the most common planted kind of
+  true label (more truly malignant nodules than the pool, p < 0.05; before 2026-12-07's
+  fourteenth session a cluster *depleted* of them counted too) is the distractor's (the distractor the most common planted kind of
   its regions: :func:`distractor_reported`); the stricter reading of earlier runs, the
   distractor's best cluster enriched whatever else it holds, is kept beside it with the
   distractor's share of that cluster (its best cluster may be another kind's, as on seed
@@ -438,7 +439,8 @@ def run(args) -> dict:
         # the stricter reading of earlier runs: the distractor's best cluster is truth-enriched,
         # though it may be mostly another kind's (then the enrichment is that cluster's)
         "distractor_best_cluster_enriched": bool(
-            np.isfinite(distractor.get("p_truth", np.nan)) and distractor.get("p_truth", 1.0) < 0.05),
+            any(truth_enriched(c) for _, c in clusters.iterrows()
+                if c["cluster"] == distractor.get("cluster"))),
         "distractor_cluster_precision": float(distractor.get("precision", np.nan)),
         "verdict_rule": calibration,     # None: the threshold verdicts
         "verdict_agreement": {"balanced_accuracy": agreement.balanced_accuracy,
@@ -454,15 +456,24 @@ def run(args) -> dict:
     return result
 
 
+def truth_enriched(cluster) -> bool:
+    """Whether a cluster-table row is enriched for the true label: more truly malignant
+    nodules than the pool (``enrichment_truth`` > 1) at two-sided ``p_truth`` < 0.05, as the
+    outcome rule reads ``enrichment_predicted``.  A cluster *depleted* of them (ratio < 1,
+    which the two-sided test also finds) is not enriched."""
+    p, ratio = float(cluster["p_truth"]), float(cluster.get("enrichment_truth", np.inf))
+    return bool(np.isfinite(p) and p < 0.05 and ratio > 1.0)
+
+
 def distractor_reported(clustered: pd.DataFrame, clusters: pd.DataFrame, roles: dict) -> bool:
-    """Whether a cluster reported enriched for the true label (``p_truth`` < 0.05) is the
+    """Whether a cluster reported enriched for the true label (:func:`truth_enriched`) is the
     distractor's: among its regions near a planted structure, the distractor's kind is the
     most common (ties count).  A cluster of another kind's regions that holds a few
     distractor regions is that kind's finding, not the distractor's."""
     kinds = list(roles)
     distractors = [k for k, role in roles.items() if role == "distractor"]
     for _, c in clusters.iterrows():
-        if not (np.isfinite(c["p_truth"]) and c["p_truth"] < 0.05):
+        if not truth_enriched(c):
             continue
         members = clustered[clustered["cluster"] == c["cluster"]]
         counts = {k: int(members[f"near_{k}"].sum()) for k in kinds}
