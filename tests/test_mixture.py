@@ -8,7 +8,12 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from discovery.patterns.clustering import PatternSettings, cluster_regions
-from discovery.patterns.mixture import DEMP_CUTOFF, gaussian_mixture_bic, merge_overlapping
+from discovery.patterns.mixture import (
+    DEMP_CUTOFF,
+    gaussian_mixture_bic,
+    medoid_partition,
+    merge_overlapping,
+)
 from tests.test_patterns import _cohort
 
 
@@ -109,8 +114,37 @@ def test_mixture_is_seeded_and_handles_tiny_inputs():
     assert k == 1 and (labels == 0).all()
 
 
+def test_medoid_partition_by_hand():
+    a = [0, 0, 1, 1]
+    b = [0, 1, 0, 1]          # against a: every cell of the 2 x 2 table holds one item
+    relabelled = [1, 1, 0, 0]
+    # ARI(a, b) = (0 - 2 * 2 / 6) / ((2 + 2) / 2 - 2 * 2 / 6) = -0.5; ARI(a, relabelled) = 1
+    index, agreement = medoid_partition([a, b, relabelled])
+    assert index == 0                                 # tie with the third: the first
+    assert agreement == pytest.approx((1.0 - 0.5) / 2)
+    assert medoid_partition([b, a, relabelled])[0] == 1
+    assert medoid_partition([a, a]) == (0, pytest.approx(1.0))
+    for bad in ([a], [a, [0, 1, 0]], [np.zeros((2, 2)), np.zeros((2, 2))]):
+        with pytest.raises(ValueError, match="two or more 1-D label arrays"):
+            medoid_partition(bad)
+
+
+def test_several_runs_keep_the_medoid_of_the_single_runs():
+    """runs=R is the medoid of the single selections from seeds seed .. seed + R - 1."""
+    rng = np.random.default_rng(5)
+    # three overlapping groups: the selections from different seeds disagree; from seed 1
+    # the first finds two clusters, the next two find one (the medoid is the second)
+    z = np.vstack([rng.normal(c, 0.9, (60, 2)) for c in ((0, 0), (2, 0), (1, 1.8))])
+    singles = [gaussian_mixture_bic(z, seed=1 + r) for r in range(3)]
+    assert [int(labels.max()) + 1 for labels, _ in singles] == [2, 1, 1]
+    labels, k = gaussian_mixture_bic(z, seed=1, runs=3)
+    np.testing.assert_array_equal(labels, singles[1][0])
+    assert k == singles[1][1]
+    np.testing.assert_array_equal(gaussian_mixture_bic(z, seed=1, runs=1)[0], singles[0][0])
+
+
 @pytest.mark.parametrize("kwargs", [{"max_components": 0}, {"n_init": 0}, {"seed": -1},
-                                    {"seed": 1.5}])
+                                    {"seed": 1.5}, {"runs": 0}])
 def test_mixture_rejects_bad_options(kwargs):
     with pytest.raises(ValueError, match="must be an integer"):
         gaussian_mixture_bic(np.zeros((5, 2)), **kwargs)

@@ -811,7 +811,8 @@ def test_spectral_settings_reach_the_clustering_and_are_validated():
     one, _ = cluster_regions(df, settings=PatternSettings(method="spectral", max_clusters=2,
                                                           min_cluster_size=2))
     assert one["cluster"].max() <= 1  # at most two clusters allowed
-    for bad in (dict(n_neighbors=0), dict(max_clusters=1), dict(n_neighbors=2.5)):
+    for bad in (dict(n_neighbors=0), dict(max_clusters=1), dict(n_neighbors=2.5),
+                dict(mixture_runs=0)):
         with pytest.raises(ValueError, match=next(iter(bad))):
             PatternSettings(**bad)
 

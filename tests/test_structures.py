@@ -153,6 +153,25 @@ def test_a_marker_touching_a_vessel_is_described_at_its_half_maximum():
     assert s.max_hu == pytest.approx(2500.0)
 
 
+def test_the_half_maximum_is_measured_from_aerated_lung_not_from_another_nodule():
+    """The background of the half-maximum bound is the grown region's lung below the dense
+    threshold: a region lying mostly on another annotated nodule (40 HU) still bounds a
+    -200 HU strand with a 300 HU knot halfway from the -850 HU lung, so the strand is whole
+    (measured from the nodule's 40 HU, only the knot would be left)."""
+    hu, lung, nodule = _scene()
+    zz, yy, xx = np.indices(SHAPE)
+    other = (zz - 10) ** 2 + (yy - 20) ** 2 + (xx - 45) ** 2 <= 64    # radius 8, y = 12..28
+    hu[other] = 40.0
+    hu[10, 30:40, 45] = -200.0              # a strand beyond the other nodule's 1.5 mm margin
+    hu[10, 33, 45] = 300.0
+    region = np.zeros(SHAPE, dtype=bool)
+    region[8:13, 16:32, 42:49] = True       # mostly on the other nodule
+    s = attended_structure(region, hu, lung, region.astype(np.float32), nodule,
+                           spacing_mm=SPACING, exclude=nodule | other)
+    assert s.volume_mm3 == pytest.approx(10.0)
+    assert s.max_hu == pytest.approx(300.0) and s.median_hu == pytest.approx(-200.0)
+
+
 def test_a_long_strand_is_cut_at_the_reach():
     hu, lung, nodule = _scene()
     hu[10, 20, 27:61] = 20.0                # 34 voxels from x = 27 to the edge

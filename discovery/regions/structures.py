@@ -11,8 +11,8 @@ attention of a map with 3 mm cells often grazes an object (a marker's rim, the e
 where it meets the pleura), and the grazed fragment's size, density and orientation are not
 the object's.  Described whole, it is bounded at its *half maximum*: the voxels at least
 halfway from the aerated lung around the region (the median HU of the grown region's lung
-voxels outside the dense field: below ``dense_hu``, or within ``nodule_margin_mm`` of an
-excluded nodule) to the densest voxel of the part found, connected to that voxel.
+voxels below ``dense_hu``; an excluded nodule's margin is not aerated lung) to the densest
+voxel of the part found, connected to that voxel.
 A soft-tissue strand is then bounded at about ``dense_hu``, as by the dense threshold alone;
 a metal marker touching a vessel is the marker, not the marker and the vessel
 (docs/benchmarks/discovery.md#half-maximum).
@@ -172,21 +172,20 @@ def attended_structure(
     comp = labels == k
     total = float(attribution[grown].sum())
     if reach_mm > grow_by_mm:
-        comp = _whole(comp, field, region, grown & np.asarray(lung, dtype=bool), reach_mm,
-                      spacing, hu=np.asarray(hu))
+        aerated = grown & np.asarray(lung, dtype=bool) & (np.asarray(hu) < dense_hu)
+        comp = _whole(comp, field, region, aerated, reach_mm, spacing, hu=np.asarray(hu))
     return _describe_structure(comp, hu, nodule, spacing, distance_mm,
                                share=float(mass[k - 1] / total) if total > 0 else 0.0)
 
 
-def _whole(piece, field, region, lung_near, reach_mm: float, spacing, *, hu) -> np.ndarray:
+def _whole(piece, field, region, aerated, reach_mm: float, spacing, *, hu) -> np.ndarray:
     """The connected part of *field* holding *piece*'s densest voxel, within *reach_mm* of
-    *region*, bounded at half the piece's peak above the aerated lung of *lung_near* (its
-    median HU outside *field*; not bounded without such voxels)."""
+    *region*, bounded at half the piece's peak above the median HU of the *aerated* voxels
+    (not bounded without such voxels)."""
     seed = np.unravel_index(int(np.argmax(np.where(piece, hu, -np.inf))), piece.shape)
     within = field & grow_mm(region, reach_mm, tuple(spacing))
-    aerated = hu[lung_near & ~field]
-    if aerated.size:
-        background = float(np.median(aerated))
+    if aerated.any():
+        background = float(np.median(hu[aerated]))
         within &= hu >= background + (float(hu[seed]) - background) / 2.0
     wide, _ = ndimage.label(within, structure=FULL_26)
     return wide == wide[seed]
