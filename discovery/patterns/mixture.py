@@ -161,9 +161,9 @@ def gaussian_mixture_bic(z, *, max_components: int = 10, seed: int = 0, n_init: 
     -----
     Full covariances, :data:`REG_COVAR` on their diagonals.  With fewer than 2 rows every
     label is 0.  Cost: ``runs * max_components * n_init`` EM fits, 0.6-0.7 s per run on
-    600-1,500 rows of 5 descriptors (2 cores of an AMD EPYC).  A higher ``n_init`` is no substitute for ``runs``: the
-    better likelihood it finds is more often the one with the planted group split
-    (docs/benchmarks/discovery.md#medoid-mixture).
+    600-1,500 rows of 5 descriptors (2 cores of an AMD EPYC).  A higher ``n_init`` is no
+    substitute for ``runs``: the better likelihood it finds is more often the one with the
+    planted group split (docs/benchmarks/discovery.md#medoid-mixture).
     """
     x = _check_z(z)
     max_components = check_int("max_components", max_components, 1)
