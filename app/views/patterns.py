@@ -165,8 +165,9 @@ else:
         st.switch_page("views/case.py")
     st.caption("Click a point to open its case. "
                "t-SNE map of the standardised descriptors (PCA below 10 regions), for display "
-               "only: nearby points have similar descriptors (density of what the region "
-               "covers, attribution share, distance from the pleura, tubular dense structure, "
-               "whether the structure it points at runs out from the nodule); "
+               "only: nearby points have similar descriptors (by default those of the "
+               "structure each region points at: its densest voxel, its size, its gap to the "
+               "nodule, how straight it runs out from the nodule, and the distance from the "
+               "pleura); "
                "distances between far-apart groups and group sizes on the map mean nothing. "
                "The clusters are computed on the descriptors themselves, not on this map.")
