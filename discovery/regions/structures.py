@@ -11,8 +11,8 @@ attention of a map with 3 mm cells often grazes an object (a marker's rim, the e
 where it meets the pleura), and the grazed fragment's size, density and orientation are not
 the object's.  Described whole, it is bounded at its *half maximum*: the voxels at least
 halfway from the aerated lung around the region (the median HU of the grown region's lung
-voxels below ``dense_hu``; an excluded nodule's margin is not aerated lung) to the densest
-voxel of the part found, connected to that voxel.
+voxels below ``dense_hu``: an excluded nodule and its dense rim, left out of the dense
+field, are not aerated lung) to the densest voxel of the part found, connected to that voxel.
 A soft-tissue strand is then bounded at about ``dense_hu``, as by the dense threshold alone;
 a metal marker touching a vessel is the marker, not the marker and the vessel
 (docs/benchmarks/discovery.md#half-maximum).
