@@ -23,11 +23,11 @@ label-independent distractor):
   whose malignant prediction rests on the bead (truth: removing the *true* bead voxels drops
   the probability below the threshold), and whether a cluster reported enriched for the
   true label (more truly malignant nodules than the pool, p < 0.05; before 2026-12-07's
-  fourteenth session a cluster *depleted* of them counted too) is the distractor's (the distractor the most common planted kind of
-  its regions: :func:`distractor_reported`); the stricter reading of earlier runs, the
-  distractor's best cluster enriched whatever else it holds, is kept beside it with the
-  distractor's share of that cluster (its best cluster may be another kind's, as on seed
-  13, where it is the bead's);
+  fourteenth session a cluster *depleted* of them counted too) is the distractor's (the
+  distractor the most common planted kind of its regions: :func:`distractor_reported`); the
+  stricter reading of earlier runs, the distractor's best cluster enriched whatever else it
+  holds, is kept beside it with the distractor's share of that cluster (its best cluster may
+  be another kind's, as on seed 13, where it is the bead's);
 * the verdict agreement: balanced accuracy between ``verdict == aligned`` and
   ``rests_on_nodule`` (:mod:`discovery.model.reliance`) on the predicted-malignant nodules.
 

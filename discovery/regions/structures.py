@@ -156,14 +156,15 @@ def attended_structure(
         attribution mass go to the lowest component label (scan order).  The attribution
         share is that of the part inside the grown region.
     """
-    region, nodule, exclude, distance_mm, attribution, spacing = _check_inputs(
+    region, hu, lung, nodule, exclude, distance_mm, attribution, spacing = _check_inputs(
         region, hu, lung, attribution, nodule, spacing_mm=spacing_mm, exclude=exclude,
         distance_mm=distance_mm, grow_by_mm=grow_by_mm, reach_mm=reach_mm, dense_hu=dense_hu,
         nodule_margin_mm=nodule_margin_mm,
     )
     grown = grow_mm(region, grow_by_mm, tuple(spacing))
-    field = np.asarray(lung, dtype=bool) & (np.asarray(hu) >= dense_hu)
-    field &= ~grow_mm(np.asarray(exclude, dtype=bool), nodule_margin_mm, tuple(spacing))
+    dense = hu >= dense_hu
+    field = lung & dense & ~grow_mm(np.asarray(exclude, dtype=bool), nodule_margin_mm,
+                                    tuple(spacing))
     labels, n = ndimage.label(grown & field, structure=FULL_26)
     if n == 0:
         return NO_STRUCTURE
@@ -172,8 +173,7 @@ def attended_structure(
     comp = labels == k
     total = float(attribution[grown].sum())
     if reach_mm > grow_by_mm:
-        aerated = grown & np.asarray(lung, dtype=bool) & (np.asarray(hu) < dense_hu)
-        comp = _whole(comp, field, region, aerated, reach_mm, spacing, hu=np.asarray(hu))
+        comp = _whole(comp, field, region, grown & lung & ~dense, reach_mm, spacing, hu=hu)
     return _describe_structure(comp, hu, nodule, spacing, distance_mm,
                                share=float(mass[k - 1] / total) if total > 0 else 0.0)
 
@@ -193,8 +193,8 @@ def _whole(piece, field, region, aerated, reach_mm: float, spacing, *, hu) -> np
 
 def _check_inputs(region, hu, lung, attribution, nodule, *, spacing_mm, exclude, distance_mm,
                   grow_by_mm, reach_mm, dense_hu, nodule_margin_mm):
-    """Validated ``(region, nodule, exclude, distance_mm, attribution, spacing)`` for
-    :func:`attended_structure`, or ``ValueError``."""
+    """Validated ``(region, hu, lung, nodule, exclude, distance_mm, attribution, spacing)``
+    for :func:`attended_structure`, as arrays, or ``ValueError``."""
     shape = _check_same_shape({"region": region, "hu": hu, "lung": lung,
                                "attribution": attribution, "nodule": nodule})
     spacing = np.asarray(check_spacing(spacing_mm), dtype=float)
@@ -217,7 +217,8 @@ def _check_inputs(region, hu, lung, attribution, nodule, *, spacing_mm, exclude,
     if distance_mm is not None:
         distance_mm = check_distance(distance_mm, nodule)
     attribution = np.asarray(attribution, dtype=np.float64)
-    return region, nodule, exclude, distance_mm, attribution, spacing
+    return (region, np.asarray(hu), np.asarray(lung, dtype=bool), nodule, exclude, distance_mm,
+            attribution, spacing)
 
 
 def _describe_structure(comp, hu, nodule, spacing, distance_mm, *, share) -> AttendedStructure:
