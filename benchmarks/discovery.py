@@ -376,7 +376,8 @@ def run(args) -> dict:
             row.update(top10_precision=top_k_precision(
                            [kind if near[k] else "other" for k in c["exemplars"]], kind),
                        n_exemplars=len(c["exemplars"]), effect_mean=float(c["effect_mean"]),
-                       relied_upon=bool(c["relied_upon"]), p_predicted=float(c["p_predicted"]),
+                       relied_upon=bool(c["relied_upon"]), stability=float(c["stability"]),
+                       p_predicted=float(c["p_predicted"]),
                        p_truth=float(c["p_truth"]), description=str(c["description"]))
         per_kind[kind] = row
 
@@ -520,8 +521,8 @@ def markdown(r: dict) -> str:
     lines = [f"seed {r['seed']}, {r['condition']}{sign} condition, map {r.get('map', 'gradcam@layer3')}: {r['n_nodules']} test nodules, {r['n_regions']} regions, "
              f"{r['n_clusters']} clusters ({100 * r['noise_share']:.0f} % unclustered); "
              f"test AUROC {r['test_auroc']:.3f} (bead decorrelated)", "",
-             "| kind | role | planted | oracle Δp (true voxels removed) | model relies on it | coverage | regions | best cluster | P | R | F1 | top-10 P | cluster Δp | p (predicted) | p (truth) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| kind | role | planted | oracle Δp (true voxels removed) | model relies on it | coverage | regions | best cluster | P | R | F1 | top-10 P | stability | cluster Δp | p (predicted) | p (truth) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for kind, k in r["per_kind"].items():
         lo, hi = k["oracle_ci"]
         lines.append(f"| {kind} | {k['role']} | {k['n_planted']} | "
@@ -529,7 +530,7 @@ def markdown(r: dict) -> str:
                      f"{_fmt(k['target_applies'])} | {_fmt(k['coverage'])} | "
                      f"{k['n_regions']} | {k['cluster']} | {_fmt(k['precision'])} | {_fmt(k['recall'])} | "
                      f"{_fmt(k['f1'])} | {_fmt(k.get('top10_precision'))} | "
-                     f"{_fmt(k.get('effect_mean'), 3)} | "
+                     f"{_fmt(k.get('stability'))} | {_fmt(k.get('effect_mean'), 3)} | "
                      f"{_fmt(k.get('p_predicted'), 4)} | {_fmt(k.get('p_truth'), 4)} |")
     sr = r.get("surroundings")
     if sr:

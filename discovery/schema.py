@@ -29,6 +29,7 @@ CLUSTER_COLUMNS = [
     "n_regions",
     "n_cases",
     "n_nodules",
+    "stability",
     "mean_probability",
     "share_predicted_malignant",
     "pool_predicted_malignant",

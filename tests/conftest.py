@@ -119,7 +119,8 @@ def build_tiny_results(root: Path, *, with_regions: bool = True, url: str | None
         regions = pd.DataFrame({"region_key": keys, "cluster": [0, 0],
                                 "embedding_x": [-0.5, 0.5], "embedding_y": [0.2, -0.2]})
         clusters = pd.DataFrame([{
-            "cluster": 0, "n_regions": 2, "n_cases": 2, "n_nodules": 2, "mean_probability": 0.52,
+            "cluster": 0, "n_regions": 2, "n_cases": 2, "n_nodules": 2, "stability": 0.92,
+            "mean_probability": 0.52,
             "share_predicted_malignant": 0.5, "pool_predicted_malignant": 0.5,
             "enrichment_predicted": 1.0, "p_predicted": 1.0, "q_predicted": 1.0,
             "mean_mean_hu": 30.0, "median_halo_max_hu": 2600.0, "mean_offset_distance_mm": 11.0,

@@ -250,6 +250,19 @@ def test_patterns_page_shows_clusters_and_exemplars(tiny_results):
     assert list(at.dataframe[0].value["description"]) == [description]
     assert len(at.image) == 2  # one exemplar crop per case
     assert all(str(tiny_results) not in t for t in texts(at))
+    assert list(at.dataframe[0].value["stability"]) == [0.92]
+    assert any("Stability 0.92 (highly stable)" in m.value for m in at.markdown)
+    assert not at.warning
+
+
+def test_patterns_page_warns_about_a_cluster_that_dissolves(tiny_results_fresh):
+    store = ResultsStore(tiny_results_fresh)
+    regions = store.regions()[["region_key", "cluster", "embedding_x", "embedding_y"]]
+    store.set_patterns(regions, store.clusters().assign(stability=0.31))
+    store.close()
+    at = page("patterns", tiny_results_fresh)
+    assert not at.exception
+    assert any("dissolves" in w.value and "0.31" in w.value for w in at.warning)
 
 
 def test_cluster_review_is_saved_once_and_audited(tiny_results_fresh):

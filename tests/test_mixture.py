@@ -10,9 +10,11 @@ from sklearn.metrics import adjusted_rand_score
 from discovery.patterns.clustering import PatternSettings, cluster_regions
 from discovery.patterns.mixture import (
     DEMP_CUTOFF,
+    clusterwise_jaccard,
     gaussian_mixture_bic,
     medoid_partition,
     merge_overlapping,
+    mixture_selections,
 )
 from tests.test_patterns import _cohort
 
@@ -143,6 +145,34 @@ def test_several_runs_keep_the_medoid_of_the_single_runs():
     np.testing.assert_array_equal(gaussian_mixture_bic(z, seed=1, runs=1)[0], singles[0][0])
 
 
+def test_mixture_selections_are_the_single_runs_in_seed_order():
+    rng = np.random.default_rng(5)
+    z = np.vstack([rng.normal(c, 0.9, (60, 2)) for c in ((0, 0), (2, 0), (1, 1.8))])
+    fits = mixture_selections(z, seed=1, runs=3)
+    for r, (labels, k) in enumerate(fits):
+        single = gaussian_mixture_bic(z, seed=1 + r)
+        np.testing.assert_array_equal(labels, single[0])
+        assert k == single[1]
+    assert len(mixture_selections(np.zeros((1, 2)), runs=4)) == 1
+
+
+def test_clusterwise_jaccard_by_hand():
+    labels = [0, 0, 0, 1, 1, -1]
+    # cluster 0 = {0, 1, 2}, cluster 1 = {3, 4}; item 5 unclustered
+    same = [5, 5, 5, 7, 7, 9]         # both found whole: 1, 1 (item 5 alone is no match)
+    other = [0, 0, 1, 1, 1, 1]        # {0, 1}: J(c0) = 2 / 3; {2, 3, 4, 5}: J(c1) = 2 / 4
+    np.testing.assert_allclose(clusterwise_jaccard(labels, [same]), [1.0, 1.0])
+    np.testing.assert_allclose(clusterwise_jaccard(labels, [other]), [2 / 3, 0.5])
+    np.testing.assert_allclose(clusterwise_jaccard(labels, [same, other]),
+                               [(1 + 2 / 3) / 2, 0.75])
+    # a partition that clusters nothing dissolves every cluster
+    np.testing.assert_allclose(clusterwise_jaccard(labels, [[-1] * 6]), [0.0, 0.0])
+    assert np.isnan(clusterwise_jaccard(labels, [])).all()
+    assert clusterwise_jaccard([-1, -1], [[0, 0]]).shape == (0,)
+    with pytest.raises(ValueError, match="1-D label arrays of one length"):
+        clusterwise_jaccard(labels, [[0, 1]])
+
+
 @pytest.mark.parametrize("kwargs", [{"max_components": 0}, {"n_init": 0}, {"seed": -1},
                                     {"seed": 1.5}, {"runs": 0}])
 def test_mixture_rejects_bad_options(kwargs):
@@ -174,3 +204,32 @@ def test_gmm_method_of_the_clustering():
     out, table = cluster_regions(df, settings=PatternSettings(method="gmm",
                                                               min_cluster_size=12))
     assert (out["cluster"][truth == 2] == -1).all() and len(table) == 2
+
+
+def test_cluster_stability_is_the_jaccard_against_the_other_selections(monkeypatch):
+    df, truth = _cohort()         # groups 0, 1, 2 of 12, 14 and 11 regions
+    s = PatternSettings(method="gmm", mixture_runs=3)
+    _, table = cluster_regions(df, settings=s)
+    # the cohort's three groups are well apart: every selection finds them whole
+    np.testing.assert_allclose(table["stability"], 1.0)
+
+    # hand-set selections (rows in region_key order): the truth twice, and once with groups
+    # 1 and 2 merged.  The medoid is the truth; cluster 1 (group 0, 12 regions) is found
+    # whole in both others, clusters 0 (group 1, 14) and 2 (group 2, 11) whole in one and
+    # within the merged 25 in the other
+    order = np.argsort(df["region_key"].to_numpy(), kind="stable")
+    t = truth[order]
+    merged = np.minimum(t, 1)
+    fits = [(merged, 2), (t, 3), (t, 3)]
+    import discovery.patterns.clustering as clustering
+    monkeypatch.setattr(clustering, "mixture_selections", lambda z, **kw: fits)
+    out, table = cluster_regions(df, settings=s)
+    assert adjusted_rand_score(truth, out["cluster"]) == 1.0
+    assert np.bincount(truth).tolist() == [12, 14, 11]
+    np.testing.assert_allclose(table["stability"], [(14 / 25 + 1) / 2, 1.0, (11 / 25 + 1) / 2])
+
+    # one selection, or another method: not measured
+    monkeypatch.undo()
+    _, single = cluster_regions(df, settings=PatternSettings(method="gmm", mixture_runs=1))
+    _, density = cluster_regions(df, settings=PatternSettings(method="hdbscan"))
+    assert single["stability"].isna().all() and density["stability"].isna().all()

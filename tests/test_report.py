@@ -181,6 +181,20 @@ def test_package_exports_the_writer_and_the_tables():
     assert set(write.REPORT_FORMATS) == {"html", "pdf", "csv", "parquet"}
 
 
+def test_stability_in_words_reads_hennigs_bands_and_says_nothing_when_not_measured():
+    from discovery.report.style import stability_in_words
+
+    assert stability_in_words(0.92).startswith("stability 0.92 (highly stable)")
+    assert "(stable)" in stability_in_words(0.75)
+    assert "with doubts" in stability_in_words(0.5)
+    assert "dissolves" in stability_in_words(0.49)
+    assert stability_in_words(float("nan")) == stability_in_words(None) == ""
+
+
+def test_the_report_says_how_stable_each_cluster_is(tiny_results):
+    assert "Stability 0.92 (highly stable)" in build_html(tiny_results)
+
+
 def test_sentence_capitalises_and_ends_with_one_full_stop():
     from discovery.report.style import sentence
 

@@ -5,7 +5,13 @@ import streamlit as st
 
 from app import common
 from discovery.report import render
-from discovery.report.style import DISPLAY_THRESHOLD, fmt
+from discovery.report.style import (
+    DISPLAY_THRESHOLD,
+    STABILITY_BANDS,
+    fmt,
+    sentence,
+    stability_in_words,
+)
 from discovery.store.tables import CLUSTER_REVIEW_CHOICES
 
 CROP_HALF = 32  # exemplar crops are 65 x 65 pixels around the region centroid
@@ -34,7 +40,7 @@ if not clusters.empty:
         summary, on="item_id", how="left")
     table["reviews"] = table["reviews"].fillna("")
     st.dataframe(
-        table[["cluster", "n_regions", "n_cases", "n_nodules",
+        table[["cluster", "n_regions", "n_cases", "n_nodules", "stability",
                "share_predicted_malignant", "enrichment_predicted", "q_predicted",
                "effect_mean", "relied_upon", "reviews", "description"]],
         hide_index=True, width="stretch",
@@ -44,6 +50,11 @@ if not clusters.empty:
                 "Description", width="large",
                 help="Built from the descriptors; the full text is above the cluster's exemplars"),
             "n_regions": "Regions", "n_cases": "Patients", "n_nodules": "Nodules",
+            "stability": st.column_config.NumberColumn(
+                "Stability", format="%.2f",
+                help="How well the cluster is found again when the clustering starts from "
+                     "other seeds (mean best Jaccard index; 1 = whole and alone every time, "
+                     "under 0.5 it dissolves)"),
             "share_predicted_malignant": st.column_config.NumberColumn(
                 "Predicted malignant", format="%.2f"),
             "enrichment_predicted": st.column_config.NumberColumn(
@@ -90,7 +101,12 @@ if not clusters.empty:
     if pd.notna(crow.get("p_truth")):
         truth = (f"Truly malignant: {100 * crow['share_truth_malignant']:.0f} % vs "
                  f"{100 * crow['pool_truth_malignant']:.0f} % in the cohort (p = {fmt(crow['p_truth'], 3)}). ")
-    st.markdown(effect + truth)
+    stability = stability_in_words(crow.get("stability"))
+    st.markdown(effect + truth + sentence(stability))
+    if pd.notna(crow.get("stability")) and crow["stability"] < STABILITY_BANDS[2][0]:
+        st.warning(f"Cluster {cluster} dissolves when the clustering starts from other seeds "
+                   f"(mean Jaccard {crow['stability']:.2f}): its regions are grouped "
+                   "differently each time. Read it as a chance grouping, not a pattern.")
     st.caption(f"Predicted malignant: {100 * crow['share_predicted_malignant']:.0f} % of this cluster's "
                f"nodules vs {100 * crow['pool_predicted_malignant']:.0f} % of all nodules with off-mask "
                f"regions. Mean distance from the nodule centre "

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from discovery.patterns.mixture import gaussian_mixture_bic
+from discovery.patterns.mixture import clusterwise_jaccard, medoid_partition, mixture_selections
 from discovery.patterns.stats import (
     benjamini_hochberg,
     enrichment_test,
@@ -498,20 +498,22 @@ def _renumber(labels: np.ndarray, min_size: int) -> np.ndarray:
     return np.array([remap.get(c, -1) for c in labels], dtype=np.int64)
 
 
-def _fit_labels(z: np.ndarray, settings: PatternSettings) -> np.ndarray:
+def _fit_labels(z: np.ndarray, settings: PatternSettings) -> tuple[np.ndarray, list]:
+    """Cluster ids of the rows of *z* (-1 = none), and the other partitions found on the
+    way (the mixture's selections not kept; empty for the other methods)."""
     n = len(z)
     min_samples = settings.min_samples
     if min_samples is None:
         min_samples = settings.min_cluster_size
     if n < settings.min_cluster_size or (settings.method == "hdbscan" and n < min_samples):
-        return np.full(n, -1, dtype=np.int64)
+        return np.full(n, -1, dtype=np.int64), []
     if settings.method in ("hdbscan", "gmm") and n < 2 * settings.min_cluster_size:
         # HDBSCAN's clusters other than the root come from splits into two children of at
         # least min_cluster_size each, and the root is never one (allow_single_cluster is
         # False): with fewer than twice that many rows every row is noise.  The mixture
         # follows it (one group of all the rows is no pattern).  Said here, so a single
         # scan's few regions do not import scikit-learn (0.6 s; tested equal).
-        return np.full(n, -1, dtype=np.int64)
+        return np.full(n, -1, dtype=np.int64), []
     # scikit-learn is imported here, not with the module (see discovery.patterns.stats)
     from sklearn.cluster import HDBSCAN, AgglomerativeClustering
 
@@ -524,11 +526,14 @@ def _fit_labels(z: np.ndarray, settings: PatternSettings) -> np.ndarray:
         )
         labels = model.fit(z).labels_.astype(np.int64)
         labels[labels < 0] = -1  # -2 / -3 (infinite / missing) cannot occur: rows are finite
-    elif settings.method == "gmm":
-        labels, _ = gaussian_mixture_bic(z, max_components=settings.max_clusters,
-                                         seed=settings.seed, runs=settings.mixture_runs)
+    elif settings.method == "gmm":        # gaussian_mixture_bic, keeping the other runs
+        fits = [f for f, _ in mixture_selections(z, max_components=settings.max_clusters,
+                                                 seed=settings.seed, runs=settings.mixture_runs)]
+        best = medoid_partition(fits)[0] if len(fits) > 1 else 0
+        labels = fits[best]
         if (labels == 0).all():           # one group of every region: no pattern (as HDBSCAN)
-            return np.full(n, -1, dtype=np.int64)
+            return np.full(n, -1, dtype=np.int64), []
+        return _renumber(labels, settings.min_cluster_size), fits[:best] + fits[best + 1:]
     elif settings.method == "spectral":
         labels, _, _ = spectral_eigengap(z, seed=settings.seed, n_neighbors=settings.n_neighbors,
                                          max_clusters=settings.max_clusters)
@@ -537,7 +542,7 @@ def _fit_labels(z: np.ndarray, settings: PatternSettings) -> np.ndarray:
             n_clusters=None, distance_threshold=float(settings.distance_threshold), linkage="ward"
         )
         labels = model.fit(z).labels_.astype(np.int64)
-    return _renumber(labels, settings.min_cluster_size)
+    return _renumber(labels, settings.min_cluster_size), []
 
 
 def _embed(z: np.ndarray, settings: PatternSettings) -> tuple[np.ndarray, str]:
@@ -637,6 +642,9 @@ def cluster_regions(
         One row per cluster, columns :data:`CLUSTER_COLUMNS`:
 
         * ``n_regions``, ``n_cases`` (patients), ``n_nodules``, ``mean_probability``;
+        * ``stability``: how well the cluster reappears when the mixture is selected from
+          the other seeds (:func:`discovery.patterns.mixture.clusterwise_jaccard`, mean
+          best Jaccard index; NaN for the other methods or ``mixture_runs=1``);
         * ``share_predicted_malignant`` among the cluster's nodules, ``pool_predicted_malignant``
           among all nodules with a clusterable region, their ratio ``enrichment_predicted``,
           the two-sided permutation ``p_predicted`` (:func:`discovery.patterns.stats.enrichment_test`,
@@ -677,8 +685,9 @@ def cluster_regions(
 class _Fit:
     """The clustering of a region table, row for row: ``cluster`` (-1 = none), the 2-D
     ``embedding`` (NaN for rows not offered), the standardised features ``z`` (NaN likewise),
-    ``complete`` (all features finite), the ``region_key`` strings ``keys`` and the map
-    method actually used."""
+    ``complete`` (all features finite), the ``region_key`` strings ``keys``, the map
+    method actually used and each cluster's ``stability`` (:func:`clusterwise_jaccard`
+    against the mixture's other selections; NaN for the other methods)."""
 
     cluster: np.ndarray
     embedding: np.ndarray
@@ -686,6 +695,7 @@ class _Fit:
     complete: np.ndarray
     keys: np.ndarray
     map_used: str
+    stability: np.ndarray
 
 
 def _fit_regions(out: pd.DataFrame, settings: PatternSettings) -> _Fit:
@@ -702,12 +712,14 @@ def _fit_regions(out: pd.DataFrame, settings: PatternSettings) -> _Fit:
     embedding = np.full((n, 2), np.nan)
     map_used = "none"
     z_all = np.full((n, len(settings.features)), np.nan)
+    stability = np.zeros(0)
     if len(pos):
         z = _standardise(feats[pos], settings.features, settings.hu_scale)
         z_all[pos] = z
-        cluster[pos] = _fit_labels(z, settings)
+        cluster[pos], others = _fit_labels(z, settings)
+        stability = clusterwise_jaccard(cluster[pos], others)
         embedding[pos], map_used = _embed(z, settings)
-    return _Fit(cluster, embedding, z_all, complete, keys, map_used)
+    return _Fit(cluster, embedding, z_all, complete, keys, map_used, stability)
 
 
 def _cluster_table(out: pd.DataFrame, fit: _Fit, n_clusters: int,
@@ -729,7 +741,7 @@ def _cluster_table(out: pd.DataFrame, fit: _Fit, n_clusters: int,
         else:
             truth_cols = (np.nan,) * 4
         rows.append(_cluster_row(c, out.iloc[idx], fit.z[idx], int(in_cluster.sum()), e_pred,
-                                 truth_cols))
+                                 truth_cols) | {"stability": float(fit.stability[c])})
     table = pd.DataFrame(rows, columns=CLUSTER_COLUMNS)
     table["q_predicted"] = benjamini_hochberg(table["p_predicted"].to_numpy(dtype=float))
     return table.astype(_empty_cluster_table().dtypes.to_dict())

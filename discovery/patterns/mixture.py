@@ -19,7 +19,11 @@ DEMP, the directly estimated misclassification probability).
   others.  EM from another k-means start can reach another local optimum, and BIC then picks
   another number of components: on the benchmark's sign models a single fit put the planted
   tail in one cluster or split it in two depending on the seed
-  (docs/benchmarks/discovery.md#medoid-mixture).
+  (docs/benchmarks/discovery.md#medoid-mixture);
+* :func:`mixture_selections` returns every selection, and :func:`clusterwise_jaccard` says
+  how well each cluster of the one kept reappears in the others (Hennig 2007, "Cluster-wise
+  assessment of cluster stability", Comput. Stat. Data Anal. 52:258-271): a cluster that
+  dissolves when EM starts elsewhere is not a pattern of the data.
 
 Measured against HDBSCAN in docs/benchmarks/discovery.md#mixture.
 """
@@ -31,7 +35,8 @@ import numpy as np
 from data_tools.checks import check_int
 from discovery.patterns.stats import labels_by_size
 
-__all__ = ["DEMP_CUTOFF", "gaussian_mixture_bic", "medoid_partition", "merge_overlapping"]
+__all__ = ["DEMP_CUTOFF", "clusterwise_jaccard", "gaussian_mixture_bic", "medoid_partition",
+           "merge_overlapping", "mixture_selections"]
 
 #: Components merged while the larger of their two misclassification probabilities is at
 #: least this (:func:`merge_overlapping`).
@@ -127,6 +132,71 @@ def medoid_partition(partitions) -> tuple[int, float]:
     return best, float(mean[best])
 
 
+def clusterwise_jaccard(labels, partitions) -> np.ndarray:
+    """How well each cluster of *labels* reappears in other partitions of the same items.
+
+    Parameters
+    ----------
+    labels : array_like of int, shape (N,)
+        Cluster ids ``0..C-1``; negative ids (unclustered) belong to no cluster.
+    partitions : sequence of array_like of int, each shape (N,)
+        Other labelings of the same N items (negative ids: no cluster; label values need
+        not match *labels*).
+
+    Returns
+    -------
+    numpy.ndarray of float64, shape (C,)
+        For cluster *c*, the mean over *partitions* of the largest Jaccard index
+        ``|c & j| / |c | j|`` with any cluster *j* of that partition: 1.0 when *c* is found
+        whole and alone in every one.  Hennig's reading: below 0.5 the cluster dissolves,
+        0.6-0.75 it is a pattern with doubts, above 0.75 it is stable, above 0.85 highly so.
+        NaN for every cluster when *partitions* is empty.
+    """
+    a = np.asarray(labels)
+    parts = [np.asarray(p) for p in partitions]
+    if a.ndim != 1 or any(p.shape != a.shape for p in parts):
+        raise ValueError("labels and partitions must be 1-D label arrays of one length; "
+                         f"received {a.shape} and {[p.shape for p in parts]}")
+    n_clusters = int(a.max()) + 1 if a.size and a.max() >= 0 else 0
+    if not parts:
+        return np.full(n_clusters, np.nan)
+    sizes = np.bincount(a[a >= 0], minlength=n_clusters).astype(float)
+    best = np.zeros((len(parts), n_clusters))
+    for r, p in enumerate(parts):
+        both = (a >= 0) & (p >= 0)
+        _, pj = np.unique(p[p >= 0], return_inverse=True)
+        other = np.full(p.shape, -1)
+        other[p >= 0] = pj
+        m = int(other.max()) + 1
+        if m == 0:
+            continue
+        shared = np.zeros((n_clusters, m))
+        np.add.at(shared, (a[both], other[both]), 1.0)
+        union = sizes[:, None] + np.bincount(other[other >= 0], minlength=m)[None, :] - shared
+        best[r] = (shared / np.maximum(union, 1.0)).max(axis=1)
+    return best.mean(axis=0)
+
+
+def mixture_selections(z, *, max_components: int = 10, seed: int = 0, n_init: int = 2,
+                       cutoff: float | None = DEMP_CUTOFF, runs: int = 1,
+                       ) -> list[tuple[np.ndarray, int]]:
+    """Independent selections of the mixture of lowest BIC, one per seed.
+
+    Parameters are those of :func:`gaussian_mixture_bic`.  Returns one ``(labels, k)`` per
+    run, in seed order (``seed``, ``seed + 1``, ...): each labeling's cluster ids ``0..M-1``
+    by decreasing size and the number of components BIC chose.  With fewer than 2 rows a
+    single ``(zeros, 1)``.
+    """
+    x = _check_z(z)
+    max_components = check_int("max_components", max_components, 1)
+    n_init = check_int("n_init", n_init, 1)
+    seed = check_int("seed", seed, 0)
+    runs = check_int("runs", runs, 1)
+    if x.shape[0] < 2:
+        return [(np.zeros(x.shape[0], dtype=np.int64), 1)]
+    return [_select(x, max_components, seed + r, n_init, cutoff) for r in range(runs)]
+
+
 def gaussian_mixture_bic(z, *, max_components: int = 10, seed: int = 0, n_init: int = 2,
                          cutoff: float | None = DEMP_CUTOFF, runs: int = 1,
                          ) -> tuple[np.ndarray, int]:
@@ -146,9 +216,9 @@ def gaussian_mixture_bic(z, *, max_components: int = 10, seed: int = 0, n_init: 
     cutoff : float or None, optional
         :func:`merge_overlapping`'s cutoff; None keeps every component.
     runs : int, optional
-        Independent selections (each over every number of components, from its own seed);
-        the medoid of their partitions is kept (:func:`medoid_partition`).  1 (the default
-        here) is a single selection from ``seed``.
+        Independent selections (each over every number of components, from its own seed,
+        :func:`mixture_selections`); the medoid of their partitions is kept
+        (:func:`medoid_partition`).  1 (the default here) is a single selection from ``seed``.
 
     Returns
     -------
@@ -165,16 +235,9 @@ def gaussian_mixture_bic(z, *, max_components: int = 10, seed: int = 0, n_init: 
     substitute for ``runs``: the better likelihood it finds is more often the one with the
     planted group split (docs/benchmarks/discovery.md#medoid-mixture).
     """
-    x = _check_z(z)
-    max_components = check_int("max_components", max_components, 1)
-    n_init = check_int("n_init", n_init, 1)
-    seed = check_int("seed", seed, 0)
-    runs = check_int("runs", runs, 1)
-    n = x.shape[0]
-    if n < 2:
-        return np.zeros(n, dtype=np.int64), 1
-    fits = [_select(x, max_components, seed + r, n_init, cutoff) for r in range(runs)]
-    if runs == 1:
+    fits = mixture_selections(z, max_components=max_components, seed=seed, n_init=n_init,
+                              cutoff=cutoff, runs=runs)
+    if len(fits) == 1:
         return fits[0]
     best, _ = medoid_partition([labels for labels, _ in fits])
     return fits[best]

@@ -31,6 +31,8 @@ from discovery.report.style import (
     applicability_warning,
     fmt,
     pct,
+    sentence,
+    stability_in_words,
     verdicts_in_words,
 )
 from discovery.explain.catalog import map_label, map_title
@@ -157,7 +159,8 @@ def _cluster_section(clusters: pd.DataFrame, regions: pd.DataFrame,
 <p>{int(c.n_regions)} regions from {int(c.n_cases)} patients ({int(c.n_nodules)} nodules).
 Predicted malignant: {pct(c.share_predicted_malignant)} of its nodules vs
 {pct(c.pool_predicted_malignant)} in the cohort (enrichment {fmt(c.enrichment_predicted)}×,
-permutation p = {fmt(c.p_predicted)}, q = {fmt(c.q_predicted)}){_truth(c)}.</p>
+permutation p = {fmt(c.p_predicted)}, q = {fmt(c.q_predicted)}){_truth(c)}.
+{sentence(stability_in_words(getattr(c, "stability", None)))}</p>
 <p><b>Causal check:</b> {_effect(c)}</p>
 <div class="imgs">{''.join(figs)}</div></div>""")
     return "".join(parts)

@@ -86,6 +86,8 @@ from discovery.report.style import (
     VERDICT_COLOURS,
     fmt,
     pct,
+    sentence,
+    stability_in_words,
     verdicts_in_words,
 )
 
@@ -396,7 +398,8 @@ def _cluster_text(c, reading: str) -> tuple[str, str]:
             f"Predicted malignant: {pct(c.share_predicted_malignant)} of its nodules vs "
             f"{pct(c.pool_predicted_malignant)} in the cohort (enrichment "
             f"{fmt(c.enrichment_predicted)}×, p = {fmt(c.p_predicted)}, q = "
-            f"{fmt(c.q_predicted)}){truth}. {causal}")
+            f"{fmt(c.q_predicted)}){truth}. "
+            f"{sentence(stability_in_words(getattr(c, 'stability', None)))} {causal}")
     return f"Cluster {int(c.cluster)} ({reading}): {c.description}", body
 
 

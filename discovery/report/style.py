@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["DISPLAY_THRESHOLD", "CROP_HALF_PX", "VERDICT_COLOURS", "OUTCOME_COLOURS", "MISSING",
-           "fmt", "pct", "sentence", "applicability_warning", "verdicts_in_words",
-           "CaseArrayCache"]
+           "STABILITY_BANDS", "fmt", "pct", "sentence", "applicability_warning",
+           "stability_in_words", "verdicts_in_words", "CaseArrayCache"]
 
 #: The overlay shows attribution >= this fraction of the case maximum (stated wherever shown).
 DISPLAY_THRESHOLD = 0.2
@@ -24,6 +24,11 @@ OUTCOME_COLOURS = {"on the tumour": "#1b7f3b", "shortcut": "#c53030",
                    "candidate sign": "#2b6cb0"}
 #: How a missing value is shown.
 MISSING = "–"
+#: Reading of a cluster's stability (mean best Jaccard index with the clusterings from other
+#: seeds, :func:`discovery.patterns.mixture.clusterwise_jaccard`), after Hennig (2007):
+#: (lower bound, words), the first bound the value reaches.
+STABILITY_BANDS = ((0.85, "highly stable"), (0.75, "stable"), (0.5, "a pattern, with doubts"),
+                   (0.0, "dissolves: not a pattern of the data"))
 
 
 def sentence(text: Any) -> str:
@@ -54,6 +59,21 @@ def applicability_warning(code: Any, detail: Any) -> str | None:
         return None
     return (f"Read this verdict with care — the model is used outside what it knows: {code}. "
             f"{sentence(detail)}").strip()
+
+
+def stability_in_words(value: Any) -> str:
+    """How reproducible a cluster is, for the app and the reports: its stability *value*
+    with :data:`STABILITY_BANDS`' reading; "" when it was not measured (NaN, None: one
+    clustering run, or a method other than the mixture)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return ""
+    if math.isnan(v):
+        return ""
+    words = next(w for bound, w in STABILITY_BANDS if v >= bound)
+    return (f"stability {v:.2f} ({words}): the mean Jaccard index with which the clusterings "
+            "from other seeds find it again")
 
 
 def fmt(value: Any, digits: int = 3) -> str:

@@ -21,7 +21,9 @@ __all__ = ["EXPORT_SCHEMA_VERSION", "REPORT_FORMATS", "tables", "write_report"]
 
 #: Version of the exported tables' schema (the columns of findings and patterns, their
 #: meaning and units, as docs/guide/outputs.md documents them); raised whenever a column changes.
-EXPORT_SCHEMA_VERSION = 3  # 2: applicability, applicability_detail; 3: the surroundings' reliance
+#: 2: applicability, applicability_detail; 3: the surroundings' reliance; 4: the clusters'
+#: stability.
+EXPORT_SCHEMA_VERSION = 4
 #: The formats :func:`write_report` writes.
 REPORT_FORMATS = ("html", "pdf", "csv", "parquet")
 

@@ -181,6 +181,22 @@ CREATE TABLE IF NOT EXISTS review_audit (
 """
 
 
+#: Tables that gained columns within one schema version (nullable, no constraint): a store
+#: written before them gains the columns, empty (NULL, read as NaN), when opened, and the
+#: tool fills them on its next write (the clusters' ``stability``, the sanity rows' ROAD
+#: areas).
+_GROWN_TABLES = {"sanity_perturbation": PERTURBATION_COLUMNS, "clusters": CLUSTER_COLUMNS}
+
+
+def _add_columns(con, backend: Backend) -> None:
+    """Add the columns of :data:`_GROWN_TABLES` an older store lacks (in the open's
+    transaction)."""
+    for table, columns in _GROWN_TABLES.items():
+        have = set(con.frame(f"SELECT * FROM {table} LIMIT 0").columns)
+        for col in [c for c in columns if c not in have]:
+            con.execute(f"ALTER TABLE {table} ADD COLUMN {col} {_sql_type(backend, col)}")
+
+
 def _now(timespec: str = "seconds") -> str:
     return datetime.now(timezone.utc).isoformat(timespec=timespec)
 
@@ -284,6 +300,7 @@ class ResultsStore:
         con.script(_schema(self.backend))  # idempotent (IF NOT EXISTS), one transaction
         results_id = stored_id or expected or new_results_id()
         with self.write(count=False) as con:
+            _add_columns(con, self.backend)
             for key, value in (("schema_version", str(SCHEMA_VERSION)),
                                ("results_id", json.dumps(results_id)), (_WRITE_COUNT, "0")):
                 con.execute("INSERT INTO meta (key, value) VALUES (?, ?) "
@@ -445,10 +462,6 @@ class ResultsStore:
     def set_sanity(self, randomization: list[dict[str, Any]], perturbation: list[dict[str, Any]]) -> None:
         """Replace the sanity rows of every method present in the new rows (one transaction)."""
         with self.write() as con:
-            have = set(con.frame("SELECT * FROM sanity_perturbation LIMIT 0").columns)
-            for col in [c for c in PERTURBATION_COLUMNS if c not in have]:   # older stores
-                con.execute(f"ALTER TABLE sanity_perturbation ADD COLUMN {col} "
-                            f"{_sql_type(self.backend, col)}")
             for table, rows in (("sanity_randomization", randomization),
                                 ("sanity_perturbation", perturbation)):
                 for method in sorted({r["method"] for r in rows}):
