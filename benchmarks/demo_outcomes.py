@@ -10,7 +10,7 @@ truth of the planted structures what the overview's three panels depend on:
   **reach** (Grad-CAM's largest value on the structure divided by the peak of its nodule's
   map, median and the share of structures at >= 0.5, the region threshold: does the map
   point at it?) and the regions **touching** it (a structure of that kind within 3 mm);
-* the clusters with their reading (artifact, candidate sign, incidental), causal effect and
+* the clusters with their reading (artifact, candidate sign, unstable, incidental), causal effect and
   enrichment; the outcome and verdict counts.
 
 This is the measurement behind the demo-model variants table of docs/benchmarks/discovery.md (issue 4's
@@ -169,8 +169,8 @@ def run(args) -> dict:
         "n_nodules": int(summary.n_nodules), "n_regions": int(len(regions)),
         "regions_touching_nothing": int(sum(1 for v in touching.values() if not v)),
         "kinds": kinds,
-        "clusters": clusters[["cluster", "n_regions", "median_halo_max_hu", "effect_mean",
-                              "relied_upon", "enrichment_predicted", "q_predicted",
+        "clusters": clusters[["cluster", "n_regions", "stability", "median_halo_max_hu",
+                              "effect_mean", "relied_upon", "enrichment_predicted", "q_predicted",
                               "reading", "exemplars_on"]].to_dict("records"),
         "outcomes": {str(k): int(v) for k, v in outcomes.items()},
         "verdicts": {str(k): int(v) for k, v in findings["verdict"].value_counts().items()},
@@ -227,12 +227,13 @@ def main(argv=None) -> int:
               f"({_fmt(k['oracle_delta_p_malignant'], 3)}) | {_fmt(k['reach_median'])} | "
               f"{_fmt(k['reach_at_least_half'])} | {k['regions_touching']} | "
               f"{k['touching_by_cluster'] or '–'} |")
-    print("| cluster | regions | median halo HU | Δp | relied upon | enrichment (pred.) | q | reading | exemplars touching |")
-    print("|---:|---:|---:|---:|---|---:|---:|---|---|")
+    print("| cluster | regions | stability | median halo HU | Δp | relied upon | enrichment (pred.) | q | reading | exemplars touching |")
+    print("|---:|---:|---:|---:|---:|---|---:|---:|---|---|")
     for c in out["clusters"]:
         ex = dict(c["exemplars_on"])
         n = ex.pop("n")
-        print(f"| {c['cluster']} | {c['n_regions']} | {_fmt(c['median_halo_max_hu'], 0)} | "
+        print(f"| {c['cluster']} | {c['n_regions']} | {_fmt(c['stability'])} | "
+              f"{_fmt(c['median_halo_max_hu'], 0)} | "
               f"{_fmt(c['effect_mean'], 3)} | {bool(c['relied_upon'])} | "
               f"{_fmt(c['enrichment_predicted'])} | {_fmt(c['q_predicted'], 4)} | {c['reading']} | "
               f"{', '.join(f'{k} {v}' for k, v in sorted(ex.items()))} (of {n}) |")

@@ -54,6 +54,13 @@ CLUSTER_COLUMNS = [
 #: Decision threshold on P(malignant) when neither the model card nor the results state one.
 DEFAULT_THRESHOLD = 0.5
 
+#: A cluster is *stable* when the clusterings from other seeds find it again at a mean best
+#: Jaccard index of at least this (``stability``,
+#: :func:`discovery.patterns.mixture.clusterwise_jaccard`): Hennig's (2007) bound for a
+#: stable cluster, fixed from the literature, not fitted here.  Only a stable cluster can be
+#: a candidate sign (:func:`discovery.patterns.outcomes.cluster_readings`).
+STABLE_CLUSTER = 0.75
+
 #: Smallest change of P(malignant) that the causal check counts: a cluster is relied upon,
 #: and a nodule uses a cluster, when removing the regions moves P by at least this much
 #: (:func:`discovery.patterns.causal.pattern_effects`); the outcome texts quote it.

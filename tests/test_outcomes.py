@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from discovery.patterns.outcomes import ARTIFACT_HU, cluster_readings, nodule_outcomes
+from discovery.schema import STABLE_CLUSTER
 
 NAN = float("nan")
 
@@ -34,6 +35,23 @@ def test_cluster_readings_follow_the_documented_rules():
     assert cluster_readings(edge).iloc[0] == "artifact"
     edge = edge.assign(median_halo_max_hu=ARTIFACT_HU - 1)
     assert cluster_readings(edge).iloc[0] == "incidental"
+
+
+def test_only_a_stable_cluster_is_a_candidate_sign():
+    # the two candidate signs at stabilities on both sides of STABLE_CLUSTER; the artifact
+    # and the incidental clusters do not depend on it
+    c = _clusters().assign(stability=[0.2, STABLE_CLUSTER, STABLE_CLUSTER - 0.01, 0.1, 0.1, NAN])
+    assert list(cluster_readings(c)) == ["artifact", "candidate sign", "unstable", "incidental",
+                                         "incidental", "incidental"]
+    # not measured (NaN, or a table without the column): not unstable
+    assert list(cluster_readings(c.assign(stability=NAN))) == list(cluster_readings(_clusters()))
+    # a nodule in an unstable cluster is no candidate sign
+    findings = pd.DataFrame({"case_id": ["a", "b"], "nodule_id": ["n1", "n1"],
+                             "verdict": ["off-mask", "off-mask"], "flagged": [False, False],
+                             "flag_clusters": ["", ""]})
+    regions = pd.DataFrame({"case_id": ["a", "b"], "nodule_id": ["n1", "n1"], "cluster": [1, 2]})
+    out = nodule_outcomes(findings, c, regions)
+    assert list(out["outcome"]) == ["candidate sign", "other"]
 
 
 def test_relied_upon_stored_as_text_or_none_is_read():
@@ -124,9 +142,14 @@ def test_candidate_panel_shows_the_cluster_moving_most_predictions():
     panel = outcome_panels(findings, clusters, regions)[2]
     assert panel.cluster == 1 and panel.lead.startswith("Cluster 1: tail-like.")
     assert panel.n_nodules == 1
+    assert "Jaccard" not in panel.lead                     # stability not measured
     # without effect_n (older tables) the largest |effect| wins
     panel = outcome_panels(findings, clusters.drop(columns="effect_n"), regions)[2]
     assert panel.cluster == 0
+    # an unstable cluster is not shown, however strong; a stable one says how stable
+    panel = outcome_panels(findings, clusters.assign(stability=[0.9, 0.5, 0.8]), regions)[2]
+    assert panel.cluster == 0 and "find it again at mean Jaccard 0.90" in panel.lead
+    assert panel.n_nodules == 0          # the nodule's region is in the unstable cluster 1
 
 
 def _cohort():

@@ -17,7 +17,13 @@ Cluster reading (:func:`cluster_readings`), first match wins:
 * ``"candidate sign"``: anatomical density, and the model relies on it *for* malignancy
   (``relied_upon`` with a negative ``effect_mean``: removing it lowers the probability) or
   the cluster is enriched for predicted-malignant nodules (``enrichment_predicted > 1`` and
-  ``q_predicted < 0.05``).  A pattern worth a clinician's look, not a finding.
+  ``q_predicted < 0.05``), and the cluster is stable: the clusterings from other seeds find
+  it again (``stability`` at least :data:`~discovery.schema.STABLE_CLUSTER` = 0.75, Hennig's
+  bound; a table without the column, or a cluster not measured, passes).  A pattern worth a
+  clinician's look, not a finding.
+* ``"unstable"``: would be a candidate sign, but the grouping changes with the clustering's
+  random start (``stability`` under 0.75): the regions are relied upon or enriched, but no
+  pattern of them is reproducible.
 * ``"incidental"``: everything else (attention the model does not depend on).
 
 Nodule outcome (:func:`nodule_outcomes`), first match wins:
@@ -56,7 +62,7 @@ import pandas as pd
 from discovery.align.metrics import describe_agreement, verdict_agreement
 from discovery.model.rois import nodule_label
 from discovery.patterns.stats import enrichment_test
-from discovery.schema import DEFAULT_THRESHOLD, MIN_EFFECT, SURROUNDINGS_MM
+from discovery.schema import DEFAULT_THRESHOLD, MIN_EFFECT, STABLE_CLUSTER, SURROUNDINGS_MM
 
 __all__ = ["ARTIFACT_HU", "MIN_SURROUNDINGS_GROUP", "OUTCOMES", "READINGS", "SCORED_STATUSES",
            "Exemplar", "Panel", "OutcomeReadings", "agreement_reading", "cluster_readings",
@@ -70,7 +76,7 @@ ARTIFACT_HU = 2000.0
 MIN_SURROUNDINGS_GROUP = 3
 #: Significance of the predicted-malignancy enrichment that makes a candidate sign.
 CANDIDATE_Q = 0.05
-READINGS = ("artifact", "candidate sign", "incidental")
+READINGS = ("artifact", "candidate sign", "unstable", "incidental")
 OUTCOMES = ("on the tumour", "shortcut", "candidate sign", "other")
 
 _CLUSTER_NEEDS = ("cluster", "median_halo_max_hu", "relied_upon", "effect_mean",
@@ -90,7 +96,9 @@ def rules_summary() -> str:
         f"nodule (which no off-mask region reaches), with a voxel of at least {ARTIFACT_HU:.0f} "
         "HU there (a clip or marker beside it). Candidate pattern: "
         "a region in an anatomical-density cluster the model relies on for malignancy, or "
-        f"that is enriched for predicted-malignant nodules (q < {CANDIDATE_Q:g}). On the "
+        f"that is enriched for predicted-malignant nodules (q < {CANDIDATE_Q:g}), and that "
+        "the clusterings from other seeds find again (stability at least "
+        f"{STABLE_CLUSTER:g}). On the "
         "tumour: verdict aligned "
         "and the prediction rests on the nodule (replacing it with lung parenchyma takes away "
         "at least half of P(malignant), beyond a volume-matched control's change).")
@@ -253,13 +261,14 @@ def cluster_readings(clusters: pd.DataFrame) -> pd.Series:
         The cluster table with the causal check (``discovery score``'s ``clusters`` table or
         :func:`discovery.patterns.causal.pattern_effects`): needs ``cluster``, ``median_halo_max_hu``
         (HU), ``relied_upon``, ``effect_mean`` (probability change when removed),
-        ``enrichment_predicted`` and ``q_predicted``.
+        ``enrichment_predicted`` and ``q_predicted``; ``stability`` where measured.
 
     Returns
     -------
     pandas.Series of str
-        ``"artifact"``, ``"candidate sign"`` or ``"incidental"`` (module docstring).  A
-        cluster with unknown halo density (NaN) is never an artifact.
+        ``"artifact"``, ``"candidate sign"``, ``"unstable"`` or ``"incidental"`` (module
+        docstring).  A cluster with unknown halo density (NaN) is never an artifact; one
+        with unknown stability (NaN, or no column) is not unstable.
     """
     _need(clusters, _CLUSTER_NEEDS, "cluster")
     halo = pd.to_numeric(clusters["median_halo_max_hu"], errors="coerce").to_numpy(dtype=float)
@@ -267,11 +276,15 @@ def cluster_readings(clusters: pd.DataFrame) -> pd.Series:
     enrich = pd.to_numeric(clusters["enrichment_predicted"], errors="coerce").to_numpy(dtype=float)
     q = pd.to_numeric(clusters["q_predicted"], errors="coerce").to_numpy(dtype=float)
     relied_for = _truthy(clusters["relied_upon"]) & (effect < 0)
+    stability = (pd.to_numeric(clusters["stability"], errors="coerce").to_numpy(dtype=float)
+                 if "stability" in clusters.columns else np.full(len(clusters), np.nan))
     with np.errstate(invalid="ignore"):
         enriched = (enrich > 1) & (q < CANDIDATE_Q)
         artifact = halo >= ARTIFACT_HU
+        unstable = stability < STABLE_CLUSTER
     reading = np.where(artifact, "artifact",
-                       np.where(relied_for | enriched, "candidate sign", "incidental"))
+                       np.where(relied_for | enriched,
+                                np.where(unstable, "unstable", "candidate sign"), "incidental"))
     return pd.Series(reading, index=clusters.index, name="reading", dtype=object)
 
 
@@ -671,6 +684,14 @@ def _shortcut_panel(out: pd.DataFrame, by_cluster: pd.DataFrame, artifact_ids: l
                  _pick(short, lambda r: shortcut_exemplar(r, regions), n_exemplars))
 
 
+def _stability_clause(crow: pd.Series) -> str:
+    """"; found again ... at mean Jaccard J" for a cluster whose stability was measured."""
+    value = pd.to_numeric(pd.Series([crow.get("stability")]), errors="coerce").iloc[0]
+    if not np.isfinite(value):
+        return ""
+    return f"; the clusterings from other seeds find it again at mean Jaccard {value:.2f}"
+
+
 def _candidate_panel(out: pd.DataFrame, by_cluster: pd.DataFrame, regions: pd.DataFrame,
                      n_exemplars: int) -> Panel:
     title = "Off the mask, on anatomy: a candidate pattern"
@@ -691,7 +712,7 @@ def _candidate_panel(out: pd.DataFrame, by_cluster: pd.DataFrame, regions: pd.Da
             f"malignant vs {_pct(float(crow['pool_predicted_malignant']))} in the cohort "
             f"(q = {float(crow['q_predicted']):.3f}); removing it changes P(malignant) by "
             f"{float(crow['effect_mean']):+.3f}"
-            + (" — the model relies on it" if relied else "") +
+            + (" — the model relies on it" if relied else "") + _stability_clause(crow) +
             ". Anatomical density, not annotated: a candidate pattern worth studying, "
             "not a finding.")
     keyed = regions.set_index("region_key")

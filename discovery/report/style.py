@@ -8,6 +8,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from discovery.schema import STABLE_CLUSTER
+
 __all__ = ["DISPLAY_THRESHOLD", "CROP_HALF_PX", "VERDICT_COLOURS", "OUTCOME_COLOURS", "MISSING",
            "STABILITY_BANDS", "fmt", "pct", "sentence", "applicability_warning",
            "stability_in_words", "verdicts_in_words", "CaseArrayCache"]
@@ -27,8 +29,8 @@ MISSING = "–"
 #: Reading of a cluster's stability (mean best Jaccard index with the clusterings from other
 #: seeds, :func:`discovery.patterns.mixture.clusterwise_jaccard`), after Hennig (2007):
 #: (lower bound, words), the first bound the value reaches.
-STABILITY_BANDS = ((0.85, "highly stable"), (0.75, "stable"), (0.5, "a pattern, with doubts"),
-                   (0.0, "dissolves: not a pattern of the data"))
+STABILITY_BANDS = ((0.85, "highly stable"), (STABLE_CLUSTER, "stable"),
+                   (0.5, "a pattern, with doubts"), (0.0, "dissolves: not a pattern of the data"))
 
 
 def sentence(text: Any) -> str:
