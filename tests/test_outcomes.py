@@ -150,6 +150,10 @@ def test_candidate_panel_shows_the_cluster_moving_most_predictions():
     panel = outcome_panels(findings, clusters.assign(stability=[0.9, 0.5, 0.8]), regions)[2]
     assert panel.cluster == 0 and "find it again at mean Jaccard 0.90" in panel.lead
     assert panel.n_nodules == 0          # the nodule's region is in the unstable cluster 1
+    assert "Set aside as unstable: cluster 1 (stability 0.50)" in panel.lead
+    panel = outcome_panels(findings, clusters.assign(stability=0.4), regions)[2]
+    assert panel.lead.startswith("No stable anatomical cluster")
+    assert "cluster 0 (stability 0.40), cluster 1 (stability 0.40), cluster 2" in panel.lead
 
 
 def _cohort():
@@ -208,7 +212,7 @@ def test_read_outcomes_without_clusters():
     got = read_outcomes(findings, clusters.iloc[:0], regions.assign(cluster=-1), threshold=0.5)
     assert got.readings == {}
     assert [p.n_nodules for p in got.panels] == [3, 0, 0] and got.panels[1].cluster == -1
-    assert got.panels[2].lead.startswith("No anatomical cluster")
+    assert got.panels[2].lead.startswith("No stable anatomical cluster")
 
 
 def test_a_shortcut_that_only_inflates_the_probability_counts_and_is_told_apart():

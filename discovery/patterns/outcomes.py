@@ -692,15 +692,30 @@ def _stability_clause(crow: pd.Series) -> str:
     return f"; the clusterings from other seeds find it again at mean Jaccard {value:.2f}"
 
 
+def _unstable_note(by_cluster: pd.DataFrame) -> str:
+    """" Set aside: cluster 3 (stability 0.47) ..." naming the clusters read ``"unstable"``
+    (would be candidate signs, but not reproducible); "" when there are none."""
+    if not len(by_cluster):
+        return ""
+    rows = by_cluster[by_cluster["reading"] == "unstable"]
+    if not len(rows):
+        return ""
+    named = ", ".join(f"cluster {int(c)} (stability {float(r['stability']):.2f})"
+                      for c, r in rows.iterrows())
+    return (f" Set aside as unstable: {named}, relied upon or enriched but grouped "
+            "otherwise when the clustering starts from other seeds.")
+
+
 def _candidate_panel(out: pd.DataFrame, by_cluster: pd.DataFrame, regions: pd.DataFrame,
                      n_exemplars: int) -> Panel:
     title = "Off the mask, on anatomy: a candidate pattern"
     cands = by_cluster[by_cluster["reading"] == "candidate sign"] if len(by_cluster) \
         else by_cluster
+    aside = _unstable_note(by_cluster)
     if not len(cands):
         return Panel("candidate sign", title,
-                     "No anatomical cluster of off-mask attention is relied upon for "
-                     "malignancy or enriched for predicted-malignant nodules.", 0)
+                     "No stable anatomical cluster of off-mask attention is relied upon for "
+                     "malignancy or enriched for predicted-malignant nodules." + aside, 0)
     order = cands.assign(_e=-_total_effect(cands),
                          _r=-cands["enrichment_predicted"].fillna(0)).sort_values(
         ["_e", "_r"], kind="stable")
@@ -714,7 +729,7 @@ def _candidate_panel(out: pd.DataFrame, by_cluster: pd.DataFrame, regions: pd.Da
             f"{float(crow['effect_mean']):+.3f}"
             + (" — the model relies on it" if relied else "") + _stability_clause(crow) +
             ". Anatomical density, not annotated: a candidate pattern worth studying, "
-            "not a finding.")
+            "not a finding." + aside)
     keyed = regions.set_index("region_key")
     members = keyed.loc[[k for k in crow["exemplars"] if k in keyed.index]].reset_index()
     exemplars = _pick(members, lambda r: Exemplar(
