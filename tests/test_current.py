@@ -57,6 +57,31 @@ def test_patterns_clustered_otherwise_or_unrecorded_are_stale(tmp_path):
     assert stale_reason(other, pattern_settings=PatternSettings(hu_scale=None)) is None
 
 
+def test_clusters_without_their_stability_are_stale(tmp_path):
+    """Clusters written before each cluster's stability was measured (an older version's
+    mixture with the same settings) mean clustering again; clusters that have it do not."""
+    from tests.conftest import build_tiny_results
+
+    sha = load_card(default_model_dir()).weights_sha256
+    res = build_tiny_results(tmp_path / "res")          # one cluster, stability 0.92
+    store = ResultsStore(res)
+    rule = load_card(default_model_dir()).verdict_rule_sha256
+    store.set_meta(model_sha256=sha, verdict_rule_sha256=rule,
+                   pattern_settings=repr(PatternSettings()))
+    store.close()
+    assert stale_reason(res) is None
+    con = sqlite3.connect(res / "discovery.sqlite")
+    con.execute("UPDATE clusters SET stability = NULL")
+    con.commit()
+    con.close()
+    assert "measures each cluster's stability" in stale_reason(res)
+    # a clustering that measures none (one selection) is current without it
+    store = ResultsStore(res)
+    store.set_meta(pattern_settings=repr(PatternSettings(mixture_runs=1)))
+    store.close()
+    assert stale_reason(res, pattern_settings=PatternSettings(mixture_runs=1)) is None
+
+
 def test_scoring_records_the_pattern_settings(tmp_path):
     from discovery.batch.score import recluster
 

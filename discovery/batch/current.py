@@ -51,6 +51,7 @@ def stale_reason(results_dir: str | Path, *, model_dir: str | Path | None = None
         return str(exc)
     try:
         meta = store.meta()
+        clusters = store.clusters()
     finally:
         store.close()
     stored = meta.get("model_sha256")
@@ -62,11 +63,15 @@ def stale_reason(results_dir: str | Path, *, model_dir: str | Path | None = None
     if (meta.get("verdict_rule_sha256") or "") != card.verdict_rule_sha256:
         return (f"{results_dir} was scored with another verdict rule than the model card's "
                 "(or none); scoring the folder again decides the verdicts by the card's rule")
-    wanted = repr(pattern_settings if pattern_settings is not None else PatternSettings())
-    if meta.get("pattern_settings") != wanted:
-        return (f"the patterns in {results_dir} were clustered with other settings or by an "
-                "older version of the clustering; scoring the folder again re-clusters them "
-                "(the cases themselves are not recomputed)")
+    settings = pattern_settings if pattern_settings is not None else PatternSettings()
+    older = (f"the patterns in {results_dir} were clustered with other settings or by an "
+             "older version of the clustering; scoring the folder again re-clusters them "
+             "(the cases themselves are not recomputed)")
+    if meta.get("pattern_settings") != repr(settings):
+        return older
+    if (settings.method == "gmm" and settings.mixture_runs > 1 and len(clusters)
+            and clusters["stability"].isna().all()):
+        return older + " and measures each cluster's stability"
     return None
 
 
