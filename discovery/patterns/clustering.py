@@ -189,7 +189,7 @@ class PatternSettings:
         (:func:`discovery.patterns.mixture.medoid_partition`).  Default 5: a single selection
         put the benchmark's planted tail in one cluster or split it in two depending on the
         seed (docs/benchmarks/discovery.md#medoid-mixture); 1 is the single selection of
-        before.
+        before.  The others give each cluster's ``stability`` (NaN with 1).
     features : tuple of str
         The clustering descriptors: :data:`STRUCTURE_FEATURES` (the default: what each
         region points at) or :data:`FEATURE_COLUMNS` (the region's own blob; the default
