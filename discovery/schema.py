@@ -60,6 +60,9 @@ DEFAULT_THRESHOLD = 0.5
 #: stable cluster, fixed from the literature, not fitted here.  Only a stable cluster can be
 #: a candidate sign (:func:`discovery.patterns.outcomes.cluster_readings`).
 STABLE_CLUSTER = 0.75
+#: Below this stability a cluster *dissolves* (Hennig 2007): the clusterings from other seeds
+#: group its regions otherwise; the app warns about it.
+DISSOLVED_CLUSTER = 0.5
 
 #: Smallest change of P(malignant) that the causal check counts: a cluster is relied upon,
 #: and a nodule uses a cluster, when removing the regions moves P by at least this much

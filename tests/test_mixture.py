@@ -12,6 +12,7 @@ from discovery.patterns.mixture import (
     DEMP_CUTOFF,
     clusterwise_jaccard,
     gaussian_mixture_bic,
+    keep_medoid,
     medoid_partition,
     merge_overlapping,
     mixture_selections,
@@ -154,6 +155,11 @@ def test_mixture_selections_are_the_single_runs_in_seed_order():
         np.testing.assert_array_equal(labels, single[0])
         assert k == single[1]
     assert len(mixture_selections(np.zeros((1, 2)), runs=4)) == 1
+    # keep_medoid: the second selection is the medoid here; the others are the first and third
+    kept, others = keep_medoid(fits)
+    assert kept is fits[1]
+    assert len(others) == 2 and others[0] is fits[0][0] and others[1] is fits[2][0]
+    assert keep_medoid(fits[:1]) == (fits[0], [])
 
 
 def test_clusterwise_jaccard_by_hand():

@@ -7,11 +7,11 @@ from app import common
 from discovery.report import render
 from discovery.report.style import (
     DISPLAY_THRESHOLD,
-    STABILITY_BANDS,
     fmt,
     sentence,
     stability_in_words,
 )
+from discovery.schema import DISSOLVED_CLUSTER
 from discovery.store.tables import CLUSTER_REVIEW_CHOICES
 
 CROP_HALF = 32  # exemplar crops are 65 x 65 pixels around the region centroid
@@ -103,7 +103,7 @@ if not clusters.empty:
                  f"{100 * crow['pool_truth_malignant']:.0f} % in the cohort (p = {fmt(crow['p_truth'], 3)}). ")
     stability = stability_in_words(crow.get("stability"))
     st.markdown(effect + truth + sentence(stability))
-    if pd.notna(crow.get("stability")) and crow["stability"] < STABILITY_BANDS[2][0]:
+    if pd.notna(crow.get("stability")) and crow["stability"] < DISSOLVED_CLUSTER:
         st.warning(f"Cluster {cluster} dissolves when the clustering starts from other seeds "
                    f"(mean Jaccard {crow['stability']:.2f}): its regions are grouped "
                    "differently each time. Read it as a chance grouping, not a pattern.")

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from discovery.patterns.mixture import clusterwise_jaccard, medoid_partition, mixture_selections
+from discovery.patterns.mixture import clusterwise_jaccard, keep_medoid, mixture_selections
 from discovery.patterns.stats import (
     benjamini_hochberg,
     enrichment_test,
@@ -527,13 +527,12 @@ def _fit_labels(z: np.ndarray, settings: PatternSettings) -> tuple[np.ndarray, l
         labels = model.fit(z).labels_.astype(np.int64)
         labels[labels < 0] = -1  # -2 / -3 (infinite / missing) cannot occur: rows are finite
     elif settings.method == "gmm":        # gaussian_mixture_bic, keeping the other runs
-        fits = [f for f, _ in mixture_selections(z, max_components=settings.max_clusters,
-                                                 seed=settings.seed, runs=settings.mixture_runs)]
-        best = medoid_partition(fits)[0] if len(fits) > 1 else 0
-        labels = fits[best]
+        (labels, _), others = keep_medoid(mixture_selections(
+            z, max_components=settings.max_clusters, seed=settings.seed,
+            runs=settings.mixture_runs))
         if (labels == 0).all():           # one group of every region: no pattern (as HDBSCAN)
             return np.full(n, -1, dtype=np.int64), []
-        return _renumber(labels, settings.min_cluster_size), fits[:best] + fits[best + 1:]
+        return _renumber(labels, settings.min_cluster_size), others
     elif settings.method == "spectral":
         labels, _, _ = spectral_eigengap(z, seed=settings.seed, n_neighbors=settings.n_neighbors,
                                          max_clusters=settings.max_clusters)

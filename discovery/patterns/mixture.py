@@ -35,8 +35,8 @@ import numpy as np
 from data_tools.checks import check_int
 from discovery.patterns.stats import labels_by_size
 
-__all__ = ["DEMP_CUTOFF", "clusterwise_jaccard", "gaussian_mixture_bic", "medoid_partition",
-           "merge_overlapping", "mixture_selections"]
+__all__ = ["DEMP_CUTOFF", "clusterwise_jaccard", "gaussian_mixture_bic", "keep_medoid",
+           "medoid_partition", "merge_overlapping", "mixture_selections"]
 
 #: Components merged while the larger of their two misclassification probabilities is at
 #: least this (:func:`merge_overlapping`).
@@ -197,6 +197,17 @@ def mixture_selections(z, *, max_components: int = 10, seed: int = 0, n_init: in
     return [_select(x, max_components, seed + r, n_init, cutoff) for r in range(runs)]
 
 
+def keep_medoid(fits) -> tuple[tuple[np.ndarray, int], list[np.ndarray]]:
+    """The selection to keep among *fits* (:func:`mixture_selections`' ``(labels, k)`` list)
+    and the labels of the others: the medoid partition (:func:`medoid_partition`), or the
+    only fit, with no others, when there is one."""
+    fits = list(fits)
+    if len(fits) == 1:
+        return fits[0], []
+    best, _ = medoid_partition([labels for labels, _ in fits])
+    return fits[best], [labels for i, (labels, _) in enumerate(fits) if i != best]
+
+
 def gaussian_mixture_bic(z, *, max_components: int = 10, seed: int = 0, n_init: int = 2,
                          cutoff: float | None = DEMP_CUTOFF, runs: int = 1,
                          ) -> tuple[np.ndarray, int]:
@@ -235,12 +246,9 @@ def gaussian_mixture_bic(z, *, max_components: int = 10, seed: int = 0, n_init: 
     substitute for ``runs``: the better likelihood it finds is more often the one with the
     planted group split (docs/benchmarks/discovery.md#medoid-mixture).
     """
-    fits = mixture_selections(z, max_components=max_components, seed=seed, n_init=n_init,
-                              cutoff=cutoff, runs=runs)
-    if len(fits) == 1:
-        return fits[0]
-    best, _ = medoid_partition([labels for labels, _ in fits])
-    return fits[best]
+    kept, _ = keep_medoid(mixture_selections(z, max_components=max_components, seed=seed,
+                                             n_init=n_init, cutoff=cutoff, runs=runs))
+    return kept
 
 
 def _select(x: np.ndarray, max_components: int, seed: int, n_init: int,

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from discovery.schema import STABLE_CLUSTER
+from discovery.schema import DISSOLVED_CLUSTER, STABLE_CLUSTER
 
 __all__ = ["DISPLAY_THRESHOLD", "CROP_HALF_PX", "VERDICT_COLOURS", "OUTCOME_COLOURS", "MISSING",
            "STABILITY_BANDS", "fmt", "pct", "sentence", "applicability_warning",
@@ -30,7 +30,8 @@ MISSING = "–"
 #: seeds, :func:`discovery.patterns.mixture.clusterwise_jaccard`), after Hennig (2007):
 #: (lower bound, words), the first bound the value reaches.
 STABILITY_BANDS = ((0.85, "highly stable"), (STABLE_CLUSTER, "stable"),
-                   (0.5, "a pattern, with doubts"), (0.0, "dissolves: not a pattern of the data"))
+                   (DISSOLVED_CLUSTER, "a pattern, with doubts"),
+                   (0.0, "dissolves: not a pattern of the data"))
 
 
 def sentence(text: Any) -> str:
