@@ -32,7 +32,7 @@ label-independent distractor):
   ``rests_on_nodule`` (:mod:`discovery.model.reliance`) on the predicted-malignant nodules.
 
 Usage: ``python benchmarks/discovery.py --seed S [--condition shortcut|sign]
-[--sign pleural_tail|satellite_nodule|ground_glass_halo] [--json FILE] [--train-cases N]
+[--sign pleural_tail|satellite_nodule|ground_glass_halo|bulla] [--json FILE] [--train-cases N]
 [--test-cases N] [--epochs E] [--map METHOD@LAYER] [--method hdbscan|spectral|gmm]
 [--features region|structure] [--cache DIR]``; ``python benchmarks/discovery.py summary
 A.json B.json ...`` prints one table row per run from their ``--json`` files;
@@ -101,10 +101,11 @@ SIGN_CONFIG = replace(TEST_CONFIG, tail_width_mm=(4.0, 6.0), p_tail_malignant=0.
 CONDITIONS = {"shortcut": (TRAIN_CONFIG, TEST_CONFIG), "sign": (SIGN_CONFIG, SIGN_CONFIG)}
 #: The planted kinds that can be the sign (``--sign``), with their probability fields'
 #: prefix in :class:`~data_tools.synthetic.SyntheticConfig`: the pleural tail (a strand
-#: to the pleura, soft tissue), a satellite nodule (a small soft-tissue blob 7-11 mm away)
-#: and a ground-glass halo (a rim of lung density around the nodule).
+#: to the pleura, soft tissue), a satellite nodule (a small soft-tissue blob 7-11 mm away),
+#: a ground-glass halo (a rim of lung density around the nodule) and a bulla (an air space
+#: darker than the lung, 8-12 mm across, a few mm beyond the nodule's edge).
 SIGN_KINDS = {"pleural_tail": "tail", "satellite_nodule": "satellite",
-              "ground_glass_halo": "halo"}
+              "ground_glass_halo": "halo", "bulla": "bulla"}
 TEST_SEED_OFFSET = 10_000
 #: the calibration cohort of ``--calibrate-cases`` (verdict rule) is drawn from seed + this
 CALIBRATION_SEED_OFFSET = 20_000
@@ -134,9 +135,19 @@ def kinds_and_roles(condition: str, sign: str = "pleural_tail") -> dict:
     return roles
 
 
+#: SyntheticConfig fields added after models were cached: left out of the cache key while the
+#: kind is off, so that models cached before keep their keys
+_LATER_KINDS = {"bulla": ("p_bulla_malignant", "p_bulla_benign", "bulla_diameter_mm",
+                          "bulla_distance_mm", "bulla_hu")}
+
+
 def _cache_key(args) -> str:
-    train_config = cohort_configs(args.condition, args.sign)[0]
-    parts = [train_config.to_dict(), args.seed, args.train_cases, args.epochs,
+    config = cohort_configs(args.condition, args.sign)[0].to_dict()
+    for fields_ in _LATER_KINDS.values():
+        if not any(config[f] for f in fields_[:2]):
+            for f in fields_:
+                config.pop(f)
+    parts = [config, args.seed, args.train_cases, args.epochs,
              default_architecture()]
     if args.precision != "float32":      # float32 models keep the keys they were cached under
         parts.append(args.precision)

@@ -712,8 +712,9 @@ def _plant_sphere(box: _NoduleSurround, nod: dict, kind: str, r_rng, d_rng, hu_r
     grid = box.grid
     rad = draw.uniform(*r_rng) / 2
     fr = box.free()
-    # a satellite's distance is counted from the nodule's edge, the others' from its centre
-    base = float(nod["diameter_mm"]) / 2 if kind == "satellite_nodule" else 0.0
+    # a satellite's and a bulla's distance is counted from the nodule's edge, the others'
+    # from its centre
+    base = float(nod["diameter_mm"]) / 2 if kind in ("satellite_nodule", "bulla") else 0.0
     for attempt in range(250):
         lo = base + d_rng[0]
         hi = base + d_rng[1] if attempt < 150 else 20.0 - rad - 0.5
@@ -736,12 +737,13 @@ def _plant_sphere(box: _NoduleSurround, nod: dict, kind: str, r_rng, d_rng, hu_r
 
 
 def plant_items(grid: Grid, lung: np.ndarray, nodule_labels: np.ndarray, rng,
-                nodules: list[dict], cfg, *, srng=None) -> tuple[np.ndarray, list[dict]]:
-    """Place the requested tail/bead/granuloma/satellite of each nodule.
+                nodules: list[dict], cfg, *, srng=None, brng=None) -> tuple[np.ndarray, list[dict]]:
+    """Place the requested tail/bead/granuloma/satellite/bulla of each nodule.
 
-    The satellite nodules are placed last, after every other structure of every nodule, from
+    The satellite nodules are placed after every other structure of every nodule, from
     *srng* (their own random stream), so that the other structures do not depend on whether
-    satellites are planted.
+    satellites are planted; the bullae last, from *brng* (whether each nodule has one, then
+    where), likewise.
 
     Returns the planted label map (int16, grid shape) and the item records (geometry for
     painting); each item dict has ``kind``, ``nodule``, ``label``, ``sl``, ``frac``
@@ -765,4 +767,11 @@ def plant_items(grid: Grid, lung: np.ndarray, nodule_labels: np.ndarray, rng,
         for kind, want, r_rng, d_rng, hu_rng, draw in spheres:
             if want:
                 _plant_sphere(box, nod, kind, r_rng, d_rng, hu_rng, draw)
+    if brng is not None and max(cfg.p_bulla_malignant, cfg.p_bulla_benign) > 0:
+        for n_i, nod in enumerate(nodules):
+            if brng.random() < (cfg.p_bulla_malignant if nod["malignant"] else
+                                cfg.p_bulla_benign):
+                box = _NoduleSurround(grid, lung, nodule_labels, planted, items, n_i, nod)
+                _plant_sphere(box, nod, "bulla", cfg.bulla_diameter_mm, cfg.bulla_distance_mm,
+                              cfg.bulla_hu, brng)
     return planted, items

@@ -12,7 +12,11 @@ structure planted *outside* the nodule masks:
   artifact; its probabilities are configurable so it can be decorrelated from the label);
 * ``granuloma`` - a calcified sphere near a nodule, independent of the label;
 * ``ground_glass_halo`` - a rim of ground glass (about -700 to -500 HU) around a nodule, a
-  real sign that lives in the lung-density range (off by default; :mod:`data_tools._halo`).
+  real sign that lives in the lung-density range (off by default; :mod:`data_tools._halo`);
+* ``bulla`` - an air space without a visible wall (about -1000 HU, darker than the lung
+  around it) a few millimetres beyond a nodule's edge (off by default): the one planted
+  kind *below* the parenchyma's density, made to check that discovery is not bound to
+  structures denser than the lung.
 
 Cohort layout (``generate_cohort``)::
 
@@ -83,7 +87,8 @@ _RANGE_FIELDS = ("n_slices", "pixel_spacing_mm", "slice_spacing_mm", "nodules_pe
                  "halo_width_mm", "halo_hu")
 _PROB_FIELDS = ("p_malignant", "p_irregular_malignant", "p_round_benign", "p_tail_malignant",
                 "p_tail_benign", "p_bead_malignant", "p_bead_benign", "p_granuloma",
-                "p_satellite_malignant", "p_satellite_benign", "p_halo_malignant", "p_halo_benign")
+                "p_satellite_malignant", "p_satellite_benign", "p_halo_malignant", "p_halo_benign",
+                "p_bulla_malignant", "p_bulla_benign")
 
 
 @dataclass(frozen=True)
@@ -170,6 +175,11 @@ class SyntheticConfig:
     p_halo_benign: float = 0.0
     halo_width_mm: tuple[float, float] = (3.0, 6.0)
     halo_hu: tuple[float, float] = (-700.0, -500.0)
+    p_bulla_malignant: float = 0.0
+    p_bulla_benign: float = 0.0
+    bulla_diameter_mm: tuple[float, float] = (8.0, 12.0)
+    bulla_distance_mm: tuple[float, float] = (7.0, 12.0)
+    bulla_hu: tuple[float, float] = (-1000.0, -980.0)
     rescale_variants: tuple[str, ...] = tuple(RESCALE_VARIANTS)
     fixed_geometry: tuple[tuple[int, int, int], tuple[float, float, float]] | None = None
 
@@ -185,7 +195,7 @@ class SyntheticConfig:
                                  f"received {getattr(self, name)!r}")
         for name in ("pixel_spacing_mm", "slice_spacing_mm", "bead_diameter_mm",
                      "granuloma_diameter_mm", "tail_width_mm", "satellite_diameter_mm",
-                     "halo_width_mm"):
+                     "halo_width_mm", "bulla_diameter_mm"):
             if float(getattr(self, name)[0]) <= 0:
                 raise ValueError(f"SyntheticConfig.{name} must be > 0; "
                                  f"received {getattr(self, name)!r}")
@@ -410,11 +420,12 @@ def _add_vessels(grid: ph.Grid, hu: np.ndarray, lung: np.ndarray, rng, info: dic
     return n_vessel_voxels
 
 
-def _place_lesions(grid: ph.Grid, hu: np.ndarray, lung: np.ndarray, rng, srng, hrng,
+def _place_lesions(grid: ph.Grid, hu: np.ndarray, lung: np.ndarray, rng, streams,
                    cfg: SyntheticConfig):
-    """Nodules and planted structures: ``(nodules, mask, planted, items)``; the satellites
-    drawn from *srng* and the halos from *hrng* (streams of their own; halos spare the
-    vessels of *hu*, which is not modified)."""
+    """Nodules and planted structures: ``(nodules, mask, planted, items)``; the satellites,
+    halos and bullae drawn from the three generators of *streams* (streams of their own;
+    halos spare the vessels of *hu*, which is not modified)."""
+    srng, hrng, brng = streams
     nodules = ph.place_nodules(grid, lung, rng, _nodule_specs(rng, cfg, srng))
     if not nodules:
         raise ValueError(f"no nodule fits in a volume of shape {grid.shape} at spacing "
@@ -423,7 +434,7 @@ def _place_lesions(grid: ph.Grid, hu: np.ndarray, lung: np.ndarray, rng, srng, h
     mask = np.zeros(grid.shape, np.int16)
     for i, nod in enumerate(nodules):
         mask[nod["sl"]][nod["frac"] >= 0.5] = i + 1
-    planted, items = ph.plant_items(grid, lung, mask, rng, nodules, cfg, srng=srng)
+    planted, items = ph.plant_items(grid, lung, mask, rng, nodules, cfg, srng=srng, brng=brng)
     _halo.plant_halos(grid, lung & (hu < _halo.PARENCHYMA_MAX_HU), mask, planted, items,
                       nodules, cfg, hrng)
     return nodules, mask, planted, items
@@ -431,7 +442,7 @@ def _place_lesions(grid: ph.Grid, hu: np.ndarray, lung: np.ndarray, rng, srng, h
 
 def _paint_lesions(hu: np.ndarray, nodules: list, items: list, rng, *, blur: float,
                    noise: float, spacing) -> None:
-    """Composite halos, tails, nodules, granulomas and satellites, blur, paint the beads, add
+    """Composite halos, tails, nodules, granulomas, satellites and bullae, blur, paint the beads, add
     noise and clip, in place (drawing each nodule's ``hu`` from *rng*)."""
     shape = hu.shape
     for it in items:
@@ -444,7 +455,7 @@ def _paint_lesions(hu: np.ndarray, nodules: list, items: list, rng, *, blur: flo
         nod["hu"] = float(rng.uniform(20.0, 60.0))
         _composite(hu, nod["sl"], nod["frac"], nod["hu"])
     for it in items:
-        if it["kind"] in ("granuloma", "satellite_nodule"):
+        if it["kind"] in ("granuloma", "satellite_nodule", "bulla"):
             _composite(hu, it["sl"], it["frac"], it["hu"])
     if blur > 0:  # same width in mm along z as in-plane
         ndi.gaussian_filter(hu, sigma=(blur * spacing[1] / spacing[0], blur, blur), output=hu)
@@ -473,7 +484,7 @@ def _nodule_records(grid: ph.Grid, affine, mask: np.ndarray, nodules: list,
             "hu": round(nod["hu"], 1), "has_pleural_tail": "pleural_tail" in kinds,
             "has_marker_bead": "marker_bead" in kinds, "has_granuloma": "granuloma" in kinds,
             "has_satellite_nodule": "satellite_nodule" in kinds,
-            "has_ground_glass_halo": _halo.KIND in kinds,
+            "has_ground_glass_halo": _halo.KIND in kinds, "has_bulla": "bulla" in kinds,
         })
     return records
 
@@ -551,7 +562,9 @@ def generate_case(seed: int, *, config: SyntheticConfig = SyntheticConfig(),
     n_vessel_voxels = _add_vessels(grid, hu, lung, rng, info, cfg)
     srng = np.random.default_rng([seed, index, 7])  # satellites: a stream of their own
     hrng = np.random.default_rng([seed, index, 8])  # ground-glass halos: another
-    nodules, mask, planted, items = _place_lesions(grid, hu, lung, rng, srng, hrng, cfg)
+    brng = np.random.default_rng([seed, index, 9])  # bullae: another
+    nodules, mask, planted, items = _place_lesions(grid, hu, lung, rng, (srng, hrng, brng),
+                                                   cfg)
     _paint_lesions(hu, nodules, items, rng, blur=blur, noise=noise, spacing=spacing)
 
     nodule_records = _nodule_records(grid, affine, mask, nodules, items)
@@ -678,7 +691,7 @@ def _case_record(case: SyntheticCase) -> dict:
 
 _CSV_COLUMNS = ("case_dir", "nodule_label", "malignant", "diameter_mm", "margin", "center_z",
                 "center_y", "center_x", "has_pleural_tail", "has_marker_bead", "has_granuloma",
-                "has_satellite_nodule", "has_ground_glass_halo")
+                "has_satellite_nodule", "has_ground_glass_halo", "has_bulla")
 
 
 def _clear_previous(out: Path) -> None:

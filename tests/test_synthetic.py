@@ -134,6 +134,28 @@ def test_label_distributions():
     assert np.mean([s["satellite"] for s in specs if not s["malignant"]]) < 0.09
 
 
+def test_bullae_are_air_beyond_the_nodule_on_a_stream_of_their_own():
+    """Off, a cohort is the one generated before bullae existed (the same HU everywhere);
+    on, each bulla is darker than the lung it replaced, in the lung, outside the nodules."""
+    off = generate_case(5, config=SMALL, index=1)
+    on = generate_case(5, config=dataclasses.replace(SMALL, p_bulla_malignant=1.0,
+                                                     p_bulla_benign=1.0), index=1)
+    bullae = [p for p in on.planted_items if p["kind"] == "bulla"]
+    assert bullae and not any(n["has_bulla"] for n in off.nodules)
+    assert [n["has_bulla"] for n in on.nodules] == [
+        any(p["nodule_label"] == n["label"] for p in bullae) for n in on.nodules]
+    others = [p for p in on.planted_items if p["kind"] != "bulla"]
+    assert [(p["kind"], p["center_zyx"]) for p in others] == [
+        (p["kind"], p["center_zyx"]) for p in off.planted_items]
+    inside = np.isin(on.planted, [p["label"] for p in bullae])
+    assert np.array_equal(on.mask, off.mask) and not np.any(inside & (on.mask > 0))
+    assert np.all(on.lung[inside])
+    assert np.median(on.hu[inside]) < np.median(off.hu[inside]) - 80
+    assert np.median(on.hu[inside]) < -940
+    for p in bullae:
+        assert 8.0 <= p["diameter_mm"] <= 12.0
+
+
 def test_satellites_have_a_stream_of_their_own():
     """With no satellites the other draws are those of a cohort generated before satellites
     existed: the same nodules, structures and noise."""
@@ -329,7 +351,7 @@ def test_truth_csv_matches_json(cohort):
     assert list(rows[0]) == ["case_dir", "nodule_label", "malignant", "diameter_mm", "margin",
                              "center_z", "center_y", "center_x", "has_pleural_tail",
                              "has_marker_bead", "has_granuloma", "has_satellite_nodule",
-                             "has_ground_glass_halo"]
+                             "has_ground_glass_halo", "has_bulla"]
     nodules = [(c["case_dir"], n) for c in cohort.truth["cases"] for n in c["nodules"]]
     assert len(rows) == len(nodules)
     for row, (case_dir, n) in zip(rows, nodules):
@@ -338,6 +360,7 @@ def test_truth_csv_matches_json(cohort):
         assert int(row["has_marker_bead"]) == int(n["has_marker_bead"])
         assert int(row["has_satellite_nodule"]) == int(n["has_satellite_nodule"])
         assert int(row["has_ground_glass_halo"]) == int(n["has_ground_glass_halo"]) == 0
+        assert int(row["has_bulla"]) == int(n["has_bulla"]) == 0
 
 
 def test_masks_nodules_and_planted_structures(cohort):
