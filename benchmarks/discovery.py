@@ -103,7 +103,7 @@ CONDITIONS = {"shortcut": (TRAIN_CONFIG, TEST_CONFIG), "sign": (SIGN_CONFIG, SIG
 #: prefix in :class:`~data_tools.synthetic.SyntheticConfig`: the pleural tail (a strand
 #: to the pleura, soft tissue), a satellite nodule (a small soft-tissue blob 7-11 mm away),
 #: a ground-glass halo (a rim of lung density around the nodule) and a bulla (an air space
-#: darker than the lung, 8-12 mm across, a few mm beyond the nodule's edge).
+#: darker than the lung, 6-10 mm across, a few mm beyond the nodule's edge).
 SIGN_KINDS = {"pleural_tail": "tail", "satellite_nodule": "satellite",
               "ground_glass_halo": "halo", "bulla": "bulla"}
 TEST_SEED_OFFSET = 10_000

@@ -45,7 +45,7 @@ from typing import Callable
 import numpy as np
 from scipy import ndimage as ndi
 
-from . import _halo
+from . import _halo, _identity
 from . import _phantom as ph
 from .checks import check_int
 from .errors import UnreadableFileError
@@ -72,12 +72,6 @@ RESCALE_VARIANTS = {
 #: A large fixed geometry for benchmarks: shape (z, y, x) and spacing (dz, dy, dx) mm.
 BENCHMARK_GEOMETRY = ((300, 512, 512), (1.0, 0.7, 0.7))
 
-_SURNAMES = ("DOE", "SMITH", "GARCIA", "NGUYEN", "MUELLER", "ROSSI", "KOWALSKI", "OKAFOR",
-             "TANAKA", "LINDQVIST", "HOLLOWAY", "FERREIRA", "DUBOIS", "IVANOVA")
-_GIVEN = {"F": ("JANE", "MARIA", "AIKO", "GRETA", "AMARA", "LUCIA", "INGRID"),
-          "M": ("JOHN", "PAVEL", "KENJI", "OMAR", "LARS", "DIEGO", "TOBIAS")}
-_INSTITUTIONS = ("Riverside", "Northgate", "St. Aldric", "Lakeview", "Harborview", "Westbrook",
-                 "Mount Carrow", "Elmhurst")
 _KERNELS = ("B60f", "LUNG", "YC", "FC51", "BONEPLUS", "B70s")
 _RANGE_FIELDS = ("n_slices", "pixel_spacing_mm", "slice_spacing_mm", "nodules_per_case",
                  "malignant_diameter_mm", "benign_diameter_mm", "noise_sigma_hu",
@@ -177,8 +171,8 @@ class SyntheticConfig:
     halo_hu: tuple[float, float] = (-700.0, -500.0)
     p_bulla_malignant: float = 0.0
     p_bulla_benign: float = 0.0
-    bulla_diameter_mm: tuple[float, float] = (8.0, 12.0)
-    bulla_distance_mm: tuple[float, float] = (7.0, 12.0)
+    bulla_diameter_mm: tuple[float, float] = (6.0, 10.0)
+    bulla_distance_mm: tuple[float, float] = (5.0, 10.0)
     bulla_hu: tuple[float, float] = (-1000.0, -980.0)
     rescale_variants: tuple[str, ...] = tuple(RESCALE_VARIANTS)
     fixed_geometry: tuple[tuple[int, int, int], tuple[float, float, float]] | None = None
@@ -302,49 +296,6 @@ class SyntheticCase:
 
 
 # ----------------------------------------------------------------------------- generation
-
-def _identifiers(seed: int, index: int) -> dict:
-    """Fake identifiers; PatientID, name and accession are unique within a cohort (seed)."""
-    rng = np.random.default_rng([seed, index, 1])
-    base = np.random.default_rng([seed, 2]).integers(0, 90_000_000, size=2)
-    pid_num = 100_000 + (int(base[0]) % 900_000 + index * 293_003) % 900_000
-    acc_num = 10_000_000 + (int(base[1]) + index * 1_000_003) % 90_000_000
-    code, v = "", pid_num * 7 + 3
-    for _ in range(5):
-        code, v = chr(ord("A") + v % 26) + code, v // 26
-    sex = "F" if rng.random() < 0.5 else "M"
-    birth = (int(rng.integers(1935, 1986)), int(rng.integers(1, 13)), int(rng.integers(1, 29)))
-    study = (int(rng.integers(2016, 2024)), int(rng.integers(1, 13)), int(rng.integers(1, 29)))
-    age = study[0] - birth[0] - (1 if (study[1], study[2]) < (birth[1], birth[2]) else 0)
-    ref = (_SURNAMES[int(rng.integers(len(_SURNAMES)))],
-           _GIVEN["F" if rng.random() < 0.5 else "M"][int(rng.integers(7))])
-    return {
-        "PatientName": f"{_SURNAMES[int(rng.integers(len(_SURNAMES)))]}-{code}^"
-                       f"{_GIVEN[sex][int(rng.integers(7))]}",
-        "PatientID": f"PID-{pid_num:06d}",
-        "PatientBirthDate": "%04d%02d%02d" % birth,
-        "PatientSex": sex,
-        "PatientAge": f"{age:03d}Y",
-        "AccessionNumber": f"ACC{acc_num:08d}",
-        "InstitutionName":
-            f"{_INSTITUTIONS[int(rng.integers(len(_INSTITUTIONS)))]} General Hospital",
-        "ReferringPhysicianName": f"{ref[0]}^{ref[1]}",
-        "StudyDate": "%04d%02d%02d" % study,
-        "StudyTime": "%02d%02d%02d" % (int(rng.integers(7, 19)), int(rng.integers(60)),
-                                       int(rng.integers(60))),
-    }
-
-
-def _uids(seed: int, index: int, nz: int) -> dict:
-    from pydicom.uid import generate_uid
-
-    def uid(*what):
-        return str(generate_uid(entropy_srcs=["ct-nodule-discovery-synthetic", f"seed={seed}",
-                                              f"index={index}", *what]))
-    return {"StudyInstanceUID": uid("study"), "SeriesInstanceUID": uid("series"),
-            "FrameOfReferenceUID": uid("frame"),
-            "SOPInstanceUIDs": tuple(uid("sop", str(k)) for k in range(nz))}
-
 
 def _nodule_specs(rng, cfg: SyntheticConfig, srng=None) -> list[dict]:
     """Nodule specs from *rng*; the satellite draws come from *srng* (its own stream; *rng*
@@ -574,8 +525,10 @@ def generate_case(seed: int, *, config: SyntheticConfig = SyntheticConfig(),
     log.debug("generated synthetic case %d: shape %s, %d nodules, %d planted", index, shape,
               len(nodules), len(items))
     return SyntheticCase(hu=hu, affine=affine, mask=mask, planted=planted, nodules=nodule_records,
-                         planted_items=item_records, identifiers=_identifiers(seed, index),
-                         acquisition=acquisition, uids=_uids(seed, index, shape[0]),
+                         planted_items=item_records,
+                         identifiers=_identity.fake_identifiers(seed, index),
+                         acquisition=acquisition,
+                         uids=_identity.series_uids(seed, index, shape[0]),
                          file_order=tuple(int(v) for v in rng.permutation(shape[0])),
                          seed=int(seed), index=int(index), lung=lung)
 

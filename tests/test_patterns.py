@@ -697,6 +697,12 @@ def test_describe_pattern():
     assert RADIAL_COS == 0.85
     assert describe_pattern(**base, structure_gap_mm=2.4, structure_radial=0.85) == (
         head + "; attended structure 2 mm from the nodule, running radially from it")
+    # a lucent structure is named; a dense one (or none measured) is described as before
+    assert describe_pattern(**base, structure_gap_mm=6.2, structure_median_hu=-991.6) == (
+        head + "; attended structure an air space darker than the lung (median -992 HU), "
+        "6 mm from the nodule")
+    assert describe_pattern(**base, structure_gap_mm=6.2, structure_median_hu=-949.0) == (
+        head + "; attended structure 6 mm from the nodule")
     assert describe_pattern(**base, structure_gap_mm=2.4, structure_radial=0.849) == (
         head + "; attended structure 2 mm from the nodule")
     assert describe_pattern(**base, structure_gap_mm=NAN, structure_radial=1.0) == head

@@ -186,12 +186,76 @@ def test_a_long_strand_is_cut_at_the_reach():
                            reach_mm=2.0)
 
 
+def _noisy_lung(sigma_hu: float, seed: int = 0):
+    """:func:`_scene` with white noise of *sigma_hu* on the lung, and the region grid."""
+    hu, lung, nodule = _scene()
+    hu += np.random.default_rng(seed).normal(0.0, sigma_hu, SHAPE).astype(np.float32)
+    return hu, lung, nodule
+
+
+def test_an_air_space_darker_than_the_lung_is_a_lucent_structure():
+    """A 4 mm-radius ball of air (-1000 HU) in noisy lung (-850 +- 30 HU), grazed by the
+    region, is found whole and described by its own HU; with ``lucent_hu=None`` (dense
+    structures only) the same region has no structure."""
+    hu, lung, nodule = _noisy_lung(30.0)
+    zz, yy, xx = np.indices(SHAPE)
+    ball = (zz - 10) ** 2 + (yy - 20) ** 2 + (xx - 44) ** 2 <= 16       # x = 40..48
+    hu[ball] = -1000.0 + np.random.default_rng(1).normal(0, 30.0, int(ball.sum()))
+    region = np.zeros(SHAPE, dtype=bool)
+    region[7:14, 16:25, 33:40] = True       # grown by 3 mm, it reaches x = 40..42 of the ball
+    attribution = np.ones(SHAPE)            # spread over the grown region as over the ball
+    s = attended_structure(region, hu, lung, attribution, nodule, spacing_mm=SPACING)
+    # the smoothed ball bounded halfway to the air: about its own volume (257 voxels)
+    assert 0.75 * ball.sum() <= s.volume_mm3 <= 1.3 * ball.sum(), s
+    assert s.median_hu < -960 and s.max_hu < -850, s
+    assert s.gap_mm == pytest.approx(16.0, abs=1.5)   # x = 40 to the nodule's edge at x = 24
+    assert s.elongation < 1.3 and s.attribution_share > 0
+    dense_only = attended_structure(region, hu, lung, attribution, nodule,
+                                    spacing_mm=SPACING, lucent_hu=None)
+    assert dense_only == NO_STRUCTURE
+
+
+def test_noisy_aerated_lung_alone_has_no_lucent_structure():
+    """The lung's own noise (30 HU around -850: voxels under -950 at about 3 sigma) makes no
+    structure once smoothed; unsmoothed, single dark voxels would be taken for one."""
+    hu, lung, nodule = _noisy_lung(30.0, seed=2)
+    region = np.zeros(SHAPE, dtype=bool)
+    region[4:17, 5:15, 40:56] = True
+    attribution = region.astype(float)
+    assert attended_structure(region, hu, lung, attribution, nodule,
+                              spacing_mm=SPACING) == NO_STRUCTURE
+    speckle = attended_structure(region, hu, lung, attribution, nodule, spacing_mm=SPACING,
+                                 lucent_smooth_mm=0.0)
+    assert 0 < speckle.volume_mm3 < 10 and speckle.median_hu < -950
+
+
+def test_dense_and_lucent_structures_compete_on_attribution_mass():
+    """A vessel and an air space in one region: the one the attribution is on is attended."""
+    hu, lung, nodule = _scene()
+    zz, yy, xx = np.indices(SHAPE)
+    air = (zz - 10) ** 2 + (yy - 10) ** 2 + (xx - 45) ** 2 <= 9
+    hu[air] = -1000.0
+    hu[10, 28:33, 38:52] = 40.0             # a vessel along x
+    region = np.zeros(SHAPE, dtype=bool)
+    region[6:15, 6:34, 38:52] = True
+    on_air = np.where(air, 1.0, 0.1) * region
+    on_vessel = np.zeros(SHAPE)
+    on_vessel[10, 28:33, 38:52] = 1.0
+    s_air = attended_structure(region, hu, lung, on_air, nodule, spacing_mm=SPACING)
+    s_vessel = attended_structure(region, hu, lung, on_vessel, nodule, spacing_mm=SPACING)
+    assert s_air.median_hu < -950 and s_vessel.median_hu == pytest.approx(40.0)
+    assert s_vessel.volume_mm3 == pytest.approx(5 * 14)
+
+
 @pytest.mark.parametrize("bad, match", [
     (dict(region=np.zeros((2, 2, 2), bool)), "one shape"),
     (dict(region=np.zeros(SHAPE, bool)), "empty"),
     (dict(spacing_mm=(1.0, 0.0, 1.0)), "spacing"),
     (dict(grow_by_mm=-1.0), "grow_by_mm"),
     (dict(dense_hu=float("nan")), "dense_hu"),
+    (dict(lucent_hu=-300.0), "lucent_hu"),
+    (dict(lucent_hu=float("nan")), "lucent_hu"),
+    (dict(lucent_smooth_mm=-1.0), "lucent_smooth_mm"),
     (dict(exclude=np.zeros((3, 3, 3), bool)), "exclude"),
     (dict(distance_mm=np.zeros((3, 3, 3))), "distance_mm"),
 ])
@@ -237,3 +301,36 @@ def test_the_generators_pleural_tails_read_as_radial_strands():
             assert -400 <= s.median_hu < 200, s  # soft tissue, partial volume at the edges
             n += 1
     assert n >= 3
+
+
+def test_the_generators_bullae_read_as_lucent_round_structures():
+    """On the synthetic generator's own scans (noise and blur included), a region grazing a
+    planted bulla finds an air space darker than the lung, about the bulla's size."""
+    from data_tools.synthetic import SyntheticConfig, generate_case
+    from discovery.align.metrics import grow_mm
+    from discovery.regions.descriptors import lung_mask
+
+    cfg = SyntheticConfig(shape_yx=128, n_slices=(48, 48), pixel_spacing_mm=(1.4, 1.4),
+                          slice_spacing_mm=(2.0, 2.0), nodules_per_case=(2, 2),
+                          p_tail_malignant=0.0, p_tail_benign=0.0, p_bead_malignant=0.0,
+                          p_granuloma=0.0, p_bulla_malignant=1.0, p_bulla_benign=1.0)
+    n = 0
+    for index in range(2):
+        c = generate_case(3, config=cfg, index=index)
+        spacing = tuple(float(v) for v in np.linalg.norm(c.affine[:3, :3], axis=0))
+        lung = lung_mask(c.hu, spacing_mm=spacing)
+        for item in c.planted_items:
+            assert item["kind"] == "bulla"
+            bulla = c.planted == item["label"]
+            nodule = c.mask == item["nodule_label"]
+            # a Grad-CAM-like blob over part of the bulla, the nodule's surroundings cut
+            region = grow_mm(bulla, 3.0, spacing) & ~grow_mm(nodule, 5.0, spacing)
+            if not region.any():
+                continue
+            s = attended_structure(region, c.hu, lung, region.astype(float), nodule,
+                                   spacing_mm=spacing, exclude=c.mask > 0)
+            assert s.median_hu < -940 and s.elongation < 2.0, s
+            assert 0.4 * bulla.sum() * np.prod(spacing) < s.volume_mm3 < 2.5 * bulla.sum() * \
+                np.prod(spacing), (s, bulla.sum())
+            n += 1
+    assert n >= 2

@@ -153,7 +153,7 @@ def test_bullae_are_air_beyond_the_nodule_on_a_stream_of_their_own():
     assert np.median(on.hu[inside]) < np.median(off.hu[inside]) - 80
     assert np.median(on.hu[inside]) < -940
     for p in bullae:
-        assert 8.0 <= p["diameter_mm"] <= 12.0
+        assert 6.0 <= p["diameter_mm"] <= 10.0
 
 
 def test_satellites_have_a_stream_of_their_own():

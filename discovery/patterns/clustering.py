@@ -32,6 +32,7 @@ from discovery.patterns.stats import (
     spectral_eigengap,
 )
 from discovery.regions.descriptors import AT_CENTRE, DENSITY_BANDS, RELATIONS
+from discovery.regions.structures import LUCENT_HU
 from discovery.schema import CLUSTER_COLUMNS  # noqa: F401 -- re-exported
 
 __all__ = [
@@ -434,7 +435,8 @@ def _most_common(values: pd.Series) -> tuple[str, float]:
 def describe_pattern(*, relation: str, relation_share: float, direction: str,
                      distance_mm: float, halo_max_hu: float, mean_hu: float,
                      structure_gap_mm: float = float("nan"),
-                     structure_radial: float = float("nan")) -> str:
+                     structure_radial: float = float("nan"),
+                     structure_median_hu: float = float("nan")) -> str:
     """A plain-language description of a cluster from its members' descriptors.
 
     Parameters
@@ -456,6 +458,11 @@ def describe_pattern(*, relation: str, relation_share: float, direction: str,
         from the nodule (mm) and ``|cos|`` with the radial direction.  When the gap is known
         the description says where the structure starts, and "running radially from it"
         when the median ``|cos|`` is at least :data:`RADIAL_COS`.
+    structure_median_hu : float, optional
+        Median of the members' attended structures' median HU: at or below
+        :data:`discovery.regions.structures.LUCENT_HU` the description names the structure
+        an air space darker than the lung (the densest voxel near such regions is usually
+        a vessel's, which says nothing of what they attend).
 
     Returns
     -------
@@ -476,7 +483,9 @@ def describe_pattern(*, relation: str, relation_share: float, direction: str,
             f"{density_band(halo_max_hu)} (median peak {halo_max_hu:.0f} HU); "
             f"region mean {mean_hu:.0f} HU")
     if np.isfinite(structure_gap_mm):
-        text += f"; attended structure {structure_gap_mm:.0f} mm from the nodule"
+        what = (f"an air space darker than the lung (median {structure_median_hu:.0f} HU), "
+                if structure_median_hu <= LUCENT_HU else "")
+        text += f"; attended structure {what}{structure_gap_mm:.0f} mm from the nodule"
         if np.isfinite(structure_radial) and structure_radial >= RADIAL_COS:
             text += ", running radially from it"
     return text
@@ -785,5 +794,6 @@ def _cluster_row(c: int, m: pd.DataFrame, z: np.ndarray, n_nodules: int, e_pred,
                                         direction=direction, distance_mm=dist,
                                         halo_max_hu=halo, mean_hu=mean_hu,
                                         structure_gap_mm=_median(m, "structure_gap_mm"),
-                                        structure_radial=_median(m, "structure_radial")),
+                                        structure_radial=_median(m, "structure_radial"),
+                                        structure_median_hu=_median(m, "structure_median_hu")),
     }

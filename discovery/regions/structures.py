@@ -2,11 +2,13 @@
 
 A Grad-CAM region is a blob of a few cm³ on the network's coarse grid, mostly aerated lung;
 the structure that carries its attribution (a strand running to the pleura, a vessel, a
-calcification, a metal marker) is a small part of it and of the region's averages.
-:func:`attended_structure` finds that structure and describes it: inside the region grown by
-``grow_by_mm``, the connected dense voxels (``hu >= dense_hu``) of the lung field, the nodules
-excluded, are labelled, and the component holding the largest attribution mass is *the
-attended structure*.  It is then described whole as far as ``reach_mm`` from the region: the
+calcification, a metal marker, an air space) is a small part of it and of the region's
+averages.  :func:`attended_structure` finds that structure and describes it: inside the
+region grown by ``grow_by_mm``, the connected dense voxels (``hu >= dense_hu``) and the
+connected lucent voxels (``hu <= lucent_hu`` once smoothed: air spaces darker than the lung,
+such as bullae, cysts, cavities and emphysema) of the lung field, the nodules excluded, are
+labelled, and the component holding the largest attribution mass is *the attended
+structure*.  It is then described whole as far as ``reach_mm`` from the region: the
 attention of a map with 3 mm cells often grazes an object (a marker's rim, the end of a strand
 where it meets the pleura), and the grazed fragment's size, density and orientation are not
 the object's.  Described whole, it is bounded at its *half maximum*: the voxels at least
@@ -15,7 +17,8 @@ voxels below ``dense_hu``: an excluded nodule and its dense rim, left out of the
 field, are not aerated lung) to the densest voxel of the part found, connected to that voxel.
 A soft-tissue strand is then bounded at about ``dense_hu``, as by the dense threshold alone;
 a metal marker touching a vessel is the marker, not the marker and the vessel
-(docs/benchmarks/discovery.md#half-maximum).
+(docs/benchmarks/discovery.md#half-maximum).  A lucent structure is bounded the same way
+from below: the smoothed voxels at least halfway from the aerated lung to its darkest one.
 
 Its volume, density (median and densest voxel), distance from the nodule and whether it
 runs radially from the nodule (the direction of spiculation, pleural tags and vessel
@@ -37,10 +40,15 @@ from data_tools.checks import check_nonneg, check_spacing
 from discovery.align.metrics import check_distance, distance_to_mask_mm, grow_mm
 from discovery.regions.descriptors import FULL_26, solid_moments
 
-__all__ = ["AttendedStructure", "NO_STRUCTURE", "attended_structure"]
+__all__ = ["AttendedStructure", "NO_STRUCTURE", "LUCENT_HU", "attended_structure"]
 
 #: Fewer voxels than this have no meaningful main axis: ``radial`` is NaN.
 _MIN_AXIS_VOXELS = 3
+
+#: Lung voxels at or below this HU are lucent: the standard emphysema threshold (low
+#: attenuation areas below -950 HU; Gevenois et al., Am J Respir Crit Care Med 1996;
+#: 154:187-192), not fitted here.
+LUCENT_HU = -950.0
 
 
 @dataclass(frozen=True)
@@ -51,13 +59,15 @@ class AttendedStructure:
     ----------
     volume_mm3 : float
         Volume of the structure (voxel count times voxel volume); 0 when the region covers
-        no dense lung voxel (attention on aerated parenchyma only).
+        no dense or lucent lung voxel (attention on aerated parenchyma only).
     median_hu : float
-        Median HU of the structure's voxels; NaN without a structure.
+        Median HU of the structure's voxels; NaN without a structure.  Below the aerated
+        lung for a lucent structure (an air space), above it for a dense one.
     max_hu : float
         HU of the structure's densest voxel; NaN without a structure.  Unlike the largest
         HU near the region, it is the structure's own: attention that grazes a dense
-        object's partial-volume rim still reports the object's core.
+        object's partial-volume rim still reports the object's core.  For a lucent
+        structure it is its rim, at about the aerated lung's HU or below.
     gap_mm : float
         Smallest distance (mm) from a structure voxel to the nodule's mask; NaN without a
         structure or nodule.
@@ -97,21 +107,12 @@ def _check_same_shape(arrays: dict) -> tuple:
 
 
 def attended_structure(
-    region,
-    hu,
-    lung,
-    attribution,
-    nodule,
-    *,
-    spacing_mm,
-    exclude=None,
-    distance_mm=None,
-    grow_by_mm: float = 3.0,
-    reach_mm: float = 9.0,
-    dense_hu: float = -400.0,
+    region, hu, lung, attribution, nodule, *, spacing_mm, exclude=None, distance_mm=None,
+    grow_by_mm: float = 3.0, reach_mm: float = 9.0, dense_hu: float = -400.0,
+    lucent_hu: float | None = LUCENT_HU, lucent_smooth_mm: float = 1.0,
     nodule_margin_mm: float = 1.5,
 ) -> AttendedStructure:
-    """Find and describe the dense structure that carries a region's attribution.
+    """Find and describe the dense or lucent structure that carries a region's attribution.
 
     Parameters
     ----------
@@ -146,26 +147,33 @@ def attended_structure(
         bounded at its half maximum (the module's docstring).
     dense_hu : float
         Lung voxels at or above this HU are dense (soft tissue or denser).
+    lucent_hu : float or None
+        Lung voxels at or below this HU, once smoothed, are lucent (air spaces: bullae,
+        cysts, cavities, emphysema); :data:`LUCENT_HU`.  ``None``: dense structures only.
+    lucent_smooth_mm : float
+        Sigma (mm) of the Gaussian smoothing ``hu`` for the lucent test and bounds (not the
+        descriptors): the lung's noise makes no single dark voxel a structure.  0: none.
     nodule_margin_mm : float
         Margin (mm) around ``exclude``.
 
     Returns
     -------
     AttendedStructure
-        :data:`NO_STRUCTURE` when the grown region holds no dense lung voxel.  Ties in
-        attribution mass go to the lowest component label (scan order).  The attribution
-        share is that of the part inside the grown region.
+        :data:`NO_STRUCTURE` when the grown region holds no dense or lucent lung voxel.
+        Ties in attribution mass go to the lowest component label (scan order; the dense
+        components first).  The attribution share is that of the part inside the grown
+        region.
     """
     region, hu, lung, nodule, exclude, distance_mm, attribution, spacing = _check_inputs(
         region, hu, lung, attribution, nodule, spacing_mm=spacing_mm, exclude=exclude,
         distance_mm=distance_mm, grow_by_mm=grow_by_mm, reach_mm=reach_mm, dense_hu=dense_hu,
-        nodule_margin_mm=nodule_margin_mm,
+        lucent=(lucent_hu, lucent_smooth_mm), nodule_margin_mm=nodule_margin_mm,
     )
     grown = grow_mm(region, grow_by_mm, tuple(spacing))
-    dense = hu >= dense_hu
-    field = lung & dense & ~grow_mm(np.asarray(exclude, dtype=bool), nodule_margin_mm,
-                                    tuple(spacing))
-    labels, n = ndimage.label(grown & field, structure=FULL_26)
+    fields, aerated = _density_fields(hu, lung, exclude, spacing, dense_hu=dense_hu,
+                                      lucent=(lucent_hu, lucent_smooth_mm),
+                                      margin_mm=nodule_margin_mm)
+    labels, n, starts = _components(grown, [kind[0] for kind in fields])
     if n == 0:
         return NO_STRUCTURE
     mass = ndimage.sum(attribution, labels, index=np.arange(1, n + 1))
@@ -173,26 +181,76 @@ def attended_structure(
     comp = labels == k
     total = float(attribution[grown].sum())
     if reach_mm > grow_by_mm:
-        comp = _whole(comp, field, region, grown & lung & ~dense, reach_mm, spacing, hu=hu)
+        kind = fields[int(np.searchsorted(starts, k, side="left")) - 1]
+        comp = _whole(comp, kind, region, grown & aerated, reach_mm, spacing)
     return _describe_structure(comp, hu, nodule, spacing, distance_mm,
                                share=float(mass[k - 1] / total) if total > 0 else 0.0)
 
 
-def _whole(piece, field, region, aerated, reach_mm: float, spacing, *, hu) -> np.ndarray:
-    """The connected part of *field* holding *piece*'s densest voxel, within *reach_mm* of
-    *region*, bounded at half the piece's peak above the median HU of the *aerated* voxels
-    (not bounded without such voxels)."""
-    seed = np.unravel_index(int(np.argmax(np.where(piece, hu, -np.inf))), piece.shape)
-    within = field & grow_mm(region, reach_mm, tuple(spacing))
+def _density_fields(hu, lung, exclude, spacing, *, dense_hu: float, lucent, margin_mm: float):
+    """``(fields, aerated)``: for the dense and (with a ``lucent_hu``) the lucent structures,
+    ``(field, extent, values, direction)``: the lung voxels outside *exclude* grown by
+    *margin_mm* that are dense (``hu >= dense_hu``) or lucent (smoothed ``hu <=
+    lucent_hu``); the voxels a structure found may extend over when described whole (the
+    dense field; all of the lung outside *exclude* for a lucent one, whose smoothed edge
+    lies above ``lucent_hu``); the HU its bounds are measured on (*hu*; *hu* smoothed); and
+    ``1`` or ``-1``.  *aerated*: the lung voxels that are neither (the nodules included)."""
+    lucent_hu, smooth_mm = lucent
+    free = lung & ~grow_mm(np.asarray(exclude, dtype=bool), margin_mm, tuple(spacing))
+    dense = hu >= dense_hu
+    fields, aerated = [(free & dense, free & dense, hu, 1.0)], lung & ~dense
+    if lucent_hu is not None:
+        smooth = _smoothed(hu, smooth_mm, spacing)
+        lucent_voxels = smooth <= lucent_hu
+        fields.append((free & lucent_voxels, free, smooth, -1.0))
+        aerated &= ~lucent_voxels
+    return fields, aerated
+
+
+def _components(grown, fields) -> tuple[np.ndarray, int, list[int]]:
+    """``(labels, n, starts)``: the 26-connected components of ``grown & field`` for each of
+    *fields*, numbered on from one field to the next (field ``i`` holds labels
+    ``starts[i] + 1 .. starts[i + 1]``)."""
+    labels, n, starts = np.zeros(grown.shape, np.int32), 0, []
+    for field in fields:
+        lab, m = ndimage.label(grown & field, structure=FULL_26)
+        labels[lab > 0] = lab[lab > 0] + n
+        starts.append(n)
+        n += m
+    return labels, n, starts
+
+
+def _smoothed(hu: np.ndarray, sigma_mm: float, spacing) -> np.ndarray:
+    """*hu* smoothed by a Gaussian of *sigma_mm* (mm) on a grid of *spacing* (float32)."""
+    hu = np.asarray(hu, dtype=np.float32)
+    if sigma_mm <= 0:
+        return hu
+    return ndimage.gaussian_filter(hu, sigma=[sigma_mm / float(d) for d in spacing],
+                                   mode="nearest")
+
+
+def _whole(piece, kind, region, aerated, reach_mm: float, spacing) -> np.ndarray:
+    """The connected part of *kind*'s extent (``(field, extent, values, direction)`` of
+    :func:`_density_fields`) holding *piece*'s extreme voxel of *values* (the densest with
+    *direction* 1, the darkest with -1), within *reach_mm* of *region*, bounded at half the
+    way from the median of *values* over the *aerated* voxels to that extreme (to the field
+    without such voxels)."""
+    field, extent, values, direction = kind
+    seed = np.unravel_index(int(np.argmax(np.where(piece, direction * values, -np.inf))),
+                            piece.shape)
+    within = extent & grow_mm(region, reach_mm, tuple(spacing))
     if aerated.any():
-        background = float(np.median(hu[aerated]))
-        within &= hu >= background + (float(hu[seed]) - background) / 2.0
+        background = float(np.median(values[aerated]))
+        halfway = background + (float(values[seed]) - background) / 2.0
+        within &= direction * values >= direction * halfway
+    else:
+        within &= field
     wide, _ = ndimage.label(within, structure=FULL_26)
     return wide == wide[seed]
 
 
 def _check_inputs(region, hu, lung, attribution, nodule, *, spacing_mm, exclude, distance_mm,
-                  grow_by_mm, reach_mm, dense_hu, nodule_margin_mm):
+                  grow_by_mm, reach_mm, dense_hu, lucent, nodule_margin_mm):
     """Validated ``(region, hu, lung, nodule, exclude, distance_mm, attribution, spacing)``
     for :func:`attended_structure`, as arrays, or ``ValueError``."""
     shape = _check_same_shape({"region": region, "hu": hu, "lung": lung,
@@ -205,6 +263,11 @@ def _check_inputs(region, hu, lung, attribution, nodule, *, spacing_mm, exclude,
                          f"{reach_mm!r}")
     if not math.isfinite(float(dense_hu)):
         raise ValueError(f"dense_hu must be finite; received {dense_hu!r}")
+    lucent_hu, lucent_smooth_mm = lucent
+    if lucent_hu is not None and not float(lucent_hu) < float(dense_hu):
+        raise ValueError(f"lucent_hu must be a finite HU below dense_hu ({dense_hu}) or None; "
+                         f"received {lucent_hu!r}")
+    check_nonneg(lucent_smooth_mm, "lucent_smooth_mm")
     region = np.asarray(region, dtype=bool)
     nodule = np.asarray(nodule, dtype=bool)
     if not region.any():
