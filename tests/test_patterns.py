@@ -702,6 +702,8 @@ def test_describe_pattern():
         head + "; attended structure an air space darker than the lung (median -992 HU), "
         "6 mm from the nodule")
     assert describe_pattern(**base, structure_gap_mm=6.2, structure_median_hu=-949.0) == (
+        head + "; attended structure ground glass (median -949 HU), 6 mm from the nodule")
+    assert describe_pattern(**base, structure_gap_mm=6.2, structure_median_hu=-400.0) == (
         head + "; attended structure 6 mm from the nodule")
     assert describe_pattern(**base, structure_gap_mm=2.4, structure_radial=0.849) == (
         head + "; attended structure 2 mm from the nodule")

@@ -225,8 +225,50 @@ def test_noisy_aerated_lung_alone_has_no_lucent_structure():
     assert attended_structure(region, hu, lung, attribution, nodule,
                               spacing_mm=SPACING) == NO_STRUCTURE
     speckle = attended_structure(region, hu, lung, attribution, nodule, spacing_mm=SPACING,
-                                 lucent_smooth_mm=0.0)
+                                 smooth_mm=0.0)
     assert 0 < speckle.volume_mm3 < 10 and speckle.median_hu < -950
+
+
+def test_a_ground_glass_spot_is_a_faint_structure():
+    """A 3 mm-radius ball of ground glass (-620 HU) in noisy lung is found whole as a faint
+    structure; with ``faint_hu=None`` the region has none."""
+    hu, lung, nodule = _noisy_lung(20.0, seed=3)
+    zz, yy, xx = np.indices(SHAPE)
+    spot = (zz - 10) ** 2 + (yy - 8) ** 2 + (xx - 45) ** 2 <= 9
+    hu[spot] = -620.0 + np.random.default_rng(4).normal(0, 20.0, int(spot.sum()))
+    region = np.zeros(SHAPE, dtype=bool)
+    region[7:14, 4:13, 38:45] = True
+    attribution = np.ones(SHAPE)
+    s = attended_structure(region, hu, lung, attribution, nodule, spacing_mm=SPACING)
+    # smoothing lowers a small spot's peak, and the half maximum is measured on it
+    assert 0.5 * spot.sum() <= s.volume_mm3 <= 1.6 * spot.sum(), s
+    assert -700 < s.median_hu < -560 and s.max_hu < -400, s
+    assert attended_structure(region, hu, lung, attribution, nodule, spacing_mm=SPACING,
+                              faint_hu=None) == NO_STRUCTURE
+
+
+def test_a_blurred_vessel_is_the_same_structure_as_with_dense_voxels_only():
+    """The blurred edge of a dense structure (partial volume above -700 HU) is not ground
+    glass: on a scene of blurred vessels and marker, the attended structure is the one of a
+    search for dense structures only."""
+    from scipy import ndimage
+
+    hu, lung, nodule = _scene()
+    hu[9:12, 28:33, 38:52] = 40.0           # vessels 3 voxels thick, dense once blurred
+    hu[8:13, 9:12, 30:60] = 40.0
+    zz, yy, xx = np.indices(SHAPE)
+    hu[(zz - 10) ** 2 + (yy - 20) ** 2 + (xx - 45) ** 2 <= 2] = 2500.0   # a marker
+    hu = ndimage.gaussian_filter(hu, 0.8)
+    hu += np.random.default_rng(5).normal(0, 15.0, SHAPE).astype(np.float32)
+    for box in ((slice(6, 15), slice(6, 34), slice(38, 52)), (slice(8, 13), slice(16, 24),
+                                                                slice(40, 50))):
+        region = np.zeros(SHAPE, dtype=bool)
+        region[box] = True
+        attribution = np.ones(SHAPE)
+        both = attended_structure(region, hu, lung, attribution, nodule, spacing_mm=SPACING)
+        dense = attended_structure(region, hu, lung, attribution, nodule, spacing_mm=SPACING,
+                                   faint_hu=None, lucent_hu=None)
+        assert both == dense and both.median_hu > -400
 
 
 def test_dense_and_lucent_structures_compete_on_attribution_mass():
@@ -255,7 +297,9 @@ def test_dense_and_lucent_structures_compete_on_attribution_mass():
     (dict(dense_hu=float("nan")), "dense_hu"),
     (dict(lucent_hu=-300.0), "lucent_hu"),
     (dict(lucent_hu=float("nan")), "lucent_hu"),
-    (dict(lucent_smooth_mm=-1.0), "lucent_smooth_mm"),
+    (dict(smooth_mm=-1.0), "smooth_mm"),
+    (dict(faint_hu=-300.0), "faint_hu"),
+    (dict(faint_hu=-800.0, lucent_hu=-700.0), "lucent_hu"),
     (dict(exclude=np.zeros((3, 3, 3), bool)), "exclude"),
     (dict(distance_mm=np.zeros((3, 3, 3))), "distance_mm"),
 ])
@@ -301,6 +345,35 @@ def test_the_generators_pleural_tails_read_as_radial_strands():
             assert -400 <= s.median_hu < 200, s  # soft tissue, partial volume at the edges
             n += 1
     assert n >= 3
+
+
+def test_the_generators_ground_glass_halos_read_as_faint_structures_around_the_nodule():
+    """A region over the outer part of a planted ground-glass halo (beyond the 5 mm the
+    off-mask regions leave out) finds a faint structure close to the nodule."""
+    from data_tools.synthetic import SyntheticConfig, generate_case
+    from discovery.align.metrics import grow_mm
+    from discovery.regions.descriptors import lung_mask
+
+    cfg = SyntheticConfig(shape_yx=128, n_slices=(48, 48), pixel_spacing_mm=(1.4, 1.4),
+                          slice_spacing_mm=(2.0, 2.0), nodules_per_case=(2, 2),
+                          p_tail_malignant=0.0, p_tail_benign=0.0, p_bead_malignant=0.0,
+                          p_granuloma=0.0, p_halo_malignant=1.0, p_halo_benign=1.0,
+                          halo_width_mm=(5.0, 6.0))
+    n = 0
+    for index in range(2):
+        c = generate_case(4, config=cfg, index=index)
+        spacing = tuple(float(v) for v in np.linalg.norm(c.affine[:3, :3], axis=0))
+        lung = lung_mask(c.hu, spacing_mm=spacing)
+        for item in c.planted_items:
+            nodule = c.mask == item["nodule_label"]
+            region = (c.planted == item["label"]) & ~grow_mm(nodule, 4.0, spacing)
+            if region.sum() < 10:
+                continue
+            s = attended_structure(region, c.hu, lung, region.astype(float), nodule,
+                                   spacing_mm=spacing, exclude=c.mask > 0)
+            assert -800 < s.median_hu < -400 and s.gap_mm < 4.5, s
+            n += 1
+    assert n >= 2
 
 
 def test_the_generators_bullae_read_as_lucent_round_structures():

@@ -12,8 +12,7 @@ nearest the cluster centre, and a plain-language description built from the desc
 Whether the *model relies* on a cluster is a separate, causal question answered by
 :mod:`discovery.patterns.causal`.
 
-This is exploratory: a cluster is a hypothesis about what the model attends to, not a
-finding.
+Exploratory: a cluster is a hypothesis about what the model attends to, not a finding.
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ from discovery.patterns.stats import (
     spectral_eigengap,
 )
 from discovery.regions.descriptors import AT_CENTRE, DENSITY_BANDS, RELATIONS
-from discovery.regions.structures import LUCENT_HU
+from discovery.regions.structures import DENSE_HU, LUCENT_HU
 from discovery.schema import CLUSTER_COLUMNS  # noqa: F401 -- re-exported
 
 __all__ = [
@@ -461,8 +460,8 @@ def describe_pattern(*, relation: str, relation_share: float, direction: str,
     structure_median_hu : float, optional
         Median of the members' attended structures' median HU: at or below
         :data:`discovery.regions.structures.LUCENT_HU` the description names the structure
-        an air space darker than the lung (the densest voxel near such regions is usually
-        a vessel's, which says nothing of what they attend).
+        an air space darker than the lung, below ``DENSE_HU`` ground glass (the densest
+        voxel near them is usually a vessel's, which says nothing of what they attend).
 
     Returns
     -------
@@ -483,8 +482,9 @@ def describe_pattern(*, relation: str, relation_share: float, direction: str,
             f"{density_band(halo_max_hu)} (median peak {halo_max_hu:.0f} HU); "
             f"region mean {mean_hu:.0f} HU")
     if np.isfinite(structure_gap_mm):
-        what = (f"an air space darker than the lung (median {structure_median_hu:.0f} HU), "
-                if structure_median_hu <= LUCENT_HU else "")
+        what = ("an air space darker than the lung" if structure_median_hu <= LUCENT_HU else
+                "ground glass" if structure_median_hu < DENSE_HU else "")
+        what += f" (median {structure_median_hu:.0f} HU), " if what else ""
         text += f"; attended structure {what}{structure_gap_mm:.0f} mm from the nodule"
         if np.isfinite(structure_radial) and structure_radial >= RADIAL_COS:
             text += ", running radially from it"

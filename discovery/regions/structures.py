@@ -4,11 +4,12 @@ A Grad-CAM region is a blob of a few cm³ on the network's coarse grid, mostly a
 the structure that carries its attribution (a strand running to the pleura, a vessel, a
 calcification, a metal marker, an air space) is a small part of it and of the region's
 averages.  :func:`attended_structure` finds that structure and describes it: inside the
-region grown by ``grow_by_mm``, the connected dense voxels (``hu >= dense_hu``) and the
-connected lucent voxels (``hu <= lucent_hu`` once smoothed: air spaces darker than the lung,
-such as bullae, cysts, cavities and emphysema) of the lung field, the nodules excluded, are
-labelled, and the component holding the largest attribution mass is *the attended
-structure*.  It is then described whole as far as ``reach_mm`` from the region: the
+region grown by ``grow_by_mm``, the connected voxels of the lung field, the nodules excluded,
+that are dense (``hu >= dense_hu``), faint (``hu >= faint_hu`` once smoothed, and not the
+blurred edge of a dense structure: ground glass) or lucent (``hu <= lucent_hu`` once
+smoothed: air spaces darker than the lung, such as bullae, cysts, cavities and emphysema)
+are labelled, each kind apart, and the component holding the largest attribution mass is
+*the attended structure*.  It is then described whole as far as ``reach_mm`` from the region: the
 attention of a map with 3 mm cells often grazes an object (a marker's rim, the end of a strand
 where it meets the pleura), and the grazed fragment's size, density and orientation are not
 the object's.  Described whole, it is bounded at its *half maximum*: the voxels at least
@@ -17,8 +18,9 @@ voxels below ``dense_hu``: an excluded nodule and its dense rim, left out of the
 field, are not aerated lung) to the densest voxel of the part found, connected to that voxel.
 A soft-tissue strand is then bounded at about ``dense_hu``, as by the dense threshold alone;
 a metal marker touching a vessel is the marker, not the marker and the vessel
-(docs/benchmarks/discovery.md#half-maximum).  A lucent structure is bounded the same way
-from below: the smoothed voxels at least halfway from the aerated lung to its darkest one.
+(docs/benchmarks/discovery.md#half-maximum).  A faint structure is bounded the same way on
+the smoothed HU, and a lucent one from below: the smoothed voxels at least halfway from the
+aerated lung to its darkest one.
 
 Its volume, density (median and densest voxel), distance from the nodule and whether it
 runs radially from the nodule (the direction of spiculation, pleural tags and vessel
@@ -40,15 +42,25 @@ from data_tools.checks import check_nonneg, check_spacing
 from discovery.align.metrics import check_distance, distance_to_mask_mm, grow_mm
 from discovery.regions.descriptors import FULL_26, solid_moments
 
-__all__ = ["AttendedStructure", "NO_STRUCTURE", "LUCENT_HU", "attended_structure"]
+__all__ = ["AttendedStructure", "NO_STRUCTURE", "DENSE_HU", "FAINT_HU", "LUCENT_HU",
+           "attended_structure"]
 
 #: Fewer voxels than this have no meaningful main axis: ``radial`` is NaN.
 _MIN_AXIS_VOXELS = 3
 
+#: Lung voxels at or above this HU are dense (soft tissue or denser).
+DENSE_HU = -400.0
 #: Lung voxels at or below this HU are lucent: the standard emphysema threshold (low
 #: attenuation areas below -950 HU; Gevenois et al., Am J Respir Crit Care Med 1996;
 #: 154:187-192), not fitted here.
 LUCENT_HU = -950.0
+#: Lung voxels at or above this HU (smoothed), below the dense threshold and away from any
+#: dense structure's blurred edge, are faint: ground glass, whose usual quantitative range
+#: starts about here (-700 to -300 HU); a round figure, not fitted here.
+FAINT_HU = -700.0
+#: A dense structure's edge, blurred by the scanner and by the smoothing, reaches about this
+#: far (mm) above ``FAINT_HU``: faint voxels this close to a dense voxel are its edge.
+_RIM_MM = 2.0
 
 
 @dataclass(frozen=True)
@@ -108,11 +120,11 @@ def _check_same_shape(arrays: dict) -> tuple:
 
 def attended_structure(
     region, hu, lung, attribution, nodule, *, spacing_mm, exclude=None, distance_mm=None,
-    grow_by_mm: float = 3.0, reach_mm: float = 9.0, dense_hu: float = -400.0,
-    lucent_hu: float | None = LUCENT_HU, lucent_smooth_mm: float = 1.0,
-    nodule_margin_mm: float = 1.5,
+    grow_by_mm: float = 3.0, reach_mm: float = 9.0, dense_hu: float = DENSE_HU,
+    faint_hu: float | None = FAINT_HU, lucent_hu: float | None = LUCENT_HU,
+    smooth_mm: float = 1.0, nodule_margin_mm: float = 1.5,
 ) -> AttendedStructure:
-    """Find and describe the dense or lucent structure that carries a region's attribution.
+    """Find and describe the dense, faint or lucent structure carrying a region's attribution.
 
     Parameters
     ----------
@@ -130,48 +142,49 @@ def attended_structure(
     spacing_mm : sequence of 3 floats
         Voxel size ``(dz, dy, dx)`` in mm.
     exclude : ndarray of bool, shape (z, y, x), optional
-        Voxels never part of a structure (all annotated nodules); ``nodule`` when omitted.
-        Both are grown by ``nodule_margin_mm`` first, so the nodule's partial-volume rim is
-        not taken for a structure touching it.
+        Voxels never part of a structure (all annotated nodules; ``nodule`` when omitted),
+        grown by ``nodule_margin_mm``: a nodule's partial-volume rim is no structure.
     distance_mm : ndarray of float, shape (z, y, x), optional
-        :func:`discovery.align.metrics.distance_to_mask_mm` of ``nodule``, when the caller already
-        has it (the pipeline computes it once per nodule for the alignment metrics).
+        :func:`discovery.align.metrics.distance_to_mask_mm` of ``nodule``, when the caller
+        has it (the pipeline computes it once per nodule).
     grow_by_mm : float
         The region is grown by this much (mm) before looking for the structure.
     reach_mm : float
-        The structure found is described whole as far as this distance (mm) from the region
-        (at least ``grow_by_mm``; ``grow_by_mm`` describes only the part inside the grown
-        region).  Beyond the reach a structure is cut: a vessel tree is not followed to the
-        hilum.  The benchmark chose 9 mm (three cells of the default map) over 3 mm and
-        the whole ROI (docs/benchmarks/discovery.md#structure-reach); described whole, it is
-        bounded at its half maximum (the module's docstring).
+        The structure is described whole, bounded at its half maximum, as far as this (mm)
+        from the region (>= ``grow_by_mm``, which describes the part in the grown region):
+        a vessel tree is not followed to the hilum.  9 mm, three cells of the default map,
+        was chosen over 3 mm and the whole ROI (docs/benchmarks/discovery.md#structure-reach).
     dense_hu : float
         Lung voxels at or above this HU are dense (soft tissue or denser).
+    faint_hu : float or None
+        Lung voxels at or above this HU once smoothed, below ``dense_hu`` and more than
+        2 mm from a dense voxel, are faint (ground glass); :data:`FAINT_HU`.  ``None``: none.
     lucent_hu : float or None
         Lung voxels at or below this HU, once smoothed, are lucent (air spaces: bullae,
-        cysts, cavities, emphysema); :data:`LUCENT_HU`.  ``None``: dense structures only.
-    lucent_smooth_mm : float
-        Sigma (mm) of the Gaussian smoothing ``hu`` for the lucent test and bounds (not the
-        descriptors): the lung's noise makes no single dark voxel a structure.  0: none.
+        cysts, cavities, emphysema); :data:`LUCENT_HU`.  ``None``: none (with ``faint_hu``
+        None too, dense structures only: the behaviour before 2026-12-07).
+    smooth_mm : float
+        Sigma (mm) of the Gaussian smoothing ``hu`` for the faint and lucent tests and
+        bounds (not the descriptors): the lung's noise makes no single voxel a structure.
     nodule_margin_mm : float
         Margin (mm) around ``exclude``.
 
     Returns
     -------
     AttendedStructure
-        :data:`NO_STRUCTURE` when the grown region holds no dense or lucent lung voxel.
-        Ties in attribution mass go to the lowest component label (scan order; the dense
-        components first).  The attribution share is that of the part inside the grown
+        :data:`NO_STRUCTURE` when the grown region holds no dense, faint or lucent lung
+        voxel.  Ties in attribution mass go to the lowest component label (scan order; the
+        dense components first, then the faint ones).  The attribution share is that of the part inside the grown
         region.
     """
     region, hu, lung, nodule, exclude, distance_mm, attribution, spacing = _check_inputs(
         region, hu, lung, attribution, nodule, spacing_mm=spacing_mm, exclude=exclude,
         distance_mm=distance_mm, grow_by_mm=grow_by_mm, reach_mm=reach_mm, dense_hu=dense_hu,
-        lucent=(lucent_hu, lucent_smooth_mm), nodule_margin_mm=nodule_margin_mm,
+        smoothed=(faint_hu, lucent_hu, smooth_mm), nodule_margin_mm=nodule_margin_mm,
     )
     grown = grow_mm(region, grow_by_mm, tuple(spacing))
     fields, aerated = _density_fields(hu, lung, exclude, spacing, dense_hu=dense_hu,
-                                      lucent=(lucent_hu, lucent_smooth_mm),
+                                      smoothed=(faint_hu, lucent_hu, smooth_mm),
                                       margin_mm=nodule_margin_mm)
     labels, n, starts = _components(grown, [kind[0] for kind in fields])
     if n == 0:
@@ -187,23 +200,32 @@ def attended_structure(
                                share=float(mass[k - 1] / total) if total > 0 else 0.0)
 
 
-def _density_fields(hu, lung, exclude, spacing, *, dense_hu: float, lucent, margin_mm: float):
-    """``(fields, aerated)``: for the dense and (with a ``lucent_hu``) the lucent structures,
+def _density_fields(hu, lung, exclude, spacing, *, dense_hu: float, smoothed,
+                    margin_mm: float):
+    """``(fields, aerated)``.  *fields*: for the dense, faint and lucent structures (the last
+    two when their HU of *smoothed* ``(faint_hu, lucent_hu, smooth_mm)`` is not None),
     ``(field, extent, values, direction)``: the lung voxels outside *exclude* grown by
-    *margin_mm* that are dense (``hu >= dense_hu``) or lucent (smoothed ``hu <=
-    lucent_hu``); the voxels a structure found may extend over when described whole (the
-    dense field; all of the lung outside *exclude* for a lucent one, whose smoothed edge
-    lies above ``lucent_hu``); the HU its bounds are measured on (*hu*; *hu* smoothed); and
-    ``1`` or ``-1``.  *aerated*: the lung voxels that are neither (the nodules included)."""
-    lucent_hu, smooth_mm = lucent
+    *margin_mm* of that kind; those a structure found may extend over when described whole
+    (the dense field; for a faint one, the lung not at a dense edge; all of the lung for a
+    lucent one, whose smoothed edge lies above ``lucent_hu``); the HU its bounds are
+    measured on (*hu*; *hu* smoothed); and ``1`` (denser than the lung) or ``-1``.
+    *aerated*: the lung voxels of none of the fields (the nodules and dense edges included)."""
+    faint_hu, lucent_hu, smooth_mm = smoothed
     free = lung & ~grow_mm(np.asarray(exclude, dtype=bool), margin_mm, tuple(spacing))
     dense = hu >= dense_hu
     fields, aerated = [(free & dense, free & dense, hu, 1.0)], lung & ~dense
+    if faint_hu is None and lucent_hu is None:
+        return fields, aerated
+    smooth = _smoothed(hu, smooth_mm, spacing)
+    if faint_hu is not None:
+        away = free & ~grow_mm(dense, _RIM_MM, tuple(spacing))
+        faint = away & (smooth >= faint_hu)
+        fields.append((faint, away, smooth, 1.0))
+        aerated &= ~faint
     if lucent_hu is not None:
-        smooth = _smoothed(hu, smooth_mm, spacing)
-        lucent_voxels = smooth <= lucent_hu
-        fields.append((free & lucent_voxels, free, smooth, -1.0))
-        aerated &= ~lucent_voxels
+        lucent = smooth <= lucent_hu
+        fields.append((free & lucent, free, smooth, -1.0))
+        aerated &= ~lucent
     return fields, aerated
 
 
@@ -250,7 +272,7 @@ def _whole(piece, kind, region, aerated, reach_mm: float, spacing) -> np.ndarray
 
 
 def _check_inputs(region, hu, lung, attribution, nodule, *, spacing_mm, exclude, distance_mm,
-                  grow_by_mm, reach_mm, dense_hu, lucent, nodule_margin_mm):
+                  grow_by_mm, reach_mm, dense_hu, smoothed, nodule_margin_mm):
     """Validated ``(region, hu, lung, nodule, exclude, distance_mm, attribution, spacing)``
     for :func:`attended_structure`, as arrays, or ``ValueError``."""
     shape = _check_same_shape({"region": region, "hu": hu, "lung": lung,
@@ -263,11 +285,15 @@ def _check_inputs(region, hu, lung, attribution, nodule, *, spacing_mm, exclude,
                          f"{reach_mm!r}")
     if not math.isfinite(float(dense_hu)):
         raise ValueError(f"dense_hu must be finite; received {dense_hu!r}")
-    lucent_hu, lucent_smooth_mm = lucent
-    if lucent_hu is not None and not float(lucent_hu) < float(dense_hu):
-        raise ValueError(f"lucent_hu must be a finite HU below dense_hu ({dense_hu}) or None; "
-                         f"received {lucent_hu!r}")
-    check_nonneg(lucent_smooth_mm, "lucent_smooth_mm")
+    faint_hu, lucent_hu, smooth_mm = smoothed
+    if faint_hu is not None and not float(faint_hu) < float(dense_hu):
+        raise ValueError(f"faint_hu must be a finite HU below dense_hu ({dense_hu}) or None; "
+                         f"received {faint_hu!r}")
+    below = float(dense_hu) if faint_hu is None else float(faint_hu)
+    if lucent_hu is not None and not float(lucent_hu) < below:
+        raise ValueError(f"lucent_hu must be a finite HU below faint_hu and dense_hu ({below}) "
+                         f"or None; received {lucent_hu!r}")
+    check_nonneg(smooth_mm, "smooth_mm")
     region = np.asarray(region, dtype=bool)
     nodule = np.asarray(nodule, dtype=bool)
     if not region.any():
