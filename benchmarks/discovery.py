@@ -32,7 +32,8 @@ label-independent distractor):
   ``rests_on_nodule`` (:mod:`discovery.model.reliance`) on the predicted-malignant nodules.
 
 Usage: ``python benchmarks/discovery.py --seed S [--condition shortcut|sign]
-[--sign pleural_tail|satellite_nodule|ground_glass_halo|bulla] [--json FILE] [--train-cases N]
+[--sign pleural_tail|satellite_nodule|ground_glass_halo|bulla] [--windows wide|lung,soft,dense]
+[--json FILE] [--train-cases N]
 [--test-cases N] [--epochs E] [--map METHOD@LAYER] [--method hdbscan|spectral|gmm]
 [--features region|structure] [--cache DIR]``; ``python benchmarks/discovery.py summary
 A.json B.json ...`` prints one table row per run from their ``--json`` files;
@@ -75,6 +76,7 @@ from discovery.patterns.stats import adjusted_rand, match_kind, top_k_precision 
 from discovery.model.card import (TRAINED_DEFAULT_MAP, ModelCard, default_architecture,  # noqa: E402
                                   load_model)
 from discovery.model.reliance import RelianceSettings  # noqa: E402
+from discovery.model.windows import parse_windows  # noqa: E402
 from discovery.patterns.clustering import (FEATURE_COLUMNS, STRUCTURE_FEATURES, PatternSettings,  # noqa: E402
                                 cluster_regions)
 from discovery.schema import parse_map  # noqa: E402
@@ -151,6 +153,8 @@ def _cache_key(args) -> str:
              default_architecture()]
     if args.precision != "float32":      # float32 models keep the keys they were cached under
         parts.append(args.precision)
+    if args.windows != "wide":           # so do the models of the demo model's single window
+        parts.append(parse_windows(args.windows))
     blob = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -162,7 +166,7 @@ def _model(args, log):
         log(f"reusing model {out.name}")
         return (*load_model(out), True)
     card = ModelCard(architecture=default_architecture(), gradcam_layer="layer3",
-                     default_map=DEFAULT_MAP)
+                     default_map=DEFAULT_MAP).with_windows(parse_windows(args.windows))
     data = synthetic_rois(args.seed, args.train_cases, card,
                           config=cohort_configs(args.condition, args.sign)[0],
                           workers=args.workers)
@@ -424,6 +428,7 @@ def run(args) -> dict:
         "map": args.map,
         "settings": {"train_cases": args.train_cases, "test_cases": args.test_cases,
                      "epochs": args.epochs, "precision": args.precision,
+                     "windows": args.windows,
                      "workers": args.workers, "method": args.method, "features": args.features,
                      "min_cluster_size": args.min_cluster_size, "halo_mm": HALO_MM,
                      "min_structure_mm3": args.min_structure_mm3,
@@ -715,6 +720,10 @@ def main(argv=None) -> int:
     ap.add_argument("--precision", default="float32", choices=PRECISIONS,
                     help="training arithmetic (bfloat16: autocast, an epoch about 1.7x as "
                          "fast on CPUs with native bfloat16, slower on others)")
+    ap.add_argument("--windows", default="wide",
+                    help="the models' input channels, as `discovery train --windows` (default "
+                         "wide: the demo model's single -1000..3000 HU window; lung,soft,dense: "
+                         "the default of discovery train, which sees the lung's densities)")
     ap.add_argument("--method", default=PatternSettings.method,
                     choices=["gmm", "hdbscan", "spectral"],
                     help="the regions' clustering (default: the product's, the mixture)")
