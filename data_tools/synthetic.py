@@ -393,8 +393,8 @@ def _place_lesions(grid: ph.Grid, hu: np.ndarray, lung: np.ndarray, rng, streams
 
 def _paint_lesions(hu: np.ndarray, nodules: list, items: list, rng, *, blur: float,
                    noise: float, spacing) -> None:
-    """Composite halos, tails, nodules, granulomas, satellites and bullae, blur, paint the beads, add
-    noise and clip, in place (drawing each nodule's ``hu`` from *rng*)."""
+    """Composite halos, tails, nodules, granulomas, satellites and bullae, blur, paint the
+    beads, add noise and clip, in place (drawing each nodule's ``hu`` from *rng*)."""
     shape = hu.shape
     for it in items:
         if it["kind"] == _halo.KIND:

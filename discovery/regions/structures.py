@@ -9,10 +9,10 @@ that are dense (``hu >= dense_hu``), faint (``hu >= faint_hu`` once smoothed, an
 blurred edge of a dense structure: ground glass) or lucent (``hu <= lucent_hu`` once
 smoothed: air spaces darker than the lung, such as bullae, cysts, cavities and emphysema)
 are labelled, each kind apart, and the component holding the largest attribution mass is
-*the attended structure*.  It is then described whole as far as ``reach_mm`` from the region: the
-attention of a map with 3 mm cells often grazes an object (a marker's rim, the end of a strand
-where it meets the pleura), and the grazed fragment's size, density and orientation are not
-the object's.  Described whole, it is bounded at its *half maximum*: the voxels at least
+*the attended structure*.  It is then described whole as far as ``reach_mm`` from the
+region: the attention of a map with 3 mm cells often grazes an object (a marker's rim, the
+end of a strand where it meets the pleura), and the grazed fragment's size, density and
+orientation are not the object's.  Described whole, it is bounded at its *half maximum*: the voxels at least
 halfway from the aerated lung around the region (the median HU of the grown region's lung
 voxels below ``dense_hu``: an excluded nodule and its dense rim, left out of the dense
 field, are not aerated lung) to the densest voxel of the part found, connected to that voxel.
@@ -71,10 +71,10 @@ class AttendedStructure:
     ----------
     volume_mm3 : float
         Volume of the structure (voxel count times voxel volume); 0 when the region covers
-        no dense or lucent lung voxel (attention on aerated parenchyma only).
+        no dense, faint or lucent lung voxel (attention on aerated parenchyma only).
     median_hu : float
         Median HU of the structure's voxels; NaN without a structure.  Below the aerated
-        lung for a lucent structure (an air space), above it for a dense one.
+        lung for a lucent structure (an air space), above it for a faint or dense one.
     max_hu : float
         HU of the structure's densest voxel; NaN without a structure.  Unlike the largest
         HU near the region, it is the structure's own: attention that grazes a dense
@@ -174,8 +174,8 @@ def attended_structure(
     AttendedStructure
         :data:`NO_STRUCTURE` when the grown region holds no dense, faint or lucent lung
         voxel.  Ties in attribution mass go to the lowest component label (scan order; the
-        dense components first, then the faint ones).  The attribution share is that of the part inside the grown
-        region.
+        dense components first, then the faint ones).  The attribution share is that of
+        the part inside the grown region.
     """
     region, hu, lung, nodule, exclude, distance_mm, attribution, spacing = _check_inputs(
         region, hu, lung, attribution, nodule, spacing_mm=spacing_mm, exclude=exclude,
