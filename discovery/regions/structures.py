@@ -12,15 +12,15 @@ are labelled, each kind apart, and the component holding the largest attribution
 *the attended structure*.  It is then described whole as far as ``reach_mm`` from the
 region: the attention of a map with 3 mm cells often grazes an object (a marker's rim, the
 end of a strand where it meets the pleura), and the grazed fragment's size, density and
-orientation are not the object's.  Described whole, it is bounded at its *half maximum*: the voxels at least
-halfway from the aerated lung around the region (the median HU of the grown region's lung
-voxels below ``dense_hu``: an excluded nodule and its dense rim, left out of the dense
-field, are not aerated lung) to the densest voxel of the part found, connected to that voxel.
-A soft-tissue strand is then bounded at about ``dense_hu``, as by the dense threshold alone;
-a metal marker touching a vessel is the marker, not the marker and the vessel
-(docs/benchmarks/discovery.md#half-maximum).  A faint structure is bounded the same way on
-the smoothed HU, and a lucent one from below: the smoothed voxels at least halfway from the
-aerated lung to its darkest one.
+orientation are not the object's. Described whole, it is bounded at its *half maximum*: the
+voxels at least halfway from the aerated lung around the region (the median HU of the grown
+region's lung voxels of none of the three kinds: an excluded nodule and its dense rim, left
+out of the dense field, are not aerated lung) to the densest voxel of the part found, connected to
+that voxel. A soft-tissue strand is then bounded at about ``dense_hu``, as by the dense
+threshold alone; a metal marker touching a vessel is the marker, not the marker and the
+vessel (docs/benchmarks/discovery.md#half-maximum). A faint structure is bounded the same
+way on the smoothed HU, and a lucent one from below: the smoothed voxels at least halfway
+from the aerated lung to its darkest one.
 
 Its volume, density (median and densest voxel), distance from the nodule and whether it
 runs radially from the nodule (the direction of spiculation, pleural tags and vessel
