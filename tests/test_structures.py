@@ -231,7 +231,8 @@ def test_noisy_aerated_lung_alone_has_no_lucent_structure():
 
 def test_a_ground_glass_spot_is_a_faint_structure():
     """A 3 mm-radius ball of ground glass (-620 HU) in noisy lung is found whole as a faint
-    structure; with ``faint_hu=None`` the region has none."""
+    structure; with ``faint_hu=None`` the region has none, and with a vessel in reach the
+    vessel is the structure (ground glass only where there is no other)."""
     hu, lung, nodule = _noisy_lung(20.0, seed=3)
     zz, yy, xx = np.indices(SHAPE)
     spot = (zz - 10) ** 2 + (yy - 8) ** 2 + (xx - 45) ** 2 <= 9
@@ -245,6 +246,9 @@ def test_a_ground_glass_spot_is_a_faint_structure():
     assert -700 < s.median_hu < -560 and s.max_hu < -400, s
     assert attended_structure(region, hu, lung, attribution, nodule, spacing_mm=SPACING,
                               faint_hu=None) == NO_STRUCTURE
+    hu[8:13, 14, 38:45] = 40.0              # a vessel within the grown region
+    vessel = attended_structure(region, hu, lung, attribution, nodule, spacing_mm=SPACING)
+    assert vessel.median_hu == pytest.approx(40.0)
 
 
 def test_a_blurred_vessel_is_the_same_structure_as_with_dense_voxels_only():
@@ -349,7 +353,8 @@ def test_the_generators_pleural_tails_read_as_radial_strands():
 
 def test_the_generators_ground_glass_halos_read_as_faint_structures_around_the_nodule():
     """A region over the outer part of a planted ground-glass halo (beyond the 5 mm the
-    off-mask regions leave out) finds a faint structure close to the nodule."""
+    off-mask regions leave out), away from the vessels, finds a faint structure close to
+    the nodule; with a vessel in reach, the vessel (ground glass is the fallback)."""
     from data_tools.synthetic import SyntheticConfig, generate_case
     from discovery.align.metrics import grow_mm
     from discovery.regions.descriptors import lung_mask
@@ -367,11 +372,16 @@ def test_the_generators_ground_glass_halos_read_as_faint_structures_around_the_n
         for item in c.planted_items:
             nodule = c.mask == item["nodule_label"]
             region = (c.planted == item["label"]) & ~grow_mm(nodule, 4.0, spacing)
-            if region.sum() < 10:
+            vessels = (c.hu >= -400) & ~grow_mm(c.mask > 0, 1.5, spacing)
+            clear = region & ~grow_mm(vessels, 3.5, spacing)
+            if clear.sum() < 10 or (region & ~clear).sum() < 10:
                 continue
-            s = attended_structure(region, c.hu, lung, region.astype(float), nodule,
+            s = attended_structure(clear, c.hu, lung, clear.astype(float), nodule,
                                    spacing_mm=spacing, exclude=c.mask > 0)
             assert -800 < s.median_hu < -400 and s.gap_mm < 4.5, s
+            near = attended_structure(region, c.hu, lung, region.astype(float), nodule,
+                                      spacing_mm=spacing, exclude=c.mask > 0)
+            assert near.median_hu > -400, near
             n += 1
     assert n >= 2
 

@@ -158,7 +158,8 @@ def attended_structure(
         Lung voxels at or above this HU are dense (soft tissue or denser).
     faint_hu : float or None
         Lung voxels at or above this HU once smoothed, below ``dense_hu`` and more than
-        2 mm from a dense voxel, are faint (ground glass); :data:`FAINT_HU`.  ``None``: none.
+        2 mm from a dense voxel, are faint (ground glass), looked for only where the grown
+        region holds no dense or lucent voxel; :data:`FAINT_HU`.  ``None``: none.
     lucent_hu : float or None
         Lung voxels at or below this HU, once smoothed, are lucent (air spaces: bullae,
         cysts, cavities, emphysema); :data:`LUCENT_HU`.  ``None``: none (with ``faint_hu``
@@ -173,9 +174,8 @@ def attended_structure(
     -------
     AttendedStructure
         :data:`NO_STRUCTURE` when the grown region holds no dense, faint or lucent lung
-        voxel.  Ties in attribution mass go to the lowest component label (scan order; the
-        dense components first, then the faint ones).  The attribution share is that of
-        the part inside the grown region.
+        voxel.  Ties in mass go to the lowest label (scan order, dense before lucent).  The
+        attribution share is that of the part inside the grown region.
     """
     region, hu, lung, nodule, exclude, distance_mm, attribution, spacing = _check_inputs(
         region, hu, lung, attribution, nodule, spacing_mm=spacing_mm, exclude=exclude,
@@ -183,10 +183,10 @@ def attended_structure(
         smoothed=(faint_hu, lucent_hu, smooth_mm), nodule_margin_mm=nodule_margin_mm,
     )
     grown = grow_mm(region, grow_by_mm, tuple(spacing))
-    fields, aerated = _density_fields(hu, lung, exclude, spacing, dense_hu=dense_hu,
-                                      smoothed=(faint_hu, lucent_hu, smooth_mm),
-                                      margin_mm=nodule_margin_mm)
-    labels, n, starts = _components(grown, [kind[0] for kind in fields])
+    fields, faint, aerated = _density_fields(hu, lung, exclude, spacing, dense_hu=dense_hu,
+                                             smoothed=(faint_hu, lucent_hu, smooth_mm),
+                                             margin_mm=nodule_margin_mm)
+    fields, labels, n, starts = _label_kinds(grown, fields, faint)
     if n == 0:
         return NO_STRUCTURE
     mass = ndimage.sum(attribution, labels, index=np.arange(1, n + 1))
@@ -202,9 +202,10 @@ def attended_structure(
 
 def _density_fields(hu, lung, exclude, spacing, *, dense_hu: float, smoothed,
                     margin_mm: float):
-    """``(fields, aerated)``.  *fields*: for the dense, faint and lucent structures (the last
-    two when their HU of *smoothed* ``(faint_hu, lucent_hu, smooth_mm)`` is not None),
-    ``(field, extent, values, direction)``: the lung voxels outside *exclude* grown by
+    """``(fields, faint, aerated)``.  *fields*: for the dense and (when its HU of *smoothed*
+    ``(faint_hu, lucent_hu, smooth_mm)`` is not None) the lucent structures, and *faint*
+    for the faint ones (None without a ``faint_hu``), ``(field, extent, values,
+    direction)``: the lung voxels outside *exclude* grown by
     *margin_mm* of that kind; those a structure found may extend over when described whole
     (the dense field; for a faint one, the lung not at a dense edge; all of the lung for a
     lucent one, whose smoothed edge lies above ``lucent_hu``); the HU its bounds are
@@ -215,18 +216,31 @@ def _density_fields(hu, lung, exclude, spacing, *, dense_hu: float, smoothed,
     dense = hu >= dense_hu
     fields, aerated = [(free & dense, free & dense, hu, 1.0)], lung & ~dense
     if faint_hu is None and lucent_hu is None:
-        return fields, aerated
-    smooth = _smoothed(hu, smooth_mm, spacing)
-    if faint_hu is not None:
-        away = free & ~grow_mm(dense, _RIM_MM, tuple(spacing))
-        faint = away & (smooth >= faint_hu)
-        fields.append((faint, away, smooth, 1.0))
-        aerated &= ~faint
+        return fields, None, aerated
+    smooth, kind = _smoothed(hu, smooth_mm, spacing), None
     if lucent_hu is not None:
         lucent = smooth <= lucent_hu
         fields.append((free & lucent, free, smooth, -1.0))
         aerated &= ~lucent
-    return fields, aerated
+    if faint_hu is not None:
+        away = free & ~grow_mm(dense, _RIM_MM, tuple(spacing))
+        faint = away & (smooth >= faint_hu)
+        kind = (faint, away, smooth, 1.0)
+        aerated &= ~faint
+    return fields, kind, aerated
+
+
+def _label_kinds(grown, fields, faint) -> tuple[list, np.ndarray, int, list[int]]:
+    """``(kinds, labels, n, starts)`` of :func:`_components` for the dense and lucent
+    *fields*, or for the *faint* one when the grown region holds none of theirs: the faint
+    field also takes in the partial volume of vessels too thin to be dense and between the
+    vessels of a bundle (docs/benchmarks/discovery.md#lucent), so ground glass is the
+    structure only where there is no other."""
+    labels, n, starts = _components(grown, [kind[0] for kind in fields])
+    if n == 0 and faint is not None:
+        fields = [faint]
+        labels, n, starts = _components(grown, [faint[0]])
+    return fields, labels, n, starts
 
 
 def _components(grown, fields) -> tuple[np.ndarray, int, list[int]]:
