@@ -186,7 +186,7 @@ def attended_structure(
     fields, faint, aerated = _density_fields(hu, lung, exclude, spacing, dense_hu=dense_hu,
                                              smoothed=(faint_hu, lucent_hu, smooth_mm),
                                              margin_mm=nodule_margin_mm)
-    fields, labels, n, starts = _label_kinds(grown, fields, faint)
+    fields, labels, n, starts, aerated = _label_kinds(grown, fields, faint, aerated)
     if n == 0:
         return NO_STRUCTURE
     mass = ndimage.sum(attribution, labels, index=np.arange(1, n + 1))
@@ -210,7 +210,7 @@ def _density_fields(hu, lung, exclude, spacing, *, dense_hu: float, smoothed,
     (the dense field; for a faint one, the lung not at a dense edge; all of the lung for a
     lucent one, whose smoothed edge lies above ``lucent_hu``); the HU its bounds are
     measured on (*hu*; *hu* smoothed); and ``1`` (denser than the lung) or ``-1``.
-    *aerated*: the lung voxels of none of the fields (the nodules and dense edges included)."""
+    *aerated*: the lung voxels neither dense nor lucent (the nodules included)."""
     faint_hu, lucent_hu, smooth_mm = smoothed
     free = lung & ~grow_mm(np.asarray(exclude, dtype=bool), margin_mm, tuple(spacing))
     dense = hu >= dense_hu
@@ -224,23 +224,22 @@ def _density_fields(hu, lung, exclude, spacing, *, dense_hu: float, smoothed,
         aerated &= ~lucent
     if faint_hu is not None:
         away = free & ~grow_mm(dense, _RIM_MM, tuple(spacing))
-        faint = away & (smooth >= faint_hu)
-        kind = (faint, away, smooth, 1.0)
-        aerated &= ~faint
+        kind = (away & (smooth >= faint_hu), away, smooth, 1.0)
     return fields, kind, aerated
 
 
-def _label_kinds(grown, fields, faint) -> tuple[list, np.ndarray, int, list[int]]:
-    """``(kinds, labels, n, starts)`` of :func:`_components` for the dense and lucent
-    *fields*, or for the *faint* one when the grown region holds none of theirs: the faint
-    field also takes in the partial volume of vessels too thin to be dense and between the
-    vessels of a bundle (docs/benchmarks/discovery.md#lucent), so ground glass is the
-    structure only where there is no other."""
+def _label_kinds(grown, fields, faint, aerated) -> tuple[list, np.ndarray, int, list[int],
+                                                          np.ndarray]:
+    """``(kinds, labels, n, starts, aerated)``: :func:`_components` of the dense and lucent
+    *fields*, or of the *faint* one (and *aerated* without it) when the grown region holds
+    none of theirs: the faint field also takes in the partial volume of vessels too thin to
+    be dense and between the vessels of a bundle (docs/benchmarks/discovery.md#lucent), so
+    ground glass is the structure only where there is no other."""
     labels, n, starts = _components(grown, [kind[0] for kind in fields])
     if n == 0 and faint is not None:
-        fields = [faint]
+        fields, aerated = [faint], aerated & ~faint[0]
         labels, n, starts = _components(grown, [faint[0]])
-    return fields, labels, n, starts
+    return fields, labels, n, starts, aerated
 
 
 def _components(grown, fields) -> tuple[np.ndarray, int, list[int]]:
