@@ -319,35 +319,43 @@ def test_bad_input_says_what_was_received(bad, match):
                            kwargs.pop("attribution"), kwargs.pop("nodule"), **kwargs)
 
 
-def test_the_generators_pleural_tails_read_as_radial_strands():
-    """On the synthetic generator's own scans, a region over a planted pleural tail finds a
-    soft-tissue strand that starts next to the nodule and runs radially from it."""
+def _generator_items(seed: int, n_cases: int, **planted):
+    """``(case, spacing, lung, item)`` for each planted item of *n_cases* small scans of the
+    synthetic generator (two nodules each; the bead and granuloma off, *planted* on)."""
     from data_tools.synthetic import SyntheticConfig, generate_case
-    from discovery.align.metrics import grow_mm
     from discovery.regions.descriptors import lung_mask
 
     cfg = SyntheticConfig(shape_yx=128, n_slices=(48, 48), pixel_spacing_mm=(1.4, 1.4),
                           slice_spacing_mm=(2.0, 2.0), nodules_per_case=(2, 2),
-                          p_malignant=1.0, p_tail_malignant=1.0, p_bead_malignant=0.0,
-                          p_granuloma=0.0)
-    n = 0
-    for index in range(3):
-        c = generate_case(3, config=cfg, index=index)
+                          p_bead_malignant=0.0, p_granuloma=0.0, **planted)
+    for index in range(n_cases):
+        c = generate_case(seed, config=cfg, index=index)
         spacing = tuple(float(v) for v in np.linalg.norm(c.affine[:3, :3], axis=0))
         lung = lung_mask(c.hu, spacing_mm=spacing)
         for item in c.planted_items:
-            assert item["kind"] == "pleural_tail"
-            structure = c.planted == item["label"]
-            nodule = c.mask == item["nodule_label"]
-            # a Grad-CAM-like blob: the structure grown by 4 mm, the nodule's surroundings cut
-            region = grow_mm(structure, 4.0, spacing) & ~grow_mm(nodule, 5.0, spacing)
-            if not region.any():
-                continue
-            s = attended_structure(region, c.hu, lung, region.astype(float), nodule,
-                                   spacing_mm=spacing, exclude=c.mask > 0)
-            assert s.gap_mm < 4.5 and s.radial > 0.85, s
-            assert -400 <= s.median_hu < 200, s  # soft tissue, partial volume at the edges
-            n += 1
+            yield c, spacing, lung, item
+
+
+def test_the_generators_pleural_tails_read_as_radial_strands():
+    """On the synthetic generator's own scans, a region over a planted pleural tail finds a
+    soft-tissue strand that starts next to the nodule and runs radially from it."""
+    from discovery.align.metrics import grow_mm
+
+    n = 0
+    for c, spacing, lung, item in _generator_items(3, 3, p_malignant=1.0,
+                                                    p_tail_malignant=1.0):
+        assert item["kind"] == "pleural_tail"
+        structure = c.planted == item["label"]
+        nodule = c.mask == item["nodule_label"]
+        # a Grad-CAM-like blob: the structure grown by 4 mm, the nodule's surroundings cut
+        region = grow_mm(structure, 4.0, spacing) & ~grow_mm(nodule, 5.0, spacing)
+        if not region.any():
+            continue
+        s = attended_structure(region, c.hu, lung, region.astype(float), nodule,
+                               spacing_mm=spacing, exclude=c.mask > 0)
+        assert s.gap_mm < 4.5 and s.radial > 0.85, s
+        assert -400 <= s.median_hu < 200, s  # soft tissue, partial volume at the edges
+        n += 1
     assert n >= 3
 
 
@@ -355,65 +363,48 @@ def test_the_generators_ground_glass_halos_read_as_faint_structures_around_the_n
     """A region over the outer part of a planted ground-glass halo (beyond the 5 mm the
     off-mask regions leave out), away from the vessels, finds a faint structure close to
     the nodule; with a vessel in reach, the vessel (ground glass is the fallback)."""
-    from data_tools.synthetic import SyntheticConfig, generate_case
     from discovery.align.metrics import grow_mm
-    from discovery.regions.descriptors import lung_mask
 
-    cfg = SyntheticConfig(shape_yx=128, n_slices=(48, 48), pixel_spacing_mm=(1.4, 1.4),
-                          slice_spacing_mm=(2.0, 2.0), nodules_per_case=(2, 2),
-                          p_tail_malignant=0.0, p_tail_benign=0.0, p_bead_malignant=0.0,
-                          p_granuloma=0.0, p_halo_malignant=1.0, p_halo_benign=1.0,
-                          halo_width_mm=(5.0, 6.0))
     n = 0
-    for index in range(2):
-        c = generate_case(4, config=cfg, index=index)
-        spacing = tuple(float(v) for v in np.linalg.norm(c.affine[:3, :3], axis=0))
-        lung = lung_mask(c.hu, spacing_mm=spacing)
-        for item in c.planted_items:
-            nodule = c.mask == item["nodule_label"]
-            region = (c.planted == item["label"]) & ~grow_mm(nodule, 4.0, spacing)
-            vessels = (c.hu >= -400) & ~grow_mm(c.mask > 0, 1.5, spacing)
-            clear = region & ~grow_mm(vessels, 3.5, spacing)
-            if clear.sum() < 10 or (region & ~clear).sum() < 10:
-                continue
-            s = attended_structure(clear, c.hu, lung, clear.astype(float), nodule,
-                                   spacing_mm=spacing, exclude=c.mask > 0)
-            assert -800 < s.median_hu < -400 and s.gap_mm < 4.5, s
-            near = attended_structure(region, c.hu, lung, region.astype(float), nodule,
-                                      spacing_mm=spacing, exclude=c.mask > 0)
-            assert near.median_hu > -400, near
-            n += 1
+    for c, spacing, lung, item in _generator_items(
+            4, 2, p_tail_malignant=0.0, p_tail_benign=0.0, p_halo_malignant=1.0,
+            p_halo_benign=1.0, halo_width_mm=(5.0, 6.0)):
+        nodule = c.mask == item["nodule_label"]
+        region = (c.planted == item["label"]) & ~grow_mm(nodule, 4.0, spacing)
+        vessels = (c.hu >= -400) & ~grow_mm(c.mask > 0, 1.5, spacing)
+        clear = region & ~grow_mm(vessels, 3.5, spacing)
+        if clear.sum() < 10 or (region & ~clear).sum() < 10:
+            continue
+        s = attended_structure(clear, c.hu, lung, clear.astype(float), nodule,
+                               spacing_mm=spacing, exclude=c.mask > 0)
+        assert -800 < s.median_hu < -400 and s.gap_mm < 4.5, s
+        near = attended_structure(region, c.hu, lung, region.astype(float), nodule,
+                                  spacing_mm=spacing, exclude=c.mask > 0)
+        assert near.median_hu > -400, near
+        n += 1
     assert n >= 2
 
 
 def test_the_generators_bullae_read_as_lucent_round_structures():
     """On the synthetic generator's own scans (noise and blur included), a region grazing a
     planted bulla finds an air space darker than the lung, about the bulla's size."""
-    from data_tools.synthetic import SyntheticConfig, generate_case
     from discovery.align.metrics import grow_mm
-    from discovery.regions.descriptors import lung_mask
 
-    cfg = SyntheticConfig(shape_yx=128, n_slices=(48, 48), pixel_spacing_mm=(1.4, 1.4),
-                          slice_spacing_mm=(2.0, 2.0), nodules_per_case=(2, 2),
-                          p_tail_malignant=0.0, p_tail_benign=0.0, p_bead_malignant=0.0,
-                          p_granuloma=0.0, p_bulla_malignant=1.0, p_bulla_benign=1.0)
     n = 0
-    for index in range(2):
-        c = generate_case(3, config=cfg, index=index)
-        spacing = tuple(float(v) for v in np.linalg.norm(c.affine[:3, :3], axis=0))
-        lung = lung_mask(c.hu, spacing_mm=spacing)
-        for item in c.planted_items:
-            assert item["kind"] == "bulla"
-            bulla = c.planted == item["label"]
-            nodule = c.mask == item["nodule_label"]
-            # a Grad-CAM-like blob over part of the bulla, the nodule's surroundings cut
-            region = grow_mm(bulla, 3.0, spacing) & ~grow_mm(nodule, 5.0, spacing)
-            if not region.any():
-                continue
-            s = attended_structure(region, c.hu, lung, region.astype(float), nodule,
-                                   spacing_mm=spacing, exclude=c.mask > 0)
-            assert s.median_hu < -940 and s.elongation < 2.0, s
-            assert 0.4 * bulla.sum() * np.prod(spacing) < s.volume_mm3 < 2.5 * bulla.sum() * \
-                np.prod(spacing), (s, bulla.sum())
-            n += 1
+    for c, spacing, lung, item in _generator_items(
+            3, 2, p_tail_malignant=0.0, p_tail_benign=0.0, p_bulla_malignant=1.0,
+            p_bulla_benign=1.0):
+        assert item["kind"] == "bulla"
+        bulla = c.planted == item["label"]
+        nodule = c.mask == item["nodule_label"]
+        # a Grad-CAM-like blob over part of the bulla, the nodule's surroundings cut
+        region = grow_mm(bulla, 3.0, spacing) & ~grow_mm(nodule, 5.0, spacing)
+        if not region.any():
+            continue
+        s = attended_structure(region, c.hu, lung, region.astype(float), nodule,
+                               spacing_mm=spacing, exclude=c.mask > 0)
+        assert s.median_hu < -940 and s.elongation < 2.0, s
+        volume = bulla.sum() * np.prod(spacing)
+        assert 0.4 * volume < s.volume_mm3 < 2.5 * volume, (s, volume)
+        n += 1
     assert n >= 2
