@@ -336,23 +336,28 @@ def _generator_items(seed: int, n_cases: int, **planted):
             yield c, spacing, lung, item
 
 
+def _structures_over(kind: str, grow_by_mm: float, seed: int, n_cases: int, **planted):
+    """``(structure, item)`` for each planted *kind* of :func:`_generator_items`: the
+    attended structure of a Grad-CAM-like blob, the item grown by *grow_by_mm*, the nodule's
+    5 mm surroundings cut (items whose blob is empty skipped)."""
+    from discovery.align.metrics import grow_mm
+
+    for c, spacing, lung, item in _generator_items(seed, n_cases, **planted):
+        assert item["kind"] == kind
+        nodule = c.mask == item["nodule_label"]
+        region = (grow_mm(c.planted == item["label"], grow_by_mm, spacing)
+                  & ~grow_mm(nodule, 5.0, spacing))
+        if region.any():
+            yield attended_structure(region, c.hu, lung, region.astype(float), nodule,
+                                     spacing_mm=spacing, exclude=c.mask > 0), item
+
+
 def test_the_generators_pleural_tails_read_as_radial_strands():
     """On the synthetic generator's own scans, a region over a planted pleural tail finds a
     soft-tissue strand that starts next to the nodule and runs radially from it."""
-    from discovery.align.metrics import grow_mm
-
     n = 0
-    for c, spacing, lung, item in _generator_items(3, 3, p_malignant=1.0,
-                                                    p_tail_malignant=1.0):
-        assert item["kind"] == "pleural_tail"
-        structure = c.planted == item["label"]
-        nodule = c.mask == item["nodule_label"]
-        # a Grad-CAM-like blob: the structure grown by 4 mm, the nodule's surroundings cut
-        region = grow_mm(structure, 4.0, spacing) & ~grow_mm(nodule, 5.0, spacing)
-        if not region.any():
-            continue
-        s = attended_structure(region, c.hu, lung, region.astype(float), nodule,
-                               spacing_mm=spacing, exclude=c.mask > 0)
+    for s, _ in _structures_over("pleural_tail", 4.0, 3, 3, p_malignant=1.0,
+                                 p_tail_malignant=1.0):
         assert s.gap_mm < 4.5 and s.radial > 0.85, s
         assert -400 <= s.median_hu < 200, s  # soft tissue, partial volume at the edges
         n += 1
@@ -388,23 +393,12 @@ def test_the_generators_ground_glass_halos_read_as_faint_structures_around_the_n
 def test_the_generators_bullae_read_as_lucent_round_structures():
     """On the synthetic generator's own scans (noise and blur included), a region grazing a
     planted bulla finds an air space darker than the lung, about the bulla's size."""
-    from discovery.align.metrics import grow_mm
-
     n = 0
-    for c, spacing, lung, item in _generator_items(
-            3, 2, p_tail_malignant=0.0, p_tail_benign=0.0, p_bulla_malignant=1.0,
-            p_bulla_benign=1.0):
-        assert item["kind"] == "bulla"
-        bulla = c.planted == item["label"]
-        nodule = c.mask == item["nodule_label"]
-        # a Grad-CAM-like blob over part of the bulla, the nodule's surroundings cut
-        region = grow_mm(bulla, 3.0, spacing) & ~grow_mm(nodule, 5.0, spacing)
-        if not region.any():
-            continue
-        s = attended_structure(region, c.hu, lung, region.astype(float), nodule,
-                               spacing_mm=spacing, exclude=c.mask > 0)
+    for s, item in _structures_over("bulla", 3.0, 3, 2, p_tail_malignant=0.0,
+                                    p_tail_benign=0.0, p_bulla_malignant=1.0,
+                                    p_bulla_benign=1.0):
         assert s.median_hu < -940 and s.elongation < 2.0, s
-        volume = bulla.sum() * np.prod(spacing)
+        volume = 4 / 3 * np.pi * (item["diameter_mm"] / 2) ** 3
         assert 0.4 * volume < s.volume_mm3 < 2.5 * volume, (s, volume)
         n += 1
     assert n >= 2
