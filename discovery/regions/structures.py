@@ -14,9 +14,9 @@ region: the attention of a map with 3 mm cells often grazes an object (a marker'
 end of a strand where it meets the pleura), and the grazed fragment's size, density and
 orientation are not the object's. Described whole, it is bounded at its *half maximum*: the
 voxels at least halfway from the aerated lung around the region (the median HU of the grown
-region's lung voxels of none of the three kinds: an excluded nodule and its dense rim, left
-out of the dense field, are not aerated lung) to the densest voxel of the part found, connected to
-that voxel. A soft-tissue strand is then bounded at about ``dense_hu``, as by the dense
+region's lung voxels neither dense nor lucent, nor faint when a faint structure is looked
+for: an excluded nodule and its dense rim, left out of the dense field, are not aerated
+lung) to the densest voxel of the part found, connected to that voxel. A soft-tissue strand is then bounded at about ``dense_hu``, as by the dense
 threshold alone; a metal marker touching a vessel is the marker, not the marker and the
 vessel (docs/benchmarks/discovery.md#half-maximum). A faint structure is bounded the same
 way on the smoothed HU, and a lucent one from below: the smoothed voxels at least halfway
@@ -203,42 +203,45 @@ def attended_structure(
 def _density_fields(hu, lung, exclude, spacing, *, dense_hu: float, smoothed,
                     margin_mm: float):
     """``(fields, faint, aerated)``.  *fields*: for the dense and (when its HU of *smoothed*
-    ``(faint_hu, lucent_hu, smooth_mm)`` is not None) the lucent structures, and *faint*
-    for the faint ones (None without a ``faint_hu``), ``(field, extent, values,
-    direction)``: the lung voxels outside *exclude* grown by
-    *margin_mm* of that kind; those a structure found may extend over when described whole
-    (the dense field; for a faint one, the lung not at a dense edge; all of the lung for a
-    lucent one, whose smoothed edge lies above ``lucent_hu``); the HU its bounds are
-    measured on (*hu*; *hu* smoothed); and ``1`` (denser than the lung) or ``-1``.
-    *aerated*: the lung voxels neither dense nor lucent (the nodules included)."""
+    ``(faint_hu, lucent_hu, smooth_mm)`` is not None) the lucent structures, ``(field,
+    extent, values, direction)``: the lung voxels outside *exclude* grown by *margin_mm* of
+    that kind; those a structure found may extend over when described whole (the dense
+    field; for a faint one, the lung not at a dense edge; all of the lung for a lucent one,
+    whose smoothed edge lies above ``lucent_hu``); the HU its bounds are measured on (*hu*;
+    *hu* smoothed); and ``1`` (denser than the lung) or ``-1``.  *faint*: a function
+    returning that tuple for the faint structures, called only when they are looked for
+    (None without a ``faint_hu``).  *aerated*: the lung voxels neither dense nor lucent
+    (the nodules included)."""
     faint_hu, lucent_hu, smooth_mm = smoothed
     free = lung & ~grow_mm(np.asarray(exclude, dtype=bool), margin_mm, tuple(spacing))
     dense = hu >= dense_hu
     fields, aerated = [(free & dense, free & dense, hu, 1.0)], lung & ~dense
     if faint_hu is None and lucent_hu is None:
         return fields, None, aerated
-    smooth, kind = _smoothed(hu, smooth_mm, spacing), None
+    smooth = _smoothed(hu, smooth_mm, spacing)
     if lucent_hu is not None:
         lucent = smooth <= lucent_hu
         fields.append((free & lucent, free, smooth, -1.0))
         aerated &= ~lucent
-    if faint_hu is not None:
+
+    def faint():
         away = free & ~grow_mm(dense, _RIM_MM, tuple(spacing))
-        kind = (away & (smooth >= faint_hu), away, smooth, 1.0)
-    return fields, kind, aerated
+        return away & (smooth >= faint_hu), away, smooth, 1.0
+    return fields, (None if faint_hu is None else faint), aerated
 
 
 def _label_kinds(grown, fields, faint, aerated) -> tuple[list, np.ndarray, int, list[int],
                                                           np.ndarray]:
     """``(kinds, labels, n, starts, aerated)``: :func:`_components` of the dense and lucent
-    *fields*, or of the *faint* one (and *aerated* without it) when the grown region holds
-    none of theirs: the faint field also takes in the partial volume of vessels too thin to
-    be dense and between the vessels of a bundle (docs/benchmarks/discovery.md#lucent), so
-    ground glass is the structure only where there is no other."""
+    *fields*, or of the one *faint* returns (and *aerated* without it) when the grown region
+    holds none of theirs: the faint field also takes in the partial volume of vessels too
+    thin to be dense and between the vessels of a bundle (docs/benchmarks/discovery.md#lucent),
+    so ground glass is the structure only where there is no other."""
     labels, n, starts = _components(grown, [kind[0] for kind in fields])
     if n == 0 and faint is not None:
-        fields, aerated = [faint], aerated & ~faint[0]
-        labels, n, starts = _components(grown, [faint[0]])
+        kind = faint()
+        fields, aerated = [kind], aerated & ~kind[0]
+        labels, n, starts = _components(grown, [kind[0]])
     return fields, labels, n, starts, aerated
 
 
