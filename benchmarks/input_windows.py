@@ -6,6 +6,8 @@ often irregular when malignant, no tails or beads but the one planted):
 
 * ``halo``: a ground-glass halo (``ground_glass_halo``, about -700..-500 HU, 3-6 mm beyond
   the nodule's surface) around 80 % of malignant and 5 % of benign nodules;
+* ``bulla``: an air space darker than the lung (``bulla``, -1000..-980 HU, 6-10 mm across,
+  its centre 5-10 mm beyond the nodule's edge), with the same probabilities;
 * the references, dense structures with the same probabilities: ``tail``, a pleural tail
   (soft tissue, 4-6 mm wide), and ``bead``, a metal-bright marker bead (2500-2900 HU,
   3.5-5 mm).
@@ -78,6 +80,7 @@ COHORTS = {
     "tail": ("pleural_tail", {"p_tail_malignant": 0.8, "p_tail_benign": 0.05,
                               "tail_width_mm": [4.0, 6.0]}),
     "bead": ("marker_bead", {"p_bead_malignant": 0.8, "p_bead_benign": 0.05}),
+    "bulla": ("bulla", {"p_bulla_malignant": 0.8, "p_bulla_benign": 0.05}),
 }
 #: the inputs compared (``--inputs``, separated by "/"): today's single window, and sets of
 #: several (names of :data:`discovery.model.rois.HU_WINDOWS`)

@@ -102,9 +102,13 @@ def test_window_channels_golden_values():
                                atol=1e-6)                                                   # wide
     # ground glass against aerated lung: 4000 / 700 = 5.7 times the contrast of the wide window
     assert (out[0, 3] - out[0, 2]) / (out[2, 3] - out[2, 2]) == pytest.approx(4000 / 700)
-    # the default: lung, soft, dense -- three ranges side by side, each over the whole scale
+    # the default: lung, soft, dense -- three ranges side by side, each over the whole scale --
+    # and lucent, the bottom of lung's: only what is darker than aerated lung below 1
     default = window_channels(hu, [HU_WINDOWS[k] for k in DEFAULT_INPUT_WINDOWS])
     np.testing.assert_allclose(default[2], [0, 0, 0, 0, 0, 0, 0, 0, 760 / 2760, 1], atol=1e-6)
+    np.testing.assert_allclose(default[3], [0, 0, 1, 1, 1, 1, 1, 1, 1, 1], atol=1e-6)
+    emphysema, lung = window_channels(np.array([-960.0, -860.0]), [HU_WINDOWS["lucent"]])[0]
+    assert lung == 1 and emphysema == pytest.approx(0.4)
     with pytest.raises(ValueError, match="at least one"):
         window_channels(hu, [])
     with pytest.raises(ValueError, match="high > low"):

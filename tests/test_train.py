@@ -257,7 +257,8 @@ def test_train_command_windows_option():
 
     parse = build_parser().parse_args
     args = parse(["train", "cohort", "--out", "m"])
-    assert args.windows == (HU_WINDOWS["lung"], HU_WINDOWS["soft"], HU_WINDOWS["dense"])
+    assert args.windows == (HU_WINDOWS["lung"], HU_WINDOWS["soft"], HU_WINDOWS["dense"],
+                            HU_WINDOWS["lucent"])
     assert parse(["train", "c", "--out", "m", "--windows", "wide"]).windows == (HU_WINDOWS["wide"],)
     assert parse(["train", "c", "--out", "m", "--windows=-1000:-400,wide"]).windows == (
         (-1000.0, -400.0), HU_WINDOWS["wide"])
