@@ -14,10 +14,11 @@ often irregular when malignant, no tails or beads but the one planted):
 
 For each cohort, models are trained by ``discovery train`` with the same seed, epochs and
 learning rate, differing only in their input (``--inputs``): by default ``--windows wide``
-(the demo model's single -1000..3000 HU window) and ``--windows lung,soft,dense`` (the new
-default: three channels side by side, -1000..-300, -160..240 and 240..3000 HU; each channel
-standardised by the network with its training-split mean and spread, as ``discovery train``
-does for every model).
+(the demo model's single -1000..3000 HU window), ``--windows lung,soft,dense`` (the default
+before: three channels side by side, -1000..-300, -160..240 and 240..3000 HU) and
+``--windows lung,soft,dense,lucent`` (the default now: the same and -1000..-900 HU); each
+channel standardised by the network with its training-split mean and spread, as
+``discovery train`` does for every model.
 Each is then measured on a held-out cohort sampled from the same settings with another seed:
 
 * **oracle Δp**: every true structure (its planted label, grown by 1.5 mm where the HU is
@@ -28,8 +29,8 @@ Each is then measured on a held-out cohort sampled from the same settings with a
 * **AUROC** on all of the held-out cohort's nodules, and the test split's AUROC from the card.
 
 Usage: ``python benchmarks/input_windows.py [--work DIR] [--cases 64] [--test-cases 24]
-[--epochs 40] [--seed 18] [--train-seed 0] [--lr 0.002] [--kinds halo,tail,bead]
-[--inputs wide/lung,soft,dense] [--json FILE]``.  Cohorts and models are kept in ``--work`` (default
+[--epochs 40] [--seed 18] [--train-seed 0] [--lr 0.002] [--kinds halo,bulla,tail,bead]
+[--inputs wide/lung,soft,dense/lung,soft,dense,lucent] [--json FILE]``.  Cohorts and models are kept in ``--work`` (default
 ``benchmarks/.cache/input_windows``) and reused when present; the printed commands
 re-create them.  With the defaults, about 22 minutes per cohort on 2 CPU cores shared with
 other jobs (load average about 5): sampling 2-4 minutes, each training about 9.
@@ -84,7 +85,7 @@ COHORTS = {
 }
 #: the inputs compared (``--inputs``, separated by "/"): today's single window, and sets of
 #: several (names of :data:`discovery.model.rois.HU_WINDOWS`)
-INPUTS = "wide/lung,soft,dense"
+INPUTS = "wide/lung,soft,dense/lung,soft,dense,lucent"
 #: removal: the structure's label grown by this much (mm) where the HU is below FRINGE_HU
 GROW_MM, FRINGE_HU = 1.5, -300.0
 
@@ -223,7 +224,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=18, help="cohort seed (held-out: +1000)")
     ap.add_argument("--train-seed", type=int, default=0)
     ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--kinds", default="halo,tail,bead")
+    ap.add_argument("--kinds", default="halo,bulla,tail,bead")
     ap.add_argument("--inputs", default=INPUTS, help="input windows compared, '/' between "
                     f"inputs (default {INPUTS})")
     ap.add_argument("--json", default=None, help="write the rows and commands here")

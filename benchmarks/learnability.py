@@ -96,6 +96,8 @@ def reference_auroc(feats: np.ndarray, y: np.ndarray, train: np.ndarray, val: np
 
 
 def measure(kind: str, x, has, group, card: ModelCard, a) -> dict:
+    """Train the network on *has kind* alone and read the reference on the same split: the
+    table row of *kind* (validation AUROC per epoch, the intensity extreme's AUROC)."""
     y = has[kind].astype(np.int64)
     cases = [f"c{i}" for i in range(int(group.max()) + 1)]
     data = RoiDataset(x, y, group, cases, f"learnability-{kind}")
