@@ -16,7 +16,8 @@ A kind the reference reads at AUROC near 1 and the network does not is one the i
 and the network does not learn from this many examples.
 
 Usage: ``python benchmarks/learnability.py [--cases 150] [--seed 43] [--epochs 15]
-[--inputs lung,soft,dense/lung,soft,dense,lucent] [--kinds pleural_tail,marker_bead,ground_glass_halo,bulla]
+[--inputs lung,soft,dense/lung,soft,dense,lucent]
+[--kinds pleural_tail,marker_bead,ground_glass_halo,bulla]
 [--p 0.35] [--json FILE]``: the inputs compared are separated by "/", each as ``discovery
 train --windows``.  About 1 minute of sampling per input and 1-2 minutes of training per
 kind and input on 2 CPU cores (150 cases, 15 epochs).

@@ -21,13 +21,13 @@ __all__ = ["HU_WINDOWS", "DEFAULT_INPUT_WINDOWS", "parse_windows"]
 HU_WINDOWS = {"lung": (-1000.0, -300.0), "soft": (-160.0, 240.0), "dense": (240.0, 3000.0),
               "lucent": (-1000.0, -900.0), "wide": (-1000.0, 3000.0)}
 #: The windows ``discovery train`` uses unless told otherwise (docs/guide/models.md#input):
-#: three ranges side by side and the bottom of the first again, each at full contrast.  With ``wide`` in
-#: place of ``dense`` a metal-bright bead that carried the label was not learned (the bead is
-#: 0.26 -> 0.93 in ``wide``, whose spread over nodule ROIs is 0.09; in ``dense`` it is the
-#: only thing above zero).  Without ``lucent`` an air space darker than the lung that carried
-#: the label was not learned at all (oracle delta-p 0.000 with ``lung,soft,dense``, -0.71 with
-#: ``lucent`` added): in ``lung`` it is a dip of 0.19 in the lung's textured 0.2, in
-#: ``lucent`` the only thing below the flat 1 of the lung.
+#: three ranges side by side and the bottom of the first again, each at full contrast.
+#: With ``wide`` in place of ``dense`` a metal-bright bead that carried the label was not
+#: learned (the bead is 0.26 -> 0.93 in ``wide``, whose spread over nodule ROIs is 0.09; in
+#: ``dense`` it is the only thing above zero).  Without ``lucent`` an air space darker than
+#: the lung that carried the label was not learned at all (oracle delta-p 0.000 with
+#: ``lung,soft,dense``, -0.71 with ``lucent`` added): in ``lung`` it is a dip of 0.19 in the
+#: lung's textured 0.2, in ``lucent`` the only thing below the flat 1 of the lung.
 DEFAULT_INPUT_WINDOWS = ("lung", "soft", "dense", "lucent")
 
 
