@@ -16,10 +16,11 @@ orientation are not the object's. Described whole, it is bounded at its *half ma
 voxels at least halfway from the aerated lung around the region (the median HU of the grown
 region's lung voxels neither dense nor lucent, nor faint when a faint structure is looked
 for: an excluded nodule and its dense rim, left out of the dense field, are not aerated
-lung) to the densest voxel of the part found, connected to that voxel. A soft-tissue strand is then bounded at about ``dense_hu``, as by the dense
-threshold alone; a metal marker touching a vessel is the marker, not the marker and the
-vessel (docs/benchmarks/discovery.md#half-maximum). A faint structure is bounded the same
-way on the smoothed HU, and a lucent one from below: the smoothed voxels at least halfway
+lung) to the densest voxel of the part found, connected to that voxel. A soft-tissue
+strand is then bounded at about ``dense_hu``, as by the dense threshold alone; a metal
+marker touching a vessel is the marker, not the marker and the vessel
+(docs/benchmarks/discovery.md#half-maximum). A faint structure is bounded the same way on
+the smoothed HU, and a lucent one from below: the smoothed voxels at least halfway
 from the aerated lung to its darkest one.
 
 Its volume, density (median and densest voxel), distance from the nodule and whether it
